@@ -1,0 +1,173 @@
+"""
+What every protocol driver shares: bounded calls, retries with backoff,
+and verification of the state reached.
+
+A protocol driver subclasses :class:`VerifyingDriver` and implements two
+primitives -- :meth:`~VerifyingDriver.read_state` and
+:meth:`~VerifyingDriver.send` -- each returning a cancellable Deferred that
+fails with a :class:`~powerctl.drivers.errors.PowerError`.  This class turns
+them into the verified operations of :class:`IPowerDriver`:
+
+* ``on`` queries first and never touches a host that is already on (so it
+  can never hard-cycle a running host);
+* ``off``/``on`` succeed only once a query shows the target state;
+* ``soft_off`` falls back to a hard off after ``soft_off_timeout``;
+* ``cycle`` is a verified off followed by a verified on.
+
+Because everything is a chain of Deferreds awaited in one coroutine,
+cancelling the returned Deferred cancels whichever call or sleep is under
+way; nothing is left scheduled.
+"""
+
+import enum
+
+from twisted.internet import defer, task
+from zope.interface import implementer
+
+from powerctl.drivers.errors import PowerTimeout, UnsupportedError
+from powerctl.drivers.interface import Capabilities, IPowerDriver, Timing
+from powerctl.power import PowerState
+
+
+class Command(str, enum.Enum):
+    """A raw command sent to a device, before any verification."""
+
+    ON = "on"
+    OFF = "off"
+    SOFT_OFF = "soft-off"
+    CYCLE = "cycle"
+
+
+def sleep(clock, seconds):
+    """A cancellable Deferred that fires after ``seconds`` on ``clock``."""
+    return task.deferLater(clock, seconds, lambda: None)
+
+
+def bounded(d, seconds, clock, what):
+    """
+    Give ``d`` at most ``seconds``: on expiry it is cancelled and a
+    :class:`PowerTimeout` naming ``what`` is raised instead.
+    """
+
+    def translate(failure):
+        failure.trap(defer.TimeoutError)
+        raise PowerTimeout(f"{what}: no answer within {seconds:g}s")
+
+    d.addTimeout(seconds, clock)
+    d.addErrback(translate)
+    return d
+
+
+async def with_retries(clock, timing, call, what):
+    """
+    Run ``call()`` (returning a Deferred) bounded by ``timing.timeout``,
+    retrying transient failures ``timing.retries`` times with exponential
+    backoff.  Permanent failures (authentication, protocol) are raised at
+    once.
+    """
+    delay = timing.backoff
+    attempt = 0
+    while True:
+        try:
+            return await bounded(call(), timing.timeout, clock, what)
+        except Exception as e:
+            if not getattr(e, "transient", False) or attempt >= timing.retries:
+                raise
+        attempt += 1
+        await sleep(clock, delay)
+        delay = min(delay * 2, timing.backoff_max)
+
+
+@implementer(IPowerDriver)
+class VerifyingDriver:
+    """
+    Base of the protocol drivers.  Subclasses set ``capabilities`` and
+    implement :meth:`read_state` and :meth:`send`.
+    """
+
+    capabilities = Capabilities()
+
+    def __init__(self, clock, timing=Timing()):
+        self.clock = clock
+        self.timing = timing
+
+    # -- primitives -----------------------------------------------------
+
+    def read_state(self):
+        """One query of the device: Deferred firing with ON or OFF."""
+        raise NotImplementedError
+
+    def send(self, command):
+        """Send one :class:`Command`; Deferred firing once it was accepted."""
+        raise NotImplementedError
+
+    def describe(self):
+        """A short name of the device for messages (no secrets)."""
+        return type(self).__name__
+
+    def quiesced(self):
+        return defer.succeed(None)
+
+    # -- IPowerDriver ---------------------------------------------------
+
+    def query(self):
+        return defer.ensureDeferred(self._query())
+
+    def on(self):
+        return defer.ensureDeferred(self._change(Command.ON, PowerState.ON))
+
+    def off(self):
+        return defer.ensureDeferred(self._change(Command.OFF, PowerState.OFF))
+
+    def soft_off(self):
+        return defer.ensureDeferred(self._soft_off())
+
+    def cycle(self):
+        return defer.ensureDeferred(self._cycle())
+
+    # -- the verified operations ---------------------------------------
+
+    async def _query(self):
+        return await with_retries(
+            self.clock, self.timing, self.read_state, f"{self.describe()} query"
+        )
+
+    async def _send(self, command):
+        await with_retries(
+            self.clock, self.timing, lambda: self.send(command),
+            f"{self.describe()} {command.value}",
+        )
+
+    async def _wait_for(self, want, limit):
+        deadline = self.clock.seconds() + limit
+        while True:
+            state = await self._query()
+            if state == want:
+                return state
+            if self.clock.seconds() >= deadline:
+                raise PowerTimeout(
+                    f"{self.describe()}: still {state.value} {limit:g}s after "
+                    f"the command, expected {want.value}"
+                )
+            await sleep(self.clock, self.timing.poll_interval)
+
+    async def _change(self, command, want):
+        if await self._query() == want:
+            return want
+        await self._send(command)
+        return await self._wait_for(want, self.timing.verify_timeout)
+
+    async def _soft_off(self):
+        if not self.capabilities.soft_off:
+            raise UnsupportedError(f"{self.describe()} cannot shut down gracefully")
+        if await self._query() == PowerState.OFF:
+            return PowerState.OFF
+        await self._send(Command.SOFT_OFF)
+        try:
+            return await self._wait_for(PowerState.OFF, self.timing.soft_off_timeout)
+        except PowerTimeout:
+            return await self._change(Command.OFF, PowerState.OFF)
+
+    async def _cycle(self):
+        await self._change(Command.OFF, PowerState.OFF)
+        return await self._change(Command.ON, PowerState.ON)

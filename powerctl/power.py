@@ -1,0 +1,50 @@
+"""
+The vocabulary every layer shares: power actions and power states.
+"""
+
+import enum
+
+
+class PowerState(str, enum.Enum):
+    """What a node (or one agent of it) is, as far as anyone knows."""
+
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+    ERROR = "error"
+
+
+class Action(str, enum.Enum):
+    """What can be asked of a node's power."""
+
+    ON = "on"
+    OFF = "off"
+    SOFT_OFF = "soft-off"
+    CYCLE = "cycle"
+    QUERY = "query"
+
+    @property
+    def changes_power(self):
+        """True for actions that change power; ``query`` only observes."""
+        return self is not Action.QUERY
+
+    @property
+    def target(self):
+        """The state a successful action leaves the node in (None for query)."""
+        return {
+            Action.ON: PowerState.ON,
+            Action.CYCLE: PowerState.ON,
+            Action.OFF: PowerState.OFF,
+            Action.SOFT_OFF: PowerState.OFF,
+        }.get(self)
+
+    @classmethod
+    def parse(cls, text):
+        """Accept ``soft-off`` and ``soft_off`` alike; ValueError otherwise."""
+        try:
+            return cls(str(text).replace("_", "-"))
+        except ValueError:
+            raise ValueError(
+                f"unknown power action {text!r}; expected one of "
+                + ", ".join(a.value for a in cls)
+            ) from None
