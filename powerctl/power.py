@@ -41,6 +41,8 @@ class Action(str, enum.Enum):
     @classmethod
     def parse(cls, text):
         """Accept ``soft-off`` and ``soft_off`` alike; ValueError otherwise."""
+        if isinstance(text, cls):
+            return text
         try:
             return cls(str(text).replace("_", "-"))
         except ValueError:

@@ -1,0 +1,119 @@
+"""
+Power actions and what their callers get back.
+
+A :class:`PowerAction` is one caller's request -- node, action, operation
+id -- together with the Deferred that caller waits on.  The registry fires
+that Deferred exactly once with an :class:`Outcome`, or fails it with the
+driver's error, :class:`Superseded` or :class:`Cancelled`.
+"""
+
+import attrs
+from twisted.internet import defer
+from zope.interface import Attribute, Interface, implementer
+
+from powerctl.power import Action, PowerState
+
+
+class Superseded(Exception):
+    """The operation was replaced by a newer one before it finished."""
+
+    def __init__(self, operation_id, by):
+        super().__init__(f"operation {operation_id} superseded by {by}")
+        self.operation_id = operation_id
+        self.by = by
+
+
+class Cancelled(Exception):
+    """The operation was cancelled (by its caller, or on shutdown)."""
+
+    def __init__(self, operation_id, reason="cancelled", by=None):
+        super().__init__(f"operation {operation_id} {reason}")
+        self.operation_id = operation_id
+        self.reason = reason
+        self.by = by
+
+
+@attrs.frozen
+class Observed:
+    """What an executor reports: the state seen and the agent that acted."""
+
+    state: PowerState
+    agent: str | None = None
+
+
+@attrs.frozen
+class Outcome:
+    """
+    A caller's successful result.  ``coalesced_into`` names the operation
+    whose execution this caller joined (None when it ran its own).
+    """
+
+    operation_id: str
+    action: Action
+    state: PowerState
+    agent: str | None = None
+    coalesced_into: str | None = None
+
+
+class IPowerAction(Interface):
+    """One caller's power request and the Deferred that caller waits on."""
+
+    node = Attribute("Name of the node.")
+    action = Attribute("The :class:`~powerctl.power.Action`.")
+    operation_id = Attribute("The journal's id for this request.")
+    deferred = Attribute("Fires exactly once with an Outcome or a failure.")
+    coalesced_into = Attribute("Operation id this request joined, if any.")
+
+    def cancel():
+        """Withdraw this request; its Deferred fails with :class:`Cancelled`."""
+
+
+@implementer(IPowerAction)
+@attrs.define(eq=False)
+class PowerAction:
+    """
+    A request.  Build one, hand it to ``PowerActionRegistry.submit`` and wait
+    on ``deferred``; ``cancel()`` (or cancelling the Deferred) withdraws it.
+    """
+
+    node: str
+    action: Action = attrs.field(converter=Action.parse)
+    operation_id: str
+    requester: str = ""
+    coalesced_into: str | None = attrs.field(default=None, init=False)
+    deferred: defer.Deferred = attrs.field(init=False, repr=False)
+    _withdraw: object = attrs.field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self):
+        self.deferred = defer.Deferred(canceller=self._cancelled)
+
+    def _cancelled(self, d):
+        if self._withdraw is None:
+            d.errback(Cancelled(self.operation_id, "cancelled before submission"))
+        else:
+            self._withdraw(self)
+
+    def cancel(self):
+        if not self.deferred.called:
+            self.deferred.cancel()
+
+
+@attrs.frozen
+class ActionInfo:
+    """A snapshot of one action in play or waiting, for "what runs now"."""
+
+    operation_id: str
+    action: Action
+    joined: tuple = ()
+    started_at: float | None = None
+    stopping: bool = False
+
+
+@attrs.frozen
+class NodeActivity:
+    """A snapshot of one node: the change in play, the one waiting, a query."""
+
+    node: str
+    running: ActionInfo | None = None
+    waiting: ActionInfo | None = None
+    query: ActionInfo | None = None
