@@ -130,6 +130,16 @@ class PostgresCluster:
         if user is not None:
             os.chown(self.directory, user.pw_uid, user.pw_gid)
             os.chmod(self.directory, 0o700)
+            check = subprocess.run(
+                ["runuser", "-u", user.pw_name, "--", "test", "-x", self.directory],
+                stdin=subprocess.DEVNULL, capture_output=True,
+            )
+            if check.returncode != 0:
+                raise PostgresUnavailable(
+                    f"the {user.pw_name} user cannot reach {self.directory}: a parent "
+                    "directory is not traversable; choose a directory under /tmp or "
+                    "one whose parents are world-executable"
+                )
         if not os.path.exists(os.path.join(self.datadir, "PG_VERSION")):
             self._run(
                 "initdb", "-D", self.datadir, "-U", SUPERUSER, "--auth=trust",

@@ -321,3 +321,16 @@ class ActivityTests(unittest.TestCase):
 
     def test_unknown_action_name_is_refused(self):
         self.assertRaises(ValueError, PowerAction, node="n", action="reboot", operation_id="x")
+
+
+class LeaderTests(unittest.TestCase):
+    def test_waiting_leader_leaving_hands_the_lead_on(self):
+        h = Harness(self)
+        h.request("op1", Action.OFF)
+        a2 = h.request("op2", Action.ON)
+        h.request("op3", Action.ON)
+        a2.cancel()
+        h.executor.finish("op1", PowerState.OFF)
+        self.assertEqual(h.executor.started_ops(), ["op1", "op3"])
+        h.executor.finish("op3", PowerState.ON)
+        self.assertEqual(h.result("op3").coalesced_into, None)

@@ -280,12 +280,27 @@ class PowerActionRegistry:
             )
         self._settle(action, Failure(
             Cancelled(action.operation_id, "cancelled by its caller")))
-        if job is None or job.members:
+        if job is None:
+            return
+        if job.members:
+            if job.execution is None and job.leader is action:
+                self._promote(job)
             return
         if job is node.waiting:
             node.waiting = None
         elif job.stopping is None:
             self._stop(action.node, job, lambda a: Cancelled(a.operation_id))
+
+    @staticmethod
+    def _promote(job):
+        """
+        The leader of a job that has not started left: the next member leads,
+        so that no work ever runs under the id of a cancelled request.
+        """
+        job.leader = job.members[0]
+        job.leader.coalesced_into = None
+        for member in job.members[1:]:
+            member.coalesced_into = job.leader.operation_id
 
     def _settle_all(self, members, result_for):
         for member in list(members):

@@ -1,0 +1,141 @@
+"""
+Configuration files of the daemons: TOML, read with ``tomllib``.
+
+Each daemon has one section (``[region]`` or ``[pserv]``); command-line
+options override the file.  Anything missing, unknown or of the wrong type
+is a :class:`ConfigError` naming the file and the key, raised before the
+daemon starts anything -- a daemon that starts half-configured is worse
+than one that refuses to start.
+"""
+
+import socket
+import tomllib
+
+import attrs
+
+
+class ConfigError(ValueError):
+    """The configuration is missing or invalid."""
+
+
+def _endpoint(value):
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("must be a Twisted endpoint description such as tcp:5250")
+    return value
+
+
+def _endpoints(value):
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of endpoint descriptions")
+    return tuple(_endpoint(v) for v in value)
+
+
+def _text(value):
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _positive(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _count(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+@attrs.frozen
+class RegionConfig:
+    name: str = attrs.field(factory=socket.gethostname)
+    database: str = "dbname=powerctl"
+    api_endpoint: str = "tcp:5240:interface=127.0.0.1"
+    rpc_endpoint: str = "tcp:5250:interface=127.0.0.1"
+    secret_file: str = "/etc/powerctl/secret"
+    heartbeat_timeout: float = 30.0
+    responsive_grace: float = 300.0
+
+    checks = {
+        "name": _text, "database": _text, "api_endpoint": _endpoint,
+        "rpc_endpoint": _endpoint, "secret_file": _text,
+        "heartbeat_timeout": _positive, "responsive_grace": _positive,
+    }
+
+
+@attrs.frozen
+class PservConfig:
+    name: str = attrs.field(factory=socket.gethostname)
+    cluster: str = "default"
+    regions: tuple = ("tcp:host=127.0.0.1:port=5250",)
+    secret_file: str = "/etc/powerctl/secret"
+    poll_interval: float = 60.0
+    poll_concurrency: int = 32
+    heartbeat_interval: float = 10.0
+    stagger_on: float = 0.0
+
+    checks = {
+        "name": _text, "cluster": _text, "regions": _endpoints,
+        "secret_file": _text, "poll_interval": _positive,
+        "poll_concurrency": _count, "heartbeat_interval": _positive,
+        "stagger_on": lambda v: 0.0 if v == 0 else _positive(v),
+    }
+
+
+def build(cls, values, source):
+    """Check ``values`` (a dict) against ``cls.checks`` and build ``cls``."""
+    unknown = set(values) - set(cls.checks)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown setting(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(cls.checks)}"
+        )
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = cls.checks[key](value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {key} {e}") from None
+    return cls(**checked)
+
+
+def load(cls, path, section, overrides=None):
+    """
+    Read ``[section]`` of the TOML file at ``path`` (None: defaults only),
+    apply ``overrides`` (command-line values that are not None) and check.
+    """
+    values = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        extra = set(document) - {section}
+        if extra:
+            raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(extra))}; expected [{section}]")
+        values = document.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+    values = {**values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return build(cls, values, path or "command line")
+
+
+def read_secret(path):
+    """The shared secret: the file's content, stripped; it must not be empty."""
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"secret file {path}: {e.strerror}") from None
+    if len(secret) < 16:
+        raise ConfigError(f"secret file {path}: the secret must be at least 16 bytes")
+    return secret

@@ -1,0 +1,1 @@
+"""The pserv: per-node registry of power actions, driving BMCs and PDUs for a region."""

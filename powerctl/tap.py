@@ -1,0 +1,87 @@
+"""
+twistd glue: the ``powerctl-region`` and ``powerctl-pserv`` options and
+service makers (the plugin file in ``twisted/plugins`` only points here).
+
+Both daemons run on the asyncio reactor (pysnmp needs it).  twistd installs
+its default reactor only when the daemon starts, after option parsing, so
+installing the asyncio reactor while parsing our options makes it the one
+twistd uses -- the user need not pass ``--reactor=asyncio``.
+"""
+
+from twisted.python import usage
+
+from powerctl import config, reactor as reactor_choice
+
+
+class _Options(usage.Options):
+    """Common handling: ``--config FILE`` plus per-setting overrides."""
+
+    section = None
+    config_class = None
+    optParameters = [["config", "c", None, "TOML configuration file."]]
+
+    def overrides(self):
+        return {}
+
+    def postOptions(self):
+        try:
+            self["settings"] = config.load(
+                self.config_class, self["config"], self.section, self.overrides())
+        except config.ConfigError as e:
+            raise usage.UsageError(str(e))
+        reactor_choice.install()
+
+
+class RegionOptions(_Options):
+    section = "region"
+    config_class = config.RegionConfig
+    optParameters = _Options.optParameters + [
+        ["name", None, None, "Name of this region process."],
+        ["database", None, None, "libpq connection string (DSN)."],
+        ["api-endpoint", None, None, "Endpoint of the REST API, e.g. tcp:5240:interface=127.0.0.1"],
+        ["rpc-endpoint", None, None, "Endpoint for pservs (AMP), e.g. tcp:5250:interface=127.0.0.1"],
+        ["secret-file", None, None, "File holding the shared secret."],
+    ]
+
+    def overrides(self):
+        return {
+            "name": self["name"], "database": self["database"],
+            "api_endpoint": self["api-endpoint"], "rpc_endpoint": self["rpc-endpoint"],
+            "secret_file": self["secret-file"],
+        }
+
+
+class PservOptions(_Options):
+    section = "pserv"
+    config_class = config.PservConfig
+    optParameters = _Options.optParameters + [
+        ["name", None, None, "Name of this pserv."],
+        ["cluster", None, None, "Cluster this pserv serves."],
+        ["secret-file", None, None, "File holding the shared secret."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["region"] = []
+
+    def opt_region(self, endpoint):
+        """Region AMP endpoint, e.g. tcp:host=127.0.0.1:port=5250 (repeatable)."""
+        self["region"].append(endpoint)
+
+    def overrides(self):
+        return {
+            "name": self["name"], "cluster": self["cluster"],
+            "secret_file": self["secret-file"], "regions": self["region"] or None,
+        }
+
+
+def make_region_service(options):
+    from powerctl.region.service import RegionService
+
+    return RegionService.from_config(options["settings"])
+
+
+def make_pserv_service(options):
+    from powerctl.pserv.service import PservService
+
+    return PservService.from_config(options["settings"])

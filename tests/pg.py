@@ -1,0 +1,72 @@
+"""
+The test run's PostgreSQL: one throwaway cluster per test process, and a
+fresh database per test, cloned from a migrated template.
+
+The cluster is created lazily by the first test that needs it (trial and
+pytest alike, so no runner-specific fixture is needed) and removed by its
+reaper when the process ends -- normally, by an exception, by Ctrl-C or by
+SIGKILL.  This module-level handle is the one piece of process state in the
+suite, and it exists precisely because there is one cluster per run.
+"""
+
+import atexit
+import itertools
+
+import psycopg2
+
+from powerctl.pgcluster import PostgresCluster
+
+TEMPLATE = "powerctl_template"
+
+_run = {}
+_names = itertools.count(1)
+
+
+def cluster():
+    """The test run's cluster, started on first use."""
+    if "cluster" not in _run:
+        c = PostgresCluster.create()
+        atexit.register(c.stop)
+        _make_template(c)
+        _run["cluster"] = c
+    return _run["cluster"]
+
+
+def _make_template(c):
+    from powerctl.region import schema
+
+    conn = psycopg2.connect(c.dsn())
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {TEMPLATE}")
+    conn.close()
+    conn = psycopg2.connect(c.dsn(TEMPLATE))
+    try:
+        schema.migrate_sync(conn)
+    finally:
+        conn.close()
+
+
+def admin(sql, *args):
+    conn = psycopg2.connect(cluster().dsn())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args or None)
+    finally:
+        conn.close()
+
+
+class DatabaseMixin:
+    """
+    For a ``trial`` TestCase: ``self.dsn`` names a fresh, migrated database
+    that is dropped after the test.
+    """
+
+    def setUp(self):
+        super().setUp()
+        name = f"t{next(_names)}"
+        admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        self.addCleanup(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.dsn = cluster().dsn(name)
+        self.pg = cluster()
