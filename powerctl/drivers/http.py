@@ -1,0 +1,312 @@
+"""
+HTTP plumbing shared by the ``redfish`` and ``webhook`` drivers (treq).
+
+Why this exists rather than plain ``treq.get``:
+
+* **One connection pool per driver type and TLS policy.**  Twisted's pool
+  keys cached connections by (scheme, host, port) only, so a connection
+  opened *without* certificate verification could otherwise be handed to
+  an agent that requires it.  :class:`HttpClients` therefore keeps one
+  persistent pool per policy and closes them all in :meth:`close`.
+* **Redirects for every method.**  Twisted's ``RedirectAgent`` (what treq
+  uses) refuses to follow 307/308 for anything but GET/HEAD, and re-sends
+  without the body.  Redfish services (sushy-tools) answer 307 for a
+  system addressed by name, including for the ``ComputerSystem.Reset``
+  POST, so :meth:`HttpClient.request` follows redirects itself, keeping
+  method and body for 301/302/307/308 and switching to GET for 303.
+  Credentials are only re-sent to the same host and never downgraded from
+  https to http.
+* **Cancellation aborts.**  treq cancels a request that has no response
+  yet, but its body readers are not cancellable; :func:`read_body` is, and
+  it closes the connection so nothing is left half-read.
+* **One error taxonomy.**  Every failure becomes a
+  :class:`~powerctl.drivers.errors.PowerError`; ``CancelledError`` passes
+  through untouched so that :func:`~powerctl.drivers.base.bounded` can turn
+  a timeout into :class:`~powerctl.drivers.errors.PowerTimeout`.
+"""
+
+import json
+from urllib.parse import urljoin, urlsplit
+
+import attrs
+import treq
+from OpenSSL import SSL
+from twisted.internet import defer, error as neterror, ssl
+from twisted.internet.protocol import Protocol
+from twisted.web import client
+from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from powerctl.drivers.errors import (
+    AuthenticationError,
+    ProtocolError,
+    UnreachableError,
+)
+
+#: Bound on the size of a body we accept: a BMC page is a few KiB.
+MAX_BODY = 4 * 1024 * 1024
+
+#: Redirect statuses that keep the method and body (RFC 9110 allows keeping
+#: POST on 301/302; an action must never silently become a GET).
+_KEEP_METHOD = frozenset((301, 302, 307, 308))
+_SEE_OTHER = 303
+
+#: Headers carrying credentials, dropped when a redirect leaves the host.
+_CREDENTIAL_HEADERS = (b"authorization", b"x-auth-token", b"cookie")
+
+
+@attrs.frozen
+class HttpResponse:
+    """A fully read answer: status, headers, body and the final URL."""
+
+    code: int
+    headers: Headers = attrs.field(eq=False)
+    body: bytes = attrs.field(repr=False)
+    url: str
+
+    def header(self, name, default=None):
+        """The first value of header ``name`` as text."""
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else default
+
+    def json(self):
+        """The body decoded as a JSON object; ProtocolError if it is not one."""
+        try:
+            value = json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError(
+                f"{redact_url(self.url)}: answered {self.code} with a body that is not JSON"
+            ) from None
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{redact_url(self.url)}: answered JSON that is not an object")
+        return value
+
+    def text(self):
+        """The body as text (undecodable bytes replaced: it is only matched)."""
+        return self.body.decode("utf-8", errors="replace")
+
+
+@implementer(IPolicyForHTTPS)
+class NoVerifyPolicy:
+    """
+    TLS without certificate verification, for ``verify_tls=false``: BMCs
+    ship self-signed certificates.  The channel is still encrypted.
+    """
+
+    def creatorForNetloc(self, hostname, port):
+        return ssl.CertificateOptions(verify=False)
+
+
+class _BodyReader(Protocol):
+    """Collects a body up to :data:`MAX_BODY`; see :func:`read_body`."""
+
+    def __init__(self, finished, limit):
+        self.finished = finished
+        self.limit = limit
+        self.parts = []
+        self.size = 0
+
+    def dataReceived(self, data):
+        if self.finished.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.transport.loseConnection()
+            self.finished.errback(ProtocolError(f"answer larger than {self.limit} bytes"))
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason):
+        if self.finished.called:
+            return
+        if reason.check(client.ResponseDone, client.PotentialDataLoss):
+            self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+def read_body(response, limit=MAX_BODY):
+    """
+    Read the whole body of ``response``.  Unlike ``treq.content`` the
+    Deferred is cancellable, and cancelling it closes the connection, so a
+    server that stalls mid-body cannot pin a socket.
+    """
+    holder = {}
+
+    def cancel(d):
+        transport = getattr(holder.get("reader"), "transport", None)
+        if transport is not None:
+            transport.loseConnection()
+
+    finished = defer.Deferred(cancel)
+    if response.length == 0:
+        finished.callback(b"")
+        return finished
+    holder["reader"] = reader = _BodyReader(finished, limit)
+    response.deliverBody(reader)
+    return finished
+
+
+def redact_url(url):
+    """
+    ``url`` without user info, query or fragment, for messages: webhook
+    URLs often carry tokens there, and passwords are never shown.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def map_failure(e, url):
+    """
+    Translate a transport exception for ``url`` into a PowerError (or
+    return None when it is not a transport failure we know).
+    """
+    url = redact_url(url)
+    if isinstance(e, (neterror.ConnectionRefusedError, neterror.DNSLookupError,
+                      neterror.NoRouteError, neterror.TCPTimedOutError,
+                      neterror.ConnectError)):
+        return UnreachableError(f"{url}: cannot connect ({type(e).__name__})")
+    if isinstance(e, client.ResponseNeverReceived) or isinstance(
+        e, (client.ResponseFailed, client.RequestTransmissionFailed,
+            client.RequestNotSent)
+    ):
+        reasons = getattr(e, "reasons", []) or []
+        for reason in reasons:
+            if reason.check(SSL.Error):
+                return ProtocolError(
+                    f"{url}: TLS handshake failed (certificate not trusted?); "
+                    "set verify_tls=false for a self-signed certificate"
+                )
+        return UnreachableError(f"{url}: the connection was closed before an answer")
+    if isinstance(e, (neterror.ConnectionLost, neterror.ConnectionDone)):
+        return UnreachableError(f"{url}: the connection was lost")
+    if isinstance(e, SSL.Error):
+        return ProtocolError(f"{url}: TLS failure")
+    return None
+
+
+def check_status(response, describe_error=None):
+    """
+    Raise the PowerError a non-2xx answer means: 401/403 are
+    authentication failures, everything else a protocol error.
+    ``describe_error`` may extract a message from the body.
+    """
+    if 200 <= response.code < 300:
+        return response
+    detail = describe_error(response) if describe_error else ""
+    detail = f": {detail}" if detail else ""
+    url = redact_url(response.url)
+    if response.code in (401, 403):
+        raise AuthenticationError(
+            f"{url}: credentials refused ({response.code}){detail}"
+        )
+    raise ProtocolError(f"{url}: HTTP {response.code}{detail}")
+
+
+def _same_host(a, b):
+    """Whether credentials may follow a redirect from ``a`` to ``b``."""
+    pa, pb = urlsplit(a), urlsplit(b)
+    if pa.hostname != pb.hostname:
+        return False
+    return not (pa.scheme == "https" and pb.scheme == "http")
+
+
+class HttpClient:
+    """
+    Requests through one agent (one TLS policy) of a shared pool, with the
+    redirect handling and error mapping described in the module docstring.
+    """
+
+    def __init__(self, agent, redirect_limit=5):
+        self._treq = treq.client.HTTPClient(agent)
+        self.redirect_limit = redirect_limit
+
+    def request(self, method, url, headers=None, json_body=None, auth=None):
+        """
+        A cancellable Deferred firing with an :class:`HttpResponse` of any
+        status (callers decide what a status means), or failing with a
+        PowerError for transport problems.
+        """
+        return defer.ensureDeferred(
+            self._request(method, url, dict(headers or {}), json_body, auth)
+        )
+
+    async def _request(self, method, url, headers, json_body, auth):
+        hops = 0
+        while True:
+            response = await self._one(method, url, headers, json_body, auth)
+            location = response.header(b"location")
+            if response.code not in _KEEP_METHOD | {_SEE_OTHER} or not location:
+                return response
+            hops += 1
+            if hops > self.redirect_limit:
+                raise ProtocolError(
+                    f"{redact_url(url)}: more than {self.redirect_limit} redirects")
+            target = urljoin(url, location.decode("latin-1"))
+            if not _same_host(url, target):
+                auth = None
+                headers = {k: v for k, v in headers.items()
+                           if k.lower().encode() not in _CREDENTIAL_HEADERS}
+            if response.code == _SEE_OTHER:
+                method, json_body = "GET", None
+            url = target
+
+    async def _one(self, method, url, headers, json_body, auth):
+        kwargs = {"headers": headers, "allow_redirects": False, "unbuffered": True}
+        if json_body is not None:
+            kwargs["json"] = json_body
+        if auth is not None:
+            kwargs["auth"] = auth
+        try:
+            raw = await self._treq.request(method, url, **kwargs)
+            body = await read_body(raw)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            mapped = map_failure(e, url)
+            if mapped is None:
+                raise
+            raise mapped from None
+        return HttpResponse(raw.code, raw.headers, body, url)
+
+
+class HttpClients:
+    """
+    The HTTP resources of one driver type: a persistent pool and an agent
+    per TLS policy, created on first use and released by :meth:`close`.
+    """
+
+    def __init__(self, reactor, connect_timeout=10.0, redirect_limit=5):
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+        self.redirect_limit = redirect_limit
+        self._clients = {}
+        self._pools = []
+
+    def get(self, verify_tls):
+        """The :class:`HttpClient` for a TLS policy (verify or not)."""
+        verify_tls = bool(verify_tls)
+        if verify_tls not in self._clients:
+            pool = client.HTTPConnectionPool(self.reactor, persistent=True)
+            pool.maxPersistentPerHost = 4
+            pool.cachedConnectionTimeout = 30
+            policy = client.BrowserLikePolicyForHTTPS() if verify_tls else NoVerifyPolicy()
+            agent = client.Agent(
+                self.reactor, contextFactory=policy, pool=pool,
+                connectTimeout=self.connect_timeout,
+            )
+            self._pools.append(pool)
+            self._clients[verify_tls] = HttpClient(agent, self.redirect_limit)
+        return self._clients[verify_tls]
+
+    def close(self):
+        """Close every cached connection; a Deferred."""
+        pools, self._pools, self._clients = self._pools, [], {}
+        return defer.DeferredList(
+            [pool.closeCachedConnections() for pool in pools], consumeErrors=True
+        )

@@ -1,0 +1,490 @@
+"""
+The ``redfish`` driver: ``ComputerSystem.Reset`` over HTTP(S), with treq.
+
+Discovery (once per service and system, cached in the driver type):
+``GET /redfish/v1/`` -> the ``Systems`` collection -> the system, matched by
+the last segment of its URI, by following ``Systems/<system>`` (sushy-tools
+answers 307 from a system's name to its id), or by its ``Id`` or ``Name``.
+Without a ``system`` parameter the service must have exactly one system.
+The reset target and the reset types come from the system resource
+(``ResetType@Redfish.AllowableValues``) or its ``@Redfish.ActionInfo``.
+A service that advertises nothing is assumed to take the four common values
+(:data:`ASSUMED_RESET_TYPES`); one that advertises values gets only those.
+
+Power states: ``PoweringOn`` is reported as OFF and ``PoweringOff`` as ON --
+the state the system is *leaving*, which is still the truth about the host
+(during a graceful shutdown the OS still runs).  A query therefore always
+returns ON or OFF, and verification (in :mod:`~powerctl.drivers.base`)
+naturally keeps waiting until the transition is over.  Sending ``On`` to a
+system seen ``PoweringOn`` moments ago (or ``GracefulShutdown`` to one seen
+``PoweringOff``) is skipped: it is already doing it, and some services
+refuse the duplicate.  A hard off is always sent.
+
+Authentication: HTTP basic by default.  A driver type built with
+``use_sessions=True`` logs in through the SessionService instead, shares one
+session per service and user between agents, re-logs in once on a 401, and
+deletes every session in :meth:`RedfishDriverType.close`.  A login is never
+cancelled half-way by an operation's cancellation (the session would exist
+on the BMC without our knowing its token); it is bounded by the timeout and
+:meth:`RedfishDriver.quiesced` waits for it.
+"""
+
+from urllib.parse import quote, urljoin, urlsplit
+
+import attrs
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from powerctl.drivers.base import Command, VerifyingDriver
+from powerctl.drivers.errors import (
+    InvalidParameters,
+    ProtocolError,
+    UnsupportedError,
+)
+from powerctl.drivers.http import HttpClients, check_status
+from powerctl.drivers.interface import Capabilities, IDriverType, Timing
+from powerctl.drivers.schema import Param, Schema
+from powerctl.power import PowerState
+
+SCHEMA = Schema("redfish", (
+    Param("url", "url", required=True,
+          help="service address, e.g. https://10.0.0.5 (/redfish/v1 is implied)"),
+    Param("username", "str", help="user for basic auth or the session login"),
+    Param("password", "str", secret=True),
+    Param("system", "str",
+          help="system Id, Name or URI; optional when the service has one system"),
+    Param("verify_tls", "bool", default=True,
+          help="verify the certificate; false for self-signed BMC certificates"),
+    Param("timeout", "float", minimum=0.1, help="seconds for one call (default 10)"),
+))
+
+#: Reset types per command, in order of preference.
+RESET_PREFERENCES = {
+    Command.ON: ("On", "ForceOn"),
+    Command.OFF: ("ForceOff",),
+    Command.SOFT_OFF: ("GracefulShutdown",),
+    Command.CYCLE: ("PowerCycle", "ForceRestart"),
+}
+
+#: What we assume of a service that advertises no allowable values.
+ASSUMED_RESET_TYPES = ("On", "ForceOff", "GracefulShutdown", "ForceRestart")
+
+#: Redfish PowerState -> the state reported (transitions report the state left).
+POWER_STATES = {
+    "On": PowerState.ON,
+    "Off": PowerState.OFF,
+    "PoweringOn": PowerState.OFF,
+    "PoweringOff": PowerState.ON,
+    "Paused": PowerState.ON,
+}
+
+#: A transitional state that already heads where a command would go.
+_ALREADY_HEADING = {Command.ON: "PoweringOn", Command.SOFT_OFF: "PoweringOff"}
+
+
+@attrs.frozen
+class SystemInfo:
+    """What discovery learnt about one system."""
+
+    uri: str
+    reset_target: str
+    reset_types: tuple
+    advertised: bool
+
+    def reset_type_for(self, command, describe):
+        """The advertised reset type for ``command``, or UnsupportedError."""
+        for candidate in RESET_PREFERENCES[command]:
+            if candidate in self.reset_types:
+                return candidate
+        raise UnsupportedError(
+            f"{describe}: no reset type for {command.value}; wanted one of "
+            f"{', '.join(RESET_PREFERENCES[command])}, the system allows "
+            f"{', '.join(self.reset_types) or 'none'}"
+        )
+
+
+@attrs.frozen
+class Session:
+    """A Redfish session: its token (never shown) and its URI."""
+
+    token: str = attrs.field(repr=False)
+    uri: str
+
+
+class _NotFound(ProtocolError):
+    """A cached URI answered 404: the service changed, rediscover."""
+
+
+def redfish_error_message(response):
+    """The ``error.message`` and extended info of a Redfish error body."""
+    try:
+        error = response.json().get("error")
+    except ProtocolError:
+        return ""
+    if not isinstance(error, dict):
+        return ""
+    parts = [str(error.get("message") or error.get("code") or "")]
+    for info in error.get("@Message.ExtendedInfo") or ():
+        if isinstance(info, dict) and info.get("Message"):
+            parts.append(str(info["Message"]))
+    return "; ".join(p for p in parts if p)[:400]
+
+
+def service_root(url):
+    """The ``/redfish/v1/`` URL of a service given as a base or root URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/redfish/v1/"
+
+
+def _odata_id(doc, *path):
+    """``doc[path...]['@odata.id']`` or None."""
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc.get("@odata.id") if isinstance(doc, dict) else None
+
+
+def _tail(uri):
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+class _Shared:
+    """
+    One Deferred awaited by many; cancelling a waiter leaves the source
+    running (used so that cancelling an operation never aborts a login).
+    """
+
+    def __init__(self, source):
+        self._waiters = []
+        self._result = None
+        self.done = False
+        source.addBoth(self._fire)
+
+    def _fire(self, result):
+        self.done, self._result = True, result
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            self._deliver(waiter)
+        return None
+
+    def _deliver(self, waiter):
+        if waiter.called:
+            return
+        if isinstance(self._result, Failure):
+            waiter.errback(self._result)
+        else:
+            waiter.callback(self._result)
+
+    def wait(self):
+        waiter = defer.Deferred()
+        if self.done:
+            self._deliver(waiter)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def quiet(self):
+        """Fires with None once the source is done, whatever its outcome."""
+        return self.wait().addBoth(lambda _: None)
+
+
+class SessionPool:
+    """
+    Live Redfish sessions of a driver type, one per (service, user); the
+    key holds the password only in memory, it is never shown.
+    """
+
+    def __init__(self):
+        self._live = {}
+        self._logins = {}
+
+    def get(self, key, login):
+        """A Deferred Session for ``key``, logging in with ``login()`` once."""
+        if key in self._live:
+            return defer.succeed(self._live[key][1])
+        if key not in self._logins:
+            self._logins[key] = _Shared(self._start(key, login))
+        return self._logins[key].wait()
+
+    def _start(self, key, login):
+        def done(result):
+            self._logins.pop(key, None)
+            if isinstance(result, Session):
+                self._live[key] = (key[0], result)
+            return result
+
+        return defer.maybeDeferred(login).addBoth(done)
+
+    def current(self, key):
+        entry = self._live.get(key)
+        return entry[1] if entry else None
+
+    def invalidate(self, key, session):
+        """Forget ``session`` after a 401: the service already dropped it."""
+        if self.current(key) is session:
+            del self._live[key]
+
+    def quiet(self, key):
+        login = self._logins.get(key)
+        return login.quiet() if login else defer.succeed(None)
+
+    async def close(self, delete):
+        """Wait for logins in flight, then ``delete(client_key, session)`` each."""
+        while self._logins:
+            await defer.DeferredList([s.quiet() for s in self._logins.values()])
+        live, self._live = self._live, {}
+        for client_key, session in live.values():
+            try:
+                await delete(client_key, session)
+            except Exception:
+                pass  # best effort: the service expires it anyway
+
+
+class RedfishDriver(VerifyingDriver):
+    """One Redfish ComputerSystem, verified by polling its PowerState."""
+
+    capabilities = Capabilities(queryable=True, soft_off=True, native_cycle=True)
+
+    def __init__(self, driver_type, settings, clock, timing):
+        super().__init__(clock, timing)
+        self._type = driver_type
+        self.root = service_root(settings["url"])
+        self.system = settings["system"]
+        self.username = settings["username"]
+        self._password = settings["password"] or ""
+        self.verify_tls = settings["verify_tls"]
+        self._http = driver_type.http.get(self.verify_tls)
+        self._last_raw = (None, 0.0)
+
+    def describe(self):
+        return f"redfish {self.root} system {self.system or '(the only one)'}"
+
+    @property
+    def _session_key(self):
+        return (self.verify_tls, self.root, self.username, self._password)
+
+    # -- primitives -----------------------------------------------------
+
+    def read_state(self):
+        return defer.ensureDeferred(self._with_system(self._read_state))
+
+    def send(self, command):
+        return defer.ensureDeferred(
+            self._with_system(lambda info: self._send_reset(info, command))
+        )
+
+    def quiesced(self):
+        if not self._type.use_sessions:
+            return defer.succeed(None)
+        return self._type.sessions.quiet(self._session_key)
+
+    async def _read_state(self, info):
+        doc = (await self._call("GET", info.uri)).json()
+        raw = doc.get("PowerState")
+        self._last_raw = (raw, self.clock.seconds())
+        try:
+            return POWER_STATES[raw]
+        except (KeyError, TypeError):
+            raise ProtocolError(f"{self.describe()}: unknown PowerState {raw!r}") from None
+
+    async def _send_reset(self, info, command):
+        reset_type = info.reset_type_for(command, self.describe())
+        raw, seen = self._last_raw
+        fresh = self.clock.seconds() - seen <= self.timing.timeout
+        if fresh and raw is not None and _ALREADY_HEADING.get(command) == raw:
+            return None
+        await self._call("POST", info.reset_target, {"ResetType": reset_type})
+        return None
+
+    async def _with_system(self, call):
+        """Run ``call(info)``; on a 404 rediscover once (ids may change)."""
+        try:
+            return await call(await self._system())
+        except _NotFound:
+            self._type.forget(self.root, self.system)
+            return await call(await self._system())
+
+    # -- HTTP -------------------------------------------------------------
+
+    async def _call(self, method, url, body=None):
+        """One authenticated request; the PowerError of a non-2xx answer."""
+        url = urljoin(self.root, url)
+        if self._type.use_sessions and self.username is not None:
+            response = await self._with_session(method, url, body)
+        else:
+            auth = (self.username, self._password) if self.username is not None else None
+            response = await self._http.request(method, url, json_body=body, auth=auth)
+        if response.code == 404:
+            raise _NotFound(f"{url}: not found: {redfish_error_message(response)}")
+        return check_status(response, redfish_error_message)
+
+    async def _with_session(self, method, url, body):
+        sessions, key = self._type.sessions, self._session_key
+        for attempt in (1, 2):
+            session = await sessions.get(key, self._login)
+            response = await self._http.request(
+                method, url, headers={"X-Auth-Token": session.token}, json_body=body
+            )
+            if response.code != 401 or attempt == 2:
+                return response
+            sessions.invalidate(key, session)
+        return response
+
+    def _login(self):
+        """The login, bounded by the timeout but not by any one operation."""
+        d = defer.ensureDeferred(self._create_session())
+        return d.addTimeout(self.timing.timeout, self.clock)
+
+    async def _create_session(self):
+        root = await self._http.request("GET", self.root)
+        check_status(root, redfish_error_message)
+        collection = _odata_id(root.json(), "Links", "Sessions")
+        collection = urljoin(self.root, collection or "SessionService/Sessions")
+        response = await self._http.request(
+            "POST", collection,
+            json_body={"UserName": self.username, "Password": self._password},
+        )
+        check_status(response, redfish_error_message)
+        token = response.header(b"x-auth-token")
+        where = response.header(b"location")
+        where = where.decode("latin-1") if where else response.json().get("@odata.id")
+        if not token or not where:
+            raise ProtocolError(f"{collection}: the login answered no token or location")
+        return Session(token.decode("latin-1"), urljoin(collection, where))
+
+    # -- discovery --------------------------------------------------------
+
+    async def _system(self):
+        cached = self._type.discovered(self.root, self.system)
+        if cached is not None:
+            return cached
+        info = await self._discover()
+        self._type.remember(self.root, self.system, info)
+        return info
+
+    async def _discover(self):
+        root = (await self._call("GET", self.root)).json()
+        systems = _odata_id(root, "Systems")
+        if not systems:
+            raise ProtocolError(f"{self.root}: the service root has no Systems")
+        collection = (await self._call("GET", systems)).json()
+        members = [m.get("@odata.id") for m in collection.get("Members") or ()
+                   if isinstance(m, dict) and m.get("@odata.id")]
+        if not members:
+            raise ProtocolError(f"{self.root}: the Systems collection is empty")
+        doc = await self._find_system(systems, members)
+        return await self._reset_info(doc)
+
+    def _no_such_system(self, members, reason):
+        listing = ", ".join(_tail(m) for m in members)
+        return InvalidParameters("system", f"{reason}; the service has: {listing}", "redfish")
+
+    async def _find_system(self, systems, members):
+        if self.system is None:
+            if len(members) != 1:
+                raise self._no_such_system(
+                    members, f"required: the service has {len(members)} systems")
+            return (await self._call("GET", members[0])).json()
+        by_tail = {_tail(m): m for m in members}
+        if self.system in by_tail or self.system in members:
+            return (await self._call("GET", by_tail.get(self.system, self.system))).json()
+        try:
+            doc = (await self._call("GET", urljoin(systems + "/", quote(self.system)))).json()
+            if doc.get("@odata.id") in members:
+                return doc
+        except _NotFound:
+            pass
+        return await self._scan(members)
+
+    async def _scan(self, members):
+        """Fetch every member and match its Id or Name (a slow last resort)."""
+        try:
+            docs = await defer.gatherResults(
+                [defer.ensureDeferred(self._call("GET", m)) for m in members],
+                consumeErrors=True,
+            )
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+        for member, response in zip(members, docs):
+            doc = response.json()
+            if self.system in (doc.get("Id"), doc.get("Name")):
+                return doc
+        raise self._no_such_system(members, f"no system {self.system!r}")
+
+    async def _reset_info(self, doc):
+        uri = urljoin(self.root, doc.get("@odata.id") or "")
+        action = (doc.get("Actions") or {}).get("#ComputerSystem.Reset")
+        if not isinstance(action, dict) or not action.get("target"):
+            raise UnsupportedError(f"{uri}: the system offers no ComputerSystem.Reset")
+        allowed = action.get("ResetType@Redfish.AllowableValues")
+        if allowed is None and action.get("@Redfish.ActionInfo"):
+            allowed = await self._action_info(action["@Redfish.ActionInfo"])
+        advertised = isinstance(allowed, list)
+        return SystemInfo(
+            uri=uri,
+            reset_target=urljoin(self.root, action["target"]),
+            reset_types=tuple(allowed) if advertised else ASSUMED_RESET_TYPES,
+            advertised=advertised,
+        )
+
+    async def _action_info(self, uri):
+        info = (await self._call("GET", uri)).json()
+        for parameter in info.get("Parameters") or ():
+            if isinstance(parameter, dict) and parameter.get("Name") == "ResetType":
+                return parameter.get("AllowableValues")
+        return None
+
+
+@implementer(IDriverType)
+class RedfishDriverType:
+    """
+    Builds :class:`RedfishDriver` agents; owns what they share: the HTTP
+    connection pools, the discovery cache and (optionally) the sessions.
+    """
+
+    name = "redfish"
+    schema = SCHEMA
+    capabilities = RedfishDriver.capabilities
+
+    def __init__(self, reactor, clock=None, timing=Timing(), use_sessions=False,
+                 redirect_limit=5):
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.timing = timing
+        self.use_sessions = use_sessions
+        self.http = HttpClients(reactor, timing.timeout, redirect_limit)
+        self.sessions = SessionPool()
+        self._discovered = {}
+
+    def bind(self, settings):
+        if urlsplit(settings["url"]).username is not None:
+            raise InvalidParameters(
+                "url", "must not contain credentials; use username and password",
+                self.name)
+        timing = self.timing
+        if settings.get("timeout"):
+            timing = attrs.evolve(timing, timeout=settings["timeout"])
+        return RedfishDriver(self, settings, self.clock, timing)
+
+    def discovered(self, root, system):
+        return self._discovered.get((root, system))
+
+    def remember(self, root, system, info):
+        self._discovered[(root, system)] = info
+
+    def forget(self, root, system):
+        self._discovered.pop((root, system), None)
+
+    def close(self):
+        """Delete every session, then close the connection pools."""
+        return defer.ensureDeferred(self._close())
+
+    async def _close(self):
+        await self.sessions.close(self._delete_session)
+        await self.http.close()
+
+    async def _delete_session(self, verify_tls, session):
+        d = self.http.get(verify_tls).request(
+            "DELETE", session.uri, headers={"X-Auth-Token": session.token})
+        await d.addTimeout(self.timing.timeout, self.clock)
+
