@@ -1,0 +1,454 @@
+"""
+The ``snmp`` power driver: switched PDU outlets over SNMP v1, v2c and v3.
+
+What an outlet is, and which SET switches it, comes from the data table in
+:mod:`powerctl.drivers.snmp_families`; this module only speaks SNMP.
+
+pysnmp 7 is asyncio only.  Every call is an asyncio coroutine bridged with
+``Deferred.fromFuture(asyncio.ensure_future(coro))``: cancelling the
+Deferred cancels the asyncio task, pysnmp drops the answer if one comes
+later, and nothing per call survives (no socket, no Twisted timer).
+
+One :class:`~pysnmp.entity.engine.SnmpEngine` per driver type, created on
+first use (the loop must be running then), holds one UDP socket shared by
+every call to every PDU; :meth:`SnmpDriverType.close` closes its dispatcher
+and socket.
+
+Parameters (see :data:`SCHEMA`)
+-------------------------------
+``community`` is used for reads; ``write_community`` for SETs and defaults
+to ``community`` when not given (many PDUs use one read-write community).
+``timeout``/``retries`` are pysnmp's per-request timeout and
+retransmissions; the driver's :class:`~powerctl.drivers.interface.Timing`
+bounds the whole call and retries on top, so keep
+``Timing.timeout >= timeout * (retries + 1)``.
+
+Error mapping
+-------------
+* no answer -> :class:`PowerTimeout` (with v1/v2c a wrong community is
+  silently dropped by agents, so it looks the same; the message says so);
+* v3 unknown user, wrong digest, decryption failure ->
+  :class:`AuthenticationError`;
+* ``noAccess``/``authorizationError``/``notWritable``/``readOnly`` on a
+  SET -> :class:`AuthenticationError` (the community or user may not write);
+* host that does not resolve -> :class:`UnreachableError`;
+* anything else (other error status, missing OID, unexpected value) ->
+  :class:`ProtocolError`.
+Secrets never appear in messages or logs.
+"""
+
+import asyncio
+import ipaddress
+
+import attrs
+from pysnmp.entity import config as snmp_config
+from pysnmp.error import PySnmpError
+from pysnmp.hlapi.v3arch import asyncio as hlapi
+from pysnmp.proto import errind
+from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
+from twisted.internet import defer
+from zope.interface import implementer
+
+from powerctl.drivers import snmp_families
+from powerctl.drivers.base import Command, VerifyingDriver
+from powerctl.drivers.errors import (
+    AuthenticationError,
+    InvalidParameters,
+    PowerTimeout,
+    ProtocolError,
+    UnreachableError,
+    UnsupportedError,
+)
+from powerctl.drivers.interface import Capabilities, IDriverType, Timing
+from powerctl.drivers.schema import Param, Schema
+from powerctl.power import PowerState
+
+AUTH_PROTOCOLS = {
+    "none": snmp_config.USM_AUTH_NONE,
+    "md5": snmp_config.USM_AUTH_HMAC96_MD5,
+    "sha": snmp_config.USM_AUTH_HMAC96_SHA,
+    "sha224": snmp_config.USM_AUTH_HMAC128_SHA224,
+    "sha256": snmp_config.USM_AUTH_HMAC192_SHA256,
+    "sha384": snmp_config.USM_AUTH_HMAC256_SHA384,
+    "sha512": snmp_config.USM_AUTH_HMAC384_SHA512,
+}
+
+PRIV_PROTOCOLS = {
+    "none": snmp_config.USM_PRIV_NONE,
+    "des": snmp_config.USM_PRIV_CBC56_DES,
+    "3des": snmp_config.USM_PRIV_CBC168_3DES,
+    "aes": snmp_config.USM_PRIV_CFB128_AES,
+    "aes192": snmp_config.USM_PRIV_CFB192_AES,
+    "aes256": snmp_config.USM_PRIV_CFB256_AES,
+}
+
+#: USM requires pass phrases of at least 8 characters (RFC 3414 2.6).
+MIN_KEY_LENGTH = 8
+#: Varbinds per GET when querying many outlets (keeps a PDU well under 1472 bytes).
+MAX_VARBINDS = 48
+
+_WRITE_REFUSED = {"noAccess", "authorizationError", "notWritable", "readOnly"}
+_AUTH_INDICATIONS = (
+    errind.UnknownUserName,
+    errind.WrongDigest,
+    errind.DecryptionError,
+    errind.AuthenticationError,
+    errind.AuthenticationFailure,
+    errind.UnknownSecurityName,
+    errind.UnsupportedSecurityLevel,
+    errind.UnknownCommunityName,
+)
+
+
+class SnmpSchema(Schema):
+    """The declared parameters plus the rules that tie them together."""
+
+    def validate(self, params):
+        result = super().validate(params)
+        check_cross_fields(result, self.driver)
+        return result
+
+
+def _require_key(settings, key, protocol, driver):
+    """A key is required (and long enough) when its protocol is not none."""
+    if settings[protocol] == "none":
+        return
+    value = settings[key]
+    if not value:
+        raise InvalidParameters(key, f"is required when {protocol} is {settings[protocol]}", driver)
+    if len(value) < MIN_KEY_LENGTH:
+        raise InvalidParameters(key, f"must be at least {MIN_KEY_LENGTH} characters", driver)
+
+
+def check_cross_fields(settings, driver="snmp"):
+    """
+    The rules one parameter cannot check alone; raises
+    :class:`InvalidParameters` before anything is sent.
+    """
+    family = snmp_families.get(settings["family"])
+    try:
+        family.index.index(settings["unit"], settings["outlet"])
+    except ValueError as e:
+        raise InvalidParameters("unit", f"{e} (family {family.name})", driver) from None
+    if settings["version"] != "3":
+        return
+    if not settings["user"]:
+        raise InvalidParameters("user", "is required with version 3", driver)
+    _require_key(settings, "auth_key", "auth_protocol", driver)
+    _require_key(settings, "priv_key", "priv_protocol", driver)
+    if settings["priv_protocol"] != "none" and settings["auth_protocol"] == "none":
+        raise InvalidParameters("priv_protocol", "privacy needs an auth_protocol", driver)
+
+
+SCHEMA = SnmpSchema(
+    driver="snmp",
+    params=(
+        Param("host", "host", required=True, help="PDU address or host name"),
+        Param("port", "port", default=161),
+        Param("family", "str", required=True, choices=snmp_families.NAMES,
+              help="PDU family (OIDs and values), see snmp_families"),
+        Param("outlet", "int", required=True, minimum=1, help="outlet number, from 1"),
+        Param("unit", "int", default=1, minimum=1,
+              help="PDU in a daisy-chain / module (families with units)"),
+        Param("version", "str", default="2c", choices=("1", "2c", "3")),
+        Param("community", "str", default="public", secret=True, help="read community"),
+        Param("write_community", "str", secret=True,
+              help="community for SETs; defaults to community"),
+        Param("user", "str", help="SNMPv3 user"),
+        Param("auth_protocol", "str", default="sha", choices=tuple(AUTH_PROTOCOLS)),
+        Param("auth_key", "str", secret=True),
+        Param("priv_protocol", "str", default="none", choices=tuple(PRIV_PROTOCOLS)),
+        Param("priv_key", "str", secret=True),
+        Param("timeout", "float", default=2.0, minimum=0.05,
+              help="seconds per SNMP request before pysnmp retransmits"),
+        Param("retries", "int", default=1, minimum=0, help="SNMP retransmissions"),
+    ),
+)
+
+
+@attrs.frozen
+class Target:
+    """Where and how to reach one PDU (no outlet): the unit of batching."""
+
+    host: str
+    port: int
+    version: str
+    community: str = attrs.field(repr=False)
+    write_community: str = attrs.field(repr=False)
+    user: str | None
+    auth_protocol: str
+    auth_key: str | None = attrs.field(repr=False)
+    priv_protocol: str
+    priv_key: str | None = attrs.field(repr=False)
+    timeout: float
+    retries: int
+
+    @classmethod
+    def from_settings(cls, s):
+        return cls(
+            host=s["host"], port=s["port"], version=s["version"],
+            community=s["community"], write_community=s["write_community"] or s["community"],
+            user=s["user"], auth_protocol=s["auth_protocol"], auth_key=s["auth_key"],
+            priv_protocol=s["priv_protocol"], priv_key=s["priv_key"],
+            timeout=s["timeout"], retries=s["retries"],
+        )
+
+    def describe(self):
+        return f"snmp {self.host}:{self.port} (v{self.version})"
+
+    def auth_data(self, write):
+        """pysnmp credentials for a read or a write."""
+        if self.version == "3":
+            return hlapi.UsmUserData(
+                self.user,
+                authKey=self.auth_key if self.auth_protocol != "none" else None,
+                privKey=self.priv_key if self.priv_protocol != "none" else None,
+                authProtocol=AUTH_PROTOCOLS[self.auth_protocol],
+                privProtocol=PRIV_PROTOCOLS[self.priv_protocol],
+            )
+        community = self.write_community if write else self.community
+        return hlapi.CommunityData(community, mpModel=0 if self.version == "1" else 1)
+
+    async def transport(self):
+        """The pysnmp transport target (resolves host names)."""
+        cls = hlapi.UdpTransportTarget
+        try:
+            if ipaddress.ip_address(self.host).version == 6:
+                cls = hlapi.Udp6TransportTarget
+        except ValueError:
+            pass
+        try:
+            return await cls.create(
+                (self.host, self.port), timeout=self.timeout, retries=self.retries
+            )
+        except PySnmpError as e:
+            raise UnreachableError(f"{self.describe()}: cannot resolve host: {e}") from None
+
+
+def _failure(target, what, indication, status, index, var_binds, write):
+    """Translate a pysnmp answer into the error taxonomy (or None if fine)."""
+    where = f"{target.describe()} {what}"
+    if indication:
+        if isinstance(indication, errind.RequestTimedOut):
+            hint = "" if target.version == "3" else " (with v1/v2c a wrong community looks like this)"
+            return PowerTimeout(
+                f"{where}: no response within {target.timeout:g}s x{target.retries + 1}{hint}"
+            )
+        if isinstance(indication, _AUTH_INDICATIONS):
+            return AuthenticationError(f"{where}: credentials refused ({type(indication).__name__})")
+        return ProtocolError(f"{where}: {indication}")
+    if status:
+        name = status.prettyPrint()
+        oid = var_binds[int(index) - 1][0].prettyPrint() if index and var_binds else "?"
+        if name in _WRITE_REFUSED or (write and name == "noSuchName" and target.version == "1"):
+            who = "user" if target.version == "3" else ("write community" if write else "community")
+            return AuthenticationError(
+                f"{where}: the PDU refused access to {oid} ({name}); "
+                f"does the {who} have {'write' if write else 'read'} access?"
+            )
+        return ProtocolError(f"{where}: error status {name} at {oid}")
+    return None
+
+
+def _is_missing(value):
+    return isinstance(value, (NoSuchObject, NoSuchInstance, EndOfMibView))
+
+
+@implementer(IDriverType)
+class SnmpDriverType:
+    """
+    The ``snmp`` driver type.  Holds the shared SNMP engine; builds one
+    :class:`SnmpOutletDriver` per agent and answers batched queries.
+    """
+
+    name = "snmp"
+    schema = SCHEMA
+    capabilities = Capabilities(queryable=True, soft_off=False, native_cycle=True)
+
+    def __init__(self, clock=None, timing=Timing()):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.timing = timing
+        self._engine = None
+
+    # -- the shared engine ---------------------------------------------
+
+    def _snmp_engine(self):
+        """The engine, created while the loop runs (pysnmp needs that)."""
+        if self._engine is None:
+            self._engine = hlapi.SnmpEngine()
+        return self._engine
+
+    def close(self):
+        """Close the engine's dispatcher and socket; a Deferred."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close_dispatcher()
+        return _bridge(_settle())
+
+    # -- IDriverType ----------------------------------------------------
+
+    def bind(self, settings):
+        return SnmpOutletDriver(self, settings, self.clock, self.timing)
+
+    def capabilities_for(self, settings):
+        """Capabilities of one agent: native cycle only if the family reboots."""
+        family = snmp_families.get(settings["family"])
+        return Capabilities(queryable=True, soft_off=False, native_cycle=family.reboot is not None)
+
+    # -- protocol primitives (coroutines) -------------------------------
+
+    async def get(self, target, oids, what="get"):
+        """GET ``oids`` in one request: ``[(oid tuple, value), ...]``."""
+        transport = await target.transport()
+        result = await hlapi.get_cmd(
+            self._snmp_engine(), target.auth_data(write=False), transport, hlapi.ContextData(),
+            *[hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in oids],
+            lookupMib=False,
+        )
+        failure = _failure(target, what, *result, write=False)
+        if failure:
+            raise failure
+        return [(tuple(name), value) for name, value in result[3]]
+
+    async def set(self, target, oid, value, what="set"):
+        """SET one Integer32 with the write credentials."""
+        transport = await target.transport()
+        result = await hlapi.set_cmd(
+            self._snmp_engine(), target.auth_data(write=True), transport, hlapi.ContextData(),
+            hlapi.ObjectType(hlapi.ObjectIdentity(oid), hlapi.Integer32(value)),
+            lookupMib=False,
+        )
+        failure = _failure(target, what, *result, write=True)
+        if failure:
+            raise failure
+
+    async def walk(self, target, column, what="walk"):
+        """Every ``(oid, value)`` under ``column`` (GETBULK, or GETNEXT with v1)."""
+        transport = await target.transport()
+        out, start = [], tuple(column)
+        while True:
+            if target.version == "1":
+                result = await hlapi.next_cmd(
+                    self._snmp_engine(), target.auth_data(write=False), transport,
+                    hlapi.ContextData(), hlapi.ObjectType(hlapi.ObjectIdentity(start)),
+                    lookupMib=False,
+                )
+            else:
+                result = await hlapi.bulk_cmd(
+                    self._snmp_engine(), target.auth_data(write=False), transport,
+                    hlapi.ContextData(), 0, MAX_VARBINDS,
+                    hlapi.ObjectType(hlapi.ObjectIdentity(start)), lookupMib=False,
+                )
+            indication, status, index, var_binds = result
+            if status and status.prettyPrint() == "noSuchName":
+                return out  # v1 end of MIB
+            failure = _failure(target, what, indication, status, index, var_binds, write=False)
+            if failure:
+                raise failure
+            for name, value in var_binds:
+                name = tuple(name)
+                if name[: len(column)] != tuple(column) or _is_missing(value):
+                    return out
+                out.append((name, value))
+            if not var_binds:
+                return out
+            start = out[-1][0]
+
+    # -- batched query for the poller ------------------------------------
+
+    def query_outlets(self, settings, outlets=None):
+        """
+        The state of many outlets of one PDU: a Deferred firing with
+        ``{outlet: PowerState}``.  With ``outlets`` given, one GET carries
+        them all (chunks of :data:`MAX_VARBINDS`); with None, the status
+        column of ``settings['unit']`` is walked with GETBULK.  ``settings``
+        are validated settings of any outlet of that PDU.  Outlets the PDU
+        does not have read as UNKNOWN.  Bounded by ``timing.timeout``.
+        """
+        from powerctl.drivers.base import bounded
+
+        target = Target.from_settings(settings)
+        family = snmp_families.get(settings["family"])
+        coro = self._query_outlets(target, family, settings["unit"], outlets)
+        return bounded(_bridge(coro), self.timing.timeout, self.clock,
+                       f"{target.describe()} query outlets")
+
+    async def _query_outlets(self, target, family, unit, outlets):
+        if outlets is None:
+            rows = await self.walk(target, family.status_oid + family.index.prefix(unit))
+            return {
+                family.outlet_of(oid, unit): family.state_of(value)
+                for oid, value in rows
+                if family.outlet_of(oid, unit) is not None
+            }
+        wanted = sorted(set(outlets))
+        states = {}
+        for start in range(0, len(wanted), MAX_VARBINDS):
+            chunk = wanted[start : start + MAX_VARBINDS]
+            rows = await self.get(
+                target, [family.status_instance(unit, n) for n in chunk], "query outlets"
+            )
+            for n, (_, value) in zip(chunk, rows):
+                states[n] = PowerState.UNKNOWN if _is_missing(value) else family.state_of(value)
+        return states
+
+
+async def _settle():
+    """Two loop turns, so closed asyncio transports really close their sockets."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+def _bridge(coro):
+    """
+    A Deferred for an asyncio coroutine; cancelling it cancels the task and
+    fails with Twisted's CancelledError, as callers of Deferreds expect.
+    """
+
+    def translate(failure):
+        failure.trap(asyncio.CancelledError)
+        raise defer.CancelledError()
+
+    return defer.Deferred.fromFuture(asyncio.ensure_future(coro)).addErrback(translate)
+
+
+class SnmpOutletDriver(VerifyingDriver):
+    """One PDU outlet: GET the status OID, SET the family's command."""
+
+    def __init__(self, driver_type, settings, clock, timing):
+        super().__init__(clock, timing)
+        self._type = driver_type
+        self.family = snmp_families.get(settings["family"])
+        self.unit = settings["unit"]
+        self.outlet = settings["outlet"]
+        self.target = Target.from_settings(settings)
+        self.capabilities = driver_type.capabilities_for(settings)
+
+    def describe(self):
+        return f"{self.target.describe()} {self.family.name} outlet {self.unit}.{self.outlet}"
+
+    def read_state(self):
+        return _bridge(self._read_state())
+
+    async def _read_state(self):
+        oid = self.family.status_instance(self.unit, self.outlet)
+        ((_, value),) = await self._type.get(self.target, [oid], f"outlet {self.outlet} query")
+        if _is_missing(value):
+            raise ProtocolError(
+                f"{self.describe()}: no {self.family.status_object} at "
+                f"{'.'.join(map(str, oid))}; wrong family, unit or outlet?"
+            )
+        return self.family.state_of(value)
+
+    def send(self, command):
+        cmd = {
+            Command.ON: self.family.on,
+            Command.OFF: self.family.off,
+            Command.CYCLE: self.family.reboot,
+        }.get(command)
+        if cmd is None:
+            return defer.fail(UnsupportedError(f"{self.describe()} cannot {command.value}"))
+        oid = self.family.command_instance(cmd, self.unit, self.outlet)
+        return _bridge(self._type.set(self.target, oid, cmd.value, f"outlet {self.outlet} {command.value}"))

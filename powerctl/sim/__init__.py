@@ -1,0 +1,1 @@
+"""Simulated BMCs, PDUs and Redfish services for tests, benches and the demo."""

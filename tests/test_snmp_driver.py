@@ -1,0 +1,365 @@
+"""
+The ``snmp`` driver against the simulated PDU over real UDP on loopback:
+schema checks, every family, every SNMP version, errors, cancellation,
+and the all-outlets-in-one-request query.
+"""
+
+import functools
+import os
+import time
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from powerctl.drivers import snmp_families
+from powerctl.drivers.base import sleep
+from powerctl.drivers.errors import (
+    AuthenticationError,
+    InvalidParameters,
+    PowerTimeout,
+    ProtocolError,
+    UnsupportedError,
+)
+from powerctl.drivers.interface import Timing
+from powerctl.drivers.snmp import SCHEMA, SnmpDriverType
+from powerctl.power import PowerState
+from powerctl.sim import snmp as simsnmp
+
+FAST = Timing(timeout=1.0, retries=0, backoff=0.01, backoff_max=0.01,
+              verify_timeout=2.0, poll_interval=0.02, soft_off_timeout=1.0)
+V3_AUTH = "authpass-123"
+V3_PRIV = "privpass-456"
+
+
+def inline(f):
+    """Run an ``async def`` test method as a Deferred-returning one."""
+
+    @functools.wraps(f)
+    def wrapper(self, *a, **kw):
+        return defer.ensureDeferred(f(self, *a, **kw))
+
+    return wrapper
+
+
+def open_fds():
+    """How many file descriptors this process has open (Linux)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+class SimMixin:
+    """Starts simulators and a driver type, and always cleans them up."""
+
+    timing = FAST
+
+    def setUp(self):
+        self.driver_type = SnmpDriverType(reactor, self.timing)
+        self.addCleanup(self.driver_type.close)
+
+    async def sim(self, **options):
+        sim = await simsnmp.start(reactor, simsnmp.SimOptions(**options))
+        self.addCleanup(sim.stop)
+        return sim
+
+    def settings(self, sim, **params):
+        base = {
+            "host": "127.0.0.1", "port": sim.port, "family": sim.options.family,
+            "outlet": 1, "write_community": "private", "timeout": 0.3, "retries": 0,
+        }
+        base.update(params)
+        return SCHEMA.validate(base)
+
+    def driver(self, sim, **params):
+        return self.driver_type.bind(self.settings(sim, **params))
+
+
+class SchemaTests(unittest.TestCase):
+    """Bad parameters are refused before any I/O."""
+
+    GOOD = {"host": "127.0.0.1", "family": "apc-rpdu", "outlet": 1}
+
+    def invalid(self, name, **params):
+        with self.assertRaises(InvalidParameters) as cm:
+            SCHEMA.validate({**self.GOOD, **params})
+        self.assertEqual(cm.exception.parameter, name)
+        return cm.exception
+
+    def test_defaults(self):
+        s = SCHEMA.validate(dict(self.GOOD))
+        self.assertEqual((s["port"], s["version"], s["community"], s["unit"]), (161, "2c", "public", 1))
+        self.assertIsNone(s["write_community"])
+
+    def test_required(self):
+        for name in ("host", "family", "outlet"):
+            params = dict(self.GOOD)
+            del params[name]
+            with self.assertRaises(InvalidParameters) as cm:
+                SCHEMA.validate(params)
+            self.assertEqual(cm.exception.parameter, name)
+
+    def test_single_field_rules(self):
+        self.invalid("family", family="nope")
+        self.invalid("outlet", outlet=0)
+        self.invalid("port", port=70000)
+        self.invalid("version", version="2")
+        self.invalid("host", host="not a host!")
+        self.invalid("auth_protocol", auth_protocol="sha1024")
+        self.invalid("priv_protocol", priv_protocol="rot13")
+        self.invalid("bogus", bogus=1)
+
+    def test_v3_needs_user(self):
+        self.invalid("user", version="3", auth_key=V3_AUTH)
+
+    def test_v3_auth_key_required_and_long_enough(self):
+        self.invalid("auth_key", version="3", user="u")
+        e = self.invalid("auth_key", version="3", user="u", auth_key="short")
+        self.assertNotIn("short", str(e))  # secrets never in messages
+
+    def test_v3_priv_rules(self):
+        self.invalid("priv_key", version="3", user="u", auth_key=V3_AUTH, priv_protocol="aes")
+        self.invalid("priv_protocol", version="3", user="u", auth_protocol="none", priv_protocol="aes",
+                     priv_key=V3_PRIV)
+
+    def test_v3_no_auth_allowed_explicitly(self):
+        SCHEMA.validate({**self.GOOD, "version": "3", "user": "u", "auth_protocol": "none"})
+
+    def test_unit_only_for_families_with_units(self):
+        self.invalid("unit", unit=2)
+        SCHEMA.validate({**self.GOOD, "family": "raritan-px2", "unit": 2})
+
+    def test_redaction(self):
+        s = SCHEMA.validate({**self.GOOD, "community": "c0mm", "write_community": "wr1te"})
+        shown = SCHEMA.redact(s)
+        self.assertNotIn("c0mm", repr(shown))
+        self.assertNotIn("wr1te", repr(shown))
+
+
+class FamilyTests(SimMixin, unittest.TestCase):
+    """on / off / query / cycle for every family, over UDP."""
+
+    async def exercise(self, family):
+        unit = 2 if snmp_families.get(family).index.has_unit else 1
+        sim = await self.sim(family=family, outlets=4, initial="off", unit=unit, switch_delay=0.03)
+        drv = self.driver(sim, outlet=3, unit=unit)
+        self.assertEqual(await drv.query(), PowerState.OFF)
+        self.assertEqual(await drv.on(), PowerState.ON)
+        self.assertEqual(sim.outlets[3], PowerState.ON)
+        self.assertEqual(sim.outlets[2], PowerState.OFF)
+        self.assertEqual(await drv.off(), PowerState.OFF)
+        await drv.on()
+        self.assertEqual(await drv.cycle(), PowerState.ON)
+        self.assertEqual([s[0] for s in sim.sets], [3, 3, 3, 3, 3])
+        with self.assertRaises(UnsupportedError):
+            await drv.soft_off()
+        self.assertEqual(drv.capabilities.native_cycle, snmp_families.get(family).reboot is not None)
+
+    def test_every_family(self):
+        async def all_families():
+            for family in snmp_families.NAMES:
+                await self.exercise(family)
+
+        return defer.ensureDeferred(all_families())
+
+    @inline
+    async def test_native_reboot_command(self):
+        sim = await self.sim(family="raritan-px2", outlets=2, initial="on")
+        drv = self.driver(sim, outlet=2)
+        from powerctl.drivers.base import Command
+
+        await drv.send(Command.CYCLE)
+        self.assertEqual(sim.sets, [(2, "switchingOperation", 2)])
+
+    @inline
+    async def test_baytech_cannot_reboot_natively(self):
+        sim = await self.sim(family="baytech-mrp", outlets=2)
+        from powerctl.drivers.base import Command
+
+        with self.assertRaises(UnsupportedError):
+            await self.driver(sim).send(Command.CYCLE)
+
+    @inline
+    async def test_missing_outlet_is_protocol_error(self):
+        sim = await self.sim(outlets=2)
+        with self.assertRaises(ProtocolError) as cm:
+            await self.driver(sim, outlet=9).query()
+        self.assertIn("wrong family, unit or outlet", str(cm.exception))
+
+
+class VersionTests(SimMixin, unittest.TestCase):
+    @inline
+    async def test_v1(self):
+        sim = await self.sim(family="apc-masterswitch", initial="off")
+        drv = self.driver(sim, version="1", outlet=2)
+        self.assertEqual(await drv.on(), PowerState.ON)
+        self.assertEqual(await self.driver_type.query_outlets(self.settings(sim, version="1")),
+                         {n: (PowerState.ON if n == 2 else PowerState.OFF) for n in range(1, 9)})
+
+    @inline
+    async def test_one_read_write_community(self):
+        sim = await self.sim(community="private", write_community="private")
+        drv = self.driver(sim, community="private", write_community=None)
+        self.assertEqual(await drv.on(), PowerState.ON)
+
+    async def v3(self, auth, priv):
+        sim = await self.sim(family="cyberpower", v3_user="ops", auth_protocol=auth, auth_key=V3_AUTH,
+                             priv_protocol=priv, priv_key=V3_PRIV if priv != "none" else None)
+        drv = self.driver(sim, version="3", user="ops", auth_protocol=auth, auth_key=V3_AUTH,
+                          priv_protocol=priv, priv_key=V3_PRIV if priv != "none" else None, timeout=1.0)
+        self.assertEqual(await drv.on(), PowerState.ON)
+        self.assertEqual(await drv.off(), PowerState.OFF)
+
+    @inline
+    async def test_v3_sha_aes(self):
+        await self.v3("sha", "aes")
+
+    @inline
+    async def test_v3_sha256_aes256(self):
+        await self.v3("sha256", "aes256")
+
+    @inline
+    async def test_v3_md5_des(self):
+        await self.v3("md5", "des")
+
+    @inline
+    async def test_v3_auth_no_priv(self):
+        await self.v3("sha512", "none")
+
+
+class ErrorTests(SimMixin, unittest.TestCase):
+    @inline
+    async def test_read_only_community_refused_on_set(self):
+        sim = await self.sim(initial="off")
+        drv = self.driver(sim, write_community="public")
+        with self.assertRaises(AuthenticationError) as cm:
+            await drv.on()
+        self.assertIn("noAccess", str(cm.exception))
+        self.assertIn("write community", str(cm.exception))
+        self.assertNotIn("public", str(cm.exception))
+        self.assertEqual(sim.outlets[1], PowerState.OFF)
+        self.assertEqual(sim.sets, [])
+
+    @inline
+    async def test_read_only_community_refused_v1(self):
+        sim = await self.sim(initial="off")
+        with self.assertRaises(AuthenticationError):
+            await self.driver(sim, version="1", write_community="public").on()
+        self.assertEqual(sim.sets, [])
+
+    @inline
+    async def test_wrong_community_times_out_quickly(self):
+        sim = await self.sim()
+        started = time.monotonic()
+        with self.assertRaises(PowerTimeout) as cm:
+            await self.driver(sim, community="wrong").query()
+        self.assertLess(time.monotonic() - started, 1.5)
+        self.assertIn("wrong community", str(cm.exception))
+        self.assertNotIn("'wrong'", str(cm.exception))
+
+    @inline
+    async def test_v3_unknown_user(self):
+        sim = await self.sim(v3_user="ops", auth_key=V3_AUTH)
+        started = time.monotonic()
+        with self.assertRaises(AuthenticationError):
+            await self.driver(sim, version="3", user="intruder", auth_key=V3_AUTH).query()
+        self.assertLess(time.monotonic() - started, 1.5)
+
+    @inline
+    async def test_v3_wrong_key(self):
+        sim = await self.sim(v3_user="ops", auth_key=V3_AUTH)
+        good = self.driver(sim, version="3", user="ops", auth_key=V3_AUTH)
+        self.assertEqual(await good.query(), PowerState.OFF)
+        bad = self.driver(sim, version="3", user="ops", auth_key="not-the-key")
+        with self.assertRaises(AuthenticationError) as cm:
+            await bad.query()
+        self.assertNotIn("not-the-key", str(cm.exception))
+
+    @inline
+    async def test_hang_is_power_timeout(self):
+        sim = await self.sim(fault="hang")
+        started = time.monotonic()
+        with self.assertRaises(PowerTimeout):
+            await self.driver(sim).query()
+        self.assertLess(time.monotonic() - started, 1.5)
+        self.assertGreaterEqual(sim.datagrams, 1)
+
+    @inline
+    async def test_error_status_is_protocol_error(self):
+        sim = await self.sim(fault="error")
+        with self.assertRaises(ProtocolError) as cm:
+            await self.driver(sim).query()
+        self.assertIn("genErr", str(cm.exception))
+
+    @inline
+    async def test_drops_are_retried(self):
+        sim = await self.sim(fault="drop", drop_rate=0.5, seed=3)
+        drv = self.driver(sim, timeout=0.1, retries=6)
+        for _ in range(5):
+            self.assertEqual(await drv.query(), PowerState.OFF)
+
+    @inline
+    async def test_nothing_listening(self):
+        sim = await self.sim()
+        settings = self.settings(sim)
+        await sim.stop()
+        with self.assertRaises(PowerTimeout):
+            await self.driver_type.bind(settings).query()
+
+
+class CancellationTests(SimMixin, unittest.TestCase):
+    @inline
+    async def test_cancel_mid_call_leaves_nothing(self):
+        sim = await self.sim(fault="hang")
+        drv = self.driver(sim, timeout=5.0)
+        # warm up: the shared engine opens its one socket on first use
+        healthy = await self.sim()
+        await self.driver(healthy).query()
+        fds, calls = open_fds(), len(reactor.getDelayedCalls())
+        for _ in range(5):
+            d = drv.query()
+            await sleep(reactor, 0.05)
+            d.cancel()
+            with self.assertRaises(defer.CancelledError):
+                await d
+        await sleep(reactor, 0)
+        self.assertEqual(len(reactor.getDelayedCalls()), calls)
+        self.assertEqual(open_fds(), fds)
+
+    @inline
+    async def test_close_releases_the_socket(self):
+        sim = await self.sim()
+        baseline = open_fds()
+        await self.driver(sim).query()
+        self.assertEqual(open_fds(), baseline + 1)
+        await self.driver_type.close()
+        self.assertEqual(open_fds(), baseline)
+        self.assertEqual(await self.driver(sim).query(), PowerState.OFF)  # reopens
+
+
+class QueryOutletsTests(SimMixin, unittest.TestCase):
+    @inline
+    async def test_all_outlets_in_one_request(self):
+        sim = await self.sim(family="servertech-sentry4", outlets=48, initial=",".join(
+            "on" if n % 3 == 0 else "off" for n in range(1, 49)))
+        settings = self.settings(sim)
+        await self.driver_type.query_outlets(settings, [1])  # warm up
+        before = sim.datagrams
+        states = await self.driver_type.query_outlets(settings, range(1, 49))
+        self.assertEqual(sim.datagrams - before, 1)
+        self.assertEqual(states, dict(sim.outlets))
+
+    @inline
+    async def test_walk_without_outlet_list(self):
+        sim = await self.sim(family="eaton-epdu", outlets=24, initial="on")
+        states = await self.driver_type.query_outlets(self.settings(sim))
+        self.assertEqual(states, dict(sim.outlets))
+
+    @inline
+    async def test_missing_outlets_are_unknown(self):
+        sim = await self.sim(outlets=2, initial="on")
+        states = await self.driver_type.query_outlets(self.settings(sim), [1, 2, 3])
+        self.assertEqual(states, {1: PowerState.ON, 2: PowerState.ON, 3: PowerState.UNKNOWN})
+
+    @inline
+    async def test_bounded(self):
+        sim = await self.sim(fault="hang")
+        with self.assertRaises(PowerTimeout):
+            await self.driver_type.query_outlets(self.settings(sim, timeout=5.0), [1, 2])
