@@ -1,0 +1,124 @@
+"""
+The pserv's brain, free of any connection: accepts operations from a
+region, runs them through the registry, and hands every outcome -- by
+operation id -- to whoever reports to the region.
+
+Operation ids are remembered while in play and for a while after they
+finish, so that a region that re-sends an operation (after its own restart,
+or because our report was lost with the connection) gets the known outcome
+again instead of the hardware being driven twice.
+"""
+
+import collections
+
+import attrs
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from powerctl.drivers.errors import PowerError
+from powerctl.pserv.executor import InvalidConfig
+from powerctl.registry import Cancelled, Outcome, PowerAction, Superseded
+
+
+@attrs.frozen
+class Report:
+    """What ``ReportOutcome`` carries for one operation."""
+
+    operation_id: int
+    outcome: str  # succeeded, failed, superseded, cancelled
+    observed_state: str = ""
+    agent: str = ""
+    error: str = ""
+    coalesced_into: int = 0
+    superseded_by: int = 0
+
+
+def report_for(action, result):
+    """Translate an action's final result into a :class:`Report`."""
+    op = int(action.operation_id)
+    if isinstance(result, Outcome):
+        return Report(op, "succeeded", result.state.value, result.agent or "",
+                      coalesced_into=int(result.coalesced_into or 0))
+    error = result.value if isinstance(result, Failure) else result
+    if isinstance(error, Superseded):
+        return Report(op, "superseded", superseded_by=int(error.by))
+    if isinstance(error, Cancelled):
+        return Report(op, "cancelled", error=error.reason)
+    kind = getattr(error, "kind", None) if isinstance(error, PowerError) else "internal"
+    return Report(op, "failed", error=f"{kind}: {error}",
+                  coalesced_into=int(action.coalesced_into or 0))
+
+
+class Pserv:
+    """Operations in, outcomes out.  ``report(Report)`` is called once per op."""
+
+    log = Logger()
+
+    def __init__(self, registry, executor, report, remember=10_000):
+        self.registry = registry
+        self.executor = executor
+        self._report = report
+        self._in_play = {}  # op id -> PowerAction
+        self._finished = collections.OrderedDict()  # op id -> Report
+        self._remember = remember
+        self._stopping = False
+
+    def shutdown(self):
+        """
+        Cancel everything for a process stop.  Those cancellations are not
+        reported: the operations are not over, and the region hands them
+        out again when a pserv (re)connects.
+        """
+        self._stopping = True
+        self.registry.cancel_all("pserv shutting down")
+
+    def dispatch(self, operation_id, node, action, power):
+        """
+        Accept one operation; returns ``(disposition, coalesced_into)`` at
+        once.  Raises :class:`InvalidConfig` (nothing started) for a bad
+        power configuration.
+        """
+        operation_id = int(operation_id)
+        if operation_id in self._in_play:
+            return "known", 0
+        if operation_id in self._finished:
+            self._report(self._finished[operation_id])  # the region lost it
+            return "known", 0
+        self.executor.configure(node, power)
+        request = PowerAction(node=node, action=action, operation_id=str(operation_id))
+        self._in_play[operation_id] = request
+        d = self.registry.submit(request)
+        d.addBoth(self._done, request)
+        if request.coalesced_into is not None:
+            return "coalesced", int(request.coalesced_into)
+        activity = self.registry.activity(node)
+        if activity and activity[0].waiting and activity[0].waiting.operation_id == str(operation_id):
+            return "waiting", 0
+        return "started", 0
+
+    def _done(self, result, request):
+        report = report_for(request, result)
+        op = report.operation_id
+        self._in_play.pop(op, None)
+        if self._stopping and report.outcome == "cancelled":
+            return None
+        self._finished[op] = report
+        while len(self._finished) > self._remember:
+            self._finished.popitem(last=False)
+        try:
+            self._report(report)
+        except Exception:
+            self.log.failure("reporting outcome of operation {op}", op=op)
+        return None
+
+    def in_flight(self):
+        return len(self._in_play)
+
+    def configure(self, node, power):
+        """Learn a node's power configuration (recovery); False if invalid."""
+        try:
+            self.executor.configure(node, power)
+            return True
+        except InvalidConfig as e:
+            self.log.warn("node {node}: unusable power configuration: {why}", node=node, why=e)
+            return False

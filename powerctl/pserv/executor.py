@@ -1,0 +1,76 @@
+"""
+The pserv's executor: turns a registry action into driver calls.
+
+It keeps, per node, the :class:`~powerctl.drivers.multiagent.NodePower`
+built from the power configuration the region sent last.  Configurations
+are validated when they arrive (so a bad one is refused at dispatch, and
+nothing is sent to any device), and rebuilt only when they change.
+"""
+
+import json
+
+from zope.interface import implementer
+
+from powerctl.drivers.errors import ConfigurationError
+from powerctl.drivers.multiagent import Agent, Mode, NodePower
+from powerctl.registry import IActionExecutor
+
+
+class InvalidConfig(ValueError):
+    """The power configuration cannot be used; says why."""
+
+
+def build_node_power(catalogue, power):
+    """A :class:`NodePower` from a power document; :class:`InvalidConfig` if bad."""
+    if not isinstance(power, dict):
+        raise InvalidConfig("power configuration must be an object")
+    agents_doc = power.get("agents")
+    if not isinstance(agents_doc, list) or not agents_doc:
+        raise InvalidConfig("power configuration needs a non-empty 'agents' list")
+    agents = []
+    for index, agent in enumerate(agents_doc):
+        if not isinstance(agent, dict) or "driver" not in agent:
+            raise InvalidConfig(f"agent {index}: needs a 'driver'")
+        try:
+            driver = catalogue.build(agent["driver"], agent.get("params", {}))
+        except ConfigurationError as e:
+            raise InvalidConfig(f"agent {index}: {e}") from None
+        agents.append(Agent(agent.get("label") or f"{index}:{agent['driver']}", driver))
+    try:
+        return NodePower(power.get("mode", Mode.SINGLE), agents)
+    except ValueError as e:
+        raise InvalidConfig(str(e)) from None
+
+
+@implementer(IActionExecutor)
+class DriverExecutor:
+    """Executes registry actions through the node's agents."""
+
+    def __init__(self, catalogue):
+        self._catalogue = catalogue
+        self._nodes = {}  # node -> (canonical config JSON, NodePower)
+
+    def configure(self, node, power):
+        """Remember ``node``'s power configuration; InvalidConfig if bad."""
+        key = json.dumps(power, sort_keys=True)
+        known = self._nodes.get(node)
+        if known is None or known[0] != key:
+            self._nodes[node] = (key, build_node_power(self._catalogue, power))
+
+    def forget(self, node):
+        self._nodes.pop(node, None)
+
+    def known_nodes(self):
+        return sorted(self._nodes)
+
+    def _power(self, action):
+        try:
+            return self._nodes[action.node][1]
+        except KeyError:
+            raise InvalidConfig(f"no power configuration for node {action.node}") from None
+
+    def execute(self, action):
+        return self._power(action).run(action.action)
+
+    def quiesced(self, action):
+        return self._power(action).quiesced()

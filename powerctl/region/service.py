@@ -1,0 +1,112 @@
+"""
+The region as a twistd service: PostgreSQL (migrated at start-up), the
+REST API, and the AMP endpoint pservs connect to.
+"""
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, protocol
+from twisted.logger import Logger
+from twisted.web import server
+from txpostgres import txpostgres
+
+from powerctl import config
+from powerctl.region import schema
+from powerctl.region.core import Region
+from powerctl.region.rpc import RegionProtocol
+
+
+class RegionService(service.Service):
+    """
+    Starts in order -- database, migrations, AMP, API -- and stops in
+    reverse.  ``api_port``/``rpc_port`` are the listening ports once
+    started (useful with port 0).
+    """
+
+    log = Logger()
+
+    def __init__(self, settings, secret, reactor, catalogue, pool_size=4):
+        self.settings = settings
+        self.secret = secret
+        self.reactor = reactor
+        self.catalogue = catalogue
+        self.pool_size = pool_size
+        self.region = None
+        self.store = None
+        self.api_port = None
+        self.rpc_port = None
+        self._pool = None
+        self._ready = None
+
+    @classmethod
+    def from_config(cls, settings, reactor=None, catalogue=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        if catalogue is None:
+            from powerctl.drivers.standard import standard_catalogue
+
+            catalogue = standard_catalogue(reactor)
+        return cls(settings, config.read_secret(settings.secret_file), reactor, catalogue)
+
+    def startService(self):
+        super().startService()
+        self._ready = defer.ensureDeferred(self._start())
+        self._ready.addErrback(self._failed)
+        return self._ready
+
+    def whenReady(self):
+        """Fires once the region listens (or re-raises why it could not)."""
+        return self._ready
+
+    def _failed(self, failure):
+        self.log.failure("region failed to start", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+        return failure
+
+    async def _start(self):
+        from powerctl.region.api import build_root
+        from powerctl.region.store import Store
+
+        conn = txpostgres.Connection(reactor=self.reactor)
+        await conn.connect(self.settings.database)
+        try:
+            applied = await schema.migrate(conn)
+        finally:
+            conn.close()
+        if applied:
+            self.log.info("applied migrations {m}", m=applied)
+        self._pool = txpostgres.ConnectionPool(
+            None, self.settings.database, min=self.pool_size, reactor=self.reactor)
+        await self._pool.start()
+        self.store = Store(self._pool, responsive_grace=self.settings.responsive_grace)
+        self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
+                             heartbeat_timeout=self.settings.heartbeat_timeout)
+        factory = protocol.Factory.forProtocol(lambda: RegionProtocol(self.region))
+        self.rpc_port = await endpoints.serverFromString(
+            self.reactor, self.settings.rpc_endpoint).listen(factory)
+        root = build_root(self.store, self.catalogue,
+                          on_power_request=self.region.dispatch_later)
+        site = server.Site(root)
+        site.noisy = False
+        self.api_port = await endpoints.serverFromString(
+            self.reactor, self.settings.api_endpoint).listen(site)
+        self.region.start()
+        self.log.info("region {name}: API on {api}, pservs on {rpc}", name=self.settings.name,
+                      api=self.api_port.getHost(), rpc=self.rpc_port.getHost())
+        return self
+
+    async def _stop(self):
+        if self._ready is not None and not self._ready.called:
+            self._ready.cancel()
+        for port in (self.api_port, self.rpc_port):
+            if port is not None:
+                await port.stopListening()
+        if self.region is not None:
+            self.region.stop()
+        if self._pool is not None:
+            self._pool.close()
+        await defer.maybeDeferred(self.catalogue.close)
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self._stop())

@@ -1,0 +1,1 @@
+"""AMP between region and pserv: commands (:mod:`.commands`) and authentication."""
