@@ -161,6 +161,15 @@ def redact_url(url):
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+def _was_cancelled(e):
+    """
+    Twisted reports a cancelled request as ResponseNeverReceived (or
+    ResponseFailed) wrapping CancelledError; it must stay a cancellation so
+    that a timeout is reported as a timeout, not as a lost connection.
+    """
+    return any(r.check(defer.CancelledError) for r in getattr(e, "reasons", None) or ())
+
+
 def map_failure(e, url):
     """
     Translate a transport exception for ``url`` into a PowerError (or
@@ -268,6 +277,8 @@ class HttpClient:
         except defer.CancelledError:
             raise
         except Exception as e:
+            if _was_cancelled(e):
+                raise defer.CancelledError() from None
             mapped = map_failure(e, url)
             if mapped is None:
                 raise

@@ -11,7 +11,9 @@ from real services because clients get them wrong:
   ``PoweringOn``/``PoweringOff`` (a graceful shutdown may be ignored, as by
   a host without ACPI);
 * a system addressed by its ``Name`` answers 307 to its ``Id`` URI, for
-  every method and sub-path (sushy-tools does this);
+  every method and sub-path (sushy-tools does this; ``redirect_names=False``
+  answers 404 like most BMCs); ``name_targets=True`` even advertises the
+  reset target under the name, so that the POST itself is redirected;
 * wrong credentials answer 401 with a Redfish error body;
 * faults for tests and demos: ``hang`` (never answer), ``error`` (500 with
   a Redfish error), ``drop`` (close the connection), plus fixed latency.
@@ -27,9 +29,11 @@ import secrets
 import uuid
 
 import attrs
-from twisted.internet import defer, ssl
+from twisted.internet import defer
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
+from zope.interface import implementer
 
 ROOT = "/redfish/v1"
 ALL_RESET_TYPES = ("On", "ForceOn", "ForceOff", "GracefulShutdown",
@@ -95,6 +99,27 @@ def self_signed(hostname="127.0.0.1"):
     )
 
 
+@implementer(IOpenSSLContextFactory)
+class _ServerTLS:
+    """
+    A server TLS context from PEM (through ``cryptography`` objects: handing
+    pyOpenSSL its own X509/PKey types is deprecated).
+    """
+
+    def __init__(self, cert_pem, key_pem):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from OpenSSL import SSL
+
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.use_certificate(x509.load_pem_x509_certificate(cert_pem))
+        context.use_privatekey(serialization.load_pem_private_key(key_pem, None))
+        self._context = context
+
+    def getContext(self):
+        return self._context
+
+
 def redfish_error(message, code="Base.1.0.GeneralError"):
     """A Redfish error body (``error.message`` and extended info)."""
     return {"error": {
@@ -125,13 +150,14 @@ class RedfishSimulator:
 
     def __init__(self, reactor, systems, username=None, password=None, delay=0.0,
                  latency=0.0, tls=False, host="127.0.0.1", port=0,
-                 name_targets=False):
+                 name_targets=False, redirect_names=True):
         self.reactor = reactor
         self.systems = {s.id: s for s in systems}
         self.username, self._password = username, password
         self.delay, self.latency = delay, latency
         self.tls, self.host, self.requested_port = tls, host, port
         self.name_targets = name_targets
+        self.redirect_names = redirect_names
         self.faults = []
         self.requests = []
         self.sessions = {}
@@ -152,7 +178,7 @@ class RedfishSimulator:
         if self.tls:
             cert, key = self_signed(self.host)
             self.certificate = cert
-            options = ssl.PrivateCertificate.loadPEM(cert + key).options()
+            options = _ServerTLS(cert, key)
             self._listener = self.reactor.listenSSL(
                 self.requested_port, self._factory, options, interface=self.host)
         else:
@@ -297,7 +323,7 @@ class RedfishSimulator:
         system = self.systems.get(ident)
         if system is None:
             named = next((s for s in self.systems.values() if s.name == ident), None)
-            if named is None:
+            if named is None or not self.redirect_names:
                 raise _Reply.error(404, f"no system {ident}", "Base.1.0.ResourceMissingAtURI")
             location = named.uri + (f"/{sub}" if sub else "")
             return 307, None, {"Location": location}

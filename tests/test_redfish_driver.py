@@ -1,0 +1,378 @@
+"""The redfish driver against the Redfish simulator, over real loopback sockets."""
+
+import socket
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from powerctl.drivers.errors import (
+    AuthenticationError,
+    InvalidParameters,
+    PowerTimeout,
+    ProtocolError,
+    UnreachableError,
+    UnsupportedError,
+)
+from powerctl.drivers.interface import Timing
+from powerctl.drivers.redfish import RedfishDriverType
+from powerctl.power import PowerState
+from powerctl.sim.redfish import RedfishSimulator, SimSystem, make_systems
+
+FAST = Timing(timeout=1.0, retries=0, backoff=0.01, verify_timeout=2.0,
+              poll_interval=0.02, soft_off_timeout=0.3)
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class RedfishCase(unittest.TestCase):
+    """Starts a simulator and a driver type; cleans both up (sessions first)."""
+
+    use_sessions = False
+    timing = FAST
+
+    def start(self, systems=None, **kwargs):
+        kwargs.setdefault("username", "admin")
+        kwargs.setdefault("password", "secret")
+        self.sim = RedfishSimulator(reactor, systems or make_systems(1), **kwargs).start()
+        self.addCleanup(self.sim.stop)
+        self.type = RedfishDriverType(reactor, timing=self.timing,
+                                      use_sessions=self.use_sessions)
+        self.addCleanup(self.type.close)
+        return self.sim
+
+    def driver(self, **params):
+        params.setdefault("url", self.sim.url)
+        params.setdefault("username", "admin")
+        params.setdefault("password", "secret")
+        return self.type.bind(self.type.schema.validate(params))
+
+    def system(self, ident="node-id-1"):
+        return self.sim.systems[ident]
+
+
+class SchemaTests(RedfishCase):
+    def test_bad_parameters_send_nothing(self):
+        self.start()
+        schema = self.type.schema
+        for params in ({}, {"url": "ftp://x"}, {"url": self.sim.url, "verify_tls": "maybe"},
+                       {"url": self.sim.url, "timeout": "-1"},
+                       {"url": self.sim.url, "port": 623}):
+            self.assertRaises(InvalidParameters, schema.validate, params)
+        self.assertEqual(
+            [p.name for p in schema.params],
+            ["url", "username", "password", "system", "verify_tls", "timeout"])
+        self.assertEqual(schema.secrets, frozenset({"password"}))
+        self.assertEqual(self.sim.requests, [])
+
+    def test_credentials_in_url_refused_before_io(self):
+        self.start()
+        url = self.sim.url.replace("://", "://admin:secret@")
+        error = self.assertRaises(InvalidParameters, self.driver, url=url)
+        self.assertNotIn("secret", str(error))
+        self.assertEqual(self.sim.requests, [])
+
+
+class DiscoveryTests(RedfishCase):
+    @defer.inlineCallbacks
+    def test_single_system_needs_no_name(self):
+        self.start()
+        self.assertEqual((yield self.driver().query()), PowerState.OFF)
+
+    @defer.inlineCallbacks
+    def test_many_systems_need_a_name(self):
+        self.start(make_systems(3))
+        error = yield self.assertFailure(self.driver().query(), InvalidParameters)
+        self.assertIn("node-id-1, node-id-2, node-id-3", str(error))
+        self.assertEqual(error.parameter, "system")
+
+    @defer.inlineCallbacks
+    def test_by_id_and_by_uri(self):
+        self.start(make_systems(3))
+        self.system("node-id-2").power_state = "On"
+        self.assertEqual((yield self.driver(system="node-id-2").query()), PowerState.ON)
+        uri = "/redfish/v1/Systems/node-id-2"
+        self.assertEqual((yield self.driver(system=uri).query()), PowerState.ON)
+        self.assertNotIn("GET /redfish/v1/Systems/node-id-1", self.sim.requests)
+
+    @defer.inlineCallbacks
+    def test_by_name_follows_307(self):
+        self.start(make_systems(50))
+        self.system("node-id-42").power_state = "On"
+        driver = self.driver(system="node42")
+        self.assertEqual((yield driver.query()), PowerState.ON)
+        self.assertIn("GET /redfish/v1/Systems/node42", self.sim.requests)
+        before = len(self.sim.requests)
+        yield driver.query()  # discovery is cached; canonical URI used
+        self.assertEqual(self.sim.requests[before:], ["GET /redfish/v1/Systems/node-id-42"])
+
+    @defer.inlineCallbacks
+    def test_by_name_without_redirect_scans_members(self):
+        systems = [SimSystem(id="1", name="alpha"), SimSystem(id="2", name="beta", power_state="On")]
+        self.start(systems, redirect_names=False)
+        self.assertEqual((yield self.driver(system="beta").query()), PowerState.ON)
+        self.assertIn("GET /redfish/v1/Systems/1", self.sim.requests)
+
+    @defer.inlineCallbacks
+    def test_unknown_system(self):
+        self.start(make_systems(2))
+        error = yield self.assertFailure(self.driver(system="nope").query(), InvalidParameters)
+        self.assertIn("no system 'nope'", str(error))
+
+    @defer.inlineCallbacks
+    def test_rediscovers_after_404(self):
+        self.start(make_systems(2))
+        driver = self.driver(system="node2")
+        yield driver.query()
+        moved = self.sim.systems.pop("node-id-2")
+        moved.id = "renumbered"
+        self.sim.systems["renumbered"] = moved
+        self.assertEqual((yield driver.query()), PowerState.OFF)
+
+
+class PowerTests(RedfishCase):
+    @defer.inlineCallbacks
+    def test_on_off_verified(self):
+        self.start(delay=0.05)
+        driver = self.driver()
+        self.assertEqual((yield driver.on()), PowerState.ON)
+        self.assertEqual(self.system().power_state, "On")
+        self.assertEqual((yield driver.on()), PowerState.ON)  # already on: nothing sent
+        self.assertEqual((yield driver.off()), PowerState.OFF)
+        self.assertEqual(self.system().resets, ["On", "ForceOff"])
+
+    @defer.inlineCallbacks
+    def test_soft_off(self):
+        self.start([SimSystem("1", "one", power_state="On")], delay=0.05)
+        self.assertEqual((yield self.driver().soft_off()), PowerState.OFF)
+        self.assertEqual(self.sim.systems["1"].resets, ["GracefulShutdown"])
+
+    @defer.inlineCallbacks
+    def test_soft_off_falls_back_to_hard_off(self):
+        self.start([SimSystem("1", "one", power_state="On", ignore_graceful=True)])
+        self.assertEqual((yield self.driver().soft_off()), PowerState.OFF)
+        self.assertEqual(self.sim.systems["1"].resets, ["GracefulShutdown", "ForceOff"])
+
+    @defer.inlineCallbacks
+    def test_cycle(self):
+        self.start([SimSystem("1", "one", power_state="On")], delay=0.05)
+        self.assertEqual((yield self.driver().cycle()), PowerState.ON)
+        self.assertEqual(self.sim.systems["1"].resets, ["ForceOff", "On"])
+
+    @defer.inlineCallbacks
+    def test_powering_on_is_not_yet_on(self):
+        self.start(delay=0.3)
+        self.sim._apply(self.system(), "On")
+        self.assertEqual(self.system().power_state, "PoweringOn")
+        driver = self.driver()
+        self.assertEqual((yield driver.query()), PowerState.OFF)
+        started = reactor.seconds()
+        self.assertEqual((yield driver.on()), PowerState.ON)
+        self.assertGreater(reactor.seconds() - started, 0.15)
+        self.assertEqual(self.system().resets, [])  # it was already powering on
+
+    @defer.inlineCallbacks
+    def test_powering_off_is_still_on(self):
+        self.start([SimSystem("1", "one", power_state="On")], delay=0.3)
+        self.sim._apply(self.sim.systems["1"], "ForceOff")
+        self.assertEqual((yield self.driver().query()), PowerState.ON)
+        self.assertEqual((yield self.driver().off()), PowerState.OFF)
+
+    @defer.inlineCallbacks
+    def test_verify_timeout(self):
+        self.timing = Timing(timeout=1, retries=0, verify_timeout=0.2, poll_interval=0.02)
+        self.start(delay=5)
+        yield self.assertFailure(self.driver().on(), PowerTimeout)
+
+    @defer.inlineCallbacks
+    def test_reset_types_follow_what_is_advertised(self):
+        self.start([SimSystem("1", "one", reset_types=("ForceOn", "ForceOff", "PowerCycle"))])
+        driver = self.driver()
+        yield driver.on()
+        self.assertEqual(self.sim.systems["1"].resets, ["ForceOn"])
+        yield self.assertFailure(driver.soft_off(), UnsupportedError)
+        yield driver.send(driver_command("CYCLE"))
+        self.assertEqual(self.sim.systems["1"].resets, ["ForceOn", "PowerCycle"])
+
+    @defer.inlineCallbacks
+    def test_unsupported_reset_type(self):
+        self.start([SimSystem("1", "one", reset_types=("GracefulRestart", "Nmi"))])
+        error = yield self.assertFailure(self.driver().on(), UnsupportedError)
+        self.assertIn("GracefulRestart, Nmi", str(error))
+        self.assertEqual(self.sim.systems["1"].resets, [])
+
+    @defer.inlineCallbacks
+    def test_action_info(self):
+        self.start([SimSystem("1", "one", reset_types=("ForceOn", "ForceOff"), action_info=True)])
+        yield self.driver().on()
+        self.assertIn("GET /redfish/v1/Systems/1/ResetActionInfo", self.sim.requests)
+        self.assertEqual(self.sim.systems["1"].resets, ["ForceOn"])
+
+    @defer.inlineCallbacks
+    def test_post_follows_307_with_body(self):
+        self.start(make_systems(2), name_targets=True)
+        yield self.driver(system="node-id-2").on()
+        self.assertIn("POST /redfish/v1/Systems/node2/Actions/ComputerSystem.Reset",
+                      self.sim.requests)
+        self.assertEqual(self.system("node-id-2").resets, ["On"])
+
+
+def driver_command(name):
+    from powerctl.drivers.base import Command
+
+    return Command[name]
+
+
+class ErrorTests(RedfishCase):
+    @defer.inlineCallbacks
+    def test_wrong_password(self):
+        self.start()
+        error = yield self.assertFailure(self.driver(password="wrong").query(),
+                                         AuthenticationError)
+        self.assertNotIn("wrong", str(error))
+        self.assertIn("authentication required", str(error))
+
+    @defer.inlineCallbacks
+    def test_hang_times_out_and_frees_the_socket(self):
+        self.timing = Timing(timeout=0.2, retries=1, backoff=0.01)
+        self.start()
+        self.sim.fault("hang")
+        yield self.assertFailure(self.driver().query(), PowerTimeout)
+        self.assertEqual(self.sim.requests, ["GET /redfish/v1", "GET /redfish/v1"])
+        yield sleep(0.01)
+        self.assertEqual(self.sim.open_connections, 0)
+
+    @defer.inlineCallbacks
+    def test_drop(self):
+        self.start()
+        self.sim.fault("drop")
+        yield self.assertFailure(self.driver().query(), UnreachableError)
+
+    @defer.inlineCallbacks
+    def test_500_with_redfish_message(self):
+        self.start()
+        self.sim.fault("error", match="GET /redfish/v1/Systems")
+        error = yield self.assertFailure(self.driver().query(), ProtocolError)
+        self.assertIn("500", str(error))
+        self.assertIn("simulated internal error", str(error))
+
+    @defer.inlineCallbacks
+    def test_transient_fault_is_retried(self):
+        self.timing = Timing(timeout=1, retries=2, backoff=0.01)
+        self.start()
+        self.sim.fault("drop", times=2)
+        self.assertEqual((yield self.driver().query()), PowerState.OFF)
+
+    @defer.inlineCallbacks
+    def test_refused(self):
+        self.start()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        error = yield self.assertFailure(
+            self.driver(url=f"http://127.0.0.1:{port}").query(), UnreachableError)
+        self.assertIn("cannot connect", str(error))
+
+    @defer.inlineCallbacks
+    def test_bad_json(self):
+        self.start()
+        driver = self.driver()
+        yield driver.query()
+        self.sim.systems["node-id-1"].power_state = "Exploded"
+        yield self.assertFailure(driver.query(), ProtocolError)
+
+
+class TlsTests(RedfishCase):
+    @defer.inlineCallbacks
+    def test_self_signed_without_verification(self):
+        self.start(tls=True)
+        self.assertTrue(self.sim.url.startswith("https://"))
+        self.assertEqual((yield self.driver(verify_tls=False).on()), PowerState.ON)
+
+    @defer.inlineCallbacks
+    def test_self_signed_refused_when_verifying(self):
+        self.start(tls=True)
+        error = yield self.assertFailure(self.driver().query(), ProtocolError)
+        self.assertIn("TLS", str(error))
+        self.assertEqual(self.sim.requests, [])
+
+
+class CancellationTests(RedfishCase):
+    @defer.inlineCallbacks
+    def test_cancel_aborts_connection_and_leaves_no_timer(self):
+        self.start()
+        self.sim.fault("hang")
+        d = self.driver().on()
+        yield sleep(0.05)
+        self.assertEqual(self.sim.open_connections, 1)
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        yield sleep(0.01)
+        self.assertEqual(self.sim.open_connections, 0)
+        yield self.type.close()
+        yield self.sim.stop()
+        left = [c for c in reactor.getDelayedCalls() if "onTimeout" not in repr(c)]
+        self.assertEqual(left, [])  # trial's own test timeout aside
+
+
+class SessionTests(RedfishCase):
+    use_sessions = True
+
+    @defer.inlineCallbacks
+    def test_one_session_reused_then_deleted(self):
+        self.start(make_systems(2), delay=0.02)
+        yield self.driver(system="node1").on()
+        yield self.driver(system="node2").cycle()
+        self.assertEqual((self.sim.sessions_created, self.sim.live_sessions), (1, 1))
+        yield self.type.close()
+        self.assertEqual(self.sim.live_sessions, 0)
+        self.assertTrue(any(r.startswith("DELETE /redfish/v1/SessionService/Sessions/")
+                            for r in self.sim.requests))
+
+    @defer.inlineCallbacks
+    def test_no_basic_auth_with_sessions(self):
+        self.start()
+        yield self.driver().query()
+        self.sim.username = "someone-else"  # basic auth would now fail; the token works
+        self.assertEqual((yield self.driver().query()), PowerState.OFF)
+
+    @defer.inlineCallbacks
+    def test_expired_session_logs_in_again(self):
+        self.start()
+        yield self.driver().query()
+        self.sim.sessions.clear()
+        self.assertEqual((yield self.driver().query()), PowerState.OFF)
+        self.assertEqual(self.sim.sessions_created, 2)
+        yield self.type.close()
+        self.assertEqual(self.sim.live_sessions, 0)
+
+    @defer.inlineCallbacks
+    def test_wrong_password_at_login(self):
+        self.start()
+        yield self.assertFailure(self.driver(password="nope").query(), AuthenticationError)
+        self.assertEqual(self.sim.live_sessions, 0)
+
+    @defer.inlineCallbacks
+    def test_cancel_during_login_leaks_nothing(self):
+        self.start(latency=0.1)
+        driver = self.driver()
+        d = driver.on()
+        yield sleep(0.15)  # the login POST is in flight
+        self.assertEqual(self.sim.requests[-1], "POST /redfish/v1/SessionService/Sessions")
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        yield driver.quiesced()  # the login finishes on its own
+        self.assertEqual(self.sim.live_sessions, 1)
+        yield self.type.close()
+        self.assertEqual((self.sim.sessions_created, self.sim.live_sessions), (1, 0))
+
+    @defer.inlineCallbacks
+    def test_cancel_mid_operation_then_close(self):
+        self.start(delay=5)
+        d = self.driver().on()
+        yield sleep(0.1)  # now verifying: polling a system that takes 5 s
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        yield self.type.close()
+        self.assertEqual(self.sim.live_sessions, 0)
