@@ -1,0 +1,38 @@
+"""
+The region's data-layer errors.
+
+The store raises these, and only these, for conditions a caller can act on;
+the REST API maps each class to one HTTP status (404, 409, 400) and the AMP
+side to one AMP error, so neither needs to parse database messages.
+"""
+
+
+class StoreError(Exception):
+    """Base of every expected data-layer failure. ``code`` is stable."""
+
+    code = "error"
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+class NotFound(StoreError, LookupError):
+    """The node, operation, pod manager or pserv named does not exist."""
+
+    code = "not_found"
+
+
+class Conflict(StoreError):
+    """The change clashes with what is stored (duplicate name, still in use)."""
+
+    code = "conflict"
+
+
+class InvalidInput(StoreError, ValueError):
+    """The input is malformed; nothing was written."""
+
+    code = "invalid_input"

@@ -1,0 +1,722 @@
+"""
+The region's data layer: nodes, the power-operation journal, pod managers,
+clusters and pservs in PostgreSQL, through txpostgres.
+
+Every public method runs in one transaction and returns a Deferred.  Rows
+come back as plain dicts (ISO 8601 timestamps, uuids as text) so that the
+REST API and the AMP side can pass them on without knowing psycopg2.
+
+Coordination between several region processes is PostgreSQL's: a power
+request locks its node row (``SELECT ... FOR UPDATE``) so concurrent
+requests serialise and the last one to commit sets ``desired_state`` (last
+writer wins), and announces itself with ``NOTIFY power_ops, '<id>'``, which
+PostgreSQL delivers only once the transaction has committed.
+
+Failures a caller can act on are :mod:`powerctl.region.errors`
+(``NotFound``, ``Conflict``, ``InvalidInput``); a refused power
+configuration is an ``InvalidPowerConfig``, a kind of ``InvalidInput``.
+Passwords are never returned: pod managers show ``password_set``; node
+power documents are returned as stored and must be passed through
+:func:`powerctl.region.powerconfig.redact` before they are shown.
+"""
+
+import datetime
+import functools
+import re
+import uuid as uuidlib
+
+import attrs
+import psycopg2.errors
+from psycopg2.extras import Json
+from twisted.internet import defer
+
+from powerctl.power import Action, PowerState
+from powerctl.region import powerconfig
+from powerctl.region.errors import Conflict, InvalidInput, NotFound
+
+OP_STATES = ("pending", "running", "succeeded", "failed", "superseded", "cancelled")
+OPEN_STATES = ("pending", "running")
+TERMINAL_STATES = ("succeeded", "failed", "superseded", "cancelled")
+POWER_STATES = tuple(s.value for s in PowerState)
+POD_MANAGER_STATUSES = ("online", "offline")
+MAX_PAGE = 1000
+_MAX_BIGINT = 2**63 - 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$")
+
+_NODE = """name, cluster, power, desired_state, power_state, responsive,
+    failed_polls, last_error, last_queried_at, last_changed_at,
+    last_good_poll_at, created_at, updated_at"""
+_OP = """id, node, action, state, coalesced_into, superseded_by, requester,
+    requested_at, started_at, finished_at, pserv, agent, observed_state, error"""
+_POD_MANAGER = """uuid::text AS uuid, name, driver, username,
+    password <> '' AS password_set, url, status, description, created_at,
+    updated_at"""
+_PSERV = """name, cluster, version, region, connected, connected_at,
+    last_heartbeat, actions_in_flight"""
+
+
+@attrs.frozen
+class Recorded:
+    """
+    What a report about an operation did: the operation as it now stands
+    and whether this report changed it (False: it was already terminal, or
+    the report repeated what was recorded).
+    """
+
+    op: dict
+    changed: bool
+
+
+def _plain(row):
+    """A row with datetimes as ISO text and uuids as text: JSON- and AMP-ready."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, datetime.datetime):
+            value = value.isoformat()
+        elif isinstance(value, uuidlib.UUID):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+class _Tx:
+    """A txpostgres cursor inside one transaction, answering dict rows."""
+
+    def __init__(self, cursor):
+        self._cursor = cursor
+
+    async def rows(self, sql, args=None):
+        await self._cursor.execute(sql, args)
+        if self._cursor.description is None:
+            return []
+        columns = [c.name for c in self._cursor.description]
+        return [dict(zip(columns, r)) for r in self._cursor.fetchall()]
+
+    async def row(self, sql, args=None):
+        rows = await self.rows(sql, args)
+        return rows[0] if rows else None
+
+
+def _transaction(method):
+    """
+    Run ``method(self, tx, ...)`` in one transaction on a pooled
+    connection: committed if it returns, rolled back if it raises, so a
+    refused input never leaves half a change behind.
+    """
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        def interaction(cursor):
+            return defer.ensureDeferred(method(self, _Tx(cursor), *args, **kwargs))
+
+        return self._pool.runInteraction(interaction)
+
+    return run
+
+
+def _name(field, value):
+    """Refuse names that would not survive a URL path, a shell or a table."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidInput(
+            f"{field}: {value!r} is not a valid name (1-253 letters, digits, "
+            "'.', '_', '-', ':', '@'; starting with a letter or digit)")
+    return value
+
+
+def _text(field, value, limit=4096):
+    """A string field, bounded so one request cannot fill the database."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}: must be a string")
+    if len(value) > limit:
+        raise InvalidInput(f"{field}: longer than {limit} characters")
+    return value
+
+
+def _limit(value, default):
+    """A page size between 1 and MAX_PAGE."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE:
+        raise InvalidInput(f"limit: must be an integer from 1 to {MAX_PAGE}")
+    return value
+
+
+def _op_id(value):
+    """An operation id as an int; anything else cannot name an operation."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise NotFound(f"power operation {value!r} does not exist") from None
+    if isinstance(value, bool) or not 1 <= number <= _MAX_BIGINT:
+        raise NotFound(f"power operation {value!r} does not exist")
+    return number
+
+
+def _pm_uuid(value):
+    """A pod manager uuid as canonical text; anything else names nothing."""
+    try:
+        return powerconfig.pod_manager_uuid(value)
+    except ValueError:
+        raise NotFound(f"pod manager {value!r} does not exist") from None
+
+
+def _timestamp(value):
+    """None (now), a datetime, an ISO 8601 string or epoch seconds, as a datetime."""
+    if value is None or isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+    try:
+        return datetime.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"started_at: {value!r} is not a time") from None
+
+
+def _fields(fields, allowed, what):
+    """Refuse an update naming a field that cannot be changed."""
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise InvalidInput(
+            f"{what}: unknown or read-only field {unknown[0]!r}; "
+            f"can change {', '.join(allowed)}")
+
+
+class Store:
+    """
+    The region's state in PostgreSQL.
+
+    :param pool: a started txpostgres ``ConnectionPool`` (or ``Connection``;
+        a pool lets requests run concurrently).
+    :param catalogue: the :class:`~powerctl.drivers.catalogue.DriverCatalogue`
+        that power configurations are validated against.
+    :param responsive_grace: seconds since a node's last good poll before
+        failed polls may make it non-responsive.
+    :param failed_polls_limit: a node becomes non-responsive only after
+        *more than* this many consecutive failed polls.
+    :param heartbeat_timeout: a connected pserv whose last heartbeat is
+        older than this many seconds is not live.
+    """
+
+    def __init__(self, pool, catalogue, *, responsive_grace=60.0,
+                 failed_polls_limit=2, heartbeat_timeout=90.0):
+        self._pool = pool
+        self._catalogue = catalogue
+        self.responsive_grace = float(responsive_grace)
+        self.failed_polls_limit = int(failed_polls_limit)
+        self.heartbeat_timeout = float(heartbeat_timeout)
+
+    # -- power configurations -------------------------------------------
+
+    async def _pod_managers(self, tx, uuids, lock=False):
+        """Pod manager records (with credentials) by uuid, for validation."""
+        if not uuids:
+            return {}
+        rows = await tx.rows(
+            "SELECT uuid::text AS uuid, name, driver, url, username, password"
+            " FROM pod_managers WHERE uuid = ANY(%s::uuid[])"
+            + (" FOR SHARE" if lock else ""),
+            (list(uuids),))
+        return {r["uuid"]: r for r in rows}
+
+    async def _validated_power(self, tx, power, previous):
+        """
+        The normalised power document, with ``"(set)"`` secrets taken from
+        ``previous`` and the pod managers it names locked against deletion
+        until the transaction ends.
+        """
+        power = powerconfig.restore_secrets(power, previous, self._catalogue)
+        pods = await self._pod_managers(
+            tx, powerconfig.referenced_pod_managers(power), lock=True)
+        return powerconfig.validate_power(power, self._catalogue, pods)
+
+    async def _link_pod_managers(self, tx, node, power):
+        """Keep node_pod_managers equal to what ``power`` references."""
+        await tx.rows("DELETE FROM node_pod_managers WHERE node = %s", (node,))
+        uuids = powerconfig.referenced_pod_managers(power)
+        if uuids:
+            await tx.rows(
+                "INSERT INTO node_pod_managers (node, pod_manager)"
+                " SELECT %s, unnest(%s::uuid[])", (node, uuids))
+
+    async def _resolve_many(self, tx, documents):
+        """
+        Resolve stored power documents for pservs, fetching every pod
+        manager they name in one query.  Returns ``(power, error)`` pairs:
+        a document that no longer resolves (a driver removed by an upgrade)
+        gets ``None`` and the reason, so one bad node does not block the
+        recovery of a whole cluster.
+        """
+        uuids = set()
+        for power in documents:
+            uuids.update(powerconfig.referenced_pod_managers(power))
+        pods = await self._pod_managers(tx, sorted(uuids))
+        results = []
+        for power in documents:
+            try:
+                results.append((powerconfig.resolve_power(power, self._catalogue, pods), None))
+            except InvalidInput as e:
+                results.append((None, str(e)))
+        return results
+
+    # -- nodes ----------------------------------------------------------
+
+    async def _node(self, tx, name, lock=False):
+        row = await tx.row(
+            f"SELECT {_NODE} FROM nodes WHERE name = %s" + (" FOR UPDATE" if lock else ""),
+            (name,))
+        if row is None:
+            raise NotFound(f"node {name!r} does not exist")
+        return row
+
+    async def _ensure_cluster(self, tx, cluster):
+        await tx.rows(
+            "INSERT INTO clusters (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
+            (cluster,))
+
+    @_transaction
+    async def create_node(self, tx, name, cluster, power):
+        """Add a node (and its cluster, if new). Conflict if the name is taken."""
+        _name("name", name)
+        _name("cluster", cluster)
+        power = await self._validated_power(tx, power, None)
+        await self._ensure_cluster(tx, cluster)
+        row = await tx.row(
+            f"INSERT INTO nodes (name, cluster, power) VALUES (%s, %s, %s)"
+            f" ON CONFLICT (name) DO NOTHING RETURNING {_NODE}",
+            (name, cluster, Json(power)))
+        if row is None:
+            raise Conflict(f"node {name!r} already exists")
+        await self._link_pod_managers(tx, name, power)
+        return _plain(row)
+
+    @_transaction
+    async def get_node(self, tx, name):
+        """One node; NotFound if there is none of that name."""
+        return _plain(await self._node(tx, name))
+
+    @_transaction
+    async def list_nodes(self, tx, cluster=None, after_name="", limit=None):
+        """Nodes by name, optionally of one cluster; pageable by name."""
+        rows = await tx.rows(
+            f"SELECT {_NODE} FROM nodes WHERE (%(cluster)s::text IS NULL"
+            " OR cluster = %(cluster)s) AND name > %(after)s ORDER BY name"
+            " LIMIT %(limit)s",
+            {"cluster": cluster, "after": after_name or "", "limit": limit})
+        return [_plain(r) for r in rows]
+
+    @_transaction
+    async def update_node(self, tx, name, **fields):
+        """
+        Change a node's ``cluster`` and/or ``power``.  Secrets given as
+        ``"(set)"`` keep their stored value.
+        """
+        _fields(fields, ("cluster", "power"), "node")
+        node = await self._node(tx, name, lock=True)
+        cluster = _name("cluster", fields.get("cluster", node["cluster"]))
+        power = node["power"]
+        if "power" in fields:
+            power = await self._validated_power(tx, fields["power"], node["power"])
+        await self._ensure_cluster(tx, cluster)
+        row = await tx.row(
+            f"UPDATE nodes SET cluster = %s, power = %s, updated_at = now()"
+            f" WHERE name = %s RETURNING {_NODE}",
+            (cluster, Json(power), name))
+        await self._link_pod_managers(tx, name, power)
+        return _plain(row)
+
+    @_transaction
+    async def delete_node(self, tx, name):
+        """Remove a node with its journal; NotFound if there is none."""
+        row = await tx.row("DELETE FROM nodes WHERE name = %s RETURNING name", (name,))
+        if row is None:
+            raise NotFound(f"node {name!r} does not exist")
+
+    # -- power requests and the journal --------------------------------
+
+    @_transaction
+    async def request_power(self, tx, node, action, requester=""):
+        """
+        Journal a power request and set the node's desired state, in one
+        transaction under the node's row lock, so concurrent requests
+        serialise and the last to commit wins.  Announced on the
+        ``power_ops`` channel once committed.
+        """
+        try:
+            action = Action.parse(action)
+        except ValueError as e:
+            raise InvalidInput(f"action: {e}") from None
+        _text("requester", requester, 255)
+        await self._node(tx, node, lock=True)
+        if action.target is not None:
+            await tx.rows(
+                "UPDATE nodes SET desired_state = %s WHERE name = %s",
+                (action.target.value, node))
+        op = await tx.row(
+            f"INSERT INTO power_ops (node, action, requester) VALUES (%s, %s, %s)"
+            f" RETURNING {_OP}", (node, action.value, requester))
+        await tx.rows("SELECT pg_notify('power_ops', %s)", (str(op["id"]),))
+        return _plain(op)
+
+    async def _op(self, tx, op_id, lock=False):
+        row = await tx.row(
+            f"SELECT {_OP} FROM power_ops WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+            (_op_id(op_id),))
+        if row is None:
+            raise NotFound(f"power operation {op_id!r} does not exist")
+        return row
+
+    @_transaction
+    async def get_op(self, tx, op_id):
+        """One operation of the journal; NotFound if there is none."""
+        return _plain(await self._op(tx, op_id))
+
+    @_transaction
+    async def list_ops(self, tx, node=None, state=None, limit=100, before_id=None):
+        """The journal, newest first, filtered by node and/or state."""
+        if state is not None and state not in OP_STATES:
+            raise InvalidInput(f"state: {state!r} is not one of {', '.join(OP_STATES)}")
+        before = _MAX_BIGINT if before_id is None else _op_id(before_id)
+        rows = await tx.rows(
+            f"SELECT {_OP} FROM power_ops WHERE (%(node)s::text IS NULL OR node = %(node)s)"
+            " AND (%(state)s::text IS NULL OR state = %(state)s) AND id < %(before)s"
+            " ORDER BY id DESC LIMIT %(limit)s",
+            {"node": node, "state": state, "before": before, "limit": _limit(limit, 100)})
+        return [_plain(r) for r in rows]
+
+    # -- for the AMP side -----------------------------------------------
+
+    @_transaction
+    async def outstanding_ops(self, tx, cluster, after_id=0, limit=500):
+        """
+        A page of the cluster's non-terminal operations, oldest first, each
+        with ``power``: its node's resolved configuration (``None`` plus
+        ``power_error`` if it no longer resolves).  Page on with
+        ``after_id`` = the last id seen.
+        """
+        rows = await tx.rows(
+            f"SELECT {', '.join('o.' + c.strip() for c in _OP.split(','))},"
+            " n.power AS node_power FROM power_ops o JOIN nodes n ON n.name = o.node"
+            " WHERE n.cluster = %s AND o.state IN ('pending', 'running') AND o.id > %s"
+            " ORDER BY o.id LIMIT %s",
+            (cluster, int(after_id or 0), _limit(limit, 500)))
+        resolved = await self._resolve_many(tx, [r.pop("node_power") for r in rows])
+        return [_plain(dict(r, power=p, power_error=e)) for r, (p, e) in zip(rows, resolved)]
+
+    @_transaction
+    async def desired_states(self, tx, cluster, after_name="", limit=500):
+        """
+        A page of the cluster's nodes by name: ``node``, ``desired_state``,
+        ``power_state`` and the resolved ``power`` (as in outstanding_ops).
+        """
+        rows = await tx.rows(
+            "SELECT name AS node, desired_state, power_state, power FROM nodes"
+            " WHERE cluster = %s AND name > %s ORDER BY name LIMIT %s",
+            (cluster, after_name or "", _limit(limit, 500)))
+        resolved = await self._resolve_many(tx, [r.pop("power") for r in rows])
+        return [dict(r, power=p, power_error=e) for r, (p, e) in zip(rows, resolved)]
+
+    @_transaction
+    async def node_power_config(self, tx, name):
+        """A node's resolved power configuration; InvalidPowerConfig if it no longer resolves."""
+        node = await self._node(tx, name)
+        pods = await self._pod_managers(tx, powerconfig.referenced_pod_managers(node["power"]))
+        return powerconfig.resolve_power(node["power"], self._catalogue, pods)
+
+    @_transaction
+    async def mark_running(self, tx, op_id, pserv, started_at=None):
+        """
+        Record that ``pserv`` started an operation.  A terminal operation is
+        left alone; a running one handed to another pserv (re-dispatch
+        after a pserv died) records the new pserv.
+        """
+        _text("pserv", pserv, 255)
+        op = await self._op(tx, op_id, lock=True)
+        if op["state"] in TERMINAL_STATES or (op["state"] == "running" and op["pserv"] == pserv):
+            return Recorded(_plain(op), False)
+        op = await tx.row(
+            f"UPDATE power_ops SET state = 'running', pserv = %s,"
+            f" started_at = COALESCE(%s, now()) WHERE id = %s RETURNING {_OP}",
+            (pserv, _timestamp(started_at), op["id"]))
+        return Recorded(_plain(op), True)
+
+    async def _check_reference(self, tx, field, value, op_id):
+        """An op id that ``coalesced_into``/``superseded_by`` may point at."""
+        if value is None:
+            return None
+        try:
+            other = _op_id(value)
+            await self._op(tx, other)
+        except NotFound:
+            raise InvalidInput(f"{field}: power operation {value!r} does not exist") from None
+        if other == op_id:
+            raise InvalidInput(f"{field}: an operation cannot point at itself")
+        return other
+
+    @_transaction
+    async def record_outcome(self, tx, op_id, state, observed_state=None, agent=None,
+                             error=None, coalesced_into=None, superseded_by=None,
+                             pserv=None):
+        """
+        Record how an operation ended (terminal states only).  Idempotent:
+        a report for an operation already terminal changes nothing and
+        answers ``Recorded(op, changed=False)``.
+        """
+        if state not in TERMINAL_STATES:
+            raise InvalidInput(f"state: {state!r} is not one of {', '.join(TERMINAL_STATES)}")
+        if observed_state is not None and observed_state not in POWER_STATES:
+            raise InvalidInput(f"observed_state: {observed_state!r} is not one of "
+                               + ", ".join(POWER_STATES))
+        for field, value in (("agent", agent), ("error", error), ("pserv", pserv)):
+            if value is not None:
+                _text(field, value)
+        op = await self._op(tx, op_id, lock=True)
+        if op["state"] in TERMINAL_STATES:
+            return Recorded(_plain(op), False)
+        coalesced_into = await self._check_reference(tx, "coalesced_into", coalesced_into, op["id"])
+        superseded_by = await self._check_reference(tx, "superseded_by", superseded_by, op["id"])
+        op = await tx.row(
+            f"UPDATE power_ops SET state = %s, observed_state = %s, agent = %s, error = %s,"
+            f" coalesced_into = %s, superseded_by = %s, pserv = COALESCE(%s, pserv),"
+            f" finished_at = now() WHERE id = %s RETURNING {_OP}",
+            (state, observed_state, agent, error, coalesced_into, superseded_by, pserv,
+             op["id"]))
+        return Recorded(_plain(op), True)
+
+    def _responsiveness(self, node, failed, queried):
+        """
+        ``(failed_polls, responsive)`` after one report.  A success always
+        restores responsiveness.  A failed *poll* counts; the node turns
+        non-responsive only after more than ``failed_polls_limit`` of them
+        in a row *and* ``responsive_grace`` seconds since its last good
+        poll, so one slow BMC or a pserv restart does not flap the fleet.
+        """
+        if not failed:
+            return 0, True
+        polls = node["failed_polls"] + (1 if queried else 0)
+        overdue = node["since_good"].total_seconds() >= self.responsive_grace
+        return polls, node["responsive"] and not (polls > self.failed_polls_limit and overdue)
+
+    @_transaction
+    async def record_power_state(self, tx, node, power_state, error=None, queried=True):
+        """
+        Record what a poll (``queried=True``) or an action's outcome saw.
+
+        A report is failed when it carries an ``error`` or says ``error``.
+        While the node is still responsive a failed report keeps its last
+        known ``power_state`` (one lost UDP packet does not make a running
+        host "error"); once it is non-responsive the reported state is
+        stored.  ``last_changed_at`` moves only when ``power_state`` does.
+        """
+        if power_state not in POWER_STATES:
+            raise InvalidInput(f"power_state: {power_state!r} is not one of "
+                               + ", ".join(POWER_STATES))
+        if error is not None:
+            _text("error", error)
+        row = await tx.row(
+            "SELECT power_state, failed_polls, responsive,"
+            " now() - COALESCE(last_good_poll_at, created_at) AS since_good"
+            " FROM nodes WHERE name = %s FOR UPDATE", (node,))
+        if row is None:
+            raise NotFound(f"node {node!r} does not exist")
+        failed = error is not None or power_state == PowerState.ERROR.value
+        polls, responsive = self._responsiveness(row, failed, queried)
+        state = row["power_state"] if failed and responsive else power_state
+        last_error = (error or "the query failed") if failed else None
+        updated = await tx.row(
+            "UPDATE nodes SET power_state = %(state)s, failed_polls = %(polls)s,"
+            " responsive = %(responsive)s, last_error = %(error)s,"
+            " last_queried_at = CASE WHEN %(queried)s THEN now() ELSE last_queried_at END,"
+            " last_good_poll_at = CASE WHEN %(good)s THEN now() ELSE last_good_poll_at END,"
+            " last_changed_at = CASE WHEN power_state <> %(state)s THEN now()"
+            "   ELSE last_changed_at END"
+            f" WHERE name = %(node)s RETURNING {_NODE}",
+            {"state": state, "polls": polls, "responsive": responsive, "error": last_error,
+             "queried": bool(queried), "good": not failed, "node": node})
+        return _plain(updated)
+
+    # -- clusters and pservs ---------------------------------------------
+
+    @_transaction
+    async def register_pserv(self, tx, name, cluster, version, region):
+        """A pserv connected (or reconnected) to ``region``: record it, live."""
+        _name("pserv", name)
+        _name("cluster", cluster)
+        _text("version", version, 255)
+        if region is not None:
+            _text("region", region, 255)
+        await self._ensure_cluster(tx, cluster)
+        row = await tx.row(
+            "INSERT INTO pservs (name, cluster, version, region, connected, connected_at,"
+            " last_heartbeat) VALUES (%s, %s, %s, %s, true, now(), now())"
+            " ON CONFLICT (name) DO UPDATE SET cluster = EXCLUDED.cluster,"
+            " version = EXCLUDED.version, region = EXCLUDED.region, connected = true,"
+            " connected_at = now(), last_heartbeat = now(), actions_in_flight = 0"
+            f" RETURNING {_PSERV}", (name, cluster, version, region))
+        return _plain(row)
+
+    @_transaction
+    async def heartbeat(self, tx, name, actions_in_flight):
+        """A pserv is alive, with this many actions under way."""
+        if isinstance(actions_in_flight, bool) or not isinstance(actions_in_flight, int) \
+                or actions_in_flight < 0:
+            raise InvalidInput("actions_in_flight: must be a non-negative integer")
+        row = await tx.row(
+            "UPDATE pservs SET last_heartbeat = now(), actions_in_flight = %s,"
+            f" connected = true WHERE name = %s RETURNING {_PSERV}",
+            (actions_in_flight, name))
+        if row is None:
+            raise NotFound(f"pserv {name!r} is not registered")
+        return _plain(row)
+
+    @_transaction
+    async def pserv_disconnected(self, tx, name, region=None):
+        """
+        A pserv's connection closed.  With ``region``, only if it is still
+        recorded as connected to that region: a pserv that already
+        reconnected elsewhere must not be marked dead by the old region.
+        Returns whether anything changed.
+        """
+        row = await tx.row(
+            "UPDATE pservs SET connected = false, actions_in_flight = 0"
+            " WHERE name = %(name)s AND connected"
+            " AND (%(region)s::text IS NULL OR region = %(region)s) RETURNING name",
+            {"name": name, "region": region})
+        return row is not None
+
+    def _live(self):
+        """SQL (with one parameter) true for a connected, recently heard pserv."""
+        return "(connected AND last_heartbeat > now() - make_interval(secs => %s))"
+
+    @_transaction
+    async def live_pservs(self, tx, cluster):
+        """The cluster's pservs that are connected and heartbeating, by name."""
+        rows = await tx.rows(
+            f"SELECT {_PSERV} FROM pservs WHERE cluster = %s AND {self._live()} ORDER BY name",
+            (cluster, self.heartbeat_timeout))
+        return [_plain(r) for r in rows]
+
+    @_transaction
+    async def list_clusters(self, tx):
+        """
+        Every cluster with its node count, running operations and pservs
+        (connected or not); ``status`` is ``online`` while one pserv is live.
+        """
+        clusters = await tx.rows(
+            "SELECT c.name, c.created_at,"
+            " (SELECT count(*) FROM nodes n WHERE n.cluster = c.name) AS nodes,"
+            " (SELECT count(*) FROM power_ops o JOIN nodes n ON n.name = o.node"
+            "   WHERE n.cluster = c.name AND o.state = 'running') AS running_ops"
+            " FROM clusters c ORDER BY c.name")
+        pservs = await tx.rows(
+            f"SELECT {_PSERV}, {self._live()} AS live FROM pservs ORDER BY name",
+            (self.heartbeat_timeout,))
+        result = []
+        for cluster in clusters:
+            mine = [_plain(p) for p in pservs if p["cluster"] == cluster["name"]]
+            result.append(_plain(dict(
+                cluster, pservs=mine,
+                actions_in_flight=sum(p["actions_in_flight"] for p in mine if p["connected"]),
+                status="online" if any(p["live"] for p in mine) else "offline")))
+        return result
+
+    # -- pod managers ---------------------------------------------------
+
+    async def _pod_manager(self, tx, uuid, lock=False):
+        row = await tx.row(
+            f"SELECT {_POD_MANAGER}, password FROM pod_managers WHERE uuid = %s"
+            + (" FOR UPDATE" if lock else ""), (_pm_uuid(uuid),))
+        if row is None:
+            raise NotFound(f"pod manager {uuid!r} does not exist")
+        return row
+
+    def _check_pod_manager(self, fields):
+        """Validate pod manager fields before they are written."""
+        if not isinstance(fields.get("name"), str) or not 1 <= len(fields["name"]) <= 255:
+            raise InvalidInput("name: must be a non-empty string of at most 255 characters")
+        for field in ("url", "username", "password", "description", "driver"):
+            _text(field, fields[field])
+        powerconfig.check_pod_manager(
+            self._catalogue, fields["driver"], fields["url"], fields["username"],
+            fields["password"])
+
+    @_transaction
+    async def create_pod_manager(self, tx, name, url, username="", password="",
+                                 description="", driver="redfish"):
+        """Add a pod manager (offline until probed); Conflict if the name is taken."""
+        fields = dict(name=name, url=url, username=username, password=password,
+                      description=description, driver=driver)
+        self._check_pod_manager(fields)
+        row = await tx.row(
+            "INSERT INTO pod_managers (uuid, name, driver, username, password, url,"
+            " description) VALUES (%(uuid)s, %(name)s, %(driver)s, %(username)s,"
+            " %(password)s, %(url)s, %(description)s) ON CONFLICT (name) DO NOTHING"
+            f" RETURNING {_POD_MANAGER}", dict(fields, uuid=str(uuidlib.uuid4())))
+        if row is None:
+            raise Conflict(f"a pod manager named {name!r} already exists")
+        return _plain(row)
+
+    @_transaction
+    async def get_pod_manager(self, tx, uuid):
+        """One pod manager, without its password; NotFound if none."""
+        row = await self._pod_manager(tx, uuid)
+        del row["password"]
+        return _plain(row)
+
+    @_transaction
+    async def list_pod_managers(self, tx):
+        """Every pod manager by name, without passwords."""
+        rows = await tx.rows(f"SELECT {_POD_MANAGER} FROM pod_managers ORDER BY name")
+        return [_plain(r) for r in rows]
+
+    @_transaction
+    async def update_pod_manager(self, tx, uuid, **fields):
+        """
+        Change name, url, username, password and/or description (the driver
+        is fixed: the nodes using it were validated for it); bumps updated_at.
+        """
+        _fields(fields, ("name", "url", "username", "password", "description"), "pod manager")
+        current = await self._pod_manager(tx, uuid, lock=True)
+        merged = {k: current[k] for k in
+                  ("name", "url", "username", "password", "description", "driver")}
+        merged.update(fields)
+        self._check_pod_manager(merged)
+        try:
+            row = await tx.row(
+                "UPDATE pod_managers SET name = %(name)s, url = %(url)s,"
+                " username = %(username)s, password = %(password)s,"
+                " description = %(description)s, updated_at = now()"
+                f" WHERE uuid = %(uuid)s RETURNING {_POD_MANAGER}",
+                dict(merged, uuid=current["uuid"]))
+        except psycopg2.errors.UniqueViolation:
+            raise Conflict(f"a pod manager named {merged['name']!r} already exists") from None
+        return _plain(row)
+
+    @_transaction
+    async def delete_pod_manager(self, tx, uuid):
+        """Remove a pod manager; Conflict while any node's agent uses it."""
+        current = await self._pod_manager(tx, uuid, lock=True)
+        users = await tx.rows(
+            "SELECT node FROM node_pod_managers WHERE pod_manager = %s ORDER BY node LIMIT 6",
+            (current["uuid"],))
+        try:
+            if not users:
+                await tx.rows("DELETE FROM pod_managers WHERE uuid = %s", (current["uuid"],))
+                return
+        except psycopg2.errors.ForeignKeyViolation:
+            pass  # a node started using it meanwhile: the database said no
+        names = ", ".join(repr(u["node"]) for u in users[:5]) or "a node"
+        more = " and others" if len(users) > 5 else ""
+        raise Conflict(f"pod manager {current['name']!r} is used by {names}{more}; "
+                       "change those nodes first")
+
+    @_transaction
+    async def set_pod_manager_status(self, tx, uuid, status):
+        """Record a probe's verdict (does not bump updated_at: no one edited it)."""
+        if status not in POD_MANAGER_STATUSES:
+            raise InvalidInput(f"status: {status!r} is not one of online, offline")
+        row = await tx.row(
+            f"UPDATE pod_managers SET status = %s WHERE uuid = %s RETURNING {_POD_MANAGER}",
+            (status, _pm_uuid(uuid)))
+        if row is None:
+            raise NotFound(f"pod manager {uuid!r} does not exist")
+        return _plain(row)
