@@ -1,0 +1,176 @@
+"""
+Entry point of ``powerctl``: argument parsing and the process around the
+commands.
+
+:func:`run` parses ``argv`` and runs one command on an already running
+reactor, returning a Deferred of the exit status; it never raises, never
+calls ``sys.exit`` and never touches the real streams unless given them,
+so tests drive the whole CLI in-process.  :func:`main` is the console
+script: it installs the asyncio reactor (pysnmp needs it), runs
+:func:`run`, turns SIGINT/SIGTERM into an orderly interruption of the
+command (close sessions, stop the simulator) and exits with the status.
+
+``powerctl demo`` is dispatched, before any reactor is installed, to
+``powerctl.cli.demo:main(argv)`` when that module exists: the demo owns
+its own process (PostgreSQL, region, pserv).
+"""
+
+import argparse
+import importlib.util
+import sys
+import traceback
+
+from twisted.internet import defer
+
+from powerctl.cli import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Context,
+)
+
+#: Longest the process waits, after a signal, for the command to clean up.
+SHUTDOWN_GRACE = 10.0
+
+DEMO_MODULE = "powerctl.cli.demo"
+
+
+class _ParserExit(Exception):
+    """argparse wanted to exit (``--help``, a usage error): with this status."""
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+def _parser_class(ctx):
+    """
+    An ArgumentParser class that writes to ``ctx``'s streams and raises
+    instead of exiting, so parsing errors are testable in-process.
+    """
+
+    class Parser(argparse.ArgumentParser):
+        def _print_message(self, message, file=None):
+            if message:
+                (ctx.stdout if file is sys.stdout else ctx.stderr).write(message)
+
+        def exit(self, status=0, message=None):
+            if message:
+                ctx.stderr.write(message)
+            raise _ParserExit(status)
+
+    return Parser
+
+
+def build_parser(ctx):
+    """The whole ``powerctl`` argument tree."""
+    from powerctl.cli import driver, rest, sim
+
+    Parser = _parser_class(ctx)
+    parser = Parser(
+        prog="powerctl",
+        description="Power control for bare-metal fleets.",
+        epilog="Exit status: 0 ok, 1 failure, 2 usage/config error, 3 auth, "
+               "4 unreachable, 5 timeout, 6 protocol, 7 unsupported, "
+               "130 interrupted.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     parser_class=Parser)
+    commands.required = True
+    driver.add_commands(commands)
+    sim.add_commands(commands)
+    rest.add_commands(commands)
+    commands.add_parser("demo", help="a self-contained demo fleet (PostgreSQL, "
+                                     "region, pserv and simulators)", add_help=False)
+    return parser
+
+
+def run(argv, reactor, ctx=None):
+    """
+    Run ``powerctl argv`` on the running ``reactor``; a Deferred firing
+    with the exit status.  ``ctx`` (a :class:`~powerctl.cli.Context`)
+    supplies streams and environment; the process's own by default.
+    """
+    ctx = Context(reactor) if ctx is None else ctx
+    return defer.ensureDeferred(_run(list(argv), ctx))
+
+
+async def _run(argv, ctx):
+    try:
+        try:
+            args = build_parser(ctx).parse_args(argv)
+        except _ParserExit as e:
+            return e.status
+        if args.command == "demo":
+            ctx.err("powerctl demo runs in its own process: use the "
+                    "'powerctl demo' command itself")
+            return EXIT_USAGE
+        return await args.func(ctx, args)
+    except CliError as e:
+        return ctx.fail(e.kind, str(e))
+    except Exception:
+        ctx.err("error (bug): unexpected failure; please report this:")
+        ctx.stderr.write(traceback.format_exc())
+        return EXIT_FAILURE
+
+
+def run_demo(argv, stderr=None):
+    """Hand over to ``powerctl.cli.demo:main(argv)``, if it exists."""
+    stderr = sys.stderr if stderr is None else stderr
+    if importlib.util.find_spec(DEMO_MODULE) is None:
+        stderr.write(
+            "error (unsupported): powerctl demo is not available in this "
+            f"installation ({DEMO_MODULE} is missing)\n")
+        return EXIT_FAILURE
+    demo = importlib.import_module(DEMO_MODULE)
+    status = demo.main(argv)
+    return EXIT_OK if status is None else status
+
+
+def main(argv=None):
+    """The ``powerctl`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        sys.exit(run_demo(argv[1:]))
+
+    from powerctl.reactor import install
+
+    reactor = install()
+    ctx = Context(reactor)
+    state = {"status": None, "stopping": False, "running": None}
+
+    def finished(status):
+        state["status"] = status
+        if not state["stopping"]:
+            state["stopping"] = True
+            reactor.stop()
+
+    def start():
+        d = run(argv, reactor, ctx)
+        state["running"] = d
+        d.addCallback(finished)
+
+    def before_shutdown():
+        # Stopped by a signal while the command still runs: let it clean up.
+        state["stopping"] = True
+        if state["status"] is not None or state["running"] is None:
+            return None
+        ctx.interrupt()
+        waiting = defer.Deferred()
+        state["running"].addBoth(lambda r: waiting.called or waiting.callback(None))
+        waiting.addTimeout(SHUTDOWN_GRACE, reactor)
+        waiting.addErrback(lambda f: None)
+        return waiting
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+    reactor.run()
+    status = state["status"]
+    sys.stdout.flush()
+    sys.exit(EXIT_INTERRUPTED if status is None else status)
+
+
+if __name__ == "__main__":
+    main()

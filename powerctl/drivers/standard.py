@@ -1,0 +1,60 @@
+"""
+The standard driver catalogue: one instance of every real driver type.
+
+Driver types own what their agents share (IPMI sessions and threads, the
+SNMP engine, HTTP pools), so a process builds them exactly once and passes
+the catalogue around.  This is the one place that knows the full list, so
+the CLI, the pserv and the demo cannot drift apart.  Nothing here does I/O:
+each type creates its sessions, engine or pools on first use, and
+:meth:`~powerctl.drivers.catalogue.DriverCatalogue.close` releases them.
+"""
+
+from powerctl.drivers.catalogue import DriverCatalogue
+from powerctl.drivers.interface import Timing
+
+#: The names :func:`standard_catalogue` provides, for documentation and tests.
+STANDARD_DRIVERS = ("ipmi", "manual", "redfish", "snmp", "webhook")
+
+
+def driver_type_classes():
+    """The standard driver type classes, unbuilt (imported late: see :func:`standard_catalogue`)."""
+    from powerctl.drivers.ipmi import IpmiDriverType
+    from powerctl.drivers.manual import ManualDriverType
+    from powerctl.drivers.redfish import RedfishDriverType
+    from powerctl.drivers.snmp import SnmpDriverType
+    from powerctl.drivers.webhook import WebhookDriverType
+
+    return IpmiDriverType, SnmpDriverType, RedfishDriverType, WebhookDriverType, ManualDriverType
+
+
+def standard_schemas():
+    """
+    ``{name: Schema}`` of every standard driver without building any driver
+    type (no thread pool, no engine): what a REST client needs to convert
+    ``-p`` values and to know which parameters are secret.
+    """
+    return {cls.name: cls.schema for cls in driver_type_classes()}
+
+
+def standard_catalogue(reactor, timing=None, clock=None):
+    """
+    A :class:`DriverCatalogue` of ``ipmi``, ``snmp``, ``redfish``,
+    ``webhook`` and ``manual``, all sharing ``timing`` (a
+    :class:`~powerctl.drivers.interface.Timing`; the defaults if None).
+
+    ``clock`` (default: ``reactor``) drives timeouts and retries; tests may
+    pass a ``task.Clock`` while ``reactor`` still does the networking.
+    The driver modules are imported here, not at module level, so that
+    importing this module does not pull in pyghmi and pysnmp before an
+    entry point has installed the asyncio reactor.
+    """
+    ipmi, snmp, redfish, webhook, manual = driver_type_classes()
+    timing = Timing() if timing is None else timing
+    clock = reactor if clock is None else clock
+    return DriverCatalogue([
+        ipmi(reactor, clock=clock, timing=timing),
+        snmp(clock=clock, timing=timing),
+        redfish(reactor, clock=clock, timing=timing),
+        webhook(reactor, clock=clock, timing=timing),
+        manual(clock),
+    ])
