@@ -368,6 +368,15 @@ class SessionTests(RedfishCase):
         self.assertEqual((self.sim.sessions_created, self.sim.live_sessions), (1, 0))
 
     @defer.inlineCallbacks
+    def test_login_hang_times_out(self):
+        self.timing = Timing(timeout=0.2, retries=0)
+        self.start()
+        self.sim.fault("hang", match="POST /redfish/v1/SessionService/Sessions")
+        yield self.assertFailure(self.driver().query(), PowerTimeout)
+        yield self.type.close()
+        self.assertEqual((self.sim.sessions_created, self.sim.live_sessions), (0, 0))
+
+    @defer.inlineCallbacks
     def test_cancel_mid_operation_then_close(self):
         self.start(delay=5)
         d = self.driver().on()

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 
 from twisted.internet import defer, protocol, reactor, task
@@ -97,8 +98,8 @@ class SushyPeerTests(unittest.TestCase):
         yield self._wait_ready()
 
     def _write_config(self, sushy):
-        state = os.path.abspath(self.mktemp())
-        os.makedirs(state)
+        state = tempfile.mkdtemp(prefix="powerctl-sushy-")
+        self.addCleanup(shutil.rmtree, state, True)
         line = htpasswd_line(sushy)
         systems = [{"uuid": u, "name": n, "power_state": "Off",
                     "nics": [{"mac": f"00:5c:52:31:3a:{i:02x}", "ip": f"172.22.0.{100 + i}"}]}

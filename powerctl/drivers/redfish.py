@@ -36,7 +36,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from powerctl.drivers.base import Command, VerifyingDriver
+from powerctl.drivers.base import Command, VerifyingDriver, bounded
 from powerctl.drivers.errors import (
     InvalidParameters,
     ProtocolError,
@@ -333,7 +333,7 @@ class RedfishDriver(VerifyingDriver):
     def _login(self):
         """The login, bounded by the timeout but not by any one operation."""
         d = defer.ensureDeferred(self._create_session())
-        return d.addTimeout(self.timing.timeout, self.clock)
+        return bounded(d, self.timing.timeout, self.clock, f"{self.describe()} login")
 
     async def _create_session(self):
         root = await self._http.request("GET", self.root)
