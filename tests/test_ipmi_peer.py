@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from twisted.internet import reactor, task
@@ -85,7 +86,9 @@ class PeerTests(unittest.TestCase):
         skip = "ipmi_sim not installed (apt-get install openipmi)"
 
     def setUp(self):
-        base = os.path.abspath(self.mktemp())
+        # Not self.mktemp(): under pytest that lands in the working tree.
+        base = tempfile.mkdtemp(prefix="powerctl-ipmi-sim-")
+        self.addCleanup(shutil.rmtree, base, True)
         os.makedirs(os.path.join(base, "state"))
         script = os.path.join(base, "chassis.sh")
         with open(script, "w") as f:
