@@ -185,8 +185,8 @@ class Store:
     """
     The region's state in PostgreSQL.
 
-    :param pool: a started txpostgres ``ConnectionPool`` (or ``Connection``;
-        a pool lets requests run concurrently).
+    :param pool: a started txpostgres ``ConnectionPool`` (a ``Connection``
+        works too, but then every request waits for the one before it).
     :param catalogue: the :class:`~powerctl.drivers.catalogue.DriverCatalogue`
         that power configurations are validated against.
     :param responsive_grace: seconds since a node's last good poll before

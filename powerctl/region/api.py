@@ -1,0 +1,416 @@
+"""
+The region's REST API: JSON under ``/v1``, on twisted.web.
+
+Mount it with::
+
+    root = resource.Resource()
+    root.putChild(b"v1", Api(store, catalogue, activity=..., on_power_request=...))
+    site = server.Site(root)
+
+or use :func:`api_root` for a root holding only the API.  One routing table
+(:meth:`Api.routes`) maps path patterns and methods to small handlers; each
+handler is a coroutine returning ``(status, body)``.  Every error is JSON,
+``{"error": {"code": ..., "message": ...}}``: 400 for bad input, 404 for an
+unknown node, operation or pod manager, 409 for a duplicate or a pod manager
+in use, 405, 413, 415.  Input is checked (and the store checks it again
+inside its transaction) before anything is written.  An unexpected
+exception answers 500 with an error id; the same id is logged through
+twisted.logger with the traceback, never sent to the client.
+
+Passwords never leave: node power documents are redacted (secrets show as
+``"(set)"``), pod managers show ``password_set``, and database errors are
+logged without their DETAIL line (which can quote a row, password included).
+"""
+
+import json
+import uuid as uuidlib
+from urllib.parse import unquote
+
+import psycopg2
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from powerctl.power import Action
+from powerctl.region import openapi, powerconfig
+from powerctl.region.errors import Conflict, InvalidInput, NotFound
+from powerctl.region.store import OP_STATES
+
+MAX_BODY = 1024 * 1024
+NODE_FIELDS = ("name", "cluster", "power", "desired_state", "power_state", "responsive",
+               "last_error", "last_queried_at", "last_changed_at", "created_at", "updated_at")
+OP_FIELDS = ("id", "node", "action", "state", "coalesced_into", "superseded_by", "error",
+             "requested_at", "started_at", "finished_at", "pserv", "agent", "requester",
+             "observed_state")
+POD_MANAGER_FIELDS = ("uuid", "name", "driver", "username", "password_set", "url", "status",
+                      "description", "created_at", "updated_at")
+_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400}
+
+
+class ApiError(Exception):
+    """An HTTP error answered as ``{"error": {"code", "message"}}``."""
+
+    def __init__(self, status, code, message, headers=()):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = tuple(headers)
+
+
+class SanitisedDatabaseError(Exception):
+    """A database error reduced to its primary message, safe to log."""
+
+
+def error_body(code, message, **extra):
+    """The JSON body of every error answer."""
+    return {"error": dict(code=code, message=message, **extra)}
+
+
+def _loggable(failure):
+    """
+    ``failure`` safe to log: a psycopg2 error keeps its traceback but loses
+    its DETAIL, which for a constraint violation quotes the failing row.
+    """
+    error = failure.value
+    if not isinstance(error, psycopg2.Error):
+        return failure
+    primary = getattr(getattr(error, "diag", None), "message_primary", None)
+    safe = SanitisedDatabaseError(f"{type(error).__name__}: {primary or 'database error'}")
+    return Failure(safe, SanitisedDatabaseError, failure.getTracebackObject())
+
+
+def _segments(request):
+    """The path below the API's mount point, percent-decoded, without a trailing '/'."""
+    parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath]
+    if parts and parts[-1] == "":
+        parts.pop()
+    return parts
+
+
+def _match(pattern, parts):
+    """Path parameters if ``parts`` fits ``pattern`` ('nodes/{name}'), else None."""
+    names = pattern.split("/")
+    if len(names) != len(parts):
+        return None
+    params = {}
+    for name, part in zip(names, parts):
+        if name.startswith("{"):
+            if not part:
+                return None
+            params[name[1:-1]] = part
+        elif name != part:
+            return None
+    return params
+
+
+def _json_body(request, allowed, required=()):
+    """
+    The request's JSON object, refused (400/413/415) unless it is JSON, an
+    object, within :data:`MAX_BODY`, with no field outside ``allowed`` and
+    every field of ``required``.
+    """
+    ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type",
+                       "the request body must be JSON (Content-Type: application/json)")
+    raw = request.content.read(MAX_BODY + 1) if request.content else b""
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "too_large", f"the request body exceeds {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_input", "the request body must be a JSON object")
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown or read-only field {unknown[0]!r}; "
+                       f"accepted: {', '.join(allowed)}")
+    missing = [f for f in required if f not in body]
+    if missing:
+        raise ApiError(400, "missing_field", f"field {missing[0]!r} is required")
+    return body
+
+
+def _query(request, allowed):
+    """Query parameters as text, refusing unknown or repeated ones."""
+    args = {}
+    for key, values in request.args.items():
+        name = key.decode("utf-8", "replace")
+        if name not in allowed:
+            raise ApiError(400, "unknown_parameter", f"unknown query parameter {name!r}; "
+                           f"accepted: {', '.join(allowed) or 'none'}")
+        if len(values) != 1:
+            raise ApiError(400, "invalid_input", f"query parameter {name!r} given twice")
+        args[name] = values[0].decode("utf-8", "replace")
+    return args
+
+
+def _int_arg(args, name):
+    """An optional integer query parameter."""
+    if name not in args:
+        return None
+    try:
+        return int(args[name])
+    except ValueError:
+        raise ApiError(400, "invalid_input", f"{name}: must be an integer") from None
+
+
+def _pick(row, fields):
+    return {f: row.get(f) for f in fields}
+
+
+class Api(resource.Resource):
+    """
+    The ``/v1`` resource.
+
+    :param store: a :class:`powerctl.region.store.Store`.
+    :param catalogue: the DriverCatalogue (to redact secrets).
+    :param activity: optional callable returning (or firing with) a mapping
+        of cluster name to actions in flight, as this region sees them now;
+        it overrides the pservs' last heartbeat in ``GET /v1/clusters``.
+    :param on_power_request: optional callable given each new operation
+        once its transaction committed (the region dispatches it); its
+        failures are logged, never answered.
+    :param log: a twisted.logger ``Logger`` (tests pass their own).
+    """
+
+    isLeaf = True
+
+    def __init__(self, store, catalogue, activity=None, on_power_request=None, log=None):
+        super().__init__()
+        self.store = store
+        self.catalogue = catalogue
+        self.activity = activity
+        self.on_power_request = on_power_request
+        self.log = log or Logger()
+        self._routes = self.routes()
+
+    def routes(self):
+        """The routing table: (path pattern below /v1, {method: handler})."""
+        return (
+            ("nodes", {"GET": self.list_nodes, "POST": self.create_node}),
+            ("nodes/{name}", {"GET": self.get_node, "PUT": self.update_node,
+                              "DELETE": self.delete_node}),
+            ("nodes/{name}/power", {"POST": self.request_power}),
+            ("power_ops", {"GET": self.list_ops}),
+            ("power_ops/{op_id}", {"GET": self.get_op}),
+            ("pod_managers", {"GET": self.list_pod_managers, "POST": self.create_pod_manager}),
+            ("pod_manager/{uuid}", {"GET": self.get_pod_manager, "PUT": self.update_pod_manager,
+                                    "DELETE": self.delete_pod_manager}),
+            ("clusters", {"GET": self.list_clusters}),
+            ("openapi.json", {"GET": self.openapi}),
+        )
+
+    # -- plumbing -------------------------------------------------------
+
+    def render(self, request):
+        """Answer asynchronously; the connection may close before we do."""
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d = defer.ensureDeferred(self._answer(request))
+        d.addCallback(lambda answer: None if gone else self._write(request, *answer))
+        d.addErrback(lambda f: self.log.failure("writing an API answer failed", f))
+        return server.NOT_DONE_YET
+
+    def _resolve(self, request):
+        """(handler, path parameters) for the request, or a 404/405 ApiError."""
+        parts = _segments(request)
+        method = request.method.decode("ascii", "replace")
+        method = "GET" if method == "HEAD" else method
+        for pattern, methods in self._routes:
+            params = _match(pattern, parts)
+            if params is None:
+                continue
+            if method not in methods:
+                allow = ", ".join(sorted(methods))
+                raise ApiError(405, "method_not_allowed",
+                               f"{method} is not allowed here; allowed: {allow}",
+                               headers=[("Allow", allow)])
+            return methods[method], params
+        raise ApiError(404, "not_found", f"no such resource: /v1/{'/'.join(parts)}")
+
+    async def _answer(self, request):
+        """``(status, body, headers)`` for the request, whatever happens."""
+        try:
+            handler, params = self._resolve(request)
+            status, body = await handler(request, **params)
+            return status, body, ()
+        except ApiError as e:
+            return e.status, error_body(e.code, e.message), e.headers
+        except (NotFound, Conflict, InvalidInput) as e:
+            status = next(s for cls, s in _STATUS.items() if isinstance(e, cls))
+            return status, error_body(e.code, e.message), ()
+        except Exception:
+            return self._internal_error(request, Failure())
+
+    def _internal_error(self, request, failure):
+        """500 with an id; the id and the (sanitised) traceback go to the log."""
+        error_id = str(uuidlib.uuid4())
+        self.log.failure(
+            "API {method} {path} failed; error id {error_id}", _loggable(failure),
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace"), error_id=error_id)
+        body = error_body("internal", "internal error; the region log has the details "
+                          f"under error id {error_id}", id=error_id)
+        return 500, body, ()
+
+    def _write(self, request, status, body, headers):
+        request.setResponseCode(status)
+        for name, value in headers:
+            request.setHeader(name, value)
+        if body is not None:
+            request.setHeader("Content-Type", "application/json")
+            request.write(json.dumps(body).encode("utf-8") + b"\n")
+        request.finish()
+
+    # -- views ----------------------------------------------------------
+
+    def _node(self, row):
+        """A node as the API shows it: power redacted."""
+        shown = _pick(row, NODE_FIELDS)
+        shown["power"] = powerconfig.redact(row["power"], self.catalogue)
+        return shown
+
+    # -- nodes ----------------------------------------------------------
+
+    async def list_nodes(self, request):
+        args = _query(request, ("cluster",))
+        rows = await self.store.list_nodes(cluster=args.get("cluster"))
+        return 200, [self._node(r) for r in rows]
+
+    async def create_node(self, request):
+        body = _json_body(request, ("name", "cluster", "power"), ("name", "cluster", "power"))
+        row = await self.store.create_node(body["name"], body["cluster"], body["power"])
+        request.setHeader("Location", f"/v1/nodes/{row['name']}")
+        return 201, self._node(row)
+
+    async def get_node(self, request, name):
+        return 200, self._node(await self.store.get_node(name))
+
+    async def update_node(self, request, name):
+        body = _json_body(request, ("name", "cluster", "power"))
+        if body.pop("name", name) != name:
+            raise ApiError(400, "invalid_input", "name: nodes cannot be renamed")
+        return 200, self._node(await self.store.update_node(name, **body))
+
+    async def delete_node(self, request, name):
+        await self.store.delete_node(name)
+        return 204, None
+
+    async def request_power(self, request, name):
+        body = _json_body(request, ("action", "requester"), ("action",))
+        try:
+            action = Action.parse(body["action"])
+        except ValueError as e:
+            raise ApiError(400, "invalid_action", str(e)) from None
+        requester = body.get("requester") or f"api:{request.getClientAddress().host}"
+        op = await self.store.request_power(name, action.value, requester=requester)
+        self._dispatch(op)
+        request.setHeader("Location", f"/v1/power_ops/{op['id']}")
+        return 202, _pick(op, OP_FIELDS)
+
+    def _dispatch(self, op):
+        """Hand a committed operation to the region's hook, without waiting."""
+        if self.on_power_request is None:
+            return
+        d = defer.maybeDeferred(self.on_power_request, op)
+        d.addErrback(lambda f: self.log.failure(
+            "dispatching power operation {op_id} failed", _loggable(f), op_id=op["id"]))
+
+    # -- the journal ----------------------------------------------------
+
+    async def list_ops(self, request):
+        args = _query(request, ("node", "state", "limit", "before"))
+        if "state" in args and args["state"] not in OP_STATES:
+            raise ApiError(400, "invalid_input",
+                           f"state: {args['state']!r} is not one of {', '.join(OP_STATES)}")
+        try:
+            rows = await self.store.list_ops(
+                node=args.get("node"), state=args.get("state"),
+                limit=_int_arg(args, "limit"),
+                before_id=_int_arg(args, "before"))
+        except NotFound:
+            raise ApiError(400, "invalid_input", "before: must be an operation id") from None
+        return 200, [_pick(r, OP_FIELDS) for r in rows]
+
+    async def get_op(self, request, op_id):
+        return 200, _pick(await self.store.get_op(op_id), OP_FIELDS)
+
+    # -- pod managers ---------------------------------------------------
+
+    async def list_pod_managers(self, request):
+        _query(request, ())
+        return 200, [_pick(r, POD_MANAGER_FIELDS) for r in await self.store.list_pod_managers()]
+
+    async def create_pod_manager(self, request):
+        body = _json_body(request, ("name", "url", "username", "password", "description",
+                                    "driver"), ("name", "url"))
+        row = await self.store.create_pod_manager(
+            body["name"], body["url"], body.get("username", ""), body.get("password", ""),
+            body.get("description", ""), driver=body.get("driver", "redfish"))
+        request.setHeader("Location", f"/v1/pod_manager/{row['uuid']}")
+        return 201, _pick(row, POD_MANAGER_FIELDS)
+
+    async def get_pod_manager(self, request, uuid):
+        return 200, _pick(await self.store.get_pod_manager(uuid), POD_MANAGER_FIELDS)
+
+    async def update_pod_manager(self, request, uuid):
+        body = _json_body(request, ("name", "url", "username", "password", "description"))
+        return 200, _pick(await self.store.update_pod_manager(uuid, **body), POD_MANAGER_FIELDS)
+
+    async def delete_pod_manager(self, request, uuid):
+        await self.store.delete_pod_manager(uuid)
+        return 204, None
+
+    # -- clusters and the document -------------------------------------
+
+    async def list_clusters(self, request):
+        _query(request, ())
+        clusters = await self.store.list_clusters()
+        live = await self._activity()
+        for cluster in clusters:
+            if cluster["name"] in live:
+                cluster["actions_in_flight"] = live[cluster["name"]]
+        return 200, clusters
+
+    async def _activity(self):
+        """This region's view of actions in flight; {} if it cannot say."""
+        if self.activity is None:
+            return {}
+        try:
+            return dict(await defer.maybeDeferred(self.activity))
+        except Exception:
+            self.log.failure("the activity callable failed; showing heartbeat counts")
+            return {}
+
+    async def openapi(self, request):
+        return 200, openapi.document()
+
+
+class _JsonNotFound(resource.Resource):
+    """404 in the API's JSON error shape, for paths outside ``/v1``."""
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(404)
+        request.setHeader("Content-Type", "application/json")
+        path = request.path.decode("utf-8", "replace")
+        return json.dumps(error_body("not_found", f"no such resource: {path}")).encode() + b"\n"
+
+
+class _Root(resource.Resource):
+    """A root whose unknown children answer a JSON 404."""
+
+    def getChild(self, path, request):
+        return _JsonNotFound()
+
+
+def api_root(store, catalogue, **kwargs):
+    """A root resource holding only the API under ``/v1`` (``Api`` kwargs pass through)."""
+    root = _Root()
+    root.putChild(b"v1", Api(store, catalogue, **kwargs))
+    return root

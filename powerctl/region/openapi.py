@@ -1,0 +1,255 @@
+"""
+The OpenAPI 3 description of the REST API, served at ``/v1/openapi.json``.
+
+Hand-written next to :mod:`powerctl.region.api` (whose test checks that
+every route and method of the routing table is described here).  Built by a
+function so each caller gets its own copy to mutate.
+"""
+
+VERSION = "1.0.0"
+
+
+def _ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema, description):
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses):
+    """Error responses, all with the Error body."""
+    text = {400: "invalid input (malformed JSON, unknown field, invalid value)",
+            404: "no such node, operation or pod manager",
+            405: "method not allowed", 409: "conflict (duplicate name, still in use)",
+            413: "body too large", 415: "body is not JSON",
+            500: "internal error (logged under the returned id)"}
+    return {str(s): _json(_ref("Error"), text[s]) for s in statuses + (500,)}
+
+
+def _body(name, description):
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _path_param(name, description, schema=None):
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _query_param(name, description, schema=None):
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _ts(description):
+    return {"type": "string", "format": "date-time", "nullable": True,
+            "description": description}
+
+
+def _schemas():
+    """Component schemas: resources as shown and as written."""
+    agent = {
+        "type": "object", "additionalProperties": False, "required": ["driver"],
+        "properties": {
+            "driver": {"type": "string", "description": "driver name, e.g. ipmi, snmp, "
+                       "redfish, webhook, manual"},
+            "pod_manager": {"type": "string", "format": "uuid",
+                            "description": "take url/host, username and password from this "
+                            "pod manager (its driver must be the agent's)"},
+            "params": {"type": "object", "description": "driver parameters, validated by "
+                       "the driver's schema; secrets read back as \"(set)\" and a PUT "
+                       "sending \"(set)\" keeps the stored value"},
+        },
+    }
+    power = {
+        "type": "object", "additionalProperties": False, "required": ["agents"],
+        "properties": {
+            "mode": {"type": "string", "enum": ["single", "concurrent", "sequential"],
+                     "default": "single",
+                     "description": "single: exactly 1 agent; concurrent/sequential: 2-8"},
+            "agents": {"type": "array", "minItems": 1, "maxItems": 8, "items": _ref("Agent")},
+        },
+    }
+    node = {"type": "object", "properties": {
+        "name": {"type": "string"}, "cluster": {"type": "string"}, "power": _ref("Power"),
+        "desired_state": {"type": "string", "enum": ["on", "off"], "nullable": True},
+        "power_state": {"type": "string", "enum": ["on", "off", "unknown", "error"]},
+        "responsive": {"type": "boolean"},
+        "last_error": {"type": "string", "nullable": True},
+        "last_queried_at": _ts("last poll or query"),
+        "last_changed_at": _ts("last change of power_state"),
+        "created_at": _ts("creation"), "updated_at": _ts("last configuration change"),
+    }}
+    node_create = {"type": "object", "additionalProperties": False,
+                   "required": ["name", "cluster", "power"], "properties": {
+                       "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]*$"},
+                       "cluster": {"type": "string"}, "power": _ref("Power")}}
+    node_update = {"type": "object", "additionalProperties": False, "properties": {
+        "name": {"type": "string", "description": "must equal the node's name if given"},
+        "cluster": {"type": "string"}, "power": _ref("Power")}}
+    op_state = {"type": "string", "enum": ["pending", "running", "succeeded", "failed",
+                                           "superseded", "cancelled"]}
+    op = {"type": "object", "properties": {
+        "id": {"type": "integer"}, "node": {"type": "string"},
+        "action": {"type": "string", "enum": ["on", "off", "soft-off", "cycle", "query"]},
+        "state": op_state,
+        "coalesced_into": {"type": "integer", "nullable": True},
+        "superseded_by": {"type": "integer", "nullable": True},
+        "error": {"type": "string", "nullable": True},
+        "requested_at": _ts("request"), "started_at": _ts("start on a pserv"),
+        "finished_at": _ts("end"),
+        "pserv": {"type": "string", "nullable": True},
+        "agent": {"type": "string", "nullable": True},
+        "requester": {"type": "string"},
+        "observed_state": {"type": "string", "nullable": True,
+                           "enum": ["on", "off", "unknown", "error", None]},
+    }}
+    power_request = {"type": "object", "additionalProperties": False, "required": ["action"],
+                     "properties": {
+                         "action": {"type": "string",
+                                    "enum": ["on", "off", "soft-off", "cycle", "query"]},
+                         "requester": {"type": "string", "description": "who asks "
+                                       "(default: api:<client address>)"}}}
+    pod_manager = {"type": "object", "properties": {
+        "uuid": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
+        "driver": {"type": "string"}, "username": {"type": "string"},
+        "password_set": {"type": "boolean", "description": "the password is write-only"},
+        "url": {"type": "string"},
+        "status": {"type": "string", "enum": ["online", "offline"]},
+        "description": {"type": "string"},
+        "created_at": _ts("creation"), "updated_at": _ts("last edit"),
+    }}
+    writable = {"name": {"type": "string"}, "url": {"type": "string"},
+                "username": {"type": "string"},
+                "password": {"type": "string", "writeOnly": True},
+                "description": {"type": "string"}}
+    pod_manager_create = {"type": "object", "additionalProperties": False,
+                          "required": ["name", "url"],
+                          "properties": dict(writable, driver={"type": "string",
+                                                               "default": "redfish"})}
+    pod_manager_update = {"type": "object", "additionalProperties": False,
+                          "properties": dict(writable)}
+    pserv = {"type": "object", "properties": {
+        "name": {"type": "string"}, "cluster": {"type": "string"},
+        "version": {"type": "string"}, "region": {"type": "string", "nullable": True},
+        "connected": {"type": "boolean"}, "live": {"type": "boolean"},
+        "connected_at": _ts("last connection"), "last_heartbeat": _ts("last heartbeat"),
+        "actions_in_flight": {"type": "integer"}}}
+    cluster = {"type": "object", "properties": {
+        "name": {"type": "string"}, "created_at": _ts("creation"),
+        "nodes": {"type": "integer"}, "running_ops": {"type": "integer"},
+        "actions_in_flight": {"type": "integer"},
+        "status": {"type": "string", "enum": ["online", "offline"]},
+        "pservs": {"type": "array", "items": _ref("Pserv")}}}
+    error = {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"},
+            "id": {"type": "string", "description": "error id (500 only), as logged"}}}}}
+    return {"Agent": agent, "Power": power, "Node": node, "NodeCreate": node_create,
+            "NodeUpdate": node_update, "PowerOp": op, "PowerRequest": power_request,
+            "PodManager": pod_manager, "PodManagerCreate": pod_manager_create,
+            "PodManagerUpdate": pod_manager_update, "Pserv": pserv, "Cluster": cluster,
+            "Error": error}
+
+
+def _array(name):
+    return {"type": "array", "items": _ref(name)}
+
+
+def _paths():
+    node_name = _path_param("name", "node name")
+    pm_uuid = _path_param("uuid", "pod manager uuid", {"type": "string", "format": "uuid"})
+    return {
+        "/v1/nodes": {
+            "get": {"summary": "List nodes", "operationId": "listNodes",
+                    "parameters": [_query_param("cluster", "only this cluster")],
+                    "responses": {"200": _json(_array("Node"), "nodes by name"),
+                                  **_errors(400)}},
+            "post": {"summary": "Add a node", "operationId": "createNode",
+                     "requestBody": _body("NodeCreate", "the node"),
+                     "responses": {"201": _json(_ref("Node"), "created"),
+                                   **_errors(400, 409, 413, 415)}},
+        },
+        "/v1/nodes/{name}": {
+            "parameters": [node_name],
+            "get": {"summary": "One node", "operationId": "getNode",
+                    "responses": {"200": _json(_ref("Node"), "the node"), **_errors(404)}},
+            "put": {"summary": "Change a node's cluster and/or power configuration",
+                    "operationId": "updateNode", "requestBody": _body("NodeUpdate", ""),
+                    "responses": {"200": _json(_ref("Node"), "updated"),
+                                  **_errors(400, 404, 413, 415)}},
+            "delete": {"summary": "Remove a node and its journal", "operationId": "deleteNode",
+                       "responses": {"204": {"description": "deleted"}, **_errors(404)}},
+        },
+        "/v1/nodes/{name}/power": {
+            "parameters": [node_name],
+            "post": {"summary": "Request a power action (sets the desired state for "
+                     "on/off/soft-off/cycle; last request wins)",
+                     "operationId": "requestPower", "requestBody": _body("PowerRequest", ""),
+                     "responses": {"202": _json(_ref("PowerOp"), "journalled, pending"),
+                                   **_errors(400, 404, 413, 415)}},
+        },
+        "/v1/power_ops": {
+            "get": {"summary": "The journal, newest first", "operationId": "listPowerOps",
+                    "parameters": [
+                        _query_param("node", "only this node"),
+                        _query_param("state", "only this state",
+                                     _schemas()["PowerOp"]["properties"]["state"]),
+                        _query_param("limit", "at most this many (1-1000, default 100)",
+                                     {"type": "integer", "minimum": 1, "maximum": 1000}),
+                        _query_param("before", "only ids below this (paging)",
+                                     {"type": "integer"})],
+                    "responses": {"200": _json(_array("PowerOp"), "operations"),
+                                  **_errors(400)}},
+        },
+        "/v1/power_ops/{op_id}": {
+            "parameters": [_path_param("op_id", "operation id", {"type": "integer"})],
+            "get": {"summary": "One operation", "operationId": "getPowerOp",
+                    "responses": {"200": _json(_ref("PowerOp"), "the operation"),
+                                  **_errors(404)}},
+        },
+        "/v1/pod_managers": {
+            "get": {"summary": "List pod managers", "operationId": "listPodManagers",
+                    "responses": {"200": _json(_array("PodManager"), "by name"),
+                                  **_errors(400)}},
+            "post": {"summary": "Add a pod manager", "operationId": "createPodManager",
+                     "requestBody": _body("PodManagerCreate", ""),
+                     "responses": {"201": _json(_ref("PodManager"), "created"),
+                                   **_errors(400, 409, 413, 415)}},
+        },
+        "/v1/pod_manager/{uuid}": {
+            "parameters": [pm_uuid],
+            "get": {"summary": "One pod manager", "operationId": "getPodManager",
+                    "responses": {"200": _json(_ref("PodManager"), "it"), **_errors(404)}},
+            "put": {"summary": "Change a pod manager", "operationId": "updatePodManager",
+                    "requestBody": _body("PodManagerUpdate", ""),
+                    "responses": {"200": _json(_ref("PodManager"), "updated"),
+                                  **_errors(400, 404, 409, 413, 415)}},
+            "delete": {"summary": "Remove a pod manager no node uses",
+                       "operationId": "deletePodManager",
+                       "responses": {"204": {"description": "deleted"}, **_errors(404, 409)}},
+        },
+        "/v1/clusters": {
+            "get": {"summary": "Clusters, their pservs and activity",
+                    "operationId": "listClusters",
+                    "responses": {"200": _json(_array("Cluster"), "by name"), **_errors(400)}},
+        },
+        "/v1/openapi.json": {
+            "get": {"summary": "This document", "operationId": "getOpenApi",
+                    "responses": {"200": {"description": "OpenAPI 3 document",
+                                          "content": {"application/json": {}}}}},
+        },
+    }
+
+
+def document():
+    """A fresh copy of the OpenAPI document."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "powerctl region API", "version": VERSION,
+                 "description": "Nodes, power requests, the power-operation journal, "
+                 "pod managers and clusters. Errors are {\"error\": {\"code\", "
+                 "\"message\"}}. Passwords are write-only."},
+        "paths": _paths(),
+        "components": {"schemas": _schemas()},
+    }
