@@ -149,11 +149,13 @@ def gather_params(ctx, args, schema=None):
 def timing_for(timeout):
     """
     Driver timing that fits in ``timeout`` seconds overall: one call gets
-    at most 10 s, waiting for the state gets the whole budget, and a
-    graceful shutdown half of it before the hard off.
+    at most 10 s and never the whole budget (so the driver's own per-call
+    timeout never fires at the same instant as ours, when it could absorb
+    our cancellation into a retry), waiting for the state gets the whole
+    budget, and a graceful shutdown half of it before the hard off.
     """
     return Timing(
-        timeout=min(CALL_TIMEOUT, timeout),
+        timeout=min(CALL_TIMEOUT, timeout * 0.8),
         verify_timeout=timeout,
         soft_off_timeout=timeout / 2,
         poll_interval=min(POLL_INTERVAL, timeout / 10),
@@ -162,22 +164,37 @@ def timing_for(timeout):
 
 async def bounded(ctx, d, timeout, what="operation"):
     """
-    Await ``d`` for at most ``timeout`` seconds, cancelling it on expiry
-    (PowerTimeout) or on Ctrl-C/SIGTERM (:class:`Interrupted`).
+    Await ``d`` for at most ``timeout`` seconds: on expiry (PowerTimeout)
+    or on Ctrl-C/SIGTERM (:class:`Interrupted`) ``d`` is cancelled and we
+    return at once, *without* waiting for ``d`` to acknowledge the
+    cancellation -- a driver that is slow to unwind (or that absorbs a
+    cancellation into its own retry loop) must not hold the process past
+    its budget.  ``d``'s late outcome is discarded.
     """
-    remove = ctx.on_interrupt(d.cancel)
-    d.addTimeout(timeout, ctx.reactor)
+    result = defer.Deferred()
+
+    def settle(outcome):
+        if not result.called:
+            result.callback(outcome)  # a Failure passes on as a failure
+
+    def give_up(error):
+        if not result.called:
+            result.errback(error)
+        d.cancel()
+
+    d.addBoth(settle)
+    d.addErrback(lambda _: None)  # nobody else will look at a late failure
+    timer = ctx.reactor.callLater(
+        timeout, give_up, PowerTimeout(f"{what}: no result within {timeout:g}s"))
+    remove = ctx.on_interrupt(lambda: give_up(Interrupted(
+        f"{what}: interrupted before it finished; the device may or may not "
+        "have changed")))
     try:
-        return await d
-    except defer.TimeoutError:
-        raise PowerTimeout(f"{what}: no result within {timeout:g}s") from None
-    except defer.CancelledError:
-        if ctx.interrupted:
-            raise Interrupted(f"{what}: interrupted before it finished; "
-                              "the device may or may not have changed") from None
-        raise
+        return await result
     finally:
         remove()
+        if timer.active():
+            timer.cancel()
 
 
 @attrs.define
