@@ -109,7 +109,8 @@ async def _run(argv, ctx):
             return EXIT_USAGE
         return await args.func(ctx, args)
     except CliError as e:
-        return ctx.fail(e.kind, str(e))
+        ctx.err(f"error ({e.kind}): {e}")
+        return e.status
     except Exception:
         ctx.err("error (bug): unexpected failure; please report this:")
         ctx.stderr.write(traceback.format_exc())

@@ -46,8 +46,9 @@ TERMINAL = frozenset(("succeeded", "failed", "superseded", "cancelled"))
 #: Power requests in flight at once for a bulk ``power`` command.
 CONCURRENCY = 16
 
-#: Agent keys that are not driver parameters.
-AGENT_KEYS = ("driver", "label", "pod_manager")
+#: Agent keys that are not driver parameters (``label`` is one: the manual
+#: driver's).
+AGENT_KEYS = ("driver", "pod_manager")
 
 #: Parameter names treated as secret even for a driver we do not know.
 _SECRET_NAME = re.compile(r"password|secret|token|community|(^|_)key$", re.I)
@@ -387,8 +388,8 @@ def _power_options(parser, required):
     parser.add_argument("--driver", "-d", metavar="NAME", help="driver of a single agent")
     parser.add_argument("--agent", action="append", default=[], metavar="SPEC",
                         help="an agent as 'driver=ipmi,host=...,password=...' "
-                             "(repeat for several; label= and pod_manager= are "
-                             "agent fields, the rest driver parameters)")
+                             "(repeat for several; pod_manager=UUID is an agent "
+                             "field, the rest driver parameters)")
     parser.add_argument("--power-json", metavar="FILE",
                         help="the whole power configuration as JSON ('-' reads stdin)")
     parser.add_argument("--mode", choices=("single", "concurrent", "sequential"),
@@ -442,6 +443,9 @@ def add_commands(subparsers):
     p = command(ops, "list", ops_list, "list operations")
     p.add_argument("--node", "-n")
     p.add_argument("--state", "-s", choices=sorted(TERMINAL | {"pending", "running"}))
+    p.add_argument("--limit", type=int, metavar="N", help="at most N, newest first "
+                   "(the API's default page otherwise)")
+    p.add_argument("--before", type=int, metavar="ID", help="only operations older than ID")
     command(ops, "show", ops_show, "one operation").add_argument("id", type=int)
 
     podm = group("podm", "pod managers (shared PDUs, chassis managers, Redfish services)")
@@ -449,6 +453,7 @@ def add_commands(subparsers):
     p.add_argument("name")
     p.add_argument("--url", required=True)
     _podm_options(p)
+    p.add_argument("--driver", help="driver used to reach it (the API's default if omitted)")
     command(podm, "list", podm_list, "list pod managers")
     command(podm, "show", podm_show, "one pod manager").add_argument(
         "id", metavar="UUID|NAME")
@@ -471,7 +476,6 @@ def _podm_options(p):
     p.add_argument("--password-file", metavar="FILE",
                    help="read the password from FILE ('-': stdin); never on the command line")
     p.add_argument("--description")
-    p.add_argument("--driver", help="driver used to reach it (the API's default if omitted)")
 
 
 def _action(text):
@@ -517,7 +521,7 @@ def show_node(ctx, node):
                 continue
             params = " ".join(f"{k}={output.cell(v)}"
                               for k, v in (agent.get("params") or {}).items())
-            extra = "".join(f" {k}={agent[k]}" for k in ("label", "pod_manager") if agent.get(k))
+            extra = f" pod_manager={agent['pod_manager']}" if agent.get("pod_manager") else ""
             pairs.append((f"agent {i}", f"{agent.get('driver')}{extra} {params}".strip()))
     ctx.out(output.key_values(pairs))
 
@@ -630,6 +634,16 @@ def _op_error(op):
     return None
 
 
+def requester():
+    """Who asks, for the journal: ``cli:<login>`` (``cli`` if unknown)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name in some containers
+        return "cli"
+
+
 async def _wait(api, op, deadline, interval):
     """
     Poll until the operation (or the one it coalesced into, whose outcome
@@ -653,7 +667,7 @@ async def _one_power(api, args, node, deadline):
     outcome = Outcome(node)
     try:
         op = await api.call("POST", f"/v1/nodes/{q(node)}/power",
-                            {"action": args.action.value})
+                            {"action": args.action.value, "requester": requester()})
         outcome.op = op
         outcome.requested = op.get("id")
         if not args.wait:
@@ -769,8 +783,8 @@ OP_COLUMNS = [
 @api_command
 async def ops_list(ctx, args, api):
     """``powerctl ops list [--node N] [--state S]``."""
-    doc = await api.call("GET", "/v1/power_ops",
-                         query={"node": args.node, "state": args.state})
+    doc = await api.call("GET", "/v1/power_ops", query={
+        "node": args.node, "state": args.state, "limit": args.limit, "before": args.before})
     if args.json:
         ctx.out(output.to_json(doc))
     else:
@@ -794,9 +808,12 @@ async def ops_show(ctx, args, api):
 PODM_COLUMNS = [
     ("UUID", "uuid"),
     ("NAME", "name"),
+    ("DRIVER", "driver"),
     ("URL", "url"),
     ("STATUS", "status"),
     ("USERNAME", "username"),
+    ("PASSWORD", lambda p: None if p.get("password_set") is None
+     else ("set" if p["password_set"] else "none")),
     ("DESCRIPTION", "description"),
 ]
 
@@ -917,11 +934,22 @@ async def podm_delete(ctx, args, api):
 # -- clusters -------------------------------------------------------------------
 
 def _pservs(cluster):
+    """``a (live), b`` -- a pserv is live while it is connected."""
     pservs = cluster.get("pservs")
     if isinstance(pservs, list):
-        names = [p.get("name", "?") if isinstance(p, dict) else str(p) for p in pservs]
+        names = [
+            (f"{p.get('name', '?')} (connected)" if p.get("connected") else p.get("name", "?"))
+            if isinstance(p, dict) else str(p)
+            for p in pservs
+        ]
         return ", ".join(names) or None
     return pservs
+
+
+def _last_heartbeat(cluster):
+    beats = [p.get("last_heartbeat") for p in cluster.get("pservs") or ()
+             if isinstance(p, dict) and p.get("last_heartbeat")]
+    return output.when(max(beats)) if beats else output.when(cluster.get("last_heartbeat"))
 
 
 @api_command
@@ -934,9 +962,11 @@ async def cluster_list(ctx, args, api):
     ctx.out(output.table(items(doc, "clusters"), [
         ("NAME", "name"),
         ("STATUS", "status"),
-        ("PSERVS", _pservs),
         ("NODES", lambda c: c.get("nodes") if not isinstance(c.get("nodes"), list)
          else len(c["nodes"])),
-        ("LAST HEARTBEAT", lambda c: output.when(c.get("last_heartbeat"))),
+        ("RUNNING", "running_ops"),
+        ("IN FLIGHT", "actions_in_flight"),
+        ("LAST HEARTBEAT", _last_heartbeat),
+        ("PSERVS", _pservs),
     ]))
     return EXIT_OK
