@@ -166,18 +166,28 @@ class PowerTests(RedfishCase):
         self.sim._apply(self.system(), "On")
         self.assertEqual(self.system().power_state, "PoweringOn")
         driver = self.driver()
-        self.assertEqual((yield driver.query()), PowerState.OFF)
+        self.assertEqual((yield driver.query()), PowerState.UNKNOWN)
         started = reactor.seconds()
         self.assertEqual((yield driver.on()), PowerState.ON)
         self.assertGreater(reactor.seconds() - started, 0.15)
         self.assertEqual(self.system().resets, [])  # it was already powering on
 
     @defer.inlineCallbacks
-    def test_powering_off_is_still_on(self):
+    def test_powering_off_is_unknown_until_off(self):
         self.start([SimSystem("1", "one", power_state="On")], delay=0.3)
         self.sim._apply(self.sim.systems["1"], "ForceOff")
-        self.assertEqual((yield self.driver().query()), PowerState.ON)
+        self.assertEqual((yield self.driver().query()), PowerState.UNKNOWN)
         self.assertEqual((yield self.driver().off()), PowerState.OFF)
+
+    @defer.inlineCallbacks
+    def test_off_during_powering_on_is_sent(self):
+        # A superseding off must not take a half-done on for "off already".
+        self.start(delay=0.3)
+        self.sim._apply(self.system(), "On")
+        self.assertEqual((yield self.driver().off()), PowerState.OFF)
+        self.assertEqual(self.system().resets, ["ForceOff"])
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(self.system().power_state, "Off")
 
     @defer.inlineCallbacks
     def test_verify_timeout(self):

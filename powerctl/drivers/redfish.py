@@ -11,11 +11,12 @@ The reset target and the reset types come from the system resource
 A service that advertises nothing is assumed to take the four common values
 (:data:`ASSUMED_RESET_TYPES`); one that advertises values gets only those.
 
-Power states: ``PoweringOn`` is reported as OFF and ``PoweringOff`` as ON --
-the state the system is *leaving*, which is still the truth about the host
-(during a graceful shutdown the OS still runs).  A query therefore always
-returns ON or OFF, and verification (in :mod:`~powerctl.drivers.base`)
-naturally keeps waiting until the transition is over.  Sending ``On`` to a
+Power states: ``PoweringOn`` and ``PoweringOff`` are reported as UNKNOWN:
+the system is neither, and treating a half-done power-on as "off" would let
+a superseding off be skipped while the on completes behind it.
+Verification (in :mod:`~powerctl.drivers.base`) keeps waiting until the
+transition is over, and a change never takes a transition for "already
+there".  Sending ``On`` to a
 system seen ``PoweringOn`` moments ago (or ``GracefulShutdown`` to one seen
 ``PoweringOff``) is skipped: it is already doing it, and some services
 refuse the duplicate.  A hard off is always sent.
@@ -74,8 +75,8 @@ ASSUMED_RESET_TYPES = ("On", "ForceOff", "GracefulShutdown", "ForceRestart")
 POWER_STATES = {
     "On": PowerState.ON,
     "Off": PowerState.OFF,
-    "PoweringOn": PowerState.OFF,
-    "PoweringOff": PowerState.ON,
+    "PoweringOn": PowerState.UNKNOWN,
+    "PoweringOff": PowerState.UNKNOWN,
     "Paused": PowerState.ON,
 }
 

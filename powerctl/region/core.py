@@ -26,6 +26,8 @@ class Region:
         self.clock = clock
         self.heartbeat_timeout = heartbeat_timeout
         self.directory = PservDirectory()
+        self._busy = set()  # Deferreds of work still using the database
+        self.stopping = False
         self._reaper = task.LoopingCall(self.drop_silent_pservs)
         self._reaper.clock = clock
 
@@ -33,10 +35,42 @@ class Region:
         self._reaper.start(max(1.0, self.heartbeat_timeout / 3), now=False)
 
     def stop(self):
+        self.stopping = True
         if self._reaper.running:
             self._reaper.stop()
         for protocol in self.directory.all():
             protocol.transport.loseConnection()
+
+    def track(self, d):
+        """Remember ``d`` until it fires, so that :meth:`drain` can wait for it."""
+        self._busy.add(d)
+
+        def forget(result):
+            self._busy.discard(d)
+            return result
+
+        return d.addBoth(forget)
+
+    def drain(self, timeout=5.0):
+        """
+        Fires once no tracked work is running (or after ``timeout``): the
+        database pool must outlive the work that uses it.
+        """
+        if not self._busy:
+            return defer.succeed(None)
+        waits = [defer.Deferred() for _ in self._busy]
+        for busy, wait in zip(list(self._busy), waits):
+            busy.addBoth(lambda result, w=wait: (w.callback(None), result)[1])
+        d = defer.DeferredList(waits)
+        d.addTimeout(timeout, self.clock, onTimeoutCancel=lambda *a: None)
+        return d.addBoth(lambda _: None)
+
+    def activity(self):
+        """Actions in flight per cluster, as the connected pservs last said."""
+        result = {}
+        for protocol in self.directory.all():
+            result[protocol.cluster] = result.get(protocol.cluster, 0) + protocol.in_flight
+        return result
 
     # -- dispatch -------------------------------------------------------------
 
@@ -69,7 +103,7 @@ class Region:
 
     def dispatch_later(self, op):
         """Fire-and-forget dispatch for the API (which has answered 202)."""
-        d = defer.ensureDeferred(self.dispatch(op))
+        d = self.track(defer.ensureDeferred(self.dispatch(op)))
         d.addErrback(lambda f: self.log.failure("dispatch of {op}", f, op=op["id"]))
         return d
 
@@ -80,18 +114,16 @@ class Region:
         recorded = await self.store.record_outcome(
             op_id, outcome, observed_state=observed_state, agent=agent, error=error,
             coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv)
-        if observed_state is not None or outcome == "failed":
-            op = await self.store.get_op(op_id)
-            if observed_state is not None:
-                await self.store.record_power_state(op["node"], observed_state)
-            elif op["action"] != "query":
-                await self.store.update_node(op["node"], last_error=error)
-        return recorded
+        if recorded.changed and observed_state is not None:
+            await self.store.record_power_state(recorded.op["node"], observed_state)
+        return recorded.changed
 
     # -- pservs coming and going -----------------------------------------------
 
     async def pserv_lost(self, protocol):
-        await self.store.pserv_disconnected(protocol.pserv)
+        if self.stopping:
+            return  # we dropped it ourselves; it will register with our successor
+        await self.store.pserv_disconnected(protocol.pserv, region=self.name)
         if self.directory.for_cluster(protocol.cluster):
             # Others of the cluster are alive: they take over what was sent
             # to the lost one (each drops what it already has).

@@ -61,6 +61,13 @@ class RegionProtocol(amp.AMP):
         self.in_flight = 0
         self.last_heard = region.clock.seconds()
 
+    def locateResponder(self, name):
+        """Every responder's work is tracked, so a stopping region waits for it."""
+        responder = super().locateResponder(name)
+        if responder is None:
+            return None
+        return lambda box: self.region.track(responder(box))
+
     def _registered(self):
         self.gate.check()
         if self.pserv is None:
@@ -99,15 +106,21 @@ class RegionProtocol(amp.AMP):
         ops_page = []
         if after_op >= 0:
             ops = await store.outstanding_ops(self.cluster, after_id=after_op, limit=PAGE)
-            ops_page = _trim([_op_json(o) for o in ops])
+            for op in ops:
+                if op["power"] is None:  # its configuration no longer resolves
+                    await self.region.outcome(op["id"], "failed", None, None,
+                                              f"config: {op.get('power_error')}",
+                                              None, None, self.pserv)
+            ops_page = _trim([_op_json(o) for o in ops if o["power"] is not None])
             if len(ops) == PAGE or len(ops_page) < len(ops):
                 return {"operations": ops_page, "nodes": [], "after_op": ops_page[-1]["id"],
                         "after_node": "", "done": False}
             after_op = -1  # operations exhausted: nodes from now on
         nodes = await store.desired_states(self.cluster, after_name=after_node, limit=PAGE)
-        page = _trim([_node_json(n) for n in nodes])
-        full = len(nodes) == PAGE or len(page) < len(nodes)
-        last = page[-1]["name"] if page else after_node
+        usable = [n for n in nodes if n["power"] is not None]
+        page = _trim([_node_json(n) for n in usable])
+        full = len(nodes) == PAGE or len(page) < len(usable)
+        last = page[-1]["name"] if page else (nodes[-1]["node"] if nodes else after_node)
         return {"operations": ops_page, "nodes": page, "after_op": after_op,
                 "after_node": last, "done": not full}
 
@@ -149,7 +162,7 @@ class RegionProtocol(amp.AMP):
         if self.pserv is not None:
             self.region.directory.remove(self)
             self.log.info("pserv {name} disconnected", name=self.pserv)
-            d = defer.ensureDeferred(self.region.pserv_lost(self))
+            d = self.region.track(defer.ensureDeferred(self.region.pserv_lost(self)))
             d.addErrback(lambda f: self.log.failure("after losing {p}", f, p=self.pserv))
 
 
@@ -158,5 +171,5 @@ def _op_json(op):
 
 
 def _node_json(node):
-    return {"name": node["name"], "desired_state": node.get("desired_state"),
+    return {"name": node["node"], "desired_state": node.get("desired_state"),
             "power": node["power"]}

@@ -36,6 +36,7 @@ class RegionService(service.Service):
         self.rpc_port = None
         self._pool = None
         self._ready = None
+        self.stop_reactor_on_failure = False
 
     @classmethod
     def from_config(cls, settings, reactor=None, catalogue=None):
@@ -45,7 +46,9 @@ class RegionService(service.Service):
             from powerctl.drivers.standard import standard_catalogue
 
             catalogue = standard_catalogue(reactor)
-        return cls(settings, config.read_secret(settings.secret_file), reactor, catalogue)
+        region = cls(settings, config.read_secret(settings.secret_file), reactor, catalogue)
+        region.stop_reactor_on_failure = True
+        return region
 
     def startService(self):
         super().startService()
@@ -59,12 +62,12 @@ class RegionService(service.Service):
 
     def _failed(self, failure):
         self.log.failure("region failed to start", failure)
-        if self.reactor.running:
-            self.reactor.stop()
+        if self.stop_reactor_on_failure and self.reactor.running:
+            self.reactor.stop()  # a daemon that cannot serve must not linger
         return failure
 
     async def _start(self):
-        from powerctl.region.api import build_root
+        from powerctl.region.api import api_root
         from powerctl.region.store import Store
 
         conn = txpostgres.Connection(reactor=self.reactor)
@@ -76,16 +79,18 @@ class RegionService(service.Service):
         if applied:
             self.log.info("applied migrations {m}", m=applied)
         self._pool = txpostgres.ConnectionPool(
-            None, self.settings.database, min=self.pool_size, reactor=self.reactor)
+            None, self.settings.database, min=self.pool_size)
         await self._pool.start()
-        self.store = Store(self._pool, responsive_grace=self.settings.responsive_grace)
+        self.store = Store(self._pool, self.catalogue,
+                           responsive_grace=self.settings.responsive_grace,
+                           heartbeat_timeout=self.settings.heartbeat_timeout * 3)
         self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
                              heartbeat_timeout=self.settings.heartbeat_timeout)
         factory = protocol.Factory.forProtocol(lambda: RegionProtocol(self.region))
         self.rpc_port = await endpoints.serverFromString(
             self.reactor, self.settings.rpc_endpoint).listen(factory)
-        root = build_root(self.store, self.catalogue,
-                          on_power_request=self.region.dispatch_later)
+        root = api_root(self.store, self.catalogue, activity=self.region.activity,
+                        on_power_request=self.region.dispatch_later)
         site = server.Site(root)
         site.noisy = False
         self.api_port = await endpoints.serverFromString(
@@ -103,6 +108,7 @@ class RegionService(service.Service):
                 await port.stopListening()
         if self.region is not None:
             self.region.stop()
+            await self.region.drain()
         if self._pool is not None:
             self._pool.close()
         await defer.maybeDeferred(self.catalogue.close)

@@ -1,0 +1,151 @@
+"""
+A whole powerctl system in the test process: a real PostgreSQL database,
+a region (API + AMP on loopback), one or more pservs connected to it over
+real AMP, and a simulated Redfish service holding the nodes.
+"""
+
+import json
+import os
+import socket
+import tempfile
+
+import treq
+from twisted.internet import reactor, task
+from twisted.web.client import HTTPConnectionPool
+
+from powerctl.config import PservConfig, RegionConfig
+from powerctl.drivers.catalogue import DriverCatalogue
+from powerctl.drivers.interface import Timing
+from powerctl.drivers.redfish import RedfishDriverType
+from powerctl.pserv.service import PservService
+from powerctl.region.service import RegionService
+from powerctl.sim.redfish import RedfishSimulator, SimSystem
+
+SECRET = b"a-test-secret-of-enough-bytes"
+TIMING = Timing(timeout=2.0, retries=1, backoff=0.1, verify_timeout=15.0,
+                poll_interval=0.1, soft_off_timeout=2.0)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def catalogue():
+    return DriverCatalogue([RedfishDriverType(reactor, timing=TIMING)])
+
+
+async def wait_until(predicate, timeout=20.0, interval=0.05):
+    """Poll an async ``predicate`` until it returns something truthy."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
+        await task.deferLater(reactor, interval, lambda: None)
+
+
+class SystemMixin:
+    """For a trial TestCase that also mixes in ``tests.pg.DatabaseMixin``."""
+
+    nodes = ("node1", "node2")
+    switch_delay = 0.2
+
+    def setUp(self):
+        super().setUp()
+        self.sim = RedfishSimulator(
+            reactor, [SimSystem(id=n, name=n) for n in self.nodes],
+            username="admin", password="sim-pass", delay=self.switch_delay).start()
+        self.addCleanup(self.sim.stop)
+        fd, self.secret_file = tempfile.mkstemp()
+        os.write(fd, SECRET)
+        os.close(fd)
+        self.addCleanup(os.unlink, self.secret_file)
+        self.rpc_port = free_port()
+        self.region = None
+        self.pservs = []
+        self.http = HTTPConnectionPool(reactor, persistent=False)
+
+    async def start_region(self):
+        settings = RegionConfig(
+            name="region-test", database=self.dsn,
+            api_endpoint="tcp:0:interface=127.0.0.1",
+            rpc_endpoint=f"tcp:{self.rpc_port}:interface=127.0.0.1",
+            secret_file=self.secret_file, heartbeat_timeout=10.0)
+        self.region = RegionService(settings, SECRET, reactor, catalogue())
+        self.region.startService()
+        await self.region.whenReady()
+        self.api = f"http://127.0.0.1:{self.region.api_port.getHost().port}"
+        self.addCleanup(self._stop_region, self.region)
+        return self.region
+
+    def _stop_region(self, region):
+        if region.running:
+            return region.stopService()
+
+    async def stop_region(self):
+        await self.region.stopService()
+
+    async def start_pserv(self, name="pserv-a", secret=SECRET):
+        settings = PservConfig(
+            name=name, cluster="c1",
+            regions=(f"tcp:host=127.0.0.1:port={self.rpc_port}",),
+            secret_file=self.secret_file, poll_interval=3600, heartbeat_interval=1.0)
+        pserv = PservService(settings, secret, reactor, catalogue())
+        pserv.startService()
+        self.pservs.append(pserv)
+        self.addCleanup(lambda: pserv.running and pserv.stopService())
+        return pserv
+
+    async def connected_pservs(self):
+        body = await self.get("/v1/clusters")
+        return [p["name"] for c in body for p in c.get("pservs", []) if p.get("connected")]
+
+    # -- REST helpers -----------------------------------------------------
+
+    async def call(self, method, path, body=None):
+        kwargs = {}
+        if body is not None:
+            kwargs["data"] = json.dumps(body).encode()
+            kwargs["headers"] = {b"Content-Type": [b"application/json"]}
+        response = await treq.request(method, self.api + path, pool=self.http, **kwargs)
+        content = await treq.content(response)
+        return response.code, (json.loads(content) if content else None)
+
+    async def get(self, path):
+        code, body = await self.call("GET", path)
+        assert code == 200, (path, code, body)
+        return body
+
+    async def add_node(self, name):
+        code, body = await self.call("POST", "/v1/nodes", {
+            "name": name, "cluster": "c1",
+            "power": {"mode": "single", "agents": [{"driver": "redfish", "params": {
+                "url": self.sim.url, "username": "admin", "password": "sim-pass",
+                "system": name}}]},
+        })
+        assert code == 201, (code, body)
+        return body
+
+    async def power(self, name, action):
+        code, body = await self.call("POST", f"/v1/nodes/{name}/power", {"action": action})
+        assert code == 202, (code, body)
+        return body
+
+    async def op(self, op_id):
+        return await self.get(f"/v1/power_ops/{op_id}")
+
+    async def wait_op(self, op_id, states=("succeeded", "failed", "superseded", "cancelled"),
+                      timeout=20.0):
+        async def done():
+            op = await self.op(op_id)
+            return op if op["state"] in states else None
+
+        return await wait_until(done, timeout)
+
+    async def open_ops(self):
+        ops = await self.get("/v1/power_ops?limit=1000")
+        return [o for o in ops if o["state"] in ("pending", "running")]

@@ -1,0 +1,123 @@
+"""
+End to end: a real PostgreSQL, a region and pservs connected over AMP on
+loopback, and a simulated Redfish service.  Power requests complete and
+are journalled, supersede and coalesce, and the fleet converges after a
+pserv or the region is stopped mid-operation.
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.pg import DatabaseMixin
+from tests.system import SystemMixin, wait_until
+
+
+def run(f):
+    """Run an async test method as a Deferred (trial waits on it)."""
+    def wrapper(self):
+        return defer.ensureDeferred(f(self))
+    wrapper.__name__ = f.__name__
+    return wrapper
+
+
+class PowerRequestTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    timeout = 60
+
+    async def start(self):
+        await self.start_region()
+        await self.start_pserv()
+        await wait_until(self.connected_pservs)
+        for name in self.nodes:
+            await self.add_node(name)
+
+    @run
+    async def test_power_on_completes_and_is_journalled(self):
+        await self.start()
+        op = await self.power("node1", "on")
+        self.assertIn(op["state"], ("pending", "running"))
+        done = await self.wait_op(op["id"])
+        self.assertEqual(done["state"], "succeeded", done)
+        self.assertEqual(done["pserv"], "pserv-a")
+        self.assertTrue(done["agent"])
+        node = await self.get("/v1/nodes/node1")
+        self.assertEqual((node["desired_state"], node["power_state"]), ("on", "on"))
+        self.assertEqual(self.sim.systems["node1"].power_state, "On")
+
+    @run
+    async def test_on_then_off_on_a_slow_bmc_ends_off(self):
+        self.sim.delay = 1.5
+        await self.start()
+        first = await self.power("node1", "on")
+        await wait_until(lambda: self._running(first["id"]))
+        second = await self.power("node1", "off")
+        a = await self.wait_op(first["id"])
+        b = await self.wait_op(second["id"])
+        self.assertEqual(a["state"], "superseded", a)
+        self.assertEqual(a["superseded_by"], second["id"])
+        self.assertEqual(b["state"], "succeeded", b)
+        await wait_until(lambda: defer.succeed(self.sim.systems["node1"].power_state == "Off"))
+        node = await self.get("/v1/nodes/node1")
+        self.assertEqual((node["desired_state"], node["power_state"]), ("off", "off"))
+
+    async def _running(self, op_id):
+        op = await self.op(op_id)
+        return op["state"] == "running"
+
+    @run
+    async def test_duplicate_requests_coalesce(self):
+        self.sim.delay = 1.0
+        await self.start()
+        first = await self.power("node2", "on")
+        second = await self.power("node2", "on")
+        a = await self.wait_op(first["id"])
+        b = await self.wait_op(second["id"])
+        self.assertEqual((a["state"], b["state"]), ("succeeded", "succeeded"))
+        self.assertEqual(b["coalesced_into"], first["id"])
+        self.assertEqual(len(self.sim.systems["node2"].resets), 1)
+
+
+class RecoveryTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    timeout = 90
+    switch_delay = 1.5
+
+    async def converged(self):
+        if await self.open_ops():
+            return False
+        nodes = await self.get("/v1/nodes")
+        return all(n["power_state"] == n["desired_state"] for n in nodes if n["desired_state"])
+
+    @run
+    async def test_pserv_stopped_mid_operation_converges_after_restart(self):
+        await self.start_region()
+        pserv = await self.start_pserv()
+        await wait_until(self.connected_pservs)
+        for name in self.nodes:
+            await self.add_node(name)
+        ops = [await self.power(n, "on") for n in self.nodes]
+        await wait_until(lambda: self._all_running(ops))
+        await pserv.stopService()  # SIGTERM mid-operation
+        self.assertEqual(len(await self.open_ops()), len(ops))
+        await self.start_pserv("pserv-b")
+        await wait_until(self.converged, timeout=40)
+        for op in ops:
+            self.assertEqual((await self.op(op["id"]))["state"], "succeeded")
+        self.assertEqual({s.power_state for s in self.sim.systems.values()}, {"On"})
+
+    async def _all_running(self, ops):
+        states = [(await self.op(o["id"]))["state"] for o in ops]
+        return all(s == "running" for s in states)
+
+    @run
+    async def test_region_restarted_mid_operation_loses_nothing(self):
+        await self.start_region()
+        await self.start_pserv()
+        await wait_until(self.connected_pservs)
+        for name in self.nodes:
+            await self.add_node(name)
+        ops = [await self.power(n, "on") for n in self.nodes]
+        await wait_until(lambda: self._all_running(ops))
+        await self.stop_region()
+        await self.start_region()
+        await wait_until(self.converged, timeout=40)
+        for op in ops:
+            self.assertEqual((await self.op(op["id"]))["state"], "succeeded")
