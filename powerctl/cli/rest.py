@@ -500,6 +500,11 @@ NODE_COLUMNS = [
 ]
 
 
+def _shown(key, value):
+    """A value for a ``key: value`` view: timestamps shortened."""
+    return output.when(value) if key.endswith("_at") else value
+
+
 def _responsive(value):
     if isinstance(value, bool):
         return "responsive" if value else "non-responsive"
@@ -510,9 +515,9 @@ def show_node(ctx, node):
     first = ["name", "cluster", "desired_state", "power_state", "responsive",
              "last_error", "last_queried_at", "last_changed_at", "created_at",
              "updated_at"]
-    pairs = [(k, _responsive(node.get(k)) if k == "responsive" else node.get(k))
+    pairs = [(k, _responsive(node.get(k)) if k == "responsive" else _shown(k, node.get(k)))
              for k in first if k in node]
-    pairs += [(k, v) for k, v in node.items() if k not in first and k != "power"]
+    pairs += [(k, _shown(k, v)) for k, v in node.items() if k not in first and k != "power"]
     power = node.get("power")
     if isinstance(power, dict):
         pairs.append(("mode", power.get("mode") or "single"))
@@ -799,7 +804,7 @@ async def ops_show(ctx, args, api):
     if args.json:
         ctx.out(output.to_json(op))
     else:
-        ctx.out(output.key_values((k, v) for k, v in (op or {}).items()))
+        ctx.out(output.key_values((k, _shown(k, v)) for k, v in (op or {}).items()))
     return EXIT_OK
 
 
@@ -875,7 +880,7 @@ def _show_podm(ctx, args, doc):
     if args.json:
         ctx.out(output.to_json(doc))
     else:
-        ctx.out(output.key_values((k, v) for k, v in (doc or {}).items()))
+        ctx.out(output.key_values((k, _shown(k, v)) for k, v in (doc or {}).items()))
 
 
 @api_command
