@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
+SUSHY := $(CURDIR)/.venv-peers/bin/sushy-emulator
 
-.PHONY: setup test demo postgres clean
+.PHONY: setup test demo postgres peers clean
 
 setup: $(STAMP) postgres
 
@@ -17,11 +18,15 @@ $(STAMP): setup.cfg setup.py
 postgres:
 	@bash .ci/ensure-postgres
 
-test: setup
-	$(PY) -m pytest -q
+# The standard protocol peers (snmpd, ipmi_sim, sushy-tools), best effort.
+peers:
+	@bash .ci/ensure-peers
+
+test: setup peers
+	POWERCTL_SUSHY=$$(test -x $(SUSHY) && echo $(SUSHY)) $(PY) -m pytest -q
 
 demo: setup
 	$(VENV)/bin/powerctl demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info .hypothesis
+	rm -rf $(VENV) .venv-peers build *.egg-info .hypothesis state
