@@ -198,3 +198,41 @@ class RedactTests(unittest.TestCase):
         e = self.assertRaises(InvalidPowerConfig, powerconfig.restore_secrets,
                               shown, None, self.catalogue)
         self.assertIn("'password' is '(set)' but no value is stored", str(e))
+
+
+class StandardCatalogueTests(unittest.TestCase):
+    """The same rules against the real drivers' schemas, when they are importable."""
+
+    def setUp(self):
+        try:
+            from powerctl.drivers.standard import standard_catalogue
+        except ImportError as e:
+            raise unittest.SkipTest(f"standard drivers not importable: {e}")
+        from twisted.internet import reactor
+
+        self.catalogue = standard_catalogue(reactor)
+        self.addCleanup(self.catalogue.close)
+
+    def first_family(self):
+        schema = self.catalogue.get("snmp").schema
+        return next(p for p in schema.params if p.name == "family").choices[0]
+
+    def test_real_schemas_validate_resolve_and_redact(self):
+        rf = "5b3f7a4e-2c1d-4e8f-9a6b-1c2d3e4f5a6b"
+        pdu = "6c4e8b5f-3d2e-4f9a-8b7c-2d3e4f5a6b7c"
+        pods = {rf: {"name": "chassis", "driver": "redfish", "url": "https://10.3.0.1",
+                     "username": "root", "password": "s3cret"},
+                pdu: {"name": "pdu", "driver": "snmp", "url": "snmp://10.3.0.2",
+                      "username": "", "password": ""}}
+        power = {"mode": "concurrent", "agents": [
+            {"driver": "redfish", "pod_manager": rf, "params": {"system": "4"}},
+            {"driver": "snmp", "pod_manager": pdu,
+             "params": {"family": self.first_family(), "outlet": 3, "community": "private"}},
+            {"driver": "ipmi", "params": {"host": "10.3.0.9", "password": "pw"}}]}
+        stored = powerconfig.validate_power(power, self.catalogue, pods)
+        resolved = powerconfig.resolve_power(stored, self.catalogue, pods)
+        self.assertEqual(resolved["agents"][0]["params"]["password"], "s3cret")
+        self.assertEqual(resolved["agents"][1]["params"]["host"], "10.3.0.2")
+        shown = repr(powerconfig.redact(stored, self.catalogue))
+        for secret in ("private", "'pw'"):
+            self.assertNotIn(secret, shown)

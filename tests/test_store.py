@@ -226,6 +226,8 @@ class AmpSideTests(StoreTestCase):
             seen.extend(page)
             after = page[-1]["id"]
         self.assertEqual([o["id"] for o in seen], want)
+        everything = await self.store.outstanding_ops("a", limit=10_000)  # the region's own reads
+        self.assertEqual([o["id"] for o in everything], want)
         self.assertEqual([o["state"] for o in seen], ["pending", "pending", "running", "pending"])
         first = seen[0]
         self.assertIsNone(first["power_error"])

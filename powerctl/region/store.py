@@ -39,7 +39,8 @@ OPEN_STATES = ("pending", "running")
 TERMINAL_STATES = ("succeeded", "failed", "superseded", "cancelled")
 POWER_STATES = tuple(s.value for s in PowerState)
 POD_MANAGER_STATUSES = ("online", "offline")
-MAX_PAGE = 1000
+MAX_PAGE = 1000  # for pages users ask for (the journal)
+MAX_INTERNAL_PAGE = 100_000  # for the region's own recovery/re-dispatch reads
 _MAX_BIGINT = 2**63 - 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$")
 
@@ -132,12 +133,12 @@ def _text(field, value, limit=4096):
     return value
 
 
-def _limit(value, default):
-    """A page size between 1 and MAX_PAGE."""
+def _limit(value, default, maximum=MAX_PAGE):
+    """A page size between 1 and ``maximum``: no request reads a whole table by mistake."""
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE:
-        raise InvalidInput(f"limit: must be an integer from 1 to {MAX_PAGE}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInput(f"limit: must be an integer from 1 to {maximum}")
     return value
 
 
@@ -398,7 +399,7 @@ class Store:
             " n.power AS node_power FROM power_ops o JOIN nodes n ON n.name = o.node"
             " WHERE n.cluster = %s AND o.state IN ('pending', 'running') AND o.id > %s"
             " ORDER BY o.id LIMIT %s",
-            (cluster, int(after_id or 0), _limit(limit, 500)))
+            (cluster, int(after_id or 0), _limit(limit, 500, MAX_INTERNAL_PAGE)))
         resolved = await self._resolve_many(tx, [r.pop("node_power") for r in rows])
         return [_plain(dict(r, power=p, power_error=e)) for r, (p, e) in zip(rows, resolved)]
 
@@ -411,7 +412,7 @@ class Store:
         rows = await tx.rows(
             "SELECT name AS node, desired_state, power_state, power FROM nodes"
             " WHERE cluster = %s AND name > %s ORDER BY name LIMIT %s",
-            (cluster, after_name or "", _limit(limit, 500)))
+            (cluster, after_name or "", _limit(limit, 500, MAX_INTERNAL_PAGE)))
         resolved = await self._resolve_many(tx, [r.pop("power") for r in rows])
         return [dict(r, power=p, power_error=e) for r, (p, e) in zip(rows, resolved)]
 
