@@ -22,6 +22,7 @@ way; nothing is left scheduled.
 import enum
 
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from powerctl.drivers.errors import PowerTimeout, UnsupportedError
@@ -47,15 +48,38 @@ def bounded(d, seconds, clock, what):
     """
     Give ``d`` at most ``seconds``: on expiry it is cancelled and a
     :class:`PowerTimeout` naming ``what`` is raised instead.
+
+    The Deferred returned is a new one so that *our* cancellation stays a
+    cancellation: a protocol layer may answer its own cancellation with a
+    (transient) timeout, which :func:`with_retries` would otherwise retry --
+    turning a prompt cancel into a full retry cycle.
     """
+    timer = None
 
-    def translate(failure):
-        failure.trap(defer.TimeoutError)
-        raise PowerTimeout(f"{what}: no answer within {seconds:g}s")
+    def finish(result):
+        if timer.active():
+            timer.cancel()
+        if outer.called:
+            return  # already settled by a cancel or the timeout
+        if isinstance(result, Failure):
+            outer.errback(result)
+        else:
+            outer.callback(result)
 
-    d.addTimeout(seconds, clock)
-    d.addErrback(translate)
-    return d
+    # Settle first, then cancel ``d``: whatever ``d`` then fails with (its
+    # own CancelledError, or a timeout of the protocol layer) is moot.
+    def expire():
+        finish(Failure(PowerTimeout(f"{what}: no answer within {seconds:g}s")))
+        d.cancel()
+
+    def cancel(_):
+        finish(Failure(defer.CancelledError()))
+        d.cancel()
+
+    outer = defer.Deferred(cancel)
+    timer = clock.callLater(seconds, expire)
+    d.addBoth(lambda result: finish(result))
+    return outer
 
 
 async def with_retries(clock, timing, call, what):
