@@ -121,3 +121,32 @@ class RecoveryTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         await wait_until(self.converged, timeout=40)
         for op in ops:
             self.assertEqual((await self.op(op["id"]))["state"], "succeeded")
+
+
+class FailoverTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    timeout = 60
+    switch_delay = 1.5
+
+    @run
+    async def test_work_of_a_dead_pserv_moves_to_a_live_one(self):
+        await self.start_region()
+        pservs = {"pserv-a": await self.start_pserv("pserv-a"),
+                  "pserv-b": await self.start_pserv("pserv-b")}
+
+        async def both():
+            return len(await self.connected_pservs()) == 2
+
+        await wait_until(both)
+        await self.add_node("node1")
+        op = await self.power("node1", "on")
+
+        async def running():
+            current = await self.op(op["id"])
+            return current if current["state"] == "running" else None
+
+        owner = (await wait_until(running))["pserv"]
+        await pservs[owner].stopService()
+        done = await self.wait_op(op["id"])
+        survivor = ({"pserv-a", "pserv-b"} - {owner}).pop()
+        self.assertEqual((done["state"], done["pserv"]), ("succeeded", survivor))
+        self.assertEqual(self.sim.systems["node1"].power_state, "On")
