@@ -89,11 +89,12 @@ class SystemMixin:
     async def stop_region(self):
         await self.region.stopService()
 
-    async def start_pserv(self, name="pserv-a", secret=SECRET):
+    async def start_pserv(self, name="pserv-a", secret=SECRET, poll_interval=3600):
         settings = PservConfig(
             name=name, cluster="c1",
             regions=(f"tcp:host=127.0.0.1:port={self.rpc_port}",),
-            secret_file=self.secret_file, poll_interval=3600, heartbeat_interval=1.0)
+            secret_file=self.secret_file, poll_interval=poll_interval,
+            heartbeat_interval=1.0)
         pserv = PservService(settings, secret, reactor, catalogue())
         pserv.startService()
         self.pservs.append(pserv)

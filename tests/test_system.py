@@ -150,3 +150,42 @@ class FailoverTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         survivor = ({"pserv-a", "pserv-b"} - {owner}).pop()
         self.assertEqual((done["state"], done["pserv"]), ("succeeded", survivor))
         self.assertEqual(self.sim.systems["node1"].power_state, "On")
+
+
+class MonitoringTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    timeout = 60
+    nodes = ("node1",)
+
+    @run
+    async def test_polling_sees_changes_made_behind_our_back(self):
+        await self.start_region()
+        await self.start_pserv(poll_interval=0.3)
+        await wait_until(self.connected_pservs)
+        await self.add_node("node1")  # learnt by the pserv at its next refresh
+        self.sim.systems["node1"].power_state = "On"  # someone pressed the button
+
+        async def seen(state):
+            return (await self.get("/v1/nodes/node1"))["power_state"] == state
+
+        await wait_until(lambda: seen("on"))
+        self.sim.systems["node1"].power_state = "Off"
+        await wait_until(lambda: seen("off"))
+        node = await self.get("/v1/nodes/node1")
+        self.assertTrue(node["last_queried_at"])
+        self.assertTrue(node["responsive"])
+
+    @run
+    async def test_failed_change_sets_last_error_and_keeps_state(self):
+        await self.start_region()
+        await self.start_pserv()
+        await wait_until(self.connected_pservs)
+        await self.add_node("node1")
+        self.sim.fault("error")
+        op = await self.power("node1", "on")
+        done = await self.wait_op(op["id"])
+        self.assertEqual(done["state"], "failed")
+        self.assertTrue(done["error"].startswith("protocol:"), done["error"])
+        node = await self.get("/v1/nodes/node1")
+        self.assertEqual(node["power_state"], "unknown")
+        self.assertTrue(node["last_error"])
+        self.assertTrue(node["responsive"])

@@ -63,6 +63,19 @@ class RegionLink:
                       op=report.operation_id, why=failure.getErrorMessage())
         self._outbox.appendleft(report)
 
+    def refresh(self):
+        """
+        Page through recovery again on one connection: learns nodes added or
+        changed since, and re-dispatches any operation whose dispatch was
+        lost (operations already here are recognised by id and skipped).
+        """
+        if not self._connected:
+            return defer.succeed(None)
+        d = defer.ensureDeferred(self._connected[0].recover())
+        d.addErrback(lambda f: self.log.warn("refresh from the region failed: {why}",
+                                             why=f.getErrorMessage()))
+        return d
+
     def send_states(self, states):
         if not self._connected:
             return defer.succeed(None)
@@ -105,14 +118,15 @@ class PservProtocol(amp.AMP):
         await self.callRemote(
             commands.Register, cluster=self.settings.cluster,
             name=self.settings.name, version=__version__)
-        await self._recover()
+        await self.recover()
         self.link.ready(self)
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.clock
         self._heartbeat.start(self.settings.heartbeat_interval, now=True).addErrback(
             lambda f: None)
 
-    async def _recover(self):
+    async def recover(self):
+        """Page through the region's ``Recover`` and converge on it."""
         after_op, after_node, started = 0, "", 0
         while True:
             page = await self.callRemote(
@@ -121,14 +135,16 @@ class PservProtocol(amp.AMP):
                 self.pserv.configure(node["name"], node["power"])
             for op in page["operations"]:
                 try:
-                    self.pserv.dispatch(op["id"], op["node"], op["action"], op["power"])
-                    started += 1
+                    if self.pserv.dispatch(op["id"], op["node"], op["action"],
+                                           op["power"])[0] != "known":
+                        started += 1
                 except InvalidConfig as e:
                     self.log.warn("recovered operation {op} unusable: {why}", op=op["id"], why=e)
             after_op, after_node = page["after_op"], page["after_node"]
             if page["done"]:
                 break
-        self.log.info("recovered {n} operation(s) from the region", n=started)
+        if started:
+            self.log.info("took {n} operation(s) from the region's journal", n=started)
 
     def _hello_failed(self, failure):
         self.log.error("region hand-shake failed: {why}", why=failure.getErrorMessage())

@@ -38,9 +38,12 @@ class Poller:
             self._loop.stop()
 
     def poll_once(self):
-        """One round: query every idle node, then report the batch."""
+        """One round: refresh what we know, query every idle node, report."""
         if not self.link.connected:
             return None
+        return self.link.refresh().addCallback(lambda _: self._poll())
+
+    def _poll(self):
         nodes = [n for n in self.executor.known_nodes() if not self.registry.busy(n)]
         return defer.DeferredList(
             [self._slots.run(self._query, n) for n in nodes], consumeErrors=True,

@@ -114,8 +114,16 @@ class Region:
         recorded = await self.store.record_outcome(
             op_id, outcome, observed_state=observed_state, agent=agent, error=error,
             coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv)
-        if recorded.changed and observed_state is not None:
-            await self.store.record_power_state(recorded.op["node"], observed_state)
+        if recorded.changed:
+            op = recorded.op
+            if observed_state is not None:
+                await self.store.record_power_state(op["node"], observed_state)
+            elif outcome == "failed":
+                # The node's last error says why; a failed change is not a
+                # failed poll, so it does not count against responsiveness.
+                await self.store.record_power_state(
+                    op["node"], "error", error=error or "failed",
+                    queried=op["action"] == "query")
         return recorded.changed
 
     # -- pservs coming and going -----------------------------------------------
