@@ -101,8 +101,8 @@ async def bench(reactor, args):
         requested = time.perf_counter() - t0
         deadline = time.monotonic() + args.timeout
         while True:
-            code, open_ops = await call("GET", "/v1/power_ops?state=running&limit=1000")
-            code, pending = await call("GET", "/v1/power_ops?state=pending&limit=1000")
+            code, open_ops = await call("GET", "/v1/power_ops?state=running&limit=1")
+            code, pending = await call("GET", "/v1/power_ops?state=pending&limit=1")
             if not open_ops and not pending:
                 break
             if time.monotonic() > deadline:
@@ -110,7 +110,10 @@ async def bench(reactor, args):
                 break
             await task.deferLater(reactor, 0.1, lambda: None)
         converged = time.perf_counter() - t0
-        code, done = await call("GET", f"/v1/power_ops?state=succeeded&limit={args.nodes + 10}")
+        succeeded = 0
+        for op_id in ops:
+            code, op = await call("GET", f"/v1/power_ops/{op_id}")
+            succeeded += op["state"] == "succeeded"
         on = sum(1 for s in sim.systems.values() if s.power_state == "On")
         latencies.sort()
         print(f"nodes: {args.nodes}, switch delay {args.switch_delay}s (simulated Redfish)")
@@ -120,7 +123,7 @@ async def bench(reactor, args):
               f"(median {statistics.median(latencies) * 1000:.1f} ms, "
               f"p95 {latencies[int(len(latencies) * 0.95) - 1] * 1000:.1f} ms per request)")
         print(f"all operations finished {converged:.2f} s after the first request; "
-              f"{len(done)} succeeded; {on} systems on")
+              f"{succeeded} succeeded; {on} systems on")
         await pserv.stopService()
         await region.stopService()
         await sim.stop()
