@@ -5,7 +5,9 @@ are journalled, supersede and coalesce, and the fleet converges after a
 pserv or the region is stopped mid-operation.
 """
 
-from twisted.internet import defer
+import json
+
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from tests.pg import DatabaseMixin
@@ -189,3 +191,42 @@ class MonitoringTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(node["power_state"], "unknown")
         self.assertTrue(node["last_error"])
         self.assertTrue(node["responsive"])
+
+
+class CliAgainstRegionTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    """The powerctl CLI against the real region API, pserv and simulator."""
+
+    timeout = 60
+
+    async def cli(self, *argv):
+        import io
+
+        from powerctl.cli import Context
+        from powerctl.cli.main import run as run_cli
+
+        out, err = io.StringIO(), io.StringIO()
+        ctx = Context(reactor, stdout=out, stderr=err, env={})
+        code = await run_cli([*argv, "--api", self.api], reactor, ctx)
+        return code, out.getvalue(), err.getvalue()
+
+    @run
+    async def test_add_power_wait_and_list(self):
+        await self.start_region()
+        await self.start_pserv()
+        await wait_until(self.connected_pservs)
+        code, out, err = await self.cli(
+            "node", "add", "node1", "--cluster", "c1", "--driver", "redfish",
+            "-p", f"url={self.sim.url}", "-p", "username=admin", "-p", "password=sim-pass",
+            "-p", "system=node1")
+        self.assertEqual(code, 0, err)
+        code, out, err = await self.cli("power", "on", "node1", "--wait", "--timeout", "30")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("on", out)
+        code, out, err = await self.cli("node", "show", "node1", "--json")
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("sim-pass", out)
+        node = json.loads(out)
+        self.assertEqual((node["desired_state"], node["power_state"]), ("on", "on"))
+        code, out, err = await self.cli("power", "on", "no-such-node")
+        self.assertNotEqual(code, 0)
+        self.assertIn("no-such-node", err)
