@@ -1,0 +1,285 @@
+"""
+The status page and /metrics over a real twisted.web server on 127.0.0.1
+(the API root with the web resources added, as the region serves them), a
+real store on a fresh PostgreSQL database, and treq as the client.
+"""
+
+import json
+import re
+
+import treq
+from twisted.internet import reactor
+from twisted.logger import Logger, formatEvent
+from twisted.trial import unittest
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+from txpostgres import txpostgres
+
+from powerctl.region import web
+from powerctl.region.api import api_root
+from powerctl.region.store import Store
+from tests.pg import DatabaseMixin
+from tests.test_powerconfig import fake_catalogue
+
+SECRET = "hunter2-web-secret"
+HOSTILE = '<script>alert("x")</script>'
+
+
+def ipmi(host="10.0.0.5", password=SECRET):
+    return {"mode": "single", "agents": [
+        {"driver": "ipmi", "params": {"host": host, "password": password}}]}
+
+
+_SAMPLE = re.compile(
+    r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)'
+    r'(?:\{(?P<labels>(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*)\})?'
+    r' (?P<value>\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+def parse_metrics(text):
+    """
+    A strict little parser of the text format 0.0.4: {(name, frozenset of
+    labels): value}, plus {name: type}.  Fails on a malformed line, a sample
+    before its TYPE, or a repeated series.
+    """
+    samples, types, helps = {}, {}, set()
+    assert text.endswith("\n"), "the exposition must end with a newline"
+    for line in text[:-1].split("\n"):
+        if line.startswith("# HELP "):
+            helps.add(line.split(" ", 3)[2])
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("gauge", "counter", "untyped", "summary", "histogram"), line
+            assert name not in types, f"TYPE repeated: {line}"
+            types[name] = kind
+            continue
+        match = _SAMPLE.match(line)
+        assert match, f"malformed sample line: {line!r}"
+        name = match["name"]
+        assert name in types and name in helps, f"sample before HELP/TYPE: {line!r}"
+        labels = frozenset(
+            (k, v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\"))
+            for k, v in _LABEL.findall(match["labels"] or ""))
+        assert (name, labels) not in samples, f"series repeated: {line!r}"
+        samples[name, labels] = float(match["value"])
+    return samples, types
+
+
+def series(samples, name, **labels):
+    return samples[name, frozenset(labels.items())]
+
+
+class WebTestCase(DatabaseMixin, unittest.TestCase):
+    """A store on a fresh database, served with the API and the web pages."""
+
+    def setUp(self):
+        super().setUp()
+        self.pool = txpostgres.ConnectionPool(None, self.dsn, min=3)
+        self.addCleanup(self.pool.close)
+        # grace 0: three failed polls make a node non-responsive at once
+        self.store = Store(self.pool, fake_catalogue(), responsive_grace=0)
+        self.activity = {}
+        self.events = []
+        self.log = Logger(observer=self.events.append)
+        http = HTTPConnectionPool(reactor, persistent=False)
+        self.client = treq.client.HTTPClient(Agent(reactor, pool=http))
+        return self.pool.start()
+
+    def serve(self, store=None):
+        """Serve the API plus the web pages on 127.0.0.1; the base URL."""
+        store = store or self.store
+        root = api_root(store, fake_catalogue(), activity=lambda: self.activity)
+        web.add_to(root, store, activity=lambda: self.activity, log=self.log)
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    async def get(self, base, path):
+        response = await self.client.get(base + path)
+        body = (await response.content()).decode("utf-8")
+        self.assertNotIn("Traceback", body)
+        return response, body
+
+    async def post(self, base, path, body):
+        response = await self.client.post(
+            base + path, data=json.dumps(body).encode(),
+            headers={"Content-Type": ["application/json"]})
+        content = await response.content()
+        self.assertIn(response.code, (201, 202), content)
+        return json.loads(content)
+
+    async def fleet(self, base):
+        """
+        c1: n1 (asked on, still unknown: mismatch), n2 (asked off, is off);
+        c2: n3 (non-responsive, hostile error text, no desired state).
+        A pserv in c1; n2's off ran and succeeded.
+        """
+        await self.post(base, "/v1/nodes", {"name": "n1", "cluster": "c1", "power": ipmi()})
+        await self.post(base, "/v1/nodes", {"name": "n2", "cluster": "c1",
+                                            "power": ipmi("10.0.0.6")})
+        await self.post(base, "/v1/nodes", {"name": "n3", "cluster": "c2",
+                                            "power": ipmi("10.0.0.7")})
+        op1 = await self.post(base, "/v1/nodes/n1/power", {"action": "on", "requester": HOSTILE})
+        op2 = await self.post(base, "/v1/nodes/n2/power", {"action": "off"})
+        await self.store.register_pserv("p1", "c1", "1.0", "r1")
+        await self.store.heartbeat("p1", 2)
+        await self.store.mark_running(op2["id"], "p1")
+        await self.store.record_outcome(op2["id"], "succeeded", observed_state="off",
+                                        pserv="p1")
+        await self.store.record_power_state("n2", "off", queried=False)
+        for _ in range(3):
+            await self.store.record_power_state("n3", "error", error=HOSTILE)
+        return op1, op2
+
+
+class StatusPageTests(WebTestCase):
+    async def test_page_shows_fleet_escaped_without_secrets(self):
+        base = self.serve()
+        op1, op2 = await self.fleet(base)
+        response, page = await self.get(base, "/")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-type"),
+                         ["text/html; charset=utf-8"])
+        self.assertTrue(page.startswith("<!DOCTYPE html>"))
+        self.assertIn('<meta http-equiv="refresh" content="5">', page)
+        self.assertNotIn("<script", page)  # no JS, and the hostile text is escaped
+        self.assertNotIn(" src=", page)
+        self.assertIn(web._e(HOSTILE), page)
+        self.assertNotIn(SECRET, page)
+        self.assertNotIn("10.0.0.5", page)  # power params are not shown at all
+
+        rows = {m[1]: m[0] for m in re.findall(
+            r'<tr( class="[^"]*")?><td>(n\d)</td>', page)}
+        self.assertEqual(set(rows), {"n1", "n2", "n3"})
+        self.assertIn("mismatch", rows["n1"])  # desired on, unknown
+        self.assertEqual(rows["n2"], "")  # desired off, off
+        self.assertIn("nonresponsive", rows["n3"])
+        self.assertNotIn("mismatch", rows["n3"])  # nothing was asked of it
+
+        in_flight, finished = page.split("<h2>Operations in flight</h2>")[1].split(
+            "finished operations</h2>")
+        self.assertIn(f"<td>{op1['id']}</td><td>n1</td><td>on</td><td>pending</td>", in_flight)
+        self.assertNotIn("<td>n2</td>", in_flight)
+        finished = finished.split("<h2>Nodes")[0]
+        self.assertIn(f"<td>{op2['id']}</td><td>n2</td><td>off</td><td>succeeded</td>"
+                      "<td>p1</td>", finished)
+        self.assertIn("<td>c1</td><td>online</td>", page)
+        self.assertIn("p1: live", page)
+
+        # filters and a non-GET method
+        _, problems = await self.get(base, "/?problems=1&cluster=c1")
+        problems = problems.split("<h2>Nodes")[1]
+        self.assertIn("<td>n1</td>", problems)
+        self.assertNotIn("<td>n2</td>", problems)
+        self.assertNotIn("<td>n3</td>", problems)
+        response = await self.client.post(base + "/")
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers.getRawHeaders("allow"), ["GET, HEAD"])
+        await response.content()
+        response = await self.client.head(base + "/metrics")
+        self.assertEqual((response.code, await response.content()), (200, b""))
+        # the API is still there beside the page
+        response, _ = await self.get(base, "/v1/nodes")
+        self.assertEqual(response.code, 200)
+
+    async def test_failure_answers_500_with_a_logged_id(self):
+        class Broken:
+            def __getattr__(self, name):
+                def fail(*args, **kwargs):
+                    raise RuntimeError(f"database on fire {SECRET}")
+                return fail
+
+        base = self.serve(Broken())
+        for path, ctype in (("/", "text/html"), ("/metrics", "text/plain")):
+            response, body = await self.get(base, path)
+            self.assertEqual(response.code, 500)
+            self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith(ctype))
+            self.assertNotIn("on fire", body)
+            error_id = re.search(r"error id (?:<code>)?([0-9a-f-]{36})", body)[1]
+            logged = [e for e in self.events if e.get("error_id") == error_id]
+            self.assertEqual(len(logged), 1, path)
+            self.assertIn(error_id, formatEvent(logged[0]))
+            self.assertIn("log_failure", logged[0])
+
+
+class MetricsTests(WebTestCase):
+    async def test_metrics_values(self):
+        base = self.serve()
+        self.activity = {"c1": 3}  # the region's live view beats the heartbeat's 2
+        await self.fleet(base)
+        response, text = await self.get(base, "/metrics")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-type"),
+                         ["text/plain; version=0.0.4; charset=utf-8"])
+        self.assertNotIn(SECRET, text)
+        samples, types = parse_metrics(text)
+        self.assertEqual(series(samples, "powerctl_region_up"), 1)
+        expected_nodes = {("c1", "unknown"): 1, ("c1", "off"): 1, ("c2", "error"): 1}
+        for cluster in ("c1", "c2"):
+            for state in ("on", "off", "unknown", "error"):
+                self.assertEqual(
+                    series(samples, "powerctl_nodes", cluster=cluster, power_state=state),
+                    expected_nodes.get((cluster, state), 0), (cluster, state))
+        self.assertEqual(series(samples, "powerctl_nodes_mismatched", cluster="c1"), 1)
+        self.assertEqual(series(samples, "powerctl_nodes_mismatched", cluster="c2"), 0)
+        self.assertEqual(series(samples, "powerctl_nodes_nonresponsive", cluster="c1"), 0)
+        self.assertEqual(series(samples, "powerctl_nodes_nonresponsive", cluster="c2"), 1)
+        ops = {s: series(samples, "powerctl_power_ops", state=s)
+               for s in ("pending", "running", "succeeded", "failed", "superseded",
+                         "cancelled")}
+        self.assertEqual(ops, {"pending": 1, "running": 0, "succeeded": 1, "failed": 0,
+                               "superseded": 0, "cancelled": 0})
+        self.assertEqual(series(samples, "powerctl_pservs_connected", cluster="c1"), 1)
+        self.assertEqual(series(samples, "powerctl_pservs_connected", cluster="c2"), 0)
+        self.assertEqual(series(samples, "powerctl_pservs_live", cluster="c1"), 1)
+        self.assertEqual(series(samples, "powerctl_cluster_online", cluster="c2"), 0)
+        self.assertEqual(series(samples, "powerctl_actions_in_flight", cluster="c1"), 3)
+        self.assertEqual(series(samples, "powerctl_actions_in_flight", cluster="c2"), 0)
+        self.assertTrue(all(kind == "gauge" for kind in types.values()))
+
+        # without the region's live view, the pserv's heartbeat count shows
+        self.activity = {}
+        samples, _ = parse_metrics((await self.get(base, "/metrics"))[1])
+        self.assertEqual(series(samples, "powerctl_actions_in_flight", cluster="c1"), 2)
+
+    async def test_op_counts_capped_or_exact(self):
+        await self.store.create_node("n1", "c1", ipmi())
+        await self.pool.runOperation(
+            "INSERT INTO power_ops (node, action, requester, state, finished_at)"
+            " SELECT 'n1', 'on', 'bulk', 'succeeded', now() FROM generate_series(1, %s)",
+            (web.OPS_COUNT_CAP + 1,))
+        samples, _ = parse_metrics((await self.get(self.serve(), "/metrics"))[1])
+        self.assertEqual(series(samples, "powerctl_power_ops", state="succeeded"),
+                         web.OPS_COUNT_CAP)
+        self.assertEqual(series(samples, "powerctl_power_ops_capped", state="succeeded"), 1)
+        self.assertEqual(series(samples, "powerctl_power_ops_capped", state="failed"), 0)
+
+        pool = self.pool
+
+        class CountingStore(Store):
+            async def count_ops_by_state(self):
+                rows = await pool.runQuery(
+                    "SELECT state, count(*) FROM power_ops GROUP BY state")
+                return dict(rows)
+
+        store = CountingStore(self.pool, fake_catalogue())
+        samples, types = parse_metrics((await self.get(self.serve(store), "/metrics"))[1])
+        self.assertEqual(series(samples, "powerctl_power_ops", state="succeeded"),
+                         web.OPS_COUNT_CAP + 1)
+        self.assertEqual(series(samples, "powerctl_power_ops", state="pending"), 0)
+        self.assertNotIn("powerctl_power_ops_capped", types)
+
+
+class MetricsFormatTests(unittest.TestCase):
+    def test_label_escaping(self):
+        out = web.MetricsText()
+        out.family("m", "gauge", "help with \\ and\nnewline",
+                   [({"l": 'a"b\\c\nd'}, 1), ({"l": "plain"}, 2.5)])
+        text = out.text()
+        self.assertIn('m{l="a\\"b\\\\c\\nd"} 1\n', text)
+        self.assertIn("# HELP m help with \\\\ and\\nnewline\n", text)
+        samples, _ = parse_metrics(text)
+        self.assertEqual(series(samples, "m", l='a"b\\c\nd'), 1)
+        self.assertEqual(series(samples, "m", l="plain"), 2.5)
