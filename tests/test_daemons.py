@@ -12,20 +12,15 @@ import subprocess
 import sys
 import time
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, free_port, wait_until
+from tests.system import SystemMixin, free_port, run, wait_until
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
-def run(f):
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 class DaemonTests(SystemMixin, DatabaseMixin, unittest.TestCase):

@@ -3,7 +3,7 @@ The registry rules of DESIGN.md, one scenario each, with a fake executor
 and a Clock -- no sockets.
 """
 
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 

@@ -15,14 +15,9 @@ from powerctl.pserv.link import PservProtocol, RegionLink
 from powerctl.registry import PowerActionRegistry
 from powerctl.rpc import auth, commands
 from tests.pg import DatabaseMixin
-from tests.system import SECRET, SystemMixin, catalogue
+from tests.system import SECRET, SystemMixin, catalogue, run
 
 
-def run(f):
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):

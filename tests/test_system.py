@@ -11,15 +11,9 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, wait_until
+from tests.system import SystemMixin, run, wait_until
 
 
-def run(f):
-    """Run an async test method as a Deferred (trial waits on it)."""
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 class PowerRequestTests(SystemMixin, DatabaseMixin, unittest.TestCase):

@@ -23,7 +23,7 @@ from twisted.internet import defer
 from powerctl.cli import EXIT_OK, CliError, Interrupted, UsageError
 from powerctl.cli import output
 from powerctl.drivers.errors import PowerError, PowerTimeout
-from powerctl.drivers.interface import Timing
+from powerctl.drivers.interface import Timing, perform
 from powerctl.power import Action
 
 #: Longest we wait for the driver types to release sessions after the
@@ -38,13 +38,6 @@ CALL_TIMEOUT = 10.0
 #: interval between commands to a BMC anyway).
 POLL_INTERVAL = 0.5
 
-_METHOD = {
-    Action.ON: "on",
-    Action.OFF: "off",
-    Action.SOFT_OFF: "soft_off",
-    Action.CYCLE: "cycle",
-    Action.QUERY: "query",
-}
 
 
 def add_commands(subparsers):
@@ -236,7 +229,7 @@ class _Operator:
 
 
 async def _perform(ctx, catalogue, driver_type, driver, action):
-    op = getattr(driver, _METHOD[action])()
+    op = perform(driver, action)
     if driver_type.name != "manual" or not action.changes_power:
         return await op
     # Fail the operation if the operator says no; confirm it if yes.

@@ -9,7 +9,10 @@ the driver type, which is built once per process and passed in.
 """
 
 import attrs
+from twisted.internet import defer
 from zope.interface import Attribute, Interface
+
+from powerctl.power import Action
 
 
 @attrs.frozen
@@ -91,3 +94,17 @@ class IDriverType(Interface):
 
     def close():
         """Release shared resources (sessions, engines, pools); a Deferred."""
+
+
+_METHODS = {
+    Action.ON: "on",
+    Action.OFF: "off",
+    Action.SOFT_OFF: "soft_off",
+    Action.CYCLE: "cycle",
+    Action.QUERY: "query",
+}
+
+
+def perform(driver, action):
+    """Call the :class:`IPowerDriver` method for ``action``; a Deferred."""
+    return defer.maybeDeferred(getattr(driver, _METHODS[Action.parse(action)]))

@@ -22,6 +22,7 @@ import attrs
 from twisted.internet import defer
 
 from powerctl.drivers.errors import PowerError
+from powerctl.drivers.interface import perform
 from powerctl.power import Action, PowerState
 from powerctl.registry.actions import Observed
 
@@ -54,17 +55,10 @@ class Agent:
     driver: object  # IPowerDriver
 
 
-_METHOD = {
-    Action.ON: "on",
-    Action.OFF: "off",
-    Action.SOFT_OFF: "soft_off",
-    Action.CYCLE: "cycle",
-    Action.QUERY: "query",
-}
 
 
 def _call(agent, action):
-    return defer.maybeDeferred(getattr(agent.driver, _METHOD[action]))
+    return perform(agent.driver, action)
 
 
 async def _all(agents, action):
