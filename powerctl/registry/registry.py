@@ -308,10 +308,10 @@ class PowerActionRegistry:
 
     def _settle(self, action, result):
         """Fire ``action``'s Deferred -- exactly once -- and detach it."""
-        for node in (self._nodes.get(action.node),):
-            for job in (node.current, node.waiting, node.query) if node else ():
-                if job is not None and action in job.members:
-                    job.members.remove(action)
+        node = self._nodes.get(action.node)
+        for job in (node.current, node.waiting, node.query) if node else ():
+            if job is not None and action in job.members:
+                job.members.remove(action)
         if action.deferred.called:
             return
         if isinstance(result, BaseException):
