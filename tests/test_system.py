@@ -224,3 +224,22 @@ class CliAgainstRegionTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         code, out, err = await self.cli("power", "on", "no-such-node")
         self.assertNotEqual(code, 0)
         self.assertIn("no-such-node", err)
+
+
+class RegionPagesTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    @run
+    async def test_status_page_and_metrics_are_served(self):
+        import treq
+
+        await self.start_region()
+        await self.start_pserv()
+        await wait_until(self.connected_pservs)
+        await self.add_node("node1")
+        page = await treq.get(self.api + "/", pool=self.http)
+        self.assertEqual(page.code, 200)
+        html = (await treq.content(page)).decode()
+        self.assertIn("node1", html)
+        self.assertNotIn("sim-pass", html)
+        metrics = await treq.get(self.api + "/metrics", pool=self.http)
+        text = (await treq.content(metrics)).decode()
+        self.assertIn('powerctl_pservs_connected{cluster="c1"} 1', text)

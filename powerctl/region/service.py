@@ -10,7 +10,7 @@ from twisted.web import server
 from txpostgres import txpostgres
 
 from powerctl import config
-from powerctl.region import schema
+from powerctl.region import schema, web
 from powerctl.region.core import Region
 from powerctl.region.rpc import RegionProtocol
 
@@ -91,6 +91,7 @@ class RegionService(service.Service):
             self.reactor, self.settings.rpc_endpoint).listen(factory)
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later)
+        web.add_to(root, self.store, activity=self.region.activity)
         site = server.Site(root)
         site.noisy = False
         self.api_port = await endpoints.serverFromString(

@@ -372,6 +372,12 @@ class Store:
         return _plain(await self._op(tx, op_id))
 
     @_transaction
+    async def count_ops_by_state(self, tx):
+        """``{state: count}`` over the whole journal (for /metrics)."""
+        rows = await tx.rows("SELECT state, count(*) AS n FROM power_ops GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+    @_transaction
     async def list_ops(self, tx, node=None, state=None, limit=100, before_id=None):
         """The journal, newest first, filtered by node and/or state."""
         if state is not None and state not in OP_STATES:
