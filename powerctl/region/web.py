@@ -31,13 +31,12 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from powerctl.region.api import _loggable
-from powerctl.region.store import MAX_PAGE, OP_STATES, POWER_STATES, TERMINAL_STATES
+from powerctl.region.store import OP_STATES, POWER_STATES, TERMINAL_STATES
 
 REFRESH_SECONDS = 5
 RECENT_FINISHED = 20
 OPEN_OPS_SHOWN = 200  # per open state, on the page
 NODES_PER_PAGE = 500
-OPS_COUNT_CAP = MAX_PAGE  # fallback op counting reads at most this many rows per state
 
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -372,20 +371,13 @@ def _number(value):
 
 
 class Metrics(_AsyncResource):
-    """
-    ``GET /metrics``: the fleet as Prometheus gauges.
-
-    Operation counts come from ``store.count_ops_by_state()`` when the store
-    has it; otherwise each state is counted from ``list_ops`` reading at most
-    :data:`OPS_COUNT_CAP` rows, and ``powerctl_power_ops_capped{state}`` says
-    which counts hit that cap (the true count is then at least the value).
-    """
+    """``GET /metrics``: the fleet as Prometheus gauges."""
 
     async def produce(self, request):
         clusters = _clusters_with_activity(
             await self.store.list_clusters(), await _activity(self.activity, self.log))
         nodes = await self.store.list_nodes()
-        counts, capped = await self._op_counts()
+        counts = await self.store.count_ops_by_state()
 
         names = sorted({c["name"] for c in clusters} | {n["cluster"] for n in nodes})
         by_state = {(c, s): 0 for c in names for s in POWER_STATES}
@@ -410,16 +402,8 @@ class Metrics(_AsyncResource):
                    "Nodes whose BMC or PDU stopped answering polls.",
                    [({"cluster": c}, nonresp[c]) for c in names])
         out.family("powerctl_power_ops", "gauge",
-                   "Power operations in the journal by state"
-                   + ("." if capped is None else
-                      f" (counted up to {OPS_COUNT_CAP} per state;"
-                      " see powerctl_power_ops_capped)."),
+                   "Power operations in the journal by state.",
                    [({"state": s}, counts.get(s, 0)) for s in OP_STATES])
-        if capped is not None:
-            out.family("powerctl_power_ops_capped", "gauge",
-                       "1 when powerctl_power_ops for this state hit the counting cap "
-                       "(the true count is at least the value).",
-                       [({"state": s}, int(s in capped)) for s in OP_STATES])
         pservs = {c: info[c]["pservs"] if c in info else [] for c in names}
         out.family("powerctl_pservs_connected", "gauge", "pservs connected, by cluster.",
                    [({"cluster": c}, sum(1 for p in pservs[c] if p["connected"]))
@@ -437,19 +421,6 @@ class Metrics(_AsyncResource):
                    [({"cluster": c}, int(info.get(c, {}).get("actions_in_flight") or 0))
                     for c in names])
         return METRICS_CONTENT_TYPE, out.text().encode("utf-8")
-
-    async def _op_counts(self):
-        """({state: count}, None) exactly, or ({state: count}, {capped states})."""
-        count = getattr(self.store, "count_ops_by_state", None)
-        if count is not None:
-            return dict(await count()), None
-        counts, capped = {}, set()
-        for state in OP_STATES:
-            rows = await self.store.list_ops(state=state, limit=OPS_COUNT_CAP)
-            counts[state] = len(rows)
-            if len(rows) >= OPS_COUNT_CAP:
-                capped.add(state)
-        return counts, capped
 
 
 def add_to(root, store, activity=None, log=None):
