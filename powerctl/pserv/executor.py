@@ -48,20 +48,28 @@ class DriverExecutor:
 
     def __init__(self, catalogue):
         self._catalogue = catalogue
-        self._nodes = {}  # node -> (canonical config JSON, NodePower)
+        self._nodes = {}  # node -> (canonical config JSON, NodePower, config)
 
     def configure(self, node, power):
         """Remember ``node``'s power configuration; InvalidConfig if bad."""
         key = json.dumps(power, sort_keys=True)
         known = self._nodes.get(node)
         if known is None or known[0] != key:
-            self._nodes[node] = (key, build_node_power(self._catalogue, power))
+            self._nodes[node] = (key, build_node_power(self._catalogue, power), power)
 
     def forget(self, node):
         self._nodes.pop(node, None)
 
     def known_nodes(self):
         return sorted(self._nodes)
+
+    def config(self, node):
+        """The power configuration last learnt for ``node`` (a dict)."""
+        return self._nodes[node][2]
+
+    @property
+    def catalogue(self):
+        return self._catalogue
 
     def _power(self, action):
         try:

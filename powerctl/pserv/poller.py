@@ -4,13 +4,17 @@ Periodic power-state polling of the nodes a pserv knows.
 Nodes with a change in play or waiting are skipped (the change will report
 its own state).  Polls are ordinary registry queries, so they coalesce with
 any query already running for the node, and at most ``concurrency`` run at
-once.  Results go to the region in one batch per round.
+once.  Nodes powered by a single outlet of an SNMP PDU are batched instead:
+one request per PDU reads every outlet polled on it.  Results go to the
+region in one batch per round.
 """
 
 import itertools
+import json
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from powerctl.registry import PowerAction
 
@@ -45,23 +49,58 @@ class Poller:
 
     def _poll(self):
         nodes = [n for n in self.executor.known_nodes() if not self.registry.busy(n)]
-        return defer.DeferredList(
-            [self._slots.run(self._query, n) for n in nodes], consumeErrors=True,
-        ).addCallback(self._report, nodes)
+        pdus, singles = self._group(nodes)
+        work = [self._slots.run(self._query, n)
+                .addCallbacks(lambda o, n=n: {n: o.state}, lambda f, n=n: {n: f})
+                for n in singles]
+        work += [self._slots.run(self._query_pdu, *pdu) for pdu in pdus.values()]
+        return defer.gatherResults(work).addCallback(self._report)
 
     def _query(self, node):
         action = PowerAction(node=node, action="query", operation_id=f"poll-{next(self._ids)}")
         return self.registry.submit(action)
 
-    def _report(self, results, nodes):
+    def _group(self, nodes):
+        """
+        ``({pdu key: (driver type, settings, {node: outlet})}, [other nodes])``:
+        single-outlet SNMP nodes grouped by PDU and credentials.
+        """
+        pdus, singles = {}, []
+        catalogue = self.executor.catalogue
+        for node in nodes:
+            power = self.executor.config(node)
+            agents = power.get("agents", [])
+            if len(agents) != 1 or agents[0].get("driver") != "snmp":
+                singles.append(node)
+                continue
+            driver_type = catalogue.get("snmp")
+            if not hasattr(driver_type, "query_outlets"):
+                singles.append(node)
+                continue
+            settings = catalogue.validate("snmp", agents[0].get("params", {}))
+            key = json.dumps({k: v for k, v in settings.items() if k != "outlet"},
+                             sort_keys=True, default=str)
+            entry = pdus.setdefault(key, (driver_type, settings, {}))
+            entry[2][node] = settings["outlet"]
+        return pdus, singles
+
+    def _query_pdu(self, driver_type, settings, outlets):
+        d = driver_type.query_outlets(settings, sorted(set(outlets.values())))
+        d.addCallback(lambda states: {n: states.get(o) for n, o in outlets.items()})
+        d.addErrback(lambda f: dict.fromkeys(outlets, f))
+        return d
+
+    def _report(self, results):
         states = []
-        for node, (ok, value) in zip(nodes, results):
-            if ok:
-                states.append({"node": node, "state": value.state.value, "error": ""})
-            else:
-                kind = getattr(value.value, "kind", "error")
-                states.append({"node": node, "state": "error",
-                               "error": f"{kind}: {value.getErrorMessage()}"[:2000]})
+        for result in results:
+            for node, value in result.items():
+                if isinstance(value, Failure):
+                    kind = getattr(value.value, "kind", "error")
+                    states.append({"node": node, "state": "error",
+                                   "error": f"{kind}: {value.getErrorMessage()}"[:2000]})
+                else:
+                    state = value.value if value is not None else "unknown"
+                    states.append({"node": node, "state": state, "error": ""})
         # Keep each AMP value well under 64 KiB.
         batches = [states[i:i + 200] for i in range(0, len(states), 200)]
         return defer.DeferredList([self.link.send_states(b) for b in batches])
