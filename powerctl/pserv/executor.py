@@ -9,10 +9,12 @@ nothing is sent to any device), and rebuilt only when they change.
 
 import json
 
+from twisted.internet import defer, task
 from zope.interface import implementer
 
 from powerctl.drivers.errors import ConfigurationError
 from powerctl.drivers.multiagent import Agent, Mode, NodePower
+from powerctl.power import Action
 from powerctl.registry import IActionExecutor
 
 
@@ -42,12 +44,37 @@ def build_node_power(catalogue, power):
         raise InvalidConfig(str(e)) from None
 
 
+class Stagger:
+    """
+    Spaces power-ons ``delay`` seconds apart, to limit inrush current when
+    many nodes come on at once.  Each caller gets the next free slot; the
+    wait is a cancellable Deferred, so a superseded power-on leaves no timer.
+    """
+
+    def __init__(self, clock, delay):
+        self.clock = clock
+        self.delay = delay
+        self._next = 0.0
+
+    def slot(self):
+        now = self.clock.seconds()
+        start = max(now, self._next)
+        self._next = start + self.delay
+        if start <= now:
+            return defer.succeed(None)
+        return task.deferLater(self.clock, start - now, lambda: None)
+
+
 @implementer(IActionExecutor)
 class DriverExecutor:
-    """Executes registry actions through the node's agents."""
+    """
+    Executes registry actions through the node's agents.  With a
+    :class:`Stagger`, ``on`` and ``cycle`` wait for their slot first.
+    """
 
-    def __init__(self, catalogue):
+    def __init__(self, catalogue, stagger=None):
         self._catalogue = catalogue
+        self._stagger = stagger
         self._nodes = {}  # node -> (canonical config JSON, NodePower, config)
 
     def configure(self, node, power):
@@ -78,7 +105,10 @@ class DriverExecutor:
             raise InvalidConfig(f"no power configuration for node {action.node}") from None
 
     def execute(self, action):
-        return self._power(action).run(action.action)
+        power = self._power(action)
+        if self._stagger is None or action.action not in (Action.ON, Action.CYCLE):
+            return power.run(action.action)
+        return self._stagger.slot().addCallback(lambda _: power.run(action.action))
 
     def quiesced(self, action):
         return self._power(action).quiesced()

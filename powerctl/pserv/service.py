@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from powerctl import config
 from powerctl.pserv.core import Pserv
-from powerctl.pserv.executor import DriverExecutor
+from powerctl.pserv.executor import DriverExecutor, Stagger
 from powerctl.pserv.link import PservProtocol, RegionLink
 from powerctl.pserv.poller import Poller
 from powerctl.registry import PowerActionRegistry
@@ -38,7 +38,8 @@ class PservService(service.MultiService):
         self.reactor = reactor
         self.catalogue = catalogue
         self.link = RegionLink()
-        self.executor = DriverExecutor(catalogue)
+        stagger = Stagger(reactor, settings.stagger_on) if settings.stagger_on else None
+        self.executor = DriverExecutor(catalogue, stagger)
         self.registry = PowerActionRegistry(self.executor, reactor, cancel_timeout=STOP_TIMEOUT)
         self.pserv = Pserv(self.registry, self.executor, self.link.report)
         self.poller = Poller(self.registry, self.executor, self.link, reactor,
