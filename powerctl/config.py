@@ -59,11 +59,13 @@ class RegionConfig:
     secret_file: str = "/etc/powerctl/secret"
     heartbeat_timeout: float = 30.0
     responsive_grace: float = 300.0
+    pod_probe_interval: float = 60.0
 
     checks = {
         "name": _text, "database": _text, "api_endpoint": _endpoint,
         "rpc_endpoint": _endpoint, "secret_file": _text,
         "heartbeat_timeout": _positive, "responsive_grace": _positive,
+        "pod_probe_interval": _positive,
     }
 
 

@@ -12,6 +12,7 @@ from txpostgres import txpostgres
 from powerctl import config
 from powerctl.region import schema, web
 from powerctl.region.core import Region
+from powerctl.region.podprobe import PodManagerProber
 from powerctl.region.rpc import RegionProtocol
 
 
@@ -31,6 +32,7 @@ class RegionService(service.Service):
         self.catalogue = catalogue
         self.pool_size = pool_size
         self.region = None
+        self.prober = None
         self.store = None
         self.api_port = None
         self.rpc_port = None
@@ -97,6 +99,9 @@ class RegionService(service.Service):
         self.api_port = await endpoints.serverFromString(
             self.reactor, self.settings.api_endpoint).listen(site)
         self.region.start()
+        self.prober = PodManagerProber(self.store, self.reactor,
+                                       interval=self.settings.pod_probe_interval)
+        self.prober.start()
         self.log.info("region {name}: API on {api}, pservs on {rpc}", name=self.settings.name,
                       api=self.api_port.getHost(), rpc=self.rpc_port.getHost())
         return self
@@ -107,6 +112,8 @@ class RegionService(service.Service):
         for port in (self.api_port, self.rpc_port):
             if port is not None:
                 await port.stopListening()
+        if self.prober is not None:
+            await self.prober.stop()
         if self.region is not None:
             self.region.stop()
             await self.region.drain()

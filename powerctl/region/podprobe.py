@@ -1,0 +1,75 @@
+"""
+Keeps each pod manager's ``status`` (``online``/``offline``) current by
+probing it from the region.
+
+An HTTP(S) pod manager (a Redfish service, a chassis manager) is online when
+anything answers at its URL -- even 401, which proves a live service; a
+refused connection, a DNS failure or no answer within ``timeout`` make it
+offline.  Pod managers at other kinds of address (an SNMP PDU is UDP and
+often only reachable from its pserv) are left as they are.
+"""
+
+from urllib.parse import urlsplit
+
+import treq
+from twisted.internet import defer, task
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+
+@implementer(IPolicyForHTTPS)
+class _AnyCertificate:
+    """A probe asks "is anything there", not "is it who it says": BMCs are
+    mostly self-signed, and no credentials are sent."""
+
+    def creatorForNetloc(self, hostname, port):
+        return CertificateOptions(verify=False)
+
+
+class PodManagerProber:
+    log = Logger()
+
+    def __init__(self, store, reactor, interval=60.0, timeout=5.0):
+        self.store = store
+        self.reactor = reactor
+        self.timeout = timeout
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        self._agent = Agent(reactor, contextFactory=_AnyCertificate(), pool=self._pool)
+        self._loop = task.LoopingCall(self.probe_all)
+        self._loop.clock = reactor
+        self.interval = interval
+
+    def start(self):
+        self._loop.start(self.interval, now=True).addErrback(
+            lambda f: self.log.failure("pod manager prober stopped", f))
+
+    def stop(self):
+        if self._loop.running:
+            self._loop.stop()
+        return self._pool.closeCachedConnections()
+
+    def probe_all(self):
+        return defer.ensureDeferred(self._probe_all())
+
+    async def _probe_all(self):
+        for pm in await self.store.list_pod_managers():
+            if urlsplit(pm["url"]).scheme not in ("http", "https"):
+                continue
+            status = "online" if await self.reachable(pm["url"]) else "offline"
+            if status != pm["status"]:
+                self.log.info("pod manager {name} is now {status}", name=pm["name"],
+                              status=status)
+                await self.store.set_pod_manager_status(pm["uuid"], status)
+
+    async def reachable(self, url):
+        """Whether an HTTP service answers at ``url`` (any status code)."""
+        try:
+            response = await treq.request("GET", url, agent=self._agent,
+                                          timeout=self.timeout, reactor=self.reactor)
+            await treq.content(response)
+            return True
+        except Exception:
+            return False

@@ -1,0 +1,37 @@
+"""
+Pod manager status is kept current by probing: a live Redfish service is
+online, a closed port is offline, and changes are recorded both ways.
+"""
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+from txpostgres import txpostgres
+
+from powerctl.region.podprobe import PodManagerProber
+from powerctl.region.store import Store
+from powerctl.sim.redfish import RedfishSimulator, SimSystem
+from tests.pg import DatabaseMixin
+from tests.system import catalogue, free_port, run
+
+
+class ProbeTests(DatabaseMixin, unittest.TestCase):
+    @run
+    async def test_status_follows_reachability(self):
+        pool = txpostgres.ConnectionPool(None, self.dsn, min=1)
+        await pool.start()
+        self.addCleanup(pool.close)
+        store = Store(pool, catalogue())
+        sim = RedfishSimulator(reactor, [SimSystem(id="1", name="one")],
+                               username="u", password="p").start()
+        self.addCleanup(sim.stop)
+        live = await store.create_pod_manager("chassis-a", sim.url, "u", "secret-pass")
+        dead = await store.create_pod_manager(
+            "chassis-b", f"http://127.0.0.1:{free_port()}", "u", "secret-pass")
+        prober = PodManagerProber(store, reactor, timeout=2.0)
+        self.addCleanup(prober.stop)
+        await prober.probe_all()
+        self.assertEqual((await store.get_pod_manager(live["uuid"]))["status"], "online")
+        self.assertEqual((await store.get_pod_manager(dead["uuid"]))["status"], "offline")
+        await sim.stop()
+        await prober.probe_all()
+        self.assertEqual((await store.get_pod_manager(live["uuid"]))["status"], "offline")
