@@ -78,14 +78,23 @@ class Demo:
     async def _run(self):
         from twisted.internet import defer
 
-        from powerctl.pgcluster import PostgresCluster
+        from powerctl.pgcluster import PostgresCluster, PostgresUnavailable
 
         t0 = time.monotonic()
         state = os.path.abspath(self.options.state_dir)
         os.makedirs(state, exist_ok=True)
         os.chmod(state, 0o755)
-        self.step(f"PostgreSQL: private cluster in {state}/pg")
-        pg = PostgresCluster.create(os.path.join(state, "pg"), keep=True)
+        try:
+            pg = PostgresCluster.create(os.path.join(state, "pg"), keep=True)
+            self.step(f"PostgreSQL: private cluster in {state}/pg")
+        except PostgresUnavailable as e:
+            if "cannot reach" not in str(e):
+                raise
+            # As root, postgres runs as the 'postgres' user, who may not be
+            # able to reach a home directory: use a throwaway one instead.
+            pg = PostgresCluster.create()
+            self.step(f"PostgreSQL: {state} is not reachable by the postgres user; "
+                      f"throwaway cluster in {pg.directory}")
         self.cleanups.append(lambda: defer.succeed(pg.stop()))
         dsn = self._fresh_database(pg)
 
