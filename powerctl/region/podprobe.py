@@ -41,18 +41,33 @@ class PodManagerProber:
         self._loop = task.LoopingCall(self.probe_all)
         self._loop.clock = reactor
         self.interval = interval
+        self._current = None  # the probe round under way, if any
 
     def start(self):
         self._loop.start(self.interval, now=True).addErrback(
             lambda f: self.log.failure("pod manager prober stopped", f))
 
     def stop(self):
+        """Stop probing; fires once the round under way (if any) is over."""
         if self._loop.running:
             self._loop.stop()
-        return self._pool.closeCachedConnections()
+        waits = [self._pool.closeCachedConnections()]
+        if self._current is not None:
+            current = defer.Deferred()
+            self._current.addBoth(lambda r: (current.callback(None), r)[1])
+            waits.append(current)
+        return defer.DeferredList(waits).addCallback(lambda _: None)
 
     def probe_all(self):
-        return defer.ensureDeferred(self._probe_all())
+        """One round over every pod manager (the database outlives it: see stop)."""
+        d = self._current = defer.ensureDeferred(self._probe_all())
+
+        def done(result):
+            if self._current is d:
+                self._current = None
+            return result
+
+        return d.addBoth(done)
 
     async def _probe_all(self):
         for pm in await self.store.list_pod_managers():
