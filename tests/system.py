@@ -73,6 +73,8 @@ class SystemMixin:
         os.close(fd)
         self.addCleanup(os.unlink, self.secret_file)
         self.rpc_port = free_port()
+        self.rpc_listen = f"tcp:{self.rpc_port}:interface=127.0.0.1"
+        self.rpc_dial = f"tcp:host=127.0.0.1:port={self.rpc_port}"
         self.region = None
         self.pservs = []
         self.http = HTTPConnectionPool(reactor, persistent=False)
@@ -81,7 +83,7 @@ class SystemMixin:
         settings = RegionConfig(
             name="region-test", database=self.dsn,
             api_endpoint="tcp:0:interface=127.0.0.1",
-            rpc_endpoint=f"tcp:{self.rpc_port}:interface=127.0.0.1",
+            rpc_endpoint=self.rpc_listen,
             secret_file=self.secret_file, heartbeat_timeout=10.0)
         self.region = RegionService(settings, SECRET, reactor, catalogue())
         self.region.startService()
@@ -100,7 +102,7 @@ class SystemMixin:
     async def start_pserv(self, name="pserv-a", secret=SECRET, poll_interval=3600):
         settings = PservConfig(
             name=name, cluster="c1",
-            regions=(f"tcp:host=127.0.0.1:port={self.rpc_port}",),
+            regions=(self.rpc_dial,),
             secret_file=self.secret_file, poll_interval=poll_interval,
             heartbeat_interval=1.0)
         pserv = PservService(settings, secret, reactor, catalogue())

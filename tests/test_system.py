@@ -243,3 +243,32 @@ class RegionPagesTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         metrics = await treq.get(self.api + "/metrics", pool=self.http)
         text = (await treq.content(metrics)).decode()
         self.assertIn('powerctl_pservs_connected{cluster="c1"} 1', text)
+
+
+class TlsTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    """AMP over TLS is a matter of endpoint descriptions (ssl: / tls:)."""
+
+    def setUp(self):
+        super().setUp()
+        import os
+
+        from powerctl.sim.redfish import self_signed
+
+        cert, key = self_signed("127.0.0.1")
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(folder, "roots"))
+        for path, data in (("cert.pem", cert), ("key.pem", key), ("roots/ca.pem", cert)):
+            with open(os.path.join(folder, path), "wb") as f:
+                f.write(data)
+        self.rpc_listen = (f"ssl:{self.rpc_port}:interface=127.0.0.1:"
+                           f"privateKey={folder}/key.pem:certKey={folder}/cert.pem")
+        self.rpc_dial = f"tls:host=127.0.0.1:port={self.rpc_port}:trustRoots={folder}/roots"
+
+    @run
+    async def test_power_over_tls(self):
+        await self.start_region()
+        await self.start_pserv()
+        await wait_until(self.connected_pservs)
+        await self.add_node("node1")
+        op = await self.power("node1", "on")
+        self.assertEqual((await self.wait_op(op["id"]))["state"], "succeeded")
