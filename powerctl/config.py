@@ -79,12 +79,14 @@ class PservConfig:
     poll_concurrency: int = 32
     heartbeat_interval: float = 10.0
     stagger_on: float = 0.0
+    max_actions: int = 64
 
     checks = {
         "name": _text, "cluster": _text, "regions": _endpoints,
         "secret_file": _text, "poll_interval": _positive,
         "poll_concurrency": _count, "heartbeat_interval": _positive,
         "stagger_on": lambda v: 0.0 if v == 0 else _positive(v),
+        "max_actions": _count,
     }
 
 

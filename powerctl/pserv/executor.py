@@ -15,6 +15,7 @@ from zope.interface import implementer
 from powerctl.drivers.errors import ConfigurationError
 from powerctl.drivers.multiagent import Agent, Mode, NodePower
 from powerctl.power import Action
+from powerctl.pserv.slots import priority_of
 from powerctl.registry import IActionExecutor
 
 
@@ -69,12 +70,15 @@ class Stagger:
 class DriverExecutor:
     """
     Executes registry actions through the node's agents.  With a
-    :class:`Stagger`, ``on`` and ``cycle`` wait for their slot first.
+    :class:`Stagger`, ``on`` and ``cycle`` wait for their turn first; with
+    :class:`~powerctl.pserv.slots.PrioritySlots`, at most so many actions
+    run at once, the most urgent first.
     """
 
-    def __init__(self, catalogue, stagger=None):
+    def __init__(self, catalogue, stagger=None, slots=None):
         self._catalogue = catalogue
         self._stagger = stagger
+        self._slots = slots
         self._nodes = {}  # node -> (canonical config JSON, NodePower, config)
 
     def configure(self, node, power):
@@ -106,9 +110,15 @@ class DriverExecutor:
 
     def execute(self, action):
         power = self._power(action)
+
+        def run(_=None):
+            if self._slots is None:
+                return power.run(action.action)
+            return self._slots.run(priority_of(action.action), lambda: power.run(action.action))
+
         if self._stagger is None or action.action not in (Action.ON, Action.CYCLE):
-            return power.run(action.action)
-        return self._stagger.slot().addCallback(lambda _: power.run(action.action))
+            return run()
+        return self._stagger.slot().addCallback(run)
 
     def quiesced(self, action):
         return self._power(action).quiesced()

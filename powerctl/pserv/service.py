@@ -16,6 +16,7 @@ from powerctl.pserv.core import Pserv
 from powerctl.pserv.executor import DriverExecutor, Stagger
 from powerctl.pserv.link import PservProtocol, RegionLink
 from powerctl.pserv.poller import Poller
+from powerctl.pserv.slots import PrioritySlots
 from powerctl.registry import PowerActionRegistry
 
 STOP_TIMEOUT = 5.0
@@ -39,7 +40,7 @@ class PservService(service.MultiService):
         self.catalogue = catalogue
         self.link = RegionLink()
         stagger = Stagger(reactor, settings.stagger_on) if settings.stagger_on else None
-        self.executor = DriverExecutor(catalogue, stagger)
+        self.executor = DriverExecutor(catalogue, stagger, PrioritySlots(settings.max_actions))
         self.registry = PowerActionRegistry(self.executor, reactor, cancel_timeout=STOP_TIMEOUT)
         self.pserv = Pserv(self.registry, self.executor, self.link.report)
         self.poller = Poller(self.registry, self.executor, self.link, reactor,
