@@ -135,10 +135,16 @@ class Region:
         if self.directory.for_cluster(protocol.cluster):
             # Others of the cluster are alive: they take over what was sent
             # to the lost one (each drops what it already has).
-            ops = await self.store.outstanding_ops(protocol.cluster, after_id=0, limit=10_000)
-            for op in ops:
-                if op.get("pserv") in (None, protocol.pserv):
-                    await self.dispatch(op)
+            after = 0
+            while True:
+                ops = await self.store.outstanding_ops(protocol.cluster, after_id=after,
+                                                       limit=500)
+                for op in ops:
+                    if op.get("pserv") in (None, protocol.pserv):
+                        await self.dispatch(op)
+                if len(ops) < 500:
+                    break
+                after = ops[-1]["id"]
 
     def drop_silent_pservs(self):
         """Drop connections whose pserv stopped heart-beating (half-open TCP)."""
