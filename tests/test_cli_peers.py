@@ -60,7 +60,21 @@ class _CliPeerMixin:
             self.assertNotIn(secret, out + err)
 
 
-class IpmiSimCliTests(_CliPeerMixin, unittest.TestCase):
+class _SwitchingPeerMixin(_CliPeerMixin):
+    """A peer whose power we can read back after every command."""
+
+    async def test_query_on_off_cycle(self):
+        await self.assertState("query", "off")
+        await self.assertState("on", "on")
+        self.assertEqual(self.peer.power(), "on")
+        await self.assertState("query", "on")
+        await self.assertState("off", "off")
+        self.assertEqual(self.peer.power(), "off")
+        await self.assertState("cycle", "on")
+        self.assertEqual(self.peer.power(), "on")
+
+
+class IpmiSimCliTests(_SwitchingPeerMixin, unittest.TestCase):
     """``--driver ipmi`` against OpenIPMI's ipmi_sim."""
 
     peer_class = peers.IpmiSimPeer
@@ -71,16 +85,6 @@ class IpmiSimCliTests(_CliPeerMixin, unittest.TestCase):
     async def setUp(self):
         await self.start_peer()
 
-    async def test_query_on_off_cycle(self):
-        await self.assertState("query", "off")
-        await self.assertState("on", "on")
-        self.assertEqual(self.peer.power(), "on")
-        await self.assertState("query", "on")
-        await self.assertState("off", "off")
-        self.assertEqual(self.peer.power(), "off")
-        await self.assertState("cycle", "on")
-        self.assertEqual(self.peer.power(), "on")
-
     async def test_wrong_password(self):
         wrong = "Wr0ng-ipmi-Secret"
         result = await self.cli("query", password=wrong, timeout=10)
@@ -88,7 +92,7 @@ class IpmiSimCliTests(_CliPeerMixin, unittest.TestCase):
         self.assertLess(result[3], 10, "an auth failure is not retried until the timeout")
 
 
-class SnmpdCliTests(_CliPeerMixin, unittest.TestCase):
+class SnmpdCliTests(_SwitchingPeerMixin, unittest.TestCase):
     """``--driver snmp -p family=apc-rpdu`` against net-snmp snmpd."""
 
     peer_class = peers.SnmpdPeer
@@ -98,16 +102,6 @@ class SnmpdCliTests(_CliPeerMixin, unittest.TestCase):
 
     async def setUp(self):
         await self.start_peer()
-
-    async def test_query_on_off_cycle(self):
-        await self.assertState("query", "off")
-        await self.assertState("on", "on")
-        self.assertEqual(self.peer.power(), "on")
-        await self.assertState("query", "on")
-        await self.assertState("off", "off")
-        self.assertEqual(self.peer.power(), "off")
-        await self.assertState("cycle", "on")
-        self.assertEqual(self.peer.power(), "on")
 
     async def test_v3_wrong_auth_key(self):
         wrong = "wr0ng-auth-key"
