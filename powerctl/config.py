@@ -58,7 +58,7 @@ class RegionConfig:
     rpc_endpoint: str = "tcp:5250:interface=127.0.0.1"
     secret_file: str = "/etc/powerctl/secret"
     heartbeat_timeout: float = 30.0
-    responsive_grace: float = 300.0
+    responsive_grace: float = 60.0
     pod_probe_interval: float = 60.0
 
     checks = {
@@ -80,6 +80,7 @@ class PservConfig:
     heartbeat_interval: float = 10.0
     stagger_on: float = 0.0
     max_actions: int = 64
+    manual_timeout: float = 3600.0
 
     checks = {
         "name": _text, "cluster": _text, "regions": _endpoints,
@@ -87,6 +88,7 @@ class PservConfig:
         "poll_concurrency": _count, "heartbeat_interval": _positive,
         "stagger_on": lambda v: 0.0 if v == 0 else _positive(v),
         "max_actions": _count,
+        "manual_timeout": lambda v: 0.0 if v == 0 else _positive(v),
     }
 
 

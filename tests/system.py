@@ -16,6 +16,7 @@ from twisted.web.client import HTTPConnectionPool
 from powerctl.config import PservConfig, RegionConfig
 from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.drivers.interface import Timing
+from powerctl.drivers.manual import ManualDriverType
 from powerctl.drivers.redfish import RedfishDriverType
 from powerctl.pserv.service import PservService
 from powerctl.region.service import RegionService
@@ -41,7 +42,8 @@ def free_port():
 
 
 def catalogue():
-    return DriverCatalogue([RedfishDriverType(reactor, timing=TIMING)])
+    return DriverCatalogue([RedfishDriverType(reactor, timing=TIMING),
+                            ManualDriverType(reactor)])
 
 
 async def wait_until(predicate, timeout=20.0, interval=0.05):
@@ -99,9 +101,10 @@ class SystemMixin:
     async def stop_region(self):
         await self.region.stopService()
 
-    async def start_pserv(self, name="pserv-a", secret=SECRET, poll_interval=3600):
+    async def start_pserv(self, name="pserv-a", secret=SECRET, poll_interval=3600,
+                          cluster="c1"):
         settings = PservConfig(
-            name=name, cluster="c1",
+            name=name, cluster=cluster,
             regions=(self.rpc_dial,),
             secret_file=self.secret_file, poll_interval=poll_interval,
             heartbeat_interval=1.0)
@@ -114,6 +117,18 @@ class SystemMixin:
     async def connected_pservs(self):
         body = await self.get("/v1/clusters")
         return [p["name"] for c in body for p in c.get("pservs", []) if p.get("connected")]
+
+    async def cli(self, *argv):
+        """Run the ``powerctl`` CLI in-process against this region's API."""
+        import io
+
+        from powerctl.cli import Context
+        from powerctl.cli.main import run as run_cli
+
+        out, err = io.StringIO(), io.StringIO()
+        ctx = Context(reactor, stdout=out, stderr=err, env={})
+        code = await run_cli([*argv, "--api", self.api], reactor, ctx)
+        return code, out.getvalue(), err.getvalue()
 
     # -- REST helpers -----------------------------------------------------
 
@@ -131,12 +146,15 @@ class SystemMixin:
         assert code == 200, (path, code, body)
         return body
 
-    async def add_node(self, name):
+    def redfish_power(self, system, sim=None, password="sim-pass"):
+        sim = sim or self.sim
+        return {"mode": "single", "agents": [{"driver": "redfish", "params": {
+            "url": sim.url, "username": "admin", "password": password, "system": system}}]}
+
+    async def add_node(self, name, cluster="c1", power=None):
         code, body = await self.call("POST", "/v1/nodes", {
-            "name": name, "cluster": "c1",
-            "power": {"mode": "single", "agents": [{"driver": "redfish", "params": {
-                "url": self.sim.url, "username": "admin", "password": "sim-pass",
-                "system": name}}]},
+            "name": name, "cluster": cluster,
+            "power": power or self.redfish_power(name),
         })
         assert code == 201, (code, body)
         return body

@@ -186,7 +186,7 @@ class PowerApiTests(ApiTestCase):
         self.assertEqual(sorted(op), sorted([
             "id", "node", "action", "state", "coalesced_into", "superseded_by", "error",
             "requested_at", "started_at", "finished_at", "pserv", "agent", "requester",
-            "observed_state"]))
+            "observed_state", "cancelled_by", "confirmed_by"]))
         self.assertEqual((op["node"], op["action"], op["state"]), ("n1", "soft-off", "pending"))
         self.assertEqual(op["requester"], "api:127.0.0.1")
         self.assertEqual(response.headers.getRawHeaders("location"), [f"/v1/power_ops/{op['id']}"])

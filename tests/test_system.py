@@ -68,7 +68,11 @@ class PowerRequestTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         a = await self.wait_op(first["id"])
         b = await self.wait_op(second["id"])
         self.assertEqual((a["state"], b["state"]), ("succeeded", "succeeded"))
-        self.assertEqual(b["coalesced_into"], first["id"])
+        # The two dispatches race to the pserv: whichever arrives second joins
+        # the first (the journal says which), and the BMC is reset once.
+        [leader] = [o for o in (a, b) if o["coalesced_into"] is None]
+        [joined] = [o for o in (a, b) if o["coalesced_into"] is not None]
+        self.assertEqual(joined["coalesced_into"], leader["id"])
         self.assertEqual(len(self.sim.systems["node2"].resets), 1)
 
 
@@ -191,17 +195,6 @@ class CliAgainstRegionTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     """The powerctl CLI against the real region API, pserv and simulator."""
 
     timeout = 60
-
-    async def cli(self, *argv):
-        import io
-
-        from powerctl.cli import Context
-        from powerctl.cli.main import run as run_cli
-
-        out, err = io.StringIO(), io.StringIO()
-        ctx = Context(reactor, stdout=out, stderr=err, env={})
-        code = await run_cli([*argv, "--api", self.api], reactor, ctx)
-        return code, out.getvalue(), err.getvalue()
 
     @run
     async def test_add_power_wait_and_list(self):

@@ -447,6 +447,15 @@ def add_commands(subparsers):
                    "(the API's default page otherwise)")
     p.add_argument("--before", type=int, metavar="ID", help="only operations older than ID")
     command(ops, "show", ops_show, "one operation").add_argument("id", type=int)
+    p = command(ops, "cancel", ops_cancel,
+                "cancel open operations (each answered once its device is quiet)")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.add_argument("--force", action="store_true",
+                   help="journal it cancelled even when its pserv cannot be reached")
+    p = command(ops, "confirm", ops_confirm,
+                "confirm a manual operation: you saw the node reach STATE")
+    p.add_argument("id", type=int)
+    p.add_argument("--state", required=True, choices=("on", "off"))
 
     podm = group("podm", "pod managers (shared PDUs, chassis managers, Redfish services)")
     p = command(podm, "add", podm_add, "register a pod manager")
@@ -469,6 +478,13 @@ def add_commands(subparsers):
 
     clusters = group("cluster", "clusters and their pservs")
     command(clusters, "list", cluster_list, "list clusters")
+
+    p = subparsers.add_parser("activity", parents=[parent],
+                              help="what the pservs run right now, what waits, who joined, "
+                                   "since when, and their slot queues (exit 1 if a pserv "
+                                   "did not answer)")
+    p.add_argument("--node", "-n", metavar="NAME", help="only this node")
+    p.set_defaults(func=activity)
 
 
 def _podm_options(p):
@@ -601,7 +617,8 @@ async def node_show(ctx, args, api):
 @api_command
 async def node_delete(ctx, args, api):
     """``powerctl node delete NAME``."""
-    doc = await api.call("DELETE", f"/v1/nodes/{q(args.name)}")
+    doc = await api.call("DELETE", f"/v1/nodes/{q(args.name)}",
+                         query={"requester": requester()})
     if args.json:
         ctx.out(output.to_json(doc if doc is not None else {"deleted": args.name}))
     else:
@@ -808,6 +825,41 @@ async def ops_show(ctx, args, api):
     return EXIT_OK
 
 
+@api_command
+async def ops_cancel(ctx, args, api):
+    """``powerctl ops cancel ID... [--force]``: each answered once its device is quiet."""
+    results, status = [], EXIT_OK
+    for op_id in args.ids:
+        body = {"requester": requester()}
+        if args.force:
+            body["force"] = True
+        try:
+            op = await api.call("POST", f"/v1/power_ops/{op_id}/cancel", body=body)
+            results.append({"id": op_id, "state": op.get("state"), "error": None})
+        except ApiError as e:
+            results.append({"id": op_id, "state": None, "error": str(e)})
+            status = e.status
+    if args.json:
+        ctx.out(output.to_json(results))
+    else:
+        for r in results:
+            ctx.out(f"operation {r['id']}: " + (r["state"] if r["error"] is None
+                                                else f"error: {r['error']}"))
+    return status
+
+
+@api_command
+async def ops_confirm(ctx, args, api):
+    """``powerctl ops confirm ID --state on|off``: a manual action was done."""
+    op = await api.call("POST", f"/v1/power_ops/{args.id}/confirm",
+                        body={"state": args.state, "requester": requester()})
+    if args.json:
+        ctx.out(output.to_json(op))
+    else:
+        ctx.out(f"operation {args.id}: confirmed {args.state}")
+    return EXIT_OK
+
+
 # -- pod managers ---------------------------------------------------------------
 
 PODM_COLUMNS = [
@@ -974,4 +1026,20 @@ async def cluster_list(ctx, args, api):
         ("LAST HEARTBEAT", _last_heartbeat),
         ("PSERVS", _pservs),
     ]))
+    return EXIT_OK
+
+
+# -- what runs now ----------------------------------------------------------------
+
+@api_command
+async def activity(ctx, args, api):
+    """``powerctl activity [--node NAME]``: the pservs' live view (``GET /v1/activity``)."""
+    from powerctl.cli import activity as view
+
+    doc = await api.call("GET", "/v1/activity", query={"node": args.node})
+    ctx.out(output.to_json(doc) if args.json else view.render(doc))
+    failed = [p.get("pserv") for p in (doc or {}).get("pservs") or () if p.get("error")]
+    if failed:
+        ctx.err(f"error: no complete answer from pserv(s) {', '.join(map(str, failed))}")
+        return EXIT_FAILURE
     return EXIT_OK

@@ -5,8 +5,9 @@ An operation registers a *pending confirmation* under the agent's ``label``
 in the driver type's :class:`Confirmations`; the operation's Deferred fires
 when an operator calls ``confirm(label, state)`` with the state the action
 leads to (``off`` for off/soft-off, ``on`` for on/cycle).  Nothing can be
-queried.  With ``timeout`` the operation fails with PowerTimeout after that
-many seconds; without it, it waits until confirmed or cancelled.
+queried.  With ``timeout`` (or the driver type's ``default_timeout``, the pserv's
+``manual_timeout`` setting) the operation fails with PowerTimeout after
+that many seconds; without either, it waits until confirmed or cancelled.
 
 At most one confirmation is pending per label: a newer request replaces the
 older one, which fails with ``CancelledError`` (the registry above never
@@ -137,6 +138,14 @@ class ManualDriver:
     def cycle(self):
         return self._ask(Action.CYCLE)
 
+    def confirm(self, state):
+        """
+        The operator says this agent's device is now ``state``.  KeyError
+        when nothing waits for it, ValueError when ``state`` is not what the
+        action leads to.
+        """
+        self._confirmations.confirm(self.label, state)
+
     def query(self):
         return defer.fail(UnsupportedError(f"manual {self.label}: cannot be queried"))
 
@@ -152,11 +161,13 @@ class ManualDriverType:
     schema = SCHEMA
     capabilities = ManualDriver.capabilities
 
-    def __init__(self, clock):
+    def __init__(self, clock, default_timeout=None):
         self.confirmations = Confirmations(clock)
+        self.default_timeout = default_timeout
 
     def bind(self, settings):
-        return ManualDriver(self.confirmations, settings["label"], settings["timeout"])
+        timeout = settings["timeout"] if settings["timeout"] is not None else self.default_timeout
+        return ManualDriver(self.confirmations, settings["label"], timeout)
 
     def close(self):
         """Cancel whatever still waits: nobody will confirm it now."""

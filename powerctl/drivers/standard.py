@@ -36,7 +36,7 @@ def standard_schemas():
     return {cls.name: cls.schema for cls in driver_type_classes()}
 
 
-def standard_catalogue(reactor, timing=None, clock=None):
+def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None):
     """
     A :class:`DriverCatalogue` of ``ipmi``, ``snmp``, ``redfish``,
     ``webhook`` and ``manual``, all sharing ``timing`` (a
@@ -44,6 +44,8 @@ def standard_catalogue(reactor, timing=None, clock=None):
 
     ``clock`` (default: ``reactor``) drives timeouts and retries; tests may
     pass a ``task.Clock`` while ``reactor`` still does the networking.
+    ``manual_timeout``: seconds a ``manual`` agent without a ``timeout`` of
+    its own waits for an operator's confirmation (None: forever).
     The driver modules are imported here, not at module level, so that
     importing this module does not pull in pyghmi and pysnmp before an
     entry point has installed the asyncio reactor.
@@ -56,5 +58,5 @@ def standard_catalogue(reactor, timing=None, clock=None):
         snmp(clock=clock, timing=timing),
         redfish(reactor, clock=clock, timing=timing),
         webhook(reactor, clock=clock, timing=timing),
-        manual(clock),
+        manual(clock, default_timeout=manual_timeout),
     ])

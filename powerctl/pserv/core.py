@@ -12,12 +12,17 @@ again instead of the hardware being driven twice.
 import collections
 
 import attrs
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.drivers.errors import PowerError
 from powerctl.pserv.executor import InvalidConfig
 from powerctl.registry import Cancelled, Outcome, PowerAction, Superseded
+
+
+class NotConfirmable(Exception):
+    """A manual confirmation that cannot apply; says why."""
 
 
 @attrs.frozen
@@ -62,6 +67,7 @@ class Pserv:
         self._finished = collections.OrderedDict()  # op id -> Report
         self._remember = remember
         self._stopping = False
+        self._settled = {}  # op id -> [Deferred] waiting for its report (cancel)
 
     def shutdown(self):
         """
@@ -105,6 +111,8 @@ class Pserv:
         self._finished[op] = report
         while len(self._finished) > self._remember:
             self._finished.popitem(last=False)
+        for waiter in self._settled.pop(op, []):
+            waiter.callback(report)
         try:
             self._report(report)
         except Exception:
@@ -113,6 +121,74 @@ class Pserv:
 
     def in_flight(self):
         return len(self._in_play)
+
+    def forget_node(self, node, reason):
+        """
+        Stop driving ``node`` (deleted, moved away, or given a new power
+        configuration): cancel its work with ``reason``, and once the device
+        is quiet forget its configuration, so the poller leaves it alone
+        and nothing ever runs with the old credentials.  Fires once quiet
+        (the registry bounds the wait by its ``cancel_timeout``) with the
+        ids of the operations that ended cancelled.
+        """
+        ops = [op for op, request in self._in_play.items() if request.node == node]
+        d = self.registry.cancel_node(node, reason)
+
+        def forget(_):
+            if not self.registry.busy(node):  # a new dispatch may have come meanwhile
+                self.executor.forget(node)
+            return [op for op in ops if op in self._finished
+                    and self._finished[op].outcome == "cancelled"]
+
+        return d.addCallback(forget)
+
+    def cancel(self, operation_id, reason):
+        """
+        An operator cancels one operation.  Returns a Deferred firing with
+        its final :class:`Report` -- ``cancelled`` once the device is quiet,
+        or how it ended if it could no longer be cancelled -- or None when
+        this pserv does not have the operation in play.
+        """
+        operation_id = int(operation_id)
+        request = self._in_play.get(operation_id)
+        if request is None:
+            finished = self._finished.get(operation_id)
+            return defer.succeed(finished) if finished is not None else None
+        waiter = defer.Deferred()
+        self._settled.setdefault(operation_id, []).append(waiter)
+        self.registry.cancel_action(request, reason)
+        return waiter
+
+    def confirm(self, operation_id, state):
+        """
+        An operator confirms that the manual action of ``operation_id`` was
+        done and the node is now ``state``.  Raises :class:`NotConfirmable`
+        saying why when it cannot be (not in play here, not the action the
+        node is waiting on, no manual agent waiting, a different state).
+        """
+        request = self._in_play.get(int(operation_id))
+        if request is None:
+            raise NotConfirmable(f"operation {operation_id} is not in play on this pserv")
+        [activity] = self.registry.activity(request.node) or [None]
+        running = activity.running if activity is not None else None
+        if running is None or str(operation_id) not in (running.operation_id,) + running.joined:
+            raise NotConfirmable(
+                f"operation {operation_id} waits for another action of {request.node} to end")
+        confirmed = 0
+        for driver in self.executor.drivers(request.node):
+            confirm = getattr(driver, "confirm", None)
+            if confirm is None:
+                continue
+            try:
+                confirm(state)
+                confirmed += 1
+            except KeyError:
+                continue  # this agent is not waiting (already confirmed)
+            except ValueError as e:
+                raise NotConfirmable(str(e)) from None
+        if not confirmed:
+            raise NotConfirmable(f"no manual agent of {request.node} waits for a confirmation")
+        return confirmed
 
     def configure(self, node, power):
         """Learn a node's power configuration (recovery); False if invalid."""

@@ -94,6 +94,16 @@ class DriverExecutor:
     def known_nodes(self):
         return sorted(self._nodes)
 
+    def drivers(self, node):
+        """The driver objects of ``node``'s agents (empty if unknown)."""
+        known = self._nodes.get(node)
+        return [agent.driver for agent in known[1].agents] if known else []
+
+    def queryable(self, node):
+        """Whether every agent of ``node`` can be queried (manual ones cannot)."""
+        return all(getattr(d, "capabilities", None) is None or d.capabilities.queryable
+                   for d in self.drivers(node))
+
     def config(self, node):
         """The power configuration last learnt for ``node`` (a dict)."""
         return self._nodes[node][2]
@@ -114,7 +124,10 @@ class DriverExecutor:
         def run(_=None):
             if self._slots is None:
                 return power.run(action.action)
-            return self._slots.run(priority_of(action.action), lambda: power.run(action.action))
+            return self._slots.run(priority_of(action.action), lambda: power.run(action.action),
+                                   info={"node": action.node,
+                                         "operation_id": action.operation_id,
+                                         "action": Action.parse(action.action).value})
 
         if self._stagger is None or action.action not in (Action.ON, Action.CYCLE):
             return run()

@@ -4,13 +4,17 @@ The pserv's side of AMP: the protocol a region talks to, the hand-shake
 whichever region is connected.
 """
 
+import bisect
 import collections
+import gc
+import json
 
-from twisted.internet import defer, task
+from twisted.internet import defer, error, task
 from twisted.logger import Logger
 from twisted.protocols import amp
 
 from powerctl import __version__
+from powerctl.pserv.core import NotConfirmable
 from powerctl.pserv.executor import InvalidConfig
 from powerctl.rpc import auth, commands
 
@@ -59,6 +63,13 @@ class RegionLink:
             d.addErrback(self._undelivered, report)
 
     def _undelivered(self, failure, report):
+        if failure.check(amp.RemoteAmpError):
+            # The region answered, and refused: sending it again would be
+            # refused again (and, before regions declared every error, cost
+            # the connection each time).  Logged once, dropped.
+            self.log.error("the region refused the outcome of operation {op}: {why}",
+                           op=report.operation_id, why=failure.getErrorMessage())
+            return
         self.log.warn("outcome of {op} not delivered ({why}); keeping it",
                       op=report.operation_id, why=failure.getErrorMessage())
         self._outbox.appendleft(report)
@@ -128,10 +139,12 @@ class PservProtocol(amp.AMP):
     async def recover(self):
         """Page through the region's ``Recover`` and converge on it."""
         after_op, after_node, started = 0, "", 0
+        known_before, listed = set(self.pserv.executor.known_nodes()), set()
         while True:
             page = await self.callRemote(
                 commands.Recover, after_op=after_op, after_node=after_node)
             for node in page["nodes"]:
+                listed.add(node["name"])
                 self.pserv.configure(node["name"], node["power"])
             for op in page["operations"]:
                 try:
@@ -145,6 +158,11 @@ class PservProtocol(amp.AMP):
                 break
         if started:
             self.log.info("took {n} operation(s) from the region's journal", n=started)
+        # Nodes the region no longer lists for this cluster were deleted or
+        # moved while no ForgetNode could reach us: stop driving them.
+        for node in sorted(known_before - listed):
+            self.log.info("node {node} is no longer ours: forgetting it", node=node)
+            self.pserv.forget_node(node, "the node was deleted or moved to another cluster")
 
     def _hello_failed(self, failure):
         self.log.error("region hand-shake failed: {why}", why=failure.getErrorMessage())
@@ -152,7 +170,13 @@ class PservProtocol(amp.AMP):
 
     def _beat(self):
         d = self.callRemote(commands.Heartbeat, actions_in_flight=self.pserv.in_flight())
-        d.addErrback(lambda f: None)
+        d.addErrback(self._beat_failed)
+        return None
+
+    def _beat_failed(self, failure):
+        if failure.check(error.ConnectionClosed, error.ConnectionLost, error.ConnectionDone):
+            return None  # the connection is going; ClientService reconnects
+        self.log.failure("heartbeat refused by the region", failure)
         return None
 
     def connectionLost(self, reason):
@@ -191,12 +215,127 @@ class PservProtocol(amp.AMP):
     def power_query(self, operation_id, node, power):
         return self._power("query", operation_id, node, power)
 
+    @commands.ForgetNode.responder
+    def forget_node(self, node, reason):
+        self.gate.check()
+        d = self.pserv.forget_node(node, reason or "forgotten")
+        return d.addCallback(lambda cancelled: {"cancelled": cancelled})
+
+    @commands.CancelOperation.responder
+    def cancel_operation(self, operation_id, reason):
+        self.gate.check()
+        settled = self.pserv.cancel(operation_id, reason or "cancelled by an operator")
+        if settled is None:
+            return {"known": False, "outcome": ""}
+        return settled.addCallback(lambda report: {"known": True, "outcome": report.outcome})
+
+    @commands.ConfirmOperation.responder
+    def confirm_operation(self, operation_id, state):
+        self.gate.check()
+        if state not in ("on", "off"):
+            raise commands.BadArguments(f"state must be on or off, not {state!r}")
+        try:
+            return {"confirmed": self.pserv.confirm(operation_id, state)}
+        except NotConfirmable as e:
+            raise commands.NotConfirmable(str(e)) from None
+
     @commands.ListActions.responder
-    def list_actions(self, after_node, limit):
+    def list_actions(self, after_node, limit, node=None):
         self.gate.check()
         limit = max(1, min(limit, 200))
-        page = [a for a in self.pserv.registry.activity() if a.node > after_node]
-        return {"nodes": [activity_json(a) for a in page[:limit]], "done": len(page) <= limit}
+        registry = self.pserv.registry
+        if node:
+            walk = _encode_walk(lambda: registry.activity(node), lambda a: a.node, activity_json)
+        else:  # the first page encodes the walk's snapshot; the next ones are cut from it
+            walk = _walk_snapshot(self, "_activity_walk", not after_node, lambda: _encode_walk(
+                registry.activity, lambda a: a.node, activity_json))
+        names, encoded = walk
+        start = bisect.bisect_right(names, after_node)
+        count, page = _page(encoded, start, limit)
+        done = start + count >= len(names)
+        if done and not node:
+            self.__dict__.pop("_activity_walk", None)
+        return {"nodes": page, "done": done, "now": self.clock.seconds()}
+
+    @commands.ListSlots.responder
+    def list_slots(self, after_priority, after_seq, limit, node=None):
+        self.gate.check()
+        limit = max(1, min(limit, 200))
+        slots = getattr(self.pserv.executor, "slots", None) \
+            or getattr(self.pserv.executor, "_slots", None)
+        if slots is None:
+            return {"size": 0, "busy": 0, "waiting": 0, "holding": b"[]", "queue": b"[]",
+                    "done": True, "now": self.clock.seconds()}
+
+        def take():
+            state = {}
+
+            def queue():
+                state.update(slots.snapshot())
+                return [w for w in state["queue"] if not node or w.get("node") == node]
+
+            keys, encoded = _encode_walk(queue, lambda w: (-w["priority"], w["seq"]),
+                                         lambda w: w)
+            holding = [h for h in state["holding"] if not node or h.get("node") == node]
+            return (state["size"], state["busy"], len(state["queue"]),
+                    _page([json.dumps(h).encode() for h in holding], 0, len(holding))[1],
+                    keys, encoded)
+
+        size, busy, waiting, holding, keys, encoded = _walk_snapshot(
+            self, "_slots_walk", after_seq < 0 or bool(node), take)
+        start = 0 if after_seq < 0 else bisect.bisect_right(keys, (-after_priority, after_seq))
+        count, page = _page(encoded, start, limit)
+        done = start + count >= len(keys)
+        if done:
+            self.__dict__.pop("_slots_walk", None)
+        return {"size": size, "busy": busy, "waiting": waiting, "holding": holding,
+                "queue": page, "done": done, "now": self.clock.seconds()}
+
+
+#: The later pages of a walk (ListActions, ListSlots) are cut from the
+#: snapshot its first page took, while it is younger than this (seconds).
+_WALK_TTL = 10.0
+#: At most this many joined operation ids per action in ListActions.
+_JOINED_SHOWN = 50
+
+
+def _walk_snapshot(protocol, name, fresh, take):
+    """``take()``, or what the current walk on ``protocol`` took already."""
+    now = protocol.clock.seconds()
+    cached = protocol.__dict__.get(name)
+    if fresh or cached is None or now - cached[0] > _WALK_TTL:
+        cached = (now, take())
+        setattr(protocol, name, cached)
+    return cached[1]
+
+
+def _encode_walk(take, key, to_json):
+    """
+    ``(keys, encoded)``: the sort key and the JSON bytes of each item of
+    ``take()``.  Only bytes outlive this call, and the garbage collector is
+    paused while the (acyclic, short-lived) snapshot exists, so that 10,000
+    busy nodes never make it walk the pserv's whole heap.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        items = take()
+        return ([key(i) for i in items],
+                [json.dumps(to_json(i), separators=(",", ":")).encode("utf-8") for i in items])
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _page(encoded, start, limit):
+    """``(count, JSON array)`` of up to ``limit`` items from ``start`` within one AMP value."""
+    size, count = 2, 0
+    for item in encoded[start:start + limit]:
+        size += len(item) + 1
+        if size > commands.MAX_VALUE and count:
+            break
+        count += 1
+    return count, b"[" + b",".join(encoded[start:start + count]) + b"]"
 
 
 def activity_json(activity):
@@ -204,7 +343,8 @@ def activity_json(activity):
         if i is None:
             return None
         return {"operation_id": i.operation_id, "action": i.action.value,
-                "joined": list(i.joined), "started_at": i.started_at, "stopping": i.stopping}
+                "joined": list(i.joined[:_JOINED_SHOWN]), "joined_total": len(i.joined),
+                "started_at": i.started_at, "stopping": i.stopping}
 
     return {"node": activity.node, "running": info(activity.running),
             "waiting": info(activity.waiting), "query": info(activity.query)}

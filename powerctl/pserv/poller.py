@@ -48,7 +48,10 @@ class Poller:
         return self.link.refresh().addCallback(lambda _: self._poll())
 
     def _poll(self):
-        nodes = [n for n in self.executor.known_nodes() if not self.registry.busy(n)]
+        # Manual nodes cannot be queried: their state is the last one an
+        # operator confirmed, not a failed poll every round.
+        nodes = [n for n in self.executor.known_nodes()
+                 if not self.registry.busy(n) and self.executor.queryable(n)]
         pdus, singles = self._group(nodes)
         work = [self._slots.run(self._query, n)
                 .addCallbacks(lambda o, n=n: {n: o.state}, lambda f, n=n: {n: f})
@@ -68,7 +71,10 @@ class Poller:
         pdus, singles = {}, []
         catalogue = self.executor.catalogue
         for node in nodes:
-            power = self.executor.config(node)
+            try:
+                power = self.executor.config(node)
+            except KeyError:
+                continue  # forgotten since the round began
             agents = power.get("agents", [])
             if len(agents) != 1 or agents[0].get("driver") != "snmp":
                 singles.append(node)
@@ -77,7 +83,14 @@ class Poller:
             if not hasattr(driver_type, "query_outlets"):
                 singles.append(node)
                 continue
-            settings = catalogue.validate("snmp", agents[0].get("params", {}))
+            try:
+                settings = catalogue.validate("snmp", agents[0].get("params", {}))
+            except Exception:
+                # Accepted when configured, so this is a bug; it must not
+                # cost the other nodes their poll: this one is queried alone.
+                self.log.failure("grouping node {node} by PDU", node=node)
+                singles.append(node)
+                continue
             key = json.dumps({k: v for k, v in settings.items() if k != "outlet"},
                              sort_keys=True, default=str)
             entry = pdus.setdefault(key, (driver_type, settings, {}))

@@ -66,7 +66,8 @@ class PservService(service.MultiService):
         if catalogue is None:
             from powerctl.drivers.standard import standard_catalogue
 
-            catalogue = standard_catalogue(reactor)
+            catalogue = standard_catalogue(reactor,
+                                           manual_timeout=settings.manual_timeout or None)
         return cls(settings, config.read_secret(settings.secret_file), reactor, catalogue)
 
     def startService(self):

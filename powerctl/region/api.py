@@ -34,7 +34,7 @@ from twisted.web import resource, server
 
 from powerctl.power import Action
 from powerctl.region import openapi, powerconfig
-from powerctl.region.errors import Conflict, InvalidInput, NotFound
+from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.store import OP_STATES
 
 MAX_BODY = 1024 * 1024
@@ -42,10 +42,10 @@ NODE_FIELDS = ("name", "cluster", "power", "desired_state", "power_state", "resp
                "last_error", "last_queried_at", "last_changed_at", "created_at", "updated_at")
 OP_FIELDS = ("id", "node", "action", "state", "coalesced_into", "superseded_by", "error",
              "requested_at", "started_at", "finished_at", "pserv", "agent", "requester",
-             "observed_state")
+             "observed_state", "cancelled_by", "confirmed_by")
 POD_MANAGER_FIELDS = ("uuid", "name", "driver", "username", "password_set", "url", "status",
                       "description", "created_at", "updated_at")
-_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400}
+_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, Unavailable: 503}
 
 
 class ApiError(Exception):
@@ -158,6 +158,26 @@ def _int_arg(args, name):
         raise ApiError(400, "invalid_input", f"{name}: must be an integer") from None
 
 
+def _requester(request, given):
+    """Who asks: the ``requester`` the client names, else its address."""
+    if given is None or given == "":
+        return f"api:{request.getClientAddress().host}"
+    if not isinstance(given, str) or len(given) > 255:
+        raise ApiError(400, "invalid_input", "requester: must be a string of at most 255 "
+                       "characters")
+    return given
+
+
+def _has_body(request):
+    """Whether the request carries a body (an empty POST is allowed for cancel)."""
+    if request.content is None:
+        return False
+    position = request.content.tell()
+    data = request.content.read(1)
+    request.content.seek(position)
+    return bool(data)
+
+
 def _pick(row, fields):
     return {f: row.get(f) for f in fields}
 
@@ -174,16 +194,22 @@ class Api(resource.Resource):
     :param on_power_request: optional callable given each new operation
         once its transaction committed (the region dispatches it); its
         failures are logged, never answered.
+    :param region: optional :class:`powerctl.region.core.Region`: node
+        deletes and changes go through it (its pservs stop driving the node
+        first), and operator cancel and confirm need it (503 without).
     :param log: a twisted.logger ``Logger`` (tests pass their own).
     """
 
     isLeaf = True
 
-    def __init__(self, store, catalogue, activity=None, on_power_request=None, log=None):
+    def __init__(self, store, catalogue, activity=None, on_power_request=None, log=None,
+                 region=None, live_activity=None):
         super().__init__()
         self.store = store
+        self.region = region
         self.catalogue = catalogue
         self.activity = activity
+        self.live_activity = live_activity  # (node=, cluster=) -> what the pservs run now
         self.on_power_request = on_power_request
         self.log = log or Logger()
         self._routes = self.routes()
@@ -197,10 +223,13 @@ class Api(resource.Resource):
             ("nodes/{name}/power", {"POST": self.request_power}),
             ("power_ops", {"GET": self.list_ops}),
             ("power_ops/{op_id}", {"GET": self.get_op}),
+            ("power_ops/{op_id}/cancel", {"POST": self.cancel_op}),
+            ("power_ops/{op_id}/confirm", {"POST": self.confirm_op}),
             ("pod_managers", {"GET": self.list_pod_managers, "POST": self.create_pod_manager}),
             ("pod_manager/{uuid}", {"GET": self.get_pod_manager, "PUT": self.update_pod_manager,
                                     "DELETE": self.delete_pod_manager}),
             ("clusters", {"GET": self.list_clusters}),
+            ("activity", {"GET": self.get_activity}),
             ("openapi.json", {"GET": self.openapi}),
         )
 
@@ -240,7 +269,7 @@ class Api(resource.Resource):
             return status, body, ()
         except ApiError as e:
             return e.status, error_body(e.code, e.message), e.headers
-        except (NotFound, Conflict, InvalidInput) as e:
+        except (NotFound, Conflict, InvalidInput, Unavailable) as e:
             status = next(s for cls, s in _STATUS.items() if isinstance(e, cls))
             return status, error_body(e.code, e.message), ()
         except Exception:
@@ -291,13 +320,24 @@ class Api(resource.Resource):
         return 200, self._node(await self.store.get_node(name))
 
     async def update_node(self, request, name):
-        body = _json_body(request, ("name", "cluster", "power"))
+        body = _json_body(request, ("name", "cluster", "power", "requester"))
         if body.pop("name", name) != name:
             raise ApiError(400, "invalid_input", "name: nodes cannot be renamed")
-        return 200, self._node(await self.store.update_node(name, **body))
+        by = _requester(request, body.pop("requester", None))
+        if self.region is None:
+            row = await self.store.update_node(name, **body)
+            row.pop("changed_for_pserv", None)
+        else:
+            row = await self.region.update_node(name, by, **body)
+        return 200, self._node(row)
 
     async def delete_node(self, request, name):
-        await self.store.delete_node(name)
+        args = _query(request, ("requester",))
+        by = _requester(request, args.get("requester"))
+        if self.region is None:
+            await self.store.delete_node(name, by=by)
+        else:
+            await self.region.delete_node(name, by)
         return 204, None
 
     async def request_power(self, request, name):
@@ -306,7 +346,7 @@ class Api(resource.Resource):
             action = Action.parse(body["action"])
         except ValueError as e:
             raise ApiError(400, "invalid_action", str(e)) from None
-        requester = body.get("requester") or f"api:{request.getClientAddress().host}"
+        requester = _requester(request, body.get("requester"))
         op = await self.store.request_power(name, action.value, requester=requester)
         self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
@@ -338,6 +378,31 @@ class Api(resource.Resource):
 
     async def get_op(self, request, op_id):
         return 200, _pick(await self.store.get_op(op_id), OP_FIELDS)
+
+    def _operator(self):
+        if self.region is None:
+            raise ApiError(503, "unavailable", "this API has no region to reach pservs through")
+        return self.region
+
+    async def cancel_op(self, request, op_id):
+        """Cancel through the registry: answered once the device is quiet."""
+        body = _json_body(request, ("requester", "force")) if _has_body(request) else {}
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise ApiError(400, "invalid_input", "force: must be true or false")
+        op = await self._operator().cancel_op(
+            op_id, _requester(request, body.get("requester")), force=force)
+        return 200, _pick(op, OP_FIELDS)
+
+    async def confirm_op(self, request, op_id):
+        """An operator saw a manual action done: the node is now ``state``."""
+        body = _json_body(request, ("state", "requester"), ("state",))
+        if body["state"] not in ("on", "off"):
+            raise ApiError(400, "invalid_input", f"state: must be on or off, not "
+                           f"{body['state']!r}")
+        op = await self._operator().confirm_op(
+            op_id, body["state"], _requester(request, body.get("requester")))
+        return 202, _pick(op, OP_FIELDS)
 
     # -- pod managers ---------------------------------------------------
 
@@ -385,6 +450,15 @@ class Api(resource.Resource):
         except Exception:
             self.log.failure("the activity callable failed; showing heartbeat counts")
             return {}
+
+    async def get_activity(self, request):
+        """What the pservs run now (:mod:`powerctl.region.activity`); ``?node=`` for one."""
+        args = _query(request, ("node",))
+        if self.live_activity is None:
+            raise ApiError(503, "unavailable", "this region cannot ask its pservs what they run")
+        node = args.get("node") or None
+        cluster = (await self.store.get_node(node))["cluster"] if node else None
+        return 200, await defer.maybeDeferred(self.live_activity, node=node, cluster=cluster)
 
     async def openapi(self, request):
         return 200, openapi.document()

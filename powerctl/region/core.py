@@ -13,7 +13,13 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from powerctl.rpc import commands
+from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.rpc import PservDirectory
+
+#: Seconds the region waits for pservs to make a node's device quiet
+#: (delete, move, new configuration, operator cancel).  The pserv bounds its
+#: own wait by its cancel timeout (5 s), so this is only a safety net.
+QUIET_TIMEOUT = 10.0
 
 
 class Region:
@@ -111,20 +117,160 @@ class Region:
 
     async def outcome(self, op_id, outcome, observed_state, agent, error,
                       coalesced_into, superseded_by, pserv):
-        recorded = await self.store.record_outcome(
-            op_id, outcome, observed_state=observed_state, agent=agent, error=error,
-            coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv)
+        """
+        Record a pserv's report of how an operation ended.  False when it
+        changed nothing: already terminal, or the operation is unknown (a
+        report from before a database restore) -- logged, never raised,
+        so one stale report cannot cost a pserv its connection.
+        """
+        try:
+            recorded = await self.store.record_outcome(
+                op_id, outcome, observed_state=observed_state, agent=agent, error=error,
+                coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv)
+        except NotFound:
+            self.log.warn("pserv {p} reported on operation {op}, which does not exist; dropped",
+                          p=pserv, op=op_id)
+            return False
         if recorded.changed:
             op = recorded.op
-            if observed_state is not None:
-                await self.store.record_power_state(op["node"], observed_state)
-            elif outcome == "failed":
-                # The node's last error says why; a failed change is not a
-                # failed poll, so it does not count against responsiveness.
-                await self.store.record_power_state(
-                    op["node"], "error", error=error or "failed",
-                    queried=op["action"] == "query")
+            try:
+                if observed_state is not None:
+                    await self.store.record_power_state(op["node"], observed_state)
+                elif outcome == "failed":
+                    # The node's last error says why; a failed change is not
+                    # a failed poll, so it does not count against
+                    # responsiveness.
+                    await self.store.record_power_state(
+                        op["node"], "error", error=error or "failed",
+                        queried=op["action"] == "query")
+            except NotFound:
+                pass  # the node was deleted meanwhile: its journal is all that is left
         return recorded.changed
+
+    # -- an operator's hand on one node or operation -------------------------
+
+    async def _each_pserv(self, cluster, command, timeout=QUIET_TIMEOUT, **kwargs):
+        """
+        ``command`` to every pserv of ``cluster`` connected here, at once:
+        ``[(pserv name, answer or Failure)]``.  Bounded by ``timeout``.
+        """
+        protocols = self.directory.for_cluster(cluster)
+        calls = []
+        for protocol in protocols:
+            d = protocol.callRemote(command, **kwargs)
+            d.addTimeout(timeout, self.clock)
+            calls.append(d)
+        results = await defer.DeferredList(calls, consumeErrors=True)
+        return [(p.pserv, value) for p, (_, value) in zip(protocols, results)]
+
+    async def quiesce_node(self, node, reason):
+        """
+        Make every pserv of ``node``'s cluster connected here stop driving
+        it and forget it (``ForgetNode``), waiting until its device is
+        quiet.  Answers the ids of the operations they cancelled.  A pserv
+        that cannot answer is logged; it forgets the node at its next
+        recovery round, which no longer lists it.
+        """
+        cancelled = set()
+        for pserv, answer in await self._each_pserv(
+                node["cluster"], commands.ForgetNode, node=node["name"], reason=reason):
+            if isinstance(answer, dict):
+                cancelled.update(int(i) for i in answer["cancelled"])
+            else:
+                self.log.warn("pserv {p} did not confirm that node {n} is quiet: {why}",
+                              p=pserv, n=node["name"], why=answer.getErrorMessage())
+        return cancelled
+
+    async def delete_node(self, name, by):
+        """Delete a node: its pservs stop driving it first; its open operations end cancelled."""
+
+        async def quiesce(node):
+            return await self.quiesce_node(node, f"node {name} deleted by {by}")
+
+        return await self.store.delete_node(name, by=by, quiesce=quiesce)
+
+    async def update_node(self, name, by, **fields):
+        """
+        Change a node's cluster or power configuration: the pservs of its
+        (old) cluster stop and forget it before the change is committed;
+        its open operations then go to the cluster it is in now.
+        """
+
+        async def quiesce(node):
+            return await self.quiesce_node(node, f"node {name} reconfigured by {by}")
+
+        row = await self.store.update_node(name, quiesce=quiesce, by=by, **fields)
+        if row.pop("changed_for_pserv"):
+            for op in await self.store.node_open_ops(name):
+                self.dispatch_later(op)
+        return row
+
+    async def cancel_op(self, op_id, by, force=False):
+        """
+        An operator cancels an open operation.  Every pserv of its node's
+        cluster connected here is asked (``CancelOperation``); the journal
+        says ``cancelled`` only once the one that had it reports the device
+        quiet, or when no pserv has it in play.  Conflict when it already
+        ended; Unavailable when the pserv that runs it is not connected here
+        (unless ``force``: then the journal says so and the device's state
+        is unknown until the next poll).
+        """
+        op = await self.store.mark_operator(op_id, "cancelled_by", by)
+        reason = f"cancelled by {by}"
+        node = await self._node_or_none(op["node"])
+        answers = []
+        if node is not None:
+            answers = await self._each_pserv(
+                node["cluster"], commands.CancelOperation,
+                operation_id=op["id"], reason=reason)
+        known = {p: a for p, a in answers if isinstance(a, dict) and a["known"]}
+        ended = {a["outcome"] for a in known.values()} - {"cancelled"}
+        if ended and not any(a["outcome"] == "cancelled" for a in known.values()):
+            raise Conflict(f"power operation {op['id']} ended {ended.pop()} "
+                           "before it could be cancelled")
+        if not known and op["state"] == "running" and op["pserv"] not in [p for p, _ in answers]:
+            if not force:
+                await self.store.mark_operator(op["id"], "cancelled_by", None, ended_ok=True)
+                raise Unavailable(
+                    f"power operation {op['id']} runs on pserv {op['pserv']}, which is not "
+                    "connected to this region: cannot make sure its device is quiet. "
+                    "Retry, or cancel with force")
+            reason += " (forced: the device was not reached; its state is unknown)"
+        recorded = await self.store.record_outcome(
+            op["id"], "cancelled", error=reason, cancelled_by=by)
+        return recorded.op
+
+    async def confirm_op(self, op_id, state, by):
+        """
+        An operator confirms a manual operation: the node is now ``state``.
+        The pserv running it completes it; its outcome is journalled as
+        usual.  Conflict when it cannot apply (the reason says why).
+        """
+        if state not in ("on", "off"):
+            raise InvalidInput(f"state: must be on or off, not {state!r}")
+        op = await self.store.get_op(op_id)
+        if op["state"] in ("succeeded", "failed", "superseded", "cancelled"):
+            raise Conflict(f"power operation {op['id']} already ended {op['state']}")
+        node = await self.store.get_node(op["node"])
+        drivers = {a.get("driver") for a in node["power"].get("agents", [])}
+        if "manual" not in drivers:
+            raise InvalidInput(f"node {node['name']} has no manual agent: nothing to confirm")
+        answers = await self._each_pserv(node["cluster"], commands.ConfirmOperation,
+                                         operation_id=op["id"], state=state)
+        if any(isinstance(a, dict) for _, a in answers):
+            return await self.store.mark_operator(op["id"], "confirmed_by", by, ended_ok=True)
+        reasons = [a.value for _, a in answers if not isinstance(a, dict)]
+        refusals = [str(e) for e in reasons if isinstance(e, commands.NotConfirmable)]
+        if refusals:
+            raise Conflict(f"cannot confirm power operation {op['id']}: {refusals[0]}")
+        raise Unavailable(f"no pserv of cluster {node['cluster']} that could confirm "
+                          f"power operation {op['id']} is connected to this region")
+
+    async def _node_or_none(self, name):
+        try:
+            return await self.store.get_node(name)
+        except NotFound:
+            return None
 
     # -- pservs coming and going -----------------------------------------------
 

@@ -36,3 +36,9 @@ class InvalidInput(StoreError, ValueError):
     """The input is malformed; nothing was written."""
 
     code = "invalid_input"
+
+
+class Unavailable(StoreError):
+    """What is needed to do it safely (a pserv) cannot be reached now; retry."""
+
+    code = "unavailable"

@@ -23,6 +23,7 @@ def _errors(*statuses):
             404: "no such node, operation or pod manager",
             405: "method not allowed", 409: "conflict (duplicate name, still in use)",
             413: "body too large", 415: "body is not JSON",
+            503: "no pserv that could do it safely is connected to this region; retry",
             500: "internal error (logged under the returned id)"}
     return {str(s): _json(_ref("Error"), text[s]) for s in statuses + (500,)}
 
@@ -86,7 +87,8 @@ def _schemas():
                        "cluster": {"type": "string"}, "power": _ref("Power")}}
     node_update = {"type": "object", "additionalProperties": False, "properties": {
         "name": {"type": "string", "description": "must equal the node's name if given"},
-        "cluster": {"type": "string"}, "power": _ref("Power")}}
+        "cluster": {"type": "string"}, "power": _ref("Power"),
+        "requester": {"type": "string", "description": "who changes it"}}}
     op_state = {"type": "string", "enum": ["pending", "running", "succeeded", "failed",
                                            "superseded", "cancelled"]}
     op = {"type": "object", "properties": {
@@ -103,7 +105,22 @@ def _schemas():
         "requester": {"type": "string"},
         "observed_state": {"type": "string", "nullable": True,
                            "enum": ["on", "off", "unknown", "error", None]},
+        "cancelled_by": {"type": "string", "nullable": True,
+                         "description": "who cancelled it (operator, or a node's deletion)"},
+        "confirmed_by": {"type": "string", "nullable": True,
+                         "description": "who confirmed a manual operation"},
     }}
+    requester = {"type": "string", "description": "who asks (default: api:<client address>)"}
+    cancel_request = {"type": "object", "additionalProperties": False, "properties": {
+        "requester": requester,
+        "force": {"type": "boolean", "default": False,
+                  "description": "journal it cancelled even when the pserv running it cannot "
+                  "be reached (the device's state is then unknown)"}}}
+    confirm_request = {"type": "object", "additionalProperties": False,
+                       "required": ["state"], "properties": {
+                           "state": {"type": "string", "enum": ["on", "off"],
+                                     "description": "the state the operator saw"},
+                           "requester": requester}}
     power_request = {"type": "object", "additionalProperties": False, "required": ["action"],
                      "properties": {
                          "action": {"type": "string",
@@ -147,6 +164,7 @@ def _schemas():
             "id": {"type": "string", "description": "error id (500 only), as logged"}}}}}
     return {"Agent": agent, "Power": power, "Node": node, "NodeCreate": node_create,
             "NodeUpdate": node_update, "PowerOp": op, "PowerRequest": power_request,
+            "CancelRequest": cancel_request, "ConfirmRequest": confirm_request,
             "PodManager": pod_manager, "PodManagerCreate": pod_manager_create,
             "PodManagerUpdate": pod_manager_update, "Pserv": pserv, "Cluster": cluster,
             "Error": error}
@@ -154,6 +172,52 @@ def _schemas():
 
 def _array(name):
     return {"type": "array", "items": _ref(name)}
+
+
+def _activity_schemas():
+    """What ``GET /v1/activity`` answers (see :func:`powerctl.region.activity.shape`)."""
+    since = _ts("when it started, on the region's clock (null while it waits)")
+    age = {"type": "number", "nullable": True, "description": "seconds since it started"}
+    op_id = {"type": "integer", "description": "operation id (journal)"}
+    action = {"type": "string", "enum": ["on", "off", "soft-off", "cycle", "query"]}
+    live_action = {"type": "object", "nullable": True, "properties": {
+        "operation_id": op_id, "action": action,
+        "joined": {"type": "array", "items": op_id,
+                   "description": "operations that coalesced into it (at most 50)"},
+        "joined_total": {"type": "integer"}, "since": since, "age": age,
+        "stopping": {"type": "boolean", "description": "superseded or cancelled, the device "
+                     "is not quiet yet"},
+        "slot": {"type": "string", "nullable": True, "enum": ["held", "waiting", None],
+                 "description": "on a pserv with priority slots: holds one, waits for one"},
+        "slot_position": {"type": "integer", "description": "place in the slot queue"}}}
+    slot_entry = {"type": "object", "properties": {
+        "node": {"type": "string"}, "operation_id": op_id, "action": action,
+        "priority": {"type": "integer", "description": "higher is served first"},
+        "since": _ts("waiting (or holding) since"), "age": age,
+        "position": {"type": "integer", "description": "place in the queue, from 1"}}}
+    pserv = {"type": "object", "properties": {
+        "pserv": {"type": "string"}, "cluster": {"type": "string"},
+        "error": {"type": "string", "nullable": True,
+                  "description": "why it did not answer in time (timeout, ...)"},
+        "complete": {"type": "boolean", "description": "false: only part of its answer"},
+        "nodes": {"type": "array", "items": {"type": "object", "properties": {
+            "node": {"type": "string"}, "running": _ref("LiveAction"),
+            "waiting": _ref("LiveAction"), "query": _ref("LiveAction")}}},
+        "slots": {"type": "object", "nullable": True, "properties": {
+            "size": {"type": "integer"}, "busy": {"type": "integer"},
+            "free": {"type": "integer"},
+            "waiting": {"type": "integer", "description": "waiting for a slot, in all"},
+            "holding": {"type": "array", "items": _ref("SlotEntry")},
+            "queue": {"type": "array", "items": _ref("SlotEntry"),
+                      "description": "in the order they will be served"}}}}}
+    activity = {"type": "object", "properties": {
+        "generated_at": _ts("when the region answered"),
+        "node": {"type": "string", "nullable": True},
+        "timeout": {"type": "number", "description": "seconds each pserv had to answer"},
+        "pservs": {"type": "array", "items": _ref("ActivityPserv")},
+        "totals": {"type": "object", "additionalProperties": {"type": "integer"}}}}
+    return {"Activity": activity, "ActivityPserv": pserv, "LiveAction": live_action,
+            "SlotEntry": slot_entry}
 
 
 def _paths():
@@ -177,9 +241,15 @@ def _paths():
             "put": {"summary": "Change a node's cluster and/or power configuration",
                     "operationId": "updateNode", "requestBody": _body("NodeUpdate", ""),
                     "responses": {"200": _json(_ref("Node"), "updated"),
-                                  **_errors(400, 404, 413, 415)}},
-            "delete": {"summary": "Remove a node and its journal", "operationId": "deleteNode",
-                       "responses": {"204": {"description": "deleted"}, **_errors(404)}},
+                                  **_errors(400, 404, 413, 415)},
+                    "description": "A new cluster or power configuration is handed over: "
+                    "the pserv driving the node stops (its work is cancelled) and forgets "
+                    "it before the change is committed."},
+            "delete": {"summary": "Remove a node: its pserv stops driving it first (bounded "
+                       "wait for quiet); its open operations end cancelled; its journal stays",
+                       "operationId": "deleteNode",
+                       "parameters": [_query_param("requester", "who deletes it")],
+                       "responses": {"204": {"description": "deleted"}, **_errors(400, 404)}},
         },
         "/v1/nodes/{name}/power": {
             "parameters": [node_name],
@@ -208,6 +278,22 @@ def _paths():
                     "responses": {"200": _json(_ref("PowerOp"), "the operation"),
                                   **_errors(404)}},
         },
+        "/v1/power_ops/{op_id}/cancel": {
+            "parameters": [_path_param("op_id", "operation id", {"type": "integer"})],
+            "post": {"summary": "Cancel an open operation through the pserv's registry "
+                     "(answered once the device is quiet)", "operationId": "cancelPowerOp",
+                     "requestBody": dict(_body("CancelRequest", ""), required=False),
+                     "responses": {"200": _json(_ref("PowerOp"), "cancelled"),
+                                   **_errors(400, 404, 409, 413, 415, 503)}},
+        },
+        "/v1/power_ops/{op_id}/confirm": {
+            "parameters": [_path_param("op_id", "operation id", {"type": "integer"})],
+            "post": {"summary": "Confirm a manual operation: the operator saw the node "
+                     "reach this state", "operationId": "confirmPowerOp",
+                     "requestBody": _body("ConfirmRequest", ""),
+                     "responses": {"202": _json(_ref("PowerOp"), "confirmed; it completes"),
+                                   **_errors(400, 404, 409, 413, 415, 503)}},
+        },
         "/v1/pod_managers": {
             "get": {"summary": "List pod managers", "operationId": "listPodManagers",
                     "responses": {"200": _json(_array("PodManager"), "by name"),
@@ -234,6 +320,17 @@ def _paths():
                     "operationId": "listClusters",
                     "responses": {"200": _json(_array("Cluster"), "by name"), **_errors(400)}},
         },
+        "/v1/activity": {
+            "get": {"summary": "What the connected pservs run now, what waits, who joined, "
+                    "since when, and their priority slots (each pserv answers within "
+                    "a few seconds or is shown with an error)",
+                    "operationId": "getActivity",
+                    "parameters": [_query_param("node", "only this node")],
+                    "responses": {"200": _json(_ref("Activity"), "the live view"),
+                                  **_errors(400, 404),
+                                  "503": _json(_ref("Error"), "the region cannot ask "
+                                               "its pservs")}},
+        },
         "/v1/openapi.json": {
             "get": {"summary": "This document", "operationId": "getOpenApi",
                     "responses": {"200": {"description": "OpenAPI 3 document",
@@ -251,5 +348,5 @@ def document():
                  "pod managers and clusters. Errors are {\"error\": {\"code\", "
                  "\"message\"}}. Passwords are write-only."},
         "paths": _paths(),
-        "components": {"schemas": _schemas()},
+        "components": {"schemas": {**_schemas(), **_activity_schemas()}},
     }

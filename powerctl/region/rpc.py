@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from powerctl.region.errors import InvalidInput, NotFound
 from powerctl.rpc import auth, commands
 
 PAGE = 100  # items per recovery page; also trimmed by size below
@@ -60,6 +61,7 @@ class RegionProtocol(amp.AMP):
         self.pserv = None
         self.in_flight = 0
         self.last_heard = region.clock.seconds()
+        self._unknown_nodes = set()  # logged once each
 
     def locateResponder(self, name):
         """Every responder's work is tracked, so a stopping region waits for it."""
@@ -113,7 +115,10 @@ class RegionProtocol(amp.AMP):
                                               None, None, self.pserv)
             ops_page = _trim([_op_json(o) for o in ops if o["power"] is not None])
             if len(ops) == PAGE or len(ops_page) < len(ops):
-                return {"operations": ops_page, "nodes": [], "after_op": ops_page[-1]["id"],
+                # Every op of a page may have been unusable (failed above):
+                # the cursor then moves past the whole page.
+                last = ops_page[-1]["id"] if ops_page else ops[-1]["id"]
+                return {"operations": ops_page, "nodes": [], "after_op": last,
                         "after_node": "", "done": False}
             after_op = -1  # operations exhausted: nodes from now on
         nodes = await store.desired_states(self.cluster, after_name=after_node, limit=PAGE)
@@ -132,9 +137,12 @@ class RegionProtocol(amp.AMP):
             raise commands.BadArguments(f"unknown outcome {outcome!r}")
         if observed_state not in ("", "on", "off"):
             raise commands.BadArguments(f"unknown observed state {observed_state!r}")
-        recorded = await self.region.outcome(
-            operation_id, outcome, observed_state or None, agent or None, error or None,
-            coalesced_into or None, superseded_by or None, self.pserv)
+        try:
+            recorded = await self.region.outcome(
+                operation_id, outcome, observed_state or None, agent or None, error or None,
+                coalesced_into or None, superseded_by or None, self.pserv)
+        except InvalidInput as e:
+            raise commands.BadArguments(str(e)) from None
         return {"recorded": bool(recorded)}
 
     @commands.ReportPowerState.responder
@@ -146,8 +154,18 @@ class RegionProtocol(amp.AMP):
         ):
             raise commands.BadArguments("states must be [{node, state, error}]")
         for s in states:
-            await self.region.store.record_power_state(
-                s["node"], s["state"], error=s.get("error") or None)
+            # One bad node never costs the rest of the batch its update.
+            try:
+                await self.region.store.record_power_state(
+                    s["node"], s["state"], error=s.get("error") or None)
+            except NotFound:
+                if s["node"] not in self._unknown_nodes:
+                    self._unknown_nodes.add(s["node"])
+                    self.log.warn("pserv {p} reported on node {n}, which does not exist;"
+                                  " dropped", p=self.pserv, n=s["node"])
+            except InvalidInput as e:
+                self.log.warn("pserv {p}: report for node {n} refused: {why}",
+                              p=self.pserv, n=s["node"], why=e)
         return {}
 
     @commands.Heartbeat.responder

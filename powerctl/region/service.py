@@ -91,9 +91,13 @@ class RegionService(service.Service):
         factory = protocol.Factory.forProtocol(lambda: RegionProtocol(self.region))
         self.rpc_port = await endpoints.serverFromString(
             self.reactor, self.settings.rpc_endpoint).listen(factory)
+        from powerctl.region.activity import LiveActivity
+
+        live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
-                        on_power_request=self.region.dispatch_later)
-        web.add_to(root, self.store, activity=self.region.activity)
+                        on_power_request=self.region.dispatch_later, region=self.region,
+                        live_activity=live)
+        web.add_to(root, self.store, activity=self.region.activity, live_activity=live)
         site = server.Site(root)
         site.noisy = False
         self.api_port = await endpoints.serverFromString(

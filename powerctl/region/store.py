@@ -48,7 +48,8 @@ _NODE = """name, cluster, power, desired_state, power_state, responsive,
     failed_polls, last_error, last_queried_at, last_changed_at,
     last_good_poll_at, created_at, updated_at"""
 _OP = """id, node, action, state, coalesced_into, superseded_by, requester,
-    requested_at, started_at, finished_at, pserv, agent, observed_state, error"""
+    requested_at, started_at, finished_at, pserv, agent, observed_state, error,
+    cancelled_by, confirmed_by"""
 _POD_MANAGER = """uuid::text AS uuid, name, driver, username,
     password <> '' AS password_set, url, status, description, created_at,
     updated_at"""
@@ -306,10 +307,20 @@ class Store:
         return [_plain(r) for r in rows]
 
     @_transaction
-    async def update_node(self, tx, name, **fields):
+    async def update_node(self, tx, name, quiesce=None, by=None, **fields):
         """
         Change a node's ``cluster`` and/or ``power``.  Secrets given as
         ``"(set)"`` keep their stored value.
+
+        When the change is one a pserv must know about (another cluster, a
+        different power configuration), ``quiesce(node)`` is awaited first
+        with the node's row locked: it makes the pserv driving the node stop
+        and forget it, and no new request for the node can slip in before
+        the change is committed, so nothing runs with the old settings
+        after the commit.  ``quiesce`` answers the ids of the operations the
+        pservs cancelled; they are journalled ``cancelled`` by ``by`` here
+        (the pservs' own reports, held by the row locks, then change
+        nothing).  The answer is the node with ``changed_for_pserv``.
         """
         _fields(fields, ("cluster", "power"), "node")
         node = await self._node(tx, name, lock=True)
@@ -317,20 +328,64 @@ class Store:
         power = node["power"]
         if "power" in fields:
             power = await self._validated_power(tx, fields["power"], node["power"])
+        relevant = cluster != node["cluster"] or power != node["power"]
+        if relevant and quiesce is not None:
+            await self._quiesce(tx, node, quiesce, f"node {name} reconfigured", by)
         await self._ensure_cluster(tx, cluster)
         row = await tx.row(
             f"UPDATE nodes SET cluster = %s, power = %s, updated_at = now()"
             f" WHERE name = %s RETURNING {_NODE}",
             (cluster, Json(power), name))
         await self._link_pod_managers(tx, name, power)
-        return _plain(row)
+        return dict(_plain(row), changed_for_pserv=relevant)
 
     @_transaction
-    async def delete_node(self, tx, name):
-        """Remove a node with its journal; NotFound if there is none."""
-        row = await tx.row("DELETE FROM nodes WHERE name = %s RETURNING name", (name,))
-        if row is None:
-            raise NotFound(f"node {name!r} does not exist")
+    async def delete_node(self, tx, name, by="", quiesce=None):
+        """
+        Remove a node; NotFound if there is none.  Its operation history
+        stays in the journal; its open operations end ``cancelled``
+        (``cancelled_by`` = ``by``).  ``quiesce(node)``, if given, is
+        awaited first with the node's row locked (see :meth:`update_node`).
+        Returns ``{"node": name, "cancelled": [operation ids]}``.
+        """
+        _text("by", by, 255)
+        node = await self._node(tx, name, lock=True)
+        reason = f"node {name} deleted"
+        if quiesce is not None:
+            await self._quiesce(tx, node, quiesce, reason, by)
+        cancelled = await self._cancel_open(tx, name, reason, by)
+        await tx.rows("DELETE FROM nodes WHERE name = %s", (name,))
+        return {"node": name, "cancelled": sorted(r["id"] for r in cancelled)}
+
+    async def _quiesce(self, tx, node, quiesce, reason, by):
+        """
+        Lock the node's open operations, await ``quiesce(node)`` and
+        journal the ones it says the pservs cancelled.
+        """
+        await tx.rows("SELECT id FROM power_ops WHERE node = %s"
+                      " AND state IN ('pending', 'running') FOR UPDATE", (node["name"],))
+        cancelled = await quiesce(_plain(node))
+        if cancelled:
+            await self._cancel_open(tx, node["name"], reason, by, only=sorted(cancelled))
+
+    async def _cancel_open(self, tx, node, reason, by, only=None):
+        """Journal the node's open operations (or those of ``only``) cancelled."""
+        rows = await tx.rows(
+            "UPDATE power_ops SET state = 'cancelled', finished_at = now(),"
+            " error = %(reason)s, cancelled_by = %(by)s"
+            " WHERE node = %(node)s AND state IN ('pending', 'running')"
+            " AND (%(only)s::bigint[] IS NULL OR id = ANY(%(only)s::bigint[])) RETURNING id",
+            {"reason": f"{reason} by {by}" if by else reason, "by": by or None,
+             "node": node, "only": only})
+        return [r["id"] for r in rows]
+
+    @_transaction
+    async def node_open_ops(self, tx, name):
+        """The node's pending and running operations, oldest first."""
+        rows = await tx.rows(
+            f"SELECT {_OP} FROM power_ops WHERE node = %s AND state IN ('pending', 'running')"
+            " ORDER BY id", (name,))
+        return [_plain(r) for r in rows]
 
     # -- power requests and the journal --------------------------------
 
@@ -462,7 +517,7 @@ class Store:
     @_transaction
     async def record_outcome(self, tx, op_id, state, observed_state=None, agent=None,
                              error=None, coalesced_into=None, superseded_by=None,
-                             pserv=None):
+                             pserv=None, cancelled_by=None):
         """
         Record how an operation ended (terminal states only).  Idempotent:
         a report for an operation already terminal changes nothing and
@@ -473,7 +528,8 @@ class Store:
         if observed_state is not None and observed_state not in POWER_STATES:
             raise InvalidInput(f"observed_state: {observed_state!r} is not one of "
                                + ", ".join(POWER_STATES))
-        for field, value in (("agent", agent), ("error", error), ("pserv", pserv)):
+        for field, value in (("agent", agent), ("error", error), ("pserv", pserv),
+                             ("cancelled_by", cancelled_by)):
             if value is not None:
                 _text(field, value)
         op = await self._op(tx, op_id, lock=True)
@@ -484,10 +540,32 @@ class Store:
         op = await tx.row(
             f"UPDATE power_ops SET state = %s, observed_state = %s, agent = %s, error = %s,"
             f" coalesced_into = %s, superseded_by = %s, pserv = COALESCE(%s, pserv),"
-            f" finished_at = now() WHERE id = %s RETURNING {_OP}",
+            f" cancelled_by = COALESCE(%s, cancelled_by), finished_at = now()"
+            f" WHERE id = %s RETURNING {_OP}",
             (state, observed_state, agent, error, coalesced_into, superseded_by, pserv,
-             op["id"]))
+             cancelled_by, op["id"]))
         return Recorded(_plain(op), True)
+
+    @_transaction
+    async def mark_operator(self, tx, op_id, field, by, ended_ok=False):
+        """
+        Attribute an operator's cancel (``cancelled_by``) or confirmation
+        (``confirmed_by``) to an open operation before it is carried out
+        (``by=None`` takes the attribution back when it could not be).
+        Conflict when the operation already ended, unless ``ended_ok``;
+        answers the operation.
+        """
+        if field not in ("cancelled_by", "confirmed_by"):
+            raise InvalidInput(f"field: {field!r} cannot be marked")
+        if by is not None:
+            _text(field, by, 255)
+        op = await self._op(tx, op_id, lock=True)
+        if op["state"] in TERMINAL_STATES and not ended_ok:
+            raise Conflict(f"power operation {op['id']} already ended {op['state']}")
+        row = await tx.row(
+            f"UPDATE power_ops SET {field} = %s WHERE id = %s RETURNING {_OP}",
+            (by, op["id"]))
+        return _plain(row)
 
     def _responsiveness(self, node, failed, queried):
         """

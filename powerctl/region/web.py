@@ -5,12 +5,14 @@ The region's web status page (``GET /``) and Prometheus metrics
 Mount both on the root that :func:`powerctl.region.api.api_root` returns::
 
     root = api_root(store, catalogue, activity=region.activity, ...)
-    web.add_to(root, store, activity=region.activity)
+    web.add_to(root, store, activity=region.activity, live_activity=live)
 
 The page is one self-contained HTML document (inline CSS, no script, no
 external asset) that refreshes itself every few seconds: clusters and
-their pservs, the nodes (desired vs current, mismatches highlighted), the
-operations in flight and the last finished ones.  Every value is
+their pservs, what each connected pserv runs right now (with
+``live_activity``, a :class:`powerctl.region.activity.LiveActivity`), the
+nodes (desired vs current, mismatches highlighted), the operations in
+flight and the last finished ones.  Every value is
 HTML-escaped; power configurations are never read, so no secret can show.
 
 ``/metrics`` speaks the Prometheus text exposition format 0.0.4.
@@ -37,6 +39,8 @@ REFRESH_SECONDS = 5
 RECENT_FINISHED = 20
 OPEN_OPS_SHOWN = 200  # per open state, on the page
 NODES_PER_PAGE = 500
+LIVE_NODES_SHOWN = 200  # per pserv, in the "Running now" panel
+LIVE_QUEUE_SHOWN = 50  # slot waiters per pserv, in that panel
 
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -172,6 +176,8 @@ tr.nonresponsive td,tr.offline td,tr.failed td{background:#f8d7da}
 .state-error{color:#b00020;font-weight:bold}.state-unknown{color:#8a6d00}
 .empty,.note{color:#666}
 ul.pservs{margin:0;padding-left:1.2em}
+h3{font-size:1em;margin:1em 0 .2em}
+p.error{color:#b00020}
 """
 
 
@@ -190,9 +196,26 @@ class StatusPage(_AsyncResource):
     :param store: a :class:`powerctl.region.store.Store`.
     :param activity: optional callable answering (or firing with) a mapping
         of cluster name to actions in flight as this region sees them now.
+    :param live_activity: optional callable firing with the document of
+        ``GET /v1/activity`` (what the pservs run now); without it the
+        "Running now" panel is left out.
     """
 
     error_content_type = b"text/html; charset=utf-8"
+
+    def __init__(self, store, activity=None, log=None, live_activity=None):
+        super().__init__(store, activity=activity, log=log)
+        self.live_activity = live_activity
+
+    async def _live(self):
+        """The live view, or None when there is none (a failure is logged and noted)."""
+        if self.live_activity is None:
+            return None
+        try:
+            return await defer.maybeDeferred(self.live_activity)
+        except Exception:
+            self.log.failure("asking the pservs what they run failed")
+            return {"failed": True}
 
     def error_body(self, error_id):
         return (
@@ -217,10 +240,13 @@ class StatusPage(_AsyncResource):
             finished.extend(await self.store.list_ops(state=state, limit=RECENT_FINISHED))
         finished.sort(key=lambda op: (op.get("finished_at") or "", op["id"]), reverse=True)
         finished = finished[:RECENT_FINISHED]
-        body = self.render_page(args, clusters, nodes, open_ops, truncated_open, finished)
+        live = await self._live()
+        body = self.render_page(args, clusters, nodes, open_ops, truncated_open, finished,
+                                live=live)
         return b"text/html; charset=utf-8", body.encode("utf-8")
 
-    def render_page(self, args, clusters, nodes, open_ops, truncated_open, finished):
+    def render_page(self, args, clusters, nodes, open_ops, truncated_open, finished,
+                    live=None):
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         n_mismatch = sum(1 for n in nodes if mismatched(n))
         n_nonresp = sum(1 for n in nodes if not n["responsive"])
@@ -237,6 +263,7 @@ class StatusPage(_AsyncResource):
             f"{'+' if truncated_open else ''} operations in flight &middot; "
             f"refreshes every {REFRESH_SECONDS} s</p>",
             self._clusters(clusters, nodes),
+            self._live_activity(live) if live is not None else "",
             self._open_ops(open_ops, truncated_open),
             self._finished(finished),
             self._nodes(args, nodes),
@@ -269,6 +296,85 @@ class StatusPage(_AsyncResource):
         return "<h2>Clusters</h2>" + _table(
             ("cluster", "status", "nodes", "mismatched", "non-responsive", "actions in flight",
              "running ops", "pservs"), rows, "no clusters yet")
+
+    def _live_activity(self, doc):
+        """The "Running now" panel: per pserv and node, and the slot queue."""
+        title = "<h2>Running now</h2>"
+        if doc.get("failed"):
+            return title + '<p class="error">could not ask the pservs; the region log says why</p>'
+        totals = doc.get("totals") or {}
+        parts = [title, (
+            f'<p class="note">what the registries of the connected pservs run and hold '
+            f"back at this moment (the journal's <em>running</em> only means dispatched) "
+            f"&middot; {_e(totals.get('pservs', 0))} pservs &middot; "
+            f"{_e(totals.get('running', 0))} running &middot; "
+            f"{_e(totals.get('waiting', 0))} waiting &middot; "
+            f"{_e(totals.get('joined', 0))} joined &middot; "
+            f"{_e(totals.get('slot_waiting', 0))} waiting for a slot</p>")]
+        pservs = doc.get("pservs") or []
+        if not pservs:
+            parts.append('<p class="empty">no pserv connected to this region</p>')
+        for p in pservs:
+            parts.append(self._live_pserv(p))
+        return "".join(parts)
+
+    @staticmethod
+    def _live_action(a):
+        if not a:
+            return ""
+        text = f"#{_e(a.get('operation_id'))} {_e(a.get('action'))}"
+        return text + (" <em>stopping</em>" if a.get("stopping") else "")
+
+    @staticmethod
+    def _age(age):
+        return "" if age is None else _e(f"{age:.1f} s")
+
+    def _live_pserv(self, p):
+        parts = [f"<h3>pserv {_e(p.get('pserv'))} "
+                 f'<span class="note">cluster {_e(p.get("cluster"))}</span></h3>']
+        if p.get("error"):
+            parts.append(f'<p class="error">no complete answer: {_e(p["error"])}'
+                         + (" (showing what came before)" if p.get("nodes") else "") + "</p>")
+        slots = p.get("slots")
+        if slots and slots.get("size"):
+            parts.append(f'<p class="note">slots: {_e(slots.get("busy"))} of '
+                         f'{_e(slots.get("size"))} busy, {_e(slots.get("waiting"))} '
+                         "waiting for a slot</p>")
+        nodes = p.get("nodes") or []
+        rows = []
+        for n in nodes[:LIVE_NODES_SHOWN]:
+            running, waiting, query = n.get("running"), n.get("waiting"), n.get("query")
+            lead = running or query or {}
+            slot = lead.get("slot")
+            if slot == "waiting":
+                slot = f"waiting (#{lead.get('slot_position')} in the queue)"
+            joined = [j for a in (running, waiting, query) if a for j in a.get("joined") or ()]
+            total = sum(a.get("joined_total", 0) for a in (running, waiting, query) if a)
+            joined_text = ", ".join(_e(j) for j in joined)
+            if total > len(joined):
+                joined_text += f" &hellip; ({_e(total)} in all)"
+            rows.append(("", [
+                _e(n.get("node")), self._live_action(running), _when(lead.get("since")),
+                self._age(lead.get("age")), _e(slot), joined_text,
+                self._live_action(waiting), self._live_action(query)]))
+        if len(nodes) > LIVE_NODES_SHOWN:
+            parts.append(f'<p class="note">showing {LIVE_NODES_SHOWN} of {len(nodes)} busy '
+                         "nodes; <code>powerctl activity</code> or "
+                         "<code>GET /v1/activity</code> lists them all</p>")
+        parts.append(_table(("node", "running", "since", "age", "slot", "joined", "waiting",
+                             "query"), rows, "nothing runs or waits here"))
+        queue = (slots or {}).get("queue") or []
+        if queue:
+            shown = queue[:LIVE_QUEUE_SHOWN]
+            more = (f" (the first {len(shown)} of {len(queue)})"
+                    if len(queue) > len(shown) else "")
+            parts.append(f'<p class="note">waiting for a slot, most urgent first{more}</p>')
+            parts.append(_table(
+                ("#", "node", "operation", "action", "priority", "waiting since", "age"),
+                [("", [_e(w.get("position")), _e(w.get("node")), _e(w.get("operation_id")),
+                       _e(w.get("action")), _e(w.get("priority")), _when(w.get("since")),
+                       self._age(w.get("age"))]) for w in shown]))
+        return "".join(parts)
 
     def _op_row(self, op, finished=False):
         cells = [_e(op["id"]), _e(op["node"]), _e(op["action"]), _e(op["state"]),
@@ -423,8 +529,9 @@ class Metrics(_AsyncResource):
         return METRICS_CONTENT_TYPE, out.text().encode("utf-8")
 
 
-def add_to(root, store, activity=None, log=None):
+def add_to(root, store, activity=None, log=None, live_activity=None):
     """Put the status page at ``/`` and the metrics at ``/metrics`` on ``root``."""
-    root.putChild(b"", StatusPage(store, activity=activity, log=log))
+    root.putChild(b"", StatusPage(store, activity=activity, log=log,
+                                  live_activity=live_activity))
     root.putChild(b"metrics", Metrics(store, activity=activity, log=log))
     return root

@@ -98,6 +98,7 @@ class PowerActionRegistry:
         self._policy = policy if policy is not None else RankPolicy()
         self._cancel_timeout = cancel_timeout
         self._nodes = {}
+        self._idle_waiters = {}  # node -> [Deferred] fired once it is idle
 
     # -- requests ---------------------------------------------------------
 
@@ -149,23 +150,65 @@ class PowerActionRegistry:
             by = action.operation_id
             self._stop(action.node, current, lambda a: Superseded(a.operation_id, by))
 
-    def cancel_node(self, node_name, reason="cancelled"):
-        """Cancel everything in play or waiting for a node (e.g. on deletion)."""
+    def cancel_node(self, node_name, reason="cancelled", by=None):
+        """
+        Cancel everything in play or waiting for a node (deletion, a new
+        power configuration).  Returns :meth:`idle`: a Deferred firing once
+        nothing of the node runs on the device any more.
+        """
         node = self._nodes.get(node_name)
         if node is None:
-            return
-        fail = lambda a: Cancelled(a.operation_id, reason)  # noqa: E731
+            return defer.succeed(None)
+        idle = self.idle(node_name)
+        fail = lambda a: Cancelled(a.operation_id, reason, by)  # noqa: E731
         if node.waiting is not None:
             waiting, node.waiting = node.waiting, None
             self._settle_all(waiting.members, fail)
         for job in (node.current, node.query):
             if job is not None and job.stopping is None:
                 self._stop(node_name, job, fail)
+        return idle
 
     def cancel_all(self, reason="shutting down"):
         """Cancel every action of every node (pserv shutdown)."""
         for name in list(self._nodes):
             self.cancel_node(name, reason)
+
+    def cancel_action(self, action, reason="cancelled", by=None):
+        """
+        An operator cancels one request.  When it alone holds the job in
+        play, the job is stopped and its Deferred fails with
+        :class:`Cancelled` only once the device is quiet; when it waits, or
+        shares its job with requests that still want it, it is detached at
+        once (nothing of its own runs on the device).  Returns False when
+        there is nothing to cancel: it is not here, already settled, or
+        already being stopped (it will end as its superseder decided).
+        """
+        node = self._nodes.get(action.node)
+        job = self._job_of(node, action)
+        if job is None or action.deferred.called or job.stopping is not None:
+            return False
+        error = Cancelled(action.operation_id, reason, by)
+        if job.execution is not None and job.members == [action]:
+            self._stop(action.node, job, lambda a: Cancelled(a.operation_id, reason, by))
+        else:
+            self._withdraw(action, error)
+        return True
+
+    def idle(self, node_name):
+        """A Deferred firing once nothing is in play or waiting for the node."""
+        node = self._nodes.get(node_name)
+        if node is None or node.idle():
+            return defer.succeed(None)
+        waiters = self._idle_waiters.setdefault(node_name, [])
+
+        def give_up(d):
+            if d in waiters:
+                waiters.remove(d)
+
+        d = defer.Deferred(give_up)
+        waiters.append(d)
+        return d
 
     # -- what runs now ------------------------------------------------------
 
@@ -262,24 +305,29 @@ class PowerActionRegistry:
                 self._start(node_name, node.current)
         if node.idle() and self._nodes.get(node_name) is node:
             del self._nodes[node_name]
+            for waiter in self._idle_waiters.pop(node_name, []):
+                waiter.callback(None)
 
     def _supersede_waiting(self, job, by):
         self._settle_all(job.members, lambda a: Superseded(a.operation_id, by))
 
     # -- callers ------------------------------------------------------------
 
-    def _withdraw(self, action):
+    @staticmethod
+    def _job_of(node, action):
+        """The job ``action`` belongs to on ``node``, or None."""
+        if node is None:
+            return None
+        return next((j for j in (node.current, node.waiting, node.query)
+                     if j is not None and action in j.members), None)
+
+    def _withdraw(self, action, error=None):
         """A caller cancelled its request: detach it; stop work nobody wants."""
         node = self._nodes.get(action.node)
-        job = None
-        if node is not None:
-            job = next(
-                (j for j in (node.current, node.waiting, node.query)
-                 if j is not None and action in j.members),
-                None,
-            )
-        self._settle(action, Failure(
-            Cancelled(action.operation_id, "cancelled by its caller")))
+        job = self._job_of(node, action)
+        if error is None:
+            error = Cancelled(action.operation_id, "cancelled by its caller")
+        self._settle(action, Failure(error))
         if job is None:
             return
         if job.members:
@@ -289,7 +337,8 @@ class PowerActionRegistry:
         if job is node.waiting:
             node.waiting = None
         elif job.stopping is None:
-            self._stop(action.node, job, lambda a: Cancelled(a.operation_id))
+            self._stop(action.node, job, lambda a: Cancelled(a.operation_id, error.reason,
+                                                             error.by))
 
     @staticmethod
     def _promote(job):

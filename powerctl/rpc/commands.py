@@ -18,7 +18,8 @@ Connection life cycle (the pserv dials the region):
    AMP's 64 KiB per value.
 5. From then on: region → pserv ``PowerOn``/``PowerOff``/``PowerSoftOff``/
    ``PowerCycle``/``PowerQuery`` (acknowledged at once; the work happens
-   later) and ``ListActions``; pserv → region ``ReportOutcome`` (one per
+   later), ``ForgetNode`` (deleted, moved or reconfigured), operator
+   ``CancelOperation``/``ConfirmOperation`` and ``ListActions``; pserv → region ``ReportOutcome`` (one per
    operation id, including coalesced and superseded ones),
    ``ReportPowerState`` (poll results, batched) and ``Heartbeat``.
 
@@ -217,13 +218,112 @@ class PowerQuery(_PowerCommand):
 POWER_COMMANDS = {c.action: c for c in (PowerOn, PowerOff, PowerSoftOff, PowerCycle, PowerQuery)}
 
 
-class ListActions(amp.Command):
+class NotConfirmable(Exception):
+    """A manual confirmation that cannot apply here (the message says why)."""
+
+
+class ForgetNode(amp.Command):
     """
-    What is in play and waiting on this pserv, a page at a time:
-    ``[{"node", "running", "waiting", "query"}]`` where each is null or
-    ``{"operation_id", "action", "joined", "started_at", "stopping"}``.
+    Stop driving ``node``: it was deleted, moved to another cluster, or its
+    power configuration changed.  Everything in play or waiting for it is
+    cancelled with ``reason``; the answer comes once the device is quiet
+    (bounded by the pserv's cancel timeout) and the pserv has forgotten
+    the node's configuration, so it is neither polled nor driven with the
+    old credentials again.  Unknown nodes are fine (nothing to do).
     """
 
-    arguments = [(b"after_node", amp.Unicode()), (b"limit", amp.Integer())]
-    response = [(b"nodes", JSON()), (b"done", amp.Boolean())]
+    arguments = [(b"node", amp.Unicode()), (b"reason", amp.Unicode())]
+    response = [(b"cancelled", JSON())]  # ids of the operations that ended cancelled
+    errors = dict(_COMMON_ERRORS)
+
+
+class CancelOperation(amp.Command):
+    """
+    An operator cancels one operation.  Answers once it is settled: when it
+    alone held the action in play, after the device is quiet.  ``known``
+    is false when this pserv does not have the operation; otherwise
+    ``outcome`` says how it ended (``cancelled``, or ``succeeded``/
+    ``failed``/``superseded`` when it ended before it could be cancelled).
+    The outcome is also reported with ``ReportOutcome`` as usual.
+    """
+
+    arguments = [(b"operation_id", amp.Integer()), (b"reason", amp.Unicode())]
+    response = [(b"known", amp.Boolean()), (b"outcome", amp.Unicode())]
+    errors = dict(_COMMON_ERRORS)
+
+
+class ConfirmOperation(amp.Command):
+    """
+    An operator confirms a ``manual`` operation: the node is now ``state``
+    (``on``/``off``).  ``confirmed`` counts the manual agents confirmed.
+    ``NOT_CONFIRMABLE`` (with the reason) when the operation is not the
+    one in play here, no manual agent waits, or ``state`` is not what
+    the action leads to.
+    """
+
+    arguments = [(b"operation_id", amp.Integer()), (b"state", amp.Unicode())]
+    response = [(b"confirmed", amp.Integer())]
+    errors = {**_COMMON_ERRORS, NotConfirmable: b"NOT_CONFIRMABLE"}
+
+
+class EncodedJSON(JSON):
+    """:class:`JSON` that the sender may also hand over encoded already (bytes)."""
+
+    def toString(self, obj):
+        if not isinstance(obj, bytes):
+            return super().toString(obj)
+        if len(obj) > MAX_VALUE:
+            raise amp.TooLong(False, True, b"json", None)
+        return obj
+
+
+class ListActions(amp.Command):
+    """
+    What is in play and waiting on this pserv, a page at a time, in node
+    order: call with ``after_node=""``, then with the last node of each
+    page, until ``done``.  ``limit`` is capped at 200 nodes, and a page is
+    cut shorter when it would not fit one AMP value.  The first page of a
+    walk takes a snapshot of the registry that the following pages read
+    (for a few seconds), so a walk is consistent and cheap.  ``node``
+    (optional) asks about that one node only.
+
+    ``nodes``: ``[{"node", "running", "waiting", "query"}]`` where each is
+    null or ``{"operation_id", "action", "joined", "joined_total",
+    "started_at", "stopping"}``: ``joined`` lists (at most 50 of) the
+    operations that coalesced into it, ``joined_total`` counts them all;
+    ``started_at`` is the pserv clock's time when it started (null while it
+    waits); ``stopping`` is true once it was superseded or cancelled and the
+    device is not quiet yet.  ``now`` is the pserv clock's time of the
+    answer, so that ages need no synchronised clocks.
+    """
+
+    arguments = [(b"after_node", amp.Unicode()), (b"limit", amp.Integer()),
+                 (b"node", amp.Unicode(optional=True))]
+    response = [(b"nodes", EncodedJSON()), (b"done", amp.Boolean()),
+                (b"now", amp.Float(optional=True))]
+    errors = dict(_COMMON_ERRORS)
+
+
+class ListSlots(amp.Command):
+    """
+    The pserv's priority slots (``max_actions``): ``size`` (0 when the
+    pserv runs without slots), ``busy``, ``waiting`` (how many actions wait
+    for a slot, in all), ``holding`` (the actions in a slot: ``[{"node",
+    "operation_id", "action", "priority", "since"}]``) and one page of
+    ``queue``: the waiters in the order they will be served (most urgent
+    first, then by arrival), ``[{"node", "operation_id", "action",
+    "priority", "since", "seq", "position"}]`` (``position`` in the whole
+    queue, from 1).  ``since`` is the pserv clock's time
+    when it began to wait (or got its slot); ``now`` the time of the
+    answer.  Start with ``after_seq=-1``; then pass the ``priority`` and
+    ``seq`` of the last entry, until ``done``.  At most ``limit`` (capped at
+    200) entries a page; ``node`` (optional) keeps that node's entries only.
+    """
+
+    arguments = [(b"after_priority", amp.Integer()), (b"after_seq", amp.Integer()),
+                 (b"limit", amp.Integer()), (b"node", amp.Unicode(optional=True))]
+    response = [(b"size", amp.Integer()), (b"busy", amp.Integer()),
+                (b"waiting", amp.Integer()), (b"holding", EncodedJSON()),
+                (b"queue", EncodedJSON()),
+                (b"done", amp.Boolean()), (b"now", amp.Float())]
     errors = dict(_COMMON_ERRORS)
