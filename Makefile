@@ -9,7 +9,15 @@ SUSHY := $(CURDIR)/.venv-peers/bin/sushy-emulator
 
 setup: $(STAMP) postgres
 
-$(STAMP): setup.cfg setup.py
+# Editable install for development; the tests import the checkout.  It
+# must stay editable_mode=compat (a plain .pth putting the checkout on
+# sys.path): twistd finds twisted/plugins/powerctl_plugins.py through that
+# sys.path entry.  The other modes serve the `twisted.plugins` package that
+# setup.py lists through an import hook which twistd's plugin scan does not
+# see (tried: with `lenient`, twistd lists neither daemon).  A wheel puts
+# the plugin in site-packages/twisted/plugins instead (tests/test_wheel.py
+# checks a real, non-editable install).
+$(STAMP): setup.cfg setup.py MANIFEST.in
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat

@@ -21,9 +21,12 @@ Deferred fires: a cancelled or timed-out call fires at once, but the next
 call to that BMC waits for the thread, which we hurry by marking the pyghmi
 session dead (pyghmi then gives up at its next retry tick, about a second).
 The session is discarded and a fresh one logs in on the next call.
-"""
 
-import hashlib
+What pyghmi's public API cannot do (interrupting a blocked call, pinning
+cipher suite 3, ...) needs its private internals: those uses are all in
+:mod:`powerctl.drivers._pyghmi_compat`, which says which pyghmi versions
+they were checked against.
+"""
 
 import attrs
 from twisted.internet import defer
@@ -33,6 +36,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from powerctl.drivers import _pyghmi_compat as pyghmi_compat
+from powerctl.drivers._pyghmi_compat import ABORTED, abort_session
 from powerctl.drivers.base import Command, VerifyingDriver, sleep
 from powerctl.drivers.errors import (
     AuthenticationError,
@@ -85,8 +90,6 @@ _UNSUPPORTED_TEXTS = ("invalid command", "not supported", "unknown power state",
                       "no cipher suite match")
 _TIMEOUT_TEXTS = ("timeout", "no longer connected", "session failed")
 _UNREACHABLE_TEXTS = ("unable to transmit",)
-#: The error text of sessions we abandoned on purpose (see abort_session).
-ABORTED = "aborted by powerctl"
 
 
 @attrs.frozen
@@ -132,50 +135,6 @@ def classify(exc, logged_in, where):
     if type(exc).__module__.startswith("pyghmi"):
         return ProtocolError(f"{where}: {text}")
     return ProtocolError(f"{where}: unexpected {type(exc).__name__}: {text}")
-
-
-def abort_session(session):
-    """
-    Make a pyghmi session give up from another thread.
-
-    pyghmi offers no way to interrupt a blocked call; its wait loops re-check
-    ``logging``/``logged`` after every retry tick (<= ~2 s), so clearing them
-    (and marking the session broken so that it is never handed out again)
-    makes the stuck thread raise promptly instead of after the full retry
-    ladder (~5 s for a login, longer for a command).
-    """
-    if session is None:
-        return
-    session.broken = True
-    session.errormsg = ABORTED
-    session.logging = False
-    session.logged = 0
-    session.onlogpayload = None
-    session.lastpayload = None
-
-
-def _pending_sessions(key, credentials):
-    """
-    pyghmi sessions to ``key`` still logging in.  A login runs inside
-    pyghmi's constructor, so we never hold the object; pyghmi keeps every
-    client session in a class-level table keyed by address, which other
-    threads mutate, hence the copies and the retry.
-    """
-    from pyghmi.ipmi.private import session as ipmisession
-
-    for _ in range(3):
-        try:
-            return [
-                s for handlers in list(ipmisession.Session.bmc_handlers.values())
-                if isinstance(handlers, dict)
-                for s in list(handlers.values())
-                if not getattr(s, "servermode", True) and s.bmc == key.host
-                and s.port == key.port and s.userid == credentials.username
-                and not s.logged
-            ]
-        except RuntimeError:
-            continue
-    return []
 
 
 class _DaemonThreadPool(ThreadPool):
@@ -283,8 +242,9 @@ class _Bmc:
             self._gate.cancel()
             return
         command, self.command = self.command, None
-        abort_session(getattr(command, "ipmi_session", None))
-        for session in _pending_sessions(self.key, credentials):
+        abort_session(pyghmi_compat.session_of(command))
+        for session in pyghmi_compat.pending_sessions(
+                self.key.host, self.key.port, credentials.username):
             abort_session(session)
 
     def _finished(self):
@@ -299,8 +259,7 @@ class _Bmc:
         command = self.command
         if command is None or self.credentials != credentials:
             return False
-        session = command.ipmi_session
-        if session.broken or not session.logged:
+        if not pyghmi_compat.is_logged_in(pyghmi_compat.session_of(command)):
             return False
         idle = self.owner.clock.seconds() - (self.last_used or 0)
         return idle < self.owner.max_idle
@@ -338,33 +297,7 @@ class _Bmc:
     @staticmethod
     def _retire(command):
         """Close a session we no longer trust (quick: no retries)."""
-        session = getattr(command, "ipmi_session", None)
-        if session is None:
-            return
-        try:
-            if session.logged and not session.broken:
-                session.logout()
-        except Exception:
-            pass
-        abort_session(session)
-
-
-def _make_suite3_session():
-    """
-    A pyghmi ``Session`` that proposes cipher suite 3 straight away.
-
-    pyghmi always opens with suite 17 and falls back to 3 only when the BMC
-    refuses; some BMCs instead accept 17 and then fail.  The class is built
-    on first use so importing this module does not import pyghmi.
-    """
-    from pyghmi.ipmi.private import session as ipmisession
-
-    class Suite3Session(ipmisession.Session):
-        def _initsession(self):
-            super()._initsession()
-            self.attemptedhash = 1
-
-    return Suite3Session
+        pyghmi_compat.retire(command)
 
 
 @implementer(IDriverType)
@@ -438,7 +371,7 @@ class IpmiDriverType:
 
         if credentials.cipher_suite == 3:
             if self._suite3 is None:
-                self._suite3 = _make_suite3_session()
+                self._suite3 = pyghmi_compat.suite3_session_class()
             # Registers the session in pyghmi's table; Command() below then
             # finds and reuses it instead of negotiating suite 17.
             self._suite3(bmc=key.host, userid=credentials.username,
@@ -450,13 +383,11 @@ class IpmiDriverType:
             privlevel=credentials.privilege,
         )
         if credentials.cipher_suite == 17:
-            session = command.ipmi_session
-            if session.currhashlib is not hashlib.sha256:
+            if not pyghmi_compat.negotiated_sha256(command):
                 raise UnsupportedError("BMC does not offer cipher suite 17")
         # pyghmi re-identifies a BMC of no known OEM before *every* call (an
         # extra Get Device ID round trip); identify once per session.
-        command.oem_init()
-        command._oemknown = True
+        pyghmi_compat.identify_once(command)
         return command
 
     def run(self, slot, credentials, min_interval, work):
