@@ -52,6 +52,23 @@ class ExecutorTests(unittest.TestCase):
             self.assertIn(message, str(caught.exception))
         self.assertEqual(executor.known_nodes(), [])
 
+    def test_a_changed_configuration_reaches_the_driver(self):
+        """The pserv must never keep driving the old BMC with the old password."""
+        fake = FakeType()
+        executor = DriverExecutor(DriverCatalogue([fake]))
+        executor.configure("n1", single("old"))
+        [old] = executor.drivers("n1")
+        executor.configure("n1", single("old"))
+        self.assertIs(executor.drivers("n1")[0], old)  # unchanged: not rebuilt
+        executor.configure("n1", single("new"))
+        [new] = executor.drivers("n1")
+        self.assertIsNot(new, old)
+        self.assertIs(new, fake.drivers["new"])
+        self.assertEqual(executor.config("n1"), single("new"))
+        action = PowerAction(node="n1", action="on", operation_id="1")
+        executor.execute(action)
+        self.assertEqual((old.calls, new.calls), ([], ["on"]))
+
     def test_power_ons_are_staggered(self):
         clock = task.Clock()
         executor = DriverExecutor(DriverCatalogue([FakeType()]), Stagger(clock, 2.0))

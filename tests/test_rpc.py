@@ -98,6 +98,76 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual((await self.get("/v1/nodes/node1"))["power_state"], "off")
 
     @run
+    async def test_late_outcomes_never_rewrite_a_terminal_operation(self):
+        await self.start_region()
+        await self.add_node("node1")
+        p = await self.authenticated()
+        ops = [await self.power("node1", "on") for _ in range(4)]
+        firsts = [("succeeded", "on", "", 0), ("failed", "", "timeout: slow", 0),
+                  ("superseded", "", "", ops[3]["id"]), ("cancelled", "", "by carol", 0)]
+        for op, (outcome, seen, error, by) in zip(ops, firsts):
+            await p.callRemote(commands.ReportOutcome, operation_id=op["id"], outcome=outcome,
+                               observed_state=seen, agent="", error=error, coalesced_into=0,
+                               superseded_by=by)
+        for op, (outcome, *_rest) in zip(ops, firsts):
+            for late in ("succeeded", "failed", "cancelled"):
+                answer = await p.callRemote(
+                    commands.ReportOutcome, operation_id=op["id"], outcome=late,
+                    observed_state="off" if late == "succeeded" else "", agent="late",
+                    error="late" if late != "succeeded" else "", coalesced_into=0,
+                    superseded_by=0)
+                self.assertFalse(answer["recorded"], (outcome, late))
+            final = await self.op(op["id"])
+            self.assertEqual((final["state"], final["agent"]), (outcome, None), final)
+
+    @run
+    async def test_a_failed_change_is_not_a_failed_poll(self):
+        await self.start_region()
+        await self.add_node("node1")
+        p = await self.authenticated()
+        for _ in range(4):
+            op = await self.power("node1", "on")
+            await p.callRemote(commands.ReportOutcome, operation_id=op["id"], outcome="failed",
+                               observed_state="", agent="", error="unreachable: no route",
+                               coalesced_into=0, superseded_by=0)
+        store = self.region.region.store
+        node = await store.get_node("node1")
+        self.assertEqual((node["failed_polls"], node["responsive"]), (0, True))
+        self.assertEqual(node["last_error"], "unreachable: no route")
+
+    @run
+    async def test_recovery_fails_operations_whose_configuration_no_longer_resolves(self):
+        """A whole page of them: the cursor moves on (it used to index an empty page)."""
+        await self.start_region()
+        await self.add_node("node1")
+        await self.add_node("node2")
+        conn = psycopg2.connect(self.dsn)
+        with conn, conn.cursor() as cur:
+            cur.execute("UPDATE nodes SET power = '{\"mode\": \"single\", \"agents\":"
+                        " [{\"driver\": \"removed-driver\", \"params\": {}}]}'"
+                        " WHERE name = 'node1'")
+            cur.execute("INSERT INTO power_ops (node, action) "
+                        "SELECT 'node1', 'on' FROM generate_series(1, 150)")
+        conn.close()
+        good = await self.power("node2", "off")
+        p = await self.authenticated()
+        after_op, after_node, ops, nodes = 0, "", [], []
+        for _ in range(20):
+            page = await p.callRemote(commands.Recover, after_op=after_op, after_node=after_node)
+            ops += page["operations"]
+            nodes += page["nodes"]
+            after_op, after_node = page["after_op"], page["after_node"]
+            if page["done"]:
+                break
+        self.assertTrue(page["done"])
+        self.assertEqual([o["id"] for o in ops], [good["id"]])
+        self.assertEqual([n["name"] for n in nodes], ["node2"])
+        failed = await self.get("/v1/power_ops?node=node1&state=failed&limit=1000")
+        self.assertEqual(len(failed), 150)
+        self.assertIn("removed-driver", failed[0]["error"])
+        self.assertEqual(await self.get("/v1/power_ops?node=node1&state=pending"), [])
+
+    @run
     async def test_recovery_is_paged_below_the_amp_value_limit(self):
         await self.start_region()
         await self.add_node("node1")
