@@ -22,6 +22,7 @@ Prints figures; asserts nothing.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -102,16 +103,38 @@ def busy_registry(nodes, size):
     return registry, slots
 
 
-async def timed(label, rounds, fn):
-    times = []
+def process_cpu(pid):
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def timed(label, rounds, fn, pserv_pid=None):
+    """Wall time of ``fn()``, and the CPU time of this process and of the pserv's."""
+    times, region_cpu, pserv_cpu = [], [], []
     result = None
     for _ in range(rounds):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
+        other = process_cpu(pserv_pid) if pserv_pid else None
         result = await fn()
         times.append(time.perf_counter() - start)
+        region_cpu.append(time.process_time() - cpu)
+        if other is not None:
+            pserv_cpu.append(process_cpu(pserv_pid) - other)
+
+    def median(values):
+        return sorted(values)[len(values) // 2] * 1000
+
     times.sort()
-    print(f"{label}: best {times[0] * 1000:.0f} ms, median {times[len(times) // 2] * 1000:.0f} "
-          f"ms, worst {times[-1] * 1000:.0f} ms over {rounds} rounds")
+    cpu = f"; CPU median: this process {median(region_cpu):.0f} ms"
+    if pserv_cpu:
+        cpu += f", pserv process {median(pserv_cpu):.0f} ms"
+    print(f"{label}: wall best {times[0] * 1000:.0f} ms, median {median(times):.0f} ms, "
+          f"worst {times[-1] * 1000:.0f} ms over {rounds} rounds{cpu}")
     return result
 
 
@@ -160,7 +183,7 @@ class _StdinWatch:
 async def main(args):
     if args.same_process:
         registry, port, note = await serve_pserv(args)
-        pserv_port = port.getHost().port
+        pserv_port, pid = port.getHost().port, None
         print(note + " (same process)")
     else:
         registry = port = None
@@ -170,7 +193,7 @@ async def main(args):
             text=True)
         line = await threads.deferToThread(kid.stdout.readline)
         pserv_port, _, note = line.strip().partition(" ")
-        pserv_port = int(pserv_port)
+        pserv_port, pid = int(pserv_port), kid.pid
         print(note + " (pserv in a child process)")
 
     client = await endpoints.connectProtocol(
@@ -178,14 +201,14 @@ async def main(args):
     live = LiveActivity(lambda: [client], reactor, timeout=30.0)
 
     doc = await timed("collection over AMP (ListActions + ListSlots, all pages)", args.rounds,
-                      live)
+                      live, pid)
     totals = doc["totals"]
     print(f"  -> {totals['nodes']} nodes, {totals['running']} running, {totals['waiting']} "
           f"waiting, {totals['joined']} joined, {totals['slot_waiting']} waiting for a slot; "
           f"errors {totals['errors']}")
     node = f"node{args.nodes // 2:05d}"
     one = await timed(f"collection of one node (?node={node})", args.rounds,
-                      lambda: live(node=node))
+                      lambda: live(node=node), pid)
     print(f"  -> {json.dumps(one['pservs'][0]['nodes'][0]['running'])}")
 
     root = api_root(OneNodeStore(), None, live_activity=live)
@@ -202,7 +225,7 @@ async def main(args):
         assert response.code == 200, body[:200]
         return body
 
-    body = await timed("GET /v1/activity end to end (HTTP, JSON)", args.rounds, get)
+    body = await timed("GET /v1/activity end to end (HTTP, JSON)", args.rounds, get, pid)
     print(f"  -> {len(body) / 1e6:.1f} MB of JSON")
     await pool.closeCachedConnections()
     await web.stopListening()

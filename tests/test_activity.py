@@ -387,6 +387,25 @@ class CollectionTests(InMemoryTestCase):
         doc = self.successResultOf(d)
         self.assertEqual(doc["pservs"][0]["error"], "not authenticated")
 
+    def test_a_pserv_older_than_list_slots_still_says_what_it_runs(self):
+        side = PservSide(self.clock)
+
+        class Older(QuietPserv):
+            def locateResponder(self, name):
+                return None if name == b"ListSlots" else super().locateResponder(name)
+
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: Older(side.pserv, RegionLink(), None, b"", self.clock),
+            lambda: RegionEnd("p1", "c1"), clock=self.clock)
+        self.pumps.append(pump)
+        self.addCleanup(side.stop)
+        scenario(side)
+        d = self.live(client)()
+        self.flush()
+        [p] = self.successResultOf(d)["pservs"]
+        self.assertEqual((p["error"], p["slots"], len(p["nodes"])), (None, None, 3))
+        self.assertNotIn("slot", p["nodes"][0]["running"])
+
     def test_paging_through_many_busy_nodes(self):
         side = PservSide(self.clock, slots=10)
         end, _ = self.connect(side)
@@ -400,6 +419,25 @@ class CollectionTests(InMemoryTestCase):
         self.assertEqual(len(p["slots"]["queue"]), 990)
         self.assertEqual(sum(1 for n in p["nodes"] if n["running"]["slot"] == "held"), 10)
         self.assertEqual(doc["totals"]["slot_waiting"], 990)
+
+
+    def test_at_most_so_many_nodes_and_waiters_per_pserv(self):
+        side = PservSide(self.clock)
+        end, _ = self.connect(side)
+        for i in range(30):
+            side.dispatch(i + 1, f"node{i:02d}", "on")
+        asked = []
+        call = end.callRemote
+        end.callRemote = lambda command, **kw: (asked.append((command, kw["limit"])),
+                                                 call(command, **kw))[1]
+        d = self.live(end)(most=12)
+        self.flush()
+        [p] = self.successResultOf(d)["pservs"]
+        self.assertEqual([n["node"] for n in p["nodes"]], [f"node{i:02d}" for i in range(12)])
+        self.assertEqual([w["position"] for w in p["slots"]["queue"]], list(range(1, 13)))
+        self.assertEqual(p["slots"]["waiting"], 29)  # counted in all, all the same
+        self.assertEqual(sorted(set(asked), key=str), [(commands.ListActions, 12),
+                                                       (commands.ListSlots, 12)])
 
 
 class ShapeTests(unittest.TestCase):
@@ -564,23 +602,21 @@ class RestTests(StoreTestCase):
 
 
 def _document():
-    """A shaped document with one answering and one silent pserv (Clock time)."""
+    """The view of :func:`scenario` through AMP, plus a pserv that did not answer."""
     side = PservSide(task.Clock())
     scenario(side)
-    raw = []
     client, server, pump = iosim.connectedServerAndClient(
         side.protocol, lambda: RegionEnd("p1", "c1"), clock=side.clock)
-    d = LiveActivity(lambda: [client], side.clock)()
+    shown = []
+    LiveActivity(lambda: [client], side.clock)().addCallback(shown.append)
     pump.flush()
-    doc = []
-    d.addCallback(doc.append)
     side.stop()
-    raw = doc[0]
-    raw["pservs"].append({"pserv": HOSTILE, "cluster": "c1", "error": "timeout: no complete "
+    [doc] = shown
+    doc["pservs"].append({"pserv": HOSTILE, "cluster": "c1", "error": "timeout: no complete "
                           "answer within 2 s", "complete": False, "nodes": [], "slots": None})
-    raw["totals"]["errors"] = 1
-    raw["totals"]["pservs"] = 2
-    return raw
+    doc["totals"]["errors"] = 1
+    doc["totals"]["pservs"] = 2
+    return doc
 
 
 class CliTests(unittest.TestCase):
@@ -685,6 +721,26 @@ class StatusPageTests(StoreTestCase):
         self.assertIn("no pserv connected",
                       page.render_page({}, [], [], [], False, [], live=shape([], 0.0)))
         self.assertNotIn("Running now", page.render_page({}, [], [], [], False, []))
+
+    def test_a_long_view_is_cut_short_on_the_page(self):
+        clock = task.Clock()
+        side = PservSide(clock)
+        client, server, pump = iosim.connectedServerAndClient(
+            side.protocol, lambda: RegionEnd("p1", "c1"), clock=clock)
+        self.addCleanup(side.stop)
+        for i in range(300):
+            side.dispatch(i + 1, f"node{i:03d}", "on")
+        page = web.StatusPage(None, live_activity=LiveActivity(lambda: [client], clock))
+        d = defer.ensureDeferred(page._live())
+        pump.flush()
+        live = self.successResultOf(d)
+        self.assertEqual(len(live["pservs"][0]["nodes"]), web.LIVE_NODES_SHOWN + 1)
+        panel = self.panel(page.render_page({}, [], [], [], False, [], live=live))
+        self.assertEqual(len(re.findall(r"<tr><td>node\d+</td>", panel)), web.LIVE_NODES_SHOWN)
+        self.assertIn("showing the first 200 busy nodes", panel)
+        self.assertIn("201+ running", panel)
+        self.assertIn("299 waiting for a slot", panel)
+        self.assertIn("waiting for a slot, most urgent first (the first 50 of 299)", panel)
 
     async def test_the_served_page_asks_the_pservs(self):
         clock = task.Clock()

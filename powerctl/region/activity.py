@@ -53,15 +53,16 @@ class _Walk:
         self.nodes = []
         self.slots = None
         self.now = None
-        self.actions_done = False
-        self.slots_done = False
         self.abandoned = False
 
 
-async def _walk_actions(protocol, walk, node, page):
+async def _walk_actions(protocol, walk, node, page, most):
     after = ""
     while not walk.abandoned:
-        kwargs = {"after_node": after, "limit": page}
+        if most is not None and len(walk.nodes) >= most:
+            return
+        kwargs = {"after_node": after,
+                  "limit": page if most is None else min(page, most - len(walk.nodes))}
         if node is not None:
             kwargs["node"] = node
         answer = await protocol.callRemote(commands.ListActions, **kwargs)
@@ -70,21 +71,23 @@ async def _walk_actions(protocol, walk, node, page):
         walk.nodes.extend(answer["nodes"])
         walk.now = answer.get("now", walk.now)
         if answer["done"] or not answer["nodes"]:
-            walk.actions_done = True
             return
         after = answer["nodes"][-1]["node"]
 
 
-async def _walk_slots(protocol, walk, node, page):
+async def _walk_slots(protocol, walk, node, page, most):
     after_priority, after_seq = 0, -1
     while not walk.abandoned:
-        kwargs = {"after_priority": after_priority, "after_seq": after_seq, "limit": page}
+        queued = len(walk.slots["queue"]) if walk.slots is not None else 0
+        if most is not None and queued >= most:
+            return
+        kwargs = {"after_priority": after_priority, "after_seq": after_seq,
+                  "limit": page if most is None else min(page, most - queued)}
         if node is not None:
             kwargs["node"] = node
         try:
             answer = await protocol.callRemote(commands.ListSlots, **kwargs)
         except amp.UnhandledCommand:  # a pserv older than ListSlots
-            walk.slots_done = True
             return
         if walk.abandoned:
             return
@@ -94,22 +97,23 @@ async def _walk_slots(protocol, walk, node, page):
                           "queue": [], "now": answer["now"]}
         walk.slots["queue"].extend(answer["queue"])
         if answer["done"] or not answer["queue"]:
-            walk.slots_done = True
             return
         last = answer["queue"][-1]
         after_priority, after_seq = last["priority"], last["seq"]
 
 
-async def fetch(protocol, node=None, page=PAGE, walk=None):
+async def fetch(protocol, node=None, page=PAGE, walk=None, most=None):
     """
     One pserv's raw answer: ``{"nodes": [ListActions entries], "now",
     "slots": {"size", "busy", "waiting", "holding", "queue", "now"}}``.
-    ``walk`` (a :class:`_Walk`) collects the pages as they arrive.
+    ``walk`` (a :class:`_Walk`) collects the pages as they arrive; with
+    ``most``, the walks stop after that many nodes and slot waiters (the
+    first ones, in node and in serve order).
     """
     walk = walk if walk is not None else _Walk()
     await defer.gatherResults([
-        defer.ensureDeferred(_walk_actions(protocol, walk, node, page)),
-        defer.ensureDeferred(_walk_slots(protocol, walk, node, page)),
+        defer.ensureDeferred(_walk_actions(protocol, walk, node, page, most)),
+        defer.ensureDeferred(_walk_slots(protocol, walk, node, page, most)),
     ], consumeErrors=True).addErrback(lambda f: f.value.subFailure)
     return {"nodes": walk.nodes, "now": walk.now, "slots": walk.slots}
 
@@ -153,10 +157,12 @@ def _error_text(failure):
 
 class LiveActivity:
     """
-    ``live(node=None, cluster=None)`` asks every pserv ``pservs()`` returns
-    (protocols with ``.pserv``, ``.cluster`` and ``callRemote``), all at
-    once, and fires with the :func:`shape`\\ d document.  With ``cluster``
-    only that cluster's pservs are asked; with ``node`` only about that node.
+    ``live(node=None, cluster=None, most=None)`` asks every pserv
+    ``pservs()`` returns (protocols with ``.pserv``, ``.cluster`` and
+    ``callRemote``), all at once, and fires with the :func:`shape`\\ d
+    document.  With ``cluster`` only that cluster's pservs are asked; with
+    ``node`` only about that node; with ``most``, for at most that many
+    nodes and slot waiters each (the status page shows no more).
 
     :param pservs: callable returning the connected pserv protocols, e.g.
         ``lambda: region.directory.all()``.
@@ -172,16 +178,17 @@ class LiveActivity:
         self.timeout = timeout
         self.page = page
 
-    def __call__(self, node=None, cluster=None):
-        return defer.ensureDeferred(self.collect(node=node, cluster=cluster))
+    def __call__(self, node=None, cluster=None, most=None):
+        return defer.ensureDeferred(self.collect(node=node, cluster=cluster, most=most))
 
-    async def collect(self, node=None, cluster=None):
+    async def collect(self, node=None, cluster=None, most=None):
+        """The shaped view; ``most`` bounds the nodes and slot waiters asked of each pserv."""
         protocols = [p for p in self.pservs()
                      if getattr(p, "pserv", None) is not None
                      and (cluster is None or p.cluster == cluster)]
         walks = [_Walk() for _ in protocols]
         answers = await defer.DeferredList([
-            _bounded(defer.ensureDeferred(fetch(p, node, self.page, w)), self.timeout,
+            _bounded(defer.ensureDeferred(fetch(p, node, self.page, w, most)), self.timeout,
                      self.clock)
             for p, w in zip(protocols, walks)], consumeErrors=True)
         raw = []

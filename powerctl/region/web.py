@@ -196,9 +196,11 @@ class StatusPage(_AsyncResource):
     :param store: a :class:`powerctl.region.store.Store`.
     :param activity: optional callable answering (or firing with) a mapping
         of cluster name to actions in flight as this region sees them now.
-    :param live_activity: optional callable firing with the document of
-        ``GET /v1/activity`` (what the pservs run now); without it the
-        "Running now" panel is left out.
+    :param live_activity: optional callable, called as
+        ``live_activity(most=N)``, firing with the document of ``GET
+        /v1/activity`` (what the pservs run now) for at most N nodes and
+        slot waiters per pserv -- a :class:`powerctl.region.activity.LiveActivity`;
+        without it the "Running now" panel is left out.
     """
 
     error_content_type = b"text/html; charset=utf-8"
@@ -212,7 +214,9 @@ class StatusPage(_AsyncResource):
         if self.live_activity is None:
             return None
         try:
-            return await defer.maybeDeferred(self.live_activity)
+            # the panel shows no more than this: spare the pservs the rest
+            return await defer.maybeDeferred(
+                self.live_activity, most=max(LIVE_NODES_SHOWN, LIVE_QUEUE_SHOWN) + 1)
         except Exception:
             self.log.failure("asking the pservs what they run failed")
             return {"failed": True}
@@ -303,15 +307,17 @@ class StatusPage(_AsyncResource):
         if doc.get("failed"):
             return title + '<p class="error">could not ask the pservs; the region log says why</p>'
         totals = doc.get("totals") or {}
+        pservs = doc.get("pservs") or []
+        more = "+" if any(len(p.get("nodes") or ()) > LIVE_NODES_SHOWN for p in pservs) else ""
+        slot_waiting = sum((p.get("slots") or {}).get("waiting") or 0 for p in pservs)
         parts = [title, (
             f'<p class="note">what the registries of the connected pservs run and hold '
             f"back at this moment (the journal's <em>running</em> only means dispatched) "
             f"&middot; {_e(totals.get('pservs', 0))} pservs &middot; "
-            f"{_e(totals.get('running', 0))} running &middot; "
-            f"{_e(totals.get('waiting', 0))} waiting &middot; "
-            f"{_e(totals.get('joined', 0))} joined &middot; "
-            f"{_e(totals.get('slot_waiting', 0))} waiting for a slot</p>")]
-        pservs = doc.get("pservs") or []
+            f"{_e(totals.get('running', 0))}{more} running &middot; "
+            f"{_e(totals.get('waiting', 0))}{more} waiting &middot; "
+            f"{_e(totals.get('joined', 0))}{more} joined &middot; "
+            f"{_e(slot_waiting)} waiting for a slot</p>")]
         if not pservs:
             parts.append('<p class="empty">no pserv connected to this region</p>')
         for p in pservs:
@@ -358,16 +364,16 @@ class StatusPage(_AsyncResource):
                 self._age(lead.get("age")), _e(slot), joined_text,
                 self._live_action(waiting), self._live_action(query)]))
         if len(nodes) > LIVE_NODES_SHOWN:
-            parts.append(f'<p class="note">showing {LIVE_NODES_SHOWN} of {len(nodes)} busy '
-                         "nodes; <code>powerctl activity</code> or "
+            parts.append(f'<p class="note">showing the first {LIVE_NODES_SHOWN} busy nodes; '
+                         "<code>powerctl activity</code> or "
                          "<code>GET /v1/activity</code> lists them all</p>")
         parts.append(_table(("node", "running", "since", "age", "slot", "joined", "waiting",
                              "query"), rows, "nothing runs or waits here"))
         queue = (slots or {}).get("queue") or []
         if queue:
             shown = queue[:LIVE_QUEUE_SHOWN]
-            more = (f" (the first {len(shown)} of {len(queue)})"
-                    if len(queue) > len(shown) else "")
+            total = max(len(queue), slots.get("waiting") or 0)
+            more = f" (the first {len(shown)} of {total})" if total > len(shown) else ""
             parts.append(f'<p class="note">waiting for a slot, most urgent first{more}</p>')
             parts.append(_table(
                 ("#", "node", "operation", "action", "priority", "waiting since", "age"),
