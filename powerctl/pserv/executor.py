@@ -109,6 +109,11 @@ class DriverExecutor:
         return self._nodes[node][2]
 
     @property
+    def slots(self):
+        """The :class:`~powerctl.pserv.slots.PrioritySlots`, or None (unlimited)."""
+        return self._slots
+
+    @property
     def catalogue(self):
         return self._catalogue
 

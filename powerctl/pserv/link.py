@@ -181,6 +181,10 @@ class PservProtocol(amp.AMP):
 
     def connectionLost(self, reason):
         self.link.lost(self)
+        # A walk the region gave up on keeps its snapshot (megabytes at
+        # 10,000 busy nodes) only as long as the connection.
+        self.__dict__.pop("_activity_walk", None)
+        self.__dict__.pop("_slots_walk", None)
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         super().connectionLost(reason)
@@ -261,8 +265,7 @@ class PservProtocol(amp.AMP):
     def list_slots(self, after_priority, after_seq, limit, node=None):
         self.gate.check()
         limit = max(1, min(limit, 200))
-        slots = getattr(self.pserv.executor, "slots", None) \
-            or getattr(self.pserv.executor, "_slots", None)
+        slots = getattr(self.pserv.executor, "slots", None)
         if slots is None:
             return {"size": 0, "busy": 0, "waiting": 0, "holding": b"[]", "queue": b"[]",
                     "done": True, "now": self.clock.seconds()}

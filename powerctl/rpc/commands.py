@@ -19,7 +19,8 @@ Connection life cycle (the pserv dials the region):
 5. From then on: region → pserv ``PowerOn``/``PowerOff``/``PowerSoftOff``/
    ``PowerCycle``/``PowerQuery`` (acknowledged at once; the work happens
    later), ``ForgetNode`` (deleted, moved or reconfigured), operator
-   ``CancelOperation``/``ConfirmOperation`` and ``ListActions``; pserv → region ``ReportOutcome`` (one per
+   ``CancelOperation``/``ConfirmOperation`` and ``ListActions``/``ListSlots``
+   (what runs and waits now); pserv → region ``ReportOutcome`` (one per
    operation id, including coalesced and superseded ones),
    ``ReportPowerState`` (poll results, batched) and ``Heartbeat``.
 
@@ -309,7 +310,8 @@ class ListSlots(amp.Command):
     The pserv's priority slots (``max_actions``): ``size`` (0 when the
     pserv runs without slots), ``busy``, ``waiting`` (how many actions wait
     for a slot, in all), ``holding`` (the actions in a slot: ``[{"node",
-    "operation_id", "action", "priority", "since"}]``) and one page of
+    "operation_id", "action", "priority", "since"}]``, cut short if it
+    would not fit one AMP value) and one page of
     ``queue``: the waiters in the order they will be served (most urgent
     first, then by arrival), ``[{"node", "operation_id", "action",
     "priority", "since", "seq", "position"}]`` (``position`` in the whole
