@@ -160,9 +160,10 @@ class ListActionsTests(InMemoryTestCase):
         self.assertEqual(n1["node"], "n1")
         self.assertEqual(n1["running"], {"operation_id": "1", "action": "cycle", "joined": ["2"],
                                          "joined_total": 1, "started_at": 100,
-                                         "stopping": False})
+                                         "queued_at": 100, "stopping": False})
         self.assertEqual(n1["waiting"]["operation_id"], "3")
         self.assertIsNone(n1["waiting"]["started_at"])
+        self.assertEqual(n1["waiting"]["queued_at"], 100)  # waiting since
         self.assertIsNone(n1["query"])
         self.assertEqual((n2["running"]["action"], n2["running"]["started_at"]), ("off", 103))
         self.assertEqual((n3["query"]["action"], n3["running"]), ("query", None))
@@ -310,10 +311,12 @@ class CollectionTests(InMemoryTestCase):
         self.assertEqual(n1["running"], {
             "operation_id": 1, "action": "cycle", "joined": [2], "joined_total": 1,
             "since": "1970-01-01T00:01:40.000+00:00", "age": 5, "stopping": False,
+            "queued_since": "1970-01-01T00:01:40.000+00:00", "queued_age": 5,
             "slot": "held"})
         self.assertEqual(n1["waiting"], {
             "operation_id": 3, "action": "on", "joined": [], "joined_total": 0,
-            "since": None, "age": None, "stopping": False, "slot": None})
+            "since": None, "age": None, "stopping": False,
+            "queued_since": "1970-01-01T00:01:40.000+00:00", "queued_age": 5, "slot": None})
         self.assertIsNone(n1["query"])
         self.assertEqual((n2["running"]["operation_id"], n2["running"]["age"],
                           n2["running"]["slot"], n2["running"]["slot_position"]),
@@ -624,7 +627,7 @@ class CliTests(unittest.TestCase):
         text = cli_activity.render(_document())
         lines = text.splitlines()
         self.assertEqual(lines[0].split(), ["PSERV", "NODE", "RUNNING", "SINCE", "AGE", "SLOT",
-                                            "JOINED", "WAITING", "QUERY"])
+                                            "JOINED", "WAITING", "WAITED", "QUERY"])
         n1 = next(line for line in lines if " n1 " in line)
         for cell in ("1 cycle", "1970-01-01 00:01:40+00:00", "5.0s", "held", "3 on"):
             self.assertIn(cell, n1)

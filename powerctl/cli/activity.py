@@ -70,6 +70,7 @@ COLUMNS = [
     ("SLOT", lambda r: _slot(_lead(r))),
     ("JOINED", _joined),
     ("WAITING", lambda r: _action(r["waiting"])),
+    ("WAITED", lambda r: age((r["waiting"] or {}).get("queued_age"))),
     ("QUERY", lambda r: _action(r["query"])),
 ]
 

@@ -347,7 +347,8 @@ def activity_json(activity):
             return None
         return {"operation_id": i.operation_id, "action": i.action.value,
                 "joined": list(i.joined[:_JOINED_SHOWN]), "joined_total": len(i.joined),
-                "started_at": i.started_at, "stopping": i.stopping}
+                "started_at": i.started_at, "queued_at": i.queued_at,
+                "stopping": i.stopping}
 
     return {"node": activity.node, "running": info(activity.running),
             "waiting": info(activity.waiting), "query": info(activity.query)}

@@ -249,6 +249,8 @@ class _Shaper:
         if info is None:
             return None
         info["since"], info["age"] = self.when(pserv_now, info.pop("started_at", None))
+        info["queued_since"], info["queued_age"] = self.when(
+            pserv_now, info.pop("queued_at", None))
         op = info["operation_id"] = _op_id(info.get("operation_id"))
         joined = info["joined"] = [_op_id(j) for j in info.get("joined") or ()]
         if "joined_total" not in info:

@@ -185,6 +185,9 @@ def _activity_schemas():
         "joined": {"type": "array", "items": op_id,
                    "description": "operations that coalesced into it (at most 50)"},
         "joined_total": {"type": "integer"}, "since": since, "age": age,
+        "queued_since": _ts("when its request arrived (for a waiting action: waiting since)"),
+        "queued_age": {"type": "number", "nullable": True,
+                       "description": "seconds since its request arrived"},
         "stopping": {"type": "boolean", "description": "superseded or cancelled, the device "
                      "is not quiet yet"},
         "slot": {"type": "string", "nullable": True, "enum": ["held", "waiting", None],

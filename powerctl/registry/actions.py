@@ -107,6 +107,8 @@ class ActionInfo:
     joined: tuple = ()
     started_at: float | None = None
     stopping: bool = False
+    #: when the request that leads it arrived (a waiting action's "since")
+    queued_at: float | None = None
 
 
 @attrs.frozen

@@ -55,6 +55,7 @@ class _Job:
     leader: object
     members: list = attrs.Factory(list)
     execution: defer.Deferred | None = None
+    queued_at: float | None = None
     started_at: float | None = None
     #: Set when the job is being stopped: a function of an action that
     #: builds the exception its caller gets (Superseded or Cancelled).
@@ -71,6 +72,7 @@ class _Job:
             joined=tuple(m.operation_id for m in self.members if m is not self.leader),
             started_at=self.started_at,
             stopping=self.stopping is not None,
+            queued_at=self.queued_at,
         )
 
 
@@ -235,9 +237,8 @@ class PowerActionRegistry:
 
     # -- jobs ---------------------------------------------------------------
 
-    @staticmethod
-    def _new_job(action):
-        return _Job(leader=action, members=[action])
+    def _new_job(self, action):
+        return _Job(leader=action, members=[action], queued_at=self._clock.seconds())
 
     @staticmethod
     def _join(job, action):
