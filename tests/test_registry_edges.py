@@ -1,0 +1,78 @@
+"""
+Registry edges the scenario tests leave open, each found by mutation
+testing (``make mutate``): waiting for an unknown node to be idle, the
+lead of a waiting job handed on with several joined callers, and the
+default policy being a real :class:`IRankPolicy`.
+"""
+
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from powerctl.power import Action, PowerState
+from powerctl.registry import IRankPolicy, RankPolicy
+from tests.test_registry import Harness
+
+
+class IdleTests(unittest.TestCase):
+    def test_a_node_never_seen_is_idle_at_once(self):
+        # pserv's delete/move waits on this; an unknown node must not hang it.
+        h = Harness(self)
+        self.successResultOf(h.registry.idle("never-seen"))
+        self.successResultOf(h.registry.cancel_node("never-seen"))
+
+    def test_a_busy_node_is_idle_once_its_work_ended(self):
+        h = Harness(self)
+        h.request("op1", Action.ON)
+        idle = h.registry.idle("n1")
+        self.assertNoResult(idle)
+        h.executor.finish("op1", PowerState.ON)
+        self.successResultOf(idle)
+
+
+class LeadHandOverTests(unittest.TestCase):
+    def test_every_remaining_joined_caller_follows_the_new_leader(self):
+        h = Harness(self)
+        h.request("op1", Action.OFF)
+        a2 = h.request("op2", Action.ON)  # waits behind off
+        h.request("op3", Action.ON)
+        h.request("op4", Action.ON)
+        a2.cancel()
+        [act] = h.registry.activity()
+        self.assertEqual((act.waiting.operation_id, act.waiting.joined), ("op3", ("op4",)))
+        h.executor.finish("op1", PowerState.OFF)
+        h.executor.finish("op3", PowerState.ON)
+        self.assertEqual(h.result("op3").coalesced_into, None)
+        self.assertEqual(h.result("op4").coalesced_into, "op3")
+
+
+class PolicyTests(unittest.TestCase):
+    def test_the_default_policy_provides_the_interface(self):
+        self.assertTrue(verifyObject(IRankPolicy, RankPolicy()))
+
+
+class ActivityStoppingTests(unittest.TestCase):
+    def test_activity_tells_a_job_being_stopped_from_one_running(self):
+        h = Harness(self, executor={"auto_quiesce": False})
+        h.request("op1", Action.ON)
+        [act] = h.registry.activity()
+        self.assertFalse(act.running.stopping)
+        h.request("op2", Action.OFF)  # outranks: op1 is stopped
+        [act] = h.registry.activity()
+        self.assertTrue(act.running.stopping)
+        self.assertEqual(act.waiting.operation_id, "op2")
+
+
+class CancelActionTests(unittest.TestCase):
+    def test_cancelling_an_action_that_already_ended_is_a_no(self):
+        h = Harness(self)
+        a1 = h.request("op1", Action.ON)
+        h.executor.finish("op1", PowerState.ON)
+        self.assertFalse(h.registry.cancel_action(a1))
+        self.assertEqual(h.result("op1").state, PowerState.ON)
+
+    def test_cancelling_an_action_of_an_unknown_node_is_a_no(self):
+        from powerctl.registry import PowerAction
+
+        h = Harness(self)
+        stray = PowerAction(node="elsewhere", action="on", operation_id="x")
+        self.assertFalse(h.registry.cancel_action(stray))
