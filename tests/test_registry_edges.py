@@ -28,6 +28,22 @@ class IdleTests(unittest.TestCase):
         h.executor.finish("op1", PowerState.ON)
         self.successResultOf(idle)
 
+    def test_a_caller_may_stop_waiting_for_idle(self):
+        from twisted.internet import defer
+
+        h = Harness(self)
+        h.request("op1", Action.ON)
+        idle = h.registry.idle("n1")
+        other = h.registry.idle("n1")
+        idle.cancel()
+        self.failureResultOf(idle, defer.CancelledError)
+        # The node going idle later must not trip over the abandoned wait:
+        # whoever still waits is told.
+        h.executor.finish("op1", PowerState.ON)
+        self.assertEqual(h.result("op1").state, PowerState.ON)
+        self.successResultOf(other)
+        self.assertEqual(h.registry.activity(), [])
+
 
 class LeadHandOverTests(unittest.TestCase):
     def test_every_remaining_joined_caller_follows_the_new_leader(self):
