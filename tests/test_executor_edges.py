@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from powerctl.drivers.catalogue import DriverCatalogue
-from powerctl.pserv.executor import DriverExecutor, Stagger, build_node_power
+from powerctl.pserv.executor import DriverExecutor, InvalidConfig, Stagger, build_node_power
 from powerctl.registry import IActionExecutor, PowerAction
 from tests.test_executor import FakeType, single
 
@@ -58,3 +58,76 @@ class InterfaceTests(unittest.TestCase):
     def test_the_executor_provides_the_interface(self):
         executor = DriverExecutor(DriverCatalogue([FakeType()]))
         self.assertTrue(verifyObject(IActionExecutor, executor))
+
+
+class CountingType(FakeType):
+    """Builds a new driver object on every bind, and counts them."""
+
+    def __init__(self):
+        super().__init__()
+        self.binds = 0
+
+    def bind(self, settings):
+        from tests.test_multiagent import FakeDriver
+
+        self.binds += 1
+        return FakeDriver()
+
+
+class ConfigurationTests(unittest.TestCase):
+    def test_an_agent_without_a_driver_is_refused(self):
+        executor = DriverExecutor(DriverCatalogue([FakeType()]))
+        for agent in ({"params": {}}, "fake"):
+            with self.assertRaises(Exception) as caught:
+                executor.configure("n", {"agents": [agent]})
+            self.assertIsInstance(caught.exception, InvalidConfig)
+            self.assertIn("agent 0: needs a 'driver'", str(caught.exception))
+
+    def test_the_same_configuration_again_keeps_the_drivers(self):
+        # The region may send the same document with its keys in another
+        # order (it comes out of jsonb): the drivers, with their sessions,
+        # are kept.
+        fake = CountingType()
+        executor = DriverExecutor(DriverCatalogue([fake]))
+        executor.configure("n1", {"mode": "single", "agents": [
+            {"driver": "fake", "params": {"id": 1}, "label": "bmc"}]})
+        [driver] = executor.drivers("n1")
+        executor.configure("n1", {"agents": [
+            {"label": "bmc", "params": {"id": 1}, "driver": "fake"}], "mode": "single"})
+        self.assertIs(executor.drivers("n1")[0], driver)
+        self.assertEqual(fake.binds, 1)
+        executor.configure("n1", single(2))
+        self.assertEqual(fake.binds, 2)
+
+    def test_an_unconfigured_node_is_an_invalid_configuration(self):
+        executor = DriverExecutor(DriverCatalogue([FakeType()]))
+        action = PowerAction(node="stranger", action="on", operation_id="1")
+        self.assertRaises(InvalidConfig, executor.execute, action)
+        self.assertRaises(InvalidConfig, executor.quiesced, action)
+
+
+class QueryableTests(unittest.TestCase):
+    def test_drivers_without_capabilities_count_as_queryable(self):
+        executor = DriverExecutor(DriverCatalogue([FakeType()]))
+        executor.configure("n1", single(1))
+        self.assertTrue(executor.queryable("n1"))
+
+    def test_drivers_that_say_they_are_queryable_are(self):
+        from powerctl.drivers.interface import Capabilities
+
+        fake = FakeType()
+        executor = DriverExecutor(DriverCatalogue([fake]))
+        executor.configure("n1", single(1))
+        fake.drivers[1].capabilities = Capabilities(queryable=True)
+        self.assertTrue(executor.queryable("n1"))
+        fake.drivers[1].capabilities = Capabilities(queryable=False)
+        self.assertFalse(executor.queryable("n1"))
+
+
+class SlotsPropertyTests(unittest.TestCase):
+    def test_slots_are_the_pool_given_or_none(self):
+        from powerctl.pserv.slots import PrioritySlots
+
+        self.assertIsNone(DriverExecutor(DriverCatalogue([FakeType()])).slots)
+        pool = PrioritySlots(2)
+        self.assertIs(DriverExecutor(DriverCatalogue([FakeType()]), slots=pool).slots, pool)

@@ -92,3 +92,9 @@ class CancelActionTests(unittest.TestCase):
         h = Harness(self)
         stray = PowerAction(node="elsewhere", action="on", operation_id="x")
         self.assertFalse(h.registry.cancel_action(stray))
+
+    def test_a_power_action_provides_its_interface(self):
+        from powerctl.registry import IPowerAction, PowerAction
+
+        self.assertTrue(verifyObject(IPowerAction, PowerAction(node="n", action="on",
+                                                               operation_id="1")))
