@@ -19,8 +19,8 @@ private PostgreSQL cluster; mutmut 3 instead forks one long-lived pytest
 process per mutant, which does not mix with an installed, running reactor,
 and it picks tests by its own coverage map rather than the module -> tests
 mapping below.  cosmic-ray mutates the file *in place*, so this script never
-runs it on the checkout: it copies the working tree (tracked and untracked,
-not ignored, files) to a directory under /tmp -- one copy per parallel job
+runs it on the checkout: it copies the committed tree (HEAD; or, with
+--working-tree, the files as they are now) to a directory under /tmp -- one copy per parallel job
 -- and runs every session there.  The checkout is only read.
 
 Bounded time: the whole run aims at ``--budget`` seconds of wall clock
@@ -117,8 +117,19 @@ def log(msg):
     print(f"[mutate {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def copy_tree(dest):
-    """Copy the checkout's tracked and untracked-but-not-ignored files."""
+def copy_tree(dest, working_tree=False):
+    """
+    Copy the checkout: by default the committed tree (HEAD), which is
+    consistent even while someone edits the working tree; with
+    ``working_tree`` the files as they are now (tracked and untracked, not
+    ignored).
+    """
+    dest.mkdir(parents=True)
+    if not working_tree:
+        archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"],
+                                 cwd=REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return
     out = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, check=True, capture_output=True).stdout
@@ -322,6 +333,9 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="modules in parallel (default 2)")
     p.add_argument("--workdir", help="where to copy the tree (default: a new dir in /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--working-tree", action="store_true",
+                   help="test the working tree as it is, uncommitted changes included "
+                        "(default: the committed HEAD)")
     p.add_argument("--json", help="also write the results as JSON to this file")
     args = p.parse_args(argv)
 
@@ -338,8 +352,8 @@ def main(argv=None):
     base_tree = workdir / "tree"
     if base_tree.exists():
         shutil.rmtree(base_tree)
-    copy_tree(base_tree)
-    log(f"copied the working tree to {base_tree}")
+    copy_tree(base_tree, args.working_tree)
+    log(f"copied {'the working tree' if args.working_tree else 'HEAD'} to {base_tree}")
 
     # Each module's share of the jobs x budget worker-seconds, by weight.
     worker_seconds = args.budget * max(1, args.jobs) * 0.9
