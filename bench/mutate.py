@@ -70,19 +70,20 @@ REGISTRY_TESTS = ["tests/test_registry.py", "tests/test_registry_edges.py",
                   "tests/test_registry_properties.py", "tests/test_pserv_core.py"]
 PSERV_TESTS = ["tests/test_pserv_core.py", "tests/test_pserv_edges.py",
                "tests/test_executor.py", "tests/test_executor_edges.py", "tests/test_rpc.py"]
-REGION_TESTS = ["tests/test_store.py", "tests/test_rpc.py", "tests/test_lifecycle.py",
-                "tests/test_region_edges.py"]
+# The region's own edge tests need no database and go first.
+REGION_TESTS = ["tests/test_region_edges.py", "tests/test_store.py", "tests/test_rpc.py",
+                "tests/test_lifecycle.py"]
 MODULES = [
     ("pserv_core", "powerctl/pserv/core.py", PSERV_TESTS, 7, 60),
     ("store", "powerctl/region/store.py", REGION_TESTS, 6, 120),
     ("registry", "powerctl/registry/registry.py", REGISTRY_TESTS, 5, 60),
     ("executor", "powerctl/pserv/executor.py", PSERV_TESTS, 4, 60),
     ("region_core", "powerctl/region/core.py",
-     ["tests/test_lifecycle.py", "tests/test_rpc.py", "tests/test_store.py",
-      "tests/test_region_edges.py"], 3, 120),
+     ["tests/test_region_edges.py", "tests/test_lifecycle.py", "tests/test_rpc.py",
+      "tests/test_store.py"], 3, 120),
     ("region_rpc", "powerctl/region/rpc.py",
-     ["tests/test_rpc.py", "tests/test_lifecycle.py", "tests/test_store.py",
-      "tests/test_region_edges.py"], 3, 120),
+     ["tests/test_region_edges.py", "tests/test_rpc.py", "tests/test_lifecycle.py",
+      "tests/test_store.py"], 3, 120),
     ("slots", "powerctl/pserv/slots.py",
      ["tests/test_slots.py", "tests/test_slots_edges.py"], 2, 30),
     ("multiagent", "powerctl/drivers/multiagent.py",

@@ -1,0 +1,63 @@
+"""
+The region's input bounds and AMP page sizing, exactly at their limits
+(found by mutation testing, ``make mutate``).  No database: these are the
+checks every request passes before any SQL, and the trimming of recovery
+pages to one AMP value.
+"""
+
+import json
+
+from twisted.trial import unittest
+
+from powerctl.region import rpc, store
+from powerctl.region.errors import InvalidInput, NotFound
+from powerctl.rpc import commands
+
+
+class TextBoundTests(unittest.TestCase):
+    def test_text_fields_hold_up_to_4096_characters(self):
+        self.assertEqual(store._text("error", "x" * 4096), "x" * 4096)
+        with self.assertRaises(InvalidInput) as caught:
+            store._text("error", "x" * 4097)
+        self.assertIn("longer than 4096 characters", str(caught.exception))
+        self.assertRaises(InvalidInput, store._text, "error", 42)
+
+    def test_page_sizes_run_from_1_to_1000(self):
+        self.assertEqual(store._limit(None, 50), 50)
+        self.assertEqual(store._limit(1, 50), 1)
+        self.assertEqual(store._limit(1000, 50), 1000)
+        for bad in (0, 1001, True, "10", 2.0):
+            self.assertRaises(InvalidInput, store._limit, bad, 50)
+
+    def test_operation_ids_are_positive_bigints(self):
+        self.assertEqual(store._op_id("1"), 1)
+        self.assertEqual(store._op_id(2**63 - 1), 2**63 - 1)
+        for bad in (0, -1, 2**63, "x", None, True):
+            self.assertRaises(NotFound, store._op_id, bad)
+
+    def test_names_are_1_to_253_safe_characters(self):
+        self.assertEqual(store._name("node", "a"), "a")
+        self.assertEqual(store._name("node", "a" * 253), "a" * 253)
+        for bad in ("", "a" * 254, "-a", "a b", "a/b", 7):
+            self.assertRaises(InvalidInput, store._name, "node", bad)
+
+
+def size(items):
+    return len(json.dumps(items, separators=(",", ":")))
+
+
+class PageTrimTests(unittest.TestCase):
+    def test_a_page_exactly_one_value_long_is_kept_whole(self):
+        # one string item: '["' + body + '"]' is 4 characters of overhead
+        items = ["x" * (commands.MAX_VALUE - 4)]
+        self.assertEqual(size(items), commands.MAX_VALUE)
+        self.assertEqual(rpc._trim(items), items)
+
+    def test_a_page_too_big_is_halved_until_it_fits(self):
+        items = ["x" * 1000 for _ in range(100)]  # about 100 kB
+        trimmed = rpc._trim(items)
+        self.assertEqual(trimmed, items[:50])
+        self.assertLessEqual(size(trimmed), commands.MAX_VALUE)
+
+    def test_a_single_item_too_big_for_any_page_is_dropped(self):
+        self.assertEqual(rpc._trim(["x" * commands.MAX_VALUE]), [])
