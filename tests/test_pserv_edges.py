@@ -64,6 +64,7 @@ class Setup:
         self.registry = PowerActionRegistry(self.executor, self.clock, cancel_timeout=5)
         self.reports = []
         self.pserv = Pserv(self.registry, self.executor, self.reports.append)
+        self.pserv.epoch = 1  # the lease we hold, where the pserv keeps one
 
 
 class DispatchTests(Setup, unittest.TestCase):
@@ -120,6 +121,7 @@ class ManualFallbackTests(unittest.TestCase):
         registry = PowerActionRegistry(executor, clock)
         reports = []
         pserv = Pserv(registry, executor, reports.append)
+        pserv.epoch = 1  # the lease we hold, where the pserv keeps one
         power = {"mode": "sequential", "agents": [
             {"driver": "manual", "label": "first", "params": {"label": "rack 1", "timeout": 10}},
             {"driver": "manual", "label": "second", "params": {"label": "rack 2"}},
