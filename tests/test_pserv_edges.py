@@ -132,3 +132,32 @@ class ManualFallbackTests(unittest.TestCase):
         self.assertEqual(pserv.confirm(1, "on"), 1)
         [report] = reports
         self.assertEqual((report.outcome, report.agent), ("succeeded", "second"))
+
+
+class ReportFailureTests(Setup, unittest.TestCase):
+    def test_a_report_that_fails_is_logged_and_the_outcome_kept(self):
+        def broken(report):
+            raise ConnectionError("region link lost")
+
+        self.pserv._report = broken
+        self.pserv.dispatch(1, "n1", "off", POWER)
+        self.executor.finish("1", PowerState.OFF)
+        # Logged at once (not left as an unhandled error in a Deferred)...
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+        # ...and the outcome is still known, for the region's re-send.
+        self.pserv._report = self.reports.append
+        self.assertEqual(self.pserv.dispatch(1, "n1", "off", POWER), ("known", 0))
+        self.assertEqual([r.outcome for r in self.reports], ["succeeded"])
+
+
+class ConfigureTests(unittest.TestCase):
+    def test_configure_says_whether_the_configuration_is_usable(self):
+        from powerctl.drivers.catalogue import DriverCatalogue as Catalogue
+        from powerctl.pserv.executor import DriverExecutor
+        from tests.test_executor import FakeType, single
+
+        executor = DriverExecutor(Catalogue([FakeType()]))
+        pserv = Pserv(PowerActionRegistry(executor, task.Clock()), executor, [].append)
+        self.assertTrue(pserv.configure("n1", single(1)))
+        self.assertFalse(pserv.configure("n2", {"agents": []}))
+        self.assertEqual(executor.known_nodes(), ["n1"])

@@ -98,3 +98,18 @@ class CancelActionTests(unittest.TestCase):
 
         self.assertTrue(verifyObject(IPowerAction, PowerAction(node="n", action="on",
                                                                operation_id="1")))
+
+
+class BusyTests(unittest.TestCase):
+    def test_only_changes_make_a_node_busy_for_the_poller(self):
+        h = Harness(self)
+        self.assertFalse(h.registry.busy("n1"))
+        h.request("q1", Action.QUERY)
+        self.assertFalse(h.registry.busy("n1"))  # a query alone: still polled
+        h.request("op1", Action.OFF)
+        self.assertTrue(h.registry.busy("n1"))
+        h.request("op2", Action.ON)  # waits
+        h.executor.finish("op1", PowerState.OFF)
+        self.assertTrue(h.registry.busy("n1"))  # the waiting one now runs
+        h.executor.finish("op2", PowerState.ON)
+        self.assertFalse(h.registry.busy("n1"))
