@@ -79,7 +79,7 @@ MODULES = [
     ("registry", "powerctl/registry/registry.py", REGISTRY_TESTS, 5, 60),
     ("executor", "powerctl/pserv/executor.py", PSERV_TESTS, 4, 60),
     ("region_core", "powerctl/region/core.py",
-     ["tests/test_region_edges.py", "tests/test_lifecycle.py", "tests/test_rpc.py",
+     ["tests/test_region_core_edges.py", "tests/test_lifecycle.py", "tests/test_rpc.py",
       "tests/test_store.py"], 3, 120),
     ("region_rpc", "powerctl/region/rpc.py",
      ["tests/test_region_edges.py", "tests/test_rpc.py", "tests/test_lifecycle.py",

@@ -1,0 +1,180 @@
+"""
+The region's coordination glue with a fake store and a Clock (no
+database), found by mutation testing (``make mutate``): what an outcome
+report does to the node's recorded state, when a silent pserv is dropped,
+how often the region looks for silent ones, the per-cluster activity
+count, and the bounded drain at stop.
+"""
+
+import attrs
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from powerctl.region.core import Region
+from powerctl.region.errors import NotFound
+
+
+@attrs.define
+class Recorded:
+    changed: bool
+    op: dict
+
+
+class FakeStore:
+    def __init__(self, op=None, changed=True, node_exists=True):
+        self.op = op or {"id": 1, "node": "n1", "action": "off"}
+        self.changed = changed
+        self.node_exists = node_exists
+        self.outcomes = []
+        self.states = []
+
+    async def record_outcome(self, op_id, outcome, **kwargs):
+        if op_id != self.op["id"]:
+            raise NotFound(f"power operation {op_id} does not exist")
+        self.outcomes.append((op_id, outcome, kwargs))
+        return Recorded(self.changed, self.op)
+
+    async def record_power_state(self, node, state, **kwargs):
+        if not self.node_exists:
+            raise NotFound(node)
+        self.states.append((node, state, kwargs))
+        return {}
+
+
+def region(store=None, clock=None, **kwargs):
+    return Region("r1", store or FakeStore(), b"secret", clock or task.Clock(), **kwargs)
+
+
+def run(testcase, coro):
+    return testcase.successResultOf(defer.ensureDeferred(coro))
+
+
+class OutcomeTests(unittest.TestCase):
+    def test_an_observed_state_is_recorded_on_the_node(self):
+        store = FakeStore()
+        self.assertTrue(run(self, region(store).outcome(
+            1, "succeeded", "off", "bmc", None, None, None, "p1")))
+        self.assertEqual(store.states, [("n1", "off", {})])
+
+    def test_a_failed_change_leaves_its_error_but_is_not_a_failed_poll(self):
+        store = FakeStore()
+        run(self, region(store).outcome(1, "failed", None, None, "unreachable: x",
+                                        None, None, "p1"))
+        self.assertEqual(store.states,
+                         [("n1", "error", {"error": "unreachable: x", "queried": False})])
+
+    def test_a_failed_query_is_a_failed_poll(self):
+        store = FakeStore(op={"id": 1, "node": "n1", "action": "query"})
+        run(self, region(store).outcome(1, "failed", None, None, None, None, None, "p1"))
+        self.assertEqual(store.states, [("n1", "error", {"error": "failed", "queried": True})])
+
+    def test_other_outcomes_without_a_state_leave_the_node_alone(self):
+        store = FakeStore()
+        run(self, region(store).outcome(1, "superseded", None, None, None, None, 2, "p1"))
+        run(self, region(store).outcome(1, "cancelled", None, None, "bye", None, None, "p1"))
+        self.assertEqual(store.states, [])
+
+    def test_a_report_that_changes_nothing_touches_nothing(self):
+        store = FakeStore(changed=False)
+        self.assertFalse(run(self, region(store).outcome(
+            1, "succeeded", "on", None, None, None, None, "p1")))
+        self.assertEqual(store.states, [])
+
+    def test_an_unknown_operation_or_a_deleted_node_is_not_an_error(self):
+        store = FakeStore()
+        self.assertFalse(run(self, region(store).outcome(
+            99, "succeeded", "on", None, None, None, None, "p1")))
+        store = FakeStore(node_exists=False)
+        self.assertTrue(run(self, region(store).outcome(
+            1, "succeeded", "on", None, None, None, None, "p1")))
+
+
+class FakeTransport:
+    def __init__(self):
+        self.aborted = False
+        self.closed = False
+
+    def abortConnection(self):
+        self.aborted = True
+
+    def loseConnection(self):
+        self.closed = True
+
+
+@attrs.define(eq=False)
+class FakeProtocol:
+    pserv: str
+    cluster: str
+    last_heard: float = 0.0
+    in_flight: int = 0
+    transport: FakeTransport = attrs.Factory(FakeTransport)
+
+
+class SilentPservTests(unittest.TestCase):
+    def test_a_pserv_is_dropped_only_once_silent_longer_than_the_timeout(self):
+        clock = task.Clock()
+        r = region(clock=clock, heartbeat_timeout=30.0)
+        p = FakeProtocol("p1", "c1", last_heard=0.0)
+        r.directory.add(p)
+        clock.advance(30)
+        r.drop_silent_pservs()
+        self.assertFalse(p.transport.aborted)  # exactly the timeout: still fine
+        clock.advance(0.5)
+        r.drop_silent_pservs()
+        self.assertTrue(p.transport.aborted)
+
+    def test_the_check_runs_every_third_of_the_timeout(self):
+        clock = task.Clock()
+        r = region(clock=clock, heartbeat_timeout=30.0)
+        p = FakeProtocol("p1", "c1", last_heard=0.0)
+        r.directory.add(p)
+        r.start()
+        clock.advance(30)
+        self.assertFalse(p.transport.aborted)
+        clock.advance(10)  # the next round, at 40 s
+        self.assertTrue(p.transport.aborted)
+        r.stop()
+
+    def test_the_check_runs_at_most_once_a_second(self):
+        clock = task.Clock()
+        r = region(clock=clock, heartbeat_timeout=0.3)
+        r.start()
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [1.0])
+        r.stop()
+
+
+class ActivityAndStopTests(unittest.TestCase):
+    def test_activity_adds_up_actions_per_cluster(self):
+        r = region()
+        for p in (FakeProtocol("p1", "c1", in_flight=2), FakeProtocol("p2", "c1", in_flight=3),
+                  FakeProtocol("p3", "c2", in_flight=0)):
+            r.directory.add(p)
+        self.assertEqual(r.activity(), {"c1": 5, "c2": 0})
+
+    def test_stop_closes_every_connection_and_stops_looking(self):
+        clock = task.Clock()
+        r = region(clock=clock)
+        p = FakeProtocol("p1", "c1")
+        r.directory.add(p)
+        r.start()
+        r.stop()
+        self.assertTrue(r.stopping)
+        self.assertTrue(p.transport.closed)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_drain_waits_for_tracked_work_but_not_forever(self):
+        clock = task.Clock()
+        r = region(clock=clock)
+        self.successResultOf(r.drain())
+        work = r.track(defer.Deferred())
+        d = r.drain(timeout=5.0)
+        self.assertNoResult(d)
+        work.callback("done")
+        self.successResultOf(d)
+        self.assertEqual(self.successResultOf(work), "done")
+        r.track(defer.Deferred())  # never ends
+        d = r.drain(timeout=5.0)
+        clock.advance(4.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertIsNone(self.successResultOf(d))
