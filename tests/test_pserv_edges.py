@@ -64,6 +64,7 @@ class Setup:
         self.registry = PowerActionRegistry(self.executor, self.clock, cancel_timeout=5)
         self.reports = []
         self.pserv = Pserv(self.registry, self.executor, self.reports.append)
+        self.pserv.epoch = 1  # as if it held a lease
         self.pserv.epoch = 1  # the lease we hold, where the pserv keeps one
 
 
@@ -121,6 +122,7 @@ class ManualFallbackTests(unittest.TestCase):
         registry = PowerActionRegistry(executor, clock)
         reports = []
         pserv = Pserv(registry, executor, reports.append)
+        pserv.epoch = 1
         pserv.epoch = 1  # the lease we hold, where the pserv keeps one
         power = {"mode": "sequential", "agents": [
             {"driver": "manual", "label": "first", "params": {"label": "rack 1", "timeout": 10}},
@@ -158,6 +160,46 @@ class ConfigureTests(unittest.TestCase):
 
         executor = DriverExecutor(Catalogue([FakeType()]))
         pserv = Pserv(PowerActionRegistry(executor, task.Clock()), executor, [].append)
+        pserv.epoch = 1
         self.assertTrue(pserv.configure("n1", single(1)))
         self.assertFalse(pserv.configure("n2", {"agents": []}))
         self.assertEqual(executor.known_nodes(), ["n1"])
+
+
+class ForgetTests(unittest.TestCase):
+    def test_forget_lists_only_the_operations_it_cancelled(self):
+        clock = task.Clock()
+        executor = ConfiguredFakeExecutor(auto_quiesce=False)
+        registry = PowerActionRegistry(executor, clock, cancel_timeout=5)
+        reports = []
+        pserv = Pserv(registry, executor, reports.append)
+        pserv.epoch = 1
+        pserv.dispatch(1, "n1", "on", POWER)
+        pserv.dispatch(2, "n1", "off", POWER)  # supersedes 1, which is stopping
+        d = pserv.forget_node("n1", "node n1 deleted")
+        executor.quiesce("1")
+        self.assertEqual(self.successResultOf(d), [2])  # 1 ended superseded, not cancelled
+        self.assertEqual(sorted((r.operation_id, r.outcome) for r in reports),
+                         [(1, "superseded"), (2, "cancelled")])
+
+
+class MixedAgentsConfirmTests(unittest.TestCase):
+    def test_a_manual_agent_beside_an_automatic_one_can_be_confirmed(self):
+        from powerctl.pserv.executor import DriverExecutor
+        from tests.test_executor import FakeType
+
+        clock = task.Clock()
+        executor = DriverExecutor(DriverCatalogue([FakeType(),
+                                                   ManualDriverType(clock, default_timeout=60)]))
+        registry = PowerActionRegistry(executor, clock)
+        reports = []
+        pserv = Pserv(registry, executor, reports.append)
+        pserv.epoch = 1
+        power = {"mode": "concurrent", "agents": [
+            {"driver": "fake", "params": {"id": 1}},
+            {"driver": "manual", "params": {"label": "psu b"}},
+        ]}
+        pserv.dispatch(1, "n1", "on", power)  # the fake agent is done; the manual one waits
+        self.assertEqual(reports, [])
+        self.assertEqual(pserv.confirm(1, "on"), 1)
+        self.assertEqual([(r.operation_id, r.outcome) for r in reports], [(1, "succeeded")])

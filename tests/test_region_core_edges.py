@@ -173,7 +173,7 @@ class ActivityAndStopTests(unittest.TestCase):
         self.successResultOf(d)
         self.assertEqual(self.successResultOf(work), "done")
         r.track(defer.Deferred())  # never ends
-        d = r.drain(timeout=5.0)
+        d = r.drain()  # the default bound: 5 s
         clock.advance(4.9)
         self.assertNoResult(d)
         clock.advance(0.1)
