@@ -131,3 +131,7 @@ class SlotsPropertyTests(unittest.TestCase):
         self.assertIsNone(DriverExecutor(DriverCatalogue([FakeType()])).slots)
         pool = PrioritySlots(2)
         self.assertIs(DriverExecutor(DriverCatalogue([FakeType()]), slots=pool).slots, pool)
+
+    def test_the_catalogue_is_the_one_given(self):
+        catalogue = DriverCatalogue([FakeType()])
+        self.assertIs(DriverExecutor(catalogue).catalogue, catalogue)
