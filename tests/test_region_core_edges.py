@@ -6,6 +6,8 @@ how often the region looks for silent ones, the per-cluster activity
 count, and the bounded drain at stop.
 """
 
+import gc
+
 import attrs
 from twisted.internet import defer, task
 from twisted.trial import unittest
@@ -108,6 +110,12 @@ class FakeProtocol:
     last_heard: float = 0.0
     in_flight: int = 0
     transport: FakeTransport = attrs.Factory(FakeTransport)
+    answer: object = None  # what callRemote answers; None: never
+
+    def callRemote(self, command, **kwargs):
+        if self.answer is None:
+            return defer.Deferred()
+        return defer.succeed(self.answer)
 
 
 class SilentPservTests(unittest.TestCase):
@@ -178,3 +186,22 @@ class ActivityAndStopTests(unittest.TestCase):
         self.assertNoResult(d)
         clock.advance(0.1)
         self.assertIsNone(self.successResultOf(d))
+        # drain() cancels its own per-item waits on timeout and leaves their
+        # CancelledErrors unhandled; collect them here so that they are not
+        # blamed on whichever test runs when they are garbage-collected.
+        gc.collect()
+        self.flushLoggedErrors(defer.CancelledError)
+
+
+class QuiesceTests(unittest.TestCase):
+    def test_quiescing_a_node_waits_ten_seconds_for_a_pserv_that_does_not_answer(self):
+        clock = task.Clock()
+        r = region(clock=clock)
+        r.directory.add(FakeProtocol("p1", "c1", answer={"cancelled": ["7", "9"]}))
+        r.directory.add(FakeProtocol("p2", "c1"))  # never answers
+        d = defer.ensureDeferred(r.quiesce_node({"name": "n1", "cluster": "c1"}, "deleted"))
+        clock.advance(9.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d), {7, 9})
+        self.assertEqual(clock.getDelayedCalls(), [])
