@@ -60,12 +60,13 @@ class RegionConfig:
     heartbeat_timeout: float = 30.0
     responsive_grace: float = 60.0
     pod_probe_interval: float = 60.0
+    lease: float = 30.0
 
     checks = {
         "name": _text, "database": _text, "api_endpoint": _endpoint,
         "rpc_endpoint": _endpoint, "secret_file": _text,
         "heartbeat_timeout": _positive, "responsive_grace": _positive,
-        "pod_probe_interval": _positive,
+        "pod_probe_interval": _positive, "lease": _positive,
     }
 
 
@@ -81,6 +82,7 @@ class PservConfig:
     stagger_on: float = 0.0
     max_actions: int = 64
     manual_timeout: float = 3600.0
+    lease_margin: float = 10.0
 
     checks = {
         "name": _text, "cluster": _text, "regions": _endpoints,
@@ -89,6 +91,7 @@ class PservConfig:
         "stagger_on": lambda v: 0.0 if v == 0 else _positive(v),
         "max_actions": _count,
         "manual_timeout": lambda v: 0.0 if v == 0 else _positive(v),
+        "lease_margin": _positive,
     }
 
 

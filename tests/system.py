@@ -81,18 +81,25 @@ class SystemMixin:
         self.pservs = []
         self.http = HTTPConnectionPool(reactor, persistent=False)
 
-    async def start_region(self):
+    #: Lease settings of the test fleet (short, so take-overs are quick).
+    lease = 30.0
+    lease_margin = 10.0
+
+    async def start_region(self, name="region-test", rpc_listen=None, main=True):
         settings = RegionConfig(
-            name="region-test", database=self.dsn,
+            name=name, database=self.dsn,
             api_endpoint="tcp:0:interface=127.0.0.1",
-            rpc_endpoint=self.rpc_listen,
-            secret_file=self.secret_file, heartbeat_timeout=10.0)
-        self.region = RegionService(settings, SECRET, reactor, catalogue())
-        self.region.startService()
-        await self.region.whenReady()
-        self.api = f"http://127.0.0.1:{self.region.api_port.getHost().port}"
-        self.addCleanup(self._stop_region, self.region)
-        return self.region
+            rpc_endpoint=rpc_listen or self.rpc_listen,
+            secret_file=self.secret_file, heartbeat_timeout=10.0, lease=self.lease)
+        region = RegionService(settings, SECRET, reactor, catalogue())
+        region.startService()
+        await region.whenReady()
+        region.api = f"http://127.0.0.1:{region.api_port.getHost().port}"
+        if main:
+            self.region = region
+            self.api = region.api
+        self.addCleanup(self._stop_region, region)
+        return region
 
     def _stop_region(self, region):
         if region.running:
@@ -102,12 +109,12 @@ class SystemMixin:
         await self.region.stopService()
 
     async def start_pserv(self, name="pserv-a", secret=SECRET, poll_interval=3600,
-                          cluster="c1"):
+                          cluster="c1", regions=None):
         settings = PservConfig(
             name=name, cluster=cluster,
-            regions=(self.rpc_dial,),
+            regions=regions or (self.rpc_dial,),
             secret_file=self.secret_file, poll_interval=poll_interval,
-            heartbeat_interval=1.0)
+            heartbeat_interval=min(1.0, self.lease / 6), lease_margin=self.lease_margin)
         pserv = PservService(settings, secret, reactor, catalogue())
         pserv.startService()
         self.pservs.append(pserv)
@@ -132,12 +139,13 @@ class SystemMixin:
 
     # -- REST helpers -----------------------------------------------------
 
-    async def call(self, method, path, body=None):
+    async def call(self, method, path, body=None, api=None):
         kwargs = {}
         if body is not None:
             kwargs["data"] = json.dumps(body).encode()
             kwargs["headers"] = {b"Content-Type": [b"application/json"]}
-        response = await treq.request(method, self.api + path, pool=self.http, **kwargs)
+        response = await treq.request(method, (api or self.api) + path, pool=self.http,
+                                      **kwargs)
         content = await treq.content(response)
         return response.code, (json.loads(content) if content else None)
 
@@ -159,8 +167,9 @@ class SystemMixin:
         assert code == 201, (code, body)
         return body
 
-    async def power(self, name, action):
-        code, body = await self.call("POST", f"/v1/nodes/{name}/power", {"action": action})
+    async def power(self, name, action, api=None):
+        code, body = await self.call("POST", f"/v1/nodes/{name}/power", {"action": action},
+                                     api=api)
         assert code == 202, (code, body)
         return body
 

@@ -72,6 +72,7 @@ class PservSide:
         self.registry = PowerActionRegistry(self.executor, clock)
         self.reports = []
         self.pserv = Pserv(self.registry, self.executor, self.reports.append)
+        self.pserv.epoch = 1  # as if it held a lease
 
     def dispatch(self, op, node, action):
         return self.pserv.dispatch(op, node, action, power(node))

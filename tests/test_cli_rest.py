@@ -349,8 +349,9 @@ class RestCommandTests(unittest.TestCase):
         self.assertEqual(status, 0, err)
         lines = out.splitlines()
         self.assertEqual(lines[0].split(), ["NAME", "CLUSTER", "DESIRED", "POWER",
-                                            "RESPONSIVE", "AGENTS", "LAST", "ERROR"])
-        self.assertEqual(lines[2].split()[:6], ["n2", "c1", "on", "on", "non-responsive", "ipmi"])
+                                            "RESPONSIVE", "DRIFT", "AGENTS", "LAST", "ERROR"])
+        self.assertEqual(lines[2].split()[:7],
+                         ["n2", "c1", "on", "on", "non-responsive", "-", "ipmi"])
         status, out, _ = yield self.cli("node", "list", "--json", "--cluster", "c1")
         self.assertEqual([n["name"] for n in json.loads(out)], ["n1", "n2"])
         self.assertEqual(self.sent("GET")[-1][2], {"cluster": "c1"})

@@ -60,6 +60,7 @@ class LifecycleMixin(SystemMixin):
     async def clean_poll_round(self, pserv=None):
         """One poll round of ``pserv``; answers what it logged at warn or worse."""
         pserv = pserv or self.pserv
+        await wait_until(lambda: defer.succeed(pserv.link.connected and pserv.link.epoch))
         capture = LogCapture(self)
         await pserv.poller.poll_once()
         await sleep(0.2)  # let the region record the batch
@@ -145,7 +146,7 @@ class ReportTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
 
         capture = LogCapture(self)
         for _ in range(2):
-            await protocol.callRemote(commands.ReportPowerState, states=[
+            await protocol.callRemote(commands.ReportPowerState, epoch=protocol.epoch, states=[
                 {"node": "node1", "state": "on", "error": ""},
                 {"node": "ghost", "state": "on", "error": ""},
                 {"node": "node2", "state": "on", "error": ""}])
@@ -162,7 +163,7 @@ class ReportTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         from powerctl.rpc import commands
 
         answer = await protocol.callRemote(
-            commands.ReportOutcome, operation_id=987654, outcome="succeeded",
+            commands.ReportOutcome, operation_id=987654, outcome="succeeded", epoch=protocol.epoch,
             observed_state="on", agent="", error="", coalesced_into=0, superseded_by=0)
         self.assertEqual(answer, {"recorded": False})
         self.assertEqual(self.pserv.link._connected, [protocol])
@@ -225,6 +226,9 @@ class ChangeTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
 
 
 class CancelTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
+    async def _running(self, op_id):
+        return (await self.op(op_id))["state"] == "running"
+
     @run
     async def test_operator_cancel_quiets_the_device_first(self):
         await self.start()
@@ -269,6 +273,7 @@ class CancelTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         await self.start()
         op = await self.power("node1", "on")
         await self.reset_sent("node1")
+        await wait_until(lambda: self._running(op["id"]))
         await self.pserv.stopService()
         await wait_until(lambda: defer.succeed(not self.region.region.directory.all()))
         code, body = await self.call("POST", f"/v1/power_ops/{op['id']}/cancel", {})

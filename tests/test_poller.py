@@ -21,6 +21,7 @@ TIMING = Timing(timeout=2.0, retries=0, verify_timeout=5.0, poll_interval=0.05)
 
 class RecordingLink:
     connected = True
+    epoch = 7  # the lease the pserv holds
 
     def __init__(self):
         self.batches = []
@@ -28,7 +29,8 @@ class RecordingLink:
     def refresh(self):
         return defer.succeed(None)
 
-    def send_states(self, states):
+    def send_states(self, states, epoch):
+        assert epoch == self.epoch
         self.batches.append(states)
         return defer.succeed(None)
 

@@ -119,6 +119,7 @@ class PservTests(unittest.TestCase):
         self.registry = PowerActionRegistry(self.executor, self.clock, cancel_timeout=5)
         self.reports = []
         self.pserv = Pserv(self.registry, self.executor, self.reports.append)
+        self.pserv.epoch = 1  # as if it held a lease
 
     def test_forget_node_cancels_then_forgets_once_quiet(self):
         self.pserv.dispatch(1, "n1", "on", POWER)
@@ -170,6 +171,7 @@ class ManualConfirmTests(unittest.TestCase):
         self.registry = PowerActionRegistry(self.executor, self.clock)
         self.reports = []
         self.pserv = Pserv(self.registry, self.executor, self.reports.append)
+        self.pserv.epoch = 1  # as if it held a lease
         self.power = {"mode": "single", "agents": [{"driver": "manual",
                                                     "params": {"label": "rack 1"}}]}
 

@@ -36,7 +36,9 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         answer = await p.callRemote(
             commands.Authenticate, proof=auth.proof(SECRET, challenge["nonce"]), nonce=mine)
         self.assertTrue(auth.valid(SECRET, mine, answer["proof"]))
-        await p.callRemote(commands.Register, cluster="c1", name=name, version="test")
+        answer = await p.callRemote(commands.Register, cluster="c1", name=name,
+                                    version="test", instance="test-instance")
+        p.epoch = answer["epoch"]
         return p
 
     @run
@@ -44,7 +46,8 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         await self.start_region()
         p = await self.client()
         for command, kwargs in [
-            (commands.Register, {"cluster": "c1", "name": "x", "version": "1"}),
+            (commands.Register, {"cluster": "c1", "name": "x", "version": "1",
+                                 "instance": "i"}),
             (commands.Recover, {"after_op": 0, "after_node": ""}),
             (commands.Heartbeat, {"actions_in_flight": 0}),
         ]:
@@ -73,12 +76,15 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         p = await self.authenticated()
         with self.assertRaises(commands.BadArguments):
             await p.callRemote(commands.ReportOutcome, operation_id=op["id"], outcome="exploded",
+                               epoch=p.epoch,
                                observed_state="", agent="", error="", coalesced_into=0,
                                superseded_by=0)
         with self.assertRaises(commands.BadArguments):
-            await p.callRemote(commands.ReportPowerState, states=[{"node": "node1", "state": "sideways"}])
+            await p.callRemote(commands.ReportPowerState, epoch=p.epoch,
+                               states=[{"node": "node1", "state": "sideways"}])
         with self.assertRaises(commands.BadArguments):
-            await p.callRemote(commands.ReportPowerState, states={"not": "a list"})
+            await p.callRemote(commands.ReportPowerState, states={"not": "a list"},
+                               epoch=p.epoch)
         self.assertEqual((await self.op(op["id"]))["state"], "pending")
         self.assertEqual((await self.get("/v1/nodes/node1"))["power_state"], "unknown")
 
@@ -89,7 +95,8 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         op = await self.power("node1", "off")
         p = await self.authenticated()
         args = dict(operation_id=op["id"], outcome="succeeded", observed_state="off",
-                    agent="0:redfish", error="", coalesced_into=0, superseded_by=0)
+                    agent="0:redfish", error="", coalesced_into=0, superseded_by=0,
+                    epoch=p.epoch)
         self.assertTrue((await p.callRemote(commands.ReportOutcome, **args))["recorded"])
         self.assertFalse((await p.callRemote(commands.ReportOutcome, **args))["recorded"])
         done = await self.op(op["id"])
@@ -107,12 +114,13 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                   ("superseded", "", "", ops[3]["id"]), ("cancelled", "", "by carol", 0)]
         for op, (outcome, seen, error, by) in zip(ops, firsts):
             await p.callRemote(commands.ReportOutcome, operation_id=op["id"], outcome=outcome,
+                               epoch=p.epoch,
                                observed_state=seen, agent="", error=error, coalesced_into=0,
                                superseded_by=by)
         for op, (outcome, *_rest) in zip(ops, firsts):
             for late in ("succeeded", "failed", "cancelled"):
                 answer = await p.callRemote(
-                    commands.ReportOutcome, operation_id=op["id"], outcome=late,
+                    commands.ReportOutcome, operation_id=op["id"], outcome=late, epoch=p.epoch,
                     observed_state="off" if late == "succeeded" else "", agent="late",
                     error="late" if late != "succeeded" else "", coalesced_into=0,
                     superseded_by=0)
@@ -128,6 +136,7 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         for _ in range(4):
             op = await self.power("node1", "on")
             await p.callRemote(commands.ReportOutcome, operation_id=op["id"], outcome="failed",
+                               epoch=p.epoch,
                                observed_state="", agent="", error="unreachable: no route",
                                coalesced_into=0, superseded_by=0)
         store = self.region.region.store
@@ -224,7 +233,7 @@ class PservSideTests(unittest.TestCase):
         power = {"mode": "single", "agents": [{"driver": "redfish", "params": {
             "url": "http://127.0.0.1:9", "username": "u", "password": "p"}}]}
         yield self.assertFailure(
-            client.callRemote(commands.PowerOn, operation_id=1, node="n", power=power),
+            client.callRemote(commands.PowerOn, operation_id=1, node="n", power=power, epoch=1),
             commands.NotAuthenticated)
         yield self.assertFailure(client.callRemote(commands.ListActions, after_node="", limit=10),
                                  commands.NotAuthenticated)

@@ -478,6 +478,12 @@ def add_commands(subparsers):
 
     clusters = group("cluster", "clusters and their pservs")
     command(clusters, "list", cluster_list, "list clusters")
+    p = command(clusters, "set", cluster_set, "change a cluster's settings")
+    p.add_argument("name")
+    p.add_argument("--drift-policy", required=True, choices=("report", "enforce"),
+                   help="what a node polled in another state than desired gets: report "
+                        "(shown only) or enforce (a 'reconcile' operation to its desired "
+                        "state after two consecutive polls)")
 
     p = subparsers.add_parser("activity", parents=[parent],
                               help="what the pservs run right now, what waits, who joined, "
@@ -511,6 +517,7 @@ NODE_COLUMNS = [
     ("DESIRED", "desired_state"),
     ("POWER", "power_state"),
     ("RESPONSIVE", "responsive"),
+    ("DRIFT", lambda n: _drift(n.get("drift"), short=True)),
     ("AGENTS", lambda n: power_summary(n.get("power"))),
     ("LAST ERROR", "last_error"),
 ]
@@ -527,11 +534,23 @@ def _responsive(value):
     return value
 
 
+def _drift(drift, short=False):
+    """A node's ``drift``: ``off since ... (desired on, 2 polls)``, or nothing."""
+    if not isinstance(drift, dict):
+        return drift
+    observed = drift.get("observed")
+    if short:
+        return f"{observed} (desired {drift.get('desired')})"
+    return (f"{observed} since {output.when(drift.get('since'))} (desired "
+            f"{drift.get('desired')}, {drift.get('polls')} polls)")
+
+
 def show_node(ctx, node):
-    first = ["name", "cluster", "desired_state", "power_state", "responsive",
+    first = ["name", "cluster", "desired_state", "power_state", "responsive", "drift",
              "last_error", "last_queried_at", "last_changed_at", "created_at",
              "updated_at"]
-    pairs = [(k, _responsive(node.get(k)) if k == "responsive" else _shown(k, node.get(k)))
+    pairs = [(k, _responsive(node.get(k)) if k == "responsive" else _drift(node.get(k))
+              if k == "drift" else _shown(k, node.get(k)))
              for k in first if k in node]
     pairs += [(k, _shown(k, v)) for k, v in node.items() if k not in first and k != "power"]
     power = node.get("power")
@@ -1023,9 +1042,23 @@ async def cluster_list(ctx, args, api):
          else len(c["nodes"])),
         ("RUNNING", "running_ops"),
         ("IN FLIGHT", "actions_in_flight"),
+        ("DRIFT POLICY", "drift_policy"),
+        ("DRIFTED", "drifted_nodes"),
         ("LAST HEARTBEAT", _last_heartbeat),
         ("PSERVS", _pservs),
     ]))
+    return EXIT_OK
+
+
+@api_command
+async def cluster_set(ctx, args, api):
+    """``powerctl cluster set NAME --drift-policy report|enforce``."""
+    doc = await api.call("PUT", f"/v1/clusters/{q(args.name)}",
+                         {"drift_policy": args.drift_policy})
+    if args.json:
+        ctx.out(output.to_json(doc))
+    else:
+        ctx.out(f"cluster {args.name}: drift policy {(doc or {}).get('drift_policy')}")
     return EXIT_OK
 
 

@@ -25,6 +25,10 @@ class NotConfirmable(Exception):
     """A manual confirmation that cannot apply; says why."""
 
 
+class NotOurs(Exception):
+    """An operation sent under an epoch that is not our lease's: refused, nothing done."""
+
+
 @attrs.frozen
 class Report:
     """What ``ReportOutcome`` carries for one operation."""
@@ -36,6 +40,8 @@ class Report:
     error: str = ""
     coalesced_into: int = 0
     superseded_by: int = 0
+    #: the lease the operation ran under (the region refuses other epochs)
+    epoch: int = 0
 
 
 def report_for(action, result):
@@ -68,6 +74,11 @@ class Pserv:
         self._remember = remember
         self._stopping = False
         self._settled = {}  # op id -> [Deferred] waiting for its report (cancel)
+        self._unreported = set()  # op ids whose cancellation is not theirs to report
+        self._epochs = {}  # op id -> the epoch it runs under
+        #: The epoch of our lease; None while we hold none (then nothing is
+        #: accepted: we must not drive hardware).
+        self.epoch = None
 
     def shutdown(self):
         """
@@ -78,13 +89,36 @@ class Pserv:
         self._stopping = True
         self.registry.cancel_all("pserv shutting down")
 
-    def dispatch(self, operation_id, node, action, power):
+    def go_quiet(self, reason):
+        """
+        Our lease is ending (or ended): cancel everything without reporting
+        -- the operations are not over, their next owner runs them -- and
+        forget every node.  Fires once every device is quiet.
+        """
+        self.epoch = None
+        self._unreported.update(self._in_play)
+        waits = [self.registry.cancel_node(node, reason) for node in self.executor.known_nodes()]
+        self.registry.cancel_all(reason)
+
+        def forget(_):
+            for node in self.executor.known_nodes():
+                if not self.registry.busy(node):
+                    self.executor.forget(node)
+
+        return defer.DeferredList(waits).addCallback(forget)
+
+    def dispatch(self, operation_id, node, action, power, epoch=None):
         """
         Accept one operation; returns ``(disposition, coalesced_into)`` at
         once.  Raises :class:`InvalidConfig` (nothing started) for a bad
-        power configuration.
+        power configuration, :class:`NotOurs` when ``epoch`` (default: ours)
+        is not the epoch of the lease we hold.
         """
         operation_id = int(operation_id)
+        epoch = self.epoch if epoch is None else epoch
+        if self.epoch is None or epoch != self.epoch:
+            raise NotOurs(f"operation {operation_id} for {node} under epoch {epoch}: "
+                          f"our lease is {self.epoch}")
         if operation_id in self._in_play:
             return "known", 0
         if operation_id in self._finished:
@@ -93,6 +127,7 @@ class Pserv:
         self.executor.configure(node, power)
         request = PowerAction(node=node, action=action, operation_id=str(operation_id))
         self._in_play[operation_id] = request
+        self._epochs[operation_id] = epoch
         d = self.registry.submit(request)
         d.addBoth(self._done, request)
         if request.coalesced_into is not None:
@@ -105,8 +140,13 @@ class Pserv:
     def _done(self, result, request):
         report = report_for(request, result)
         op = report.operation_id
+        report = attrs.evolve(report, epoch=int(self._epochs.pop(op, None) or 0))
         self._in_play.pop(op, None)
-        if self._stopping and report.outcome == "cancelled":
+        unreported = op in self._unreported
+        self._unreported.discard(op)
+        if report.outcome == "cancelled" and (self._stopping or unreported):
+            for waiter in self._settled.pop(op, []):
+                waiter.callback(report)
             return None
         self._finished[op] = report
         while len(self._finished) > self._remember:
@@ -122,16 +162,20 @@ class Pserv:
     def in_flight(self):
         return len(self._in_play)
 
-    def forget_node(self, node, reason):
+    def forget_node(self, node, reason, report=True):
         """
         Stop driving ``node`` (deleted, moved away, or given a new power
         configuration): cancel its work with ``reason``, and once the device
         is quiet forget its configuration, so the poller leaves it alone
         and nothing ever runs with the old credentials.  Fires once quiet
         (the registry bounds the wait by its ``cancel_timeout``) with the
-        ids of the operations that ended cancelled.
+        ids of the operations that ended cancelled.  With ``report=False``
+        (a hand-over to another pserv) the cancellations are not reported:
+        those operations are not over, their next owner runs them.
         """
         ops = [op for op, request in self._in_play.items() if request.node == node]
+        if not report:  # a hand-over: the operations go on with the next owner
+            self._unreported.update(ops)
         d = self.registry.cancel_node(node, reason)
 
         def forget(_):

@@ -8,16 +8,20 @@ import bisect
 import collections
 import gc
 import json
+import uuid
 
 from twisted.internet import defer, error, task
 from twisted.logger import Logger
 from twisted.protocols import amp
 
 from powerctl import __version__
-from powerctl.pserv.core import NotConfirmable
+from powerctl.pserv.core import NotConfirmable, NotOurs
 from powerctl.pserv.executor import InvalidConfig
 from powerctl.rpc import auth, commands
 
+
+#: Failures that mean the message never got an answer (it may be sent again).
+_CONNECTION_GONE = (error.ConnectionClosed, defer.CancelledError, amp.ProtocolSwitched)
 
 class RegionLink:
     """
@@ -32,6 +36,8 @@ class RegionLink:
     def __init__(self, outbox_size=10_000):
         self._connected = []
         self._outbox = collections.deque(maxlen=outbox_size)
+        #: Our lease's epoch as the protocols last learnt it (None: no lease).
+        self.epoch = None
 
     def ready(self, protocol):
         self._connected.append(protocol)
@@ -58,15 +64,16 @@ class RegionLink:
                 operation_id=report.operation_id, outcome=report.outcome,
                 observed_state=report.observed_state, agent=report.agent,
                 error=report.error[:4000], coalesced_into=report.coalesced_into,
-                superseded_by=report.superseded_by,
+                superseded_by=report.superseded_by, epoch=report.epoch,
             )
             d.addErrback(self._undelivered, report)
 
     def _undelivered(self, failure, report):
-        if failure.check(amp.RemoteAmpError):
-            # The region answered, and refused: sending it again would be
-            # refused again (and, before regions declared every error, cost
-            # the connection each time).  Logged once, dropped.
+        if not failure.check(*_CONNECTION_GONE):
+            # The region answered, and refused (a stale epoch, bad
+            # arguments): sending it again would be refused again.  Logged
+            # once, dropped; the journal keeps the operation open for its
+            # current owner.
             self.log.error("the region refused the outcome of operation {op}: {why}",
                            op=report.operation_id, why=failure.getErrorMessage())
             return
@@ -87,10 +94,11 @@ class RegionLink:
                                              why=f.getErrorMessage()))
         return d
 
-    def send_states(self, states):
-        if not self._connected:
+    def send_states(self, states, epoch):
+        if not self._connected or epoch is None:
             return defer.succeed(None)
-        d = self._connected[0].callRemote(commands.ReportPowerState, states=states)
+        d = self._connected[0].callRemote(commands.ReportPowerState, states=states,
+                                          epoch=epoch)
         d.addErrback(lambda f: self.log.warn("power states not delivered: {why}",
                                              why=f.getErrorMessage()))
         return d
@@ -101,19 +109,26 @@ class PservProtocol(amp.AMP):
 
     log = Logger()
 
-    def __init__(self, pserv, link, settings, secret, clock):
+    def __init__(self, pserv, link, settings, secret, clock, keeper=None, instance=None,
+                 lease_lost=None):
         super().__init__()
         self.pserv = pserv
         self.link = link
         self.settings = settings
         self.secret = secret
         self.clock = clock
+        self.keeper = keeper  # the process's LeaseKeeper, shared by its connections
+        self.instance = instance or uuid.uuid4().hex
+        self._lease_lost = lease_lost  # called when a region says our lease is over
         self.gate = auth.Gate()
         self._heartbeat = None
         self.handshake = None
+        self.epoch = None
+        self.alive = False  # AMP does not keep BaseProtocol.connected
 
     def connectionMade(self):
         super().connectionMade()
+        self.alive = True
         self.handshake = defer.ensureDeferred(self._hello())
         self.handshake.addErrback(self._hello_failed)
 
@@ -126,9 +141,11 @@ class PservProtocol(amp.AMP):
         if not auth.valid(self.secret, my_nonce, answer["proof"]):
             raise commands.AuthenticationFailed("the region does not hold our secret")
         self.gate.open = True
-        await self.callRemote(
+        sent = self.clock.seconds()
+        answer = await self.callRemote(
             commands.Register, cluster=self.settings.cluster,
-            name=self.settings.name, version=__version__)
+            name=self.settings.name, version=__version__, instance=self.instance)
+        await self._granted(answer["epoch"], sent, answer["lease"])
         await self.recover()
         self.link.ready(self)
         self._heartbeat = task.LoopingCall(self._beat)
@@ -136,8 +153,23 @@ class PservProtocol(amp.AMP):
         self._heartbeat.start(self.settings.heartbeat_interval, now=True).addErrback(
             lambda f: None)
 
+    async def _granted(self, epoch, sent_at, remaining):
+        """A lease answer: adopt ``epoch`` (going quiet first if it replaces another)."""
+        if self.pserv.epoch is not None and self.pserv.epoch != epoch:
+            self.log.warn("our lease changed from epoch {old} to {new}: going quiet first",
+                          old=self.pserv.epoch, new=epoch)
+            await self.pserv.go_quiet("the pserv's lease was replaced")
+        self.epoch = epoch
+        if self.keeper is not None:
+            self.keeper.granted(epoch, sent_at, remaining)
+        self.pserv.epoch = self.link.epoch = epoch
+
     async def recover(self):
-        """Page through the region's ``Recover`` and converge on it."""
+        """
+        Page through the region's ``Recover`` (the nodes and operations our
+        lease owns) and converge on it; hand over the nodes it no longer
+        lists.
+        """
         after_op, after_node, started = 0, "", 0
         known_before, listed = set(self.pserv.executor.known_nodes()), set()
         while True:
@@ -151,35 +183,56 @@ class PservProtocol(amp.AMP):
                     if self.pserv.dispatch(op["id"], op["node"], op["action"],
                                            op["power"])[0] != "known":
                         started += 1
-                except InvalidConfig as e:
+                except (InvalidConfig, NotOurs) as e:
                     self.log.warn("recovered operation {op} unusable: {why}", op=op["id"], why=e)
             after_op, after_node = page["after_op"], page["after_node"]
             if page["done"]:
                 break
         if started:
             self.log.info("took {n} operation(s) from the region's journal", n=started)
-        # Nodes the region no longer lists for this cluster were deleted or
-        # moved while no ForgetNode could reach us: stop driving them.
-        for node in sorted(known_before - listed):
-            self.log.info("node {node} is no longer ours: forgetting it", node=node)
-            self.pserv.forget_node(node, "the node was deleted or moved to another cluster")
+        # Nodes the region no longer lists are not ours any more: handed to
+        # another pserv, deleted or moved while no ForgetNode reached us.
+        # Stop driving them (unreported: their operations go on with the
+        # next owner), then say so, so the next owner may start.
+        gone = sorted(known_before - listed)
+        if not gone:
+            return
+        self.log.info("{n} node(s) no longer ours: handing them over", n=len(gone))
+        await defer.DeferredList([
+            self.pserv.forget_node(node, "handed over to another pserv", report=False)
+            for node in gone])
+        for start in range(0, len(gone), 200):
+            await self.callRemote(commands.ReleaseNodes, nodes=gone[start:start + 200])
 
     def _hello_failed(self, failure):
         self.log.error("region hand-shake failed: {why}", why=failure.getErrorMessage())
         self.transport.loseConnection()
 
     def _beat(self):
+        sent = self.clock.seconds()
         d = self.callRemote(commands.Heartbeat, actions_in_flight=self.pserv.in_flight())
+        d.addCallback(lambda answer: self._renewed(sent, answer["lease"]))
         d.addErrback(self._beat_failed)
         return None
 
+    def _renewed(self, sent, remaining):
+        if self.keeper is not None and self.epoch is not None:
+            self.keeper.granted(self.epoch, sent, remaining)
+
     def _beat_failed(self, failure):
-        if failure.check(error.ConnectionClosed, error.ConnectionLost, error.ConnectionDone):
+        if failure.check(*_CONNECTION_GONE):
             return None  # the connection is going; ClientService reconnects
+        if failure.check(commands.LeaseExpired):
+            self.log.warn("the region says our lease is over: going quiet, registering again")
+            if self._lease_lost is not None:
+                self._lease_lost()
+            self.transport.loseConnection()
+            return None
         self.log.failure("heartbeat refused by the region", failure)
         return None
 
     def connectionLost(self, reason):
+        self.alive = False
         self.link.lost(self)
         # A walk the region gave up on keeps its snapshot (megabytes at
         # 10,000 busy nodes) only as long as the connection.
@@ -191,33 +244,48 @@ class PservProtocol(amp.AMP):
 
     # -- region → pserv ------------------------------------------------------
 
-    def _power(self, action, operation_id, node, power):
+    def _power(self, action, operation_id, node, power, epoch):
         self.gate.check()
         try:
-            disposition, into = self.pserv.dispatch(operation_id, node, action, power)
+            disposition, into = self.pserv.dispatch(operation_id, node, action, power, epoch)
         except InvalidConfig as e:
             raise commands.InvalidPowerConfig(str(e))
+        except NotOurs as e:
+            raise commands.StaleEpoch(str(e))
         return {"disposition": disposition, "coalesced_into": into}
 
     @commands.PowerOn.responder
-    def power_on(self, operation_id, node, power):
-        return self._power("on", operation_id, node, power)
+    def power_on(self, operation_id, node, power, epoch):
+        return self._power("on", operation_id, node, power, epoch)
 
     @commands.PowerOff.responder
-    def power_off(self, operation_id, node, power):
-        return self._power("off", operation_id, node, power)
+    def power_off(self, operation_id, node, power, epoch):
+        return self._power("off", operation_id, node, power, epoch)
 
     @commands.PowerSoftOff.responder
-    def power_soft_off(self, operation_id, node, power):
-        return self._power("soft-off", operation_id, node, power)
+    def power_soft_off(self, operation_id, node, power, epoch):
+        return self._power("soft-off", operation_id, node, power, epoch)
 
     @commands.PowerCycle.responder
-    def power_cycle(self, operation_id, node, power):
-        return self._power("cycle", operation_id, node, power)
+    def power_cycle(self, operation_id, node, power, epoch):
+        return self._power("cycle", operation_id, node, power, epoch)
 
     @commands.PowerQuery.responder
-    def power_query(self, operation_id, node, power):
-        return self._power("query", operation_id, node, power)
+    def power_query(self, operation_id, node, power, epoch):
+        return self._power("query", operation_id, node, power, epoch)
+
+    @commands.Refresh.responder
+    def refresh(self):
+        self.gate.check()
+        d = defer.ensureDeferred(self.recover())
+        d.addErrback(self._refresh_failed)
+        return {}
+
+    def _refresh_failed(self, failure):
+        if failure.check(*_CONNECTION_GONE, commands.LeaseExpired):
+            return None  # going away, or our lease is over: nothing to refresh for
+        self.log.failure("refresh asked by the region failed", failure)
+        return None
 
     @commands.ForgetNode.responder
     def forget_node(self, node, reason):

@@ -44,10 +44,13 @@ class Poller:
     def poll_once(self):
         """One round: refresh what we know, query every idle node, report."""
         if not self.link.connected:
-            return None
+            return defer.succeed(None)
         return self.link.refresh().addCallback(lambda _: self._poll())
 
     def _poll(self):
+        epoch = self.link.epoch  # results go out under the lease they were polled under
+        if epoch is None:
+            return None  # no lease: we drive nothing, not even a query
         # Manual nodes cannot be queried: their state is the last one an
         # operator confirmed, not a failed poll every round.
         nodes = [n for n in self.executor.known_nodes()
@@ -57,7 +60,7 @@ class Poller:
                 .addCallbacks(lambda o, n=n: {n: o.state}, lambda f, n=n: {n: f})
                 for n in singles]
         work += [self._slots.run(self._query_pdu, *pdu) for pdu in pdus.values()]
-        return defer.gatherResults(work).addCallback(self._report)
+        return defer.gatherResults(work).addCallback(self._report, epoch)
 
     def _query(self, node):
         action = PowerAction(node=node, action="query", operation_id=f"poll-{next(self._ids)}")
@@ -103,7 +106,7 @@ class Poller:
         d.addErrback(lambda f: dict.fromkeys(outlets, f))
         return d
 
-    def _report(self, results):
+    def _report(self, results, epoch):
         states = []
         for result in results:
             for node, value in result.items():
@@ -116,4 +119,4 @@ class Poller:
                     states.append({"node": node, "state": state, "error": ""})
         # Keep each AMP value well under 64 KiB.
         batches = [states[i:i + 200] for i in range(0, len(states), 200)]
-        return defer.DeferredList([self.link.send_states(b) for b in batches])
+        return defer.DeferredList([self.link.send_states(b, epoch) for b in batches])

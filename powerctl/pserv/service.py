@@ -7,17 +7,21 @@ and closes the driver types, bounded so that a hung BMC cannot hold the
 process.
 """
 
+import uuid
+
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 
 from powerctl import config
+from powerctl.ownership import LeaseKeeper
 from powerctl.pserv.core import Pserv
 from powerctl.pserv.executor import DriverExecutor, Stagger
 from powerctl.pserv.link import PservProtocol, RegionLink
 from powerctl.pserv.poller import Poller
 from powerctl.pserv.slots import PrioritySlots
 from powerctl.registry import PowerActionRegistry
+from powerctl.rpc import commands
 
 STOP_TIMEOUT = 5.0
 
@@ -45,6 +49,8 @@ class PservService(service.MultiService):
         self.pserv = Pserv(self.registry, self.executor, self.link.report)
         self.poller = Poller(self.registry, self.executor, self.link, reactor,
                              settings.poll_interval, settings.poll_concurrency)
+        self.instance = uuid.uuid4().hex  # this process: its lease is its own
+        self.keeper = LeaseKeeper(reactor, settings.lease_margin, self._lease_ending)
         self.protocols = []
         for description in settings.regions:
             endpoint = endpoints.clientFromString(reactor, description)
@@ -56,8 +62,31 @@ class PservService(service.MultiService):
             client.setServiceParent(self)
 
     def _protocol(self, secret):
-        p = PservProtocol(self.pserv, self.link, self.settings, secret, self.reactor)
+        p = PservProtocol(self.pserv, self.link, self.settings, secret, self.reactor,
+                          keeper=self.keeper, instance=self.instance,
+                          lease_lost=self._lease_ending)
+        self.protocols.append(p)
         return p
+
+    def _live_protocols(self):
+        self.protocols = [p for p in self.protocols if p.alive]
+        return list(self.protocols)
+
+    def _lease_ending(self):
+        """
+        No renewal came in time: stop driving everything before the lease
+        runs out (the region may then give our nodes to another pserv), and
+        reconnect to register again.
+        """
+        if self.pserv.epoch is None:
+            return
+        self.log.warn("pserv {name}: lease of epoch {epoch} ending without renewal; "
+                      "going quiet", name=self.settings.name, epoch=self.pserv.epoch)
+        self.keeper.lost()
+        self.link.epoch = None
+        self.pserv.go_quiet("the pserv's lease is ending")
+        for p in self._live_protocols():
+            p.transport.loseConnection()
 
     @classmethod
     def from_config(cls, settings, reactor=None, catalogue=None):
@@ -78,11 +107,28 @@ class PservService(service.MultiService):
 
     def stopService(self):
         self.poller.stop()
+        self.keeper.close()
+        d = defer.ensureDeferred(self._stop())
+        d.addTimeout(STOP_TIMEOUT, self.reactor, onTimeoutCancel=lambda *a: None)
+        d.addErrback(lambda f: self.log.failure("pserv stop", f))
+        return d
+
+    async def _stop(self):
+        """
+        Quiet first, then give the lease back so our nodes move at once
+        (instead of after the lease's expiry), then close.
+        """
+        quiet = self.pserv.go_quiet("pserv shutting down")
         self.pserv.shutdown()
-        d = defer.DeferredList([
+        await quiet
+        releases = []
+        for p in self._live_protocols():
+            if p.epoch is not None:
+                d = p.callRemote(commands.ReleaseLease)
+                d.addTimeout(1.0, self.reactor)
+                releases.append(d)
+        await defer.DeferredList(releases, consumeErrors=True)
+        await defer.DeferredList([
             defer.maybeDeferred(super().stopService),
             defer.maybeDeferred(self.catalogue.close),
         ], consumeErrors=True)
-        d.addTimeout(STOP_TIMEOUT, self.reactor, onTimeoutCancel=lambda *a: None)
-        d.addBoth(lambda _: None)
-        return d

@@ -33,13 +33,14 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from powerctl.power import Action
-from powerctl.region import openapi, powerconfig
+from powerctl.region import drift, openapi, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.store import OP_STATES
 
 MAX_BODY = 1024 * 1024
 NODE_FIELDS = ("name", "cluster", "power", "desired_state", "power_state", "responsive",
-               "last_error", "last_queried_at", "last_changed_at", "created_at", "updated_at")
+               "last_error", "last_queried_at", "last_changed_at", "created_at", "updated_at",
+               "drift")
 OP_FIELDS = ("id", "node", "action", "state", "coalesced_into", "superseded_by", "error",
              "requested_at", "started_at", "finished_at", "pserv", "agent", "requester",
              "observed_state", "cancelled_by", "confirmed_by")
@@ -229,6 +230,7 @@ class Api(resource.Resource):
             ("pod_manager/{uuid}", {"GET": self.get_pod_manager, "PUT": self.update_pod_manager,
                                     "DELETE": self.delete_pod_manager}),
             ("clusters", {"GET": self.list_clusters}),
+            ("clusters/{name}", {"PUT": self.update_cluster}),
             ("activity", {"GET": self.get_activity}),
             ("openapi.json", {"GET": self.openapi}),
         )
@@ -301,6 +303,8 @@ class Api(resource.Resource):
         """A node as the API shows it: power redacted."""
         shown = _pick(row, NODE_FIELDS)
         shown["power"] = powerconfig.redact(row["power"], self.catalogue)
+        shown["drift"] = drift.as_json(row.get("drift_since"), row.get("drift_observed"),
+                                       row.get("desired_state"), row.get("drift_polls"))
         return shown
 
     # -- nodes ----------------------------------------------------------
@@ -313,6 +317,8 @@ class Api(resource.Resource):
     async def create_node(self, request):
         body = _json_body(request, ("name", "cluster", "power"), ("name", "cluster", "power"))
         row = await self.store.create_node(body["name"], body["cluster"], body["power"])
+        if self.region is not None:  # a pserv of its cluster owns it from now on
+            await self.region.assign(row["cluster"])
         request.setHeader("Location", f"/v1/nodes/{row['name']}")
         return 201, self._node(row)
 
@@ -440,6 +446,19 @@ class Api(resource.Resource):
             if cluster["name"] in live:
                 cluster["actions_in_flight"] = live[cluster["name"]]
         return 200, clusters
+
+    async def update_cluster(self, request, name):
+        """``{"drift_policy": "report"|"enforce"}``: what the cluster does about drift."""
+        body = _json_body(request, ("drift_policy",), ("drift_policy",))
+        if body["drift_policy"] not in drift.POLICIES:
+            raise ApiError(400, "invalid_input", f"drift_policy: must be one of "
+                           f"{', '.join(drift.POLICIES)}, not {body['drift_policy']!r}")
+        await self.store.set_cluster_policy(name, body["drift_policy"])
+        [cluster] = [c for c in await self.store.list_clusters() if c["name"] == name]
+        live = await self._activity()
+        if name in live:
+            cluster["actions_in_flight"] = live[name]
+        return 200, cluster
 
     async def _activity(self):
         """This region's view of actions in flight; {} if it cannot say."""

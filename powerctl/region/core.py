@@ -25,9 +25,10 @@ QUIET_TIMEOUT = 10.0
 class Region:
     log = Logger()
 
-    def __init__(self, name, store, secret, clock, heartbeat_timeout=30.0):
+    def __init__(self, name, store, secret, clock, heartbeat_timeout=30.0, leases=None):
         self.name = name
         self.store = store
+        self.leases = leases
         self.secret = secret
         self.clock = clock
         self.heartbeat_timeout = heartbeat_timeout
@@ -83,29 +84,48 @@ class Region:
     async def dispatch(self, op):
         """
         Send one journalled operation (a dict with ``id``, ``node``,
-        ``action``) to a live pserv of its node's cluster.  With none live it
-        stays ``pending`` and goes out on the next (re)connection.
+        ``action``) to its node's owner, under the owner's epoch, if that
+        pserv is connected to this region.  Otherwise it stays as it is:
+        the region the owner is connected to dispatches it on the NOTIFY
+        every request sends, and an owner takes its open operations in every
+        ``Recover``.  Answers the disposition (or ``pending``/``elsewhere``).
         """
-        node = await self.store.get_node(op["node"])
+        owner = await self.leases.owner(op["node"])
+        if owner is None:
+            return "gone"
+        if owner["owner_epoch"] is None and owner["handoff_epoch"] is None:
+            # A new node (or one whose owner died): assign its cluster now
+            # rather than at the leader's next round.
+            await self.assign(owner["cluster"])
+            owner = await self.leases.owner(op["node"])
+            if owner is None:
+                return "gone"
+        epoch = owner["owner_epoch"]
+        if epoch is None or owner["handoff_epoch"] is not None:
+            self.log.info("operation {op}: node {n} has no owner now (or is being handed "
+                          "over); it waits", op=op["id"], n=op["node"])
+            return "pending"
+        protocol = self.directory.by_epoch(epoch)
+        if protocol is None:
+            return "elsewhere"
         power = await self.store.node_power_config(op["node"])
-        for protocol in self.directory.for_cluster(node["cluster"]):
-            command = commands.POWER_COMMANDS[op["action"]]
-            try:
-                answer = await protocol.callRemote(
-                    command, operation_id=op["id"], node=op["node"], power=power)
-            except commands.InvalidPowerConfig as e:
-                await self.store.record_outcome(
-                    op["id"], "failed", error=f"config: {e}", pserv=protocol.pserv)
-                return "failed"
-            except Exception as e:  # connection gone mid-call: try the next one
-                self.log.warn("dispatch of {op} to {p} failed: {why}",
-                              op=op["id"], p=protocol.pserv, why=e)
-                continue
-            await self.store.mark_running(op["id"], protocol.pserv)
-            return answer["disposition"]
-        self.log.info("operation {op}: no live pserv in cluster {c}; it waits",
-                      op=op["id"], c=node["cluster"])
-        return "pending"
+        command = commands.POWER_COMMANDS[op["action"]]
+        try:
+            answer = await protocol.callRemote(
+                command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch)
+        except commands.InvalidPowerConfig as e:
+            await self.store.record_outcome(
+                op["id"], "failed", error=f"config: {e}", pserv=protocol.pserv)
+            return "failed"
+        except commands.StaleEpoch as e:
+            self.log.info("operation {op}: {why}; the next owner takes it", op=op["id"], why=e)
+            return "pending"
+        except Exception as e:  # the connection went mid-call: Recover re-sends it
+            self.log.warn("dispatch of {op} to {p} failed: {why}",
+                          op=op["id"], p=protocol.pserv, why=e)
+            return "pending"
+        await self.store.mark_running(op["id"], protocol.pserv, epoch=epoch)
+        return answer["disposition"]
 
     def dispatch_later(self, op):
         """Fire-and-forget dispatch for the API (which has answered 202)."""
@@ -116,7 +136,7 @@ class Region:
     # -- reports --------------------------------------------------------------
 
     async def outcome(self, op_id, outcome, observed_state, agent, error,
-                      coalesced_into, superseded_by, pserv):
+                      coalesced_into, superseded_by, pserv, epoch=None):
         """
         Record a pserv's report of how an operation ended.  False when it
         changed nothing: already terminal, or the operation is unknown (a
@@ -126,7 +146,8 @@ class Region:
         try:
             recorded = await self.store.record_outcome(
                 op_id, outcome, observed_state=observed_state, agent=agent, error=error,
-                coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv)
+                coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv,
+                epoch=epoch)
         except NotFound:
             self.log.warn("pserv {p} reported on operation {op}, which does not exist; dropped",
                           p=pserv, op=op_id)
@@ -146,6 +167,22 @@ class Region:
             except NotFound:
                 pass  # the node was deleted meanwhile: its journal is all that is left
         return recorded.changed
+
+    async def polled(self, node, state, error=None):
+        """
+        Record a pserv's poll of ``node``.  When the node drifted and its
+        cluster enforces (:mod:`powerctl.region.drift`), the store has
+        journalled a ``reconcile`` operation: it is dispatched like any
+        API request.  Answers the node as recorded.
+        """
+        row = await self.store.record_power_state(node, state, error=error, poll=True)
+        op = row.pop("reconcile", None)
+        if op is not None:
+            self.log.info("node {n} drifted from {desired} (observed {observed}):"
+                          " reconcile operation {op}", n=node, desired=row["desired_state"],
+                          observed=state, op=op["id"])
+            self.dispatch_later(op)
+        return row
 
     # -- an operator's hand on one node or operation -------------------------
 
@@ -201,6 +238,7 @@ class Region:
 
         row = await self.store.update_node(name, quiesce=quiesce, by=by, **fields)
         if row.pop("changed_for_pserv"):
+            await self.assign(row["cluster"])
             for op in await self.store.node_open_ops(name):
                 self.dispatch_later(op)
         return row
@@ -228,7 +266,12 @@ class Region:
         if ended and not any(a["outcome"] == "cancelled" for a in known.values()):
             raise Conflict(f"power operation {op['id']} ended {ended.pop()} "
                            "before it could be cancelled")
-        if not known and op["state"] == "running" and op["pserv"] not in [p for p, _ in answers]:
+        owner = await self.leases.owner(op["node"]) if self.leases is not None else None
+        live_owner_elsewhere = (
+            owner is not None and owner["owner_epoch"] is not None
+            and self.directory.by_epoch(owner["owner_epoch"]) is None)
+        ran_elsewhere = op["state"] == "running" and op["pserv"] not in [p for p, _ in answers]
+        if not known and (live_owner_elsewhere or ran_elsewhere):
             if not force:
                 await self.store.mark_operator(op["id"], "cancelled_by", None, ended_ok=True)
                 raise Unavailable(
@@ -275,22 +318,55 @@ class Region:
     # -- pservs coming and going -----------------------------------------------
 
     async def pserv_lost(self, protocol):
+        """
+        A pserv's connection to this region closed.  Its work is not moved
+        from here: it may be alive through another region, and its lease
+        says whether it is -- its nodes move once the lease is over (or at
+        once if it released it).
+        """
         if self.stopping:
             return  # we dropped it ourselves; it will register with our successor
         await self.store.pserv_disconnected(protocol.pserv, region=self.name)
-        if self.directory.for_cluster(protocol.cluster):
-            # Others of the cluster are alive: they take over what was sent
-            # to the lost one (each drops what it already has).
-            after = 0
-            while True:
-                ops = await self.store.outstanding_ops(protocol.cluster, after_id=after,
-                                                       limit=500)
-                for op in ops:
-                    if op.get("pserv") in (None, protocol.pserv):
-                        await self.dispatch(op)
-                if len(ops) < 500:
-                    break
-                after = ops[-1]["id"]
+
+    # -- ownership ------------------------------------------------------------
+
+    async def assign(self, cluster):
+        """
+        One assignment round for ``cluster`` (see :mod:`powerctl.ownership`);
+        the pservs it concerns that are connected here refresh at once.
+        Other regions hear of it through ``NOTIFY assignments``.
+        """
+        changes = await self.leases.assign(cluster)
+        if changes and (changes["assigned"] or changes["handoffs"]):
+            self.log.info("cluster {c}: assigned {a}, handing over {h}", c=cluster,
+                          a={e: len(n) for e, n in changes["assigned"].items()},
+                          h={e: len(n) for e, n in changes["handoffs"].items()})
+            self.refresh_cluster(cluster)
+        return changes
+
+    def refresh_cluster(self, cluster):
+        """Ask the cluster's pservs connected here to ``Recover`` now."""
+        for protocol in self.directory.for_cluster(cluster):
+            d = protocol.callRemote(commands.Refresh)
+            d.addErrback(lambda f, p=protocol: self.log.warn(
+                "pserv {p} did not take a refresh: {why}", p=p.pserv, why=f.getErrorMessage()))
+
+    async def assignment_round(self):
+        """The leader's periodic job: every cluster's assignment (dead leases' nodes move)."""
+        for cluster in await self.leases.clusters():
+            await self.assign(cluster)
+
+    async def notified(self, channel, payload):
+        """A NOTIFY from any region (see :mod:`powerctl.region.coordination`)."""
+        if channel == "assignments":
+            self.refresh_cluster(payload)
+        elif channel == "power_ops":
+            try:
+                op = await self.store.get_op(int(payload))
+            except (NotFound, ValueError):
+                return
+            if op["state"] == "pending":
+                await self.dispatch(op)
 
     def drop_silent_pservs(self):
         """Drop connections whose pserv stopped heart-beating (half-open TCP)."""

@@ -42,3 +42,9 @@ class Unavailable(StoreError):
     """What is needed to do it safely (a pserv) cannot be reached now; retry."""
 
     code = "unavailable"
+
+
+class StaleEpoch(Conflict):
+    """A report from a pserv that no longer owns the node (a fencing token refused)."""
+
+    code = "stale_epoch"

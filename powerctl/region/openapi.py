@@ -80,6 +80,16 @@ def _schemas():
         "last_queried_at": _ts("last poll or query"),
         "last_changed_at": _ts("last change of power_state"),
         "created_at": _ts("creation"), "updated_at": _ts("last configuration change"),
+        "drift": {"type": "object", "nullable": True,
+                  "description": "null, or the node was polled in another state than its "
+                  "desired one with no operation open (cleared by a poll seeing the desired "
+                  "state or by a new request)",
+                  "properties": {
+                      "since": _ts("first poll that saw it"),
+                      "observed": {"type": "string", "enum": ["on", "off"]},
+                      "desired": {"type": "string", "enum": ["on", "off"]},
+                      "polls": {"type": "integer",
+                                "description": "consecutive polls that saw it"}}},
     }}
     node_create = {"type": "object", "additionalProperties": False,
                    "required": ["name", "cluster", "power"], "properties": {
@@ -157,7 +167,15 @@ def _schemas():
         "nodes": {"type": "integer"}, "running_ops": {"type": "integer"},
         "actions_in_flight": {"type": "integer"},
         "status": {"type": "string", "enum": ["online", "offline"]},
-        "pservs": {"type": "array", "items": _ref("Pserv")}}}
+        "pservs": {"type": "array", "items": _ref("Pserv")},
+        "drift_policy": {"type": "string", "enum": ["report", "enforce"],
+                         "description": "what a drifted node gets: only reported, or a "
+                         "'reconcile' operation to its desired state after two consecutive "
+                         "polls saw the drift"},
+        "drifted_nodes": {"type": "integer"}}}
+    cluster_update = {"type": "object", "additionalProperties": False,
+                      "required": ["drift_policy"], "properties": {
+                          "drift_policy": {"type": "string", "enum": ["report", "enforce"]}}}
     error = {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"], "properties": {
             "code": {"type": "string"}, "message": {"type": "string"},
@@ -167,7 +185,7 @@ def _schemas():
             "CancelRequest": cancel_request, "ConfirmRequest": confirm_request,
             "PodManager": pod_manager, "PodManagerCreate": pod_manager_create,
             "PodManagerUpdate": pod_manager_update, "Pserv": pserv, "Cluster": cluster,
-            "Error": error}
+            "ClusterUpdate": cluster_update, "Error": error}
 
 
 def _array(name):
@@ -322,6 +340,14 @@ def _paths():
             "get": {"summary": "Clusters, their pservs and activity",
                     "operationId": "listClusters",
                     "responses": {"200": _json(_array("Cluster"), "by name"), **_errors(400)}},
+        },
+        "/v1/clusters/{name}": {
+            "parameters": [_path_param("name", "cluster name")],
+            "put": {"summary": "Set a cluster's drift policy (report, the default, or "
+                    "enforce)", "operationId": "updateCluster",
+                    "requestBody": _body("ClusterUpdate", ""),
+                    "responses": {"200": _json(_ref("Cluster"), "updated"),
+                                  **_errors(400, 404, 413, 415)}},
         },
         "/v1/activity": {
             "get": {"summary": "What the connected pservs run now, what waits, who joined, "

@@ -32,8 +32,10 @@ class _AnyCertificate:
 class PodManagerProber:
     log = Logger()
 
-    def __init__(self, store, reactor, interval=60.0, timeout=5.0):
+    def __init__(self, store, reactor, interval=60.0, timeout=5.0, leader=None):
         self.store = store
+        #: With several regions only the leader probes (a callable; None: always).
+        self.leader = leader
         self.reactor = reactor
         self.timeout = timeout
         self._pool = HTTPConnectionPool(reactor, persistent=False)
@@ -70,6 +72,8 @@ class PodManagerProber:
         return d.addBoth(done)
 
     async def _probe_all(self):
+        if self.leader is not None and not self.leader():
+            return
         for pm in await self.store.list_pod_managers():
             if urlsplit(pm["url"]).scheme not in ("http", "https"):
                 continue

@@ -9,7 +9,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from powerctl.region.errors import InvalidInput, NotFound
+from powerctl.region.errors import InvalidInput, NotFound, StaleEpoch
+from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands
 
 PAGE = 100  # items per recovery page; also trimmed by size below
@@ -47,6 +48,10 @@ class PservDirectory:
     def all(self):
         return [p for members in self._by_cluster.values() for p in members]
 
+    def by_epoch(self, epoch):
+        """The connection of the pserv holding the lease ``epoch``, if it is here."""
+        return next((p for p in self.all() if p.epoch == epoch), None)
+
 
 class RegionProtocol(amp.AMP):
     """One pserv's connection to this region."""
@@ -59,6 +64,7 @@ class RegionProtocol(amp.AMP):
         self.gate = auth.Gate()
         self.cluster = None
         self.pserv = None
+        self.epoch = None  # the lease this connection's pserv holds
         self.in_flight = 0
         self.last_heard = region.clock.seconds()
         self._unknown_nodes = set()  # logged once each
@@ -76,6 +82,16 @@ class RegionProtocol(amp.AMP):
             raise commands.UnknownPserv("register first")
         self.last_heard = self.region.clock.seconds()
 
+    def _leased(self, epoch=None):
+        """Registered, holding a lease, and (given ``epoch``) speaking for it alone."""
+        self._registered()
+        if self.epoch is None:
+            raise commands.LeaseExpired("this connection's lease was released; register again")
+        if epoch is not None and epoch != self.epoch:
+            self.log.warn("pserv {p} of epoch {mine} sent a report under epoch {other}: refused",
+                          p=self.pserv, mine=self.epoch, other=epoch)
+            raise commands.StaleEpoch(f"epoch {epoch} is not this connection's ({self.epoch})")
+
     @commands.Challenge.responder
     def challenge(self):
         self.gate.nonce = auth.new_nonce()
@@ -91,29 +107,41 @@ class RegionProtocol(amp.AMP):
         return {"proof": auth.proof(self.region.secret, nonce)}
 
     @commands.Register.responder
-    async def register(self, cluster, name, version):
+    async def register(self, cluster, name, version, instance):
         self.gate.check()
-        if not cluster or not name:
-            raise commands.BadArguments("cluster and name must not be empty")
-        await self.region.store.register_pserv(name, cluster, version, self.region.name)
-        self.cluster, self.pserv = cluster, name
+        if not cluster or not name or not instance:
+            raise commands.BadArguments("cluster, name and instance must not be empty")
+        if self.pserv is not None:
+            raise commands.BadArguments("already registered on this connection")
+        try:
+            await self.region.store.register_pserv(name, cluster, version, self.region.name)
+            lease = await self.region.leases.grant(name, cluster, instance)
+        except InvalidInput as e:
+            raise commands.BadArguments(str(e)) from None
+        self.cluster, self.pserv, self.epoch = cluster, name, lease["epoch"]
         self.region.directory.add(self)
-        self.log.info("pserv {name} of cluster {cluster} connected", name=name, cluster=cluster)
-        return {"region": self.region.name}
+        self.log.info("pserv {name} of cluster {cluster} connected under epoch {epoch}",
+                      name=name, cluster=cluster, epoch=self.epoch)
+        await self.region.assign(cluster)
+        return {"region": self.region.name, "epoch": self.epoch, "lease": lease["remaining"]}
 
     @commands.Recover.responder
     async def recover(self, after_op, after_node):
-        self._registered()
+        self._leased()
         store = self.region.store
         ops_page = []
         if after_op >= 0:
-            ops = await store.outstanding_ops(self.cluster, after_id=after_op, limit=PAGE)
+            ops = await store.outstanding_ops(self.cluster, after_id=after_op, limit=PAGE,
+                                              epoch=self.epoch)
             for op in ops:
                 if op["power"] is None:  # its configuration no longer resolves
                     await self.region.outcome(op["id"], "failed", None, None,
                                               f"config: {op.get('power_error')}",
-                                              None, None, self.pserv)
+                                              None, None, self.pserv, epoch=self.epoch)
             ops_page = _trim([_op_json(o) for o in ops if o["power"] is not None])
+            if ops_page:  # they run there from now on, as a dispatch would say
+                await store.mark_running_many([o["id"] for o in ops_page], self.pserv,
+                                              self.epoch)
             if len(ops) == PAGE or len(ops_page) < len(ops):
                 # Every op of a page may have been unusable (failed above):
                 # the cursor then moves past the whole page.
@@ -121,7 +149,8 @@ class RegionProtocol(amp.AMP):
                 return {"operations": ops_page, "nodes": [], "after_op": last,
                         "after_node": "", "done": False}
             after_op = -1  # operations exhausted: nodes from now on
-        nodes = await store.desired_states(self.cluster, after_name=after_node, limit=PAGE)
+        nodes = await store.desired_states(self.cluster, after_name=after_node, limit=PAGE,
+                                           epoch=self.epoch)
         usable = [n for n in nodes if n["power"] is not None]
         page = _trim([_node_json(n) for n in usable])
         full = len(nodes) == PAGE or len(page) < len(usable)
@@ -131,8 +160,8 @@ class RegionProtocol(amp.AMP):
 
     @commands.ReportOutcome.responder
     async def report_outcome(self, operation_id, outcome, observed_state, agent, error,
-                             coalesced_into, superseded_by):
-        self._registered()
+                             coalesced_into, superseded_by, epoch):
+        self._leased(epoch)
         if outcome not in ("succeeded", "failed", "superseded", "cancelled"):
             raise commands.BadArguments(f"unknown outcome {outcome!r}")
         if observed_state not in ("", "on", "off"):
@@ -140,24 +169,36 @@ class RegionProtocol(amp.AMP):
         try:
             recorded = await self.region.outcome(
                 operation_id, outcome, observed_state or None, agent or None, error or None,
-                coalesced_into or None, superseded_by or None, self.pserv)
+                coalesced_into or None, superseded_by or None, self.pserv, epoch=epoch)
+        except StaleEpoch as e:
+            self.log.warn("pserv {p}: {why}", p=self.pserv, why=e)
+            raise commands.StaleEpoch(str(e)) from None
         except InvalidInput as e:
             raise commands.BadArguments(str(e)) from None
         return {"recorded": bool(recorded)}
 
     @commands.ReportPowerState.responder
-    async def report_power_state(self, states):
-        self._registered()
+    async def report_power_state(self, states, epoch):
+        self._leased(epoch)
         if not isinstance(states, list) or not all(
             isinstance(s, dict) and isinstance(s.get("node"), str)
             and s.get("state") in ("on", "off", "unknown", "error") for s in states
         ):
             raise commands.BadArguments("states must be [{node, state, error}]")
+        # Only the owner's polls count: a former owner's (or a forger's)
+        # view of a node is dropped, logged once per node.
+        owned = await self.region.leases.owned(epoch, [s["node"] for s in states])
         for s in states:
+            if s["node"] not in owned:
+                if s["node"] not in self._unknown_nodes:
+                    self._unknown_nodes.add(s["node"])
+                    self.log.warn("pserv {p} reported on node {n}, which its epoch {e} does "
+                                  "not own (deleted, or handed over); dropped",
+                                  p=self.pserv, n=s["node"], e=epoch)
+                continue
             # One bad node never costs the rest of the batch its update.
             try:
-                await self.region.store.record_power_state(
-                    s["node"], s["state"], error=s.get("error") or None)
+                await self.region.polled(s["node"], s["state"], error=s.get("error") or None)
             except NotFound:
                 if s["node"] not in self._unknown_nodes:
                     self._unknown_nodes.add(s["node"])
@@ -170,9 +211,35 @@ class RegionProtocol(amp.AMP):
 
     @commands.Heartbeat.responder
     async def heartbeat(self, actions_in_flight):
-        self._registered()
+        self._leased()
         self.in_flight = actions_in_flight
-        await self.region.store.heartbeat(self.pserv, actions_in_flight)
+        try:
+            remaining = await self.region.leases.renew(self.epoch)
+        except LeaseExpired as e:
+            self.log.warn("pserv {p}: {why}", p=self.pserv, why=e)
+            raise commands.LeaseExpired(str(e)) from None
+        try:
+            await self.region.store.heartbeat(self.pserv, actions_in_flight)
+        except (InvalidInput, NotFound) as e:
+            raise commands.BadArguments(str(e)) from None
+        return {"lease": remaining}
+
+    @commands.ReleaseNodes.responder
+    async def release_nodes(self, nodes):
+        self._leased()
+        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+            raise commands.BadArguments("nodes must be a list of names")
+        released = await self.region.leases.release_nodes(self.epoch, nodes)
+        return {"released": released}
+
+    @commands.ReleaseLease.responder
+    async def release_lease(self):
+        self._leased()
+        clusters = await self.region.leases.release(self.epoch)
+        self.log.info("pserv {p} released its lease (epoch {e})", p=self.pserv, e=self.epoch)
+        self.epoch = None
+        for cluster in clusters or [self.cluster]:
+            await self.region.assign(cluster)
         return {}
 
     def connectionLost(self, reason):

@@ -11,7 +11,9 @@ from txpostgres import txpostgres
 
 from powerctl import config
 from powerctl.region import schema, web
+from powerctl.region.coordination import Coordinator
 from powerctl.region.core import Region
+from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
 from powerctl.region.rpc import RegionProtocol
 
@@ -32,6 +34,7 @@ class RegionService(service.Service):
         self.catalogue = catalogue
         self.pool_size = pool_size
         self.region = None
+        self.coordinator = None
         self.prober = None
         self.store = None
         self.api_port = None
@@ -86,8 +89,12 @@ class RegionService(service.Service):
         self.store = Store(self._pool, self.catalogue,
                            responsive_grace=self.settings.responsive_grace,
                            heartbeat_timeout=self.settings.heartbeat_timeout * 3)
+        leases = Leases(self._pool, lease=self.settings.lease)
         self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
-                             heartbeat_timeout=self.settings.heartbeat_timeout)
+                             heartbeat_timeout=self.settings.heartbeat_timeout, leases=leases)
+        self.coordinator = Coordinator(
+            self.settings.database, self.reactor, self.region.notified,
+            self.region.assignment_round, interval=max(1.0, self.settings.lease / 3))
         factory = protocol.Factory.forProtocol(lambda: RegionProtocol(self.region))
         self.rpc_port = await endpoints.serverFromString(
             self.reactor, self.settings.rpc_endpoint).listen(factory)
@@ -103,8 +110,10 @@ class RegionService(service.Service):
         self.api_port = await endpoints.serverFromString(
             self.reactor, self.settings.api_endpoint).listen(site)
         self.region.start()
+        self.coordinator.start()
         self.prober = PodManagerProber(self.store, self.reactor,
-                                       interval=self.settings.pod_probe_interval)
+                                       interval=self.settings.pod_probe_interval,
+                                       leader=lambda: self.coordinator.leader)
         self.prober.start()
         self.log.info("region {name}: API on {api}, pservs on {rpc}", name=self.settings.name,
                       api=self.api_port.getHost(), rpc=self.rpc_port.getHost())
@@ -118,6 +127,8 @@ class RegionService(service.Service):
                 await port.stopListening()
         if self.prober is not None:
             await self.prober.stop()
+        if self.coordinator is not None:
+            await self.coordinator.stop()
         if self.region is not None:
             self.region.stop()
             await self.region.drain()

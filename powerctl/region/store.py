@@ -31,8 +31,8 @@ from psycopg2.extras import Json
 from twisted.internet import defer
 
 from powerctl.power import Action, PowerState
-from powerctl.region import powerconfig
-from powerctl.region.errors import Conflict, InvalidInput, NotFound
+from powerctl.region import drift, powerconfig
+from powerctl.region.errors import Conflict, InvalidInput, NotFound, StaleEpoch
 
 OP_STATES = ("pending", "running", "succeeded", "failed", "superseded", "cancelled")
 OPEN_STATES = ("pending", "running")
@@ -46,10 +46,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$")
 
 _NODE = """name, cluster, power, desired_state, power_state, responsive,
     failed_polls, last_error, last_queried_at, last_changed_at,
-    last_good_poll_at, created_at, updated_at"""
+    last_good_poll_at, created_at, updated_at, drift_since, drift_observed,
+    drift_polls"""
 _OP = """id, node, action, state, coalesced_into, superseded_by, requester,
     requested_at, started_at, finished_at, pserv, agent, observed_state, error,
-    cancelled_by, confirmed_by"""
+    cancelled_by, confirmed_by, epoch"""
 _POD_MANAGER = """uuid::text AS uuid, name, driver, username,
     password <> '' AS password_set, url, status, description, created_at,
     updated_at"""
@@ -332,10 +333,13 @@ class Store:
         if relevant and quiesce is not None:
             await self._quiesce(tx, node, quiesce, f"node {name} reconfigured", by)
         await self._ensure_cluster(tx, cluster)
+        # Another cluster: its pservs, not the old owner, will drive it.
         row = await tx.row(
-            f"UPDATE nodes SET cluster = %s, power = %s, updated_at = now()"
+            f"UPDATE nodes SET cluster = %s, power = %s, updated_at = now(),"
+            f" owner_epoch = CASE WHEN cluster = %s THEN owner_epoch END,"
+            f" handoff_epoch = CASE WHEN cluster = %s THEN handoff_epoch END"
             f" WHERE name = %s RETURNING {_NODE}",
-            (cluster, Json(power), name))
+            (cluster, Json(power), cluster, cluster, name))
         await self._link_pod_managers(tx, name, power)
         return dict(_plain(row), changed_for_pserv=relevant)
 
@@ -403,9 +407,10 @@ class Store:
             raise InvalidInput(f"action: {e}") from None
         _text("requester", requester, 255)
         await self._node(tx, node, lock=True)
-        if action.target is not None:
+        if action.target is not None:  # a new request: any drift is cleared
             await tx.rows(
-                "UPDATE nodes SET desired_state = %s WHERE name = %s",
+                "UPDATE nodes SET desired_state = %s, drift_since = NULL,"
+                " drift_observed = NULL, drift_polls = 0 WHERE name = %s",
                 (action.target.value, node))
         op = await tx.row(
             f"INSERT INTO power_ops (node, action, requester) VALUES (%s, %s, %s)"
@@ -448,32 +453,37 @@ class Store:
     # -- for the AMP side -----------------------------------------------
 
     @_transaction
-    async def outstanding_ops(self, tx, cluster, after_id=0, limit=500):
+    async def outstanding_ops(self, tx, cluster, after_id=0, limit=500, epoch=None):
         """
         A page of the cluster's non-terminal operations, oldest first, each
         with ``power``: its node's resolved configuration (``None`` plus
         ``power_error`` if it no longer resolves).  Page on with
-        ``after_id`` = the last id seen.
+        ``after_id`` = the last id seen.  With ``epoch``, only those of the
+        nodes that lease owns (and is not handing over).
         """
         rows = await tx.rows(
             f"SELECT {', '.join('o.' + c.strip() for c in _OP.split(','))},"
             " n.power AS node_power FROM power_ops o JOIN nodes n ON n.name = o.node"
             " WHERE n.cluster = %s AND o.state IN ('pending', 'running') AND o.id > %s"
+            " AND (%s::bigint IS NULL OR (n.owner_epoch = %s AND n.handoff_epoch IS NULL))"
             " ORDER BY o.id LIMIT %s",
-            (cluster, int(after_id or 0), _limit(limit, 500, MAX_INTERNAL_PAGE)))
+            (cluster, int(after_id or 0), epoch, epoch,
+             _limit(limit, 500, MAX_INTERNAL_PAGE)))
         resolved = await self._resolve_many(tx, [r.pop("node_power") for r in rows])
         return [_plain(dict(r, power=p, power_error=e)) for r, (p, e) in zip(rows, resolved)]
 
     @_transaction
-    async def desired_states(self, tx, cluster, after_name="", limit=500):
+    async def desired_states(self, tx, cluster, after_name="", limit=500, epoch=None):
         """
         A page of the cluster's nodes by name: ``node``, ``desired_state``,
         ``power_state`` and the resolved ``power`` (as in outstanding_ops).
         """
         rows = await tx.rows(
             "SELECT name AS node, desired_state, power_state, power FROM nodes"
-            " WHERE cluster = %s AND name > %s ORDER BY name LIMIT %s",
-            (cluster, after_name or "", _limit(limit, 500, MAX_INTERNAL_PAGE)))
+            " WHERE cluster = %s AND name > %s"
+            " AND (%s::bigint IS NULL OR (owner_epoch = %s AND handoff_epoch IS NULL))"
+            " ORDER BY name LIMIT %s",
+            (cluster, after_name or "", epoch, epoch, _limit(limit, 500, MAX_INTERNAL_PAGE)))
         resolved = await self._resolve_many(tx, [r.pop("power") for r in rows])
         return [dict(r, power=p, power_error=e) for r, (p, e) in zip(rows, resolved)]
 
@@ -485,7 +495,7 @@ class Store:
         return powerconfig.resolve_power(node["power"], self._catalogue, pods)
 
     @_transaction
-    async def mark_running(self, tx, op_id, pserv, started_at=None):
+    async def mark_running(self, tx, op_id, pserv, started_at=None, epoch=None):
         """
         Record that ``pserv`` started an operation.  A terminal operation is
         left alone; a running one handed to another pserv (re-dispatch
@@ -496,10 +506,24 @@ class Store:
         if op["state"] in TERMINAL_STATES or (op["state"] == "running" and op["pserv"] == pserv):
             return Recorded(_plain(op), False)
         op = await tx.row(
-            f"UPDATE power_ops SET state = 'running', pserv = %s,"
+            f"UPDATE power_ops SET state = 'running', pserv = %s, epoch = %s,"
             f" started_at = COALESCE(%s, now()) WHERE id = %s RETURNING {_OP}",
-            (pserv, _timestamp(started_at), op["id"]))
+            (pserv, epoch, _timestamp(started_at), op["id"]))
         return Recorded(_plain(op), True)
+
+    @_transaction
+    async def mark_running_many(self, tx, op_ids, pserv, epoch):
+        """
+        ``pserv`` took these operations in a ``Recover`` page under ``epoch``:
+        the journal says they run there (terminal ones are left alone).
+        """
+        _text("pserv", pserv, 255)
+        await tx.rows(
+            "UPDATE power_ops SET state = 'running', pserv = %s, epoch = %s,"
+            " started_at = COALESCE(started_at, now())"
+            " WHERE id = ANY(%s) AND state IN ('pending', 'running')"
+            " AND (pserv IS DISTINCT FROM %s OR epoch IS DISTINCT FROM %s)",
+            (pserv, epoch, list(op_ids), pserv, epoch))
 
     async def _check_reference(self, tx, field, value, op_id):
         """An op id that ``coalesced_into``/``superseded_by`` may point at."""
@@ -517,11 +541,13 @@ class Store:
     @_transaction
     async def record_outcome(self, tx, op_id, state, observed_state=None, agent=None,
                              error=None, coalesced_into=None, superseded_by=None,
-                             pserv=None, cancelled_by=None):
+                             pserv=None, cancelled_by=None, epoch=None):
         """
         Record how an operation ended (terminal states only).  Idempotent:
         a report for an operation already terminal changes nothing and
-        answers ``Recorded(op, changed=False)``.
+        answers ``Recorded(op, changed=False)``.  With ``epoch`` (a pserv's
+        report), only the current owner of the node may end it:
+        :class:`StaleEpoch` otherwise, and nothing is written.
         """
         if state not in TERMINAL_STATES:
             raise InvalidInput(f"state: {state!r} is not one of {', '.join(TERMINAL_STATES)}")
@@ -535,6 +561,13 @@ class Store:
         op = await self._op(tx, op_id, lock=True)
         if op["state"] in TERMINAL_STATES:
             return Recorded(_plain(op), False)
+        if epoch is not None:
+            owner = await tx.row("SELECT owner_epoch FROM nodes WHERE name = %s FOR SHARE",
+                                 (op["node"],))
+            if owner is not None and owner["owner_epoch"] != epoch:
+                raise StaleEpoch(
+                    f"epoch {epoch} does not own node {op['node']} (its owner's epoch is "
+                    f"{owner['owner_epoch']}): the outcome of operation {op['id']} is refused")
         coalesced_into = await self._check_reference(tx, "coalesced_into", coalesced_into, op["id"])
         superseded_by = await self._check_reference(tx, "superseded_by", superseded_by, op["id"])
         op = await tx.row(
@@ -582,7 +615,8 @@ class Store:
         return polls, node["responsive"] and not (polls > self.failed_polls_limit and overdue)
 
     @_transaction
-    async def record_power_state(self, tx, node, power_state, error=None, queried=True):
+    async def record_power_state(self, tx, node, power_state, error=None, queried=True,
+                                 poll=False):
         """
         Record what a poll (``queried=True``) or an action's outcome saw.
 
@@ -591,6 +625,13 @@ class Store:
         known ``power_state`` (one lost UDP packet does not make a running
         host "error"); once it is non-responsive the reported state is
         stored.  ``last_changed_at`` moves only when ``power_state`` does.
+
+        A pserv's poll (``poll=True``, from the region, which dispatches what
+        it answers) also decides the node's drift (:mod:`powerctl.region.drift`);
+        an action's outcome does not.  When the cluster's policy enforces,
+        the ``reconcile`` operation is journalled here, under the node's row
+        lock (so no operator's request can slip in between), and answered
+        as ``reconcile`` (None otherwise).
         """
         if power_state not in POWER_STATES:
             raise InvalidInput(f"power_state: {power_state!r} is not one of "
@@ -598,8 +639,12 @@ class Store:
         if error is not None:
             _text("error", error)
         row = await tx.row(
-            "SELECT power_state, failed_polls, responsive,"
-            " now() - COALESCE(last_good_poll_at, created_at) AS since_good"
+            "SELECT power_state, failed_polls, responsive, desired_state, drift_since,"
+            " drift_observed, drift_polls, now() AS now,"
+            " now() - COALESCE(last_good_poll_at, created_at) AS since_good,"
+            " (SELECT drift_policy FROM clusters c WHERE c.name = nodes.cluster) AS policy,"
+            " EXISTS (SELECT 1 FROM power_ops o WHERE o.node = nodes.name"
+            "   AND o.state IN ('pending', 'running')) AS open_op"
             " FROM nodes WHERE name = %s FOR UPDATE", (node,))
         if row is None:
             raise NotFound(f"node {node!r} does not exist")
@@ -617,7 +662,43 @@ class Store:
             f" WHERE name = %(node)s RETURNING {_NODE}",
             {"state": state, "polls": polls, "responsive": responsive, "error": last_error,
              "queried": bool(queried), "good": not failed, "node": node})
-        return _plain(updated)
+        reconcile = None
+        if poll:
+            updated, reconcile = await self._drift(tx, row, updated, power_state, failed)
+        return dict(_plain(updated), reconcile=reconcile)
+
+    async def _drift(self, tx, row, node, observed, failed):
+        """
+        Record what one poll says about drift (``row``: the node before the
+        poll, ``node``: after it); journal the ``reconcile`` operation when
+        enforced.  Answers the node and that operation (or None).
+        """
+        recent = ()
+        if row["policy"] == "enforce" and not row["open_op"]:
+            recent = tuple((r["requester"], r["state"]) for r in await tx.rows(
+                "SELECT requester, state FROM power_ops WHERE node = %s AND action <> 'query'"
+                " ORDER BY id DESC LIMIT %s", (node["name"], drift.MAX_RECONCILE_ATTEMPTS)))
+        verdict = drift.assess(drift.Observation(
+            desired=row["desired_state"], observed=observed, failed=failed,
+            responsive=node["responsive"], open_op=row["open_op"],
+            drift_since=row["drift_since"], drift_observed=row["drift_observed"],
+            drift_polls=row["drift_polls"], policy=row["policy"] or drift.DEFAULT_POLICY,
+            recent_ops=recent, now=row["now"]))
+        op = None
+        if verdict.enforce is not None:
+            # A new request clears the drift, as any request does.
+            op = await tx.row(
+                f"INSERT INTO power_ops (node, action, requester) VALUES (%s, %s, %s)"
+                f" RETURNING {_OP}", (node["name"], verdict.enforce, drift.RECONCILE_REQUESTER))
+            await tx.rows("SELECT pg_notify('power_ops', %s)", (str(op["id"]),))
+            op = _plain(op)
+            verdict = drift.NO_DRIFT
+        fields = (verdict.since, verdict.observed, verdict.polls)
+        if fields != (node["drift_since"], node["drift_observed"], node["drift_polls"]):
+            node = await tx.row(
+                "UPDATE nodes SET drift_since = %s, drift_observed = %s, drift_polls = %s"
+                f" WHERE name = %s RETURNING {_NODE}", fields + (node["name"],))
+        return node, op
 
     # -- clusters and pservs ---------------------------------------------
 
@@ -685,10 +766,13 @@ class Store:
         """
         Every cluster with its node count, running operations and pservs
         (connected or not); ``status`` is ``online`` while one pserv is live.
+        ``drift_policy`` and ``drifted_nodes`` are its reconciliation.
         """
         clusters = await tx.rows(
-            "SELECT c.name, c.created_at,"
+            "SELECT c.name, c.created_at, c.drift_policy,"
             " (SELECT count(*) FROM nodes n WHERE n.cluster = c.name) AS nodes,"
+            " (SELECT count(*) FROM nodes n WHERE n.cluster = c.name"
+            "   AND n.drift_since IS NOT NULL) AS drifted_nodes,"
             " (SELECT count(*) FROM power_ops o JOIN nodes n ON n.name = o.node"
             "   WHERE n.cluster = c.name AND o.state = 'running') AS running_ops"
             " FROM clusters c ORDER BY c.name")
@@ -703,6 +787,18 @@ class Store:
                 actions_in_flight=sum(p["actions_in_flight"] for p in mine if p["connected"]),
                 status="online" if any(p["live"] for p in mine) else "offline")))
         return result
+
+    @_transaction
+    async def set_cluster_policy(self, tx, name, drift_policy):
+        """Set a cluster's ``drift_policy`` (report or enforce); NotFound if no such cluster."""
+        if drift_policy not in drift.POLICIES:
+            raise InvalidInput(f"drift_policy: {drift_policy!r} is not one of "
+                               + ", ".join(drift.POLICIES))
+        row = await tx.row("UPDATE clusters SET drift_policy = %s WHERE name = %s"
+                           " RETURNING name, drift_policy", (drift_policy, name))
+        if row is None:
+            raise NotFound(f"cluster {name!r} does not exist")
+        return row
 
     # -- pod managers ---------------------------------------------------
 

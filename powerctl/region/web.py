@@ -50,6 +50,11 @@ def mismatched(node):
     return node.get("desired_state") is not None and node["desired_state"] != node["power_state"]
 
 
+def drifted(node):
+    """Whether a poll saw the node in another state than desired, nothing open (drift)."""
+    return node.get("drift_since") is not None
+
+
 async def _activity(activity, log):
     """The region's live view of actions in flight per cluster; {} if it cannot say."""
     if activity is None:
@@ -171,6 +176,7 @@ table{border-collapse:collapse;margin:.3em 0}
 th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}
 th{background:#eee}
 tr.mismatch td{background:#fff3cd}
+tr.drift td{background:#ffe0b2}
 tr.nonresponsive td,tr.offline td,tr.failed td{background:#f8d7da}
 .state-on{color:#176b2c;font-weight:bold}.state-off{color:#555;font-weight:bold}
 .state-error{color:#b00020;font-weight:bold}.state-unknown{color:#8a6d00}
@@ -254,6 +260,7 @@ class StatusPage(_AsyncResource):
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         n_mismatch = sum(1 for n in nodes if mismatched(n))
         n_nonresp = sum(1 for n in nodes if not n["responsive"])
+        n_drift = sum(1 for n in nodes if drifted(n))
         parts = [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
@@ -263,6 +270,7 @@ class StatusPage(_AsyncResource):
             "<h1>powerctl region status</h1>",
             f'<p class="note">{_e(now)} &middot; {len(clusters)} clusters &middot; '
             f"{len(nodes)} nodes &middot; {n_mismatch} not in their desired state &middot; "
+            f"{n_drift} drifted &middot; "
             f"{n_nonresp} non-responsive &middot; {len(open_ops)}"
             f"{'+' if truncated_open else ''} operations in flight &middot; "
             f"refreshes every {REFRESH_SECONDS} s</p>",
@@ -296,10 +304,11 @@ class StatusPage(_AsyncResource):
             rows.append(("offline" if c["status"] != "online" else "", [
                 _e(c["name"]), _e(c["status"]), _e(c["nodes"]), _e(mism), _e(nonresp),
                 _e(c["actions_in_flight"]), _e(c.get("running_ops")),
-                f'<ul class="pservs">{pservs}</ul>' if pservs else "none"]))
+                f'<ul class="pservs">{pservs}</ul>' if pservs else "none",
+                f"{_e(c.get('drifted_nodes', 0))} ({_e(c.get('drift_policy', 'report'))})"]))
         return "<h2>Clusters</h2>" + _table(
             ("cluster", "status", "nodes", "mismatched", "non-responsive", "actions in flight",
-             "running ops", "pservs"), rows, "no clusters yet")
+             "running ops", "pservs", "drifted (policy)"), rows, "no clusters yet")
 
     def _live_activity(self, doc):
         """The "Running now" panel: per pserv and node, and the slot queue."""
@@ -411,21 +420,25 @@ class StatusPage(_AsyncResource):
         after = args.get("after", "")
         shown = [n for n in nodes
                  if (cluster is None or n["cluster"] == cluster)
-                 and (not problems or mismatched(n) or not n["responsive"] or n["last_error"])]
+                 and (not problems or mismatched(n) or drifted(n) or not n["responsive"]
+                      or n["last_error"])]
         total = len(shown)
         shown = [n for n in shown if n["name"] > after]
         more = len(shown) > NODES_PER_PAGE
         shown = shown[:NODES_PER_PAGE]
         rows = []
         for n in shown:
-            css = " ".join(c for c, on in (("mismatch", mismatched(n)),
+            css = " ".join(c for c, on in (("mismatch", mismatched(n)), ("drift", drifted(n)),
                                             ("nonresponsive", not n["responsive"])) if on)
             rows.append((css, [
                 _e(n["name"]), _e(n["cluster"]), _state(n["desired_state"]),
                 _state(n["power_state"]),
                 "yes" if n["responsive"] else "<strong>no</strong>",
                 _e(n["last_error"]), _when(n.get("last_changed_at")),
-                _when(n.get("last_queried_at"))]))
+                _when(n.get("last_queried_at")),
+                f"<strong>drifted</strong>: {_state(n.get('drift_observed'))} since "
+                f"{_when(n['drift_since'])} ({_e(n.get('drift_polls'))} polls)"
+                if drifted(n) else ""]))
         links = ['<a href="/">all nodes</a>', '<a href="/?problems=1">only problems</a>']
         if more:
             query = {k: v for k, v in args.items() if k != "after"}
@@ -435,10 +448,11 @@ class StatusPage(_AsyncResource):
         title = "Nodes" + (f" of cluster {_e(cluster)}" if cluster else "") \
             + (" needing attention" if problems else "")
         return (f"<h2>{title}</h2><p class=\"note\">{total} nodes; mismatched "
-                "(desired &ne; current) rows are highlighted &middot; "
+                "(desired &ne; current) and drifted (changed behind powerctl's back) rows "
+                "are highlighted &middot; "
                 + " &middot; ".join(links) + "</p>"
                 + _table(("node", "cluster", "desired", "current", "responsive", "last error",
-                          "last changed", "last queried"), rows, "no nodes"))
+                          "last changed", "last queried", "drift"), rows, "no nodes"))
 
 
 # -- Prometheus metrics ----------------------------------------------------
@@ -495,11 +509,13 @@ class Metrics(_AsyncResource):
         by_state = {(c, s): 0 for c in names for s in POWER_STATES}
         mism = dict.fromkeys(names, 0)
         nonresp = dict.fromkeys(names, 0)
+        drift = dict.fromkeys(names, 0)
         for n in nodes:
             key = (n["cluster"], n["power_state"])
             by_state[key] = by_state.get(key, 0) + 1
             mism[n["cluster"]] += mismatched(n)
             nonresp[n["cluster"]] += not n["responsive"]
+            drift[n["cluster"]] += drifted(n)
         info = {c["name"]: c for c in clusters}
 
         out = MetricsText()
@@ -513,6 +529,9 @@ class Metrics(_AsyncResource):
         out.family("powerctl_nodes_nonresponsive", "gauge",
                    "Nodes whose BMC or PDU stopped answering polls.",
                    [({"cluster": c}, nonresp[c]) for c in names])
+        out.family("powerctl_nodes_drifted", "gauge",
+                   "Nodes polled in another state than desired with no operation open.",
+                   [({"cluster": c}, drift[c]) for c in names])
         out.family("powerctl_power_ops", "gauge",
                    "Power operations in the journal by state.",
                    [({"state": s}, counts.get(s, 0)) for s in OP_STATES])

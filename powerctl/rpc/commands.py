@@ -73,9 +73,26 @@ class UnknownPserv(Exception):
     """A command that needs ``Register`` came before it."""
 
 
+class LeaseExpired(Exception):
+    """The pserv's lease is over: it must stop driving hardware and register again."""
+
+
+class StaleEpoch(Exception):
+    """The epoch given is not the node's owner's (a refused fencing token)."""
+
+
 _COMMON_ERRORS = {
     NotAuthenticated: b"NOT_AUTHENTICATED",
     BadArguments: b"BAD_ARGUMENTS",
+}
+
+
+#: What a command that needs a registered, leased pserv may fail with.
+_LEASED_ERRORS = {
+    **_COMMON_ERRORS,
+    UnknownPserv: b"UNKNOWN_PSERV",
+    LeaseExpired: b"LEASE_EXPIRED",
+    StaleEpoch: b"STALE_EPOCH",
 }
 
 
@@ -101,14 +118,21 @@ class Authenticate(amp.Command):
 
 
 class Register(amp.Command):
-    """Who the pserv is.  Re-registering after a reconnect is normal."""
+    """
+    Who the pserv is.  Re-registering after a reconnect is normal.
+    ``instance`` is random per pserv process: the process that already holds
+    a live lease gets it renewed (same ``epoch``); any other gets a new
+    lease under a new, larger epoch.  ``lease``: seconds left on it.
+    """
 
     arguments = [
         (b"cluster", amp.Unicode()),
         (b"name", amp.Unicode()),
         (b"version", amp.Unicode()),
+        (b"instance", amp.Unicode()),
     ]
-    response = [(b"region", amp.Unicode())]
+    response = [(b"region", amp.Unicode()), (b"epoch", amp.Integer()),
+                (b"lease", amp.Float())]
     errors = dict(_COMMON_ERRORS)
 
 
@@ -132,7 +156,7 @@ class Recover(amp.Command):
         (b"after_node", amp.Unicode()),
         (b"done", amp.Boolean()),
     ]
-    errors = {**_COMMON_ERRORS, UnknownPserv: b"UNKNOWN_PSERV"}
+    errors = dict(_LEASED_ERRORS)
 
 
 class ReportOutcome(amp.Command):
@@ -140,7 +164,9 @@ class ReportOutcome(amp.Command):
     The end of one operation.  ``outcome``: ``succeeded``, ``failed``,
     ``superseded`` or ``cancelled``.  ``observed_state``: ``on``/``off`` or
     empty; ``coalesced_into``/``superseded_by``: operation ids or 0.
-    Idempotent: repeating a report changes nothing.
+    ``epoch``: the lease the operation ran under; only the node's current
+    owner may end an operation (``STALE_EPOCH`` otherwise, nothing
+    written).  Idempotent: repeating a report changes nothing.
     """
 
     arguments = [
@@ -151,25 +177,54 @@ class ReportOutcome(amp.Command):
         (b"error", amp.Unicode()),
         (b"coalesced_into", amp.Integer()),
         (b"superseded_by", amp.Integer()),
+        (b"epoch", amp.Integer()),
     ]
     response = [(b"recorded", amp.Boolean())]
-    errors = {**_COMMON_ERRORS, UnknownPserv: b"UNKNOWN_PSERV"}
+    errors = dict(_LEASED_ERRORS)
 
 
 class ReportPowerState(amp.Command):
-    """Poll results: ``states`` = ``[{"node", "state", "error"}]``."""
+    """
+    Poll results: ``states`` = ``[{"node", "state", "error"}]``, polled
+    under the lease ``epoch``; states of nodes that epoch does not own are
+    dropped (logged once).
+    """
 
-    arguments = [(b"states", JSON())]
+    arguments = [(b"states", JSON()), (b"epoch", amp.Integer())]
     response = []
-    errors = {**_COMMON_ERRORS, UnknownPserv: b"UNKNOWN_PSERV"}
+    errors = dict(_LEASED_ERRORS)
 
 
 class Heartbeat(amp.Command):
-    """I am alive, with this many actions in play or waiting."""
+    """
+    I am alive, with this many actions in play or waiting: renews the
+    lease, answering the seconds ``lease`` left on it.  ``LEASE_EXPIRED``:
+    too late, the pserv must go quiet and register again.
+    """
 
     arguments = [(b"actions_in_flight", amp.Integer())]
+    response = [(b"lease", amp.Float())]
+    errors = dict(_LEASED_ERRORS)
+
+
+class ReleaseNodes(amp.Command):
+    """
+    The pserv stopped driving ``nodes`` (``["name"]``) that the region asked
+    it to hand over (they were no longer in its ``Recover``): they go to
+    their new owner.  ``released``: the names handed over.
+    """
+
+    arguments = [(b"nodes", JSON())]
+    response = [(b"released", JSON())]
+    errors = dict(_LEASED_ERRORS)
+
+
+class ReleaseLease(amp.Command):
+    """A pserv stopping cleanly, quiet: its lease ends now, its nodes are free at once."""
+
+    arguments = []
     response = []
-    errors = {**_COMMON_ERRORS, UnknownPserv: b"UNKNOWN_PSERV"}
+    errors = dict(_LEASED_ERRORS)
 
 
 # -- region → pserv --------------------------------------------------------
@@ -180,7 +235,9 @@ class _PowerCommand(amp.Command):
     configuration (``{"mode", "agents": [{"driver", "params"}]}``).  The
     answer comes at once: ``disposition`` is ``started``, ``waiting``,
     ``coalesced`` (then ``coalesced_into`` names the operation joined) or
-    ``known`` (this operation id is already in play here).
+    ``known`` (this operation id is already in play here).  ``epoch`` is
+    the node's owner's lease: a pserv whose lease it is not refuses with
+    ``STALE_EPOCH`` and does nothing.
     """
 
     action = None
@@ -188,12 +245,14 @@ class _PowerCommand(amp.Command):
         (b"operation_id", amp.Integer()),
         (b"node", amp.Unicode()),
         (b"power", JSON()),
+        (b"epoch", amp.Integer()),
     ]
     response = [
         (b"disposition", amp.Unicode()),
         (b"coalesced_into", amp.Integer()),
     ]
-    errors = {**_COMMON_ERRORS, InvalidPowerConfig: b"INVALID_POWER_CONFIG"}
+    errors = {**_COMMON_ERRORS, InvalidPowerConfig: b"INVALID_POWER_CONFIG",
+              StaleEpoch: b"STALE_EPOCH"}
 
 
 class PowerOn(_PowerCommand):
@@ -235,6 +294,18 @@ class ForgetNode(amp.Command):
 
     arguments = [(b"node", amp.Unicode()), (b"reason", amp.Unicode())]
     response = [(b"cancelled", JSON())]  # ids of the operations that ended cancelled
+    errors = dict(_COMMON_ERRORS)
+
+
+class Refresh(amp.Command):
+    """
+    Ownership changed in the pserv's cluster: page through ``Recover`` now
+    (take up nodes and operations newly ours, hand over the others)
+    instead of at the next poll round.  Answered at once.
+    """
+
+    arguments = []
+    response = []
     errors = dict(_COMMON_ERRORS)
 
 

@@ -1,0 +1,201 @@
+"""
+Leases, epochs and node owners in PostgreSQL (the rules are in
+:mod:`powerctl.ownership`; this module only stores and applies them).
+
+Several regions share one database, so everything that decides is one
+transaction: a lease is granted or renewed by one statement, and an
+assignment round for a cluster runs under a transaction-scoped advisory
+lock on that cluster, so two regions never assign the same cluster at once.
+"""
+
+import zlib
+
+from powerctl import ownership
+from powerctl.region.errors import Conflict, InvalidInput
+from powerctl.region.store import _name, _plain, _text, _transaction
+
+#: Advisory lock namespace for assignment rounds (one lock per cluster).
+ASSIGN_LOCK = 0x6F776E  # "own"
+#: Advisory lock namespace for lease grants (one lock per pserv name).
+GRANT_LOCK = 0x6C6561  # "lea"
+
+
+class LeaseExpired(Conflict):
+    """The lease of this epoch is over (or was released): register again."""
+
+    code = "lease_expired"
+
+
+class Leases:
+    """
+    :param pool: the region's txpostgres pool (shared with the Store).
+    :param lease: seconds a lease lasts after each grant or renewal.
+    """
+
+    def __init__(self, pool, lease=30.0):
+        self._pool = pool
+        self.lease = float(lease)
+
+    @_transaction
+    async def grant(self, tx, pserv, cluster, instance):
+        """
+        A pserv process registers: the live lease it already holds (same
+        ``instance``) is renewed, else a new one is granted under a new,
+        larger epoch.  Answers ``{"epoch", "remaining"}``.
+        """
+        _name("pserv", pserv)
+        _name("cluster", cluster)
+        _text("instance", instance, 255)
+        if not instance:
+            raise InvalidInput("instance: must not be empty")
+        await tx.rows("INSERT INTO clusters (name) VALUES (%s) ON CONFLICT DO NOTHING",
+                      (cluster,))
+        # One process registering with two regions at once gets one lease.
+        await tx.rows("SELECT pg_advisory_xact_lock(%s, %s)",
+                      (GRANT_LOCK, zlib.crc32(pserv.encode()) & 0x7FFFFFFF))
+        row = await tx.row(
+            "UPDATE leases SET expires_at = greatest(expires_at,"
+            " now() + make_interval(secs => %(lease)s))"
+            " WHERE pserv = %(pserv)s AND cluster = %(cluster)s AND instance = %(instance)s"
+            " AND NOT released AND expires_at > now()"
+            " RETURNING epoch, extract(epoch FROM expires_at - now())::float AS remaining",
+            {"lease": self.lease, "pserv": pserv, "cluster": cluster, "instance": instance})
+        if row is None:
+            row = await tx.row(
+                "INSERT INTO leases (epoch, pserv, cluster, instance, expires_at)"
+                " VALUES (nextval('pserv_epochs'), %(pserv)s, %(cluster)s, %(instance)s,"
+                " now() + make_interval(secs => %(lease)s))"
+                " RETURNING epoch, extract(epoch FROM expires_at - now())::float AS remaining",
+                {"lease": self.lease, "pserv": pserv, "cluster": cluster,
+                 "instance": instance})
+        return dict(row)
+
+    @_transaction
+    async def renew(self, tx, epoch):
+        """Extend a live lease; answers the seconds left.  LeaseExpired if it is over."""
+        row = await tx.row(
+            "UPDATE leases SET expires_at = now() + make_interval(secs => %s)"
+            " WHERE epoch = %s AND NOT released AND expires_at > now()"
+            " RETURNING extract(epoch FROM expires_at - now())::float AS remaining",
+            (self.lease, int(epoch)))
+        if row is None:
+            raise LeaseExpired(f"the lease of epoch {epoch} is over; register again")
+        return row["remaining"]
+
+    @_transaction
+    async def release(self, tx, epoch):
+        """
+        A pserv stops cleanly and is quiet: its lease ends now and its nodes
+        are free at once (no waiting for expiry).
+        """
+        await tx.rows("UPDATE leases SET released = true WHERE epoch = %s", (int(epoch),))
+        rows = await tx.rows(
+            "UPDATE nodes SET owner_epoch = NULL WHERE owner_epoch = %s RETURNING cluster",
+            (int(epoch),))
+        return sorted({r["cluster"] for r in rows})
+
+    @_transaction
+    async def owner(self, tx, node):
+        """``{"owner_epoch", "handoff_epoch", "cluster"}`` of a node; None if it does not exist."""
+        return await tx.row(
+            "SELECT owner_epoch, handoff_epoch, cluster FROM nodes WHERE name = %s", (node,))
+
+    @_transaction
+    async def release_nodes(self, tx, epoch, nodes):
+        """
+        The owner of ``epoch`` has stopped driving ``nodes`` (it was asked
+        to hand them over): they go to the epoch waiting for them.  Nodes it
+        does not own, or that nobody waits for, are left alone.  Answers the
+        names handed over.
+        """
+        rows = await tx.rows(
+            "UPDATE nodes SET owner_epoch = handoff_epoch, handoff_epoch = NULL"
+            " WHERE name = ANY(%s) AND owner_epoch = %s AND handoff_epoch IS NOT NULL"
+            " RETURNING name, cluster", (list(nodes), int(epoch)))
+        for cluster in sorted({r["cluster"] for r in rows}):
+            await tx.rows("SELECT pg_notify('assignments', %s)", (cluster,))
+        return sorted(r["name"] for r in rows)
+
+    @_transaction
+    async def owned(self, tx, epoch, nodes):
+        """Which of ``nodes`` the lease of ``epoch`` owns (and is not handing over)."""
+        rows = await tx.rows(
+            "SELECT name FROM nodes WHERE name = ANY(%s) AND owner_epoch = %s"
+            " AND handoff_epoch IS NULL", (list(nodes), int(epoch)))
+        return {r["name"] for r in rows}
+
+    @_transaction
+    async def live(self, tx, cluster=None):
+        """Live leases, ``[{"epoch", "pserv", "cluster", "remaining"}]``."""
+        rows = await tx.rows(
+            "SELECT epoch, pserv, cluster,"
+            " extract(epoch FROM expires_at - now())::float AS remaining FROM leases"
+            " WHERE NOT released AND expires_at > now()"
+            " AND (%(cluster)s::text IS NULL OR cluster = %(cluster)s) ORDER BY epoch",
+            {"cluster": cluster})
+        return [_plain(r) for r in rows]
+
+    @_transaction
+    async def clusters(self, tx):
+        """Every cluster that has nodes or leases."""
+        rows = await tx.rows("SELECT name FROM clusters ORDER BY name")
+        return [r["name"] for r in rows]
+
+    @_transaction
+    async def assign(self, tx, cluster):
+        """
+        One assignment round for ``cluster`` (waiting for one another region
+        runs to end first).  Nodes without a live owner go to their
+        rendezvous pserv; nodes whose live owner is not their rendezvous
+        pserv are marked for hand-over.  Answers ``{"assigned": {epoch:
+        [nodes]}, "handoffs": {from_epoch: [nodes]}}``.
+        """
+        # Rounds for one cluster queue up rather than skip: a round that
+        # started before a pserv registered must not be the last word.
+        await tx.rows("SELECT pg_advisory_xact_lock(%s, %s)",
+                      (ASSIGN_LOCK, zlib.crc32(cluster.encode()) & 0x7FFFFFFF))
+        leases = await tx.rows(
+            "SELECT epoch, pserv FROM leases WHERE cluster = %s AND NOT released"
+            " AND expires_at > now()", (cluster,))
+        live = {r["epoch"]: r["pserv"] for r in leases}
+        nodes = await tx.rows(
+            "SELECT name, owner_epoch, handoff_epoch FROM nodes WHERE cluster = %s"
+            " ORDER BY name FOR UPDATE", (cluster,))
+        # A node whose owner's lease is over has no owner: its lease's end
+        # was the moment the old owner went quiet.
+        pairs = [(n["name"], n["owner_epoch"] if n["owner_epoch"] in live else None)
+                 for n in nodes]
+        handoff_now = {n["name"]: n["handoff_epoch"] for n in nodes}
+        assigned, handoffs, clear = {}, {}, []
+        for decision in ownership.assign(pairs, live):
+            if decision.kind == "assign":
+                assigned.setdefault(decision.epoch, []).append(decision.node)
+            elif decision.kind == "handoff":
+                if handoff_now[decision.node] != decision.epoch:
+                    handoffs.setdefault(decision.from_epoch, []).append(
+                        (decision.node, decision.epoch))
+            elif handoff_now[decision.node] is not None:
+                clear.append(decision.node)
+        owners = dict(pairs)
+        # Nodes of a dead owner with nobody live to take them lose the owner.
+        orphans = [n["name"] for n in nodes if n["owner_epoch"] is not None
+                   and owners[n["name"]] is None
+                   and not any(n["name"] in v for v in assigned.values())]
+        for epoch, names in assigned.items():
+            await tx.rows("UPDATE nodes SET owner_epoch = %s, handoff_epoch = NULL"
+                          " WHERE name = ANY(%s)", (epoch, names))
+        for _, pairs_ in handoffs.items():
+            await tx.rows(
+                "UPDATE nodes SET handoff_epoch = h.epoch FROM unnest(%s::text[], %s::bigint[])"
+                " AS h(name, epoch) WHERE nodes.name = h.name",
+                ([p[0] for p in pairs_], [p[1] for p in pairs_]))
+        if clear or orphans:
+            await tx.rows("UPDATE nodes SET handoff_epoch = NULL WHERE name = ANY(%s)",
+                          (clear + orphans,))
+        if orphans:
+            await tx.rows("UPDATE nodes SET owner_epoch = NULL WHERE name = ANY(%s)",
+                          (orphans,))
+        if assigned or handoffs:
+            await tx.rows("SELECT pg_notify('assignments', %s)", (cluster,))
+        return {"assigned": assigned,
+                "handoffs": {e: [p[0] for p in v] for e, v in handoffs.items()}}
