@@ -78,7 +78,7 @@ class PservConfig:
     secret_file: str = "/etc/powerctl/secret"
     poll_interval: float = 60.0
     poll_concurrency: int = 32
-    heartbeat_interval: float = 10.0
+    heartbeat_interval: float = 5.0
     stagger_on: float = 0.0
     max_actions: int = 64
     manual_timeout: float = 3600.0
