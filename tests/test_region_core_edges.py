@@ -189,6 +189,7 @@ class ActivityAndStopTests(unittest.TestCase):
         # drain() cancels its own per-item waits on timeout and leaves their
         # CancelledErrors unhandled; collect them here so that they are not
         # blamed on whichever test runs when they are garbage-collected.
+        del r, d, work
         gc.collect()
         self.flushLoggedErrors(defer.CancelledError)
 
