@@ -221,10 +221,18 @@ class Region:
     async def delete_node(self, name, by):
         """Delete a node: its pservs stop driving it first; its open operations end cancelled."""
 
+        seen = {}
+
         async def quiesce(node):
+            seen["cluster"] = node["cluster"]
             return await self.quiesce_node(node, f"node {name} deleted by {by}")
 
-        return await self.store.delete_node(name, by=by, quiesce=quiesce)
+        result = await self.store.delete_node(name, by=by, quiesce=quiesce)
+        if "cluster" in seen and self.leases is not None:
+            # An owner connected only to another region forgets it at the
+            # Recover this makes every region ask for.
+            await self.leases.notify(seen["cluster"])
+        return result
 
     async def update_node(self, name, by, **fields):
         """
@@ -233,11 +241,17 @@ class Region:
         its open operations then go to the cluster it is in now.
         """
 
+        seen = {}
+
         async def quiesce(node):
+            seen["cluster"] = node["cluster"]
             return await self.quiesce_node(node, f"node {name} reconfigured by {by}")
 
         row = await self.store.update_node(name, quiesce=quiesce, by=by, **fields)
         if row.pop("changed_for_pserv"):
+            # Every region's pservs of the old cluster refresh: the owner
+            # learns the new configuration, or forgets a node moved away.
+            await self.leases.notify(seen.get("cluster", row["cluster"]))
             await self.assign(row["cluster"])
             for op in await self.store.node_open_ops(name):
                 self.dispatch_later(op)

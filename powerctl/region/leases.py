@@ -117,6 +117,11 @@ class Leases:
         return sorted(r["name"] for r in rows)
 
     @_transaction
+    async def notify(self, tx, cluster):
+        """Make every region refresh the cluster's pservs (``NOTIFY assignments``)."""
+        await tx.rows("SELECT pg_notify('assignments', %s)", (cluster,))
+
+    @_transaction
     async def owned(self, tx, epoch, nodes):
         """Which of ``nodes`` the lease of ``epoch`` owns (and is not handing over)."""
         rows = await tx.rows(
