@@ -78,6 +78,7 @@ REPO = Path(__file__).resolve().parent.parent
 REGISTRY_TESTS = ["tests/test_registry.py", "tests/test_registry_edges.py",
                   "tests/test_registry_properties.py", "tests/test_pserv_core.py"]
 PSERV_TESTS = ["tests/test_pserv_core.py", "tests/test_pserv_edges.py",
+               "tests/test_pserv_lease_edges.py",
                "tests/test_executor.py", "tests/test_executor_edges.py", "tests/test_rpc.py"]
 # The region's own edge tests need no database and go first.
 REGION_TESTS = ["tests/test_region_edges.py", "tests/test_store.py", "tests/test_rpc.py",
@@ -151,6 +152,9 @@ EQUIVALENT = [
      "activity(): a node still in the table is never idle (_release removes idle ones)"),
     ("powerctl/pserv/core.py", "NumberReplacer", "activity[0].waiting", "activity[ -1]",
      "activity(node) lists at most one node: [0] and [-1] are the same"),
+    ("powerctl/pserv/core.py", "NumberReplacer", "self._epochs.pop(op, None) or 0", "",
+     "every dispatched operation has its epoch recorded, and epochs (a sequence) "
+     "start at 1: the fallback 0 is never used"),
     ("powerctl/pserv/executor.py", "NumberReplacer", "self._next = 0.0", "",
      "max(now, -1.0) is now for any clock at or after its epoch"),
     ("powerctl/drivers/multiagent.py", "ReplaceFalseWithTrue", 'getattr(e, "transient", False)',
