@@ -12,10 +12,13 @@ or use :func:`api_root` for a root holding only the API.  One routing table
 handler is a coroutine returning ``(status, body)``.  Every error is JSON,
 ``{"error": {"code": ..., "message": ...}}``: 400 for bad input, 404 for an
 unknown node, operation or pod manager, 409 for a duplicate or a pod manager
-in use, 405, 413, 415.  Input is checked (and the store checks it again
-inside its transaction) before anything is written.  An unexpected
-exception answers 500 with an error id; the same id is logged through
-twisted.logger with the traceback, never sent to the client.
+in use, 405, 413, 415.  A NUL character in a path segment, a query
+parameter or any JSON string, a body that is not UTF-8 and a body nested
+deeper than :data:`MAX_DEPTH` levels are 400s too.  Input is checked (and
+the store checks it again inside its transaction) before anything is
+written.  An unexpected exception answers 500 with an error id; the same
+id is logged through twisted.logger with the traceback, never sent to the
+client.
 
 Passwords never leave: node power documents are redacted (secrets show as
 ``"(set)"``), pod managers show ``password_set``, and database errors are
@@ -23,6 +26,7 @@ logged without their DETAIL line (which can quote a row, password included).
 """
 
 import json
+import re
 import uuid as uuidlib
 from urllib.parse import unquote
 
@@ -38,6 +42,11 @@ from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.store import OP_STATES
 
 MAX_BODY = 1024 * 1024
+#: Deepest nesting of arrays and objects a request body may have.
+MAX_DEPTH = 64
+#: What no text stored or looked up may hold: PostgreSQL refuses NUL, and
+#: an unpaired surrogate cannot be encoded as UTF-8.
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 NODE_FIELDS = ("name", "cluster", "power", "desired_state", "power_state", "responsive",
                "last_error", "last_queried_at", "last_changed_at", "created_at", "updated_at",
                "drift")
@@ -83,8 +92,19 @@ def _loggable(failure):
 
 
 def _segments(request):
-    """The path below the API's mount point, percent-decoded, without a trailing '/'."""
-    parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath]
+    """
+    The path below the API's mount point, percent-decoded, without a
+    trailing '/'; a segment that is not UTF-8 or holds a NUL (which
+    PostgreSQL refuses) is a 400.
+    """
+    try:
+        parts = [unquote(p.decode("utf-8"), errors="strict") for p in request.postpath]
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_input", "the path is not valid UTF-8") from None
+    for position, part in enumerate(parts):
+        if _BAD_TEXT.search(part):
+            raise ApiError(400, "invalid_input", f"path segment {position + 1} ({part[:60]!r}): "
+                           "must not contain a NUL character or an unpaired surrogate")
     if parts and parts[-1] == "":
         parts.pop()
     return parts
@@ -106,11 +126,46 @@ def _match(pattern, parts):
     return params
 
 
+def _too_deep():
+    return ApiError(400, "too_deep", f"the request body nests deeper than {MAX_DEPTH} levels")
+
+
+def _check_document(document):
+    """
+    Refuse (400) a parsed JSON document nested deeper than :data:`MAX_DEPTH`,
+    or with a NUL character or an unpaired surrogate in any key or string
+    (PostgreSQL cannot store them): walked without recursion, naming the field.
+    """
+    stack = [(document, "", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            if _BAD_TEXT.search(value):
+                raise ApiError(400, "invalid_input", f"{where or 'the body'}: must not "
+                               "contain a NUL character or an unpaired surrogate")
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{where}.{key}" if where else key
+                if _BAD_TEXT.search(key):
+                    raise ApiError(400, "invalid_input", f"{name!r}: a field name must not "
+                                   "contain a NUL character or an unpaired surrogate")
+                stack.append((item, name, depth + 1))
+        else:
+            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+
+
 def _json_body(request, allowed, required=()):
     """
-    The request's JSON object, refused (400/413/415) unless it is JSON, an
-    object, within :data:`MAX_BODY`, with no field outside ``allowed`` and
-    every field of ``required``.
+    The request's JSON object, refused (400/413/415) unless it is UTF-8
+    JSON, an object, within :data:`MAX_BODY`, nested at most
+    :data:`MAX_DEPTH` levels, without NUL characters (or unpaired
+    surrogates) in any string, with no field outside ``allowed`` and every
+    field of ``required``.
     """
     ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
@@ -120,9 +175,17 @@ def _json_body(request, allowed, required=()):
     if len(raw) > MAX_BODY:
         raise ApiError(413, "too_large", f"the request body exceeds {MAX_BODY} bytes")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, "malformed_json",
+                       f"the request body is not valid UTF-8: {e}") from None
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as e:
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {e}") from None
+    _check_document(body)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_input", "the request body must be a JSON object")
     unknown = sorted(set(body) - set(allowed))
@@ -145,7 +208,15 @@ def _query(request, allowed):
                            f"accepted: {', '.join(allowed) or 'none'}")
         if len(values) != 1:
             raise ApiError(400, "invalid_input", f"query parameter {name!r} given twice")
-        args[name] = values[0].decode("utf-8", "replace")
+        try:
+            value = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "invalid_input",
+                           f"query parameter {name!r}: not valid UTF-8") from None
+        if _BAD_TEXT.search(value):
+            raise ApiError(400, "invalid_input", f"query parameter {name!r}: must not "
+                           "contain a NUL character")
+        args[name] = value
     return args
 
 

@@ -19,7 +19,9 @@ def _json(schema, description):
 
 def _errors(*statuses):
     """Error responses, all with the Error body."""
-    text = {400: "invalid input (malformed JSON, unknown field, invalid value)",
+    text = {400: "invalid input (malformed JSON, a body that is not UTF-8 or nests deeper "
+                 "than 64 levels, a NUL character in a path segment, query parameter or "
+                 "string, unknown field, invalid value)",
             404: "no such node, operation or pod manager",
             405: "method not allowed", 409: "conflict (duplicate name, still in use)",
             413: "body too large", 415: "body is not JSON",
@@ -258,7 +260,7 @@ def _paths():
         "/v1/nodes/{name}": {
             "parameters": [node_name],
             "get": {"summary": "One node", "operationId": "getNode",
-                    "responses": {"200": _json(_ref("Node"), "the node"), **_errors(404)}},
+                    "responses": {"200": _json(_ref("Node"), "the node"), **_errors(400, 404)}},
             "put": {"summary": "Change a node's cluster and/or power configuration",
                     "operationId": "updateNode", "requestBody": _body("NodeUpdate", ""),
                     "responses": {"200": _json(_ref("Node"), "updated"),
@@ -297,7 +299,7 @@ def _paths():
             "parameters": [_path_param("op_id", "operation id", {"type": "integer"})],
             "get": {"summary": "One operation", "operationId": "getPowerOp",
                     "responses": {"200": _json(_ref("PowerOp"), "the operation"),
-                                  **_errors(404)}},
+                                  **_errors(400, 404)}},
         },
         "/v1/power_ops/{op_id}/cancel": {
             "parameters": [_path_param("op_id", "operation id", {"type": "integer"})],
@@ -327,14 +329,14 @@ def _paths():
         "/v1/pod_manager/{uuid}": {
             "parameters": [pm_uuid],
             "get": {"summary": "One pod manager", "operationId": "getPodManager",
-                    "responses": {"200": _json(_ref("PodManager"), "it"), **_errors(404)}},
+                    "responses": {"200": _json(_ref("PodManager"), "it"), **_errors(400, 404)}},
             "put": {"summary": "Change a pod manager", "operationId": "updatePodManager",
                     "requestBody": _body("PodManagerUpdate", ""),
                     "responses": {"200": _json(_ref("PodManager"), "updated"),
                                   **_errors(400, 404, 409, 413, 415)}},
             "delete": {"summary": "Remove a pod manager no node uses",
                        "operationId": "deletePodManager",
-                       "responses": {"204": {"description": "deleted"}, **_errors(404, 409)}},
+                       "responses": {"204": {"description": "deleted"}, **_errors(400, 404, 409)}},
         },
         "/v1/clusters": {
             "get": {"summary": "Clusters, their pservs and activity",
