@@ -17,7 +17,7 @@ from twisted.protocols import amp
 from powerctl import __version__
 from powerctl.pserv.core import NotConfirmable, NotOurs
 from powerctl.pserv.executor import InvalidConfig
-from powerctl.rpc import auth, commands
+from powerctl.rpc import auth, commands, responders
 
 
 #: Failures that mean the message never got an answer (it may be sent again).
@@ -125,6 +125,18 @@ class PservProtocol(amp.AMP):
         self.handshake = None
         self.epoch = None
         self.alive = False  # AMP does not keep BaseProtocol.connected
+
+    def locateResponder(self, name):
+        """
+        Responders answer only declared errors
+        (:func:`powerctl.rpc.responders.guard`): a bug is ``INTERNAL_ERROR``
+        logged with its traceback, a box missing an argument
+        ``BAD_ARGUMENTS``; the connection stays up.
+        """
+        responder = super().locateResponder(name)
+        if responder is None:
+            return None
+        return responders.guard(self, name, responder, self.log)
 
     def connectionMade(self):
         super().connectionMade()

@@ -11,7 +11,7 @@ from twisted.protocols import amp
 
 from powerctl.region.errors import InvalidInput, NotFound, StaleEpoch
 from powerctl.region.leases import LeaseExpired
-from powerctl.rpc import auth, commands
+from powerctl.rpc import auth, commands, responders
 
 PAGE = 100  # items per recovery page; also trimmed by size below
 
@@ -54,9 +54,15 @@ class PservDirectory:
 
 
 class RegionProtocol(amp.AMP):
-    """One pserv's connection to this region."""
+    """
+    One pserv's connection to this region.  A peer that has not
+    authenticated within :attr:`auth_timeout` seconds is disconnected.
+    """
 
     log = Logger()
+
+    #: Seconds a new connection has to authenticate before it is closed.
+    auth_timeout = 10.0
 
     def __init__(self, region):
         super().__init__()
@@ -68,13 +74,37 @@ class RegionProtocol(amp.AMP):
         self.in_flight = 0
         self.last_heard = region.clock.seconds()
         self._unknown_nodes = set()  # logged once each
+        self._auth_timer = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._auth_timer = self.region.clock.callLater(self.auth_timeout, self._auth_expired)
+
+    def _auth_expired(self):
+        self._auth_timer = None
+        if not self.gate.open:
+            self.log.warn("peer {peer} did not authenticate within {t} s: closing the "
+                          "connection", peer=self.transport.getPeer(), t=self.auth_timeout)
+            self.transport.loseConnection()
+
+    def _stop_auth_timer(self):
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
 
     def locateResponder(self, name):
-        """Every responder's work is tracked, so a stopping region waits for it."""
+        """
+        Every responder's work is tracked, so a stopping region waits for it,
+        and answers only declared errors (:func:`powerctl.rpc.responders.guard`:
+        a bug is ``INTERNAL_ERROR``, never a dropped connection; a box missing
+        an argument before authentication closes it).
+        """
         responder = super().locateResponder(name)
         if responder is None:
             return None
-        return lambda box: self.region.track(responder(box))
+        guarded = responders.guard(self, name, responder, self.log,
+                                   fatal=lambda: not self.gate.open)
+        return lambda box: self.region.track(guarded(box))
 
     def _registered(self):
         self.gate.check()
@@ -104,6 +134,7 @@ class RegionProtocol(amp.AMP):
                           peer=self.transport.getPeer())
             raise commands.AuthenticationFailed("wrong proof of the shared secret")
         self.gate.open = True
+        self._stop_auth_timer()
         return {"proof": auth.proof(self.region.secret, nonce)}
 
     @commands.Register.responder
@@ -243,6 +274,7 @@ class RegionProtocol(amp.AMP):
         return {}
 
     def connectionLost(self, reason):
+        self._stop_auth_timer()
         super().connectionLost(reason)
         if self.pserv is not None:
             self.region.directory.remove(self)

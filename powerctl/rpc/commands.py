@@ -25,6 +25,14 @@ Connection life cycle (the pserv dials the region):
    ``ReportPowerState`` (poll results, batched) and ``Heartbeat``.
 
 No command waits for a BMC: the slowest answer is a database write.
+
+One bad box never costs the connection: every command may fail with
+``BAD_ARGUMENTS`` (an argument missing or malformed) or ``INTERNAL_ERROR``
+(a bug on the answering side, logged there with its traceback), and the
+connection stays up.  Two exceptions, both before authentication: a wrong
+``Authenticate`` proof, and a box with an argument missing, close it (the
+region also closes a connection that has not authenticated within
+``RegionProtocol.auth_timeout``, 10 s).
 """
 
 import json
@@ -81,9 +89,27 @@ class StaleEpoch(Exception):
     """The epoch given is not the node's owner's (a refused fencing token)."""
 
 
+class InternalError(Exception):
+    """
+    The peer failed unexpectedly answering this command (a bug, logged
+    there once with its traceback).  The connection stays up and usable;
+    what the command did is unknown unless it is idempotent.
+    """
+
+
+#: What any box may fail with, even before authentication: a box with an
+#: argument missing or malformed is ``BAD_ARGUMENTS`` (before authentication
+#: the region then closes the connection), a bug is ``INTERNAL_ERROR``.  No
+#: other error ever closes a connection except a wrong ``Authenticate``.
+_BOX_ERRORS = {
+    BadArguments: b"BAD_ARGUMENTS",
+    InternalError: b"INTERNAL_ERROR",
+}
+
+
 _COMMON_ERRORS = {
     NotAuthenticated: b"NOT_AUTHENTICATED",
-    BadArguments: b"BAD_ARGUMENTS",
+    **_BOX_ERRORS,
 }
 
 
@@ -103,6 +129,7 @@ class Challenge(amp.Command):
 
     arguments = []
     response = [(b"nonce", amp.Unicode())]
+    errors = dict(_BOX_ERRORS)
 
 
 class Authenticate(amp.Command):
@@ -113,7 +140,7 @@ class Authenticate(amp.Command):
         (b"nonce", amp.Unicode()),  # the pserv's challenge to the region
     ]
     response = [(b"proof", amp.Unicode())]
-    errors = {AuthenticationFailed: b"AUTHENTICATION_FAILED"}
+    errors = {AuthenticationFailed: b"AUTHENTICATION_FAILED", **_BOX_ERRORS}
     fatalErrors = {AuthenticationFailed: b"AUTHENTICATION_FAILED"}
 
 

@@ -1,0 +1,205 @@
+"""
+Hostile or broken AMP boxes never cost a connection more than their own
+answer: a bug in a responder answers ``INTERNAL_ERROR`` (on the region and
+on the pserv), a box missing an argument ``BAD_ARGUMENTS``; a peer that does
+not authenticate in time, or sends a box missing an argument before it has,
+is disconnected on purpose with one log line.
+"""
+
+import psycopg2
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols import amp
+from twisted.trial import unittest
+
+from powerctl.pserv.core import Pserv
+from powerctl.pserv.executor import DriverExecutor
+from powerctl.pserv.link import PservProtocol, RegionLink
+from powerctl.region.rpc import RegionProtocol
+from powerctl.registry import PowerActionRegistry
+from powerctl.rpc import auth, commands
+from tests.pg import DatabaseMixin
+from tests.system import SECRET, SystemMixin, catalogue, run
+
+
+class Client(amp.AMP):
+    """A hand-driven peer that notes when its connection is lost."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = defer.Deferred()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.lost.callback(None)
+
+
+def every_command():
+    return [c for c in vars(commands).values()
+            if isinstance(c, type) and issubclass(c, amp.Command) and c is not amp.Command
+            and c.commandName]
+
+
+class DeclaredErrorsTests(unittest.TestCase):
+    def test_every_command_declares_the_box_errors(self):
+        for command in every_command():
+            self.assertEqual(command.allErrors.get(commands.InternalError), b"INTERNAL_ERROR",
+                             command.__name__)
+            self.assertEqual(command.allErrors.get(commands.BadArguments), b"BAD_ARGUMENTS",
+                             command.__name__)
+
+
+class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    """A raw AMP client against a real region."""
+
+    def setUp(self):
+        super().setUp()
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    async def client(self):
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.rpc_port)
+        p = await endpoints.connectProtocol(endpoint, Client())
+        self.addCleanup(p.transport.loseConnection)
+        return p
+
+    async def authenticate(self, p):
+        challenge = await p.callRemote(commands.Challenge)
+        await p.callRemote(commands.Authenticate, proof=auth.proof(SECRET, challenge["nonce"]),
+                           nonce=auth.new_nonce())
+
+    def count(self, table):
+        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {table}")
+            [(n,)] = cursor.fetchall()
+        conn.close()
+        return n
+
+    def texts(self, fragment):
+        return [formatEvent(e) for e in self.events if fragment in formatEvent(e)]
+
+    @run
+    async def test_a_bug_answers_internal_error_and_the_connection_stays(self):
+        await self.start_region()
+        store = self.region.region.store
+        real = store.register_pserv
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug in the store")
+
+        store.register_pserv = broken
+        p = await self.client()
+        await self.authenticate(p)
+        register = dict(cluster="c1", name="pserv-x", version="t", instance="i-1")
+        with self.assertRaises(commands.InternalError) as raised:
+            await p.callRemote(commands.Register, **register)
+        self.assertNotIn("a bug in the store", str(raised.exception))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.count("pservs") + self.count("leases"), 0)
+        self.assertFalse(p.lost.called)
+
+        # the same connection goes on: the fixed store registers it
+        store.register_pserv = real
+        answer = await p.callRemote(commands.Register, **register)
+        self.assertGreater(answer["epoch"], 0)
+        self.assertGreater((await p.callRemote(commands.Heartbeat, actions_in_flight=0))["lease"],
+                           0)
+        self.assertFalse(p.lost.called)
+
+    @run
+    async def test_bad_boxes_after_authentication_are_refused_not_fatal(self):
+        await self.start_region()
+        p = await self.client()
+        await self.authenticate(p)
+        # a missing argument: one log line, BAD_ARGUMENTS, still connected
+        with self.assertRaises(amp.RemoteAmpError) as raised:
+            await p.callRemoteString(b"Register", cluster=b"c1", name=b"x")
+        self.assertEqual(raised.exception.errorCode, b"BAD_ARGUMENTS")
+        self.assertIn("version", str(raised.exception))
+        # a malformed JSON argument (refused while parsing): BAD_ARGUMENTS too
+        with self.assertRaises(amp.RemoteAmpError) as raised:
+            await p.callRemoteString(b"ReportPowerState", states=b"{not json", epoch=b"1")
+        self.assertEqual(raised.exception.errorCode, b"BAD_ARGUMENTS")
+        self.assertFalse(p.lost.called)
+        self.assertEqual(len(self.texts("without argument(s) version, instance")), 1)
+        self.assertEqual([e for e in self.events if "log_failure" in e], [])
+        await p.callRemote(commands.Register, cluster="c1", name="x", version="t",
+                           instance="i")
+
+    @run
+    async def test_unauthenticated_connections_are_closed_after_the_timeout(self):
+        self.patch(RegionProtocol, "auth_timeout", 0.5)
+        await self.start_region()
+        silent = await self.client()
+        talker = await self.client()
+        await self.authenticate(talker)
+        started = reactor.seconds()
+        await silent.lost.addTimeout(5, reactor)
+        self.assertGreaterEqual(reactor.seconds() - started, 0.3)
+        self.assertEqual(len(self.texts("did not authenticate within 0.5 s")), 1)
+        # an authenticated one stays
+        await defer.Deferred().addTimeout(0.5, reactor).addErrback(lambda f: None)
+        self.assertFalse(talker.lost.called)
+        await talker.callRemote(commands.Register, cluster="c1", name="x", version="t",
+                                instance="i")
+
+    @run
+    async def test_a_box_missing_an_argument_before_authentication_closes(self):
+        await self.start_region()
+        p = await self.client()
+        with self.assertRaises(amp.RemoteAmpError) as raised:
+            await p.callRemoteString(b"Authenticate", proof=b"00")
+        self.assertEqual(raised.exception.errorCode, b"BAD_ARGUMENTS")
+        await p.lost.addTimeout(5, reactor)
+        [line] = self.texts("before authenticating: closing the connection")
+        self.assertIn("Authenticate without argument(s) nonce", line)
+        self.assertEqual([e for e in self.events if "log_failure" in e], [])
+        self.assertEqual(await self.connected_pservs(), [])
+
+
+class PservSideTests(unittest.TestCase):
+    """A raw AMP client playing the region against a pserv's protocol."""
+
+    @defer.inlineCallbacks
+    def serve(self):
+        executor = DriverExecutor(catalogue())
+        registry = PowerActionRegistry(executor, reactor)
+        link = RegionLink()
+        self.pserv = Pserv(registry, executor, link.report)
+        served = []
+
+        class Authenticated(PservProtocol):
+            def connectionMade(self):
+                amp.AMP.connectionMade(self)  # no hand-shake: we play the region
+                self.gate.open = True
+                served.append(self)
+
+        factory = protocol.Factory.forProtocol(
+            lambda: Authenticated(self.pserv, link, None, SECRET, reactor))
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            factory)
+        self.addCleanup(port.stopListening)
+        client = yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Client())
+        self.addCleanup(client.transport.loseConnection)
+        return client
+
+    @defer.inlineCallbacks
+    def test_a_bug_answers_internal_error_and_the_connection_stays(self):
+        client = yield self.serve()
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug in the pserv")
+
+        self.pserv.cancel = broken
+        yield self.assertFailure(
+            client.callRemote(commands.CancelOperation, operation_id=1, reason="r"),
+            commands.InternalError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        answer = yield client.callRemote(commands.ListActions, after_node="", limit=10)
+        self.assertEqual((answer["nodes"], answer["done"]), ([], True))
+        error = yield self.assertFailure(
+            client.callRemoteString(b"ConfirmOperation", operation_id=b"1"), amp.RemoteAmpError)
+        self.assertEqual(error.errorCode, b"BAD_ARGUMENTS")
+        self.assertFalse(client.lost.called)
