@@ -82,6 +82,7 @@ def build_parser(ctx):
     driver.add_commands(commands)
     sim.add_commands(commands)
     rest.add_commands(commands)
+    rest.add_global_options(parser)
     commands.add_parser("demo", help="a self-contained demo fleet (PostgreSQL, "
                                      "region, pserv and simulators)", add_help=False)
     return parser
@@ -100,7 +101,13 @@ def run(argv, reactor, ctx=None):
 async def _run(argv, ctx):
     try:
         try:
-            args = build_parser(ctx).parse_args(argv)
+            parser = build_parser(ctx)
+            args = parser.parse_args(argv)
+            from powerctl.cli.rest import apply_global_options
+
+            problem = apply_global_options(args)
+            if problem:
+                parser.error(problem)
         except _ParserExit as e:
             return e.status
         if args.command == "demo":

@@ -3,7 +3,9 @@ The REST commands: ``node``, ``power``, ``ops``, ``podm``, ``cluster``.
 
 They talk to the region's API (``--api URL``, ``$POWERCTL_API``, default
 ``http://127.0.0.1:5240``) with treq, print human tables by default and
-the API's JSON with ``--json``.  An API error (``{"error": {"code",
+the API's JSON with ``--json``.  ``--api``, ``--api-timeout`` and ``--json``
+go before or after the command (``powerctl --api URL node list``); after
+it wins.  An API error (``{"error": {"code",
 "message"}}``) becomes one line on stderr and a non-zero exit status:
 400/422 exit 2 (bad input: nothing was written), 401/403 exit 3, an
 unreachable API exit 4, a timeout exit 5, an answer that is not JSON exit
@@ -39,6 +41,7 @@ from powerctl.cli.driver import add_param_options, parse_pairs, positive_float, 
 from powerctl.power import Action
 
 DEFAULT_API = "http://127.0.0.1:5240"
+DEFAULT_API_TIMEOUT = 30.0
 
 #: States of a power operation after which nothing more happens to it.
 TERMINAL = frozenset(("succeeded", "failed", "superseded", "cancelled"))
@@ -194,7 +197,8 @@ def api_command(fn):
         parts = urllib.parse.urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--api {base!r} is not an http(s) URL")
-        api = Api(ctx, base, args.api_timeout)
+        timeout = DEFAULT_API_TIMEOUT if args.api_timeout is None else args.api_timeout
+        api = Api(ctx, base, timeout)
         try:
             return await fn(ctx, args, api)
         finally:
@@ -368,19 +372,57 @@ def power_summary(power):
 
 # -- parsers ----------------------------------------------------------------
 
-def _api_options():
-    """The options every REST command takes (an argparse parent parser)."""
+def _api_options(parent=None, prefix=""):
+    """
+    The options every REST command takes (an argparse parent parser); given
+    ``parent`` (the top-level parser) they go there instead, stored under
+    ``prefix`` + their name, for :func:`apply_global_options`.
+    """
     import argparse
 
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("region API")
-    group.add_argument("--api", metavar="URL", default=None,
+    parent = argparse.ArgumentParser(add_help=False) if parent is None else parent
+    group = parent.add_argument_group(
+        "region API" + (" (REST commands; also accepted after the command, which wins)"
+                        if prefix else ""))
+    group.add_argument("--api", dest=prefix + "api", metavar="URL", default=None,
                        help=f"region API (default $POWERCTL_API or {DEFAULT_API})")
-    group.add_argument("--api-timeout", type=positive_float, default=30.0, metavar="S",
-                       help="bound on each API request, seconds (default 30)")
-    group.add_argument("--json", action="store_true",
+    group.add_argument("--api-timeout", dest=prefix + "api_timeout", type=positive_float,
+                       default=None, metavar="S",
+                       help=f"bound on each API request, seconds (default "
+                            f"{DEFAULT_API_TIMEOUT:g})")
+    group.add_argument("--json", dest=prefix + "json", action="store_true",
                        help="print the API's JSON instead of a table")
     return parent
+
+
+_GLOBAL = "global_"
+
+
+def add_global_options(parser):
+    """``--api``, ``--api-timeout``, ``--json`` before the command too (``powerctl --api URL
+    node list``)."""
+    _api_options(parser, _GLOBAL)
+
+
+def apply_global_options(args):
+    """
+    Fold the options given before the command into ``args`` (the same
+    option given after the command wins; ``$POWERCTL_API`` still only
+    fills in a missing ``--api``).  An error message when the command does
+    not take one of them, else None.
+    """
+    for name in ("api", "api_timeout", "json"):
+        value = vars(args).pop(_GLOBAL + name, None)
+        if value is None or value is False:
+            continue
+        if not hasattr(args, name):
+            option = "--" + name.replace("_", "-")
+            return f"{option} does not apply to 'powerctl {args.command}'"
+        if name == "json":
+            args.json = True
+        elif getattr(args, name) is None:
+            setattr(args, name, value)
+    return None
 
 
 def _power_options(parser, required):
