@@ -131,6 +131,18 @@ class DeleteTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(self.region.region.directory.all(), connection)
         self.assertEqual(len(self.pserv.link._outbox), 0)
 
+    @run
+    async def test_delete_with_no_pserv_cancels_its_pending_operations(self):
+        await self.start_region()
+        await self.add_node("node1")
+        ops = [await self.power("node1", "on"), await self.power("node1", "off")]
+        code, body = await self.call("DELETE", "/v1/nodes/node1?requester=alice")
+        self.assertEqual(code, 204, body)
+        for op in ops:
+            done = await self.op(op["id"])
+            self.assertEqual((done["state"], done["cancelled_by"]), ("cancelled", "alice"))
+            self.assertEqual(done["error"], "node node1 deleted by alice")
+
     async def store_delete_op_and_node(self, op_id, node):
         store = self.region.region.store
         await store._pool.runOperation("DELETE FROM power_ops WHERE id = %s", (op_id,))
@@ -141,6 +153,7 @@ class ReportTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
     @run
     async def test_unknown_node_in_a_batch_does_not_stop_the_rest(self):
         await self.start(nodes=("node1", "node2"))
+        await wait_until(lambda: defer.succeed(self.pserv.link.connected))
         [protocol] = self.pserv.link._connected
         from powerctl.rpc import commands
 
@@ -159,6 +172,7 @@ class ReportTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
     @run
     async def test_outcome_for_an_unknown_operation_is_refused_without_losing_the_link(self):
         await self.start(nodes=("node1",))
+        await wait_until(lambda: defer.succeed(self.pserv.link.connected))
         [protocol] = self.pserv.link._connected
         from powerctl.rpc import commands
 
@@ -313,7 +327,12 @@ class ManualTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(code, 202, body)
         done = await self.wait_op(op["id"])
         self.assertEqual((done["state"], done["confirmed_by"]), ("succeeded", "erin"), done)
-        node = await self.get("/v1/nodes/hand")
+
+        async def recorded():  # the outcome's state lands in its own transaction
+            node = await self.get("/v1/nodes/hand")
+            return node["power_state"] == "on" and node
+
+        node = await wait_until(recorded)
         self.assertEqual((node["desired_state"], node["power_state"]), ("on", "on"))
         # Its state stays the confirmed one through later poll rounds.
         self.assertEqual(await self.clean_poll_round(), [])

@@ -359,7 +359,7 @@ class Store:
             await self._quiesce(tx, node, quiesce, reason, by)
         cancelled = await self._cancel_open(tx, name, reason, by)
         await tx.rows("DELETE FROM nodes WHERE name = %s", (name,))
-        return {"node": name, "cancelled": sorted(r["id"] for r in cancelled)}
+        return {"node": name, "cancelled": sorted(cancelled)}
 
     async def _quiesce(self, tx, node, quiesce, reason, by):
         """
