@@ -231,9 +231,12 @@ class HttpClient:
     redirect handling and error mapping described in the module docstring.
     """
 
-    def __init__(self, agent, redirect_limit=5):
+    def __init__(self, agent, redirect_limit=5, user_agent=None):
         self._treq = treq.client.HTTPClient(agent)
         self.redirect_limit = redirect_limit
+        #: Sent as ``User-Agent`` unless the caller's headers name one (a
+        #: pserv names itself, so a BMC's log says which pserv sent what).
+        self.user_agent = user_agent
 
     def request(self, method, url, headers=None, json_body=None, auth=None):
         """
@@ -266,6 +269,8 @@ class HttpClient:
             url = target
 
     async def _one(self, method, url, headers, json_body, auth):
+        if self.user_agent and not any(k.lower() == "user-agent" for k in headers):
+            headers = {**headers, "User-Agent": self.user_agent}
         kwargs = {"headers": headers, "allow_redirects": False, "unbuffered": True}
         if json_body is not None:
             kwargs["json"] = json_body
@@ -292,10 +297,11 @@ class HttpClients:
     per TLS policy, created on first use and released by :meth:`close`.
     """
 
-    def __init__(self, reactor, connect_timeout=10.0, redirect_limit=5):
+    def __init__(self, reactor, connect_timeout=10.0, redirect_limit=5, user_agent=None):
         self.reactor = reactor
         self.connect_timeout = connect_timeout
         self.redirect_limit = redirect_limit
+        self.user_agent = user_agent
         self._clients = {}
         self._pools = []
 
@@ -312,7 +318,8 @@ class HttpClients:
                 connectTimeout=self.connect_timeout,
             )
             self._pools.append(pool)
-            self._clients[verify_tls] = HttpClient(agent, self.redirect_limit)
+            self._clients[verify_tls] = HttpClient(agent, self.redirect_limit,
+                                                   self.user_agent)
         return self._clients[verify_tls]
 
     def close(self):

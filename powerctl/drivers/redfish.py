@@ -448,12 +448,13 @@ class RedfishDriverType:
     capabilities = RedfishDriver.capabilities
 
     def __init__(self, reactor, clock=None, timing=Timing(), use_sessions=False,
-                 redirect_limit=5):
+                 redirect_limit=5, user_agent=None):
         self.reactor = reactor
         self.clock = clock or reactor
         self.timing = timing
         self.use_sessions = use_sessions
-        self.http = HttpClients(reactor, timing.timeout, redirect_limit)
+        # user_agent: the User-Agent of every request (None: treq's default).
+        self.http = HttpClients(reactor, timing.timeout, redirect_limit, user_agent)
         self.sessions = SessionPool()
         self._discovered = {}
 

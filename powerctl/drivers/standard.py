@@ -36,7 +36,8 @@ def standard_schemas():
     return {cls.name: cls.schema for cls in driver_type_classes()}
 
 
-def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None):
+def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None,
+                       user_agent=None):
     """
     A :class:`DriverCatalogue` of ``ipmi``, ``snmp``, ``redfish``,
     ``webhook`` and ``manual``, all sharing ``timing`` (a
@@ -46,6 +47,8 @@ def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None):
     pass a ``task.Clock`` while ``reactor`` still does the networking.
     ``manual_timeout``: seconds a ``manual`` agent without a ``timeout`` of
     its own waits for an operator's confirmation (None: forever).
+    ``user_agent``: the ``User-Agent`` the HTTP drivers (redfish, webhook)
+    send (None: treq's default); a pserv names itself there.
     The driver modules are imported here, not at module level, so that
     importing this module does not pull in pyghmi and pysnmp before an
     entry point has installed the asyncio reactor.
@@ -56,7 +59,7 @@ def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None):
     return DriverCatalogue([
         ipmi(reactor, clock=clock, timing=timing),
         snmp(clock=clock, timing=timing),
-        redfish(reactor, clock=clock, timing=timing),
-        webhook(reactor, clock=clock, timing=timing),
+        redfish(reactor, clock=clock, timing=timing, user_agent=user_agent),
+        webhook(reactor, clock=clock, timing=timing, user_agent=user_agent),
         manual(clock, default_timeout=manual_timeout),
     ])

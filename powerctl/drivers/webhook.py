@@ -161,11 +161,12 @@ class WebhookDriverType:
     schema = SCHEMA
     capabilities = Capabilities(queryable=True, soft_off=False, native_cycle=False)
 
-    def __init__(self, reactor, clock=None, timing=Timing()):
+    def __init__(self, reactor, clock=None, timing=Timing(), user_agent=None):
         self.reactor = reactor
         self.clock = clock or reactor
         self.timing = timing
-        self.http = HttpClients(reactor, timing.timeout)
+        # user_agent: the User-Agent of every request (None: treq's default).
+        self.http = HttpClients(reactor, timing.timeout, user_agent=user_agent)
 
     def bind(self, settings):
         timing = self.timing

@@ -96,7 +96,8 @@ class PservService(service.MultiService):
             from powerctl.drivers.standard import standard_catalogue
 
             catalogue = standard_catalogue(reactor,
-                                           manual_timeout=settings.manual_timeout or None)
+                                           manual_timeout=settings.manual_timeout or None,
+                                           user_agent=f"powerctl-pserv/{settings.name}")
         return cls(settings, config.read_secret(settings.secret_file), reactor, catalogue)
 
     def startService(self):

@@ -7,7 +7,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 from twisted.web import server
-from txpostgres import txpostgres
+from txpostgres import reconnection, retrying, txpostgres
 
 from powerctl import config
 from powerctl.region import schema, web
@@ -16,6 +16,29 @@ from powerctl.region.core import Region
 from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
 from powerctl.region.rpc import RegionProtocol
+
+
+def _reconnecting_connection(reactor, cooperator=None):
+    """
+    A pool connection that reconnects by itself once PostgreSQL is back.
+
+    Without a detector a txpostgres connection that PostgreSQL dropped (a
+    server restart, a failover) stays closed for good, so after ``pg_ctl
+    restart`` every query of the region failed until the region itself was
+    restarted (found by tests/test_chaos.py: pservs could not even register
+    again).  While a connection is dead its queries fail at once with
+    ``ConnectionDead`` (an API 500, an AMP error answer), and it is re-opened
+    every 0.2 s .. 2 s until PostgreSQL answers.
+    """
+    detector = reconnection.DeadConnectionDetector(
+        reconnectionIterator=lambda: retrying.simpleBackoffIterator(
+            initialDelay=0.2, maxDelay=2.0, factor=2.0, maxRetries=0, now=True),
+        reactor=reactor)
+    return txpostgres.Connection(reactor, cooperator, detector=detector)
+
+
+class _ReconnectingPool(txpostgres.ConnectionPool):
+    connectionFactory = staticmethod(_reconnecting_connection)
 
 
 class RegionService(service.Service):
@@ -83,8 +106,7 @@ class RegionService(service.Service):
             conn.close()
         if applied:
             self.log.info("applied migrations {m}", m=applied)
-        self._pool = txpostgres.ConnectionPool(
-            None, self.settings.database, min=self.pool_size)
+        self._pool = _ReconnectingPool(None, self.settings.database, min=self.pool_size)
         await self._pool.start()
         self.store = Store(self._pool, self.catalogue,
                            responsive_grace=self.settings.responsive_grace,

@@ -20,7 +20,9 @@ from real services because clients get them wrong:
 
 The simulator counts requests, live sessions and open connections so that
 tests can assert that nothing was sent, no session leaked and no socket was
-left open.  ``start(reactor, options)`` runs it for the CLI.
+left open; ``log`` keeps a :class:`RequestRecord` per request (time,
+method, path, user agent, reset type) so that a test can tell which client
+sent what, and when.  ``start(reactor, options)`` runs it for the CLI.
 """
 
 import base64
@@ -57,6 +59,22 @@ class SimSystem:
     @property
     def uri(self):
         return f"{ROOT}/Systems/{self.id}"
+
+
+@attrs.define
+class RequestRecord:
+    """
+    One request as it arrived: when (``reactor.seconds()``), method, path,
+    the ``User-Agent`` it carried (None without one) and, for a
+    ``ComputerSystem.Reset``, the reset type asked for (None otherwise, or
+    when the request was refused before the body was read).
+    """
+
+    time: float
+    method: str
+    path: str
+    user_agent: str | None
+    reset_type: str | None = None
 
 
 @attrs.frozen
@@ -160,6 +178,7 @@ class RedfishSimulator:
         self.redirect_names = redirect_names
         self.faults = []
         self.requests = []
+        self.log = []
         self.sessions = {}
         self.sessions_created = 0
         self.certificate = None
@@ -244,6 +263,10 @@ class RedfishSimulator:
         path = request.path.decode().rstrip("/") or "/"
         line = f"{method} {path}"
         self.requests.append(line)
+        agent = request.getHeader("user-agent")
+        record = RequestRecord(self.reactor.seconds(), method, path, agent)
+        self.log.append(record)
+        request.sim_record = record
         fault = self._take_fault(line)
         if fault == "drop":
             request.transport.abortConnection()
@@ -361,6 +384,9 @@ class RedfishSimulator:
             raise _Reply.error(400, f"ResetType {reset_type!r} is not allowed",
                                "Base.1.0.ActionParameterValueNotInList")
         system.resets.append(reset_type)
+        record = getattr(request, "sim_record", None)
+        if record is not None:
+            record.reset_type = reset_type
         self._apply(system, reset_type)
         return 204, None, {}
 
