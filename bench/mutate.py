@@ -100,8 +100,8 @@ MODULES = [
      ["tests/test_multiagent.py", "tests/test_multiagent_edges.py"], 1.5, 30),
     ("base", "powerctl/drivers/base.py",
      ["tests/test_base_driver.py", "tests/test_base_driver_edges.py"], 1.5, 30),
-    ("policy", "powerctl/registry/policy.py", REGISTRY_TESTS, 1, 60),
-    ("actions", "powerctl/registry/actions.py", REGISTRY_TESTS, 1, 60),
+    ("policy", "powerctl/registry/policy.py", REGISTRY_TESTS, 2, 60),
+    ("actions", "powerctl/registry/actions.py", REGISTRY_TESTS, 2, 60),
 ]
 
 KEEP_OPERATORS = re.compile(
