@@ -89,7 +89,15 @@ class OneOwnerTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
         def settled():
             now = self.owners()
             moving = [n for n, (p, _) in now.items() if p != before[n][0]]
-            return defer.succeed(all(now[n][0] == "pserv-c" for n in moving)
+            conn = psycopg2.connect(self.dsn)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT count(*) FROM nodes WHERE handoff_epoch IS NOT NULL")
+                    pending = cur.fetchone()[0]
+            finally:
+                conn.close()
+            return defer.succeed(pending == 0 and moving
+                                 and all(now[n][0] == "pserv-c" for n in moving)
                                  and set(late.executor.known_nodes()) == set(moving))
 
         await wait_until(settled)

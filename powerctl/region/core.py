@@ -46,7 +46,8 @@ class Region:
         if self._reaper.running:
             self._reaper.stop()
         for protocol in self.directory.all():
-            protocol.transport.loseConnection()
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
 
     def track(self, d):
         """Remember ``d`` until it fires, so that :meth:`drain` can wait for it."""

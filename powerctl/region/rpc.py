@@ -275,9 +275,10 @@ class RegionProtocol(amp.AMP):
 
     def connectionLost(self, reason):
         self._stop_auth_timer()
+        if self.pserv is not None:  # first: nothing may use a closed connection
+            self.region.directory.remove(self)
         super().connectionLost(reason)
         if self.pserv is not None:
-            self.region.directory.remove(self)
             self.log.info("pserv {name} disconnected", name=self.pserv)
             d = self.region.track(defer.ensureDeferred(self.region.pserv_lost(self)))
             d.addErrback(lambda f: self.log.failure("after losing {p}", f, p=self.pserv))
