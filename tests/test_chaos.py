@@ -449,3 +449,34 @@ class ChaosTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         return [(op[0], op[2], op[3], op[6], round(op[7] - self.t0, 2),
                  None if op[8] is None else round(op[8] - self.t0, 2))
                 for op in ops if op[7] <= t + 5 and (op[8] is None or op[8] >= t - 5)]
+
+
+class LostReportUnderANewLeaseTests(unittest.TestCase):
+    """
+    Found while reading the chaos runs' failure modes: an outcome the region
+    never recorded (refused while PostgreSQL was down, or flushed from the
+    outbox after the pserv registered again) is answered from memory when
+    the region hands the operation out again -- under the lease it is handed
+    out under, or the region would refuse it as stale at every re-dispatch
+    and the operation would stay open for good.
+    """
+
+    def test_a_remembered_outcome_is_reported_under_the_current_lease(self):
+        from powerctl.power import PowerState
+        from powerctl.pserv.core import Pserv
+        from powerctl.registry import PowerActionRegistry
+        from tests.test_pserv_core import POWER, ConfiguredFakeExecutor
+
+        executor = ConfiguredFakeExecutor(auto_quiesce=False)
+        registry = PowerActionRegistry(executor, task.Clock(), cancel_timeout=5)
+        reports = []
+        pserv = Pserv(registry, executor, reports.append)
+        pserv.epoch = 3
+        pserv.dispatch(1, "n1", "off", POWER)
+        executor.finish("1", PowerState.OFF)
+        self.assertEqual([(r.outcome, r.epoch) for r in reports], [("succeeded", 3)])
+        pserv.epoch = 7  # that report was lost; our lease lapsed and we registered again
+        self.assertEqual(pserv.dispatch(1, "n1", "off", POWER, epoch=7), ("known", 0))
+        self.assertEqual([(r.outcome, r.epoch) for r in reports],
+                         [("succeeded", 3), ("succeeded", 7)])
+        self.assertEqual(executor.started_ops(), ["1"])  # not run twice

@@ -122,7 +122,18 @@ class Pserv:
         if operation_id in self._in_play:
             return "known", 0
         if operation_id in self._finished:
-            self._report(self._finished[operation_id])  # the region lost it
+            # The region lost our report and hands the operation out again.
+            # Answer from memory under the epoch it hands it out under: that
+            # is our current lease (checked above) and the region refuses any
+            # other.  Kept under the lease it finished under, a report lost
+            # while that lease lapsed (refused while PostgreSQL was down, or
+            # flushed from the outbox after we registered again) would be
+            # refused at every re-dispatch and the operation would stay open
+            # in the journal for good.  Only outcomes of work this process
+            # did are remembered (cancellations on going quiet are not).
+            report = attrs.evolve(self._finished[operation_id], epoch=int(epoch))
+            self._finished[operation_id] = report
+            self._report(report)
             return "known", 0
         self.executor.configure(node, power)
         request = PowerAction(node=node, action=action, operation_id=str(operation_id))
