@@ -8,7 +8,7 @@ PostgreSQL is restarted (``pg_ctl restart -m fast``).
 Seeded: ``POWERCTL_CHAOS_SEED`` fixes the seed (else a random one); every
 assertion's message starts with it, so a failure can be replayed.  Leases
 are short (3 s, margin 1.2 s, heartbeats every 0.5 s) so the fleet converges
-quickly; the whole test takes about a minute and a half on two cores.
+quickly; the whole test takes 45-50 s on two cores.
 
 Afterwards, for every node:
 
