@@ -67,9 +67,17 @@ class Region:
         if not self._busy:
             return defer.succeed(None)
         waits = [defer.Deferred() for _ in self._busy]
+
+        def done(result, wait):
+            if not wait.called:  # not if the drain timed out and gave it up
+                wait.callback(None)
+            return result
+
         for busy, wait in zip(list(self._busy), waits):
-            busy.addBoth(lambda result, w=wait: (w.callback(None), result)[1])
-        d = defer.DeferredList(waits)
+            busy.addBoth(done, wait)
+        # consumeErrors: when the timeout cancels the waits, their
+        # CancelledErrors are ours, not unhandled errors left for the GC.
+        d = defer.DeferredList(waits, consumeErrors=True)
         d.addTimeout(timeout, self.clock, onTimeoutCancel=lambda *a: None)
         return d.addBoth(lambda _: None)
 
