@@ -9,26 +9,15 @@ import json
 
 from twisted.internet import defer
 from twisted.trial import unittest
-from twisted.web import server
 
 from powerctl.cli import Context
 from powerctl.cli import main as cli_main
-from tests.test_cli_rest import FakeApi
+from tests.test_cli_rest import FakeApiMixin
 
 
-class GlobalOptionTests(unittest.TestCase):
-    timeout = 20
-
+class GlobalOptionTests(FakeApiMixin, unittest.TestCase):
     def setUp(self):
-        from twisted.internet import reactor
-
-        self.reactor = reactor
-        self.api = FakeApi()
-        site = server.Site(self.api)
-        site.log = lambda request: None
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.url = f"http://127.0.0.1:{port.getHost().port}"
+        super().setUp()
         self.api.nodes["n1"] = {"name": "n1", "cluster": "c1", "power": {
             "mode": "single", "agents": [{"driver": "ipmi", "params": {"host": "h"}}]},
             "desired_state": None, "power_state": "on", "responsive": True,

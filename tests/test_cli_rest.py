@@ -219,10 +219,13 @@ class TtyStringIO(io.StringIO):
         return True
 
 
-class RestCommandTests(unittest.TestCase):
+class FakeApiMixin:
+    """A :class:`FakeApi` served on loopback: ``self.api``, ``self.url``."""
+
     timeout = 20
 
     def setUp(self):
+        super().setUp()
         from twisted.internet import reactor
 
         self.reactor = reactor
@@ -232,6 +235,9 @@ class RestCommandTests(unittest.TestCase):
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+
+
+class RestCommandTests(FakeApiMixin, unittest.TestCase):
 
     def ctx(self, stdin="", tty=False, env=None, secret=None):
         stream = TtyStringIO if tty else io.StringIO
