@@ -50,6 +50,11 @@ class PservService(service.MultiService):
         self.poller = Poller(self.registry, self.executor, self.link, reactor,
                              settings.poll_interval, settings.poll_concurrency)
         self.instance = uuid.uuid4().hex  # this process: its lease is its own
+        if settings.lease_margin <= STOP_TIMEOUT:
+            self.log.warn(
+                "lease_margin {m}s is not above the {t}s a cancellation may take: a pserv "
+                "cut off from every region may still be stopping an action when its lease "
+                "ends", m=settings.lease_margin, t=STOP_TIMEOUT)
         self.keeper = LeaseKeeper(reactor, settings.lease_margin, self._lease_ending)
         self.protocols = []
         for description in settings.regions:
