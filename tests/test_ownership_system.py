@@ -247,15 +247,12 @@ class TwoRegionTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
         await self.start_pserv("pserv-a", poll_interval=3600)  # dials region one only
         await wait_until(lambda: self.all_connected(1))
         await self.add_node("node1")
-        started = reactor.seconds()
+        # The pserv polls once an hour: only the NOTIFY can bring it the op.
         op = await self.power("node1", "on", api=other.api)
         done = await self.wait_op(op["id"], timeout=15)
         self.assertEqual((done["state"], done["pserv"]), ("succeeded", "pserv-a"))
-        self.assertLess(reactor.seconds() - started, 10)  # NOTIFY, not a poll round
-        leaders = [r.coordinator.leader for r in (self.region, other)]
         await wait_until(lambda: defer.succeed(sum(
             r.coordinator.leader for r in (self.region, other)) == 1))
-        del leaders
 
     @run
     async def test_losing_one_region_moves_nothing_while_the_pserv_lives(self):
