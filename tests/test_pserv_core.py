@@ -112,14 +112,22 @@ class RegistryCancelTests(unittest.TestCase):
         self.assertTrue(idle.called)
 
 
-class PservTests(unittest.TestCase):
+class PservSetup:
+    """A Pserv on a Clock and a fake executor, holding the lease ``epoch``."""
+
+    epoch = 1
+
     def setUp(self):
+        super().setUp()
         self.clock = task.Clock()
         self.executor = ConfiguredFakeExecutor(auto_quiesce=False)
         self.registry = PowerActionRegistry(self.executor, self.clock, cancel_timeout=5)
         self.reports = []
         self.pserv = Pserv(self.registry, self.executor, self.reports.append)
-        self.pserv.epoch = 1  # as if it held a lease
+        self.pserv.epoch = self.epoch  # as if it held a lease
+
+
+class PservTests(PservSetup, unittest.TestCase):
 
     def test_forget_node_cancels_then_forgets_once_quiet(self):
         self.pserv.dispatch(1, "n1", "on", POWER)

@@ -7,23 +7,16 @@ new lease meanwhile -- while an operator's pending cancel still gets its
 answer.
 """
 
-from twisted.internet import task
 from twisted.trial import unittest
 
 from powerctl.power import Action, PowerState
-from powerctl.pserv.core import NotOurs, Pserv, report_for
-from powerctl.registry import Outcome, PowerAction, PowerActionRegistry
-from tests.test_pserv_core import POWER, ConfiguredFakeExecutor
+from powerctl.pserv.core import NotOurs, report_for
+from powerctl.registry import Outcome, PowerAction
+from tests.test_pserv_core import POWER, PservSetup
 
 
-class LeaseSetup:
-    def setUp(self):
-        self.clock = task.Clock()
-        self.executor = ConfiguredFakeExecutor(auto_quiesce=False)
-        self.registry = PowerActionRegistry(self.executor, self.clock, cancel_timeout=5)
-        self.reports = []
-        self.pserv = Pserv(self.registry, self.executor, self.reports.append)
-        self.pserv.epoch = 3
+class LeaseSetup(PservSetup):
+    epoch = 3
 
 
 class EpochTests(LeaseSetup, unittest.TestCase):

@@ -97,15 +97,13 @@ class Pserv:
         """
         self.epoch = None
         self._unreported.update(self._in_play)
-        waits = [self.registry.cancel_node(node, reason) for node in self.executor.known_nodes()]
-        self.registry.cancel_all(reason)
 
         def forget(_):
             for node in self.executor.known_nodes():
                 if not self.registry.busy(node):
                     self.executor.forget(node)
 
-        return defer.DeferredList(waits).addCallback(forget)
+        return self.registry.cancel_all(reason).addCallback(forget)
 
     def dispatch(self, operation_id, node, action, power, epoch=None):
         """

@@ -9,6 +9,8 @@ have (by operation id), so sending twice is harmless and losing a message
 is repaired by the next (re)connection.
 """
 
+import collections
+
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -34,6 +36,9 @@ class Region:
         self.heartbeat_timeout = heartbeat_timeout
         self.directory = PservDirectory()
         self._busy = set()  # Deferreds of work still using the database
+        # Operations this region dispatched itself: the NOTIFY each request
+        # sends comes back to us too and must not dispatch them again.
+        self._dispatched = collections.OrderedDict()
         self.stopping = False
         self._reaper = task.LoopingCall(self.drop_silent_pservs)
         self._reaper.clock = clock
@@ -138,6 +143,9 @@ class Region:
 
     def dispatch_later(self, op):
         """Fire-and-forget dispatch for the API (which has answered 202)."""
+        self._dispatched[op["id"]] = None
+        while len(self._dispatched) > 10_000:
+            self._dispatched.popitem(last=False)
         d = self.track(defer.ensureDeferred(self.dispatch(op)))
         d.addErrback(lambda f: self.log.failure("dispatch of {op}", f, op=op["id"]))
         return d
@@ -385,6 +393,8 @@ class Region:
             self.refresh_cluster(payload)
         elif channel == "power_ops":
             try:
+                if int(payload) in self._dispatched:
+                    return  # ours: already on its way
                 op = await self.store.get_op(int(payload))
             except (NotFound, ValueError):
                 return

@@ -172,9 +172,12 @@ class PowerActionRegistry:
         return idle
 
     def cancel_all(self, reason="shutting down"):
-        """Cancel every action of every node (pserv shutdown)."""
-        for name in list(self._nodes):
-            self.cancel_node(name, reason)
+        """
+        Cancel every action of every node (pserv shutdown, a lost lease);
+        fires once every node is idle.
+        """
+        idle = [self.cancel_node(name, reason) for name in list(self._nodes)]
+        return defer.DeferredList(idle).addCallback(lambda _: None)
 
     def cancel_action(self, action, reason="cancelled", by=None):
         """
