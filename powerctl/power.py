@@ -50,3 +50,28 @@ class Action(str, enum.Enum):
                 f"unknown power action {text!r}; expected one of "
                 + ", ".join(a.value for a in cls)
             ) from None
+
+
+class OpState(str, enum.Enum):
+    """Where a journalled power operation stands (``power_ops.state``).
+
+    ``pending`` and ``running`` are open; the other four are terminal: once an
+    operation reaches one, nothing rewrites it.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self):
+        return self not in (OpState.PENDING, OpState.RUNNING)
+
+
+#: The states an operation can end in, as plain strings (JSON, SQL, argparse).
+TERMINAL_STATES = frozenset(s.value for s in OpState if s.terminal)
+#: The states of an operation still in play.
+OPEN_STATES = frozenset(s.value for s in OpState if not s.terminal)
