@@ -35,6 +35,16 @@ class OwnershipMixin(SystemMixin):
         finally:
             conn.close()
 
+    def _handoffs(self):
+        conn = psycopg2.connect(self.dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT name, owner_epoch, handoff_epoch FROM nodes"
+                            " WHERE handoff_epoch IS NOT NULL ORDER BY name")
+                return cur.fetchall()
+        finally:
+            conn.close()
+
     async def all_connected(self, count):
         return len(await self.connected_pservs()) == count
 
@@ -100,7 +110,15 @@ class OneOwnerTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
                                  and all(now[n][0] == "pserv-c" for n in moving)
                                  and set(late.executor.known_nodes()) == set(moving))
 
-        await wait_until(settled)
+        try:
+            await wait_until(settled, timeout=60.0)
+        except AssertionError:
+            # Say what did not settle: the next failure on a loaded CI
+            # machine then explains itself.
+            raise AssertionError(
+                f"not settled: before={before} now={self.owners()}"
+                f" pserv-c knows {late.executor.known_nodes()}"
+                f" handoffs={self._handoffs()}") from None
         after = self.owners()
         for name, (pserv, _) in after.items():
             self.assertIn(pserv, (before[name][0], "pserv-c"))

@@ -261,6 +261,11 @@ class RegionProtocol(amp.AMP):
         if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
             raise commands.BadArguments("nodes must be a list of names")
         released = await self.region.leases.release_nodes(self.epoch, nodes)
+        if released:
+            # The next owner may start now.  NOTIFY tells every region, but
+            # only while this region's listening connection is up; the
+            # pservs connected here hear it directly either way.
+            self.region.refresh_cluster(self.cluster)
         return {"released": released}
 
     @commands.ReleaseLease.responder
