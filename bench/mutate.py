@@ -88,12 +88,14 @@ MODULES = [
     ("store", "powerctl/region/store.py", REGION_TESTS, 6, 120),
     ("registry", "powerctl/registry/registry.py", REGISTRY_TESTS, 6, 60),
     ("executor", "powerctl/pserv/executor.py", PSERV_TESTS, 4, 60),
+    # The lease, NOTIFY and drift paths of the region are tested by the
+    # ownership and drift tests; the REST-facing ones by test_api.py.
     ("region_core", "powerctl/region/core.py",
-     ["tests/test_region_core_edges.py", "tests/test_lifecycle.py", "tests/test_rpc.py",
-      "tests/test_store.py"], 3, 120),
+     ["tests/test_region_core_edges.py", "tests/test_ownership.py", "tests/test_lifecycle.py",
+      "tests/test_rpc.py", "tests/test_drift.py", "tests/test_store.py"], 3, 180),
     ("region_rpc", "powerctl/region/rpc.py",
-     ["tests/test_region_edges.py", "tests/test_rpc.py", "tests/test_lifecycle.py",
-      "tests/test_store.py"], 3, 120),
+     ["tests/test_region_edges.py", "tests/test_rpc.py", "tests/test_ownership.py",
+      "tests/test_lifecycle.py", "tests/test_drift.py", "tests/test_store.py"], 3, 180),
     ("slots", "powerctl/pserv/slots.py",
      ["tests/test_slots.py", "tests/test_slots_edges.py"], 2, 30),
     ("multiagent", "powerctl/drivers/multiagent.py",
