@@ -78,7 +78,7 @@ class Demo:
     async def _run(self):
         from twisted.internet import defer
 
-        from powerctl.pgcluster import PostgresCluster, PostgresUnavailable
+        from powerctl.devtools.pgcluster import PostgresCluster, PostgresUnavailable
 
         t0 = time.monotonic()
         state = os.path.abspath(self.options.state_dir)
