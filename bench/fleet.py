@@ -37,7 +37,7 @@ async def bench(reactor, args):
     from powerctl.config import PservConfig, RegionConfig
     from powerctl.drivers.interface import Timing
     from powerctl.drivers.standard import standard_catalogue
-    from powerctl.pgcluster import PostgresCluster
+    from powerctl.devtools.pgcluster import PostgresCluster
     from powerctl.pserv.service import PservService
     from powerctl.region.service import RegionService
     from powerctl.sim.redfish import RedfishSimulator, SimSystem

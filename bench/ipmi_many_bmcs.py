@@ -28,11 +28,14 @@ USER, PASSWORD = b"admin", b"password"
 
 
 def start_simulator(count, latency):
-    """The simulator in a child process; returns (process, ports)."""
+    """
+    ``powerctl sim ipmi --json`` in a child process; returns (process, ports)
+    from the one JSON line it announces itself with.
+    """
     child = subprocess.Popen(
-        [sys.executable, "-m", "powerctl.sim.ipmi", "--count", str(count),
-         "--latency", str(latency), "--username", USER.decode(),
-         "--password", PASSWORD.decode()],
+        [sys.executable, "-m", "powerctl.cli.main", "sim", "ipmi", "--json",
+         "--count", str(count), "--latency", str(latency),
+         "--username", USER.decode(), "--password", PASSWORD.decode()],
         stdout=subprocess.PIPE, text=True,
     )
     ports = json.loads(child.stdout.readline())["ports"]

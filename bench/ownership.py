@@ -135,7 +135,7 @@ class Bench:
     async def setup(self):
         import psycopg2
 
-        from powerctl.pgcluster import PostgresCluster
+        from powerctl.devtools.pgcluster import PostgresCluster
 
         self.pg = PostgresCluster.create()
         self.stops.append(self.pg.stop)

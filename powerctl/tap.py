@@ -1,6 +1,10 @@
 """
-twistd glue: the ``powerctl-region`` and ``powerctl-pserv`` options and
-service makers (the plugin file in ``twisted/plugins`` only points here).
+twistd options of the ``powerctl-region`` and ``powerctl-pserv`` daemons.
+
+The service makers themselves are the plugin file's
+(``twisted/plugins/powerctl_plugins.py``, one ``IServiceMaker`` per daemon);
+this module holds what they parse: ``--config FILE`` and the per-setting
+overrides, turned into ``options["settings"]``.
 
 Both daemons run on the asyncio reactor (pysnmp needs it).  twistd installs
 its default reactor only when the daemon starts, after option parsing, so
@@ -74,14 +78,3 @@ class PservOptions(_Options):
             "secret_file": self["secret-file"], "regions": self["region"] or None,
         }
 
-
-def make_region_service(options):
-    from powerctl.region.service import RegionService
-
-    return RegionService.from_config(options["settings"])
-
-
-def make_pserv_service(options):
-    from powerctl.pserv.service import PservService
-
-    return PservService.from_config(options["settings"])

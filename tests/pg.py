@@ -14,7 +14,7 @@ import itertools
 
 import psycopg2
 
-from powerctl.pgcluster import PostgresCluster
+from powerctl.devtools.pgcluster import PostgresCluster
 
 TEMPLATE = "powerctl_template"
 

@@ -8,7 +8,6 @@ activity`` and the status page's "Running now" panel.
 """
 
 import datetime
-import io
 import json
 import re
 
@@ -21,9 +20,7 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from powerctl.cli import Context
 from powerctl.cli import activity as cli_activity
-from powerctl.cli import main as cli_main
 from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.pserv.core import Pserv
 from powerctl.pserv.executor import DriverExecutor
@@ -34,7 +31,6 @@ from powerctl.region.activity import LiveActivity, shape
 from powerctl.region.api import Api, api_root
 from powerctl.registry import PowerActionRegistry
 from powerctl.rpc import commands
-from tests.test_cli_rest import FakeApi
 from tests.test_executor import FakeType
 from tests.test_multiagent import FakeDriver
 from tests.test_powerconfig import fake_catalogue
@@ -659,38 +655,6 @@ class CliTests(unittest.TestCase):
     def test_ages(self):
         self.assertEqual([cli_activity.age(s) for s in (None, 4.24, 185, 7620)],
                          [None, "4.2s", "3m05s", "2h07m"])
-
-    @defer.inlineCallbacks
-    def test_the_command(self):
-        doc = _document()
-
-        class ActivityApi(FakeApi):
-            def get_activity(self, body, query):
-                return 200, doc
-
-        api = ActivityApi()
-        port = reactor.listenTCP(0, Site(api), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        url = f"http://127.0.0.1:{port.getHost().port}"
-
-        def run(*argv):
-            ctx = Context(reactor, stdout=io.StringIO(), stderr=io.StringIO(),
-                          stdin=io.StringIO(), env={}, getpass=None)
-            d = cli_main.run(["activity", *argv, "--api", url], reactor, ctx)
-            return d.addCallback(lambda status: (status, ctx.stdout.getvalue(),
-                                                 ctx.stderr.getvalue()))
-
-        status, out, err = yield run("--node", "n2")
-        self.assertEqual(api.requests[-1][:3], ("GET", "/v1/activity", {"node": "n2"}))
-        self.assertEqual(status, 1)  # one pserv did not answer
-        self.assertIn("no complete answer from pserv(s)", err)
-        self.assertIn("waiting #1", out)
-        status, out, err = yield run("--json")
-        self.assertEqual(api.requests[-1][2], {})
-        self.assertEqual(json.loads(out), doc)
-        doc["pservs"].pop()
-        status, out, err = yield run()
-        self.assertEqual((status, err), (0, ""))
 
 
 class StatusPageTests(StoreTestCase):

@@ -1,83 +1,84 @@
 """
 ``--api``, ``--api-timeout`` and ``--json`` before the command as well as
-after it (``powerctl --api URL node list``), against the fake API of
-:mod:`tests.test_cli_rest`.
+after it (``powerctl --api URL node list``), against the region's API served
+in memory as in :mod:`tests.test_cli_rest`.
 """
 
-import io
 import json
 
-from twisted.internet import defer
 from twisted.trial import unittest
 
-from powerctl.cli import Context
-from powerctl.cli import main as cli_main
-from tests.test_cli_rest import FakeApiMixin
+from tests.test_cli_rest import URL, CliMixin, RefusingAgent, RegionApiMixin
+from tests.test_store import StoreTestCase
 
 
-class GlobalOptionTests(FakeApiMixin, unittest.TestCase):
+class GlobalOptionTests(RegionApiMixin, StoreTestCase):
+    """
+    Every URL reaches the in-memory API, so the option that loses is given
+    an invalid one (``ftp://x``): had it won, the command would exit 2.
+    """
+
     def setUp(self):
-        super().setUp()
-        self.api.nodes["n1"] = {"name": "n1", "cluster": "c1", "power": {
-            "mode": "single", "agents": [{"driver": "ipmi", "params": {"host": "h"}}]},
-            "desired_state": None, "power_state": "on", "responsive": True,
-            "last_error": None, "drift": None}
+        d = super().setUp()
+        d.addCallback(lambda _: self.store.create_node("n1", "c1", {
+            "mode": "single", "agents": [{"driver": "ipmi", "params": {
+                "host": "h", "password": "p"}}]}))
+        return d
 
-    @defer.inlineCallbacks
-    def cli(self, *argv, env=None):
-        """(status, stdout, stderr) of ``powerctl argv`` (nothing added)."""
-        ctx = Context(self.reactor, stdout=io.StringIO(), stderr=io.StringIO(),
-                      stdin=io.StringIO(), env=env or {})
-        status = yield cli_main.run(list(argv), self.reactor, ctx)
-        return status, ctx.stdout.getvalue(), ctx.stderr.getvalue()
-
-    @defer.inlineCallbacks
-    def test_api_and_json_before_the_command(self):
-        status, out, err = yield self.cli("--api", self.url, "node", "list")
+    async def test_api_and_json_before_the_command(self):
+        status, out, err = await self.cli("--api", URL, "node", "list", api=False)
         self.assertEqual(status, 0, err)
         self.assertIn("n1", out)
-        self.assertEqual([r[:2] for r in self.api.requests], [("GET", "/v1/nodes")])
-        status, out, err = yield self.cli("--json", "--api", self.url, "node", "show", "n1")
+        self.assertEqual([r[:2] for r in self.sent()], [("GET", "/v1/nodes")])
+        status, out, err = await self.cli("--json", "--api", URL, "node", "show", "n1",
+                                          api=False)
         self.assertEqual(status, 0, err)
         self.assertEqual(json.loads(out)["name"], "n1")
-        status, out, err = yield self.cli("--api-timeout", "5", "--api", self.url, "--json",
-                                          "cluster", "list")
+        status, out, err = await self.cli("--api-timeout", "5", "--api", URL, "--json",
+                                          "cluster", "list", api=False)
         self.assertEqual((status, json.loads(out)[0]["name"]), (0, "c1"), err)
 
-    @defer.inlineCallbacks
-    def test_after_the_command_still_works_and_wins(self):
-        status, out, err = yield self.cli("node", "list", "--api", self.url, "--json")
+    async def test_after_the_command_still_works_and_wins(self):
+        status, out, err = await self.cli("node", "list", "--api", URL, "--json", api=False)
         self.assertEqual((status, [n["name"] for n in json.loads(out)]), (0, ["n1"]), err)
-        status, out, err = yield self.cli("--api", "http://127.0.0.1:1", "node", "list",
-                                          "--api", self.url)
+        status, out, err = await self.cli("--api", "ftp://x", "node", "list", "--api", URL,
+                                          api=False)
         self.assertEqual(status, 0, err)
         self.assertIn("n1", out)
 
-    @defer.inlineCallbacks
-    def test_powerctl_api_is_still_the_default(self):
-        status, out, err = yield self.cli("--json", "node", "list",
-                                          env={"POWERCTL_API": self.url})
+    async def test_powerctl_api_is_still_the_default(self):
+        status, out, err = await self.cli("--json", "node", "list", api=False,
+                                          env={"POWERCTL_API": URL})
         self.assertEqual((status, [n["name"] for n in json.loads(out)]), (0, ["n1"]), err)
         # an explicit --api before the command beats the environment
-        status, out, err = yield self.cli("--api", self.url, "node", "list",
-                                          env={"POWERCTL_API": "http://127.0.0.1:1"})
+        status, out, err = await self.cli("--api", URL, "node", "list", api=False,
+                                          env={"POWERCTL_API": "ftp://x"})
         self.assertEqual(status, 0, err)
 
-    @defer.inlineCallbacks
-    def test_bad_or_misplaced_global_options_are_usage_errors(self):
-        status, _, err = yield self.cli("--api", "ftp://x", "node", "list")
+
+class MisplacedGlobalOptionTests(CliMixin, unittest.TestCase):
+    """Refused before anything is sent."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.agent = RefusingAgent()
+
+    async def test_bad_or_misplaced_global_options_are_usage_errors(self):
+        status, _, err = await self.cli("--api", "ftp://x", "node", "list", api=False)
         self.assertEqual(status, 2)
         self.assertIn("not an http(s) URL", err)
-        status, _, err = yield self.cli("--api-timeout", "0", "--api", self.url, "node", "list")
+        status, _, err = await self.cli("--api-timeout", "0", "--api", URL, "node", "list",
+                                        api=False)
         self.assertEqual(status, 2)
         self.assertIn("--api-timeout", err)
-        status, _, err = yield self.cli("--api", self.url, "driver", "list")
+        status, _, err = await self.cli("--api", URL, "driver", "list", api=False)
         self.assertEqual(status, 2)
         self.assertIn("--api does not apply to 'powerctl driver'", err)
-        self.assertEqual(self.api.requests, [])
+        self.assertEqual(self.agent.requests, [])
 
-    @defer.inlineCallbacks
-    def test_json_before_a_driver_command(self):
-        status, out, err = yield self.cli("--json", "driver", "list")
+    async def test_json_before_a_driver_command(self):
+        status, out, err = await self.cli("--json", "driver", "list", api=False)
         self.assertEqual(status, 0, err)
         self.assertIn("ipmi", json.dumps(json.loads(out)))

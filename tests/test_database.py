@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from txpostgres import txpostgres
 
-from powerctl.pgcluster import PostgresCluster
+from powerctl.devtools.pgcluster import PostgresCluster
 from powerctl.region import schema
 from tests.pg import DatabaseMixin
 
@@ -111,7 +111,7 @@ def _drop(pg, name):
 class ClusterLifecycleTests(unittest.TestCase):
     def test_cluster_is_removed_when_its_owner_is_killed(self):
         script = (
-            "from powerctl.pgcluster import PostgresCluster;"
+            "from powerctl.devtools.pgcluster import PostgresCluster;"
             "import sys, time;"
             "c = PostgresCluster.create(); print(c.directory, flush=True);"
             "time.sleep(60)"

@@ -115,6 +115,10 @@ class Context:
     env: dict = attrs.field(factory=lambda: dict(os.environ))
     #: ``prompt -> str`` without echo; tests substitute it.
     getpass: object = getpass.getpass
+    #: The ``IAgent`` the REST commands reach the region API through; None
+    #: for a pooled HTTP agent on ``reactor`` (tests give one that serves
+    #: the real API resource in memory).
+    agent: object = None
     interrupted: bool = False
     _hooks: list = attrs.field(factory=list)
 

@@ -1,15 +1,18 @@
 """
 ``powerctl activity``: what the pservs run right now, as people read it.
 
-Pure functions over the document of ``GET /v1/activity`` (see
-:func:`powerctl.region.activity.shape`), so the format is tested without a
-reactor.  One table of busy nodes (per pserv and node: what runs, since when,
+The command asks ``GET /v1/activity`` (``--node NAME`` for one node) and
+exits 1 when a pserv did not answer.  The rest are pure functions over that
+document (see :func:`powerctl.region.activity.shape`), so the format is
+tested without a reactor.  One table of busy nodes (per pserv and node: what runs, since when,
 its slot, who joined, what waits), then per pserv the state of its priority
 slots and the queue of actions waiting for one, and a line per pserv that
 did not answer in time.
 """
 
+from powerctl.cli import EXIT_FAILURE, EXIT_OK
 from powerctl.cli import output
+from powerctl.cli.client import api_command
 
 #: Slot waiters listed per pserv (the queue can be as long as the fleet).
 QUEUE_SHOWN = 20
@@ -133,3 +136,25 @@ def render(doc, queue_shown=QUEUE_SHOWN):
                      f"{totals.get('pservs', 0)} pserv(s)"
                      + (f"; {totals['errors']} did not answer" if totals.get("errors") else ""))
     return "\n".join(lines)
+
+
+def add_commands(subparsers, parent):
+    """Register ``activity``; ``parent`` carries the API options."""
+    p = subparsers.add_parser("activity", parents=[parent],
+                              help="what the pservs run right now, what waits, who joined, "
+                                   "since when, and their slot queues (exit 1 if a pserv "
+                                   "did not answer)")
+    p.add_argument("--node", "-n", metavar="NAME", help="only this node")
+    p.set_defaults(func=activity)
+
+
+@api_command
+async def activity(ctx, args, api):
+    """``powerctl activity [--node NAME]``: the pservs' live view (``GET /v1/activity``)."""
+    doc = await api.call("GET", "/v1/activity", query={"node": args.node})
+    ctx.out(output.to_json(doc) if args.json else render(doc))
+    failed = [p.get("pserv") for p in (doc or {}).get("pservs") or () if p.get("error")]
+    if failed:
+        ctx.err(f"error: no complete answer from pserv(s) {', '.join(map(str, failed))}")
+        return EXIT_FAILURE
+    return EXIT_OK

@@ -17,6 +17,7 @@ import sys
 import time
 
 from powerctl import reactor as reactor_choice
+from powerctl.power import TERMINAL_STATES
 
 SECRET = b"powerctl-demo-secret-not-for-production"
 
@@ -78,7 +79,7 @@ class Demo:
     async def _run(self):
         from twisted.internet import defer
 
-        from powerctl.pgcluster import PostgresCluster, PostgresUnavailable
+        from powerctl.devtools.pgcluster import PostgresCluster, PostgresUnavailable
 
         t0 = time.monotonic()
         state = os.path.abspath(self.options.state_dir)
@@ -228,12 +229,11 @@ class Demo:
 
     async def _watch(self, ops):
         deadline = time.monotonic() + self.options.timeout
-        terminal = {"succeeded", "failed", "superseded", "cancelled"}
         while True:
             nodes = await self.api_call("GET", "/v1/nodes")
             current = [await self.api_call("GET", f"/v1/power_ops/{o['id']}") for o in ops]
             self._print_fleet(nodes)
-            if all(o["state"] in terminal for o in current) and all(
+            if all(o["state"] in TERMINAL_STATES for o in current) and all(
                     n["power_state"] == n["desired_state"] for n in nodes):
                 break
             if time.monotonic() > deadline:

@@ -42,6 +42,11 @@ def when(value):
     return text
 
 
+def shown(key, value):
+    """A value for a ``key: value`` view: timestamps (``*_at``) shortened."""
+    return when(value) if key.endswith("_at") else value
+
+
 def table(rows, columns):
     """
     Render ``rows`` (dicts) as an aligned table.  ``columns`` is a list of

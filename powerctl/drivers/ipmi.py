@@ -485,7 +485,3 @@ def _read_power(ipmi):
         return PowerState.OFF
     raise ProtocolError(f"unexpected power state {state!r}")
 
-
-def make_driver_type(reactor=None, **kwargs):
-    """The ``ipmi`` driver type (one per process)."""
-    return IpmiDriverType(reactor=reactor, **kwargs)

@@ -35,11 +35,9 @@ Everything the BMC saw is recorded in :class:`SimulatedBmc` for tests.
 import argparse
 import hashlib
 import hmac
-import json
 import os
 import random
 import struct
-import sys
 import uuid
 
 import attrs
@@ -513,7 +511,7 @@ class IpmiSimulator:
 
 
 def add_arguments(parser):
-    """Options of ``powerctl sim ipmi`` (and of ``python -m powerctl.sim.ipmi``)."""
+    """Options of ``powerctl sim ipmi``."""
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (loopback by default)")
     parser.add_argument("--port", type=int, default=0,
@@ -572,23 +570,3 @@ def start(reactor, options):
         bmcs.append(bmc)
     return IpmiSimulator(bmcs, listeners)
 
-
-def main(argv=None):
-    """Run simulated BMCs until interrupted; print their ports as JSON."""
-    from powerctl.reactor import install
-
-    reactor = install()
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[1]))
-    options = parser.parse_args(argv)
-
-    def announce():
-        sim = start(reactor, options)
-        print(json.dumps({"ports": sim.ports}), flush=True)
-        reactor.addSystemEventTrigger("before", "shutdown", sim.stop)
-
-    reactor.callWhenRunning(announce)
-    reactor.run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,17 +1,55 @@
-"""twistd plugins: ``twistd powerctl-region`` and ``twistd powerctl-pserv``."""
+"""
+twistd plugins: ``twistd powerctl-region`` and ``twistd powerctl-pserv``.
 
-from twisted.application.service import ServiceMaker
+One ``IServiceMaker`` per daemon.  twistd imports every plugin file to list
+the commands it offers, so this one imports nothing of powerctl at module
+level: the options (:mod:`powerctl.tap`) and the service modules are loaded
+only when the daemon is chosen, and ``twistd --help`` stays cheap.
+"""
 
-powerctl_region = ServiceMaker(
-    "powerctl region",
-    "powerctl.tap_region",
-    "powerctl region: desired/current power state in PostgreSQL, REST API, AMP for pservs",
-    "powerctl-region",
-)
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from zope.interface import implementer
 
-powerctl_pserv = ServiceMaker(
-    "powerctl pserv",
-    "powerctl.tap_pserv",
-    "powerctl pserv: drives BMCs and PDUs for a region",
-    "powerctl-pserv",
-)
+
+@implementer(IPlugin, IServiceMaker)
+class RegionMaker:
+    """``twistd powerctl-region``."""
+
+    tapname = "powerctl-region"
+    description = ("powerctl region: desired/current power state in PostgreSQL, "
+                   "REST API, AMP for pservs")
+
+    @property
+    def options(self):
+        from powerctl.tap import RegionOptions
+
+        return RegionOptions
+
+    def makeService(self, options):
+        from powerctl.region.service import RegionService
+
+        return RegionService.from_config(options["settings"])
+
+
+@implementer(IPlugin, IServiceMaker)
+class PservMaker:
+    """``twistd powerctl-pserv``."""
+
+    tapname = "powerctl-pserv"
+    description = "powerctl pserv: drives BMCs and PDUs for a region"
+
+    @property
+    def options(self):
+        from powerctl.tap import PservOptions
+
+        return PservOptions
+
+    def makeService(self, options):
+        from powerctl.pserv.service import PservService
+
+        return PservService.from_config(options["settings"])
+
+
+powerctl_region = RegionMaker()
+powerctl_pserv = PservMaker()

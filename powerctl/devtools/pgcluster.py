@@ -156,7 +156,7 @@ class PostgresCluster:
         # The reaper is started before the server so that there is no moment
         # at which a running server has nobody to stop it.
         self._reaper = subprocess.Popen(
-            [sys.executable, "-m", "powerctl.pgcluster", "reap", self.bindir,
+            [sys.executable, "-m", "powerctl.devtools.pgcluster", "reap", self.bindir,
              self.directory, "keep" if self.keep else "remove"],
             stdin=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C on the terminal must not kill it first

@@ -1,0 +1,78 @@
+"""
+``powerctl cluster list|set``: clusters, their pservs and their drift policy.
+"""
+
+from powerctl.cli import EXIT_OK
+from powerctl.cli import output
+from powerctl.cli.client import add_command, add_group, api_command, items, q
+
+#: What a cluster does about drift (the region's ``drift.POLICIES``).
+DRIFT_POLICIES = ("report", "enforce")
+
+
+def add_commands(subparsers, parent):
+    """Register ``cluster ...``; ``parent`` carries the API options."""
+    clusters = add_group(subparsers, "cluster", "clusters and their pservs")
+    add_command(clusters, "list", cluster_list, "list clusters", parent)
+    p = add_command(clusters, "set", cluster_set, "change a cluster's settings", parent)
+    p.add_argument("name")
+    p.add_argument("--drift-policy", required=True, choices=DRIFT_POLICIES,
+                   help="what a node polled in another state than desired gets: report "
+                        "(shown only) or enforce (a 'reconcile' operation to its desired "
+                        "state after two consecutive polls)")
+
+
+def _pservs(cluster):
+    """``a (connected), b`` -- a pserv is live while it is connected."""
+    pservs = cluster.get("pservs")
+    if isinstance(pservs, list):
+        names = [
+            (f"{p.get('name', '?')} (connected)" if p.get("connected") else p.get("name", "?"))
+            if isinstance(p, dict) else str(p)
+            for p in pservs
+        ]
+        return ", ".join(names) or None
+    return pservs
+
+
+def _last_heartbeat(cluster):
+    beats = [p.get("last_heartbeat") for p in cluster.get("pservs") or ()
+             if isinstance(p, dict) and p.get("last_heartbeat")]
+    return output.when(max(beats)) if beats else output.when(cluster.get("last_heartbeat"))
+
+
+CLUSTER_COLUMNS = [
+    ("NAME", "name"),
+    ("STATUS", "status"),
+    ("NODES", lambda c: c.get("nodes") if not isinstance(c.get("nodes"), list)
+     else len(c["nodes"])),
+    ("RUNNING", "running_ops"),
+    ("IN FLIGHT", "actions_in_flight"),
+    ("DRIFT POLICY", "drift_policy"),
+    ("DRIFTED", "drifted_nodes"),
+    ("LAST HEARTBEAT", _last_heartbeat),
+    ("PSERVS", _pservs),
+]
+
+
+@api_command
+async def cluster_list(ctx, args, api):
+    """``powerctl cluster list``."""
+    doc = await api.call("GET", "/v1/clusters")
+    if args.json:
+        ctx.out(output.to_json(doc))
+    else:
+        ctx.out(output.table(items(doc, "clusters"), CLUSTER_COLUMNS))
+    return EXIT_OK
+
+
+@api_command
+async def cluster_set(ctx, args, api):
+    """``powerctl cluster set NAME --drift-policy report|enforce``."""
+    doc = await api.call("PUT", f"/v1/clusters/{q(args.name)}",
+                         {"drift_policy": args.drift_policy})
+    if args.json:
+        ctx.out(output.to_json(doc))
+    else:
+        ctx.out(f"cluster {args.name}: drift policy {(doc or {}).get('drift_policy')}")
+    return EXIT_OK

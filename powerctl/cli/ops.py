@@ -1,0 +1,118 @@
+"""
+``powerctl ops list|show|cancel|confirm``: the journal of power operations.
+
+``cancel`` is answered once the operation's device is quiet (the region
+cancels through the pserv's registry); ``confirm`` tells the region that an
+operator carried out a ``manual`` agent's action.
+"""
+
+from powerctl.cli import EXIT_OK
+from powerctl.cli import output
+from powerctl.cli.client import ApiError, add_command, add_group, api_command, items, requester
+from powerctl.power import OpState, PowerState
+
+#: The states ``--state`` accepts, in the journal's own order.
+STATES = tuple(s.value for s in OpState)
+#: What an operator may confirm a manual node reached.
+CONFIRMABLE = (PowerState.ON.value, PowerState.OFF.value)
+
+
+def add_commands(subparsers, parent):
+    """Register ``ops ...``; ``parent`` carries the API options."""
+    ops = add_group(subparsers, "ops", "the journal of power operations")
+    p = add_command(ops, "list", ops_list, "list operations", parent)
+    p.add_argument("--node", "-n")
+    p.add_argument("--state", "-s", choices=STATES)
+    p.add_argument("--limit", type=int, metavar="N", help="at most N, newest first "
+                   "(the API's default page otherwise)")
+    p.add_argument("--before", type=int, metavar="ID", help="only operations older than ID")
+    add_command(ops, "show", ops_show, "one operation", parent).add_argument("id", type=int)
+    p = add_command(ops, "cancel", ops_cancel,
+                    "cancel open operations (each answered once its device is quiet)", parent)
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.add_argument("--force", action="store_true",
+                   help="journal it cancelled even when its pserv cannot be reached")
+    p = add_command(ops, "confirm", ops_confirm,
+                    "confirm a manual operation: you saw the node reach STATE", parent)
+    p.add_argument("id", type=int)
+    p.add_argument("--state", required=True, choices=CONFIRMABLE)
+
+
+def _link(op):
+    if op.get("coalesced_into"):
+        return f"joined {op['coalesced_into']}"
+    if op.get("superseded_by"):
+        return f"by {op['superseded_by']}"
+    return None
+
+
+OP_COLUMNS = [
+    ("ID", "id"),
+    ("NODE", "node"),
+    ("ACTION", "action"),
+    ("STATE", "state"),
+    ("LINK", _link),
+    ("REQUESTED", lambda o: output.when(o.get("requested_at"))),
+    ("FINISHED", lambda o: output.when(o.get("finished_at"))),
+    ("PSERV", "pserv"),
+    ("AGENT", "agent"),
+    ("ERROR", "error"),
+]
+
+
+@api_command
+async def ops_list(ctx, args, api):
+    """``powerctl ops list [--node N] [--state S]``."""
+    doc = await api.call("GET", "/v1/power_ops", query={
+        "node": args.node, "state": args.state, "limit": args.limit, "before": args.before})
+    if args.json:
+        ctx.out(output.to_json(doc))
+    else:
+        ctx.out(output.table(items(doc, "power_ops", "ops"), OP_COLUMNS))
+    return EXIT_OK
+
+
+@api_command
+async def ops_show(ctx, args, api):
+    """``powerctl ops show ID``."""
+    op = await api.call("GET", f"/v1/power_ops/{args.id}")
+    if args.json:
+        ctx.out(output.to_json(op))
+    else:
+        ctx.out(output.key_values((k, output.shown(k, v)) for k, v in (op or {}).items()))
+    return EXIT_OK
+
+
+@api_command
+async def ops_cancel(ctx, args, api):
+    """``powerctl ops cancel ID... [--force]``: each answered once its device is quiet."""
+    results, status = [], EXIT_OK
+    for op_id in args.ids:
+        body = {"requester": requester()}
+        if args.force:
+            body["force"] = True
+        try:
+            op = await api.call("POST", f"/v1/power_ops/{op_id}/cancel", body=body)
+            results.append({"id": op_id, "state": op.get("state"), "error": None})
+        except ApiError as e:
+            results.append({"id": op_id, "state": None, "error": str(e)})
+            status = e.status
+    if args.json:
+        ctx.out(output.to_json(results))
+    else:
+        for r in results:
+            ctx.out(f"operation {r['id']}: " + (r["state"] if r["error"] is None
+                                                else f"error: {r['error']}"))
+    return status
+
+
+@api_command
+async def ops_confirm(ctx, args, api):
+    """``powerctl ops confirm ID --state on|off``: a manual action was done."""
+    op = await api.call("POST", f"/v1/power_ops/{args.id}/confirm",
+                        body={"state": args.state, "requester": requester()})
+    if args.json:
+        ctx.out(output.to_json(op))
+    else:
+        ctx.out(f"operation {args.id}: confirmed {args.state}")
+    return EXIT_OK
