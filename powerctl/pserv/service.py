@@ -65,6 +65,9 @@ class PservService(service.MultiService):
                 clock=reactor,
             )
             client.setServiceParent(self)
+        # Started after the connections (its first round is then a no-op),
+        # stopped before them.
+        self.poller.setServiceParent(self)
 
     def _protocol(self, secret):
         p = PservProtocol(self.pserv, self.link, self.settings, secret, self.reactor,
@@ -107,12 +110,15 @@ class PservService(service.MultiService):
 
     def startService(self):
         super().startService()
-        self.poller.start()
         self.log.info("pserv {name} of cluster {cluster} started", name=self.settings.name,
                       cluster=self.settings.cluster)
 
     def stopService(self):
-        self.poller.stop()
+        # No new poll round from now on; the one under way (if any) ends as
+        # going quiet cancels its queries.  MultiService.stopService stops
+        # the poller again later, which is harmless.
+        if self.poller.running:
+            self.poller.stopService()
         self.keeper.close()
         d = defer.ensureDeferred(self._stop())
         d.addTimeout(STOP_TIMEOUT, self.reactor, onTimeoutCancel=lambda *a: None)

@@ -13,9 +13,14 @@ The connection is checked at every tick and re-opened (with its LISTENs)
 when it was lost, e.g. across a database restart; while it is down this
 region is simply not the leader and relies on the pservs' own refresh
 rounds.
+
+The coordinator is a ``TimerService``: the region's ``MultiService`` starts
+and stops it; stopping waits for the tick under way, then closes the
+listening connection (which gives up the leadership).
 """
 
-from twisted.internet import defer, task
+from twisted.application.internet import TimerService
+from twisted.internet import defer
 from twisted.logger import Logger
 from txpostgres import txpostgres
 
@@ -25,14 +30,18 @@ LEADER_LOCK = 0x6C656164  # "lead"
 CHANNELS = ("power_ops", "assignments")
 
 
-class Coordinator:
+class Coordinator(TimerService):
     log = Logger()
 
     def __init__(self, dsn, reactor, on_notify, jobs, interval=10.0):
         """
+        :param reactor: the reactor, also the ticks' clock (a ``task.Clock``
+            in tests).
         :param on_notify: called with ``(channel, payload)`` for each notification.
         :param jobs: an async callable run at each tick while we lead.
         """
+        super().__init__(interval, self.tick)
+        self.clock = reactor  # TimerService's time source
         self.dsn = dsn
         self.reactor = reactor
         self.on_notify = on_notify
@@ -40,26 +49,25 @@ class Coordinator:
         self.interval = interval
         self.leader = False
         self._conn = None
-        self._loop = task.LoopingCall(self.tick)
-        self._loop.clock = reactor
-        self._current = None
 
-    def start(self):
-        self._loop.start(self.interval, now=True).addErrback(
-            lambda f: self.log.failure("region coordination stopped", f))
+    def stopService(self):
+        """Stop ticking; fires once the tick under way is over and the connection closed."""
+        stopped = super().stopService() if self.running else defer.succeed(None)
+        return stopped.addCallback(lambda _: self._close())
 
-    async def stop(self):
-        if self._loop.running:
-            self._loop.stop()
-        if self._current is not None:
-            await defer.Deferred.fromCoroutine(_wait(self._current))
+    def _close(self):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         self.leader = False
 
     def tick(self):
-        d = self._current = defer.ensureDeferred(self._tick())
+        """
+        One tick.  Never fails: a failure returned to the TimerService
+        would stop the ticks for good, so a bug is logged and the next tick
+        runs.
+        """
+        d = defer.ensureDeferred(self._tick())
         d.addErrback(lambda f: self.log.failure("coordination tick", f))
         return d
 
@@ -112,9 +120,3 @@ class Coordinator:
         d.addErrback(lambda f: self.log.failure(
             "handling a {channel} notification", f, channel=notify.channel))
 
-
-async def _wait(d):
-    """Wait for ``d`` without taking its result."""
-    waiter = defer.Deferred()
-    d.addBoth(lambda r: (waiter.callback(None), r)[1])
-    await waiter

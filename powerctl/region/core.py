@@ -11,9 +11,11 @@ is repaired by the next (re)connection.
 
 import collections
 
-from twisted.internet import defer, task
+from twisted.application.internet import TimerService
+from twisted.internet import defer
 from twisted.logger import Logger
 
+from powerctl.deferreds import when_fired
 from powerctl.rpc import commands
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.rpc import PservDirectory
@@ -40,16 +42,14 @@ class Region:
         # sends comes back to us too and must not dispatch them again.
         self._dispatched = collections.OrderedDict()
         self.stopping = False
-        self._reaper = task.LoopingCall(self.drop_silent_pservs)
-        self._reaper.clock = clock
-
-    def start(self):
-        self._reaper.start(max(1.0, self.heartbeat_timeout / 3), now=False)
+        #: Drops pservs gone silent, every third of the heartbeat timeout (at
+        #: most once a second): a service for the region's MultiService.
+        self.reaper = TimerService(max(1.0, heartbeat_timeout / 3), self.drop_silent_pservs)
+        self.reaper.clock = clock
 
     def stop(self):
+        """Close every pserv connection (the reaper stops with the region's services)."""
         self.stopping = True
-        if self._reaper.running:
-            self._reaper.stop()
         for protocol in self.directory.all():
             if protocol.transport is not None:
                 protocol.transport.loseConnection()
@@ -71,15 +71,7 @@ class Region:
         """
         if not self._busy:
             return defer.succeed(None)
-        waits = [defer.Deferred() for _ in self._busy]
-
-        def done(result, wait):
-            if not wait.called:  # not if the drain timed out and gave it up
-                wait.callback(None)
-            return result
-
-        for busy, wait in zip(list(self._busy), waits):
-            busy.addBoth(done, wait)
+        waits = [when_fired(busy) for busy in list(self._busy)]
         # consumeErrors: when the timeout cancels the waits, their
         # CancelledErrors are ours, not unhandled errors left for the GC.
         d = defer.DeferredList(waits, consumeErrors=True)
