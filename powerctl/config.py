@@ -2,12 +2,14 @@
 Configuration files of the daemons: TOML, read with ``tomllib``.
 
 Each daemon has one section (``[region]`` or ``[pserv]``); command-line
-options override the file.  The settings are attrs classes whose field
-validators do the checking, so a settings object built in code (the demo,
-the tests) is held to the same rules as one read from a file.  Anything missing, unknown or of the wrong type
+options override the file.  Anything missing, unknown or of the wrong type
 is a :class:`ConfigError` naming the file and the key, raised before the
 daemon starts anything -- a daemon that starts half-configured is worse
 than one that refuses to start.
+
+The settings are attrs classes whose field validators do the checking, so
+a settings object built in code (the demo, the tests) is held to the same
+rules as one read from a file.
 """
 
 import socket
