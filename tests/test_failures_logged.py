@@ -10,6 +10,7 @@ everything.  No sockets, no database: fakes and a ``task.Clock``.
 """
 
 import attrs
+import psycopg2
 from twisted.internet import defer, error, task
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
@@ -18,6 +19,8 @@ from twisted.trial import unittest
 from powerctl.config import PservConfig
 from powerctl.pserv.link import PservProtocol, RegionLink
 from powerctl.pserv.service import PservService
+from powerctl.region import coordination
+from powerctl.region.coordination import Coordinator
 from powerctl.region.core import Region
 from powerctl.region.podprobe import PodManagerProber
 from powerctl.rpc import commands
@@ -100,6 +103,57 @@ class ProbeFailureTests(unittest.TestCase):
         self.assertEqual(store.rounds, 2)
         self.assertEqual(len(self.flushLoggedErrors(Bug)), 1)
         self.successResultOf(prober.stopService())
+
+
+# -- region: the coordinator's listening connection ------------------------------
+
+
+class Listening:
+    """A listening connection whose check fails with ``failure``."""
+
+    def __init__(self, failure):
+        self.failure = failure
+        self.closed = False
+
+    def runQuery(self, query, args=None):
+        return defer.fail(self.failure)
+
+    def close(self):
+        self.closed = True
+
+
+class NoServer:
+    """A txpostgres connection that cannot connect: PostgreSQL is down."""
+
+    def __init__(self, reactor=None):
+        pass
+
+    def connect(self, dsn):
+        return defer.fail(psycopg2.OperationalError("could not connect to server"))
+
+    def close(self):
+        pass
+
+
+class CoordinatorFailureTests(unittest.TestCase):
+    def tick(self, failure):
+        self.patch(coordination.txpostgres, "Connection", NoServer)
+        coordinator = Coordinator("dbname=x", task.Clock(), on_notify=None, jobs=None)
+        coordinator._conn = conn = Listening(failure)
+        coordinator.leader = True
+        self.successResultOf(coordinator.tick())
+        self.assertTrue(conn.closed)  # dropped (and re-opening tried) whatever the cause
+        self.assertEqual((coordinator._conn, coordinator.leader), (None, False))
+
+    def test_a_bug_checking_the_connection_is_logged(self):
+        self.tick(Bug("check bug"))
+        self.assertEqual(len(self.flushLoggedErrors(Bug)), 1)
+
+    def test_a_lost_database_is_a_warning(self):
+        warned = warnings_during(self)
+        self.tick(psycopg2.OperationalError("server closed the connection"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(len(warned), 2)  # lost it; cannot open it again
 
 
 # -- region: dispatch to a pserv -----------------------------------------------

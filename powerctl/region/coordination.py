@@ -19,15 +19,22 @@ and stops it; stopping waits for the tick under way, then closes the
 listening connection (which gives up the leadership).
 """
 
+import psycopg2
 from twisted.application.internet import TimerService
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.logger import Logger
-from txpostgres import txpostgres
+from txpostgres import reconnection, txpostgres
 
 #: The advisory lock whose holder runs the periodic jobs.
 LEADER_LOCK = 0x6C656164  # "lead"
 
 CHANNELS = ("power_ops", "assignments")
+
+#: How a connection to PostgreSQL fails when the server is down, restarting
+#: or unreachable (psycopg2 errors; txpostgres's own for a connection it
+#: knows dead or still polling; the socket closing under it).
+_DATABASE_GONE = (psycopg2.Error, reconnection.ConnectionDead, txpostgres.AlreadyPolling,
+                  txpostgres.UnexpectedPollResult, error.ConnectionClosed)
 
 
 class Coordinator(TimerService):
@@ -89,7 +96,13 @@ class Coordinator(TimerService):
                 await self._conn.runQuery("SELECT 1")
                 return True
             except Exception as e:
-                self.log.warn("lost the listening connection ({why}); re-opening it", why=e)
+                # Re-opened whatever the cause; only a bug gets a traceback.
+                if isinstance(e, _DATABASE_GONE):
+                    self.log.warn("lost the listening connection ({why}); re-opening it",
+                                  why=e)
+                else:
+                    self.log.failure("checking the listening connection failed unexpectedly;"
+                                     " re-opening it")
                 self._drop()
         conn = txpostgres.Connection(reactor=self.reactor)
         try:
@@ -97,7 +110,10 @@ class Coordinator(TimerService):
             for channel in CHANNELS:
                 await conn.runOperation(f"LISTEN {channel}")
         except Exception as e:
-            self.log.warn("cannot open the listening connection: {why}", why=e)
+            if isinstance(e, _DATABASE_GONE):
+                self.log.warn("cannot open the listening connection: {why}", why=e)
+            else:
+                self.log.failure("opening the listening connection failed unexpectedly")
             try:
                 conn.close()
             except Exception:
