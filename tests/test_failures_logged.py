@@ -104,6 +104,18 @@ class ProbeFailureTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(Bug)), 1)
         self.successResultOf(prober.stopService())
 
+    def test_a_round_without_the_database_is_a_warning(self):
+        warned = warnings_during(self)
+        store = PodManagers(failure=psycopg2.OperationalError("the database system is "
+                                                              "shutting down"))
+        prober = self.prober(store, Bug("unused"))
+        prober.startService()
+        prober.clock.advance(60)
+        self.assertEqual(store.rounds, 2)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(len(warned), 2)
+        self.successResultOf(prober.stopService())
+
 
 # -- region: the coordinator's listening connection ------------------------------
 

@@ -18,7 +18,7 @@ from powerctl import __version__
 from powerctl.pserv.core import NotConfirmable, NotOurs
 from powerctl.pserv.executor import InvalidConfig
 from powerctl.rpc import auth, commands, responders
-from powerctl.rpc.failures import NO_ANSWER, expected
+from powerctl.rpc.failures import NO_ANSWER, UNDECLARED_ANSWER, expected
 
 
 #: The commands of the hand-shake, whose declared errors it may fail with.
@@ -72,7 +72,7 @@ class RegionLink:
             d.addErrback(self._undelivered, report)
 
     def _undelivered(self, failure, report):
-        if failure.check(*commands.ReportOutcome.errors):
+        if failure.check(*commands.ReportOutcome.errors, *UNDECLARED_ANSWER):
             # The region answered, and refused (a stale epoch, bad
             # arguments): sending it again would be refused again.  Logged
             # once, dropped; the journal keeps the operation open for its

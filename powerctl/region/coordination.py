@@ -33,7 +33,7 @@ CHANNELS = ("power_ops", "assignments")
 #: How a connection to PostgreSQL fails when the server is down, restarting
 #: or unreachable (psycopg2 errors; txpostgres's own for a connection it
 #: knows dead or still polling; the socket closing under it).
-_DATABASE_GONE = (psycopg2.Error, reconnection.ConnectionDead, txpostgres.AlreadyPolling,
+DATABASE_GONE = (psycopg2.Error, reconnection.ConnectionDead, txpostgres.AlreadyPolling,
                   txpostgres.UnexpectedPollResult, error.ConnectionClosed)
 
 
@@ -97,7 +97,7 @@ class Coordinator(TimerService):
                 return True
             except Exception as e:
                 # Re-opened whatever the cause; only a bug gets a traceback.
-                if isinstance(e, _DATABASE_GONE):
+                if isinstance(e, DATABASE_GONE):
                     self.log.warn("lost the listening connection ({why}); re-opening it",
                                   why=e)
                 else:
@@ -110,7 +110,7 @@ class Coordinator(TimerService):
             for channel in CHANNELS:
                 await conn.runOperation(f"LISTEN {channel}")
         except Exception as e:
-            if isinstance(e, _DATABASE_GONE):
+            if isinstance(e, DATABASE_GONE):
                 self.log.warn("cannot open the listening connection: {why}", why=e)
             else:
                 self.log.failure("opening the listening connection failed unexpectedly")

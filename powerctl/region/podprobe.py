@@ -29,6 +29,8 @@ from twisted.web.client import (
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from powerctl.region.coordination import DATABASE_GONE
+
 
 @implementer(IPolicyForHTTPS)
 class _AnyCertificate:
@@ -71,8 +73,17 @@ class PodManagerProber(TimerService):
         stop probing for good.
         """
         d = self.probe_all()
-        d.addErrback(lambda f: self.log.failure("pod manager probe round failed", f))
+        d.addErrback(self._round_failed)
         return d
+
+    def _round_failed(self, failure):
+        if failure.check(*DATABASE_GONE):
+            # PostgreSQL is away (a restart, a failover): the next round
+            # will do.
+            self.log.warn("pod manager probe round skipped: {why}",
+                          why=failure.getErrorMessage())
+        else:
+            self.log.failure("pod manager probe round failed", failure)
 
     def probe_all(self):
         """One round over every pod manager."""
