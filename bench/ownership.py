@@ -325,7 +325,7 @@ class Bench:
         # on its own when its lease runs out (its poller stopped at once, so
         # its queries cannot be mistaken for the new owners').
         doomed = pservs[victim]
-        doomed.poller.stop()
+        doomed.poller.stopService()
         for child in list(doomed):
             await child.stopService()
         owned_at = None

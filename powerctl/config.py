@@ -6,6 +6,10 @@ options override the file.  Anything missing, unknown or of the wrong type
 is a :class:`ConfigError` naming the file and the key, raised before the
 daemon starts anything -- a daemon that starts half-configured is worse
 than one that refuses to start.
+
+The settings are attrs classes whose field validators do the checking, so
+a settings object built in code (the demo, the tests) is held to the same
+rules as one read from a file.
 """
 
 import socket
@@ -18,98 +22,110 @@ class ConfigError(ValueError):
     """The configuration is missing or invalid."""
 
 
-def _endpoint(value):
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError("must be a Twisted endpoint description such as tcp:5250")
-    return value
+class _Invalid(ValueError):
+    """A setting's value is refused: ``setting`` names it, ``reason`` says why."""
+
+    def __init__(self, setting, reason):
+        super().__init__(f"{setting} {reason}")
+        self.setting = setting
+        self.reason = reason
 
 
-def _endpoints(value):
+def _check(test, reason):
+    """An attrs validator refusing, with ``reason``, any value ``test`` rejects."""
+
+    def validate(instance, attribute, value):
+        if not test(value):
+            raise _Invalid(attribute.name, reason)
+
+    return validate
+
+
+def _is_endpoint(value):
+    return isinstance(value, str) and ":" in value
+
+
+def _is_number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+_endpoint = _check(_is_endpoint, "must be a Twisted endpoint description such as tcp:5250")
+_text = _check(lambda v: isinstance(v, str) and bool(v.strip()), "must be a non-empty string")
+_positive = _check(lambda v: _is_number(v) and v > 0, "must be a positive number")
+_count = _check(lambda v: _is_number(v) and isinstance(v, int) and v >= 1,
+                "must be a positive integer")
+#: Seconds, where 0 turns the feature off.
+_seconds_or_off = _check(lambda v: _is_number(v) and v >= 0,
+                         "must be a positive number, or 0 for off")
+
+
+def _endpoints(instance, attribute, value):
+    if not (isinstance(value, tuple) and value):
+        raise _Invalid(attribute.name, "must be a non-empty list of endpoint descriptions")
+    for v in value:
+        _endpoint(instance, attribute, v)
+
+
+def _tuple(value):
+    """One endpoint description or a list of them, as a tuple."""
     if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise ValueError("must be a non-empty list of endpoint descriptions")
-    return tuple(_endpoint(v) for v in value)
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
 
 
-def _text(value):
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a non-empty string")
-    return value
-
-
-def _positive(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-def _count(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("must be a positive integer")
-    return value
+def _zero_as_float(value):
+    """0 (off) as ``0.0``, whatever number type it came as."""
+    return 0.0 if _is_number(value) and value == 0 else value
 
 
 @attrs.frozen
 class RegionConfig:
-    name: str = attrs.field(factory=socket.gethostname)
-    database: str = "dbname=powerctl"
-    api_endpoint: str = "tcp:5240:interface=127.0.0.1"
-    rpc_endpoint: str = "tcp:5250:interface=127.0.0.1"
-    secret_file: str = "/etc/powerctl/secret"
-    heartbeat_timeout: float = 30.0
-    responsive_grace: float = 60.0
-    pod_probe_interval: float = 60.0
-    lease: float = 30.0
-
-    checks = {
-        "name": _text, "database": _text, "api_endpoint": _endpoint,
-        "rpc_endpoint": _endpoint, "secret_file": _text,
-        "heartbeat_timeout": _positive, "responsive_grace": _positive,
-        "pod_probe_interval": _positive, "lease": _positive,
-    }
+    name: str = attrs.field(factory=socket.gethostname, validator=_text)
+    database: str = attrs.field(default="dbname=powerctl", validator=_text)
+    api_endpoint: str = attrs.field(default="tcp:5240:interface=127.0.0.1", validator=_endpoint)
+    rpc_endpoint: str = attrs.field(default="tcp:5250:interface=127.0.0.1", validator=_endpoint)
+    secret_file: str = attrs.field(default="/etc/powerctl/secret", validator=_text)
+    heartbeat_timeout: float = attrs.field(default=30.0, validator=_positive)
+    responsive_grace: float = attrs.field(default=60.0, validator=_positive)
+    pod_probe_interval: float = attrs.field(default=60.0, validator=_positive)
+    lease: float = attrs.field(default=30.0, validator=_positive)
 
 
 @attrs.frozen
 class PservConfig:
-    name: str = attrs.field(factory=socket.gethostname)
-    cluster: str = "default"
-    regions: tuple = ("tcp:host=127.0.0.1:port=5250",)
-    secret_file: str = "/etc/powerctl/secret"
-    poll_interval: float = 60.0
-    poll_concurrency: int = 32
-    heartbeat_interval: float = 5.0
-    stagger_on: float = 0.0
-    max_actions: int = 64
-    manual_timeout: float = 3600.0
-    lease_margin: float = 10.0
-
-    checks = {
-        "name": _text, "cluster": _text, "regions": _endpoints,
-        "secret_file": _text, "poll_interval": _positive,
-        "poll_concurrency": _count, "heartbeat_interval": _positive,
-        "stagger_on": lambda v: 0.0 if v == 0 else _positive(v),
-        "max_actions": _count,
-        "manual_timeout": lambda v: 0.0 if v == 0 else _positive(v),
-        "lease_margin": _positive,
-    }
+    name: str = attrs.field(factory=socket.gethostname, validator=_text)
+    cluster: str = attrs.field(default="default", validator=_text)
+    regions: tuple = attrs.field(default=("tcp:host=127.0.0.1:port=5250",),
+                                 converter=_tuple, validator=_endpoints)
+    secret_file: str = attrs.field(default="/etc/powerctl/secret", validator=_text)
+    poll_interval: float = attrs.field(default=60.0, validator=_positive)
+    poll_concurrency: int = attrs.field(default=32, validator=_count)
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
+    stagger_on: float = attrs.field(default=0.0, converter=_zero_as_float,
+                                    validator=_seconds_or_off)
+    max_actions: int = attrs.field(default=64, validator=_count)
+    manual_timeout: float = attrs.field(default=3600.0, converter=_zero_as_float,
+                                        validator=_seconds_or_off)
+    lease_margin: float = attrs.field(default=10.0, validator=_positive)
 
 
 def build(cls, values, source):
-    """Check ``values`` (a dict) against ``cls.checks`` and build ``cls``."""
-    unknown = set(values) - set(cls.checks)
+    """
+    Build ``cls`` from ``values`` (a dict): its fields' validators check
+    each value; any refusal is a :class:`ConfigError` naming ``source``
+    and the setting.
+    """
+    known = [f.name for f in attrs.fields(cls)]
+    unknown = set(values) - set(known)
     if unknown:
         raise ConfigError(
             f"{source}: unknown setting(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(cls.checks)}"
+            f"known: {', '.join(known)}"
         )
-    checked = {}
-    for key, value in values.items():
-        try:
-            checked[key] = cls.checks[key](value)
-        except ValueError as e:
-            raise ConfigError(f"{source}: {key} {e}") from None
-    return cls(**checked)
+    try:
+        return cls(**values)
+    except _Invalid as e:
+        raise ConfigError(f"{source}: {e.setting} {e.reason}") from None
 
 
 def load(cls, path, section, overrides=None):

@@ -50,7 +50,7 @@ class OwnershipMixin(SystemMixin):
 
     async def partition(self, pserv):
         """Cut a pserv off every region: no heartbeat, no release -- as a network split."""
-        pserv.poller.stop()
+        pserv.poller.stopService()  # no poll round from now on
         for child in list(pserv):
             await child.stopService()
 

@@ -28,7 +28,7 @@ class ProbeTests(DatabaseMixin, unittest.TestCase):
         dead = await store.create_pod_manager(
             "chassis-b", f"http://127.0.0.1:{free_port()}", "u", "secret-pass")
         prober = PodManagerProber(store, reactor, timeout=2.0)
-        self.addCleanup(prober.stop)
+        self.addCleanup(prober.stopService)
         await prober.probe_all()
         self.assertEqual((await store.get_pod_manager(live["uuid"]))["status"], "online")
         self.assertEqual((await store.get_pod_manager(dead["uuid"]))["status"], "offline")

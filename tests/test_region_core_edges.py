@@ -136,19 +136,19 @@ class SilentPservTests(unittest.TestCase):
         r = region(clock=clock, heartbeat_timeout=30.0)
         p = FakeProtocol("p1", "c1", last_heard=0.0)
         r.directory.add(p)
-        r.start()
+        r.reaper.startService()
         clock.advance(30)
         self.assertFalse(p.transport.aborted)
         clock.advance(10)  # the next round, at 40 s
         self.assertTrue(p.transport.aborted)
-        r.stop()
+        r.reaper.stopService()
 
     def test_the_check_runs_at_most_once_a_second(self):
         clock = task.Clock()
         r = region(clock=clock, heartbeat_timeout=0.3)
-        r.start()
+        r.reaper.startService()
         self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [1.0])
-        r.stop()
+        r.reaper.stopService()
 
 
 class ActivityAndStopTests(unittest.TestCase):
@@ -164,8 +164,9 @@ class ActivityAndStopTests(unittest.TestCase):
         r = region(clock=clock)
         p = FakeProtocol("p1", "c1")
         r.directory.add(p)
-        r.start()
+        r.reaper.startService()
         r.stop()
+        r.reaper.stopService()
         self.assertTrue(r.stopping)
         self.assertTrue(p.transport.closed)
         self.assertEqual(clock.getDelayedCalls(), [])

@@ -6,9 +6,10 @@ commands.
 reactor, returning a Deferred of the exit status; it never raises, never
 calls ``sys.exit`` and never touches the real streams unless given them,
 so tests drive the whole CLI in-process.  :func:`main` is the console
-script: it installs the asyncio reactor (pysnmp needs it), runs
-:func:`run`, turns SIGINT/SIGTERM into an orderly interruption of the
-command (close sessions, stop the simulator) and exits with the status.
+script: it installs the asyncio reactor (pysnmp needs it) and hands
+:func:`command` to ``task.react``, which runs :func:`run`, turns
+SIGINT/SIGTERM into an orderly interruption of the command (close
+sessions, stop the simulator) and exits with the status.
 
 ``powerctl demo`` is dispatched, before any reactor is installed, to
 ``powerctl.cli.demo:main(argv)`` when that module exists: the demo owns
@@ -20,7 +21,7 @@ import importlib.util
 import sys
 import traceback
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from powerctl.cli import (
     EXIT_FAILURE,
@@ -30,6 +31,7 @@ from powerctl.cli import (
     CliError,
     Context,
 )
+from powerctl.deferreds import when_fired
 
 #: Longest the process waits, after a signal, for the command to clean up.
 SHUTDOWN_GRACE = 10.0
@@ -145,39 +147,48 @@ def main(argv=None):
 
     from powerctl.reactor import install
 
-    reactor = install()
-    ctx = Context(reactor)
-    state = {"status": None, "stopping": False, "running": None}
+    task.react(command, (argv,), _reactor=install())
 
-    def finished(status):
-        state["status"] = status
-        if not state["stopping"]:
-            state["stopping"] = True
-            reactor.stop()
 
-    def start():
-        d = run(argv, reactor, ctx)
-        state["running"] = d
-        d.addCallback(finished)
+def command(reactor, argv, ctx=None):
+    """
+    The process around one command, as :func:`twisted.internet.task.react`
+    runs it: the command starts once the reactor runs; the Deferred returned
+    fails with ``SystemExit(status)``, which ``react`` makes the exit
+    status once it has stopped the reactor.
+
+    A signal (SIGINT/SIGTERM) stops the reactor; before it stops, the
+    command still running is interrupted and given :data:`SHUTDOWN_GRACE`
+    seconds to clean up (close sessions, stop a simulator).  Its own status
+    is the process's; :data:`~powerctl.cli.EXIT_INTERRUPTED` if it did not
+    finish in time.
+    """
+    ctx = Context(reactor) if ctx is None else ctx
+    status = defer.Deferred()
+
+    def finish(code):
+        if not status.called:  # not once the grace after a signal has run out
+            status.callback(code)
 
     def before_shutdown():
-        # Stopped by a signal while the command still runs: let it clean up.
-        state["stopping"] = True
-        if state["status"] is not None or state["running"] is None:
+        if status.called:
             return None
         ctx.interrupt()
-        waiting = defer.Deferred()
-        state["running"].addBoth(lambda r: waiting.called or waiting.callback(None))
-        waiting.addTimeout(SHUTDOWN_GRACE, reactor)
-        waiting.addErrback(lambda f: None)
+        waiting = when_fired(status)
+        waiting.addTimeout(SHUTDOWN_GRACE, reactor,
+                           onTimeoutCancel=lambda *_: finish(EXIT_INTERRUPTED))
         return waiting
 
-    reactor.callWhenRunning(start)
+    reactor.callWhenRunning(lambda: run(argv, reactor, ctx).addCallback(finish))
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
-    reactor.run()
-    status = state["status"]
+    return status.addCallback(_exit)
+
+
+def _exit(code):
+    """How ``task.react`` is told the exit status (stdout flushed first, as the
+    process ends right after)."""
     sys.stdout.flush()
-    sys.exit(EXIT_INTERRUPTED if status is None else status)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import gc
 import json
 import uuid
 
-from twisted.internet import defer, error, task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.protocols import amp
 
@@ -18,10 +18,13 @@ from powerctl import __version__
 from powerctl.pserv.core import NotConfirmable, NotOurs
 from powerctl.pserv.executor import InvalidConfig
 from powerctl.rpc import auth, commands, responders
+from powerctl.rpc.failures import NO_ANSWER, UNDECLARED_ANSWER, expected
 
 
-#: Failures that mean the message never got an answer (it may be sent again).
-_CONNECTION_GONE = (error.ConnectionClosed, defer.CancelledError, amp.ProtocolSwitched)
+#: The commands of the hand-shake, whose declared errors it may fail with.
+_HELLO = (commands.Challenge, commands.Authenticate, commands.Register, commands.Recover,
+          commands.ReleaseNodes)
+
 
 class RegionLink:
     """
@@ -69,13 +72,19 @@ class RegionLink:
             d.addErrback(self._undelivered, report)
 
     def _undelivered(self, failure, report):
-        if not failure.check(*_CONNECTION_GONE):
+        if failure.check(*commands.ReportOutcome.errors, *UNDECLARED_ANSWER):
             # The region answered, and refused (a stale epoch, bad
             # arguments): sending it again would be refused again.  Logged
             # once, dropped; the journal keeps the operation open for its
             # current owner.
             self.log.error("the region refused the outcome of operation {op}: {why}",
                            op=report.operation_id, why=failure.getErrorMessage())
+            return
+        if not failure.check(*NO_ANSWER):
+            # A bug: logged with its cause, dropped like a refusal (sending
+            # it again would most likely fail again).
+            self.log.failure("the outcome of operation {op} could not be sent", failure,
+                             op=report.operation_id)
             return
         self.log.warn("outcome of {op} not delivered ({why}); keeping it",
                       op=report.operation_id, why=failure.getErrorMessage())
@@ -90,17 +99,27 @@ class RegionLink:
         if not self._connected:
             return defer.succeed(None)
         d = defer.ensureDeferred(self._connected[0].recover())
-        d.addErrback(lambda f: self.log.warn("refresh from the region failed: {why}",
-                                             why=f.getErrorMessage()))
+        d.addErrback(self._failed, "refresh from the region", commands.Recover,
+                     commands.ReleaseNodes)
         return d
+
+    def _failed(self, failure, what, *called):
+        """
+        A call to the region that failed: a connection gone or an error the
+        ``called`` commands declare is a warning (the next round tries
+        again); anything else is a bug, logged once with its traceback.
+        """
+        if expected(failure, *called):
+            self.log.warn("{what} failed: {why}", what=what, why=failure.getErrorMessage())
+        else:
+            self.log.failure("{what} failed unexpectedly", failure, what=what)
 
     def send_states(self, states, epoch):
         if not self._connected or epoch is None:
             return defer.succeed(None)
         d = self._connected[0].callRemote(commands.ReportPowerState, states=states,
                                           epoch=epoch)
-        d.addErrback(lambda f: self.log.warn("power states not delivered: {why}",
-                                             why=f.getErrorMessage()))
+        d.addErrback(self._failed, "delivering power states", commands.ReportPowerState)
         return d
 
 
@@ -160,10 +179,20 @@ class PservProtocol(amp.AMP):
         await self._granted(answer["epoch"], sent, answer["lease"])
         await self.recover()
         self.link.ready(self)
+        self._start_heartbeat()
+
+    def _start_heartbeat(self):
+        """
+        Beat every ``heartbeat_interval`` for as long as the connection
+        lasts.  :meth:`_beat` handles its calls' failures itself, so the
+        loop fails only if :meth:`_beat` raises -- a bug, which stops the
+        heartbeat (our lease then ends and we go quiet): logged with its
+        traceback, so that the reason is never a mystery.
+        """
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.clock
         self._heartbeat.start(self.settings.heartbeat_interval, now=True).addErrback(
-            lambda f: None)
+            lambda f: self.log.failure("the heartbeat stopped", f))
 
     async def _granted(self, epoch, sent_at, remaining):
         """A lease answer: adopt ``epoch`` (going quiet first if it replaces another)."""
@@ -217,7 +246,10 @@ class PservProtocol(amp.AMP):
             await self.callRemote(commands.ReleaseNodes, nodes=gone[start:start + 200])
 
     def _hello_failed(self, failure):
-        self.log.error("region hand-shake failed: {why}", why=failure.getErrorMessage())
+        if expected(failure, *_HELLO):
+            self.log.error("region hand-shake failed: {why}", why=failure.getErrorMessage())
+        else:
+            self.log.failure("region hand-shake failed unexpectedly", failure)
         self.transport.loseConnection()
 
     def _beat(self):
@@ -232,7 +264,7 @@ class PservProtocol(amp.AMP):
             self.keeper.granted(self.epoch, sent, remaining)
 
     def _beat_failed(self, failure):
-        if failure.check(*_CONNECTION_GONE):
+        if failure.check(*NO_ANSWER):
             return None  # the connection is going; ClientService reconnects
         if failure.check(commands.LeaseExpired):
             self.log.warn("the region says our lease is over: going quiet, registering again")
@@ -294,7 +326,7 @@ class PservProtocol(amp.AMP):
         return {}
 
     def _refresh_failed(self, failure):
-        if failure.check(*_CONNECTION_GONE, commands.LeaseExpired):
+        if failure.check(*NO_ANSWER, commands.LeaseExpired):
             return None  # going away, or our lease is over: nothing to refresh for
         self.log.failure("refresh asked by the region failed", failure)
         return None

@@ -7,39 +7,51 @@ any query already running for the node, and at most ``concurrency`` run at
 once.  Nodes powered by a single outlet of an SNMP PDU are batched instead:
 one request per PDU reads every outlet polled on it.  Results go to the
 region in one batch per round.
+
+The poller is a ``TimerService``: the pserv's ``MultiService`` starts and
+stops it with everything else, and stopping it waits for the round under
+way.  A round starts when the service starts too, a no-op then (no region
+is connected yet).
 """
 
 import itertools
 import json
 
-from twisted.internet import defer, task
+from twisted.application.internet import TimerService
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.registry import PowerAction
 
 
-class Poller:
+class Poller(TimerService):
+    """
+    Polls every ``interval`` seconds of ``clock`` (a reactor, or a
+    ``task.Clock`` in tests) while running as a service.
+    """
+
     log = Logger()
 
     def __init__(self, registry, executor, link, clock, interval, concurrency):
+        super().__init__(interval, self._round)
+        self.clock = clock  # TimerService's time source
         self.registry = registry
         self.executor = executor
         self.link = link
-        self.clock = clock
         self.interval = interval
         self._slots = defer.DeferredSemaphore(concurrency)
         self._ids = itertools.count(1)
-        self._loop = task.LoopingCall(self.poll_once)
-        self._loop.clock = clock
 
-    def start(self):
-        self._loop.start(self.interval, now=False).addErrback(
-            lambda f: self.log.failure("poller stopped", f))
-
-    def stop(self):
-        if self._loop.running:
-            self._loop.stop()
+    def _round(self):
+        """
+        One timed round.  A bug is logged (once, with its traceback) and the
+        next round still runs: a failure returned to the TimerService would
+        stop polling for good.
+        """
+        d = defer.maybeDeferred(self.poll_once)
+        d.addErrback(lambda f: self.log.failure("poll round failed", f))
+        return d
 
     def poll_once(self):
         """One round: refresh what we know, query every idle node, report."""

@@ -22,6 +22,7 @@ from powerctl.pserv.poller import Poller
 from powerctl.pserv.slots import PrioritySlots
 from powerctl.registry import PowerActionRegistry
 from powerctl.rpc import commands
+from powerctl.rpc.failures import expected
 
 STOP_TIMEOUT = 5.0
 
@@ -65,6 +66,9 @@ class PservService(service.MultiService):
                 clock=reactor,
             )
             client.setServiceParent(self)
+        # Started after the connections (its first round is then a no-op),
+        # stopped before them.
+        self.poller.setServiceParent(self)
 
     def _protocol(self, secret):
         p = PservProtocol(self.pserv, self.link, self.settings, secret, self.reactor,
@@ -107,34 +111,57 @@ class PservService(service.MultiService):
 
     def startService(self):
         super().startService()
-        self.poller.start()
         self.log.info("pserv {name} of cluster {cluster} started", name=self.settings.name,
                       cluster=self.settings.cluster)
 
     def stopService(self):
-        self.poller.stop()
+        # No new poll round from now on; the one under way (if any) ends as
+        # going quiet cancels its queries.  MultiService.stopService stops
+        # the poller again later, which is harmless.
+        if self.poller.running:
+            self.poller.stopService()
         self.keeper.close()
         d = defer.ensureDeferred(self._stop())
-        d.addTimeout(STOP_TIMEOUT, self.reactor, onTimeoutCancel=lambda *a: None)
+        d.addTimeout(STOP_TIMEOUT, self.reactor, onTimeoutCancel=self._stop_timed_out)
         d.addErrback(lambda f: self.log.failure("pserv stop", f))
         return d
+
+    def _stop_timed_out(self, result, timeout):
+        # Deliberately not an error: a hung BMC must not hold the process,
+        # so the stop gives up -- but says so.
+        self.log.warn("pserv stop did not finish within {t}s; stopping anyway", t=timeout)
 
     async def _stop(self):
         """
         Quiet first, then give the lease back so our nodes move at once
-        (instead of after the lease's expiry), then close.
+        (instead of after the lease's expiry), then close.  A step that
+        fails is logged and the next one still runs.
         """
         quiet = self.pserv.go_quiet("pserv shutting down")
         self.pserv.shutdown()
         await quiet
+        live = [p for p in self._live_protocols() if p.epoch is not None]
         releases = []
-        for p in self._live_protocols():
-            if p.epoch is not None:
-                d = p.callRemote(commands.ReleaseLease)
-                d.addTimeout(1.0, self.reactor)
-                releases.append(d)
-        await defer.DeferredList(releases, consumeErrors=True)
-        await defer.DeferredList([
-            defer.maybeDeferred(super().stopService),
-            defer.maybeDeferred(self.catalogue.close),
-        ], consumeErrors=True)
+        for p in live:
+            d = p.callRemote(commands.ReleaseLease)
+            d.addTimeout(1.0, self.reactor)
+            releases.append(d)
+        for p, (ok, result) in zip(live, await defer.DeferredList(releases,
+                                                                  consumeErrors=True)):
+            if ok:
+                continue
+            if expected(result, commands.ReleaseLease):
+                # Gone, too slow or refused: the lease is not given back, so
+                # our nodes move when it expires instead of at once.
+                self.log.warn("lease of epoch {epoch} not released: {why}; its nodes move "
+                              "when it expires", epoch=p.epoch, why=result.getErrorMessage())
+            else:
+                self.log.failure("releasing the lease of epoch {epoch} failed", result,
+                                 epoch=p.epoch)
+        closing = {"stopping the connections": super().stopService,
+                   "closing the drivers": self.catalogue.close}
+        results = await defer.DeferredList(
+            [defer.maybeDeferred(close) for close in closing.values()], consumeErrors=True)
+        for what, (ok, result) in zip(closing, results):
+            if not ok:
+                self.log.failure("pserv stop: {what} failed", result, what=what)

@@ -18,7 +18,7 @@ deeper than :data:`MAX_DEPTH` levels are 400s too.  Input is checked (and
 the store checks it again inside its transaction) before anything is
 written.  An unexpected exception answers 500 with an error id; the same
 id is logged through twisted.logger with the traceback, never sent to the
-client.
+client (:class:`powerctl.region.resource.AsyncResource`).
 
 Passwords never leave: node power documents are redacted (secrets show as
 ``"(set)"``), pod managers show ``password_set``, and database errors are
@@ -27,18 +27,15 @@ logged without their DETAIL line (which can quote a row, password included).
 
 import json
 import re
-import uuid as uuidlib
 from urllib.parse import unquote
 
-import psycopg2
 from twisted.internet import defer
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import resource
 
 from powerctl.power import Action
 from powerctl.region import drift, openapi, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
+from powerctl.region.resource import AsyncResource, loggable
 from powerctl.region.store import OP_STATES
 
 MAX_BODY = 1024 * 1024
@@ -69,26 +66,14 @@ class ApiError(Exception):
         self.headers = tuple(headers)
 
 
-class SanitisedDatabaseError(Exception):
-    """A database error reduced to its primary message, safe to log."""
-
-
 def error_body(code, message, **extra):
     """The JSON body of every error answer."""
     return {"error": dict(code=code, message=message, **extra)}
 
 
-def _loggable(failure):
-    """
-    ``failure`` safe to log: a psycopg2 error keeps its traceback but loses
-    its DETAIL, which for a constraint violation quotes the failing row.
-    """
-    error = failure.value
-    if not isinstance(error, psycopg2.Error):
-        return failure
-    primary = getattr(getattr(error, "diag", None), "message_primary", None)
-    safe = SanitisedDatabaseError(f"{type(error).__name__}: {primary or 'database error'}")
-    return Failure(safe, SanitisedDatabaseError, failure.getTracebackObject())
+#: web.py imports the sanitiser under this name until it adopts
+#: :class:`powerctl.region.resource.AsyncResource`.
+_loggable = loggable
 
 
 def _segments(request):
@@ -254,7 +239,7 @@ def _pick(row, fields):
     return {f: row.get(f) for f in fields}
 
 
-class Api(resource.Resource):
+class Api(AsyncResource):
     """
     The ``/v1`` resource.
 
@@ -272,18 +257,17 @@ class Api(resource.Resource):
     :param log: a twisted.logger ``Logger`` (tests pass their own).
     """
 
-    isLeaf = True
+    kind = "API"
 
     def __init__(self, store, catalogue, activity=None, on_power_request=None, log=None,
                  region=None, live_activity=None):
-        super().__init__()
+        super().__init__(log)
         self.store = store
         self.region = region
         self.catalogue = catalogue
         self.activity = activity
         self.live_activity = live_activity  # (node=, cluster=) -> what the pservs run now
         self.on_power_request = on_power_request
-        self.log = log or Logger()
         self._routes = self.routes()
 
     def routes(self):
@@ -308,15 +292,6 @@ class Api(resource.Resource):
 
     # -- plumbing -------------------------------------------------------
 
-    def render(self, request):
-        """Answer asynchronously; the connection may close before we do."""
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-        d = defer.ensureDeferred(self._answer(request))
-        d.addCallback(lambda answer: None if gone else self._write(request, *answer))
-        d.addErrback(lambda f: self.log.failure("writing an API answer failed", f))
-        return server.NOT_DONE_YET
-
     def _resolve(self, request):
         """(handler, path parameters) for the request, or a 404/405 ApiError."""
         parts = _segments(request)
@@ -334,8 +309,8 @@ class Api(resource.Resource):
             return methods[method], params
         raise ApiError(404, "not_found", f"no such resource: /v1/{'/'.join(parts)}")
 
-    async def _answer(self, request):
-        """``(status, body, headers)`` for the request, whatever happens."""
+    async def answer(self, request):
+        """``(status, body, headers)``: a handler's, or the error it raised (a bug: 500)."""
         try:
             handler, params = self._resolve(request)
             status, body = await handler(request, **params)
@@ -345,21 +320,14 @@ class Api(resource.Resource):
         except (NotFound, Conflict, InvalidInput, Unavailable) as e:
             status = next(s for cls, s in _STATUS.items() if isinstance(e, cls))
             return status, error_body(e.code, e.message), ()
-        except Exception:
-            return self._internal_error(request, Failure())
 
-    def _internal_error(self, request, failure):
-        """500 with an id; the id and the (sanitised) traceback go to the log."""
-        error_id = str(uuidlib.uuid4())
-        self.log.failure(
-            "API {method} {path} failed; error id {error_id}", _loggable(failure),
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("utf-8", "replace"), error_id=error_id)
+    def internal_error(self, request, error_id):
         body = error_body("internal", "internal error; the region log has the details "
                           f"under error id {error_id}", id=error_id)
         return 500, body, ()
 
-    def _write(self, request, status, body, headers):
+    def write(self, request, answer):
+        status, body, headers = answer
         request.setResponseCode(status)
         for name, value in headers:
             request.setHeader(name, value)
@@ -435,7 +403,7 @@ class Api(resource.Resource):
             return
         d = defer.maybeDeferred(self.on_power_request, op)
         d.addErrback(lambda f: self.log.failure(
-            "dispatching power operation {op_id} failed", _loggable(f), op_id=op["id"]))
+            "dispatching power operation {op_id} failed", loggable(f), op_id=op["id"]))
 
     # -- the journal ----------------------------------------------------
 

@@ -13,26 +13,42 @@ The connection is checked at every tick and re-opened (with its LISTENs)
 when it was lost, e.g. across a database restart; while it is down this
 region is simply not the leader and relies on the pservs' own refresh
 rounds.
+
+The coordinator is a ``TimerService``: the region's ``MultiService`` starts
+and stops it; stopping waits for the tick under way, then closes the
+listening connection (which gives up the leadership).
 """
 
-from twisted.internet import defer, task
+import psycopg2
+from twisted.application.internet import TimerService
+from twisted.internet import defer, error
 from twisted.logger import Logger
-from txpostgres import txpostgres
+from txpostgres import reconnection, txpostgres
 
 #: The advisory lock whose holder runs the periodic jobs.
 LEADER_LOCK = 0x6C656164  # "lead"
 
 CHANNELS = ("power_ops", "assignments")
 
+#: How a connection to PostgreSQL fails when the server is down, restarting
+#: or unreachable (psycopg2 errors; txpostgres's own for a connection it
+#: knows dead or still polling; the socket closing under it).
+DATABASE_GONE = (psycopg2.Error, reconnection.ConnectionDead, txpostgres.AlreadyPolling,
+                  txpostgres.UnexpectedPollResult, error.ConnectionClosed)
 
-class Coordinator:
+
+class Coordinator(TimerService):
     log = Logger()
 
     def __init__(self, dsn, reactor, on_notify, jobs, interval=10.0):
         """
+        :param reactor: the reactor, also the ticks' clock (a ``task.Clock``
+            in tests).
         :param on_notify: called with ``(channel, payload)`` for each notification.
         :param jobs: an async callable run at each tick while we lead.
         """
+        super().__init__(interval, self.tick)
+        self.clock = reactor  # TimerService's time source
         self.dsn = dsn
         self.reactor = reactor
         self.on_notify = on_notify
@@ -40,26 +56,25 @@ class Coordinator:
         self.interval = interval
         self.leader = False
         self._conn = None
-        self._loop = task.LoopingCall(self.tick)
-        self._loop.clock = reactor
-        self._current = None
 
-    def start(self):
-        self._loop.start(self.interval, now=True).addErrback(
-            lambda f: self.log.failure("region coordination stopped", f))
+    def stopService(self):
+        """Stop ticking; fires once the tick under way is over and the connection closed."""
+        stopped = super().stopService() if self.running else defer.succeed(None)
+        return stopped.addCallback(lambda _: self._close())
 
-    async def stop(self):
-        if self._loop.running:
-            self._loop.stop()
-        if self._current is not None:
-            await defer.Deferred.fromCoroutine(_wait(self._current))
+    def _close(self):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         self.leader = False
 
     def tick(self):
-        d = self._current = defer.ensureDeferred(self._tick())
+        """
+        One tick.  Never fails: a failure returned to the TimerService
+        would stop the ticks for good, so a bug is logged and the next tick
+        runs.
+        """
+        d = defer.ensureDeferred(self._tick())
         d.addErrback(lambda f: self.log.failure("coordination tick", f))
         return d
 
@@ -81,7 +96,13 @@ class Coordinator:
                 await self._conn.runQuery("SELECT 1")
                 return True
             except Exception as e:
-                self.log.warn("lost the listening connection ({why}); re-opening it", why=e)
+                # Re-opened whatever the cause; only a bug gets a traceback.
+                if isinstance(e, DATABASE_GONE):
+                    self.log.warn("lost the listening connection ({why}); re-opening it",
+                                  why=e)
+                else:
+                    self.log.failure("checking the listening connection failed unexpectedly;"
+                                     " re-opening it")
                 self._drop()
         conn = txpostgres.Connection(reactor=self.reactor)
         try:
@@ -89,7 +110,10 @@ class Coordinator:
             for channel in CHANNELS:
                 await conn.runOperation(f"LISTEN {channel}")
         except Exception as e:
-            self.log.warn("cannot open the listening connection: {why}", why=e)
+            if isinstance(e, DATABASE_GONE):
+                self.log.warn("cannot open the listening connection: {why}", why=e)
+            else:
+                self.log.failure("opening the listening connection failed unexpectedly")
             try:
                 conn.close()
             except Exception:
@@ -112,9 +136,3 @@ class Coordinator:
         d.addErrback(lambda f: self.log.failure(
             "handling a {channel} notification", f, channel=notify.channel))
 
-
-async def _wait(d):
-    """Wait for ``d`` without taking its result."""
-    waiter = defer.Deferred()
-    d.addBoth(lambda r: (waiter.callback(None), r)[1])
-    await waiter

@@ -11,10 +11,14 @@ is repaired by the next (re)connection.
 
 import collections
 
-from twisted.internet import defer, task
+from twisted.application.internet import TimerService
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from powerctl.deferreds import when_fired
 from powerctl.rpc import commands
+from powerctl.rpc.failures import expected
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.rpc import PservDirectory
 
@@ -40,16 +44,14 @@ class Region:
         # sends comes back to us too and must not dispatch them again.
         self._dispatched = collections.OrderedDict()
         self.stopping = False
-        self._reaper = task.LoopingCall(self.drop_silent_pservs)
-        self._reaper.clock = clock
-
-    def start(self):
-        self._reaper.start(max(1.0, self.heartbeat_timeout / 3), now=False)
+        #: Drops pservs gone silent, every third of the heartbeat timeout (at
+        #: most once a second): a service for the region's MultiService.
+        self.reaper = TimerService(max(1.0, heartbeat_timeout / 3), self.drop_silent_pservs)
+        self.reaper.clock = clock
 
     def stop(self):
+        """Close every pserv connection (the reaper stops with the region's services)."""
         self.stopping = True
-        if self._reaper.running:
-            self._reaper.stop()
         for protocol in self.directory.all():
             if protocol.transport is not None:
                 protocol.transport.loseConnection()
@@ -71,15 +73,7 @@ class Region:
         """
         if not self._busy:
             return defer.succeed(None)
-        waits = [defer.Deferred() for _ in self._busy]
-
-        def done(result, wait):
-            if not wait.called:  # not if the drain timed out and gave it up
-                wait.callback(None)
-            return result
-
-        for busy, wait in zip(list(self._busy), waits):
-            busy.addBoth(done, wait)
+        waits = [when_fired(busy) for busy in list(self._busy)]
         # consumeErrors: when the timeout cancels the waits, their
         # CancelledErrors are ours, not unhandled errors left for the GC.
         d = defer.DeferredList(waits, consumeErrors=True)
@@ -134,7 +128,16 @@ class Region:
         except commands.StaleEpoch as e:
             self.log.info("operation {op}: {why}; the next owner takes it", op=op["id"], why=e)
             return "pending"
-        except Exception as e:  # the connection went mid-call: Recover re-sends it
+        except Exception as e:
+            if not expected(Failure(), command):
+                # A bug of this region: logged with its traceback, never
+                # mistaken for a lost connection.
+                self.log.failure("dispatch of {op} to {p} failed unexpectedly",
+                                 op=op["id"], p=protocol.pserv)
+                return "pending"
+            # The connection went mid-call, or the pserv answered an error
+            # (its own bugs are logged there): the operation stays pending
+            # and the pserv's next Recover re-sends it.
             self.log.warn("dispatch of {op} to {p} failed: {why}",
                           op=op["id"], p=protocol.pserv, why=e)
             return "pending"
@@ -215,6 +218,12 @@ class Region:
             d.addTimeout(timeout, self.clock)
             calls.append(d)
         results = await defer.DeferredList(calls, consumeErrors=True)
+        for protocol, (ok, value) in zip(protocols, results):
+            if not ok and not expected(value, command):
+                # The callers read the Failure as "this pserv did not do
+                # it"; a bug behind it is logged here, once, with its cause.
+                self.log.failure("{command} to pserv {p} failed unexpectedly", value,
+                                 command=command.__name__, p=protocol.pserv)
         return [(p.pserv, value) for p, (_, value) in zip(protocols, results)]
 
     async def quiesce_node(self, node, reason):
@@ -379,8 +388,16 @@ class Region:
         """Ask the cluster's pservs connected here to ``Recover`` now."""
         for protocol in self.directory.for_cluster(cluster):
             d = protocol.callRemote(commands.Refresh)
-            d.addErrback(lambda f, p=protocol: self.log.warn(
-                "pserv {p} did not take a refresh: {why}", p=p.pserv, why=f.getErrorMessage()))
+            d.addErrback(self._refresh_failed, protocol)
+
+    def _refresh_failed(self, failure, protocol):
+        if expected(failure, commands.Refresh):
+            # Gone or refused: it refreshes anyway at its next poll round.
+            self.log.warn("pserv {p} did not take a refresh: {why}", p=protocol.pserv,
+                          why=failure.getErrorMessage())
+        else:
+            self.log.failure("refresh of pserv {p} failed unexpectedly", failure,
+                             p=protocol.pserv)
 
     async def assignment_round(self):
         """The leader's periodic job: every cluster's assignment (dead leases' nodes move)."""

@@ -41,16 +41,22 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
     connectionFactory = staticmethod(_reconnecting_connection)
 
 
-class RegionService(service.Service):
+class RegionService(service.MultiService):
     """
-    Starts in order -- database, migrations, AMP, API -- and stops in
-    reverse.  ``api_port``/``rpc_port`` are the listening ports once
-    started (useful with port 0).
+    Starts in order -- database, migrations, AMP, API, then the periodic
+    jobs -- and stops in reverse.  ``api_port``/``rpc_port`` are the
+    listening ports once started (useful with port 0).
+
+    The periodic jobs (the silent-pserv reaper, the coordinator's ticks,
+    the pod manager probes) are ``TimerService`` children, added once the
+    database is there: stopping the region stops them and waits for the
+    round each has under way before the database pool closes.
     """
 
     log = Logger()
 
     def __init__(self, settings, secret, reactor, catalogue, pool_size=4):
+        super().__init__()
         self.settings = settings
         self.secret = secret
         self.reactor = reactor
@@ -131,12 +137,12 @@ class RegionService(service.Service):
         site.noisy = False
         self.api_port = await endpoints.serverFromString(
             self.reactor, self.settings.api_endpoint).listen(site)
-        self.region.start()
-        self.coordinator.start()
         self.prober = PodManagerProber(self.store, self.reactor,
                                        interval=self.settings.pod_probe_interval,
                                        leader=lambda: self.coordinator.leader)
-        self.prober.start()
+        # Children of a running MultiService start as they are added.
+        for job in (self.region.reaper, self.coordinator, self.prober):
+            job.setServiceParent(self)
         self.log.info("region {name}: API on {api}, pservs on {rpc}", name=self.settings.name,
                       api=self.api_port.getHost(), rpc=self.rpc_port.getHost())
         return self
@@ -147,10 +153,14 @@ class RegionService(service.Service):
         for port in (self.api_port, self.rpc_port):
             if port is not None:
                 await port.stopListening()
-        if self.prober is not None:
-            await self.prober.stop()
-        if self.coordinator is not None:
-            await self.coordinator.stop()
+        # The periodic jobs (in reverse order, as MultiService would), each
+        # once its round under way is over; failures are logged here, once.
+        jobs = list(self)[::-1]
+        stopped = await defer.DeferredList(
+            [defer.maybeDeferred(job.stopService) for job in jobs], consumeErrors=True)
+        for (ok, result), job in zip(stopped, jobs):
+            if not ok:
+                self.log.failure("stopping {job} failed", result, job=type(job).__name__)
         if self.region is not None:
             self.region.stop()
             await self.region.drain()
@@ -159,5 +169,6 @@ class RegionService(service.Service):
         await defer.maybeDeferred(self.catalogue.close)
 
     def stopService(self):
-        super().stopService()
+        # Not running from now on; the children stop in _stop, after the ports.
+        service.Service.stopService(self)
         return defer.ensureDeferred(self._stop())
