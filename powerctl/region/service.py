@@ -6,11 +6,10 @@ REST API, and the AMP endpoint pservs connect to.
 from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
-from twisted.web import server
 from txpostgres import reconnection, retrying, txpostgres
 
 from powerctl import config
-from powerctl.region import schema, web
+from powerctl.region import http, schema, web
 from powerctl.region.coordination import Coordinator
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
@@ -127,7 +126,8 @@ class RegionService(service.Service):
                         on_power_request=self.region.dispatch_later, region=self.region,
                         live_activity=live)
         web.add_to(root, self.store, activity=self.region.activity, live_activity=live)
-        site = server.Site(root)
+        # limits on request size and on slow clients: powerctl.region.http
+        site = http.Site(root, reactor=self.reactor)
         site.noisy = False
         self.api_port = await endpoints.serverFromString(
             self.reactor, self.settings.api_endpoint).listen(site)
