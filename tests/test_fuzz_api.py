@@ -19,7 +19,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 
 from twisted.internet import defer, protocol, reactor, task, utils
 from twisted.trial import unittest
@@ -48,7 +47,8 @@ class SchemathesisTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         await self.start_pserv()
         for name in self.nodes:
             await self.add_node(name)
-        report = tempfile.mkdtemp()
+        report = os.path.abspath(self.mktemp())
+        os.makedirs(report)
         args = [
             "-m", "schemathesis.cli", "run", f"{self.api}/v1/openapi.json",
             "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES),
@@ -57,10 +57,11 @@ class SchemathesisTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             "--suppress-health-check", "all", "--continue-on-failure",
             "--report", "ndjson", "--report-ndjson-path", os.path.join(report, "run.ndjson"),
         ]
+        # its own environment and working directory (it leaves a cache there)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS")}
         env["NO_COLOR"] = "1"
         out, err, code = await utils.getProcessOutputAndValue(
-            sys.executable, args, env=env, reactor=reactor)
+            sys.executable, args, env=env, path=report, reactor=reactor)
         text = out.decode("utf-8", "replace") + err.decode("utf-8", "replace")
         cases = _cases(os.path.join(report, "run.ndjson"))
         print(f"schemathesis: {cases} test cases, exit {code}", file=sys.__stderr__)
