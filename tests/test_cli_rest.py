@@ -276,7 +276,7 @@ class RestCommandTests(FakeApiMixin, unittest.TestCase):
             "node", "add", "n1", "--cluster", "c1", "--driver", "ipmi",
             "-p", "host=10.0.0.1", "-p", "port=6230", "-p", "password=hunter2")
         self.assertEqual(status, 0, err)
-        [(method, path, _, body)] = self.sent()
+        [(method, path, _, body)] = self.sent("POST")
         self.assertEqual((method, path), ("POST", "/v1/nodes"))
         self.assertEqual(body, {"name": "n1", "cluster": "c1", "power": {
             "mode": "single", "agents": [{"driver": "ipmi", "params": {

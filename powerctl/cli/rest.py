@@ -36,7 +36,7 @@ from powerctl.cli import (
     combine,
     exit_status,
 )
-from powerctl.cli import output
+from powerctl.cli import clusters as cluster_checks, output
 from powerctl.cli.driver import add_param_options, parse_pairs, positive_float, read_json_source
 from powerctl.power import Action
 
@@ -457,6 +457,8 @@ def add_commands(subparsers):
     p = command(nodes, "add", node_add, "register a node")
     p.add_argument("name")
     p.add_argument("--cluster", "-c", required=True)
+    p.add_argument("--create-cluster", action="store_true",
+                   help="create the cluster if it does not exist yet (else: an error)")
     _power_options(p, required=True)
     command(nodes, "list", node_list, "list nodes").add_argument(
         "--cluster", "-c", help="only this cluster")
@@ -625,6 +627,8 @@ async def node_add(ctx, args, api):
     """``powerctl node add NAME --cluster C ...``."""
     body = {"name": args.name, "cluster": args.cluster,
             "power": power_from_args(ctx, args, required=True)}
+    if not args.create_cluster:
+        await cluster_checks.require_known_cluster(api, args.cluster)
     node = await api.call("POST", "/v1/nodes", body)
     return await _node_written(ctx, args, node, "added")
 
@@ -783,6 +787,7 @@ async def power(ctx, args, api):
     operation until it is terminal; a progress bar on a terminal.
     """
     nodes = list(dict.fromkeys(args.nodes))  # each node once, in order
+    await cluster_checks.warn_without_live_pserv(ctx, api, nodes, args.wait)
     deadline = ctx.reactor.seconds() + args.timeout
     progress = output.Progress(
         ctx.stderr, len(nodes),
