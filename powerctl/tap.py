@@ -78,3 +78,34 @@ class PservOptions(_Options):
             "secret_file": self["secret-file"], "regions": self["region"] or None,
         }
 
+
+def _fail(daemon, reason):
+    """
+    Stop twistd before it starts anything, with one line and exit status 1.
+    twistd calls the service makers before it runs the reactor (and before
+    it daemonises), so the line reaches the terminal or the unit's journal,
+    and a supervisor sees the failure instead of a daemon that lingers.
+    """
+    raise SystemExit(f"{daemon}: cannot start: {reason}")
+
+
+def make_region_service(options):
+    from powerctl.region.service import DatabaseUnreachable, RegionService, check_database
+
+    settings = options["settings"]
+    try:
+        region = RegionService.from_config(settings)
+        check_database(settings.database)
+    except (config.ConfigError, DatabaseUnreachable) as e:
+        _fail("powerctl-region", e)
+    return region
+
+
+def make_pserv_service(options):
+    from powerctl.pserv.service import PservService
+
+    try:
+        return PservService.from_config(options["settings"])
+    except config.ConfigError as e:
+        _fail("powerctl-pserv", e)
+

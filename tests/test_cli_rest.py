@@ -285,7 +285,10 @@ class RegionApiMixin(CliMixin):
         self.addCleanup(self.agent.close)
         # Runs before the pool closes (cleanups run last-added first).
         self.addCleanup(self.pserv.settled)
-        return d
+        # The tests' nodes go to cluster c1, which `node add` wants to exist
+        # (tests/test_cli_clusters.py tests the refusal itself).
+        return d.addCallback(lambda _: self.pool.runOperation(
+            "INSERT INTO clusters (name) VALUES ('c1') ON CONFLICT DO NOTHING"))
 
     def more_api_arguments(self):
         """Further keyword arguments of the API resource (its live activity, ...)."""
@@ -380,7 +383,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
             "node", "add", "n1", "--cluster", "c1", "--driver", "ipmi",
             "-p", "host=10.0.0.1", "-p", "port=6230", "-p", "password=hunter2")
         self.assertEqual(status, 0, err)
-        [(method, path, _, body)] = self.sent()
+        [(method, path, _, body)] = self.sent("POST")
         self.assertEqual((method, path), ("POST", "/v1/nodes"))
         self.assertEqual(body, {"name": "n1", "cluster": "c1", "power": {
             "mode": "single", "agents": [{"driver": "ipmi", "params": {

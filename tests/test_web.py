@@ -143,7 +143,7 @@ class StatusPageTests(WebTestCase):
         self.assertEqual(response.headers.getRawHeaders("content-type"),
                          ["text/html; charset=utf-8"])
         self.assertTrue(page.startswith("<!DOCTYPE html>"))
-        self.assertIn('<meta http-equiv="refresh" content="5">', page)
+        self.assertIn('<meta http-equiv="refresh" content="5" />', page)
         self.assertNotIn("<script", page)  # no JS, and the hostile text is escaped
         self.assertNotIn(" src=", page)
         self.assertIn(web._e(HOSTILE), page)
@@ -158,11 +158,24 @@ class StatusPageTests(WebTestCase):
         self.assertIn("nonresponsive", rows["n3"])
         self.assertNotIn("mismatch", rows["n3"])  # nothing was asked of it
 
+        # the summary strip comes first, then the nodes, then the operations
+        self.assertLess(page.index('<ul class="summary">'), page.index("<h2>Nodes"))
+        self.assertLess(page.index("<h2>Nodes"), page.index("<h2>Operations in flight"))
+        summary = dict(re.findall(r'<li id="summary-([\w-]+)"[^>]*><b>(\d+)</b>', page))
+        self.assertEqual(
+            {k: summary[k] for k in ("nodes", "state-off", "state-unknown", "state-error",
+                                     "mismatched", "nonresponsive", "ops-waiting",
+                                     "ops-running")},
+            {"nodes": "3", "state-off": "1", "state-unknown": "1", "state-error": "1",
+             "mismatched": "1", "nonresponsive": "1", "ops-waiting": "1", "ops-running": "0"})
+        self.assertIn("<b>1</b> operation waiting", page)  # not "1 operations"
+        self.assertIn("<b>0</b> operations running", page)
+
         in_flight, finished = page.split("<h2>Operations in flight</h2>")[1].split(
             "finished operations</h2>")
         self.assertIn(f"<td>{op1['id']}</td><td>n1</td><td>on</td><td>pending</td>", in_flight)
         self.assertNotIn("<td>n2</td>", in_flight)
-        finished = finished.split("<h2>Nodes")[0]
+        finished = finished.split("<h2>Clusters")[0]
         self.assertIn(f"<td>{op2['id']}</td><td>n2</td><td>off</td><td>succeeded</td>"
                       "<td>p1</td>", finished)
         self.assertIn("<td>c1</td><td>online</td>", page)
@@ -170,7 +183,7 @@ class StatusPageTests(WebTestCase):
 
         # filters and a non-GET method
         _, problems = await self.get(base, "/?problems=1&cluster=c1")
-        problems = problems.split("<h2>Nodes")[1]
+        problems = problems.split("<h2>Nodes")[1].split("<h2>Operations")[0]
         self.assertIn("<td>n1</td>", problems)
         self.assertNotIn("<td>n2</td>", problems)
         self.assertNotIn("<td>n3</td>", problems)
@@ -183,6 +196,71 @@ class StatusPageTests(WebTestCase):
         # the API is still there beside the page
         response, _ = await self.get(base, "/v1/nodes")
         self.assertEqual(response.code, 200)
+
+    async def test_filter_by_name_and_paging(self):
+        """The nodes table pages by name with ``limit``/``after`` and filters by ``name``."""
+        base = self.serve()
+        for i in range(5):
+            await self.post(base, "/v1/nodes", {"name": f"rack{i}", "cluster": "c1",
+                                                "power": ipmi(f"10.0.1.{i}")})
+        await self.post(base, "/v1/nodes", {"name": "spare", "cluster": "c1",
+                                            "power": ipmi("10.0.2.1")})
+
+        def node_rows(page):
+            table = page.split('<table class="nodes">')[1].split("</table>")[0]
+            return re.findall(r"<tr[^>]*><td>([\w-]+)</td>", table)
+
+        _, page = await self.get(base, "/?limit=2")
+        self.assertEqual(node_rows(page), ["rack0", "rack1"])
+        self.assertIn("1\N{EN DASH}2 of 6 nodes", page)
+        self.assertNotIn('id="page-first"', page)
+        next_link = re.search(r'<a href="([^"]+)" id="page-next">', page)[1]
+        self.assertEqual(next_link, "/?limit=2&amp;after=rack1")
+        _, page = await self.get(base, "/?limit=2&after=rack3")
+        self.assertEqual(node_rows(page), ["rack4", "spare"])
+        self.assertIn('id="page-first"', page)
+        self.assertNotIn('id="page-next"', page)
+        _, page = await self.get(base, "/?name=spa")
+        self.assertEqual(node_rows(page), ["spare"])
+        self.assertIn('value="spa"', page)  # the filter form keeps what was asked
+        _, page = await self.get(base, "/?limit=not-a-number")
+        self.assertEqual(len(node_rows(page)), 6)  # a bad limit is ignored, not a 500
+
+    def test_values_that_look_like_markup_stay_text(self):
+        """
+        Whatever a row holds (even a name the API would refuse, e.g. from an
+        older version or a hand edit of the database), the page shows it as
+        text: the template escapes every value, in cells and in attributes.
+        """
+        hostile_node = {"name": '<img src=x onerror="alert(1)">', "cluster": 'c"><b>x',
+                        "desired_state": "on", "power_state": "off", "responsive": True,
+                        "last_error": "&amp; <i>", "last_changed_at": None,
+                        "last_queried_at": "not a time", "drift_since": None}
+        cluster = {"name": 'c"><b>x', "status": "online", "nodes": 1, "actions_in_flight": 0,
+                   "pservs": [{"name": "<p>", "connected": True, "live": True,
+                               "actions_in_flight": 0, "last_heartbeat": None}]}
+        page = web.StatusPage(None).render_page(
+            {"name": '<img src=x', "cluster": 'c"><b>x'}, [cluster], [hostile_node], [],
+            False, [])
+        self.assertNotIn("<img", page)
+        self.assertNotIn("<script", page)
+        self.assertNotIn("<b>x", page)
+        self.assertNotIn("<i>", page)
+        self.assertIn("<td>&lt;img src=x onerror=\"alert(1)\"&gt;</td>", page)
+        self.assertIn("<td>&amp;amp; &lt;i&gt;</td>", page)
+        self.assertIn('value="&lt;img src=x"', page)
+        self.assertIn('<option value="c&quot;&gt;&lt;b&gt;x" selected="selected">', page)
+        self.assertIn("<td>not a time</td>", page)
+
+    def test_ages_are_relative_with_the_exact_time_kept(self):
+        """Timestamps show as short ages (no wrapping) with the UTC time as tooltip."""
+        now = web.datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=web.datetime.timezone.utc)
+        self.assertEqual([web.relative(s) for s in (0, 59.9, 60, 3599, 7200, 200000)],
+                         ["0 s", "59 s", "1 min", "59 min", "2 h", "2 d"])
+        cell = web._flat(web._when("2026-01-02T03:00:00+00:00", now))
+        self.assertEqual(cell, '<time datetime="2026-01-02T03:00:00+00:00" '
+                               'title="2026-01-02 03:00:00 UTC">4 min ago</time>')
+        self.assertIn(">in 1 h<", web._flat(web._when("2026-01-02T04:04:05+00:00", now)))
 
     async def test_failure_answers_500_with_a_logged_id(self):
         class Broken:

@@ -22,8 +22,30 @@ from powerctl.power import TERMINAL_STATES
 SECRET = b"powerctl-demo-secret-not-for-production"
 
 
+HELP = """\
+A whole powerctl on this machine, for a first look.
+
+Starts a private PostgreSQL cluster in the state directory, a region, a
+pserv and simulated hardware (IPMI BMCs, an SNMP PDU and a Redfish service)
+on 127.0.0.1; registers a small fleet through the REST API (single,
+dual-PSU and fallback nodes); sends power requests, including a pair that
+supersedes and a pair that coalesces; and prints the fleet converging until
+every operation has finished.  Everything it starts is stopped when it
+ends.
+
+With --serve it keeps running after that, so the CLI, the REST API and the
+status page can be tried against it, until Ctrl-C (or SIGTERM); it then
+stops everything it started within a few seconds.
+"""
+
+#: Seconds the clean-up after Ctrl-C / SIGTERM may take before the demo
+#: gives up on it and exits anyway.
+STOP_TIMEOUT = 4.0
+
+
 def parse(argv):
-    p = argparse.ArgumentParser(prog="powerctl demo", description=__doc__.splitlines()[1])
+    p = argparse.ArgumentParser(prog="powerctl demo", description=HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--state-dir", default=os.path.join(os.getcwd(), "state", "demo"),
                    help="where the demo's PostgreSQL cluster lives (kept between runs)")
     p.add_argument("--timeout", type=float, default=90.0,
@@ -36,32 +58,79 @@ def parse(argv):
 def main(argv=None):
     options = parse(sys.argv[1:] if argv is None else argv)
     reactor = reactor_choice.install()
-    from twisted.internet import defer
-
-    result = {}
-
-    def go():
-        d = defer.ensureDeferred(Demo(reactor, options).run())
-
-        def done(outcome):
-            result["code"] = outcome if isinstance(outcome, int) else 1
-            if not isinstance(outcome, int):
-                print(f"demo failed: {outcome.getErrorMessage()}", file=sys.stderr)
-                outcome.printTraceback(file=sys.stderr)
-            reactor.stop()
-
-        d.addBoth(done)
-
-    reactor.callWhenRunning(go)
+    demo = Demo(reactor, options)
+    reactor.callWhenRunning(demo.start)
+    # Ctrl-C and SIGTERM stop the reactor; this trigger runs the clean-ups
+    # first (the reactor waits for the Deferred it returns).
+    reactor.addSystemEventTrigger("before", "shutdown", demo.shutdown)
     reactor.run()
-    return result.get("code", 1)
+    return demo.code
 
 
 class Demo:
+    """
+    The demo's run.  ``running`` holds the Deferred of :meth:`run` for as
+    long as it runs: with ``--serve`` the coroutine waits on a Deferred
+    nothing else refers to, and without this reference the garbage
+    collector could reclaim both and run the clean-ups in the middle of
+    serving.
+    """
+
     def __init__(self, reactor, options):
         self.reactor = reactor
         self.options = options
         self.cleanups = []
+        self.code = 1
+        self.running = None
+        self.serving = None
+        self.stopping = False
+
+    def start(self):
+        from twisted.internet import defer
+
+        self.running = defer.ensureDeferred(self.run())
+        self.running.addBoth(self._done)
+
+    def _done(self, outcome):
+        from twisted.internet import defer
+
+        if isinstance(outcome, int):
+            self.code = outcome
+        elif outcome.check(defer.CancelledError) and self.stopping:
+            print("stopped before the demo finished", file=sys.stderr)
+            self.code = 130
+        else:
+            print(f"demo failed: {outcome.getErrorMessage()}", file=sys.stderr)
+            outcome.printTraceback(file=sys.stderr)
+            self.code = 1
+        self.running = None
+        if not self.stopping:
+            self.stopping = True
+            self.reactor.stop()
+
+    def shutdown(self):
+        """
+        The reactor is stopping (Ctrl-C, SIGTERM, or the demo is done):
+        end serving, or cancel whatever step is under way, and give the
+        clean-ups at most :data:`STOP_TIMEOUT` seconds.
+        """
+        from twisted.internet import defer
+
+        self.stopping = True
+        running = self.running
+        if running is None:
+            return None
+        print("\nstopping: shutting down the pserv, the region, the simulators and "
+              "PostgreSQL", file=sys.stderr, flush=True)
+        finished = defer.Deferred()
+        running.addBoth(lambda result: finished.callback(None) or result)
+        if self.serving is not None and not self.serving.called:
+            self.serving.callback(None)
+        else:
+            running.cancel()
+        return finished.addTimeout(STOP_TIMEOUT, self.reactor).addErrback(
+            lambda f: print(f"(clean-up did not finish: {f.getErrorMessage()})",
+                            file=sys.stderr))
 
     async def run(self):
         try:
@@ -107,8 +176,11 @@ class Demo:
         code = await self._watch(ops)
         self.step(f"done in {time.monotonic() - t0:.1f}s")
         if self.options.serve:
-            self.step(f"serving: try  powerctl --api {self.api} node list   (Ctrl-C stops)")
-            await defer.Deferred()  # until Ctrl-C
+            self.step(f"serving: try  powerctl --api {self.api} node list   or open "
+                      f"{self.api}/ in a browser   (Ctrl-C stops)")
+            self.serving = defer.Deferred()
+            await self.serving  # until Ctrl-C or SIGTERM (see shutdown)
+            self.step("stopped serving")
         return code
 
     @staticmethod

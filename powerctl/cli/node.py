@@ -6,7 +6,7 @@ secret agent parameter is printed as ``(set)`` whatever the API sent.
 """
 
 from powerctl.cli import EXIT_OK, UsageError
-from powerctl.cli import output
+from powerctl.cli import cluster as cluster_checks, output
 from powerctl.cli.client import add_command, add_group, api_command, items, q, requester
 from powerctl.cli.params import add_power_options, power_from_args, power_summary, schemas
 from powerctl.cli.redaction import redact_node
@@ -18,6 +18,8 @@ def add_commands(subparsers, parent):
     p = add_command(nodes, "add", node_add, "register a node", parent)
     p.add_argument("name")
     p.add_argument("--cluster", "-c", required=True)
+    p.add_argument("--create-cluster", action="store_true",
+                   help="create the cluster if it does not exist yet (else: an error)")
     add_power_options(p)
     add_command(nodes, "list", node_list, "list nodes", parent).add_argument(
         "--cluster", "-c", help="only this cluster")
@@ -98,6 +100,8 @@ async def node_add(ctx, args, api):
     """``powerctl node add NAME --cluster C ...``."""
     body = {"name": args.name, "cluster": args.cluster,
             "power": power_from_args(ctx, args, required=True)}
+    if not args.create_cluster:
+        await cluster_checks.require_known_cluster(api, args.cluster)
     node = await api.call("POST", "/v1/nodes", body)
     return await _node_written(ctx, args, node, "added")
 

@@ -17,7 +17,7 @@ import attrs
 from twisted.internet import defer
 
 from powerctl.cli import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, Interrupted, combine
-from powerctl.cli import output
+from powerctl.cli import cluster as cluster_checks, output
 from powerctl.cli.client import ApiError, api_command, q, requester
 from powerctl.cli.driver import positive_float
 from powerctl.power import TERMINAL_STATES, Action, OpState
@@ -142,6 +142,7 @@ async def power(ctx, args, api):
     operation until it is terminal; a progress bar on a terminal.
     """
     nodes = list(dict.fromkeys(args.nodes))  # each node once, in order
+    await cluster_checks.warn_without_live_pserv(ctx, api, nodes, args.wait)
     deadline = ctx.reactor.seconds() + args.timeout
     progress = output.Progress(
         ctx.stderr, len(nodes),

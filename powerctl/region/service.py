@@ -3,14 +3,15 @@ The region as a twistd service: PostgreSQL (migrated at start-up), the
 REST API, and the AMP endpoint pservs connect to.
 """
 
+import psycopg2
+import psycopg2.extensions
 from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
-from twisted.web import server
 from txpostgres import reconnection, retrying, txpostgres
 
 from powerctl import config
-from powerctl.region import schema, web
+from powerctl.region import http, schema, web
 from powerctl.region.coordination import Coordinator
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
@@ -35,6 +36,36 @@ def _reconnecting_connection(reactor, cooperator=None):
             initialDelay=0.2, maxDelay=2.0, factor=2.0, maxRetries=0, now=True),
         reactor=reactor)
     return txpostgres.Connection(reactor, cooperator, detector=detector)
+
+
+class DatabaseUnreachable(Exception):
+    """The region's database cannot be reached at start-up (the message says why)."""
+
+
+def describe_dsn(dsn):
+    """A libpq connection string as can be shown and logged: without its password."""
+    try:
+        parts = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.Error:
+        return "an unparsable connection string"
+    return " ".join(f"{k}={v}" for k, v in parts.items() if k != "password") or "defaults"
+
+
+def check_database(dsn, timeout=10):
+    """
+    Connect to the database once, synchronously, before the daemon starts.
+
+    Run by twistd's service maker, before the reactor: a region that cannot
+    reach its database at start must exit at once with one line saying
+    what it could not reach, not stay up answering every request with an
+    error.  (Once running, it rides out database restarts by reconnecting.)
+    """
+    try:
+        psycopg2.connect(dsn, connect_timeout=timeout).close()
+    except psycopg2.Error as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DatabaseUnreachable(
+            f"cannot reach the database ({describe_dsn(dsn)}): {reason}") from None
 
 
 class _ReconnectingPool(txpostgres.ConnectionPool):
@@ -133,7 +164,8 @@ class RegionService(service.MultiService):
                         on_power_request=self.region.dispatch_later, region=self.region,
                         live_activity=live)
         web.add_to(root, self.store, activity=self.region.activity, live_activity=live)
-        site = server.Site(root)
+        # limits on request size and on slow clients: powerctl.region.http
+        site = http.Site(root, reactor=self.reactor)
         site.noisy = False
         self.api_port = await endpoints.serverFromString(
             self.reactor, self.settings.api_endpoint).listen(site)

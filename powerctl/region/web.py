@@ -8,12 +8,15 @@ Mount both on the root that :func:`powerctl.region.api.api_root` returns::
     web.add_to(root, store, activity=region.activity, live_activity=live)
 
 The page is one self-contained HTML document (inline CSS, no script, no
-external asset) that refreshes itself every few seconds: clusters and
-their pservs, what each connected pserv runs right now (with
-``live_activity``, a :class:`powerctl.region.activity.LiveActivity`), the
-nodes (desired vs current, mismatches highlighted), the operations in
-flight and the last finished ones.  Every value is
-HTML-escaped; power configurations are never read, so no secret can show.
+external asset) that refreshes itself every few seconds: a summary strip
+(nodes by power state, problems, operations running and waiting), the
+nodes (desired vs current, mismatches highlighted, filtered and paged by
+plain GET parameters, times shown as ages), the operations in flight, what
+each connected pserv runs right now (with ``live_activity``, a
+:class:`powerctl.region.activity.LiveActivity`), the last finished
+operations and the clusters with their pservs.  It is built with
+``twisted.web.template``, so every value is escaped by construction; power
+configurations are never read, so no secret can show.
 
 ``/metrics`` speaks the Prometheus text exposition format 0.0.4.
 
@@ -23,14 +26,14 @@ through twisted.logger, never to the client.
 """
 
 import datetime
-import html
 import uuid as uuidlib
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import resource, server, template
+from twisted.web.template import tags
 
 from powerctl.region.api import _loggable
 from powerctl.region.store import OP_STATES, POWER_STATES, TERMINAL_STATES
@@ -38,7 +41,8 @@ from powerctl.region.store import OP_STATES, POWER_STATES, TERMINAL_STATES
 REFRESH_SECONDS = 5
 RECENT_FINISHED = 20
 OPEN_OPS_SHOWN = 200  # per open state, on the page
-NODES_PER_PAGE = 500
+NODES_PER_PAGE = 100  # node rows per page unless ?limit= says otherwise
+NODES_PER_PAGE_MAX = 1000
 LIVE_NODES_SHOWN = 200  # per pserv, in the "Running now" panel
 LIVE_QUEUE_SHOWN = 50  # slot waiters per pserv, in that panel
 
@@ -133,48 +137,127 @@ class _AsyncResource(resource.Resource):
 
 
 # -- the status page -------------------------------------------------------
+#
+# Built as a twisted.web.template tree and flattened: every string put in
+# the tree is text, escaped by the flattener, so no value from the
+# database (node names, error texts, requesters) can become markup however
+# it got there.  Nothing here writes HTML by hand.
 
 
-def _e(value):
-    """Any value as escaped HTML text; None as an empty cell."""
+def _flat(element):
+    """
+    A template tree flattened to text.  The tree holds no Deferred, so the
+    flattener finishes at once; this keeps ``render_page`` a plain function
+    (the tests and the panel code call it without a reactor).
+    """
+    out = []
+    template.flattenString(None, element).addBoth(out.append)
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0].decode("utf-8")
+
+
+def _text(value):
+    """Any value as the text a cell shows; None as an empty cell."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return html.escape(str(value), quote=True)
+    return str(value)
 
 
-def _when(value):
-    """An ISO timestamp shortened for a table (UTC, to the second), escaped."""
-    if not value:
-        return ""
+def _e(value):
+    """Any value as the page shows it: escaped exactly as the flattener escapes text."""
+    return _flat(_text(value))
+
+
+def _plural(count, word, plural=None):
+    """'1 operation', '2 operations': the page says what it counts in English."""
+    return f"{count} {word if count == 1 else (plural or word + 's')}"
+
+
+def _moment(value):
+    """An ISO timestamp as an aware UTC datetime, or None when it is not one."""
     try:
         moment = datetime.datetime.fromisoformat(value)
     except (TypeError, ValueError):
-        return _e(value)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(datetime.timezone.utc)
-    return f'<time datetime="{_e(value)}">{_e(moment.strftime("%Y-%m-%d %H:%M:%S"))}</time>'
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc)
 
 
-def _table(headers, rows, empty="none"):
-    """An HTML table; ``rows`` are (css class or "", [cell html, ...])."""
+def relative(seconds):
+    """
+    A duration as an operator reads it at a glance ("42 s", "7 min",
+    "3 h", "2 d"): short enough never to wrap in a table cell.
+    """
+    seconds = abs(seconds)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def _when(value, now=None):
+    """
+    A timestamp cell: the age relative to ``now`` ("5 min ago"), the exact
+    UTC time as the tooltip and the ISO value in ``datetime``, so nothing is
+    lost and nothing wraps.
+    """
+    if not value:
+        return ""
+    moment = _moment(value)
+    if moment is None:
+        return _text(value)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    delta = (now - moment).total_seconds()
+    shown = f"{relative(delta)} ago" if delta >= 0 else f"in {relative(delta)}"
+    return tags.time(datetime=value, title=moment.strftime("%Y-%m-%d %H:%M:%S UTC"))(shown)
+
+
+def _table(headers, rows, empty="none", css=None):
+    """A table; ``rows`` are (css class or "", [cell, ...]) with text or tags as cells."""
     if not rows:
-        return f'<p class="empty">{_e(empty)}</p>'
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+        return tags.p(class_="empty")(empty)
     body = []
-    for css, cells in rows:
-        cls = f' class="{_e(css)}"' if css else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    for row_css, cells in rows:
+        tr = tags.tr(class_=row_css) if row_css else tags.tr()
+        body.append(tr([tags.td(cell) for cell in cells]))
+    table = tags.table(class_=css) if css else tags.table()
+    return table(tags.thead(tags.tr([tags.th(h) for h in headers])), tags.tbody(body))
 
 
+def _state(value):
+    """A power state, coloured by its class."""
+    if value is None:
+        return ""
+    return tags.span(class_=f"state-{value}")(value)
+
+
+def _note(*parts):
+    """A grey line of facts separated by middle dots."""
+    out = []
+    for part in parts:
+        if out:
+            out.append(" \N{MIDDLE DOT} ")
+        out.append(part)
+    return tags.p(class_="note")(out)
+
+
+# The page's style, inline (no external asset).  Without a "<", ">" or "&"
+# in it, the flattener's escaping leaves it as written.  Tables take the
+# page's width and wrap long texts anywhere, so the page never scrolls
+# sideways at 1280 px; times never wrap.
 _STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.5em}
-table{border-collapse:collapse;margin:.3em 0}
-th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}
-th{background:#eee}
+body{font:14px/1.4 system-ui,sans-serif;margin:.5em 1em;color:#222}
+h1{font-size:1.3em;margin:.2em 0}h2{font-size:1.1em;margin:1.2em 0 .3em}
+h3{font-size:1em;margin:1em 0 .2em}
+table{border-collapse:collapse;margin:.3em 0;width:100%}
+th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
+th{background:#eee;white-space:nowrap}
+time{white-space:nowrap}
 tr.mismatch td{background:#fff3cd}
 tr.drift td{background:#ffe0b2}
 tr.nonresponsive td,tr.offline td,tr.failed td{background:#f8d7da}
@@ -182,22 +265,30 @@ tr.nonresponsive td,tr.offline td,tr.failed td{background:#f8d7da}
 .state-error{color:#b00020;font-weight:bold}.state-unknown{color:#8a6d00}
 .empty,.note{color:#666}
 ul.pservs{margin:0;padding-left:1.2em}
-h3{font-size:1em;margin:1em 0 .2em}
 p.error{color:#b00020}
+ul.summary{display:flex;flex-wrap:wrap;gap:.4em;list-style:none;margin:.3em 0;padding:0}
+ul.summary li{border:1px solid #ccc;border-radius:4px;padding:.2em .6em;background:#fafafa}
+ul.summary li.bad{background:#f8d7da}ul.summary li.warn{background:#fff3cd}
+ul.summary b{font-size:1.15em}
+form.filter{margin:.3em 0}form.filter label{margin-right:1em}
 """
 
-
-def _state(value):
-    if value is None:
-        return ""
-    return f'<span class="state-{_e(value)}">{_e(value)}</span>'
+#: Query parameters of the page, all optional.
+PAGE_ARGS = ("cluster", "problems", "name", "after", "limit")
 
 
 class StatusPage(_AsyncResource):
     """
-    ``GET /``: the region at a glance.  Query parameters (all optional):
-    ``cluster`` (only that cluster's nodes), ``problems=1`` (only nodes
-    mismatched, non-responsive or with an error), ``after`` (node paging).
+    ``GET /``: the region at a glance.  First a summary strip (nodes by
+    power state, mismatched, non-responsive, drifted, operations running
+    and waiting), then the nodes, then the operations in flight, what the
+    pservs run now, the last finished operations, and the clusters.
+
+    Query parameters of the nodes table (all optional): ``cluster`` (only
+    that cluster's nodes), ``problems=1`` (only nodes mismatched, drifted,
+    non-responsive or with an error), ``name`` (names containing it),
+    ``after`` (paging by name) and ``limit`` (rows per page, at most
+    :data:`NODES_PER_PAGE_MAX`).
 
     :param store: a :class:`powerctl.region.store.Store`.
     :param activity: optional callable answering (or firing with) a mapping
@@ -228,10 +319,11 @@ class StatusPage(_AsyncResource):
             return {"failed": True}
 
     def error_body(self, error_id):
-        return (
-            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>powerctl: error</title>"
-            "</head><body><h1>Internal error</h1><p>The region log has the details under "
-            f"error id <code>{_e(error_id)}</code>.</p></body></html>\n").encode()
+        return ("<!DOCTYPE html>\n" + _flat(tags.html(lang="en")(
+            tags.head(tags.meta(charset="utf-8"), tags.title("powerctl: error")),
+            tags.body(tags.h1("Internal error"), tags.p(
+                "The region log has the details under error id ",
+                tags.code(error_id), "."))))).encode("utf-8")
 
     async def produce(self, request):
         args = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
@@ -256,34 +348,66 @@ class StatusPage(_AsyncResource):
         return b"text/html; charset=utf-8", body.encode("utf-8")
 
     def render_page(self, args, clusters, nodes, open_ops, truncated_open, finished,
-                    live=None):
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        n_mismatch = sum(1 for n in nodes if mismatched(n))
-        n_nonresp = sum(1 for n in nodes if not n["responsive"])
-        n_drift = sum(1 for n in nodes if drifted(n))
-        parts = [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
-            "<title>powerctl region status</title>",
-            f"<style>{_STYLE}</style></head><body>",
-            "<h1>powerctl region status</h1>",
-            f'<p class="note">{_e(now)} &middot; {len(clusters)} clusters &middot; '
-            f"{len(nodes)} nodes &middot; {n_mismatch} not in their desired state &middot; "
-            f"{n_drift} drifted &middot; "
-            f"{n_nonresp} non-responsive &middot; {len(open_ops)}"
-            f"{'+' if truncated_open else ''} operations in flight &middot; "
-            f"refreshes every {REFRESH_SECONDS} s</p>",
-            self._clusters(clusters, nodes),
-            self._live_activity(live) if live is not None else "",
-            self._open_ops(open_ops, truncated_open),
-            self._finished(finished),
-            self._nodes(args, nodes),
-            "</body></html>\n",
-        ]
-        return "\n".join(parts)
+                    live=None, now=None):
+        """The whole page as text, from what :meth:`produce` read (no I/O here)."""
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        page = tags.html(lang="en")(
+            tags.head(
+                tags.meta(charset="utf-8"),
+                tags.meta(**{"http-equiv": "refresh", "content": str(REFRESH_SECONDS)}),
+                tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
+                tags.title("powerctl region status"),
+                tags.style(_STYLE)),
+            tags.body(
+                tags.h1("powerctl region status"),
+                self._summary(clusters, nodes, open_ops, truncated_open, now),
+                self._nodes(args, clusters, nodes, now),
+                self._open_ops(open_ops, truncated_open, now),
+                self._live_activity(live, now) if live is not None else "",
+                self._finished(finished, now),
+                self._clusters(clusters, nodes, now)))
+        return "<!DOCTYPE html>\n" + _flat(page) + "\n"
 
-    def _clusters(self, clusters, nodes):
+    def _summary(self, clusters, nodes, open_ops, truncated_open, now):
+        """
+        The strip an operator reads first: one box per count, problems
+        highlighted, each with an id a script (or test) can find.
+        """
+        more = "+" if truncated_open else ""
+        by_state = {state: 0 for state in POWER_STATES}
+        for n in nodes:
+            by_state[n["power_state"]] = by_state.get(n["power_state"], 0) + 1
+        running = sum(1 for op in open_ops if op["state"] == "running")
+        waiting = sum(1 for op in open_ops if op["state"] == "pending")
+        online = sum(1 for c in clusters if c["status"] == "online")
+
+        def box(key, count, label, css=""):
+            li = tags.li(id=f"summary-{key}")
+            if css and count:
+                li(class_=css)
+            return li(tags.b(f"{count}{more if key.startswith('ops-') else ''}"), " ", label)
+
+        items = [box("nodes", len(nodes), "node" if len(nodes) == 1 else "nodes")]
+        items += [box(f"state-{state}", count, state, "bad" if state == "error" else "")
+                  for state, count in by_state.items()]
+        items += [
+            box("mismatched", sum(1 for n in nodes if mismatched(n)),
+                "not in their desired state", "warn"),
+            box("nonresponsive", sum(1 for n in nodes if not n["responsive"]),
+                "non-responsive", "bad"),
+            box("drifted", sum(1 for n in nodes if drifted(n)), "drifted", "warn"),
+            box("ops-running", running, "operation running" if running == 1
+                else "operations running"),
+            box("ops-waiting", waiting, "operation waiting" if waiting == 1
+                else "operations waiting"),
+            box("clusters", len(clusters), f"{'cluster' if len(clusters) == 1 else 'clusters'}"
+                f", {online} online"),
+        ]
+        return [tags.ul(class_="summary")(items), _note(
+            f"as of {now.strftime('%Y-%m-%d %H:%M:%S UTC')}",
+            f"refreshes every {REFRESH_SECONDS} s")]
+
+    def _clusters(self, clusters, nodes, now):
         per = {}
         for node in nodes:
             counts = per.setdefault(node["cluster"], [0, 0])
@@ -291,70 +415,72 @@ class StatusPage(_AsyncResource):
             counts[1] += not node["responsive"]
         rows = []
         for c in clusters:
-            pservs = "".join(
-                f"<li>{_e(p['name'])}: "
-                + ("live" if p.get("live") else "connected, no recent heartbeat"
-                   if p["connected"] else "disconnected")
-                + f", last heartbeat {_when(p.get('last_heartbeat')) or 'never'}"
-                + (f", {_e(p['actions_in_flight'])} in flight" if p["connected"] else "")
-                + (f", version {_e(p['version'])}" if p.get("version") else "")
-                + "</li>"
-                for p in c["pservs"])
+            pservs = []
+            for p in c["pservs"]:
+                status = ("live" if p.get("live") else "connected, no recent heartbeat"
+                          if p["connected"] else "disconnected")
+                heartbeat = _when(p.get("last_heartbeat"), now) or "never"
+                pservs.append(tags.li(
+                    f"{p['name']}: {status}, last heartbeat ", heartbeat,
+                    f", {p['actions_in_flight']} in flight" if p["connected"] else "",
+                    f", version {p['version']}" if p.get("version") else ""))
             mism, nonresp = per.get(c["name"], (0, 0))
             rows.append(("offline" if c["status"] != "online" else "", [
-                _e(c["name"]), _e(c["status"]), _e(c["nodes"]), _e(mism), _e(nonresp),
-                _e(c["actions_in_flight"]), _e(c.get("running_ops")),
-                f'<ul class="pservs">{pservs}</ul>' if pservs else "none",
-                f"{_e(c.get('drifted_nodes', 0))} ({_e(c.get('drift_policy', 'report'))})"]))
-        return "<h2>Clusters</h2>" + _table(
+                _text(c["name"]), _text(c["status"]), _text(c["nodes"]), _text(mism),
+                _text(nonresp), _text(c["actions_in_flight"]), _text(c.get("running_ops")),
+                tags.ul(class_="pservs")(pservs) if pservs else "none",
+                f"{c.get('drifted_nodes', 0)} ({c.get('drift_policy', 'report')})"]))
+        return [tags.h2("Clusters"), _table(
             ("cluster", "status", "nodes", "mismatched", "non-responsive", "actions in flight",
-             "running ops", "pservs", "drifted (policy)"), rows, "no clusters yet")
+             "running ops", "pservs", "drifted (policy)"), rows, "no clusters yet")]
 
-    def _live_activity(self, doc):
+    def _live_activity(self, doc, now):
         """The "Running now" panel: per pserv and node, and the slot queue."""
-        title = "<h2>Running now</h2>"
+        title = tags.h2("Running now")
         if doc.get("failed"):
-            return title + '<p class="error">could not ask the pservs; the region log says why</p>'
+            return [title, tags.p(class_="error")(
+                "could not ask the pservs; the region log says why")]
         totals = doc.get("totals") or {}
         pservs = doc.get("pservs") or []
         more = "+" if any(len(p.get("nodes") or ()) > LIVE_NODES_SHOWN for p in pservs) else ""
         slot_waiting = sum((p.get("slots") or {}).get("waiting") or 0 for p in pservs)
-        parts = [title, (
-            f'<p class="note">what the registries of the connected pservs run and hold '
-            f"back at this moment (the journal's <em>running</em> only means dispatched) "
-            f"&middot; {_e(totals.get('pservs', 0))} pservs &middot; "
-            f"{_e(totals.get('running', 0))}{more} running &middot; "
-            f"{_e(totals.get('waiting', 0))}{more} waiting &middot; "
-            f"{_e(totals.get('joined', 0))}{more} joined &middot; "
-            f"{_e(slot_waiting)} waiting for a slot</p>")]
+        parts = [title, _note(
+            ["what the registries of the connected pservs run and hold back at this moment "
+             "(the journal's ", tags.em("running"), " only means dispatched)"],
+            _plural(totals.get("pservs", 0), "pserv"),
+            f"{totals.get('running', 0)}{more} running",
+            f"{totals.get('waiting', 0)}{more} waiting",
+            f"{totals.get('joined', 0)}{more} joined",
+            f"{slot_waiting} waiting for a slot")]
         if not pservs:
-            parts.append('<p class="empty">no pserv connected to this region</p>')
+            parts.append(tags.p(class_="empty")("no pserv connected to this region"))
         for p in pservs:
-            parts.append(self._live_pserv(p))
-        return "".join(parts)
+            parts.append(self._live_pserv(p, now))
+        return parts
 
     @staticmethod
     def _live_action(a):
         if not a:
             return ""
-        text = f"#{_e(a.get('operation_id'))} {_e(a.get('action'))}"
-        return text + (" <em>stopping</em>" if a.get("stopping") else "")
+        text = f"#{_text(a.get('operation_id'))} {_text(a.get('action'))}"
+        return [text, " ", tags.em("stopping")] if a.get("stopping") else text
 
     @staticmethod
     def _age(age):
-        return "" if age is None else _e(f"{age:.1f} s")
+        return "" if age is None else f"{age:.1f} s"
 
-    def _live_pserv(self, p):
-        parts = [f"<h3>pserv {_e(p.get('pserv'))} "
-                 f'<span class="note">cluster {_e(p.get("cluster"))}</span></h3>']
+    def _live_pserv(self, p, now):
+        parts = [tags.h3(f"pserv {_text(p.get('pserv'))} ",
+                         tags.span(class_="note")(f"cluster {_text(p.get('cluster'))}"))]
         if p.get("error"):
-            parts.append(f'<p class="error">no complete answer: {_e(p["error"])}'
-                         + (" (showing what came before)" if p.get("nodes") else "") + "</p>")
+            parts.append(tags.p(class_="error")(
+                f"no complete answer: {p['error']}"
+                + (" (showing what came before)" if p.get("nodes") else "")))
         slots = p.get("slots")
         if slots and slots.get("size"):
-            parts.append(f'<p class="note">slots: {_e(slots.get("busy"))} of '
-                         f'{_e(slots.get("size"))} busy, {_e(slots.get("waiting"))} '
-                         "waiting for a slot</p>")
+            parts.append(tags.p(class_="note")(
+                f"slots: {_text(slots.get('busy'))} of {_text(slots.get('size'))} busy, "
+                f"{_text(slots.get('waiting'))} waiting for a slot"))
         nodes = p.get("nodes") or []
         rows = []
         for n in nodes[:LIVE_NODES_SHOWN]:
@@ -365,17 +491,18 @@ class StatusPage(_AsyncResource):
                 slot = f"waiting (#{lead.get('slot_position')} in the queue)"
             joined = [j for a in (running, waiting, query) if a for j in a.get("joined") or ()]
             total = sum(a.get("joined_total", 0) for a in (running, waiting, query) if a)
-            joined_text = ", ".join(_e(j) for j in joined)
+            joined_text = ", ".join(_text(j) for j in joined)
             if total > len(joined):
-                joined_text += f" &hellip; ({_e(total)} in all)"
+                joined_text += f" \N{HORIZONTAL ELLIPSIS} ({total} in all)"
             rows.append(("", [
-                _e(n.get("node")), self._live_action(running), _when(lead.get("since")),
-                self._age(lead.get("age")), _e(slot), joined_text,
+                _text(n.get("node")), self._live_action(running), _when(lead.get("since"), now),
+                self._age(lead.get("age")), _text(slot), joined_text,
                 self._live_action(waiting), self._live_action(query)]))
         if len(nodes) > LIVE_NODES_SHOWN:
-            parts.append(f'<p class="note">showing the first {LIVE_NODES_SHOWN} busy nodes; '
-                         "<code>powerctl activity</code> or "
-                         "<code>GET /v1/activity</code> lists them all</p>")
+            parts.append(tags.p(class_="note")(
+                f"showing the first {LIVE_NODES_SHOWN} busy nodes; ",
+                tags.code("powerctl activity"), " or ", tags.code("GET /v1/activity"),
+                " lists them all"))
         parts.append(_table(("node", "running", "since", "age", "slot", "joined", "waiting",
                              "query"), rows, "nothing runs or waits here"))
         queue = (slots or {}).get("queue") or []
@@ -383,76 +510,120 @@ class StatusPage(_AsyncResource):
             shown = queue[:LIVE_QUEUE_SHOWN]
             total = max(len(queue), slots.get("waiting") or 0)
             more = f" (the first {len(shown)} of {total})" if total > len(shown) else ""
-            parts.append(f'<p class="note">waiting for a slot, most urgent first{more}</p>')
+            parts.append(tags.p(class_="note")(
+                f"waiting for a slot, most urgent first{more}"))
             parts.append(_table(
                 ("#", "node", "operation", "action", "priority", "waiting since", "age"),
-                [("", [_e(w.get("position")), _e(w.get("node")), _e(w.get("operation_id")),
-                       _e(w.get("action")), _e(w.get("priority")), _when(w.get("since")),
+                [("", [_text(w.get("position")), _text(w.get("node")),
+                       _text(w.get("operation_id")), _text(w.get("action")),
+                       _text(w.get("priority")), _when(w.get("since"), now),
                        self._age(w.get("age"))]) for w in shown]))
-        return "".join(parts)
+        return parts
 
-    def _op_row(self, op, finished=False):
-        cells = [_e(op["id"]), _e(op["node"]), _e(op["action"]), _e(op["state"]),
-                 _e(op.get("pserv")), _e(op.get("requester")), _when(op.get("requested_at")),
-                 _when(op.get("started_at"))]
+    def _op_row(self, op, now, finished=False):
+        cells = [_text(op["id"]), _text(op["node"]), _text(op["action"]), _text(op["state"]),
+                 _text(op.get("pserv")), _text(op.get("requester")),
+                 _when(op.get("requested_at"), now), _when(op.get("started_at"), now)]
         if finished:
-            cells += [_when(op.get("finished_at")), _state(op.get("observed_state")),
-                      _e(op.get("coalesced_into") or op.get("superseded_by")),
-                      _e(op.get("error"))]
+            cells += [_when(op.get("finished_at"), now), _state(op.get("observed_state")),
+                      _text(op.get("coalesced_into") or op.get("superseded_by")),
+                      _text(op.get("error"))]
         return ("failed" if op["state"] == "failed" else "", cells)
 
-    def _open_ops(self, ops, truncated):
-        note = (f'<p class="note">showing the newest {OPEN_OPS_SHOWN} of each state; '
-                "there are more</p>" if truncated else "")
-        return "<h2>Operations in flight</h2>" + note + _table(
+    def _open_ops(self, ops, truncated, now):
+        note = (tags.p(class_="note")(f"showing the newest {OPEN_OPS_SHOWN} of each state; "
+                                      "there are more") if truncated else "")
+        return [tags.h2("Operations in flight"), note, _table(
             ("id", "node", "action", "state", "pserv", "requester", "requested", "started"),
-            [self._op_row(op) for op in ops], "nothing in flight")
+            [self._op_row(op, now) for op in ops], "nothing in flight", css="ops-open")]
 
-    def _finished(self, ops):
-        return f"<h2>Last {RECENT_FINISHED} finished operations</h2>" + _table(
+    def _finished(self, ops, now):
+        return [tags.h2(f"Last {RECENT_FINISHED} finished operations"), _table(
             ("id", "node", "action", "state", "pserv", "requester", "requested", "started",
              "finished", "observed", "joined / superseded by", "error"),
-            [self._op_row(op, finished=True) for op in ops], "none yet")
+            [self._op_row(op, now, finished=True) for op in ops], "none yet",
+            css="ops-finished")]
 
-    def _nodes(self, args, nodes):
-        cluster = args.get("cluster")
-        problems = args.get("problems") in ("1", "yes", "true")
+    @staticmethod
+    def _limit(args):
+        """Rows per page: ``limit`` when it is a sane number, else the default."""
+        try:
+            limit = int(args.get("limit", NODES_PER_PAGE))
+        except ValueError:
+            return NODES_PER_PAGE
+        return min(max(limit, 1), NODES_PER_PAGE_MAX)
+
+    def _filter_form(self, args, clusters, cluster, problems, name):
+        """A plain GET form (no script): cluster, problems only, name contains."""
+        choices = [tags.option(value="")("all clusters")]
+        for c in sorted(c["name"] for c in clusters):
+            option = tags.option(value=c)(c)
+            if c == cluster:
+                option(selected="selected")
+            choices.append(option)
+        problems_box = tags.input(type="checkbox", name="problems", value="1",
+                                  id="filter-problems")
+        if problems:
+            problems_box(checked="checked")
+        hidden = []
+        if "limit" in args:
+            hidden.append(tags.input(type="hidden", name="limit", value=args["limit"]))
+        return tags.form(class_="filter", method="get", action="/", id="node-filter")(
+            tags.label("cluster ", tags.select(name="cluster", id="filter-cluster")(choices)),
+            tags.label(problems_box, " only problems"),
+            tags.label("name contains ", tags.input(type="search", name="name", value=name,
+                                                    id="filter-name")),
+            hidden, tags.button(type="submit")("filter"))
+
+    def _nodes(self, args, clusters, nodes, now):
+        cluster = args.get("cluster") or None
+        problems = args.get("problems") in ("1", "yes", "true", "on")
+        name = args.get("name", "")
         after = args.get("after", "")
+        limit = self._limit(args)
         shown = [n for n in nodes
                  if (cluster is None or n["cluster"] == cluster)
+                 and name in n["name"]
                  and (not problems or mismatched(n) or drifted(n) or not n["responsive"]
                       or n["last_error"])]
         total = len(shown)
+        before = [n for n in shown if n["name"] <= after]
         shown = [n for n in shown if n["name"] > after]
-        more = len(shown) > NODES_PER_PAGE
-        shown = shown[:NODES_PER_PAGE]
+        more = len(shown) > limit
+        shown = shown[:limit]
         rows = []
         for n in shown:
             css = " ".join(c for c, on in (("mismatch", mismatched(n)), ("drift", drifted(n)),
                                             ("nonresponsive", not n["responsive"])) if on)
             rows.append((css, [
-                _e(n["name"]), _e(n["cluster"]), _state(n["desired_state"]),
+                _text(n["name"]), _text(n["cluster"]), _state(n["desired_state"]),
                 _state(n["power_state"]),
-                "yes" if n["responsive"] else "<strong>no</strong>",
-                _e(n["last_error"]), _when(n.get("last_changed_at")),
-                _when(n.get("last_queried_at")),
-                f"<strong>drifted</strong>: {_state(n.get('drift_observed'))} since "
-                f"{_when(n['drift_since'])} ({_e(n.get('drift_polls'))} polls)"
+                "yes" if n["responsive"] else tags.strong("no"),
+                _text(n["last_error"]), _when(n.get("last_changed_at"), now),
+                _when(n.get("last_queried_at"), now),
+                [tags.strong("drifted"), ": ", _state(n.get("drift_observed")), " since ",
+                 _when(n["drift_since"], now), f" ({_text(n.get('drift_polls'))} polls)"]
                 if drifted(n) else ""]))
-        links = ['<a href="/">all nodes</a>', '<a href="/?problems=1">only problems</a>']
+        query = {k: v for k, v in args.items() if k in PAGE_ARGS and k != "after"}
+        links = []
+        if after:
+            links.append(tags.a(href="/?" + urlencode(query), id="page-first")("first page"))
         if more:
-            query = {k: v for k, v in args.items() if k != "after"}
-            query["after"] = shown[-1]["name"]
-            links.append('<a href="/?' + _e("&".join(
-                f"{quote(k)}={quote(v)}" for k, v in query.items())) + '">next page</a>')
-        title = "Nodes" + (f" of cluster {_e(cluster)}" if cluster else "") \
-            + (" needing attention" if problems else "")
-        return (f"<h2>{title}</h2><p class=\"note\">{total} nodes; mismatched "
-                "(desired &ne; current) and drifted (changed behind powerctl's back) rows "
-                "are highlighted &middot; "
-                + " &middot; ".join(links) + "</p>"
-                + _table(("node", "cluster", "desired", "current", "responsive", "last error",
-                          "last changed", "last queried", "drift"), rows, "no nodes"))
+            links.append(tags.a(href="/?" + urlencode({**query, "after": shown[-1]["name"]}),
+                                id="page-next")("next page"))
+        position = (f"{len(before) + 1}\N{EN DASH}{len(before) + len(shown)} of "
+                    if shown and (after or more) else "")
+        title = "Nodes" + (f" of cluster {cluster}" if cluster else "") \
+            + (" needing attention" if problems else "") \
+            + (f" named *{name}*" if name else "")
+        return [
+            tags.h2(title),
+            self._filter_form(args, clusters, cluster, problems, name),
+            _note(f"{position}{_plural(total, 'node')}",
+                  "mismatched (desired \N{NOT EQUAL TO} current) and drifted (changed "
+                  "behind powerctl's back) rows are highlighted", *links),
+            _table(("node", "cluster", "desired", "current", "responsive", "last error",
+                    "last changed", "last queried", "drift"), rows, "no nodes", css="nodes")]
 
 
 # -- Prometheus metrics ----------------------------------------------------

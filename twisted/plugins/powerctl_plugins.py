@@ -27,9 +27,9 @@ class RegionMaker:
         return RegionOptions
 
     def makeService(self, options):
-        from powerctl.region.service import RegionService
+        from powerctl.tap import make_region_service
 
-        return RegionService.from_config(options["settings"])
+        return make_region_service(options)
 
 
 @implementer(IPlugin, IServiceMaker)
@@ -46,9 +46,9 @@ class PservMaker:
         return PservOptions
 
     def makeService(self, options):
-        from powerctl.pserv.service import PservService
+        from powerctl.tap import make_pserv_service
 
-        return PservService.from_config(options["settings"])
+        return make_pserv_service(options)
 
 
 powerctl_region = RegionMaker()

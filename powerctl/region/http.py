@@ -1,0 +1,169 @@
+"""
+The region's HTTP server: twisted.web's, with limits a hostile or broken
+client cannot get around, answered in the API's JSON error shape.
+
+* **414** for a request line (method, URL, version) longer than
+  :data:`MAX_LINE` bytes, **431** for a header line that long; the
+  connection is closed after the answer (twisted.web alone drops it without
+  a word).
+* **413** for a body over ``max_body`` bytes (1 MiB, the API's limit), as
+  soon as the ``Content-Length`` header says so, or once a chunked body
+  grows past it: the body is never read to the end nor stored.
+* **408** for a client that does not finish sending its request (line,
+  headers and body) within ``request_timeout`` seconds (default
+  :data:`REQUEST_TIMEOUT`) of its first byte, however it trickles: one byte
+  every few seconds does not keep a connection. The connection is closed.
+* A connection idle between requests is closed after ``idle_timeout``
+  seconds (default :data:`IDLE_TIMEOUT`), without an answer.
+
+Each of these is logged with one line naming the peer.  None of it holds
+up other clients: the event loop never waits on a socket.
+"""
+
+import json
+
+from twisted.logger import Logger
+from twisted.web import http, server
+
+from powerctl.region.api import MAX_BODY, error_body
+
+#: Longest request line (and header line), bytes: twisted.web's own limit.
+MAX_LINE = 16384
+#: Seconds a client has to send a whole request, from its first byte.
+REQUEST_TIMEOUT = 30.0
+#: Seconds a connection may stay idle between requests.
+IDLE_TIMEOUT = 60.0
+
+_REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+            431: b"Request Header Fields Too Large"}
+
+
+def _error_response(status, code, message):
+    """A complete HTTP/1.1 error response that closes the connection, as bytes."""
+    body = json.dumps(error_body(code, message)).encode("utf-8") + b"\n"
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (status, _REASONS[status], len(body))) + body
+
+
+class LimitedRequest(server.Request):
+    """A request that stops taking a chunked body once it is over the site's limit."""
+
+    _body_bytes = 0
+    _form_type = None
+
+    def requestReceived(self, command, path, version):
+        """
+        Keep twisted.web from parsing form bodies: nothing here takes a form,
+        and its multipart parser answers a malformed one with a bare 400 and
+        a dropped connection.  The Content-Type is hidden while the request
+        line is parsed and put back before the resource sees the request,
+        which then answers 415 like for any other body that is not JSON.
+        """
+        ctype = self.requestHeaders.getRawHeaders(b"content-type") or [b""]
+        if ctype[0].split(b";")[0].strip().lower() in (
+                b"multipart/form-data", b"application/x-www-form-urlencoded"):
+            self._form_type = ctype
+            self.requestHeaders.setRawHeaders(b"content-type", [b"application/octet-stream"])
+        super().requestReceived(command, path, version)
+
+    def process(self):
+        if self._form_type is not None:
+            self.requestHeaders.setRawHeaders(b"content-type", self._form_type)
+        super().process()
+
+    def handleContentChunk(self, data):
+        self._body_bytes += len(data)
+        if self._body_bytes > self.channel.site.max_body:
+            self.channel.refuse(413, "too_large",
+                                f"the request body exceeds {self.channel.site.max_body} bytes")
+            return
+        super().handleContentChunk(data)
+
+
+class LimitedChannel(http.HTTPChannel):
+    """An HTTP/1.1 channel enforcing the limits in this module's docstring."""
+
+    MAX_LENGTH = MAX_LINE
+    log = Logger()
+    _deadline = None
+    _refused = False
+
+    def dataReceived(self, data):
+        if self._refused:
+            return
+        if data and self._deadline is None and not self._handlingRequest:
+            # the first byte of a request starts its clock
+            self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def lineReceived(self, line):
+        if not self._refused:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data):
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def lineLengthExceeded(self, line):
+        # No request is open while the request line is awaited; once it is
+        # parsed the request exists and the long line is a header.
+        if not self.requests:
+            self.refuse(414, "uri_too_long",
+                        f"the request line exceeds {self.MAX_LENGTH} bytes")
+        else:
+            self.refuse(431, "header_too_large",
+                        f"a header line exceeds {self.MAX_LENGTH} bytes")
+
+    def allHeadersReceived(self):
+        super().allHeadersReceived()
+        limit = self.site.max_body
+        if self.length is not None and self.length > limit:
+            self.refuse(413, "too_large", f"the request body exceeds {limit} bytes "
+                        f"(Content-Length: {self.length})")
+
+    def allContentReceived(self):
+        self._stop_clock()
+        super().allContentReceived()
+
+    def _too_slow(self):
+        self._deadline = None
+        self.refuse(408, "request_timeout", "the request was not complete within "
+                    f"{self.site.request_timeout:g} s")
+
+    def _stop_clock(self):
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def refuse(self, status, code, message):
+        """Answer ``status`` in the API's error shape, once, and close the connection."""
+        if self._refused:
+            return
+        self._refused = True
+        self._stop_clock()
+        self.log.info("HTTP {status} to {peer}: {message}; closing the connection",
+                      status=status, peer=str(self.transport.getPeer()), message=message)
+        self.transport.write(_error_response(status, code, message))
+        self.loseConnection()
+
+    def connectionLost(self, reason):
+        self._stop_clock()
+        super().connectionLost(reason)
+
+
+class Site(server.Site):
+    """
+    A :class:`twisted.web.server.Site` using :class:`LimitedChannel`.  The
+    limits are attributes, read for each connection and request, so they
+    can be changed on a running site.
+    """
+
+    protocol = LimitedChannel
+
+    def __init__(self, resource, max_body=MAX_BODY, request_timeout=REQUEST_TIMEOUT,
+                 idle_timeout=IDLE_TIMEOUT, **kwargs):
+        super().__init__(resource, requestFactory=LimitedRequest, timeout=idle_timeout,
+                         **kwargs)
+        self.max_body = max_body
+        self.request_timeout = request_timeout
