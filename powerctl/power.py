@@ -71,7 +71,17 @@ class OpState(str, enum.Enum):
         return self not in (OpState.PENDING, OpState.RUNNING)
 
 
-#: The states an operation can end in, as plain strings (JSON, SQL, argparse).
-TERMINAL_STATES = frozenset(s.value for s in OpState if s.terminal)
+#: Every state as a plain string, in the order above (JSON, SQL, argparse).
+OP_STATES = tuple(s.value for s in OpState)
+#: The states an operation can end in.  Tuples, not sets: they are listed in
+#: error messages, enums and pages, which must read the same every run.
+TERMINAL_STATES = tuple(s.value for s in OpState if s.terminal)
 #: The states of an operation still in play.
-OPEN_STATES = frozenset(s.value for s in OpState if not s.terminal)
+OPEN_STATES = tuple(s.value for s in OpState if not s.terminal)
+#: Every power state as a plain string.
+POWER_STATES = tuple(s.value for s in PowerState)
+#: Every action as a plain string.
+ACTIONS = tuple(a.value for a in Action)
+#: The states an action can leave a node in ("on", "off"): what a node can be
+#: desired to be, and what an operator can confirm.
+TARGET_STATES = tuple(dict.fromkeys(a.target.value for a in Action if a.target is not None))

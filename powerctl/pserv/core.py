@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.drivers.errors import PowerError
+from powerctl.power import OpState
 from powerctl.pserv.executor import InvalidConfig
 from powerctl.registry import Cancelled, Outcome, PowerAction, Superseded
 
@@ -34,7 +35,7 @@ class Report:
     """What ``ReportOutcome`` carries for one operation."""
 
     operation_id: int
-    outcome: str  # succeeded, failed, superseded, cancelled
+    outcome: str  # one of powerctl.power.TERMINAL_STATES
     observed_state: str = ""
     agent: str = ""
     error: str = ""
@@ -48,15 +49,15 @@ def report_for(action, result):
     """Translate an action's final result into a :class:`Report`."""
     op = int(action.operation_id)
     if isinstance(result, Outcome):
-        return Report(op, "succeeded", result.state.value, result.agent or "",
+        return Report(op, OpState.SUCCEEDED.value, result.state.value, result.agent or "",
                       coalesced_into=int(result.coalesced_into or 0))
     error = result.value if isinstance(result, Failure) else result
     if isinstance(error, Superseded):
-        return Report(op, "superseded", superseded_by=int(error.by))
+        return Report(op, OpState.SUPERSEDED.value, superseded_by=int(error.by))
     if isinstance(error, Cancelled):
-        return Report(op, "cancelled", error=error.reason)
+        return Report(op, OpState.CANCELLED.value, error=error.reason)
     kind = getattr(error, "kind", None) if isinstance(error, PowerError) else "internal"
-    return Report(op, "failed", error=f"{kind}: {error}",
+    return Report(op, OpState.FAILED.value, error=f"{kind}: {error}",
                   coalesced_into=int(action.coalesced_into or 0))
 
 
@@ -153,7 +154,7 @@ class Pserv:
         self._in_play.pop(op, None)
         unreported = op in self._unreported
         self._unreported.discard(op)
-        if report.outcome == "cancelled" and (self._stopping or unreported):
+        if report.outcome == OpState.CANCELLED and (self._stopping or unreported):
             for waiter in self._settled.pop(op, []):
                 waiter.callback(report)
             return None
@@ -191,7 +192,7 @@ class Pserv:
             if not self.registry.busy(node):  # a new dispatch may have come meanwhile
                 self.executor.forget(node)
             return [op for op in ops if op in self._finished
-                    and self._finished[op].outcome == "cancelled"]
+                    and self._finished[op].outcome == OpState.CANCELLED]
 
         return d.addCallback(forget)
 

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from powerctl import __version__
+from powerctl.power import TARGET_STATES
 from powerctl.pserv.core import NotConfirmable, NotOurs
 from powerctl.pserv.executor import InvalidConfig
 from powerctl.rpc import auth, commands, responders
@@ -316,7 +317,7 @@ class PservProtocol(amp.AMP):
     @commands.ConfirmOperation.responder
     def confirm_operation(self, operation_id, state):
         self.gate.check()
-        if state not in ("on", "off"):
+        if state not in TARGET_STATES:
             raise commands.BadArguments(f"state must be on or off, not {state!r}")
         try:
             return {"confirmed": self.pserv.confirm(operation_id, state)}

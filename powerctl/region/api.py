@@ -36,10 +36,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from powerctl.power import Action
+from powerctl.power import OP_STATES, TARGET_STATES, Action
 from powerctl.region import drift, openapi, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
-from powerctl.region.store import OP_STATES
 
 MAX_BODY = 1024 * 1024
 #: Deepest nesting of arrays and objects a request body may have.
@@ -474,7 +473,7 @@ class Api(resource.Resource):
     async def confirm_op(self, request, op_id):
         """An operator saw a manual action done: the node is now ``state``."""
         body = _json_body(request, ("state", "requester"), ("state",))
-        if body["state"] not in ("on", "off"):
+        if body["state"] not in TARGET_STATES:
             raise ApiError(400, "invalid_input", f"state: must be on or off, not "
                            f"{body['state']!r}")
         op = await self._operator().confirm_op(

@@ -14,6 +14,7 @@ import collections
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from powerctl.power import TARGET_STATES, TERMINAL_STATES, OpState
 from powerctl.rpc import commands
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.rpc import PservDirectory
@@ -129,7 +130,7 @@ class Region:
                 command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch)
         except commands.InvalidPowerConfig as e:
             await self.store.record_outcome(
-                op["id"], "failed", error=f"config: {e}", pserv=protocol.pserv)
+                op["id"], OpState.FAILED.value, error=f"config: {e}", pserv=protocol.pserv)
             return "failed"
         except commands.StaleEpoch as e:
             self.log.info("operation {op}: {why}; the next owner takes it", op=op["id"], why=e)
@@ -174,7 +175,7 @@ class Region:
             try:
                 if observed_state is not None:
                     await self.store.record_power_state(op["node"], observed_state)
-                elif outcome == "failed":
+                elif outcome == OpState.FAILED:
                     # The node's last error says why; a failed change is not
                     # a failed poll, so it does not count against
                     # responsiveness.
@@ -293,15 +294,15 @@ class Region:
                 node["cluster"], commands.CancelOperation,
                 operation_id=op["id"], reason=reason)
         known = {p: a for p, a in answers if isinstance(a, dict) and a["known"]}
-        ended = {a["outcome"] for a in known.values()} - {"cancelled"}
-        if ended and not any(a["outcome"] == "cancelled" for a in known.values()):
+        ended = {a["outcome"] for a in known.values()} - {OpState.CANCELLED.value}
+        if ended and not any(a["outcome"] == OpState.CANCELLED for a in known.values()):
             raise Conflict(f"power operation {op['id']} ended {ended.pop()} "
                            "before it could be cancelled")
         owner = await self.leases.owner(op["node"]) if self.leases is not None else None
         live_owner_elsewhere = (
             owner is not None and owner["owner_epoch"] is not None
             and self.directory.by_epoch(owner["owner_epoch"]) is None)
-        ran_elsewhere = op["state"] == "running" and op["pserv"] not in [p for p, _ in answers]
+        ran_elsewhere = op["state"] == OpState.RUNNING and op["pserv"] not in [p for p, _ in answers]
         if not known and (live_owner_elsewhere or ran_elsewhere):
             if not force:
                 await self.store.mark_operator(op["id"], "cancelled_by", None, ended_ok=True)
@@ -311,7 +312,7 @@ class Region:
                     "Retry, or cancel with force")
             reason += " (forced: the device was not reached; its state is unknown)"
         recorded = await self.store.record_outcome(
-            op["id"], "cancelled", error=reason, cancelled_by=by)
+            op["id"], OpState.CANCELLED.value, error=reason, cancelled_by=by)
         return recorded.op
 
     async def confirm_op(self, op_id, state, by):
@@ -320,10 +321,10 @@ class Region:
         The pserv running it completes it; its outcome is journalled as
         usual.  Conflict when it cannot apply (the reason says why).
         """
-        if state not in ("on", "off"):
+        if state not in TARGET_STATES:
             raise InvalidInput(f"state: must be on or off, not {state!r}")
         op = await self.store.get_op(op_id)
-        if op["state"] in ("succeeded", "failed", "superseded", "cancelled"):
+        if op["state"] in TERMINAL_STATES:
             raise Conflict(f"power operation {op['id']} already ended {op['state']}")
         node = await self.store.get_node(op["node"])
         drivers = {a.get("driver") for a in node["power"].get("agents", [])}
@@ -398,7 +399,7 @@ class Region:
                 op = await self.store.get_op(int(payload))
             except (NotFound, ValueError):
                 return
-            if op["state"] == "pending":
+            if op["state"] == OpState.PENDING:
                 await self.dispatch(op)
 
     def drop_silent_pservs(self):

@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from powerctl.power import POWER_STATES, TERMINAL_STATES, OpState, PowerState
 from powerctl.region.errors import InvalidInput, NotFound, StaleEpoch
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands, responders
@@ -166,7 +167,7 @@ class RegionProtocol(amp.AMP):
                                               epoch=self.epoch)
             for op in ops:
                 if op["power"] is None:  # its configuration no longer resolves
-                    await self.region.outcome(op["id"], "failed", None, None,
+                    await self.region.outcome(op["id"], OpState.FAILED.value, None, None,
                                               f"config: {op.get('power_error')}",
                                               None, None, self.pserv, epoch=self.epoch)
             ops_page = _trim([_op_json(o) for o in ops if o["power"] is not None])
@@ -193,9 +194,9 @@ class RegionProtocol(amp.AMP):
     async def report_outcome(self, operation_id, outcome, observed_state, agent, error,
                              coalesced_into, superseded_by, epoch):
         self._leased(epoch)
-        if outcome not in ("succeeded", "failed", "superseded", "cancelled"):
+        if outcome not in TERMINAL_STATES:
             raise commands.BadArguments(f"unknown outcome {outcome!r}")
-        if observed_state not in ("", "on", "off"):
+        if observed_state not in ("", PowerState.ON, PowerState.OFF):
             raise commands.BadArguments(f"unknown observed state {observed_state!r}")
         try:
             recorded = await self.region.outcome(
@@ -213,7 +214,7 @@ class RegionProtocol(amp.AMP):
         self._leased(epoch)
         if not isinstance(states, list) or not all(
             isinstance(s, dict) and isinstance(s.get("node"), str)
-            and s.get("state") in ("on", "off", "unknown", "error") for s in states
+            and s.get("state") in POWER_STATES for s in states
         ):
             raise commands.BadArguments("states must be [{node, state, error}]")
         # Only the owner's polls count: a former owner's (or a forger's)

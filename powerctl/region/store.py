@@ -30,14 +30,14 @@ import psycopg2.errors
 from psycopg2.extras import Json
 from twisted.internet import defer
 
-from powerctl.power import Action, PowerState
+from powerctl.power import (OP_STATES, OPEN_STATES, POWER_STATES, TERMINAL_STATES, Action,
+                            OpState, PowerState)
 from powerctl.region import drift, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, StaleEpoch
 
-OP_STATES = ("pending", "running", "succeeded", "failed", "superseded", "cancelled")
-OPEN_STATES = ("pending", "running")
-TERMINAL_STATES = ("succeeded", "failed", "superseded", "cancelled")
-POWER_STATES = tuple(s.value for s in PowerState)
+#: ``state IN (...)`` of the open states, as SQL literals: a literal list (not a
+#: parameter) lets PostgreSQL match it against partial indexes.
+_OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")"
 POD_MANAGER_STATUSES = ("online", "offline")
 MAX_PAGE = 1000  # for pages users ask for (the journal)
 MAX_INTERNAL_PAGE = 100_000  # for the region's own recovery/re-dispatch reads
@@ -367,7 +367,7 @@ class Store:
         journal the ones it says the pservs cancelled.
         """
         await tx.rows("SELECT id FROM power_ops WHERE node = %s"
-                      " AND state IN ('pending', 'running') FOR UPDATE", (node["name"],))
+                      f" AND state IN {_OPEN_SQL} FOR UPDATE", (node["name"],))
         cancelled = await quiesce(_plain(node))
         if cancelled:
             await self._cancel_open(tx, node["name"], reason, by, only=sorted(cancelled))
@@ -375,9 +375,9 @@ class Store:
     async def _cancel_open(self, tx, node, reason, by, only=None):
         """Journal the node's open operations (or those of ``only``) cancelled."""
         rows = await tx.rows(
-            "UPDATE power_ops SET state = 'cancelled', finished_at = now(),"
+            f"UPDATE power_ops SET state = '{OpState.CANCELLED.value}', finished_at = now(),"
             " error = %(reason)s, cancelled_by = %(by)s"
-            " WHERE node = %(node)s AND state IN ('pending', 'running')"
+            f" WHERE node = %(node)s AND state IN {_OPEN_SQL}"
             " AND (%(only)s::bigint[] IS NULL OR id = ANY(%(only)s::bigint[])) RETURNING id",
             {"reason": f"{reason} by {by}" if by else reason, "by": by or None,
              "node": node, "only": only})
@@ -387,7 +387,7 @@ class Store:
     async def node_open_ops(self, tx, name):
         """The node's pending and running operations, oldest first."""
         rows = await tx.rows(
-            f"SELECT {_OP} FROM power_ops WHERE node = %s AND state IN ('pending', 'running')"
+            f"SELECT {_OP} FROM power_ops WHERE node = %s AND state IN {_OPEN_SQL}"
             " ORDER BY id", (name,))
         return [_plain(r) for r in rows]
 
@@ -464,7 +464,7 @@ class Store:
         rows = await tx.rows(
             f"SELECT {', '.join('o.' + c.strip() for c in _OP.split(','))},"
             " n.power AS node_power FROM power_ops o JOIN nodes n ON n.name = o.node"
-            " WHERE n.cluster = %s AND o.state IN ('pending', 'running') AND o.id > %s"
+            f" WHERE n.cluster = %s AND o.state IN {_OPEN_SQL} AND o.id > %s"
             " AND (%s::bigint IS NULL OR (n.owner_epoch = %s AND n.handoff_epoch IS NULL))"
             " ORDER BY o.id LIMIT %s",
             (cluster, int(after_id or 0), epoch, epoch,
@@ -503,10 +503,10 @@ class Store:
         """
         _text("pserv", pserv, 255)
         op = await self._op(tx, op_id, lock=True)
-        if op["state"] in TERMINAL_STATES or (op["state"] == "running" and op["pserv"] == pserv):
+        if op["state"] in TERMINAL_STATES or (op["state"] == OpState.RUNNING and op["pserv"] == pserv):
             return Recorded(_plain(op), False)
         op = await tx.row(
-            f"UPDATE power_ops SET state = 'running', pserv = %s, epoch = %s,"
+            f"UPDATE power_ops SET state = '{OpState.RUNNING.value}', pserv = %s, epoch = %s,"
             f" started_at = COALESCE(%s, now()) WHERE id = %s RETURNING {_OP}",
             (pserv, epoch, _timestamp(started_at), op["id"]))
         return Recorded(_plain(op), True)
@@ -519,9 +519,9 @@ class Store:
         """
         _text("pserv", pserv, 255)
         await tx.rows(
-            "UPDATE power_ops SET state = 'running', pserv = %s, epoch = %s,"
+            f"UPDATE power_ops SET state = '{OpState.RUNNING.value}', pserv = %s, epoch = %s,"
             " started_at = COALESCE(started_at, now())"
-            " WHERE id = ANY(%s) AND state IN ('pending', 'running')"
+            f" WHERE id = ANY(%s) AND state IN {_OPEN_SQL}"
             " AND (pserv IS DISTINCT FROM %s OR epoch IS DISTINCT FROM %s)",
             (pserv, epoch, list(op_ids), pserv, epoch))
 
@@ -644,7 +644,7 @@ class Store:
             " now() - COALESCE(last_good_poll_at, created_at) AS since_good,"
             " (SELECT drift_policy FROM clusters c WHERE c.name = nodes.cluster) AS policy,"
             " EXISTS (SELECT 1 FROM power_ops o WHERE o.node = nodes.name"
-            "   AND o.state IN ('pending', 'running')) AS open_op"
+            f"   AND o.state IN {_OPEN_SQL}) AS open_op"
             " FROM nodes WHERE name = %s FOR UPDATE", (node,))
         if row is None:
             raise NotFound(f"node {node!r} does not exist")
@@ -774,7 +774,7 @@ class Store:
             " (SELECT count(*) FROM nodes n WHERE n.cluster = c.name"
             "   AND n.drift_since IS NOT NULL) AS drifted_nodes,"
             " (SELECT count(*) FROM power_ops o JOIN nodes n ON n.name = o.node"
-            "   WHERE n.cluster = c.name AND o.state = 'running') AS running_ops"
+            f"   WHERE n.cluster = c.name AND o.state = '{OpState.RUNNING.value}') AS running_ops"
             " FROM clusters c ORDER BY c.name")
         pservs = await tx.rows(
             f"SELECT {_PSERV}, {self._live()} AS live FROM pservs ORDER BY name",

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from powerctl.region.api import _loggable
-from powerctl.region.store import OP_STATES, POWER_STATES, TERMINAL_STATES
+from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, OpState
 
 REFRESH_SECONDS = 5
 RECENT_FINISHED = 20
@@ -241,7 +241,7 @@ class StatusPage(_AsyncResource):
         nodes = await self.store.list_nodes()
         open_ops = []
         truncated_open = False
-        for state in ("running", "pending"):
+        for state in (OpState.RUNNING.value, OpState.PENDING.value):
             ops = await self.store.list_ops(state=state, limit=OPEN_OPS_SHOWN)
             truncated_open |= len(ops) >= OPEN_OPS_SHOWN
             open_ops.extend(ops)
@@ -399,7 +399,7 @@ class StatusPage(_AsyncResource):
             cells += [_when(op.get("finished_at")), _state(op.get("observed_state")),
                       _e(op.get("coalesced_into") or op.get("superseded_by")),
                       _e(op.get("error"))]
-        return ("failed" if op["state"] == "failed" else "", cells)
+        return ("failed" if op["state"] == OpState.FAILED else "", cells)
 
     def _open_ops(self, ops, truncated):
         note = (f'<p class="note">showing the newest {OPEN_OPS_SHOWN} of each state; '
