@@ -7,7 +7,8 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from powerctl.drivers.catalogue import DriverCatalogue
-from powerctl.pserv.executor import DriverExecutor, InvalidConfig, Stagger
+from powerctl.powerdoc import InvalidPowerDocument
+from powerctl.pserv.executor import DriverExecutor, Stagger
 from powerctl.registry import PowerAction
 from tests.test_multiagent import FakeDriver
 
@@ -47,7 +48,7 @@ class ExecutorTests(unittest.TestCase):
             ({"agents": [{"driver": "fake", "params": {"x": 1}}]}, "parameter 'x'"),
             ({"mode": "single", "agents": [{"driver": "fake"}, {"driver": "fake"}]}, "exactly one"),
         ]:
-            with self.assertRaises(InvalidConfig) as caught:
+            with self.assertRaises(InvalidPowerDocument) as caught:
                 executor.configure("n", power)
             self.assertIn(message, str(caught.exception))
         self.assertEqual(executor.known_nodes(), [])

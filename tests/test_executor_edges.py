@@ -10,7 +10,8 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from powerctl.drivers.catalogue import DriverCatalogue
-from powerctl.pserv.executor import DriverExecutor, InvalidConfig, Stagger, build_node_power
+from powerctl.powerdoc import InvalidPowerDocument
+from powerctl.pserv.executor import DriverExecutor, Stagger, build_node_power
 from powerctl.registry import IActionExecutor, PowerAction
 from tests.test_executor import FakeType, single
 
@@ -80,7 +81,7 @@ class ConfigurationTests(unittest.TestCase):
         for agent in ({"params": {}}, "fake"):
             with self.assertRaises(Exception) as caught:
                 executor.configure("n", {"agents": [agent]})
-            self.assertIsInstance(caught.exception, InvalidConfig)
+            self.assertIsInstance(caught.exception, InvalidPowerDocument)
             self.assertIn("agent 0: needs a 'driver'", str(caught.exception))
 
     def test_the_same_configuration_again_keeps_the_drivers(self):
@@ -102,8 +103,8 @@ class ConfigurationTests(unittest.TestCase):
     def test_an_unconfigured_node_is_an_invalid_configuration(self):
         executor = DriverExecutor(DriverCatalogue([FakeType()]))
         action = PowerAction(node="stranger", action="on", operation_id="1")
-        self.assertRaises(InvalidConfig, executor.execute, action)
-        self.assertRaises(InvalidConfig, executor.quiesced, action)
+        self.assertRaises(InvalidPowerDocument, executor.execute, action)
+        self.assertRaises(InvalidPowerDocument, executor.quiesced, action)
 
 
 class QueryableTests(unittest.TestCase):

@@ -12,7 +12,7 @@ from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.drivers.schema import Param, Schema
 from powerctl.region import powerconfig
 from powerctl.region.errors import InvalidInput
-from powerctl.region.powerconfig import InvalidPowerConfig
+from powerctl.region.errors import PowerDocumentRefused
 
 
 @attrs.frozen
@@ -65,7 +65,7 @@ class ValidateTests(unittest.TestCase):
 
     def refuse(self, power, *fragments, pods=None):
         """Assert ``power`` is refused with a message holding every fragment."""
-        e = self.assertRaises(InvalidPowerConfig, powerconfig.validate_power,
+        e = self.assertRaises(PowerDocumentRefused, powerconfig.validate_power,
                               power, self.catalogue, pods)
         for fragment in fragments:
             self.assertIn(fragment, str(e))
@@ -195,7 +195,7 @@ class RedactTests(unittest.TestCase):
         restored = powerconfig.restore_secrets(shown, stored, self.catalogue)
         self.assertEqual(restored["agents"][0]["params"]["password"], "pw")
         self.assertEqual(restored["agents"][0]["params"]["host"], "10.0.0.99")
-        e = self.assertRaises(InvalidPowerConfig, powerconfig.restore_secrets,
+        e = self.assertRaises(PowerDocumentRefused, powerconfig.restore_secrets,
                               shown, None, self.catalogue)
         self.assertIn("'password' is '(set)' but no value is stored", str(e))
 

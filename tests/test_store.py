@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from txpostgres import txpostgres
 
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
-from powerctl.region.powerconfig import InvalidPowerConfig
+from powerctl.region.errors import PowerDocumentRefused
 from powerctl.region.store import Recorded, Store
 from tests.pg import DatabaseMixin
 from tests.test_powerconfig import fake_catalogue
@@ -85,7 +85,7 @@ class NodeTests(StoreTestCase):
         await self.store.create_node("n1", "c1", ipmi())
         with self.assertRaises(Conflict):
             await self.store.create_node("n1", "c9", ipmi())
-        with self.assertRaises(InvalidPowerConfig) as e:
+        with self.assertRaises(PowerDocumentRefused) as e:
             await self.store.create_node("n2", "c8", {"agents": [{"driver": "ipmi"}]})
         self.assertIn("power.agents[0]: ipmi parameter 'host': is required", str(e.exception))
         with self.assertRaises(InvalidInput):
@@ -96,7 +96,7 @@ class NodeTests(StoreTestCase):
         self.assertEqual(await self.sql("SELECT count(*) FROM nodes"), [(1,)])
         with self.assertRaises(InvalidInput):
             await self.store.update_node("n1", power_state="on")
-        with self.assertRaises(InvalidPowerConfig):
+        with self.assertRaises(PowerDocumentRefused):
             await self.store.update_node("n1", cluster="c6", power={"mode": "x", "agents": []})
         self.assertEqual(await self.sql("SELECT cluster FROM nodes"), [("c1",)])
         for call in (self.store.get_node, self.store.delete_node):
@@ -111,7 +111,7 @@ class NodeTests(StoreTestCase):
         node = await self.store.update_node("n1", power=shown)
         self.assertEqual(node["power"]["agents"][0]["params"],
                          {"host": "10.1.1.1", "password": "hunter2"})
-        with self.assertRaises(InvalidPowerConfig):
+        with self.assertRaises(PowerDocumentRefused):
             await self.store.create_node("n2", "c1", shown)
 
 
@@ -464,7 +464,7 @@ class PodManagerTests(StoreTestCase):
         self.assertEqual(await self.sql("SELECT count(*) FROM pod_managers"), [(1,)])
 
     async def test_a_node_naming_a_missing_pod_manager_is_refused(self):
-        with self.assertRaises(InvalidPowerConfig) as e:
+        with self.assertRaises(PowerDocumentRefused) as e:
             await self.store.create_node(
                 "n1", "c1", pod_agent("7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10"))
         self.assertIn("does not exist", str(e.exception))

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from powerctl.drivers.errors import PowerError
 from powerctl.power import OpState
-from powerctl.pserv.executor import InvalidConfig
+from powerctl.powerdoc import InvalidPowerDocument
 from powerctl.registry import Cancelled, Outcome, PowerAction, Superseded
 
 
@@ -43,6 +43,9 @@ class Report:
     superseded_by: int = 0
     #: the lease the operation ran under (the region refuses other epochs)
     epoch: int = 0
+    #: what kind of failure ``error`` is (a driver error's ``kind``, or
+    #: ``internal``), sent in a field of its own; empty unless failed
+    error_kind: str = ""
 
 
 def report_for(action, result):
@@ -57,7 +60,7 @@ def report_for(action, result):
     if isinstance(error, Cancelled):
         return Report(op, OpState.CANCELLED.value, error=error.reason)
     kind = getattr(error, "kind", None) if isinstance(error, PowerError) else "internal"
-    return Report(op, OpState.FAILED.value, error=f"{kind}: {error}",
+    return Report(op, OpState.FAILED.value, error=str(error), error_kind=kind or "",
                   coalesced_into=int(action.coalesced_into or 0))
 
 
@@ -109,7 +112,7 @@ class Pserv:
     def dispatch(self, operation_id, node, action, power, epoch=None):
         """
         Accept one operation; returns ``(disposition, coalesced_into)`` at
-        once.  Raises :class:`InvalidConfig` (nothing started) for a bad
+        once.  Raises :class:`InvalidPowerDocument` (nothing started) for a bad
         power configuration, :class:`NotOurs` when ``epoch`` (default: ours)
         is not the epoch of the lease we hold.
         """
@@ -249,6 +252,6 @@ class Pserv:
         try:
             self.executor.configure(node, power)
             return True
-        except InvalidConfig as e:
+        except InvalidPowerDocument as e:
             self.log.warn("node {node}: unusable power configuration: {why}", node=node, why=e)
             return False

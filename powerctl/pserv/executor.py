@@ -12,37 +12,34 @@ import json
 from twisted.internet import defer, task
 from zope.interface import implementer
 
-from powerctl.drivers.errors import ConfigurationError
+from powerctl.drivers.errors import DriverSettingsError
 from powerctl.drivers.multiagent import Agent, Mode, NodePower
 from powerctl.power import Action
+from powerctl.powerdoc import InvalidPowerDocument
 from powerctl.pserv.slots import priority_of
 from powerctl.registry import IActionExecutor
 
 
-class InvalidConfig(ValueError):
-    """The power configuration cannot be used; says why."""
-
-
 def build_node_power(catalogue, power):
-    """A :class:`NodePower` from a power document; :class:`InvalidConfig` if bad."""
+    """A :class:`NodePower` from a power document; :class:`InvalidPowerDocument` if bad."""
     if not isinstance(power, dict):
-        raise InvalidConfig("power configuration must be an object")
+        raise InvalidPowerDocument("power configuration must be an object")
     agents_doc = power.get("agents")
     if not isinstance(agents_doc, list) or not agents_doc:
-        raise InvalidConfig("power configuration needs a non-empty 'agents' list")
+        raise InvalidPowerDocument("power configuration needs a non-empty 'agents' list")
     agents = []
     for index, agent in enumerate(agents_doc):
         if not isinstance(agent, dict) or "driver" not in agent:
-            raise InvalidConfig(f"agent {index}: needs a 'driver'")
+            raise InvalidPowerDocument(f"agent {index}: needs a 'driver'")
         try:
             driver = catalogue.build(agent["driver"], agent.get("params", {}))
-        except ConfigurationError as e:
-            raise InvalidConfig(f"agent {index}: {e}") from None
+        except DriverSettingsError as e:
+            raise InvalidPowerDocument(f"agent {index}: {e}") from None
         agents.append(Agent(agent.get("label") or f"{index}:{agent['driver']}", driver))
     try:
         return NodePower(power.get("mode", Mode.SINGLE), agents)
     except ValueError as e:
-        raise InvalidConfig(str(e)) from None
+        raise InvalidPowerDocument(str(e)) from None
 
 
 class Stagger:
@@ -82,7 +79,7 @@ class DriverExecutor:
         self._nodes = {}  # node -> (canonical config JSON, NodePower, config)
 
     def configure(self, node, power):
-        """Remember ``node``'s power configuration; InvalidConfig if bad."""
+        """Remember ``node``'s power configuration; InvalidPowerDocument if bad."""
         key = json.dumps(power, sort_keys=True)
         known = self._nodes.get(node)
         if known is None or known[0] != key:
@@ -121,7 +118,7 @@ class DriverExecutor:
         try:
             return self._nodes[action.node][1]
         except KeyError:
-            raise InvalidConfig(f"no power configuration for node {action.node}") from None
+            raise InvalidPowerDocument(f"no power configuration for node {action.node}") from None
 
     def execute(self, action):
         power = self._power(action)

@@ -17,7 +17,7 @@ from twisted.protocols import amp
 from powerctl import __version__
 from powerctl.power import TARGET_STATES
 from powerctl.pserv.core import NotConfirmable, NotOurs
-from powerctl.pserv.executor import InvalidConfig
+from powerctl.powerdoc import InvalidPowerDocument
 from powerctl.rpc import auth, commands, responders
 
 
@@ -64,7 +64,8 @@ class RegionLink:
                 commands.ReportOutcome,
                 operation_id=report.operation_id, outcome=report.outcome,
                 observed_state=report.observed_state, agent=report.agent,
-                error=report.error[:4000], coalesced_into=report.coalesced_into,
+                error=report.error[:4000], error_kind=report.error_kind or None,
+                coalesced_into=report.coalesced_into,
                 superseded_by=report.superseded_by, epoch=report.epoch,
             )
             d.addErrback(self._undelivered, report)
@@ -196,7 +197,7 @@ class PservProtocol(amp.AMP):
                     if self.pserv.dispatch(op["id"], op["node"], op["action"],
                                            op["power"])[0] != "known":
                         started += 1
-                except (InvalidConfig, NotOurs) as e:
+                except (InvalidPowerDocument, NotOurs) as e:
                     self.log.warn("recovered operation {op} unusable: {why}", op=op["id"], why=e)
             after_op, after_node = page["after_op"], page["after_node"]
             if page["done"]:
@@ -261,8 +262,8 @@ class PservProtocol(amp.AMP):
         self.gate.check()
         try:
             disposition, into = self.pserv.dispatch(operation_id, node, action, power, epoch)
-        except InvalidConfig as e:
-            raise commands.InvalidPowerConfig(str(e))
+        except InvalidPowerDocument as e:
+            raise commands.UnusablePowerConfig(str(e))
         except NotOurs as e:
             raise commands.StaleEpoch(str(e))
         return {"disposition": disposition, "coalesced_into": into}

@@ -111,9 +111,9 @@ class Poller:
         for result in results:
             for node, value in result.items():
                 if isinstance(value, Failure):
-                    kind = getattr(value.value, "kind", "error")
                     states.append({"node": node, "state": "error",
-                                   "error": f"{kind}: {value.getErrorMessage()}"[:2000]})
+                                   "error": value.getErrorMessage()[:2000],
+                                   "error_kind": getattr(value.value, "kind", "error")})
                 else:
                     state = value.value if value is not None else "unknown"
                     states.append({"node": node, "state": state, "error": ""})

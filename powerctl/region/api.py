@@ -57,8 +57,12 @@ POD_MANAGER_FIELDS = ("uuid", "name", "driver", "username", "password_set", "url
 _STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, Unavailable: 503}
 
 
-class ApiError(Exception):
-    """An HTTP error answered as ``{"error": {"code", "message"}}``."""
+class HttpError(Exception):
+    """
+    The REST API refusing a request: answered with ``status`` and
+    ``{"error": {"code", "message"}}``.  (The CLI's ``ApiError`` is the client
+    receiving such an answer.)
+    """
 
     def __init__(self, status, code, message, headers=()):
         super().__init__(message)
@@ -99,10 +103,10 @@ def _segments(request):
     try:
         parts = [unquote(p.decode("utf-8"), errors="strict") for p in request.postpath]
     except UnicodeDecodeError:
-        raise ApiError(400, "invalid_input", "the path is not valid UTF-8") from None
+        raise HttpError(400, "invalid_input", "the path is not valid UTF-8") from None
     for position, part in enumerate(parts):
         if _BAD_TEXT.search(part):
-            raise ApiError(400, "invalid_input", f"path segment {position + 1} ({part[:60]!r}): "
+            raise HttpError(400, "invalid_input", f"path segment {position + 1} ({part[:60]!r}): "
                            "must not contain a NUL character or an unpaired surrogate")
     if parts and parts[-1] == "":
         parts.pop()
@@ -126,7 +130,7 @@ def _match(pattern, parts):
 
 
 def _too_deep():
-    return ApiError(400, "too_deep", f"the request body nests deeper than {MAX_DEPTH} levels")
+    return HttpError(400, "too_deep", f"the request body nests deeper than {MAX_DEPTH} levels")
 
 
 def _check_document(document):
@@ -140,7 +144,7 @@ def _check_document(document):
         value, where, depth = stack.pop()
         if isinstance(value, str):
             if _BAD_TEXT.search(value):
-                raise ApiError(400, "invalid_input", f"{where or 'the body'}: must not "
+                raise HttpError(400, "invalid_input", f"{where or 'the body'}: must not "
                                "contain a NUL character or an unpaired surrogate")
             continue
         if not isinstance(value, (dict, list)):
@@ -151,7 +155,7 @@ def _check_document(document):
             for key, item in value.items():
                 name = f"{where}.{key}" if where else key
                 if _BAD_TEXT.search(key):
-                    raise ApiError(400, "invalid_input", f"{name!r}: a field name must not "
+                    raise HttpError(400, "invalid_input", f"{name!r}: a field name must not "
                                    "contain a NUL character or an unpaired surrogate")
                 stack.append((item, name, depth + 1))
         else:
@@ -168,32 +172,32 @@ def _json_body(request, allowed, required=()):
     """
     ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(415, "unsupported_media_type",
+        raise HttpError(415, "unsupported_media_type",
                        "the request body must be JSON (Content-Type: application/json)")
     raw = request.content.read(MAX_BODY + 1) if request.content else b""
     if len(raw) > MAX_BODY:
-        raise ApiError(413, "too_large", f"the request body exceeds {MAX_BODY} bytes")
+        raise HttpError(413, "too_large", f"the request body exceeds {MAX_BODY} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ApiError(400, "malformed_json",
+        raise HttpError(400, "malformed_json",
                        f"the request body is not valid UTF-8: {e}") from None
     try:
         body = json.loads(text)
     except RecursionError:
         raise _too_deep() from None
     except ValueError as e:
-        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {e}") from None
+        raise HttpError(400, "malformed_json", f"the request body is not valid JSON: {e}") from None
     _check_document(body)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_input", "the request body must be a JSON object")
+        raise HttpError(400, "invalid_input", "the request body must be a JSON object")
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise ApiError(400, "unknown_field", f"unknown or read-only field {unknown[0]!r}; "
+        raise HttpError(400, "unknown_field", f"unknown or read-only field {unknown[0]!r}; "
                        f"accepted: {', '.join(allowed)}")
     missing = [f for f in required if f not in body]
     if missing:
-        raise ApiError(400, "missing_field", f"field {missing[0]!r} is required")
+        raise HttpError(400, "missing_field", f"field {missing[0]!r} is required")
     return body
 
 
@@ -203,17 +207,17 @@ def _query(request, allowed):
     for key, values in request.args.items():
         name = key.decode("utf-8", "replace")
         if name not in allowed:
-            raise ApiError(400, "unknown_parameter", f"unknown query parameter {name!r}; "
+            raise HttpError(400, "unknown_parameter", f"unknown query parameter {name!r}; "
                            f"accepted: {', '.join(allowed) or 'none'}")
         if len(values) != 1:
-            raise ApiError(400, "invalid_input", f"query parameter {name!r} given twice")
+            raise HttpError(400, "invalid_input", f"query parameter {name!r} given twice")
         try:
             value = values[0].decode("utf-8")
         except UnicodeDecodeError:
-            raise ApiError(400, "invalid_input",
+            raise HttpError(400, "invalid_input",
                            f"query parameter {name!r}: not valid UTF-8") from None
         if _BAD_TEXT.search(value):
-            raise ApiError(400, "invalid_input", f"query parameter {name!r}: must not "
+            raise HttpError(400, "invalid_input", f"query parameter {name!r}: must not "
                            "contain a NUL character")
         args[name] = value
     return args
@@ -226,7 +230,7 @@ def _int_arg(args, name):
     try:
         return int(args[name])
     except ValueError:
-        raise ApiError(400, "invalid_input", f"{name}: must be an integer") from None
+        raise HttpError(400, "invalid_input", f"{name}: must be an integer") from None
 
 
 def _requester(request, given):
@@ -234,7 +238,7 @@ def _requester(request, given):
     if given is None or given == "":
         return f"api:{request.getClientAddress().host}"
     if not isinstance(given, str) or len(given) > 255:
-        raise ApiError(400, "invalid_input", "requester: must be a string of at most 255 "
+        raise HttpError(400, "invalid_input", "requester: must be a string of at most 255 "
                        "characters")
     return given
 
@@ -317,7 +321,7 @@ class Api(resource.Resource):
         return server.NOT_DONE_YET
 
     def _resolve(self, request):
-        """(handler, path parameters) for the request, or a 404/405 ApiError."""
+        """(handler, path parameters) for the request, or a 404/405 HttpError."""
         parts = _segments(request)
         method = request.method.decode("ascii", "replace")
         method = "GET" if method == "HEAD" else method
@@ -327,11 +331,11 @@ class Api(resource.Resource):
                 continue
             if method not in methods:
                 allow = ", ".join(sorted(methods))
-                raise ApiError(405, "method_not_allowed",
+                raise HttpError(405, "method_not_allowed",
                                f"{method} is not allowed here; allowed: {allow}",
                                headers=[("Allow", allow)])
             return methods[method], params
-        raise ApiError(404, "not_found", f"no such resource: /v1/{'/'.join(parts)}")
+        raise HttpError(404, "not_found", f"no such resource: /v1/{'/'.join(parts)}")
 
     async def _answer(self, request):
         """``(status, body, headers)`` for the request, whatever happens."""
@@ -339,7 +343,7 @@ class Api(resource.Resource):
             handler, params = self._resolve(request)
             status, body = await handler(request, **params)
             return status, body, ()
-        except ApiError as e:
+        except HttpError as e:
             return e.status, error_body(e.code, e.message), e.headers
         except (NotFound, Conflict, InvalidInput, Unavailable) as e:
             status = next(s for cls, s in _STATUS.items() if isinstance(e, cls))
@@ -398,7 +402,7 @@ class Api(resource.Resource):
     async def update_node(self, request, name):
         body = _json_body(request, ("name", "cluster", "power", "requester"))
         if body.pop("name", name) != name:
-            raise ApiError(400, "invalid_input", "name: nodes cannot be renamed")
+            raise HttpError(400, "invalid_input", "name: nodes cannot be renamed")
         by = _requester(request, body.pop("requester", None))
         if self.region is None:
             row = await self.store.update_node(name, **body)
@@ -421,7 +425,7 @@ class Api(resource.Resource):
         try:
             action = Action.parse(body["action"])
         except ValueError as e:
-            raise ApiError(400, "invalid_action", str(e)) from None
+            raise HttpError(400, "invalid_action", str(e)) from None
         requester = _requester(request, body.get("requester"))
         op = await self.store.request_power(name, action.value, requester=requester)
         self._dispatch(op)
@@ -441,7 +445,7 @@ class Api(resource.Resource):
     async def list_ops(self, request):
         args = _query(request, ("node", "state", "limit", "before"))
         if "state" in args and args["state"] not in OP_STATES:
-            raise ApiError(400, "invalid_input",
+            raise HttpError(400, "invalid_input",
                            f"state: {args['state']!r} is not one of {', '.join(OP_STATES)}")
         try:
             rows = await self.store.list_ops(
@@ -449,7 +453,7 @@ class Api(resource.Resource):
                 limit=_int_arg(args, "limit"),
                 before_id=_int_arg(args, "before"))
         except NotFound:
-            raise ApiError(400, "invalid_input", "before: must be an operation id") from None
+            raise HttpError(400, "invalid_input", "before: must be an operation id") from None
         return 200, [_pick(r, OP_FIELDS) for r in rows]
 
     async def get_op(self, request, op_id):
@@ -457,7 +461,7 @@ class Api(resource.Resource):
 
     def _operator(self):
         if self.region is None:
-            raise ApiError(503, "unavailable", "this API has no region to reach pservs through")
+            raise HttpError(503, "unavailable", "this API has no region to reach pservs through")
         return self.region
 
     async def cancel_op(self, request, op_id):
@@ -465,7 +469,7 @@ class Api(resource.Resource):
         body = _json_body(request, ("requester", "force")) if _has_body(request) else {}
         force = body.get("force", False)
         if not isinstance(force, bool):
-            raise ApiError(400, "invalid_input", "force: must be true or false")
+            raise HttpError(400, "invalid_input", "force: must be true or false")
         op = await self._operator().cancel_op(
             op_id, _requester(request, body.get("requester")), force=force)
         return 200, _pick(op, OP_FIELDS)
@@ -474,7 +478,7 @@ class Api(resource.Resource):
         """An operator saw a manual action done: the node is now ``state``."""
         body = _json_body(request, ("state", "requester"), ("state",))
         if body["state"] not in TARGET_STATES:
-            raise ApiError(400, "invalid_input", f"state: must be on or off, not "
+            raise HttpError(400, "invalid_input", f"state: must be on or off, not "
                            f"{body['state']!r}")
         op = await self._operator().confirm_op(
             op_id, body["state"], _requester(request, body.get("requester")))
@@ -521,7 +525,7 @@ class Api(resource.Resource):
         """``{"drift_policy": "report"|"enforce"}``: what the cluster does about drift."""
         body = _json_body(request, ("drift_policy",), ("drift_policy",))
         if body["drift_policy"] not in drift.POLICIES:
-            raise ApiError(400, "invalid_input", f"drift_policy: must be one of "
+            raise HttpError(400, "invalid_input", f"drift_policy: must be one of "
                            f"{', '.join(drift.POLICIES)}, not {body['drift_policy']!r}")
         await self.store.set_cluster_policy(name, body["drift_policy"])
         [cluster] = [c for c in await self.store.list_clusters() if c["name"] == name]
@@ -544,7 +548,7 @@ class Api(resource.Resource):
         """What the pservs run now (:mod:`powerctl.region.activity`); ``?node=`` for one."""
         args = _query(request, ("node",))
         if self.live_activity is None:
-            raise ApiError(503, "unavailable", "this region cannot ask its pservs what they run")
+            raise HttpError(503, "unavailable", "this region cannot ask its pservs what they run")
         node = args.get("node") or None
         cluster = (await self.store.get_node(node))["cluster"] if node else None
         return 200, await defer.maybeDeferred(self.live_activity, node=node, cluster=cluster)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from powerctl.power import TARGET_STATES, TERMINAL_STATES, OpState
 from powerctl.rpc import commands
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
-from powerctl.region.rpc import PservDirectory
+from powerctl.region.rpc import PservDirectory, error_text
 
 #: Seconds the region waits for pservs to make a node's device quiet
 #: (delete, move, new configuration, operator cancel).  The pserv bounds its
@@ -128,9 +128,10 @@ class Region:
         try:
             answer = await protocol.callRemote(
                 command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch)
-        except commands.InvalidPowerConfig as e:
+        except commands.UnusablePowerConfig as e:
             await self.store.record_outcome(
-                op["id"], OpState.FAILED.value, error=f"config: {e}", pserv=protocol.pserv)
+                op["id"], OpState.FAILED.value, error=error_text("config", e),
+                pserv=protocol.pserv)
             return "failed"
         except commands.StaleEpoch as e:
             self.log.info("operation {op}: {why}; the next owner takes it", op=op["id"], why=e)

@@ -44,8 +44,8 @@ import copy
 import uuid as uuidlib
 from urllib.parse import urlsplit
 
-from powerctl.drivers.errors import ConfigurationError
-from powerctl.region.errors import InvalidInput
+from powerctl.drivers.errors import DriverSettingsError
+from powerctl.region.errors import InvalidInput, PowerDocumentRefused
 
 MODES = ("single", "concurrent", "sequential")
 MAX_AGENTS = 8
@@ -53,18 +53,6 @@ MAX_AGENTS = 8
 SECRET_MARK = "(set)"
 #: Parameter-name fragments treated as secret when the driver is unknown.
 _SECRETISH = ("password", "community", "key", "secret", "token")
-
-
-class InvalidPowerConfig(InvalidInput):
-    """A power configuration was refused; the message says where and why."""
-
-    code = "invalid_power"
-
-    def __init__(self, message, agent=None, parameter=None):
-        where = "power" if agent is None else f"power.agents[{agent}]"
-        super().__init__(f"{where}: {message}")
-        self.agent = agent
-        self.parameter = parameter
 
 
 def pod_manager_uuid(text):
@@ -105,7 +93,7 @@ def check_pod_manager(catalogue, driver, url, username="", password=""):
     """
     try:
         schema = catalogue.get(driver).schema
-    except ConfigurationError as e:
+    except DriverSettingsError as e:
         raise InvalidInput(f"driver: {e}") from None
     if not isinstance(url, str) or not urlsplit(url).hostname:
         raise InvalidInput(f"url: {url!r} is not a URL with a host")
@@ -126,14 +114,14 @@ def check_pod_manager(catalogue, driver, url, username="", password=""):
 def _agent_keys(agent, index):
     """Refuse a non-object agent and keys other than driver/params/pod_manager."""
     if not isinstance(agent, dict):
-        raise InvalidPowerConfig("must be an object", index)
+        raise PowerDocumentRefused("must be an object", index)
     unknown = sorted(set(agent) - {"driver", "params", "pod_manager"})
     if unknown:
-        raise InvalidPowerConfig(
+        raise PowerDocumentRefused(
             f"unknown key {unknown[0]!r}; expected driver, params, pod_manager",
             index, unknown[0])
     if "driver" not in agent:
-        raise InvalidPowerConfig("'driver' is required", index, "driver")
+        raise PowerDocumentRefused("'driver' is required", index, "driver")
 
 
 def _pod_manager_of(agent, index, pod_managers):
@@ -143,14 +131,14 @@ def _pod_manager_of(agent, index, pod_managers):
     try:
         key = pod_manager_uuid(agent["pod_manager"])
     except ValueError:
-        raise InvalidPowerConfig(
+        raise PowerDocumentRefused(
             f"pod_manager {agent['pod_manager']!r} is not a uuid", index,
             "pod_manager") from None
     record = pod_managers.get(key)
     if record is None:
-        raise InvalidPowerConfig(f"pod manager {key} does not exist", index, "pod_manager")
+        raise PowerDocumentRefused(f"pod manager {key} does not exist", index, "pod_manager")
     if record.get("driver", agent["driver"]) != agent["driver"]:
-        raise InvalidPowerConfig(
+        raise PowerDocumentRefused(
             f"pod manager {record.get('name', key)!r} is a {record['driver']} pod "
             f"manager; the agent's driver is {agent['driver']}", index, "driver")
     return key, record
@@ -165,22 +153,22 @@ def _check_agent(agent, index, catalogue, pod_managers):
     driver = agent["driver"]
     try:
         schema = catalogue.get(driver).schema
-    except ConfigurationError as e:
-        raise InvalidPowerConfig(str(e), index, "driver") from None
+    except DriverSettingsError as e:
+        raise PowerDocumentRefused(str(e), index, "driver") from None
     params = agent.get("params", {})
     if not isinstance(params, dict):
-        raise InvalidPowerConfig("'params' must be an object", index, "params")
+        raise PowerDocumentRefused("'params' must be an object", index, "params")
     pm_key, pm = _pod_manager_of(agent, index, pod_managers)
     supplied = pod_manager_params(schema, pm) if pm else {}
     for name in params:
         if name in supplied:
-            raise InvalidPowerConfig(
+            raise PowerDocumentRefused(
                 f"parameter {name!r} is supplied by pod manager "
                 f"{pm.get('name', pm_key)!r}; remove it", index, name)
     try:
         full = schema.validate({**params, **supplied})
-    except ConfigurationError as e:
-        raise InvalidPowerConfig(str(e), index, getattr(e, "parameter", None)) from None
+    except DriverSettingsError as e:
+        raise PowerDocumentRefused(str(e), index, getattr(e, "parameter", None)) from None
     own = {k: full[k] for k in params if full.get(k) is not None}
     stored = {"driver": driver, "params": own}
     resolved = {"driver": driver, "params": full}
@@ -193,20 +181,20 @@ def _check_agent(agent, index, catalogue, pod_managers):
 def _check(power, catalogue, pod_managers):
     """Validate a whole document; returns (stored, resolved) documents."""
     if not isinstance(power, dict):
-        raise InvalidPowerConfig("must be an object with 'mode' and 'agents'")
+        raise PowerDocumentRefused("must be an object with 'mode' and 'agents'")
     unknown = sorted(set(power) - {"mode", "agents"})
     if unknown:
-        raise InvalidPowerConfig(f"unknown key {unknown[0]!r}; expected mode, agents")
+        raise PowerDocumentRefused(f"unknown key {unknown[0]!r}; expected mode, agents")
     mode = power.get("mode", "single")
     if mode not in MODES:
-        raise InvalidPowerConfig(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        raise PowerDocumentRefused(f"mode {mode!r} is not one of {', '.join(MODES)}")
     agents = power.get("agents")
     if not isinstance(agents, list) or not agents:
-        raise InvalidPowerConfig("'agents' must be a non-empty list")
+        raise PowerDocumentRefused("'agents' must be a non-empty list")
     if mode == "single" and len(agents) != 1:
-        raise InvalidPowerConfig(f"mode single takes exactly 1 agent, not {len(agents)}")
+        raise PowerDocumentRefused(f"mode single takes exactly 1 agent, not {len(agents)}")
     if mode != "single" and not 2 <= len(agents) <= MAX_AGENTS:
-        raise InvalidPowerConfig(
+        raise PowerDocumentRefused(
             f"mode {mode} takes 2 to {MAX_AGENTS} agents, not {len(agents)}")
     checked = [_check_agent(a, i, catalogue, pod_managers or {}) for i, a in enumerate(agents)]
     return ({"mode": mode, "agents": [s for s, _ in checked]},
@@ -232,7 +220,7 @@ def referenced_pod_managers(power):
 
 def validate_power(power, catalogue, pod_managers=None):
     """
-    The normalised document to store, or :class:`InvalidPowerConfig`.
+    The normalised document to store, or :class:`PowerDocumentRefused`.
 
     ``pod_managers`` maps canonical uuid to a pod manager record (driver,
     name, url, username, password) for each uuid the document names.
@@ -249,7 +237,7 @@ def _secrets_of(catalogue, driver, params):
     """Names of the secret parameters of an agent (guessing for unknown drivers)."""
     try:
         return catalogue.get(driver).schema.secrets
-    except ConfigurationError:
+    except DriverSettingsError:
         return frozenset(k for k in params if any(s in k.lower() for s in _SECRETISH))
 
 
@@ -297,7 +285,7 @@ def _restore_agent(agent, old, index, catalogue):
     for name, value in agent["params"].items():
         if name in secrets and value == SECRET_MARK:
             if old_params.get(name) in (None, ""):
-                raise InvalidPowerConfig(
+                raise PowerDocumentRefused(
                     f"parameter {name!r} is {SECRET_MARK!r} but no value is stored "
                     "for it; send the secret itself", index, name)
             params[name] = old_params[name]

@@ -17,6 +17,15 @@ from powerctl.rpc import auth, commands, responders
 PAGE = 100  # items per recovery page; also trimmed by size below
 
 
+def error_text(kind, message):
+    """
+    How the journal and a node's ``last_error`` word a failure of ``kind``:
+    ``"kind: message"``.  The kind travels over AMP in a field of its own
+    (``error_kind``); this is the one place that joins the two for people.
+    """
+    return f"{kind}: {message}" if kind else message
+
+
 def _fits(items):
     return len(json.dumps(items, separators=(",", ":"))) <= commands.MAX_VALUE
 
@@ -168,7 +177,7 @@ class RegionProtocol(amp.AMP):
             for op in ops:
                 if op["power"] is None:  # its configuration no longer resolves
                     await self.region.outcome(op["id"], OpState.FAILED.value, None, None,
-                                              f"config: {op.get('power_error')}",
+                                              error_text("config", op.get("power_error")),
                                               None, None, self.pserv, epoch=self.epoch)
             ops_page = _trim([_op_json(o) for o in ops if o["power"] is not None])
             if ops_page:  # they run there from now on, as a dispatch would say
@@ -192,7 +201,7 @@ class RegionProtocol(amp.AMP):
 
     @commands.ReportOutcome.responder
     async def report_outcome(self, operation_id, outcome, observed_state, agent, error,
-                             coalesced_into, superseded_by, epoch):
+                             coalesced_into, superseded_by, epoch, error_kind=None):
         self._leased(epoch)
         if outcome not in TERMINAL_STATES:
             raise commands.BadArguments(f"unknown outcome {outcome!r}")
@@ -200,7 +209,8 @@ class RegionProtocol(amp.AMP):
             raise commands.BadArguments(f"unknown observed state {observed_state!r}")
         try:
             recorded = await self.region.outcome(
-                operation_id, outcome, observed_state or None, agent or None, error or None,
+                operation_id, outcome, observed_state or None, agent or None,
+                error_text(error_kind, error) if error or error_kind else None,
                 coalesced_into or None, superseded_by or None, self.pserv, epoch=epoch)
         except StaleEpoch as e:
             self.log.warn("pserv {p}: {why}", p=self.pserv, why=e)
@@ -230,7 +240,10 @@ class RegionProtocol(amp.AMP):
                 continue
             # One bad node never costs the rest of the batch its update.
             try:
-                await self.region.polled(s["node"], s["state"], error=s.get("error") or None)
+                error = s.get("error") or None
+                if error is not None and isinstance(s.get("error_kind"), str):
+                    error = error_text(s["error_kind"], error)
+                await self.region.polled(s["node"], s["state"], error=error)
             except NotFound:
                 if s["node"] not in self._unknown_nodes:
                     self._unknown_nodes.add(s["node"])

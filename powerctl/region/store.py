@@ -14,7 +14,7 @@ PostgreSQL delivers only once the transaction has committed.
 
 Failures a caller can act on are :mod:`powerctl.region.errors`
 (``NotFound``, ``Conflict``, ``InvalidInput``); a refused power
-configuration is an ``InvalidPowerConfig``, a kind of ``InvalidInput``.
+configuration is an ``PowerDocumentRefused``, a kind of ``InvalidInput``.
 Passwords are never returned: pod managers show ``password_set``; node
 power documents are returned as stored and must be passed through
 :func:`powerctl.region.powerconfig.redact` before they are shown.
@@ -489,7 +489,7 @@ class Store:
 
     @_transaction
     async def node_power_config(self, tx, name):
-        """A node's resolved power configuration; InvalidPowerConfig if it no longer resolves."""
+        """A node's resolved power configuration; PowerDocumentRefused if it no longer resolves."""
         node = await self._node(tx, name)
         pods = await self._pod_managers(tx, powerconfig.referenced_pod_managers(node["power"]))
         return powerconfig.resolve_power(node["power"], self._catalogue, pods)
