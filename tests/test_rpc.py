@@ -140,7 +140,7 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                                observed_state="", agent="", error="no route",
                                error_kind="unreachable", coalesced_into=0, superseded_by=0)
         store = self.region.region.store
-        node = await store.get_node("node1")
+        node = await store.nodes.get("node1")
         self.assertEqual((node["failed_polls"], node["responsive"]), (0, True))
         self.assertEqual(node["last_error"], "unreachable: no route")
 

@@ -385,19 +385,19 @@ class Api(resource.Resource):
 
     async def list_nodes(self, request):
         args = _query(request, ("cluster",))
-        rows = await self.store.list_nodes(cluster=args.get("cluster"))
+        rows = await self.store.nodes.list(cluster=args.get("cluster"))
         return 200, [self._node(r) for r in rows]
 
     async def create_node(self, request):
         body = _json_body(request, ("name", "cluster", "power"), ("name", "cluster", "power"))
-        row = await self.store.create_node(body["name"], body["cluster"], body["power"])
+        row = await self.store.nodes.create(body["name"], body["cluster"], body["power"])
         if self.region is not None:  # a pserv of its cluster owns it from now on
             await self.region.assign(row["cluster"])
         request.setHeader("Location", f"/v1/nodes/{row['name']}")
         return 201, self._node(row)
 
     async def get_node(self, request, name):
-        return 200, self._node(await self.store.get_node(name))
+        return 200, self._node(await self.store.nodes.get(name))
 
     async def update_node(self, request, name):
         body = _json_body(request, ("name", "cluster", "power", "requester"))
@@ -405,7 +405,7 @@ class Api(resource.Resource):
             raise HttpError(400, "invalid_input", "name: nodes cannot be renamed")
         by = _requester(request, body.pop("requester", None))
         if self.region is None:
-            row = await self.store.update_node(name, **body)
+            row = await self.store.nodes.update(name, **body)
             row.pop("changed_for_pserv", None)
         else:
             row = await self.region.update_node(name, by, **body)
@@ -415,7 +415,7 @@ class Api(resource.Resource):
         args = _query(request, ("requester",))
         by = _requester(request, args.get("requester"))
         if self.region is None:
-            await self.store.delete_node(name, by=by)
+            await self.store.nodes.delete(name, by=by)
         else:
             await self.region.delete_node(name, by)
         return 204, None
@@ -427,7 +427,7 @@ class Api(resource.Resource):
         except ValueError as e:
             raise HttpError(400, "invalid_action", str(e)) from None
         requester = _requester(request, body.get("requester"))
-        op = await self.store.request_power(name, action.value, requester=requester)
+        op = await self.store.ops.request(name, action.value, requester=requester)
         self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
         return 202, _pick(op, OP_FIELDS)
@@ -448,7 +448,7 @@ class Api(resource.Resource):
             raise HttpError(400, "invalid_input",
                            f"state: {args['state']!r} is not one of {', '.join(OP_STATES)}")
         try:
-            rows = await self.store.list_ops(
+            rows = await self.store.ops.list(
                 node=args.get("node"), state=args.get("state"),
                 limit=_int_arg(args, "limit"),
                 before_id=_int_arg(args, "before"))
@@ -457,7 +457,7 @@ class Api(resource.Resource):
         return 200, [_pick(r, OP_FIELDS) for r in rows]
 
     async def get_op(self, request, op_id):
-        return 200, _pick(await self.store.get_op(op_id), OP_FIELDS)
+        return 200, _pick(await self.store.ops.get(op_id), OP_FIELDS)
 
     def _operator(self):
         if self.region is None:
@@ -488,33 +488,33 @@ class Api(resource.Resource):
 
     async def list_pod_managers(self, request):
         _query(request, ())
-        return 200, [_pick(r, POD_MANAGER_FIELDS) for r in await self.store.list_pod_managers()]
+        return 200, [_pick(r, POD_MANAGER_FIELDS) for r in await self.store.pod_managers.list()]
 
     async def create_pod_manager(self, request):
         body = _json_body(request, ("name", "url", "username", "password", "description",
                                     "driver"), ("name", "url"))
-        row = await self.store.create_pod_manager(
+        row = await self.store.pod_managers.create(
             body["name"], body["url"], body.get("username", ""), body.get("password", ""),
             body.get("description", ""), driver=body.get("driver", "redfish"))
         request.setHeader("Location", f"/v1/pod_manager/{row['uuid']}")
         return 201, _pick(row, POD_MANAGER_FIELDS)
 
     async def get_pod_manager(self, request, uuid):
-        return 200, _pick(await self.store.get_pod_manager(uuid), POD_MANAGER_FIELDS)
+        return 200, _pick(await self.store.pod_managers.get(uuid), POD_MANAGER_FIELDS)
 
     async def update_pod_manager(self, request, uuid):
         body = _json_body(request, ("name", "url", "username", "password", "description"))
-        return 200, _pick(await self.store.update_pod_manager(uuid, **body), POD_MANAGER_FIELDS)
+        return 200, _pick(await self.store.pod_managers.update(uuid, **body), POD_MANAGER_FIELDS)
 
     async def delete_pod_manager(self, request, uuid):
-        await self.store.delete_pod_manager(uuid)
+        await self.store.pod_managers.delete(uuid)
         return 204, None
 
     # -- clusters and the document -------------------------------------
 
     async def list_clusters(self, request):
         _query(request, ())
-        clusters = await self.store.list_clusters()
+        clusters = await self.store.clusters.list()
         live = await self._activity()
         for cluster in clusters:
             if cluster["name"] in live:
@@ -527,8 +527,8 @@ class Api(resource.Resource):
         if body["drift_policy"] not in drift.POLICIES:
             raise HttpError(400, "invalid_input", f"drift_policy: must be one of "
                            f"{', '.join(drift.POLICIES)}, not {body['drift_policy']!r}")
-        await self.store.set_cluster_policy(name, body["drift_policy"])
-        [cluster] = [c for c in await self.store.list_clusters() if c["name"] == name]
+        await self.store.clusters.set_policy(name, body["drift_policy"])
+        [cluster] = [c for c in await self.store.clusters.list() if c["name"] == name]
         live = await self._activity()
         if name in live:
             cluster["actions_in_flight"] = live[name]
@@ -550,7 +550,7 @@ class Api(resource.Resource):
         if self.live_activity is None:
             raise HttpError(503, "unavailable", "this region cannot ask its pservs what they run")
         node = args.get("node") or None
-        cluster = (await self.store.get_node(node))["cluster"] if node else None
+        cluster = (await self.store.nodes.get(node))["cluster"] if node else None
         return 200, await defer.maybeDeferred(self.live_activity, node=node, cluster=cluster)
 
     async def openapi(self, request):

@@ -74,14 +74,14 @@ class PodManagerProber:
     async def _probe_all(self):
         if self.leader is not None and not self.leader():
             return
-        for pm in await self.store.list_pod_managers():
+        for pm in await self.store.pod_managers.list():
             if urlsplit(pm["url"]).scheme not in ("http", "https"):
                 continue
             status = "online" if await self.reachable(pm["url"]) else "offline"
             if status != pm["status"]:
                 self.log.info("pod manager {name} is now {status}", name=pm["name"],
                               status=status)
-                await self.store.set_pod_manager_status(pm["uuid"], status)
+                await self.store.pod_managers.set_status(pm["uuid"], status)
 
     async def reachable(self, url):
         """Whether an HTTP service answers at ``url`` (any status code)."""

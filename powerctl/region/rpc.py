@@ -155,7 +155,7 @@ class RegionProtocol(amp.AMP):
         if self.pserv is not None:
             raise commands.BadArguments("already registered on this connection")
         try:
-            await self.region.store.register_pserv(name, cluster, version, self.region.name)
+            await self.region.store.clusters.register_pserv(name, cluster, version, self.region.name)
             lease = await self.region.leases.grant(name, cluster, instance)
         except InvalidInput as e:
             raise commands.BadArguments(str(e)) from None
@@ -172,7 +172,7 @@ class RegionProtocol(amp.AMP):
         store = self.region.store
         ops_page = []
         if after_op >= 0:
-            ops = await store.outstanding_ops(self.cluster, after_id=after_op, limit=PAGE,
+            ops = await store.ops.outstanding(self.cluster, after_id=after_op, limit=PAGE,
                                               epoch=self.epoch)
             for op in ops:
                 if op["power"] is None:  # its configuration no longer resolves
@@ -181,7 +181,7 @@ class RegionProtocol(amp.AMP):
                                               None, None, self.pserv, epoch=self.epoch)
             ops_page = _trim([_op_json(o) for o in ops if o["power"] is not None])
             if ops_page:  # they run there from now on, as a dispatch would say
-                await store.mark_running_many([o["id"] for o in ops_page], self.pserv,
+                await store.ops.mark_running_many([o["id"] for o in ops_page], self.pserv,
                                               self.epoch)
             if len(ops) == PAGE or len(ops_page) < len(ops):
                 # Every op of a page may have been unusable (failed above):
@@ -190,7 +190,7 @@ class RegionProtocol(amp.AMP):
                 return {"operations": ops_page, "nodes": [], "after_op": last,
                         "after_node": "", "done": False}
             after_op = -1  # operations exhausted: nodes from now on
-        nodes = await store.desired_states(self.cluster, after_name=after_node, limit=PAGE,
+        nodes = await store.nodes.desired_states(self.cluster, after_name=after_node, limit=PAGE,
                                            epoch=self.epoch)
         usable = [n for n in nodes if n["power"] is not None]
         page = _trim([_node_json(n) for n in usable])
@@ -264,7 +264,7 @@ class RegionProtocol(amp.AMP):
             self.log.warn("pserv {p}: {why}", p=self.pserv, why=e)
             raise commands.LeaseExpired(str(e)) from None
         try:
-            await self.region.store.heartbeat(self.pserv, actions_in_flight)
+            await self.region.store.clusters.heartbeat(self.pserv, actions_in_flight)
         except (InvalidInput, NotFound) as e:
             raise commands.BadArguments(str(e)) from None
         return {"lease": remaining}

@@ -237,17 +237,17 @@ class StatusPage(_AsyncResource):
         args = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
                 for k, v in request.args.items() if v}
         clusters = _clusters_with_activity(
-            await self.store.list_clusters(), await _activity(self.activity, self.log))
-        nodes = await self.store.list_nodes()
+            await self.store.clusters.list(), await _activity(self.activity, self.log))
+        nodes = await self.store.nodes.list()
         open_ops = []
         truncated_open = False
         for state in (OpState.RUNNING.value, OpState.PENDING.value):
-            ops = await self.store.list_ops(state=state, limit=OPEN_OPS_SHOWN)
+            ops = await self.store.ops.list(state=state, limit=OPEN_OPS_SHOWN)
             truncated_open |= len(ops) >= OPEN_OPS_SHOWN
             open_ops.extend(ops)
         finished = []
         for state in TERMINAL_STATES:
-            finished.extend(await self.store.list_ops(state=state, limit=RECENT_FINISHED))
+            finished.extend(await self.store.ops.list(state=state, limit=RECENT_FINISHED))
         finished.sort(key=lambda op: (op.get("finished_at") or "", op["id"]), reverse=True)
         finished = finished[:RECENT_FINISHED]
         live = await self._live()
@@ -501,9 +501,9 @@ class Metrics(_AsyncResource):
 
     async def produce(self, request):
         clusters = _clusters_with_activity(
-            await self.store.list_clusters(), await _activity(self.activity, self.log))
-        nodes = await self.store.list_nodes()
-        counts = await self.store.count_ops_by_state()
+            await self.store.clusters.list(), await _activity(self.activity, self.log))
+        nodes = await self.store.nodes.list()
+        counts = await self.store.ops.count_by_state()
 
         names = sorted({c["name"] for c in clusters} | {n["cluster"] for n in nodes})
         by_state = {(c, s): 0 for c in names for s in POWER_STATES}
