@@ -46,7 +46,7 @@ class ExecutorTests(unittest.TestCase):
             ({"agents": []}, "non-empty"),
             ({"agents": [{"driver": "nope"}]}, "unknown driver 'nope'"),
             ({"agents": [{"driver": "fake", "params": {"x": 1}}]}, "parameter 'x'"),
-            ({"mode": "single", "agents": [{"driver": "fake"}, {"driver": "fake"}]}, "exactly one"),
+            ({"mode": "single", "agents": [{"driver": "fake"}, {"driver": "fake"}]}, "exactly 1 agent"),
         ]:
             with self.assertRaises(InvalidPowerDocument) as caught:
                 executor.configure("n", power)

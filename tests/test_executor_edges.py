@@ -78,11 +78,11 @@ class CountingType(FakeType):
 class ConfigurationTests(unittest.TestCase):
     def test_an_agent_without_a_driver_is_refused(self):
         executor = DriverExecutor(DriverCatalogue([FakeType()]))
-        for agent in ({"params": {}}, "fake"):
+        for agent, why in (({"params": {}}, "'driver' is required"), ("fake", "must be an object")):
             with self.assertRaises(Exception) as caught:
                 executor.configure("n", {"agents": [agent]})
             self.assertIsInstance(caught.exception, InvalidPowerDocument)
-            self.assertIn("agent 0: needs a 'driver'", str(caught.exception))
+            self.assertIn(f"power.agents[0]: {why}", str(caught.exception))
 
     def test_the_same_configuration_again_keeps_the_drivers(self):
         # The region may send the same document with its keys in another

@@ -15,31 +15,27 @@ from zope.interface import implementer
 from powerctl.drivers.errors import DriverSettingsError
 from powerctl.drivers.multiagent import Agent, Mode, NodePower
 from powerctl.power import Action
-from powerctl.powerdoc import InvalidPowerDocument
+from powerctl.powerdoc import InvalidPowerDocument, PowerDoc
 from powerctl.pserv.slots import priority_of
 from powerctl.registry import IActionExecutor
 
 
 def build_node_power(catalogue, power):
-    """A :class:`NodePower` from a power document; :class:`InvalidPowerDocument` if bad."""
-    if not isinstance(power, dict):
-        raise InvalidPowerDocument("power configuration must be an object")
-    agents_doc = power.get("agents")
-    if not isinstance(agents_doc, list) or not agents_doc:
-        raise InvalidPowerDocument("power configuration needs a non-empty 'agents' list")
+    """
+    A :class:`NodePower` from a (resolved) power document, under the same
+    rules as the region's (:class:`~powerctl.powerdoc.PowerDoc`), each
+    agent's parameters checked by its driver's schema;
+    :class:`InvalidPowerDocument` if unusable.
+    """
+    doc = PowerDoc.parse(power)
     agents = []
-    for index, agent in enumerate(agents_doc):
-        if not isinstance(agent, dict) or "driver" not in agent:
-            raise InvalidPowerDocument(f"agent {index}: needs a 'driver'")
+    for index, agent in enumerate(doc.agents):
         try:
-            driver = catalogue.build(agent["driver"], agent.get("params", {}))
+            driver = catalogue.build(agent.driver, agent.params)
         except DriverSettingsError as e:
-            raise InvalidPowerDocument(f"agent {index}: {e}") from None
-        agents.append(Agent(agent.get("label") or f"{index}:{agent['driver']}", driver))
-    try:
-        return NodePower(power.get("mode", Mode.SINGLE), agents)
-    except ValueError as e:
-        raise InvalidPowerDocument(str(e)) from None
+            raise InvalidPowerDocument(str(e), index, getattr(e, "parameter", None)) from None
+        agents.append(Agent(agent.name(index), driver))
+    return NodePower(Mode(doc.mode), agents)
 
 
 class Stagger:

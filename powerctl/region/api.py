@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from powerctl.power import OP_STATES, TARGET_STATES, Action
+from powerctl.powerdoc import redact
 from powerctl.region import drift, openapi, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 
@@ -376,7 +377,7 @@ class Api(resource.Resource):
     def _node(self, row):
         """A node as the API shows it: power redacted."""
         shown = _pick(row, NODE_FIELDS)
-        shown["power"] = powerconfig.redact(row["power"], self.catalogue)
+        shown["power"] = redact(row["power"], powerconfig.secret_names(self.catalogue))
         shown["drift"] = drift.as_json(row.get("drift_since"), row.get("drift_observed"),
                                        row.get("desired_state"), row.get("drift_polls"))
         return shown

@@ -7,6 +7,7 @@ function so each caller gets its own copy to mutate.
 """
 
 from powerctl.power import ACTIONS, OP_STATES, POWER_STATES, TARGET_STATES
+from powerctl.powerdoc import LABEL_PATTERN, MAX_AGENTS, MODES
 
 VERSION = "1.0.0"
 
@@ -61,6 +62,9 @@ def _schemas():
             "pod_manager": {"type": "string", "format": "uuid",
                             "description": "take url/host, username and password from this "
                             "pod manager (its driver must be the agent's)"},
+            "label": {"type": "string", "pattern": LABEL_PATTERN,
+                      "description": "names the agent in outcomes and the journal (default "
+                      "<index>:<driver>); unique within the node's agents"},
             "params": {"type": "object", "description": "driver parameters, validated by "
                        "the driver's schema; secrets read back as \"(set)\" and a PUT "
                        "sending \"(set)\" keeps the stored value"},
@@ -69,10 +73,12 @@ def _schemas():
     power = {
         "type": "object", "additionalProperties": False, "required": ["agents"],
         "properties": {
-            "mode": {"type": "string", "enum": ["single", "concurrent", "sequential"],
+            "mode": {"type": "string", "enum": list(MODES),
                      "default": "single",
-                     "description": "single: exactly 1 agent; concurrent/sequential: 2-8"},
-            "agents": {"type": "array", "minItems": 1, "maxItems": 8, "items": _ref("Agent")},
+                     "description": "single: exactly 1 agent; concurrent/sequential: "
+                                    f"2-{MAX_AGENTS}"},
+            "agents": {"type": "array", "minItems": 1, "maxItems": MAX_AGENTS,
+                       "items": _ref("Agent")},
         },
     }
     node = {"type": "object", "properties": {

@@ -3,7 +3,7 @@ Nodes: their power documents, desired and observed power state,
 responsiveness and drift.
 
 Node power documents are returned as stored and must be passed through
-:func:`powerctl.region.powerconfig.redact` before they are shown.
+:func:`powerctl.powerdoc.redact` before they are shown.
 """
 
 from psycopg2.extras import Json
