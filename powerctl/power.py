@@ -1,5 +1,28 @@
 """
-The vocabulary every layer shares: power actions and power states.
+The vocabulary every layer shares: power actions, power states and the
+states of a journalled operation.
+
+Glossary of the results of one power operation, in the order they are made
+(four types, because each crosses a different boundary and carries what
+only that boundary knows):
+
+``Observed`` (:mod:`powerctl.registry`)
+    What one *execution* saw: the state reached and the agent that acted,
+    from the executor (the drivers) to the registry.  It knows nothing of
+    callers.
+``Outcome`` (:mod:`powerctl.registry`)
+    What one *caller* gets when it succeeded: its operation id, its action,
+    the state and agent of the execution it ran or joined
+    (``coalesced_into``).  Failures are failures (``Superseded``,
+    ``Cancelled``, a driver's ``PowerError``), not Outcomes.
+``Report`` (:mod:`powerctl.pserv.core`)
+    What the pserv tells the region about one operation over AMP
+    (``ReportOutcome``): an Outcome or a failure flattened to the
+    operation's terminal state (:class:`OpState`), the error and its kind,
+    and the lease epoch it ran under.
+``Recorded`` (:mod:`powerctl.region.store`)
+    What the journal made of a report: the operation as it now stands and
+    whether the report changed it (repeated and late reports do not).
 """
 
 import enum

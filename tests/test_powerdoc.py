@@ -54,7 +54,7 @@ class BothSidesTests(unittest.TestCase):
         stored = powerconfig.validate_power(power, catalogue())
         self.assertEqual(stored["agents"][0]["label"], "psu-a")
         executor = self.pserv(resolved)
-        self.assertEqual([a.label for a in executor._nodes["n1"][1].agents],
+        self.assertEqual([a.label for a in executor._nodes["n1"].power.agents],
                          ["psu-a", "1:fake"])
 
     def test_bad_documents_are_refused_by_both_with_the_same_words(self):

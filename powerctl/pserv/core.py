@@ -32,7 +32,10 @@ class NotOurs(Exception):
 
 @attrs.frozen
 class Report:
-    """What ``ReportOutcome`` carries for one operation."""
+    """
+    What ``ReportOutcome`` carries for one operation (see the glossary of
+    result types in :mod:`powerctl.power`).
+    """
 
     operation_id: int
     outcome: str  # one of powerctl.power.TERMINAL_STATES

@@ -9,6 +9,7 @@ nothing is sent to any device), and rebuilt only when they change.
 
 import json
 
+import attrs
 from twisted.internet import defer, task
 from zope.interface import implementer
 
@@ -36,6 +37,18 @@ def build_node_power(catalogue, power):
             raise InvalidPowerDocument(str(e), index, getattr(e, "parameter", None)) from None
         agents.append(Agent(agent.name(index), driver))
     return NodePower(Mode(doc.mode), agents)
+
+
+@attrs.frozen
+class KnownNode:
+    """What the executor keeps for one node, built from its power document."""
+
+    #: the document as canonical JSON: an unchanged document keeps the drivers
+    key: str
+    #: the :class:`NodePower` driving it
+    power: NodePower
+    #: the document as received
+    document: dict
 
 
 class Stagger:
@@ -72,14 +85,14 @@ class DriverExecutor:
         self._catalogue = catalogue
         self._stagger = stagger
         self._slots = slots
-        self._nodes = {}  # node -> (canonical config JSON, NodePower, config)
+        self._nodes = {}  # node -> KnownNode
 
     def configure(self, node, power):
         """Remember ``node``'s power configuration; InvalidPowerDocument if bad."""
         key = json.dumps(power, sort_keys=True)
         known = self._nodes.get(node)
-        if known is None or known[0] != key:
-            self._nodes[node] = (key, build_node_power(self._catalogue, power), power)
+        if known is None or known.key != key:
+            self._nodes[node] = KnownNode(key, build_node_power(self._catalogue, power), power)
 
     def forget(self, node):
         self._nodes.pop(node, None)
@@ -90,7 +103,7 @@ class DriverExecutor:
     def drivers(self, node):
         """The driver objects of ``node``'s agents (empty if unknown)."""
         known = self._nodes.get(node)
-        return [agent.driver for agent in known[1].agents] if known else []
+        return [agent.driver for agent in known.power.agents] if known else []
 
     def queryable(self, node):
         """Whether every agent of ``node`` can be queried (manual ones cannot)."""
@@ -99,7 +112,7 @@ class DriverExecutor:
 
     def config(self, node):
         """The power configuration last learnt for ``node`` (a dict)."""
-        return self._nodes[node][2]
+        return self._nodes[node].document
 
     @property
     def slots(self):
@@ -112,7 +125,7 @@ class DriverExecutor:
 
     def _power(self, action):
         try:
-            return self._nodes[action.node][1]
+            return self._nodes[action.node].power
         except KeyError:
             raise InvalidPowerDocument(f"no power configuration for node {action.node}") from None
 

@@ -24,7 +24,8 @@ class Recorded:
     """
     What a report about an operation did: the operation as it now stands
     and whether this report changed it (False: it was already terminal, or
-    the report repeated what was recorded).
+    the report repeated what was recorded).  See the glossary of result
+    types in :mod:`powerctl.power`.
     """
 
     op: dict
