@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from powerctl import __version__
-from powerctl.power import TARGET_STATES
+from powerctl.power import TARGET_STATES, Action
 from powerctl.pserv.core import NotConfirmable, NotOurs
 from powerctl.powerdoc import InvalidPowerDocument
 from powerctl.rpc import auth, commands, responders
@@ -270,23 +270,23 @@ class PservProtocol(amp.AMP):
 
     @commands.PowerOn.responder
     def power_on(self, operation_id, node, power, epoch):
-        return self._power("on", operation_id, node, power, epoch)
+        return self._power(Action.ON.value, operation_id, node, power, epoch)
 
     @commands.PowerOff.responder
     def power_off(self, operation_id, node, power, epoch):
-        return self._power("off", operation_id, node, power, epoch)
+        return self._power(Action.OFF.value, operation_id, node, power, epoch)
 
     @commands.PowerSoftOff.responder
     def power_soft_off(self, operation_id, node, power, epoch):
-        return self._power("soft-off", operation_id, node, power, epoch)
+        return self._power(Action.SOFT_OFF.value, operation_id, node, power, epoch)
 
     @commands.PowerCycle.responder
     def power_cycle(self, operation_id, node, power, epoch):
-        return self._power("cycle", operation_id, node, power, epoch)
+        return self._power(Action.CYCLE.value, operation_id, node, power, epoch)
 
     @commands.PowerQuery.responder
     def power_query(self, operation_id, node, power, epoch):
-        return self._power("query", operation_id, node, power, epoch)
+        return self._power(Action.QUERY.value, operation_id, node, power, epoch)
 
     @commands.Refresh.responder
     def refresh(self):

@@ -39,6 +39,8 @@ import json
 
 from twisted.protocols import amp
 
+from powerctl.power import Action
+
 #: Keep every JSON value comfortably below AMP's 65,535-byte value limit.
 MAX_VALUE = 60_000
 
@@ -292,23 +294,23 @@ class _PowerCommand(amp.Command):
 
 
 class PowerOn(_PowerCommand):
-    action = "on"
+    action = Action.ON.value
 
 
 class PowerOff(_PowerCommand):
-    action = "off"
+    action = Action.OFF.value
 
 
 class PowerSoftOff(_PowerCommand):
-    action = "soft-off"
+    action = Action.SOFT_OFF.value
 
 
 class PowerCycle(_PowerCommand):
-    action = "cycle"
+    action = Action.CYCLE.value
 
 
 class PowerQuery(_PowerCommand):
-    action = "query"
+    action = Action.QUERY.value
 
 
 POWER_COMMANDS = {c.action: c for c in (PowerOn, PowerOff, PowerSoftOff, PowerCycle, PowerQuery)}

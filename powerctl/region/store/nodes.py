@@ -8,7 +8,7 @@ Node power documents are returned as stored and must be passed through
 
 from psycopg2.extras import Json
 
-from powerctl.power import POWER_STATES, PowerState
+from powerctl.power import POWER_STATES, Action, PowerState
 from powerctl.region import drift, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.store.base import (
@@ -231,7 +231,8 @@ class NodeStore(KindStore):
         recent = ()
         if row["policy"] == "enforce" and not row["open_op"]:
             recent = tuple((r["requester"], r["state"]) for r in await tx.rows(
-                "SELECT requester, state FROM power_ops WHERE node = %s AND action <> 'query'"
+                "SELECT requester, state FROM power_ops WHERE node = %s"
+                f" AND action <> '{Action.QUERY.value}'"
                 " ORDER BY id DESC LIMIT %s", (node["name"], drift.MAX_RECONCILE_ATTEMPTS)))
         verdict = drift.assess(drift.Observation(
             desired=row["desired_state"], observed=observed, failed=failed,
