@@ -5,11 +5,13 @@ pservs and clusters, pod managers.
 """
 
 import datetime
+import re
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from txpostgres import txpostgres
 
+from powerctl.power import ACTIONS, OP_STATES, POWER_STATES, TARGET_STATES
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.errors import PowerDocumentRefused
 from powerctl.region.store import Recorded, Store
@@ -52,6 +54,22 @@ class StoreTestCase(DatabaseMixin, unittest.TestCase):
         await conn.connect(self.dsn)
         self.addCleanup(conn.close)
         return conn
+
+
+class VocabularyTests(StoreTestCase):
+    async def test_the_schema_checks_allow_exactly_the_vocabulary(self):
+        """The migrations spell the words out; they must be powerctl.power's."""
+        allowed = {}
+        for table, definition in await self.sql(
+                "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE contype = 'c' AND conrelid IN ('nodes'::regclass, 'power_ops'::regclass)"):
+            column = re.search(r"\(\(?(\w+)", definition.removeprefix("CHECK ")).group(1)
+            allowed[(table, column)] = set(re.findall(r"'([^']*)'::text", definition))
+        self.assertEqual(allowed[("power_ops", "state")], set(OP_STATES))
+        self.assertEqual(allowed[("power_ops", "action")], set(ACTIONS))
+        self.assertEqual(allowed[("nodes", "power_state")], set(POWER_STATES))
+        self.assertEqual(allowed[("nodes", "desired_state")], set(TARGET_STATES))
+        self.assertEqual(allowed[("nodes", "drift_observed")], set(TARGET_STATES))
 
 
 class NodeTests(StoreTestCase):

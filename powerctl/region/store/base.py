@@ -17,7 +17,7 @@ import uuid as uuidlib
 from twisted.internet import defer
 
 from powerctl.power import OPEN_STATES
-from powerctl.region import powerconfig
+from powerctl.powerdoc import pod_manager_uuid
 from powerctl.region.errors import InvalidInput, NotFound
 
 MAX_PAGE = 1000  # for pages users ask for (the journal)
@@ -130,7 +130,7 @@ def op_number(value):
 def pod_manager_key(value):
     """A pod manager uuid as canonical text; anything else names nothing."""
     try:
-        return powerconfig.pod_manager_uuid(value)
+        return pod_manager_uuid(value)
     except ValueError:
         raise NotFound(f"pod manager {value!r} does not exist") from None
 
