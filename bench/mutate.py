@@ -85,7 +85,8 @@ REGION_TESTS = ["tests/test_region_edges.py", "tests/test_store.py", "tests/test
                 "tests/test_lifecycle.py"]
 MODULES = [
     ("pserv_core", "powerctl/pserv/core.py", PSERV_TESTS, 7, 60),
-    ("store", "powerctl/region/store.py", REGION_TESTS, 6, 120),
+    ("store_nodes", "powerctl/region/store/nodes.py", REGION_TESTS, 3, 120),
+    ("store_ops", "powerctl/region/store/operations.py", REGION_TESTS, 3, 120),
     ("registry", "powerctl/registry/registry.py", REGISTRY_TESTS, 6, 60),
     ("executor", "powerctl/pserv/executor.py", PSERV_TESTS, 4, 60),
     # The lease, NOTIFY and drift paths of the region are tested by the

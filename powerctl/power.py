@@ -1,5 +1,28 @@
 """
-The vocabulary every layer shares: power actions and power states.
+The vocabulary every layer shares: power actions, power states and the
+states of a journalled operation.
+
+Glossary of the results of one power operation, in the order they are made
+(four types, because each crosses a different boundary and carries what
+only that boundary knows):
+
+``Observed`` (:mod:`powerctl.registry`)
+    What one *execution* saw: the state reached and the agent that acted,
+    from the executor (the drivers) to the registry.  It knows nothing of
+    callers.
+``Outcome`` (:mod:`powerctl.registry`)
+    What one *caller* gets when it succeeded: its operation id, its action,
+    the state and agent of the execution it ran or joined
+    (``coalesced_into``).  Failures are failures (``Superseded``,
+    ``Cancelled``, a driver's ``PowerError``), not Outcomes.
+``Report`` (:mod:`powerctl.pserv.core`)
+    What the pserv tells the region about one operation over AMP
+    (``ReportOutcome``): an Outcome or a failure flattened to the
+    operation's terminal state (:class:`OpState`), the error and its kind,
+    and the lease epoch it ran under.
+``Recorded`` (:mod:`powerctl.region.store`)
+    What the journal made of a report: the operation as it now stands and
+    whether the report changed it (repeated and late reports do not).
 """
 
 import enum
@@ -71,7 +94,17 @@ class OpState(str, enum.Enum):
         return self not in (OpState.PENDING, OpState.RUNNING)
 
 
-#: The states an operation can end in, as plain strings (JSON, SQL, argparse).
-TERMINAL_STATES = frozenset(s.value for s in OpState if s.terminal)
+#: Every state as a plain string, in the order above (JSON, SQL, argparse).
+OP_STATES = tuple(s.value for s in OpState)
+#: The states an operation can end in.  Tuples, not sets: they are listed in
+#: error messages, enums and pages, which must read the same every run.
+TERMINAL_STATES = tuple(s.value for s in OpState if s.terminal)
 #: The states of an operation still in play.
-OPEN_STATES = frozenset(s.value for s in OpState if not s.terminal)
+OPEN_STATES = tuple(s.value for s in OpState if not s.terminal)
+#: Every power state as a plain string.
+POWER_STATES = tuple(s.value for s in PowerState)
+#: Every action as a plain string.
+ACTIONS = tuple(a.value for a in Action)
+#: The states an action can leave a node in ("on", "off"): what a node can be
+#: desired to be, and what an operator can confirm.
+TARGET_STATES = tuple(dict.fromkeys(a.target.value for a in Action if a.target is not None))

@@ -542,7 +542,7 @@ class RestTests(StoreTestCase):
         ipmi = {"mode": "single", "agents": [{"driver": "ipmi", "params": {
             "host": "10.0.0.5", "password": "pw"}}]}
         for name, cluster in (("n1", "c1"), ("n2", "c1"), ("n3", "c1"), ("m1", "c2")):
-            await self.store.create_node(name, cluster, ipmi)
+            await self.store.nodes.create(name, cluster, ipmi)
 
     async def test_the_live_view_and_its_node_filter(self):
         await self.nodes()

@@ -83,12 +83,12 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     async def test_a_bug_answers_internal_error_and_the_connection_stays(self):
         await self.start_region()
         store = self.region.region.store
-        real = store.register_pserv
+        real = store.clusters.register_pserv
 
         def broken(*args, **kwargs):
             raise RuntimeError("a bug in the store")
 
-        store.register_pserv = broken
+        store.clusters.register_pserv = broken
         p = await self.client()
         await self.authenticate(p)
         register = dict(cluster="c1", name="pserv-x", version="t", instance="i-1")
@@ -100,7 +100,7 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertFalse(p.lost.called)
 
         # the same connection goes on: the fixed store registers it
-        store.register_pserv = real
+        store.clusters.register_pserv = real
         answer = await p.callRemote(commands.Register, **register)
         self.assertGreater(answer["epoch"], 0)
         self.assertGreater((await p.callRemote(commands.Heartbeat, actions_in_flight=0))["lease"],

@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from powerctl.region.api import Api, api_root
-from powerctl.region.store import Store
+from powerctl.region.store import NodeStore, PodManagerStore, Store
 from tests.test_powerconfig import fake_catalogue
 from tests.test_store import StoreTestCase, ipmi
 
@@ -124,7 +124,7 @@ class NodeApiTests(ApiTestCase):
         status, updated, _ = await self.call(
             "PUT", "/nodes/n1", {"name": "n1", "cluster": "c3", "power": node["power"]})
         self.assertEqual((status, updated["cluster"]), (200, "c3"))
-        stored = (await self.store.get_node("n1"))["power"]["agents"][0]["params"]
+        stored = (await self.store.nodes.get("n1"))["power"]["agents"][0]["params"]
         self.assertEqual(stored, {"host": "10.0.0.9", "password": "pw-ipmi"})
 
         status, body, _ = await self.call("DELETE", "/nodes/n1")
@@ -133,7 +133,7 @@ class NodeApiTests(ApiTestCase):
         self.assertNoSecret(nodes, updated)
 
     async def test_node_errors_write_nothing(self):
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         good = {"name": "n2", "cluster": "c1", "power": ipmi()}
         bad_params = dict(good, power={"agents": [{"driver": "ipmi",
                                                    "params": {"host": "h", "port": "x",
@@ -182,7 +182,7 @@ class NodeApiTests(ApiTestCase):
 
 class PowerApiTests(ApiTestCase):
     async def test_power_request_answers_202_and_dispatches_after_commit(self):
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         status, op, response = await self.call("POST", "/nodes/n1/power", {"action": "soft-off"})
         self.assertEqual(status, 202)
         self.assertEqual(sorted(op), sorted([
@@ -192,7 +192,7 @@ class PowerApiTests(ApiTestCase):
         self.assertEqual((op["node"], op["action"], op["state"]), ("n1", "soft-off", "pending"))
         self.assertEqual(op["requester"], "api:127.0.0.1")
         self.assertEqual(response.headers.getRawHeaders("location"), [f"/v1/power_ops/{op['id']}"])
-        self.assertEqual((await self.store.get_node("n1"))["desired_state"], "off")
+        self.assertEqual((await self.store.nodes.get("n1"))["desired_state"], "off")
         [(seen, committed)] = self.dispatched
         self.assertEqual(seen["id"], op["id"])
         self.assertEqual(await committed, [("pending",)])
@@ -200,10 +200,10 @@ class PowerApiTests(ApiTestCase):
         _, cycle, _ = await self.call("POST", "/nodes/n1/power",
                                       {"action": "cycle", "requester": "alice"})
         self.assertEqual(cycle["requester"], "alice")
-        self.assertEqual((await self.store.get_node("n1"))["desired_state"], "on")
+        self.assertEqual((await self.store.nodes.get("n1"))["desired_state"], "on")
 
     async def test_a_failing_dispatch_hook_does_not_fail_the_request(self):
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         self.api.on_power_request = lambda op: defer.fail(RuntimeError("amp down"))
         status, op, _ = await self.call("POST", "/nodes/n1/power", {"action": "on"})
         self.assertEqual(status, 202)
@@ -212,7 +212,7 @@ class PowerApiTests(ApiTestCase):
         self.assertIn(str(op["id"]), formatEvent(failures[0]))
 
     async def test_power_request_errors_write_nothing(self):
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         await self.refused([
             case("POST", "/nodes/n1/power", {"action": "reboot"}, code="invalid_action",
                  fragment="unknown power action 'reboot'"),
@@ -232,11 +232,11 @@ class PowerApiTests(ApiTestCase):
         self.assertEqual(self.dispatched, [])
 
     async def test_power_ops_list_filters_and_one(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        await self.store.create_node("n2", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
+        await self.store.nodes.create("n2", "c1", ipmi())
         ids = [(await self.call("POST", f"/nodes/{n}/power", {"action": "on"}))[1]["id"]
                for n in ("n1", "n2", "n1")]
-        await self.store.record_outcome(ids[0], "failed", error="auth")
+        await self.store.ops.record_outcome(ids[0], "failed", error="auth")
         _, ops, _ = await self.call("GET", "/power_ops")
         self.assertEqual([o["id"] for o in ops], ids[::-1])
         _, ops, _ = await self.call("GET", "/power_ops?node=n1&state=pending")
@@ -284,7 +284,7 @@ class PodManagerApiTests(ApiTestCase):
         await self.call("POST", "/nodes", {"name": "n1", "cluster": "c1", "power": {
             "agents": [{"driver": "redfish", "pod_manager": pm["uuid"],
                         "params": {"system": "1"}}]}})
-        config = await self.store.node_power_config("n1")
+        config = await self.store.nodes.power_config("n1")
         self.assertEqual(config["agents"][0]["params"]["password"], "hunter2")
         _, node, _ = await self.call("GET", "/nodes/n1")
         self.assertNoSecret(pm, listed, updated, node)
@@ -298,8 +298,8 @@ class PodManagerApiTests(ApiTestCase):
         self.assertEqual((await self.call("GET", path))[0], 404)
 
     async def test_errors_write_nothing(self):
-        pm = await self.store.create_pod_manager("rack-1", "https://10.1.0.1", "u", "p", "")
-        await self.store.create_pod_manager("rack-2", "https://10.1.0.2", "u", "p", "")
+        pm = await self.store.pod_managers.create("rack-1", "https://10.1.0.1", "u", "p", "")
+        await self.store.pod_managers.create("rack-2", "https://10.1.0.2", "u", "p", "")
         path = f"/pod_manager/{pm['uuid']}"
         ghost = "/pod_manager/7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10"
         await self.refused([
@@ -328,11 +328,11 @@ class PodManagerApiTests(ApiTestCase):
 
 class ClusterAndDocumentTests(ApiTestCase):
     async def test_clusters_with_pservs_and_live_activity(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        await self.store.register_pserv("p1", "c1", "0.1", "r1")
-        await self.store.heartbeat("p1", 2)
-        await self.store.register_pserv("p2", "c2", "0.1", "r1")
-        await self.store.pserv_disconnected("p2")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        await self.store.clusters.register_pserv("p1", "c1", "0.1", "r1")
+        await self.store.clusters.heartbeat("p1", 2)
+        await self.store.clusters.register_pserv("p2", "c2", "0.1", "r1")
+        await self.store.clusters.pserv_disconnected("p2")
         _, clusters, _ = await self.call("GET", "/clusters")
         self.assertEqual([(c["name"], c["status"], c["actions_in_flight"], c["nodes"])
                           for c in clusters], [("c1", "online", 2, 1), ("c2", "offline", 0, 0)])
@@ -355,17 +355,30 @@ class ClusterAndDocumentTests(ApiTestCase):
             self.assertIn(ref, doc["components"]["schemas"])
 
 
-class BrokenStore(Store):
-    """A store whose reads fail unexpectedly (a bug), once plainly, once in SQL."""
+class BrokenNodes(NodeStore):
+    """Nodes whose reads fail unexpectedly (a bug)."""
 
-    def list_nodes(self, **kwargs):
+    def list(self, **kwargs):
         return defer.fail(RuntimeError("boom"))
 
-    def list_pod_managers(self):
+
+class BrokenPodManagers(PodManagerStore):
+    """Pod managers whose reads fail in SQL."""
+
+    def list(self):
         # a CHECK violation: PostgreSQL's DETAIL quotes the row, password included
         return self._pool.runOperation(
             "INSERT INTO pod_managers (uuid, name, password, url, status)"
             " VALUES (gen_random_uuid(), 'x', 'hunter2', 'https://x', 'broken')")
+
+
+class BrokenStore(Store):
+    """A store whose reads fail unexpectedly (a bug), once plainly, once in SQL."""
+
+    def __init__(self, pool, catalogue):
+        super().__init__(pool, catalogue)
+        self.nodes = BrokenNodes(pool, catalogue)
+        self.pod_managers = BrokenPodManagers(pool, catalogue)
 
 
 class InternalErrorTests(ApiTestCase):

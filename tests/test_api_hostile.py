@@ -26,8 +26,8 @@ class HostileInputTests(ApiTestCase):
         return d
 
     async def seed(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        self.op = await self.store.request_power("n1", "on", requester="test")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        self.op = await self.store.ops.request("n1", "on", requester="test")
 
     async def refused_quietly(self, cases):
         """:meth:`refused`, and nothing logged as a failure (no 500 anywhere)."""

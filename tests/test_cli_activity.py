@@ -25,7 +25,7 @@ class ActivityCommandTests(RegionApiMixin, StoreTestCase):
         return {"live_activity": live_activity}
 
     async def test_the_command(self):
-        await self.store.create_node("n2", "c1", {"mode": "single", "agents": [
+        await self.store.nodes.create("n2", "c1", {"mode": "single", "agents": [
             {"driver": "manual", "params": {"label": "rack 2"}}]})
         status, out, err = await self.cli("activity", "--node", "n2")
         self.assertEqual(self.sent()[-1][:3], ("GET", "/v1/activity", {"node": "n2"}))

@@ -20,7 +20,7 @@ class GlobalOptionTests(RegionApiMixin, StoreTestCase):
 
     def setUp(self):
         d = super().setUp()
-        d.addCallback(lambda _: self.store.create_node("n1", "c1", {
+        d.addCallback(lambda _: self.store.nodes.create("n1", "c1", {
             "mode": "single", "agents": [{"driver": "ipmi", "params": {
                 "host": "h", "password": "p"}}]}))
         return d

@@ -184,20 +184,20 @@ class PservDouble:
                 self.running[node][1].append(op)
                 return
             self.running[node] = (op, [])
-        await self.store.mark_running(op["id"], "p1")
+        await self.store.ops.mark_running(op["id"], "p1")
         if not node.startswith("slow"):
             await self._end(op)
 
     async def _end(self, op, coalesced_into=None):
         if op["node"].startswith("bad"):
-            await self.store.record_outcome(op["id"], "failed", error=BMC_REFUSED,
+            await self.store.ops.record_outcome(op["id"], "failed", error=BMC_REFUSED,
                                             agent="0:ipmi", pserv="p1")
             return
         target = Action(op["action"]).target.value
         # The node's state first: once the operation is terminal, a waiting
         # CLI may read the node at once.
-        await self.store.record_power_state(op["node"], target, queried=False)
-        await self.store.record_outcome(op["id"], "succeeded", observed_state=target,
+        await self.store.nodes.record_power_state(op["node"], target, queried=False)
+        await self.store.ops.record_outcome(op["id"], "succeeded", observed_state=target,
                                         agent="0:ipmi", pserv="p1",
                                         coalesced_into=coalesced_into)
 
@@ -392,7 +392,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         self.assertIn("agent 0:", out)
         self.assertIn("password=(set)", out)
         self.assertNotIn("hunter2", out + err)
-        stored = await self.store.get_node("n1")
+        stored = await self.store.nodes.get("n1")
         self.assertEqual(stored["power"]["agents"][0]["params"]["password"], "hunter2")
 
     async def test_node_add_several_agents(self):
@@ -423,7 +423,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
                                         stdin=json.dumps(power))
         self.assertEqual(status, 0, err)
         self.assertEqual(self.sent("POST")[0][3]["power"], power)
-        self.assertEqual((await self.store.get_node("n3"))["power"]["mode"], "sequential")
+        self.assertEqual((await self.store.nodes.get("n3"))["power"]["mode"], "sequential")
 
     async def test_node_add_api_errors(self):
         """The API's own refusals, one line each, with its exit statuses."""
@@ -439,7 +439,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
                                         "-p", "host=h", "-p", "colour=blue")
         self.assertEqual(status, 2)
         self.assertIn("colour", err)
-        self.assertEqual([n["name"] for n in await self.store.list_nodes()], ["n1"])
+        self.assertEqual([n["name"] for n in await self.store.nodes.list()], ["n1"])
 
     async def test_node_list_show_update_delete(self):
         await self.add_node("n1")
@@ -465,7 +465,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         status, out, err = await self.cli("node", "update", "n1", "--cluster", "c2")
         self.assertEqual(status, 0, err)
         self.assertEqual(self.sent("PUT")[-1][1:], ("/v1/nodes/n1", {}, {"cluster": "c2"}))
-        self.assertEqual((await self.store.get_node("n1"))["cluster"], "c2")
+        self.assertEqual((await self.store.nodes.get("n1"))["cluster"], "c2")
         status, _, err = await self.cli("node", "update", "n1")
         self.assertEqual(status, 2)
         self.assertIn("nothing to update", err)
@@ -494,7 +494,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         self.assertEqual(body["action"], "soft-off")
         self.assertTrue(body["requester"].startswith("cli"))
         self.assertEqual(out.splitlines()[1].split()[:4], ["stuck1", "soft-off", "1", "pending"])
-        op = await self.store.get_op(1)
+        op = await self.store.ops.get(1)
         self.assertEqual((op["action"], op["requester"]), ("soft-off", body["requester"]))
 
     async def test_power_wait_reports_each_node(self):
@@ -504,7 +504,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
                                           "--poll-interval", "0.01")
         self.assertEqual(status, 1)
         rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
-        [op] = await self.store.list_ops(node="n1")  # requests run at once: ids in any order
+        [op] = await self.store.ops.list(node="n1")  # requests run at once: ids in any order
         self.assertEqual(rows["n1"][1:5], ["on", str(op["id"]), "succeeded", "on"])
         self.assertEqual(rows["n2"][3:5], ["succeeded", "on"])
         self.assertEqual(rows["bad1"][3], "failed")
@@ -550,7 +550,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
                                           "--poll-interval", "0.01")
         self.assertEqual(status, 1)
         self.assertIn("ghost: node 'ghost' does not exist", err)
-        self.assertEqual((await self.store.get_node("n1"))["power_state"], "on")
+        self.assertEqual((await self.store.nodes.get("n1"))["power_state"], "on")
 
     # -- operations ---------------------------------------------------------------
 
@@ -563,7 +563,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         self.assertEqual(self.sent("GET")[-1][2], {"node": "n1", "state": "succeeded",
                                                    "limit": "5"})
         self.assertEqual(out.splitlines()[1].split()[:4], ["1", "n1", "on", "succeeded"])
-        requested = (await self.store.get_op(1))["requested_at"]
+        requested = (await self.store.ops.get(1))["requested_at"]
         self.assertIn(requested.replace("T", " ")[:19], out)
         status, out, _ = await self.cli("ops", "show", "1", "--json")
         self.assertEqual(json.loads(out)["agent"], "0:ipmi")
@@ -617,7 +617,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         self.assertEqual(self.sent("PUT")[-1][3], {"name": "pdu-1", "password": "new-secret"})
         self.assertEqual(self.prompts, ["Password: "])
         self.assertNotIn("new-secret", out + err)
-        self.assertEqual((await self.store.get_pod_manager(uuid_))["name"], "pdu-1")
+        self.assertEqual((await self.store.pod_managers.get(uuid_))["name"], "pdu-1")
 
         status, out, _ = await self.cli("podm", "delete", "pdu-1")
         self.assertEqual((status, out), (0, f"deleted pod manager {uuid_}\n"))
@@ -640,7 +640,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
 
     async def test_cluster_list_and_set(self):
         await self.add_node("n1")
-        await self.store.register_pserv("p1", "c1", "1.0", "r1")
+        await self.store.clusters.register_pserv("p1", "c1", "1.0", "r1")
         status, out, err = await self.cli("cluster", "list")
         self.assertEqual(status, 0, err)
         lines = out.splitlines()
@@ -654,7 +654,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
                          ("c1", ["p1"]))
         status, out, err = await self.cli("cluster", "set", "c1", "--drift-policy", "enforce")
         self.assertEqual((status, out), (0, "cluster c1: drift policy enforce\n"), err)
-        [stored] = await self.store.list_clusters()
+        [stored] = await self.store.clusters.list()
         self.assertEqual(stored["drift_policy"], "enforce")
 
     async def test_api_from_environment(self):

@@ -193,21 +193,21 @@ class AssessProperties(unittest.TestCase):
 
 class StoreDriftTests(StoreTestCase):
     async def node(self, name="n1", cluster="c1", desired=None):
-        await self.store.create_node(name, cluster, ipmi())
+        await self.store.nodes.create(name, cluster, ipmi())
         if desired is not None:
-            op = await self.store.request_power(name, desired, requester="alice")
-            await self.store.record_outcome(op["id"], "succeeded", observed_state=desired)
-            await self.store.record_power_state(name, desired, queried=False)
+            op = await self.store.ops.request(name, desired, requester="alice")
+            await self.store.ops.record_outcome(op["id"], "succeeded", observed_state=desired)
+            await self.store.nodes.record_power_state(name, desired, queried=False)
 
     async def poll(self, state, name="n1", **kwargs):
-        return await self.store.record_power_state(name, state, poll=True, **kwargs)
+        return await self.store.nodes.record_power_state(name, state, poll=True, **kwargs)
 
     async def test_migration_defaults(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        node = await self.store.get_node("n1")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        node = await self.store.nodes.get("n1")
         self.assertEqual((node["drift_since"], node["drift_observed"], node["drift_polls"]),
                          (None, None, 0))
-        [cluster] = await self.store.list_clusters()
+        [cluster] = await self.store.clusters.list()
         self.assertEqual((cluster["drift_policy"], cluster["drifted_nodes"]), ("report", 0))
 
     async def test_report_records_counts_and_clears(self):
@@ -219,9 +219,9 @@ class StoreDriftTests(StoreTestCase):
         second = await self.poll("off")
         self.assertEqual((second["drift_since"], second["drift_polls"], second["reconcile"]),
                          (first["drift_since"], 2, None))
-        [cluster] = await self.store.list_clusters()
+        [cluster] = await self.store.clusters.list()
         self.assertEqual(cluster["drifted_nodes"], 1)
-        self.assertEqual(await self.store.node_open_ops("n1"), [])  # report: nothing asked
+        self.assertEqual(await self.store.ops.open_of_node("n1"), [])  # report: nothing asked
         cleared = await self.poll("on")
         self.assertEqual((cleared["drift_since"], cleared["drift_observed"],
                           cleared["drift_polls"]), (None, None, 0))
@@ -229,63 +229,63 @@ class StoreDriftTests(StoreTestCase):
     async def test_a_new_request_clears_drift(self):
         await self.node(desired="on")
         await self.poll("off")
-        await self.store.request_power("n1", "off", requester="bob")
-        node = await self.store.get_node("n1")
+        await self.store.ops.request("n1", "off", requester="bob")
+        node = await self.store.nodes.get("n1")
         self.assertEqual((node["drift_since"], node["drift_polls"]), (None, 0))
 
     async def test_no_drift_while_an_operation_is_open(self):
         await self.node(desired="on")
-        await self.store.set_cluster_policy("c1", "enforce")
-        op = await self.store.request_power("n1", "on", requester="bob")
+        await self.store.clusters.set_policy("c1", "enforce")
+        op = await self.store.ops.request("n1", "on", requester="bob")
         for _ in range(3):
             node = await self.poll("off")
             self.assertEqual((node["drift_since"], node["reconcile"]), (None, None))
-        self.assertEqual([o["id"] for o in await self.store.node_open_ops("n1")], [op["id"]])
-        await self.store.record_outcome(op["id"], "failed", error="x")
+        self.assertEqual([o["id"] for o in await self.store.ops.open_of_node("n1")], [op["id"]])
+        await self.store.ops.record_outcome(op["id"], "failed", error="x")
         node = await self.poll("off")
         self.assertEqual(node["drift_polls"], 1)  # counting starts once nothing is open
 
     async def test_failed_polls_never_record_drift(self):
         store = self.make_store(responsive_grace=0.0)
         await self.node(desired="on")
-        await store.set_cluster_policy("c1", "enforce")
+        await store.clusters.set_policy("c1", "enforce")
         for _ in range(4):
-            node = await store.record_power_state("n1", "error", error="timeout", poll=True)
+            node = await store.nodes.record_power_state("n1", "error", error="timeout", poll=True)
             self.assertEqual((node["drift_since"], node["reconcile"]), (None, None))
-        node = await store.record_power_state("n1", "unknown", poll=True)
+        node = await store.nodes.record_power_state("n1", "unknown", poll=True)
         self.assertIsNone(node["drift_since"])
-        self.assertEqual(await store.node_open_ops("n1"), [])
+        self.assertEqual(await store.ops.open_of_node("n1"), [])
 
     async def test_failed_polls_keep_drift_while_responsive_and_clear_it_after(self):
         store = self.make_store(responsive_grace=0.0)
         await self.node(desired="on")
-        first = await store.record_power_state("n1", "off", poll=True)
-        node = await store.record_power_state("n1", "error", error="timeout", poll=True)
+        first = await store.nodes.record_power_state("n1", "off", poll=True)
+        node = await store.nodes.record_power_state("n1", "error", error="timeout", poll=True)
         self.assertEqual((node["drift_since"], node["drift_polls"]), (first["drift_since"], 1))
         for _ in range(2):
-            node = await store.record_power_state("n1", "error", error="timeout", poll=True)
+            node = await store.nodes.record_power_state("n1", "error", error="timeout", poll=True)
         self.assertFalse(node["responsive"])
         self.assertEqual((node["drift_since"], node["drift_polls"]), (None, 0))
 
     async def test_no_desired_state_never_drifts(self):
         await self.node()
-        await self.store.set_cluster_policy("c1", "enforce")
+        await self.store.clusters.set_policy("c1", "enforce")
         for state in ("on", "off", "on"):
             node = await self.poll(state)
             self.assertIsNone(node["drift_since"])
-        self.assertEqual(await self.store.list_ops(node="n1"), [])
+        self.assertEqual(await self.store.ops.list(node="n1"), [])
 
     async def test_an_action_outcome_is_not_a_poll(self):
         await self.node(desired="on")
-        await self.store.set_cluster_policy("c1", "enforce")
+        await self.store.clusters.set_policy("c1", "enforce")
         for queried in (False, True, True):  # a failed change; a query operation's outcome
-            node = await self.store.record_power_state("n1", "off", queried=queried)
+            node = await self.store.nodes.record_power_state("n1", "off", queried=queried)
             self.assertEqual((node["drift_since"], node["reconcile"]), (None, None))
         self.assertEqual((await self.poll("off"))["drift_polls"], 1)
 
     async def test_enforce_journals_one_reconcile_on_the_second_poll(self):
         await self.node(desired="on")
-        await self.store.set_cluster_policy("c1", "enforce")
+        await self.store.clusters.set_policy("c1", "enforce")
         first = await self.poll("off")
         self.assertIsNone(first["reconcile"])
         second = await self.poll("off")
@@ -293,43 +293,43 @@ class StoreDriftTests(StoreTestCase):
         self.assertEqual((op["action"], op["requester"], op["state"]),
                          ("on", "reconcile", "pending"))
         self.assertEqual((second["drift_since"], second["drift_polls"]), (None, 0))
-        self.assertEqual([o["id"] for o in await self.store.node_open_ops("n1")], [op["id"]])
+        self.assertEqual([o["id"] for o in await self.store.ops.open_of_node("n1")], [op["id"]])
         for _ in range(3):  # while it is open: nothing more
             node = await self.poll("off")
             self.assertIsNone(node["reconcile"])
-        self.assertEqual(len(await self.store.node_open_ops("n1")), 1)
-        self.assertEqual((await self.store.get_node("n1"))["desired_state"], "on")
+        self.assertEqual(len(await self.store.ops.open_of_node("n1")), 1)
+        self.assertEqual((await self.store.nodes.get("n1"))["desired_state"], "on")
 
     async def test_enforce_asks_for_the_desired_state(self):
         await self.node(desired="off")
-        await self.store.set_cluster_policy("c1", "enforce")
+        await self.store.clusters.set_policy("c1", "enforce")
         self.assertIsNone((await self.poll("on"))["reconcile"])
         op = (await self.poll("on"))["reconcile"]
         self.assertEqual((op["action"], op["node"]), ("off", "n1"))
 
     async def test_enforce_gives_up_after_three_failed_reconciles(self):
         await self.node(desired="on")
-        await self.store.set_cluster_policy("c1", "enforce")
+        await self.store.clusters.set_policy("c1", "enforce")
         for _ in range(drift.MAX_RECONCILE_ATTEMPTS):
             await self.poll("off")
             op = (await self.poll("off"))["reconcile"]
-            await self.store.record_outcome(op["id"], "failed", error="bmc says no")
+            await self.store.ops.record_outcome(op["id"], "failed", error="bmc says no")
         for _ in range(3):
             node = await self.poll("off")
             self.assertIsNone(node["reconcile"])
         self.assertEqual(node["drift_polls"], 3)  # still reported
-        await self.store.request_power("n1", "on", requester="alice")  # an operator retries
-        [op] = await self.store.node_open_ops("n1")
-        await self.store.record_outcome(op["id"], "failed", error="still no")
+        await self.store.ops.request("n1", "on", requester="alice")  # an operator retries
+        [op] = await self.store.ops.open_of_node("n1")
+        await self.store.ops.record_outcome(op["id"], "failed", error="still no")
         await self.poll("off")
         self.assertEqual((await self.poll("off"))["reconcile"]["requester"], "reconcile")
 
     async def test_enforce_does_not_fight_an_operators_cancel(self):
         await self.node(desired="on")
-        await self.store.set_cluster_policy("c1", "enforce")
+        await self.store.clusters.set_policy("c1", "enforce")
         await self.poll("off")
         op = (await self.poll("off"))["reconcile"]
-        await self.store.record_outcome(op["id"], "cancelled", cancelled_by="alice")
+        await self.store.ops.record_outcome(op["id"], "cancelled", cancelled_by="alice")
         for _ in range(3):
             self.assertIsNone((await self.poll("off"))["reconcile"])
 
@@ -340,7 +340,7 @@ class StoreDriftTests(StoreTestCase):
         await self.node("n2", desired="on")
         await self.node("n3", cluster="c2", desired="off")
         await self.poll("off", name="n1")  # drifted (and mismatched)
-        await self.store.request_power("n2", "off")  # mismatched, open: not drifted
+        await self.store.ops.request("n2", "off")  # mismatched, open: not drifted
         await self.poll("on", name="n3")
         await self.poll("on", name="n3")
         _, text = await web.Metrics(self.store).produce(None)
@@ -352,15 +352,15 @@ class StoreDriftTests(StoreTestCase):
 
     async def test_set_cluster_policy(self):
         await self.node()
-        self.assertEqual(await self.store.set_cluster_policy("c1", "enforce"),
+        self.assertEqual(await self.store.clusters.set_policy("c1", "enforce"),
                          {"name": "c1", "drift_policy": "enforce"})
-        [cluster] = await self.store.list_clusters()
+        [cluster] = await self.store.clusters.list()
         self.assertEqual(cluster["drift_policy"], "enforce")
         with self.assertRaises(InvalidInput):
-            await self.store.set_cluster_policy("c1", "sometimes")
+            await self.store.clusters.set_policy("c1", "sometimes")
         with self.assertRaises(NotFound):
-            await self.store.set_cluster_policy("nope", "report")
-        self.assertEqual((await self.store.set_cluster_policy("c1", "report"))["drift_policy"],
+            await self.store.clusters.set_policy("nope", "report")
+        self.assertEqual((await self.store.clusters.set_policy("c1", "report"))["drift_policy"],
                          "report")
 
 

@@ -7,7 +7,8 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from powerctl.drivers.catalogue import DriverCatalogue
-from powerctl.pserv.executor import DriverExecutor, InvalidConfig, Stagger
+from powerctl.powerdoc import InvalidPowerDocument
+from powerctl.pserv.executor import DriverExecutor, Stagger
 from powerctl.registry import PowerAction
 from tests.test_multiagent import FakeDriver
 
@@ -45,9 +46,9 @@ class ExecutorTests(unittest.TestCase):
             ({"agents": []}, "non-empty"),
             ({"agents": [{"driver": "nope"}]}, "unknown driver 'nope'"),
             ({"agents": [{"driver": "fake", "params": {"x": 1}}]}, "parameter 'x'"),
-            ({"mode": "single", "agents": [{"driver": "fake"}, {"driver": "fake"}]}, "exactly one"),
+            ({"mode": "single", "agents": [{"driver": "fake"}, {"driver": "fake"}]}, "exactly 1 agent"),
         ]:
-            with self.assertRaises(InvalidConfig) as caught:
+            with self.assertRaises(InvalidPowerDocument) as caught:
                 executor.configure("n", power)
             self.assertIn(message, str(caught.exception))
         self.assertEqual(executor.known_nodes(), [])

@@ -10,7 +10,8 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from powerctl.drivers.catalogue import DriverCatalogue
-from powerctl.pserv.executor import DriverExecutor, InvalidConfig, Stagger, build_node_power
+from powerctl.powerdoc import InvalidPowerDocument
+from powerctl.pserv.executor import DriverExecutor, Stagger, build_node_power
 from powerctl.registry import IActionExecutor, PowerAction
 from tests.test_executor import FakeType, single
 
@@ -77,11 +78,11 @@ class CountingType(FakeType):
 class ConfigurationTests(unittest.TestCase):
     def test_an_agent_without_a_driver_is_refused(self):
         executor = DriverExecutor(DriverCatalogue([FakeType()]))
-        for agent in ({"params": {}}, "fake"):
+        for agent, why in (({"params": {}}, "'driver' is required"), ("fake", "must be an object")):
             with self.assertRaises(Exception) as caught:
                 executor.configure("n", {"agents": [agent]})
-            self.assertIsInstance(caught.exception, InvalidConfig)
-            self.assertIn("agent 0: needs a 'driver'", str(caught.exception))
+            self.assertIsInstance(caught.exception, InvalidPowerDocument)
+            self.assertIn(f"power.agents[0]: {why}", str(caught.exception))
 
     def test_the_same_configuration_again_keeps_the_drivers(self):
         # The region may send the same document with its keys in another
@@ -102,8 +103,8 @@ class ConfigurationTests(unittest.TestCase):
     def test_an_unconfigured_node_is_an_invalid_configuration(self):
         executor = DriverExecutor(DriverCatalogue([FakeType()]))
         action = PowerAction(node="stranger", action="on", operation_id="1")
-        self.assertRaises(InvalidConfig, executor.execute, action)
-        self.assertRaises(InvalidConfig, executor.quiesced, action)
+        self.assertRaises(InvalidPowerDocument, executor.execute, action)
+        self.assertRaises(InvalidPowerDocument, executor.quiesced, action)
 
 
 class QueryableTests(unittest.TestCase):

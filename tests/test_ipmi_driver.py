@@ -24,6 +24,7 @@ from powerctl.drivers.errors import (
     UnsupportedError,
 )
 from powerctl.drivers.interface import IDriverType, IPowerDriver, Timing
+from powerctl import powerdoc
 from powerctl.power import PowerState
 from powerctl.sim import ipmi as sim
 
@@ -117,7 +118,9 @@ class SchemaTests(IpmiDriverTestCase):
         self.assertEqual(self.bmc.logins, 0)
 
     def test_redacted(self):
-        self.assertEqual(ipmi.SCHEMA.redact(self.params())["password"], "(set)")
+        shown = powerdoc.redact({"agents": [{"driver": "ipmi", "params": self.params()}]},
+                                {"ipmi": ipmi.SCHEMA.secrets})
+        self.assertEqual(shown["agents"][0]["params"]["password"], "(set)")
         self.assertNotIn(PASSWORD, repr(ipmi.Credentials(b"a", PASSWORD.encode(), 4, None)))
 
 

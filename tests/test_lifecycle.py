@@ -145,8 +145,8 @@ class DeleteTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
 
     async def store_delete_op_and_node(self, op_id, node):
         store = self.region.region.store
-        await store._pool.runOperation("DELETE FROM power_ops WHERE id = %s", (op_id,))
-        await store._pool.runOperation("DELETE FROM nodes WHERE name = %s", (node,))
+        await store.ops._pool.runOperation("DELETE FROM power_ops WHERE id = %s", (op_id,))
+        await store.nodes._pool.runOperation("DELETE FROM nodes WHERE name = %s", (node,))
 
 
 class ReportTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):

@@ -24,14 +24,14 @@ class ProbeTests(DatabaseMixin, unittest.TestCase):
         sim = RedfishSimulator(reactor, [SimSystem(id="1", name="one")],
                                username="u", password="p").start()
         self.addCleanup(sim.stop)
-        live = await store.create_pod_manager("chassis-a", sim.url, "u", "secret-pass")
-        dead = await store.create_pod_manager(
+        live = await store.pod_managers.create("chassis-a", sim.url, "u", "secret-pass")
+        dead = await store.pod_managers.create(
             "chassis-b", f"http://127.0.0.1:{free_port()}", "u", "secret-pass")
         prober = PodManagerProber(store, reactor, timeout=2.0)
         self.addCleanup(prober.stopService)
         await prober.probe_all()
-        self.assertEqual((await store.get_pod_manager(live["uuid"]))["status"], "online")
-        self.assertEqual((await store.get_pod_manager(dead["uuid"]))["status"], "offline")
+        self.assertEqual((await store.pod_managers.get(live["uuid"]))["status"], "online")
+        self.assertEqual((await store.pod_managers.get(dead["uuid"]))["status"], "offline")
         await sim.stop()
         await prober.probe_all()
-        self.assertEqual((await store.get_pod_manager(live["uuid"]))["status"], "offline")
+        self.assertEqual((await store.pod_managers.get(live["uuid"]))["status"], "offline")

@@ -82,4 +82,4 @@ class PollerTests(unittest.TestCase):
         self.assertEqual(sorted(states), ["ghost", "node1"])
         self.assertEqual(states["node1"]["state"], "on")
         self.assertEqual(states["ghost"]["state"], "error")
-        self.assertTrue(states["ghost"]["error"].startswith("timeout:"), states["ghost"])
+        self.assertEqual(states["ghost"]["error_kind"], "timeout", states["ghost"])

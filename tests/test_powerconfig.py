@@ -10,9 +10,9 @@ from twisted.trial import unittest
 
 from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.drivers.schema import Param, Schema
+from powerctl.powerdoc import redact
 from powerctl.region import powerconfig
-from powerctl.region.errors import InvalidInput
-from powerctl.region.powerconfig import InvalidPowerConfig
+from powerctl.region.errors import InvalidInput, PowerDocumentRefused
 
 
 @attrs.frozen
@@ -65,7 +65,7 @@ class ValidateTests(unittest.TestCase):
 
     def refuse(self, power, *fragments, pods=None):
         """Assert ``power`` is refused with a message holding every fragment."""
-        e = self.assertRaises(InvalidPowerConfig, powerconfig.validate_power,
+        e = self.assertRaises(PowerDocumentRefused, powerconfig.validate_power,
                               power, self.catalogue, pods)
         for fragment in fragments:
             self.assertIn(fragment, str(e))
@@ -174,7 +174,7 @@ class RedactTests(unittest.TestCase):
     def test_secrets_become_set_and_the_original_is_untouched(self):
         power = {"mode": "sequential", "agents": [
             IPMI, {"driver": "snmp", "params": {"host": "p", "outlet": 1, "community": "c"}}]}
-        shown = powerconfig.redact(power, self.catalogue)
+        shown = redact(power, powerconfig.secret_names(self.catalogue))
         self.assertEqual(shown["agents"][0]["params"]["password"], "(set)")
         self.assertEqual(shown["agents"][1]["params"]["community"], "(set)")
         self.assertEqual(shown["agents"][0]["params"]["host"], "10.0.0.5")
@@ -184,18 +184,18 @@ class RedactTests(unittest.TestCase):
     def test_unknown_driver_redacts_secret_looking_names(self):
         power = {"agents": [{"driver": "gone", "params": {"api_token": "t", "bmc_password": "p",
                                                             "host": "h"}}]}
-        shown = powerconfig.redact(power, self.catalogue)
+        shown = redact(power, powerconfig.secret_names(self.catalogue))
         self.assertEqual(shown["agents"][0]["params"],
                          {"api_token": "(set)", "bmc_password": "(set)", "host": "h"})
 
     def test_restore_secrets_round_trips_a_redacted_document(self):
         stored = powerconfig.validate_power({"agents": [IPMI]}, self.catalogue)
-        shown = powerconfig.redact(stored, self.catalogue)
+        shown = redact(stored, powerconfig.secret_names(self.catalogue))
         shown["agents"][0]["params"]["host"] = "10.0.0.99"
         restored = powerconfig.restore_secrets(shown, stored, self.catalogue)
         self.assertEqual(restored["agents"][0]["params"]["password"], "pw")
         self.assertEqual(restored["agents"][0]["params"]["host"], "10.0.0.99")
-        e = self.assertRaises(InvalidPowerConfig, powerconfig.restore_secrets,
+        e = self.assertRaises(PowerDocumentRefused, powerconfig.restore_secrets,
                               shown, None, self.catalogue)
         self.assertIn("'password' is '(set)' but no value is stored", str(e))
 
@@ -233,6 +233,6 @@ class StandardCatalogueTests(unittest.TestCase):
         resolved = powerconfig.resolve_power(stored, self.catalogue, pods)
         self.assertEqual(resolved["agents"][0]["params"]["password"], "s3cret")
         self.assertEqual(resolved["agents"][1]["params"]["host"], "10.3.0.2")
-        shown = repr(powerconfig.redact(stored, self.catalogue))
+        shown = repr(redact(stored, powerconfig.secret_names(self.catalogue)))
         for secret in ("private", "'pw'"):
             self.assertNotIn(secret, shown)

@@ -44,11 +44,12 @@ class ReportTests(unittest.TestCase):
 
     def test_a_device_failure_says_its_kind(self):
         r = report_for(action(4), Failure(UnreachableError("no route to bmc")))
-        self.assertEqual(r, Report(4, "failed", error="unreachable: no route to bmc"))
+        self.assertEqual(r, Report(4, "failed", error="no route to bmc",
+                                   error_kind="unreachable"))
 
     def test_a_bug_is_reported_as_internal(self):
         r = report_for(action(4), Failure(ZeroDivisionError("oops")))
-        self.assertEqual(r, Report(4, "failed", error="internal: oops"))
+        self.assertEqual(r, Report(4, "failed", error="oops", error_kind="internal"))
 
     def test_a_failed_joined_request_still_names_the_leader(self):
         r = report_for(action(5, "4"), Failure(UnreachableError("x")))

@@ -23,7 +23,10 @@ class Recorded:
 
 
 class FakeStore:
+    """Both kinds the region's reports touch: ``store.ops`` and ``store.nodes``."""
+
     def __init__(self, op=None, changed=True, node_exists=True):
+        self.ops = self.nodes = self
         self.op = op or {"id": 1, "node": "n1", "action": "off"}
         self.changed = changed
         self.node_exists = node_exists

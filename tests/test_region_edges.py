@@ -9,37 +9,38 @@ import json
 
 from twisted.trial import unittest
 
-from powerctl.region import rpc, store
+from powerctl.region import rpc
+from powerctl.region.store import base
 from powerctl.region.errors import InvalidInput, NotFound
 from powerctl.rpc import commands
 
 
 class TextBoundTests(unittest.TestCase):
     def test_text_fields_hold_up_to_4096_characters(self):
-        self.assertEqual(store._text("error", "x" * 4096), "x" * 4096)
+        self.assertEqual(base.check_text("error", "x" * 4096), "x" * 4096)
         with self.assertRaises(InvalidInput) as caught:
-            store._text("error", "x" * 4097)
+            base.check_text("error", "x" * 4097)
         self.assertIn("longer than 4096 characters", str(caught.exception))
-        self.assertRaises(InvalidInput, store._text, "error", 42)
+        self.assertRaises(InvalidInput, base.check_text, "error", 42)
 
     def test_page_sizes_run_from_1_to_1000(self):
-        self.assertEqual(store._limit(None, 50), 50)
-        self.assertEqual(store._limit(1, 50), 1)
-        self.assertEqual(store._limit(1000, 50), 1000)
+        self.assertEqual(base.page_limit(None, 50), 50)
+        self.assertEqual(base.page_limit(1, 50), 1)
+        self.assertEqual(base.page_limit(1000, 50), 1000)
         for bad in (0, 1001, True, "10", 2.0):
-            self.assertRaises(InvalidInput, store._limit, bad, 50)
+            self.assertRaises(InvalidInput, base.page_limit, bad, 50)
 
     def test_operation_ids_are_positive_bigints(self):
-        self.assertEqual(store._op_id("1"), 1)
-        self.assertEqual(store._op_id(2**63 - 1), 2**63 - 1)
+        self.assertEqual(base.op_number("1"), 1)
+        self.assertEqual(base.op_number(2**63 - 1), 2**63 - 1)
         for bad in (0, -1, 2**63, "x", None, True):
-            self.assertRaises(NotFound, store._op_id, bad)
+            self.assertRaises(NotFound, base.op_number, bad)
 
     def test_names_are_1_to_253_safe_characters(self):
-        self.assertEqual(store._name("node", "a"), "a")
-        self.assertEqual(store._name("node", "a" * 253), "a" * 253)
+        self.assertEqual(base.check_name("node", "a"), "a")
+        self.assertEqual(base.check_name("node", "a" * 253), "a" * 253)
         for bad in ("", "a" * 254, "-a", "a b", "a/b", 7):
-            self.assertRaises(InvalidInput, store._name, "node", bad)
+            self.assertRaises(InvalidInput, base.check_name, "node", bad)
 
 
 def size(items):

@@ -137,10 +137,10 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             op = await self.power("node1", "on")
             await p.callRemote(commands.ReportOutcome, operation_id=op["id"], outcome="failed",
                                epoch=p.epoch,
-                               observed_state="", agent="", error="unreachable: no route",
-                               coalesced_into=0, superseded_by=0)
+                               observed_state="", agent="", error="no route",
+                               error_kind="unreachable", coalesced_into=0, superseded_by=0)
         store = self.region.region.store
-        node = await store.get_node("node1")
+        node = await store.nodes.get("node1")
         self.assertEqual((node["failed_polls"], node["responsive"]), (0, True))
         self.assertEqual(node["last_error"], "unreachable: no route")
 

@@ -22,6 +22,7 @@ from powerctl.drivers.errors import (
 )
 from powerctl.drivers.interface import Timing
 from powerctl.drivers.snmp import SCHEMA, SnmpDriverType
+from powerctl import powerdoc
 from powerctl.power import PowerState
 from powerctl.sim import snmp as simsnmp
 
@@ -128,7 +129,8 @@ class SchemaTests(unittest.TestCase):
 
     def test_redaction(self):
         s = SCHEMA.validate({**self.GOOD, "community": "c0mm", "write_community": "wr1te"})
-        shown = SCHEMA.redact(s)
+        shown = powerdoc.redact({"agents": [{"driver": "snmp", "params": s}]},
+                                {"snmp": SCHEMA.secrets})
         self.assertNotIn("c0mm", repr(shown))
         self.assertNotIn("wr1te", repr(shown))
 

@@ -5,13 +5,15 @@ pservs and clusters, pod managers.
 """
 
 import datetime
+import re
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from txpostgres import txpostgres
 
+from powerctl.power import ACTIONS, OP_STATES, POWER_STATES, TARGET_STATES
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
-from powerctl.region.powerconfig import InvalidPowerConfig
+from powerctl.region.errors import PowerDocumentRefused
 from powerctl.region.store import Recorded, Store
 from tests.pg import DatabaseMixin
 from tests.test_powerconfig import fake_catalogue
@@ -54,9 +56,25 @@ class StoreTestCase(DatabaseMixin, unittest.TestCase):
         return conn
 
 
+class VocabularyTests(StoreTestCase):
+    async def test_the_schema_checks_allow_exactly_the_vocabulary(self):
+        """The migrations spell the words out; they must be powerctl.power's."""
+        allowed = {}
+        for table, definition in await self.sql(
+                "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE contype = 'c' AND conrelid IN ('nodes'::regclass, 'power_ops'::regclass)"):
+            column = re.search(r"\(\(?(\w+)", definition.removeprefix("CHECK ")).group(1)
+            allowed[(table, column)] = set(re.findall(r"'([^']*)'::text", definition))
+        self.assertEqual(allowed[("power_ops", "state")], set(OP_STATES))
+        self.assertEqual(allowed[("power_ops", "action")], set(ACTIONS))
+        self.assertEqual(allowed[("nodes", "power_state")], set(POWER_STATES))
+        self.assertEqual(allowed[("nodes", "desired_state")], set(TARGET_STATES))
+        self.assertEqual(allowed[("nodes", "drift_observed")], set(TARGET_STATES))
+
+
 class NodeTests(StoreTestCase):
     async def test_create_get_list_update_delete(self):
-        node = await self.store.create_node("n1", "c1", ipmi())
+        node = await self.store.nodes.create("n1", "c1", ipmi())
         self.assertEqual(node["name"], "n1")
         self.assertEqual(node["cluster"], "c1")
         self.assertEqual(node["power"]["agents"][0]["params"]["password"], "pw")
@@ -64,89 +82,89 @@ class NodeTests(StoreTestCase):
                          (None, "unknown", True))
         datetime.datetime.fromisoformat(node["created_at"])  # ISO text
         self.assertEqual(await self.sql("SELECT name FROM clusters"), [("c1",)])
-        await self.store.create_node("n2", "c2", ipmi("10.0.0.6"))
-        await self.store.create_node("n0", "c1", ipmi("10.0.0.7"))
-        self.assertEqual(await self.store.get_node("n1"), node)
-        self.assertEqual([n["name"] for n in await self.store.list_nodes()], ["n0", "n1", "n2"])
-        self.assertEqual([n["name"] for n in await self.store.list_nodes(cluster="c1")],
+        await self.store.nodes.create("n2", "c2", ipmi("10.0.0.6"))
+        await self.store.nodes.create("n0", "c1", ipmi("10.0.0.7"))
+        self.assertEqual(await self.store.nodes.get("n1"), node)
+        self.assertEqual([n["name"] for n in await self.store.nodes.list()], ["n0", "n1", "n2"])
+        self.assertEqual([n["name"] for n in await self.store.nodes.list(cluster="c1")],
                          ["n0", "n1"])
-        self.assertEqual([n["name"] for n in await self.store.list_nodes(after_name="n0",
+        self.assertEqual([n["name"] for n in await self.store.nodes.list(after_name="n0",
                                                                          limit=1)], ["n1"])
-        updated = await self.store.update_node("n1", cluster="c2", power=ipmi("10.9.9.9", "new"))
+        updated = await self.store.nodes.update("n1", cluster="c2", power=ipmi("10.9.9.9", "new"))
         self.assertEqual(updated["cluster"], "c2")
         self.assertEqual(updated["power"]["agents"][0]["params"],
                          {"host": "10.9.9.9", "password": "new"})
         self.assertGreater(updated["updated_at"], node["updated_at"])
-        await self.store.delete_node("n1")
+        await self.store.nodes.delete("n1")
         with self.assertRaises(NotFound):
-            await self.store.get_node("n1")
+            await self.store.nodes.get("n1")
 
     async def test_refusals_write_nothing(self):
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         with self.assertRaises(Conflict):
-            await self.store.create_node("n1", "c9", ipmi())
-        with self.assertRaises(InvalidPowerConfig) as e:
-            await self.store.create_node("n2", "c8", {"agents": [{"driver": "ipmi"}]})
+            await self.store.nodes.create("n1", "c9", ipmi())
+        with self.assertRaises(PowerDocumentRefused) as e:
+            await self.store.nodes.create("n2", "c8", {"agents": [{"driver": "ipmi"}]})
         self.assertIn("power.agents[0]: ipmi parameter 'host': is required", str(e.exception))
         with self.assertRaises(InvalidInput):
-            await self.store.create_node("bad name", "c7", ipmi())
+            await self.store.nodes.create("bad name", "c7", ipmi())
         with self.assertRaises(InvalidInput):
-            await self.store.create_node("n3", "", ipmi())
+            await self.store.nodes.create("n3", "", ipmi())
         self.assertEqual(await self.sql("SELECT name FROM clusters"), [("c1",)])
         self.assertEqual(await self.sql("SELECT count(*) FROM nodes"), [(1,)])
         with self.assertRaises(InvalidInput):
-            await self.store.update_node("n1", power_state="on")
-        with self.assertRaises(InvalidPowerConfig):
-            await self.store.update_node("n1", cluster="c6", power={"mode": "x", "agents": []})
+            await self.store.nodes.update("n1", power_state="on")
+        with self.assertRaises(PowerDocumentRefused):
+            await self.store.nodes.update("n1", cluster="c6", power={"mode": "x", "agents": []})
         self.assertEqual(await self.sql("SELECT cluster FROM nodes"), [("c1",)])
-        for call in (self.store.get_node, self.store.delete_node):
+        for call in (self.store.nodes.get, self.store.nodes.delete):
             with self.assertRaises(NotFound):
                 await call("ghost")
         with self.assertRaises(NotFound):
-            await self.store.update_node("ghost", cluster="c1")
+            await self.store.nodes.update("ghost", cluster="c1")
 
     async def test_update_keeps_secrets_sent_back_redacted(self):
-        await self.store.create_node("n1", "c1", ipmi(password="hunter2"))
+        await self.store.nodes.create("n1", "c1", ipmi(password="hunter2"))
         shown = ipmi(host="10.1.1.1", password="(set)")
-        node = await self.store.update_node("n1", power=shown)
+        node = await self.store.nodes.update("n1", power=shown)
         self.assertEqual(node["power"]["agents"][0]["params"],
                          {"host": "10.1.1.1", "password": "hunter2"})
-        with self.assertRaises(InvalidPowerConfig):
-            await self.store.create_node("n2", "c1", shown)
+        with self.assertRaises(PowerDocumentRefused):
+            await self.store.nodes.create("n2", "c1", shown)
 
 
 class PowerRequestTests(StoreTestCase):
     async def test_actions_set_desired_state_and_journal_pending_ops(self):
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         expected = [("on", "on"), ("off", "off"), ("query", "off"), ("cycle", "on"),
                     ("soft-off", "off"), ("soft_off", "off")]
         for action, desired in expected:
-            op = await self.store.request_power("n1", action, requester="alice")
+            op = await self.store.ops.request("n1", action, requester="alice")
             self.assertEqual((op["state"], op["node"], op["requester"]), ("pending", "n1", "alice"))
             self.assertEqual(op["action"], action.replace("_", "-"))
-            node = await self.store.get_node("n1")
+            node = await self.store.nodes.get("n1")
             self.assertEqual(node["desired_state"], desired, action)
-        self.assertEqual(await self.store.get_op(op["id"]), op)
+        self.assertEqual(await self.store.ops.get(op["id"]), op)
 
     async def test_unknown_node_or_action_writes_nothing(self):
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         with self.assertRaises(NotFound) as e:
-            await self.store.request_power("ghost", "on")
+            await self.store.ops.request("ghost", "on")
         self.assertIn("'ghost'", str(e.exception))
         with self.assertRaises(InvalidInput) as e:
-            await self.store.request_power("n1", "reboot")
+            await self.store.ops.request("n1", "reboot")
         self.assertIn("unknown power action 'reboot'", str(e.exception))
         self.assertEqual(await self.sql("SELECT count(*) FROM power_ops"), [(0,)])
         self.assertEqual(await self.sql("SELECT desired_state FROM nodes"), [(None,)])
 
     async def test_request_is_notified_after_commit(self):
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         listener = await self.connect()
         heard = defer.Deferred()
         listener.addNotifyObserver(
             lambda n: heard.callback((n.channel, n.payload)) if not heard.called else None)
         await listener.runOperation("LISTEN power_ops")
-        op = await self.store.request_power("n1", "on")
+        op = await self.store.ops.request("n1", "on")
         heard.addTimeout(5, reactor)
         self.assertEqual(await heard, ("power_ops", str(op["id"])))
 
@@ -156,7 +174,7 @@ class PowerRequestTests(StoreTestCase):
         connection); whichever commits last sets the desired state, and it
         is the one with the higher operation id.
         """
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         holder = await self.connect()
         released = defer.Deferred()
 
@@ -168,8 +186,8 @@ class PowerRequestTests(StoreTestCase):
         held = holder.runInteraction(hold)
         await task.deferLater(reactor, 0.05, lambda: None)
         finished = []
-        first = self.store.request_power("n1", "on")
-        second = self.store.request_power("n1", "off")
+        first = self.store.ops.request("n1", "on")
+        second = self.store.ops.request("n1", "off")
         for d in (first, second):
             d.addBoth(lambda result: finished.append(result) or result)
         await task.deferLater(reactor, 0.1, lambda: None)
@@ -178,204 +196,204 @@ class PowerRequestTests(StoreTestCase):
         await held
         ops = await defer.gatherResults([first, second])
         last = max(ops, key=lambda op: op["id"])
-        node = await self.store.get_node("n1")
+        node = await self.store.nodes.get("n1")
         self.assertEqual(node["desired_state"], {"on": "on", "off": "off"}[last["action"]])
         self.assertEqual(await self.sql("SELECT count(*) FROM power_ops"), [(2,)])
 
     async def test_list_ops_filters_and_pages(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        await self.store.create_node("n2", "c1", ipmi())
-        ids = [(await self.store.request_power(n, "on"))["id"] for n in ("n1", "n2", "n1")]
-        await self.store.record_outcome(ids[0], "succeeded")
-        self.assertEqual([o["id"] for o in await self.store.list_ops()], ids[::-1])
-        self.assertEqual([o["id"] for o in await self.store.list_ops(node="n1")],
+        await self.store.nodes.create("n1", "c1", ipmi())
+        await self.store.nodes.create("n2", "c1", ipmi())
+        ids = [(await self.store.ops.request(n, "on"))["id"] for n in ("n1", "n2", "n1")]
+        await self.store.ops.record_outcome(ids[0], "succeeded")
+        self.assertEqual([o["id"] for o in await self.store.ops.list()], ids[::-1])
+        self.assertEqual([o["id"] for o in await self.store.ops.list(node="n1")],
                          [ids[2], ids[0]])
-        self.assertEqual([o["id"] for o in await self.store.list_ops(state="pending")],
+        self.assertEqual([o["id"] for o in await self.store.ops.list(state="pending")],
                          [ids[2], ids[1]])
-        self.assertEqual([o["id"] for o in await self.store.list_ops(limit=1)], [ids[2]])
-        self.assertEqual([o["id"] for o in await self.store.list_ops(before_id=ids[1])],
+        self.assertEqual([o["id"] for o in await self.store.ops.list(limit=1)], [ids[2]])
+        self.assertEqual([o["id"] for o in await self.store.ops.list(before_id=ids[1])],
                          [ids[0]])
         with self.assertRaises(InvalidInput):
-            await self.store.list_ops(state="done")
+            await self.store.ops.list(state="done")
         with self.assertRaises(InvalidInput):
-            await self.store.list_ops(limit=0)
+            await self.store.ops.list(limit=0)
         for bad in ("abc", 0, 2**70, None):
             with self.assertRaises(NotFound):
-                await self.store.get_op(bad)
+                await self.store.ops.get(bad)
 
 
 class AmpSideTests(StoreTestCase):
     async def test_outstanding_ops_pages_open_ops_of_one_cluster_with_resolved_power(self):
-        pm = await self.store.create_pod_manager("rack", "https://10.1.0.1", "admin", "s3cret",
+        pm = await self.store.pod_managers.create("rack", "https://10.1.0.1", "admin", "s3cret",
                                                  "a rack")
-        await self.store.create_node("a1", "a", pod_agent(pm["uuid"], "7"))
-        await self.store.create_node("a2", "a", ipmi())
-        await self.store.create_node("b1", "b", ipmi())
+        await self.store.nodes.create("a1", "a", pod_agent(pm["uuid"], "7"))
+        await self.store.nodes.create("a2", "a", ipmi())
+        await self.store.nodes.create("b1", "b", ipmi())
         ops = []
         for node in ("a1", "b1", "a2", "a1", "a2", "a1"):
-            ops.append(await self.store.request_power(node, "on"))
-        await self.store.record_outcome(ops[3]["id"], "succeeded")
-        await self.store.mark_running(ops[4]["id"], "p1")
+            ops.append(await self.store.ops.request(node, "on"))
+        await self.store.ops.record_outcome(ops[3]["id"], "succeeded")
+        await self.store.ops.mark_running(ops[4]["id"], "p1")
         want = [ops[i]["id"] for i in (0, 2, 4, 5)]
         seen, after = [], 0
         while True:
-            page = await self.store.outstanding_ops("a", after_id=after, limit=3)
+            page = await self.store.ops.outstanding("a", after_id=after, limit=3)
             if not page:
                 break
             self.assertLessEqual(len(page), 3)
             seen.extend(page)
             after = page[-1]["id"]
         self.assertEqual([o["id"] for o in seen], want)
-        everything = await self.store.outstanding_ops("a", limit=10_000)  # the region's own reads
+        everything = await self.store.ops.outstanding("a", limit=10_000)  # the region's own reads
         self.assertEqual([o["id"] for o in everything], want)
         self.assertEqual([o["state"] for o in seen], ["pending", "pending", "running", "pending"])
         first = seen[0]
         self.assertIsNone(first["power_error"])
         self.assertEqual(first["power"]["agents"][0]["params"], {
             "url": "https://10.1.0.1", "username": "admin", "password": "s3cret", "system": "7"})
-        self.assertEqual(await self.store.outstanding_ops("nowhere"), [])
+        self.assertEqual(await self.store.ops.outstanding("nowhere"), [])
 
     async def test_desired_states_and_node_power_config(self):
         for name in ("n1", "n2", "n3"):
-            await self.store.create_node(name, "c1", ipmi())
-        await self.store.create_node("x1", "c2", ipmi())
-        await self.store.request_power("n2", "off")
-        page = await self.store.desired_states("c1", limit=2)
+            await self.store.nodes.create(name, "c1", ipmi())
+        await self.store.nodes.create("x1", "c2", ipmi())
+        await self.store.ops.request("n2", "off")
+        page = await self.store.nodes.desired_states("c1", limit=2)
         self.assertEqual([(d["node"], d["desired_state"]) for d in page],
                          [("n1", None), ("n2", "off")])
         self.assertEqual(page[0]["power"]["agents"][0]["params"]["port"], 623)  # resolved
-        page = await self.store.desired_states("c1", after_name="n2")
+        page = await self.store.nodes.desired_states("c1", after_name="n2")
         self.assertEqual([d["node"] for d in page], ["n3"])
-        config = await self.store.node_power_config("n1")
+        config = await self.store.nodes.power_config("n1")
         self.assertEqual(config["agents"][0]["params"],
                          {"host": "10.0.0.5", "port": 623, "username": "", "password": "pw"})
         with self.assertRaises(NotFound):
-            await self.store.node_power_config("ghost")
+            await self.store.nodes.power_config("ghost")
 
     async def test_pod_manager_credentials_reach_the_pserv_after_a_change(self):
-        pm = await self.store.create_pod_manager("rack", "https://10.1.0.1", "admin", "old", "")
-        await self.store.create_node("n1", "c1", pod_agent(pm["uuid"]))
-        await self.store.update_pod_manager(pm["uuid"], password="new", url="https://10.1.0.2")
-        params = (await self.store.node_power_config("n1"))["agents"][0]["params"]
+        pm = await self.store.pod_managers.create("rack", "https://10.1.0.1", "admin", "old", "")
+        await self.store.nodes.create("n1", "c1", pod_agent(pm["uuid"]))
+        await self.store.pod_managers.update(pm["uuid"], password="new", url="https://10.1.0.2")
+        params = (await self.store.nodes.power_config("n1"))["agents"][0]["params"]
         self.assertEqual((params["password"], params["url"]), ("new", "https://10.1.0.2"))
 
     async def test_mark_running_and_idempotent_record_outcome(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        op = await self.store.request_power("n1", "off")
-        other = await self.store.request_power("n1", "off")
-        got = await self.store.mark_running(op["id"], "p1")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "off")
+        other = await self.store.ops.request("n1", "off")
+        got = await self.store.ops.mark_running(op["id"], "p1")
         self.assertIsInstance(got, Recorded)
         self.assertTrue(got.changed)
         self.assertEqual((got.op["state"], got.op["pserv"]), ("running", "p1"))
         self.assertIsNotNone(got.op["started_at"])
-        self.assertFalse((await self.store.mark_running(op["id"], "p1")).changed)
-        moved = await self.store.mark_running(op["id"], "p2", started_at=1_700_000_000.0)
+        self.assertFalse((await self.store.ops.mark_running(op["id"], "p1")).changed)
+        moved = await self.store.ops.mark_running(op["id"], "p2", started_at=1_700_000_000.0)
         self.assertEqual((moved.changed, moved.op["pserv"]), (True, "p2"))
         self.assertTrue(moved.op["started_at"].startswith("2023-11-14"))
 
-        done = await self.store.record_outcome(op["id"], "succeeded", observed_state="off",
+        done = await self.store.ops.record_outcome(op["id"], "succeeded", observed_state="off",
                                                agent="0:ipmi")
         self.assertTrue(done.changed)
         self.assertEqual((done.op["state"], done.op["observed_state"], done.op["agent"]),
                          ("succeeded", "off", "0:ipmi"))
         self.assertIsNotNone(done.op["finished_at"])
-        again = await self.store.record_outcome(op["id"], "failed", error="late report")
+        again = await self.store.ops.record_outcome(op["id"], "failed", error="late report")
         self.assertFalse(again.changed)
         self.assertEqual(again.op, done.op)
-        self.assertFalse((await self.store.mark_running(op["id"], "p3")).changed)
+        self.assertFalse((await self.store.ops.mark_running(op["id"], "p3")).changed)
 
-        joined = await self.store.record_outcome(other["id"], "succeeded",
+        joined = await self.store.ops.record_outcome(other["id"], "succeeded",
                                                  coalesced_into=op["id"], pserv="p2")
         self.assertEqual((joined.op["coalesced_into"], joined.op["pserv"]), (op["id"], "p2"))
 
     async def test_record_outcome_refusals(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        op = await self.store.request_power("n1", "on")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "on")
         for kwargs in ({"state": "running"}, {"state": "succeeded", "observed_state": "up"},
                        {"state": "superseded", "superseded_by": 999},
                        {"state": "superseded", "superseded_by": op["id"]}):
             with self.assertRaises(InvalidInput):
-                await self.store.record_outcome(op["id"], **kwargs)
-        self.assertEqual((await self.store.get_op(op["id"]))["state"], "pending")
+                await self.store.ops.record_outcome(op["id"], **kwargs)
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "pending")
         with self.assertRaises(NotFound):
-            await self.store.record_outcome(999, "failed")
+            await self.store.ops.record_outcome(999, "failed")
         with self.assertRaises(NotFound):
-            await self.store.mark_running(999, "p1")
+            await self.store.ops.mark_running(999, "p1")
 
 
 class PowerStateTests(StoreTestCase):
     async def test_changes_move_last_changed_at_only_when_the_state_changes(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        first = await self.store.record_power_state("n1", "on")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        first = await self.store.nodes.record_power_state("n1", "on")
         self.assertEqual((first["power_state"], first["responsive"]), ("on", True))
         self.assertIsNotNone(first["last_queried_at"])
         self.assertIsNotNone(first["last_changed_at"])
-        same = await self.store.record_power_state("n1", "on")
+        same = await self.store.nodes.record_power_state("n1", "on")
         self.assertEqual(same["last_changed_at"], first["last_changed_at"])
         self.assertGreater(same["last_queried_at"], first["last_queried_at"])
-        off = await self.store.record_power_state("n1", "off", queried=False)
+        off = await self.store.nodes.record_power_state("n1", "off", queried=False)
         self.assertEqual(off["last_queried_at"], same["last_queried_at"])
         self.assertGreater(off["last_changed_at"], first["last_changed_at"])
         with self.assertRaises(InvalidInput):
-            await self.store.record_power_state("n1", "maybe")
+            await self.store.nodes.record_power_state("n1", "maybe")
         with self.assertRaises(NotFound):
-            await self.store.record_power_state("ghost", "on")
+            await self.store.nodes.record_power_state("ghost", "on")
 
     async def test_within_the_grace_failed_polls_never_make_a_node_non_responsive(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        await self.store.record_power_state("n1", "on")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        await self.store.nodes.record_power_state("n1", "on")
         for _ in range(5):
-            node = await self.store.record_power_state("n1", "error", error="timeout")
+            node = await self.store.nodes.record_power_state("n1", "error", error="timeout")
         self.assertEqual((node["responsive"], node["failed_polls"]), (True, 5))
         self.assertEqual((node["power_state"], node["last_error"]), ("on", "timeout"))
 
     async def test_more_than_two_failed_polls_after_the_grace(self):
         store = self.make_store(responsive_grace=0.0)
-        await store.create_node("n1", "c1", ipmi())
-        await store.record_power_state("n1", "on")
+        await store.nodes.create("n1", "c1", ipmi())
+        await store.nodes.record_power_state("n1", "on")
         for _ in range(2):
-            node = await store.record_power_state("n1", "error", error="timeout")
+            node = await store.nodes.record_power_state("n1", "error", error="timeout")
             self.assertTrue(node["responsive"])
-        node = await store.record_power_state("n1", "error", error="timeout")
+        node = await store.nodes.record_power_state("n1", "error", error="timeout")
         self.assertEqual((node["responsive"], node["failed_polls"], node["power_state"]),
                          (False, 3, "error"))
         # a failed action (not a poll) does not count as a poll
-        node = await store.record_power_state("n1", "error", error="x", queried=False)
+        node = await store.nodes.record_power_state("n1", "error", error="x", queried=False)
         self.assertEqual(node["failed_polls"], 3)
-        node = await store.record_power_state("n1", "off")
+        node = await store.nodes.record_power_state("n1", "off")
         self.assertEqual((node["responsive"], node["failed_polls"], node["last_error"]),
                          (True, 0, None))
 
     async def test_grace_counts_from_the_last_good_poll(self):
         store = self.make_store(responsive_grace=0.3)
-        await store.create_node("n1", "c1", ipmi())
-        await store.record_power_state("n1", "on")
+        await store.nodes.create("n1", "c1", ipmi())
+        await store.nodes.record_power_state("n1", "on")
         for _ in range(4):
-            node = await store.record_power_state("n1", "unknown", error="timeout")
+            node = await store.nodes.record_power_state("n1", "unknown", error="timeout")
         self.assertTrue(node["responsive"])
         await task.deferLater(reactor, 0.35, lambda: None)
-        node = await store.record_power_state("n1", "unknown", error="timeout")
+        node = await store.nodes.record_power_state("n1", "unknown", error="timeout")
         self.assertFalse(node["responsive"])
         self.assertEqual(node["power_state"], "unknown")
 
 
 class PservTests(StoreTestCase):
     async def test_register_heartbeat_disconnect_and_clusters(self):
-        await self.store.create_node("n1", "c1", ipmi())
-        op = await self.store.request_power("n1", "on")
-        await self.store.mark_running(op["id"], "p1")
-        p1 = await self.store.register_pserv("p1", "c1", "0.1", "region-a")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "on")
+        await self.store.ops.mark_running(op["id"], "p1")
+        p1 = await self.store.clusters.register_pserv("p1", "c1", "0.1", "region-a")
         self.assertEqual((p1["connected"], p1["region"], p1["cluster"]), (True, "region-a", "c1"))
-        await self.store.register_pserv("p2", "c2", "0.1", "region-a")
-        beat = await self.store.heartbeat("p1", 3)
+        await self.store.clusters.register_pserv("p2", "c2", "0.1", "region-a")
+        beat = await self.store.clusters.heartbeat("p1", 3)
         self.assertEqual(beat["actions_in_flight"], 3)
-        self.assertEqual([p["name"] for p in await self.store.live_pservs("c1")], ["p1"])
+        self.assertEqual([p["name"] for p in await self.store.clusters.live_pservs("c1")], ["p1"])
         with self.assertRaises(NotFound):
-            await self.store.heartbeat("ghost", 0)
+            await self.store.clusters.heartbeat("ghost", 0)
         with self.assertRaises(InvalidInput):
-            await self.store.heartbeat("p1", -1)
+            await self.store.clusters.heartbeat("p1", -1)
 
-        clusters = {c["name"]: c for c in await self.store.list_clusters()}
+        clusters = {c["name"]: c for c in await self.store.clusters.list()}
         self.assertEqual(set(clusters), {"c1", "c2"})
         c1 = clusters["c1"]
         self.assertEqual((c1["status"], c1["nodes"], c1["running_ops"], c1["actions_in_flight"]),
@@ -384,88 +402,88 @@ class PservTests(StoreTestCase):
         self.assertIsNotNone(c1["pservs"][0]["last_heartbeat"])
 
         # the pserv reconnected through region-b: region-a's late notice is ignored
-        await self.store.register_pserv("p1", "c1", "0.2", "region-b")
-        self.assertFalse(await self.store.pserv_disconnected("p1", region="region-a"))
-        self.assertTrue(await self.store.pserv_disconnected("p1", region="region-b"))
-        self.assertFalse(await self.store.pserv_disconnected("p1"))
-        self.assertEqual(await self.store.live_pservs("c1"), [])
-        c1 = {c["name"]: c for c in await self.store.list_clusters()}["c1"]
+        await self.store.clusters.register_pserv("p1", "c1", "0.2", "region-b")
+        self.assertFalse(await self.store.clusters.pserv_disconnected("p1", region="region-a"))
+        self.assertTrue(await self.store.clusters.pserv_disconnected("p1", region="region-b"))
+        self.assertFalse(await self.store.clusters.pserv_disconnected("p1"))
+        self.assertEqual(await self.store.clusters.live_pservs("c1"), [])
+        c1 = {c["name"]: c for c in await self.store.clusters.list()}["c1"]
         self.assertEqual((c1["status"], c1["actions_in_flight"]), ("offline", 0))
         self.assertEqual(c1["pservs"][0]["connected"], False)
 
     async def test_a_silent_pserv_is_not_live(self):
         store = self.make_store(heartbeat_timeout=0.0)
-        await store.register_pserv("p1", "c1", "0.1", "r")
-        self.assertEqual(await store.live_pservs("c1"), [])
-        self.assertEqual((await store.list_clusters())[0]["status"], "offline")
+        await store.clusters.register_pserv("p1", "c1", "0.1", "r")
+        self.assertEqual(await store.clusters.live_pservs("c1"), [])
+        self.assertEqual((await store.clusters.list())[0]["status"], "offline")
 
 
 class PodManagerTests(StoreTestCase):
     async def test_crud_without_passwords(self):
-        pm = await self.store.create_pod_manager("rack-1", "https://10.1.0.1", "admin",
+        pm = await self.store.pod_managers.create("rack-1", "https://10.1.0.1", "admin",
                                                  "s3cret", "row 1")
         self.assertNotIn("password", pm)
         self.assertEqual((pm["password_set"], pm["status"], pm["driver"]),
                          (True, "offline", "redfish"))
-        self.assertEqual(await self.store.get_pod_manager(pm["uuid"].upper()), pm)
-        other = await self.store.create_pod_manager("a-rack", "https://10.1.0.2", "", "", "")
+        self.assertEqual(await self.store.pod_managers.get(pm["uuid"].upper()), pm)
+        other = await self.store.pod_managers.create("a-rack", "https://10.1.0.2", "", "", "")
         self.assertFalse(other["password_set"])
-        listed = await self.store.list_pod_managers()
+        listed = await self.store.pod_managers.list()
         self.assertEqual([p["name"] for p in listed], ["a-rack", "rack-1"])
         self.assertNotIn("s3cret", repr(listed))
-        updated = await self.store.update_pod_manager(pm["uuid"], description="row 2",
+        updated = await self.store.pod_managers.update(pm["uuid"], description="row 2",
                                                       password="")
         self.assertEqual((updated["description"], updated["password_set"]), ("row 2", False))
         self.assertGreater(updated["updated_at"], pm["updated_at"])
-        online = await self.store.set_pod_manager_status(pm["uuid"], "online")
+        online = await self.store.pod_managers.set_status(pm["uuid"], "online")
         self.assertEqual((online["status"], online["updated_at"]), ("online", updated["updated_at"]))
-        await self.store.delete_pod_manager(pm["uuid"])
+        await self.store.pod_managers.delete(pm["uuid"])
         with self.assertRaises(NotFound):
-            await self.store.get_pod_manager(pm["uuid"])
+            await self.store.pod_managers.get(pm["uuid"])
 
     async def test_refusals(self):
-        pm = await self.store.create_pod_manager("rack-1", "https://10.1.0.1", "u", "p", "")
-        await self.store.create_pod_manager("rack-2", "https://10.1.0.2", "u", "p", "")
+        pm = await self.store.pod_managers.create("rack-1", "https://10.1.0.1", "u", "p", "")
+        await self.store.pod_managers.create("rack-2", "https://10.1.0.2", "u", "p", "")
         with self.assertRaises(Conflict):
-            await self.store.create_pod_manager("rack-1", "https://10.1.0.3", "u", "p", "")
+            await self.store.pod_managers.create("rack-1", "https://10.1.0.3", "u", "p", "")
         with self.assertRaises(Conflict):
-            await self.store.update_pod_manager(pm["uuid"], name="rack-2")
+            await self.store.pod_managers.update(pm["uuid"], name="rack-2")
         for bad in ({"url": "ftp://x"}, {"name": ""}, {"driver": "ipmi"}, {"password": None}):
             with self.assertRaises(InvalidInput):
-                await self.store.update_pod_manager(pm["uuid"], **bad)
+                await self.store.pod_managers.update(pm["uuid"], **bad)
         with self.assertRaises(InvalidInput):
-            await self.store.create_pod_manager("r3", "https://x", "u", "p", "", driver="ilo")
+            await self.store.pod_managers.create("r3", "https://x", "u", "p", "", driver="ilo")
         with self.assertRaises(InvalidInput):
-            await self.store.set_pod_manager_status(pm["uuid"], "broken")
-        for call in (self.store.get_pod_manager, self.store.delete_pod_manager):
+            await self.store.pod_managers.set_status(pm["uuid"], "broken")
+        for call in (self.store.pod_managers.get, self.store.pod_managers.delete):
             for bad in ("not-a-uuid", "7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10"):
                 with self.assertRaises(NotFound):
                     await call(bad)
         self.assertEqual(await self.sql("SELECT count(*) FROM pod_managers"), [(2,)])
-        self.assertEqual((await self.store.get_pod_manager(pm["uuid"]))["name"], "rack-1")
+        self.assertEqual((await self.store.pod_managers.get(pm["uuid"]))["name"], "rack-1")
 
     async def test_delete_refused_while_a_node_uses_it(self):
-        pm = await self.store.create_pod_manager("rack-1", "https://10.1.0.1", "u", "p", "")
-        await self.store.create_node("n1", "c1", pod_agent(pm["uuid"]))
-        await self.store.create_node("n2", "c1", pod_agent(pm["uuid"]))
+        pm = await self.store.pod_managers.create("rack-1", "https://10.1.0.1", "u", "p", "")
+        await self.store.nodes.create("n1", "c1", pod_agent(pm["uuid"]))
+        await self.store.nodes.create("n2", "c1", pod_agent(pm["uuid"]))
         with self.assertRaises(Conflict) as e:
-            await self.store.delete_pod_manager(pm["uuid"])
+            await self.store.pod_managers.delete(pm["uuid"])
         self.assertIn("'rack-1' is used by 'n1', 'n2'", str(e.exception))
-        await self.store.update_node("n1", power=ipmi())  # n1 stops using it
-        await self.store.delete_node("n2")
+        await self.store.nodes.update("n1", power=ipmi())  # n1 stops using it
+        await self.store.nodes.delete("n2")
         self.assertEqual(await self.sql("SELECT count(*) FROM node_pod_managers"), [(0,)])
-        await self.store.delete_pod_manager(pm["uuid"])
+        await self.store.pod_managers.delete(pm["uuid"])
 
     async def test_the_database_itself_refuses_deleting_a_used_pod_manager(self):
-        pm = await self.store.create_pod_manager("rack-1", "https://10.1.0.1", "u", "p", "")
-        await self.store.create_node("n1", "c1", pod_agent(pm["uuid"]))
+        pm = await self.store.pod_managers.create("rack-1", "https://10.1.0.1", "u", "p", "")
+        await self.store.nodes.create("n1", "c1", pod_agent(pm["uuid"]))
         failure = self.sql("DELETE FROM pod_managers")
         await self.assertFailure(failure, Exception)
         self.assertEqual(await self.sql("SELECT count(*) FROM pod_managers"), [(1,)])
 
     async def test_a_node_naming_a_missing_pod_manager_is_refused(self):
-        with self.assertRaises(InvalidPowerConfig) as e:
-            await self.store.create_node(
+        with self.assertRaises(PowerDocumentRefused) as e:
+            await self.store.nodes.create(
                 "n1", "c1", pod_agent("7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10"))
         self.assertIn("does not exist", str(e.exception))
         self.assertEqual(await self.sql("SELECT count(*) FROM nodes"), [(0,)])

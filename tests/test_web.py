@@ -123,14 +123,14 @@ class WebTestCase(DatabaseMixin, unittest.TestCase):
                                             "power": ipmi("10.0.0.7")})
         op1 = await self.post(base, "/v1/nodes/n1/power", {"action": "on", "requester": HOSTILE})
         op2 = await self.post(base, "/v1/nodes/n2/power", {"action": "off"})
-        await self.store.register_pserv("p1", "c1", "1.0", "r1")
-        await self.store.heartbeat("p1", 2)
-        await self.store.mark_running(op2["id"], "p1")
-        await self.store.record_outcome(op2["id"], "succeeded", observed_state="off",
+        await self.store.clusters.register_pserv("p1", "c1", "1.0", "r1")
+        await self.store.clusters.heartbeat("p1", 2)
+        await self.store.ops.mark_running(op2["id"], "p1")
+        await self.store.ops.record_outcome(op2["id"], "succeeded", observed_state="off",
                                         pserv="p1")
-        await self.store.record_power_state("n2", "off", queried=False)
+        await self.store.nodes.record_power_state("n2", "off", queried=False)
         for _ in range(3):
-            await self.store.record_power_state("n3", "error", error=HOSTILE)
+            await self.store.nodes.record_power_state("n3", "error", error=HOSTILE)
         return op1, op2
 
 
@@ -323,7 +323,7 @@ class MetricsTests(WebTestCase):
         self.assertEqual(series(samples, "powerctl_actions_in_flight", cluster="c1"), 2)
 
     async def test_op_counts_are_exact(self):
-        await self.store.create_node("n1", "c1", ipmi())
+        await self.store.nodes.create("n1", "c1", ipmi())
         await self.pool.runOperation(
             "INSERT INTO power_ops (node, action, requester, state, finished_at)"
             " SELECT 'n1', 'on', 'bulk', 'succeeded', now() FROM generate_series(1, 1001)")

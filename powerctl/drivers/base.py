@@ -19,24 +19,21 @@ cancelling the returned Deferred cancels whichever call or sleep is under
 way; nothing is left scheduled.
 """
 
-import enum
-
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from powerctl.drivers.errors import PowerTimeout, UnsupportedError
 from powerctl.drivers.interface import Capabilities, IPowerDriver, Timing
-from powerctl.power import PowerState
+from powerctl.power import Action, PowerState
 
 
-class Command(str, enum.Enum):
-    """A raw command sent to a device, before any verification."""
-
-    ON = "on"
-    OFF = "off"
-    SOFT_OFF = "soft-off"
-    CYCLE = "cycle"
+#: A raw command sent to a device, before any verification: one of the
+#: actions that change power (``Action.ON``, ``OFF``, ``SOFT_OFF``, ``CYCLE``).
+#: The same values as :class:`~powerctl.power.Action`, so the same enum: a
+#: second one would be a twin that could drift apart.  ``query`` is never
+#: sent this way (it is :meth:`VerifyingDriver.read_state`).
+Command = Action
 
 
 def sleep(clock, seconds):

@@ -50,13 +50,17 @@ class UnsupportedError(PowerError):
     kind = "unsupported"
 
 
-class ConfigurationError(PowerError):
-    """Base of errors found before any I/O: nothing was sent."""
+class DriverSettingsError(PowerError):
+    """
+    A driver's settings are unusable (unknown driver, bad parameter): found
+    before any I/O, so nothing was sent.  Base of :class:`UnknownDriver` and
+    :class:`InvalidParameters`.
+    """
 
     kind = "config"
 
 
-class UnknownDriver(ConfigurationError):
+class UnknownDriver(DriverSettingsError):
     """No driver of that name exists."""
 
     def __init__(self, name, known=()):
@@ -67,7 +71,7 @@ class UnknownDriver(ConfigurationError):
         self.name = name
 
 
-class InvalidParameters(ConfigurationError):
+class InvalidParameters(DriverSettingsError):
     """A power parameter is missing, unknown or ill-typed."""
 
     def __init__(self, parameter, reason, driver=None):

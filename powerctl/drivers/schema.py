@@ -186,10 +186,3 @@ class Schema:
             except ValueError as e:
                 raise InvalidParameters(param.name, str(e), self.driver) from None
         return result
-
-    def redact(self, params):
-        """A copy of ``params`` safe to show: secrets become ``"(set)"``."""
-        return {
-            k: ("(set)" if k in self.secrets and v not in (None, "") else v)
-            for k, v in params.items()
-        }

@@ -17,7 +17,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.drivers.errors import PowerError
-from powerctl.pserv.executor import InvalidConfig
+from powerctl.power import OpState
+from powerctl.powerdoc import InvalidPowerDocument
 from powerctl.registry import Cancelled, Outcome, PowerAction, Superseded
 
 
@@ -31,10 +32,13 @@ class NotOurs(Exception):
 
 @attrs.frozen
 class Report:
-    """What ``ReportOutcome`` carries for one operation."""
+    """
+    What ``ReportOutcome`` carries for one operation (see the glossary of
+    result types in :mod:`powerctl.power`).
+    """
 
     operation_id: int
-    outcome: str  # succeeded, failed, superseded, cancelled
+    outcome: str  # one of powerctl.power.TERMINAL_STATES
     observed_state: str = ""
     agent: str = ""
     error: str = ""
@@ -42,21 +46,24 @@ class Report:
     superseded_by: int = 0
     #: the lease the operation ran under (the region refuses other epochs)
     epoch: int = 0
+    #: what kind of failure ``error`` is (a driver error's ``kind``, or
+    #: ``internal``), sent in a field of its own; empty unless failed
+    error_kind: str = ""
 
 
 def report_for(action, result):
     """Translate an action's final result into a :class:`Report`."""
     op = int(action.operation_id)
     if isinstance(result, Outcome):
-        return Report(op, "succeeded", result.state.value, result.agent or "",
+        return Report(op, OpState.SUCCEEDED.value, result.state.value, result.agent or "",
                       coalesced_into=int(result.coalesced_into or 0))
     error = result.value if isinstance(result, Failure) else result
     if isinstance(error, Superseded):
-        return Report(op, "superseded", superseded_by=int(error.by))
+        return Report(op, OpState.SUPERSEDED.value, superseded_by=int(error.by))
     if isinstance(error, Cancelled):
-        return Report(op, "cancelled", error=error.reason)
+        return Report(op, OpState.CANCELLED.value, error=error.reason)
     kind = getattr(error, "kind", None) if isinstance(error, PowerError) else "internal"
-    return Report(op, "failed", error=f"{kind}: {error}",
+    return Report(op, OpState.FAILED.value, error=str(error), error_kind=kind or "",
                   coalesced_into=int(action.coalesced_into or 0))
 
 
@@ -108,7 +115,7 @@ class Pserv:
     def dispatch(self, operation_id, node, action, power, epoch=None):
         """
         Accept one operation; returns ``(disposition, coalesced_into)`` at
-        once.  Raises :class:`InvalidConfig` (nothing started) for a bad
+        once.  Raises :class:`InvalidPowerDocument` (nothing started) for a bad
         power configuration, :class:`NotOurs` when ``epoch`` (default: ours)
         is not the epoch of the lease we hold.
         """
@@ -153,7 +160,7 @@ class Pserv:
         self._in_play.pop(op, None)
         unreported = op in self._unreported
         self._unreported.discard(op)
-        if report.outcome == "cancelled" and (self._stopping or unreported):
+        if report.outcome == OpState.CANCELLED and (self._stopping or unreported):
             for waiter in self._settled.pop(op, []):
                 waiter.callback(report)
             return None
@@ -191,7 +198,7 @@ class Pserv:
             if not self.registry.busy(node):  # a new dispatch may have come meanwhile
                 self.executor.forget(node)
             return [op for op in ops if op in self._finished
-                    and self._finished[op].outcome == "cancelled"]
+                    and self._finished[op].outcome == OpState.CANCELLED]
 
         return d.addCallback(forget)
 
@@ -248,6 +255,6 @@ class Pserv:
         try:
             self.executor.configure(node, power)
             return True
-        except InvalidConfig as e:
+        except InvalidPowerDocument as e:
             self.log.warn("node {node}: unusable power configuration: {why}", node=node, why=e)
             return False

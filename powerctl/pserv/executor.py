@@ -9,40 +9,46 @@ nothing is sent to any device), and rebuilt only when they change.
 
 import json
 
+import attrs
 from twisted.internet import defer, task
 from zope.interface import implementer
 
-from powerctl.drivers.errors import ConfigurationError
+from powerctl.drivers.errors import DriverSettingsError
 from powerctl.drivers.multiagent import Agent, Mode, NodePower
 from powerctl.power import Action
+from powerctl.powerdoc import InvalidPowerDocument, PowerDoc
 from powerctl.pserv.slots import priority_of
 from powerctl.registry import IActionExecutor
 
 
-class InvalidConfig(ValueError):
-    """The power configuration cannot be used; says why."""
-
-
 def build_node_power(catalogue, power):
-    """A :class:`NodePower` from a power document; :class:`InvalidConfig` if bad."""
-    if not isinstance(power, dict):
-        raise InvalidConfig("power configuration must be an object")
-    agents_doc = power.get("agents")
-    if not isinstance(agents_doc, list) or not agents_doc:
-        raise InvalidConfig("power configuration needs a non-empty 'agents' list")
+    """
+    A :class:`NodePower` from a (resolved) power document, under the same
+    rules as the region's (:class:`~powerctl.powerdoc.PowerDoc`), each
+    agent's parameters checked by its driver's schema;
+    :class:`InvalidPowerDocument` if unusable.
+    """
+    doc = PowerDoc.parse(power)
     agents = []
-    for index, agent in enumerate(agents_doc):
-        if not isinstance(agent, dict) or "driver" not in agent:
-            raise InvalidConfig(f"agent {index}: needs a 'driver'")
+    for index, agent in enumerate(doc.agents):
         try:
-            driver = catalogue.build(agent["driver"], agent.get("params", {}))
-        except ConfigurationError as e:
-            raise InvalidConfig(f"agent {index}: {e}") from None
-        agents.append(Agent(agent.get("label") or f"{index}:{agent['driver']}", driver))
-    try:
-        return NodePower(power.get("mode", Mode.SINGLE), agents)
-    except ValueError as e:
-        raise InvalidConfig(str(e)) from None
+            driver = catalogue.build(agent.driver, agent.params)
+        except DriverSettingsError as e:
+            raise InvalidPowerDocument(str(e), index, getattr(e, "parameter", None)) from None
+        agents.append(Agent(agent.name(index), driver))
+    return NodePower(Mode(doc.mode), agents)
+
+
+@attrs.frozen
+class KnownNode:
+    """What the executor keeps for one node, built from its power document."""
+
+    #: the document as canonical JSON: an unchanged document keeps the drivers
+    key: str
+    #: the :class:`NodePower` driving it
+    power: NodePower
+    #: the document as received
+    document: dict
 
 
 class Stagger:
@@ -79,14 +85,14 @@ class DriverExecutor:
         self._catalogue = catalogue
         self._stagger = stagger
         self._slots = slots
-        self._nodes = {}  # node -> (canonical config JSON, NodePower, config)
+        self._nodes = {}  # node -> KnownNode
 
     def configure(self, node, power):
-        """Remember ``node``'s power configuration; InvalidConfig if bad."""
+        """Remember ``node``'s power configuration; InvalidPowerDocument if bad."""
         key = json.dumps(power, sort_keys=True)
         known = self._nodes.get(node)
-        if known is None or known[0] != key:
-            self._nodes[node] = (key, build_node_power(self._catalogue, power), power)
+        if known is None or known.key != key:
+            self._nodes[node] = KnownNode(key, build_node_power(self._catalogue, power), power)
 
     def forget(self, node):
         self._nodes.pop(node, None)
@@ -97,7 +103,7 @@ class DriverExecutor:
     def drivers(self, node):
         """The driver objects of ``node``'s agents (empty if unknown)."""
         known = self._nodes.get(node)
-        return [agent.driver for agent in known[1].agents] if known else []
+        return [agent.driver for agent in known.power.agents] if known else []
 
     def queryable(self, node):
         """Whether every agent of ``node`` can be queried (manual ones cannot)."""
@@ -106,7 +112,7 @@ class DriverExecutor:
 
     def config(self, node):
         """The power configuration last learnt for ``node`` (a dict)."""
-        return self._nodes[node][2]
+        return self._nodes[node].document
 
     @property
     def slots(self):
@@ -119,9 +125,9 @@ class DriverExecutor:
 
     def _power(self, action):
         try:
-            return self._nodes[action.node][1]
+            return self._nodes[action.node].power
         except KeyError:
-            raise InvalidConfig(f"no power configuration for node {action.node}") from None
+            raise InvalidPowerDocument(f"no power configuration for node {action.node}") from None
 
     def execute(self, action):
         power = self._power(action)

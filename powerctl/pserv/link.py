@@ -15,8 +15,9 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from powerctl import __version__
+from powerctl.power import TARGET_STATES, Action
 from powerctl.pserv.core import NotConfirmable, NotOurs
-from powerctl.pserv.executor import InvalidConfig
+from powerctl.powerdoc import InvalidPowerDocument
 from powerctl.rpc import auth, commands, responders
 from powerctl.rpc.failures import NO_ANSWER, UNDECLARED_ANSWER, expected
 
@@ -66,7 +67,8 @@ class RegionLink:
                 commands.ReportOutcome,
                 operation_id=report.operation_id, outcome=report.outcome,
                 observed_state=report.observed_state, agent=report.agent,
-                error=report.error[:4000], coalesced_into=report.coalesced_into,
+                error=report.error[:4000], error_kind=report.error_kind or None,
+                coalesced_into=report.coalesced_into,
                 superseded_by=report.superseded_by, epoch=report.epoch,
             )
             d.addErrback(self._undelivered, report)
@@ -224,7 +226,7 @@ class PservProtocol(amp.AMP):
                     if self.pserv.dispatch(op["id"], op["node"], op["action"],
                                            op["power"])[0] != "known":
                         started += 1
-                except (InvalidConfig, NotOurs) as e:
+                except (InvalidPowerDocument, NotOurs) as e:
                     self.log.warn("recovered operation {op} unusable: {why}", op=op["id"], why=e)
             after_op, after_node = page["after_op"], page["after_node"]
             if page["done"]:
@@ -292,31 +294,31 @@ class PservProtocol(amp.AMP):
         self.gate.check()
         try:
             disposition, into = self.pserv.dispatch(operation_id, node, action, power, epoch)
-        except InvalidConfig as e:
-            raise commands.InvalidPowerConfig(str(e))
+        except InvalidPowerDocument as e:
+            raise commands.UnusablePowerConfig(str(e))
         except NotOurs as e:
             raise commands.StaleEpoch(str(e))
         return {"disposition": disposition, "coalesced_into": into}
 
     @commands.PowerOn.responder
     def power_on(self, operation_id, node, power, epoch):
-        return self._power("on", operation_id, node, power, epoch)
+        return self._power(Action.ON.value, operation_id, node, power, epoch)
 
     @commands.PowerOff.responder
     def power_off(self, operation_id, node, power, epoch):
-        return self._power("off", operation_id, node, power, epoch)
+        return self._power(Action.OFF.value, operation_id, node, power, epoch)
 
     @commands.PowerSoftOff.responder
     def power_soft_off(self, operation_id, node, power, epoch):
-        return self._power("soft-off", operation_id, node, power, epoch)
+        return self._power(Action.SOFT_OFF.value, operation_id, node, power, epoch)
 
     @commands.PowerCycle.responder
     def power_cycle(self, operation_id, node, power, epoch):
-        return self._power("cycle", operation_id, node, power, epoch)
+        return self._power(Action.CYCLE.value, operation_id, node, power, epoch)
 
     @commands.PowerQuery.responder
     def power_query(self, operation_id, node, power, epoch):
-        return self._power("query", operation_id, node, power, epoch)
+        return self._power(Action.QUERY.value, operation_id, node, power, epoch)
 
     @commands.Refresh.responder
     def refresh(self):
@@ -348,7 +350,7 @@ class PservProtocol(amp.AMP):
     @commands.ConfirmOperation.responder
     def confirm_operation(self, operation_id, state):
         self.gate.check()
-        if state not in ("on", "off"):
+        if state not in TARGET_STATES:
             raise commands.BadArguments(f"state must be on or off, not {state!r}")
         try:
             return {"confirmed": self.pserv.confirm(operation_id, state)}

@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from powerctl.power import Action, PowerState
 from powerctl.registry import PowerAction
 
 
@@ -75,7 +76,7 @@ class Poller(TimerService):
         return defer.gatherResults(work).addCallback(self._report, epoch)
 
     def _query(self, node):
-        action = PowerAction(node=node, action="query", operation_id=f"poll-{next(self._ids)}")
+        action = PowerAction(node=node, action=Action.QUERY, operation_id=f"poll-{next(self._ids)}")
         return self.registry.submit(action)
 
     def _group(self, nodes):
@@ -123,11 +124,11 @@ class Poller(TimerService):
         for result in results:
             for node, value in result.items():
                 if isinstance(value, Failure):
-                    kind = getattr(value.value, "kind", "error")
-                    states.append({"node": node, "state": "error",
-                                   "error": f"{kind}: {value.getErrorMessage()}"[:2000]})
+                    states.append({"node": node, "state": PowerState.ERROR.value,
+                                   "error": value.getErrorMessage()[:2000],
+                                   "error_kind": getattr(value.value, "kind", "error")})
                 else:
-                    state = value.value if value is not None else "unknown"
+                    state = value.value if value is not None else PowerState.UNKNOWN.value
                     states.append({"node": node, "state": state, "error": ""})
         # Keep each AMP value well under 64 KiB.
         batches = [states[i:i + 200] for i in range(0, len(states), 200)]

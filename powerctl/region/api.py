@@ -32,11 +32,11 @@ from urllib.parse import unquote
 from twisted.internet import defer
 from twisted.web import resource
 
-from powerctl.power import Action
+from powerctl.power import OP_STATES, TARGET_STATES, Action
+from powerctl.powerdoc import redact
 from powerctl.region import drift, openapi, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.resource import AsyncResource, loggable
-from powerctl.region.store import OP_STATES
 
 MAX_BODY = 1024 * 1024
 #: Deepest nesting of arrays and objects a request body may have.
@@ -55,8 +55,12 @@ POD_MANAGER_FIELDS = ("uuid", "name", "driver", "username", "password_set", "url
 _STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, Unavailable: 503}
 
 
-class ApiError(Exception):
-    """An HTTP error answered as ``{"error": {"code", "message"}}``."""
+class HttpError(Exception):
+    """
+    The REST API refusing a request: answered with ``status`` and
+    ``{"error": {"code", "message"}}``.  (The CLI's ``ApiError`` is the client
+    receiving such an answer.)
+    """
 
     def __init__(self, status, code, message, headers=()):
         super().__init__(message)
@@ -71,11 +75,6 @@ def error_body(code, message, **extra):
     return {"error": dict(code=code, message=message, **extra)}
 
 
-#: web.py imports the sanitiser under this name until it adopts
-#: :class:`powerctl.region.resource.AsyncResource`.
-_loggable = loggable
-
-
 def _segments(request):
     """
     The path below the API's mount point, percent-decoded, without a
@@ -85,10 +84,10 @@ def _segments(request):
     try:
         parts = [unquote(p.decode("utf-8"), errors="strict") for p in request.postpath]
     except UnicodeDecodeError:
-        raise ApiError(400, "invalid_input", "the path is not valid UTF-8") from None
+        raise HttpError(400, "invalid_input", "the path is not valid UTF-8") from None
     for position, part in enumerate(parts):
         if _BAD_TEXT.search(part):
-            raise ApiError(400, "invalid_input", f"path segment {position + 1} ({part[:60]!r}): "
+            raise HttpError(400, "invalid_input", f"path segment {position + 1} ({part[:60]!r}): "
                            "must not contain a NUL character or an unpaired surrogate")
     if parts and parts[-1] == "":
         parts.pop()
@@ -112,7 +111,7 @@ def _match(pattern, parts):
 
 
 def _too_deep():
-    return ApiError(400, "too_deep", f"the request body nests deeper than {MAX_DEPTH} levels")
+    return HttpError(400, "too_deep", f"the request body nests deeper than {MAX_DEPTH} levels")
 
 
 def _check_document(document):
@@ -126,7 +125,7 @@ def _check_document(document):
         value, where, depth = stack.pop()
         if isinstance(value, str):
             if _BAD_TEXT.search(value):
-                raise ApiError(400, "invalid_input", f"{where or 'the body'}: must not "
+                raise HttpError(400, "invalid_input", f"{where or 'the body'}: must not "
                                "contain a NUL character or an unpaired surrogate")
             continue
         if not isinstance(value, (dict, list)):
@@ -137,7 +136,7 @@ def _check_document(document):
             for key, item in value.items():
                 name = f"{where}.{key}" if where else key
                 if _BAD_TEXT.search(key):
-                    raise ApiError(400, "invalid_input", f"{name!r}: a field name must not "
+                    raise HttpError(400, "invalid_input", f"{name!r}: a field name must not "
                                    "contain a NUL character or an unpaired surrogate")
                 stack.append((item, name, depth + 1))
         else:
@@ -154,32 +153,32 @@ def _json_body(request, allowed, required=()):
     """
     ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(415, "unsupported_media_type",
+        raise HttpError(415, "unsupported_media_type",
                        "the request body must be JSON (Content-Type: application/json)")
     raw = request.content.read(MAX_BODY + 1) if request.content else b""
     if len(raw) > MAX_BODY:
-        raise ApiError(413, "too_large", f"the request body exceeds {MAX_BODY} bytes")
+        raise HttpError(413, "too_large", f"the request body exceeds {MAX_BODY} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ApiError(400, "malformed_json",
+        raise HttpError(400, "malformed_json",
                        f"the request body is not valid UTF-8: {e}") from None
     try:
         body = json.loads(text)
     except RecursionError:
         raise _too_deep() from None
     except ValueError as e:
-        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {e}") from None
+        raise HttpError(400, "malformed_json", f"the request body is not valid JSON: {e}") from None
     _check_document(body)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_input", "the request body must be a JSON object")
+        raise HttpError(400, "invalid_input", "the request body must be a JSON object")
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise ApiError(400, "unknown_field", f"unknown or read-only field {unknown[0]!r}; "
+        raise HttpError(400, "unknown_field", f"unknown or read-only field {unknown[0]!r}; "
                        f"accepted: {', '.join(allowed)}")
     missing = [f for f in required if f not in body]
     if missing:
-        raise ApiError(400, "missing_field", f"field {missing[0]!r} is required")
+        raise HttpError(400, "missing_field", f"field {missing[0]!r} is required")
     return body
 
 
@@ -189,17 +188,17 @@ def _query(request, allowed):
     for key, values in request.args.items():
         name = key.decode("utf-8", "replace")
         if name not in allowed:
-            raise ApiError(400, "unknown_parameter", f"unknown query parameter {name!r}; "
+            raise HttpError(400, "unknown_parameter", f"unknown query parameter {name!r}; "
                            f"accepted: {', '.join(allowed) or 'none'}")
         if len(values) != 1:
-            raise ApiError(400, "invalid_input", f"query parameter {name!r} given twice")
+            raise HttpError(400, "invalid_input", f"query parameter {name!r} given twice")
         try:
             value = values[0].decode("utf-8")
         except UnicodeDecodeError:
-            raise ApiError(400, "invalid_input",
+            raise HttpError(400, "invalid_input",
                            f"query parameter {name!r}: not valid UTF-8") from None
         if _BAD_TEXT.search(value):
-            raise ApiError(400, "invalid_input", f"query parameter {name!r}: must not "
+            raise HttpError(400, "invalid_input", f"query parameter {name!r}: must not "
                            "contain a NUL character")
         args[name] = value
     return args
@@ -212,7 +211,7 @@ def _int_arg(args, name):
     try:
         return int(args[name])
     except ValueError:
-        raise ApiError(400, "invalid_input", f"{name}: must be an integer") from None
+        raise HttpError(400, "invalid_input", f"{name}: must be an integer") from None
 
 
 def _requester(request, given):
@@ -220,7 +219,7 @@ def _requester(request, given):
     if given is None or given == "":
         return f"api:{request.getClientAddress().host}"
     if not isinstance(given, str) or len(given) > 255:
-        raise ApiError(400, "invalid_input", "requester: must be a string of at most 255 "
+        raise HttpError(400, "invalid_input", "requester: must be a string of at most 255 "
                        "characters")
     return given
 
@@ -293,7 +292,7 @@ class Api(AsyncResource):
     # -- plumbing -------------------------------------------------------
 
     def _resolve(self, request):
-        """(handler, path parameters) for the request, or a 404/405 ApiError."""
+        """(handler, path parameters) for the request, or a 404/405 HttpError."""
         parts = _segments(request)
         method = request.method.decode("ascii", "replace")
         method = "GET" if method == "HEAD" else method
@@ -303,11 +302,11 @@ class Api(AsyncResource):
                 continue
             if method not in methods:
                 allow = ", ".join(sorted(methods))
-                raise ApiError(405, "method_not_allowed",
+                raise HttpError(405, "method_not_allowed",
                                f"{method} is not allowed here; allowed: {allow}",
                                headers=[("Allow", allow)])
             return methods[method], params
-        raise ApiError(404, "not_found", f"no such resource: /v1/{'/'.join(parts)}")
+        raise HttpError(404, "not_found", f"no such resource: /v1/{'/'.join(parts)}")
 
     async def answer(self, request):
         """``(status, body, headers)``: a handler's, or the error it raised (a bug: 500)."""
@@ -315,7 +314,7 @@ class Api(AsyncResource):
             handler, params = self._resolve(request)
             status, body = await handler(request, **params)
             return status, body, ()
-        except ApiError as e:
+        except HttpError as e:
             return e.status, error_body(e.code, e.message), e.headers
         except (NotFound, Conflict, InvalidInput, Unavailable) as e:
             status = next(s for cls, s in _STATUS.items() if isinstance(e, cls))
@@ -341,7 +340,7 @@ class Api(AsyncResource):
     def _node(self, row):
         """A node as the API shows it: power redacted."""
         shown = _pick(row, NODE_FIELDS)
-        shown["power"] = powerconfig.redact(row["power"], self.catalogue)
+        shown["power"] = redact(row["power"], powerconfig.secret_names(self.catalogue))
         shown["drift"] = drift.as_json(row.get("drift_since"), row.get("drift_observed"),
                                        row.get("desired_state"), row.get("drift_polls"))
         return shown
@@ -350,27 +349,27 @@ class Api(AsyncResource):
 
     async def list_nodes(self, request):
         args = _query(request, ("cluster",))
-        rows = await self.store.list_nodes(cluster=args.get("cluster"))
+        rows = await self.store.nodes.list(cluster=args.get("cluster"))
         return 200, [self._node(r) for r in rows]
 
     async def create_node(self, request):
         body = _json_body(request, ("name", "cluster", "power"), ("name", "cluster", "power"))
-        row = await self.store.create_node(body["name"], body["cluster"], body["power"])
+        row = await self.store.nodes.create(body["name"], body["cluster"], body["power"])
         if self.region is not None:  # a pserv of its cluster owns it from now on
             await self.region.assign(row["cluster"])
         request.setHeader("Location", f"/v1/nodes/{row['name']}")
         return 201, self._node(row)
 
     async def get_node(self, request, name):
-        return 200, self._node(await self.store.get_node(name))
+        return 200, self._node(await self.store.nodes.get(name))
 
     async def update_node(self, request, name):
         body = _json_body(request, ("name", "cluster", "power", "requester"))
         if body.pop("name", name) != name:
-            raise ApiError(400, "invalid_input", "name: nodes cannot be renamed")
+            raise HttpError(400, "invalid_input", "name: nodes cannot be renamed")
         by = _requester(request, body.pop("requester", None))
         if self.region is None:
-            row = await self.store.update_node(name, **body)
+            row = await self.store.nodes.update(name, **body)
             row.pop("changed_for_pserv", None)
         else:
             row = await self.region.update_node(name, by, **body)
@@ -380,7 +379,7 @@ class Api(AsyncResource):
         args = _query(request, ("requester",))
         by = _requester(request, args.get("requester"))
         if self.region is None:
-            await self.store.delete_node(name, by=by)
+            await self.store.nodes.delete(name, by=by)
         else:
             await self.region.delete_node(name, by)
         return 204, None
@@ -390,9 +389,9 @@ class Api(AsyncResource):
         try:
             action = Action.parse(body["action"])
         except ValueError as e:
-            raise ApiError(400, "invalid_action", str(e)) from None
+            raise HttpError(400, "invalid_action", str(e)) from None
         requester = _requester(request, body.get("requester"))
-        op = await self.store.request_power(name, action.value, requester=requester)
+        op = await self.store.ops.request(name, action.value, requester=requester)
         self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
         return 202, _pick(op, OP_FIELDS)
@@ -410,23 +409,23 @@ class Api(AsyncResource):
     async def list_ops(self, request):
         args = _query(request, ("node", "state", "limit", "before"))
         if "state" in args and args["state"] not in OP_STATES:
-            raise ApiError(400, "invalid_input",
+            raise HttpError(400, "invalid_input",
                            f"state: {args['state']!r} is not one of {', '.join(OP_STATES)}")
         try:
-            rows = await self.store.list_ops(
+            rows = await self.store.ops.list(
                 node=args.get("node"), state=args.get("state"),
                 limit=_int_arg(args, "limit"),
                 before_id=_int_arg(args, "before"))
         except NotFound:
-            raise ApiError(400, "invalid_input", "before: must be an operation id") from None
+            raise HttpError(400, "invalid_input", "before: must be an operation id") from None
         return 200, [_pick(r, OP_FIELDS) for r in rows]
 
     async def get_op(self, request, op_id):
-        return 200, _pick(await self.store.get_op(op_id), OP_FIELDS)
+        return 200, _pick(await self.store.ops.get(op_id), OP_FIELDS)
 
     def _operator(self):
         if self.region is None:
-            raise ApiError(503, "unavailable", "this API has no region to reach pservs through")
+            raise HttpError(503, "unavailable", "this API has no region to reach pservs through")
         return self.region
 
     async def cancel_op(self, request, op_id):
@@ -434,7 +433,7 @@ class Api(AsyncResource):
         body = _json_body(request, ("requester", "force")) if _has_body(request) else {}
         force = body.get("force", False)
         if not isinstance(force, bool):
-            raise ApiError(400, "invalid_input", "force: must be true or false")
+            raise HttpError(400, "invalid_input", "force: must be true or false")
         op = await self._operator().cancel_op(
             op_id, _requester(request, body.get("requester")), force=force)
         return 200, _pick(op, OP_FIELDS)
@@ -442,8 +441,8 @@ class Api(AsyncResource):
     async def confirm_op(self, request, op_id):
         """An operator saw a manual action done: the node is now ``state``."""
         body = _json_body(request, ("state", "requester"), ("state",))
-        if body["state"] not in ("on", "off"):
-            raise ApiError(400, "invalid_input", f"state: must be on or off, not "
+        if body["state"] not in TARGET_STATES:
+            raise HttpError(400, "invalid_input", f"state: must be on or off, not "
                            f"{body['state']!r}")
         op = await self._operator().confirm_op(
             op_id, body["state"], _requester(request, body.get("requester")))
@@ -453,33 +452,33 @@ class Api(AsyncResource):
 
     async def list_pod_managers(self, request):
         _query(request, ())
-        return 200, [_pick(r, POD_MANAGER_FIELDS) for r in await self.store.list_pod_managers()]
+        return 200, [_pick(r, POD_MANAGER_FIELDS) for r in await self.store.pod_managers.list()]
 
     async def create_pod_manager(self, request):
         body = _json_body(request, ("name", "url", "username", "password", "description",
                                     "driver"), ("name", "url"))
-        row = await self.store.create_pod_manager(
+        row = await self.store.pod_managers.create(
             body["name"], body["url"], body.get("username", ""), body.get("password", ""),
             body.get("description", ""), driver=body.get("driver", "redfish"))
         request.setHeader("Location", f"/v1/pod_manager/{row['uuid']}")
         return 201, _pick(row, POD_MANAGER_FIELDS)
 
     async def get_pod_manager(self, request, uuid):
-        return 200, _pick(await self.store.get_pod_manager(uuid), POD_MANAGER_FIELDS)
+        return 200, _pick(await self.store.pod_managers.get(uuid), POD_MANAGER_FIELDS)
 
     async def update_pod_manager(self, request, uuid):
         body = _json_body(request, ("name", "url", "username", "password", "description"))
-        return 200, _pick(await self.store.update_pod_manager(uuid, **body), POD_MANAGER_FIELDS)
+        return 200, _pick(await self.store.pod_managers.update(uuid, **body), POD_MANAGER_FIELDS)
 
     async def delete_pod_manager(self, request, uuid):
-        await self.store.delete_pod_manager(uuid)
+        await self.store.pod_managers.delete(uuid)
         return 204, None
 
     # -- clusters and the document -------------------------------------
 
     async def list_clusters(self, request):
         _query(request, ())
-        clusters = await self.store.list_clusters()
+        clusters = await self.store.clusters.list()
         live = await self._activity()
         for cluster in clusters:
             if cluster["name"] in live:
@@ -490,10 +489,10 @@ class Api(AsyncResource):
         """``{"drift_policy": "report"|"enforce"}``: what the cluster does about drift."""
         body = _json_body(request, ("drift_policy",), ("drift_policy",))
         if body["drift_policy"] not in drift.POLICIES:
-            raise ApiError(400, "invalid_input", f"drift_policy: must be one of "
+            raise HttpError(400, "invalid_input", f"drift_policy: must be one of "
                            f"{', '.join(drift.POLICIES)}, not {body['drift_policy']!r}")
-        await self.store.set_cluster_policy(name, body["drift_policy"])
-        [cluster] = [c for c in await self.store.list_clusters() if c["name"] == name]
+        await self.store.clusters.set_policy(name, body["drift_policy"])
+        [cluster] = [c for c in await self.store.clusters.list() if c["name"] == name]
         live = await self._activity()
         if name in live:
             cluster["actions_in_flight"] = live[name]
@@ -513,9 +512,9 @@ class Api(AsyncResource):
         """What the pservs run now (:mod:`powerctl.region.activity`); ``?node=`` for one."""
         args = _query(request, ("node",))
         if self.live_activity is None:
-            raise ApiError(503, "unavailable", "this region cannot ask its pservs what they run")
+            raise HttpError(503, "unavailable", "this region cannot ask its pservs what they run")
         node = args.get("node") or None
-        cluster = (await self.store.get_node(node))["cluster"] if node else None
+        cluster = (await self.store.nodes.get(node))["cluster"] if node else None
         return 200, await defer.maybeDeferred(self.live_activity, node=node, cluster=cluster)
 
     async def openapi(self, request):

@@ -17,10 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.deferreds import when_fired
+from powerctl.power import TARGET_STATES, TERMINAL_STATES, OpState
 from powerctl.rpc import commands
 from powerctl.rpc.failures import expected
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
-from powerctl.region.rpc import PservDirectory
+from powerctl.region.rpc import PservDirectory, error_text
 
 #: Seconds the region waits for pservs to make a node's device quiet
 #: (delete, move, new configuration, operator cancel).  The pserv bounds its
@@ -116,14 +117,15 @@ class Region:
         protocol = self.directory.by_epoch(epoch)
         if protocol is None:
             return "elsewhere"
-        power = await self.store.node_power_config(op["node"])
+        power = await self.store.nodes.power_config(op["node"])
         command = commands.POWER_COMMANDS[op["action"]]
         try:
             answer = await protocol.callRemote(
                 command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch)
-        except commands.InvalidPowerConfig as e:
-            await self.store.record_outcome(
-                op["id"], "failed", error=f"config: {e}", pserv=protocol.pserv)
+        except commands.UnusablePowerConfig as e:
+            await self.store.ops.record_outcome(
+                op["id"], OpState.FAILED.value, error=error_text("config", e),
+                pserv=protocol.pserv)
             return "failed"
         except commands.StaleEpoch as e:
             self.log.info("operation {op}: {why}; the next owner takes it", op=op["id"], why=e)
@@ -141,7 +143,7 @@ class Region:
             self.log.warn("dispatch of {op} to {p} failed: {why}",
                           op=op["id"], p=protocol.pserv, why=e)
             return "pending"
-        await self.store.mark_running(op["id"], protocol.pserv, epoch=epoch)
+        await self.store.ops.mark_running(op["id"], protocol.pserv, epoch=epoch)
         return answer["disposition"]
 
     def dispatch_later(self, op):
@@ -164,7 +166,7 @@ class Region:
         so one stale report cannot cost a pserv its connection.
         """
         try:
-            recorded = await self.store.record_outcome(
+            recorded = await self.store.ops.record_outcome(
                 op_id, outcome, observed_state=observed_state, agent=agent, error=error,
                 coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv,
                 epoch=epoch)
@@ -176,12 +178,12 @@ class Region:
             op = recorded.op
             try:
                 if observed_state is not None:
-                    await self.store.record_power_state(op["node"], observed_state)
-                elif outcome == "failed":
+                    await self.store.nodes.record_power_state(op["node"], observed_state)
+                elif outcome == OpState.FAILED:
                     # The node's last error says why; a failed change is not
                     # a failed poll, so it does not count against
                     # responsiveness.
-                    await self.store.record_power_state(
+                    await self.store.nodes.record_power_state(
                         op["node"], "error", error=error or "failed",
                         queried=op["action"] == "query")
             except NotFound:
@@ -195,7 +197,7 @@ class Region:
         journalled a ``reconcile`` operation: it is dispatched like any
         API request.  Answers the node as recorded.
         """
-        row = await self.store.record_power_state(node, state, error=error, poll=True)
+        row = await self.store.nodes.record_power_state(node, state, error=error, poll=True)
         op = row.pop("reconcile", None)
         if op is not None:
             self.log.info("node {n} drifted from {desired} (observed {observed}):"
@@ -253,7 +255,7 @@ class Region:
             seen["cluster"] = node["cluster"]
             return await self.quiesce_node(node, f"node {name} deleted by {by}")
 
-        result = await self.store.delete_node(name, by=by, quiesce=quiesce)
+        result = await self.store.nodes.delete(name, by=by, quiesce=quiesce)
         if "cluster" in seen and self.leases is not None:
             # An owner connected only to another region forgets it at the
             # Recover this makes every region ask for.
@@ -273,13 +275,13 @@ class Region:
             seen["cluster"] = node["cluster"]
             return await self.quiesce_node(node, f"node {name} reconfigured by {by}")
 
-        row = await self.store.update_node(name, quiesce=quiesce, by=by, **fields)
+        row = await self.store.nodes.update(name, quiesce=quiesce, by=by, **fields)
         if row.pop("changed_for_pserv"):
             # Every region's pservs of the old cluster refresh: the owner
             # learns the new configuration, or forgets a node moved away.
             await self.leases.notify(seen.get("cluster", row["cluster"]))
             await self.assign(row["cluster"])
-            for op in await self.store.node_open_ops(name):
+            for op in await self.store.ops.open_of_node(name):
                 self.dispatch_later(op)
         return row
 
@@ -293,7 +295,7 @@ class Region:
         (unless ``force``: then the journal says so and the device's state
         is unknown until the next poll).
         """
-        op = await self.store.mark_operator(op_id, "cancelled_by", by)
+        op = await self.store.ops.mark_operator(op_id, "cancelled_by", by)
         reason = f"cancelled by {by}"
         node = await self._node_or_none(op["node"])
         answers = []
@@ -302,25 +304,25 @@ class Region:
                 node["cluster"], commands.CancelOperation,
                 operation_id=op["id"], reason=reason)
         known = {p: a for p, a in answers if isinstance(a, dict) and a["known"]}
-        ended = {a["outcome"] for a in known.values()} - {"cancelled"}
-        if ended and not any(a["outcome"] == "cancelled" for a in known.values()):
+        ended = {a["outcome"] for a in known.values()} - {OpState.CANCELLED.value}
+        if ended and not any(a["outcome"] == OpState.CANCELLED for a in known.values()):
             raise Conflict(f"power operation {op['id']} ended {ended.pop()} "
                            "before it could be cancelled")
         owner = await self.leases.owner(op["node"]) if self.leases is not None else None
         live_owner_elsewhere = (
             owner is not None and owner["owner_epoch"] is not None
             and self.directory.by_epoch(owner["owner_epoch"]) is None)
-        ran_elsewhere = op["state"] == "running" and op["pserv"] not in [p for p, _ in answers]
+        ran_elsewhere = op["state"] == OpState.RUNNING and op["pserv"] not in [p for p, _ in answers]
         if not known and (live_owner_elsewhere or ran_elsewhere):
             if not force:
-                await self.store.mark_operator(op["id"], "cancelled_by", None, ended_ok=True)
+                await self.store.ops.mark_operator(op["id"], "cancelled_by", None, ended_ok=True)
                 raise Unavailable(
                     f"power operation {op['id']} runs on pserv {op['pserv']}, which is not "
                     "connected to this region: cannot make sure its device is quiet. "
                     "Retry, or cancel with force")
             reason += " (forced: the device was not reached; its state is unknown)"
-        recorded = await self.store.record_outcome(
-            op["id"], "cancelled", error=reason, cancelled_by=by)
+        recorded = await self.store.ops.record_outcome(
+            op["id"], OpState.CANCELLED.value, error=reason, cancelled_by=by)
         return recorded.op
 
     async def confirm_op(self, op_id, state, by):
@@ -329,19 +331,19 @@ class Region:
         The pserv running it completes it; its outcome is journalled as
         usual.  Conflict when it cannot apply (the reason says why).
         """
-        if state not in ("on", "off"):
+        if state not in TARGET_STATES:
             raise InvalidInput(f"state: must be on or off, not {state!r}")
-        op = await self.store.get_op(op_id)
-        if op["state"] in ("succeeded", "failed", "superseded", "cancelled"):
+        op = await self.store.ops.get(op_id)
+        if op["state"] in TERMINAL_STATES:
             raise Conflict(f"power operation {op['id']} already ended {op['state']}")
-        node = await self.store.get_node(op["node"])
+        node = await self.store.nodes.get(op["node"])
         drivers = {a.get("driver") for a in node["power"].get("agents", [])}
         if "manual" not in drivers:
             raise InvalidInput(f"node {node['name']} has no manual agent: nothing to confirm")
         answers = await self._each_pserv(node["cluster"], commands.ConfirmOperation,
                                          operation_id=op["id"], state=state)
         if any(isinstance(a, dict) for _, a in answers):
-            return await self.store.mark_operator(op["id"], "confirmed_by", by, ended_ok=True)
+            return await self.store.ops.mark_operator(op["id"], "confirmed_by", by, ended_ok=True)
         reasons = [a.value for _, a in answers if not isinstance(a, dict)]
         refusals = [str(e) for e in reasons if isinstance(e, commands.NotConfirmable)]
         if refusals:
@@ -351,7 +353,7 @@ class Region:
 
     async def _node_or_none(self, name):
         try:
-            return await self.store.get_node(name)
+            return await self.store.nodes.get(name)
         except NotFound:
             return None
 
@@ -366,7 +368,7 @@ class Region:
         """
         if self.stopping:
             return  # we dropped it ourselves; it will register with our successor
-        await self.store.pserv_disconnected(protocol.pserv, region=self.name)
+        await self.store.clusters.pserv_disconnected(protocol.pserv, region=self.name)
 
     # -- ownership ------------------------------------------------------------
 
@@ -412,10 +414,10 @@ class Region:
             try:
                 if int(payload) in self._dispatched:
                     return  # ours: already on its way
-                op = await self.store.get_op(int(payload))
+                op = await self.store.ops.get(int(payload))
             except (NotFound, ValueError):
                 return
-            if op["state"] == "pending":
+            if op["state"] == OpState.PENDING:
                 await self.dispatch(op)
 
     def drop_silent_pservs(self):

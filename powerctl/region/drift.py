@@ -41,6 +41,8 @@ The rules, all decided by :func:`assess` without any I/O:
 
 import attrs
 
+from powerctl.power import TARGET_STATES, OpState
+
 #: Consecutive conclusive polls showing the same drift before ``enforce``
 #: requests a reconcile operation.
 ENFORCE_AFTER_POLLS = 2
@@ -54,7 +56,7 @@ RECONCILE_REQUESTER = "reconcile"
 
 POLICIES = ("report", "enforce")
 DEFAULT_POLICY = "report"
-OBSERVABLE = ("on", "off")
+OBSERVABLE = TARGET_STATES
 
 
 @attrs.frozen
@@ -118,11 +120,11 @@ def suspended(recent_ops):
     operations (newest first), or None.
     """
     recent = list(recent_ops)
-    if recent and recent[0][1] == "cancelled":
+    if recent and recent[0][1] == OpState.CANCELLED:
         return "its last operation was cancelled"
     tail = recent[:MAX_RECONCILE_ATTEMPTS]
     if len(tail) == MAX_RECONCILE_ATTEMPTS and all(
-            requester == RECONCILE_REQUESTER and state in ("failed", "cancelled")
+            requester == RECONCILE_REQUESTER and state in (OpState.FAILED, OpState.CANCELLED)
             for requester, state in tail):
         return f"{MAX_RECONCILE_ATTEMPTS} reconcile operations in a row did not succeed"
     return None

@@ -6,6 +6,8 @@ the REST API maps each class to one HTTP status (404, 409, 400) and the AMP
 side to one AMP error, so neither needs to parse database messages.
 """
 
+from powerctl.powerdoc import InvalidPowerDocument
+
 
 class StoreError(Exception):
     """Base of every expected data-layer failure. ``code`` is stable."""
@@ -36,6 +38,25 @@ class InvalidInput(StoreError, ValueError):
     """The input is malformed; nothing was written."""
 
     code = "invalid_input"
+
+
+class PowerDocumentRefused(InvalidInput, InvalidPowerDocument):
+    """
+    The region refused a node's power document (the REST API answers 400
+    ``invalid_power``): the shared model's :class:`InvalidPowerDocument`,
+    raised where the region checks it, so it is also an :class:`InvalidInput`.
+    """
+
+    code = "invalid_power"
+
+    def __init__(self, message, agent=None, parameter=None):
+        InvalidPowerDocument.__init__(self, message, agent, parameter)
+        self.message = str(self.args[0])
+
+    @classmethod
+    def of(cls, error):
+        """The region's refusal carrying what the model's ``error`` says."""
+        return cls(error.reason, error.agent, error.parameter)
 
 
 class Unavailable(StoreError):

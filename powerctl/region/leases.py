@@ -12,7 +12,8 @@ import zlib
 
 from powerctl import ownership
 from powerctl.region.errors import Conflict, InvalidInput
-from powerctl.region.store import _name, _plain, _text, _transaction
+from powerctl.region.store.base import (
+    check_name as _name, check_text as _text, plain as _plain, transaction as _transaction)
 
 #: Advisory lock namespace for assignment rounds (one lock per cluster).
 ASSIGN_LOCK = 0x6F776E  # "own"

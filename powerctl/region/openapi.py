@@ -6,6 +6,9 @@ every route and method of the routing table is described here).  Built by a
 function so each caller gets its own copy to mutate.
 """
 
+from powerctl.power import ACTIONS, OP_STATES, POWER_STATES, TARGET_STATES
+from powerctl.powerdoc import LABEL_PATTERN, MAX_AGENTS, MODES
+
 VERSION = "1.0.0"
 
 
@@ -59,6 +62,9 @@ def _schemas():
             "pod_manager": {"type": "string", "format": "uuid",
                             "description": "take url/host, username and password from this "
                             "pod manager (its driver must be the agent's)"},
+            "label": {"type": "string", "pattern": LABEL_PATTERN,
+                      "description": "names the agent in outcomes and the journal (default "
+                      "<index>:<driver>); unique within the node's agents"},
             "params": {"type": "object", "description": "driver parameters, validated by "
                        "the driver's schema; secrets read back as \"(set)\" and a PUT "
                        "sending \"(set)\" keeps the stored value"},
@@ -67,16 +73,18 @@ def _schemas():
     power = {
         "type": "object", "additionalProperties": False, "required": ["agents"],
         "properties": {
-            "mode": {"type": "string", "enum": ["single", "concurrent", "sequential"],
+            "mode": {"type": "string", "enum": list(MODES),
                      "default": "single",
-                     "description": "single: exactly 1 agent; concurrent/sequential: 2-8"},
-            "agents": {"type": "array", "minItems": 1, "maxItems": 8, "items": _ref("Agent")},
+                     "description": "single: exactly 1 agent; concurrent/sequential: "
+                                    f"2-{MAX_AGENTS}"},
+            "agents": {"type": "array", "minItems": 1, "maxItems": MAX_AGENTS,
+                       "items": _ref("Agent")},
         },
     }
     node = {"type": "object", "properties": {
         "name": {"type": "string"}, "cluster": {"type": "string"}, "power": _ref("Power"),
-        "desired_state": {"type": "string", "enum": ["on", "off"], "nullable": True},
-        "power_state": {"type": "string", "enum": ["on", "off", "unknown", "error"]},
+        "desired_state": {"type": "string", "enum": list(TARGET_STATES), "nullable": True},
+        "power_state": {"type": "string", "enum": list(POWER_STATES)},
         "responsive": {"type": "boolean"},
         "last_error": {"type": "string", "nullable": True},
         "last_queried_at": _ts("last poll or query"),
@@ -88,8 +96,8 @@ def _schemas():
                   "state or by a new request)",
                   "properties": {
                       "since": _ts("first poll that saw it"),
-                      "observed": {"type": "string", "enum": ["on", "off"]},
-                      "desired": {"type": "string", "enum": ["on", "off"]},
+                      "observed": {"type": "string", "enum": list(TARGET_STATES)},
+                      "desired": {"type": "string", "enum": list(TARGET_STATES)},
                       "polls": {"type": "integer",
                                 "description": "consecutive polls that saw it"}}},
     }}
@@ -101,11 +109,10 @@ def _schemas():
         "name": {"type": "string", "description": "must equal the node's name if given"},
         "cluster": {"type": "string"}, "power": _ref("Power"),
         "requester": {"type": "string", "description": "who changes it"}}}
-    op_state = {"type": "string", "enum": ["pending", "running", "succeeded", "failed",
-                                           "superseded", "cancelled"]}
+    op_state = {"type": "string", "enum": list(OP_STATES)}
     op = {"type": "object", "properties": {
         "id": {"type": "integer"}, "node": {"type": "string"},
-        "action": {"type": "string", "enum": ["on", "off", "soft-off", "cycle", "query"]},
+        "action": {"type": "string", "enum": list(ACTIONS)},
         "state": op_state,
         "coalesced_into": {"type": "integer", "nullable": True},
         "superseded_by": {"type": "integer", "nullable": True},
@@ -116,7 +123,7 @@ def _schemas():
         "agent": {"type": "string", "nullable": True},
         "requester": {"type": "string"},
         "observed_state": {"type": "string", "nullable": True,
-                           "enum": ["on", "off", "unknown", "error", None]},
+                           "enum": [*POWER_STATES, None]},
         "cancelled_by": {"type": "string", "nullable": True,
                          "description": "who cancelled it (operator, or a node's deletion)"},
         "confirmed_by": {"type": "string", "nullable": True,
@@ -130,13 +137,13 @@ def _schemas():
                   "be reached (the device's state is then unknown)"}}}
     confirm_request = {"type": "object", "additionalProperties": False,
                        "required": ["state"], "properties": {
-                           "state": {"type": "string", "enum": ["on", "off"],
+                           "state": {"type": "string", "enum": list(TARGET_STATES),
                                      "description": "the state the operator saw"},
                            "requester": requester}}
     power_request = {"type": "object", "additionalProperties": False, "required": ["action"],
                      "properties": {
                          "action": {"type": "string",
-                                    "enum": ["on", "off", "soft-off", "cycle", "query"]},
+                                    "enum": list(ACTIONS)},
                          "requester": {"type": "string", "description": "who asks "
                                        "(default: api:<client address>)"}}}
     pod_manager = {"type": "object", "properties": {
@@ -199,7 +206,7 @@ def _activity_schemas():
     since = _ts("when it started, on the region's clock (null while it waits)")
     age = {"type": "number", "nullable": True, "description": "seconds since it started"}
     op_id = {"type": "integer", "description": "operation id (journal)"}
-    action = {"type": "string", "enum": ["on", "off", "soft-off", "cycle", "query"]}
+    action = {"type": "string", "enum": list(ACTIONS)}
     live_action = {"type": "object", "nullable": True, "properties": {
         "operation_id": op_id, "action": action,
         "joined": {"type": "array", "items": op_id,

@@ -92,7 +92,7 @@ class PodManagerProber(TimerService):
     async def _probe_all(self):
         if self.leader is not None and not self.leader():
             return
-        for pm in await self.store.list_pod_managers():
+        for pm in await self.store.pod_managers.list():
             if urlsplit(pm["url"]).scheme not in ("http", "https"):
                 continue
             reachable = await self.reachable(pm["url"])
@@ -102,7 +102,7 @@ class PodManagerProber(TimerService):
             if status != pm["status"]:
                 self.log.info("pod manager {name} is now {status}", name=pm["name"],
                               status=status)
-                await self.store.set_pod_manager_status(pm["uuid"], status)
+                await self.store.pod_managers.set_status(pm["uuid"], status)
 
     async def reachable(self, url):
         """

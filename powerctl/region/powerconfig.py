@@ -1,22 +1,12 @@
 """
-A node's power configuration: validation, resolution and redaction.
+A node's power configuration on the region: validation against the driver
+catalogue and the pod managers, resolution for the pservs, and keeping
+secrets across a GET-change-PUT.
 
-The document users write::
+The document's own rules (keys, modes, agent counts, labels) are the shared
+model's, :class:`powerctl.powerdoc.PowerDoc`; what is checked here needs
+what only the region has:
 
-    {"mode": "single" | "concurrent" | "sequential",
-     "agents": [
-        {"driver": "ipmi", "params": {"host": "10.0.0.5", "password": "x"}},
-        {"driver": "redfish", "pod_manager": "<uuid>", "params": {"system": "7"}}
-     ]}
-
-Rules (checked before anything is written, with messages that name the
-agent index and the parameter):
-
-* ``mode`` defaults to ``single``.  ``single`` takes exactly one agent;
-  ``concurrent`` and ``sequential`` take 2 to :data:`MAX_AGENTS` agents:
-  with one agent they would silently behave as ``single``, which is almost
-  always a typing mistake, so it is refused.
-* Unknown keys are refused, at the top level and in each agent.
 * ``params`` are validated by the driver's schema (converted, e.g.
   ``"623"`` becomes ``623``).
 * An agent with ``pod_manager`` gets its address and credentials from that
@@ -37,41 +27,20 @@ only, converted, without defaults (so a changed default applies to old
 nodes) and without the pod manager's credentials (so a password change on a
 pod manager applies to every node at once).  What a pserv *receives* is the
 resolved document (:func:`resolve_power`): every agent's full, validated
-parameters, pod manager values merged in.
+parameters, pod manager values merged in.  What is *shown* goes through
+:func:`powerctl.powerdoc.redact` with :func:`secret_names` first.
 """
 
-import copy
-import uuid as uuidlib
 from urllib.parse import urlsplit
 
-from powerctl.drivers.errors import ConfigurationError
-from powerctl.region.errors import InvalidInput
+from powerctl.drivers.errors import DriverSettingsError
+from powerctl.powerdoc import (
+    SECRET_MARK, InvalidPowerDocument, PowerDoc, looks_secret, pod_manager_uuid)
+from powerctl.region.errors import InvalidInput, PowerDocumentRefused
 
-MODES = ("single", "concurrent", "sequential")
-MAX_AGENTS = 8
-#: What a secret parameter shows instead of its value.
-SECRET_MARK = "(set)"
-#: Parameter-name fragments treated as secret when the driver is unknown.
-_SECRETISH = ("password", "community", "key", "secret", "token")
-
-
-class InvalidPowerConfig(InvalidInput):
-    """A power configuration was refused; the message says where and why."""
-
-    code = "invalid_power"
-
-    def __init__(self, message, agent=None, parameter=None):
-        where = "power" if agent is None else f"power.agents[{agent}]"
-        super().__init__(f"{where}: {message}")
-        self.agent = agent
-        self.parameter = parameter
-
-
-def pod_manager_uuid(text):
-    """Canonical text of a pod manager uuid; ValueError if it is not one."""
-    if not isinstance(text, str):
-        raise ValueError("must be a uuid string")
-    return str(uuidlib.UUID(text))
+__all__ = ["check_pod_manager", "pod_manager_params", "pod_manager_uuid",
+           "referenced_pod_managers", "resolve_power", "restore_secrets", "secret_names",
+           "validate_power"]
 
 
 def pod_manager_params(schema, pod_manager):
@@ -105,7 +74,7 @@ def check_pod_manager(catalogue, driver, url, username="", password=""):
     """
     try:
         schema = catalogue.get(driver).schema
-    except ConfigurationError as e:
+    except DriverSettingsError as e:
         raise InvalidInput(f"driver: {e}") from None
     if not isinstance(url, str) or not urlsplit(url).hostname:
         raise InvalidInput(f"url: {url!r} is not a URL with a host")
@@ -123,94 +92,56 @@ def check_pod_manager(catalogue, driver, url, username="", password=""):
             raise InvalidInput(f"{field}: {e}") from None
 
 
-def _agent_keys(agent, index):
-    """Refuse a non-object agent and keys other than driver/params/pod_manager."""
-    if not isinstance(agent, dict):
-        raise InvalidPowerConfig("must be an object", index)
-    unknown = sorted(set(agent) - {"driver", "params", "pod_manager"})
-    if unknown:
-        raise InvalidPowerConfig(
-            f"unknown key {unknown[0]!r}; expected driver, params, pod_manager",
-            index, unknown[0])
-    if "driver" not in agent:
-        raise InvalidPowerConfig("'driver' is required", index, "driver")
-
-
 def _pod_manager_of(agent, index, pod_managers):
-    """The pod manager an agent names (canonical uuid, record), or (None, None)."""
-    if "pod_manager" not in agent:
-        return None, None
-    try:
-        key = pod_manager_uuid(agent["pod_manager"])
-    except ValueError:
-        raise InvalidPowerConfig(
-            f"pod_manager {agent['pod_manager']!r} is not a uuid", index,
-            "pod_manager") from None
-    record = pod_managers.get(key)
+    """The pod manager record an agent names, or None."""
+    if agent.pod_manager is None:
+        return None
+    record = pod_managers.get(agent.pod_manager)
     if record is None:
-        raise InvalidPowerConfig(f"pod manager {key} does not exist", index, "pod_manager")
-    if record.get("driver", agent["driver"]) != agent["driver"]:
-        raise InvalidPowerConfig(
-            f"pod manager {record.get('name', key)!r} is a {record['driver']} pod "
-            f"manager; the agent's driver is {agent['driver']}", index, "driver")
-    return key, record
+        raise PowerDocumentRefused(
+            f"pod manager {agent.pod_manager} does not exist", index, "pod_manager")
+    if record.get("driver", agent.driver) != agent.driver:
+        raise PowerDocumentRefused(
+            f"pod manager {record.get('name', agent.pod_manager)!r} is a {record['driver']} "
+            f"pod manager; the agent's driver is {agent.driver}", index, "driver")
+    return record
 
 
 def _check_agent(agent, index, catalogue, pod_managers):
     """
-    Validate one agent.  Returns ``(stored, resolved)`` agent dicts: the
-    normalised form to store and the full form a pserv acts on.
+    Validate one :class:`~powerctl.powerdoc.AgentDoc`'s parameters.  Returns
+    ``(stored, resolved)`` parameters: the normalised ones to store and the
+    full ones a pserv acts on.
     """
-    _agent_keys(agent, index)
-    driver = agent["driver"]
     try:
-        schema = catalogue.get(driver).schema
-    except ConfigurationError as e:
-        raise InvalidPowerConfig(str(e), index, "driver") from None
-    params = agent.get("params", {})
-    if not isinstance(params, dict):
-        raise InvalidPowerConfig("'params' must be an object", index, "params")
-    pm_key, pm = _pod_manager_of(agent, index, pod_managers)
+        schema = catalogue.get(agent.driver).schema
+    except DriverSettingsError as e:
+        raise PowerDocumentRefused(str(e), index, "driver") from None
+    pm = _pod_manager_of(agent, index, pod_managers)
     supplied = pod_manager_params(schema, pm) if pm else {}
-    for name in params:
+    for name in agent.params:
         if name in supplied:
-            raise InvalidPowerConfig(
+            raise PowerDocumentRefused(
                 f"parameter {name!r} is supplied by pod manager "
-                f"{pm.get('name', pm_key)!r}; remove it", index, name)
+                f"{pm.get('name', agent.pod_manager)!r}; remove it", index, name)
     try:
-        full = schema.validate({**params, **supplied})
-    except ConfigurationError as e:
-        raise InvalidPowerConfig(str(e), index, getattr(e, "parameter", None)) from None
-    own = {k: full[k] for k in params if full.get(k) is not None}
-    stored = {"driver": driver, "params": own}
-    resolved = {"driver": driver, "params": full}
-    if pm_key:
-        stored = {"driver": driver, "pod_manager": pm_key, "params": own}
-        resolved = {"driver": driver, "pod_manager": pm_key, "params": full}
-    return stored, resolved
+        full = schema.validate({**agent.params, **supplied})
+    except DriverSettingsError as e:
+        raise PowerDocumentRefused(str(e), index, getattr(e, "parameter", None)) from None
+    own = {k: full[k] for k in agent.params if full.get(k) is not None}
+    return own, full
 
 
 def _check(power, catalogue, pod_managers):
     """Validate a whole document; returns (stored, resolved) documents."""
-    if not isinstance(power, dict):
-        raise InvalidPowerConfig("must be an object with 'mode' and 'agents'")
-    unknown = sorted(set(power) - {"mode", "agents"})
-    if unknown:
-        raise InvalidPowerConfig(f"unknown key {unknown[0]!r}; expected mode, agents")
-    mode = power.get("mode", "single")
-    if mode not in MODES:
-        raise InvalidPowerConfig(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    agents = power.get("agents")
-    if not isinstance(agents, list) or not agents:
-        raise InvalidPowerConfig("'agents' must be a non-empty list")
-    if mode == "single" and len(agents) != 1:
-        raise InvalidPowerConfig(f"mode single takes exactly 1 agent, not {len(agents)}")
-    if mode != "single" and not 2 <= len(agents) <= MAX_AGENTS:
-        raise InvalidPowerConfig(
-            f"mode {mode} takes 2 to {MAX_AGENTS} agents, not {len(agents)}")
-    checked = [_check_agent(a, i, catalogue, pod_managers or {}) for i, a in enumerate(agents)]
-    return ({"mode": mode, "agents": [s for s, _ in checked]},
-            {"mode": mode, "agents": [r for _, r in checked]})
+    try:
+        doc = PowerDoc.parse(power)
+    except InvalidPowerDocument as e:
+        raise PowerDocumentRefused.of(e) from None
+    checked = [_check_agent(a, i, catalogue, pod_managers or {})
+               for i, a in enumerate(doc.agents)]
+    return (doc.to_json([own for own, _ in checked]),
+            doc.to_json([full for _, full in checked]))
 
 
 def referenced_pod_managers(power):
@@ -232,7 +163,7 @@ def referenced_pod_managers(power):
 
 def validate_power(power, catalogue, pod_managers=None):
     """
-    The normalised document to store, or :class:`InvalidPowerConfig`.
+    The normalised document to store, or :class:`PowerDocumentRefused`.
 
     ``pod_managers`` maps canonical uuid to a pod manager record (driver,
     name, url, username, password) for each uuid the document names.
@@ -245,28 +176,17 @@ def resolve_power(power, catalogue, pod_managers=None):
     return _check(power, catalogue, pod_managers)[1]
 
 
+def secret_names(catalogue):
+    """``{driver: secret parameter names}`` of the catalogue, for :func:`powerctl.powerdoc.redact`."""
+    return {name: catalogue.get(name).schema.secrets for name in catalogue.names}
+
+
 def _secrets_of(catalogue, driver, params):
-    """Names of the secret parameters of an agent (guessing for unknown drivers)."""
+    """Names of the secret parameters of an agent (as redact guesses for unknown drivers)."""
     try:
         return catalogue.get(driver).schema.secrets
-    except ConfigurationError:
-        return frozenset(k for k in params if any(s in k.lower() for s in _SECRETISH))
-
-
-def redact(power, catalogue):
-    """
-    A copy of ``power`` safe to show or log: every set secret parameter is
-    replaced by ``"(set)"``.  Tolerates documents that no longer validate.
-    """
-    shown = copy.deepcopy(power)
-    for agent in shown.get("agents", ()) if isinstance(shown, dict) else ():
-        if isinstance(agent, dict) and isinstance(agent.get("params"), dict):
-            secrets = _secrets_of(catalogue, agent.get("driver"), agent["params"])
-            agent["params"] = {
-                k: (SECRET_MARK if k in secrets and v not in (None, "") else v)
-                for k, v in agent["params"].items()
-            }
-    return shown
+    except DriverSettingsError:
+        return frozenset(k for k in params if looks_secret(k))
 
 
 def restore_secrets(power, previous, catalogue):
@@ -297,7 +217,7 @@ def _restore_agent(agent, old, index, catalogue):
     for name, value in agent["params"].items():
         if name in secrets and value == SECRET_MARK:
             if old_params.get(name) in (None, ""):
-                raise InvalidPowerConfig(
+                raise PowerDocumentRefused(
                     f"parameter {name!r} is {SECRET_MARK!r} but no value is stored "
                     "for it; send the secret itself", index, name)
             params[name] = old_params[name]

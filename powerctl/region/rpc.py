@@ -9,11 +9,21 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from powerctl.power import POWER_STATES, TERMINAL_STATES, OpState, PowerState
 from powerctl.region.errors import InvalidInput, NotFound, StaleEpoch
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands, responders
 
 PAGE = 100  # items per recovery page; also trimmed by size below
+
+
+def error_text(kind, message):
+    """
+    How the journal and a node's ``last_error`` word a failure of ``kind``:
+    ``"kind: message"``.  The kind travels over AMP in a field of its own
+    (``error_kind``); this is the one place that joins the two for people.
+    """
+    return f"{kind}: {message}" if kind else message
 
 
 def _fits(items):
@@ -145,7 +155,7 @@ class RegionProtocol(amp.AMP):
         if self.pserv is not None:
             raise commands.BadArguments("already registered on this connection")
         try:
-            await self.region.store.register_pserv(name, cluster, version, self.region.name)
+            await self.region.store.clusters.register_pserv(name, cluster, version, self.region.name)
             lease = await self.region.leases.grant(name, cluster, instance)
         except InvalidInput as e:
             raise commands.BadArguments(str(e)) from None
@@ -162,16 +172,16 @@ class RegionProtocol(amp.AMP):
         store = self.region.store
         ops_page = []
         if after_op >= 0:
-            ops = await store.outstanding_ops(self.cluster, after_id=after_op, limit=PAGE,
+            ops = await store.ops.outstanding(self.cluster, after_id=after_op, limit=PAGE,
                                               epoch=self.epoch)
             for op in ops:
                 if op["power"] is None:  # its configuration no longer resolves
-                    await self.region.outcome(op["id"], "failed", None, None,
-                                              f"config: {op.get('power_error')}",
+                    await self.region.outcome(op["id"], OpState.FAILED.value, None, None,
+                                              error_text("config", op.get("power_error")),
                                               None, None, self.pserv, epoch=self.epoch)
             ops_page = _trim([_op_json(o) for o in ops if o["power"] is not None])
             if ops_page:  # they run there from now on, as a dispatch would say
-                await store.mark_running_many([o["id"] for o in ops_page], self.pserv,
+                await store.ops.mark_running_many([o["id"] for o in ops_page], self.pserv,
                                               self.epoch)
             if len(ops) == PAGE or len(ops_page) < len(ops):
                 # Every op of a page may have been unusable (failed above):
@@ -180,7 +190,7 @@ class RegionProtocol(amp.AMP):
                 return {"operations": ops_page, "nodes": [], "after_op": last,
                         "after_node": "", "done": False}
             after_op = -1  # operations exhausted: nodes from now on
-        nodes = await store.desired_states(self.cluster, after_name=after_node, limit=PAGE,
+        nodes = await store.nodes.desired_states(self.cluster, after_name=after_node, limit=PAGE,
                                            epoch=self.epoch)
         usable = [n for n in nodes if n["power"] is not None]
         page = _trim([_node_json(n) for n in usable])
@@ -191,15 +201,16 @@ class RegionProtocol(amp.AMP):
 
     @commands.ReportOutcome.responder
     async def report_outcome(self, operation_id, outcome, observed_state, agent, error,
-                             coalesced_into, superseded_by, epoch):
+                             coalesced_into, superseded_by, epoch, error_kind=None):
         self._leased(epoch)
-        if outcome not in ("succeeded", "failed", "superseded", "cancelled"):
+        if outcome not in TERMINAL_STATES:
             raise commands.BadArguments(f"unknown outcome {outcome!r}")
-        if observed_state not in ("", "on", "off"):
+        if observed_state not in ("", PowerState.ON, PowerState.OFF):
             raise commands.BadArguments(f"unknown observed state {observed_state!r}")
         try:
             recorded = await self.region.outcome(
-                operation_id, outcome, observed_state or None, agent or None, error or None,
+                operation_id, outcome, observed_state or None, agent or None,
+                error_text(error_kind, error) if error or error_kind else None,
                 coalesced_into or None, superseded_by or None, self.pserv, epoch=epoch)
         except StaleEpoch as e:
             self.log.warn("pserv {p}: {why}", p=self.pserv, why=e)
@@ -213,7 +224,7 @@ class RegionProtocol(amp.AMP):
         self._leased(epoch)
         if not isinstance(states, list) or not all(
             isinstance(s, dict) and isinstance(s.get("node"), str)
-            and s.get("state") in ("on", "off", "unknown", "error") for s in states
+            and s.get("state") in POWER_STATES for s in states
         ):
             raise commands.BadArguments("states must be [{node, state, error}]")
         # Only the owner's polls count: a former owner's (or a forger's)
@@ -229,7 +240,10 @@ class RegionProtocol(amp.AMP):
                 continue
             # One bad node never costs the rest of the batch its update.
             try:
-                await self.region.polled(s["node"], s["state"], error=s.get("error") or None)
+                error = s.get("error") or None
+                if error is not None and isinstance(s.get("error_kind"), str):
+                    error = error_text(s["error_kind"], error)
+                await self.region.polled(s["node"], s["state"], error=error)
             except NotFound:
                 if s["node"] not in self._unknown_nodes:
                     self._unknown_nodes.add(s["node"])
@@ -250,7 +264,7 @@ class RegionProtocol(amp.AMP):
             self.log.warn("pserv {p}: {why}", p=self.pserv, why=e)
             raise commands.LeaseExpired(str(e)) from None
         try:
-            await self.region.store.heartbeat(self.pserv, actions_in_flight)
+            await self.region.store.clusters.heartbeat(self.pserv, actions_in_flight)
         except (InvalidInput, NotFound) as e:
             raise commands.BadArguments(str(e)) from None
         return {"lease": remaining}

@@ -26,17 +26,15 @@ through twisted.logger, never to the client.
 """
 
 import datetime
-import uuid as uuidlib
 from urllib.parse import urlencode
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import resource, server, template
+from twisted.web import template
 from twisted.web.template import tags
 
-from powerctl.region.api import _loggable
-from powerctl.region.store import OP_STATES, POWER_STATES, TERMINAL_STATES
+from powerctl.region.resource import AsyncResource
+from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, OpState
 
 REFRESH_SECONDS = 5
 RECENT_FINISHED = 20
@@ -78,21 +76,20 @@ def _clusters_with_activity(clusters, live):
     return clusters
 
 
-class _AsyncResource(resource.Resource):
+class _AsyncResource(AsyncResource):
     """
     A leaf answering GET (and HEAD) from a coroutine ``self.produce(request)``
     returning ``(content_type, body_bytes)``.  Any exception answers 500 with
-    an error id that is logged with the traceback.
+    an error id that is logged with the traceback (see
+    :class:`powerctl.region.resource.AsyncResource`).
     """
 
-    isLeaf = True
     error_content_type = b"text/plain; charset=utf-8"
 
     def __init__(self, store, activity=None, log=None):
-        super().__init__()
+        super().__init__(log)
         self.store = store
         self.activity = activity
-        self.log = log or Logger()
 
     def render(self, request):
         """GET and HEAD are answered (HEAD without a body); anything else is 405."""
@@ -101,30 +98,21 @@ class _AsyncResource(resource.Resource):
             request.setHeader(b"Allow", b"GET, HEAD")
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return b"method not allowed; allowed: GET, HEAD\n"
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-        d = defer.ensureDeferred(self._answer(request))
-        d.addCallback(lambda answer: None if gone else self._write(request, *answer))
-        d.addErrback(lambda f: self.log.failure("writing a web answer failed", f))
-        return server.NOT_DONE_YET
+        return super().render(request)
 
-    async def _answer(self, request):
-        try:
-            ctype, body = await self.produce(request)
-            return 200, ctype, body
-        except Exception:
-            error_id = str(uuidlib.uuid4())
-            self.log.failure(
-                "web {method} {path} failed; error id {error_id}", _loggable(Failure()),
-                method=request.method.decode("ascii", "replace"),
-                path=request.path.decode("utf-8", "replace"), error_id=error_id)
-            return 500, self.error_content_type, self.error_body(error_id)
+    async def answer(self, request):
+        ctype, body = await self.produce(request)
+        return 200, ctype, body
+
+    def internal_error(self, request, error_id):
+        return 500, self.error_content_type, self.error_body(error_id)
 
     def error_body(self, error_id):
         return (f"internal error; the region log has the details under error id "
                 f"{error_id}\n").encode()
 
-    def _write(self, request, status, ctype, body):
+    def write(self, request, answer):
+        status, ctype, body = answer
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", ctype)
         request.setHeader(b"Cache-Control", b"no-store")
@@ -329,17 +317,17 @@ class StatusPage(_AsyncResource):
         args = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
                 for k, v in request.args.items() if v}
         clusters = _clusters_with_activity(
-            await self.store.list_clusters(), await _activity(self.activity, self.log))
-        nodes = await self.store.list_nodes()
+            await self.store.clusters.list(), await _activity(self.activity, self.log))
+        nodes = await self.store.nodes.list()
         open_ops = []
         truncated_open = False
-        for state in ("running", "pending"):
-            ops = await self.store.list_ops(state=state, limit=OPEN_OPS_SHOWN)
+        for state in (OpState.RUNNING.value, OpState.PENDING.value):
+            ops = await self.store.ops.list(state=state, limit=OPEN_OPS_SHOWN)
             truncated_open |= len(ops) >= OPEN_OPS_SHOWN
             open_ops.extend(ops)
         finished = []
         for state in TERMINAL_STATES:
-            finished.extend(await self.store.list_ops(state=state, limit=RECENT_FINISHED))
+            finished.extend(await self.store.ops.list(state=state, limit=RECENT_FINISHED))
         finished.sort(key=lambda op: (op.get("finished_at") or "", op["id"]), reverse=True)
         finished = finished[:RECENT_FINISHED]
         live = await self._live()
@@ -528,7 +516,7 @@ class StatusPage(_AsyncResource):
             cells += [_when(op.get("finished_at"), now), _state(op.get("observed_state")),
                       _text(op.get("coalesced_into") or op.get("superseded_by")),
                       _text(op.get("error"))]
-        return ("failed" if op["state"] == "failed" else "", cells)
+        return ("failed" if op["state"] == OpState.FAILED else "", cells)
 
     def _open_ops(self, ops, truncated, now):
         note = (tags.p(class_="note")(f"showing the newest {OPEN_OPS_SHOWN} of each state; "
@@ -672,9 +660,9 @@ class Metrics(_AsyncResource):
 
     async def produce(self, request):
         clusters = _clusters_with_activity(
-            await self.store.list_clusters(), await _activity(self.activity, self.log))
-        nodes = await self.store.list_nodes()
-        counts = await self.store.count_ops_by_state()
+            await self.store.clusters.list(), await _activity(self.activity, self.log))
+        nodes = await self.store.nodes.list()
+        counts = await self.store.ops.count_by_state()
 
         names = sorted({c["name"] for c in clusters} | {n["cluster"] for n in nodes})
         by_state = {(c, s): 0 for c in names for s in POWER_STATES}

@@ -39,6 +39,8 @@ import json
 
 from twisted.protocols import amp
 
+from powerctl.power import Action
+
 #: Keep every JSON value comfortably below AMP's 65,535-byte value limit.
 MAX_VALUE = 60_000
 
@@ -73,8 +75,11 @@ class BadArguments(Exception):
     """An argument is malformed or invalid (nothing was done)."""
 
 
-class InvalidPowerConfig(Exception):
-    """The node's power configuration is invalid (unknown driver, bad param)."""
+class UnusablePowerConfig(Exception):
+    """
+    The pserv cannot use the node's power configuration (unknown driver,
+    bad parameter): the operation was refused, nothing was sent to a device.
+    """
 
 
 class UnknownPserv(Exception):
@@ -191,6 +196,10 @@ class ReportOutcome(amp.Command):
     The end of one operation.  ``outcome``: ``succeeded``, ``failed``,
     ``superseded`` or ``cancelled``.  ``observed_state``: ``on``/``off`` or
     empty; ``coalesced_into``/``superseded_by``: operation ids or 0.
+    ``error``: what went wrong, in words; ``error_kind`` (optional): its
+    kind, the :attr:`~powerctl.drivers.errors.PowerError.kind` of the driver
+    error (``auth``, ``unreachable``, ``timeout``, ...) or ``internal``, in
+    a field of its own so no one parses it out of the text.
     ``epoch``: the lease the operation ran under; only the node's current
     owner may end an operation (``STALE_EPOCH`` otherwise, nothing
     written).  Idempotent: repeating a report changes nothing.
@@ -205,6 +214,7 @@ class ReportOutcome(amp.Command):
         (b"coalesced_into", amp.Integer()),
         (b"superseded_by", amp.Integer()),
         (b"epoch", amp.Integer()),
+        (b"error_kind", amp.Unicode(optional=True)),
     ]
     response = [(b"recorded", amp.Boolean())]
     errors = dict(_LEASED_ERRORS)
@@ -212,7 +222,8 @@ class ReportOutcome(amp.Command):
 
 class ReportPowerState(amp.Command):
     """
-    Poll results: ``states`` = ``[{"node", "state", "error"}]``, polled
+    Poll results: ``states`` = ``[{"node", "state", "error", "error_kind"}]``
+    (``error_kind`` as in ``ReportOutcome``, optional), polled
     under the lease ``epoch``; states of nodes that epoch does not own are
     dropped (logged once).
     """
@@ -278,28 +289,28 @@ class _PowerCommand(amp.Command):
         (b"disposition", amp.Unicode()),
         (b"coalesced_into", amp.Integer()),
     ]
-    errors = {**_COMMON_ERRORS, InvalidPowerConfig: b"INVALID_POWER_CONFIG",
+    errors = {**_COMMON_ERRORS, UnusablePowerConfig: b"INVALID_POWER_CONFIG",
               StaleEpoch: b"STALE_EPOCH"}
 
 
 class PowerOn(_PowerCommand):
-    action = "on"
+    action = Action.ON.value
 
 
 class PowerOff(_PowerCommand):
-    action = "off"
+    action = Action.OFF.value
 
 
 class PowerSoftOff(_PowerCommand):
-    action = "soft-off"
+    action = Action.SOFT_OFF.value
 
 
 class PowerCycle(_PowerCommand):
-    action = "cycle"
+    action = Action.CYCLE.value
 
 
 class PowerQuery(_PowerCommand):
-    action = "query"
+    action = Action.QUERY.value
 
 
 POWER_COMMANDS = {c.action: c for c in (PowerOn, PowerOff, PowerSoftOff, PowerCycle, PowerQuery)}

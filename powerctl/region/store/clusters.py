@@ -1,0 +1,128 @@
+"""
+Clusters and the pservs that serve them: registration, heartbeats,
+liveness and each cluster's drift policy.
+"""
+
+from powerctl.power import OpState
+from powerctl.region import drift
+from powerctl.region.errors import InvalidInput, NotFound
+from powerctl.region.store.base import (
+    PSERV_COLUMNS, KindStore, check_name, check_text, plain, transaction)
+
+
+async def ensure_cluster(tx, cluster):
+    """Create ``cluster`` if it is new (nodes and pservs name their cluster)."""
+    await tx.rows(
+        "INSERT INTO clusters (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
+        (cluster,))
+
+
+class ClusterStore(KindStore):
+    """
+    Clusters and pservs.
+
+    :param heartbeat_timeout: a connected pserv whose last heartbeat is
+        older than this many seconds is not live.
+    """
+
+    def __init__(self, pool, heartbeat_timeout=90.0):
+        super().__init__(pool)
+        self.heartbeat_timeout = float(heartbeat_timeout)
+
+    @transaction
+    async def register_pserv(self, tx, name, cluster, version, region):
+        """A pserv connected (or reconnected) to ``region``: record it, live."""
+        check_name("pserv", name)
+        check_name("cluster", cluster)
+        check_text("version", version, 255)
+        if region is not None:
+            check_text("region", region, 255)
+        await ensure_cluster(tx, cluster)
+        row = await tx.row(
+            "INSERT INTO pservs (name, cluster, version, region, connected, connected_at,"
+            " last_heartbeat) VALUES (%s, %s, %s, %s, true, now(), now())"
+            " ON CONFLICT (name) DO UPDATE SET cluster = EXCLUDED.cluster,"
+            " version = EXCLUDED.version, region = EXCLUDED.region, connected = true,"
+            " connected_at = now(), last_heartbeat = now(), actions_in_flight = 0"
+            f" RETURNING {PSERV_COLUMNS}", (name, cluster, version, region))
+        return plain(row)
+
+    @transaction
+    async def heartbeat(self, tx, name, actions_in_flight):
+        """A pserv is alive, with this many actions under way."""
+        if isinstance(actions_in_flight, bool) or not isinstance(actions_in_flight, int) \
+                or actions_in_flight < 0:
+            raise InvalidInput("actions_in_flight: must be a non-negative integer")
+        row = await tx.row(
+            "UPDATE pservs SET last_heartbeat = now(), actions_in_flight = %s,"
+            f" connected = true WHERE name = %s RETURNING {PSERV_COLUMNS}",
+            (actions_in_flight, name))
+        if row is None:
+            raise NotFound(f"pserv {name!r} is not registered")
+        return plain(row)
+
+    @transaction
+    async def pserv_disconnected(self, tx, name, region=None):
+        """
+        A pserv's connection closed.  With ``region``, only if it is still
+        recorded as connected to that region: a pserv that already
+        reconnected elsewhere must not be marked dead by the old region.
+        Returns whether anything changed.
+        """
+        row = await tx.row(
+            "UPDATE pservs SET connected = false, actions_in_flight = 0"
+            " WHERE name = %(name)s AND connected"
+            " AND (%(region)s::text IS NULL OR region = %(region)s) RETURNING name",
+            {"name": name, "region": region})
+        return row is not None
+
+    def _live(self):
+        """SQL (with one parameter) true for a connected, recently heard pserv."""
+        return "(connected AND last_heartbeat > now() - make_interval(secs => %s))"
+
+    @transaction
+    async def live_pservs(self, tx, cluster):
+        """The cluster's pservs that are connected and heartbeating, by name."""
+        rows = await tx.rows(
+            f"SELECT {PSERV_COLUMNS} FROM pservs WHERE cluster = %s AND {self._live()} ORDER BY name",
+            (cluster, self.heartbeat_timeout))
+        return [plain(r) for r in rows]
+
+    @transaction
+    async def list(self, tx):
+        """
+        Every cluster with its node count, running operations and pservs
+        (connected or not); ``status`` is ``online`` while one pserv is live.
+        ``drift_policy`` and ``drifted_nodes`` are its reconciliation.
+        """
+        clusters = await tx.rows(
+            "SELECT c.name, c.created_at, c.drift_policy,"
+            " (SELECT count(*) FROM nodes n WHERE n.cluster = c.name) AS nodes,"
+            " (SELECT count(*) FROM nodes n WHERE n.cluster = c.name"
+            "   AND n.drift_since IS NOT NULL) AS drifted_nodes,"
+            " (SELECT count(*) FROM power_ops o JOIN nodes n ON n.name = o.node"
+            f"   WHERE n.cluster = c.name AND o.state = '{OpState.RUNNING.value}') AS running_ops"
+            " FROM clusters c ORDER BY c.name")
+        pservs = await tx.rows(
+            f"SELECT {PSERV_COLUMNS}, {self._live()} AS live FROM pservs ORDER BY name",
+            (self.heartbeat_timeout,))
+        result = []
+        for cluster in clusters:
+            mine = [plain(p) for p in pservs if p["cluster"] == cluster["name"]]
+            result.append(plain(dict(
+                cluster, pservs=mine,
+                actions_in_flight=sum(p["actions_in_flight"] for p in mine if p["connected"]),
+                status="online" if any(p["live"] for p in mine) else "offline")))
+        return result
+
+    @transaction
+    async def set_policy(self, tx, name, drift_policy):
+        """Set a cluster's ``drift_policy`` (report or enforce); NotFound if no such cluster."""
+        if drift_policy not in drift.POLICIES:
+            raise InvalidInput(f"drift_policy: {drift_policy!r} is not one of "
+                               + ", ".join(drift.POLICIES))
+        row = await tx.row("UPDATE clusters SET drift_policy = %s WHERE name = %s"
+                           " RETURNING name, drift_policy", (drift_policy, name))
+        if row is None:
+            raise NotFound(f"cluster {name!r} does not exist")
+        return row

@@ -1,0 +1,254 @@
+"""
+Nodes: their power documents, desired and observed power state,
+responsiveness and drift.
+
+Node power documents are returned as stored and must be passed through
+:func:`powerctl.powerdoc.redact` before they are shown.
+"""
+
+from psycopg2.extras import Json
+
+from powerctl.power import POWER_STATES, Action, PowerState
+from powerctl.region import drift, powerconfig
+from powerctl.region.errors import Conflict, InvalidInput, NotFound
+from powerctl.region.store.base import (
+    MAX_INTERNAL_PAGE, NODE_COLUMNS, OPEN_SQL, KindStore, check_fields, check_name,
+    check_text, node_row, page_limit, plain, transaction)
+from powerctl.region.store.clusters import ensure_cluster
+from powerctl.region.store.operations import cancel_open, journal, lock_open
+from powerctl.region.store.pod_managers import (
+    fetch_for_power, link_to_node, resolve_many, validated_power)
+
+
+class NodeStore(KindStore):
+    """
+    Nodes.
+
+    :param catalogue: the driver catalogue power documents are validated
+        against.
+    :param responsive_grace: seconds since a node's last good poll before
+        failed polls may make it non-responsive.
+    :param failed_polls_limit: a node becomes non-responsive only after
+        *more than* this many consecutive failed polls.
+    """
+
+    def __init__(self, pool, catalogue, responsive_grace=60.0, failed_polls_limit=2):
+        super().__init__(pool)
+        self._catalogue = catalogue
+        self.responsive_grace = float(responsive_grace)
+        self.failed_polls_limit = int(failed_polls_limit)
+
+    @transaction
+    async def create(self, tx, name, cluster, power):
+        """Add a node (and its cluster, if new). Conflict if the name is taken."""
+        check_name("name", name)
+        check_name("cluster", cluster)
+        power = await validated_power(tx, self._catalogue, power, None)
+        await ensure_cluster(tx, cluster)
+        row = await tx.row(
+            f"INSERT INTO nodes (name, cluster, power) VALUES (%s, %s, %s)"
+            f" ON CONFLICT (name) DO NOTHING RETURNING {NODE_COLUMNS}",
+            (name, cluster, Json(power)))
+        if row is None:
+            raise Conflict(f"node {name!r} already exists")
+        await link_to_node(tx, name, power)
+        return plain(row)
+
+    @transaction
+    async def get(self, tx, name):
+        """One node; NotFound if there is none of that name."""
+        return plain(await node_row(tx, name))
+
+    @transaction
+    async def list(self, tx, cluster=None, after_name="", limit=None):
+        """Nodes by name, optionally of one cluster; pageable by name."""
+        rows = await tx.rows(
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE (%(cluster)s::text IS NULL"
+            " OR cluster = %(cluster)s) AND name > %(after)s ORDER BY name"
+            " LIMIT %(limit)s",
+            {"cluster": cluster, "after": after_name or "", "limit": limit})
+        return [plain(r) for r in rows]
+
+    @transaction
+    async def update(self, tx, name, quiesce=None, by=None, **fields):
+        """
+        Change a node's ``cluster`` and/or ``power``.  Secrets given as
+        ``"(set)"`` keep their stored value.
+
+        When the change is one a pserv must know about (another cluster, a
+        different power configuration), ``quiesce(node)`` is awaited first
+        with the node's row locked: it makes the pserv driving the node stop
+        and forget it, and no new request for the node can slip in before
+        the change is committed, so nothing runs with the old settings
+        after the commit.  ``quiesce`` answers the ids of the operations the
+        pservs cancelled; they are journalled ``cancelled`` by ``by`` here
+        (the pservs' own reports, held by the row locks, then change
+        nothing).  The answer is the node with ``changed_for_pserv``.
+        """
+        check_fields(fields, ("cluster", "power"), "node")
+        node = await node_row(tx, name, lock=True)
+        cluster = check_name("cluster", fields.get("cluster", node["cluster"]))
+        power = node["power"]
+        if "power" in fields:
+            power = await validated_power(tx, self._catalogue, fields["power"], node["power"])
+        relevant = cluster != node["cluster"] or power != node["power"]
+        if relevant and quiesce is not None:
+            await self._quiesce(tx, node, quiesce, f"node {name} reconfigured", by)
+        await ensure_cluster(tx, cluster)
+        # Another cluster: its pservs, not the old owner, will drive it.
+        row = await tx.row(
+            f"UPDATE nodes SET cluster = %s, power = %s, updated_at = now(),"
+            f" owner_epoch = CASE WHEN cluster = %s THEN owner_epoch END,"
+            f" handoff_epoch = CASE WHEN cluster = %s THEN handoff_epoch END"
+            f" WHERE name = %s RETURNING {NODE_COLUMNS}",
+            (cluster, Json(power), cluster, cluster, name))
+        await link_to_node(tx, name, power)
+        return dict(plain(row), changed_for_pserv=relevant)
+
+    @transaction
+    async def delete(self, tx, name, by="", quiesce=None):
+        """
+        Remove a node; NotFound if there is none.  Its operation history
+        stays in the journal; its open operations end ``cancelled``
+        (``cancelled_by`` = ``by``).  ``quiesce(node)``, if given, is
+        awaited first with the node's row locked (see :meth:`update`).
+        Returns ``{"node": name, "cancelled": [operation ids]}``.
+        """
+        check_text("by", by, 255)
+        node = await node_row(tx, name, lock=True)
+        reason = f"node {name} deleted"
+        if quiesce is not None:
+            await self._quiesce(tx, node, quiesce, reason, by)
+        cancelled = await cancel_open(tx, name, reason, by)
+        await tx.rows("DELETE FROM nodes WHERE name = %s", (name,))
+        return {"node": name, "cancelled": sorted(cancelled)}
+
+    async def _quiesce(self, tx, node, quiesce, reason, by):
+        """
+        Lock the node's open operations, await ``quiesce(node)`` and
+        journal the ones it says the pservs cancelled.
+        """
+        await lock_open(tx, node["name"])
+        cancelled = await quiesce(plain(node))
+        if cancelled:
+            await cancel_open(tx, node["name"], reason, by, only=sorted(cancelled))
+
+    @transaction
+    async def desired_states(self, tx, cluster, after_name="", limit=500, epoch=None):
+        """
+        A page of the cluster's nodes by name: ``node``, ``desired_state``,
+        ``power_state`` and the resolved ``power`` (as in OperationStore.outstanding).
+        """
+        rows = await tx.rows(
+            "SELECT name AS node, desired_state, power_state, power FROM nodes"
+            " WHERE cluster = %s AND name > %s"
+            " AND (%s::bigint IS NULL OR (owner_epoch = %s AND handoff_epoch IS NULL))"
+            " ORDER BY name LIMIT %s",
+            (cluster, after_name or "", epoch, epoch, page_limit(limit, 500, MAX_INTERNAL_PAGE)))
+        resolved = await resolve_many(tx, self._catalogue, [r.pop("power") for r in rows])
+        return [dict(r, power=p, power_error=e) for r, (p, e) in zip(rows, resolved)]
+
+    @transaction
+    async def power_config(self, tx, name):
+        """A node's resolved power configuration; PowerDocumentRefused if it no longer resolves."""
+        node = await node_row(tx, name)
+        pods = await fetch_for_power(tx, powerconfig.referenced_pod_managers(node["power"]))
+        return powerconfig.resolve_power(node["power"], self._catalogue, pods)
+
+    def _responsiveness(self, node, failed, queried):
+        """
+        ``(failed_polls, responsive)`` after one report.  A success always
+        restores responsiveness.  A failed *poll* counts; the node turns
+        non-responsive only after more than ``failed_polls_limit`` of them
+        in a row *and* ``responsive_grace`` seconds since its last good
+        poll, so one slow BMC or a pserv restart does not flap the fleet.
+        """
+        if not failed:
+            return 0, True
+        polls = node["failed_polls"] + (1 if queried else 0)
+        overdue = node["since_good"].total_seconds() >= self.responsive_grace
+        return polls, node["responsive"] and not (polls > self.failed_polls_limit and overdue)
+
+    @transaction
+    async def record_power_state(self, tx, node, power_state, error=None, queried=True,
+                                 poll=False):
+        """
+        Record what a poll (``queried=True``) or an action's outcome saw.
+
+        A report is failed when it carries an ``error`` or says ``error``.
+        While the node is still responsive a failed report keeps its last
+        known ``power_state`` (one lost UDP packet does not make a running
+        host "error"); once it is non-responsive the reported state is
+        stored.  ``last_changed_at`` moves only when ``power_state`` does.
+
+        A pserv's poll (``poll=True``, from the region, which dispatches what
+        it answers) also decides the node's drift (:mod:`powerctl.region.drift`);
+        an action's outcome does not.  When the cluster's policy enforces,
+        the ``reconcile`` operation is journalled here, under the node's row
+        lock (so no operator's request can slip in between), and answered
+        as ``reconcile`` (None otherwise).
+        """
+        if power_state not in POWER_STATES:
+            raise InvalidInput(f"power_state: {power_state!r} is not one of "
+                               + ", ".join(POWER_STATES))
+        if error is not None:
+            check_text("error", error)
+        row = await tx.row(
+            "SELECT power_state, failed_polls, responsive, desired_state, drift_since,"
+            " drift_observed, drift_polls, now() AS now,"
+            " now() - COALESCE(last_good_poll_at, created_at) AS since_good,"
+            " (SELECT drift_policy FROM clusters c WHERE c.name = nodes.cluster) AS policy,"
+            " EXISTS (SELECT 1 FROM power_ops o WHERE o.node = nodes.name"
+            f"   AND o.state IN {OPEN_SQL}) AS open_op"
+            " FROM nodes WHERE name = %s FOR UPDATE", (node,))
+        if row is None:
+            raise NotFound(f"node {node!r} does not exist")
+        failed = error is not None or power_state == PowerState.ERROR.value
+        polls, responsive = self._responsiveness(row, failed, queried)
+        state = row["power_state"] if failed and responsive else power_state
+        last_error = (error or "the query failed") if failed else None
+        updated = await tx.row(
+            "UPDATE nodes SET power_state = %(state)s, failed_polls = %(polls)s,"
+            " responsive = %(responsive)s, last_error = %(error)s,"
+            " last_queried_at = CASE WHEN %(queried)s THEN now() ELSE last_queried_at END,"
+            " last_good_poll_at = CASE WHEN %(good)s THEN now() ELSE last_good_poll_at END,"
+            " last_changed_at = CASE WHEN power_state <> %(state)s THEN now()"
+            "   ELSE last_changed_at END"
+            f" WHERE name = %(node)s RETURNING {NODE_COLUMNS}",
+            {"state": state, "polls": polls, "responsive": responsive, "error": last_error,
+             "queried": bool(queried), "good": not failed, "node": node})
+        reconcile = None
+        if poll:
+            updated, reconcile = await self._drift(tx, row, updated, power_state, failed)
+        return dict(plain(updated), reconcile=reconcile)
+
+    async def _drift(self, tx, row, node, observed, failed):
+        """
+        Record what one poll says about drift (``row``: the node before the
+        poll, ``node``: after it); journal the ``reconcile`` operation when
+        enforced.  Answers the node and that operation (or None).
+        """
+        recent = ()
+        if row["policy"] == "enforce" and not row["open_op"]:
+            recent = tuple((r["requester"], r["state"]) for r in await tx.rows(
+                "SELECT requester, state FROM power_ops WHERE node = %s"
+                f" AND action <> '{Action.QUERY.value}'"
+                " ORDER BY id DESC LIMIT %s", (node["name"], drift.MAX_RECONCILE_ATTEMPTS)))
+        verdict = drift.assess(drift.Observation(
+            desired=row["desired_state"], observed=observed, failed=failed,
+            responsive=node["responsive"], open_op=row["open_op"],
+            drift_since=row["drift_since"], drift_observed=row["drift_observed"],
+            drift_polls=row["drift_polls"], policy=row["policy"] or drift.DEFAULT_POLICY,
+            recent_ops=recent, now=row["now"]))
+        op = None
+        if verdict.enforce is not None:
+            # A new request clears the drift, as any request does.
+            op = plain(await journal(tx, node["name"], verdict.enforce,
+                                     drift.RECONCILE_REQUESTER))
+            verdict = drift.NO_DRIFT
+        fields = (verdict.since, verdict.observed, verdict.polls)
+        if fields != (node["drift_since"], node["drift_observed"], node["drift_polls"]):
+            node = await tx.row(
+                "UPDATE nodes SET drift_since = %s, drift_observed = %s, drift_polls = %s"
+                f" WHERE name = %s RETURNING {NODE_COLUMNS}", fields + (node["name"],))
+        return node, op

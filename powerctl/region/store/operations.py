@@ -1,0 +1,256 @@
+"""
+The power-operation journal: requests, the operations a pserv must run,
+and how each ended.
+
+Coordination between several region processes is PostgreSQL's: a power
+request locks its node row (``SELECT ... FOR UPDATE``) so concurrent
+requests serialise and the last one to commit sets ``desired_state`` (last
+writer wins), and announces itself with ``NOTIFY power_ops, '<id>'``, which
+PostgreSQL delivers only once the transaction has committed.
+"""
+
+import attrs
+
+from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, Action, OpState
+from powerctl.region.errors import Conflict, InvalidInput, NotFound, StaleEpoch
+from powerctl.region.store.base import (
+    MAX_BIGINT, MAX_INTERNAL_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text, node_row,
+    op_number, op_row, page_limit, plain, timestamp, transaction)
+from powerctl.region.store.pod_managers import resolve_many
+
+
+@attrs.frozen
+class Recorded:
+    """
+    What a report about an operation did: the operation as it now stands
+    and whether this report changed it (False: it was already terminal, or
+    the report repeated what was recorded).  See the glossary of result
+    types in :mod:`powerctl.power`.
+    """
+
+    op: dict
+    changed: bool
+
+
+async def journal(tx, node, action, requester):
+    """
+    Insert one operation and announce it (``NOTIFY power_ops``, delivered
+    once the transaction commits); answers its row.
+    """
+    op = await tx.row(
+        f"INSERT INTO power_ops (node, action, requester) VALUES (%s, %s, %s)"
+        f" RETURNING {OP_COLUMNS}", (node, action, requester))
+    await tx.rows("SELECT pg_notify('power_ops', %s)", (str(op["id"]),))
+    return op
+
+
+async def lock_open(tx, node):
+    """Lock the node's open operations until the transaction ends."""
+    await tx.rows(f"SELECT id FROM power_ops WHERE node = %s"
+                  f" AND state IN {OPEN_SQL} FOR UPDATE", (node,))
+
+
+async def cancel_open(tx, node, reason, by, only=None):
+    """Journal the node's open operations (or those of ``only``) cancelled."""
+    rows = await tx.rows(
+        f"UPDATE power_ops SET state = '{OpState.CANCELLED.value}', finished_at = now(),"
+        " error = %(reason)s, cancelled_by = %(by)s"
+        f" WHERE node = %(node)s AND state IN {OPEN_SQL}"
+        " AND (%(only)s::bigint[] IS NULL OR id = ANY(%(only)s::bigint[])) RETURNING id",
+        {"reason": f"{reason} by {by}" if by else reason, "by": by or None,
+         "node": node, "only": only})
+    return [r["id"] for r in rows]
+
+
+class OperationStore(KindStore):
+    """
+    The journal of power operations.
+
+    :param catalogue: the driver catalogue the nodes' power documents are
+        resolved with for the pservs.
+    """
+
+    def __init__(self, pool, catalogue):
+        super().__init__(pool)
+        self._catalogue = catalogue
+
+    @transaction
+    async def open_of_node(self, tx, name):
+        """The node's pending and running operations, oldest first."""
+        rows = await tx.rows(
+            f"SELECT {OP_COLUMNS} FROM power_ops WHERE node = %s AND state IN {OPEN_SQL}"
+            " ORDER BY id", (name,))
+        return [plain(r) for r in rows]
+
+    @transaction
+    async def request(self, tx, node, action, requester=""):
+        """
+        Journal a power request and set the node's desired state, in one
+        transaction under the node's row lock, so concurrent requests
+        serialise and the last to commit wins.  Announced on the
+        ``power_ops`` channel once committed.
+        """
+        try:
+            action = Action.parse(action)
+        except ValueError as e:
+            raise InvalidInput(f"action: {e}") from None
+        check_text("requester", requester, 255)
+        await node_row(tx, node, lock=True)
+        if action.target is not None:  # a new request: any drift is cleared
+            await tx.rows(
+                "UPDATE nodes SET desired_state = %s, drift_since = NULL,"
+                " drift_observed = NULL, drift_polls = 0 WHERE name = %s",
+                (action.target.value, node))
+        return plain(await journal(tx, node, action.value, requester))
+
+    @transaction
+    async def get(self, tx, op_id):
+        """One operation of the journal; NotFound if there is none."""
+        return plain(await op_row(tx, op_id))
+
+    @transaction
+    async def count_by_state(self, tx):
+        """``{state: count}`` over the whole journal (for /metrics)."""
+        rows = await tx.rows("SELECT state, count(*) AS n FROM power_ops GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+    @transaction
+    async def list(self, tx, node=None, state=None, limit=100, before_id=None):
+        """The journal, newest first, filtered by node and/or state."""
+        if state is not None and state not in OP_STATES:
+            raise InvalidInput(f"state: {state!r} is not one of {', '.join(OP_STATES)}")
+        before = MAX_BIGINT if before_id is None else op_number(before_id)
+        rows = await tx.rows(
+            f"SELECT {OP_COLUMNS} FROM power_ops WHERE (%(node)s::text IS NULL OR node = %(node)s)"
+            " AND (%(state)s::text IS NULL OR state = %(state)s) AND id < %(before)s"
+            " ORDER BY id DESC LIMIT %(limit)s",
+            {"node": node, "state": state, "before": before, "limit": page_limit(limit, 100)})
+        return [plain(r) for r in rows]
+
+    # -- for the AMP side -----------------------------------------------
+
+    @transaction
+    async def outstanding(self, tx, cluster, after_id=0, limit=500, epoch=None):
+        """
+        A page of the cluster's non-terminal operations, oldest first, each
+        with ``power``: its node's resolved configuration (``None`` plus
+        ``power_error`` if it no longer resolves).  Page on with
+        ``after_id`` = the last id seen.  With ``epoch``, only those of the
+        nodes that lease owns (and is not handing over).
+        """
+        rows = await tx.rows(
+            f"SELECT {', '.join('o.' + c.strip() for c in OP_COLUMNS.split(','))},"
+            " n.power AS node_power FROM power_ops o JOIN nodes n ON n.name = o.node"
+            f" WHERE n.cluster = %s AND o.state IN {OPEN_SQL} AND o.id > %s"
+            " AND (%s::bigint IS NULL OR (n.owner_epoch = %s AND n.handoff_epoch IS NULL))"
+            " ORDER BY o.id LIMIT %s",
+            (cluster, int(after_id or 0), epoch, epoch,
+             page_limit(limit, 500, MAX_INTERNAL_PAGE)))
+        resolved = await resolve_many(tx, self._catalogue, [r.pop("node_power") for r in rows])
+        return [plain(dict(r, power=p, power_error=e)) for r, (p, e) in zip(rows, resolved)]
+
+    @transaction
+    async def mark_running(self, tx, op_id, pserv, started_at=None, epoch=None):
+        """
+        Record that ``pserv`` started an operation.  A terminal operation is
+        left alone; a running one handed to another pserv (re-dispatch
+        after a pserv died) records the new pserv.
+        """
+        check_text("pserv", pserv, 255)
+        op = await op_row(tx, op_id, lock=True)
+        if op["state"] in TERMINAL_STATES or (op["state"] == OpState.RUNNING and op["pserv"] == pserv):
+            return Recorded(plain(op), False)
+        op = await tx.row(
+            f"UPDATE power_ops SET state = '{OpState.RUNNING.value}', pserv = %s, epoch = %s,"
+            f" started_at = COALESCE(%s, now()) WHERE id = %s RETURNING {OP_COLUMNS}",
+            (pserv, epoch, timestamp(started_at), op["id"]))
+        return Recorded(plain(op), True)
+
+    @transaction
+    async def mark_running_many(self, tx, op_ids, pserv, epoch):
+        """
+        ``pserv`` took these operations in a ``Recover`` page under ``epoch``:
+        the journal says they run there (terminal ones are left alone).
+        """
+        check_text("pserv", pserv, 255)
+        await tx.rows(
+            f"UPDATE power_ops SET state = '{OpState.RUNNING.value}', pserv = %s, epoch = %s,"
+            " started_at = COALESCE(started_at, now())"
+            f" WHERE id = ANY(%s) AND state IN {OPEN_SQL}"
+            " AND (pserv IS DISTINCT FROM %s OR epoch IS DISTINCT FROM %s)",
+            (pserv, epoch, list(op_ids), pserv, epoch))
+
+    async def _check_reference(self, tx, field, value, op_id):
+        """An op id that ``coalesced_into``/``superseded_by`` may point at."""
+        if value is None:
+            return None
+        try:
+            other = op_number(value)
+            await op_row(tx, other)
+        except NotFound:
+            raise InvalidInput(f"{field}: power operation {value!r} does not exist") from None
+        if other == op_id:
+            raise InvalidInput(f"{field}: an operation cannot point at itself")
+        return other
+
+    @transaction
+    async def record_outcome(self, tx, op_id, state, observed_state=None, agent=None,
+                             error=None, coalesced_into=None, superseded_by=None,
+                             pserv=None, cancelled_by=None, epoch=None):
+        """
+        Record how an operation ended (terminal states only).  Idempotent:
+        a report for an operation already terminal changes nothing and
+        answers ``Recorded(op, changed=False)``.  With ``epoch`` (a pserv's
+        report), only the current owner of the node may end it:
+        :class:`StaleEpoch` otherwise, and nothing is written.
+        """
+        if state not in TERMINAL_STATES:
+            raise InvalidInput(f"state: {state!r} is not one of {', '.join(TERMINAL_STATES)}")
+        if observed_state is not None and observed_state not in POWER_STATES:
+            raise InvalidInput(f"observed_state: {observed_state!r} is not one of "
+                               + ", ".join(POWER_STATES))
+        for field, value in (("agent", agent), ("error", error), ("pserv", pserv),
+                             ("cancelled_by", cancelled_by)):
+            if value is not None:
+                check_text(field, value)
+        op = await op_row(tx, op_id, lock=True)
+        if op["state"] in TERMINAL_STATES:
+            return Recorded(plain(op), False)
+        if epoch is not None:
+            owner = await tx.row("SELECT owner_epoch FROM nodes WHERE name = %s FOR SHARE",
+                                 (op["node"],))
+            if owner is not None and owner["owner_epoch"] != epoch:
+                raise StaleEpoch(
+                    f"epoch {epoch} does not own node {op['node']} (its owner's epoch is "
+                    f"{owner['owner_epoch']}): the outcome of operation {op['id']} is refused")
+        coalesced_into = await self._check_reference(tx, "coalesced_into", coalesced_into, op["id"])
+        superseded_by = await self._check_reference(tx, "superseded_by", superseded_by, op["id"])
+        op = await tx.row(
+            f"UPDATE power_ops SET state = %s, observed_state = %s, agent = %s, error = %s,"
+            f" coalesced_into = %s, superseded_by = %s, pserv = COALESCE(%s, pserv),"
+            f" cancelled_by = COALESCE(%s, cancelled_by), finished_at = now()"
+            f" WHERE id = %s RETURNING {OP_COLUMNS}",
+            (state, observed_state, agent, error, coalesced_into, superseded_by, pserv,
+             cancelled_by, op["id"]))
+        return Recorded(plain(op), True)
+
+    @transaction
+    async def mark_operator(self, tx, op_id, field, by, ended_ok=False):
+        """
+        Attribute an operator's cancel (``cancelled_by``) or confirmation
+        (``confirmed_by``) to an open operation before it is carried out
+        (``by=None`` takes the attribution back when it could not be).
+        Conflict when the operation already ended, unless ``ended_ok``;
+        answers the operation.
+        """
+        if field not in ("cancelled_by", "confirmed_by"):
+            raise InvalidInput(f"field: {field!r} cannot be marked")
+        if by is not None:
+            check_text(field, by, 255)
+        op = await op_row(tx, op_id, lock=True)
+        if op["state"] in TERMINAL_STATES and not ended_ok:
+            raise Conflict(f"power operation {op['id']} already ended {op['state']}")
+        row = await tx.row(
+            f"UPDATE power_ops SET {field} = %s WHERE id = %s RETURNING {OP_COLUMNS}",
+            (by, op["id"]))
+        return plain(row)
