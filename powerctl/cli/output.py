@@ -1,7 +1,7 @@
 """
 How the CLI shows things: aligned tables and key/value blocks for people,
-JSON for scripts, a progress bar on a terminal, and the redaction of
-secrets that every one of them goes through.
+JSON for scripts, a progress bar on a terminal, and the masking of secret
+values in text (the redaction of documents is :mod:`powerctl.powerdoc`'s).
 
 Pure functions over plain data (plus one small progress object), so the
 formats are tested without a reactor.
@@ -9,8 +9,10 @@ formats are tested without a reactor.
 
 import json
 
+from powerctl.powerdoc import SECRET_MARK
+
 #: What a secret value is shown as (the same marker the schema uses).
-REDACTED = "(set)"
+REDACTED = SECRET_MARK
 
 
 def to_json(value):
@@ -72,16 +74,6 @@ def key_values(pairs):
     pairs = list(pairs)
     width = max((len(k) for k, _ in pairs), default=0)
     return "\n".join(f"{(k + ':').ljust(width + 1)} {cell(v)}" for k, v in pairs)
-
-
-def redact(params, secrets):
-    """A copy of ``params`` with every secret value replaced by ``(set)``."""
-    if not isinstance(params, dict):
-        return params
-    return {
-        k: (REDACTED if k in secrets and v not in (None, "") else v)
-        for k, v in params.items()
-    }
 
 
 def scrub(text, secret_values):
