@@ -56,13 +56,18 @@ class PodManagers:
         self.changes = []
         self.rounds = 0
 
-    async def list_pod_managers(self):
+    @property
+    def pod_managers(self):
+        """The store's pod-manager part (this double is both)."""
+        return self
+
+    async def list(self):
         self.rounds += 1
         if self.failure is not None:
             raise self.failure
         return self.rows
 
-    async def set_pod_manager_status(self, uuid, status):
+    async def set_status(self, uuid, status):
         self.changes.append((uuid, status))
 
 
@@ -177,7 +182,12 @@ class Leases:
 
 
 class PowerStore:
-    async def node_power_config(self, node):
+    @property
+    def nodes(self):
+        """The store's node part (this double is both)."""
+        return self
+
+    async def power_config(self, node):
         return {"mode": "single", "agents": []}
 
 
