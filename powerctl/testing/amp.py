@@ -39,12 +39,13 @@ class AmpPair:
         side) and deliver ``connectionLost`` to both protocols: every
         ``callRemote`` still unanswered fails with a connection error.
         """
-        self.client.transport.loseConnection()
+        self.pump.clientIO.loseConnection()
         self.pump.flush()
 
     @property
     def connected(self):
-        return not (self.client.transport.disconnected or self.server.transport.disconnected)
+        """False once either side's transport was closed."""
+        return not (self.pump.clientIO.disconnecting or self.pump.serverIO.disconnecting)
 
 
 def connect(server, client, clock=None, greet=True):
