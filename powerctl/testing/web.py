@@ -37,7 +37,7 @@ class InMemoryHttp:
     """
     Requests to ``resource`` (the site's root) in memory.  Paths are
     absolute (``/v1/nodes``); ``json=`` sends a JSON body with its
-    content type.
+    content type, ``data=`` and ``headers=`` anything else (as treq).
     """
 
     def __init__(self, resource):
@@ -49,7 +49,9 @@ class InMemoryHttp:
         resource has not answered once everything in memory was delivered
         (it is waiting for something the test has not done).
         """
-        d = self.stub.request(method, "http://powerctl.test" + path, json=json, **kwargs)
+        if json is not None:
+            kwargs["json"] = json
+        d = self.stub.request(method, "http://powerctl.test" + path, **kwargs)
         self.stub.flush()
         response = _result(d, f"{method} {path}: no response")
         body = self.stub.content(response)
