@@ -33,6 +33,22 @@ class AmpPair:
         """
         return self.pump.flush()
 
+    def answer(self, d):
+        """
+        The outcome of ``d`` (what a ``callRemote`` returned) once everything
+        in flight is delivered: its result, or its Failure.  Take answers
+        through here rather than flushing first and looking after: AMP hangs
+        its own "unhandled error" handler on the Deferred when an error
+        answer arrives, and it swallows a failure nobody was waiting for.
+        AssertionError if no answer came.
+        """
+        box = []
+        d.addBoth(box.append)
+        self.flush()
+        if not box:
+            raise AssertionError("no answer arrived")
+        return box[0]
+
     def disconnect(self):
         """
         Drop the connection (as a broken TCP link would, from the client's
