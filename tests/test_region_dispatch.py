@@ -86,9 +86,10 @@ class DispatchTests(InMemoryFleet, unittest.TestCase):
         op = self.store.add_op("n1", "on")
         d = self.dispatch_without_answer(op)
         self.assertNoResult(d)
-        self.pair.disconnect()
+        self.pair.disconnect()  # the command is lost with the link
         self.assertEqual(self.successResultOf(d), "pending")
         self.assertNotIn("mark_running", [c[0] for c in self.store.calls])
+        self.assertEqual(self.drivers.device("bmc1").calls, [])
 
     def test_a_bug_on_the_pserv_leaves_the_operation_pending(self):
         # INTERNAL_ERROR: logged with its traceback on the pserv; the region

@@ -49,12 +49,17 @@ class AmpPair:
             raise AssertionError("no answer arrived")
         return box[0]
 
-    def disconnect(self):
+    def disconnect(self, deliver=False):
         """
-        Drop the connection (as a broken TCP link would, from the client's
-        side) and deliver ``connectionLost`` to both protocols: every
-        ``callRemote`` still unanswered fails with a connection error.
+        Drop the connection and deliver ``connectionLost`` to both
+        protocols: every ``callRemote`` still unanswered fails with a
+        connection error.  By default bytes not yet delivered are lost, as
+        on a broken link; with ``deliver`` they arrive first, as before an
+        orderly close.
         """
+        if not deliver:
+            self.pump.clientIO.getOutBuffer()
+            self.pump.serverIO.getOutBuffer()
         self.pump.clientIO.loseConnection()
         self.pump.flush()
 
