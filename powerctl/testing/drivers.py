@@ -11,6 +11,8 @@ device (its state, a failure, calls held open until it says) and reads
 back every call it received.
 """
 
+import types
+
 import attrs
 from twisted.internet import defer
 from zope.interface import implementer
@@ -21,8 +23,9 @@ from powerctl.drivers.schema import Param, Schema
 from powerctl.power import PowerState
 
 #: The state each call leaves a device in (``query`` leaves it alone).
-_RESULTS = {"on": PowerState.ON, "off": PowerState.OFF, "soft_off": PowerState.OFF,
-            "cycle": PowerState.ON, "query": None}
+_RESULTS = types.MappingProxyType({
+    "on": PowerState.ON, "off": PowerState.OFF, "soft_off": PowerState.OFF,
+    "cycle": PowerState.ON, "query": None})
 
 
 @attrs.define(eq=False)
