@@ -23,7 +23,7 @@ from twisted.trial import unittest
 
 from powerctl.testing.waiting import until
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, free_port, run, wait_until
+from tests.system import SystemMixin, free_port, wait_until
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -94,7 +94,6 @@ class DaemonTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         conn.close()
         return bool(released)
 
-    @run
     async def test_pserv_killed_mid_operation_is_replaced_and_converges(self):
         self.start_region_daemon()
         await wait_until(self.api_up, timeout=30)
@@ -117,7 +116,6 @@ class DaemonTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         node = await self.get("/v1/nodes/node1")
         self.assertEqual((node["desired_state"], node["power_state"]), ("on", "on"))
 
-    @run
     async def test_sigterm_stops_a_pserv_promptly_with_a_call_hanging(self):
         region = self.start_region_daemon()
         await wait_until(self.api_up, timeout=30)
