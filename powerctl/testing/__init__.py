@@ -22,6 +22,10 @@ around, never for the logic under test:
 :mod:`powerctl.testing.web`
     A ``StubTreq``-style client for a ``twisted.web`` resource in memory; for
     the REST API without a listening port.
+:mod:`powerctl.testing.waiting`
+    A deadline-guarded wait for events no Clock drives (a worker thread, a
+    child process, a packet on loopback), for the end-to-end tests that
+    keep real sockets; never a sleep, never a timed assertion.
 
 Nothing here keeps state at module level: every double is an object a
 test builds for itself.
