@@ -39,6 +39,8 @@ from tests.system import SystemMixin, run, wait_until
 from tests.test_store import StoreTestCase
 
 HOSTILE = '<script>alert("x")</script>'
+#: The region's clock during the live view test: a fixed instant, so "since" is exact.
+REGION_NOW = 1_700_000_000.0
 FOREVER = 10 ** 6  # seconds a device call takes: never, in a test
 
 
@@ -490,6 +492,23 @@ class ShapeTests(unittest.TestCase):
         self.assertEqual(doc["totals"]["pservs"], 0)
 
 
+class RegionTime:
+    """
+    The region's clock for :class:`LiveActivity`: the reactor's timers (its
+    pserv deadlines run for real), but ``seconds()`` reads a fixed instant.
+    """
+
+    def __init__(self, reactor, now):
+        self.reactor = reactor
+        self.now = now
+
+    def seconds(self):
+        return self.now
+
+    def callLater(self, delay, f, *args, **kwargs):
+        return self.reactor.callLater(delay, f, *args, **kwargs)
+
+
 def api_pserv(test, side, name="p1", cluster="c1"):
     """Serve ``side`` on 127.0.0.1 and connect a region end to it (real TCP)."""
 
@@ -522,8 +541,8 @@ async def silent_pserv(test, name):
 class RestTests(StoreTestCase):
     """``GET /v1/activity`` on a served API, pservs on 127.0.0.1, a real store."""
 
-    async def serve(self, ends, timeout=2.0, live=True):
-        self.live = LiveActivity(lambda: ends, reactor, timeout=timeout)
+    async def serve(self, ends, timeout=2.0, live=True, clock=reactor):
+        self.live = LiveActivity(lambda: ends, clock, timeout=timeout)
         api = Api(self.store, fake_catalogue(), log=Logger(observer=lambda e: None),
                   live_activity=self.live if live else None)
         root = api_root(self.store, fake_catalogue())
@@ -550,7 +569,7 @@ class RestTests(StoreTestCase):
         side = PservSide(clock)
         end = await api_pserv(self, side)
         scenario(side)
-        base = await self.serve([end])
+        base = await self.serve([end], clock=RegionTime(reactor, REGION_NOW))
         status, doc = await self.get(base + "/activity")
         self.assertEqual(status, 200)
         [p] = doc["pservs"]
@@ -559,9 +578,9 @@ class RestTests(StoreTestCase):
         self.assertEqual((n1["running"]["operation_id"], n1["running"]["joined"],
                           n1["running"]["age"], n1["running"]["slot"]), (1, [2], 5, "held"))
         self.assertEqual(n1["waiting"]["operation_id"], 3)
-        since = datetime.datetime.fromisoformat(n1["running"]["since"])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self.assertLess(abs((now - since).total_seconds() - 5), 3)  # region clock - age
+        # since = the region's clock minus the age on the pserv's clock
+        self.assertEqual(datetime.datetime.fromisoformat(n1["running"]["since"]),
+                         datetime.datetime.fromtimestamp(REGION_NOW - 5, datetime.timezone.utc))
         self.assertEqual([w["operation_id"] for w in p["slots"]["queue"]], [4, 5])
 
         status, doc = await self.get(base + "/activity?node=n3")

@@ -4,10 +4,13 @@ answer: a bug in a responder answers ``INTERNAL_ERROR`` (on the region and
 on the pserv), a box missing an argument ``BAD_ARGUMENTS``; a peer that does
 not authenticate in time, or sends a box missing an argument before it has,
 is disconnected on purpose with one log line.
+
+What needs no database runs in memory (``powerctl.testing.amp``) on a
+Clock: the authentication timeout is advanced to the tick, not waited for.
 """
 
 import psycopg2
-from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet import defer, endpoints, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial import unittest
@@ -15,9 +18,12 @@ from twisted.trial import unittest
 from powerctl.pserv.core import Pserv
 from powerctl.pserv.executor import DriverExecutor
 from powerctl.pserv.link import PservProtocol, RegionLink
+from powerctl.region.core import Region
 from powerctl.region.rpc import RegionProtocol
 from powerctl.registry import PowerActionRegistry
 from powerctl.rpc import auth, commands
+from powerctl.testing.amp import connect
+from powerctl.testing.region import FakeLeases, FakeRegionStore
 from tests.pg import DatabaseMixin
 from tests.system import SECRET, SystemMixin, catalogue, run
 
@@ -128,23 +134,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                            instance="i")
 
     @run
-    async def test_unauthenticated_connections_are_closed_after_the_timeout(self):
-        self.patch(RegionProtocol, "auth_timeout", 0.5)
-        await self.start_region()
-        silent = await self.client()
-        talker = await self.client()
-        await self.authenticate(talker)
-        started = reactor.seconds()
-        await silent.lost.addTimeout(5, reactor)
-        self.assertGreaterEqual(reactor.seconds() - started, 0.3)
-        self.assertEqual(len(self.texts("did not authenticate within 0.5 s")), 1)
-        # an authenticated one stays
-        await defer.Deferred().addTimeout(0.5, reactor).addErrback(lambda f: None)
-        self.assertFalse(talker.lost.called)
-        await talker.callRemote(commands.Register, cluster="c1", name="x", version="t",
-                                instance="i")
-
-    @run
     async def test_a_box_missing_an_argument_before_authentication_closes(self):
         await self.start_region()
         p = await self.client()
@@ -158,48 +147,86 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(await self.connected_pservs(), [])
 
 
-class PservSideTests(unittest.TestCase):
-    """A raw AMP client playing the region against a pserv's protocol."""
+class AuthTimeoutTests(unittest.TestCase):
+    """The region's authentication deadline, in memory on a Clock (no database needed)."""
 
-    @defer.inlineCallbacks
+    def setUp(self):
+        self.clock = task.Clock()
+        store = FakeRegionStore()
+        self.region = Region("r1", store, SECRET, self.clock, leases=FakeLeases(store))
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def client(self):
+        pair = connect(RegionProtocol(self.region), Client(), self.clock)
+        self.addCleanup(lambda: pair.disconnect() if pair.connected else None)
+        return pair
+
+    def answer(self, pair, d):
+        result = pair.answer(d)
+        self.assertIsInstance(result, dict)
+        return result
+
+    def test_unauthenticated_connections_are_closed_after_the_timeout(self):
+        silent, talker = self.client(), self.client()
+        challenge = self.answer(talker, talker.client.callRemote(commands.Challenge))
+        self.answer(talker, talker.client.callRemote(
+            commands.Authenticate, proof=auth.proof(SECRET, challenge["nonce"]),
+            nonce=auth.new_nonce()))
+        self.clock.advance(RegionProtocol.auth_timeout - 0.001)
+        silent.flush()
+        self.assertFalse(silent.client.lost.called)  # not a tick early
+        self.clock.advance(0.001)
+        silent.flush()
+        self.assertTrue(silent.client.lost.called)
+        lines = [formatEvent(e) for e in self.events
+                 if "did not authenticate within" in formatEvent(e)]
+        self.assertEqual(len(lines), 1)
+        self.assertIn(f"within {RegionProtocol.auth_timeout} s", lines[0])
+        # An authenticated one stays, and is served.
+        self.clock.advance(RegionProtocol.auth_timeout * 10)
+        talker.flush()
+        self.assertFalse(talker.client.lost.called)
+        self.assertEqual(self.answer(talker, talker.client.callRemote(
+            commands.Register, cluster="c1", name="x", version="t", instance="i"))["epoch"], 1)
+
+
+class PservSideTests(unittest.TestCase):
+    """A raw AMP client playing the region against a pserv's protocol, in memory."""
+
     def serve(self):
+        clock = task.Clock()
         executor = DriverExecutor(catalogue())
-        registry = PowerActionRegistry(executor, reactor)
+        registry = PowerActionRegistry(executor, clock)
         link = RegionLink()
         self.pserv = Pserv(registry, executor, link.report)
-        served = []
 
         class Authenticated(PservProtocol):
             def connectionMade(self):
                 amp.AMP.connectionMade(self)  # no hand-shake: we play the region
                 self.gate.open = True
-                served.append(self)
 
-        factory = protocol.Factory.forProtocol(
-            lambda: Authenticated(self.pserv, link, None, SECRET, reactor))
-        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            factory)
-        self.addCleanup(port.stopListening)
-        client = yield endpoints.connectProtocol(
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Client())
-        self.addCleanup(client.transport.loseConnection)
-        return client
+        self.pair = connect(Authenticated(self.pserv, link, None, SECRET, clock), Client(),
+                            clock)
+        return self.pair.client
 
-    @defer.inlineCallbacks
     def test_a_bug_answers_internal_error_and_the_connection_stays(self):
-        client = yield self.serve()
+        client = self.serve()
 
         def broken(*args, **kwargs):
             raise RuntimeError("a bug in the pserv")
 
         self.pserv.cancel = broken
-        yield self.assertFailure(
-            client.callRemote(commands.CancelOperation, operation_id=1, reason="r"),
-            commands.InternalError)
+        failure = self.pair.answer(
+            client.callRemote(commands.CancelOperation, operation_id=1, reason="r"))
+        self.assertTrue(failure.check(commands.InternalError), failure)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        answer = yield client.callRemote(commands.ListActions, after_node="", limit=10)
+        answer = self.pair.answer(client.callRemote(commands.ListActions, after_node="",
+                                                    limit=10))
         self.assertEqual((answer["nodes"], answer["done"]), ([], True))
-        error = yield self.assertFailure(
-            client.callRemoteString(b"ConfirmOperation", operation_id=b"1"), amp.RemoteAmpError)
-        self.assertEqual(error.errorCode, b"BAD_ARGUMENTS")
+        failure = self.pair.answer(
+            client.callRemoteString(b"ConfirmOperation", operation_id=b"1"))
+        self.assertTrue(failure.check(amp.RemoteAmpError), failure)
+        self.assertEqual(failure.value.errorCode, b"BAD_ARGUMENTS")
         self.assertFalse(client.lost.called)

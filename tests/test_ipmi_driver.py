@@ -4,9 +4,15 @@ The ``ipmi`` driver against the IPMI simulator over real UDP on loopback.
 Every test runs a fresh simulated BMC on a free port and a fresh driver
 type (its own thread pool), closed in cleanup; trial then checks that no
 DelayedCall is left behind.
-"""
 
-import time
+No test measures wall-clock time.  pyghmi works in threads over real UDP,
+which no Clock drives, so tests that are about time (timeouts, the quiet
+interval between commands, a bounded close) give the driver type a
+``task.Clock`` for its own timers and advance it by hand: a timeout fires
+exactly when the test says, and never because the machine is slow.  Tests
+wait for *events* (a packet reached the simulated BMC, the worker thread
+finished) with :func:`powerctl.testing.waiting.until`.
+"""
 
 import attrs
 from twisted.internet import defer, reactor, task
@@ -27,6 +33,7 @@ from powerctl.drivers.interface import IDriverType, IPowerDriver, Timing
 from powerctl import powerdoc
 from powerctl.power import PowerState
 from powerctl.sim import ipmi as sim
+from powerctl.testing.waiting import until
 
 #: A few milliseconds, like a real BMC: pyghmi has a race in which an answer
 #: that arrives before the caller starts waiting is only noticed at the next
@@ -36,10 +43,6 @@ REALISTIC = sim.Faults(latency=0.002)
 FAST = Timing(timeout=2.0, retries=0, backoff=0.05, backoff_max=0.1,
               verify_timeout=2.0, poll_interval=0.02, soft_off_timeout=0.5)
 PASSWORD = "s3cret-Pa55"
-
-
-def pause(seconds):
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 class IpmiDriverTestCase(unittest.TestCase):
@@ -63,17 +66,37 @@ class IpmiDriverTestCase(unittest.TestCase):
         params.update(overrides)
         return params
 
-    def driver(self, **overrides):
-        settings = self.driver_type.schema.validate(self.params(**overrides))
-        return self.driver_type.bind(settings)
+    def driver(self, driver_type=None, **overrides):
+        driver_type = driver_type or self.driver_type
+        settings = driver_type.schema.validate(self.params(**overrides))
+        return driver_type.bind(settings)
 
-    async def timed(self, d):
-        start = time.monotonic()
-        try:
-            return await d, time.monotonic() - start
-        except Exception as e:
-            e.elapsed = time.monotonic() - start
-            raise
+    def clocked(self, **kwargs):
+        """
+        ``(clock, driver type)``: a driver type whose timeouts, retries,
+        quiet intervals and close bound run on a Clock the test advances
+        (the protocol still runs in threads over real UDP).
+        """
+        clock = task.Clock()
+        driver_type = ipmi.IpmiDriverType(reactor, clock=clock, timing=self.timing, **kwargs)
+        self.addCleanup(driver_type.close)
+        return clock, driver_type
+
+    def arrivals(self, bmc=None):
+        """
+        A list that grows by one for every datagram reaching ``bmc`` (the
+        test's BMC by default), even one a hanging BMC then ignores.
+        """
+        bmc = bmc or self.bmc
+        seen = []
+        receive = bmc.datagramReceived
+
+        def spy(data, address):
+            seen.append(data)
+            return receive(data, address)
+
+        bmc.datagramReceived = spy
+        return seen
 
 
 class SchemaTests(IpmiDriverTestCase):
@@ -180,26 +203,46 @@ class SessionTests(IpmiDriverTestCase):
         self.assertEqual(self.driver_type.sessions, 1)
 
     async def test_serialised_with_min_interval(self):
-        self.bmc.faults = attrs.evolve(REALISTIC, latency=0.02)
-        drivers = [self.driver(min_interval=0.1) for _ in range(2)]
+        """Each command waits, on the driver's clock, until 0.1 s after the last one ended."""
+        clock, driver_type = self.clocked()
+        drivers = [self.driver(driver_type, min_interval=0.1) for _ in range(2)]
         await drivers[0].query()  # log in first; only the queries count
-        await defer.gatherResults([d.query() for d in drivers * 3])
+        queries = defer.gatherResults([d.query() for d in drivers * 3])
+        slot = drivers[0].slot
+        self.assertIs(drivers[1].slot, slot)  # one BMC: one queue
+        queried = lambda: len(self.bmc.commands(netfn=0, command=1))  # noqa: E731
+        for sent in range(1, 7):
+            # The previous command ended; the next one holds the BMC, waiting.
+            await until(lambda: slot.lock.locked and not slot.running,
+                        what="the previous command to end")
+            self.assertEqual(queried(), sent)
+            clock.advance(0.099)
+            self.assertFalse(slot.running)  # too early: nothing was started
+            clock.advance(0.001)
+            self.assertTrue(slot.running)
+        await queries
+        self.assertEqual(queried(), 7)
         self.assertEqual(self.bmc.max_in_flight, 1)
-        times = [r.at for r in self.bmc.commands(netfn=0, command=1)]
-        self.assertEqual(len(times), 7)
-        gaps = [b - a for a, b in zip(times, times[1:])]
-        self.assertGreaterEqual(min(gaps), 0.1 + 0.02 - 0.005, gaps)
 
     async def test_different_bmcs_run_in_parallel(self):
+        """A BMC that does not answer holds up no other BMC."""
         other = sim.start(reactor, {"password": PASSWORD, "latency": 0.002})
         self.addCleanup(other.stop)
-        for bmc in (self.bmc, other.bmc()):
-            bmc.faults = sim.Faults(latency=0.1)
-        a, b = self.driver(), self.driver(port=other.port)
+        clock, driver_type = self.clocked()
+        a, b = self.driver(driver_type), self.driver(driver_type, port=other.port)
         await defer.gatherResults([a.query(), b.query()])  # logins
-        start = time.monotonic()
-        await defer.gatherResults([a.query(), b.query()])
-        self.assertLess(time.monotonic() - start, 0.18)
+        bmcs = (self.bmc, other.bmc())
+        seen = [self.arrivals(bmc) for bmc in bmcs]
+        for bmc in bmcs:
+            bmc.faults = attrs.evolve(REALISTIC, hang=True)
+        pending = [a.query(), b.query()]
+        # Neither BMC answers and no timeout can fire (the clock stands
+        # still): both are asked only if the calls run side by side.
+        await until(lambda: all(seen), what="both BMCs to be asked")
+        for d in pending:
+            d.cancel()
+            await self.assertFailure(d, defer.CancelledError)
+        await defer.gatherResults([a.quiesced(), b.quiesced()])
 
     async def test_suite_17_negotiated(self):
         await self.driver().query()
@@ -241,10 +284,12 @@ class FailureTests(IpmiDriverTestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        driver = self.driver(password="wrong-" + PASSWORD)
-        start = time.monotonic()
+        # On a clock that stands still no timeout or retry can end the call:
+        # it ends because the refusal is final, not after waiting it out.
+        clock, driver_type = self.clocked()
+        driver = self.driver(driver_type, password="wrong-" + PASSWORD)
         e = await self.assertFailure(driver.query(), AuthenticationError)
-        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertEqual(clock.seconds(), 0)
         self.assertNotIn(PASSWORD, str(e))
         self.assertFalse(any(PASSWORD in repr(ev) for ev in events))
         self.assertEqual(self.bmc.logins, 0)
@@ -256,23 +301,28 @@ class FailureTests(IpmiDriverTestCase):
         self.assertGreaterEqual(self.bmc.refused_logins, 1)
 
     async def test_hang_bounded(self):
-        await self.driver().query()
+        clock, driver_type = self.clocked()
+        await self.driver(driver_type).query()
         self.bmc.faults = attrs.evolve(REALISTIC, hang=True)
-        driver = self.driver(timeout=0.3)
-        start = time.monotonic()
-        await self.assertFailure(driver.query(), PowerTimeout)
-        self.assertLess(time.monotonic() - start, 0.6)
-        await driver.quiesced()
-        self.assertLess(time.monotonic() - start, 3.5)
+        driver = self.driver(driver_type, timeout=0.3)
+        d = driver.query()
+        clock.advance(0.299)
+        self.assertNoResult(d)
+        clock.advance(0.001)  # the timeout, to the tick: the call fails there and then
+        self.failureResultOf(d, PowerTimeout)
+        await driver.quiesced()  # the thread was hurried: no clock could end it
+        self.assertFalse(driver.slot.running)
 
     async def test_hang_at_login_bounded(self):
+        clock, driver_type = self.clocked()
         self.bmc.faults = attrs.evolve(REALISTIC, hang=True)
-        driver = self.driver(timeout=0.3)
-        start = time.monotonic()
-        await self.assertFailure(driver.on(), PowerTimeout)
-        self.assertLess(time.monotonic() - start, 0.6)
+        driver = self.driver(driver_type, timeout=0.3)
+        d = driver.on()
+        clock.advance(0.299)
+        self.assertNoResult(d)
+        clock.advance(0.001)
+        self.failureResultOf(d, PowerTimeout)
         await driver.quiesced()
-        self.assertLess(time.monotonic() - start, 3.5)
         self.assertEqual(self.bmc.power_command_count, 0)
 
     def test_classify(self):
@@ -307,17 +357,14 @@ class CancellationTests(IpmiDriverTestCase):
     """Cancellation is prompt; the thread is awaited; nothing leaks."""
 
     async def cancel_mid_call(self, driver, operation):
+        seen = self.arrivals()
         d = operation()
-        await pause(0.1)
-        start = time.monotonic()
+        await until(lambda: seen, what="the call to reach the BMC")  # now it is mid-call
         d.cancel()
-        self.assertTrue(d.called)
+        self.assertTrue(d.called)  # at once, while the thread still works
         await self.assertFailure(d, defer.CancelledError)
-        self.assertLess(time.monotonic() - start, 0.05)
         self.assertTrue(self.driver_type._bmcs[driver.slot.key].running)
-        start = time.monotonic()
         await driver.quiesced()
-        self.assertLess(time.monotonic() - start, 3.0)
         self.assertFalse(driver.slot.running)
 
     async def test_cancel_mid_command(self):
@@ -343,31 +390,35 @@ class CancellationTests(IpmiDriverTestCase):
         self.assertEqual(len(self.bmc.commands(netfn=0, command=1)), 1)
 
     async def test_close_prompt_with_hung_bmc(self):
-        driver = self.driver(timeout=30)
+        # close() gives up on its threads only when its clock says so, and
+        # this clock stands still: it fires because the threads ended.
+        clock, driver_type = self.clocked()
+        driver = self.driver(driver_type, timeout=30)
         await driver.query()
+        seen = self.arrivals()
         self.bmc.faults = attrs.evolve(REALISTIC, hang=True)
         pending = driver.query()
-        await pause(0.1)
-        start = time.monotonic()
-        await self.driver_type.close()
-        self.assertLess(time.monotonic() - start, 3.0)
+        await until(lambda: seen, what="the call to reach the BMC")
+        await driver_type.close()
         await self.assertFailure(pending, UnreachableError)
-        self.assertFalse(any(t.is_alive() for t in self.driver_type.pool.threads))
+        self.assertFalse(any(t.is_alive() for t in driver_type.pool.threads))
         await self.assertFailure(driver.query(), UnreachableError)
 
     async def test_close_bounded_even_if_threads_stay(self):
-        self.driver_type.close_timeout = 0.2
-        driver = self.driver(timeout=30)
+        clock, driver_type = self.clocked(close_timeout=0.2)
+        driver = self.driver(driver_type, timeout=30)
         await driver.query()
+        seen = self.arrivals()
         self.bmc.faults = attrs.evolve(REALISTIC, hang=True)
         pending = driver.query()
-        await pause(0.1)
+        await until(lambda: seen, what="the call to reach the BMC")
         # A thread that ignores the abort: pretend it by hiding the session.
         session = driver.slot.command.ipmi_session
         driver.slot.command = None
-        start = time.monotonic()
-        await self.driver_type.close()
-        self.assertLess(time.monotonic() - start, 1.0)
+        closing = driver_type.close()
+        self.assertNoResult(closing)  # the thread is still there...
+        clock.advance(0.2)  # ...and close gives up on it at its bound, there and then
+        self.successResultOf(closing)
         ipmi.abort_session(session)
         pending.cancel()
         await self.assertFailure(pending, defer.CancelledError, PowerTimeout,

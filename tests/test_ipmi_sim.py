@@ -4,7 +4,6 @@ threads) and from raw UDP: what tests and the demo rely on.
 """
 
 import argparse
-import time
 
 import attrs
 from twisted.internet import defer, reactor, task, threads
@@ -13,6 +12,7 @@ from twisted.trial import unittest
 
 from powerctl.power import PowerState
 from powerctl.sim import ipmi as sim
+from powerctl.testing.waiting import until
 
 
 def login(port, password=b"password", username=b"admin"):
@@ -125,14 +125,17 @@ class SimulatorTests(unittest.TestCase):
 
     async def test_latency(self):
         self.bmc.faults = sim.Faults(latency=0.05)
-        start = time.monotonic()
+        self.bmc.clock = clock = task.Clock()  # the BMC's timers: the test's from now on
         probe = ChannelAuthProbe()
         listener = reactor.listenUDP(0, probe, interface="127.0.0.1")
         self.addCleanup(listener.stopListening)
         probe.ask(self.sim.port)
-        while not probe.answers:
-            await task.deferLater(reactor, 0.005, lambda: None)
-        self.assertGreaterEqual(time.monotonic() - start, 0.05)
+        await until(lambda: self.bmc.in_flight, what="the answer to be scheduled")
+        clock.advance(0.049)
+        self.assertEqual(self.bmc.in_flight, 1)  # not answered a tick early
+        clock.advance(0.001)
+        self.assertEqual(self.bmc.in_flight, 0)
+        await until(lambda: probe.answers, what="the answer to arrive")
 
     async def test_error_fault(self):
         self.bmc.faults = sim.Faults(error=0xC0)

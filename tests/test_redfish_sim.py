@@ -10,6 +10,7 @@ from powerctl.drivers.errors import UnreachableError
 from powerctl.drivers.http import HttpClients
 from powerctl.sim import redfish as simredfish
 from powerctl.sim.redfish import RedfishSimulator, SimSystem, make_systems
+from powerctl.testing.waiting import until
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
 
@@ -126,9 +127,15 @@ class SimTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_latency(self):
         self.start(latency=0.1)
-        started = reactor.seconds()
-        yield self.call("GET", "/redfish/v1/")
-        self.assertGreaterEqual(reactor.seconds() - started, 0.09)
+        self.sim.reactor = clock = task.Clock()  # the simulator's timers: the test's from now on
+        d = self.call("GET", "/redfish/v1/")
+        yield defer.ensureDeferred(until(clock.getDelayedCalls, what="the request to arrive"))
+        clock.advance(0.099)
+        self.assertTrue(clock.getDelayedCalls()[0].active())  # not answered a tick early
+        clock.advance(0.001)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        response = yield d
+        self.assertEqual(response.code, 200)
 
     @defer.inlineCallbacks
     def test_https_self_signed(self):

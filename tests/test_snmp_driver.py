@@ -6,7 +6,6 @@ and the all-outlets-in-one-request query.
 
 import functools
 import os
-import time
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -249,20 +248,19 @@ class ErrorTests(SimMixin, unittest.TestCase):
     @inline
     async def test_wrong_community_times_out_quickly(self):
         sim = await self.sim()
-        started = time.monotonic()
         with self.assertRaises(PowerTimeout) as cm:
             await self.driver(sim, community="wrong").query()
-        self.assertLess(time.monotonic() - started, 1.5)
+        # Ended by the one 0.3 s SNMP request, not by the 1 s call bound.
+        self.assertIn("no response within 0.3s x1", str(cm.exception))
         self.assertIn("wrong community", str(cm.exception))
         self.assertNotIn("'wrong'", str(cm.exception))
 
     @inline
     async def test_v3_unknown_user(self):
         sim = await self.sim(v3_user="ops", auth_key=V3_AUTH)
-        started = time.monotonic()
+        # Refused by the agent's answer (a timeout would be PowerTimeout).
         with self.assertRaises(AuthenticationError):
             await self.driver(sim, version="3", user="intruder", auth_key=V3_AUTH).query()
-        self.assertLess(time.monotonic() - started, 1.5)
 
     @inline
     async def test_v3_wrong_key(self):
@@ -277,10 +275,9 @@ class ErrorTests(SimMixin, unittest.TestCase):
     @inline
     async def test_hang_is_power_timeout(self):
         sim = await self.sim(fault="hang")
-        started = time.monotonic()
-        with self.assertRaises(PowerTimeout):
+        with self.assertRaises(PowerTimeout) as cm:
             await self.driver(sim).query()
-        self.assertLess(time.monotonic() - started, 1.5)
+        self.assertIn("no response within 0.3s x1", str(cm.exception))  # not retried on
         self.assertGreaterEqual(sim.datagrams, 1)
 
     @inline

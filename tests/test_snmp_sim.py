@@ -5,13 +5,14 @@ switching delay, faults, and a clean stop.
 
 import argparse
 
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from powerctl.drivers.base import Command, sleep
 from powerctl.drivers.snmp import _bridge
 from powerctl.power import PowerState
 from powerctl.sim import snmp as simsnmp
+from powerctl.testing.waiting import until
 from tests.test_snmp_driver import SimMixin, inline, open_fds
 
 
@@ -65,9 +66,14 @@ class SimTests(SimMixin, unittest.TestCase):
     @inline
     async def test_latency(self):
         sim = await self.sim(latency=0.2)
-        started = reactor.seconds()
-        await self.driver(sim, timeout=1.0).query()
-        self.assertGreaterEqual(reactor.seconds() - started, 0.2)
+        sim.reactor = clock = task.Clock()  # the simulator's timers: the test's from now on
+        d = self.driver(sim, timeout=1.0).query()
+        await until(clock.getDelayedCalls, what="the answer to be scheduled")
+        clock.advance(0.199)
+        self.assertEqual(len(sim._timers), 1)  # not answered a tick early
+        clock.advance(0.001)
+        self.assertEqual(sim._timers, set())
+        self.assertEqual(await d, PowerState.OFF)
 
     @inline
     async def test_eaton_delay_value(self):

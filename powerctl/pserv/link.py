@@ -7,6 +7,7 @@ whichever region is connected.
 import bisect
 import collections
 import gc
+import itertools
 import json
 import uuid
 
@@ -39,7 +40,11 @@ class RegionLink:
 
     def __init__(self, outbox_size=10_000):
         self._connected = []
+        #: ``(sequence, report)``, oldest first.  The sequence puts a report
+        #: lost in flight back where it was: several lost together (their
+        #: failures arrive one by one) keep their order.
         self._outbox = collections.deque(maxlen=outbox_size)
+        self._sequence = itertools.count()
         #: Our lease's epoch as the protocols last learnt it (None: no lease).
         self.epoch = None
 
@@ -56,12 +61,12 @@ class RegionLink:
         return bool(self._connected)
 
     def report(self, report):
-        self._outbox.append(report)
+        self._outbox.append((next(self._sequence), report))
         self.flush()
 
     def flush(self):
         while self._outbox and self._connected:
-            report = self._outbox.popleft()
+            sequence, report = self._outbox.popleft()
             protocol = self._connected[0]
             d = protocol.callRemote(
                 commands.ReportOutcome,
@@ -71,9 +76,9 @@ class RegionLink:
                 coalesced_into=report.coalesced_into,
                 superseded_by=report.superseded_by, epoch=report.epoch,
             )
-            d.addErrback(self._undelivered, report)
+            d.addErrback(self._undelivered, sequence, report)
 
-    def _undelivered(self, failure, report):
+    def _undelivered(self, failure, sequence, report):
         if failure.check(*commands.ReportOutcome.errors, *UNDECLARED_ANSWER):
             # The region answered, and refused (a stale epoch, bad
             # arguments): sending it again would be refused again.  Logged
@@ -90,7 +95,18 @@ class RegionLink:
             return
         self.log.warn("outcome of {op} not delivered ({why}); keeping it",
                       op=report.operation_id, why=failure.getErrorMessage())
-        self._outbox.appendleft(report)
+        self._put_back(sequence, report)
+
+    def _put_back(self, sequence, report):
+        """Return a report to the outbox in its place; a full outbox drops its oldest."""
+        place = next((i for i, (s, _) in enumerate(self._outbox) if s > sequence),
+                     len(self._outbox))
+        if len(self._outbox) == self._outbox.maxlen:
+            if place == 0:  # older than everything waiting: it is the one to drop
+                return
+            self._outbox.popleft()
+            place -= 1
+        self._outbox.insert(place, (sequence, report))
 
     def refresh(self):
         """

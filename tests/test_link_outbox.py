@@ -1,0 +1,133 @@
+"""
+The pserv's ``RegionLink`` outbox over in-memory AMP (``powerctl.testing.amp``):
+reports made while no region is connected wait and go out, in the order
+they were made, to the next region that is; a report lost with its
+connection is kept and sent again, still in order; a report the region
+refused is not sent again; a full outbox drops the oldest.
+"""
+
+from twisted.internet import defer
+from twisted.protocols import amp
+from twisted.trial import unittest
+
+from powerctl.pserv.core import Report
+from powerctl.pserv.link import RegionLink
+from powerctl.rpc import commands
+from powerctl.testing.amp import connect
+
+
+class RecordingRegion(amp.AMP):
+    """
+    The region's end of ``ReportOutcome`` only: records the operation ids
+    it is given (and each box in ``boxes``); ``refuse`` holds ids it answers ``STALE_EPOCH``; with
+    ``hold``, answers wait in ``pending`` (the reports are in flight).
+    """
+
+    def __init__(self, refuse=(), hold=False):
+        super().__init__()
+        self.received = []
+        self.boxes = []
+        self.refuse = set(refuse)
+        self.hold = hold
+        self.pending = []
+
+    @commands.ReportOutcome.responder
+    def report_outcome(self, operation_id, outcome, observed_state, agent, error,
+                       coalesced_into, superseded_by, epoch, error_kind=None):
+        if operation_id in self.refuse:
+            raise commands.StaleEpoch(f"epoch {epoch} does not own operation {operation_id}")
+        self.received.append(operation_id)
+        self.boxes.append({
+            "operation_id": operation_id, "outcome": outcome, "observed_state": observed_state,
+            "agent": agent, "error": error, "coalesced_into": coalesced_into,
+            "superseded_by": superseded_by, "epoch": epoch, "error_kind": error_kind})
+        if self.hold:
+            d = defer.Deferred()
+            self.pending.append(d)
+            return d
+        return {"recorded": True}
+
+
+def report(op):
+    return Report(op, "succeeded", "on", epoch=3)
+
+
+class OutboxTests(unittest.TestCase):
+    def setUp(self):
+        self.link = RegionLink()
+
+    def region(self, **kwargs):
+        """A region connected in memory and ready: the link flushes to it."""
+        pair = connect(RecordingRegion(**kwargs), amp.AMP())
+        self.link.ready(pair.client)
+        pair.flush()
+        return pair
+
+    def drop(self, pair):
+        pair.disconnect()
+        self.link.lost(pair.client)
+
+    def test_reports_made_while_disconnected_go_out_in_order_on_connect(self):
+        for op in (5, 3, 9, 1):
+            self.link.report(report(op))
+        self.assertFalse(self.link.connected)
+        pair = self.region()
+        self.assertEqual(pair.server.received, [5, 3, 9, 1])
+
+    def test_a_connected_link_sends_at_once(self):
+        pair = self.region()
+        self.link.report(report(1))
+        pair.flush()
+        self.assertEqual(pair.server.received, [1])
+
+    def test_reports_of_a_closed_connection_wait_for_the_next(self):
+        pair = self.region()
+        self.drop(pair)
+        self.link.report(report(1))
+        self.link.report(report(2))
+        self.assertEqual(pair.server.received, [])
+        self.assertEqual(self.region().server.received, [1, 2])
+
+    def test_a_report_lost_in_flight_is_sent_again_on_the_next_connection(self):
+        pair = self.region(hold=True)
+        self.link.report(report(1))
+        pair.flush()
+        self.assertEqual(pair.server.received, [1])  # arrived, never answered
+        self.drop(pair)  # its answer is lost with the connection
+        self.link.report(report(2))
+        self.assertEqual(self.region().server.received, [1, 2])
+
+    def test_reports_lost_in_flight_keep_their_order(self):
+        pair = self.region(hold=True)
+        for op in (1, 2, 3):
+            self.link.report(report(op))
+        pair.flush()
+        self.drop(pair)
+        self.link.report(report(4))
+        self.assertEqual(self.region().server.received, [1, 2, 3, 4])
+
+    def test_a_refused_report_is_dropped_not_sent_again(self):
+        pair = self.region(refuse={2})
+        for op in (1, 2, 3):
+            self.link.report(report(op))
+        pair.flush()
+        self.assertEqual(pair.server.received, [1, 3])
+        self.drop(pair)
+        self.assertEqual(self.region().server.received, [])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)  # logged as a refusal, not a bug
+
+    def test_a_full_outbox_drops_the_oldest_reports(self):
+        self.link = RegionLink(outbox_size=3)
+        for op in range(1, 6):
+            self.link.report(report(op))
+        self.assertEqual(self.region().server.received, [3, 4, 5])
+
+    def test_every_field_is_sent_and_a_long_error_cut_to_fit(self):
+        pair = self.region()
+        self.link.report(Report(7, "failed", "off", "bmc", "x" * 5000, 4, 6, epoch=2,
+                                error_kind="unreachable"))
+        pair.flush()
+        self.assertEqual(pair.server.boxes, [{
+            "operation_id": 7, "outcome": "failed", "observed_state": "off", "agent": "bmc",
+            "error": "x" * 4000, "coalesced_into": 4, "superseded_by": 6, "epoch": 2,
+            "error_kind": "unreachable"}])

@@ -1,0 +1,217 @@
+"""
+The poller's decisions without SNMP or sockets: the real ``Poller``,
+registry and executor with fake driver types (``powerctl.testing.drivers``)
+on a ``Clock``.  ``tests/test_poller.py`` keeps one pass against the real
+SNMP simulator.
+
+Which nodes a round reads, and how: single-outlet SNMP nodes grouped per
+PDU (host, port and credentials) into one request each, with every outlet
+once; every other node (another driver, several agents) queried on its
+own through the registry; nodes with a change in play, unqueryable
+(manual) nodes and rounds without a lease left alone; a PDU that fails
+reported as an error on each of its nodes only; at most ``concurrency``
+reads at once; one batch to the region per round, under the epoch it was
+polled under.
+"""
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from powerctl.drivers.catalogue import DriverCatalogue
+from powerctl.drivers.interface import Capabilities
+from powerctl.power import PowerState
+from powerctl.pserv.executor import DriverExecutor
+from powerctl.pserv.poller import Poller
+from powerctl.registry import PowerAction, PowerActionRegistry
+from powerctl.testing.drivers import FakeDriverType, FakePduDriverType
+
+
+class RecordingLink:
+    """The poller's view of the region link: connected, under epoch 7, batches recorded."""
+
+    def __init__(self, epoch=7):
+        self.connected = True
+        self.epoch = epoch
+        self.batches = []  # (epoch, states)
+        self.refreshed = 0
+
+    def refresh(self):
+        self.refreshed += 1
+        return defer.succeed(None)
+
+    def send_states(self, states, epoch):
+        self.batches.append((epoch, states))
+        return defer.succeed(None)
+
+
+def outlet(host, n, community="public"):
+    return {"mode": "single", "agents": [{"driver": "snmp", "params": {
+        "host": host, "outlet": n, "community": community}}]}
+
+
+def bmc(device):
+    return {"mode": "single", "agents": [{"driver": "fake", "params": {"device": device}}]}
+
+
+class PollerSetup:
+    def setUp(self):
+        self.clock = task.Clock()
+        self.pdus = FakePduDriverType()
+        self.bmcs = FakeDriverType()
+        self.executor = DriverExecutor(DriverCatalogue([self.pdus, self.bmcs]))
+        self.registry = PowerActionRegistry(self.executor, self.clock, cancel_timeout=5)
+        self.link = RecordingLink()
+        self.poller = Poller(self.registry, self.executor, self.link, self.clock,
+                             interval=60, concurrency=4)
+
+    def poll(self):
+        """One round, run to completion; the one batch it reported, as {node: row}."""
+        self.successResultOf(self.poller.poll_once())
+        [(epoch, states)] = self.link.batches
+        self.assertEqual(epoch, 7)
+        return {s["node"]: s for s in states}
+
+
+class GroupingTests(PollerSetup, unittest.TestCase):
+    def test_the_outlets_of_one_pdu_are_read_in_one_request(self):
+        for n in range(1, 6):
+            self.executor.configure(f"node{n}", outlet("10.0.0.1", 6 - n))
+        self.pdus.device(("10.0.0.1", 2)).state = PowerState.ON
+        states = self.poll()
+        self.assertEqual(self.pdus.outlet_queries, [("10.0.0.1", "public", [1, 2, 3, 4, 5])])
+        self.assertEqual({n: s["state"] for n, s in states.items()},
+                         {"node1": "off", "node2": "off", "node3": "off", "node4": "on",
+                          "node5": "off"})
+        # No outlet was queried on its own.
+        self.assertEqual([d.calls for d in self.pdus.devices.values() if d.calls], [])
+
+    def test_pdus_differ_by_host_and_by_credentials(self):
+        self.executor.configure("a1", outlet("10.0.0.1", 1))
+        self.executor.configure("a2", outlet("10.0.0.1", 2))
+        self.executor.configure("b1", outlet("10.0.0.2", 1))
+        self.executor.configure("c1", outlet("10.0.0.1", 3, community="other"))
+        states = self.poll()
+        self.assertEqual(sorted(self.pdus.outlet_queries), [
+            ("10.0.0.1", "other", [3]), ("10.0.0.1", "public", [1, 2]),
+            ("10.0.0.2", "public", [1])])
+        self.assertEqual(sorted(states), ["a1", "a2", "b1", "c1"])
+
+    def test_nodes_sharing_an_outlet_read_it_once(self):
+        self.executor.configure("psu-a", outlet("10.0.0.1", 4))
+        self.executor.configure("psu-b", outlet("10.0.0.1", 4))
+        states = self.poll()
+        self.assertEqual(self.pdus.outlet_queries, [("10.0.0.1", "public", [4])])
+        self.assertEqual(sorted(states), ["psu-a", "psu-b"])
+
+    def test_other_nodes_are_queried_one_by_one(self):
+        self.executor.configure("bmc-node", bmc("bmc1"))
+        self.executor.configure("dual", {"mode": "concurrent", "agents": [
+            {"driver": "snmp", "params": {"host": "10.0.0.1", "outlet": 1}},
+            {"driver": "snmp", "params": {"host": "10.0.0.2", "outlet": 1}}]})
+        self.bmcs.device("bmc1").state = PowerState.ON
+        states = self.poll()
+        self.assertEqual(self.pdus.outlet_queries, [])  # two agents: not one outlet
+        self.assertEqual(self.bmcs.device("bmc1").calls, ["query"])
+        self.assertEqual(self.pdus.device(("10.0.0.1", 1)).calls, ["query"])
+        self.assertEqual(self.pdus.device(("10.0.0.2", 1)).calls, ["query"])
+        self.assertEqual({n: s["state"] for n, s in states.items()},
+                         {"bmc-node": "on", "dual": "off"})
+
+    def test_a_pdu_type_without_batched_reads_queries_each_outlet(self):
+        plain = FakeDriverType(name="snmp")
+        self.executor = DriverExecutor(DriverCatalogue([plain]))
+        self.registry = PowerActionRegistry(self.executor, self.clock)
+        self.poller = Poller(self.registry, self.executor, self.link, self.clock, 60, 4)
+        self.executor.configure("n1", {"mode": "single", "agents": [
+            {"driver": "snmp", "params": {"device": "outlet1"}}]})
+        self.assertEqual(self.poll()["n1"]["state"], "off")
+        self.assertEqual(plain.device("outlet1").calls, ["query"])
+
+
+class SkipTests(PollerSetup, unittest.TestCase):
+    def test_busy_and_unqueryable_nodes_are_left_alone(self):
+        manual = FakeDriverType(name="manual", capabilities=Capabilities(queryable=False))
+        self.executor = DriverExecutor(DriverCatalogue([self.pdus, self.bmcs, manual]))
+        self.registry = PowerActionRegistry(self.executor, self.clock)
+        self.poller = Poller(self.registry, self.executor, self.link, self.clock, 60, 4)
+        self.bmcs.hold = True
+        self.executor.configure("busy", bmc("bmc1"))
+        self.executor.configure("idle", outlet("10.0.0.1", 1))
+        self.executor.configure("by-hand", {"mode": "single", "agents": [
+            {"driver": "manual", "params": {"device": "rack"}}]})
+        self.registry.submit(PowerAction(node="busy", action="off", operation_id="op1"))
+        states = self.poll()
+        self.assertEqual(sorted(states), ["idle"])
+        self.assertEqual(self.bmcs.device("bmc1").calls, ["off"])  # the change, no query
+        self.assertEqual(manual.device("rack").calls, [])
+
+    def test_without_a_lease_nothing_is_polled(self):
+        self.link.epoch = None
+        self.executor.configure("n1", bmc("bmc1"))
+        self.successResultOf(self.poller.poll_once())
+        self.assertEqual((self.link.batches, self.bmcs.device("bmc1").calls), ([], []))
+
+    def test_without_a_region_nothing_is_polled(self):
+        self.link.connected = False
+        self.executor.configure("n1", bmc("bmc1"))
+        self.successResultOf(self.poller.poll_once())
+        self.assertEqual((self.link.refreshed, self.link.batches), (0, []))
+        self.assertEqual(self.bmcs.device("bmc1").calls, [])
+
+    def test_each_round_refreshes_first(self):
+        self.successResultOf(self.poller.poll_once())
+        self.assertEqual(self.link.refreshed, 1)
+
+
+class FailureTests(PollerSetup, unittest.TestCase):
+    def test_a_pdu_that_fails_costs_only_its_own_nodes(self):
+        self.executor.configure("dead1", outlet("10.0.0.9", 1))
+        self.executor.configure("dead2", outlet("10.0.0.9", 2))
+        self.executor.configure("alive", outlet("10.0.0.1", 1))
+        self.pdus.unreachable.add("10.0.0.9")
+        states = self.poll()
+        self.assertEqual(states["alive"], {"node": "alive", "state": "off", "error": ""})
+        for node in ("dead1", "dead2"):
+            self.assertEqual(states[node]["state"], "error")
+            self.assertEqual((states[node]["error"], states[node]["error_kind"]),
+                             ("PDU 10.0.0.9 does not answer", "unreachable"))
+
+    def test_an_outlet_the_pdu_does_not_report_reads_unknown(self):
+        self.executor.configure("n1", outlet("10.0.0.1", 1))
+        self.pdus.query_outlets = lambda settings, outlets: defer.succeed({})
+        self.assertEqual(self.poll()["n1"]["state"], "unknown")
+
+
+class PacingTests(PollerSetup, unittest.TestCase):
+    def test_at_most_concurrency_reads_run_at_once(self):
+        self.bmcs.hold = True
+        for n in range(6):
+            self.executor.configure(f"n{n}", bmc(f"bmc{n}"))
+        d = self.poller.poll_once()
+        running = [n for n in range(6) if self.bmcs.device(f"bmc{n}").held]
+        self.assertEqual(len(running), 4)
+        for n in running:
+            self.bmcs.device(f"bmc{n}").release()
+        self.assertEqual(sum(len(self.bmcs.device(f"bmc{n}").held) for n in range(6)), 2)
+        for n in range(6):
+            while self.bmcs.device(f"bmc{n}").held:
+                self.bmcs.device(f"bmc{n}").release()
+        self.successResultOf(d)
+        self.assertEqual(len(self.link.batches[0][1]), 6)
+
+    def test_a_round_runs_every_interval_once_started(self):
+        self.executor.configure("n1", bmc("bmc1"))
+        self.poller.startService()  # the first round at once, then every interval
+        self.addCleanup(self.poller.stopService)
+        self.assertEqual(self.bmcs.device("bmc1").calls, ["query"])
+        self.clock.advance(59)
+        self.assertEqual(self.bmcs.device("bmc1").calls, ["query"])
+        self.clock.advance(1)
+        self.assertEqual(self.bmcs.device("bmc1").calls, ["query", "query"])
+
+    def test_a_large_round_goes_out_in_batches_of_two_hundred(self):
+        for n in range(450):
+            self.executor.configure(f"n{n:03}", outlet("10.0.0.1", n + 1))
+        self.successResultOf(self.poller.poll_once())
+        self.assertEqual([len(states) for _, states in self.link.batches], [200, 200, 50])
+        self.assertEqual(len(self.pdus.outlet_queries), 1)
