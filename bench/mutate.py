@@ -92,10 +92,12 @@ MODULES = [
     # The lease, NOTIFY and drift paths of the region are tested by the
     # ownership and drift tests; the REST-facing ones by test_api.py.
     ("region_core", "powerctl/region/core.py",
-     ["tests/test_region_core_edges.py", "tests/test_ownership.py", "tests/test_lifecycle.py",
+     ["tests/test_region_core_bite.py", "tests/test_region_core_edges.py",
+      "tests/test_ownership.py", "tests/test_lifecycle.py",
       "tests/test_rpc.py", "tests/test_drift.py", "tests/test_store.py"], 3, 180),
     ("region_rpc", "powerctl/region/rpc.py",
-     ["tests/test_region_edges.py", "tests/test_rpc.py", "tests/test_ownership.py",
+     ["tests/test_region_rpc_bite.py", "tests/test_region_edges.py", "tests/test_rpc.py",
+      "tests/test_ownership.py",
       "tests/test_lifecycle.py", "tests/test_drift.py", "tests/test_store.py"], 3, 180),
     ("slots", "powerctl/pserv/slots.py",
      ["tests/test_slots.py", "tests/test_slots_edges.py"], 2, 30),
@@ -164,8 +166,12 @@ EQUIVALENT = [
      "", "every failure collected there is a PowerError, whose class defines transient"),
     ("powerctl/drivers/multiagent.py", "NumberReplacer", "agent = self.agents[0]", "",
      "mode single has exactly one agent: [0] and [-1] are the same"),
-    ("powerctl/region/rpc.py", "NumberReplacer", "after_op = -1", "",
+    # Only -2: "- 0" is 0, which restarts the operations phase (tested).
+    ("powerctl/region/rpc.py", "NumberReplacer", "after_op = -1", "- 2",
      "the region only tests after_op >= 0, and the pserv echoes it back"),
+    ("powerctl/region/rpc.py", "NumberReplacer", "PAGE = 100", "",
+     "any page size pages correctly: the same constant is the limit and the "
+     "full-page test, and _trim bounds a page by size"),
 ]
 
 
