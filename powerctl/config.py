@@ -44,6 +44,12 @@ def _positive(value):
     return value
 
 
+def _boolean(value):
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
 def _count(value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError("must be a positive integer")
@@ -61,12 +67,15 @@ class RegionConfig:
     responsive_grace: float = 60.0
     pod_probe_interval: float = 60.0
     lease: float = 30.0
+    # issue 10: /metrics without a token, only when an operator says so.
+    metrics_public: bool = False
 
     checks = {
         "name": _text, "database": _text, "api_endpoint": _endpoint,
         "rpc_endpoint": _endpoint, "secret_file": _text,
         "heartbeat_timeout": _positive, "responsive_grace": _positive,
         "pod_probe_interval": _positive, "lease": _positive,
+        "metrics_public": _boolean,
     }
 
 

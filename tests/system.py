@@ -46,6 +46,23 @@ def catalogue():
                             ManualDriverType(reactor)])
 
 
+#: The name of the admin token the tests' requests carry (their requester).
+ADMIN = "test-admin"
+
+
+def admin_token(dsn, name=ADMIN):
+    """Create an admin API token in the database at ``dsn``; the token."""
+    import psycopg2
+
+    from powerctl.region.tokens import create_token_sync
+
+    conn = psycopg2.connect(dsn)
+    try:
+        return create_token_sync(conn, name, "admin", created_by="tests")[1]
+    finally:
+        conn.close()
+
+
 async def wait_until(predicate, timeout=20.0, interval=0.05):
     """Poll an async ``predicate`` until it returns something truthy."""
     deadline = reactor.seconds() + timeout
@@ -80,6 +97,11 @@ class SystemMixin:
         self.region = None
         self.pservs = []
         self.http = HTTPConnectionPool(reactor, persistent=False)
+        self.token = admin_token(self.dsn)
+
+    def auth_headers(self):
+        """The headers that make a request the test's admin's."""
+        return {b"Authorization": [f"Bearer {self.token}".encode()]}
 
     #: Lease settings of the test fleet (short, so take-overs are quick).
     lease = 30.0
@@ -133,17 +155,17 @@ class SystemMixin:
         from powerctl.cli.main import run as run_cli
 
         out, err = io.StringIO(), io.StringIO()
-        ctx = Context(reactor, stdout=out, stderr=err, env={})
+        ctx = Context(reactor, stdout=out, stderr=err, env={"POWERCTL_TOKEN": self.token})
         code = await run_cli([*argv, "--api", self.api], reactor, ctx)
         return code, out.getvalue(), err.getvalue()
 
     # -- REST helpers -----------------------------------------------------
 
     async def call(self, method, path, body=None, api=None):
-        kwargs = {}
+        kwargs = {"headers": self.auth_headers()}
         if body is not None:
             kwargs["data"] = json.dumps(body).encode()
-            kwargs["headers"] = {b"Content-Type": [b"application/json"]}
+            kwargs["headers"][b"Content-Type"] = [b"application/json"]
         response = await treq.request(method, (api or self.api) + path, pool=self.http,
                                       **kwargs)
         content = await treq.content(response)

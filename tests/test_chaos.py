@@ -296,7 +296,8 @@ class ChaosTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         t = time.time() - self.t0
         try:
             d = treq.post(f"{self.api_of(region)}/v1/nodes/{node}/power",
-                          json={"action": action, "requester": "chaos"}, pool=self.http)
+                          json={"action": action, "requester": "chaos"}, pool=self.http,
+                          headers=self.auth_headers())
             d.addTimeout(5, reactor)
             response = await d
             await treq.content(response)

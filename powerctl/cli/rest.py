@@ -36,7 +36,7 @@ from powerctl.cli import (
     combine,
     exit_status,
 )
-from powerctl.cli import output
+from powerctl.cli import credentials, output
 from powerctl.cli.driver import add_param_options, parse_pairs, positive_float, read_json_source
 from powerctl.power import Action
 
@@ -108,7 +108,8 @@ class Api:
     async def call(self, method, path, body=None, query=None):
         """The decoded JSON answer (None for an empty one); ApiError if not 2xx."""
         url = self.base + path
-        kwargs = {"headers": {"Accept": ["application/json"]}}
+        kwargs = {"headers": {"Accept": ["application/json"],
+                              **credentials.auth_headers(self.ctx.env)}}  # issue 10
         if body is not None:
             kwargs["json"] = body
         if query:

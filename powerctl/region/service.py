@@ -10,7 +10,7 @@ from twisted.web import server
 from txpostgres import reconnection, retrying, txpostgres
 
 from powerctl import config
-from powerctl.region import schema, web
+from powerctl.region import schema, security, web
 from powerctl.region.coordination import Coordinator
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
@@ -123,10 +123,12 @@ class RegionService(service.Service):
         from powerctl.region.activity import LiveActivity
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
+        guard = security.api_guard(self._pool, self.reactor)  # issue 10
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later, region=self.region,
-                        live_activity=live)
+                        live_activity=live, guard=guard)
         web.add_to(root, self.store, activity=self.region.activity, live_activity=live)
+        security.protect_web(root, guard, self.settings)  # issue 10
         site = server.Site(root)
         site.noisy = False
         self.api_port = await endpoints.serverFromString(
