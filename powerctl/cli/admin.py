@@ -1,0 +1,220 @@
+"""
+Security commands (issue 10).
+
+``powerctl admin token create|list|revoke (--database DSN | --config REGION.toml)``
+    API tokens straight in the database, without a running API: how the
+    first admin token is made.  ``create`` prints the new token as the last
+    line of its output, once; the database keeps only its hash.
+``powerctl token create|list|revoke``
+    The same through the API (``/v1/tokens``; an admin token).
+``powerctl audit``
+    The audit trail (``/v1/audit``), newest first, paged with ``--before``.
+"""
+
+from powerctl.cli import EXIT_OK, CliError, UsageError
+from powerctl.cli import output
+
+
+# -- straight to the database -------------------------------------------
+
+def _dsn(args):
+    if args.database:
+        return args.database
+    from powerctl import config
+
+    try:
+        return config.load(config.RegionConfig, args.config, "region").database
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def _connect(args):
+    """A psycopg2 connection to the region's database, migrated."""
+    import psycopg2
+
+    from powerctl.region import schema
+
+    dsn = _dsn(args)
+    try:
+        conn = psycopg2.connect(dsn)
+    except psycopg2.Error as e:
+        raise CliError(f"cannot connect to the database: {str(e).strip()}",
+                       "unreachable") from None
+    schema.migrate_sync(conn)
+    return conn
+
+
+def _clusters(args):
+    return sorted(set(args.cluster)) if args.cluster else None
+
+
+def _scope(clusters):
+    return ", ".join(clusters) if clusters else "every cluster"
+
+
+async def admin_token_create(ctx, args):
+    """``powerctl admin token create --name N --role R [--cluster C]...``."""
+    from powerctl.region.errors import StoreError
+    from powerctl.region.tokens import create_token_sync
+
+    conn = _connect(args)
+    try:
+        row, token = create_token_sync(conn, args.name, args.role, _clusters(args),
+                                       created_by="powerctl admin")
+    except StoreError as e:
+        raise CliError(str(e), "config" if e.code == "invalid_input" else "error") from None
+    finally:
+        conn.close()
+    ctx.out(f"created token {row['id']} {row['name']!r}: role {row['role']}, "
+            f"{_scope(row['clusters'])}")
+    ctx.out("it is shown only now; keep it secret (e.g. export POWERCTL_TOKEN=...):")
+    ctx.out(token)
+    return EXIT_OK
+
+
+_TOKEN_COLUMNS = [("ID", "id"), ("NAME", "name"), ("ROLE", "role"),
+                  ("CLUSTERS", lambda t: _scope(t.get("clusters"))),
+                  ("CREATED", lambda t: output.when(t.get("created_at"))),
+                  ("BY", "created_by"),
+                  ("REVOKED", lambda t: output.when(t.get("revoked_at")) or "")]
+
+
+async def admin_token_list(ctx, args):
+    conn = _connect(args)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id, name, role, clusters, created_at, created_by, revoked_at "
+                        "FROM api_tokens ORDER BY id")
+            columns = [c.name for c in cur.description]
+            rows = [dict(zip(columns, r)) for r in cur.fetchall()]
+    finally:
+        conn.close()
+    for row in rows:
+        for key in ("created_at", "revoked_at"):
+            row[key] = row[key].isoformat() if row[key] else None
+    ctx.out(output.to_json(rows) if args.json else output.table(rows, _TOKEN_COLUMNS))
+    return EXIT_OK
+
+
+async def admin_token_revoke(ctx, args):
+    conn = _connect(args)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("UPDATE api_tokens SET revoked_at = now(), revoked_by = %s "
+                        "WHERE name = %s AND revoked_at IS NULL RETURNING id",
+                        ("powerctl admin", args.name))
+            revoked = [r[0] for r in cur.fetchall()]
+        conn.commit()
+    finally:
+        conn.close()
+    if not revoked:
+        raise CliError(f"no live token named {args.name!r}", "not_found")
+    ctx.out(f"revoked token {revoked[0]} {args.name!r}")
+    return EXIT_OK
+
+
+# -- through the API ------------------------------------------------------
+
+def _api_commands():
+    from powerctl.cli.rest import api_command, q
+
+    @api_command
+    async def token_create(ctx, args, api):
+        doc = await api.call("POST", "/v1/tokens", {"name": args.name, "role": args.role,
+                                                    "clusters": _clusters(args)})
+        if args.json:
+            ctx.out(output.to_json(doc))
+            return EXIT_OK
+        ctx.out(f"created token {doc['id']} {doc['name']!r}: role {doc['role']}, "
+                f"{_scope(doc.get('clusters'))}")
+        ctx.out("it is shown only now; keep it secret:")
+        ctx.out(doc["token"])
+        return EXIT_OK
+
+    @api_command
+    async def token_list(ctx, args, api):
+        doc = await api.call("GET", "/v1/tokens",
+                             query={"revoked": "true" if args.revoked else None})
+        ctx.out(output.to_json(doc) if args.json else output.table(doc, _TOKEN_COLUMNS))
+        return EXIT_OK
+
+    @api_command
+    async def token_revoke(ctx, args, api):
+        doc = await api.call("DELETE", f"/v1/tokens/{q(args.id)}")
+        ctx.out(output.to_json(doc) if args.json else
+                f"revoked token {doc['id']} {doc['name']!r}")
+        return EXIT_OK
+
+    @api_command
+    async def audit(ctx, args, api):
+        doc = await api.call("GET", "/v1/audit", query={
+            "limit": args.limit, "before": args.before, "actor": args.actor})
+        if args.json:
+            ctx.out(output.to_json(doc))
+            return EXIT_OK
+        ctx.out(output.table(doc, [
+            ("ID", "id"), ("WHEN", lambda a: output.when(a.get("at"))), ("WHO", "actor"),
+            ("FROM", "source"), ("METHOD", "method"), ("PATH", "path"),
+            ("STATUS", "status"), ("OUTCOME", "outcome")]))
+        if doc:
+            ctx.err(f"older entries: powerctl audit --before {doc[-1]['id']}")
+        return EXIT_OK
+
+    return token_create, token_list, token_revoke, audit
+
+
+def add_commands(subparsers):
+    """Register ``admin``, ``token`` and ``audit``."""
+    from powerctl.cli.rest import _api_options
+    from powerctl.region.auth import ROLES
+
+    def database_options(p):
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--database", metavar="DSN", help="the region's PostgreSQL DSN")
+        where.add_argument("--config", metavar="REGION.toml",
+                           help="read the DSN from the region's configuration file")
+
+    def group(parent, name, help):
+        p = parent.add_parser(name, help=help)
+        sub = p.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+        sub.required = True
+        return sub
+
+    admin = group(subparsers, "admin", "administration straight on the region's database")
+    tokens = group(admin, "token", "API tokens (bootstrap: no API needed)")
+    p = tokens.add_parser("create", help="create a token; prints it last, once")
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--cluster", action="append", metavar="C",
+                   help="confine it to this cluster (repeat for several)")
+    database_options(p)
+    p.set_defaults(func=admin_token_create)
+    p = tokens.add_parser("list", help="tokens, without their secrets")
+    p.add_argument("--json", action="store_true")
+    database_options(p)
+    p.set_defaults(func=admin_token_list)
+    p = tokens.add_parser("revoke", help="revoke the live token of that name")
+    p.add_argument("name")
+    database_options(p)
+    p.set_defaults(func=admin_token_revoke)
+
+    token_create, token_list, token_revoke, audit = _api_commands()
+    parent = _api_options()
+    api_tokens = group(subparsers, "token", "API tokens through the API (admin)")
+    p = api_tokens.add_parser("create", parents=[parent], help="create a token")
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--cluster", action="append", metavar="C")
+    p.set_defaults(func=token_create)
+    p = api_tokens.add_parser("list", parents=[parent], help="tokens, without secrets")
+    p.add_argument("--revoked", action="store_true", help="revoked ones too")
+    p.set_defaults(func=token_list)
+    p = api_tokens.add_parser("revoke", parents=[parent], help="revoke a token by id")
+    p.add_argument("id")
+    p.set_defaults(func=token_revoke)
+
+    p = subparsers.add_parser("audit", parents=[parent], help="the audit trail, newest first")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--before", type=int, default=None, metavar="ID")
+    p.add_argument("--actor", default=None, metavar="NAME")
+    p.set_defaults(func=audit)
