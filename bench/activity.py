@@ -42,6 +42,8 @@ from powerctl.pserv.link import PservProtocol, RegionLink  # noqa: E402
 from powerctl.pserv.slots import PrioritySlots, priority_of  # noqa: E402
 from powerctl.region.activity import LiveActivity  # noqa: E402
 from powerctl.region.api import api_root  # noqa: E402
+from powerctl.region.auth import Principal  # noqa: E402
+from powerctl.region.guard import ApiGuard  # noqa: E402
 from powerctl.registry import IActionExecutor, PowerAction, PowerActionRegistry  # noqa: E402
 
 
@@ -112,6 +114,16 @@ def process_cpu(pid):
     except (OSError, ValueError, IndexError):
         return None
 
+
+
+_BENCH_TOKEN = "pct_bench"
+
+
+class _BenchTokens:
+    """The API's token look-up without a database: one viewer token."""
+
+    async def authenticate(self, token):
+        return Principal("bench", "viewer") if token == _BENCH_TOKEN else None
 
 async def timed(label, rounds, fn, pserv_pid=None):
     """Wall time of ``fn()``, and the CPU time of this process and of the pserv's."""
@@ -211,7 +223,8 @@ async def main(args):
                       lambda: live(node=node), pid)
     print(f"  -> {json.dumps(one['pservs'][0]['nodes'][0]['running'])}")
 
-    root = api_root(OneNodeStore(), None, live_activity=live)
+    root = api_root(OneNodeStore(), None, live_activity=live,
+                    guard=ApiGuard(_BenchTokens(), reactor))
     site = Site(root)
     site.noisy = False
     web = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -220,7 +233,7 @@ async def main(args):
     url = f"http://127.0.0.1:{web.getHost().port}/v1/activity"
 
     async def get():
-        response = await http.get(url)
+        response = await http.get(url, headers={"Authorization": [f"Bearer {_BENCH_TOKEN}"]})
         body = await response.content()
         assert response.code == 200, body[:200]
         return body

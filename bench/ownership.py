@@ -119,6 +119,7 @@ class Bench:
         self.reactor = reactor
         self.args = args
         self.stops = []
+        self.tokens = {}  # database and API URL -> an admin token
         self.hardware = {}
         self.polls = {}
 
@@ -165,6 +166,15 @@ class Bench:
         region.startService()
         await region.whenReady()
         region.api = f"http://127.0.0.1:{region.api_port.getHost().port}"
+        if db not in self.tokens:
+            import psycopg2
+
+            from powerctl.region.tokens import create_token_sync
+
+            conn = psycopg2.connect(self.pg.dsn(db))
+            self.tokens[db] = create_token_sync(conn, "bench", "admin", created_by="bench")[1]
+            conn.close()
+        self.tokens[region.api] = self.tokens[db]
         region.rpc = f"tcp:host=127.0.0.1:port={region.rpc_port.getHost().port}"
         self.stops.append(lambda: None)
         return region
@@ -184,9 +194,11 @@ class Bench:
     async def call(self, api, method, path, body=None):
         import treq
 
+        token = self.tokens[api]
         r = await treq.request(method, api + path, pool=self.http,
                                data=json.dumps(body).encode() if body is not None else None,
-                               headers={b"Content-Type": [b"application/json"]})
+                               headers={b"Content-Type": [b"application/json"],
+                                        b"Authorization": [f"Bearer {token}".encode()]})
         return r.code, json.loads(await treq.content(r) or b"null")
 
     async def connected(self, region, count):
