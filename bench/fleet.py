@@ -54,12 +54,17 @@ async def bench(reactor, args):
         os.write(fd, secret)
         os.close(fd)
         stops.append(lambda: os.unlink(secret_file))
+        from powerctl.region.vault import create_key_file
+
+        create_key_file(secret_file + ".key")
+        stops.append(lambda: os.unlink(secret_file + ".key"))
         sim = RedfishSimulator(reactor, [SimSystem(id=f"s{i}", name=f"s{i}")
                                          for i in range(args.nodes)],
                                username="u", password="p", delay=args.switch_delay).start()
         region = RegionService(RegionConfig(
             name="bench", database=pg.dsn("bench"), api_endpoint="tcp:0:interface=127.0.0.1",
-            rpc_endpoint="tcp:0:interface=127.0.0.1", secret_file=secret_file),
+            rpc_endpoint="tcp:0:interface=127.0.0.1", secret_file=secret_file,
+            key_file=secret_file + ".key"),
             secret, reactor, standard_catalogue(reactor), pool_size=8)
         region.startService()
         await region.whenReady()

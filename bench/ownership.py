@@ -149,6 +149,10 @@ class Bench:
         os.write(fd, SECRET)
         os.close(fd)
         self.stops.append(lambda: os.unlink(self.secret_file))
+        from powerctl.region.vault import create_key_file
+
+        create_key_file(self.secret_file + ".key")
+        self.stops.append(lambda: os.unlink(self.secret_file + ".key"))
         from twisted.web.client import HTTPConnectionPool
 
         self.http = HTTPConnectionPool(self.reactor)
@@ -161,6 +165,7 @@ class Bench:
         region = RegionService(RegionConfig(
             name=name, database=self.pg.dsn(db), api_endpoint="tcp:0:interface=127.0.0.1",
             rpc_endpoint="tcp:0:interface=127.0.0.1", secret_file=self.secret_file,
+            key_file=self.secret_file + ".key",
             lease=lease, heartbeat_timeout=max(5.0, lease)),
             SECRET, self.reactor, self.catalogue(name), pool_size=8)
         region.startService()

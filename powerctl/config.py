@@ -69,13 +69,16 @@ class RegionConfig:
     lease: float = 30.0
     # issue 10: /metrics without a token, only when an operator says so.
     metrics_public: bool = False
+    # issue 10: the key that seals secrets at rest ("": powerctl.region.vault.DEFAULT_KEY_FILE,
+    # created there only on a database without sealed secrets).
+    key_file: str = ""
 
     checks = {
         "name": _text, "database": _text, "api_endpoint": _endpoint,
         "rpc_endpoint": _endpoint, "secret_file": _text,
         "heartbeat_timeout": _positive, "responsive_grace": _positive,
         "pod_probe_interval": _positive, "lease": _positive,
-        "metrics_public": _boolean,
+        "metrics_public": _boolean, "key_file": _text,
     }
 
 

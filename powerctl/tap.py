@@ -41,13 +41,14 @@ class RegionOptions(_Options):
         ["api-endpoint", None, None, "Endpoint of the REST API, e.g. tcp:5240:interface=127.0.0.1"],
         ["rpc-endpoint", None, None, "Endpoint for pservs (AMP), e.g. tcp:5250:interface=127.0.0.1"],
         ["secret-file", None, None, "File holding the shared secret."],
+        ["key-file", None, None, "File holding the key that encrypts secrets at rest."],
     ]
 
     def overrides(self):
         return {
             "name": self["name"], "database": self["database"],
             "api_endpoint": self["api-endpoint"], "rpc_endpoint": self["rpc-endpoint"],
-            "secret_file": self["secret-file"],
+            "secret_file": self["secret-file"], "key_file": self["key-file"],
         }
 
 

@@ -18,6 +18,7 @@ from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.drivers.interface import Timing
 from powerctl.drivers.manual import ManualDriverType
 from powerctl.drivers.redfish import RedfishDriverType
+from powerctl.drivers.webhook import WebhookDriverType
 from powerctl.pserv.service import PservService
 from powerctl.region.service import RegionService
 from powerctl.sim.redfish import RedfishSimulator, SimSystem
@@ -43,7 +44,8 @@ def free_port():
 
 def catalogue():
     return DriverCatalogue([RedfishDriverType(reactor, timing=TIMING),
-                            ManualDriverType(reactor)])
+                            ManualDriverType(reactor),
+                            WebhookDriverType(reactor, timing=TIMING)])
 
 
 #: The name of the admin token the tests' requests carry (their requester).
@@ -61,6 +63,19 @@ def admin_token(dsn, name=ADMIN):
         return create_token_sync(conn, name, "admin", created_by="tests")[1]
     finally:
         conn.close()
+
+
+def key_file(test):
+    """A fresh key file for secrets at rest (mode 0600), removed after ``test``."""
+    import shutil
+
+    from powerctl.region.vault import create_key_file
+
+    directory = tempfile.mkdtemp()
+    test.addCleanup(shutil.rmtree, directory, True)
+    path = os.path.join(directory, "secrets.key")
+    create_key_file(path)
+    return path
 
 
 async def wait_until(predicate, timeout=20.0, interval=0.05):
@@ -98,6 +113,7 @@ class SystemMixin:
         self.pservs = []
         self.http = HTTPConnectionPool(reactor, persistent=False)
         self.token = admin_token(self.dsn)
+        self.key_file = key_file(self)
 
     def auth_headers(self):
         """The headers that make a request the test's admin's."""
@@ -112,7 +128,8 @@ class SystemMixin:
             name=name, database=self.dsn,
             api_endpoint="tcp:0:interface=127.0.0.1",
             rpc_endpoint=rpc_listen or self.rpc_listen,
-            secret_file=self.secret_file, heartbeat_timeout=10.0, lease=self.lease)
+            secret_file=self.secret_file, heartbeat_timeout=10.0, lease=self.lease,
+            key_file=self.key_file)
         region = RegionService(settings, SECRET, reactor, catalogue())
         region.startService()
         await region.whenReady()

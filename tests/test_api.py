@@ -17,6 +17,7 @@ from powerctl.region.api import Api, api_root
 from powerctl.region.guard import ApiGuard
 from powerctl.region.tokens import TokenStore
 from powerctl.region.store import Store
+from tests import tokens
 from tests.test_powerconfig import fake_catalogue
 from tests.test_store import StoreTestCase, ipmi
 
@@ -137,7 +138,9 @@ class NodeApiTests(ApiTestCase):
             "PUT", "/nodes/n1", {"name": "n1", "cluster": "c3", "power": node["power"]})
         self.assertEqual((status, updated["cluster"]), (200, "c3"))
         stored = (await self.store.get_node("n1"))["power"]["agents"][0]["params"]
-        self.assertEqual(stored, {"host": "10.0.0.9", "password": "pw-ipmi"})
+        self.assertEqual(tokens.vault().open_power(
+            {"agents": [{"params": stored}]})["agents"][0]["params"],
+            {"host": "10.0.0.9", "password": "pw-ipmi"})  # stored sealed (issue 10)
 
         status, body, _ = await self.call("DELETE", "/nodes/n1")
         self.assertEqual((status, body), (204, None))
@@ -382,7 +385,8 @@ class BrokenStore(Store):
 
 class InternalErrorTests(ApiTestCase):
     async def test_unexpected_errors_answer_500_with_the_logged_id(self):
-        broken = Api(BrokenStore(self.pool, fake_catalogue()), fake_catalogue(), log=self.log,
+        broken = Api(BrokenStore(self.pool, fake_catalogue(), vault=tokens.vault()),
+                     fake_catalogue(), log=self.log,
                      guard=self.guard)
         base = self.serve(broken)
         for path, what in (("/nodes", "RuntimeError: boom"),

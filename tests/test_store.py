@@ -13,6 +13,7 @@ from txpostgres import txpostgres
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.powerconfig import InvalidPowerConfig
 from powerctl.region.store import Recorded, Store
+from tests import tokens
 from tests.pg import DatabaseMixin
 from tests.test_powerconfig import fake_catalogue
 
@@ -26,6 +27,11 @@ def ipmi(host="10.0.0.5", password="pw"):
 def pod_agent(uuid, system="1"):
     """A single-agent document pointing at a redfish pod manager."""
     return {"agents": [{"driver": "redfish", "pod_manager": uuid, "params": {"system": system}}]}
+
+
+def opened(node, agent=0):
+    """An agent's parameters of a stored node, its secrets opened (they are sealed at rest)."""
+    return tokens.vault().open_power(node["power"])["agents"][agent]["params"]
 
 
 class StoreTestCase(DatabaseMixin, unittest.TestCase):
@@ -42,6 +48,7 @@ class StoreTestCase(DatabaseMixin, unittest.TestCase):
 
     def make_store(self, **kwargs):
         kwargs.setdefault("responsive_grace", self.grace)
+        kwargs.setdefault("vault", tokens.vault())
         return Store(self.pool, fake_catalogue(), **kwargs)
 
     def sql(self, query, *args):
@@ -59,7 +66,8 @@ class NodeTests(StoreTestCase):
         node = await self.store.create_node("n1", "c1", ipmi())
         self.assertEqual(node["name"], "n1")
         self.assertEqual(node["cluster"], "c1")
-        self.assertEqual(node["power"]["agents"][0]["params"]["password"], "pw")
+        self.assertEqual(opened(node)["password"], "pw")
+        self.assertTrue(node["power"]["agents"][0]["params"]["password"].startswith("enc:v1:"))
         self.assertEqual((node["desired_state"], node["power_state"], node["responsive"]),
                          (None, "unknown", True))
         datetime.datetime.fromisoformat(node["created_at"])  # ISO text
@@ -74,8 +82,7 @@ class NodeTests(StoreTestCase):
                                                                          limit=1)], ["n1"])
         updated = await self.store.update_node("n1", cluster="c2", power=ipmi("10.9.9.9", "new"))
         self.assertEqual(updated["cluster"], "c2")
-        self.assertEqual(updated["power"]["agents"][0]["params"],
-                         {"host": "10.9.9.9", "password": "new"})
+        self.assertEqual(opened(updated), {"host": "10.9.9.9", "password": "new"})
         self.assertGreater(updated["updated_at"], node["updated_at"])
         await self.store.delete_node("n1")
         with self.assertRaises(NotFound):
@@ -109,8 +116,7 @@ class NodeTests(StoreTestCase):
         await self.store.create_node("n1", "c1", ipmi(password="hunter2"))
         shown = ipmi(host="10.1.1.1", password="(set)")
         node = await self.store.update_node("n1", power=shown)
-        self.assertEqual(node["power"]["agents"][0]["params"],
-                         {"host": "10.1.1.1", "password": "hunter2"})
+        self.assertEqual(opened(node), {"host": "10.1.1.1", "password": "hunter2"})
         with self.assertRaises(InvalidPowerConfig):
             await self.store.create_node("n2", "c1", shown)
 

@@ -81,7 +81,8 @@ class WebTestCase(DatabaseMixin, unittest.TestCase):
         self.pool = txpostgres.ConnectionPool(None, self.dsn, min=3)
         self.addCleanup(self.pool.close)
         # grace 0: three failed polls make a node non-responsive at once
-        self.store = Store(self.pool, fake_catalogue(), responsive_grace=0)
+        self.store = Store(self.pool, fake_catalogue(), responsive_grace=0,
+                           vault=tokens.vault())
         self.activity = {}
         self.events = []
         self.log = Logger(observer=self.events.append)

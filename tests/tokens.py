@@ -51,3 +51,14 @@ class AuthClient:
 
     def delete(self, url, **kwargs):
         return self.request("DELETE", url, **kwargs)
+
+
+#: A fixed Fernet key for the tests' stores (secrets sealed at rest).
+TEST_KEY = b"dGVzdC1rZXktb2YtdGhlLXBvd2VyY3RsLXN1aXRlLi4="
+
+
+def vault():
+    """The vault of the tests' stores."""
+    from powerctl.region.vault import Vault
+
+    return Vault([TEST_KEY])

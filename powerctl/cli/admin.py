@@ -9,7 +9,19 @@ Security commands (issue 10).
     The same through the API (``/v1/tokens``; an admin token).
 ``powerctl audit``
     The audit trail (``/v1/audit``), newest first, paged with ``--before``.
+``powerctl admin key init FILE``
+    A new key file for secrets at rest (mode 0600).
+``powerctl admin key add FILE`` then ``powerctl admin key rotate --key-file FILE ...``
+    Rotation without downtime: ``add`` puts a new key first in the file
+    (the old one stays readable); once every region runs with that file
+    (a rolling restart), ``rotate`` re-encrypts every secret under the new
+    key, row by row while requests go on, and drops the old key from the
+    file.
 """
+
+import os
+
+import attrs
 
 from powerctl.cli import EXIT_OK, CliError, UsageError
 from powerctl.cli import output
@@ -113,6 +125,75 @@ async def admin_token_revoke(ctx, args):
     return EXIT_OK
 
 
+async def admin_key_init(ctx, args):
+    from powerctl.region import vault
+
+    if os.path.exists(args.file):
+        raise UsageError(f"{args.file} exists; refusing to overwrite a key")
+    try:
+        vault.create_key_file(args.file)
+    except OSError as e:
+        raise CliError(f"{args.file}: {e.strerror}", "config") from None
+    ctx.out(f"created key file {args.file} (mode 0600); give every region of the database "
+            "a copy (key_file) and keep a backup: without it the secrets are lost")
+    return EXIT_OK
+
+
+async def admin_key_add(ctx, args):
+    from powerctl.region import vault
+
+    try:
+        keys = vault.add_key(args.file).keys
+    except vault.VaultError as e:
+        raise CliError(str(e), "config") from None
+    ctx.out(f"{args.file} now holds {len(keys)} keys, the new one first; restart every region "
+            "with it, then run: powerctl admin key rotate --key-file " + args.file)
+    return EXIT_OK
+
+
+async def admin_key_rotate(ctx, args):
+    from powerctl.drivers.standard import standard_schemas
+    from powerctl.region import vault
+
+    try:
+        box = vault.load_key_file(args.key_file)
+    except vault.VaultError as e:
+        raise CliError(str(e), "config") from None
+    conn = _connect(args)
+    try:
+        vault.check_opens(conn, box)
+        changed = vault.seal_existing(conn, box, _SchemaCatalogue(standard_schemas()),
+                                      reseal=True)
+    except vault.VaultError as e:
+        raise CliError(str(e), "config") from None
+    finally:
+        conn.close()
+    if len(box.keys) > 1:
+        vault.drop_old_keys(args.key_file)
+    ctx.out(f"re-encrypted the secrets of {changed} row(s) with the first key of "
+            f"{args.key_file}; the older keys are dropped from it")
+    return EXIT_OK
+
+
+@attrs.frozen
+class _SchemaEntry:
+    schema: object
+
+
+@attrs.frozen
+class _SchemaCatalogue:
+    """Just enough of a driver catalogue to say which parameters are secret."""
+
+    schemas: dict
+
+    def get(self, driver):
+        from powerctl.drivers.errors import ConfigurationError
+
+        if driver not in self.schemas:
+            raise ConfigurationError(f"unknown driver {driver!r}")
+        return _SchemaEntry(self.schemas[driver])
+
+
 # -- through the API ------------------------------------------------------
 
 def _api_commands():
@@ -197,6 +278,19 @@ def add_commands(subparsers):
     p.add_argument("name")
     database_options(p)
     p.set_defaults(func=admin_token_revoke)
+
+    keys = group(admin, "key", "the key that encrypts secrets at rest")
+    p = keys.add_parser("init", help="create a new key file (mode 0600)")
+    p.add_argument("file")
+    p.set_defaults(func=admin_key_init)
+    p = keys.add_parser("add", help="rotation, step 1: put a new key first in the file")
+    p.add_argument("file")
+    p.set_defaults(func=admin_key_add)
+    p = keys.add_parser("rotate", help="rotation, step 2: re-encrypt every secret with the "
+                        "file's first key and drop the others")
+    p.add_argument("--key-file", required=True, metavar="FILE")
+    database_options(p)
+    p.set_defaults(func=admin_key_rotate)
 
     token_create, token_list, token_revoke, audit = _api_commands()
     parent = _api_options()

@@ -178,7 +178,8 @@ class Demo:
         settings = RegionConfig(name="demo-region", database=dsn,
                                 api_endpoint="tcp:0:interface=127.0.0.1",
                                 rpc_endpoint="tcp:0:interface=127.0.0.1",
-                                secret_file=secret_file)
+                                secret_file=secret_file,
+                                key_file=os.path.join(state, "secrets.key"))
         self.region = RegionService(settings, SECRET, self.reactor,
                                     standard_catalogue(self.reactor))
         self.region.startService()

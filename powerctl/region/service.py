@@ -106,11 +106,12 @@ class RegionService(service.Service):
             conn.close()
         if applied:
             self.log.info("applied migrations {m}", m=applied)
+        vault = await security.open_vault(self.settings, self.catalogue, self.log)  # issue 10
         self._pool = _ReconnectingPool(None, self.settings.database, min=self.pool_size)
         await self._pool.start()
         self.store = Store(self._pool, self.catalogue,
                            responsive_grace=self.settings.responsive_grace,
-                           heartbeat_timeout=self.settings.heartbeat_timeout * 3)
+                           heartbeat_timeout=self.settings.heartbeat_timeout * 3, vault=vault)
         leases = Leases(self._pool, lease=self.settings.lease)
         self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
                              heartbeat_timeout=self.settings.heartbeat_timeout, leases=leases)

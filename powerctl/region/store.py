@@ -201,9 +201,10 @@ class Store:
     """
 
     def __init__(self, pool, catalogue, *, responsive_grace=60.0,
-                 failed_polls_limit=2, heartbeat_timeout=90.0):
+                 failed_polls_limit=2, heartbeat_timeout=90.0, vault):
         self._pool = pool
         self._catalogue = catalogue
+        self._vault = vault  # issue 10: secrets sealed at rest (powerctl.region.vault)
         self.responsive_grace = float(responsive_grace)
         self.failed_polls_limit = int(failed_polls_limit)
         self.heartbeat_timeout = float(heartbeat_timeout)
@@ -219,7 +220,7 @@ class Store:
             " FROM pod_managers WHERE uuid = ANY(%s::uuid[])"
             + (" FOR SHARE" if lock else ""),
             (list(uuids),))
-        return {r["uuid"]: r for r in rows}
+        return {r["uuid"]: dict(r, password=self._vault.open(r["password"])) for r in rows}
 
     async def _validated_power(self, tx, power, previous):
         """
@@ -227,10 +228,12 @@ class Store:
         ``previous`` and the pod managers it names locked against deletion
         until the transaction ends.
         """
+        sealed_previous, previous = previous, self._vault.open_power(previous)
         power = powerconfig.restore_secrets(power, previous, self._catalogue)
         pods = await self._pod_managers(
             tx, powerconfig.referenced_pod_managers(power), lock=True)
-        return powerconfig.validate_power(power, self._catalogue, pods)
+        power = powerconfig.validate_power(power, self._catalogue, pods)
+        return self._vault.seal_power(power, sealed_previous, self._catalogue)
 
     async def _link_pod_managers(self, tx, node, power):
         """Keep node_pod_managers equal to what ``power`` references."""
@@ -256,7 +259,8 @@ class Store:
         results = []
         for power in documents:
             try:
-                results.append((powerconfig.resolve_power(power, self._catalogue, pods), None))
+                results.append((powerconfig.resolve_power(
+                    self._vault.open_power(power), self._catalogue, pods), None))
             except InvalidInput as e:
                 results.append((None, str(e)))
         return results
@@ -492,7 +496,8 @@ class Store:
         """A node's resolved power configuration; InvalidPowerConfig if it no longer resolves."""
         node = await self._node(tx, name)
         pods = await self._pod_managers(tx, powerconfig.referenced_pod_managers(node["power"]))
-        return powerconfig.resolve_power(node["power"], self._catalogue, pods)
+        return powerconfig.resolve_power(self._vault.open_power(node["power"]),
+                                         self._catalogue, pods)
 
     @_transaction
     async def mark_running(self, tx, op_id, pserv, started_at=None, epoch=None):
@@ -808,6 +813,7 @@ class Store:
             + (" FOR UPDATE" if lock else ""), (_pm_uuid(uuid),))
         if row is None:
             raise NotFound(f"pod manager {uuid!r} does not exist")
+        row["password"] = self._vault.open(row["password"])
         return row
 
     def _check_pod_manager(self, fields):
@@ -831,7 +837,8 @@ class Store:
             "INSERT INTO pod_managers (uuid, name, driver, username, password, url,"
             " description) VALUES (%(uuid)s, %(name)s, %(driver)s, %(username)s,"
             " %(password)s, %(url)s, %(description)s) ON CONFLICT (name) DO NOTHING"
-            f" RETURNING {_POD_MANAGER}", dict(fields, uuid=str(uuidlib.uuid4())))
+            f" RETURNING {_POD_MANAGER}", dict(fields, uuid=str(uuidlib.uuid4()),
+                                               password=self._vault.seal(password)))
         if row is None:
             raise Conflict(f"a pod manager named {name!r} already exists")
         return _plain(row)
@@ -867,7 +874,8 @@ class Store:
                 " username = %(username)s, password = %(password)s,"
                 " description = %(description)s, updated_at = now()"
                 f" WHERE uuid = %(uuid)s RETURNING {_POD_MANAGER}",
-                dict(merged, uuid=current["uuid"]))
+                dict(merged, uuid=current["uuid"],
+                     password=self._vault.seal(merged["password"])))
         except psycopg2.errors.UniqueViolation:
             raise Conflict(f"a pod manager named {merged['name']!r} already exists") from None
         return _plain(row)
