@@ -13,6 +13,7 @@ import tempfile
 
 import psycopg2
 from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from powerctl.cli import Context
@@ -123,6 +124,16 @@ class AtRestSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 
     @run
     async def test_a_dump_holds_no_secret_and_the_pserv_still_gets_them(self):
+        lines = []
+
+        def observe(event):
+            lines.append(formatEvent(event))
+            failure = event.get("log_failure")
+            if failure is not None:
+                lines.append(failure.getTraceback())
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         await self.start_region()
         await self.start_pserv()
         await wait_until(self.connected_pservs)
@@ -154,6 +165,12 @@ class AtRestSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(code, 200)
         op = await self.power("node1", "off")
         self.assertEqual((await self.wait_op(op["id"]))["state"], "succeeded")
+        self.token, real = "pct_wrong-" + "x" * 40, self.token
+        self.assertEqual((await self.call("GET", "/v1/nodes"))[0], 401)
+        self.assertTrue(lines)
+        logged = "\n".join(lines)
+        for secret in ("sim-pass", "hook-pass-1", "hdr-tok-9", "pm-pass-7", real, self.token):
+            self.assertNotIn(secret, logged)
 
     @run
     async def test_plain_rows_are_sealed_at_start_and_a_wrong_or_missing_key_stops_it(self):
