@@ -95,6 +95,8 @@ class PservConfig:
     max_actions: int = 64
     manual_timeout: float = 3600.0
     lease_margin: float = 10.0
+    # issue 10: a per-cluster credential (powerctl admin pserv-credential create); "": secret_file
+    credential_file: str = ""
 
     checks = {
         "name": _text, "cluster": _text, "regions": _endpoints,
@@ -103,7 +105,7 @@ class PservConfig:
         "stagger_on": lambda v: 0.0 if v == 0 else _positive(v),
         "max_actions": _count,
         "manual_timeout": lambda v: 0.0 if v == 0 else _positive(v),
-        "lease_margin": _positive,
+        "lease_margin": _positive, "credential_file": _text,
     }
 
 

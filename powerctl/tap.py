@@ -59,6 +59,7 @@ class PservOptions(_Options):
         ["name", None, None, "Name of this pserv."],
         ["cluster", None, None, "Cluster this pserv serves."],
         ["secret-file", None, None, "File holding the shared secret."],
+        ["credential-file", None, None, "File holding this cluster's pserv credential."],
     ]
 
     def __init__(self):
@@ -73,6 +74,7 @@ class PservOptions(_Options):
         return {
             "name": self["name"], "cluster": self["cluster"],
             "secret_file": self["secret-file"], "regions": self["region"] or None,
+            "credential_file": self["credential-file"],
         }
 
 

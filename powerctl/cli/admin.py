@@ -194,6 +194,83 @@ class _SchemaCatalogue:
         return _SchemaEntry(self.schemas[driver])
 
 
+def _vault_of(args):
+    """The region's vault: ``--key-file``, else the config's ``key_file``, else the default."""
+    from powerctl import config
+    from powerctl.region import vault
+
+    path = args.key_file
+    if path is None and args.config:
+        try:
+            path = config.load(config.RegionConfig, args.config, "region").key_file or None
+        except config.ConfigError as e:
+            raise UsageError(str(e)) from None
+    path = path or vault.DEFAULT_KEY_FILE
+    try:
+        return vault.load_key_file(path)
+    except vault.VaultError as e:
+        raise CliError(f"{e} (the region's key file, --key-file)", "config") from None
+
+
+async def pserv_credential_create(ctx, args):
+    """Prints the credential file's content: ``... > rack1.credential`` (then chmod 600)."""
+    from powerctl.region import pservcreds
+
+    if not tokens_name_ok(args.cluster):
+        raise UsageError(f"--cluster {args.cluster!r} is not a cluster name")
+    box = _vault_of(args)
+    conn = _connect(args)
+    try:
+        credential = pservcreds.create_sync(conn, box, args.cluster)
+    finally:
+        conn.close()
+    ctx.err(f"created pserv credential {credential.id} for cluster {args.cluster}; "
+            "store it in a file only the pserv's user can read (mode 0600) and give it "
+            "as credential_file (--credential-file)")
+    ctx.stdout.write(credential.text())
+    ctx.stdout.flush()
+    return EXIT_OK
+
+
+def tokens_name_ok(name):
+    import re
+
+    return bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$", name or ""))
+
+
+async def pserv_credential_list(ctx, args):
+    from powerctl.region import pservcreds
+
+    conn = _connect(args)
+    try:
+        rows = pservcreds.list_sync(conn)
+    finally:
+        conn.close()
+    for row in rows:
+        for key in ("created_at", "revoked_at"):
+            row[key] = row[key].isoformat() if row[key] else None
+    ctx.out(output.to_json(rows) if args.json else output.table(rows, [
+        ("ID", "id"), ("CLUSTER", "cluster"),
+        ("CREATED", lambda r: output.when(r.get("created_at"))), ("BY", "created_by"),
+        ("REVOKED", lambda r: output.when(r.get("revoked_at")) or "")]))
+    return EXIT_OK
+
+
+async def pserv_credential_revoke(ctx, args):
+    from powerctl.region import pservcreds
+
+    conn = _connect(args)
+    try:
+        found = pservcreds.revoke_sync(conn, args.id)
+    finally:
+        conn.close()
+    if not found:
+        raise CliError(f"no live pserv credential {args.id!r}", "not_found")
+    ctx.out(f"revoked pserv credential {args.id}; its pservs are disconnected at their "
+            "next heartbeat")
+    return EXIT_OK
+
+
 # -- through the API ------------------------------------------------------
 
 def _api_commands():
@@ -291,6 +368,24 @@ def add_commands(subparsers):
     p.add_argument("--key-file", required=True, metavar="FILE")
     database_options(p)
     p.set_defaults(func=admin_key_rotate)
+
+    creds = group(admin, "pserv-credential", "per-cluster pserv credentials")
+    p = creds.add_parser("create", help="a credential admitting pservs to one cluster "
+                         "(printed on stdout: redirect it to a file)")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--key-file", metavar="FILE", default=None,
+                   help="the region's key file (default: the config's key_file, else "
+                        "/var/lib/powerctl/secrets.key)")
+    database_options(p)
+    p.set_defaults(func=pserv_credential_create)
+    p = creds.add_parser("list", help="credentials, without their secrets")
+    p.add_argument("--json", action="store_true")
+    database_options(p)
+    p.set_defaults(func=pserv_credential_list)
+    p = creds.add_parser("revoke", help="revoke a credential (its pservs are disconnected)")
+    p.add_argument("id")
+    database_options(p)
+    p.set_defaults(func=pserv_credential_revoke)
 
     token_create, token_list, token_revoke, audit = _api_commands()
     parent = _api_options()

@@ -103,7 +103,16 @@ class PservService(service.MultiService):
             catalogue = standard_catalogue(reactor,
                                            manual_timeout=settings.manual_timeout or None,
                                            user_agent=f"powerctl-pserv/{settings.name}")
-        return cls(settings, config.read_secret(settings.secret_file), reactor, catalogue)
+        if settings.credential_file:  # issue 10: admitted to its own cluster only
+            from powerctl.rpc.credentials import CredentialError, read_credential_file
+
+            try:
+                secret = read_credential_file(settings.credential_file)
+            except CredentialError as e:
+                raise config.ConfigError(str(e)) from None
+        else:
+            secret = config.read_secret(settings.secret_file)
+        return cls(settings, secret, reactor, catalogue)
 
     def startService(self):
         super().startService()

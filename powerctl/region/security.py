@@ -70,3 +70,13 @@ async def open_vault(settings, catalogue, log):
     for note in notes:
         log.info("{note}", note=note)
     return vault
+
+
+def pserv_credentials(region, pool, vault, log):
+    """Per-cluster pserv credentials for ``region``; a warning about the shared secret."""
+    from powerctl.region.pservcreds import PservCredentials
+
+    region.pserv_credentials = PservCredentials(pool, vault)
+    log.warn("the shared secret (secret_file) admits a pserv to every cluster, with their "
+             "BMC passwords; give each cluster's pservs their own credential (powerctl admin "
+             "pserv-credential create) on a site with several tenants")

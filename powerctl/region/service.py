@@ -115,6 +115,7 @@ class RegionService(service.Service):
         leases = Leases(self._pool, lease=self.settings.lease)
         self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
                              heartbeat_timeout=self.settings.heartbeat_timeout, leases=leases)
+        security.pserv_credentials(self.region, self._pool, vault, self.log)  # issue 10
         self.coordinator = Coordinator(
             self.settings.database, self.reactor, self.region.notified,
             self.region.assignment_round, interval=max(1.0, self.settings.lease / 3))
