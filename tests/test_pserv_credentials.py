@@ -141,6 +141,8 @@ class CredentialSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 
         await wait_until(gone)
         self.flushLoggedErrors(commands.AuthenticationFailed)  # the pserv says so, loudly
+        with self.assertRaises(commands.AuthenticationFailed):
+            await self.client(rack1)  # and it cannot come back
         # the shared secret still admits a pserv (single-tenant sites), to any cluster
         await self.start_pserv(name="pserv-shared", cluster="c2")
         await wait_until(self.connected_pservs)
