@@ -72,13 +72,15 @@ class RegionConfig:
     # issue 10: the key that seals secrets at rest ("": powerctl.region.vault.DEFAULT_KEY_FILE,
     # created there only on a database without sealed secrets).
     key_file: str = ""
+    # issue 10: plain tcp: for pservs on a non-loopback interface only when this says so.
+    allow_plaintext_rpc: bool = False
 
     checks = {
         "name": _text, "database": _text, "api_endpoint": _endpoint,
         "rpc_endpoint": _endpoint, "secret_file": _text,
         "heartbeat_timeout": _positive, "responsive_grace": _positive,
         "pod_probe_interval": _positive, "lease": _positive,
-        "metrics_public": _boolean, "key_file": _text,
+        "metrics_public": _boolean, "key_file": _text, "allow_plaintext_rpc": _boolean,
     }
 
 
@@ -97,6 +99,8 @@ class PservConfig:
     lease_margin: float = 10.0
     # issue 10: a per-cluster credential (powerctl admin pserv-credential create); "": secret_file
     credential_file: str = ""
+    # issue 10: dialling a non-loopback region in plain tcp: only when this says so.
+    allow_plaintext_rpc: bool = False
 
     checks = {
         "name": _text, "cluster": _text, "regions": _endpoints,
@@ -106,6 +110,7 @@ class PservConfig:
         "max_actions": _count,
         "manual_timeout": lambda v: 0.0 if v == 0 else _positive(v),
         "lease_margin": _positive, "credential_file": _text,
+        "allow_plaintext_rpc": _boolean,
     }
 
 

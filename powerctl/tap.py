@@ -43,12 +43,15 @@ class RegionOptions(_Options):
         ["secret-file", None, None, "File holding the shared secret."],
         ["key-file", None, None, "File holding the key that encrypts secrets at rest."],
     ]
+    optFlags = [["allow-plaintext-rpc", None,
+                 "Accept a plain tcp: RPC endpoint beyond loopback (BMC passwords in clear)."]]
 
     def overrides(self):
         return {
             "name": self["name"], "database": self["database"],
             "api_endpoint": self["api-endpoint"], "rpc_endpoint": self["rpc-endpoint"],
             "secret_file": self["secret-file"], "key_file": self["key-file"],
+            "allow_plaintext_rpc": True if self["allow-plaintext-rpc"] else None,
         }
 
 
@@ -61,6 +64,8 @@ class PservOptions(_Options):
         ["secret-file", None, None, "File holding the shared secret."],
         ["credential-file", None, None, "File holding this cluster's pserv credential."],
     ]
+    optFlags = [["allow-plaintext-rpc", None,
+                 "Dial a non-loopback region in plain tcp: (BMC passwords in clear)."]]
 
     def __init__(self):
         super().__init__()
@@ -75,6 +80,7 @@ class PservOptions(_Options):
             "name": self["name"], "cluster": self["cluster"],
             "secret_file": self["secret-file"], "regions": self["region"] or None,
             "credential_file": self["credential-file"],
+            "allow_plaintext_rpc": True if self["allow-plaintext-rpc"] else None,
         }
 
 

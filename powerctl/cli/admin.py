@@ -271,6 +271,24 @@ async def pserv_credential_revoke(ctx, args):
     return EXIT_OK
 
 
+async def admin_tls_init(ctx, args):
+    from powerctl import tlsinit
+
+    names = args.name or ["localhost"]
+    try:
+        paths = tlsinit.init(args.directory, names)
+    except FileExistsError:
+        raise UsageError(f"{args.directory} exists; refusing to overwrite it") from None
+    except (OSError, ValueError) as e:
+        raise CliError(f"{args.directory}: {e}", "config") from None
+    listen, dial = tlsinit.endpoints(paths, args.port, names[0])
+    ctx.err(f"made a CA ({paths['ca']}, key {paths['ca_key']}: keep it offline) and a "
+            f"certificate for the region's names {', '.join(names)}; use:")
+    ctx.out(f"rpc_endpoint {listen}")
+    ctx.out(f"regions {dial}")
+    return EXIT_OK
+
+
 # -- through the API ------------------------------------------------------
 
 def _api_commands():
@@ -368,6 +386,15 @@ def add_commands(subparsers):
     p.add_argument("--key-file", required=True, metavar="FILE")
     database_options(p)
     p.set_defaults(func=admin_key_rotate)
+
+    tls = group(admin, "tls", "certificates for AMP over TLS between hosts")
+    p = tls.add_parser("init", help="a small CA and a region certificate in DIR")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--name", action="append", metavar="NAME",
+                   help="a name (or address) pservs dial the region by; repeat "
+                        "(default localhost)")
+    p.add_argument("--port", type=int, default=5250, help="the region's RPC port (5250)")
+    p.set_defaults(func=admin_tls_init)
 
     creds = group(admin, "pserv-credential", "per-cluster pserv credentials")
     p = creds.add_parser("create", help="a credential admitting pservs to one cluster "

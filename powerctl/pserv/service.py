@@ -21,7 +21,7 @@ from powerctl.pserv.link import PservProtocol, RegionLink
 from powerctl.pserv.poller import Poller
 from powerctl.pserv.slots import PrioritySlots
 from powerctl.registry import PowerActionRegistry
-from powerctl.rpc import commands
+from powerctl.rpc import commands, transport
 
 STOP_TIMEOUT = 5.0
 
@@ -56,6 +56,7 @@ class PservService(service.MultiService):
                 "cut off from every region may still be stopping an action when its lease "
                 "ends", m=settings.lease_margin, t=STOP_TIMEOUT)
         self.keeper = LeaseKeeper(reactor, settings.lease_margin, self._lease_ending)
+        transport.check_regions(settings)  # issue 10: TLS between hosts
         self.protocols = []
         for description in settings.regions:
             endpoint = endpoints.clientFromString(reactor, description)

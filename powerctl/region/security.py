@@ -80,3 +80,10 @@ def pserv_credentials(region, pool, vault, log):
     log.warn("the shared secret (secret_file) admits a pserv to every cluster, with their "
              "BMC passwords; give each cluster's pservs their own credential (powerctl admin "
              "pserv-credential create) on a site with several tenants")
+
+
+def check_rpc_endpoint(settings):
+    """Refuse plain AMP beyond loopback unless ``allow_plaintext_rpc`` (ConfigError)."""
+    from powerctl.rpc.transport import check_server
+
+    check_server(settings)

@@ -98,6 +98,7 @@ class RegionService(service.Service):
         from powerctl.region.api import api_root
         from powerctl.region.store import Store
 
+        security.check_rpc_endpoint(self.settings)  # issue 10: TLS between hosts
         conn = txpostgres.Connection(reactor=self.reactor)
         await conn.connect(self.settings.database)
         try:
