@@ -99,6 +99,9 @@ class PservConfig:
     lease_margin: float = 10.0
     # issue 10: a per-cluster credential (powerctl admin pserv-credential create); "": secret_file
     credential_file: str = ""
+    # issue 10: authentication failures per BMC account before it is no longer tried
+    auth_failure_limit: int = 3
+    auth_failure_window: float = 300.0
     # issue 10: dialling a non-loopback region in plain tcp: only when this says so.
     allow_plaintext_rpc: bool = False
 
@@ -110,6 +113,7 @@ class PservConfig:
         "max_actions": _count,
         "manual_timeout": lambda v: 0.0 if v == 0 else _positive(v),
         "lease_margin": _positive, "credential_file": _text,
+        "auth_failure_limit": _count, "auth_failure_window": _positive,
         "allow_plaintext_rpc": _boolean,
     }
 

@@ -15,6 +15,7 @@ from zope.interface import implementer
 from powerctl.drivers.errors import ConfigurationError
 from powerctl.drivers.multiagent import Agent, Mode, NodePower
 from powerctl.power import Action
+from powerctl.pserv.lockout import guarded
 from powerctl.pserv.slots import priority_of
 from powerctl.registry import IActionExecutor
 
@@ -23,8 +24,12 @@ class InvalidConfig(ValueError):
     """The power configuration cannot be used; says why."""
 
 
-def build_node_power(catalogue, power):
-    """A :class:`NodePower` from a power document; :class:`InvalidConfig` if bad."""
+def build_node_power(catalogue, power, lockout=None):
+    """
+    A :class:`NodePower` from a power document; :class:`InvalidConfig` if bad.
+    With ``lockout`` (a :class:`powerctl.pserv.lockout.LockoutGuard`) every
+    agent's driver stops trying credentials its device keeps refusing.
+    """
     if not isinstance(power, dict):
         raise InvalidConfig("power configuration must be an object")
     agents_doc = power.get("agents")
@@ -38,6 +43,8 @@ def build_node_power(catalogue, power):
             driver = catalogue.build(agent["driver"], agent.get("params", {}))
         except ConfigurationError as e:
             raise InvalidConfig(f"agent {index}: {e}") from None
+        if lockout is not None:  # issue 10: no BMC lock-outs
+            driver = guarded(driver, lockout, catalogue, agent)
         agents.append(Agent(agent.get("label") or f"{index}:{agent['driver']}", driver))
     try:
         return NodePower(power.get("mode", Mode.SINGLE), agents)
@@ -75,8 +82,9 @@ class DriverExecutor:
     run at once, the most urgent first.
     """
 
-    def __init__(self, catalogue, stagger=None, slots=None):
+    def __init__(self, catalogue, stagger=None, slots=None, lockout=None):
         self._catalogue = catalogue
+        self._lockout = lockout  # issue 10: a LockoutGuard, or None
         self._stagger = stagger
         self._slots = slots
         self._nodes = {}  # node -> (canonical config JSON, NodePower, config)
@@ -86,7 +94,8 @@ class DriverExecutor:
         key = json.dumps(power, sort_keys=True)
         known = self._nodes.get(node)
         if known is None or known[0] != key:
-            self._nodes[node] = (key, build_node_power(self._catalogue, power), power)
+            self._nodes[node] = (key, build_node_power(self._catalogue, power, self._lockout),
+                                 power)
 
     def forget(self, node):
         self._nodes.pop(node, None)

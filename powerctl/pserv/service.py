@@ -18,6 +18,7 @@ from powerctl.ownership import LeaseKeeper
 from powerctl.pserv.core import Pserv
 from powerctl.pserv.executor import DriverExecutor, Stagger
 from powerctl.pserv.link import PservProtocol, RegionLink
+from powerctl.pserv.lockout import LockoutGuard
 from powerctl.pserv.poller import Poller
 from powerctl.pserv.slots import PrioritySlots
 from powerctl.registry import PowerActionRegistry
@@ -44,7 +45,10 @@ class PservService(service.MultiService):
         self.catalogue = catalogue
         self.link = RegionLink()
         stagger = Stagger(reactor, settings.stagger_on) if settings.stagger_on else None
-        self.executor = DriverExecutor(catalogue, stagger, PrioritySlots(settings.max_actions))
+        lockout = LockoutGuard(reactor, limit=settings.auth_failure_limit,  # issue 10
+                               window=settings.auth_failure_window)
+        self.executor = DriverExecutor(catalogue, stagger, PrioritySlots(settings.max_actions),
+                                       lockout=lockout)
         self.registry = PowerActionRegistry(self.executor, reactor, cancel_timeout=STOP_TIMEOUT)
         self.pserv = Pserv(self.registry, self.executor, self.link.report)
         self.poller = Poller(self.registry, self.executor, self.link, reactor,
