@@ -147,3 +147,35 @@ class RedfishLockoutTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(code, 200)
         op = await self.power("node1", "on")
         self.assertEqual((await self.wait_op(op["id"]))["state"], "succeeded")
+
+
+class IpmiLockoutTests(unittest.TestCase):
+    """The ipmi driver (pyghmi) against the IPMI simulator, with a wrong password."""
+
+    @defer.inlineCallbacks
+    def test_a_wrong_password_reaches_the_bmc_at_most_three_times(self):
+        from twisted.internet import reactor
+
+        from powerctl.drivers import ipmi
+        from powerctl.sim import ipmi as sim
+        from tests.test_ipmi_driver import FAST, PASSWORD, REALISTIC
+
+        bmcs = sim.start(reactor, {"password": PASSWORD, "latency": REALISTIC.latency})
+        self.addCleanup(bmcs.stop)
+        driver_type = ipmi.IpmiDriverType(reactor, timing=FAST)
+        self.addCleanup(driver_type.close)
+        params = {"host": "127.0.0.1", "port": bmcs.port, "username": "admin",
+                  "password": "wrong", "min_interval": 0}
+        guard = LockoutGuard(reactor, limit=3)
+        key = credentials_key("ipmi", params, {"password"})
+        driver = GuardedDriver(driver_type.bind(driver_type.schema.validate(params)),
+                               guard, key)
+        bmc = bmcs.bmc()
+        attempts = []  # RAKP message 1: a login attempt with the user's password
+        rakp1 = bmc._rakp1
+        bmc._rakp1 = lambda payload, address: (attempts.append(1), rakp1(payload, address))
+        for _ in range(6):
+            with self.assertRaises(AuthenticationError):
+                yield driver.query()
+        self.assertGreaterEqual(len(attempts), 1)
+        self.assertLessEqual(len(attempts), 3)
