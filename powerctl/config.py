@@ -8,6 +8,7 @@ daemon starts anything -- a daemon that starts half-configured is worse
 than one that refuses to start.
 """
 
+import os
 import socket
 import tomllib
 
@@ -165,6 +166,10 @@ def read_secret(path):
     """The shared secret: the file's content, stripped; it must not be empty."""
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:  # issue 10: refused, as ssh refuses an open key
+                raise ConfigError(f"secret file {path} is accessible by other users (mode "
+                                  f"{mode & 0o777:04o}); refusing to use it: chmod 600 {path}")
             secret = f.read().strip()
     except OSError as e:
         raise ConfigError(f"secret file {path}: {e.strerror}") from None

@@ -100,6 +100,19 @@ class KeyFileTests(unittest.TestCase):
         with self.assertRaises(FileExistsError):
             vaults.create_key_file(path)  # never overwrites a key
 
+    def test_the_rpc_secret_file_is_refused_when_others_can_read_it(self):
+        from powerctl.config import ConfigError, read_secret
+
+        path = os.path.join(self.directory, "secret")
+        with open(path, "wb") as f:
+            f.write(b"a-secret-of-enough-bytes")
+        os.chmod(path, 0o644)
+        with self.assertRaises(ConfigError) as e:
+            read_secret(path)
+        self.assertIn(path, str(e.exception))
+        os.chmod(path, 0o600)
+        self.assertEqual(read_secret(path), b"a-secret-of-enough-bytes")
+
     def test_add_then_drop(self):
         path = os.path.join(self.directory, "k")
         first = vaults.create_key_file(path)
