@@ -42,7 +42,10 @@ from powerctl.pserv.link import PservProtocol, RegionLink  # noqa: E402
 from powerctl.pserv.slots import PrioritySlots, priority_of  # noqa: E402
 from powerctl.region.activity import LiveActivity  # noqa: E402
 from powerctl.region.api import api_root  # noqa: E402
+from powerctl.region.auth import Principal  # noqa: E402
+from powerctl.region.guard import ApiGuard  # noqa: E402
 from powerctl.registry import IActionExecutor, PowerAction, PowerActionRegistry  # noqa: E402
+from powerctl.testing.tokens import FakeTokens  # noqa: E402
 
 
 @implementer(IActionExecutor)
@@ -115,6 +118,10 @@ def process_cpu(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+
+_BENCH_TOKEN = "pct_bench"
 
 
 async def timed(label, rounds, fn, pserv_pid=None):
@@ -215,7 +222,9 @@ async def main(args):
                       lambda: live(node=node), pid)
     print(f"  -> {json.dumps(one['pservs'][0]['nodes'][0]['running'])}")
 
-    root = api_root(OneNodeStore(), None, live_activity=live)
+    root = api_root(OneNodeStore(), None, live_activity=live,
+                    guard=ApiGuard(FakeTokens({_BENCH_TOKEN: Principal("bench", "viewer")}),
+                                   reactor))
     site = Site(root)
     site.noisy = False
     web = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -224,7 +233,7 @@ async def main(args):
     url = f"http://127.0.0.1:{web.getHost().port}/v1/activity"
 
     async def get():
-        response = await http.get(url)
+        response = await http.get(url, headers={"Authorization": [f"Bearer {_BENCH_TOKEN}"]})
         body = await response.content()
         assert response.code == 200, body[:200]
         return body

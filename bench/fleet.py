@@ -54,16 +54,26 @@ async def bench(reactor, args):
         os.write(fd, secret)
         os.close(fd)
         stops.append(lambda: os.unlink(secret_file))
+        from powerctl.region.vault import create_key_file
+
+        create_key_file(secret_file + ".key")
+        stops.append(lambda: os.unlink(secret_file + ".key"))
         sim = RedfishSimulator(reactor, [SimSystem(id=f"s{i}", name=f"s{i}")
                                          for i in range(args.nodes)],
                                username="u", password="p", delay=args.switch_delay).start()
         region = RegionService(RegionConfig(
             name="bench", database=pg.dsn("bench"), api_endpoint="tcp:0:interface=127.0.0.1",
-            rpc_endpoint="tcp:0:interface=127.0.0.1", secret_file=secret_file),
+            rpc_endpoint="tcp:0:interface=127.0.0.1", secret_file=secret_file,
+            key_file=secret_file + ".key"),
             secret, reactor, standard_catalogue(reactor), pool_size=8)
         region.startService()
         await region.whenReady()
         api = f"http://127.0.0.1:{region.api_port.getHost().port}"
+        from powerctl.region.tokens import create_token_sync
+
+        conn = psycopg2.connect(pg.dsn("bench"))
+        token = create_token_sync(conn, "bench", "admin", created_by="bench")[1]
+        conn.close()
         timing = Timing(timeout=10, retries=1, verify_timeout=60, poll_interval=0.25)
         pserv = PservService(PservConfig(
             name="bench-pserv", cluster="c", secret_file=secret_file, poll_interval=3600,
@@ -76,7 +86,8 @@ async def bench(reactor, args):
         async def call(method, path, body=None):
             r = await treq.request(method, api + path, pool=http,
                                    data=json.dumps(body).encode() if body else None,
-                                   headers={b"Content-Type": [b"application/json"]})
+                                   headers={b"Content-Type": [b"application/json"],
+                                            b"Authorization": [f"Bearer {token}".encode()]})
             return r.code, json.loads(await treq.content(r) or b"null")
 
         while not any(p.get("connected") for c in (await call("GET", "/v1/clusters"))[1]

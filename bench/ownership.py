@@ -119,6 +119,7 @@ class Bench:
         self.reactor = reactor
         self.args = args
         self.stops = []
+        self.tokens = {}  # database and API URL -> an admin token
         self.hardware = {}
         self.polls = {}
 
@@ -148,6 +149,10 @@ class Bench:
         os.write(fd, SECRET)
         os.close(fd)
         self.stops.append(lambda: os.unlink(self.secret_file))
+        from powerctl.region.vault import create_key_file
+
+        create_key_file(self.secret_file + ".key")
+        self.stops.append(lambda: os.unlink(self.secret_file + ".key"))
         from twisted.web.client import HTTPConnectionPool
 
         self.http = HTTPConnectionPool(self.reactor)
@@ -160,11 +165,21 @@ class Bench:
         region = RegionService(RegionConfig(
             name=name, database=self.pg.dsn(db), api_endpoint="tcp:0:interface=127.0.0.1",
             rpc_endpoint="tcp:0:interface=127.0.0.1", secret_file=self.secret_file,
+            key_file=self.secret_file + ".key",
             lease=lease, heartbeat_timeout=max(5.0, lease)),
             SECRET, self.reactor, self.catalogue(name), pool_size=8)
         region.startService()
         await region.whenReady()
         region.api = f"http://127.0.0.1:{region.api_port.getHost().port}"
+        if db not in self.tokens:
+            import psycopg2
+
+            from powerctl.region.tokens import create_token_sync
+
+            conn = psycopg2.connect(self.pg.dsn(db))
+            self.tokens[db] = create_token_sync(conn, "bench", "admin", created_by="bench")[1]
+            conn.close()
+        self.tokens[region.api] = self.tokens[db]
         region.rpc = f"tcp:host=127.0.0.1:port={region.rpc_port.getHost().port}"
         self.stops.append(lambda: None)
         return region
@@ -184,9 +199,11 @@ class Bench:
     async def call(self, api, method, path, body=None):
         import treq
 
+        token = self.tokens[api]
         r = await treq.request(method, api + path, pool=self.http,
                                data=json.dumps(body).encode() if body is not None else None,
-                               headers={b"Content-Type": [b"application/json"]})
+                               headers={b"Content-Type": [b"application/json"],
+                                        b"Authorization": [f"Bearer {token}".encode()]})
         return r.code, json.loads(await treq.content(r) or b"null")
 
     async def connected(self, region, count):

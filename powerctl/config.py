@@ -12,6 +12,7 @@ a settings object built in code (the demo, the tests) is held to the same
 rules as one read from a file.
 """
 
+import os
 import socket
 import tomllib
 
@@ -78,6 +79,11 @@ def _zero_as_float(value):
     return 0.0 if _is_number(value) and value == 0 else value
 
 
+_boolean = _check(lambda v: isinstance(v, bool), "must be true or false")
+#: A file name, where "" means the documented default.
+_path_or_default = _check(lambda v: isinstance(v, str), "must be a file name (or empty)")
+
+
 @attrs.frozen
 class RegionConfig:
     name: str = attrs.field(factory=socket.gethostname, validator=_text)
@@ -89,6 +95,13 @@ class RegionConfig:
     responsive_grace: float = attrs.field(default=60.0, validator=_positive)
     pod_probe_interval: float = attrs.field(default=60.0, validator=_positive)
     lease: float = attrs.field(default=30.0, validator=_positive)
+    # /metrics without a token, only when an operator says so.
+    metrics_public: bool = attrs.field(default=False, validator=_boolean)
+    # The key that seals secrets at rest ("": powerctl.region.vault.DEFAULT_KEY_FILE,
+    # created there only on a database without sealed secrets).
+    key_file: str = attrs.field(default="", validator=_path_or_default)
+    # Plain tcp: for pservs on a non-loopback interface only when this says so.
+    allow_plaintext_rpc: bool = attrs.field(default=False, validator=_boolean)
 
 
 @attrs.frozen
@@ -107,6 +120,14 @@ class PservConfig:
     manual_timeout: float = attrs.field(default=3600.0, converter=_zero_as_float,
                                         validator=_seconds_or_off)
     lease_margin: float = attrs.field(default=10.0, validator=_positive)
+    # A per-cluster credential (powerctl admin pserv-credential create); "": secret_file.
+    credential_file: str = attrs.field(default="", validator=_path_or_default)
+    # Authentication failures per BMC account within the window before it is
+    # no longer tried (no BMC lock-outs).
+    auth_failure_limit: int = attrs.field(default=3, validator=_count)
+    auth_failure_window: float = attrs.field(default=300.0, validator=_positive)
+    # Dialling a non-loopback region in plain tcp: only when this says so.
+    allow_plaintext_rpc: bool = attrs.field(default=False, validator=_boolean)
 
 
 def build(cls, values, source):
@@ -158,6 +179,10 @@ def read_secret(path):
     """The shared secret: the file's content, stripped; it must not be empty."""
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:  # issue 10: refused, as ssh refuses an open key
+                raise ConfigError(f"secret file {path} is accessible by other users (mode "
+                                  f"{mode & 0o777:04o}); refusing to use it: chmod 600 {path}")
             secret = f.read().strip()
     except OSError as e:
         raise ConfigError(f"secret file {path}: {e.strerror}") from None

@@ -45,13 +45,17 @@ class RegionOptions(_Options):
         ["api-endpoint", None, None, "Endpoint of the REST API, e.g. tcp:5240:interface=127.0.0.1"],
         ["rpc-endpoint", None, None, "Endpoint for pservs (AMP), e.g. tcp:5250:interface=127.0.0.1"],
         ["secret-file", None, None, "File holding the shared secret."],
+        ["key-file", None, None, "File holding the key that encrypts secrets at rest."],
     ]
+    optFlags = [["allow-plaintext-rpc", None,
+                 "Accept a plain tcp: RPC endpoint beyond loopback (BMC passwords in clear)."]]
 
     def overrides(self):
         return {
             "name": self["name"], "database": self["database"],
             "api_endpoint": self["api-endpoint"], "rpc_endpoint": self["rpc-endpoint"],
-            "secret_file": self["secret-file"],
+            "secret_file": self["secret-file"], "key_file": self["key-file"],
+            "allow_plaintext_rpc": True if self["allow-plaintext-rpc"] else None,
         }
 
 
@@ -62,7 +66,10 @@ class PservOptions(_Options):
         ["name", None, None, "Name of this pserv."],
         ["cluster", None, None, "Cluster this pserv serves."],
         ["secret-file", None, None, "File holding the shared secret."],
+        ["credential-file", None, None, "File holding this cluster's pserv credential."],
     ]
+    optFlags = [["allow-plaintext-rpc", None,
+                 "Dial a non-loopback region in plain tcp: (BMC passwords in clear)."]]
 
     def __init__(self):
         super().__init__()
@@ -76,6 +83,8 @@ class PservOptions(_Options):
         return {
             "name": self["name"], "cluster": self["cluster"],
             "secret_file": self["secret-file"], "regions": self["region"] or None,
+            "credential_file": self["credential-file"],
+            "allow_plaintext_rpc": True if self["allow-plaintext-rpc"] else None,
         }
 
 

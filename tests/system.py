@@ -18,6 +18,7 @@ from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.drivers.interface import Timing
 from powerctl.drivers.manual import ManualDriverType
 from powerctl.drivers.redfish import RedfishDriverType
+from powerctl.drivers.webhook import WebhookDriverType
 from powerctl.pserv.service import PservService
 from powerctl.region.service import RegionService
 from powerctl.sim.redfish import RedfishSimulator, SimSystem
@@ -43,7 +44,38 @@ def free_port():
 
 def catalogue():
     return DriverCatalogue([RedfishDriverType(reactor, timing=TIMING),
-                            ManualDriverType(reactor)])
+                            ManualDriverType(reactor),
+                            WebhookDriverType(reactor, timing=TIMING)])
+
+
+#: The name of the admin token the tests' requests carry (their requester).
+ADMIN = "test-admin"
+
+
+def admin_token(dsn, name=ADMIN):
+    """Create an admin API token in the database at ``dsn``; the token."""
+    import psycopg2
+
+    from powerctl.region.tokens import create_token_sync
+
+    conn = psycopg2.connect(dsn)
+    try:
+        return create_token_sync(conn, name, "admin", created_by="tests")[1]
+    finally:
+        conn.close()
+
+
+def key_file(test):
+    """A fresh key file for secrets at rest (mode 0600), removed after ``test``."""
+    import shutil
+
+    from powerctl.region.vault import create_key_file
+
+    directory = tempfile.mkdtemp()
+    test.addCleanup(shutil.rmtree, directory, True)
+    path = os.path.join(directory, "secrets.key")
+    create_key_file(path)
+    return path
 
 
 async def wait_until(predicate, timeout=20.0, interval=0.05):
@@ -80,6 +112,12 @@ class SystemMixin:
         self.region = None
         self.pservs = []
         self.http = HTTPConnectionPool(reactor, persistent=False)
+        self.token = admin_token(self.dsn)
+        self.key_file = key_file(self)
+
+    def auth_headers(self):
+        """The headers that make a request the test's admin's."""
+        return {b"Authorization": [f"Bearer {self.token}".encode()]}
 
     #: Lease settings of the test fleet (short, so take-overs are quick).
     lease = 30.0
@@ -90,7 +128,8 @@ class SystemMixin:
             name=name, database=self.dsn,
             api_endpoint="tcp:0:interface=127.0.0.1",
             rpc_endpoint=rpc_listen or self.rpc_listen,
-            secret_file=self.secret_file, heartbeat_timeout=10.0, lease=self.lease)
+            secret_file=self.secret_file, heartbeat_timeout=10.0, lease=self.lease,
+            key_file=self.key_file)
         region = RegionService(settings, SECRET, reactor, catalogue())
         region.startService()
         await region.whenReady()
@@ -133,17 +172,17 @@ class SystemMixin:
         from powerctl.cli.main import run as run_cli
 
         out, err = io.StringIO(), io.StringIO()
-        ctx = Context(reactor, stdout=out, stderr=err, env={})
+        ctx = Context(reactor, stdout=out, stderr=err, env={"POWERCTL_TOKEN": self.token})
         code = await run_cli([*argv, "--api", self.api], reactor, ctx)
         return code, out.getvalue(), err.getvalue()
 
     # -- REST helpers -----------------------------------------------------
 
     async def call(self, method, path, body=None, api=None):
-        kwargs = {}
+        kwargs = {"headers": self.auth_headers()}
         if body is not None:
             kwargs["data"] = json.dumps(body).encode()
-            kwargs["headers"] = {b"Content-Type": [b"application/json"]}
+            kwargs["headers"][b"Content-Type"] = [b"application/json"]
         response = await treq.request(method, (api or self.api) + path, pool=self.http,
                                       **kwargs)
         content = await treq.content(response)

@@ -29,12 +29,14 @@ from powerctl.pserv.slots import PrioritySlots, priority_of
 from powerctl.region import web
 from powerctl.region.activity import LiveActivity, shape
 from powerctl.region.api import Api, api_root
+from powerctl.region.guard import protect_web
 from powerctl.registry import PowerActionRegistry
 from powerctl.rpc import commands
 from tests.test_executor import FakeType
 from tests.test_multiagent import FakeDriver
 from tests.test_powerconfig import fake_catalogue
 from tests.pg import DatabaseMixin
+from tests import tokens
 from tests.system import SystemMixin, run, wait_until
 from tests.test_store import StoreTestCase
 
@@ -543,14 +545,16 @@ class RestTests(StoreTestCase):
 
     async def serve(self, ends, timeout=2.0, live=True, clock=reactor):
         self.live = LiveActivity(lambda: ends, clock, timeout=timeout)
+        guard = tokens.make_guard(self.pool)
         api = Api(self.store, fake_catalogue(), log=Logger(observer=lambda e: None),
-                  live_activity=self.live if live else None)
-        root = api_root(self.store, fake_catalogue())
+                  live_activity=self.live if live else None, guard=guard)
+        root = api_root(self.store, fake_catalogue(), guard=guard)
         root.putChild(b"v1", api)
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         pool = HTTPConnectionPool(reactor, persistent=False)
-        self.client = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        self.client = tokens.AuthClient(treq.client.HTTPClient(Agent(reactor, pool=pool)),
+                                        await tokens.create(self.pool))
         return f"http://127.0.0.1:{port.getHost().port}/v1"
 
     async def get(self, url):
@@ -732,13 +736,15 @@ class StatusPageTests(StoreTestCase):
         side = PservSide(clock)
         end = await api_pserv(self, side, HOSTILE)
         scenario(side)
-        root = api_root(self.store, fake_catalogue())
+        guard = tokens.make_guard(self.pool)
+        root = api_root(self.store, fake_catalogue(), guard=guard)
         web.add_to(root, self.store, live_activity=LiveActivity(lambda: [end], reactor),
                    log=Logger(observer=lambda e: None))
+        protect_web(root, guard)
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        client = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(
-            reactor, persistent=False)))
+        client = tokens.AuthClient(treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(
+            reactor, persistent=False))), await tokens.create(self.pool))
         response = await client.get(f"http://127.0.0.1:{port.getHost().port}/")
         page = (await response.content()).decode()
         self.assertEqual(response.code, 200)
@@ -781,7 +787,7 @@ class WholeSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         code, out, err = await self.cli("activity")
         self.assertEqual(code, 0, err)
         self.assertIn(f"{op['id']} on", out)
-        response = await treq.get(self.api + "/", pool=self.http)
+        response = await treq.get(self.api + "/", pool=self.http, headers=self.auth_headers())
         page = (await response.content()).decode()
         self.assertIn("<h2>Running now</h2>", page)
         self.assertIn(f"<td>#{op['id']} on</td>", page)

@@ -14,11 +14,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from powerctl.region.api import Api, api_root
+from powerctl.region.guard import ApiGuard
+from powerctl.region.tokens import TokenStore
 from powerctl.region.store import NodeStore, PodManagerStore, Store
+from tests import tokens
 from tests.test_powerconfig import fake_catalogue
 from tests.test_store import StoreTestCase, ipmi
 
 NOTHING = object()
+#: The name of the admin token every ApiTestCase creates and sends.
+ADMIN = "test-admin"
 SNAPSHOT = """SELECT
     (SELECT json_agg(n ORDER BY name) FROM nodes n)::text,
     (SELECT json_agg(o ORDER BY id) FROM power_ops o)::text,
@@ -43,9 +48,14 @@ class ApiTestCase(StoreTestCase):
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
         self.client = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        self.tokens = TokenStore(self.pool)
+        self.guard = ApiGuard(self.tokens, reactor, log=self.log)
         self.api = Api(self.store, fake_catalogue(), activity=lambda: self.activity,
-                       on_power_request=self.hook, log=self.log)
+                       on_power_request=self.hook, log=self.log, guard=self.guard)
         self.base = self.serve(self.api)
+        d = defer.ensureDeferred(self.tokens.create(ADMIN, "admin", created_by="test"))
+        d.addCallback(lambda made: setattr(self, "token", made[1]))
+        return d
 
     def serve(self, api):
         """Serve ``api`` under /v1 on 127.0.0.1; its base URL."""
@@ -61,15 +71,18 @@ class ApiTestCase(StoreTestCase):
                                              op["id"])))
 
     async def call(self, method, path, body=NOTHING, raw=None, ctype="application/json",
-                   base=None):
-        """(status, decoded JSON or None, response)."""
-        kwargs = {}
+                   base=None, token=NOTHING):
+        """(status, decoded JSON or None, response); as the test's admin by default."""
+        kwargs = {"headers": {}}
+        token = self.token if token is NOTHING else token
+        if token is not None:
+            kwargs["headers"]["Authorization"] = [f"Bearer {token}"]
         if body is not NOTHING:
             raw = json.dumps(body).encode()
         if raw is not None:
             kwargs["data"] = raw
             if ctype:
-                kwargs["headers"] = {"Content-Type": [ctype]}
+                kwargs["headers"]["Content-Type"] = [ctype]
         response = await self.client.request(method, (base or self.base) + path, **kwargs)
         content = await response.content()
         self.assertNotIn(b"Traceback", content)
@@ -125,7 +138,9 @@ class NodeApiTests(ApiTestCase):
             "PUT", "/nodes/n1", {"name": "n1", "cluster": "c3", "power": node["power"]})
         self.assertEqual((status, updated["cluster"]), (200, "c3"))
         stored = (await self.store.nodes.get("n1"))["power"]["agents"][0]["params"]
-        self.assertEqual(stored, {"host": "10.0.0.9", "password": "pw-ipmi"})
+        self.assertEqual(tokens.vault().open_power(
+            {"agents": [{"params": stored}]})["agents"][0]["params"],
+            {"host": "10.0.0.9", "password": "pw-ipmi"})  # stored sealed (issue 10)
 
         status, body, _ = await self.call("DELETE", "/nodes/n1")
         self.assertEqual((status, body), (204, None))
@@ -190,7 +205,7 @@ class PowerApiTests(ApiTestCase):
             "requested_at", "started_at", "finished_at", "pserv", "agent", "requester",
             "observed_state", "cancelled_by", "confirmed_by"]))
         self.assertEqual((op["node"], op["action"], op["state"]), ("n1", "soft-off", "pending"))
-        self.assertEqual(op["requester"], "api:127.0.0.1")
+        self.assertEqual(op["requester"], ADMIN)  # the token's name
         self.assertEqual(response.headers.getRawHeaders("location"), [f"/v1/power_ops/{op['id']}"])
         self.assertEqual((await self.store.nodes.get("n1"))["desired_state"], "off")
         [(seen, committed)] = self.dispatched
@@ -199,7 +214,7 @@ class PowerApiTests(ApiTestCase):
 
         _, cycle, _ = await self.call("POST", "/nodes/n1/power",
                                       {"action": "cycle", "requester": "alice"})
-        self.assertEqual(cycle["requester"], "alice")
+        self.assertEqual(cycle["requester"], ADMIN)  # not what the client says
         self.assertEqual((await self.store.nodes.get("n1"))["desired_state"], "on")
 
     async def test_a_failing_dispatch_hook_does_not_fail_the_request(self):
@@ -383,7 +398,9 @@ class BrokenStore(Store):
 
 class InternalErrorTests(ApiTestCase):
     async def test_unexpected_errors_answer_500_with_the_logged_id(self):
-        broken = Api(BrokenStore(self.pool, fake_catalogue()), fake_catalogue(), log=self.log)
+        broken = Api(BrokenStore(self.pool, fake_catalogue(), vault=tokens.vault()),
+                     fake_catalogue(), log=self.log,
+                     guard=self.guard)
         base = self.serve(broken)
         for path, what in (("/nodes", "RuntimeError: boom"),
                            ("/pod_managers", "CheckViolation")):
@@ -404,13 +421,16 @@ class InternalErrorTests(ApiTestCase):
 
 class RootTests(ApiTestCase):
     async def test_api_root_serves_v1_only(self):
-        port = reactor.listenTCP(0, Site(api_root(self.store, fake_catalogue())),
+        port = reactor.listenTCP(0, Site(api_root(self.store, fake_catalogue(),
+                                                  guard=self.guard)),
                                  interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         origin = f"http://127.0.0.1:{port.getHost().port}"
         status, nodes, _ = await self.call("GET", "/v1/nodes/", base=origin)
         self.assertEqual((status, nodes), (200, []))
-        response = await self.client.request("HEAD", origin + "/v1/clusters")
+        response = await self.client.request(
+            "HEAD", origin + "/v1/clusters",
+            headers={"Authorization": [f"Bearer {self.token}"]})
         self.assertEqual(response.code, 200)
         await response.content()
         status, body, _ = await self.call("GET", "/v2/nodes", base=origin)

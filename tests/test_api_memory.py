@@ -10,6 +10,7 @@ the region only once journalled, that secrets never leave, and that a bug
 answers a 500 whose id is the one logged.
 """
 
+from twisted.internet import task
 from twisted.logger import Logger
 from twisted.trial import unittest
 
@@ -17,6 +18,7 @@ from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.region.api import api_root
 from powerctl.testing.drivers import FakeDriverType
 from powerctl.testing.region import FakeRegionStore
+from powerctl.testing.tokens import ADMIN, admin_guard, bearer
 from powerctl.testing.web import InMemoryHttp
 
 POWER = {"mode": "single", "agents": [
@@ -28,8 +30,11 @@ class ApiSetup:
         self.store = FakeRegionStore()
         self.store.add_node("n1", "c1", POWER)
         self.dispatched = []
-        self.http = InMemoryHttp(api_root(self.store, DriverCatalogue([FakeDriverType()]),
-                                          on_power_request=self.dispatched.append))
+        self.http = InMemoryHttp(
+            api_root(self.store, DriverCatalogue([FakeDriverType()]),
+                     on_power_request=self.dispatched.append,
+                     guard=admin_guard(task.Clock(), self.store)),
+            headers=bearer())
 
 
 class PowerRequestTests(ApiSetup, unittest.TestCase):
@@ -39,15 +44,17 @@ class PowerRequestTests(ApiSetup, unittest.TestCase):
         self.assertEqual(answer.code, 202)
         op = answer.json()
         self.assertEqual((op["node"], op["action"], op["state"], op["requester"]),
-                         ("n1", "off", "pending", "alice"))
+                         ("n1", "off", "pending", ADMIN))  # the token's, not the client's
         self.assertEqual(answer.header("Location"), f"/v1/power_ops/{op['id']}")
         self.assertEqual([d["id"] for d in self.dispatched], [op["id"]])
         self.assertEqual(self.store.node_rows["n1"]["desired_state"], "off")
         self.assertEqual(self.http.get(f"/v1/power_ops/{op['id']}").json()["state"], "pending")
 
-    def test_an_anonymous_request_is_attributed_to_its_address(self):
-        op = self.http.post("/v1/nodes/n1/power", json={"action": "on"}).json()
-        self.assertTrue(op["requester"].startswith("api:"), op["requester"])
+    def test_a_request_without_a_token_is_401_and_writes_nothing(self):
+        answer = self.http.post("/v1/nodes/n1/power", json={"action": "on"},
+                                headers={"Authorization": ["Bearer pct_unknown"]})
+        self.assertEqual(answer.code, 401)
+        self.assertEqual((self.store.op_rows, self.dispatched), ({}, []))
 
     def test_a_bad_action_writes_nothing(self):
         answer = self.http.post("/v1/nodes/n1/power", json={"action": "explode"})
@@ -95,8 +102,11 @@ class ViewTests(ApiSetup, unittest.TestCase):
 
         self.store.nodes.get = broken
         events = []
-        self.http = InMemoryHttp(api_root(self.store, DriverCatalogue([FakeDriverType()]),
-                                          log=Logger(observer=events.append)))
+        self.http = InMemoryHttp(
+            api_root(self.store, DriverCatalogue([FakeDriverType()]),
+                     log=Logger(observer=events.append),
+                     guard=admin_guard(task.Clock(), self.store)),
+            headers=bearer())
         answer = self.http.get("/v1/nodes/n1")
         self.assertEqual(answer.code, 500)
         error = answer.json()["error"]

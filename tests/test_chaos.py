@@ -158,7 +158,7 @@ class ChaosTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             "api_endpoint": f"tcp:{self.region_api[name]}:interface=127.0.0.1",
             "rpc_endpoint": f"tcp:{self.region_rpc[name]}:interface=127.0.0.1",
             "secret_file": self.secret_file, "heartbeat_timeout": 5.0,
-            "lease": self.lease,
+            "lease": self.lease, "key_file": self.key_file,
         })
         return self._spawn(name, "powerctl-region", config)
 
@@ -296,7 +296,8 @@ class ChaosTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         t = time.time() - self.t0
         try:
             d = treq.post(f"{self.api_of(region)}/v1/nodes/{node}/power",
-                          json={"action": action, "requester": "chaos"}, pool=self.http)
+                          json={"action": action, "requester": "chaos"}, pool=self.http,
+                          headers=self.auth_headers())
             d.addTimeout(5, reactor)
             response = await d
             await treq.content(response)

@@ -36,6 +36,7 @@ from powerctl.power import Action
 from powerctl.region.api import api_root
 from powerctl.region.store import Store
 from tests.test_store import StoreTestCase
+from tests import tokens
 
 #: Where the in-memory API "listens", and where its client "comes from":
 #: real addresses, since the API names an anonymous requester by its peer.
@@ -224,8 +225,10 @@ class CliMixin:
 
     def context(self, stdin="", tty=False, env=None, getpass=None):
         stream = TtyStringIO if tty else io.StringIO
+        token = getattr(self, "api_token", None)  # an admin's, once the database is up
+        env = dict({"POWERCTL_TOKEN": token} if token else {}, **(env or {}))
         return Context(self.reactor, stdout=io.StringIO(), stderr=stream(),
-                       stdin=stream(stdin), env=env or {}, getpass=getpass,
+                       stdin=stream(stdin), env=env, getpass=getpass,
                        agent=self.agent)
 
     async def run_cli(self, argv, ctx):
@@ -273,6 +276,7 @@ class RegionApiMixin(CliMixin):
         self.catalogue = standard_catalogue(reactor)
         self.addCleanup(self.catalogue.close)
         kwargs.setdefault("responsive_grace", self.grace)
+        kwargs.setdefault("vault", tokens.vault())
         return Store(self.pool, self.catalogue, **kwargs)
 
     def setUp(self):
@@ -280,6 +284,7 @@ class RegionApiMixin(CliMixin):
         self.pserv = PservDouble(self.store)
         self.site = RecordingSite(api_root(self.store, self.catalogue,
                                            on_power_request=self.pserv.dispatch,
+                                           guard=tokens.make_guard(self.pool),
                                            **self.more_api_arguments()))
         self.agent = InMemoryAgent(self.reactor, self.site)
         self.addCleanup(self.agent.close)
@@ -287,8 +292,11 @@ class RegionApiMixin(CliMixin):
         self.addCleanup(self.pserv.settled)
         # The tests' nodes go to cluster c1, which `node add` wants to exist
         # (tests/test_cli_clusters.py tests the refusal itself).
-        return d.addCallback(lambda _: self.pool.runOperation(
+        d.addCallback(lambda _: self.pool.runOperation(
             "INSERT INTO clusters (name) VALUES ('c1') ON CONFLICT DO NOTHING"))
+        d.addCallback(lambda _: defer.ensureDeferred(tokens.create(self.pool)))
+        d.addCallback(lambda token: setattr(self, "api_token", token))
+        return d
 
     def more_api_arguments(self):
         """Further keyword arguments of the API resource (its live activity, ...)."""
@@ -392,8 +400,9 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         self.assertIn("agent 0:", out)
         self.assertIn("password=(set)", out)
         self.assertNotIn("hunter2", out + err)
-        stored = await self.store.nodes.get("n1")
-        self.assertEqual(stored["power"]["agents"][0]["params"]["password"], "hunter2")
+        stored = (await self.store.nodes.get("n1"))["power"]
+        self.assertEqual(tokens.vault().open_power(stored)["agents"][0]["params"]["password"],
+                         "hunter2")  # stored sealed
 
     async def test_node_add_several_agents(self):
         pod = await self.add_podm()
@@ -495,7 +504,8 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         self.assertTrue(body["requester"].startswith("cli"))
         self.assertEqual(out.splitlines()[1].split()[:4], ["stuck1", "soft-off", "1", "pending"])
         op = await self.store.ops.get(1)
-        self.assertEqual((op["action"], op["requester"]), ("soft-off", body["requester"]))
+        # Journalled under the token's name, whatever the client says.
+        self.assertEqual((op["action"], op["requester"]), ("soft-off", tokens.ADMIN))
 
     async def test_power_wait_reports_each_node(self):
         for name in ("n1", "n2", "bad1"):

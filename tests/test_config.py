@@ -21,8 +21,8 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 class ConfigTests(unittest.TestCase):
     def write(self, text):
         path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(text)
+        with open(path, "w", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
+            f.write(text)  # private: a secret file others can read is refused
         return path
 
     def test_examples_load(self):

@@ -61,7 +61,7 @@ class DaemonTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             "region", "powerctl-region", "--name", "region-d", "--database", self.dsn,
             "--api-endpoint", f"tcp:{self.api_port}:interface=127.0.0.1",
             "--rpc-endpoint", f"tcp:{self.rpc_port}:interface=127.0.0.1",
-            "--secret-file", self.secret_file)
+            "--secret-file", self.secret_file, "--key-file", self.key_file)
 
     def start_pserv_daemon(self, name):
         return self.spawn(

@@ -400,7 +400,7 @@ class DriftSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     async def metrics(self):
         import treq
 
-        response = await treq.get(self.api + "/metrics", pool=self.http)
+        response = await treq.get(self.api + "/metrics", pool=self.http, headers=self.auth_headers())
         return (await treq.content(response)).decode()
 
     async def set_policy(self, policy, cluster="c1"):
@@ -457,7 +457,7 @@ class DriftSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     async def call_page(self, path):
         import treq
 
-        response = await treq.get(self.api + path, pool=self.http)
+        response = await treq.get(self.api + path, pool=self.http, headers=self.auth_headers())
         return response.code, (await treq.content(response)).decode()
 
     @run

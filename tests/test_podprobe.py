@@ -10,6 +10,7 @@ from txpostgres import txpostgres
 from powerctl.region.podprobe import PodManagerProber
 from powerctl.region.store import Store
 from powerctl.sim.redfish import RedfishSimulator, SimSystem
+from tests import tokens
 from tests.pg import DatabaseMixin
 from tests.system import catalogue, free_port, run
 
@@ -20,7 +21,7 @@ class ProbeTests(DatabaseMixin, unittest.TestCase):
         pool = txpostgres.ConnectionPool(None, self.dsn, min=1)
         await pool.start()
         self.addCleanup(pool.close)
-        store = Store(pool, catalogue())
+        store = Store(pool, catalogue(), vault=tokens.vault())
         sim = RedfishSimulator(reactor, [SimSystem(id="1", name="one")],
                                username="u", password="p").start()
         self.addCleanup(sim.stop)

@@ -15,6 +15,7 @@ from powerctl.power import ACTIONS, OP_STATES, POWER_STATES, TARGET_STATES
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.errors import PowerDocumentRefused
 from powerctl.region.store import Recorded, Store
+from tests import tokens
 from tests.pg import DatabaseMixin
 from tests.test_powerconfig import fake_catalogue
 
@@ -28,6 +29,11 @@ def ipmi(host="10.0.0.5", password="pw"):
 def pod_agent(uuid, system="1"):
     """A single-agent document pointing at a redfish pod manager."""
     return {"agents": [{"driver": "redfish", "pod_manager": uuid, "params": {"system": system}}]}
+
+
+def opened(node, agent=0):
+    """An agent's parameters of a stored node, its secrets opened (they are sealed at rest)."""
+    return tokens.vault().open_power(node["power"])["agents"][agent]["params"]
 
 
 class StoreTestCase(DatabaseMixin, unittest.TestCase):
@@ -44,6 +50,7 @@ class StoreTestCase(DatabaseMixin, unittest.TestCase):
 
     def make_store(self, **kwargs):
         kwargs.setdefault("responsive_grace", self.grace)
+        kwargs.setdefault("vault", tokens.vault())
         return Store(self.pool, fake_catalogue(), **kwargs)
 
     def sql(self, query, *args):
@@ -77,7 +84,8 @@ class NodeTests(StoreTestCase):
         node = await self.store.nodes.create("n1", "c1", ipmi())
         self.assertEqual(node["name"], "n1")
         self.assertEqual(node["cluster"], "c1")
-        self.assertEqual(node["power"]["agents"][0]["params"]["password"], "pw")
+        self.assertEqual(opened(node)["password"], "pw")
+        self.assertTrue(node["power"]["agents"][0]["params"]["password"].startswith("enc:v1:"))
         self.assertEqual((node["desired_state"], node["power_state"], node["responsive"]),
                          (None, "unknown", True))
         datetime.datetime.fromisoformat(node["created_at"])  # ISO text
@@ -92,8 +100,7 @@ class NodeTests(StoreTestCase):
                                                                          limit=1)], ["n1"])
         updated = await self.store.nodes.update("n1", cluster="c2", power=ipmi("10.9.9.9", "new"))
         self.assertEqual(updated["cluster"], "c2")
-        self.assertEqual(updated["power"]["agents"][0]["params"],
-                         {"host": "10.9.9.9", "password": "new"})
+        self.assertEqual(opened(updated), {"host": "10.9.9.9", "password": "new"})
         self.assertGreater(updated["updated_at"], node["updated_at"])
         await self.store.nodes.delete("n1")
         with self.assertRaises(NotFound):
@@ -127,8 +134,7 @@ class NodeTests(StoreTestCase):
         await self.store.nodes.create("n1", "c1", ipmi(password="hunter2"))
         shown = ipmi(host="10.1.1.1", password="(set)")
         node = await self.store.nodes.update("n1", power=shown)
-        self.assertEqual(node["power"]["agents"][0]["params"],
-                         {"host": "10.1.1.1", "password": "hunter2"})
+        self.assertEqual(opened(node), {"host": "10.1.1.1", "password": "hunter2"})
         with self.assertRaises(PowerDocumentRefused):
             await self.store.nodes.create("n2", "c1", shown)
 

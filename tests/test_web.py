@@ -8,7 +8,7 @@ import json
 import re
 
 import treq
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -16,8 +16,10 @@ from twisted.web.server import Site
 from txpostgres import txpostgres
 
 from powerctl.region import web
+from powerctl.region import guard as guard_module
 from powerctl.region.api import api_root
 from powerctl.region.store import Store
+from tests import tokens
 from tests.pg import DatabaseMixin
 from tests.test_powerconfig import fake_catalogue
 
@@ -79,19 +81,26 @@ class WebTestCase(DatabaseMixin, unittest.TestCase):
         self.pool = txpostgres.ConnectionPool(None, self.dsn, min=3)
         self.addCleanup(self.pool.close)
         # grace 0: three failed polls make a node non-responsive at once
-        self.store = Store(self.pool, fake_catalogue(), responsive_grace=0)
+        self.store = Store(self.pool, fake_catalogue(), responsive_grace=0,
+                           vault=tokens.vault())
         self.activity = {}
         self.events = []
         self.log = Logger(observer=self.events.append)
         http = HTTPConnectionPool(reactor, persistent=False)
-        self.client = treq.client.HTTPClient(Agent(reactor, pool=http))
-        return self.pool.start()
+        self.anonymous = treq.client.HTTPClient(Agent(reactor, pool=http))
+        d = self.pool.start()
+        d.addCallback(lambda _: defer.ensureDeferred(tokens.create(self.pool)))
+        d.addCallback(lambda token: setattr(self, "client", tokens.AuthClient(
+            self.anonymous, token)))
+        return d
 
     def serve(self, store=None):
-        """Serve the API plus the web pages on 127.0.0.1; the base URL."""
+        """Serve the API plus the web pages on 127.0.0.1, as a region does; the base URL."""
         store = store or self.store
-        root = api_root(store, fake_catalogue(), activity=lambda: self.activity)
+        guard = tokens.make_guard(self.pool, log=self.log)
+        root = api_root(store, fake_catalogue(), activity=lambda: self.activity, guard=guard)
         web.add_to(root, store, activity=lambda: self.activity, log=self.log)
+        guard_module.protect_web(root, guard)
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return f"http://127.0.0.1:{port.getHost().port}"

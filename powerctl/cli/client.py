@@ -23,6 +23,7 @@ from twisted.internet import defer, error as neterror, task
 from twisted.web import client
 
 from powerctl.cli import EXIT_FAILURE, CliError, Interrupted, UsageError, exit_status
+from powerctl.cli import credentials
 from powerctl.cli.driver import positive_float
 
 DEFAULT_API = "http://127.0.0.1:5240"
@@ -102,7 +103,8 @@ class Api:
     async def call(self, method, path, body=None, query=None):
         """The decoded JSON answer (None for an empty one); ApiError if not 2xx."""
         url = self.base + path
-        kwargs = {"headers": {"Accept": ["application/json"]}}
+        kwargs = {"headers": {"Accept": ["application/json"],
+                              **credentials.auth_headers(self.ctx.env)}}
         if body is not None:
             kwargs["json"] = body
         if query:

@@ -67,6 +67,29 @@ def main(argv=None):
     return demo.code
 
 
+def _private(path, flags):
+    """An ``open`` opener creating the file mode 0600 (it holds a secret)."""
+    return os.open(path, flags, 0o600)
+
+
+def _demo_token(dsn, state):
+    """A fresh admin token for the demo, also written to ``state``/token (0600)."""
+    import psycopg2
+
+    from powerctl.region.tokens import create_token_sync
+
+    conn = psycopg2.connect(dsn)
+    try:
+        _, token = create_token_sync(conn, "demo-admin", "admin", created_by="powerctl demo")
+    finally:
+        conn.close()
+    path = os.path.join(state, "token")
+    with open(path, "w", opener=_private) as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token
+
+
 class Demo:
     """
     The demo's run.  ``running`` holds the Deferred of :meth:`run` for as
@@ -176,8 +199,9 @@ class Demo:
         code = await self._watch(ops)
         self.step(f"done in {time.monotonic() - t0:.1f}s")
         if self.options.serve:
-            self.step(f"serving: try  powerctl --api {self.api} node list   or open "
-                      f"{self.api}/ in a browser   (Ctrl-C stops)")
+            self.step(f"serving: try  POWERCTL_TOKEN_FILE={self.options.state_dir}/token "
+                      f"powerctl --api {self.api} node list   or open {self.api}/ in a "
+                      f"browser (log in with the token)   (Ctrl-C stops)")
             self.serving = defer.Deferred()
             await self.serving  # until Ctrl-C or SIGTERM (see shutdown)
             self.step("stopped serving")
@@ -220,13 +244,15 @@ class Demo:
         from powerctl.region.service import RegionService
 
         secret_file = os.path.join(state, "secret")
-        with open(secret_file, "wb") as f:
+        with open(secret_file, "wb", opener=_private) as f:
             f.write(SECRET)
+        os.chmod(secret_file, 0o600)
         self.secret_file = secret_file
         settings = RegionConfig(name="demo-region", database=dsn,
                                 api_endpoint="tcp:0:interface=127.0.0.1",
                                 rpc_endpoint="tcp:0:interface=127.0.0.1",
-                                secret_file=secret_file)
+                                secret_file=secret_file,
+                                key_file=os.path.join(state, "secrets.key"))
         self.region = RegionService(settings, SECRET, self.reactor,
                                     standard_catalogue(self.reactor))
         self.region.startService()
@@ -235,6 +261,8 @@ class Demo:
         self.api = f"http://127.0.0.1:{self.region.api_port.getHost().port}"
         self.rpc = self.region.rpc_port.getHost().port
         self.step(f"region: REST API {self.api}/v1, AMP on 127.0.0.1:{self.rpc}")
+        self.token = _demo_token(dsn, state)  # issue 10: the demo's admin token
+        self.step(f"admin API token (also in {state}/token, mode 0600): {self.token}")
 
     async def _start_pserv(self, state):
         from powerctl.config import PservConfig
@@ -337,10 +365,10 @@ class Demo:
     async def api_call(self, method, path, body=None):
         import treq
 
-        kwargs = {}
+        kwargs = {"headers": {b"Authorization": [f"Bearer {self.token}".encode()]}}
         if body is not None:
-            kwargs = {"data": json.dumps(body).encode(),
-                      "headers": {b"Content-Type": [b"application/json"]}}
+            kwargs["data"] = json.dumps(body).encode()
+            kwargs["headers"][b"Content-Type"] = [b"application/json"]
         response = await treq.request(method, self.api + path, **kwargs)
         payload = json.loads(await treq.content(response) or b"null")
         if response.code >= 400:

@@ -85,6 +85,9 @@ def build_parser(ctx):
     sim.add_commands(commands)
     rest.add_commands(commands)
     rest.add_global_options(parser)
+    from powerctl.cli import admin  # issue 10: admin token, token, audit
+
+    admin.add_commands(commands)
     commands.add_parser("demo", help="a self-contained demo fleet (PostgreSQL, "
                                      "region, pserv and simulators)", add_help=False)
     return parser

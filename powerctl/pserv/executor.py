@@ -17,16 +17,19 @@ from powerctl.drivers.errors import DriverSettingsError
 from powerctl.drivers.multiagent import Agent, Mode, NodePower
 from powerctl.power import Action
 from powerctl.powerdoc import InvalidPowerDocument, PowerDoc
+from powerctl.pserv.lockout import guarded
 from powerctl.pserv.slots import priority_of
 from powerctl.registry import IActionExecutor
 
 
-def build_node_power(catalogue, power):
+def build_node_power(catalogue, power, lockout=None):
     """
     A :class:`NodePower` from a (resolved) power document, under the same
     rules as the region's (:class:`~powerctl.powerdoc.PowerDoc`), each
     agent's parameters checked by its driver's schema;
-    :class:`InvalidPowerDocument` if unusable.
+    :class:`InvalidPowerDocument` if unusable.  With ``lockout`` (a
+    :class:`powerctl.pserv.lockout.LockoutGuard`) every agent's driver stops
+    trying credentials its device keeps refusing.
     """
     doc = PowerDoc.parse(power)
     agents = []
@@ -35,6 +38,9 @@ def build_node_power(catalogue, power):
             driver = catalogue.build(agent.driver, agent.params)
         except DriverSettingsError as e:
             raise InvalidPowerDocument(str(e), index, getattr(e, "parameter", None)) from None
+        if lockout is not None:  # no BMC lock-outs
+            driver = guarded(driver, lockout, catalogue,
+                             {"driver": agent.driver, "params": agent.params})
         agents.append(Agent(agent.name(index), driver))
     return NodePower(Mode(doc.mode), agents)
 
@@ -81,8 +87,9 @@ class DriverExecutor:
     run at once, the most urgent first.
     """
 
-    def __init__(self, catalogue, stagger=None, slots=None):
+    def __init__(self, catalogue, stagger=None, slots=None, lockout=None):
         self._catalogue = catalogue
+        self._lockout = lockout  # issue 10: a LockoutGuard, or None
         self._stagger = stagger
         self._slots = slots
         self._nodes = {}  # node -> KnownNode
@@ -92,7 +99,8 @@ class DriverExecutor:
         key = json.dumps(power, sort_keys=True)
         known = self._nodes.get(node)
         if known is None or known.key != key:
-            self._nodes[node] = KnownNode(key, build_node_power(self._catalogue, power), power)
+            self._nodes[node] = KnownNode(
+                key, build_node_power(self._catalogue, power, self._lockout), power)
 
     def forget(self, node):
         self._nodes.pop(node, None)

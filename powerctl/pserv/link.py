@@ -19,7 +19,7 @@ from powerctl import __version__
 from powerctl.power import TARGET_STATES, Action
 from powerctl.pserv.core import NotConfirmable, NotOurs
 from powerctl.powerdoc import InvalidPowerDocument
-from powerctl.rpc import auth, commands, responders
+from powerctl.rpc import auth, commands, credentials, responders
 from powerctl.rpc.failures import NO_ANSWER, UNDECLARED_ANSWER, expected
 
 
@@ -184,10 +184,11 @@ class PservProtocol(amp.AMP):
     async def _hello(self):
         challenge = await self.callRemote(commands.Challenge)
         my_nonce = auth.new_nonce()
+        key = credentials.key_of(self.secret)  # issue 10: shared secret or credential
         answer = await self.callRemote(
-            commands.Authenticate,
-            proof=auth.proof(self.secret, challenge["nonce"]), nonce=my_nonce)
-        if not auth.valid(self.secret, my_nonce, answer["proof"]):
+            commands.Authenticate, proof=auth.proof(key, challenge["nonce"]), nonce=my_nonce,
+            **credentials.authenticate_arguments(self.secret))
+        if not auth.valid(key, my_nonce, answer["proof"]):
             raise commands.AuthenticationFailed("the region does not hold our secret")
         self.gate.open = True
         sent = self.clock.seconds()

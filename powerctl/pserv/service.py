@@ -18,10 +18,11 @@ from powerctl.ownership import LeaseKeeper
 from powerctl.pserv.core import Pserv
 from powerctl.pserv.executor import DriverExecutor, Stagger
 from powerctl.pserv.link import PservProtocol, RegionLink
+from powerctl.pserv.lockout import LockoutGuard
 from powerctl.pserv.poller import Poller
 from powerctl.pserv.slots import PrioritySlots
 from powerctl.registry import PowerActionRegistry
-from powerctl.rpc import commands
+from powerctl.rpc import commands, transport
 from powerctl.rpc.failures import expected
 
 STOP_TIMEOUT = 5.0
@@ -45,7 +46,10 @@ class PservService(service.MultiService):
         self.catalogue = catalogue
         self.link = RegionLink()
         stagger = Stagger(reactor, settings.stagger_on) if settings.stagger_on else None
-        self.executor = DriverExecutor(catalogue, stagger, PrioritySlots(settings.max_actions))
+        lockout = LockoutGuard(reactor, limit=settings.auth_failure_limit,  # issue 10
+                               window=settings.auth_failure_window)
+        self.executor = DriverExecutor(catalogue, stagger, PrioritySlots(settings.max_actions),
+                                       lockout=lockout)
         self.registry = PowerActionRegistry(self.executor, reactor, cancel_timeout=STOP_TIMEOUT)
         self.pserv = Pserv(self.registry, self.executor, self.link.report)
         self.poller = Poller(self.registry, self.executor, self.link, reactor,
@@ -57,6 +61,7 @@ class PservService(service.MultiService):
                 "cut off from every region may still be stopping an action when its lease "
                 "ends", m=settings.lease_margin, t=STOP_TIMEOUT)
         self.keeper = LeaseKeeper(reactor, settings.lease_margin, self._lease_ending)
+        transport.check_regions(settings)  # issue 10: TLS between hosts
         self.protocols = []
         for description in settings.regions:
             endpoint = endpoints.clientFromString(reactor, description)
@@ -107,7 +112,16 @@ class PservService(service.MultiService):
             catalogue = standard_catalogue(reactor,
                                            manual_timeout=settings.manual_timeout or None,
                                            user_agent=f"powerctl-pserv/{settings.name}")
-        return cls(settings, config.read_secret(settings.secret_file), reactor, catalogue)
+        if settings.credential_file:  # issue 10: admitted to its own cluster only
+            from powerctl.rpc.credentials import CredentialError, read_credential_file
+
+            try:
+                secret = read_credential_file(settings.credential_file)
+            except CredentialError as e:
+                raise config.ConfigError(str(e)) from None
+        else:
+            secret = config.read_secret(settings.secret_file)
+        return cls(settings, secret, reactor, catalogue)
 
     def startService(self):
         super().startService()

@@ -34,7 +34,7 @@ from twisted.web import resource
 
 from powerctl.power import OP_STATES, TARGET_STATES, Action
 from powerctl.powerdoc import redact
-from powerctl.region import drift, openapi, powerconfig
+from powerctl.region import auth, drift, openapi, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.resource import AsyncResource, loggable
 
@@ -215,12 +215,19 @@ def _int_arg(args, name):
 
 
 def _requester(request, given):
-    """Who asks: the ``requester`` the client names, else its address."""
-    if given is None or given == "":
-        return f"api:{request.getClientAddress().host}"
-    if not isinstance(given, str) or len(given) > 255:
+    """
+    Who asks: the name of the API token the guard admitted (issue 10; a
+    ``requester`` the client names is ignored then), else the ``requester``
+    the client names, else its address.
+    """
+    if given is not None and (not isinstance(given, str) or len(given) > 255):
         raise HttpError(400, "invalid_input", "requester: must be a string of at most 255 "
                        "characters")
+    principal = auth.principal_of(request)
+    if principal is not None:
+        return principal.name
+    if given is None or given == "":
+        return f"api:{request.getClientAddress().host}"
     return given
 
 
@@ -254,13 +261,17 @@ class Api(AsyncResource):
         deletes and changes go through it (its pservs stop driving the node
         first), and operator cancel and confirm need it (503 without).
     :param log: a twisted.logger ``Logger`` (tests pass their own).
+    :param guard: a :class:`powerctl.region.guard.ApiGuard` (required): every
+        request goes through it -- token, role, cluster scope, audit -- and
+        it adds the ``tokens`` and ``audit`` routes.
     """
 
     kind = "API"
 
     def __init__(self, store, catalogue, activity=None, on_power_request=None, log=None,
-                 region=None, live_activity=None):
+                 region=None, live_activity=None, *, guard):
         super().__init__(log)
+        self.guard = guard  # authentication, roles, audit (powerctl.region.guard)
         self.store = store
         self.region = region
         self.catalogue = catalogue
@@ -287,7 +298,7 @@ class Api(AsyncResource):
             ("clusters/{name}", {"PUT": self.update_cluster}),
             ("activity", {"GET": self.get_activity}),
             ("openapi.json", {"GET": self.openapi}),
-        )
+        ) + tuple(self.guard.routes())
 
     # -- plumbing -------------------------------------------------------
 
@@ -312,7 +323,7 @@ class Api(AsyncResource):
         """``(status, body, headers)``: a handler's, or the error it raised (a bug: 500)."""
         try:
             handler, params = self._resolve(request)
-            status, body = await handler(request, **params)
+            status, body = await self.guard.call(request, handler, params)  # issue 10
             return status, body, ()
         except HttpError as e:
             return e.status, error_body(e.code, e.message), e.headers

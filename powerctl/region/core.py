@@ -37,6 +37,7 @@ class Region:
         self.store = store
         self.leases = leases
         self.secret = secret
+        self.pserv_credentials = None  # issue 10: powerctl.region.pservcreds.PservCredentials
         self.clock = clock
         self.heartbeat_timeout = heartbeat_timeout
         self.directory = PservDirectory()

@@ -379,7 +379,9 @@ def _paths():
 
 def document():
     """A fresh copy of the OpenAPI document."""
-    return {
+    from powerctl.region.openapi_auth import secured  # issue 10
+
+    return secured({
         "openapi": "3.0.3",
         "info": {"title": "powerctl region API", "version": VERSION,
                  "description": "Nodes, power requests, the power-operation journal, "
@@ -387,4 +389,4 @@ def document():
                  "\"message\"}}. Passwords are write-only."},
         "paths": _paths(),
         "components": {"schemas": {**_schemas(), **_activity_schemas()}},
-    }
+    })

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from powerctl.power import POWER_STATES, TERMINAL_STATES, OpState, PowerState
+from powerctl.region import pservcreds
 from powerctl.region.errors import InvalidInput, NotFound, StaleEpoch
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands, responders
@@ -78,6 +79,7 @@ class RegionProtocol(amp.AMP):
         super().__init__()
         self.region = region
         self.gate = auth.Gate()
+        self.admission = None  # issue 10: what its credential admits it to
         self.cluster = None
         self.pserv = None
         self.epoch = None  # the lease this connection's pserv holds
@@ -138,14 +140,17 @@ class RegionProtocol(amp.AMP):
         return {"nonce": self.gate.nonce}
 
     @commands.Authenticate.responder
-    def authenticate(self, proof, nonce):
-        if not auth.valid(self.region.secret, self.gate.nonce, proof):
-            self.log.warn("refused a peer without the shared secret: {peer}",
-                          peer=self.transport.getPeer())
+    async def authenticate(self, proof, nonce, credential=None):
+        # issue 10: a per-cluster credential (or the shared secret, every cluster)
+        admission = await pservcreds.admission_for(self.region, credential)
+        if admission is None or not auth.valid(admission.key, self.gate.nonce, proof):
+            self.log.warn("refused a peer without the shared secret or a live credential: "
+                          "{peer}", peer=self.transport.getPeer())
             raise commands.AuthenticationFailed("wrong proof of the shared secret")
+        self.admission = admission
         self.gate.open = True
         self._stop_auth_timer()
-        return {"proof": auth.proof(self.region.secret, nonce)}
+        return {"proof": auth.proof(admission.key, nonce)}
 
     @commands.Register.responder
     async def register(self, cluster, name, version, instance):
@@ -154,6 +159,12 @@ class RegionProtocol(amp.AMP):
             raise commands.BadArguments("cluster, name and instance must not be empty")
         if self.pserv is not None:
             raise commands.BadArguments("already registered on this connection")
+        if not pservcreds.admits(self.admission, cluster):  # issue 10
+            self.log.warn("refused pserv {name}: its credential admits cluster {allowed}, "
+                          "not {cluster}", name=name, allowed=self.admission.cluster,
+                          cluster=cluster)
+            raise commands.AuthenticationFailed(
+                f"this credential admits cluster {self.admission.cluster!r} only")
         try:
             await self.region.store.clusters.register_pserv(name, cluster, version, self.region.name)
             lease = await self.region.leases.grant(name, cluster, instance)
@@ -257,6 +268,9 @@ class RegionProtocol(amp.AMP):
     @commands.Heartbeat.responder
     async def heartbeat(self, actions_in_flight):
         self._leased()
+        if not await pservcreds.still_admitted(self.region, self.admission):  # issue 10
+            self.log.warn("pserv {p}: its credential was revoked; disconnecting", p=self.pserv)
+            raise commands.AuthenticationFailed("this pserv's credential was revoked")
         self.in_flight = actions_in_flight
         try:
             remaining = await self.region.leases.renew(self.epoch)

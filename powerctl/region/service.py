@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from txpostgres import reconnection, retrying, txpostgres
 
 from powerctl import config
-from powerctl.region import http, schema, web
+from powerctl.region import http, schema, security, web
 from powerctl.region.coordination import Coordinator
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
@@ -135,6 +135,7 @@ class RegionService(service.MultiService):
         from powerctl.region.api import api_root
         from powerctl.region.store import Store
 
+        security.check_rpc_endpoint(self.settings)  # issue 10: TLS between hosts
         conn = txpostgres.Connection(reactor=self.reactor)
         await conn.connect(self.settings.database)
         try:
@@ -143,14 +144,16 @@ class RegionService(service.MultiService):
             conn.close()
         if applied:
             self.log.info("applied migrations {m}", m=applied)
+        vault = await security.open_vault(self.settings, self.catalogue, self.log)  # issue 10
         self._pool = _ReconnectingPool(None, self.settings.database, min=self.pool_size)
         await self._pool.start()
         self.store = Store(self._pool, self.catalogue,
                            responsive_grace=self.settings.responsive_grace,
-                           heartbeat_timeout=self.settings.heartbeat_timeout * 3)
+                           heartbeat_timeout=self.settings.heartbeat_timeout * 3, vault=vault)
         leases = Leases(self._pool, lease=self.settings.lease)
         self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
                              heartbeat_timeout=self.settings.heartbeat_timeout, leases=leases)
+        security.pserv_credentials(self.region, self._pool, vault, self.log)  # issue 10
         self.coordinator = Coordinator(
             self.settings.database, self.reactor, self.region.notified,
             self.region.assignment_round, interval=max(1.0, self.settings.lease / 3))
@@ -160,10 +163,12 @@ class RegionService(service.MultiService):
         from powerctl.region.activity import LiveActivity
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
+        guard = security.api_guard(self._pool, self.reactor)  # issue 10
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later, region=self.region,
-                        live_activity=live)
+                        live_activity=live, guard=guard)
         web.add_to(root, self.store, activity=self.region.activity, live_activity=live)
+        security.protect_web(root, guard, self.settings)  # tokens for the page and /metrics
         # limits on request size and on slow clients: powerctl.region.http
         site = http.Site(root, reactor=self.reactor)
         site.noisy = False

@@ -143,6 +143,8 @@ class Authenticate(amp.Command):
     arguments = [
         (b"proof", amp.Unicode()),
         (b"nonce", amp.Unicode()),  # the pserv's challenge to the region
+        # issue 10: the per-cluster credential proved (absent: the shared secret)
+        (b"credential", amp.Unicode(optional=True)),
     ]
     response = [(b"proof", amp.Unicode())]
     errors = {AuthenticationFailed: b"AUTHENTICATION_FAILED", **_BOX_ERRORS}
@@ -165,7 +167,9 @@ class Register(amp.Command):
     ]
     response = [(b"region", amp.Unicode()), (b"epoch", amp.Integer()),
                 (b"lease", amp.Float())]
-    errors = dict(_COMMON_ERRORS)
+    # AUTHENTICATION_FAILED (fatal): the credential does not admit that cluster.
+    errors = {**_COMMON_ERRORS, AuthenticationFailed: b"AUTHENTICATION_FAILED"}
+    fatalErrors = {AuthenticationFailed: b"AUTHENTICATION_FAILED"}
 
 
 class Recover(amp.Command):
@@ -242,7 +246,9 @@ class Heartbeat(amp.Command):
 
     arguments = [(b"actions_in_flight", amp.Integer())]
     response = [(b"lease", amp.Float())]
-    errors = dict(_LEASED_ERRORS)
+    # AUTHENTICATION_FAILED (fatal): the pserv's credential was revoked.
+    errors = {**_LEASED_ERRORS, AuthenticationFailed: b"AUTHENTICATION_FAILED"}
+    fatalErrors = {AuthenticationFailed: b"AUTHENTICATION_FAILED"}
 
 
 class ReleaseNodes(amp.Command):

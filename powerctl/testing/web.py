@@ -38,10 +38,12 @@ class InMemoryHttp:
     Requests to ``resource`` (the site's root) in memory.  Paths are
     absolute (``/v1/nodes``); ``json=`` sends a JSON body with its
     content type, ``data=`` and ``headers=`` anything else (as treq).
+    ``headers`` given here go with every request (an API token, say).
     """
 
-    def __init__(self, resource):
+    def __init__(self, resource, headers=None):
         self.stub = StubTreq(resource)
+        self.headers = dict(headers or {})
 
     def request(self, method, path, json=None, **kwargs):
         """
@@ -51,6 +53,7 @@ class InMemoryHttp:
         """
         if json is not None:
             kwargs["json"] = json
+        kwargs["headers"] = {**self.headers, **(kwargs.get("headers") or {})}
         d = self.stub.request(method, "http://powerctl.test" + path, **kwargs)
         self.stub.flush()
         response = _result(d, f"{method} {path}: no response")

@@ -44,12 +44,14 @@ class Store:
         *more than* this many consecutive failed polls.
     :param heartbeat_timeout: a connected pserv whose last heartbeat is
         older than this many seconds is not live.
+    :param vault: seals secrets at rest (BMC and pod manager passwords;
+        :mod:`powerctl.region.vault`).
     """
 
     def __init__(self, pool, catalogue, *, responsive_grace=60.0,
-                 failed_polls_limit=2, heartbeat_timeout=90.0):
-        self.nodes = NodeStore(pool, catalogue, responsive_grace=responsive_grace,
+                 failed_polls_limit=2, heartbeat_timeout=90.0, vault):
+        self.nodes = NodeStore(pool, catalogue, vault, responsive_grace=responsive_grace,
                                failed_polls_limit=failed_polls_limit)
-        self.ops = OperationStore(pool, catalogue)
+        self.ops = OperationStore(pool, catalogue, vault)
         self.clusters = ClusterStore(pool, heartbeat_timeout=heartbeat_timeout)
-        self.pod_managers = PodManagerStore(pool, catalogue)
+        self.pod_managers = PodManagerStore(pool, catalogue, vault)

@@ -32,9 +32,10 @@ class NodeStore(KindStore):
         *more than* this many consecutive failed polls.
     """
 
-    def __init__(self, pool, catalogue, responsive_grace=60.0, failed_polls_limit=2):
+    def __init__(self, pool, catalogue, vault, responsive_grace=60.0, failed_polls_limit=2):
         super().__init__(pool)
         self._catalogue = catalogue
+        self._vault = vault  # seals secret parameters at rest
         self.responsive_grace = float(responsive_grace)
         self.failed_polls_limit = int(failed_polls_limit)
 
@@ -43,7 +44,7 @@ class NodeStore(KindStore):
         """Add a node (and its cluster, if new). Conflict if the name is taken."""
         check_name("name", name)
         check_name("cluster", cluster)
-        power = await validated_power(tx, self._catalogue, power, None)
+        power = await validated_power(tx, self._catalogue, self._vault, power, None)
         await ensure_cluster(tx, cluster)
         row = await tx.row(
             f"INSERT INTO nodes (name, cluster, power) VALUES (%s, %s, %s)"
@@ -90,7 +91,8 @@ class NodeStore(KindStore):
         cluster = check_name("cluster", fields.get("cluster", node["cluster"]))
         power = node["power"]
         if "power" in fields:
-            power = await validated_power(tx, self._catalogue, fields["power"], node["power"])
+            power = await validated_power(tx, self._catalogue, self._vault, fields["power"],
+                                          node["power"])
         relevant = cluster != node["cluster"] or power != node["power"]
         if relevant and quiesce is not None:
             await self._quiesce(tx, node, quiesce, f"node {name} reconfigured", by)
@@ -145,15 +147,18 @@ class NodeStore(KindStore):
             " AND (%s::bigint IS NULL OR (owner_epoch = %s AND handoff_epoch IS NULL))"
             " ORDER BY name LIMIT %s",
             (cluster, after_name or "", epoch, epoch, page_limit(limit, 500, MAX_INTERNAL_PAGE)))
-        resolved = await resolve_many(tx, self._catalogue, [r.pop("power") for r in rows])
+        resolved = await resolve_many(tx, self._catalogue, self._vault,
+                                      [r.pop("power") for r in rows])
         return [dict(r, power=p, power_error=e) for r, (p, e) in zip(rows, resolved)]
 
     @transaction
     async def power_config(self, tx, name):
         """A node's resolved power configuration; PowerDocumentRefused if it no longer resolves."""
         node = await node_row(tx, name)
-        pods = await fetch_for_power(tx, powerconfig.referenced_pod_managers(node["power"]))
-        return powerconfig.resolve_power(node["power"], self._catalogue, pods)
+        pods = await fetch_for_power(tx, self._vault,
+                                     powerconfig.referenced_pod_managers(node["power"]))
+        return powerconfig.resolve_power(self._vault.open_power(node["power"]),
+                                         self._catalogue, pods)
 
     def _responsiveness(self, node, failed, queried):
         """

@@ -70,9 +70,10 @@ class OperationStore(KindStore):
         resolved with for the pservs.
     """
 
-    def __init__(self, pool, catalogue):
+    def __init__(self, pool, catalogue, vault):
         super().__init__(pool)
         self._catalogue = catalogue
+        self._vault = vault  # opens the secret parameters handed to pservs
 
     @transaction
     async def open_of_node(self, tx, name):
@@ -146,7 +147,8 @@ class OperationStore(KindStore):
             " ORDER BY o.id LIMIT %s",
             (cluster, int(after_id or 0), epoch, epoch,
              page_limit(limit, 500, MAX_INTERNAL_PAGE)))
-        resolved = await resolve_many(tx, self._catalogue, [r.pop("node_power") for r in rows])
+        resolved = await resolve_many(tx, self._catalogue, self._vault,
+                                      [r.pop("node_power") for r in rows])
         return [plain(dict(r, power=p, power_error=e)) for r, (p, e) in zip(rows, resolved)]
 
     @transaction

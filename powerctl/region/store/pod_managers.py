@@ -20,8 +20,8 @@ from powerctl.region.store.base import (
 POD_MANAGER_STATUSES = ("online", "offline")
 
 
-async def fetch_for_power(tx, uuids, lock=False):
-    """Pod manager records (with credentials) by uuid, for validation."""
+async def fetch_for_power(tx, vault, uuids, lock=False):
+    """Pod manager records (with credentials, opened by ``vault``) by uuid, for validation."""
     if not uuids:
         return {}
     rows = await tx.rows(
@@ -29,19 +29,22 @@ async def fetch_for_power(tx, uuids, lock=False):
         " FROM pod_managers WHERE uuid = ANY(%s::uuid[])"
         + (" FOR SHARE" if lock else ""),
         (list(uuids),))
-    return {r["uuid"]: r for r in rows}
+    return {r["uuid"]: dict(r, password=vault.open(r["password"])) for r in rows}
 
 
-async def validated_power(tx, catalogue, power, previous):
+async def validated_power(tx, catalogue, vault, power, previous):
     """
     The normalised power document, with ``"(set)"`` secrets taken from
     ``previous`` and the pod managers it names locked against deletion
-    until the transaction ends.
+    until the transaction ends.  ``previous`` is as stored (sealed by
+    ``vault``), and so is the answer.
     """
+    sealed_previous, previous = previous, vault.open_power(previous)
     power = powerconfig.restore_secrets(power, previous, catalogue)
     pods = await fetch_for_power(
-        tx, powerconfig.referenced_pod_managers(power), lock=True)
-    return powerconfig.validate_power(power, catalogue, pods)
+        tx, vault, powerconfig.referenced_pod_managers(power), lock=True)
+    power = powerconfig.validate_power(power, catalogue, pods)
+    return vault.seal_power(power, sealed_previous, catalogue)
 
 
 async def link_to_node(tx, node, power):
@@ -54,7 +57,7 @@ async def link_to_node(tx, node, power):
             " SELECT %s, unnest(%s::uuid[])", (node, uuids))
 
 
-async def resolve_many(tx, catalogue, documents):
+async def resolve_many(tx, catalogue, vault, documents):
     """
     Resolve stored power documents for pservs, fetching every pod
     manager they name in one query.  Returns ``(power, error)`` pairs:
@@ -65,11 +68,12 @@ async def resolve_many(tx, catalogue, documents):
     uuids = set()
     for power in documents:
         uuids.update(powerconfig.referenced_pod_managers(power))
-    pods = await fetch_for_power(tx, sorted(uuids))
+    pods = await fetch_for_power(tx, vault, sorted(uuids))
     results = []
     for power in documents:
         try:
-            results.append((powerconfig.resolve_power(power, catalogue, pods), None))
+            results.append((powerconfig.resolve_power(
+                vault.open_power(power), catalogue, pods), None))
         except InvalidInput as e:
             results.append((None, str(e)))
     return results
@@ -81,11 +85,13 @@ class PodManagerStore(KindStore):
 
     :param catalogue: the driver catalogue their url and credentials are
         checked against.
+    :param vault: seals passwords at rest (:mod:`powerctl.region.vault`).
     """
 
-    def __init__(self, pool, catalogue):
+    def __init__(self, pool, catalogue, vault):
         super().__init__(pool)
         self._catalogue = catalogue
+        self._vault = vault
 
     async def _pod_manager(self, tx, uuid, lock=False):
         row = await tx.row(
@@ -93,6 +99,7 @@ class PodManagerStore(KindStore):
             + (" FOR UPDATE" if lock else ""), (pod_manager_key(uuid),))
         if row is None:
             raise NotFound(f"pod manager {uuid!r} does not exist")
+        row["password"] = self._vault.open(row["password"])
         return row
 
     def _check_pod_manager(self, fields):
@@ -116,7 +123,8 @@ class PodManagerStore(KindStore):
             "INSERT INTO pod_managers (uuid, name, driver, username, password, url,"
             " description) VALUES (%(uuid)s, %(name)s, %(driver)s, %(username)s,"
             " %(password)s, %(url)s, %(description)s) ON CONFLICT (name) DO NOTHING"
-            f" RETURNING {POD_MANAGER_COLUMNS}", dict(fields, uuid=str(uuidlib.uuid4())))
+            f" RETURNING {POD_MANAGER_COLUMNS}", dict(fields, uuid=str(uuidlib.uuid4()),
+                                                      password=self._vault.seal(password)))
         if row is None:
             raise Conflict(f"a pod manager named {name!r} already exists")
         return plain(row)
@@ -152,7 +160,8 @@ class PodManagerStore(KindStore):
                 " username = %(username)s, password = %(password)s,"
                 " description = %(description)s, updated_at = now()"
                 f" WHERE uuid = %(uuid)s RETURNING {POD_MANAGER_COLUMNS}",
-                dict(merged, uuid=current["uuid"]))
+                dict(merged, uuid=current["uuid"],
+                     password=self._vault.seal(merged["password"])))
         except psycopg2.errors.UniqueViolation:
             raise Conflict(f"a pod manager named {merged['name']!r} already exists") from None
         return plain(row)

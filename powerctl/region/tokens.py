@@ -1,0 +1,191 @@
+"""
+API tokens and the audit trail in PostgreSQL (the I/O half of
+:mod:`powerctl.region.auth`).
+
+A token is ``pct_`` plus 32 random bytes (256 bits) in url-safe base64.  It
+is shown once, when created; the database keeps only its SHA-256.  Every
+request looks its token up again, so a revocation committed through any
+region takes effect at once on every region (there is no cache to
+invalidate).
+
+:func:`create_token_sync` is the same creation over a plain psycopg2
+connection, for ``powerctl admin token create`` (bootstrap without a
+running API) and for tests.
+"""
+
+import datetime
+import re
+import secrets
+
+from powerctl.region import auth
+from powerctl.region.errors import Conflict, InvalidInput, NotFound
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_TOKEN_COLUMNS = "id, name, role, clusters, created_at, created_by, revoked_at, revoked_by"
+_AUDIT_COLUMNS = "id, at, actor, source, method, path, status, outcome"
+MAX_PAGE = 1000
+
+
+def new_token():
+    """A fresh secret token (256 random bits)."""
+    return auth.TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def checked(name, role, clusters):
+    """``(name, role, clusters list or None)`` or InvalidInput."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInput("name: 1-128 letters, digits or ._:@- starting with a letter "
+                           "or digit")
+    try:
+        auth.check_role(role)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+    if clusters is not None:
+        if isinstance(clusters, str):
+            clusters = [clusters]
+        if (not isinstance(clusters, list) or not clusters
+                or not all(isinstance(c, str) and _NAME.match(c) for c in clusters)):
+            raise InvalidInput("clusters: a non-empty list of cluster names, or null for "
+                               "every cluster")
+        clusters = sorted(set(clusters))
+    return name, role, clusters
+
+
+def _plain(columns, row):
+    out = {}
+    for key, value in zip(columns.split(", "), row):
+        if isinstance(value, datetime.datetime):
+            value = value.isoformat()
+        out[key] = value
+    return out
+
+
+def _token_row(row):
+    shown = _plain(_TOKEN_COLUMNS, row)
+    shown["revoked"] = shown["revoked_at"] is not None
+    return shown
+
+
+_INSERT = (f"INSERT INTO api_tokens (name, role, clusters, hash, created_by) "
+           f"VALUES (%s, %s, %s, %s, %s) RETURNING {_TOKEN_COLUMNS}")
+_DUPLICATE = "23505"
+
+
+def create_token_sync(conn, name, role, clusters=None, created_by="admin-cli"):
+    """
+    Create a token over a psycopg2 connection (committed); ``(row, token)``.
+    The token itself is returned here and nowhere else, ever.
+    """
+    import psycopg2
+
+    name, role, clusters = checked(name, role, clusters)
+    token = new_token()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_INSERT, (name, role, clusters, auth.token_hash(token), created_by))
+            row = cur.fetchone()
+        conn.commit()
+    except psycopg2.errors.UniqueViolation:
+        conn.rollback()
+        raise Conflict(f"a token named {name!r} exists; revoke it first") from None
+    return _token_row(row), token
+
+
+class TokenStore:
+    """Tokens, the audit trail and the scope look-ups of the guard, over a txpostgres pool."""
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    async def authenticate(self, token):
+        """The :class:`~powerctl.region.auth.Principal` of a live token, else None."""
+        rows = await self._pool.runQuery(
+            "SELECT id, name, role, clusters FROM api_tokens "
+            "WHERE hash = %s AND revoked_at IS NULL", (auth.token_hash(token),))
+        if not rows:
+            return None
+        token_id, name, role, clusters = rows[0]
+        return auth.Principal(name=name, role=role, token_id=token_id,
+                              clusters=None if clusters is None else frozenset(clusters))
+
+    async def create(self, name, role, clusters=None, created_by=""):
+        """``(row, token)``; Conflict if a live token has that name."""
+        import psycopg2
+
+        name, role, clusters = checked(name, role, clusters)
+        token = new_token()
+        try:
+            rows = await self._pool.runQuery(
+                _INSERT, (name, role, clusters, auth.token_hash(token), created_by))
+        except psycopg2.errors.UniqueViolation:
+            raise Conflict(f"a token named {name!r} exists; revoke it first") from None
+        return _token_row(rows[0]), token
+
+    async def list(self, include_revoked=False):
+        where = "" if include_revoked else "WHERE revoked_at IS NULL"
+        rows = await self._pool.runQuery(
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens {where} ORDER BY id")
+        return [_token_row(r) for r in rows]
+
+    async def revoke(self, token_id, by):
+        try:
+            token_id = int(token_id)
+        except ValueError:
+            raise NotFound(f"no token {token_id!r}") from None
+        rows = await self._pool.runQuery(
+            f"UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()), "
+            f"revoked_by = coalesce(revoked_by, %s) WHERE id = %s RETURNING {_TOKEN_COLUMNS}",
+            (by, token_id))
+        if not rows:
+            raise NotFound(f"no token {token_id}")
+        return _token_row(rows[0])
+
+    # -- the audit trail ------------------------------------------------
+
+    async def audit(self, actor, source, method, path, status, outcome):
+        await self._pool.runOperation(
+            "INSERT INTO audit (actor, source, method, path, status, outcome) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (actor, source, method, path[:2048], status, outcome[:1024]))
+
+    async def list_audit(self, before=None, limit=100, actor=None):
+        limit = max(1, min(int(limit or 100), MAX_PAGE))
+        clauses, args = [], []
+        if before is not None:
+            clauses.append("id < %s")
+            args.append(before)
+        if actor is not None:
+            clauses.append("actor = %s")
+            args.append(actor)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = await self._pool.runQuery(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id DESC LIMIT %s",
+            (*args, limit))
+        return [_plain(_AUDIT_COLUMNS, r) for r in rows]
+
+    # -- what a request touches (for cluster scopes) --------------------
+
+    async def cluster_of_node(self, name):
+        rows = await self._pool.runQuery("SELECT cluster FROM nodes WHERE name = %s", (name,))
+        return rows[0][0] if rows else None
+
+    async def cluster_of_op(self, op_id):
+        """The cluster of an operation's node; '' if the node is gone, None if no such op."""
+        try:
+            op_id = int(op_id)
+        except ValueError:
+            return None
+        if not 0 < op_id < 2**63:
+            return None
+        rows = await self._pool.runQuery(
+            "SELECT coalesce(n.cluster, '') FROM power_ops o "
+            "LEFT JOIN nodes n ON n.name = o.node WHERE o.id = %s", (op_id,))
+        return rows[0][0] if rows else None
+
+    async def clusters_of_nodes(self, names):
+        names = sorted({n for n in names if isinstance(n, str)})
+        if not names:
+            return {}
+        rows = await self._pool.runQuery(
+            "SELECT name, cluster FROM nodes WHERE name = ANY(%s)", (names,))
+        return dict(rows)
