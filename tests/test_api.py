@@ -390,10 +390,10 @@ class BrokenPodManagers(PodManagerStore):
 class BrokenStore(Store):
     """A store whose reads fail unexpectedly (a bug), once plainly, once in SQL."""
 
-    def __init__(self, pool, catalogue):
-        super().__init__(pool, catalogue)
-        self.nodes = BrokenNodes(pool, catalogue)
-        self.pod_managers = BrokenPodManagers(pool, catalogue)
+    def __init__(self, pool, catalogue, vault):
+        super().__init__(pool, catalogue, vault=vault)
+        self.nodes = BrokenNodes(pool, catalogue, vault)
+        self.pod_managers = BrokenPodManagers(pool, catalogue, vault)
 
 
 class InternalErrorTests(ApiTestCase):

@@ -26,6 +26,7 @@ class StartupFailureTests(unittest.TestCase):
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
             f.write(text)
+        os.chmod(path, 0o600)  # the daemons refuse a secret others can read
         return path
 
     async def twistd(self, *argv):

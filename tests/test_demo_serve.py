@@ -64,8 +64,12 @@ class DemoServeTests(unittest.TestCase):
         api = await demo.serving
         http = HTTPConnectionPool(reactor, persistent=False)
 
+        with open(os.path.join(state, "token")) as f:  # the demo's admin token
+            token = f.read().strip()
+
         async def get(path):
-            response = await treq.get(api + path, pool=http)
+            response = await treq.get(api + path, pool=http,
+                                      headers={"Authorization": [f"Bearer {token}"]})
             return response.code, await treq.json_content(response)
 
         async def pserv_live():

@@ -57,6 +57,7 @@ class SchemathesisTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES),
             "--phases", "examples,coverage,fuzzing", "--checks", ",".join(CHECKS),
             "--request-timeout", "20", "--workers", "1", "--no-shrink",
+            "--header", f"Authorization: Bearer {self.token}",  # as an admin
             "--suppress-health-check", "all", "--continue-on-failure",
             "--report", "ndjson", "--report-ndjson-path", os.path.join(report, "run.ndjson"),
         ]
@@ -126,7 +127,15 @@ class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     timeout = 120
 
     async def connect(self, data=b"", trickle=None):
-        """Open a raw connection to the API; the protocol (``.closed`` fires with all data)."""
+        """
+        Open a raw connection to the API; the protocol (``.closed`` fires
+        with all data).  Requests go as the tests' admin: the token joins
+        the ``Host: x`` header line.
+        """
+        auth = b"\r\nHost: x\r\nAuthorization: Bearer " + self.token.encode() + b"\r\n"
+        data = data.replace(b"\r\nHost: x\r\n", auth, 1)
+        if trickle:
+            trickle = (trickle[0].replace(b"\r\nHost: x\r\n", auth, 1), trickle[1])
         proto = _Raw(data, trickle)
         port = self.region.api_port.getHost().port
         await protocol.ClientCreator(reactor, lambda: proto).connectTCP("127.0.0.1", port)

@@ -166,7 +166,8 @@ class AuthDeadlineTests(unittest.TestCase):
         clock.advance(9.9)
         nonce = protocol.challenge()["nonce"]
         mine = auth.new_nonce()
-        answer = protocol.authenticate(proof=auth.proof(SECRET, nonce), nonce=mine)
+        answer = self.successResultOf(defer.ensureDeferred(
+            protocol.authenticate(proof=auth.proof(SECRET, nonce), nonce=mine)))
         self.assertTrue(auth.valid(SECRET, mine, answer["proof"]))
         self.assertEqual(clock.getDelayedCalls(), [])
         clock.advance(60)

@@ -187,10 +187,10 @@ class _SchemaCatalogue:
     schemas: dict
 
     def get(self, driver):
-        from powerctl.drivers.errors import ConfigurationError
+        from powerctl.drivers.errors import DriverSettingsError
 
         if driver not in self.schemas:
-            raise ConfigurationError(f"unknown driver {driver!r}")
+            raise DriverSettingsError(f"unknown driver {driver!r}")
         return _SchemaEntry(self.schemas[driver])
 
 

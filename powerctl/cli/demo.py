@@ -248,11 +248,15 @@ class Demo:
             f.write(SECRET)
         os.chmod(secret_file, 0o600)
         self.secret_file = secret_file
+        key_file = os.path.join(state, "secrets.key")
+        if not os.path.exists(key_file):  # a fresh demo database: a fresh key
+            from powerctl.region.vault import create_key_file
+
+            create_key_file(key_file)
         settings = RegionConfig(name="demo-region", database=dsn,
                                 api_endpoint="tcp:0:interface=127.0.0.1",
                                 rpc_endpoint="tcp:0:interface=127.0.0.1",
-                                secret_file=secret_file,
-                                key_file=os.path.join(state, "secrets.key"))
+                                secret_file=secret_file, key_file=key_file)
         self.region = RegionService(settings, SECRET, self.reactor,
                                     standard_catalogue(self.reactor))
         self.region.startService()
