@@ -10,7 +10,7 @@ import socket
 import tempfile
 
 import treq
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 from twisted.web.client import HTTPConnectionPool
 
 from powerctl.config import PservConfig, RegionConfig
@@ -26,14 +26,6 @@ from powerctl.sim.redfish import RedfishSimulator, SimSystem
 SECRET = b"a-test-secret-of-enough-bytes"
 TIMING = Timing(timeout=2.0, retries=1, backoff=0.1, verify_timeout=15.0,
                 poll_interval=0.1, soft_off_timeout=2.0)
-
-
-def run(f):
-    """Run an ``async def`` test method as a Deferred (trial waits on it)."""
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 def free_port():

@@ -37,7 +37,7 @@ from tests.test_multiagent import FakeDriver
 from tests.test_powerconfig import fake_catalogue
 from tests.pg import DatabaseMixin
 from tests import tokens
-from tests.system import SystemMixin, run, wait_until
+from tests.system import SystemMixin, wait_until
 from tests.test_store import StoreTestCase
 
 HOSTILE = '<script>alert("x")</script>'
@@ -760,8 +760,6 @@ class WholeSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 
     timeout = 60
     switch_delay = 3.0
-
-    @run
     async def test_a_slow_power_on_is_seen_running_on_its_pserv(self):
         await self.start_region()
         await self.start_pserv()

@@ -25,7 +25,7 @@ from powerctl.rpc import auth, commands
 from powerctl.testing.amp import connect
 from powerctl.testing.region import FakeLeases, FakeRegionStore
 from tests.pg import DatabaseMixin
-from tests.system import SECRET, SystemMixin, catalogue, run
+from tests.system import SECRET, SystemMixin, catalogue
 
 
 class Client(amp.AMP):
@@ -84,8 +84,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 
     def texts(self, fragment):
         return [formatEvent(e) for e in self.events if fragment in formatEvent(e)]
-
-    @run
     async def test_a_bug_answers_internal_error_and_the_connection_stays(self):
         await self.start_region()
         store = self.region.region.store
@@ -112,8 +110,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertGreater((await p.callRemote(commands.Heartbeat, actions_in_flight=0))["lease"],
                            0)
         self.assertFalse(p.lost.called)
-
-    @run
     async def test_bad_boxes_after_authentication_are_refused_not_fatal(self):
         await self.start_region()
         p = await self.client()
@@ -132,8 +128,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual([e for e in self.events if "log_failure" in e], [])
         await p.callRemote(commands.Register, cluster="c1", name="x", version="t",
                            instance="i")
-
-    @run
     async def test_a_box_missing_an_argument_before_authentication_closes(self):
         await self.start_region()
         p = await self.client()

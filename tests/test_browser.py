@@ -22,7 +22,7 @@ from twisted.internet import threads
 from twisted.trial import unittest
 
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, run, wait_until
+from tests.system import SystemMixin, wait_until
 
 try:
     from selenium import webdriver
@@ -190,8 +190,6 @@ class StatusPageInBrowserTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             except WebDriverException:
                 continue
         raise AssertionError("could not submit the filter form")
-
-    @run
     async def test_what_an_operator_sees(self):
         await self.start_region()
         await self.start_pserv()

@@ -48,7 +48,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, free_port, run, wait_until
+from tests.system import SystemMixin, free_port, wait_until
 
 SEED_ENV = "POWERCTL_CHAOS_SEED"
 
@@ -307,8 +307,6 @@ class ChaosTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.sent.append((round(t, 2), region, node, action, status))
 
     # -- the test -----------------------------------------------------------
-
-    @run
     async def test_chaos(self):
         self._sampler_conn = None
         self.t0 = time.time()

@@ -8,7 +8,7 @@ without ``--wait``) warns when no live pserv serves the node's cluster.
 from twisted.trial import unittest
 
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, run, wait_until
+from tests.system import SystemMixin, wait_until
 
 
 class ClusterChecksTests(SystemMixin, DatabaseMixin, unittest.TestCase):
@@ -18,8 +18,6 @@ class ClusterChecksTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         return ("node", "add", name, "--cluster", cluster, "--driver", "redfish",
                 "-p", f"url={self.sim.url}", "-p", "username=admin",
                 "-p", "password=sim-pass", "-p", f"system={name}", *extra)
-
-    @run
     async def test_node_add_to_an_unknown_cluster_needs_create_cluster(self):
         await self.start_region()
         code, out, err = await self.cli(*self.add_argv("node1", "rakc1"))
@@ -35,8 +33,6 @@ class ClusterChecksTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(code, 0, err)
         code, out, err = await self.cli(*self.add_argv("node3", "c2"))
         self.assertIn("cluster 'c2' is unknown (known: c1)", err)
-
-    @run
     async def test_power_says_when_no_live_pserv_serves_the_cluster(self):
         await self.start_region()
         await self.add_node("node1")

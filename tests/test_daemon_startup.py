@@ -13,7 +13,7 @@ import sys
 from twisted.internet import reactor, utils
 from twisted.trial import unittest
 
-from tests.system import free_port, run
+from tests.system import free_port
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,8 +49,6 @@ class StartupFailureTests(unittest.TestCase):
         self.assertEqual(len(lines), 1, output)
         for text in expected:
             self.assertIn(text, lines[0])
-
-    @run
     async def test_region_exits_when_the_database_is_unreachable(self):
         port = free_port()  # nothing listens there
         secret = self.write("a-secret-long-enough-for-the-region")
@@ -60,8 +58,6 @@ class StartupFailureTests(unittest.TestCase):
                                   "cannot reach the database", f"port={port}",
                                   "Connection refused")
         self.assertNotIn("hunter2", output)
-
-    @run
     async def test_a_short_secret_is_a_message(self):
         short = self.write("short")
         code, output = await self.twistd(*self.region_argv("dbname=x", short))
@@ -70,8 +66,6 @@ class StartupFailureTests(unittest.TestCase):
         code, output = await self.twistd("powerctl-pserv", "--secret-file", short)
         self.assertOneLineFailure(code, output, "powerctl-pserv: cannot start: ",
                                   "at least 16 bytes")
-
-    @run
     async def test_a_bad_setting_names_the_file_the_key_and_what_is_allowed(self):
         path = self.write('[region]\nlease = "soon"\n')
         code, output = await self.twistd("powerctl-region", "--config", path)

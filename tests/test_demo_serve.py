@@ -9,7 +9,6 @@ import gc
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 
@@ -18,7 +17,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
-from tests.system import run, wait_until
+from tests.system import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,8 +46,6 @@ class _Demo(protocol.ProcessProtocol):
 
 class DemoServeTests(unittest.TestCase):
     timeout = 240
-
-    @run
     async def test_serves_until_ctrl_c_then_cleans_up(self):
         state = tempfile.mkdtemp(prefix="powerctl-demo-test-")
         os.chmod(state, 0o755)  # the postgres user (as root) must reach it

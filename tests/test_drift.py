@@ -20,7 +20,7 @@ from powerctl.region import drift
 from powerctl.region.drift import Observation, assess
 from powerctl.region.errors import InvalidInput, NotFound
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, run, wait_until
+from tests.system import SystemMixin, wait_until
 from tests.test_store import StoreTestCase, ipmi
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
@@ -405,8 +405,6 @@ class DriftSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 
     async def set_policy(self, policy, cluster="c1"):
         return await self.call("PUT", f"/v1/clusters/{cluster}", {"drift_policy": policy})
-
-    @run
     async def test_report_shows_drift_everywhere_and_a_new_request_clears_it(self):
         await self.start()
         await self.poll()
@@ -459,8 +457,6 @@ class DriftSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 
         response = await treq.get(self.api + path, pool=self.http, headers=self.auth_headers())
         return response.code, (await treq.content(response)).decode()
-
-    @run
     async def test_drift_clears_when_the_desired_state_is_seen_again(self):
         await self.start()
         self.sim.systems["node1"].power_state = "Off"
@@ -469,8 +465,6 @@ class DriftSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.sim.systems["node1"].power_state = "On"  # put back by hand
         await self.poll()
         self.assertIsNone((await self.node())["drift"])
-
-    @run
     async def test_enforce_brings_the_node_back_with_one_reconcile_operation(self):
         await self.start()
         code, body = await self.set_policy("enforce")
@@ -493,8 +487,6 @@ class DriftSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                          ("on", "on", None))
         self.assertEqual(len(await self.reconcile_ops()), 1)
         self.assertEqual(await self.reconcile_ops("node2"), [])
-
-    @run
     async def test_a_failed_poll_never_records_drift_nor_enforces(self):
         await self.start()
         code, _ = await self.set_policy("enforce")
@@ -511,8 +503,6 @@ class DriftSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         await self.poll()  # conclusive again: the first sighting only
         self.assertEqual((await self.node())["drift"]["polls"], 1)
         self.assertEqual(await self.reconcile_ops(), [])
-
-    @run
     async def test_an_unreachable_bmc_neither_counts_nor_enforces_drift(self):
         await self.start()
         await self.set_policy("enforce")
@@ -528,8 +518,6 @@ class DriftSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertTrue(node["responsive"])  # within the grace: drift is kept, not counted
         self.assertEqual(node["drift"], seen)
         self.assertEqual(await self.reconcile_ops(), [])
-
-    @run
     async def test_cluster_policy_api_and_cli(self):
         await self.start()
         code, body = await self.set_policy("sometimes")

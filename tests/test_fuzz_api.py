@@ -19,7 +19,6 @@ reactor in this process keeps serving the region it talks to.
 
 import json
 import os
-import socket
 import sys
 
 from twisted.internet import defer, protocol, reactor, task, utils
@@ -28,7 +27,7 @@ from twisted.trial import unittest
 from powerctl.region import api as api_module
 from powerctl.region import http
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, run
+from tests.system import SystemMixin
 
 SEED = int(os.environ.get("POWERCTL_FUZZ_SEED", "20261204"))
 #: Generated requests per API operation and phase; with ~20 operations this
@@ -43,8 +42,6 @@ class SchemathesisTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     """The region against the generator, its own OpenAPI document as the oracle."""
 
     timeout = 300
-
-    @run
     async def test_no_server_error_or_undocumented_answer(self):
         await self.start_region()
         await self.start_pserv()
@@ -141,8 +138,6 @@ class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         await protocol.ClientCreator(reactor, lambda: proto).connectTCP("127.0.0.1", port)
         self.addCleanup(lambda: proto.transport.connected and proto.transport.abortConnection())
         return proto
-
-    @run
     async def test_an_oversized_body_is_refused_without_being_read(self):
         await self.start_region()
         # The header alone says too much: 413 before a byte of the body is sent.
@@ -169,8 +164,6 @@ class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             b"POST %s HTTP/1.0\r\nHost: x\r\nContent-Type: %s\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (path, ctype, len(data), data))
         return _status(await proto.closed)
-
-    @run
     async def test_bodies_that_are_not_json_by_content_type(self):
         await self.start_region()
         node = json.dumps({"name": "n1", "cluster": "c1", "power": {
@@ -184,8 +177,6 @@ class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(await self.get("/v1/nodes"), [])
         code, body = await self.raw_post(node, b"application/json; charset=utf-8")
         self.assertEqual(code, 201, body)  # the same body, declared right, is taken
-
-    @run
     async def test_a_20000_character_url_is_414_and_the_region_goes_on(self):
         await self.start_region()
         proto = await self.connect(b"GET /v1/nodes/" + b"a" * 20000 + b" HTTP/1.1\r\n"
@@ -199,8 +190,6 @@ class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         # a long URL under the limit is an ordinary request (here: no such node)
         code, body = await self.call("GET", "/v1/nodes/" + "a" * 8000)
         self.assertEqual(code, 404)
-
-    @run
     async def test_slow_clients_are_closed_and_others_served_meanwhile(self):
         await self.start_region()
         site = self.region.api_port.factory

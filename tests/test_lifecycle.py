@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from powerctl.sim.redfish import RedfishSimulator, SimSystem
 from tests.pg import DatabaseMixin
-from tests.system import ADMIN, SystemMixin, run, wait_until
+from tests.system import ADMIN, SystemMixin, wait_until
 
 
 class LogCapture:
@@ -68,7 +68,6 @@ class LifecycleMixin(SystemMixin):
 
 
 class DeleteTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
-    @run
     async def test_delete_during_an_operation_cancels_it_and_keeps_history(self):
         await self.start()
         op = await self.power("node1", "on")
@@ -96,8 +95,6 @@ class DeleteTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         await sleep(0.5)
         self.assertEqual(self.requests_for("node1", mark), [])
         self.assertEqual(self.region.region.directory.all(), [connection])
-
-    @run
     async def test_node_deleted_while_its_pserv_was_away_is_forgotten_on_reconnect(self):
         await self.start()
         await self.pserv.stopService()
@@ -111,8 +108,6 @@ class DeleteTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(await self.clean_poll_round(pserv), [])
         self.assertEqual(self.requests_for("node1", mark), [])
         self.assertTrue(self.requests_for("node2", mark))
-
-    @run
     async def test_outcome_of_an_operation_deleted_under_the_pserv_is_dropped_once(self):
         """
         The old failure: an outcome for a node deleted while its pserv was
@@ -130,8 +125,6 @@ class DeleteTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         await sleep(0.5)
         self.assertEqual(self.region.region.directory.all(), connection)
         self.assertEqual(len(self.pserv.link._outbox), 0)
-
-    @run
     async def test_delete_with_no_pserv_cancels_its_pending_operations(self):
         await self.start_region()
         await self.add_node("node1")
@@ -150,7 +143,6 @@ class DeleteTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
 
 
 class ReportTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
-    @run
     async def test_unknown_node_in_a_batch_does_not_stop_the_rest(self):
         await self.start(nodes=("node1", "node2"))
         await wait_until(lambda: defer.succeed(self.pserv.link.connected))
@@ -168,8 +160,6 @@ class ReportTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
             self.assertEqual(node["power_state"], "on", name)
         ghosts = [t for t in capture.texts() if "ghost" in t]
         self.assertEqual(len(ghosts), 1, capture.texts())
-
-    @run
     async def test_outcome_for_an_unknown_operation_is_refused_without_losing_the_link(self):
         await self.start(nodes=("node1",))
         await wait_until(lambda: defer.succeed(self.pserv.link.connected))
@@ -190,8 +180,6 @@ class ChangeTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
             reactor, [SimSystem(id="other", name="other")], username="admin",
             password="new-pass", delay=0.2).start()
         self.addCleanup(self.sim2.stop)
-
-    @run
     async def test_new_power_configuration_never_runs_with_the_old_one(self):
         await self.start()
         op = await self.power("node1", "on")
@@ -212,8 +200,6 @@ class ChangeTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(await self.clean_poll_round(), [])
         await sleep(0.3)
         self.assertEqual(self.requests_for("node1", mark), [])
-
-    @run
     async def test_move_to_another_cluster_hands_the_node_over(self):
         await self.start()
         other = await self.start_pserv(name="pserv-b", cluster="c2")
@@ -242,8 +228,6 @@ class ChangeTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
 class CancelTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
     async def _running(self, op_id):
         return (await self.op(op_id))["state"] == "running"
-
-    @run
     async def test_operator_cancel_quiets_the_device_first(self):
         await self.start()
         op = await self.power("node1", "on")
@@ -267,8 +251,6 @@ class CancelTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         code, body = await self.call("POST", "/v1/power_ops/99999/cancel")
         self.assertEqual(code, 404, body)
         self.assertEqual(await self.clean_poll_round(), [])
-
-    @run
     async def test_cli_cancels(self):
         await self.start()
         op = await self.power("node1", "on")
@@ -281,8 +263,6 @@ class CancelTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         code, out, err = await self.cli("ops", "cancel", str(op["id"]))
         self.assertNotEqual(code, 0)
         self.assertIn("already ended", out + err)
-
-    @run
     async def test_cancel_without_the_running_pserv_needs_force(self):
         await self.start()
         op = await self.power("node1", "on")
@@ -303,8 +283,6 @@ class CancelTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
 class ManualTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
     MANUAL = {"mode": "single", "agents": [{"driver": "manual",
                                             "params": {"label": "rack 4, slot 12"}}]}
-
-    @run
     async def test_operator_confirms_a_manual_action(self):
         await self.start(nodes=("node2",))
         await self.add_node("hand", power=self.MANUAL)
@@ -340,8 +318,6 @@ class ManualTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         code, body = await self.call("POST", f"/v1/power_ops/{op['id']}/confirm",
                                      {"state": "on"})
         self.assertEqual(code, 409, body)
-
-    @run
     async def test_cli_confirms_and_non_manual_nodes_refuse(self):
         await self.start(nodes=("node1",))
         await self.add_node("hand", power=self.MANUAL)
@@ -355,8 +331,6 @@ class ManualTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
         code, body = await self.call("POST", f"/v1/power_ops/{other['id']}/confirm",
                                      {"state": "on"})
         self.assertIn(code, (400, 409), body)
-
-    @run
     async def test_unconfirmed_manual_action_fails_at_its_deadline(self):
         await self.start(nodes=())
         power = {"mode": "single", "agents": [{"driver": "manual", "params": {

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from powerctl.drivers.errors import AuthenticationError, PowerTimeout
 from powerctl.pserv.lockout import GuardedDriver, LockoutGuard, credentials_key
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, run
+from tests.system import SystemMixin
 
 
 class GuardTests(unittest.TestCase):
@@ -117,8 +117,6 @@ class GuardedDriverTests(unittest.TestCase):
 
 class RedfishLockoutTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     nodes = ("node1",)
-
-    @run
     async def test_a_wrong_password_reaches_the_bmc_at_most_three_times(self):
         refused = []
         valid = self.sim._valid

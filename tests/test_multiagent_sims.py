@@ -15,7 +15,7 @@ from powerctl.drivers.snmp import SnmpDriverType
 from powerctl.power import PowerState
 from powerctl.pserv.executor import build_node_power
 from powerctl.sim import ipmi as ipmi_sim, snmp as snmp_sim
-from tests.system import free_port, run
+from tests.system import free_port
 
 TIMING = Timing(timeout=2.0, retries=0, backoff=0.1, verify_timeout=5.0, poll_interval=0.05)
 
@@ -33,8 +33,6 @@ class MultiAgentThroughSimulators(unittest.TestCase):
         return {"driver": "snmp", "params": {
             "host": "127.0.0.1", "port": self.pdu.port, "family": "apc-rpdu", "outlet": n,
             "community": "public", "write_community": "private", "retries": 0}}
-
-    @run
     async def test_concurrent_dual_psu(self):
         self.pdu = await snmp_sim.start(reactor, snmp_sim.SimOptions(
             family="apc-rpdu", outlets=4, initial="on,on,off,off", switch_delay=0.1))
@@ -51,8 +49,6 @@ class MultiAgentThroughSimulators(unittest.TestCase):
         self.assertEqual(result.state, PowerState.ON)
         self.assertEqual((self.pdu.outlets[1], self.pdu.outlets[2]),
                          (PowerState.ON, PowerState.ON))
-
-    @run
     async def test_sequential_falls_back_to_the_secondary(self):
         bmc = ipmi_sim.start(reactor, {"count": 1, "latency": 0.002,
                                        "username": "admin", "password": "pw"})

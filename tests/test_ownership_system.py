@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from powerctl.rpc import auth, commands
 from tests.pg import DatabaseMixin
-from tests.system import SECRET, SystemMixin, free_port, run, wait_until
+from tests.system import SECRET, SystemMixin, free_port, wait_until
 
 
 def sleep(seconds):
@@ -56,7 +56,6 @@ class OwnershipMixin(SystemMixin):
 
 
 class OneOwnerTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
-    @run
     async def test_on_then_off_to_three_pservs_ends_off_each_driven_by_one(self):
         """The issue's first scenario: five of six machines used to end on."""
         await self.start_region()
@@ -83,8 +82,6 @@ class OneOwnerTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
         for name in self.nodes:
             node = await self.get(f"/v1/nodes/{name}")
             self.assertEqual((node["desired_state"], node["power_state"]), ("off", "off"))
-
-    @run
     async def test_a_joining_pserv_takes_only_its_share(self):
         await self.start_region()
         await self.start_pserv("pserv-a")
@@ -130,7 +127,6 @@ class OneOwnerTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
 
 
 class LeaseTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
-    @run
     async def test_a_cut_off_pserv_goes_quiet_before_its_nodes_move(self):
         await self.start_region()
         a = await self.start_pserv("pserv-a")
@@ -162,8 +158,6 @@ class LeaseTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
         self.assertIsNone(a.pserv.epoch)
         self.assertEqual(a.registry.activity(), [])
         self.assertEqual(self.owners()[node][0], "pserv-b")
-
-    @run
     async def test_a_clean_stop_releases_at_once(self):
         await self.start_region()
         a = await self.start_pserv("pserv-a")
@@ -202,8 +196,6 @@ class FencingTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
         return p.callRemote(commands.ReportOutcome, operation_id=op["id"], outcome=state,
                             observed_state="on", agent="", error="", coalesced_into=0,
                             superseded_by=0, epoch=p.epoch if epoch is None else epoch)
-
-    @run
     async def test_only_the_owner_of_the_current_epoch_writes_the_journal(self):
         await self.start_region()
         x = await self.peer("pserv-x", "one")
@@ -221,8 +213,6 @@ class FencingTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual((await self.get("/v1/nodes/node1"))["power_state"], "unknown")
         self.assertTrue((await self.outcome(x, op))["recorded"])
         self.assertEqual((await self.op(op["id"]))["state"], "succeeded")
-
-    @run
     async def test_a_restarted_pserv_gets_a_new_epoch_and_the_old_one_is_refused(self):
         await self.start_region()
         old = await self.peer("pserv-x", "first-process")
@@ -239,8 +229,6 @@ class FencingTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
         with self.assertRaises(commands.StaleEpoch):
             await self.outcome(again, op)  # the old epoch's word no longer counts
         self.assertTrue((await self.outcome(new, op))["recorded"])
-
-    @run
     async def test_a_dispatch_under_another_epoch_is_refused_by_the_pserv(self):
         await self.start_region()
         pserv = await self.start_pserv("pserv-a")
@@ -257,8 +245,6 @@ class TwoRegionTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
         region = await self.start_region("region-two", f"tcp:{port}:interface=127.0.0.1",
                                          main=False)
         return region, f"tcp:host=127.0.0.1:port={port}"
-
-    @run
     async def test_a_request_to_any_region_reaches_the_owner_at_once(self):
         await self.start_region()
         other, _ = await self.second_region()
@@ -271,8 +257,6 @@ class TwoRegionTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual((done["state"], done["pserv"]), ("succeeded", "pserv-a"))
         await wait_until(lambda: defer.succeed(sum(
             r.coordinator.leader for r in (self.region, other)) == 1))
-
-    @run
     async def test_losing_one_region_moves_nothing_while_the_pserv_lives(self):
         await self.start_region()
         other, dial = await self.second_region()

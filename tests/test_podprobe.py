@@ -12,11 +12,10 @@ from powerctl.region.store import Store
 from powerctl.sim.redfish import RedfishSimulator, SimSystem
 from tests import tokens
 from tests.pg import DatabaseMixin
-from tests.system import catalogue, free_port, run
+from tests.system import catalogue, free_port
 
 
 class ProbeTests(DatabaseMixin, unittest.TestCase):
-    @run
     async def test_status_follows_reachability(self):
         pool = txpostgres.ConnectionPool(None, self.dsn, min=1)
         await pool.start()

@@ -14,7 +14,6 @@ from powerctl.pserv.executor import DriverExecutor
 from powerctl.pserv.poller import Poller
 from powerctl.registry import PowerActionRegistry
 from powerctl.sim import snmp as snmp_sim
-from tests.system import run
 
 TIMING = Timing(timeout=2.0, retries=0, verify_timeout=5.0, poll_interval=0.05)
 
@@ -52,8 +51,6 @@ class PollerTests(unittest.TestCase):
         self.registry = PowerActionRegistry(self.executor, reactor)
         self.link = RecordingLink()
         self.poller = Poller(self.registry, self.executor, self.link, reactor, 60, 4)
-
-    @run
     async def test_outlets_of_one_pdu_are_read_in_one_request(self):
         await self.setup()
         for n in range(1, 9):
@@ -64,8 +61,6 @@ class PollerTests(unittest.TestCase):
         states = {s["node"]: s["state"] for s in batch}
         self.assertEqual(states, {f"node{n}": ("on" if n % 2 else "off") for n in range(1, 9)})
         self.assertEqual(self.pdu.datagrams - before, 1)
-
-    @run
     async def test_busy_nodes_are_skipped_and_failures_reported(self):
         await self.setup()
         self.executor.configure("node1", outlet(self.pdu.port, 1))

@@ -8,7 +8,7 @@ operator's cancel (reported only once quiet), a manual confirmation, and a
 re-sent operation that already finished (re-reported, never re-run).
 """
 
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.trial import unittest
 from zope.interface import implementer
 

@@ -22,7 +22,7 @@ from powerctl.region import pservcreds
 from powerctl.region.vault import load_key_file
 from powerctl.rpc import auth, commands, credentials
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, run, wait_until
+from tests.system import SystemMixin, wait_until
 
 
 class PureTests(unittest.TestCase):
@@ -88,8 +88,6 @@ class CredentialSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         await self.add_node("node1", cluster="c1")  # Redfish password "sim-pass"
         await self.add_node("node2", cluster="c2", power=self.redfish_power(
             "node2", password="c2-only-pass"))
-
-    @run
     async def test_a_credential_admits_its_cluster_only(self):
         await self.setup_fleet()
         rack1 = self.credential("c1")
@@ -121,8 +119,6 @@ class CredentialSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                        credentials.Credential(rack1.id, b"y" * 43)):
             with self.assertRaises(commands.AuthenticationFailed):
                 await self.client(forged)
-
-    @run
     async def test_a_real_pserv_with_a_credential_works_and_is_cut_off_when_revoked(self):
         await self.setup_fleet()
         rack1 = self.credential("c1")
@@ -148,8 +144,6 @@ class CredentialSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         await wait_until(self.connected_pservs)
         self.assertEqual(await self.connected_pservs(), ["pserv-shared"])
         self.flushLoggedErrors(commands.AuthenticationFailed)
-
-    @run
     async def test_the_admin_command_prints_a_credential_file(self):
         await self.setup_fleet()
         code, out, err = await self.admin("pserv-credential", "create", "--cluster", "c1",

@@ -1,6 +1,6 @@
 """
-The registry rules of DESIGN.md, one scenario each, with a fake executor
-and a Clock -- no sockets.
+The registry rules (the docstring of :mod:`powerctl.registry.registry`),
+one scenario each, with a fake executor and a Clock -- no sockets.
 """
 
 from twisted.internet import task

@@ -15,7 +15,7 @@ from powerctl.pserv.link import PservProtocol, RegionLink
 from powerctl.registry import PowerActionRegistry
 from powerctl.rpc import auth, commands
 from tests.pg import DatabaseMixin
-from tests.system import SECRET, SystemMixin, catalogue, run
+from tests.system import SECRET, SystemMixin, catalogue
 
 
 
@@ -40,8 +40,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                                     version="test", instance="test-instance")
         p.epoch = answer["epoch"]
         return p
-
-    @run
     async def test_commands_before_authentication_are_refused(self):
         await self.start_region()
         p = await self.client()
@@ -54,8 +52,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             with self.assertRaises(commands.NotAuthenticated):
                 await p.callRemote(command, **kwargs)
         self.assertEqual(await self.connected_pservs(), [])
-
-    @run
     async def test_wrong_secret_is_refused_and_dropped(self):
         await self.start_region()
         p = await self.client()
@@ -67,8 +63,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                                proof=auth.proof(b"not-the-secret", challenge["nonce"]),
                                nonce=auth.new_nonce())
         await lost.addTimeout(5, reactor)
-
-    @run
     async def test_malformed_reports_are_refused_and_change_nothing(self):
         await self.start_region()
         await self.add_node("node1")
@@ -87,8 +81,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                                epoch=p.epoch)
         self.assertEqual((await self.op(op["id"]))["state"], "pending")
         self.assertEqual((await self.get("/v1/nodes/node1"))["power_state"], "unknown")
-
-    @run
     async def test_reports_are_recorded_and_idempotent(self):
         await self.start_region()
         await self.add_node("node1")
@@ -103,8 +95,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual((done["state"], done["pserv"], done["agent"]),
                          ("succeeded", "pserv-x", "0:redfish"))
         self.assertEqual((await self.get("/v1/nodes/node1"))["power_state"], "off")
-
-    @run
     async def test_late_outcomes_never_rewrite_a_terminal_operation(self):
         await self.start_region()
         await self.add_node("node1")
@@ -127,8 +117,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                 self.assertFalse(answer["recorded"], (outcome, late))
             final = await self.op(op["id"])
             self.assertEqual((final["state"], final["agent"]), (outcome, None), final)
-
-    @run
     async def test_a_failed_change_is_not_a_failed_poll(self):
         await self.start_region()
         await self.add_node("node1")
@@ -143,8 +131,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         node = await store.nodes.get("node1")
         self.assertEqual((node["failed_polls"], node["responsive"]), (0, True))
         self.assertEqual(node["last_error"], "unreachable: no route")
-
-    @run
     async def test_recovery_fails_operations_whose_configuration_no_longer_resolves(self):
         """A whole page of them: the cursor moves on (it used to index an empty page)."""
         await self.start_region()
@@ -175,8 +161,6 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(len(failed), 150)
         self.assertIn("removed-driver", failed[0]["error"])
         self.assertEqual(await self.get("/v1/power_ops?node=node1&state=pending"), [])
-
-    @run
     async def test_recovery_is_paged_below_the_amp_value_limit(self):
         await self.start_region()
         await self.add_node("node1")

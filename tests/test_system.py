@@ -7,11 +7,11 @@ pserv or the region is stopped mid-operation.
 
 import json
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, run, wait_until
+from tests.system import SystemMixin, wait_until
 
 
 
@@ -25,8 +25,6 @@ class PowerRequestTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         await wait_until(self.connected_pservs)
         for name in self.nodes:
             await self.add_node(name)
-
-    @run
     async def test_power_on_completes_and_is_journalled(self):
         await self.start()
         op = await self.power("node1", "on")
@@ -38,8 +36,6 @@ class PowerRequestTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         node = await self.get("/v1/nodes/node1")
         self.assertEqual((node["desired_state"], node["power_state"]), ("on", "on"))
         self.assertEqual(self.sim.systems["node1"].power_state, "On")
-
-    @run
     async def test_on_then_off_on_a_slow_bmc_ends_off(self):
         self.sim.delay = 1.5
         await self.start()
@@ -58,8 +54,6 @@ class PowerRequestTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     async def _running(self, op_id):
         op = await self.op(op_id)
         return op["state"] == "running"
-
-    @run
     async def test_duplicate_requests_coalesce(self):
         self.sim.delay = 1.0
         await self.start()
@@ -85,8 +79,6 @@ class RecoveryTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             return False
         nodes = await self.get("/v1/nodes")
         return all(n["power_state"] == n["desired_state"] for n in nodes if n["desired_state"])
-
-    @run
     async def test_pserv_stopped_mid_operation_converges_after_restart(self):
         await self.start_region()
         pserv = await self.start_pserv()
@@ -106,8 +98,6 @@ class RecoveryTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     async def _all_running(self, ops):
         states = [(await self.op(o["id"]))["state"] for o in ops]
         return all(s == "running" for s in states)
-
-    @run
     async def test_region_restarted_mid_operation_loses_nothing(self):
         await self.start_region()
         await self.start_pserv()
@@ -126,8 +116,6 @@ class RecoveryTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 class FailoverTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     timeout = 60
     switch_delay = 1.5
-
-    @run
     async def test_work_of_a_dead_pserv_moves_to_a_live_one(self):
         await self.start_region()
         pservs = {"pserv-a": await self.start_pserv("pserv-a"),
@@ -155,8 +143,6 @@ class FailoverTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 class MonitoringTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     timeout = 60
     nodes = ("node1",)
-
-    @run
     async def test_polling_sees_changes_made_behind_our_back(self):
         await self.start_region()
         await self.start_pserv(poll_interval=0.3)
@@ -173,8 +159,6 @@ class MonitoringTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         node = await self.get("/v1/nodes/node1")
         self.assertTrue(node["last_queried_at"])
         self.assertTrue(node["responsive"])
-
-    @run
     async def test_failed_change_sets_last_error_and_keeps_state(self):
         await self.start_region()
         await self.start_pserv()
@@ -195,8 +179,6 @@ class CliAgainstRegionTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     """The powerctl CLI against the real region API, pserv and simulator."""
 
     timeout = 60
-
-    @run
     async def test_add_power_wait_and_list(self):
         await self.start_region()
         await self.start_pserv()
@@ -220,7 +202,6 @@ class CliAgainstRegionTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 
 
 class RegionPagesTests(SystemMixin, DatabaseMixin, unittest.TestCase):
-    @run
     async def test_status_page_and_metrics_are_served(self):
         import treq
 
@@ -256,8 +237,6 @@ class TlsTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.rpc_listen = (f"ssl:{self.rpc_port}:interface=127.0.0.1:"
                            f"privateKey={folder}/key.pem:certKey={folder}/cert.pem")
         self.rpc_dial = f"tls:host=127.0.0.1:port={self.rpc_port}:trustRoots={folder}/roots"
-
-    @run
     async def test_power_over_tls(self):
         await self.start_region()
         await self.start_pserv()

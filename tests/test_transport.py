@@ -19,7 +19,7 @@ from powerctl.pserv.service import PservService
 from powerctl.region.service import RegionService
 from powerctl.rpc import transport
 from tests.pg import DatabaseMixin
-from tests.system import SECRET, SystemMixin, catalogue, run, wait_until
+from tests.system import SECRET, SystemMixin, catalogue, wait_until
 
 
 class PureTests(unittest.TestCase):
@@ -53,8 +53,6 @@ class StartupTests(DatabaseMixin, unittest.TestCase):
         allowed = PservConfig(regions=("tcp:host=10.9.8.7:port=5250",),
                               allow_plaintext_rpc=True)
         PservService(allowed, SECRET, reactor, catalogue())
-
-    @run
     async def test_a_region_refuses_plain_rpc_on_every_interface(self):
         key_dir = tempfile.mkdtemp()
         self.addCleanup(__import__("shutil").rmtree, key_dir)
@@ -74,7 +72,6 @@ class StartupTests(DatabaseMixin, unittest.TestCase):
 
 
 class TlsEndToEndTests(SystemMixin, DatabaseMixin, unittest.TestCase):
-    @run
     async def test_region_and_pserv_over_tls_with_tls_init_certificates(self):
         directory = os.path.join(tempfile.mkdtemp(), "tls")
         self.addCleanup(__import__("shutil").rmtree, os.path.dirname(directory))

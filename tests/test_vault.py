@@ -22,7 +22,7 @@ from powerctl.config import RegionConfig
 from powerctl.region import vault as vaults
 from powerctl.region.service import RegionService
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, catalogue, run, wait_until
+from tests.system import SystemMixin, catalogue, wait_until
 from tests.test_powerconfig import fake_catalogue
 
 
@@ -134,8 +134,6 @@ class AtRestSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     """A region over real PostgreSQL and a pserv driving the Redfish simulator."""
 
     nodes = ("node1", "node2")
-
-    @run
     async def test_a_dump_holds_no_secret_and_the_pserv_still_gets_them(self):
         lines = []
 
@@ -184,8 +182,6 @@ class AtRestSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         logged = "\n".join(lines)
         for secret in ("sim-pass", "hook-pass-1", "hdr-tok-9", "pm-pass-7", real, self.token):
             self.assertNotIn(secret, logged)
-
-    @run
     async def test_plain_rows_are_sealed_at_start_and_a_wrong_or_missing_key_stops_it(self):
         conn = psycopg2.connect(self.dsn)
         with conn.cursor() as cur:  # rows as an older version left them
@@ -223,8 +219,6 @@ class AtRestSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             self.assertIn(key_file if message != "does not open" else "key", str(e.exception))
             self.flushLoggedErrors(vaults.VaultError)
             await region.stopService()
-
-    @run
     async def test_key_rotation_with_requests_in_flight(self):
         await self.start_region()
         await self.start_pserv()

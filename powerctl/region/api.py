@@ -23,6 +23,11 @@ client (:class:`powerctl.region.resource.AsyncResource`).
 Passwords never leave: node power documents are redacted (secrets show as
 ``"(set)"``), pod managers show ``password_set``, and database errors are
 logged without their DETAIL line (which can quote a row, password included).
+
+Why one module of this size: the routing table and its small handlers
+belong together (a route is read next to what answers it); the shared
+machinery is elsewhere (:mod:`powerctl.region.resource`,
+:mod:`powerctl.region.guard`, :mod:`powerctl.region.openapi`).
 """
 
 import json

@@ -23,6 +23,11 @@ configurations are never read, so no secret can show.
 Both read the store only through its public methods.  A failure answers
 500 with an error id; the id and the (sanitised) traceback go to the log
 through twisted.logger, never to the client.
+
+Why one module of this size: the page's template, its rows and the
+metrics text all read the same store answers through the same few
+helpers (ages, state classes, live activity); split, each half would
+import most of the other.
 """
 
 import datetime

@@ -1,5 +1,5 @@
 """
-The per-node power-action registry: the rules of DESIGN.md, in one object.
+The per-node power-action registry: the rules below, in one object.
 
 Per node the registry holds at most three *jobs* -- the change in play,
 one change waiting, and one query -- where a job is one execution shared

@@ -30,6 +30,9 @@ Faults per BMC (:class:`Faults`, replaced at run time with ``attrs.evolve``):
 (chassis commands answer that completion code), ``drop`` (that fraction of
 incoming packets is ignored).  Power changes take ``switch_delay`` seconds.
 Everything the BMC saw is recorded in :class:`SimulatedBmc` for tests.
+
+Why one module of this size: RMCP+ session set-up, its crypto and the
+few commands it answers are one state machine; the size is the protocol's.
 """
 
 import argparse

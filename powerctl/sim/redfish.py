@@ -23,6 +23,10 @@ tests can assert that nothing was sent, no session leaked and no socket was
 left open; ``log`` keeps a :class:`RequestRecord` per request (time,
 method, path, user agent, reset type) so that a test can tell which client
 sent what, and when.  ``start(reactor, options)`` runs it for the CLI.
+
+Why one module of this size: the resources of one Redfish service and
+the misbehaviours copied from real ones share the service's state; the
+size is the protocol's.
 """
 
 import base64
