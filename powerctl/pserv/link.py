@@ -162,6 +162,10 @@ class PservProtocol(amp.AMP):
         self.handshake = None
         self.epoch = None
         self.alive = False  # AMP does not keep BaseProtocol.connected
+        #: One recovery at a time: each compares what it knew before with
+        #: what the region lists, which only holds if no other recovery is
+        #: changing what we know meanwhile.
+        self._recovering = defer.DeferredLock()
 
     def locateResponder(self, name):
         """
@@ -224,12 +228,18 @@ class PservProtocol(amp.AMP):
             self.keeper.granted(epoch, sent_at, remaining)
         self.pserv.epoch = self.link.epoch = epoch
 
-    async def recover(self):
+    def recover(self):
         """
         Page through the region's ``Recover`` (the nodes and operations our
         lease owns) and converge on it; hand over the nodes it no longer
-        lists.
+        lists.  Recoveries asked for while one runs (a refresh from each
+        region, a hand-shake) run after it, one at a time: two at once could
+        each miss a node the other was just learning, and a node marked for
+        hand-over would never be released.
         """
+        return self._recovering.run(lambda: defer.ensureDeferred(self._recover()))
+
+    async def _recover(self):
         after_op, after_node, started = 0, "", 0
         known_before, listed = set(self.pserv.executor.known_nodes()), set()
         while True:

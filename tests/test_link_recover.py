@@ -1,0 +1,97 @@
+"""
+Recoveries on one pserv connection run one at a time.
+
+A recovery compares the nodes the pserv knew when it started with the nodes
+the region lists, and hands over the difference.  Two at once break that:
+a recovery whose listing was read before a hand-over was marked re-learns
+the node after the other recovery took its snapshot, and the node is never
+released -- the joining pserv waits for it for ever (seen once in CI as a
+node stuck in hand-over).  No sockets: the region's answers are Deferreds
+the test fires.
+"""
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from powerctl.pserv.link import PservProtocol, RegionLink
+from powerctl.rpc import commands
+
+
+class Executor:
+    def __init__(self, known):
+        self.known = set(known)
+
+    def known_nodes(self):
+        return sorted(self.known)
+
+
+class Pserv:
+    """What a recovery touches on the pserv: what it knows, learns and forgets."""
+
+    epoch = None
+
+    def __init__(self, known):
+        self.executor = Executor(known)
+
+    def configure(self, node, power):
+        self.executor.known.add(node)
+        return True
+
+    def dispatch(self, *args):
+        return ("known", None)
+
+    def forget_node(self, node, reason, report=True):
+        self.executor.known.discard(node)
+        return defer.succeed([])
+
+
+class Region(PservProtocol):
+    """The protocol with its AMP calls answered by the test."""
+
+    def __init__(self, pserv):
+        super().__init__(pserv, RegionLink(), settings=None, secret=b"x" * 16,
+                         clock=task.Clock())
+        self.calls = []
+
+    def callRemote(self, command, **kwargs):
+        d = defer.Deferred()
+        self.calls.append((command, kwargs, d))
+        return d
+
+    def answer(self, index, nodes):
+        command, _, d = self.calls[index]
+        if command is commands.Recover:
+            d.callback({"nodes": [{"name": n, "power": {}} for n in nodes],
+                        "operations": [], "after_op": -1, "after_node": "", "done": True})
+        else:
+            d.callback({"released": []})
+
+    def sent(self, command):
+        return [kwargs for c, kwargs, _ in self.calls if c is command]
+
+
+class SerialRecoveryTests(unittest.TestCase):
+    def test_a_second_recovery_waits_for_the_first(self):
+        region = Region(Pserv({"n1"}))
+        first, second = region.recover(), region.recover()
+        self.assertEqual(len(region.sent(commands.Recover)), 1)  # not two at once
+        region.answer(0, ["n1", "n2"])
+        self.successResultOf(first)
+        self.assertEqual(len(region.sent(commands.Recover)), 2)
+        region.answer(1, ["n1", "n2"])
+        self.successResultOf(second)
+
+    def test_a_node_marked_for_hand_over_meanwhile_is_released(self):
+        """The CI case: a stale listing must not hide a node from the next recovery."""
+        pserv = Pserv({"n1"})
+        region = Region(pserv)
+        stale = region.recover()  # read before n2 was marked: lists n1 and n2
+        fresh = region.recover()  # asked for by the hand-over: lists n1 only
+        region.answer(0, ["n1", "n2"])
+        self.successResultOf(stale)
+        region.answer(1, ["n1"])
+        [released] = region.sent(commands.ReleaseNodes)
+        self.assertEqual(released["nodes"], ["n2"])
+        region.answer(2, [])
+        self.successResultOf(fresh)
+        self.assertEqual(pserv.executor.known_nodes(), ["n1"])
