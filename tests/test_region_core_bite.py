@@ -99,6 +99,7 @@ class FakeLeases:
         self.all_clusters = list(clusters)
         self.assigned = []
         self.notified = []
+        self.waiting = {}  # cluster -> nodes marked for hand-over, not released yet
 
     async def owner(self, node):
         owner = self.owners.get(node)
@@ -111,7 +112,8 @@ class FakeLeases:
         assigned = {}
         for node, owner in update.items():
             assigned.setdefault(owner["owner_epoch"], []).append(node)
-        return {"assigned": assigned, "handoffs": {}}
+        return {"assigned": assigned, "handoffs": {},
+                "waiting": list(self.waiting.get(cluster, ()))}
 
     async def clusters(self):
         return list(self.all_clusters)
@@ -307,6 +309,17 @@ class AssignmentRoundTests(unittest.TestCase):
         leases = FakeLeases(clusters=["c1", "c2", "c3"])
         await make_region(leases=leases).assignment_round()
         self.assertEqual(leases.assigned, ["c1", "c2", "c3"])
+
+    async def test_a_hand_over_still_waiting_is_asked_for_again_at_each_round(self):
+        """An owner that missed its refresh is asked again: the hand-over cannot stall."""
+        leases = FakeLeases(clusters=["c1", "c2"])
+        leases.waiting["c2"] = ["n7"]
+        region = make_region(leases=leases)
+        refreshed = []
+        region.refresh_cluster = refreshed.append
+        await region.assignment_round()
+        await region.assignment_round()
+        self.assertEqual(refreshed, ["c2", "c2"])  # c1 has nothing to do: left alone
 
 
 class DeleteNodeTests(unittest.TestCase):

@@ -385,6 +385,11 @@ class Region:
                           a={e: len(n) for e, n in changes["assigned"].items()},
                           h={e: len(n) for e, n in changes["handoffs"].items()})
             self.refresh_cluster(cluster)
+        elif changes and changes.get("waiting"):
+            # A hand-over marked earlier and still not released: the owner
+            # missed (or lost) its refresh.  Ask again at every round, so a
+            # lost message delays a hand-over by one round, never for good.
+            self.refresh_cluster(cluster)
         return changes
 
     def refresh_cluster(self, cluster):

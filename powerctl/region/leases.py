@@ -154,7 +154,9 @@ class Leases:
         runs to end first).  Nodes without a live owner go to their
         rendezvous pserv; nodes whose live owner is not their rendezvous
         pserv are marked for hand-over.  Answers ``{"assigned": {epoch:
-        [nodes]}, "handoffs": {from_epoch: [nodes]}}``.
+        [nodes]}, "handoffs": {from_epoch: [nodes]}, "waiting": [nodes]}``,
+        ``waiting`` being the nodes marked by an earlier round that their
+        owner has not released yet.
         """
         # Rounds for one cluster queue up rather than skip: a round that
         # started before a pserv registered must not be the last word.
@@ -172,7 +174,7 @@ class Leases:
         pairs = [(n["name"], n["owner_epoch"] if n["owner_epoch"] in live else None)
                  for n in nodes]
         handoff_now = {n["name"]: n["handoff_epoch"] for n in nodes}
-        assigned, handoffs, clear = {}, {}, []
+        assigned, handoffs, clear, waiting = {}, {}, [], []
         for decision in ownership.assign(pairs, live):
             if decision.kind == "assign":
                 assigned.setdefault(decision.epoch, []).append(decision.node)
@@ -180,6 +182,8 @@ class Leases:
                 if handoff_now[decision.node] != decision.epoch:
                     handoffs.setdefault(decision.from_epoch, []).append(
                         (decision.node, decision.epoch))
+                else:  # marked by an earlier round, not released yet
+                    waiting.append(decision.node)
             elif handoff_now[decision.node] is not None:
                 clear.append(decision.node)
         owners = dict(pairs)
@@ -204,4 +208,5 @@ class Leases:
         if assigned or handoffs:
             await tx.rows("SELECT pg_notify('assignments', %s)", (cluster,))
         return {"assigned": assigned,
-                "handoffs": {e: [p[0] for p in v] for e, v in handoffs.items()}}
+                "handoffs": {e: [p[0] for p in v] for e, v in handoffs.items()},
+                "waiting": waiting}
