@@ -32,6 +32,15 @@ class Pserv:
 
     def __init__(self, known):
         self.executor = Executor(known)
+        self.watchers = []
+
+    def watch_forgets(self):
+        forgotten = set()
+        self.watchers.append(forgotten)
+        return forgotten
+
+    def unwatch_forgets(self, forgotten):
+        self.watchers.remove(forgotten)
 
     def configure(self, node, power):
         self.executor.known.add(node)
@@ -41,6 +50,8 @@ class Pserv:
         return ("known", None)
 
     def forget_node(self, node, reason, report=True):
+        for forgotten in self.watchers:
+            forgotten.add(node)
         self.executor.known.discard(node)
         return defer.succeed([])
 
@@ -81,6 +92,17 @@ class SerialRecoveryTests(unittest.TestCase):
         region.answer(1, ["n1", "n2"])
         self.successResultOf(second)
 
+    def test_requests_made_while_one_runs_share_the_next_run(self):
+        region = Region(Pserv({"n1"}))
+        first = region.recover()
+        queued = [region.recover() for _ in range(3)]
+        region.answer(0, ["n1"])
+        self.successResultOf(first)
+        self.assertEqual(len(region.sent(commands.Recover)), 2)  # one more, not three
+        region.answer(1, ["n1"])
+        for d in queued:
+            self.successResultOf(d)
+
     def test_a_node_marked_for_hand_over_meanwhile_is_released(self):
         """The CI case: a stale listing must not hide a node from the next recovery."""
         pserv = Pserv({"n1"})
@@ -95,3 +117,16 @@ class SerialRecoveryTests(unittest.TestCase):
         region.answer(2, [])
         self.successResultOf(fresh)
         self.assertEqual(pserv.executor.known_nodes(), ["n1"])
+
+
+class DeletedMeanwhileTests(unittest.TestCase):
+    def test_a_node_deleted_while_its_listing_travels_is_not_learnt_again(self):
+        """A listing read before a delete arrives after it: the node stays forgotten."""
+        pserv = Pserv({"n1", "n2"})
+        region = Region(pserv)
+        recovery = region.recover()
+        pserv.forget_node("n1", "deleted")  # ForgetNode, answered before the listing
+        region.answer(0, ["n1", "n2"])
+        self.successResultOf(recovery)
+        self.assertEqual(pserv.executor.known_nodes(), ["n2"])
+        self.assertEqual(pserv.watchers, [])  # the recovery stopped watching

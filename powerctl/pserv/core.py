@@ -83,6 +83,7 @@ class Pserv:
         self._settled = {}  # op id -> [Deferred] waiting for its report (cancel)
         self._unreported = set()  # op ids whose cancellation is not theirs to report
         self._epochs = {}  # op id -> the epoch it runs under
+        self._forget_watchers = []  # sets of nodes forgotten while a recovery reads
         #: The epoch of our lease; None while we hold none (then nothing is
         #: accepted: we must not drive hardware).
         self.epoch = None
@@ -178,6 +179,20 @@ class Pserv:
     def in_flight(self):
         return len(self._in_play)
 
+    def watch_forgets(self):
+        """
+        A set that collects every node forgotten from now on, until
+        :meth:`unwatch_forgets`.  A recovery reads the region's listing
+        over several round trips; a node deleted meanwhile must not be
+        learnt again from a listing read before the delete.
+        """
+        forgotten = set()
+        self._forget_watchers.append(forgotten)
+        return forgotten
+
+    def unwatch_forgets(self, forgotten):
+        self._forget_watchers.remove(forgotten)
+
     def forget_node(self, node, reason, report=True):
         """
         Stop driving ``node`` (deleted, moved away, or given a new power
@@ -189,6 +204,8 @@ class Pserv:
         (a hand-over to another pserv) the cancellations are not reported:
         those operations are not over, their next owner runs them.
         """
+        for forgotten in self._forget_watchers:
+            forgotten.add(node)
         ops = [op for op, request in self._in_play.items() if request.node == node]
         if not report:  # a hand-over: the operations go on with the next owner
             self._unreported.update(ops)

@@ -14,6 +14,7 @@ import uuid
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from powerctl import __version__
 from powerctl.power import TARGET_STATES, Action
@@ -166,6 +167,7 @@ class PservProtocol(amp.AMP):
         #: what the region lists, which only holds if no other recovery is
         #: changing what we know meanwhile.
         self._recovering = defer.DeferredLock()
+        self._next_recovery = None  # the waiters of the queued recovery, if one is
 
     def locateResponder(self, name):
         """
@@ -235,11 +237,38 @@ class PservProtocol(amp.AMP):
         lists.  Recoveries asked for while one runs (a refresh from each
         region, a hand-shake) run after it, one at a time: two at once could
         each miss a node the other was just learning, and a node marked for
-        hand-over would never be released.
+        hand-over would never be released.  All the requests made while one
+        runs share the next run, which reads everything afresh anyway.
         """
-        return self._recovering.run(lambda: defer.ensureDeferred(self._recover()))
+        if self._next_recovery is not None:  # one is queued already: it will do
+            waiter = defer.Deferred()
+            self._next_recovery.append(waiter)
+            return waiter
+        waiter = defer.Deferred()
+        waiters = self._next_recovery = [waiter]
+
+        def start():
+            self._next_recovery = None  # asked for from now on: the next run
+            return defer.ensureDeferred(self._recover())
+
+        def settle(result):
+            for each in waiters:
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        self._recovering.run(start).addBoth(settle)
+        return waiter
 
     async def _recover(self):
+        forgotten = self.pserv.watch_forgets()
+        try:
+            await self._recover_watching(forgotten)
+        finally:
+            self.pserv.unwatch_forgets(forgotten)
+
+    async def _recover_watching(self, forgotten):
         after_op, after_node, started = 0, "", 0
         known_before, listed = set(self.pserv.executor.known_nodes()), set()
         while True:
@@ -247,8 +276,11 @@ class PservProtocol(amp.AMP):
                 commands.Recover, after_op=after_op, after_node=after_node)
             for node in page["nodes"]:
                 listed.add(node["name"])
-                self.pserv.configure(node["name"], node["power"])
+                if node["name"] not in forgotten:  # deleted since this page was read
+                    self.pserv.configure(node["name"], node["power"])
             for op in page["operations"]:
+                if op["node"] in forgotten:
+                    continue
                 try:
                     if self.pserv.dispatch(op["id"], op["node"], op["action"],
                                            op["power"])[0] != "known":
