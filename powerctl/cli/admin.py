@@ -341,7 +341,7 @@ def _api_commands():
 
 def add_commands(subparsers):
     """Register ``admin``, ``token`` and ``audit``."""
-    from powerctl.cli.client import api_options as _api_options
+    from powerctl.cli.client import add_group as group, api_options as _api_options
     from powerctl.region.auth import ROLES
 
     def database_options(p):
@@ -349,12 +349,6 @@ def add_commands(subparsers):
         where.add_argument("--database", metavar="DSN", help="the region's PostgreSQL DSN")
         where.add_argument("--config", metavar="REGION.toml",
                            help="read the DSN from the region's configuration file")
-
-    def group(parent, name, help):
-        p = parent.add_parser(name, help=help)
-        sub = p.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
-        sub.required = True
-        return sub
 
     admin = group(subparsers, "admin", "administration straight on the region's database")
     tokens = group(admin, "token", "API tokens (bootstrap: no API needed)")

@@ -219,37 +219,36 @@ def seal_existing(conn, vault, catalogue, reseal=False):
     so requests go on meanwhile.  Checks first that the vault opens what is
     sealed.  Returns the number of rows changed.
     """
-    changed = 0
+    if reseal:
+        power_of = lambda power: vault.reseal_power(power, catalogue)  # noqa: E731
+        password_of = vault.reseal
+    else:
+        power_of = lambda power: vault.seal_power(  # noqa: E731
+            vault.open_power(power), power, catalogue)
+        password_of = lambda p: p if is_sealed(p) else vault.seal(p)  # noqa: E731
+    return (_rewrite_each(conn, "nodes", "name", "power", power_of, json.dumps)
+            + _rewrite_each(conn, "pod_managers", "uuid", "password", password_of))
+
+
+def _rewrite_each(conn, table, key, column, rewrite, encode=lambda v: v):
+    """
+    ``column`` of every row of ``table`` through ``rewrite``, one short
+    transaction per row under its row lock; the number of rows changed.
+    """
     with conn.cursor() as cur:
-        cur.execute("SELECT name FROM nodes ORDER BY name")
-        names = [r[0] for r in cur.fetchall()]
-        cur.execute("SELECT uuid FROM pod_managers ORDER BY name")
-        uuids = [r[0] for r in cur.fetchall()]
+        cur.execute(f"SELECT {key} FROM {table} ORDER BY {key}")
+        keys = [r[0] for r in cur.fetchall()]
     conn.commit()
-    for name in names:
+    changed = 0
+    for each in keys:
         with conn.cursor() as cur:
-            cur.execute("SELECT power FROM nodes WHERE name = %s FOR UPDATE", (name,))
+            cur.execute(f"SELECT {column} FROM {table} WHERE {key} = %s FOR UPDATE", (each,))
             row = cur.fetchone()
             if row is not None:
-                power = row[0]
-                new = (vault.reseal_power(power, catalogue) if reseal else
-                       vault.seal_power(vault.open_power(power), power, catalogue))
-                if new != power:
-                    cur.execute("UPDATE nodes SET power = %s WHERE name = %s",
-                                (json.dumps(new), name))
-                    changed += 1
-        conn.commit()
-    for uuid in uuids:
-        with conn.cursor() as cur:
-            cur.execute("SELECT password FROM pod_managers WHERE uuid = %s FOR UPDATE", (uuid,))
-            row = cur.fetchone()
-            if row is not None:
-                password = row[0]
-                new = (vault.reseal(password) if reseal else
-                       password if is_sealed(password) else vault.seal(password))
-                if new != password:
-                    cur.execute("UPDATE pod_managers SET password = %s WHERE uuid = %s",
-                                (new, uuid))
+                new = rewrite(row[0])
+                if new != row[0]:
+                    cur.execute(f"UPDATE {table} SET {column} = %s WHERE {key} = %s",
+                                (encode(new), each))
                     changed += 1
         conn.commit()
     return changed
