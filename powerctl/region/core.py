@@ -191,21 +191,23 @@ class Region:
                 pass  # the node was deleted meanwhile: its journal is all that is left
         return recorded.changed
 
-    async def polled(self, node, state, error=None):
+    async def polled(self, reports):
         """
-        Record a pserv's poll of ``node``.  When the node drifted and its
-        cluster enforces (:mod:`powerctl.region.drift`), the store has
-        journalled a ``reconcile`` operation: it is dispatched like any
-        API request.  Answers the node as recorded.
+        Record one batch of a pserv's polls, ``[(node, state, error)]``, in
+        one transaction.  When a node drifted and its cluster enforces
+        (:mod:`powerctl.region.drift`), the store has journalled a
+        ``reconcile`` operation: it is dispatched like any API request.
+        Answers the store's ``(recorded, missing, refused)``.
         """
-        row = await self.store.nodes.record_power_state(node, state, error=error, poll=True)
-        op = row.pop("reconcile", None)
-        if op is not None:
-            self.log.info("node {n} drifted from {desired} (observed {observed}):"
-                          " reconcile operation {op}", n=node, desired=row["desired_state"],
-                          observed=state, op=op["id"])
-            self.dispatch_later(op)
-        return row
+        recorded, missing, refused = await self.store.nodes.record_polls(reports)
+        for name, row in recorded.items():
+            op = row.pop("reconcile", None)
+            if op is not None:
+                self.log.info("node {n} drifted from {desired} (observed {observed}):"
+                              " reconcile operation {op}", n=name, desired=row["desired_state"],
+                              observed=row["power_state"], op=op["id"])
+                self.dispatch_later(op)
+        return recorded, missing, refused
 
     # -- an operator's hand on one node or operation -------------------------
 

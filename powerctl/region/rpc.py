@@ -241,29 +241,31 @@ class RegionProtocol(amp.AMP):
         # Only the owner's polls count: a former owner's (or a forger's)
         # view of a node is dropped, logged once per node.
         owned = await self.region.leases.owned(epoch, [s["node"] for s in states])
+        reports = []
         for s in states:
             if s["node"] not in owned:
-                if s["node"] not in self._unknown_nodes:
-                    self._unknown_nodes.add(s["node"])
-                    self.log.warn("pserv {p} reported on node {n}, which its epoch {e} does "
-                                  "not own (deleted, or handed over); dropped",
-                                  p=self.pserv, n=s["node"], e=epoch)
+                self._warn_unknown(s["node"], "which its epoch {e} does not own (deleted, or"
+                                   " handed over)", e=epoch)
                 continue
-            # One bad node never costs the rest of the batch its update.
-            try:
-                error = s.get("error") or None
-                if error is not None and isinstance(s.get("error_kind"), str):
-                    error = error_text(s["error_kind"], error)
-                await self.region.polled(s["node"], s["state"], error=error)
-            except NotFound:
-                if s["node"] not in self._unknown_nodes:
-                    self._unknown_nodes.add(s["node"])
-                    self.log.warn("pserv {p} reported on node {n}, which does not exist;"
-                                  " dropped", p=self.pserv, n=s["node"])
-            except InvalidInput as e:
-                self.log.warn("pserv {p}: report for node {n} refused: {why}",
-                              p=self.pserv, n=s["node"], why=e)
+            error = s.get("error") or None
+            if error is not None and isinstance(s.get("error_kind"), str):
+                error = error_text(s["error_kind"], error)
+            reports.append((s["node"], s["state"], error))
+        # One bad node never costs the rest of the batch its update.
+        _, missing, refused = await self.region.polled(reports)
+        for node in missing:
+            self._warn_unknown(node, "which does not exist")
+        for node, why in refused.items():
+            self.log.warn("pserv {p}: report for node {n} refused: {why}",
+                          p=self.pserv, n=node, why=why)
         return {}
+
+    def _warn_unknown(self, node, why, **fields):
+        """Log a dropped report once per node and connection: pservs poll every few seconds."""
+        if node not in self._unknown_nodes:
+            self._unknown_nodes.add(node)
+            self.log.warn("pserv {p} reported on node {n}, " + why + "; dropped",
+                          p=self.pserv, n=node, **fields)
 
     @commands.Heartbeat.responder
     async def heartbeat(self, actions_in_flight):

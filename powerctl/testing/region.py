@@ -53,7 +53,8 @@ class FakeRegionStore:
         # method may be replaced by a test (``store.nodes.get = broken``).
         self.nodes = types.SimpleNamespace(
             get=self.get_node, list=self.list_nodes, power_config=self.node_power_config,
-            record_power_state=self.record_power_state, desired_states=self.desired_states)
+            record_power_state=self.record_power_state,
+            record_polls=self.record_polls, desired_states=self.desired_states)
         self.ops = types.SimpleNamespace(
             request=self.request_power, get=self.get_op, list=self.list_ops,
             open_of_node=self.node_open_ops, mark_running=self.mark_running,
@@ -111,6 +112,19 @@ class FakeRegionStore:
         row = self._node(node)
         row["power_state"], row["last_error"] = power_state, error
         return dict(row, reconcile=None)
+
+    async def record_polls(self, reports):
+        """As the real store: ``(recorded, missing, refused)``; no state checks."""
+        self.calls.append(("record_polls", tuple(reports)))
+        recorded, missing = {}, []
+        for node, power_state, error in reports:
+            row = self.node_rows.get(node)
+            if row is None:
+                missing.append(node)
+                continue
+            row["power_state"], row["last_error"] = power_state, error
+            recorded[node] = dict(row, reconcile=None)
+        return recorded, missing, {}
 
     # -- the journal ------------------------------------------------------------
 
