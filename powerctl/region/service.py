@@ -16,6 +16,7 @@ from powerctl.region.coordination import Coordinator
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
+from powerctl.region.pruning import JournalPruner
 from powerctl.region.rpc import RegionProtocol
 
 
@@ -177,8 +178,13 @@ class RegionService(service.MultiService):
         self.prober = PodManagerProber(self.store, self.reactor,
                                        interval=self.settings.pod_probe_interval,
                                        leader=lambda: self.coordinator.leader)
+        jobs = [self.region.reaper, self.coordinator, self.prober]
+        if self.settings.journal_keep_days:
+            jobs.append(JournalPruner(self.store.ops, self.reactor,
+                                      self.settings.journal_keep_days,
+                                      leader=lambda: self.coordinator.leader))
         # Children of a running MultiService start as they are added.
-        for job in (self.region.reaper, self.coordinator, self.prober):
+        for job in jobs:
             job.setServiceParent(self)
         self.log.info("region {name}: API on {api}, pservs on {rpc}", name=self.settings.name,
                       api=self.api_port.getHost(), rpc=self.rpc_port.getHost())

@@ -17,6 +17,7 @@ goes to the lowest live epoch of its cluster, not rendezvous hashing).
 Tests of those belong with the real store.
 """
 
+import bisect
 import itertools
 import types
 
@@ -48,6 +49,7 @@ class FakeRegionStore:
         self.op_rows = {}  # id -> row dict
         self.pserv_rows = {}  # name -> row dict
         self.calls = []
+        self._names = None  # node names in order, see _sorted_names
         self._ids = itertools.count(1)
         # The parts of the real Store (powerctl.region.store), by kind; each
         # method may be replaced by a test (``store.nodes.get = broken``).
@@ -68,6 +70,7 @@ class FakeRegionStore:
 
     def add_node(self, name, cluster, power, desired_state=None, owner_epoch=None):
         """A node as if created through the API; ``power`` is used as given."""
+        self._names = None
         self.node_rows[name] = {
             "name": name, "cluster": cluster, "power": power,
             "desired_state": desired_state, "power_state": "unknown", "responsive": True,
@@ -202,12 +205,26 @@ class FakeRegionStore:
                 for o in rows[:limit]]
 
     async def desired_states(self, cluster, after_name="", limit=500, epoch=None):
-        rows = [n for name, n in sorted(self.node_rows.items())
-                if n["cluster"] == cluster and name > (after_name or "")
-                and self._owned_by(name, epoch)]
-        return [{"node": n["name"], "desired_state": n["desired_state"],
-                 "power_state": n["power_state"], "power": n["power"], "power_error": None}
-                for n in rows[:limit]]
+        # Pages through the nodes in name order without sorting them every
+        # page (a fleet of 100,000 nodes pages through here: scalemodel).
+        names = self._sorted_names()
+        rows = []
+        for name in names[bisect.bisect_right(names, after_name or ""):]:
+            n = self.node_rows.get(name)
+            if n is None or n["cluster"] != cluster or not self._owned_by(name, epoch):
+                continue
+            rows.append({"node": n["name"], "desired_state": n["desired_state"],
+                         "power_state": n["power_state"], "power": n["power"],
+                         "power_error": None})
+            if len(rows) == limit:
+                break
+        return rows
+
+    def _sorted_names(self):
+        """The node names in order, kept until a node is added (deleted ones are skipped)."""
+        if self._names is None:
+            self._names = sorted(self.node_rows)
+        return self._names
 
     # -- pservs --------------------------------------------------------------------
 

@@ -256,3 +256,24 @@ class OperationStore(KindStore):
             f"UPDATE power_ops SET {field} = %s WHERE id = %s RETURNING {OP_COLUMNS}",
             (by, op["id"]))
         return plain(row)
+
+    @transaction
+    async def prune(self, tx, keep_days, limit=10_000):
+        """
+        Delete up to ``limit`` ended operations that finished more than
+        ``keep_days`` days ago, oldest first; answers how many.  Open
+        operations are never pruned, whatever their age; references to a
+        pruned operation (``coalesced_into``, ``superseded_by``) become
+        null.  Bounded per call so that one round never holds a long
+        transaction over a large journal.
+        """
+        if not (isinstance(keep_days, (int, float)) and keep_days > 0):
+            raise InvalidInput(f"keep_days: must be a positive number, got {keep_days!r}")
+        terminal = ", ".join(f"'{s}'" for s in TERMINAL_STATES)
+        rows = await tx.rows(
+            "DELETE FROM power_ops WHERE id IN (SELECT id FROM power_ops"
+            f" WHERE state IN ({terminal})"
+            "   AND finished_at < now() - %s * interval '1 day' ORDER BY id LIMIT %s)"
+            " RETURNING id", (float(keep_days), int(limit)))
+        return len(rows)
+
