@@ -464,7 +464,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
                          ["n2", "c1", "on", "on", "non-responsive", "-", "ipmi"])
         status, out, _ = await self.cli("node", "list", "--json", "--cluster", "c1")
         self.assertEqual([n["name"] for n in json.loads(out)], ["n1", "n2"])
-        self.assertEqual(self.sent("GET")[-1][2], {"cluster": "c1"})
+        self.assertEqual(self.sent("GET")[-1][2], {"cluster": "c1", "limit": "1000"})
 
         status, out, _ = await self.cli("node", "show", "n1")
         self.assertIn("cluster:", out)

@@ -37,9 +37,9 @@ from urllib.parse import unquote
 from twisted.internet import defer
 from twisted.web import resource
 
-from powerctl.power import OP_STATES, TARGET_STATES, Action
+from powerctl.power import OP_STATES, POWER_STATES, TARGET_STATES, Action
 from powerctl.powerdoc import redact
-from powerctl.region import auth, drift, openapi, powerconfig
+from powerctl.region import auth, drift, openapi, paging, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.resource import AsyncResource, loggable
 
@@ -219,6 +219,52 @@ def _int_arg(args, name):
         raise HttpError(400, "invalid_input", f"{name}: must be an integer") from None
 
 
+def _page_args(args, kind, key_type):
+    """
+    ``(limit, after key or None)`` of a list request (:mod:`powerctl.region.paging`):
+    400 naming ``limit`` or ``after`` when one is not what the list takes.
+    """
+    try:
+        limit = paging.limit_of(args.get("limit"))
+    except ValueError as e:
+        raise HttpError(400, "invalid_input", str(e)) from None
+    if "after" not in args:
+        return limit, None
+    try:
+        return limit, paging.decode(kind, args["after"], key_type)
+    except paging.BadCursor as e:
+        raise HttpError(400, "invalid_cursor", str(e)) from None
+
+
+def paged(request, args, rows, limit, kind, key):
+    """
+    The page of ``rows`` (read with ``limit + 1``) to answer; when another
+    page follows, a ``Link: <...>; rel="next"`` header says where.
+    """
+    page, cursor = paging.split(rows, limit, kind, key)
+    if cursor is not None:
+        request.setHeader("Link", paging.link(request.path.decode("utf-8", "replace"),
+                                              args, cursor))
+    return page
+
+
+def _choice(args, name, allowed):
+    """An optional query parameter that must be one of ``allowed``."""
+    value = args.get(name)
+    if value is not None and value not in allowed:
+        raise HttpError(400, "invalid_input",
+                       f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def scope_of(request):
+    """The clusters the caller's token is confined to (a sorted list), or None: all."""
+    principal = auth.principal_of(request)
+    if principal is None or principal.clusters is None:
+        return None
+    return sorted(principal.clusters)
+
+
 def _requester(request, given):
     """
     Who asks: the name of the API token the guard admitted (issue 10; a
@@ -364,8 +410,18 @@ class Api(AsyncResource):
     # -- nodes ----------------------------------------------------------
 
     async def list_nodes(self, request):
-        args = _query(request, ("cluster",))
-        rows = await self.store.nodes.list(cluster=args.get("cluster"))
+        """A page of nodes by name, filtered in SQL (a scoped token's clusters too)."""
+        args = _query(request, ("cluster", "power_state", "desired_state", "responsive",
+                                "limit", "after"))
+        limit, after = _page_args(args, "nodes", str)
+        responsive = _choice(args, "responsive", ("true", "false"))
+        rows = await self.store.nodes.list(
+            cluster=args.get("cluster"), after_name=after or "", limit=limit + 1,
+            clusters=scope_of(request),
+            power_state=_choice(args, "power_state", POWER_STATES),
+            desired_state=_choice(args, "desired_state", TARGET_STATES),
+            responsive=None if responsive is None else responsive == "true")
+        rows = paged(request, args, rows, limit, "nodes", lambda r: r["name"])
         return 200, [self._node(r) for r in rows]
 
     async def create_node(self, request):
@@ -423,17 +479,24 @@ class Api(AsyncResource):
     # -- the journal ----------------------------------------------------
 
     async def list_ops(self, request):
-        args = _query(request, ("node", "state", "limit", "before"))
-        if "state" in args and args["state"] not in OP_STATES:
-            raise HttpError(400, "invalid_input",
-                           f"state: {args['state']!r} is not one of {', '.join(OP_STATES)}")
+        """
+        A page of the journal, newest first (``after``: the cursor of a
+        ``Link`` header; ``before``: an operation id, as before cursors).
+        """
+        args = _query(request, ("node", "state", "cluster", "limit", "after", "before"))
+        _choice(args, "state", OP_STATES)
+        limit, after = _page_args(args, "power_ops", int)
+        before = _int_arg(args, "before")
+        if after is not None and before is not None:
+            raise HttpError(400, "invalid_input", "before: give either after or before")
         try:
             rows = await self.store.ops.list(
-                node=args.get("node"), state=args.get("state"),
-                limit=_int_arg(args, "limit"),
-                before_id=_int_arg(args, "before"))
+                node=args.get("node"), state=args.get("state"), cluster=args.get("cluster"),
+                clusters=scope_of(request), limit=limit + 1,
+                before_id=after if after is not None else before)
         except NotFound:
             raise HttpError(400, "invalid_input", "before: must be an operation id") from None
+        rows = paged(request, args, rows, limit, "power_ops", lambda r: r["id"])
         return 200, [_pick(r, OP_FIELDS) for r in rows]
 
     async def get_op(self, request, op_id):
@@ -467,8 +530,11 @@ class Api(AsyncResource):
     # -- pod managers ---------------------------------------------------
 
     async def list_pod_managers(self, request):
-        _query(request, ())
-        return 200, [_pick(r, POD_MANAGER_FIELDS) for r in await self.store.pod_managers.list()]
+        args = _query(request, ("limit", "after"))
+        limit, after = _page_args(args, "pod_managers", str)
+        rows = await self.store.pod_managers.list(after_name=after or "", limit=limit + 1)
+        rows = paged(request, args, rows, limit, "pod_managers", lambda r: r["name"])
+        return 200, [_pick(r, POD_MANAGER_FIELDS) for r in rows]
 
     async def create_pod_manager(self, request):
         body = _json_body(request, ("name", "url", "username", "password", "description",

@@ -14,7 +14,7 @@ import attrs
 from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, Action, OpState
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, StaleEpoch
 from powerctl.region.store.base import (
-    MAX_BIGINT, MAX_INTERNAL_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text, node_row,
+    MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text, node_row,
     op_number, op_row, page_limit, plain, timestamp, transaction)
 from powerctl.region.store.pod_managers import resolve_many
 
@@ -116,16 +116,29 @@ class OperationStore(KindStore):
         return {r["state"]: r["n"] for r in rows}
 
     @transaction
-    async def list(self, tx, node=None, state=None, limit=100, before_id=None):
-        """The journal, newest first, filtered by node and/or state."""
+    async def list(self, tx, node=None, state=None, limit=100, before_id=None, cluster=None,
+                   clusters=None):
+        """
+        The journal, newest first, filtered by node, state, the node's
+        ``cluster`` and/or the ``clusters`` a scoped token covers (in SQL,
+        before the limit: operations of a deleted node match no cluster).
+        Page on with ``before_id`` = the last id seen.
+        """
         if state is not None and state not in OP_STATES:
             raise InvalidInput(f"state: {state!r} is not one of {', '.join(OP_STATES)}")
         before = MAX_BIGINT if before_id is None else op_number(before_id)
+        scoped = cluster is not None or clusters is not None
         rows = await tx.rows(
-            f"SELECT {OP_COLUMNS} FROM power_ops WHERE (%(node)s::text IS NULL OR node = %(node)s)"
+            f"SELECT {OP_COLUMNS} FROM power_ops o WHERE (%(node)s::text IS NULL OR node = %(node)s)"
             " AND (%(state)s::text IS NULL OR state = %(state)s) AND id < %(before)s"
-            " ORDER BY id DESC LIMIT %(limit)s",
-            {"node": node, "state": state, "before": before, "limit": page_limit(limit, 100)})
+            + (" AND EXISTS (SELECT 1 FROM nodes n WHERE n.name = o.node"
+               "  AND (%(cluster)s::text IS NULL OR n.cluster = %(cluster)s)"
+               "  AND (%(clusters)s::text[] IS NULL OR n.cluster = ANY(%(clusters)s::text[])))"
+               if scoped else "")
+            + " ORDER BY id DESC LIMIT %(limit)s",
+            {"node": node, "state": state, "before": before,
+             "limit": page_limit(limit, 100, MAX_PAGE + 1), "cluster": cluster,
+             "clusters": None if clusters is None else sorted(clusters)})
         return [plain(r) for r in rows]
 
     # -- for the AMP side -----------------------------------------------
