@@ -265,13 +265,19 @@ def scope_of(request):
     return sorted(principal.clusters)
 
 
+#: A field the body left out (``None`` is an explicit JSON null, refused).
+_ABSENT = object()
+
+
 def _requester(request, given):
     """
     Who asks: the name of the API token the guard admitted (issue 10; a
     ``requester`` the client names is ignored then), else the ``requester``
     the client names, else its address.
     """
-    if given is not None and (not isinstance(given, str) or len(given) > 255):
+    if given is _ABSENT:
+        given = None
+    elif not isinstance(given, str) or len(given) > 255:
         raise HttpError(400, "invalid_input", "requester: must be a string of at most 255 "
                        "characters")
     principal = auth.principal_of(request)
@@ -439,7 +445,7 @@ class Api(AsyncResource):
         body = _json_body(request, ("name", "cluster", "power", "requester"))
         if body.pop("name", name) != name:
             raise HttpError(400, "invalid_input", "name: nodes cannot be renamed")
-        by = _requester(request, body.pop("requester", None))
+        by = _requester(request, body.pop("requester", _ABSENT))
         if self.region is None:
             row = await self.store.nodes.update(name, **body)
             row.pop("changed_for_pserv", None)
@@ -449,7 +455,7 @@ class Api(AsyncResource):
 
     async def delete_node(self, request, name):
         args = _query(request, ("requester",))
-        by = _requester(request, args.get("requester"))
+        by = _requester(request, args.get("requester", _ABSENT))
         if self.region is None:
             await self.store.nodes.delete(name, by=by)
         else:
@@ -462,7 +468,7 @@ class Api(AsyncResource):
             action = Action.parse(body["action"])
         except ValueError as e:
             raise HttpError(400, "invalid_action", str(e)) from None
-        requester = _requester(request, body.get("requester"))
+        requester = _requester(request, body.get("requester", _ABSENT))
         op = await self.store.ops.request(name, action.value, requester=requester)
         self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
@@ -514,7 +520,7 @@ class Api(AsyncResource):
         if not isinstance(force, bool):
             raise HttpError(400, "invalid_input", "force: must be true or false")
         op = await self._operator().cancel_op(
-            op_id, _requester(request, body.get("requester")), force=force)
+            op_id, _requester(request, body.get("requester", _ABSENT)), force=force)
         return 200, _pick(op, OP_FIELDS)
 
     async def confirm_op(self, request, op_id):
@@ -524,7 +530,7 @@ class Api(AsyncResource):
             raise HttpError(400, "invalid_input", f"state: must be on or off, not "
                            f"{body['state']!r}")
         op = await self._operator().confirm_op(
-            op_id, body["state"], _requester(request, body.get("requester")))
+            op_id, body["state"], _requester(request, body.get("requester", _ABSENT)))
         return 202, _pick(op, OP_FIELDS)
 
     # -- pod managers ---------------------------------------------------

@@ -8,6 +8,7 @@ function so each caller gets its own copy to mutate.
 
 from powerctl.power import ACTIONS, OP_STATES, POWER_STATES, TARGET_STATES
 from powerctl.powerdoc import LABEL_PATTERN, MAX_AGENTS, MODES
+from powerctl.region import paging
 
 VERSION = "1.0.0"
 
@@ -45,6 +46,27 @@ def _path_param(name, description, schema=None):
 def _query_param(name, description, schema=None):
     return {"name": name, "in": "query", "required": False, "description": description,
             "schema": schema or {"type": "string"}}
+
+
+def page_params():
+    """``limit`` and ``after``: the keyset paging every list takes (:mod:`powerctl.region.paging`)."""
+    return [
+        _query_param("limit", f"at most this many (1-{paging.MAX_LIMIT}, default "
+                     f"{paging.DEFAULT_LIMIT})",
+                     {"type": "integer", "minimum": 1, "maximum": paging.MAX_LIMIT}),
+        _query_param("after", "the opaque cursor of the page to answer, as the previous "
+                     "page's Link header (rel=\"next\") gave it; 400 if malformed",
+                     {"type": "string", "minLength": 1, "maxLength": paging.MAX_CURSOR})]
+
+
+def paged_json(schema, description):
+    """A 200 of a list: one page, and a ``Link`` header while more pages follow."""
+    answer = _json(schema, description + "; one page (keyset): a Link header "
+                   "<...&after=CURSOR>; rel=\"next\" is present while more follow")
+    answer["headers"] = {"Link": {
+        "description": "the next page, as <url>; rel=\"next\" (absent on the last page)",
+        "schema": {"type": "string"}}}
+    return answer
 
 
 def _ts(description):
@@ -256,8 +278,17 @@ def _paths():
     return {
         "/v1/nodes": {
             "get": {"summary": "List nodes", "operationId": "listNodes",
-                    "parameters": [_query_param("cluster", "only this cluster")],
-                    "responses": {"200": _json(_array("Node"), "nodes by name"),
+                    "parameters": [
+                        _query_param("cluster", "only this cluster"),
+                        _query_param("power_state", "only nodes in this power state",
+                                     {"type": "string", "enum": list(POWER_STATES)}),
+                        _query_param("desired_state", "only nodes with this desired state",
+                                     {"type": "string", "enum": list(TARGET_STATES)}),
+                        _query_param("responsive", "only responsive (true) or "
+                                     "non-responsive (false) nodes",
+                                     {"type": "string", "enum": ["true", "false"]}),
+                        *page_params()],
+                    "responses": {"200": paged_json(_array("Node"), "nodes by name"),
                                   **_errors(400)}},
             "post": {"summary": "Add a node", "operationId": "createNode",
                      "requestBody": _body("NodeCreate", "the node"),
@@ -295,11 +326,11 @@ def _paths():
                         _query_param("node", "only this node"),
                         _query_param("state", "only this state",
                                      _schemas()["PowerOp"]["properties"]["state"]),
-                        _query_param("limit", "at most this many (1-1000, default 100)",
-                                     {"type": "integer", "minimum": 1, "maximum": 1000}),
-                        _query_param("before", "only ids below this (paging)",
-                                     {"type": "integer"})],
-                    "responses": {"200": _json(_array("PowerOp"), "operations"),
+                        _query_param("cluster", "only operations of this cluster's nodes"),
+                        *page_params(),
+                        _query_param("before", "only ids below this (paging by id; not "
+                                     "with after)", {"type": "integer", "minimum": 1})],
+                    "responses": {"200": paged_json(_array("PowerOp"), "operations"),
                                   **_errors(400)}},
         },
         "/v1/power_ops/{op_id}": {
@@ -326,7 +357,8 @@ def _paths():
         },
         "/v1/pod_managers": {
             "get": {"summary": "List pod managers", "operationId": "listPodManagers",
-                    "responses": {"200": _json(_array("PodManager"), "by name"),
+                    "parameters": page_params(),
+                    "responses": {"200": paged_json(_array("PodManager"), "by name"),
                                   **_errors(400)}},
             "post": {"summary": "Add a pod manager", "operationId": "createPodManager",
                      "requestBody": _body("PodManagerCreate", ""),
