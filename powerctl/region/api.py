@@ -39,7 +39,7 @@ from twisted.web import resource
 
 from powerctl.power import OP_STATES, POWER_STATES, TARGET_STATES, Action
 from powerctl.powerdoc import redact
-from powerctl.region import auth, drift, openapi, paging, powerconfig
+from powerctl.region import auth, bulk, drift, openapi, paging, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.resource import AsyncResource, loggable
 
@@ -326,7 +326,7 @@ class Api(AsyncResource):
     kind = "API"
 
     def __init__(self, store, catalogue, activity=None, on_power_request=None, log=None,
-                 region=None, live_activity=None, *, guard):
+                 region=None, live_activity=None, *, guard, bulk_share=bulk.DEFAULT_SHARE):
         super().__init__(log)
         self.guard = guard  # authentication, roles, audit (powerctl.region.guard)
         self.store = store
@@ -335,6 +335,7 @@ class Api(AsyncResource):
         self.activity = activity
         self.live_activity = live_activity  # (node=, cluster=) -> what the pservs run now
         self.on_power_request = on_power_request
+        self.bulk_share = bulk.check_share(bulk_share)  # the blast-radius guard
         self._routes = self.routes()
 
     def routes(self):
@@ -344,6 +345,7 @@ class Api(AsyncResource):
             ("nodes/{name}", {"GET": self.get_node, "PUT": self.update_node,
                               "DELETE": self.delete_node}),
             ("nodes/{name}/power", {"POST": self.request_power}),
+            ("power", {"POST": self.bulk_power}),
             ("power_ops", {"GET": self.list_ops}),
             ("power_ops/{op_id}", {"GET": self.get_op}),
             ("power_ops/{op_id}/cancel", {"POST": self.cancel_op}),
@@ -473,6 +475,49 @@ class Api(AsyncResource):
         self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
         return 202, _pick(op, OP_FIELDS)
+
+    async def bulk_power(self, request):
+        """
+        ``{"action", "nodes": [...] | "cluster", "confirm", "dry_run"}``: one
+        operation per node, journalled in one transaction
+        (:mod:`powerctl.region.bulk`); 409 past the blast-radius guard
+        without ``confirm``; ``dry_run`` answers the plan and writes nothing.
+        """
+        body = _json_body(request, ("action", "nodes", "cluster", "confirm", "dry_run",
+                                    "requester"), ("action",))
+        try:
+            action = Action.parse(body["action"])
+        except ValueError as e:
+            raise HttpError(400, "invalid_action", str(e)) from None
+        if ("nodes" in body) == ("cluster" in body):
+            raise HttpError(400, "invalid_input", "nodes, cluster: give exactly one of them "
+                           "(nodes carry no tags to select by)")
+        nodes = body.get("nodes")
+        if nodes is not None:
+            if (not isinstance(nodes, list) or not 1 <= len(nodes) <= bulk.MAX_NODES
+                    or not all(isinstance(n, str) for n in nodes)):
+                raise HttpError(400, "invalid_input", "nodes: must be a list of 1 to "
+                               f"{bulk.MAX_NODES} node names")
+            if len(set(nodes)) != len(nodes):
+                duplicate = next(n for i, n in enumerate(nodes) if n in nodes[:i])
+                raise HttpError(400, "invalid_input", f"nodes: {duplicate!r} is named twice")
+        if "cluster" in body and not isinstance(body["cluster"], str):
+            raise HttpError(400, "invalid_input", "cluster: must be a cluster name")
+        flags = {}
+        for flag in ("confirm", "dry_run"):
+            flags[flag] = body.get(flag, False)
+            if not isinstance(flags[flag], bool):
+                raise HttpError(400, "invalid_input", f"{flag}: must be true or false")
+        plan, ops = await self.store.ops.request_many(
+            action.value, nodes=nodes, cluster=body.get("cluster"),
+            requester=_requester(request, body.get("requester", _ABSENT)),
+            share=self.bulk_share, **flags)
+        if flags["dry_run"]:
+            return 200, dict(plan.as_json(), dry_run=True)
+        for op in ops:
+            self._dispatch(op)
+        return 202, {"action": action.value, "count": len(ops), "ids": [o["id"] for o in ops],
+                     "operations": [_pick(o, ("id", "node", "action", "state")) for o in ops]}
 
     def _dispatch(self, op):
         """Hand a committed operation to the region's hook, without waiting."""

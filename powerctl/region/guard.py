@@ -163,6 +163,12 @@ class ApiGuard:
             found.append(await self.tokens.cluster_of_op(params["op_id"]))
         elif scope is auth.Scope.CLUSTER:
             found.append(params["name"])
+        elif scope is auth.Scope.BULK:
+            body = _peek_json(request)
+            found.append(body.get("cluster"))
+            nodes = body.get("nodes")
+            if isinstance(nodes, list):
+                found.extend((await self.tokens.clusters_of_nodes(nodes)).values())
         elif scope is auth.Scope.LIST:
             args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}
             if args.get("cluster"):

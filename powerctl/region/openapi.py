@@ -211,7 +211,45 @@ def _schemas():
         "type": "object", "required": ["code", "message"], "properties": {
             "code": {"type": "string"}, "message": {"type": "string"},
             "id": {"type": "string", "description": "error id (500 only), as logged"}}}}}
-    return {"Agent": agent, "Power": power, "Node": node, "NodeCreate": node_create,
+    bulk_request = {"type": "object", "additionalProperties": False, "required": ["action"],
+                    "properties": {
+                        "action": {"type": "string", "enum": list(ACTIONS)},
+                        "nodes": {"type": "array", "minItems": 1, "maxItems": 10000,
+                                  "uniqueItems": True, "items": {"type": "string"},
+                                  "description": "these nodes (not with cluster)"},
+                        "cluster": {"type": "string",
+                                    "description": "every node of this cluster (not with "
+                                    "nodes)"},
+                        "confirm": {"type": "boolean", "default": False,
+                                    "description": "go past the blast-radius guard"},
+                        "dry_run": {"type": "boolean", "default": False,
+                                    "description": "answer the plan, journal nothing"},
+                        "requester": requester}}
+    bulk_item = {"type": "object", "properties": {
+        "node": {"type": "string"}, "cluster": {"type": "string"},
+        "power_state": {"type": "string", "enum": list(POWER_STATES)},
+        "desired_state": {"type": "string", "enum": [*TARGET_STATES, None], "nullable": True},
+        "target": {"type": "string", "enum": [*TARGET_STATES, None], "nullable": True,
+                   "description": "the desired state the action sets (null: query)"},
+        "changes": {"type": "boolean", "description": "whether it would change the node"}}}
+    bulk_plan = {"type": "object", "properties": {
+        "action": {"type": "string", "enum": list(ACTIONS)}, "dry_run": {"type": "boolean"},
+        "nodes": {"type": "array", "items": bulk_item},
+        "count": {"type": "integer"}, "changing": {"type": "integer"},
+        "clusters": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"selected": {"type": "integer"},
+                                             "total": {"type": "integer"}}}},
+        "share": {"type": "number"},
+        "needs_confirm": {"type": "boolean",
+                          "description": "without confirm, the request would be refused"}}}
+    bulk_accepted = {"type": "object", "properties": {
+        "action": {"type": "string", "enum": list(ACTIONS)}, "count": {"type": "integer"},
+        "ids": {"type": "array", "items": {"type": "integer"}},
+        "operations": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "node": {"type": "string"},
+            "action": {"type": "string", "enum": list(ACTIONS)}, "state": op_state}}}}}
+    return {"BulkRequest": bulk_request, "BulkPlan": bulk_plan, "BulkAccepted": bulk_accepted,
+            "Agent": agent, "Power": power, "Node": node, "NodeCreate": node_create,
             "NodeUpdate": node_update, "PowerOp": op, "PowerRequest": power_request,
             "CancelRequest": cancel_request, "ConfirmRequest": confirm_request,
             "PodManager": pod_manager, "PodManagerCreate": pod_manager_create,
@@ -319,6 +357,19 @@ def _paths():
                      "operationId": "requestPower", "requestBody": _body("PowerRequest", ""),
                      "responses": {"202": _json(_ref("PowerOp"), "journalled, pending"),
                                    **_errors(400, 404, 413, 415)}},
+        },
+        "/v1/power": {
+            "post": {"summary": "Request one power action on many nodes: the nodes named, or "
+                     "every node of a cluster (nodes carry no tags), one operation each, "
+                     "journalled in one transaction",
+                     "operationId": "requestBulkPower", "requestBody": _body("BulkRequest", ""),
+                     "description": "An off, soft-off or cycle selecting more than the "
+                     "region's bulk_confirm_share (default 20 %) of a cluster's nodes is "
+                     "refused with 409 unless confirm is true. dry_run answers the plan "
+                     "(200) and journals nothing.",
+                     "responses": {"202": _json(_ref("BulkAccepted"), "journalled, pending"),
+                                   "200": _json(_ref("BulkPlan"), "dry run: the plan"),
+                                   **_errors(400, 404, 409, 413, 415)}},
         },
         "/v1/power_ops": {
             "get": {"summary": "The journal, newest first", "operationId": "listPowerOps",

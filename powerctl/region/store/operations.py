@@ -12,6 +12,7 @@ PostgreSQL delivers only once the transaction has committed.
 import attrs
 
 from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, Action, OpState
+from powerctl.region import bulk
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, StaleEpoch
 from powerctl.region.store.base import (
     MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text, node_row,
@@ -103,6 +104,62 @@ class OperationStore(KindStore):
                 " drift_observed = NULL, drift_polls = 0 WHERE name = %s",
                 (action.target.value, node))
         return plain(await journal(tx, node, action.value, requester))
+
+    @transaction
+    async def request_many(self, tx, action, nodes=None, cluster=None, requester="",
+                           share=bulk.DEFAULT_SHARE, confirm=False, dry_run=False):
+        """
+        A bulk power request (:mod:`powerctl.region.bulk`): the ``nodes``
+        named, or every node of ``cluster``, one operation each, journalled
+        in this one transaction with their desired states (rows locked in
+        name order, so two bulk requests cannot deadlock).  A guarded action
+        over more than ``share`` of a cluster raises Conflict unless
+        ``confirm``.  ``dry_run`` writes nothing.  Answers ``(plan, ops)``:
+        the :class:`~powerctl.region.bulk.Plan` and the operations journalled
+        (by id; none for a dry run).
+        """
+        try:
+            action = Action.parse(action)
+        except ValueError as e:
+            raise InvalidInput(f"action: {e}") from None
+        check_text("requester", requester, 255)
+        lock = "" if dry_run else " FOR UPDATE"
+        if nodes is not None:
+            rows = await tx.rows(
+                "SELECT name, cluster, power_state, desired_state FROM nodes"
+                f" WHERE name = ANY(%s::text[]) ORDER BY name{lock}", (list(nodes),))
+            missing = sorted(set(nodes) - {r["name"] for r in rows})
+            if missing:
+                raise NotFound(f"node {missing[0]!r} does not exist"
+                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        else:
+            if await tx.row("SELECT 1 FROM clusters WHERE name = %s", (cluster,)) is None:
+                raise NotFound(f"cluster {cluster!r} does not exist")
+            rows = await tx.rows(
+                "SELECT name, cluster, power_state, desired_state FROM nodes"
+                f" WHERE cluster = %s ORDER BY name{lock}", (cluster,))
+        totals = dict((r["cluster"], r["n"]) for r in await tx.rows(
+            "SELECT cluster, count(*) AS n FROM nodes WHERE cluster = ANY(%s::text[])"
+            " GROUP BY cluster", (sorted({r["cluster"] for r in rows}),)))
+        plan = bulk.plan(action, rows, totals, share)
+        if plan.needs_confirm and not confirm and not dry_run:
+            raise Conflict(plan.refusal())
+        if dry_run or not rows:
+            return plan, []
+        names = [r["name"] for r in rows]
+        if action.target is not None:  # a new request: any drift is cleared
+            await tx.rows(
+                "UPDATE nodes SET desired_state = %s, drift_since = NULL,"
+                " drift_observed = NULL, drift_polls = 0 WHERE name = ANY(%s::text[])",
+                (action.target.value, names))
+        ops = await tx.rows(
+            "INSERT INTO power_ops (node, action, requester)"
+            " SELECT t.node, %s, %s FROM unnest(%s::text[]) WITH ORDINALITY AS t(node, i)"
+            f" ORDER BY t.i RETURNING {OP_COLUMNS}", (action.value, requester, names))
+        ops.sort(key=lambda o: o["id"])
+        await tx.rows("SELECT pg_notify('power_ops', id::text) FROM unnest(%s::bigint[]) AS id",
+                      ([o["id"] for o in ops],))
+        return plan, [plain(o) for o in ops]
 
     @transaction
     async def get(self, tx, op_id):
