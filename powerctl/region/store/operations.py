@@ -10,14 +10,41 @@ PostgreSQL delivers only once the transaction has committed.
 """
 
 import attrs
+from twisted.internet import defer
 
 from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, Action, OpState
 from powerctl.region import bulk
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, StaleEpoch
 from powerctl.region.store.base import (
-    MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text, node_row,
+    MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text,
     op_number, op_row, page_limit, plain, timestamp, transaction)
 from powerctl.region.store.pod_managers import resolve_many
+
+
+_OP_NAMES = [c.strip() for c in OP_COLUMNS.split(",")]
+#: A power request that sets a desired state, in one statement: the UPDATE
+#: locks the node row (any drift is cleared: a new request decides), the
+#: INSERT journals the operation only if the node exists, and the NOTIFY is
+#: delivered once the statement's transaction commits.
+_REQUEST_CHANGE = f"""
+WITH node AS (
+    UPDATE nodes SET desired_state = %(target)s, drift_since = NULL,
+        drift_observed = NULL, drift_polls = 0
+    WHERE name = %(node)s RETURNING name
+), op AS (
+    INSERT INTO power_ops (node, action, requester)
+    SELECT name, %(action)s, %(requester)s FROM node RETURNING {OP_COLUMNS}
+)
+SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text) FROM op"""
+#: A query request: the node row locked FOR UPDATE, nothing else changed.
+_REQUEST_QUERY = f"""
+WITH node AS (
+    SELECT name FROM nodes WHERE name = %(node)s FOR UPDATE
+), op AS (
+    INSERT INTO power_ops (node, action, requester)
+    SELECT name, %(action)s, %(requester)s FROM node RETURNING {OP_COLUMNS}
+)
+SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text) FROM op"""
 
 
 @attrs.frozen
@@ -84,26 +111,31 @@ class OperationStore(KindStore):
             " ORDER BY id", (name,))
         return [plain(r) for r in rows]
 
-    @transaction
-    async def request(self, tx, node, action, requester=""):
+    def request(self, node, action, requester=""):
         """
-        Journal a power request and set the node's desired state, in one
-        transaction under the node's row lock, so concurrent requests
-        serialise and the last to commit wins.  Announced on the
-        ``power_ops`` channel once committed.
+        Journal a power request and set the node's desired state: one SQL
+        statement, so one round trip and one transaction (autocommit).  The
+        statement locks the node row (the UPDATE of the desired state; FOR
+        UPDATE for a query, which sets none), so concurrent requests
+        serialise and the last to commit wins; the operation is announced on
+        the ``power_ops`` channel once committed.  NotFound if there is no
+        such node (nothing written).  A Deferred, as every store method.
         """
+        return defer.ensureDeferred(self._request(node, action, requester))
+
+    async def _request(self, node, action, requester):
         try:
             action = Action.parse(action)
         except ValueError as e:
             raise InvalidInput(f"action: {e}") from None
         check_text("requester", requester, 255)
-        await node_row(tx, node, lock=True)
-        if action.target is not None:  # a new request: any drift is cleared
-            await tx.rows(
-                "UPDATE nodes SET desired_state = %s, drift_since = NULL,"
-                " drift_observed = NULL, drift_polls = 0 WHERE name = %s",
-                (action.target.value, node))
-        return plain(await journal(tx, node, action.value, requester))
+        sql = _REQUEST_QUERY if action.target is None else _REQUEST_CHANGE
+        rows = await self._pool.runQuery(sql, {
+            "node": node, "action": action.value, "requester": requester,
+            "target": None if action.target is None else action.target.value})
+        if not rows:
+            raise NotFound(f"node {node!r} does not exist")
+        return plain(dict(zip(_OP_NAMES, rows[0])))
 
     @transaction
     async def request_many(self, tx, action, nodes=None, cluster=None, requester="",
