@@ -258,3 +258,18 @@ class AggregateTests(ApiTestCase):
                                             after_name=after, limit=limit),
                 web.page_of(rows, cluster, name, problems, after, limit),
                 (cluster, name, problems, after, limit))
+
+    async def test_newest_by_state_is_the_per_state_lists_in_one_query(self):
+        await self.run_sql("INSERT INTO clusters (name) VALUES ('c1')")
+        await self.run_sql("INSERT INTO nodes (name, cluster, power) VALUES ('n1', 'c1', %s)",
+                           Json(POWER))
+        rng = random.Random(9)
+        for _ in range(40):
+            op = await self.store.ops.request("n1", "on", requester="t")
+            state = rng.choice(["pending", "running", "succeeded", "failed", "cancelled"])
+            await self.run_sql("UPDATE power_ops SET state = %s WHERE id = %s", state, op["id"])
+        states = ("running", "pending", "failed", "succeeded", "superseded")
+        expected = []
+        for state in states:
+            expected += await self.store.ops.list(state=state, limit=4)
+        self.assertEqual(await self.store.ops.newest_by_state(states, 4), expected)

@@ -359,15 +359,11 @@ class StatusPage(_AsyncResource):
         cluster, problems, name, after, limit = self._node_filter(args)
         node_page = await self.store.nodes.page(cluster=cluster, name=name, problems=problems,
                                                 after_name=after, limit=limit)
-        open_ops = []
-        truncated_open = False
-        for state in (OpState.RUNNING.value, OpState.PENDING.value):
-            ops = await self.store.ops.list(state=state, limit=OPEN_OPS_SHOWN)
-            truncated_open |= len(ops) >= OPEN_OPS_SHOWN
-            open_ops.extend(ops)
-        finished = []
-        for state in TERMINAL_STATES:
-            finished.extend(await self.store.ops.list(state=state, limit=RECENT_FINISHED))
+        open_ops = await self.store.ops.newest_by_state(
+            (OpState.RUNNING.value, OpState.PENDING.value), OPEN_OPS_SHOWN)
+        truncated_open = any(sum(1 for op in open_ops if op["state"] == state)
+                             >= OPEN_OPS_SHOWN for state in (OpState.RUNNING, OpState.PENDING))
+        finished = await self.store.ops.newest_by_state(TERMINAL_STATES, RECENT_FINISHED)
         finished.sort(key=lambda op: (op.get("finished_at") or "", op["id"]), reverse=True)
         finished = finished[:RECENT_FINISHED]
         live = await self._live()

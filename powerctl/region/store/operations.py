@@ -230,6 +230,25 @@ class OperationStore(KindStore):
              "clusters": None if clusters is None else sorted(clusters)})
         return [plain(r) for r in rows]
 
+    @transaction
+    async def newest_by_state(self, tx, states, limit):
+        """
+        The newest ``limit`` operations of each of ``states``, state by state
+        in the order given, newest first within one: one query (an index
+        range per state), for the status page's panels.
+        """
+        for state in states:
+            if state not in OP_STATES:
+                raise InvalidInput(f"state: {state!r} is not one of {', '.join(OP_STATES)}")
+        columns = ", ".join("o." + c for c in _OP_NAMES)
+        rows = await tx.rows(
+            f"SELECT {columns} FROM unnest(%s::text[]) WITH ORDINALITY AS s(state, i)"
+            f" CROSS JOIN LATERAL (SELECT {OP_COLUMNS} FROM power_ops p"
+            "   WHERE p.state = s.state ORDER BY p.id DESC LIMIT %s) o"
+            " ORDER BY s.i, o.id DESC",
+            (list(states), page_limit(limit, 100, MAX_PAGE)))
+        return [plain(r) for r in rows]
+
     # -- for the AMP side -----------------------------------------------
 
     @transaction
