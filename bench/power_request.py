@@ -104,7 +104,7 @@ async def bench(reactor, args):
 def main():
     args = parse()
     reactor_choice.install()
-    from twisted.internet import defer, reactor, task
+    from twisted.internet import defer, task
 
     def run(reactor):
         return defer.ensureDeferred(bench(reactor, args))
