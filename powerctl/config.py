@@ -79,6 +79,8 @@ def _zero_as_float(value):
     return 0.0 if _is_number(value) and value == 0 else value
 
 
+_share = _check(lambda v: _is_number(v) and 0 <= v <= 1,
+               "must be a number from 0 to 1 (a share of a cluster's nodes)")
 _boolean = _check(lambda v: isinstance(v, bool), "must be true or false")
 #: A file name, where "" means the documented default.
 _path_or_default = _check(lambda v: isinstance(v, str), "must be a file name (or empty)")
@@ -105,6 +107,9 @@ class RegionConfig:
     # Ended operations older than this many days leave the journal (0: never).
     journal_keep_days: float = attrs.field(default=90.0, converter=_zero_as_float,
                                            validator=_seconds_or_off)
+    # A bulk off/soft-off/cycle selecting more than this share of a cluster's
+    # nodes needs "confirm": true (powerctl.region.bulk).
+    bulk_confirm_share: float = attrs.field(default=0.2, validator=_share)
 
 
 @attrs.frozen

@@ -41,7 +41,7 @@ EXPECTED_ROLE = {
     ("GET", "nodes"): "viewer", ("POST", "nodes"): "admin",
     ("GET", "nodes/{name}"): "viewer", ("PUT", "nodes/{name}"): "admin",
     ("DELETE", "nodes/{name}"): "admin",
-    ("POST", "nodes/{name}/power"): "operator",
+    ("POST", "nodes/{name}/power"): "operator", ("POST", "power"): "operator",
     ("GET", "power_ops"): "viewer", ("GET", "power_ops/{op_id}"): "viewer",
     ("POST", "power_ops/{op_id}/cancel"): "operator",
     ("POST", "power_ops/{op_id}/confirm"): "operator",
@@ -57,7 +57,7 @@ EXPECTED_ROLE = {
 #: objects (or at all: they span every cluster).
 SCOPED_OUT = {
     ("POST", "nodes"), ("GET", "nodes/{name}"), ("PUT", "nodes/{name}"),
-    ("DELETE", "nodes/{name}"), ("POST", "nodes/{name}/power"),
+    ("DELETE", "nodes/{name}"), ("POST", "nodes/{name}/power"), ("POST", "power"),
     ("GET", "power_ops/{op_id}"), ("POST", "power_ops/{op_id}/cancel"),
     ("POST", "power_ops/{op_id}/confirm"), ("POST", "pod_managers"),
     ("PUT", "pod_manager/{uuid}"), ("DELETE", "pod_manager/{uuid}"),
@@ -181,6 +181,8 @@ class RouteTableTests(ApiTestCase):
         if method in ("POST", "PUT"):
             if pattern == "nodes":
                 return {"cluster": "c1"}  # missing fields: 400
+            if pattern == "power":  # touches c1; an unknown field: 400
+                return {"action": "off", "cluster": "c1", "no_such_field": 1}
             return {"no_such_field": 1}
         return NOTHING
 

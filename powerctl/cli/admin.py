@@ -309,8 +309,8 @@ def _api_commands():
 
     @api_command
     async def token_list(ctx, args, api):
-        doc = await api.call("GET", "/v1/tokens",
-                             query={"revoked": "true" if args.revoked else None})
+        doc, _ = await api.collect("/v1/tokens",
+                                   {"revoked": "true" if args.revoked else None})
         ctx.out(output.to_json(doc) if args.json else output.table(doc, _TOKEN_COLUMNS))
         return EXIT_OK
 
@@ -323,8 +323,10 @@ def _api_commands():
 
     @api_command
     async def audit(ctx, args, api):
-        doc = await api.call("GET", "/v1/audit", query={
-            "limit": args.limit, "before": args.before, "actor": args.actor})
+        if args.limit is not None and args.limit < 1:
+            raise UsageError("--limit: must be at least 1")
+        doc, more = await api.collect("/v1/audit", {"before": args.before, "actor": args.actor},
+                                      most=None if args.all else (args.limit or 100))
         if args.json:
             ctx.out(output.to_json(doc))
             return EXIT_OK
@@ -332,8 +334,9 @@ def _api_commands():
             ("ID", "id"), ("WHEN", lambda a: output.when(a.get("at"))), ("WHO", "actor"),
             ("FROM", "source"), ("METHOD", "method"), ("PATH", "path"),
             ("STATUS", "status"), ("OUTCOME", "outcome")]))
-        if doc:
-            ctx.err(f"older entries: powerctl audit --before {doc[-1]['id']}")
+        if more:
+            ctx.err(f"older entries: powerctl audit --before {doc[-1]['id']} (or --limit N, "
+                    "--all)")
         return EXIT_OK
 
     return token_create, token_list, token_revoke, audit
@@ -424,7 +427,9 @@ def add_commands(subparsers):
     p.set_defaults(func=token_revoke)
 
     p = subparsers.add_parser("audit", parents=[parent], help="the audit trail, newest first")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="at most N entries, following the API's pages (default 100)")
+    p.add_argument("--all", action="store_true", help="the whole trail (every page)")
     p.add_argument("--before", type=int, default=None, metavar="ID")
     p.add_argument("--actor", default=None, metavar="NAME")
     p.set_defaults(func=audit)

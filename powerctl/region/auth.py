@@ -51,6 +51,8 @@ class Scope(enum.Enum):
     CLUSTER = "cluster"
     #: A list: a scoped token sees only its clusters' items.
     LIST = "list"
+    #: A bulk request: the cluster it names, or the clusters of the nodes it names.
+    BULK = "bulk"
 
 
 @attrs.frozen
@@ -84,6 +86,7 @@ RULES = {
     "update_node": Rule(_A, Scope.NODE),
     "delete_node": Rule(_A, Scope.NODE),
     "request_power": Rule(_O, Scope.NODE),
+    "bulk_power": Rule(_O, Scope.BULK),
     "list_ops": Rule(_V, Scope.LIST),
     "get_op": Rule(_V, Scope.OPERATION),
     "cancel_op": Rule(_O, Scope.OPERATION),

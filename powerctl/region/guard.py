@@ -39,7 +39,9 @@ from powerctl.region.api import (
     HttpError,
     _int_arg,
     _json_body,
+    _page_args,
     _query,
+    paged,
 )
 from powerctl.region.errors import StoreError
 
@@ -161,6 +163,12 @@ class ApiGuard:
             found.append(await self.tokens.cluster_of_op(params["op_id"]))
         elif scope is auth.Scope.CLUSTER:
             found.append(params["name"])
+        elif scope is auth.Scope.BULK:
+            body = _peek_json(request)
+            found.append(body.get("cluster"))
+            nodes = body.get("nodes")
+            if isinstance(nodes, list):
+                found.extend((await self.tokens.clusters_of_nodes(nodes)).values())
         elif scope is auth.Scope.LIST:
             args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}
             if args.get("cluster"):
@@ -199,10 +207,13 @@ class ApiGuard:
         )
 
     async def list_tokens(self, request):
-        args = _query(request, ("revoked",))
+        args = _query(request, ("revoked", "limit", "after"))
         if args.get("revoked", "false") not in ("true", "false"):
             raise HttpError(400, "invalid_input", "revoked: must be true or false")
-        return 200, await self.tokens.list(include_revoked=args.get("revoked") == "true")
+        limit, after = _page_args(args, "tokens", int)
+        rows = await self.tokens.list(include_revoked=args.get("revoked") == "true",
+                                      after_id=after or 0, limit=limit + 1)
+        return 200, paged(request, args, rows, limit, "tokens", lambda r: r["id"])
 
     async def create_token(self, request):
         """The new token is in this answer, and never again."""
@@ -217,10 +228,15 @@ class ApiGuard:
         return 200, await self.tokens.revoke(token_id, auth.principal_of(request).name)
 
     async def list_audit(self, request):
-        args = _query(request, ("before", "limit", "actor"))
-        return 200, await self.tokens.list_audit(before=_int_arg(args, "before"),
-                                                 limit=_int_arg(args, "limit"),
-                                                 actor=args.get("actor"))
+        """The audit trail, newest first; ``after`` (a cursor) or ``before`` (an id) pages."""
+        args = _query(request, ("before", "limit", "actor", "after"))
+        limit, after = _page_args(args, "audit", int)
+        before = _int_arg(args, "before")
+        if after is not None and before is not None:
+            raise HttpError(400, "invalid_input", "before: give either after or before")
+        rows = await self.tokens.list_audit(before=after if after is not None else before,
+                                            limit=limit + 1, actor=args.get("actor"))
+        return 200, paged(request, args, rows, limit, "audit", lambda r: r["id"])
 
 
 # -- the status page and /metrics -----------------------------------------

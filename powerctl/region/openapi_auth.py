@@ -5,6 +5,7 @@ routes.
 """
 
 from powerctl.region import auth
+from powerctl.region.openapi import page_params, paged_json
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -50,8 +51,10 @@ def _paths():
             "get": {"summary": "API tokens (never their secret)", "operationId": "listTokens",
                     "parameters": [{"name": "revoked", "in": "query", "required": False,
                                     "schema": {"type": "string", "enum": ["true", "false"]},
-                                    "description": "true: revoked ones too"}],
-                    "responses": {"200": _json({"type": "array", "items": _TOKEN}, "by id"),
+                                    "description": "true: revoked ones too"},
+                                   *page_params()],
+                    "responses": {"200": paged_json({"type": "array", "items": _TOKEN},
+                                                    "by id"),
                                   **_errors(400)}},
             "post": {"summary": "Create a token; the answer's token is shown this once",
                      "operationId": "createToken",
@@ -79,11 +82,12 @@ def _paths():
                     "parameters": [
                         {"name": n, "in": "query", "required": False, "description": d,
                          "schema": {"type": t}}
-                        for n, t, d in (("before", "integer", "ids below this one"),
-                                        ("limit", "integer", "at most this many (1000)"),
-                                        ("actor", "string", "only this token name"))],
-                    "responses": {"200": _json({"type": "array", "items": _AUDIT},
-                                               "newest first"), **_errors(400)}},
+                        for n, t, d in (("before", "integer", "ids below this one (not "
+                                         "with after)"),
+                                        ("actor", "string", "only this token name"))]
+                    + page_params(),
+                    "responses": {"200": paged_json({"type": "array", "items": _AUDIT},
+                                                    "newest first"), **_errors(400)}},
         },
     }
 

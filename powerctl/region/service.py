@@ -167,7 +167,8 @@ class RegionService(service.MultiService):
         guard = security.api_guard(self._pool, self.reactor)  # issue 10
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later, region=self.region,
-                        live_activity=live, guard=guard)
+                        live_activity=live, guard=guard,
+                        bulk_share=self.settings.bulk_confirm_share)
         web.add_to(root, self.store, activity=self.region.activity, live_activity=live)
         security.protect_web(root, guard, self.settings)  # tokens for the page and /metrics
         # limits on request size and on slow clients: powerctl.region.http

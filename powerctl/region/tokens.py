@@ -121,10 +121,12 @@ class TokenStore:
             raise Conflict(f"a token named {name!r} exists; revoke it first") from None
         return _token_row(rows[0]), token
 
-    async def list(self, include_revoked=False):
-        where = "" if include_revoked else "WHERE revoked_at IS NULL"
+    async def list(self, include_revoked=False, after_id=0, limit=None):
+        """Tokens by id, pageable (keyset: ``after_id`` is the last id seen)."""
+        where = "" if include_revoked else "AND revoked_at IS NULL"
         rows = await self._pool.runQuery(
-            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens {where} ORDER BY id")
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id > %s {where} ORDER BY id"
+            " LIMIT %s", (after_id or 0, limit))
         return [_token_row(r) for r in rows]
 
     async def revoke(self, token_id, by):
@@ -149,7 +151,7 @@ class TokenStore:
             (actor, source, method, path[:2048], status, outcome[:1024]))
 
     async def list_audit(self, before=None, limit=100, actor=None):
-        limit = max(1, min(int(limit or 100), MAX_PAGE))
+        limit = max(1, min(int(limit or 100), MAX_PAGE + 1))  # + 1: "is there more?"
         clauses, args = [], []
         if before is not None:
             clauses.append("id < %s")

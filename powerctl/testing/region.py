@@ -98,9 +98,15 @@ class FakeRegionStore:
     async def get_node(self, name):
         return dict(self._node(name))
 
-    async def list_nodes(self, cluster=None, after_name="", limit=None):
-        return [dict(n) for _, n in sorted(self.node_rows.items())
-                if (cluster is None or n["cluster"] == cluster) and n["name"] > after_name]
+    async def list_nodes(self, cluster=None, after_name="", limit=None, clusters=None,
+                         power_state=None, desired_state=None, responsive=None):
+        rows = [dict(n) for _, n in sorted(self.node_rows.items())
+                if (cluster is None or n["cluster"] == cluster) and n["name"] > after_name
+                and (clusters is None or n["cluster"] in clusters)
+                and (power_state is None or n["power_state"] == power_state)
+                and (desired_state is None or n["desired_state"] == desired_state)
+                and (responsive is None or n["responsive"] == responsive)]
+        return rows if limit is None else rows[:limit]
 
     async def node_power_config(self, name):
         return self._node(name)["power"]
@@ -152,10 +158,16 @@ class FakeRegionStore:
     async def get_op(self, op_id):
         return dict(self._op(op_id))
 
-    async def list_ops(self, node=None, state=None, limit=100, before_id=None):
+    async def list_ops(self, node=None, state=None, limit=100, before_id=None, cluster=None,
+                       clusters=None):
+        def cluster_of(op):
+            return (self.node_rows.get(op["node"]) or {}).get("cluster")
+
         rows = [o for _, o in sorted(self.op_rows.items(), reverse=True)
                 if (node is None or o["node"] == node) and (state is None or o["state"] == state)
-                and (before_id is None or o["id"] < int(before_id))]
+                and (before_id is None or o["id"] < int(before_id))
+                and (cluster is None or cluster_of(o) == cluster)
+                and (clusters is None or cluster_of(o) in clusters)]
         return [dict(o) for o in rows[:limit or 100]]
 
     async def mark_running(self, op_id, pserv, started_at=None, epoch=None):

@@ -62,14 +62,68 @@ class NodeStore(KindStore):
         return plain(await node_row(tx, name))
 
     @transaction
-    async def list(self, tx, cluster=None, after_name="", limit=None):
-        """Nodes by name, optionally of one cluster; pageable by name."""
+    async def list(self, tx, cluster=None, after_name="", limit=None, clusters=None,
+                   power_state=None, desired_state=None, responsive=None):
+        """
+        Nodes by name, pageable by name (keyset: ``after_name`` is the last
+        name seen), optionally of one ``cluster``, of the ``clusters`` a
+        scoped token covers, and of a power state, desired state or
+        responsiveness.  Filters apply before ``limit``, in SQL, so a page
+        is full whenever more matching rows follow.
+        """
         rows = await tx.rows(
             f"SELECT {NODE_COLUMNS} FROM nodes WHERE (%(cluster)s::text IS NULL"
-            " OR cluster = %(cluster)s) AND name > %(after)s ORDER BY name"
-            " LIMIT %(limit)s",
-            {"cluster": cluster, "after": after_name or "", "limit": limit})
+            " OR cluster = %(cluster)s) AND name > %(after)s"
+            " AND (%(clusters)s::text[] IS NULL OR cluster = ANY(%(clusters)s::text[]))"
+            " AND (%(power_state)s::text IS NULL OR power_state = %(power_state)s)"
+            " AND (%(desired)s::text IS NULL OR desired_state = %(desired)s)"
+            " AND (%(responsive)s::boolean IS NULL OR responsive = %(responsive)s)"
+            " ORDER BY name LIMIT %(limit)s",
+            {"cluster": cluster, "after": after_name or "", "limit": limit,
+             "clusters": None if clusters is None else sorted(clusters),
+             "power_state": power_state, "desired": desired_state, "responsive": responsive})
         return [plain(r) for r in rows]
+
+    @transaction
+    async def counts(self, tx):
+        """
+        Per cluster and power state: how many nodes, how many not in their
+        desired state, non-responsive and drifted -- one GROUP BY, for the
+        status page and /metrics (which never read every node row).
+        """
+        rows = await tx.rows(
+            "SELECT cluster, power_state, count(*) AS nodes,"
+            " count(*) FILTER (WHERE desired_state IS NOT NULL"
+            "   AND desired_state <> power_state) AS mismatched,"
+            " count(*) FILTER (WHERE NOT responsive) AS nonresponsive,"
+            " count(*) FILTER (WHERE drift_since IS NOT NULL) AS drifted"
+            " FROM nodes GROUP BY cluster, power_state ORDER BY cluster, power_state")
+        return [dict(r) for r in rows]
+
+    @transaction
+    async def page(self, tx, cluster=None, name="", problems=False, after_name="", limit=100):
+        """
+        One page of the status page's node table, filtered in SQL
+        (``name`` contained in the node's name, ``problems``: mismatched,
+        drifted, non-responsive or with an error), with ``total`` (rows
+        matching) and ``before`` (matching rows up to ``after_name``):
+        ``{"nodes", "total", "before", "more"}``.
+        """
+        where = ("(%(cluster)s::text IS NULL OR cluster = %(cluster)s)"
+                 " AND strpos(name, %(name)s) > 0"
+                 " AND (NOT %(problems)s OR (desired_state IS NOT NULL"
+                 "   AND desired_state <> power_state) OR drift_since IS NOT NULL"
+                 "   OR NOT responsive OR last_error IS NOT NULL)")
+        args = {"cluster": cluster, "name": name or "", "problems": bool(problems),
+                "after": after_name or "", "limit": limit + 1}
+        counted = await tx.row(
+            f"SELECT count(*) AS total, count(*) FILTER (WHERE name <= %(after)s) AS before"
+            f" FROM nodes WHERE {where}", args)
+        rows = await tx.rows(
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE {where} AND name > %(after)s"
+            " ORDER BY name LIMIT %(limit)s", args)
+        return {"nodes": [plain(r) for r in rows[:limit]], "more": len(rows) > limit,
+                "total": counted["total"], "before": counted["before"]}
 
     @transaction
     async def update(self, tx, name, quiesce=None, by=None, **fields):

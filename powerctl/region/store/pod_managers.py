@@ -137,9 +137,10 @@ class PodManagerStore(KindStore):
         return plain(row)
 
     @transaction
-    async def list(self, tx):
-        """Every pod manager by name, without passwords."""
-        rows = await tx.rows(f"SELECT {POD_MANAGER_COLUMNS} FROM pod_managers ORDER BY name")
+    async def list(self, tx, after_name="", limit=None):
+        """Pod managers by name, without passwords; pageable by name (keyset)."""
+        rows = await tx.rows(f"SELECT {POD_MANAGER_COLUMNS} FROM pod_managers WHERE name > %s"
+                             " ORDER BY name LIMIT %s", (after_name or "", limit))
         return [plain(r) for r in rows]
 
     @transaction
