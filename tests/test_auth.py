@@ -33,7 +33,8 @@ WHOLE_SNAPSHOT = SNAPSHOT.replace(
     "FROM node_pod_managers x)::text",
     "FROM node_pod_managers x)::text,\n"
     "    (SELECT json_agg(a ORDER BY id) FROM audit a)::text,\n"
-    "    (SELECT json_agg(t ORDER BY id) FROM api_tokens t)::text")
+    "    (SELECT json_agg(t ORDER BY id) FROM api_tokens t)::text,\n"
+    "    (SELECT json_agg(l ORDER BY id) FROM lockouts l)::text")
 
 #: The least role of every route, written out here (not read from
 #: auth.RULES), so that a rule loosened by mistake fails this test.
@@ -52,6 +53,7 @@ EXPECTED_ROLE = {
     ("GET", "activity"): "viewer", ("GET", "openapi.json"): "viewer",
     ("GET", "tokens"): "admin", ("POST", "tokens"): "admin",
     ("DELETE", "tokens/{token_id}"): "admin", ("GET", "audit"): "admin",
+    ("GET", "lockouts"): "viewer", ("DELETE", "lockouts/{name}"): "operator",
 }
 #: Routes a token confined to other clusters may not use on cluster c1's
 #: objects (or at all: they span every cluster).
@@ -62,7 +64,7 @@ SCOPED_OUT = {
     ("POST", "power_ops/{op_id}/confirm"), ("POST", "pod_managers"),
     ("PUT", "pod_manager/{uuid}"), ("DELETE", "pod_manager/{uuid}"),
     ("PUT", "clusters/{name}"), ("GET", "tokens"), ("POST", "tokens"),
-    ("DELETE", "tokens/{token_id}"), ("GET", "audit"),
+    ("DELETE", "tokens/{token_id}"), ("GET", "audit"), ("DELETE", "lockouts/{name}"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 
@@ -161,6 +163,7 @@ class RouteTableTests(ApiTestCase):
         _, pm, _ = await self.call("POST", "/pod_managers", {"name": "pm", "url": "https://x",
                                                              "password": "s3cret"})
         _, victim, _ = await self.call("POST", "/tokens", {"name": "victim", "role": "viewer"})
+        await self.store.lockouts.record("n1", 0, 3, "test", "p1")  # issue 10
         self.values = {"name": "n1", "op_id": str(op["id"]), "uuid": pm["uuid"],
                        "token_id": str(victim["id"])}
         self.role_tokens = {role: await test_tokens.create(self.pool, f"t-{role}", role)
