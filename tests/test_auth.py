@@ -347,6 +347,59 @@ class TokenLifeTests(ApiTestCase):
         self.assertEqual(len(await self.sql("SELECT id FROM audit")), 3)
 
 
+class AtomicAuditTests(ApiTestCase):
+    """
+    Issue 10: an API change and its audit record commit in one transaction.
+    With the audit table refusing inserts, no change is made at all (the
+    request fails); without the refusal each change has exactly one record.
+    """
+
+    async def refuse_audit(self):
+        await self.pool.runOperation(
+            "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'audit refused by the test'; END; $$ LANGUAGE plpgsql")
+        await self.pool.runOperation(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_audit()")
+
+    async def test_a_change_whose_record_cannot_be_written_is_not_made(self):
+        status, _, _ = await self.call("POST", "/nodes", {"name": "n1", "cluster": "c1",
+                                                          "power": ipmi()})
+        self.assertEqual(status, 201)
+        await self.refuse_audit()
+        before = await self.sql(WHOLE_SNAPSHOT)
+        changes = [
+            ("POST", "/nodes", {"name": "n2", "cluster": "c1", "power": ipmi()}),
+            ("PUT", "/nodes/n1", {"power": ipmi(password="other")}),
+            ("POST", "/nodes/n1/power", {"action": "on"}),
+            ("PUT", "/clusters/c1", {"drift_policy": "enforce"}),
+            ("POST", "/pod_managers", {"name": "pm", "url": "https://x"}),
+            ("POST", "/tokens", {"name": "t2", "role": "viewer"}),
+            ("DELETE", "/nodes/n1", None),
+        ]
+        for method, path, body in changes:
+            status, _, _ = await self.call(method, path, body)
+            self.assertEqual(status, 500, (method, path))
+        self.assertEqual(await self.sql(WHOLE_SNAPSHOT), before,
+                         "a change was committed without its audit record")
+
+    async def test_each_change_is_recorded_once_with_its_answer(self):
+        calls = [
+            ("POST", "/nodes", {"name": "n1", "cluster": "c1", "power": ipmi()}, 201),
+            ("PUT", "/nodes/n1", {"power": ipmi(password="other")}, 200),
+            ("POST", "/nodes/n1/power", {"action": "on"}, 202),
+            ("PUT", "/clusters/c1", {"drift_policy": "enforce"}, 200),
+            ("POST", "/tokens", {"name": "t2", "role": "viewer"}, 201),
+            ("DELETE", "/nodes/n1", None, 204),
+        ]
+        for method, path, body, expected in calls:
+            status, answer, _ = await self.call(method, path, body)
+            self.assertEqual(status, expected, (method, path, answer))
+        rows = await self.sql("SELECT method, path, status, outcome FROM audit ORDER BY id")
+        self.assertEqual([tuple(r) for r in rows],
+                         [(m, "/v1" + p, s, "ok") for m, p, _, s in calls])
+
+
 class WebDoorTests(ApiTestCase):
     async def serve_web(self, metrics_public=False):
         root = api_root(self.store, fake_catalogue(), guard=self.guard)
