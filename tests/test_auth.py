@@ -240,6 +240,20 @@ class RouteTableTests(ApiTestCase):
                                               self.body(method, pattern), token=token)
             self.assertNotIn(status, (401, 403), (role, method, pattern, body))
 
+    async def test_a_scoped_token_gets_full_pages_of_operations(self):
+        await self.fixture()  # n1 (c1) has one operation
+        for action in ("on", "off", "on"):
+            await self.call("POST", "/nodes/n1/power", {"action": action})
+        for action in ("on", "off", "on", "off", "on"):  # the newest: all of c2
+            await self.call("POST", "/nodes/n2/power", {"action": action})
+        viewer = await test_tokens.create(self.pool, "c1-viewer", "viewer", ["c1"])
+        status, ops, _ = await self.call("GET", "/power_ops?limit=3", token=viewer)
+        self.assertEqual(status, 200)
+        self.assertEqual([o["node"] for o in ops], ["n1"] * 3)
+        _, rest, _ = await self.call("GET", f"/power_ops?limit=3&before={ops[-1]['id']}",
+                                     token=viewer)
+        self.assertEqual([o["node"] for o in rest], ["n1"])
+
     async def test_a_scoped_token_sees_and_drives_only_its_clusters(self):
         await self.fixture()
         operator = await test_tokens.create(self.pool, "rack1-op", "operator", ["c1"])

@@ -429,11 +429,16 @@ class Api(AsyncResource):
         if "state" in args and args["state"] not in OP_STATES:
             raise HttpError(400, "invalid_input",
                            f"state: {args['state']!r} is not one of {', '.join(OP_STATES)}")
+        scope = {}
+        principal = auth.principal_of(request)
+        if principal is not None and principal.clusters is not None:
+            # issue 10: filtered in the query, so a scoped token gets full pages
+            scope["clusters"] = principal.clusters
         try:
             rows = await self.store.ops.list(
                 node=args.get("node"), state=args.get("state"),
                 limit=_int_arg(args, "limit"),
-                before_id=_int_arg(args, "before"))
+                before_id=_int_arg(args, "before"), **scope)
         except NotFound:
             raise HttpError(400, "invalid_input", "before: must be an operation id") from None
         return 200, [_pick(r, OP_FIELDS) for r in rows]

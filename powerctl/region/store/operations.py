@@ -116,16 +116,23 @@ class OperationStore(KindStore):
         return {r["state"]: r["n"] for r in rows}
 
     @transaction
-    async def list(self, tx, node=None, state=None, limit=100, before_id=None):
-        """The journal, newest first, filtered by node and/or state."""
+    async def list(self, tx, node=None, state=None, limit=100, before_id=None, clusters=None):
+        """
+        The journal, newest first, filtered by node and/or state; with
+        ``clusters`` (a token's scope), only operations of nodes in those
+        clusters -- filtered before the page is cut, so a page is full.
+        """
         if state is not None and state not in OP_STATES:
             raise InvalidInput(f"state: {state!r} is not one of {', '.join(OP_STATES)}")
         before = MAX_BIGINT if before_id is None else op_number(before_id)
         rows = await tx.rows(
             f"SELECT {OP_COLUMNS} FROM power_ops WHERE (%(node)s::text IS NULL OR node = %(node)s)"
             " AND (%(state)s::text IS NULL OR state = %(state)s) AND id < %(before)s"
+            " AND (%(clusters)s::text[] IS NULL OR node IN"
+            " (SELECT name FROM nodes WHERE cluster = ANY(%(clusters)s)))"
             " ORDER BY id DESC LIMIT %(limit)s",
-            {"node": node, "state": state, "before": before, "limit": page_limit(limit, 100)})
+            {"node": node, "state": state, "before": before, "limit": page_limit(limit, 100),
+             "clusters": None if clusters is None else sorted(clusters)})
         return [plain(r) for r in rows]
 
     # -- for the AMP side -----------------------------------------------
