@@ -13,10 +13,10 @@ Security commands (issue 10).
     A new key file for secrets at rest (mode 0600).
 ``powerctl admin key add FILE`` then ``powerctl admin key rotate --key-file FILE ...``
     Rotation without downtime: ``add`` puts a new key first in the file
-    (the old one stays readable); once every region runs with that file
-    (a rolling restart), ``rotate`` re-encrypts every secret under the new
-    key, row by row while requests go on, and drops the old key from the
-    file.
+    (the old one stays readable); a running region reads the changed file
+    at once (no restart); once every region's copy holds it, ``rotate``
+    re-encrypts every secret under the new key, row by row while requests
+    go on, and drops the old key from the file.
 """
 
 import os
@@ -146,8 +146,9 @@ async def admin_key_add(ctx, args):
         keys = vault.add_key(args.file).keys
     except vault.VaultError as e:
         raise CliError(str(e), "config") from None
-    ctx.out(f"{args.file} now holds {len(keys)} keys, the new one first; restart every region "
-            "with it, then run: powerctl admin key rotate --key-file " + args.file)
+    ctx.out(f"{args.file} now holds {len(keys)} keys, the new one first; running regions "
+            "read it at once (copy it to every region's host), then run: powerctl admin key "
+            "rotate --key-file " + args.file)
     return EXIT_OK
 
 
