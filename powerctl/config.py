@@ -102,6 +102,10 @@ class RegionConfig:
     key_file: str = attrs.field(default="", validator=_path_or_default)
     # Plain tcp: for pservs on a non-loopback interface only when this says so.
     allow_plaintext_rpc: bool = attrs.field(default=False, validator=_boolean)
+    # Mutual TLS: a directory of CA certificates (*.pem); pservs must show a
+    # certificate one of them signed ("": none asked for).  Needs an ssl:
+    # rpc_endpoint.
+    rpc_client_ca: str = attrs.field(default="", validator=_path_or_default)
 
 
 @attrs.frozen

@@ -282,10 +282,12 @@ async def admin_tls_init(ctx, args):
         raise UsageError(f"{args.directory} exists; refusing to overwrite it") from None
     except (OSError, ValueError) as e:
         raise CliError(f"{args.directory}: {e}", "config") from None
-    listen, dial = tlsinit.endpoints(paths, args.port, names[0])
-    ctx.err(f"made a CA ({paths['ca']}, key {paths['ca_key']}: keep it offline) and a "
-            f"certificate for the region's names {', '.join(names)}; use:")
+    listen, dial, client_ca = tlsinit.endpoints(paths, args.port, names[0])
+    ctx.err(f"made a CA ({paths['ca']}, key {paths['ca_key']}: keep it offline), a "
+            f"certificate for the region's names {', '.join(names)} and one for the pservs "
+            "(mutual TLS); use:")
     ctx.out(f"rpc_endpoint {listen}")
+    ctx.out(f"rpc_client_ca {client_ca}")
     ctx.out(f"regions {dial}")
     return EXIT_OK
 
@@ -383,7 +385,7 @@ def add_commands(subparsers):
     p.set_defaults(func=admin_key_rotate)
 
     tls = group(admin, "tls", "certificates for AMP over TLS between hosts")
-    p = tls.add_parser("init", help="a small CA and a region certificate in DIR")
+    p = tls.add_parser("init", help="a small CA, a region and a pserv certificate in DIR")
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--name", action="append", metavar="NAME",
                    help="a name (or address) pservs dial the region by; repeat "
