@@ -127,6 +127,16 @@ class RegionHeldLockoutTests(unittest.TestCase):
         self.guard.register("n1", 0, "k2")  # n1 got a new password
         self.assertIsNone(self.guard.refusal("k2"))
 
+    def test_a_lockout_found_after_its_node_was_forgotten_is_cleared_with_it(self):
+        self.guard.unregister("n1")
+        self.guard.unregister("n2")
+        self.lock()  # a call in flight when the nodes were forgotten
+        self.assertEqual(self.reported, [])
+        self.guard.register("n1", 0, "k")
+        self.assertIsNotNone(self.guard.refusal("k"))
+        self.guard.release("n1")
+        self.assertIsNone(self.guard.refusal("k"))
+
     def test_a_listing_clears_only_what_the_region_had_acknowledged_before_it(self):
         self.guard.register("n2", 0, "other")
         self.lock()
@@ -295,6 +305,31 @@ class PersistentLockoutTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(op["state"], "failed")
         self.assertEqual(len(refused), 4)
         self.assertNotIn("credentials rejected", op["error"])
+
+    async def test_the_region_records_only_the_owner_s_report_for_the_current_configuration(self):
+        from powerctl.rpc import commands
+
+        await self.start_region()
+        pserv = await self.start_pserv("pserv-a")
+        await self.add_node("node1")
+
+        async def knows():
+            return "node1" in pserv.executor.known_nodes() or None
+
+        await wait_until(knows)
+        [protocol] = [p for p in pserv.protocols if p.alive]
+        report = dict(node="node1", agent=0, failures=3, reason="test", epoch=protocol.epoch)
+        answer = await protocol.callRemote(commands.ReportLockout, digest="stale", **report)
+        self.assertEqual(answer, {"recorded": False, "id": 0})
+        self.assertEqual(await self.get("/v1/lockouts"), [])
+        with self.assertRaises(commands.StaleEpoch):
+            await protocol.callRemote(commands.ReportLockout, digest="x",
+                                      **dict(report, epoch=protocol.epoch + 1))
+        answer = await protocol.callRemote(
+            commands.ReportLockout, digest=pserv.executor.digest("node1"), **report)
+        self.assertTrue(answer["recorded"])
+        [row] = await self.get("/v1/lockouts")
+        self.assertEqual((row["id"], row["failures"]), (answer["id"], 3))
 
     async def test_new_credentials_drop_the_lockout_and_the_cli_lists_and_clears(self):
         refused = self.count_refusals()

@@ -153,7 +153,9 @@ class LockoutGuard:
         """An operator cleared ``node``'s lock-out (every agent's, or ``agent``'s)."""
         for (n, a), key in list(self._users.items()):
             if n == node and (agent is None or a == agent):
-                self._drop(key, [(n, a)])
+                # (None, None): locked while no node used the credentials (a
+                # call that ended after its node was forgotten)
+                self._drop(key, [(n, a), (None, None)])
 
     def sync(self, node, listed, since):
         """

@@ -511,7 +511,7 @@ class Api(AsyncResource):
         """An operator clears a node's lock-out: its pserv tries its credentials again."""
         _query(request, ())
         if self.region is None:
-            cleared = await self.store.lockouts.clear(name)
+            cleared = (await self.store.lockouts.clear(name))["cleared"]
         else:
             cleared = await self.region.clear_lockout(name)
         return 200, {"node": name, "cleared": cleared}

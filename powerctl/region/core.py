@@ -296,15 +296,16 @@ class Region:
         the pservs of its cluster connected here are told at once
         (``ClearLockout``).  Answers the lock-outs cleared.
         """
-        cleared = await self.store.lockouts.clear(node)
-        if cleared:
-            for pserv, answer in await self._each_pserv(
-                    cleared[0]["cluster"], commands.ClearLockout, node=node):
-                if not isinstance(answer, dict):
-                    self.log.warn("pserv {p} did not confirm the clearing of node {n}'s "
-                                  "lock-out ({why}); it learns it at its next recovery",
-                                  p=pserv, n=node, why=answer.getErrorMessage())
-        return cleared
+        result = await self.store.lockouts.clear(node)
+        # Sent even when no row was cleared: a lock-out the owner has not
+        # reported yet is cleared too (the operator means it).
+        for pserv, answer in await self._each_pserv(
+                result["cluster"], commands.ClearLockout, node=node):
+            if not isinstance(answer, dict):
+                self.log.warn("pserv {p} did not confirm the clearing of node {n}'s "
+                              "lock-out ({why}); it learns it at its next recovery",
+                              p=pserv, n=node, why=answer.getErrorMessage())
+        return result["cleared"]
 
     async def cancel_op(self, op_id, by, force=False):
         """

@@ -70,7 +70,7 @@ class FakeLockouts:
 
     async def clear(self, node):
         cleared = [self.rows.pop(k) for k in sorted(self.rows) if k[0] == node]
-        return cleared
+        return {"cluster": self._cluster_of(node), "cleared": cleared}
 
 
 class FakeRegionStore:

@@ -66,7 +66,12 @@ class LockoutStore(KindStore):
 
     @transaction
     async def clear(self, tx, node):
-        """Clear ``node``'s lock-outs: the rows removed (NotFound without a node)."""
+        """
+        Clear ``node``'s lock-outs: ``{"cluster", "cleared": [rows removed]}``
+        (NotFound without such a node).  The ``NOTIFY assignments`` makes
+        every region's pservs of the cluster recover, so an owner connected
+        to another region learns it too.
+        """
         check_name("node", node)
         exists = await tx.row("SELECT cluster FROM nodes WHERE name = %s", (node,))
         if exists is None:
@@ -75,5 +80,6 @@ class LockoutStore(KindStore):
             "DELETE FROM lockouts WHERE node = %s RETURNING id, node, agent, failures,"
             " reason, pserv, locked_at", (node,))
         await tx.rows("SELECT pg_notify('assignments', %s)", (exists["cluster"],))
-        return [dict(plain(r), cluster=exists["cluster"]) for r in sorted(
-            rows, key=lambda r: r["agent"])]
+        cleared = [dict(plain(r), cluster=exists["cluster"])
+                   for r in sorted(rows, key=lambda r: r["agent"])]
+        return {"cluster": exists["cluster"], "cleared": cleared}
