@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from powerctl.drivers.errors import AuthenticationError, PowerTimeout
 from powerctl.pserv.lockout import GuardedDriver, LockoutGuard, credentials_key
 from tests.pg import DatabaseMixin
-from tests.system import SystemMixin, wait_until
+from tests.system import SystemMixin, free_port, wait_until
 
 
 class GuardTests(unittest.TestCase):
@@ -305,6 +305,28 @@ class PersistentLockoutTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(op["state"], "failed")
         self.assertEqual(len(refused), 4)
         self.assertNotIn("credentials rejected", op["error"])
+
+    async def test_a_clearing_through_another_region_reaches_the_owner(self):
+        """The owner is connected to region one only; the clearing is made on region two."""
+        refused = self.count_refusals()
+        await self.start_region()
+        port = free_port()
+        other = await self.start_region("region-two", f"tcp:{port}:interface=127.0.0.1",
+                                        main=False)
+        await self.start_pserv("pserv-a")  # dials region one only
+        await self.add_node("node1", power=self.redfish_power("node1", password="wrong"))
+        await self.lock_out(refused)
+        code, body = await self.call("DELETE", "/v1/lockouts/node1", api=other.api)
+        self.assertEqual((code, len(body["cleared"])), (200, 1))
+
+        async def tried_again():
+            # the NOTIFY makes region one's pservs recover, which no longer
+            # lists the lock-out: the owner tries the credentials again
+            await self.wait_op((await self.power("node1", "query"))["id"])
+            return len(refused) > 3 or None
+
+        await wait_until(tried_again, timeout=20)
+        self.assertEqual(len(refused), 4)
 
     async def test_the_region_records_only_the_owner_s_report_for_the_current_configuration(self):
         from powerctl.rpc import commands
