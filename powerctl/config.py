@@ -110,6 +110,10 @@ class RegionConfig:
     # A bulk off/soft-off/cycle selecting more than this share of a cluster's
     # nodes needs "confirm": true (powerctl.region.bulk).
     bulk_confirm_share: float = attrs.field(default=0.2, validator=_share)
+    # Mutual TLS: a directory of CA certificates (*.pem); pservs must show a
+    # certificate one of them signed ("": none asked for).  Needs an ssl:
+    # rpc_endpoint.
+    rpc_client_ca: str = attrs.field(default="", validator=_path_or_default)
 
 
 @attrs.frozen

@@ -356,6 +356,8 @@ class Api(AsyncResource):
             ("clusters", {"GET": self.list_clusters}),
             ("clusters/{name}", {"PUT": self.update_cluster}),
             ("activity", {"GET": self.get_activity}),
+            ("lockouts", {"GET": self.list_lockouts}),
+            ("lockouts/{name}", {"DELETE": self.clear_lockout}),
             ("openapi.json", {"GET": self.openapi}),
         ) + tuple(self.guard.routes())
 
@@ -606,6 +608,25 @@ class Api(AsyncResource):
     async def delete_pod_manager(self, request, uuid):
         await self.store.pod_managers.delete(uuid)
         return 204, None
+
+    # -- BMC lock-outs (issue 10) ----------------------------------------
+
+    async def list_lockouts(self, request):
+        """Nodes whose BMC credentials are locked out (``?cluster=``)."""
+        args = _query(request, ("cluster",))
+        principal = auth.principal_of(request)
+        return 200, await self.store.lockouts.list(
+            cluster=args.get("cluster"),
+            clusters=principal.clusters if principal is not None else None)
+
+    async def clear_lockout(self, request, name):
+        """An operator clears a node's lock-out: its pserv tries its credentials again."""
+        _query(request, ())
+        if self.region is None:
+            cleared = (await self.store.lockouts.clear(name))["cleared"]
+        else:
+            cleared = await self.region.clear_lockout(name)
+        return 200, {"node": name, "cleared": cleared}
 
     # -- clusters and the document -------------------------------------
 

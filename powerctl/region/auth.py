@@ -104,6 +104,8 @@ RULES = {
     "create_token": Rule(_A, Scope.UNSCOPED),
     "revoke_token": Rule(_A, Scope.UNSCOPED),
     "list_audit": Rule(_A, Scope.UNSCOPED),
+    "list_lockouts": Rule(_V, Scope.LIST),
+    "clear_lockout": Rule(_O, Scope.NODE),
 }
 
 
@@ -170,6 +172,8 @@ def filter_listing(principal, handler_name, body, cluster_of_node=None):
     if principal.clusters is None:
         return body
     if handler_name == "list_nodes":
+        return [n for n in body if principal.covers(n.get("cluster"))]
+    if handler_name == "list_lockouts":
         return [n for n in body if principal.covers(n.get("cluster"))]
     if handler_name == "list_clusters":
         return [c for c in body if principal.covers(c.get("name"))]

@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from powerctl.region import auth
+from powerctl.region import auditing, auth
 from powerctl.region.api import (
     _STATUS,
     MAX_BODY,
@@ -46,6 +46,14 @@ from powerctl.region.api import (
 from powerctl.region.errors import StoreError
 
 COOKIE = b"powerctl_token"
+
+#: What a change answers when it succeeds, for its audit record (written
+#: before the answer exists, in the change's transaction); 200 if not here.
+SUCCESS_STATUS = {
+    "create_node": 201, "delete_node": 204, "request_power": 202, "confirm_op": 202,
+    "create_pod_manager": 201, "delete_pod_manager": 204, "create_token": 201,
+    "bulk_power": 202,
+}
 
 
 def _address(request):
@@ -139,14 +147,27 @@ class ApiGuard:
         if not auth.is_write(method):
             status, body = await handler(request, **params)
             return status, await self._filtered(principal, name, body)
+        # issue 10: the record commits with the change (powerctl.region.auditing)
+        intent = auditing.Intent(principal.name, _address(request), method,
+                                 request.uri.decode("utf-8", "replace"),
+                                 SUCCESS_STATUS.get(name, 200))
+        token = auditing.pending(intent)
         try:
             status, body = await handler(request, **params)
         except Exception as e:
             status_code, code = _status_of(e)
-            await self._audit(request, principal, status_code, f"refused: {code}"
-                              if status_code < 500 else "failed: internal error")
+            outcome = (f"refused: {code}" if status_code < 500 else "failed: internal error")
+            if intent.written:
+                outcome = f"after the change was committed: {outcome}"
+            await self._audit(request, principal, status_code, outcome)
             raise
-        await self._audit(request, principal, status, "ok")
+        finally:
+            auditing.done(token)
+        if not intent.written:  # nothing was written: recorded on its own
+            await self._audit(request, principal, status, "ok")
+        elif status != intent.status:
+            self.log.error("{name} answered {status}, its audit record says {recorded}",
+                           name=name, status=status, recorded=intent.status)
         return status, body
 
     async def _touched(self, rule, name, request, params):

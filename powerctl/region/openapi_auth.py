@@ -39,8 +39,16 @@ _AUDIT = _obj({
     "status": {"type": "integer"}, "outcome": {"type": "string"}})
 
 
+_LOCKOUT = _obj({
+    "id": {"type": "integer"}, "node": {"type": "string"}, "cluster": {"type": "string"},
+    "agent": {"type": "integer", "description": "the agent's index in the node's power"},
+    "failures": {"type": "integer"}, "reason": {"type": "string"},
+    "pserv": {"type": "string", "description": "the pserv that stopped trying"},
+    "locked_at": {"type": "string", "format": "date-time"}})
+
+
 def _errors(*statuses):
-    text = {400: "invalid input", 404: "no such token", 409: "a live token has that name",
+    text = {400: "invalid input", 404: "no such token (lock-outs: no such node)", 409: "a live token has that name",
             413: "body too large", 415: "body is not JSON", 500: "internal error"}
     return {str(s): _json(_ERROR, text[s]) for s in statuses + (500,)}
 
@@ -75,6 +83,27 @@ def _paths():
             "delete": {"summary": "Revoke a token (at once, on every region)",
                        "operationId": "revokeToken",
                        "responses": {"200": _json(_TOKEN, "revoked"), **_errors(404)}},
+        },
+        "/v1/lockouts": {
+            "get": {"summary": "BMC credentials locked out: no pserv tries them until they "
+                               "change or an operator clears them",
+                    "operationId": "listLockouts",
+                    "parameters": [{"name": "cluster", "in": "query", "required": False,
+                                    "schema": {"type": "string"},
+                                    "description": "only this cluster's nodes"}],
+                    "responses": {"200": _json({"type": "array", "items": _LOCKOUT},
+                                               "by node and agent"), **_errors(400)}},
+        },
+        "/v1/lockouts/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string"}, "description": "node name"}],
+            "delete": {"summary": "Clear a node's lock-out (operator; audited): its pserv "
+                                  "tries the credentials again at once",
+                       "operationId": "clearLockout",
+                       "responses": {"200": _json(_obj({
+                           "node": {"type": "string"},
+                           "cleared": {"type": "array", "items": _LOCKOUT}}), "cleared"),
+                           **_errors(400, 404)}},
         },
         "/v1/audit": {
             "get": {"summary": "The audit trail of changes, newest first (read only)",

@@ -18,6 +18,7 @@ from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
 from powerctl.region.pruning import JournalPruner
 from powerctl.region.rpc import RegionProtocol
+from powerctl.rpc import transport
 
 
 def _reconnecting_connection(reactor, cooperator=None):
@@ -159,8 +160,9 @@ class RegionService(service.MultiService):
             self.settings.database, self.reactor, self.region.notified,
             self.region.assignment_round, interval=max(1.0, self.settings.lease / 3))
         factory = protocol.Factory.forProtocol(lambda: RegionProtocol(self.region))
-        self.rpc_port = await endpoints.serverFromString(
-            self.reactor, self.settings.rpc_endpoint).listen(factory)
+        self.rpc_port = await transport.server_endpoint(  # issue 10: mutual TLS
+            self.reactor, self.settings.rpc_endpoint,
+            self.settings.rpc_client_ca).listen(factory)
         from powerctl.region.activity import LiveActivity
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)

@@ -36,6 +36,44 @@ class Recorded:
     changed: bool
 
 
+class FakeLockouts:
+    """
+    The region's BMC lock-outs (``store.lockouts``, issue 10) in a dict:
+    ``(node, agent) -> row``.  Enough for code that sends them with a
+    node's configuration and for operator clearing.
+    """
+
+    def __init__(self, cluster_of=lambda node: None):
+        self.rows = {}
+        self._ids = itertools.count(1)
+        self._cluster_of = cluster_of
+
+    async def record(self, node, agent, failures, reason, pserv):
+        row = self.rows.get((node, agent))
+        if row is None:
+            row = self.rows[(node, agent)] = {"id": next(self._ids), "node": node,
+                                              "agent": agent}
+        row.update(failures=failures, reason=reason, pserv=pserv,
+                   cluster=self._cluster_of(node))
+        return row["id"]
+
+    async def of_nodes(self, names):
+        out = {}
+        for (node, agent), row in sorted(self.rows.items()):
+            if node in names:
+                out.setdefault(node, []).append({"agent": agent, "id": row["id"]})
+        return out
+
+    async def list(self, cluster=None, clusters=None):
+        return [dict(r) for _, r in sorted(self.rows.items())
+                if (cluster is None or r["cluster"] == cluster)
+                and (clusters is None or r["cluster"] in clusters)]
+
+    async def clear(self, node):
+        cleared = [self.rows.pop(k) for k in sorted(self.rows) if k[0] == node]
+        return {"cluster": self._cluster_of(node), "cleared": cleared}
+
+
 class FakeRegionStore:
     """
     Nodes, the operation journal and pservs, in dicts.  Add nodes with
@@ -65,6 +103,8 @@ class FakeRegionStore:
         self.clusters = types.SimpleNamespace(
             register_pserv=self.register_pserv, heartbeat=self.heartbeat,
             pserv_disconnected=self.pserv_disconnected)
+        self.lockouts = FakeLockouts(
+            lambda node: self.node_rows.get(node, {}).get("cluster"))
 
     # -- set-up helpers (not part of the real store) ------------------------
 

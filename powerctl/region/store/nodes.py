@@ -16,6 +16,7 @@ from powerctl.region.store.base import (
     MAX_INTERNAL_PAGE, NODE_COLUMNS, OPEN_SQL, KindStore, check_fields, check_name,
     check_text, node_row, page_limit, plain, transaction)
 from powerctl.region.store.clusters import ensure_cluster
+from powerctl.region.store.lockouts import forget_for_node
 from powerctl.region.store.operations import cancel_open, journal, lock_open
 from powerctl.region.store.pod_managers import (
     fetch_for_power, link_to_node, resolve_many, validated_power)
@@ -160,6 +161,8 @@ class NodeStore(KindStore):
             f" WHERE name = %s RETURNING {NODE_COLUMNS}",
             (cluster, Json(power), cluster, cluster, name))
         await link_to_node(tx, name, power)
+        if power != node["power"]:  # issue 10: new credentials are not locked out
+            await forget_for_node(tx, name)
         return dict(plain(row), changed_for_pserv=relevant)
 
     @transaction

@@ -13,7 +13,7 @@ import attrs
 from twisted.internet import defer
 
 from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, Action, OpState
-from powerctl.region import bulk
+from powerctl.region import auditing, bulk
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, StaleEpoch
 from powerctl.region.store.base import (
     MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text,
@@ -34,7 +34,7 @@ WITH node AS (
 ), op AS (
     INSERT INTO power_ops (node, action, requester)
     SELECT name, %(action)s, %(requester)s FROM node RETURNING {OP_COLUMNS}
-)
+){{audit}}
 SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text) FROM op"""
 #: A query request: the node row locked FOR UPDATE, nothing else changed.
 _REQUEST_QUERY = f"""
@@ -43,8 +43,15 @@ WITH node AS (
 ), op AS (
     INSERT INTO power_ops (node, action, requester)
     SELECT name, %(action)s, %(requester)s FROM node RETURNING {OP_COLUMNS}
-)
+){{audit}}
 SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text) FROM op"""
+#: The API request's audit record (issue 10), in the same statement: written
+#: only with the operation, and the operation only with it.
+_REQUEST_AUDIT = """, audit AS (
+    INSERT INTO audit (actor, source, method, path, status, outcome)
+    SELECT %(a_actor)s, %(a_source)s, %(a_method)s, %(a_path)s, %(a_status)s, %(a_outcome)s
+    FROM op
+)"""
 
 
 @attrs.frozen
@@ -130,11 +137,26 @@ class OperationStore(KindStore):
             raise InvalidInput(f"action: {e}") from None
         check_text("requester", requester, 255)
         sql = _REQUEST_QUERY if action.target is None else _REQUEST_CHANGE
-        rows = await self._pool.runQuery(sql, {
-            "node": node, "action": action.value, "requester": requester,
-            "target": None if action.target is None else action.target.value})
+        args = {"node": node, "action": action.value, "requester": requester,
+                "target": None if action.target is None else action.target.value}
+        intent = auditing.current()
+        if intent is not None:
+            args.update(zip(("a_actor", "a_source", "a_method", "a_path", "a_status",
+                             "a_outcome"), intent.values()))
+            intent.claimed = True
+        try:
+            rows = await self._pool.runQuery(
+                sql.format(audit=_REQUEST_AUDIT if intent is not None else ""), args)
+        except BaseException:
+            if intent is not None:
+                intent.claimed = False
+            raise
         if not rows:
+            if intent is not None:
+                intent.claimed = False  # nothing written: the refusal is recorded on its own
             raise NotFound(f"node {node!r} does not exist")
+        if intent is not None:
+            intent.written = True
         return plain(dict(zip(_OP_NAMES, rows[0])))
 
     @transaction

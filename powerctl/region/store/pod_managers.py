@@ -16,6 +16,7 @@ from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.store.base import (
     POD_MANAGER_COLUMNS, KindStore, check_fields, check_text, plain, pod_manager_key,
     transaction)
+from powerctl.region.store.lockouts import forget_for_pod_manager
 
 POD_MANAGER_STATUSES = ("online", "offline")
 
@@ -165,6 +166,9 @@ class PodManagerStore(KindStore):
                      password=self._vault.seal(merged["password"])))
         except psycopg2.errors.UniqueViolation:
             raise Conflict(f"a pod manager named {merged['name']!r} already exists") from None
+        if any(merged[k] != current[k] for k in ("url", "username", "password")):
+            # issue 10: the nodes using it have new credentials now
+            await forget_for_pod_manager(tx, current["uuid"])
         return plain(row)
 
     @transaction
