@@ -45,6 +45,8 @@ class Action(str, enum.Enum):
     SOFT_OFF = "soft-off"
     CYCLE = "cycle"
     QUERY = "query"
+    #: a verified off that outranks everything (see powerctl.drivers.topology)
+    FENCE = "fence"
 
     @property
     def changes_power(self):
@@ -59,6 +61,7 @@ class Action(str, enum.Enum):
             Action.CYCLE: PowerState.ON,
             Action.OFF: PowerState.OFF,
             Action.SOFT_OFF: PowerState.OFF,
+            Action.FENCE: PowerState.OFF,
         }.get(self)
 
     @classmethod

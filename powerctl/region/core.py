@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from powerctl.deferreds import when_fired
 from powerctl.power import TARGET_STATES, TERMINAL_STATES, OpState
+from powerctl.powerdoc import agent_list
 from powerctl.rpc import commands
 from powerctl.rpc.failures import expected
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -338,7 +339,7 @@ class Region:
         if op["state"] in TERMINAL_STATES:
             raise Conflict(f"power operation {op['id']} already ended {op['state']}")
         node = await self.store.nodes.get(op["node"])
-        drivers = {a.get("driver") for a in node["power"].get("agents", [])}
+        drivers = {a.get("driver") for a in agent_list(node["power"]) if isinstance(a, dict)}
         if "manual" not in drivers:
             raise InvalidInput(f"node {node['name']} has no manual agent: nothing to confirm")
         answers = await self._each_pserv(node["cluster"], commands.ConfirmOperation,
