@@ -108,10 +108,14 @@ def _from_json(ctx, args):
     doc = read_json_source(ctx, args.power_json, "--power-json")
     if isinstance(doc, list):
         doc = {"agents": doc}
+    if isinstance(doc, dict) and "levels" in doc:
+        if args.mode:
+            raise UsageError("--mode does not go with levels: each level lists its agents")
+        return doc  # a topology: the region checks it and names the level/agent at fault
     if not isinstance(doc, dict) or not isinstance(doc.get("agents"), list) \
             or not doc["agents"]:
-        raise UsageError("--power-json needs {\"mode\": ..., \"agents\": [...]} "
-                         "or a list of agents")
+        raise UsageError("--power-json needs {\"levels\": [{\"agents\": [...]}, ...]}, "
+                         "{\"mode\": ..., \"agents\": [...]} or a list of agents")
     if args.mode:
         doc["mode"] = args.mode
     doc.setdefault("mode", "single" if len(doc["agents"]) == 1 else None)
@@ -157,9 +161,15 @@ def power_from_args(ctx, args, required):
 
 
 def power_summary(power):
-    """``ipmi`` or ``concurrent: ipmi+snmp`` for a table cell."""
+    """``ipmi``, ``concurrent: ipmi+snmp`` or ``levels: ipmi | snmp+snmp`` for a table cell."""
     if not isinstance(power, dict):
         return None
+    if "levels" in power:
+        levels = power["levels"] if isinstance(power["levels"], list) else []
+        return "levels: " + " | ".join(
+            "+".join(str(a.get("driver", "?")) for a in (lv.get("agents") or ())
+                     if isinstance(a, dict))
+            for lv in levels if isinstance(lv, dict))
     drivers = "+".join(
         str(a.get("driver", "?")) for a in power.get("agents") or () if isinstance(a, dict))
     mode = power.get("mode") or "single"

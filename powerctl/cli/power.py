@@ -38,7 +38,8 @@ def add_commands(subparsers, parent):
     p = subparsers.add_parser("power", parents=[parent],
                               help="request power actions and optionally wait")
     p.add_argument("action", type=_action, metavar="ACTION",
-                   help="on, off, soft-off, cycle or query")
+                   help="on, off, soft-off, cycle, query or fence (a verified off that "
+                        "outranks every other action)")
     p.add_argument("nodes", nargs="+", metavar="NODE")
     p.add_argument("--wait", "-w", action="store_true",
                    help="wait until every operation has finished")

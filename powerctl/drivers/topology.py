@@ -115,7 +115,7 @@ class DeviceResult:
         out = {"agent": self.label,
                "state": self.state.value if self.state is not None else PowerState.UNKNOWN.value}
         if self.error is not None:
-            out["error"] = str(self.error)
+            out["error"] = str(self.error)[:500]
             out["error_kind"] = getattr(self.error, "kind", "error")
         return out
 

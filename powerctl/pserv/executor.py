@@ -123,6 +123,14 @@ class DriverExecutor:
         return all(getattr(d, "capabilities", None) is None or d.capabilities.queryable
                    for d in self.drivers(node))
 
+    def fence_refusal(self, node):
+        """
+        A :class:`~powerctl.drivers.topology.FenceRefused` when no level of
+        ``node`` can prove a fence (its agents cannot query, none trusted),
+        else None.
+        """
+        return self._nodes[node].power.fence_refusal()
+
     def config(self, node):
         """The power configuration last learnt for ``node`` (a dict)."""
         return self._nodes[node].document

@@ -37,9 +37,10 @@ from urllib.parse import unquote
 from twisted.internet import defer
 from twisted.web import resource
 
-from powerctl.power import OP_STATES, TARGET_STATES, Action
+from powerctl.power import OP_STATES, TARGET_STATES, TERMINAL_STATES, Action
 from powerctl.powerdoc import redact
 from powerctl.region import auth, drift, openapi, powerconfig
+from powerctl.region import fencing
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.resource import AsyncResource, loggable
 
@@ -54,7 +55,7 @@ NODE_FIELDS = ("name", "cluster", "power", "desired_state", "power_state", "resp
                "drift")
 OP_FIELDS = ("id", "node", "action", "state", "coalesced_into", "superseded_by", "error",
              "requested_at", "started_at", "finished_at", "pserv", "agent", "requester",
-             "observed_state", "cancelled_by", "confirmed_by")
+             "observed_state", "cancelled_by", "confirmed_by", "detail")
 POD_MANAGER_FIELDS = ("uuid", "name", "driver", "username", "password_set", "url", "status",
                       "description", "created_at", "updated_at")
 _STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, Unavailable: 503}
@@ -359,6 +360,7 @@ class Api(AsyncResource):
         shown["power"] = redact(row["power"], powerconfig.secret_names(self.catalogue))
         shown["drift"] = drift.as_json(row.get("drift_since"), row.get("drift_observed"),
                                        row.get("desired_state"), row.get("drift_polls"))
+        shown["bounds"] = fencing.node_bounds(row["power"], self.catalogue)
         return shown
 
     # -- nodes ----------------------------------------------------------
@@ -408,7 +410,8 @@ class Api(AsyncResource):
             raise HttpError(400, "invalid_action", str(e)) from None
         requester = _requester(request, body.get("requester"))
         op = await self.store.ops.request(name, action.value, requester=requester)
-        self._dispatch(op)
+        if op["state"] not in TERMINAL_STATES:  # a fence that joined a recent one has ended
+            self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
         return 202, _pick(op, OP_FIELDS)
 

@@ -160,7 +160,7 @@ class Region:
     # -- reports --------------------------------------------------------------
 
     async def outcome(self, op_id, outcome, observed_state, agent, error,
-                      coalesced_into, superseded_by, pserv, epoch=None):
+                      coalesced_into, superseded_by, pserv, epoch=None, detail=None):
         """
         Record a pserv's report of how an operation ended.  False when it
         changed nothing: already terminal, or the operation is unknown (a
@@ -171,7 +171,7 @@ class Region:
             recorded = await self.store.ops.record_outcome(
                 op_id, outcome, observed_state=observed_state, agent=agent, error=error,
                 coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv,
-                epoch=epoch)
+                epoch=epoch, detail=detail)
         except NotFound:
             self.log.warn("pserv {p} reported on operation {op}, which does not exist; dropped",
                           p=pserv, op=op_id)

@@ -34,6 +34,15 @@ class Conflict(StoreError):
     code = "conflict"
 
 
+class FenceRefused(Conflict):
+    """
+    A fence asked of a node none of whose power levels can prove it off (its
+    agents cannot query, no level is trusted unverified); nothing journalled.
+    """
+
+    code = "fence_refused"
+
+
 class InvalidInput(StoreError, ValueError):
     """The input is malformed; nothing was written."""
 
