@@ -127,6 +127,12 @@ class FenceSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual((self.pdu.outlets[1], self.pdu.outlets[2]),
                          (PowerState.OFF, PowerState.OFF))
         self.assertEqual(sorted(s[0] for s in self.outlet_sets(1, 2)), [1, 2])
+        # the CLI's table says which level and devices (here of the fence joined)
+        code, out, err = await self.cli("power", "fence", "dual", "--wait")
+        self.assertEqual(code, 0, err)
+        self.assertIn("LEVEL", out.splitlines()[0])
+        self.assertIn("1: psu-a=off psu-b=off", out)
+        self.assertEqual(sorted(s[0] for s in self.outlet_sets(1, 2)), [1, 2])
 
     async def test_level_one_dead_level_two_fences(self):
         await self.start()

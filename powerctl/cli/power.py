@@ -67,6 +67,15 @@ class Outcome:
                 "power_state": self.power_state, "error": self.error}
 
 
+def _level_cell(detail):
+    """``2: psu-a=off psu-b=off``: the acting level and its devices' states."""
+    if not isinstance(detail, dict) or detail.get("level") is None:
+        return None
+    devices = " ".join(f"{d.get('agent')}={d.get('state')}"
+                       for d in detail.get("devices") or () if isinstance(d, dict))
+    return f"{detail['level']}: {devices}"
+
+
 def _op_error(op):
     """Why a terminal operation did not succeed; None if it did."""
     state = op.get("state")
@@ -174,6 +183,7 @@ async def power(ctx, args, api):
             ("OP", _op_cell),
             ("STATE", lambda r: (r["op"] or {}).get("state")),
             ("POWER", "power_state"),
+            ("LEVEL", lambda r: _level_cell((r["op"] or {}).get("detail"))),
             ("ERROR", "error"),
         ]))
     else:
@@ -186,6 +196,10 @@ async def power(ctx, args, api):
             ("ERROR", "error"),
         ]))
     for r in results:
+        warning = ((r.op or {}).get("detail") or {}).get("warning") \
+            if isinstance((r.op or {}).get("detail"), dict) else None
+        if warning and not args.json:
+            ctx.err(f"warning: {r.node}: {warning}")
         if r.error and not args.json:
             ctx.err(f"error ({'timeout' if r.status == EXIT_TIMEOUT else 'failed'}): "
                     f"{r.node}: {r.error}")
