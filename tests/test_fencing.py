@@ -9,6 +9,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from powerctl.drivers.catalogue import DriverCatalogue
+from powerctl.drivers.errors import UnreachableError
 from powerctl.drivers.interface import Capabilities, Timing
 from powerctl.drivers.webhook import WebhookDriverType
 from powerctl.power import Action, PowerState
@@ -220,3 +221,52 @@ class ActionTests(unittest.TestCase):
         self.assertEqual(Action.parse("fence"), Action.FENCE)
 
 
+
+
+class PservFenceTests(unittest.TestCase):
+    """The pserv refuses a fence it cannot verify, and reports level and devices."""
+
+    def setUp(self):
+        from powerctl.pserv.core import Pserv
+        from powerctl.registry import PowerActionRegistry
+
+        self.clock = task.Clock()
+        self.types = catalogue()
+        self.executor = DriverExecutor(self.types)
+        self.registry = PowerActionRegistry(self.executor, self.clock, cancel_timeout=5)
+        self.reports = []
+        self.pserv = Pserv(self.registry, self.executor, self.reports.append)
+        self.pserv.epoch = 1
+
+    def test_an_unverifiable_fence_is_refused_before_any_device_is_touched(self):
+        power = {"levels": [{"agents": [blind("a")]}]}
+        e = self.assertRaises(InvalidPowerDocument, self.pserv.dispatch, 1, "n", "fence", power)
+        self.assertIn("agents that cannot query: 0:blind", str(e))
+        self.assertEqual(self.types.get("blind").device("a").calls, [])
+        self.assertEqual(self.reports, [])
+
+    def test_the_report_names_the_level_and_devices(self):
+        fakes = self.types.get("fake")
+        fakes.device("b").state = fakes.device("c").state = PowerState.ON
+        fakes.device("a").failure = UnreachableError("bmc down")
+        power = {"levels": [{"agents": [fake("a", label="bmc")]},
+                            {"agents": [fake("b", label="psu-a"), fake("c", label="psu-b")]}]}
+        self.assertEqual(self.pserv.dispatch(1, "n", "fence", power), ("started", 0))
+        [report] = self.reports
+        self.assertEqual((report.outcome, report.observed_state, report.agent),
+                         ("succeeded", "off", "psu-a,psu-b"))
+        self.assertEqual(report.detail["level"], 2)
+        self.assertEqual(report.detail["devices"], [{"agent": "psu-a", "state": "off"},
+                                                    {"agent": "psu-b", "state": "off"}])
+        self.assertEqual(report.detail["failed_levels"][0]["devices"][0]["error_kind"],
+                         "unreachable")
+
+    def test_a_failed_fence_reports_every_level(self):
+        fakes = self.types.get("fake")
+        fakes.device("a").failure = UnreachableError("down")
+        fakes.device("b").failure = UnreachableError("down too")
+        power = {"levels": [{"agents": [fake("a")]}, {"agents": [fake("b")]}]}
+        self.pserv.dispatch(1, "n", "fence", power)
+        [report] = self.reports
+        self.assertEqual((report.outcome, report.error_kind), ("failed", "unreachable"))
+        self.assertEqual([lv["level"] for lv in report.detail["failed_levels"]], [1, 2])
