@@ -270,3 +270,14 @@ class PservFenceTests(unittest.TestCase):
         [report] = self.reports
         self.assertEqual((report.outcome, report.error_kind), ("failed", "unreachable"))
         self.assertEqual([lv["level"] for lv in report.detail["failed_levels"]], [1, 2])
+
+
+class PollableTests(unittest.TestCase):
+    def test_a_node_is_polled_when_some_level_can_query(self):
+        executor = DriverExecutor(catalogue())
+        executor.configure("both", {"levels": [{"agents": [blind("a")]},
+                                               {"agents": [fake("b")]}]})
+        executor.configure("blind", {"levels": [{"agents": [fake("c"), blind("d")]}]})
+        self.assertTrue(executor.queryable("both"))
+        self.assertFalse(executor.queryable("blind"))
+        self.assertFalse(executor.queryable("unknown"))

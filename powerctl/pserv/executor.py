@@ -119,9 +119,12 @@ class DriverExecutor:
         return [agent.driver for agent in known.power.agents] if known else []
 
     def queryable(self, node):
-        """Whether every agent of ``node`` can be queried (manual ones cannot)."""
-        return all(getattr(d, "capabilities", None) is None or d.capabilities.queryable
-                   for d in self.drivers(node))
+        """
+        Whether ``node`` can be queried: some level has every agent
+        queryable (a query tries the levels in order; manual agents cannot).
+        """
+        known = self._nodes.get(node)
+        return bool(known) and any(level.verifiable for level in known.power.levels)
 
     def fence_refusal(self, node):
         """
