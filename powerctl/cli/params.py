@@ -38,6 +38,13 @@ def add_power_options(parser):
                         help="the whole power configuration as JSON ('-' reads stdin)")
     parser.add_argument("--mode", choices=MODES,
                         help="how several agents are driven (default single)")
+    parser.add_argument("--level", action="append", default=[], metavar="SPECS",
+                        help="a power level: agents as for --agent, separated by ';' "
+                             "(every one must act); repeat for level 2, 3...  "
+                             "(tried in order until one succeeds)")
+    parser.add_argument("--trusted-unverified", action="append", type=int, default=[],
+                        metavar="N", help="with --level: level N (from 1) may fence "
+                                          "without a verifying query")
 
 
 def split_top_level(text, sep=","):
@@ -130,9 +137,31 @@ def power_from_args(ctx, args, required):
     ``--power-json``; None when none is given and ``required`` is false.
     """
     known = schemas()
-    sources = sum(bool(x) for x in (args.driver, args.agent, args.power_json))
+    levels = getattr(args, "level", None) or []
+    trusted = getattr(args, "trusted_unverified", None) or []
+    sources = sum(bool(x) for x in (args.driver, args.agent, args.power_json, levels))
     if sources > 1:
-        raise UsageError("give one of --driver/-p, --agent or --power-json")
+        raise UsageError("give one of --driver/-p, --agent, --level or --power-json")
+    if trusted and not levels:
+        raise UsageError("--trusted-unverified goes with --level")
+    if levels:
+        if args.mode:
+            raise UsageError("--mode does not go with --level: each level lists its agents")
+        if args.params or args.params_json:
+            raise UsageError("-p/--params-json go with --driver, not --level")
+        bad = [n for n in trusted if not 1 <= n <= len(levels)]
+        if bad:
+            raise UsageError(f"--trusted-unverified {bad[0]}: there are {len(levels)} level(s)")
+        out = []
+        for number, text in enumerate(levels, 1):
+            specs = [t for t in split_top_level(text, ";") if t.strip()]
+            if not specs:
+                raise UsageError(f"--level {number}: no agent")
+            level = {"agents": [parse_agent(spec.strip(), known) for spec in specs]}
+            if number in trusted:
+                level["trusted_unverified"] = True
+            out.append(level)
+        return {"levels": out}
     if not sources:
         if args.params or args.params_json:
             raise UsageError("-p/--params-json need --driver")
