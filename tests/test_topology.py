@@ -140,6 +140,14 @@ class LevelTests(unittest.TestCase):
         self.failureResultOf(query(device(OFF, UnreachableError("x")), device(OFF)),
                              AgentsFailed)
 
+    def test_a_device_between_states_makes_the_query_unknown_not_an_error(self):
+        a, b = device(OFF), device(OFF)
+        b.state = PowerState.UNKNOWN  # e.g. a Redfish system PoweringOn
+        r = self.successResultOf(topology([a, b]).run(Action.QUERY))
+        self.assertEqual((r.state, r.level), (PowerState.UNKNOWN, 1))
+        r = self.successResultOf(topology([b]).run(Action.QUERY))
+        self.assertEqual(r.state, PowerState.UNKNOWN)
+
     def test_query_falls_back_to_the_next_level(self):
         r = self.successResultOf(topology(
             [device(ON, UnreachableError("x"))], [device(OFF)]).run(Action.QUERY))

@@ -31,8 +31,9 @@ devices of one level:
     then on on all -- never device by device, which would leave a dual-PSU
     node powered through the other supply all along.
 ``query``
-    on if any device says on; off only if all say off; otherwise (a device
-    failed and none said on) the level fails and the next one is asked.
+    on if any device says on; off only if all say off; unknown if every
+    device answered but one is between states; otherwise (a device failed
+    and none said on) the level fails and the next one is asked.
 
 Results are :class:`~powerctl.registry.Observed` naming the acting level
 (1 first), the devices with the state each reported (or its error), a
@@ -263,6 +264,10 @@ class NodeTopology:
                 return observed(PowerState.ON, results, _labels(results, PowerState.ON))
             if _all_are(results, PowerState.OFF):
                 return observed(PowerState.OFF, results)
+            if all(r.error is None for r in results):
+                # every device answered, one is between states (a Redfish
+                # system PoweringOn): the node is in transition, an answer
+                return observed(PowerState.UNKNOWN, results)
             raise LevelFailed(number, "cannot tell: " + _describe(results), results)
         if action in (Action.OFF, Action.SOFT_OFF, Action.FENCE):
             results = await _act(agents, Action.OFF if action is Action.FENCE else action)
