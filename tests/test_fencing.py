@@ -281,3 +281,19 @@ class PollableTests(unittest.TestCase):
         self.assertTrue(executor.queryable("both"))
         self.assertFalse(executor.queryable("blind"))
         self.assertFalse(executor.queryable("unknown"))
+
+
+class VaultLevelsTests(unittest.TestCase):
+    def test_secrets_of_every_level_are_sealed_and_opened(self):
+        from powerctl.region.vault import is_sealed
+        from tests import tokens
+
+        vault = tokens.vault()
+        power = {"levels": [{"agents": [fake("a")]}, {"agents": [fake("b"), fake("c")]}]}
+        sealed = vault.seal_power(power, None, catalogue())
+        passwords = [a["params"]["password"] for a in agent_list(sealed)]
+        self.assertTrue(all(is_sealed(p) for p in passwords), passwords)
+        self.assertNotIn("pw", str(sealed))
+        again = vault.seal_power(power, sealed, catalogue())
+        self.assertEqual(again, sealed)  # unchanged secrets keep their ciphertext
+        self.assertEqual(vault.open_power(sealed), power)
