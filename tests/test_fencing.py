@@ -261,6 +261,18 @@ class PservFenceTests(unittest.TestCase):
         self.assertEqual(report.detail["failed_levels"][0]["devices"][0]["error_kind"],
                          "unreachable")
 
+    def test_on_through_one_psu_is_reported_succeeded_with_a_warning(self):
+        fakes = self.types.get("fake")
+        fakes.device("b").failure = UnreachableError("psu b: no answer")
+        power = {"levels": [{"agents": [fake("a", label="psu-a"), fake("b", label="psu-b")]}]}
+        self.pserv.dispatch(1, "n", "on", power)
+        [report] = self.reports
+        self.assertEqual((report.outcome, report.observed_state, report.agent),
+                         ("succeeded", "on", "psu-a"))
+        self.assertIn("degraded: on through psu-a only; psu-b: psu b: no answer",
+                      report.detail["warning"])
+        self.assertEqual(report.detail["devices"][1]["state"], "unknown")
+
     def test_a_failed_fence_reports_every_level(self):
         fakes = self.types.get("fake")
         fakes.device("a").failure = UnreachableError("down")
@@ -297,3 +309,4 @@ class VaultLevelsTests(unittest.TestCase):
         again = vault.seal_power(power, sealed, catalogue())
         self.assertEqual(again, sealed)  # unchanged secrets keep their ciphertext
         self.assertEqual(vault.open_power(sealed), power)
+
