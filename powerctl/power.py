@@ -7,9 +7,10 @@ Glossary of the results of one power operation, in the order they are made
 only that boundary knows):
 
 ``Observed`` (:mod:`powerctl.registry`)
-    What one *execution* saw: the state reached and the agent that acted,
-    from the executor (the drivers) to the registry.  It knows nothing of
-    callers.
+    What one *execution* saw: the state reached and the agent that acted
+    (with a power topology also the acting level, each device's state and a
+    degraded success's warning: its ``detail``), from the executor (the
+    drivers) to the registry.  It knows nothing of callers.
 ``Outcome`` (:mod:`powerctl.registry`)
     What one *caller* gets when it succeeded: its operation id, its action,
     the state and agent of the execution it ran or joined

@@ -2,9 +2,10 @@
 The pserv's executor: turns a registry action into driver calls.
 
 It keeps, per node, the :class:`~powerctl.drivers.topology.NodeTopology`
-(levels of agents) built from the power configuration the region sent last.  Configurations
-are validated when they arrive (so a bad one is refused at dispatch, and
-nothing is sent to any device), and rebuilt only when they change.
+(levels of agents) built from the power configuration the region sent
+last.  Configurations are validated when they arrive (so a bad one is
+refused at dispatch, and nothing is sent to any device), and rebuilt only
+when they change.
 """
 
 import json
