@@ -97,6 +97,10 @@ class RegionConfig:
     responsive_grace: float = attrs.field(default=60.0, validator=_positive)
     pod_probe_interval: float = attrs.field(default=60.0, validator=_positive)
     lease: float = attrs.field(default=30.0, validator=_positive)
+    # A fence within this many seconds of a node's last successful fence, with
+    # nothing switched on since, joins it without a hardware call (0: never).
+    fence_reuse_seconds: float = attrs.field(default=60.0, converter=_zero_as_float,
+                                             validator=_seconds_or_off)
     # /metrics without a token, only when an operator says so.
     metrics_public: bool = attrs.field(default=False, validator=_boolean)
     # The key that seals secrets at rest ("": powerctl.region.vault.DEFAULT_KEY_FILE,

@@ -71,18 +71,60 @@ def show_node(ctx, node):
     pairs = [(k, _responsive(node.get(k)) if k == "responsive" else _drift(node.get(k))
               if k == "drift" else output.shown(k, node.get(k)))
              for k in first if k in node]
-    pairs += [(k, output.shown(k, v)) for k, v in node.items() if k not in first and k != "power"]
+    pairs += [(k, output.shown(k, v)) for k, v in node.items()
+              if k not in first and k not in ("power", "bounds")]
     power = node.get("power")
-    if isinstance(power, dict):
+    if isinstance(power, dict) and "levels" in power:
+        index = 0
+        for number, level in enumerate(power.get("levels") or (), 1):
+            if not isinstance(level, dict):
+                continue
+            trusted = " (trusted unverified)" if level.get("trusted_unverified") else ""
+            pairs.append((f"level {number}", f"{len(level.get('agents') or ())} agent(s), "
+                          f"all must act{trusted}"))
+            for agent in level.get("agents") or ():
+                pairs.append((f"agent {index}", _agent_text(agent)))
+                index += 1
+    elif isinstance(power, dict):
         pairs.append(("mode", power.get("mode") or "single"))
         for i, agent in enumerate(power.get("agents") or ()):
-            if not isinstance(agent, dict):
-                continue
-            params = " ".join(f"{k}={output.cell(v)}"
-                              for k, v in (agent.get("params") or {}).items())
-            extra = f" pod_manager={agent['pod_manager']}" if agent.get("pod_manager") else ""
-            pairs.append((f"agent {i}", f"{agent.get('driver')}{extra} {params}".strip()))
-    ctx.out(output.key_values(pairs))
+            pairs.append((f"agent {i}", _agent_text(agent)))
+    pairs += bounds_pairs(node.get("bounds"))
+    ctx.out(output.key_values([p for p in pairs if p[1] is not None]))
+
+
+def _agent_text(agent):
+    """One agent on one line (params already redacted)."""
+    if not isinstance(agent, dict):
+        return None
+    params = " ".join(f"{k}={output.cell(v)}" for k, v in (agent.get("params") or {}).items())
+    extra = f" pod_manager={agent['pod_manager']}" if agent.get("pod_manager") else ""
+    label = f" label={agent['label']}" if agent.get("label") else ""
+    return f"{agent.get('driver')}{extra}{label} {params}".strip()
+
+
+def _seconds(value):
+    return "unbounded" if value is None else f"{value:g}s"
+
+
+def bounds_pairs(bounds):
+    """
+    The derived time bounds of each action: the total, then per level and
+    per device (``timeout off: 254s (level 1: 127s [bmc 127s]; ...)``).
+    """
+    if not isinstance(bounds, dict):
+        return []
+    pairs = []
+    for action, b in bounds.items():
+        if not isinstance(b, dict):
+            continue
+        levels = "; ".join(
+            f"level {lv.get('level')}: {_seconds(lv.get('bound'))} ["
+            + ", ".join(f"{d.get('agent')} {_seconds(d.get('bound'))}"
+                        for d in lv.get("devices") or ()) + "]"
+            for lv in b.get("levels") or ())
+        pairs.append((f"timeout {action}", f"{_seconds(b.get('total'))} ({levels})"))
+    return pairs
 
 
 async def _node_written(ctx, args, node, verb):

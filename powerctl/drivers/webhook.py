@@ -175,5 +175,9 @@ class WebhookDriverType:
             timing = attrs.evolve(timing, timeout=settings["timeout"])
         return WebhookDriver(self, settings, self.clock, timing)
 
+    def capabilities_for(self, params):
+        """An agent's capabilities: queryable only with a ``query_url``."""
+        return attrs.evolve(self.capabilities, queryable=bool(params.get("query_url")))
+
     def close(self):
         return self.http.close()

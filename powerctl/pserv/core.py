@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.drivers.errors import PowerError
-from powerctl.power import OpState
+from powerctl.power import Action, OpState
 from powerctl.powerdoc import InvalidPowerDocument
 from powerctl.registry import Cancelled, Outcome, PowerAction, Superseded
 
@@ -49,6 +49,8 @@ class Report:
     #: what kind of failure ``error`` is (a driver error's ``kind``, or
     #: ``internal``), sent in a field of its own; empty unless failed
     error_kind: str = ""
+    #: what the topology said beside the state (level, devices, warning), or None
+    detail: dict | None = attrs.field(default=None, hash=False)
 
 
 def report_for(action, result):
@@ -56,15 +58,16 @@ def report_for(action, result):
     op = int(action.operation_id)
     if isinstance(result, Outcome):
         return Report(op, OpState.SUCCEEDED.value, result.state.value, result.agent or "",
-                      coalesced_into=int(result.coalesced_into or 0))
+                      coalesced_into=int(result.coalesced_into or 0), detail=result.detail)
     error = result.value if isinstance(result, Failure) else result
     if isinstance(error, Superseded):
         return Report(op, OpState.SUPERSEDED.value, superseded_by=int(error.by))
     if isinstance(error, Cancelled):
         return Report(op, OpState.CANCELLED.value, error=error.reason)
     kind = getattr(error, "kind", None) if isinstance(error, PowerError) else "internal"
+    detail = error.detail() if callable(getattr(error, "detail", None)) else None
     return Report(op, OpState.FAILED.value, error=str(error), error_kind=kind or "",
-                  coalesced_into=int(action.coalesced_into or 0))
+                  coalesced_into=int(action.coalesced_into or 0), detail=detail)
 
 
 class Pserv:
@@ -142,6 +145,10 @@ class Pserv:
             self._report(report)
             return "known", 0
         self._configure(node, power, lockouts)
+        if Action.parse(action) is Action.FENCE:
+            refusal = self.executor.fence_refusal(node)
+            if refusal is not None:  # nothing is sent to any device
+                raise InvalidPowerDocument(str(refusal))
         request = PowerAction(node=node, action=action, operation_id=str(operation_id))
         self._in_play[operation_id] = request
         self._epochs[operation_id] = epoch

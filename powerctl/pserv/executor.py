@@ -1,10 +1,11 @@
 """
 The pserv's executor: turns a registry action into driver calls.
 
-It keeps, per node, the :class:`~powerctl.drivers.multiagent.NodePower`
-built from the power configuration the region sent last.  Configurations
-are validated when they arrive (so a bad one is refused at dispatch, and
-nothing is sent to any device), and rebuilt only when they change.
+It keeps, per node, the :class:`~powerctl.drivers.topology.NodeTopology`
+(levels of agents) built from the power configuration the region sent
+last.  Configurations are validated when they arrive (so a bad one is
+refused at dispatch, and nothing is sent to any device), and rebuilt only
+when they change.
 """
 
 import hashlib
@@ -15,7 +16,7 @@ from twisted.internet import defer, task
 from zope.interface import implementer
 
 from powerctl.drivers.errors import DriverSettingsError
-from powerctl.drivers.multiagent import Agent, Mode, NodePower
+from powerctl.drivers.topology import Agent, Level, NodeTopology
 from powerctl.power import Action
 from powerctl.powerdoc import InvalidPowerDocument, PowerDoc
 from powerctl.pserv.lockout import agent_key, guarded
@@ -25,7 +26,7 @@ from powerctl.registry import IActionExecutor
 
 def build_node_power(catalogue, power, lockout=None):
     """
-    A :class:`NodePower` from a (resolved) power document, under the same
+    A :class:`NodeTopology` from a (resolved) power document, under the same
     rules as the region's (:class:`~powerctl.powerdoc.PowerDoc`), each
     agent's parameters checked by its driver's schema;
     :class:`InvalidPowerDocument` if unusable.  With ``lockout`` (a
@@ -33,17 +34,22 @@ def build_node_power(catalogue, power, lockout=None):
     trying credentials its device keeps refusing.
     """
     doc = PowerDoc.parse(power)
-    agents = []
-    for index, agent in enumerate(doc.agents):
-        try:
-            driver = catalogue.build(agent.driver, agent.params)
-        except DriverSettingsError as e:
-            raise InvalidPowerDocument(str(e), index, getattr(e, "parameter", None)) from None
-        if lockout is not None:  # no BMC lock-outs
-            driver = guarded(driver, lockout, catalogue,
-                             {"driver": agent.driver, "params": agent.params})
-        agents.append(Agent(agent.name(index), driver))
-    return NodePower(Mode(doc.mode), agents)
+    levels, index = [], 0
+    for level in doc.levels:
+        agents = []
+        for agent in level.agents:
+            try:
+                driver = catalogue.build(agent.driver, agent.params)
+            except DriverSettingsError as e:
+                raise InvalidPowerDocument(str(e), index, getattr(e, "parameter", None),
+                                           doc.where(index)) from None
+            if lockout is not None:  # no BMC lock-outs
+                driver = guarded(driver, lockout, catalogue,
+                                 {"driver": agent.driver, "params": agent.params})
+            agents.append(Agent(agent.name(index), driver))
+            index += 1
+        levels.append(Level(agents, level.trusted_unverified))
+    return NodeTopology(levels)
 
 
 @attrs.frozen
@@ -52,8 +58,8 @@ class KnownNode:
 
     #: the document as canonical JSON: an unchanged document keeps the drivers
     key: str
-    #: the :class:`NodePower` driving it
-    power: NodePower
+    #: the :class:`NodeTopology` driving it
+    power: NodeTopology
     #: the document as received
     document: dict
 
@@ -146,9 +152,20 @@ class DriverExecutor:
         return [agent.driver for agent in known.power.agents] if known else []
 
     def queryable(self, node):
-        """Whether every agent of ``node`` can be queried (manual ones cannot)."""
-        return all(getattr(d, "capabilities", None) is None or d.capabilities.queryable
-                   for d in self.drivers(node))
+        """
+        Whether ``node`` can be queried: some level has every agent
+        queryable (a query tries the levels in order; manual agents cannot).
+        """
+        known = self._nodes.get(node)
+        return bool(known) and any(level.verifiable for level in known.power.levels)
+
+    def fence_refusal(self, node):
+        """
+        A :class:`~powerctl.drivers.topology.FenceRefused` when no level of
+        ``node`` can prove a fence (its agents cannot query, none trusted),
+        else None.
+        """
+        return self._nodes[node].power.fence_refusal()
 
     def config(self, node):
         """The power configuration last learnt for ``node`` (a dict)."""

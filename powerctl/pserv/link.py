@@ -117,6 +117,7 @@ class RegionLink:
                 operation_id=report.operation_id, outcome=report.outcome,
                 observed_state=report.observed_state, agent=report.agent,
                 error=report.error[:4000], error_kind=report.error_kind or None,
+                detail=report.detail,
                 coalesced_into=report.coalesced_into,
                 superseded_by=report.superseded_by, epoch=report.epoch,
             )
@@ -430,6 +431,10 @@ class PservProtocol(amp.AMP):
     @commands.PowerQuery.responder
     def power_query(self, operation_id, node, power, epoch, lockouts=None):
         return self._power(Action.QUERY.value, operation_id, node, power, epoch, lockouts)
+
+    @commands.PowerFence.responder
+    def power_fence(self, operation_id, node, power, epoch, lockouts=None):
+        return self._power(Action.FENCE.value, operation_id, node, power, epoch, lockouts)
 
     @commands.Refresh.responder
     def refresh(self):

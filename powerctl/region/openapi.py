@@ -7,7 +7,7 @@ function so each caller gets its own copy to mutate.
 """
 
 from powerctl.power import ACTIONS, OP_STATES, POWER_STATES, TARGET_STATES
-from powerctl.powerdoc import LABEL_PATTERN, MAX_AGENTS, MODES
+from powerctl.powerdoc import LABEL_PATTERN, MAX_AGENTS, MAX_LEVELS, MODES
 from powerctl.region import paging
 
 VERSION = "1.0.0"
@@ -92,8 +92,10 @@ def _schemas():
                        "sending \"(set)\" keeps the stored value"},
         },
     }
-    power = {
+    flat_power = {
         "type": "object", "additionalProperties": False, "required": ["agents"],
+        "description": "the flat form, converted on read: single = one level of one agent, "
+                       "concurrent = one level of all agents, sequential = one level per agent",
         "properties": {
             "mode": {"type": "string", "enum": list(MODES),
                      "default": "single",
@@ -103,6 +105,35 @@ def _schemas():
                        "items": _ref("Agent")},
         },
     }
+    level = {
+        "type": "object", "additionalProperties": False, "required": ["agents"],
+        "properties": {
+            "agents": {"type": "array", "minItems": 1, "maxItems": MAX_AGENTS,
+                       "items": _ref("Agent"),
+                       "description": "every agent (device) of the level must act"},
+            "trusted_unverified": {"type": "boolean", "default": False,
+                                   "description": "a fence may use this level although its "
+                                   "off cannot be verified by a query"},
+        },
+    }
+    levels_power = {
+        "type": "object", "additionalProperties": False, "required": ["levels"],
+        "description": "a fencing topology: levels tried in order (level 1 first) until one "
+                       f"succeeds; at most {MAX_AGENTS} agents in all",
+        "properties": {"levels": {"type": "array", "minItems": 1, "maxItems": MAX_LEVELS,
+                                  "items": level}},
+    }
+    power = {"oneOf": [levels_power, flat_power]}
+    bound = {"type": "number", "nullable": True, "description": "seconds; null: unbounded"}
+    bounds = {"type": "object", "nullable": True,
+              "description": "derived time bounds per action (off, on, cycle, fence), from "
+                             "the drivers' settings: per device, per level and in total",
+              "additionalProperties": {"type": "object", "properties": {
+                  "action": {"type": "string"}, "total": bound,
+                  "levels": {"type": "array", "items": {"type": "object", "properties": {
+                      "level": {"type": "integer"}, "bound": bound,
+                      "devices": {"type": "array", "items": {"type": "object", "properties": {
+                          "agent": {"type": "string"}, "bound": bound}}}}}}}}}
     node = {"type": "object", "properties": {
         "name": {"type": "string"}, "cluster": {"type": "string"}, "power": _ref("Power"),
         "desired_state": {"type": "string", "enum": list(TARGET_STATES), "nullable": True},
@@ -112,6 +143,7 @@ def _schemas():
         "last_queried_at": _ts("last poll or query"),
         "last_changed_at": _ts("last change of power_state"),
         "created_at": _ts("creation"), "updated_at": _ts("last configuration change"),
+        "bounds": bounds,
         "drift": {"type": "object", "nullable": True,
                   "description": "null, or the node was polled in another state than its "
                   "desired one with no operation open (cleared by a poll seeing the desired "
@@ -150,6 +182,11 @@ def _schemas():
                          "description": "who cancelled it (operator, or a node's deletion)"},
         "confirmed_by": {"type": "string", "nullable": True,
                          "description": "who confirmed a manual operation"},
+        "detail": {"type": "object", "nullable": True,
+                   "description": "what the power topology reported: the acting level, its "
+                   "devices with the state each reported (or its error), a warning for a "
+                   "degraded success, the levels that failed before (failed_levels), or the "
+                   "fence a coalesced fence joined (coalesced_fence)"},
     }}
     requester = {"type": "string", "description": "who asks (default: api:<client address>)"}
     cancel_request = {"type": "object", "additionalProperties": False, "properties": {
@@ -353,10 +390,14 @@ def _paths():
         "/v1/nodes/{name}/power": {
             "parameters": [node_name],
             "post": {"summary": "Request a power action (sets the desired state for "
-                     "on/off/soft-off/cycle; last request wins)",
+                     "on/off/soft-off/cycle/fence; last request wins).  A fence is refused "
+                     "(409 fence_refused) when no power level of the node can verify it off; "
+                     "a fence within fence_reuse_seconds of the node's last successful one, "
+                     "nothing switched on since, answers that fence's result at once "
+                     "(succeeded, coalesced_into)",
                      "operationId": "requestPower", "requestBody": _body("PowerRequest", ""),
                      "responses": {"202": _json(_ref("PowerOp"), "journalled, pending"),
-                                   **_errors(400, 404, 413, 415)}},
+                                   **_errors(400, 404, 409, 413, 415)}},
         },
         "/v1/power": {
             "post": {"summary": "Request one power action on many nodes: the nodes named, or "

@@ -212,6 +212,9 @@ class ReportOutcome(amp.Command):
     ``epoch``: the lease the operation ran under; only the node's current
     owner may end an operation (``STALE_EPOCH`` otherwise, nothing
     written).  Idempotent: repeating a report changes nothing.
+    ``detail`` (optional JSON object): what the power topology said beside
+    the state -- the acting level, each device with the state it reported,
+    a warning for a degraded success, the levels that failed before.
     """
 
     arguments = [
@@ -224,6 +227,7 @@ class ReportOutcome(amp.Command):
         (b"superseded_by", amp.Integer()),
         (b"epoch", amp.Integer()),
         (b"error_kind", amp.Unicode(optional=True)),
+        (b"detail", JSON(optional=True)),
     ]
     response = [(b"recorded", amp.Boolean())]
     errors = dict(_LEASED_ERRORS)
@@ -308,7 +312,8 @@ class ReleaseLease(amp.Command):
 class _PowerCommand(amp.Command):
     """
     Start a power operation.  ``power`` is the node's resolved power
-    configuration (``{"mode", "agents": [{"driver", "params"}]}``).  The
+    configuration (``{"levels": [{"agents": [{"driver", "params"}]}]}``, or the
+    flat ``{"mode", "agents"}``).  The
     answer comes at once: ``disposition`` is ``started``, ``waiting``,
     ``coalesced`` (then ``coalesced_into`` names the operation joined) or
     ``known`` (this operation id is already in play here).  ``epoch`` is
@@ -353,7 +358,18 @@ class PowerQuery(_PowerCommand):
     action = Action.QUERY.value
 
 
-POWER_COMMANDS = {c.action: c for c in (PowerOn, PowerOff, PowerSoftOff, PowerCycle, PowerQuery)}
+class PowerFence(_PowerCommand):
+    """
+    A fence: succeeds only once a query proved the node off on every device
+    of the acting level.  A node none of whose levels can prove it is
+    refused (``INVALID_POWER_CONFIG``).
+    """
+
+    action = Action.FENCE.value
+
+
+POWER_COMMANDS = {c.action: c for c in (
+    PowerOn, PowerOff, PowerSoftOff, PowerCycle, PowerQuery, PowerFence)}
 
 
 class NotConfirmable(Exception):

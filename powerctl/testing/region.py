@@ -227,7 +227,7 @@ class FakeRegionStore:
 
     async def record_outcome(self, op_id, state, observed_state=None, agent=None, error=None,
                              coalesced_into=None, superseded_by=None, pserv=None,
-                             cancelled_by=None, epoch=None):
+                             cancelled_by=None, epoch=None, detail=None):
         self.calls.append(("record_outcome", int(op_id), state, epoch))
         if state not in TERMINAL_STATES:
             raise InvalidInput(f"state: {state!r} is not terminal")
@@ -239,7 +239,8 @@ class FakeRegionStore:
             raise StaleEpoch(f"epoch {epoch} does not own node {op['node']}")
         op.update(state=state, observed_state=observed_state, agent=agent, error=error,
                   coalesced_into=coalesced_into, superseded_by=superseded_by,
-                  pserv=pserv or op["pserv"], cancelled_by=cancelled_by or op["cancelled_by"])
+                  pserv=pserv or op["pserv"], cancelled_by=cancelled_by or op["cancelled_by"],
+                  detail=detail)
         return Recorded(dict(op), True)
 
     # -- what a recovering pserv is handed ---------------------------------------

@@ -35,7 +35,7 @@ NODE_COLUMNS = """name, cluster, power, desired_state, power_state, responsive,
     drift_polls"""
 OP_COLUMNS = """id, node, action, state, coalesced_into, superseded_by, requester,
     requested_at, started_at, finished_at, pserv, agent, observed_state, error,
-    cancelled_by, confirmed_by, epoch"""
+    cancelled_by, confirmed_by, epoch, detail"""
 POD_MANAGER_COLUMNS = """uuid::text AS uuid, name, driver, username,
     password <> '' AS password_set, url, status, description, created_at,
     updated_at"""
