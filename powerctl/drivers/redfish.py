@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from powerctl.drivers.base import Command, VerifyingDriver, bounded
+from powerctl.drivers.bmclimit import address_of_url
 from powerctl.drivers.errors import (
     InvalidParameters,
     ProtocolError,
@@ -448,8 +449,9 @@ class RedfishDriverType:
     capabilities = RedfishDriver.capabilities
 
     def __init__(self, reactor, clock=None, timing=Timing(), use_sessions=False,
-                 redirect_limit=5, user_agent=None):
+                 redirect_limit=5, user_agent=None, limiter=None):
         self.reactor = reactor
+        self.limiter = limiter  # per-BMC limits (powerctl.drivers.bmclimit), or None
         self.clock = clock or reactor
         self.timing = timing
         self.use_sessions = use_sessions
@@ -466,7 +468,10 @@ class RedfishDriverType:
         timing = self.timing
         if settings.get("timeout"):
             timing = attrs.evolve(timing, timeout=settings["timeout"])
-        return RedfishDriver(self, settings, self.clock, timing)
+        driver = RedfishDriver(self, settings, self.clock, timing)
+        if self.limiter is not None:
+            driver.bmc = self.limiter.handle(address_of_url(settings["url"]))
+        return driver
 
     def discovered(self, root, system):
         return self._discovered.get((root, system))

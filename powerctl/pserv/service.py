@@ -109,9 +109,13 @@ class PservService(service.MultiService):
         if catalogue is None:
             from powerctl.drivers.standard import standard_catalogue
 
+            from powerctl.drivers.bmclimit import BmcLimits
+
             catalogue = standard_catalogue(reactor,
                                            manual_timeout=settings.manual_timeout or None,
-                                           user_agent=f"powerctl-pserv/{settings.name}")
+                                           user_agent=f"powerctl-pserv/{settings.name}",
+                                           bmc_limits=BmcLimits(settings.bmc_max_sessions,
+                                                                settings.bmc_min_interval))
         if settings.credential_file:  # issue 10: admitted to its own cluster only
             from powerctl.rpc.credentials import CredentialError, read_credential_file
 
