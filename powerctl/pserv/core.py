@@ -67,6 +67,11 @@ def report_for(action, result):
                   coalesced_into=int(action.coalesced_into or 0))
 
 
+def _circuit_kw(circuit):
+    """``circuit=`` for the executor only when there is one (executors without circuits)."""
+    return {"circuit": circuit} if circuit else {}
+
+
 class Pserv:
     """Operations in, outcomes out.  ``report(Report)`` is called once per op."""
 
@@ -113,10 +118,11 @@ class Pserv:
 
         return self.registry.cancel_all(reason).addCallback(forget)
 
-    def dispatch(self, operation_id, node, action, power, epoch=None):
+    def dispatch(self, operation_id, node, action, power, epoch=None, circuit=None):
         """
         Accept one operation; returns ``(disposition, coalesced_into)`` at
-        once.  Raises :class:`InvalidPowerDocument` (nothing started) for a bad
+        once.  ``circuit``: the node's circuit and budget, as the region
+        sends it (None: none).  Raises :class:`InvalidPowerDocument` (nothing started) for a bad
         power configuration, :class:`NotOurs` when ``epoch`` (default: ours)
         is not the epoch of the lease we hold.
         """
@@ -141,7 +147,7 @@ class Pserv:
             self._finished[operation_id] = report
             self._report(report)
             return "known", 0
-        self.executor.configure(node, power)
+        self.executor.configure(node, power, **_circuit_kw(circuit))
         request = PowerAction(node=node, action=action, operation_id=str(operation_id))
         self._in_play[operation_id] = request
         self._epochs[operation_id] = epoch
@@ -267,10 +273,10 @@ class Pserv:
             raise NotConfirmable(f"no manual agent of {request.node} waits for a confirmation")
         return confirmed
 
-    def configure(self, node, power):
-        """Learn a node's power configuration (recovery); False if invalid."""
+    def configure(self, node, power, circuit=None):
+        """Learn a node's power configuration and circuit (recovery); False if invalid."""
         try:
-            self.executor.configure(node, power)
+            self.executor.configure(node, power, **_circuit_kw(circuit))
             return True
         except InvalidPowerDocument as e:
             self.log.warn("node {node}: unusable power configuration: {why}", node=node, why=e)

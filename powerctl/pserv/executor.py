@@ -17,19 +17,22 @@ from powerctl.drivers.errors import DriverSettingsError
 from powerctl.drivers.multiagent import Agent, Mode, NodePower
 from powerctl.power import Action
 from powerctl.powerdoc import InvalidPowerDocument, PowerDoc
+from powerctl.pserv.circuits import Circuit
 from powerctl.pserv.lockout import guarded
 from powerctl.pserv.slots import priority_of
 from powerctl.registry import IActionExecutor
 
 
-def build_node_power(catalogue, power, lockout=None):
+def build_node_power(catalogue, power, lockout=None, circuit=None):
     """
     A :class:`NodePower` from a (resolved) power document, under the same
     rules as the region's (:class:`~powerctl.powerdoc.PowerDoc`), each
     agent's parameters checked by its driver's schema;
     :class:`InvalidPowerDocument` if unusable.  With ``lockout`` (a
     :class:`powerctl.pserv.lockout.LockoutGuard`) every agent's driver stops
-    trying credentials its device keeps refusing.
+    trying credentials its device keeps refusing.  With ``circuit`` (a
+    gate of :class:`powerctl.pserv.circuits.CircuitBudgets`) every agent's
+    power-on takes the node's circuit budget.
     """
     doc = PowerDoc.parse(power)
     agents = []
@@ -38,6 +41,8 @@ def build_node_power(catalogue, power, lockout=None):
             driver = catalogue.build(agent.driver, agent.params)
         except DriverSettingsError as e:
             raise InvalidPowerDocument(str(e), index, getattr(e, "parameter", None)) from None
+        if circuit is not None and hasattr(driver, "circuit"):  # before any wrapper
+            driver.circuit = circuit
         if lockout is not None:  # no BMC lock-outs
             driver = guarded(driver, lockout, catalogue,
                              {"driver": agent.driver, "params": agent.params})
@@ -55,6 +60,8 @@ class KnownNode:
     power: NodePower
     #: the document as received
     document: dict
+    #: the :class:`~powerctl.pserv.circuits.Circuit` it is on, or None
+    circuit: object = None
 
 
 class Stagger:
@@ -87,23 +94,47 @@ class DriverExecutor:
     run at once, the most urgent first.
     """
 
-    def __init__(self, catalogue, stagger=None, slots=None, lockout=None):
+    def __init__(self, catalogue, stagger=None, slots=None, lockout=None, circuits=None):
         self._catalogue = catalogue
         self._lockout = lockout  # issue 10: a LockoutGuard, or None
         self._stagger = stagger
         self._slots = slots
+        self._circuits = circuits  # a CircuitBudgets, or None (circuits ignored)
         self._nodes = {}  # node -> KnownNode
 
-    def configure(self, node, power):
-        """Remember ``node``'s power configuration; InvalidPowerDocument if bad."""
-        key = json.dumps(power, sort_keys=True)
+    def configure(self, node, power, circuit=None):
+        """
+        Remember ``node``'s power configuration and the circuit it is on
+        (the region's ``{"name", "max_on", "spacing"}``, or None);
+        InvalidPowerDocument if the configuration is bad.  A new budget of
+        the circuit applies at once; a new circuit rebuilds the drivers.
+        """
+        try:
+            circuit = Circuit.parse(circuit) if self._circuits is not None else None
+        except ValueError as e:
+            raise InvalidPowerDocument(str(e)) from None
+        if circuit is not None:
+            self._circuits.learn(circuit)
+        key = json.dumps([power, circuit.name if circuit else None], sort_keys=True)
         known = self._nodes.get(node)
         if known is None or known.key != key:
+            gate = self._circuits.gate(circuit.name) if circuit is not None else None
             self._nodes[node] = KnownNode(
-                key, build_node_power(self._catalogue, power, self._lockout), power)
+                key, build_node_power(self._catalogue, power, self._lockout, gate), power,
+                circuit)
+        elif known.circuit != circuit:
+            self._nodes[node] = attrs.evolve(known, circuit=circuit)
+
+    def circuit(self, node):
+        """The :class:`~powerctl.pserv.circuits.Circuit` ``node`` is on, or None."""
+        known = self._nodes.get(node)
+        return known.circuit if known is not None else None
 
     def forget(self, node):
-        self._nodes.pop(node, None)
+        known = self._nodes.pop(node, None)
+        if known is not None and known.circuit is not None:
+            self._circuits.forget_unused(
+                {k.circuit.name for k in self._nodes.values() if k.circuit is not None})
 
     def known_nodes(self):
         return sorted(self._nodes)

@@ -277,13 +277,14 @@ class PservProtocol(amp.AMP):
             for node in page["nodes"]:
                 listed.add(node["name"])
                 if node["name"] not in forgotten:  # deleted since this page was read
-                    self.pserv.configure(node["name"], node["power"])
+                    self.pserv.configure(node["name"], node["power"],
+                                         **_circuit_kw(node.get("circuit")))
             for op in page["operations"]:
                 if op["node"] in forgotten:
                     continue
                 try:
-                    if self.pserv.dispatch(op["id"], op["node"], op["action"],
-                                           op["power"])[0] != "known":
+                    if self.pserv.dispatch(op["id"], op["node"], op["action"], op["power"],
+                                           **_circuit_kw(op.get("circuit")))[0] != "known":
                         started += 1
                 except (InvalidPowerDocument, NotOurs) as e:
                     self.log.warn("recovered operation {op} unusable: {why}", op=op["id"], why=e)
@@ -349,10 +350,11 @@ class PservProtocol(amp.AMP):
 
     # -- region → pserv ------------------------------------------------------
 
-    def _power(self, action, operation_id, node, power, epoch):
+    def _power(self, action, operation_id, node, power, epoch, circuit=None):
         self.gate.check()
         try:
-            disposition, into = self.pserv.dispatch(operation_id, node, action, power, epoch)
+            disposition, into = self.pserv.dispatch(operation_id, node, action, power, epoch,
+                                                    **_circuit_kw(circuit))
         except InvalidPowerDocument as e:
             raise commands.UnusablePowerConfig(str(e))
         except NotOurs as e:
@@ -360,24 +362,24 @@ class PservProtocol(amp.AMP):
         return {"disposition": disposition, "coalesced_into": into}
 
     @commands.PowerOn.responder
-    def power_on(self, operation_id, node, power, epoch):
-        return self._power(Action.ON.value, operation_id, node, power, epoch)
+    def power_on(self, operation_id, node, power, epoch, circuit=None):
+        return self._power(Action.ON.value, operation_id, node, power, epoch, circuit)
 
     @commands.PowerOff.responder
-    def power_off(self, operation_id, node, power, epoch):
-        return self._power(Action.OFF.value, operation_id, node, power, epoch)
+    def power_off(self, operation_id, node, power, epoch, circuit=None):
+        return self._power(Action.OFF.value, operation_id, node, power, epoch, circuit)
 
     @commands.PowerSoftOff.responder
-    def power_soft_off(self, operation_id, node, power, epoch):
-        return self._power(Action.SOFT_OFF.value, operation_id, node, power, epoch)
+    def power_soft_off(self, operation_id, node, power, epoch, circuit=None):
+        return self._power(Action.SOFT_OFF.value, operation_id, node, power, epoch, circuit)
 
     @commands.PowerCycle.responder
-    def power_cycle(self, operation_id, node, power, epoch):
-        return self._power(Action.CYCLE.value, operation_id, node, power, epoch)
+    def power_cycle(self, operation_id, node, power, epoch, circuit=None):
+        return self._power(Action.CYCLE.value, operation_id, node, power, epoch, circuit)
 
     @commands.PowerQuery.responder
-    def power_query(self, operation_id, node, power, epoch):
-        return self._power(Action.QUERY.value, operation_id, node, power, epoch)
+    def power_query(self, operation_id, node, power, epoch, circuit=None):
+        return self._power(Action.QUERY.value, operation_id, node, power, epoch, circuit)
 
     @commands.Refresh.responder
     def refresh(self):
@@ -525,3 +527,8 @@ def activity_json(activity):
 
     return {"node": activity.node, "running": info(activity.running),
             "waiting": info(activity.waiting), "query": info(activity.query)}
+
+
+def _circuit_kw(circuit):
+    """``circuit=`` only when the region sent one (pservs' cores without circuits)."""
+    return {"circuit": circuit} if circuit else {}

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from powerctl import config
 from powerctl.ownership import LeaseKeeper
 from powerctl.pserv.core import Pserv
+from powerctl.pserv.circuits import CircuitBudgets
 from powerctl.pserv.executor import DriverExecutor, Stagger
 from powerctl.pserv.link import PservProtocol, RegionLink
 from powerctl.pserv.lockout import LockoutGuard
@@ -49,7 +50,7 @@ class PservService(service.MultiService):
         lockout = LockoutGuard(reactor, limit=settings.auth_failure_limit,  # issue 10
                                window=settings.auth_failure_window)
         self.executor = DriverExecutor(catalogue, stagger, PrioritySlots(settings.max_actions),
-                                       lockout=lockout)
+                                       lockout=lockout, circuits=CircuitBudgets(reactor))
         self.registry = PowerActionRegistry(self.executor, reactor, cancel_timeout=STOP_TIMEOUT)
         self.pserv = Pserv(self.registry, self.executor, self.link.report)
         self.poller = Poller(self.registry, self.executor, self.link, reactor,

@@ -119,10 +119,13 @@ class Region:
         if protocol is None:
             return "elsewhere"
         power = await self.store.nodes.power_config(op["node"])
+        circuit = await self.store.nodes.circuit_config(op["node"])
         command = commands.POWER_COMMANDS[op["action"]]
+        extra = {"circuit": circuit} if circuit else {}
         try:
             answer = await protocol.callRemote(
-                command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch)
+                command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch,
+                **extra)
         except commands.UnusablePowerConfig as e:
             await self.store.ops.record_outcome(
                 op["id"], OpState.FAILED.value, error=error_text("config", e),

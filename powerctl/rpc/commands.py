@@ -178,7 +178,8 @@ class Recover(amp.Command):
     and ``after_node=""``, then with the cursors returned, until ``done``.
     ``operations``: ``[{"id", "node", "action", "power"}]`` (pending and
     running operations of the cluster, oldest first); ``nodes``:
-    ``[{"name", "desired_state", "power"}]``.
+    ``[{"name", "desired_state", "power"}]``; both with ``"circuit"`` (as in
+    the power commands) for a node on a circuit.
     """
 
     arguments = [
@@ -281,7 +282,10 @@ class _PowerCommand(amp.Command):
     ``coalesced`` (then ``coalesced_into`` names the operation joined) or
     ``known`` (this operation id is already in play here).  ``epoch`` is
     the node's owner's lease: a pserv whose lease it is not refuses with
-    ``STALE_EPOCH`` and does nothing.
+    ``STALE_EPOCH`` and does nothing.  ``circuit`` (optional): the
+    electrical circuit the node is on and its budget, ``{"name", "max_on",
+    "spacing"}`` (``max_on`` null: no budget); the pserv keeps one budget
+    per circuit for the power-ons it sends.
     """
 
     action = None
@@ -290,6 +294,7 @@ class _PowerCommand(amp.Command):
         (b"node", amp.Unicode()),
         (b"power", JSON()),
         (b"epoch", amp.Integer()),
+        (b"circuit", JSON(optional=True)),
     ]
     response = [
         (b"disposition", amp.Unicode()),
