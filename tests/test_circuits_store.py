@@ -112,3 +112,28 @@ class CircuitOwnershipTests(StoreTestCase):
         owners = await self.owners()
         self.assertEqual({owners[n] for n in names}, {(second, None)})
         self.assertEqual(await self.leases.owned(second, names), set(names))
+
+    async def test_a_circuit_retargeted_mid_hand_over_still_moves_whole(self):
+        names = [f"n{i:02d}" for i in range(12)]
+        for name in names:
+            await self.store.nodes.create(name, "c1", ipmi(), circuit="A")
+        first = await self.lease("pserv-a")
+        await self.leases.assign("c1")
+        targets = []
+        for candidate in [f"pserv-{c}" for c in "bcdefghijk"]:
+            epoch = await self.lease(candidate)
+            result = await self.leases.assign("c1")
+            if any(n in result["handoffs"].get(first, []) for n in names):
+                targets.append(epoch)
+                if len(targets) == 1:
+                    # the old owner has released half when the target changes
+                    await self.leases.release_nodes(first, names[:6])
+                else:
+                    break
+        self.assertEqual(len(targets), 2, "the circuit never chose a second new pserv")
+        owners = await self.owners()
+        self.assertEqual({owners[n] for n in names}, {(first, targets[1])})
+        released = await self.leases.release_nodes(first, names[6:])
+        self.assertEqual(sorted(released), names)
+        owners = await self.owners()
+        self.assertEqual({owners[n] for n in names}, {(targets[1], None)})

@@ -207,21 +207,27 @@ class Leases:
                    and owners[n["name"]] is None
                    and not any(n["name"] in v for v in assigned.values())]
         for epoch, names in assigned.items():
-            await tx.rows("UPDATE nodes SET owner_epoch = %s, handoff_epoch = NULL"
+            await tx.rows("UPDATE nodes SET owner_epoch = %s, handoff_epoch = NULL,"
+                          " handoff_released = false"
                           " WHERE name = ANY(%s)", (epoch, names))
         for _, pairs_ in handoffs.items():
             await tx.rows(
-                "UPDATE nodes SET handoff_epoch = h.epoch, handoff_released = false"
+                # handoff_released stays: a node its owner released already
+                # is not driven by it whichever pserv it waits for.
+                "UPDATE nodes SET handoff_epoch = h.epoch"
                 " FROM unnest(%s::text[], %s::bigint[])"
                 " AS h(name, epoch) WHERE nodes.name = h.name",
                 ([p[0] for p in pairs_], [p[1] for p in pairs_]))
         if clear or orphans:
-            await tx.rows("UPDATE nodes SET handoff_epoch = NULL WHERE name = ANY(%s)",
+            await tx.rows("UPDATE nodes SET handoff_epoch = NULL, handoff_released = false"
+                          " WHERE name = ANY(%s)",
                           (clear + orphans,))
         if orphans:
             await tx.rows("UPDATE nodes SET owner_epoch = NULL WHERE name = ANY(%s)",
                           (orphans,))
-        if assigned or handoffs:
+        if assigned or handoffs or clear:
+            # (clear: an owner may have forgotten a circuit's node it had
+            # released already; its next Recover must learn it again.)
             await tx.rows("SELECT pg_notify('assignments', %s)", (cluster,))
         return {"assigned": assigned,
                 "handoffs": {e: [p[0] for p in v] for e, v in handoffs.items()},
