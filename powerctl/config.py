@@ -133,6 +133,11 @@ class PservConfig:
     stagger_on: float = attrs.field(default=0.0, converter=_zero_as_float,
                                     validator=_seconds_or_off)
     max_actions: int = attrs.field(default=64, validator=_count)
+    # Per BMC or PDU (its address:port), whatever the driver: sessions at
+    # once and seconds between the starts of two calls (powerctl.drivers.bmclimit).
+    bmc_max_sessions: int = attrs.field(default=8, validator=_count)
+    bmc_min_interval: float = attrs.field(default=0.0, converter=_zero_as_float,
+                                          validator=_seconds_or_off)
     manual_timeout: float = attrs.field(default=3600.0, converter=_zero_as_float,
                                         validator=_seconds_or_off)
     lease_margin: float = attrs.field(default=10.0, validator=_positive)

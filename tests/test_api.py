@@ -118,8 +118,9 @@ class NodeApiTests(ApiTestCase):
         self.assertEqual(sorted(node), sorted([
             "name", "cluster", "power", "desired_state", "power_state", "responsive",
             "last_error", "last_queried_at", "last_changed_at", "created_at", "updated_at",
-            "drift", "bounds"]))  # bounds: issue 13, the derived timeouts
+            "drift", "bounds", "circuit"]))  # bounds: issue 13, the derived timeouts
         self.assertIsNone(node["drift"])
+        self.assertIsNone(node["circuit"])
         self.assertEqual(node["power"]["agents"][0]["params"],
                          {"host": "10.0.0.5", "password": "(set)"})
         self.assertEqual((node["power_state"], node["responsive"]), ("unknown", True))

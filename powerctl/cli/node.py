@@ -21,6 +21,8 @@ def add_commands(subparsers, parent):
     p.add_argument("--cluster", "-c", required=True)
     p.add_argument("--create-cluster", action="store_true",
                    help="create the cluster if it does not exist yet (else: an error)")
+    p.add_argument("--circuit", help="the electrical circuit it is on (power-ons share "
+                   "the circuit's budget: powerctl cluster circuit set)")
     add_power_options(p)
     p = add_command(nodes, "list", node_list, "list nodes (every page)", parent)
     p.add_argument("--cluster", "-c", help="only this cluster")
@@ -30,6 +32,7 @@ def add_commands(subparsers, parent):
                     "change a node's cluster or replace its power configuration", parent)
     p.add_argument("name")
     p.add_argument("--cluster", "-c")
+    p.add_argument("--circuit", help="the electrical circuit it is on; \"\" for none")
     add_power_options(p)
     add_command(nodes, "delete", node_delete, "forget a node", parent).add_argument("name")
 
@@ -144,6 +147,8 @@ async def node_add(ctx, args, api):
     """``powerctl node add NAME --cluster C ...``."""
     body = {"name": args.name, "cluster": args.cluster,
             "power": power_from_args(ctx, args, required=True)}
+    if args.circuit:
+        body["circuit"] = args.circuit
     if not args.create_cluster:
         await cluster_checks.require_known_cluster(api, args.cluster)
     node = await api.call("POST", "/v1/nodes", body)
@@ -160,11 +165,14 @@ async def node_update(ctx, args, api):
     body = {}
     if args.cluster:
         body["cluster"] = args.cluster
+    if args.circuit is not None:
+        body["circuit"] = args.circuit or None
     power = power_from_args(ctx, args, required=False)
     if power is not None:
         body["power"] = power
     if not body:
-        raise UsageError("nothing to update: give --cluster and/or a power configuration")
+        raise UsageError("nothing to update: give --cluster, --circuit and/or a power "
+                         "configuration")
     node = await api.call("PUT", f"/v1/nodes/{q(args.name)}", body)
     return await _node_written(ctx, args, node, "updated")
 

@@ -121,11 +121,13 @@ class Region:
             return "elsewhere"
         power = await self.store.nodes.power_config(op["node"])
         lockouts = (await self.store.lockouts.of_nodes([op["node"]])).get(op["node"], [])
+        circuit = await self.store.nodes.circuit_config(op["node"])
         command = commands.POWER_COMMANDS[op["action"]]
+        extra = {"circuit": circuit} if circuit else {}
         try:
             answer = await protocol.callRemote(
                 command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch,
-                lockouts=lockouts)
+                lockouts=lockouts, **extra)
         except commands.UnusablePowerConfig as e:
             await self.store.ops.record_outcome(
                 op["id"], OpState.FAILED.value, error=error_text("config", e),

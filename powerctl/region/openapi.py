@@ -154,14 +154,34 @@ def _schemas():
                       "desired": {"type": "string", "enum": list(TARGET_STATES)},
                       "polls": {"type": "integer",
                                 "description": "consecutive polls that saw it"}}},
+        "circuit": {"type": "string", "nullable": True,
+                    "description": "the electrical circuit it is on (null: none); all "
+                    "nodes of a circuit share one owning pserv, which keeps the circuit's "
+                    "budget of power-ons"},
     }}
+    circuit_name = {"type": "string", "nullable": True,
+                    "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]*$",
+                    "description": "the electrical circuit it is on; null or \"\" for none"}
+    circuit = {"type": "object", "properties": {
+        "name": {"type": "string"},
+        "max_on": {"type": "integer", "nullable": True,
+                   "description": "power-ons at once (null: no budget set)"},
+        "spacing": {"type": "number", "nullable": True,
+                    "description": "seconds between the starts of two power-ons"},
+        "nodes": {"type": "integer", "description": "nodes naming it"}}}
+    circuit_update = {"type": "object", "additionalProperties": False,
+                      "required": ["max_on"], "properties": {
+                          "max_on": {"type": "integer", "minimum": 1, "maximum": 100000},
+                          "spacing": {"type": "number", "minimum": 0, "maximum": 3600,
+                                      "default": 0}}}
     node_create = {"type": "object", "additionalProperties": False,
                    "required": ["name", "cluster", "power"], "properties": {
                        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]*$"},
-                       "cluster": {"type": "string"}, "power": _ref("Power")}}
+                       "cluster": {"type": "string"}, "power": _ref("Power"),
+                       "circuit": circuit_name}}
     node_update = {"type": "object", "additionalProperties": False, "properties": {
         "name": {"type": "string", "description": "must equal the node's name if given"},
-        "cluster": {"type": "string"}, "power": _ref("Power"),
+        "cluster": {"type": "string"}, "power": _ref("Power"), "circuit": circuit_name,
         "requester": {"type": "string", "description": "who changes it"}}}
     op_state = {"type": "string", "enum": list(OP_STATES)}
     op = {"type": "object", "properties": {
@@ -240,7 +260,8 @@ def _schemas():
                          "description": "what a drifted node gets: only reported, or a "
                          "'reconcile' operation to its desired state after two consecutive "
                          "polls saw the drift"},
-        "drifted_nodes": {"type": "integer"}}}
+        "drifted_nodes": {"type": "integer"},
+        "circuits": {"type": "array", "items": _ref("Circuit")}}}
     cluster_update = {"type": "object", "additionalProperties": False,
                       "required": ["drift_policy"], "properties": {
                           "drift_policy": {"type": "string", "enum": ["report", "enforce"]}}}
@@ -291,7 +312,8 @@ def _schemas():
             "CancelRequest": cancel_request, "ConfirmRequest": confirm_request,
             "PodManager": pod_manager, "PodManagerCreate": pod_manager_create,
             "PodManagerUpdate": pod_manager_update, "Pserv": pserv, "Cluster": cluster,
-            "ClusterUpdate": cluster_update, "Error": error}
+            "ClusterUpdate": cluster_update, "Circuit": circuit,
+            "CircuitUpdate": circuit_update, "Error": error}
 
 
 def _array(name):
@@ -481,6 +503,25 @@ def _paths():
                     "requestBody": _body("ClusterUpdate", ""),
                     "responses": {"200": _json(_ref("Cluster"), "updated"),
                                   **_errors(400, 404, 413, 415)}},
+        },
+        "/v1/clusters/{name}/circuits": {
+            "parameters": [_path_param("name", "cluster name")],
+            "get": {"summary": "The cluster's circuits: budgets and the nodes naming them",
+                    "operationId": "listCircuits",
+                    "responses": {"200": _json(_array("Circuit"), "by name"),
+                                  **_errors(400, 404)}},
+        },
+        "/v1/clusters/{name}/circuits/{circuit}": {
+            "parameters": [_path_param("name", "cluster name"),
+                           _path_param("circuit", "circuit name")],
+            "put": {"summary": "Set a circuit's budget: at most max_on power-ons at once, "
+                    "starts spacing seconds apart", "operationId": "setCircuit",
+                    "requestBody": _body("CircuitUpdate", ""),
+                    "responses": {"200": _json(_ref("Circuit"), "set"),
+                                  **_errors(400, 404, 413, 415)}},
+            "delete": {"summary": "Remove a circuit's budget", "operationId": "deleteCircuit",
+                       "responses": {"204": {"description": "removed"},
+                                     **_errors(400, 404)}},
         },
         "/v1/activity": {
             "get": {"summary": "What the connected pservs run now, what waits, who joined, "

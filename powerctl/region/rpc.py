@@ -353,12 +353,20 @@ class RegionProtocol(amp.AMP):
 
 
 def _op_json(op):
-    return {"id": op["id"], "node": op["node"], "action": op["action"], "power": op["power"]}
+    return _with_circuit({"id": op["id"], "node": op["node"], "action": op["action"],
+                          "power": op["power"]}, op)
 
 
 def _node_json(node, lockouts=()):
-    return {"name": node["node"], "desired_state": node.get("desired_state"),
-            "power": node["power"], "lockouts": list(lockouts)}
+    return _with_circuit({"name": node["node"], "desired_state": node.get("desired_state"),
+                          "power": node["power"], "lockouts": list(lockouts)}, node)
+
+
+def _with_circuit(item, row):
+    """``item`` with the node's ``circuit`` when it has one (absent otherwise)."""
+    if row.get("circuit"):
+        item["circuit"] = row["circuit"]
+    return item
 
 
 def power_digest(power):

@@ -183,7 +183,8 @@ class Recover(amp.Command):
     ``[{"name", "desired_state", "power", "lockouts"}]``; ``lockouts``
     (issue 10) lists the node's agents whose credentials are locked out,
     ``[{"agent", "id"}]``: a pserv drops a lock-out it holds that the listing
-    no longer names, once the region had acknowledged it.
+    no longer names, once the region had acknowledged it.  Both lists carry
+    ``"circuit"`` (as in the power commands) for a node on a circuit.
     """
 
     arguments = [
@@ -318,7 +319,10 @@ class _PowerCommand(amp.Command):
     ``coalesced`` (then ``coalesced_into`` names the operation joined) or
     ``known`` (this operation id is already in play here).  ``epoch`` is
     the node's owner's lease: a pserv whose lease it is not refuses with
-    ``STALE_EPOCH`` and does nothing.
+    ``STALE_EPOCH`` and does nothing.  ``circuit`` (optional): the
+    electrical circuit the node is on and its budget, ``{"name", "max_on",
+    "spacing"}`` (``max_on`` null: no budget); the pserv keeps one budget
+    per circuit for the power-ons it sends.
     """
 
     action = None
@@ -329,6 +333,7 @@ class _PowerCommand(amp.Command):
         (b"epoch", amp.Integer()),
         # issue 10: the node's agents locked out, [{"agent", "id"}] (absent: none)
         (b"lockouts", JSON(optional=True)),
+        (b"circuit", JSON(optional=True)),
     ]
     response = [
         (b"disposition", amp.Unicode()),

@@ -21,6 +21,7 @@ from powerctl.region.store.base import (
     MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text,
     node_row, op_number, op_row, page_limit, plain, timestamp, transaction)
 from powerctl.region.store.pod_managers import resolve_many
+from powerctl.region.store.clusters import CIRCUIT_JOIN, CIRCUIT_SQL, circuit_of
 
 
 _OP_NAMES = [c.strip() for c in OP_COLUMNS.split(",")]
@@ -354,7 +355,8 @@ class OperationStore(KindStore):
         """
         rows = await tx.rows(
             f"SELECT {', '.join('o.' + c.strip() for c in OP_COLUMNS.split(','))},"
-            " n.power AS node_power FROM power_ops o JOIN nodes n ON n.name = o.node"
+            f" n.power AS node_power, {CIRCUIT_SQL}"
+            f" FROM power_ops o JOIN nodes n ON n.name = o.node {CIRCUIT_JOIN}"
             f" WHERE n.cluster = %s AND o.state IN {OPEN_SQL} AND o.id > %s"
             " AND (%s::bigint IS NULL OR (n.owner_epoch = %s AND n.handoff_epoch IS NULL))"
             " ORDER BY o.id LIMIT %s",
@@ -362,7 +364,8 @@ class OperationStore(KindStore):
              page_limit(limit, 500, MAX_INTERNAL_PAGE)))
         resolved = await resolve_many(tx, self._catalogue, self._vault,
                                       [r.pop("node_power") for r in rows])
-        return [plain(dict(r, power=p, power_error=e)) for r, (p, e) in zip(rows, resolved)]
+        return [plain(dict(circuit_of(r), power=p, power_error=e))
+                for r, (p, e) in zip(rows, resolved)]
 
     @transaction
     async def mark_running(self, tx, op_id, pserv, started_at=None, epoch=None):
