@@ -108,6 +108,9 @@ class RegionConfig:
     key_file: str = attrs.field(default="", validator=_path_or_default)
     # Plain tcp: for pservs on a non-loopback interface only when this says so.
     allow_plaintext_rpc: bool = attrs.field(default=False, validator=_boolean)
+    # How often the leader looks for nodes to fence automatically (seconds;
+    # each cluster's policy says whether it does: powerctl cluster auto-fence).
+    auto_fence_interval: float = attrs.field(default=10.0, validator=_positive)
     # Ended operations older than this many days leave the journal (0: never).
     journal_keep_days: float = attrs.field(default=90.0, converter=_zero_as_float,
                                            validator=_seconds_or_off)

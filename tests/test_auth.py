@@ -53,6 +53,9 @@ EXPECTED_ROLE = {
     ("GET", "clusters/{name}/circuits"): "viewer",
     ("PUT", "clusters/{name}/circuits/{circuit}"): "admin",
     ("DELETE", "clusters/{name}/circuits/{circuit}"): "admin",
+    ("GET", "clusters/{name}/auto-fence"): "viewer",
+    ("PUT", "clusters/{name}/auto-fence"): "admin",
+    ("DELETE", "clusters/{name}/auto-fence"): "admin",
     ("GET", "activity"): "viewer", ("GET", "openapi.json"): "viewer",
     ("GET", "tokens"): "admin", ("POST", "tokens"): "admin",
     ("DELETE", "tokens/{token_id}"): "admin", ("GET", "audit"): "admin",
@@ -68,7 +71,9 @@ SCOPED_OUT = {
     ("PUT", "pod_manager/{uuid}"), ("DELETE", "pod_manager/{uuid}"),
     ("PUT", "clusters/{name}"), ("GET", "clusters/{name}/circuits"),
     ("PUT", "clusters/{name}/circuits/{circuit}"),
-    ("DELETE", "clusters/{name}/circuits/{circuit}"), ("GET", "tokens"), ("POST", "tokens"),
+    ("DELETE", "clusters/{name}/circuits/{circuit}"), ("GET", "clusters/{name}/auto-fence"),
+    ("PUT", "clusters/{name}/auto-fence"), ("DELETE", "clusters/{name}/auto-fence"),
+    ("GET", "tokens"), ("POST", "tokens"),
     ("DELETE", "tokens/{token_id}"), ("GET", "audit"), ("DELETE", "lockouts/{name}"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}

@@ -86,3 +86,32 @@ class ClusterChecksTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         code, out, err = await self.cli("cluster", "circuit", "delete", "c1", "rack7-A")
         self.assertNotEqual(code, 0)
         self.assertIn("no budget", err)
+
+    async def test_automatic_fencing_policy(self):
+        await self.start_region()
+        code, out, err = await self.cli(*self.add_argv("node1", "c1", "--create-cluster"))
+        self.assertEqual(code, 0, err)
+        code, out, err = await self.cli("cluster", "auto-fence", "show", "c1")
+        self.assertEqual((code, out.strip()), (0, "cluster c1: automatic fencing off"), err)
+        code, out, err = await self.cli("cluster", "auto-fence", "set", "c1", "--grace", "120",
+                                        "--soft-url", "http://127.0.0.1:9/agent")
+        self.assertEqual(code, 0, err)
+        self.assertIn("nodes non-responsive for 120 s are fenced, at most 5 per 600 s,"
+                      " none while more than 50% became non-responsive", out)
+        self.assertIn("soft step http://127.0.0.1:9/agent (30 s) first", out)
+        policy = await self.get("/v1/clusters/c1/auto-fence")
+        self.assertEqual((policy["enabled"], policy["grace"]), (True, 120.0))
+        # Bad input names the field and changes nothing.
+        code, out, err = await self.cli("cluster", "auto-fence", "set", "c1",
+                                        "--storm-share", "1.5")
+        self.assertNotEqual(code, 0)
+        self.assertIn("storm_share", err)
+        code, out, err = await self.cli("cluster", "auto-fence", "set", "c1",
+                                        "--soft-url", "ftp://x")
+        self.assertIn("soft_url", err)
+        self.assertEqual(await self.get("/v1/clusters/c1/auto-fence"), policy)
+        code, out, err = await self.cli("cluster", "auto-fence", "off", "c1")
+        self.assertEqual(code, 0, err)
+        self.assertFalse((await self.get("/v1/clusters/c1/auto-fence"))["enabled"])
+        code, out, err = await self.cli("cluster", "auto-fence", "show", "nope")
+        self.assertNotEqual(code, 0)

@@ -1,7 +1,7 @@
 """
 ``powerctl cluster list|set``: clusters, their pservs and their drift policy;
 ``powerctl cluster circuit list|set|delete``: the budgets of power-ons per
-electrical circuit.
+electrical circuit; ``powerctl cluster auto-fence``: :mod:`.autofence`.
 
 Also what the other commands check about clusters before they write, so
 that a typo or a fleet with nobody to drive it is said plainly instead of
@@ -20,7 +20,7 @@ for clusters without a live pserv), so they stay cheap for large fleets.
 """
 
 from powerctl.cli import EXIT_OK, CliError
-from powerctl.cli import output
+from powerctl.cli import autofence, output
 from powerctl.cli.client import add_command, add_group, api_command, items, q
 
 #: What a cluster does about drift (the region's ``drift.POLICIES``).
@@ -51,6 +51,7 @@ def add_commands(subparsers, parent):
     p = add_command(sub, "delete", circuit_delete, "remove a circuit's budget", parent)
     p.add_argument("cluster")
     p.add_argument("circuit")
+    autofence.add_commands(clusters, parent)
 
 
 def _pservs(cluster):

@@ -40,6 +40,7 @@ from twisted.web import resource
 from powerctl.power import OP_STATES, POWER_STATES, TARGET_STATES, TERMINAL_STATES, Action
 from powerctl.powerdoc import redact
 from powerctl.region import auth, bulk, drift, fencing, openapi, paging, powerconfig
+from powerctl.region.autofence import FIELDS as AUTO_FENCE_FIELDS
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.resource import AsyncResource, loggable
 
@@ -358,6 +359,9 @@ class Api(AsyncResource):
             ("clusters/{name}/circuits", {"GET": self.list_circuits}),
             ("clusters/{name}/circuits/{circuit}", {"PUT": self.set_circuit,
                                                     "DELETE": self.delete_circuit}),
+            ("clusters/{name}/auto-fence", {"GET": self.get_auto_fence,
+                                            "PUT": self.set_auto_fence,
+                                            "DELETE": self.delete_auto_fence}),
             ("activity", {"GET": self.get_activity}),
             ("lockouts", {"GET": self.list_lockouts}),
             ("lockouts/{name}", {"DELETE": self.clear_lockout}),
@@ -685,6 +689,26 @@ class Api(AsyncResource):
     async def delete_circuit(self, request, name, circuit):
         """Remove a circuit's budget (its nodes keep naming it; no budget then)."""
         await self.store.clusters.delete_circuit(name, circuit)
+        return 204, None
+
+    async def get_auto_fence(self, request, name):
+        """The cluster's automatic fencing policy (``enabled: false`` when none is set)."""
+        _query(request, ())
+        return 200, (await self.store.auto_fence.policy(name)).to_dict()
+
+    async def set_auto_fence(self, request, name):
+        """
+        Set the cluster's automatic fencing policy (issue 13; see
+        :mod:`powerctl.region.autofence`): ``enabled``, ``grace``,
+        ``window``, ``storm_share``, ``max_per_window``, ``soft_url``,
+        ``soft_timeout``; unset ones take their defaults.
+        """
+        body = _json_body(request, AUTO_FENCE_FIELDS)  # the policy checks each value
+        return 200, (await self.store.auto_fence.set_policy(name, body)).to_dict()
+
+    async def delete_auto_fence(self, request, name):
+        """Turn the cluster's automatic fencing off (its policy is forgotten)."""
+        await self.store.auto_fence.set_policy(name, None)
         return 204, None
 
     async def _activity(self):

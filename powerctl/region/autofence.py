@@ -26,16 +26,43 @@ journal and the clock's time, and returns a :class:`Decision`.
 import attrs
 
 
-def _share(value):
-    value = float(value)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"storm_share must be in (0, 1], got {value}")
+#: Upper bounds, as the API documents them.
+MAX_SECONDS = 1e9
+MAX_PER_WINDOW = 1_000_000
+MAX_URL = 2048
+
+
+def _number(value):
+    """A JSON number as a float (booleans and strings are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number, not {value!r}")
+    return float(value)
+
+
+def _within(high, low_inclusive=False):
+    def check(instance, attribute, value):
+        low_ok = value >= 0 if low_inclusive else value > 0
+        if not (low_ok and value <= high):  # NaN fails both
+            raise ValueError(f"{attribute.name} must be in (0, {high:g}], got {value!r}")
+    return check
+
+
+def _count(value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, not {value!r}")
     return value
 
 
-def _positive(instance, attribute, value):
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+def _boolean(instance, attribute, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{attribute.name} must be true or false, not {value!r}")
+
+
+def _url(instance, attribute, value):
+    if value is not None and not (isinstance(value, str) and len(value) <= MAX_URL
+                                  and value.startswith(("http://", "https://"))):
+        raise ValueError(f"{attribute.name} must be an http(s) URL of at most {MAX_URL}"
+                         " characters, or null")
 
 
 @attrs.frozen
@@ -54,13 +81,17 @@ class AutoFencePolicy:
         agent), given ``soft_timeout`` seconds.
     """
 
-    enabled: bool = False
-    grace: float = attrs.field(default=300.0, converter=float, validator=_positive)
-    window: float = attrs.field(default=600.0, converter=float, validator=_positive)
-    storm_share: float = attrs.field(default=0.5, converter=_share)
-    max_per_window: int = attrs.field(default=5, converter=int, validator=_positive)
-    soft_url: str | None = None
-    soft_timeout: float = attrs.field(default=30.0, converter=float, validator=_positive)
+    enabled: bool = attrs.field(default=False, validator=_boolean)
+    grace: float = attrs.field(default=300.0, converter=_number,
+                               validator=_within(MAX_SECONDS))
+    window: float = attrs.field(default=600.0, converter=_number,
+                                validator=_within(MAX_SECONDS))
+    storm_share: float = attrs.field(default=0.5, converter=_number, validator=_within(1.0))
+    max_per_window: int = attrs.field(default=5, converter=_count,
+                                      validator=_within(MAX_PER_WINDOW))
+    soft_url: str | None = attrs.field(default=None, validator=_url)
+    soft_timeout: float = attrs.field(default=30.0, converter=_number,
+                                      validator=_within(MAX_SECONDS))
 
     @classmethod
     def from_dict(cls, data):
@@ -79,6 +110,10 @@ class AutoFencePolicy:
 
     def to_dict(self):
         return attrs.asdict(self)
+
+
+#: The settings of a policy, as its JSON form names them.
+FIELDS = tuple(a.name for a in attrs.fields(AutoFencePolicy))
 
 
 @attrs.frozen

@@ -306,6 +306,25 @@ def _schemas():
         "operations": {"type": "array", "items": {"type": "object", "properties": {
             "id": {"type": "integer"}, "node": {"type": "string"},
             "action": {"type": "string", "enum": list(ACTIONS)}, "state": op_state}}}}}
+    auto_fence_fields = {
+        "enabled": {"type": "boolean", "default": False},
+        "grace": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1e9, "default": 300,
+                  "description": "seconds a node must have been non-responsive"},
+        "window": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1e9, "default": 600,
+                   "description": "seconds of the storm window and of the rate limit"},
+        "storm_share": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1,
+                        "default": 0.5, "description": "more of the cluster than this "
+                        "becoming non-responsive within the window is a storm: no fencing"},
+        "max_per_window": {"type": "integer", "minimum": 1, "maximum": 1000000,
+                           "default": 5},
+        "soft_url": {"type": "string", "nullable": True, "pattern": "^https?://",
+                     "maxLength": 2048, "description": "POSTed {node, cluster, reason} "
+                     "first; the node is fenced soft_timeout seconds later if still down"},
+        "soft_timeout": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1e9,
+                         "default": 30}}
+    auto_fence = {"type": "object", "properties": auto_fence_fields}
+    auto_fence_update = {"type": "object", "additionalProperties": False,
+                         "properties": auto_fence_fields}
     return {"BulkRequest": bulk_request, "BulkPlan": bulk_plan, "BulkAccepted": bulk_accepted,
             "Agent": agent, "Power": power, "Node": node, "NodeCreate": node_create,
             "NodeUpdate": node_update, "PowerOp": op, "PowerRequest": power_request,
@@ -313,7 +332,8 @@ def _schemas():
             "PodManager": pod_manager, "PodManagerCreate": pod_manager_create,
             "PodManagerUpdate": pod_manager_update, "Pserv": pserv, "Cluster": cluster,
             "ClusterUpdate": cluster_update, "Circuit": circuit,
-            "CircuitUpdate": circuit_update, "Error": error}
+            "CircuitUpdate": circuit_update, "AutoFence": auto_fence,
+            "AutoFenceUpdate": auto_fence_update, "Error": error}
 
 
 def _array(name):
@@ -522,6 +542,22 @@ def _paths():
             "delete": {"summary": "Remove a circuit's budget", "operationId": "deleteCircuit",
                        "responses": {"204": {"description": "removed"},
                                      **_errors(400, 404)}},
+        },
+        "/v1/clusters/{name}/auto-fence": {
+            "parameters": [_path_param("name", "cluster name")],
+            "get": {"summary": "The cluster's automatic fencing policy",
+                    "operationId": "getAutoFence",
+                    "responses": {"200": _json(_ref("AutoFence"), "the policy"),
+                                  **_errors(400, 404)}},
+            "put": {"summary": "Set the cluster's automatic fencing policy: non-responsive "
+                    "nodes fenced after their grace, none in a storm, at most "
+                    "max_per_window per window", "operationId": "setAutoFence",
+                    "requestBody": _body("AutoFenceUpdate", ""),
+                    "responses": {"200": _json(_ref("AutoFence"), "set"),
+                                  **_errors(400, 404, 413, 415)}},
+            "delete": {"summary": "Turn the cluster's automatic fencing off",
+                       "operationId": "deleteAutoFence",
+                       "responses": {"204": {"description": "off"}, **_errors(400, 404)}},
         },
         "/v1/activity": {
             "get": {"summary": "What the connected pservs run now, what waits, who joined, "

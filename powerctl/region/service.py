@@ -12,6 +12,7 @@ from txpostgres import reconnection, retrying, txpostgres
 
 from powerctl import config
 from powerctl.region import http, schema, security, web
+from powerctl.region.autofencer import AutoFencer
 from powerctl.region.coordination import Coordinator
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
@@ -98,6 +99,7 @@ class RegionService(service.MultiService):
         self.region = None
         self.coordinator = None
         self.prober = None
+        self.auto_fencer = None
         self.store = None
         self.api_port = None
         self.rpc_port = None
@@ -172,7 +174,8 @@ class RegionService(service.MultiService):
                         on_power_request=self.region.dispatch_later, region=self.region,
                         live_activity=live, guard=guard,
                         bulk_share=self.settings.bulk_confirm_share)
-        web.add_to(root, self.store, activity=self.region.activity, live_activity=live)
+        web.add_to(root, self.store, activity=self.region.activity, live_activity=live,
+                   auto_fence=lambda: self.auto_fencer.stats() if self.auto_fencer else {})
         security.protect_web(root, guard, self.settings)  # tokens for the page and /metrics
         # limits on request size and on slow clients: powerctl.region.http
         site = http.Site(root, reactor=self.reactor)
@@ -183,6 +186,10 @@ class RegionService(service.MultiService):
                                        interval=self.settings.pod_probe_interval,
                                        leader=lambda: self.coordinator.leader)
         jobs = [self.region.reaper, self.coordinator, self.prober]
+        self.auto_fencer = AutoFencer(self.store, self.reactor, self.region.dispatch_later,
+                                      interval=self.settings.auto_fence_interval,
+                                      leader=lambda: self.coordinator.leader)
+        jobs.append(self.auto_fencer)
         if self.settings.journal_keep_days:
             jobs.append(JournalPruner(self.store.ops, self.reactor,
                                       self.settings.journal_keep_days,

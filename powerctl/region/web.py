@@ -697,7 +697,16 @@ def _number(value):
 
 
 class Metrics(_AsyncResource):
-    """``GET /metrics``: the fleet as Prometheus gauges."""
+    """
+    ``GET /metrics``: the fleet as Prometheus gauges.  ``auto_fence``: a
+    callable answering :meth:`AutoFencer.stats
+    <powerctl.region.autofencer.AutoFencer.stats>` (what automatic fencing
+    did; only the leader region fences, so only its figures move).
+    """
+
+    def __init__(self, store, activity=None, log=None, auto_fence=None):
+        super().__init__(store, activity, log)
+        self.auto_fence = auto_fence
 
     async def produce(self, request):
         clusters = _clusters_with_activity(
@@ -751,12 +760,32 @@ class Metrics(_AsyncResource):
                    "Power actions under way on the cluster's pservs.",
                    [({"cluster": c}, int(info.get(c, {}).get("actions_in_flight") or 0))
                     for c in names])
+        if self.auto_fence is not None:
+            self._auto_fence_families(out, sorted(self.auto_fence().items()))
         return METRICS_CONTENT_TYPE, out.text().encode("utf-8")
 
+    @staticmethod
+    def _auto_fence_families(out, fencing):
+        for name, field, kind, text in (
+                ("powerctl_auto_fence_storm", "storm", "gauge",
+                 "1 while automatic fencing is held back: too many of the cluster's nodes "
+                 "became non-responsive at once."),
+                ("powerctl_auto_fence_storms_total", "storms", "counter",
+                 "Storms that held automatic fencing back."),
+                ("powerctl_auto_fences_total", "fences", "counter",
+                 "Automatic fences requested."),
+                ("powerctl_auto_fence_throttled_total", "throttled", "counter",
+                 "Automatic fences held back by the per-window limit (per round)."),
+                ("powerctl_auto_fence_soft_steps_total", "soft_steps", "counter",
+                 "Soft steps (webhooks) sent before fencing.")):
+            out.family(name, kind, text,
+                       [({"cluster": c}, int(getattr(st, field))) for c, st in fencing])
 
-def add_to(root, store, activity=None, log=None, live_activity=None):
+
+def add_to(root, store, activity=None, log=None, live_activity=None, auto_fence=None):
     """Put the status page at ``/`` and the metrics at ``/metrics`` on ``root``."""
     root.putChild(b"", StatusPage(store, activity=activity, log=log,
                                   live_activity=live_activity))
-    root.putChild(b"metrics", Metrics(store, activity=activity, log=log))
+    root.putChild(b"metrics", Metrics(store, activity=activity, log=log,
+                                      auto_fence=auto_fence))
     return root

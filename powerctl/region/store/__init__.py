@@ -22,6 +22,7 @@ on are :mod:`powerctl.region.errors` (``NotFound``, ``Conflict``,
 kind of ``InvalidInput``).
 """
 
+from powerctl.region.store.autofence import AutoFenceStore
 from powerctl.region.store.clusters import ClusterStore
 from powerctl.region.store.lockouts import LockoutStore
 from powerctl.region.store.nodes import NodeStore
@@ -60,3 +61,4 @@ class Store:
         self.clusters = ClusterStore(pool, heartbeat_timeout=heartbeat_timeout)
         self.pod_managers = PodManagerStore(pool, catalogue, vault)
         self.lockouts = LockoutStore(pool)  # issue 10: BMC lock-outs
+        self.auto_fence = AutoFenceStore(pool)  # issue 13: automatic fencing

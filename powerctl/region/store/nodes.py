@@ -378,6 +378,9 @@ class NodeStore(KindStore):
         updated = await tx.rows(
             "UPDATE nodes SET power_state = u.state, failed_polls = u.polls,"
             " responsive = u.responsive, last_error = u.error,"
+            # when it turned non-responsive (auto-fencing's grace and storms)
+            " nonresponsive_since = CASE WHEN u.responsive THEN NULL"
+            "   WHEN nodes.responsive THEN now() ELSE nodes.nonresponsive_since END,"
             " last_queried_at = CASE WHEN u.queried THEN now() ELSE last_queried_at END,"
             " last_good_poll_at = CASE WHEN u.good THEN now() ELSE last_good_poll_at END,"
             " last_changed_at = CASE WHEN power_state <> u.state THEN now()"
