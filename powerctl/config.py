@@ -95,6 +95,8 @@ class RegionConfig:
     responsive_grace: float = attrs.field(default=60.0, validator=_positive)
     pod_probe_interval: float = attrs.field(default=60.0, validator=_positive)
     lease: float = attrs.field(default=30.0, validator=_positive)
+    # Seconds the event journal (GET /v1/events) keeps an event (issue 14).
+    event_retention: float = attrs.field(default=86400.0, validator=_positive)
     # /metrics without a token, only when an operator says so.
     metrics_public: bool = attrs.field(default=False, validator=_boolean)
     # The key that seals secrets at rest ("": powerctl.region.vault.DEFAULT_KEY_FILE,

@@ -7,7 +7,7 @@ operator carried out a ``manual`` agent's action.
 """
 
 from powerctl.cli import EXIT_OK
-from powerctl.cli import output
+from powerctl.cli import events, output
 from powerctl.cli.client import ApiError, add_command, add_group, api_command, items, requester
 from powerctl.power import OpState, PowerState
 
@@ -36,6 +36,7 @@ def add_commands(subparsers, parent):
                     "confirm a manual operation: you saw the node reach STATE", parent)
     p.add_argument("id", type=int)
     p.add_argument("--state", required=True, choices=CONFIRMABLE)
+    events.add_ops_wait(ops, parent)  # ops wait ID...: the live event stream
 
 
 def _link(op):

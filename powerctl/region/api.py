@@ -274,7 +274,7 @@ class Api(AsyncResource):
     kind = "API"
 
     def __init__(self, store, catalogue, activity=None, on_power_request=None, log=None,
-                 region=None, live_activity=None, *, guard):
+                 region=None, live_activity=None, events=None, *, guard):
         super().__init__(log)
         self.guard = guard  # authentication, roles, audit (powerctl.region.guard)
         self.store = store
@@ -283,6 +283,7 @@ class Api(AsyncResource):
         self.activity = activity
         self.live_activity = live_activity  # (node=, cluster=) -> what the pservs run now
         self.on_power_request = on_power_request
+        self.events = events  # GET /v1/events: a powerctl.region.events.EventStream
         self._routes = self.routes()
 
     def routes(self):
@@ -303,7 +304,7 @@ class Api(AsyncResource):
             ("clusters/{name}", {"PUT": self.update_cluster}),
             ("activity", {"GET": self.get_activity}),
             ("openapi.json", {"GET": self.openapi}),
-        ) + tuple(self.guard.routes())
+        ) + tuple(self.guard.routes()) + (tuple(self.events.routes()) if self.events else ())
 
     # -- plumbing -------------------------------------------------------
 
@@ -343,6 +344,9 @@ class Api(AsyncResource):
 
     def write(self, request, answer):
         status, body, headers = answer
+        if hasattr(body, "start"):  # a stream (powerctl.region.events.Streaming)
+            body.start()
+            return
         request.setResponseCode(status)
         for name, value in headers:
             request.setHeader(name, value)

@@ -13,6 +13,7 @@ from txpostgres import reconnection, retrying, txpostgres
 from powerctl import config
 from powerctl.region import http, schema, security, web
 from powerctl.region.coordination import Coordinator
+from powerctl.region.events import EventHub, EventStream, Pruner
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
@@ -96,6 +97,7 @@ class RegionService(service.MultiService):
         self.region = None
         self.coordinator = None
         self.prober = None
+        self.events = None
         self.store = None
         self.api_port = None
         self.rpc_port = None
@@ -154,8 +156,10 @@ class RegionService(service.MultiService):
         self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
                              heartbeat_timeout=self.settings.heartbeat_timeout, leases=leases)
         security.pserv_credentials(self.region, self._pool, vault, self.log)  # issue 10
+        self.events = EventHub(self.store, self.reactor)  # issue 14: GET /v1/events
+        await self.events.start()
         self.coordinator = Coordinator(
-            self.settings.database, self.reactor, self.region.notified,
+            self.settings.database, self.reactor, self._notified,
             self.region.assignment_round, interval=max(1.0, self.settings.lease / 3))
         factory = protocol.Factory.forProtocol(lambda: RegionProtocol(self.region))
         self.rpc_port = await endpoints.serverFromString(
@@ -164,10 +168,13 @@ class RegionService(service.MultiService):
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
         guard = security.api_guard(self._pool, self.reactor)  # issue 10
+        stream = EventStream(self.events, self.store, self.reactor)
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later, region=self.region,
-                        live_activity=live, guard=guard)
-        web.add_to(root, self.store, activity=self.region.activity, live_activity=live)
+                        live_activity=live, guard=guard,
+                        events=stream)
+        web.add_to(root, self.store, activity=self.region.activity, live_activity=live,
+                   events=stream)
         security.protect_web(root, guard, self.settings)  # tokens for the page and /metrics
         # limits on request size and on slow clients: powerctl.region.http
         site = http.Site(root, reactor=self.reactor)
@@ -178,11 +185,19 @@ class RegionService(service.MultiService):
                                        interval=self.settings.pod_probe_interval,
                                        leader=lambda: self.coordinator.leader)
         # Children of a running MultiService start as they are added.
-        for job in (self.region.reaper, self.coordinator, self.prober):
+        pruner = Pruner(self.store, self.reactor, self.settings.event_retention,
+                        leader=lambda: self.coordinator.leader)
+        for job in (self.region.reaper, self.coordinator, self.prober, self.events, pruner):
             job.setServiceParent(self)
         self.log.info("region {name}: API on {api}, pservs on {rpc}", name=self.settings.name,
                       api=self.api_port.getHost(), rpc=self.rpc_port.getHost())
         return self
+
+    def _notified(self, channel, payload):
+        """A NOTIFY: events feed the stream, anything else is the region's."""
+        if channel == "events":
+            return self.events.notified(payload)
+        return self.region.notified(channel, payload)
 
     async def _stop(self):
         if self._ready is not None and not self._ready.called:

@@ -718,8 +718,14 @@ class Metrics(_AsyncResource):
         return METRICS_CONTENT_TYPE, out.text().encode("utf-8")
 
 
-def add_to(root, store, activity=None, log=None, live_activity=None):
-    """Put the status page at ``/`` and the metrics at ``/metrics`` on ``root``."""
+def add_to(root, store, activity=None, log=None, live_activity=None, events=None):
+    """
+    Put the status page at ``/`` and the metrics at ``/metrics`` on ``root``;
+    with ``events`` (a :class:`powerctl.region.events.EventStream`), the
+    page's live stream at ``/events``.
+    """
+    if events is not None:
+        root.putChild(b"events", events.resource())
     root.putChild(b"", StatusPage(store, activity=activity, log=log,
                                   live_activity=live_activity))
     root.putChild(b"metrics", Metrics(store, activity=activity, log=log))

@@ -22,6 +22,7 @@ kind of ``InvalidInput``).
 """
 
 from powerctl.region.store.clusters import ClusterStore
+from powerctl.region.store.events import EventStore
 from powerctl.region.store.nodes import NodeStore
 from powerctl.region.store.operations import OperationStore, Recorded
 from powerctl.region.store.pod_managers import PodManagerStore
@@ -55,3 +56,4 @@ class Store:
         self.ops = OperationStore(pool, catalogue, vault)
         self.clusters = ClusterStore(pool, heartbeat_timeout=heartbeat_timeout)
         self.pod_managers = PodManagerStore(pool, catalogue, vault)
+        self.events = EventStore(pool)  # the journal of events (issue 14)

@@ -1,0 +1,473 @@
+"""
+The live event stream, ``GET /v1/events`` (Server-Sent Events).
+
+Every region streams every change, whichever region made it: the journal
+of events (:mod:`powerctl.region.store.events`, filled by triggers and
+numbered at commit in commit order) is announced by ``NOTIFY events``;
+each region's :class:`EventHub` then reads what is new, in order, once,
+and hands it to its subscribers.
+
+A client resumes with ``Last-Event-ID`` (or ``?after=``) and gets exactly
+what it missed, then the live events, in order, without gaps or
+duplicates.  The race between the replay (read from the journal) and the
+live tail is closed by :class:`EventMerge`: the subscriber is registered
+*before* the replay starts, live events are buffered while it runs, and
+the two are merged by sequence number.  That logic is pure (no I/O) and
+tested without sockets.
+
+A slow client is bounded: what it has not taken is queued up to
+``queue_limit`` events; past that it is disconnected, with the reason
+logged (it resumes from its ``Last-Event-ID``, losing nothing).
+"""
+
+import collections
+import json
+
+import attrs
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from powerctl.region import auth
+from powerctl.region.errors import InvalidInput
+from powerctl.region.store.events import check_seq
+
+#: Events fetched from the journal per query (hub and replay).
+PAGE = 1000
+#: Events a subscriber may have waiting (not yet taken by its client, or
+#: buffered while its replay runs) before it is disconnected.
+QUEUE_LIMIT = 10_000
+#: Seconds between keep-alive comments on an idle stream.
+KEEPALIVE = 15.0
+#: Seconds between the hub's safety reads (a NOTIFY lost with a dropped
+#: listening connection is made up for within this time).
+POLL = 1.0
+#: Seconds a browser waits before reconnecting (the ``retry:`` field).
+RETRY_MS = 2000
+
+
+def sse(event):
+    """One event as Server-Sent Events text: ``id``, ``event`` and one ``data`` line."""
+    data = json.dumps(event.as_json(), separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode("utf-8")
+
+
+def comment(text):
+    """An SSE comment line (ignored by clients; keeps proxies and sockets alive)."""
+    return f": {text}\n\n".encode("utf-8")
+
+
+@attrs.define
+class EventMerge:
+    """
+    The replay/live merge of one subscriber, pure logic.
+
+    ``last`` is the number of the last event given out.  While the replay
+    runs (``replaying``), :meth:`live` buffers; :meth:`replayed` gives out
+    a page read from the journal; :meth:`caught_up` ends the replay and
+    gives out the buffer.  Anything at or below ``last`` is dropped, so an
+    event both replayed and buffered goes out once.
+
+    The buffer is bounded by ``limit``: past it, it is emptied and the
+    replay must read again (:meth:`page_complete` says False), because the
+    journal still has everything the buffer lost.
+    """
+
+    last: int
+    limit: int = QUEUE_LIMIT
+    replaying: bool = True
+    _buffer: list = attrs.field(factory=list)
+    _overflowed: bool = False
+
+    def live(self, event):
+        """A live event: the events to give out now (none while replaying)."""
+        if self.replaying:
+            if len(self._buffer) >= self.limit:
+                self._buffer.clear()
+                self._overflowed = True
+            self._buffer.append(event)
+            return []
+        return self._fresh([event])
+
+    def page_started(self):
+        """A replay read is about to start (buffer losses before it do not matter)."""
+        self._overflowed = False
+
+    def replayed(self, events):
+        """A page of the journal (in order): the events to give out."""
+        return self._fresh(events)
+
+    def page_complete(self):
+        """Whether the buffer holds every live event since the last page started."""
+        return not self._overflowed
+
+    def caught_up(self):
+        """End the replay: the buffered events not given out yet."""
+        self.replaying = False
+        buffered, self._buffer = self._buffer, []
+        return self._fresh(buffered)
+
+    def _fresh(self, events):
+        out = []
+        for event in events:
+            if event.seq > self.last:
+                out.append(event)
+                self.last = event.seq
+        return out
+
+
+@implementer(IPushProducer)
+class Subscriber:
+    """
+    One client of the stream: its filter (``clusters``, None for all), its
+    merge, and the bytes waiting for it while its connection is paused.
+
+    :param sink: has ``write(bytes)`` and ``close(reason)``.
+    """
+
+    log = Logger()
+
+    def __init__(self, after, sink, clusters=None, queue_limit=QUEUE_LIMIT, name="",
+                 clock=None):
+        self.clock = clock
+        self.merge = EventMerge(after, limit=queue_limit)
+        self.sink = sink
+        self.clusters = None if clusters is None else frozenset(clusters)
+        self.queue_limit = queue_limit
+        self.name = name
+        self.paused = False
+        self.closed = False
+        self.waiting = collections.deque()
+        self.last_write = None
+
+    def wants(self, event):
+        return self.clusters is None or event.cluster in self.clusters
+
+    def live(self, event):
+        if not self.closed and self.wants(event):
+            self.send(self.merge.live(event))
+
+    def send(self, events):
+        for event in events:
+            self.write(sse(event))
+
+    def write(self, data):
+        if self.closed:
+            return
+        if self.paused:
+            self.waiting.append(data)
+            if len(self.waiting) > self.queue_limit:
+                self.close(f"too slow: more than {self.queue_limit} events waiting")
+            return
+        self._out(data)
+
+    def _out(self, data):
+        if self.clock is not None:
+            self.last_write = self.clock.seconds()
+        self.sink.write(data)
+
+    def close(self, reason=None):
+        if self.closed:
+            return
+        self.closed = True
+        self.waiting.clear()
+        if reason is not None:
+            self.log.warn("event stream {name}: closed: {reason}", name=self.name,
+                          reason=reason)
+        self.sink.close(reason)
+
+    # IPushProducer: the connection says when its buffers are full.
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        while self.waiting and not self.paused and not self.closed:
+            self._out(self.waiting.popleft())
+
+    def stopProducing(self):
+        self.closed = True
+        self.waiting.clear()
+
+
+async def replay(events, subscriber, page=PAGE):
+    """
+    Give ``subscriber`` what the journal (``events``, an EventStore) has
+    after its ``merge.last``, then its buffered live events.  The
+    subscriber must already be registered with the hub.
+    """
+    merge = subscriber.merge
+    while not subscriber.closed:
+        merge.page_started()
+        found = await events.after(merge.last, limit=page, clusters=subscriber.clusters)
+        subscriber.send(merge.replayed(found))
+        if len(found) < page and merge.page_complete():
+            break
+    subscriber.send(merge.caught_up())
+
+
+class EventHub(TimerService):
+    """
+    This region's one reader of the journal: on every ``NOTIFY events``
+    (:meth:`notified`) and every ``poll`` seconds it reads the events
+    after the last it saw, in order, and gives each to every subscriber.
+    One read at a time; a notification during a read makes another.
+    Also sends keep-alive comments to idle subscribers.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, clock, poll=POLL, keepalive=KEEPALIVE):
+        super().__init__(poll, self.tick)
+        self.clock = clock
+        self.store = store
+        self.keepalive = keepalive
+        self.last = None
+        self.subscribers = set()
+        self._reading = None
+        self._again = False
+
+    def stopService(self):
+        """Stop reading; end every stream (clients reconnect to another region)."""
+        for subscriber in list(self.subscribers):
+            subscriber.close()
+        self.subscribers.clear()
+        return super().stopService()
+
+    def subscribe(self, subscriber):
+        if subscriber.last_write is None:
+            subscriber.last_write = self.clock.seconds()
+        self.subscribers.add(subscriber)
+
+    def unsubscribe(self, subscriber):
+        self.subscribers.discard(subscriber)
+
+    def notified(self, payload=None):
+        """A NOTIFY events arrived (any region's commit): read what is new."""
+        return self.read()
+
+    def tick(self):
+        now = self.clock.seconds()
+        for subscriber in list(self.subscribers):
+            if subscriber.last_write is not None and \
+                    now - subscriber.last_write >= self.keepalive:
+                subscriber.write(comment("keep-alive"))
+                subscriber.last_write = now
+        return self.read()
+
+    def read(self):
+        """Read and hand out what is new; fires when this read (or the one under way) ends."""
+        if self._reading is not None:
+            self._again = True
+            return defer.succeed(None)
+        d = self._reading = defer.ensureDeferred(self._read())
+        d.addErrback(lambda f: self.log.failure("reading the event journal", f))
+        d.addBoth(self._read_done)
+        return d
+
+    def _read_done(self, result):
+        self._reading = None
+        if self._again:
+            self._again = False
+            self.read()
+        return result
+
+    async def start(self):
+        """Start from the newest event (a region streams what happens from now)."""
+        if self.last is None:
+            self.last = await self.store.events.last_seq()
+
+    async def _read(self):
+        if self.last is None:
+            await self.start()
+        while True:
+            found = await self.store.events.after(self.last, limit=PAGE)
+            for event in found:
+                self.last = event.seq
+                for subscriber in list(self.subscribers):
+                    if subscriber.closed:
+                        self.subscribers.discard(subscriber)
+                        continue
+                    subscriber.live(event)
+            if len(found) < PAGE:
+                return
+
+
+class Pruner(TimerService):
+    """Deletes events older than ``retention`` seconds, every ``interval``, while leading."""
+
+    log = Logger()
+
+    def __init__(self, store, clock, retention, interval=60.0, leader=lambda: True):
+        super().__init__(interval, self.tick)
+        self.clock = clock
+        self.store = store
+        self.retention = retention
+        self.leader = leader
+
+    def tick(self):
+        if not self.leader():
+            return None
+        d = defer.ensureDeferred(self.prune())
+        d.addErrback(lambda f: self.log.failure("pruning the event journal", f))
+        return d
+
+    async def prune(self):
+        total = 0
+        while True:
+            n = await self.store.events.prune(self.retention)
+            total += n
+            if n < 10_000:
+                break
+        if total:
+            self.log.info("pruned {n} events older than {s:g} s", n=total, s=self.retention)
+        return total
+
+
+@attrs.frozen
+class Streaming:
+    """An API answer that is a stream: ``start()`` takes the request over."""
+
+    start: object
+
+
+class _RequestSink:
+    """Where a subscriber's bytes go: the HTTP response."""
+
+    def __init__(self, request, log):
+        self.request = request
+        self.log = log
+
+    def write(self, data):
+        self.request.write(data)
+
+    def close(self, reason):
+        if reason is not None and self.request.channel is not None:
+            # A slow client: drop the connection at once (its buffers are full).
+            transport = self.request.channel.transport
+            getattr(transport, "abortConnection", transport.loseConnection)()
+            return
+        if not self.request.finished and self.request.channel is not None:
+            self.request.finish()
+
+
+class EventStream:
+    """
+    The ``GET /v1/events`` route (:meth:`routes`, added to the API) and
+    the resource of the status page's stream (:meth:`resource`).
+
+    Query parameters: ``after`` (resume after this number; the
+    ``Last-Event-ID`` header wins when both are given) and ``cluster``
+    (only that cluster's events; a cluster-scoped token only ever gets its
+    own clusters').
+    """
+
+    log = Logger()
+
+    def __init__(self, hub, store, clock, queue_limit=QUEUE_LIMIT):
+        self.hub = hub
+        self.store = store
+        self.clock = clock
+        self.queue_limit = queue_limit
+
+    def routes(self):
+        return (("events", {"GET": self.stream_events}),)
+
+    async def stream_events(self, request):
+        """The API handler (role viewer; list scope): answers a :class:`Streaming`."""
+        from powerctl.region.api import HttpError, _query
+
+        args = _query(request, ("after", "cluster"))
+        try:
+            after = self.position(request, args)
+        except InvalidInput as e:
+            raise HttpError(400, "invalid_input", str(e)) from None
+        clusters = None
+        principal = auth.principal_of(request)
+        if principal is not None and principal.clusters is not None:
+            clusters = set(principal.clusters)
+        if args.get("cluster"):
+            clusters = {args["cluster"]} if clusters is None else clusters & {args["cluster"]}
+        name = principal.name if principal is not None else "anonymous"
+        return 200, Streaming(lambda: self.open(request, after, clusters, name))
+
+    @staticmethod
+    def position(request, args):
+        """Where to resume: Last-Event-ID, else ``?after=``, else None (from now)."""
+        header = request.getHeader("last-event-id")
+        if header is not None and header.strip():
+            return check_seq("Last-Event-ID", header.strip())
+        if args.get("after") not in (None, ""):
+            return check_seq("after", args["after"])
+        return None
+
+    def open(self, request, after, clusters, name):
+        """Take ``request`` over: headers, then the replay, then live events."""
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        subscriber = Subscriber(after if after is not None else (self.hub.last or 0),
+                                _RequestSink(request, self.log), clusters=clusters,
+                                queue_limit=self.queue_limit, clock=self.clock,
+                                name=f"{name}@{getattr(request.getClientAddress(), 'host', '?')}")
+        request.registerProducer(subscriber, True)
+        request.notifyFinish().addBoth(lambda _: self._gone(subscriber))
+        request.write(f"retry: {RETRY_MS}\n".encode() + comment("connected"))
+        self.hub.subscribe(subscriber)
+        d = defer.ensureDeferred(self._start(subscriber, after))
+        d.addErrback(self._failed, subscriber)
+        return d
+
+    async def _start(self, subscriber, after):
+        if after is None:
+            if self.hub.last is None:
+                await self.hub.start()
+                subscriber.merge.last = max(subscriber.merge.last, self.hub.last)
+            subscriber.send(subscriber.merge.caught_up())
+        else:
+            pruned = await self.store.events.pruned_upto()
+            if after < pruned:
+                subscriber.write(
+                    b"event: lost\ndata: " + json.dumps(
+                        {"after": after, "pruned_upto": pruned}).encode() + b"\n\n")
+            await replay(self.store.events, subscriber)
+        subscriber.write(comment(f"live after {subscriber.merge.last}"))
+
+    def _failed(self, failure, subscriber):
+        self.log.failure("event stream {name}: the replay failed; closing it", failure,
+                         name=subscriber.name)
+        subscriber.close("the replay failed")
+
+    def _gone(self, subscriber):
+        subscriber.closed = True
+        self.hub.unsubscribe(subscriber)
+
+    def resource(self):
+        """A twisted.web leaf streaming every cluster's events (for the status page)."""
+        return _PageStream(self)
+
+
+class _PageStream(resource.Resource):
+    """``GET /events``: the stream for the status page (behind its login door)."""
+
+    isLeaf = True
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+
+    def render_GET(self, request):
+        args = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
+                for k, v in request.args.items() if v}
+        try:
+            after = self.stream.position(request, args)
+        except InvalidInput as e:
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return str(e).encode("utf-8") + b"\n"
+        self.stream.open(request, after, None, "status page")
+        return server.NOT_DONE_YET
