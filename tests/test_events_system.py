@@ -174,3 +174,15 @@ class EventStreamTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         for header, after, field in (("x", None, "Last-Event-ID"), (None, "-1", "after")):
             body = await self.connect(self.api, last_event_id=header, after=after, status=400)
             self.assertIn(field, body["error"]["message"])
+
+    async def test_the_status_page_follows_the_stream_behind_its_door(self):
+        await self.start_region()
+        await self.add_node("node1")
+        response = await treq.get(self.api + "/", headers=self.auth_headers(), pool=self.http)
+        page = (await treq.content(response)).decode()
+        self.assertIn(f'data-seq="{self.last_seq()}"', page)
+        self.assertIn('<script id="live-rows">', page)
+        self.assertIn('<noscript><meta http-equiv="refresh"', page)
+        response = await treq.get(self.api + "/events", pool=self.http)
+        self.assertEqual(response.code, 401)
+        await treq.content(response)
