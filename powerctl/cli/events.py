@@ -185,6 +185,8 @@ class EventTail:
 
         def chunk(data):
             for event in parser.feed(data):
+                if self.stopped:
+                    return
                 if event.event == "lost":
                     self.on_event(event)
                     continue
