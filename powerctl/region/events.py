@@ -51,6 +51,8 @@ RETRY_MS = 2000
 
 def sse(event):
     """One event as Server-Sent Events text: ``id``, ``event`` and one ``data`` line."""
+    if event.wire is not None:
+        return event.wire
     data = json.dumps(event.as_json(), separators=(",", ":"))
     return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode("utf-8")
 
@@ -141,25 +143,46 @@ class Subscriber:
         self.paused = False
         self.closed = False
         self.waiting = collections.deque()
+        self.waiting_events = 0
         self.last_write = None
 
     def wants(self, event):
         return self.clusters is None or event.cluster in self.clusters
 
     def live(self, event):
-        if not self.closed and self.wants(event):
-            self.send(self.merge.live(event))
+        self.live_many([event])
+
+    def live_many(self, events, wire=None):
+        """
+        A batch of live events (in order), written at once; ``wire``, when
+        given, is the whole batch encoded: a subscriber that takes every
+        event of it (no filter, not replaying, all new) writes it as is.
+        """
+        if self.closed or not events:
+            return
+        if (wire is not None and self.clusters is None and not self.merge.replaying
+                and events[0].seq > self.merge.last):
+            self.merge.last = events[-1].seq
+            self.write(wire, len(events))
+            return
+        out = []
+        for event in events:
+            if self.wants(event):
+                out.extend(self.merge.live(event))
+        self.send(out)
 
     def send(self, events):
-        for event in events:
-            self.write(sse(event))
+        if events:
+            self.write(b"".join(sse(e) for e in events), len(events))
 
-    def write(self, data):
+    def write(self, data, events=0):
+        """Bytes for the client (holding ``events`` events), queued while it is paused."""
         if self.closed:
             return
         if self.paused:
             self.waiting.append(data)
-            if len(self.waiting) > self.queue_limit:
+            self.waiting_events += events
+            if self.waiting_events > self.queue_limit:
                 self.close(f"too slow: more than {self.queue_limit} events waiting")
             return
         self._out(data)
@@ -187,6 +210,8 @@ class Subscriber:
         self.paused = False
         while self.waiting and not self.paused and not self.closed:
             self._out(self.waiting.popleft())
+        if not self.waiting:
+            self.waiting_events = 0
 
     def stopProducing(self):
         self.closed = True
@@ -285,13 +310,16 @@ class EventHub(TimerService):
             await self.start()
         while True:
             found = await self.store.events.after(self.last, limit=PAGE)
-            for event in found:
-                self.last = event.seq
+            if found:
+                # encoded once for every subscriber, written in one go to each
+                found = [attrs.evolve(e, wire=sse(e)) for e in found]
+                wire = b"".join(e.wire for e in found)
+                self.last = found[-1].seq
                 for subscriber in list(self.subscribers):
                     if subscriber.closed:
                         self.subscribers.discard(subscriber)
                         continue
-                    subscriber.live(event)
+                    subscriber.live_many(found, wire)
             if len(found) < PAGE:
                 return
 

@@ -26,6 +26,8 @@ class Event:
     at: str
     cluster: str = None
     data: dict = attrs.field(factory=dict)
+    #: The event as the stream sends it, once encoded (shared by every subscriber).
+    wire: bytes = attrs.field(default=None, eq=False, repr=False)
 
     def as_json(self):
         """What the stream sends as the event's ``data``."""
