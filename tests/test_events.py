@@ -8,7 +8,9 @@ their seed.
 
 import random
 
+import psycopg2
 from twisted.internet import defer, task
+from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 
 from powerctl.cli.events import OpWatch, SseParser
@@ -267,3 +269,53 @@ class OpWatchTests(unittest.TestCase):
             self.assertFalse(watch.complete())
             watch.seen({"id": 7, "state": "succeeded"})
             self.assertTrue(watch.complete())
+
+
+class FailingEvents(FakeEvents):
+    def __init__(self, failures):
+        super().__init__()
+        self.failures = failures
+
+    async def after(self, seq, limit=1000, clusters=None):
+        if self.failures:
+            self.failures -= 1
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+        return await super().after(seq, limit, clusters)
+
+
+class HubEdgeTests(unittest.TestCase):
+    async def test_a_database_outage_is_logged_once_and_nothing_is_lost(self):
+        events = FailingEvents(failures=3)
+        hub = EventHub(FakeStore(events), task.Clock())
+        logged = []
+        hub.log = Logger(observer=logged.append)
+        hub.last = 0
+        sink = Sink()
+        sub = Subscriber(0, sink)
+        hub.subscribe(sub)
+        sub.send(sub.merge.caught_up())
+        events.committed.append(ev(1))
+        for _ in range(4):
+            await hub.tick()
+        self.assertEqual(sink.seqs(), [1])
+        levels = [e["log_level"].name for e in logged]
+        self.assertEqual(levels, ["warn", "info"])
+        self.assertIn("server closed", formatEvent(logged[0]))
+
+    async def test_filtered_and_unfiltered_subscribers_share_a_batch(self):
+        events = FakeEvents()
+        hub = EventHub(FakeStore(events), task.Clock())
+        hub.last = 0
+        every, only_c2, replaying = Sink(), Sink(), Sink()
+        subs = [Subscriber(0, every), Subscriber(0, only_c2, clusters={"c2"}),
+                Subscriber(2, replaying)]
+        for sub in subs:
+            hub.subscribe(sub)
+        for sub in subs[:2]:
+            sub.send(sub.merge.caught_up())
+        events.committed += [ev(1), ev(2, cluster="c2"), ev(3)]
+        await hub.notified()
+        subs[2].send(subs[2].merge.caught_up())  # its replay found nothing after 2
+        self.assertEqual(every.seqs(), [1, 2, 3])
+        self.assertEqual(only_c2.seqs(), [2])
+        self.assertEqual(replaying.seqs(), [3])

@@ -239,3 +239,85 @@ class CliOnTheStreamTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertIn("node node1 updated: power unknown desired on", out.splitlines()[0])
         self.assertIn(f"op {op['id']} node1 on pending", out.splitlines()[1])
+
+
+class Raw(protocol.Protocol):
+    """A client that sends a request, reads until told to stop, and notes the end."""
+
+    def __init__(self, request):
+        self.request = request
+        self.received = b""
+        self.live = defer.Deferred()
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.request)
+
+    def dataReceived(self, data):
+        self.received += data
+        if not self.live.called and b": live after" in self.received:
+            self.live.callback(None)
+
+    def connectionLost(self, reason):
+        self.closed.callback(None)
+
+
+class BoundsTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    def sql(self, statement, *args):
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement, args or None)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+    async def test_a_client_that_does_not_read_is_disconnected_with_the_reason_logged(self):
+        from twisted.internet import endpoints, reactor
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        region = await self.start_region()
+        region.stream.queue_limit = 100
+        await self.add_node("node1")
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        request = (f"GET /v1/events HTTP/1.1\r\nHost: x\r\n"
+                   f"Authorization: Bearer {self.token}\r\n\r\n").encode()
+        client = Raw(request)
+        await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(
+            reactor, "127.0.0.1", region.api_port.getHost().port), client)
+        await client.live
+        client.transport.pauseProducing()  # stops reading: the region's buffers fill
+        # 40,000 events in one commit: more than the sockets' buffers hold
+        self.sql("INSERT INTO power_ops (node, action, requester, error)"
+                 " SELECT 'node1', 'query', 'bench', repeat('x', 200)"
+                 " FROM generate_series(1, 40000)")
+        await wait_until(lambda: defer.succeed(
+            any("too slow" in formatEvent(e) for e in logged)), timeout=60)
+        client.transport.resumeProducing()
+        await client.closed
+        self.assertLess(client.received.count(b"\nid: "), 40000)
+        self.assertFalse(region.events.subscribers)
+
+    async def test_a_client_resuming_from_pruned_events_is_told(self):
+        region = await self.start_region()
+        await self.add_node("node1")
+        await self.add_node("node2")
+        last = self.sql("SELECT max(seq) FROM events")[0][0]
+        self.sql("UPDATE events SET at = at - interval '2 days'")
+        await region.pruner.prune()
+        pruned = self.sql("SELECT upto FROM events_pruned")[0][0]
+        self.assertEqual(pruned, last)
+        await self.add_node("node3")
+        response = await treq.get(self.api + "/v1/events", params={"after": "0"},
+                                  headers=self.auth_headers(), pool=self.http, unbuffered=True)
+        client = StreamClient()
+        response.deliverBody(client)
+        await client.live
+        await client.stop()
+        self.assertEqual(client.events[0].event, "lost")
+        self.assertEqual(json.loads(client.events[0].data), {"after": 0, "pruned_upto": last})
+        self.assertEqual([json.loads(e.data)["node"]["name"] for e in client.events[1:]],
+                         ["node3"])

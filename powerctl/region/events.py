@@ -31,7 +31,9 @@ from twisted.web import resource, server
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
+from powerctl.deferreds import when_fired
 from powerctl.region import auth
+from powerctl.region.coordination import DATABASE_GONE
 from powerctl.region.errors import InvalidInput
 from powerctl.region.store.events import check_seq
 
@@ -254,13 +256,36 @@ class EventHub(TimerService):
         self.subscribers = set()
         self._reading = None
         self._again = False
+        self._down = False
+        self._stopping = False
+        self._replays = set()
+
+    def startService(self):
+        self._stopping = False
+        super().startService()
 
     def stopService(self):
-        """Stop reading; end every stream (clients reconnect to another region)."""
+        """
+        End every stream (clients reconnect to another region) and stop
+        reading; fires once the read under way is over (the database pool
+        must outlive it).
+        """
+        self._stopping = True
         for subscriber in list(self.subscribers):
             subscriber.close()
         self.subscribers.clear()
-        return super().stopService()
+        stopped = super().stopService() if self.running else defer.succeed(None)
+        busy = [d for d in [self._reading, *self._replays] if d is not None]
+        if busy:
+            stopped.addCallback(lambda _: defer.DeferredList(
+                [when_fired(d) for d in busy], consumeErrors=True))
+        return stopped
+
+    def track(self, d):
+        """Remember a subscriber's replay until it ends (stopping waits for it)."""
+        self._replays.add(d)
+        d.addBoth(lambda result: (self._replays.discard(d), result)[1])
+        return d
 
     def subscribe(self, subscriber):
         if subscriber.last_write is None:
@@ -285,13 +310,30 @@ class EventHub(TimerService):
 
     def read(self):
         """Read and hand out what is new; fires when this read (or the one under way) ends."""
+        if self._stopping:
+            return defer.succeed(None)
         if self._reading is not None:
             self._again = True
             return defer.succeed(None)
         d = self._reading = defer.ensureDeferred(self._read())
-        d.addErrback(lambda f: self.log.failure("reading the event journal", f))
+        d.addCallbacks(self._read_ok, self._read_failed)
         d.addBoth(self._read_done)
         return d
+
+    def _read_ok(self, _):
+        if self._down:
+            self._down = False
+            self.log.info("reading the event journal again (from event {seq})", seq=self.last)
+
+    def _read_failed(self, failure):
+        """A database outage is logged once (not every second); anything else is a bug."""
+        if failure.check(*DATABASE_GONE):
+            if not self._down:
+                self._down = True
+                self.log.warn("cannot read the event journal ({why}); streams wait for the "
+                              "database and lose nothing", why=failure.getErrorMessage())
+            return
+        self.log.failure("reading the event journal", failure)
 
     def _read_done(self, result):
         self._reading = None
@@ -320,7 +362,7 @@ class EventHub(TimerService):
                         self.subscribers.discard(subscriber)
                         continue
                     subscriber.live_many(found, wire)
-            if len(found) < PAGE:
+            if len(found) < PAGE or self._stopping:
                 return
 
 
@@ -340,8 +382,15 @@ class Pruner(TimerService):
         if not self.leader():
             return None
         d = defer.ensureDeferred(self.prune())
-        d.addErrback(lambda f: self.log.failure("pruning the event journal", f))
+        d.addErrback(self._failed)
         return d
+
+    def _failed(self, failure):
+        if failure.check(*DATABASE_GONE):
+            self.log.warn("cannot prune the event journal now ({why}); next round in "
+                          "{s:g} s", why=failure.getErrorMessage(), s=self.step)
+        else:
+            self.log.failure("pruning the event journal", failure)
 
     async def prune(self):
         total = 0
@@ -448,7 +497,7 @@ class EventStream:
         self.hub.subscribe(subscriber)
         d = defer.ensureDeferred(self._start(subscriber, after))
         d.addErrback(self._failed, subscriber)
-        return d
+        return self.hub.track(d)
 
     async def _start(self, subscriber, after):
         if after is None:

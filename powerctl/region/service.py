@@ -98,6 +98,8 @@ class RegionService(service.MultiService):
         self.coordinator = None
         self.prober = None
         self.events = None
+        self.stream = None
+        self.pruner = None
         self.store = None
         self.api_port = None
         self.rpc_port = None
@@ -168,7 +170,7 @@ class RegionService(service.MultiService):
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
         guard = security.api_guard(self._pool, self.reactor)  # issue 10
-        stream = EventStream(self.events, self.store, self.reactor)
+        stream = self.stream = EventStream(self.events, self.store, self.reactor)
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later, region=self.region,
                         live_activity=live, guard=guard,
@@ -185,9 +187,10 @@ class RegionService(service.MultiService):
                                        interval=self.settings.pod_probe_interval,
                                        leader=lambda: self.coordinator.leader)
         # Children of a running MultiService start as they are added.
-        pruner = Pruner(self.store, self.reactor, self.settings.event_retention,
-                        leader=lambda: self.coordinator.leader)
-        for job in (self.region.reaper, self.coordinator, self.prober, self.events, pruner):
+        self.pruner = Pruner(self.store, self.reactor, self.settings.event_retention,
+                             leader=lambda: self.coordinator.leader)
+        for job in (self.region.reaper, self.coordinator, self.prober, self.events,
+                    self.pruner):
             job.setServiceParent(self)
         self.log.info("region {name}: API on {api}, pservs on {rpc}", name=self.settings.name,
                       api=self.api_port.getHost(), rpc=self.rpc_port.getHost())
