@@ -328,3 +328,33 @@ class BoundsTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(json.loads(client.events[0].data), {"after": 0, "pruned_upto": last})
         self.assertEqual([json.loads(e.data)["node"]["name"] for e in client.events[1:]],
                          ["node3"])
+
+
+class JournalOrderTests(DatabaseMixin, unittest.TestCase):
+    """The journal's numbers follow commit order, not write order (migration 0008)."""
+
+    def test_a_late_commit_is_numbered_after_an_earlier_one(self):
+        conns = [psycopg2.connect(self.dsn) for _ in range(3)]
+        self.addCleanup(lambda: [c.close() for c in conns])
+        setup = conns[0]
+        with setup.cursor() as cur:
+            cur.execute("INSERT INTO clusters (name) VALUES ('c1')")
+            cur.execute("INSERT INTO nodes (name, cluster, power) VALUES ('n1', 'c1', '{}')")
+        setup.commit()
+        early, late, aborted = conns
+        writes = {}
+        for name, conn in (("early", early), ("aborted", aborted), ("late", late)):
+            with conn.cursor() as cur:  # written in this order...
+                cur.execute("INSERT INTO power_ops (node, action, requester) VALUES"
+                            " ('n1', 'query', %s) RETURNING id", (name,))
+                writes[name] = cur.fetchone()[0]
+        late.commit()  # ...committed in another
+        aborted.rollback()
+        seen = journal(self.dsn)
+        early.commit()
+        after = journal(self.dsn, seen[-1][0])
+        ops = [d["op"]["id"] for _, t, d in seen + after if t == "op"]
+        self.assertEqual(ops, [writes["late"], writes["early"]])
+        self.assertEqual(len(after), 1)  # resuming after the last seen misses nothing
+        seqs = [s for s, _, _ in seen + after]
+        self.assertEqual(seqs, sorted(seqs))
