@@ -234,12 +234,9 @@ def main():
     from powerctl.reactor import install
 
     install()
-    from twisted.internet import defer, reactor, task
+    from twisted.internet import defer, task
 
-    def run(reactor):
-        return defer.ensureDeferred(bench(reactor, args))
-
-    task.react(lambda r: run(r))
+    task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args)))
 
 
 if __name__ == "__main__":
