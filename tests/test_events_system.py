@@ -358,3 +358,13 @@ class JournalOrderTests(DatabaseMixin, unittest.TestCase):
         self.assertEqual(len(after), 1)  # resuming after the last seen misses nothing
         seqs = [s for s, _, _ in seen + after]
         self.assertEqual(seqs, sorted(seqs))
+
+
+class HeadTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    async def test_head_answers_the_headers_and_ends(self):
+        await self.start_region()
+        response = await treq.head(self.api + "/v1/events", headers=self.auth_headers(),
+                                   pool=self.http)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type")[0],
+                         b"text/event-stream; charset=utf-8")

@@ -1,9 +1,10 @@
 """
-``powerctl ops list|show|cancel|confirm``: the journal of power operations.
+``powerctl ops list|show|cancel|confirm|wait``: the journal of power operations.
 
 ``cancel`` is answered once the operation's device is quiet (the region
 cancels through the pserv's registry); ``confirm`` tells the region that an
-operator carried out a ``manual`` agent's action.
+operator carried out a ``manual`` agent's action; ``wait`` follows operations
+on the region's event stream until they end (:mod:`powerctl.cli.events`).
 """
 
 from powerctl.cli import EXIT_OK

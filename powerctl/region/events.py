@@ -487,6 +487,9 @@ class EventStream:
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
+        if request.method == b"HEAD":  # the headers say what GET would stream
+            request.finish()
+            return defer.succeed(None)
         subscriber = Subscriber(after if after is not None else (self.hub.last or 0),
                                 _RequestSink(request, self.log), clusters=clusters,
                                 queue_limit=self.queue_limit, clock=self.clock,
