@@ -319,3 +319,21 @@ class HubEdgeTests(unittest.TestCase):
         self.assertEqual(every.seqs(), [1, 2, 3])
         self.assertEqual(only_c2.seqs(), [2])
         self.assertEqual(replaying.seqs(), [3])
+
+
+class ReplayPacingTests(unittest.TestCase):
+    async def test_a_paused_client_is_paced_not_disconnected_during_a_long_replay(self):
+        events = FakeEvents([ev(i) for i in range(1, 51)], pause=True)
+        sink = Sink()
+        sub = Subscriber(0, sink, queue_limit=15)
+        done = defer.ensureDeferred(replay(events, sub, page=10))
+        events.reads.pop(0).callback(None)  # page 1..10 written
+        sub.pauseProducing()  # the client's buffers are full
+        events.reads.pop(0).callback(None)  # page 11..20 queued (10 waiting)
+        self.assertEqual(events.reads, [])  # no further read while it is paused
+        sub.resumeProducing()
+        while not done.called:
+            events.reads.pop(0).callback(None)
+        await done
+        self.assertFalse(sub.closed)
+        self.assertEqual(sink.seqs(), list(range(1, 51)))

@@ -147,6 +147,7 @@ class Subscriber:
         self.waiting = collections.deque()
         self.waiting_events = 0
         self.last_write = None
+        self._drain_waiters = []
 
     def wants(self, event):
         return self.clusters is None or event.cluster in self.clusters
@@ -194,11 +195,25 @@ class Subscriber:
             self.last_write = self.clock.seconds()
         self.sink.write(data)
 
+    def drained(self):
+        """Fires once the client takes data again (at once unless paused): replay pacing."""
+        if not self.paused or self.closed:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drain_waiters.append(d)
+        return d
+
+    def _wake(self):
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.callback(None)
+
     def close(self, reason=None):
         if self.closed:
             return
         self.closed = True
         self.waiting.clear()
+        self._wake()
         if reason is not None:
             self.log.warn("event stream {name}: closed: {reason}", name=self.name,
                           reason=reason)
@@ -214,20 +229,29 @@ class Subscriber:
             self._out(self.waiting.popleft())
         if not self.waiting:
             self.waiting_events = 0
+        if not self.paused:
+            self._wake()
 
     def stopProducing(self):
         self.closed = True
         self.waiting.clear()
+        self._wake()
 
 
 async def replay(events, subscriber, page=PAGE):
     """
     Give ``subscriber`` what the journal (``events``, an EventStore) has
-    after its ``merge.last``, then its buffered live events.  The
-    subscriber must already be registered with the hub.
+    after its ``merge.last``, page by page as the client takes them, then
+    its buffered live events.  The subscriber must already be registered
+    with the hub.
     """
     merge = subscriber.merge
     while not subscriber.closed:
+        # A client slower than the journal is paced, not disconnected: the
+        # next page is read once it has taken the last one.
+        await subscriber.drained()
+        if subscriber.closed:
+            return
         merge.page_started()
         found = await events.after(merge.last, limit=page, clusters=subscriber.clusters)
         subscriber.send(merge.replayed(found))
