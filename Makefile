@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 SUSHY := $(CURDIR)/.venv-peers/bin/sushy-emulator
 
-.PHONY: setup test demo postgres peers clean mutate
+.PHONY: setup test demo postgres peers clean mutate bench
 
 setup: $(STAMP) postgres
 
@@ -44,6 +44,13 @@ test: setup peers
 mutate: setup
 	$(PY) -m pip install -q 'cosmic-ray >= 8.7, < 9'
 	$(PY) bench/mutate.py $(MUTATE_ARGS)
+
+# Speed figures beside a baseline measured in the same run (issue 14):
+# the REST API against a trivial twisted.web resource, and the scale model's
+# write counts.  About 5 minutes; prints tables, asserts nothing.
+bench: setup
+	$(PY) bench/api.py
+	$(PY) bench/scale_model.py
 
 demo: setup
 	$(VENV)/bin/powerctl demo

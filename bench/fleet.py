@@ -10,14 +10,14 @@ Prints figures; asserts nothing.  Bounded by --timeout.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
-from powerctl import reactor as reactor_choice
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from powerctl import reactor as reactor_choice  # noqa: E402
 
 
 def parse():
@@ -29,66 +29,29 @@ def parse():
 
 
 async def bench(reactor, args):
-    import psycopg2
-    import treq
     from twisted.internet import task
-    from twisted.web.client import HTTPConnectionPool
 
-    from powerctl.config import PservConfig, RegionConfig
+    from harness import SECRET
+    from powerctl.config import PservConfig
     from powerctl.drivers.interface import Timing
     from powerctl.drivers.standard import standard_catalogue
-    from powerctl.devtools.pgcluster import PostgresCluster
     from powerctl.pserv.service import PservService
-    from powerctl.region.service import RegionService
     from powerctl.sim.redfish import RedfishSimulator, SimSystem
 
-    pg = PostgresCluster.create()
-    stops = [lambda: pg.stop()]
-    try:
-        conn = psycopg2.connect(pg.dsn())
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE bench")
-        conn.close()
-        secret = b"bench-secret-of-enough-length"
-        fd, secret_file = tempfile.mkstemp()
-        os.write(fd, secret)
-        os.close(fd)
-        stops.append(lambda: os.unlink(secret_file))
-        from powerctl.region.vault import create_key_file
+    from harness import RegionHarness
 
-        create_key_file(secret_file + ".key")
-        stops.append(lambda: os.unlink(secret_file + ".key"))
+    harness = await RegionHarness.start(reactor)
+    reactor_stops = [harness.close]
+    try:
         sim = RedfishSimulator(reactor, [SimSystem(id=f"s{i}", name=f"s{i}")
                                          for i in range(args.nodes)],
                                username="u", password="p", delay=args.switch_delay).start()
-        region = RegionService(RegionConfig(
-            name="bench", database=pg.dsn("bench"), api_endpoint="tcp:0:interface=127.0.0.1",
-            rpc_endpoint="tcp:0:interface=127.0.0.1", secret_file=secret_file,
-            key_file=secret_file + ".key"),
-            secret, reactor, standard_catalogue(reactor), pool_size=8)
-        region.startService()
-        await region.whenReady()
-        api = f"http://127.0.0.1:{region.api_port.getHost().port}"
-        from powerctl.region.tokens import create_token_sync
-
-        conn = psycopg2.connect(pg.dsn("bench"))
-        token = create_token_sync(conn, "bench", "admin", created_by="bench")[1]
-        conn.close()
         timing = Timing(timeout=10, retries=1, verify_timeout=60, poll_interval=0.25)
         pserv = PservService(PservConfig(
-            name="bench-pserv", cluster="c", secret_file=secret_file, poll_interval=3600,
-            regions=(f"tcp:host=127.0.0.1:port={region.rpc_port.getHost().port}",)),
-            secret, reactor, standard_catalogue(reactor, timing=timing))
+            name="bench-pserv", cluster="c", secret_file=harness.secret_file, poll_interval=3600,
+            regions=(harness.rpc,)), SECRET, reactor, standard_catalogue(reactor, timing=timing))
         pserv.startService()
-        http = HTTPConnectionPool(reactor)
-        http.maxPersistentPerHost = 16
-
-        async def call(method, path, body=None):
-            r = await treq.request(method, api + path, pool=http,
-                                   data=json.dumps(body).encode() if body else None,
-                                   headers={b"Content-Type": [b"application/json"],
-                                            b"Authorization": [f"Bearer {token}".encode()]})
-            return r.code, json.loads(await treq.content(r) or b"null")
+        call = harness.client()
 
         while not any(p.get("connected") for c in (await call("GET", "/v1/clusters"))[1]
                       for p in c["pservs"]):
@@ -121,10 +84,13 @@ async def bench(reactor, args):
                 break
             await task.deferLater(reactor, 0.1, lambda: None)
         converged = time.perf_counter() - t0
-        succeeded = 0
+        succeeded, states = 0, {}
         for op_id in ops:
             code, op = await call("GET", f"/v1/power_ops/{op_id}")
             succeeded += op["state"] == "succeeded"
+            states[op["state"]] = states.get(op["state"], 0) + 1
+            if op["state"] == "failed" and states["failed"] == 1:
+                print(f"first failure: {op['node']}: {op['error']}")
         on = sum(1 for s in sim.systems.values() if s.power_state == "On")
         latencies.sort()
         print(f"nodes: {args.nodes}, switch delay {args.switch_delay}s (simulated Redfish)")
@@ -134,14 +100,12 @@ async def bench(reactor, args):
               f"(median {statistics.median(latencies) * 1000:.1f} ms, "
               f"p95 {latencies[int(len(latencies) * 0.95) - 1] * 1000:.1f} ms per request)")
         print(f"all operations finished {converged:.2f} s after the first request; "
-              f"{succeeded} succeeded; {on} systems on")
+              f"{succeeded} succeeded ({states}); {on} systems on")
         await pserv.stopService()
-        await region.stopService()
         await sim.stop()
-        await http.closeCachedConnections()
     finally:
-        for stop in reversed(stops):
-            stop()
+        for stop in reactor_stops:
+            await stop()
 
 
 def main():

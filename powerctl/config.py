@@ -79,6 +79,8 @@ def _zero_as_float(value):
     return 0.0 if _is_number(value) and value == 0 else value
 
 
+_share = _check(lambda v: _is_number(v) and 0 <= v <= 1,
+               "must be a number from 0 to 1 (a share of a cluster's nodes)")
 _boolean = _check(lambda v: isinstance(v, bool), "must be true or false")
 #: A file name, where "" means the documented default.
 _path_or_default = _check(lambda v: isinstance(v, str), "must be a file name (or empty)")
@@ -104,6 +106,16 @@ class RegionConfig:
     key_file: str = attrs.field(default="", validator=_path_or_default)
     # Plain tcp: for pservs on a non-loopback interface only when this says so.
     allow_plaintext_rpc: bool = attrs.field(default=False, validator=_boolean)
+    # Ended operations older than this many days leave the journal (0: never).
+    journal_keep_days: float = attrs.field(default=90.0, converter=_zero_as_float,
+                                           validator=_seconds_or_off)
+    # A bulk off/soft-off/cycle selecting more than this share of a cluster's
+    # nodes needs "confirm": true (powerctl.region.bulk).
+    bulk_confirm_share: float = attrs.field(default=0.2, validator=_share)
+    # Mutual TLS: a directory of CA certificates (*.pem); pservs must show a
+    # certificate one of them signed ("": none asked for).  Needs an ssl:
+    # rpc_endpoint.
+    rpc_client_ca: str = attrs.field(default="", validator=_path_or_default)
 
 
 @attrs.frozen

@@ -46,6 +46,8 @@ class RegionOptions(_Options):
         ["rpc-endpoint", None, None, "Endpoint for pservs (AMP), e.g. tcp:5250:interface=127.0.0.1"],
         ["secret-file", None, None, "File holding the shared secret."],
         ["key-file", None, None, "File holding the key that encrypts secrets at rest."],
+        ["rpc-client-ca", None, None,
+         "Directory of CA certificates (*.pem) that must sign the pservs' certificates."],
     ]
     optFlags = [["allow-plaintext-rpc", None,
                  "Accept a plain tcp: RPC endpoint beyond loopback (BMC passwords in clear)."]]
@@ -55,6 +57,7 @@ class RegionOptions(_Options):
             "name": self["name"], "database": self["database"],
             "api_endpoint": self["api-endpoint"], "rpc_endpoint": self["rpc-endpoint"],
             "secret_file": self["secret-file"], "key_file": self["key-file"],
+            "rpc_client_ca": self["rpc-client-ca"],
             "allow_plaintext_rpc": True if self["allow-plaintext-rpc"] else None,
         }
 

@@ -9,11 +9,15 @@ Writes into ``DIR`` (created mode 0700):
 ``ca.key``
     the CA's private key (0600; keep it offline once the certificates exist);
 ``region.pem``, ``region.key``
-    the region's certificate (for the names given) and key (0600).
+    the region's certificate (for the names given) and key (0600);
+``pserv.pem``, ``pserv.key``
+    a client certificate for the pservs (0600 key), for mutual TLS.
 
 The region then listens on ``ssl:5250:privateKey=DIR/region.key:certKey=
-DIR/region.pem`` and each pserv dials ``tls:host=NAME:port=5250:trustRoots=
-DIR/ca`` where NAME is one of the region's names.
+DIR/region.pem`` with ``rpc_client_ca = DIR/ca`` (pservs must show a
+certificate of that CA) and each pserv dials ``tls:host=NAME:port=5250:
+trustRoots=DIR/ca:certificate=DIR/pserv.pem:privateKey=DIR/pserv.key``
+where NAME is one of the region's names.
 """
 
 import datetime
@@ -85,23 +89,48 @@ def init(directory, names, now=None):
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
+    pserv_key = ec.generate_private_key(ec.SECP256R1())
+    pserv = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                         "powerctl pserv")]))
+             .issuer_name(ca_name)
+             .public_key(pserv_key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                            critical=False)
+             .sign(ca_key, hashes.SHA256()))
     paths = {
         "ca": os.path.join(directory, "ca", "ca.pem"),
         "ca_key": os.path.join(directory, "ca.key"),
         "cert": os.path.join(directory, "region.pem"),
         "key": os.path.join(directory, "region.key"),
+        "pserv_cert": os.path.join(directory, "pserv.pem"),
+        "pserv_key": os.path.join(directory, "pserv.key"),
     }
     _write(paths["ca"], ca.public_bytes(serialization.Encoding.PEM), 0o644)
     _write(paths["ca_key"], _key_pem(ca_key), 0o600)
     _write(paths["cert"], cert.public_bytes(serialization.Encoding.PEM), 0o644)
     _write(paths["key"], _key_pem(key), 0o600)
+    _write(paths["pserv_cert"], pserv.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(paths["pserv_key"], _key_pem(pserv_key), 0o600)
     return paths
 
 
 def endpoints(paths, port, name):
-    """The region's listening and a pserv's dialling endpoint descriptions."""
+    """
+    The region's listening and a pserv's dialling endpoint descriptions, and
+    the region's ``rpc_client_ca`` (mutual TLS: the pserv shows its
+    certificate).
+    """
     def escape(path):
         return path.replace("\\", "\\\\").replace(":", "\\:")
 
+    ca_dir = os.path.dirname(paths["ca"])
     return (f"ssl:{port}:privateKey={escape(paths['key'])}:certKey={escape(paths['cert'])}",
-            f"tls:host={name}:port={port}:trustRoots={escape(os.path.dirname(paths['ca']))}")
+            f"tls:host={name}:port={port}:trustRoots={escape(ca_dir)}"
+            f":certificate={escape(paths['pserv_cert'])}"
+            f":privateKey={escape(paths['pserv_key'])}",
+            ca_dir)

@@ -115,13 +115,14 @@ class SystemMixin:
     lease = 30.0
     lease_margin = 10.0
 
-    async def start_region(self, name="region-test", rpc_listen=None, main=True):
+    async def start_region(self, name="region-test", rpc_listen=None, main=True,
+                           **settings):
         settings = RegionConfig(
             name=name, database=self.dsn,
             api_endpoint="tcp:0:interface=127.0.0.1",
             rpc_endpoint=rpc_listen or self.rpc_listen,
             secret_file=self.secret_file, heartbeat_timeout=10.0, lease=self.lease,
-            key_file=self.key_file)
+            key_file=self.key_file, **settings)
         region = RegionService(settings, SECRET, reactor, catalogue())
         region.startService()
         await region.whenReady()

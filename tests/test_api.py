@@ -382,7 +382,7 @@ class BrokenNodes(NodeStore):
 class BrokenPodManagers(PodManagerStore):
     """Pod managers whose reads fail in SQL."""
 
-    def list(self):
+    def list(self, after_name="", limit=None):
         # a CHECK violation: PostgreSQL's DETAIL quotes the row, password included
         return self._pool.runOperation(
             "INSERT INTO pod_managers (uuid, name, password, url, status)"

@@ -34,7 +34,8 @@ WHOLE_SNAPSHOT = SNAPSHOT.replace(
     "FROM node_pod_managers x)::text",
     "FROM node_pod_managers x)::text,\n"
     "    (SELECT json_agg(a ORDER BY id) FROM audit a)::text,\n"
-    "    (SELECT json_agg(t ORDER BY id) FROM api_tokens t)::text")
+    "    (SELECT json_agg(t ORDER BY id) FROM api_tokens t)::text,\n"
+    "    (SELECT json_agg(l ORDER BY id) FROM lockouts l)::text")
 
 #: The least role of every route, written out here (not read from
 #: auth.RULES), so that a rule loosened by mistake fails this test.
@@ -42,7 +43,7 @@ EXPECTED_ROLE = {
     ("GET", "nodes"): "viewer", ("POST", "nodes"): "admin",
     ("GET", "nodes/{name}"): "viewer", ("PUT", "nodes/{name}"): "admin",
     ("DELETE", "nodes/{name}"): "admin",
-    ("POST", "nodes/{name}/power"): "operator",
+    ("POST", "nodes/{name}/power"): "operator", ("POST", "power"): "operator",
     ("GET", "power_ops"): "viewer", ("GET", "power_ops/{op_id}"): "viewer",
     ("POST", "power_ops/{op_id}/cancel"): "operator",
     ("POST", "power_ops/{op_id}/confirm"): "operator",
@@ -54,17 +55,18 @@ EXPECTED_ROLE = {
     ("GET", "events"): "viewer",  # a stream: checked with HEAD below (GET never ends)
     ("GET", "tokens"): "admin", ("POST", "tokens"): "admin",
     ("DELETE", "tokens/{token_id}"): "admin", ("GET", "audit"): "admin",
+    ("GET", "lockouts"): "viewer", ("DELETE", "lockouts/{name}"): "operator",
 }
 #: Routes a token confined to other clusters may not use on cluster c1's
 #: objects (or at all: they span every cluster).
 SCOPED_OUT = {
     ("POST", "nodes"), ("GET", "nodes/{name}"), ("PUT", "nodes/{name}"),
-    ("DELETE", "nodes/{name}"), ("POST", "nodes/{name}/power"),
+    ("DELETE", "nodes/{name}"), ("POST", "nodes/{name}/power"), ("POST", "power"),
     ("GET", "power_ops/{op_id}"), ("POST", "power_ops/{op_id}/cancel"),
     ("POST", "power_ops/{op_id}/confirm"), ("POST", "pod_managers"),
     ("PUT", "pod_manager/{uuid}"), ("DELETE", "pod_manager/{uuid}"),
     ("PUT", "clusters/{name}"), ("GET", "tokens"), ("POST", "tokens"),
-    ("DELETE", "tokens/{token_id}"), ("GET", "audit"),
+    ("DELETE", "tokens/{token_id}"), ("GET", "audit"), ("DELETE", "lockouts/{name}"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 
@@ -164,6 +166,7 @@ class RouteTableTests(ApiTestCase):
         _, pm, _ = await self.call("POST", "/pod_managers", {"name": "pm", "url": "https://x",
                                                              "password": "s3cret"})
         _, victim, _ = await self.call("POST", "/tokens", {"name": "victim", "role": "viewer"})
+        await self.store.lockouts.record("n1", 0, 3, "test", "p1")  # issue 10
         self.values = {"name": "n1", "op_id": str(op["id"]), "uuid": pm["uuid"],
                        "token_id": str(victim["id"])}
         self.role_tokens = {role: await test_tokens.create(self.pool, f"t-{role}", role)
@@ -184,6 +187,8 @@ class RouteTableTests(ApiTestCase):
         if method in ("POST", "PUT"):
             if pattern == "nodes":
                 return {"cluster": "c1"}  # missing fields: 400
+            if pattern == "power":  # touches c1; an unknown field: 400
+                return {"action": "off", "cluster": "c1", "no_such_field": 1}
             return {"no_such_field": 1}
         return NOTHING
 
@@ -240,6 +245,20 @@ class RouteTableTests(ApiTestCase):
             status, body, _ = await self.call(method, self.concrete(pattern),
                                               self.body(method, pattern), token=token)
             self.assertNotIn(status, (401, 403), (role, method, pattern, body))
+
+    async def test_a_scoped_token_gets_full_pages_of_operations(self):
+        await self.fixture()  # n1 (c1) has one operation
+        for action in ("on", "off", "on"):
+            await self.call("POST", "/nodes/n1/power", {"action": action})
+        for action in ("on", "off", "on", "off", "on"):  # the newest: all of c2
+            await self.call("POST", "/nodes/n2/power", {"action": action})
+        viewer = await test_tokens.create(self.pool, "c1-viewer", "viewer", ["c1"])
+        status, ops, _ = await self.call("GET", "/power_ops?limit=3", token=viewer)
+        self.assertEqual(status, 200)
+        self.assertEqual([o["node"] for o in ops], ["n1"] * 3)
+        _, rest, _ = await self.call("GET", f"/power_ops?limit=3&before={ops[-1]['id']}",
+                                     token=viewer)
+        self.assertEqual([o["node"] for o in rest], ["n1"])
 
     async def test_a_scoped_token_sees_and_drives_only_its_clusters(self):
         await self.fixture()
@@ -346,6 +365,59 @@ class TokenLifeTests(ApiTestCase):
             with self.assertRaises(psycopg2.Error):
                 await self.pool.runOperation(sql)
         self.assertEqual(len(await self.sql("SELECT id FROM audit")), 3)
+
+
+class AtomicAuditTests(ApiTestCase):
+    """
+    Issue 10: an API change and its audit record commit in one transaction.
+    With the audit table refusing inserts, no change is made at all (the
+    request fails); without the refusal each change has exactly one record.
+    """
+
+    async def refuse_audit(self):
+        await self.pool.runOperation(
+            "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'audit refused by the test'; END; $$ LANGUAGE plpgsql")
+        await self.pool.runOperation(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_audit()")
+
+    async def test_a_change_whose_record_cannot_be_written_is_not_made(self):
+        status, _, _ = await self.call("POST", "/nodes", {"name": "n1", "cluster": "c1",
+                                                          "power": ipmi()})
+        self.assertEqual(status, 201)
+        await self.refuse_audit()
+        before = await self.sql(WHOLE_SNAPSHOT)
+        changes = [
+            ("POST", "/nodes", {"name": "n2", "cluster": "c1", "power": ipmi()}),
+            ("PUT", "/nodes/n1", {"power": ipmi(password="other")}),
+            ("POST", "/nodes/n1/power", {"action": "on"}),
+            ("PUT", "/clusters/c1", {"drift_policy": "enforce"}),
+            ("POST", "/pod_managers", {"name": "pm", "url": "https://x"}),
+            ("POST", "/tokens", {"name": "t2", "role": "viewer"}),
+            ("DELETE", "/nodes/n1", None),
+        ]
+        for method, path, body in changes:
+            status, _, _ = await self.call(method, path, body)
+            self.assertEqual(status, 500, (method, path))
+        self.assertEqual(await self.sql(WHOLE_SNAPSHOT), before,
+                         "a change was committed without its audit record")
+
+    async def test_each_change_is_recorded_once_with_its_answer(self):
+        calls = [
+            ("POST", "/nodes", {"name": "n1", "cluster": "c1", "power": ipmi()}, 201),
+            ("PUT", "/nodes/n1", {"power": ipmi(password="other")}, 200),
+            ("POST", "/nodes/n1/power", {"action": "on"}, 202),
+            ("PUT", "/clusters/c1", {"drift_policy": "enforce"}, 200),
+            ("POST", "/tokens", {"name": "t2", "role": "viewer"}, 201),
+            ("DELETE", "/nodes/n1", None, 204),
+        ]
+        for method, path, body, expected in calls:
+            status, answer, _ = await self.call(method, path, body)
+            self.assertEqual(status, expected, (method, path, answer))
+        rows = await self.sql("SELECT method, path, status, outcome FROM audit ORDER BY id")
+        self.assertEqual([tuple(r) for r in rows],
+                         [(m, "/v1" + p, s, "ok") for m, p, _, s in calls])
 
 
 class WebDoorTests(ApiTestCase):

@@ -335,11 +335,19 @@ class RefusedBeforeSendingTests(CliMixin, unittest.TestCase):
         self.assertEqual(self.agent.requests, [])
 
     async def test_power(self):
-        for argv in (["power", "on"], ["power", "explode", "n1"],
-                     ["power", "on", "n1", "--timeout", "-1"]):
+        for argv in (["power", "explode", "n1"], ["power", "on", "n1", "--timeout", "-1"]):
             status, out, err = await self.cli(*argv)
             self.assertEqual((status, out), (2, ""), argv)
             self.assertIn("usage:", err)
+        for argv, message in ((["power", "on"], "give at least one NODE"),
+                              (["power", "on", "n1", "--cluster", "c1"], "not both"),
+                              (["power", "on", "--cluster", "c1", "--nodes", "a"],
+                               "exactly one of"),
+                              (["power", "off", "--dry-run"], "exactly one of"),
+                              (["power", "off", "--nodes", ","], "at least one node")):
+            status, out, err = await self.cli(*argv)
+            self.assertEqual((status, out), (2, ""), argv)
+            self.assertIn(message, err, argv)
         self.assertEqual(self.agent.requests, [])
 
     async def test_bad_api_url(self):
@@ -464,7 +472,7 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
                          ["n2", "c1", "on", "on", "non-responsive", "-", "ipmi"])
         status, out, _ = await self.cli("node", "list", "--json", "--cluster", "c1")
         self.assertEqual([n["name"] for n in json.loads(out)], ["n1", "n2"])
-        self.assertEqual(self.sent("GET")[-1][2], {"cluster": "c1"})
+        self.assertEqual(self.sent("GET")[-1][2], {"cluster": "c1", "limit": "1000"})
 
         status, out, _ = await self.cli("node", "show", "n1")
         self.assertIn("cluster:", out)
@@ -523,6 +531,33 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         # this API has no event stream: the CLI polls, and says so
         self.assertIn("the event stream is unavailable", err)
         self.assertIn("polling instead, 16 operations at a time", err)
+
+    async def test_power_bulk_dry_run_guard_confirm_and_wait(self):
+        for name in ("n1", "n2", "n3"):
+            await self.add_node(name)
+        status, out, err = await self.cli("power", "off", "--cluster", "c1", "--dry-run")
+        self.assertEqual(status, 0, err)
+        self.assertEqual([line.split()[:2] for line in out.splitlines()[1:]],
+                         [["n1", "c1"], ["n2", "c1"], ["n3", "c1"]])
+        self.assertIn("3 would change; nothing was done", err)
+        self.assertIn("this needs --confirm", err)
+        self.assertEqual(await self.store.ops.list(), [])
+        status, _, err = await self.cli("power", "off", "--cluster", "c1")
+        self.assertEqual(status, 1)
+        self.assertIn("blast-radius guard", err)
+        self.assertEqual(await self.store.ops.list(), [])
+        status, out, err = await self.cli("power", "off", "--cluster", "c1", "--confirm",
+                                          "--wait", "--poll-interval", "0.01")
+        self.assertEqual(status, 0, err)
+        rows = sorted(line.split()[:5] for line in out.splitlines()[1:])
+        self.assertEqual([r[0] for r in rows], ["n1", "n2", "n3"])
+        self.assertEqual({(r[1], r[3], r[4]) for r in rows}, {("off", "succeeded", "off")})
+        (_, path, _, body) = self.sent("POST")[-1]
+        self.assertEqual((path, body["cluster"], body["confirm"]), ("/v1/power", "c1", True))
+        status, out, err = await self.cli("power", "on", "--nodes", "n2,n1", "--json")
+        self.assertEqual(status, 0, err)
+        doc = json.loads(out)
+        self.assertEqual([o["node"] for o in doc["operations"]], ["n1", "n2"])
 
     async def test_power_wait_json_and_progress_bar(self):
         await self.add_node("n1")

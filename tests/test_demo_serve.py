@@ -9,6 +9,7 @@ import gc
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 
@@ -48,7 +49,7 @@ class DemoServeTests(unittest.TestCase):
     timeout = 240
     async def test_serves_until_ctrl_c_then_cleans_up(self):
         state = tempfile.mkdtemp(prefix="powerctl-demo-test-")
-        os.chmod(state, 0o755)  # the postgres user (as root) must reach it
+        os.chmod(state, 0o755)  # the demo makes it private (0700)
         self.addCleanup(shutil.rmtree, state, True)
         demo = _Demo()
         env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
@@ -94,6 +95,24 @@ class DemoServeTests(unittest.TestCase):
                          "PostgreSQL still running")
         with self.assertRaises(Exception):  # the API is gone
             await get("/v1/nodes")
+        # issue 10: the state directory and its secrets are private
+        self.assertEqual(stat.S_IMODE(os.stat(state).st_mode), 0o700)
+        for name in ("token", "secret", "secrets.key"):
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(state, name)).st_mode), 0o600,
+                             name)
+
+    def test_the_state_directory_is_made_private(self):
+        from powerctl.cli.demo import private_directory
+
+        parent = tempfile.mkdtemp(prefix="powerctl-demo-state-")
+        self.addCleanup(shutil.rmtree, parent, True)
+        fresh = os.path.join(parent, "a", "demo")
+        self.assertEqual(private_directory(fresh), fresh)
+        self.assertEqual(stat.S_IMODE(os.stat(fresh).st_mode), 0o700)
+        existing = os.path.join(parent, "b")
+        os.mkdir(existing, 0o755)
+        private_directory(existing)
+        self.assertEqual(stat.S_IMODE(os.stat(existing).st_mode), 0o700)
 
     def test_help_is_plain_text(self):
         """``powerctl demo --help`` reads as text, not reStructuredText source."""

@@ -224,6 +224,13 @@ class CliOnTheStreamTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         code, out, err = await self.cli("ops", "wait", *ids, "--json")
         self.assertEqual(code, 0, err)
         self.assertEqual({r["state"] for r in json.loads(out)}, {"succeeded"})
+        # the bulk form waits on the stream too
+        code, out, err = await self.cli("power", "off", "--cluster", "c1", "--confirm",
+                                        "--wait", "--timeout", "60", "--json")
+        self.assertEqual(code, 0, out + err)
+        self.assertNotIn("polling", err)
+        self.assertEqual({(r["op"]["state"], r["power_state"]) for r in json.loads(out)},
+                         {("succeeded", "off")})
 
     async def test_ops_wait_and_events_tail(self):
         await self.start_region()
@@ -331,7 +338,7 @@ class BoundsTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 
 
 class JournalOrderTests(DatabaseMixin, unittest.TestCase):
-    """The journal's numbers follow commit order, not write order (migration 0008)."""
+    """The journal's numbers follow commit order, not write order (migration 0009)."""
 
     def test_a_late_commit_is_numbered_after_an_earlier_one(self):
         conns = [psycopg2.connect(self.dsn) for _ in range(3)]

@@ -24,6 +24,7 @@ from powerctl.region.coordination import Coordinator
 from powerctl.region.core import Region
 from powerctl.region.podprobe import PodManagerProber
 from powerctl.rpc import commands
+from powerctl.testing.region import FakeLockouts
 
 
 class Bug(Exception):
@@ -182,6 +183,9 @@ class Leases:
 
 
 class PowerStore:
+    #: issue 10: no node locked out
+    lockouts = FakeLockouts()
+
     @property
     def nodes(self):
         """The store's node part (this double is both)."""

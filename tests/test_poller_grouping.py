@@ -21,6 +21,7 @@ from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.drivers.interface import Capabilities
 from powerctl.power import PowerState
 from powerctl.pserv.executor import DriverExecutor
+from powerctl.pserv.lockout import LockoutGuard
 from powerctl.pserv.poller import Poller
 from powerctl.registry import PowerAction, PowerActionRegistry
 from powerctl.testing.drivers import FakeDriverType, FakePduDriverType
@@ -215,3 +216,44 @@ class PacingTests(PollerSetup, unittest.TestCase):
         self.successResultOf(self.poller.poll_once())
         self.assertEqual([len(states) for _, states in self.link.batches], [200, 200, 50])
         self.assertEqual(len(self.pdus.outlet_queries), 1)
+
+
+class BatchLockoutTests(PollerSetup, unittest.TestCase):
+    """
+    Issue 10: a PDU's batched read goes through the BMC lock-out guard under
+    the PDU's credentials, like any driver call: a refused community is
+    tried at most ``auth_failure_limit`` times, however many rounds run, and
+    the lock-out is reported for every node on that PDU.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.reported = []
+        self.guard = LockoutGuard(self.clock, limit=3,
+                                  on_lockout=lambda *a: self.reported.append(a[:2]))
+        self.executor = DriverExecutor(DriverCatalogue([self.pdus, self.bmcs]),
+                                       lockout=self.guard)
+        self.registry = PowerActionRegistry(self.executor, self.clock, cancel_timeout=5)
+        self.poller = Poller(self.registry, self.executor, self.link, self.clock,
+                             interval=60, concurrency=4)
+
+    def test_a_refused_community_is_not_read_round_after_round(self):
+        for n in (1, 2):
+            self.executor.configure(f"node{n}", outlet("10.0.0.9", n, community="wrong"))
+        self.executor.configure("other", outlet("10.0.0.1", 1))
+        self.pdus.refusing.add("10.0.0.9")
+        for _ in range(6):
+            self.link.batches.clear()
+            states = self.poll()
+            self.assertEqual(states["node1"]["error_kind"], "auth")
+            self.assertEqual(states["other"]["error"], "")
+        reads = [q for q in self.pdus.outlet_queries if q[0] == "10.0.0.9"]
+        self.assertEqual(len(reads), 3)
+        self.assertIn("credentials rejected", states["node2"]["error"])
+        self.assertEqual(sorted(self.reported), [("node1", 0), ("node2", 0)])
+        # The operator clears it: read again.
+        self.guard.release("node1")
+        self.guard.release("node2")
+        self.link.batches.clear()
+        self.poll()
+        self.assertEqual(len([q for q in self.pdus.outlet_queries if q[0] == "10.0.0.9"]), 4)

@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from powerctl.region.core import Region
 from powerctl.region.errors import Conflict, NotFound, Unavailable
 from powerctl.rpc import commands
+from powerctl.testing.region import FakeLockouts
 
 
 @attrs.define
@@ -37,6 +38,7 @@ class FakeStore:
 
     def __init__(self, ops=(), nodes=()):
         self.ops = self.nodes = self.clusters = self
+        self.lockouts = FakeLockouts()  # issue 10: none locked out
         self.op_rows = {op["id"]: dict(op) for op in ops}
         self.node_rows = {node["name"]: dict(node) for node in nodes}
         self.fetched = []  # operation ids read with get()

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from powerctl.region.core import Region
 from powerctl.region.errors import NotFound
+from powerctl.testing.region import FakeLockouts
 
 
 @attrs.define
@@ -27,6 +28,7 @@ class FakeStore:
 
     def __init__(self, op=None, changed=True, node_exists=True):
         self.ops = self.nodes = self
+        self.lockouts = FakeLockouts()  # issue 10: none locked out
         self.op = op or {"id": 1, "node": "n1", "action": "off"}
         self.changed = changed
         self.node_exists = node_exists

@@ -24,6 +24,7 @@ from powerctl.region.core import Region
 from powerctl.region.errors import InvalidInput, NotFound
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands
+from powerctl.testing.region import FakeLockouts
 
 SECRET = b"bite-secret"
 POWER = {"mode": "single", "agents": [{"driver": "manual", "params": {}}]}
@@ -44,6 +45,7 @@ class FakeStore:
 
     def __init__(self, ops=(), nodes=()):
         self.ops = self.nodes = self.clusters = self
+        self.lockouts = FakeLockouts()  # issue 10: none locked out
         self.op_rows = [dict(op) for op in ops]
         self.node_rows = sorted((dict(n) for n in nodes), key=lambda n: n["node"])
         self.outstanding_calls = []

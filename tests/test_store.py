@@ -345,6 +345,36 @@ class PowerStateTests(StoreTestCase):
         with self.assertRaises(NotFound):
             await self.store.nodes.record_power_state("ghost", "on")
 
+    async def test_a_batch_of_polls_records_every_good_report_and_names_the_rest(self):
+        for name in ("n1", "n2", "n3"):
+            await self.store.nodes.create(name, "c1", ipmi())
+        await self.store.nodes.record_power_state("n3", "on")
+        recorded, missing, refused = await self.store.nodes.record_polls([
+            ("n2", "off", None), ("ghost", "on", None), ("n1", "maybe", None),
+            ("n3", "error", "x" * 5000), ("n1", "on", None)])
+        # the bad report of n1 is replaced by its good one (the last per node)
+        self.assertEqual(sorted(recorded), ["n1", "n2"])
+        self.assertEqual((recorded["n1"]["power_state"], recorded["n2"]["power_state"]),
+                         ("on", "off"))
+        self.assertIsNone(recorded["n2"]["reconcile"])
+        self.assertEqual(missing, ["ghost"])
+        self.assertEqual(list(refused), ["n3"])
+        self.assertIn("error", refused["n3"])
+        n3 = await self.store.nodes.get("n3")
+        self.assertEqual((n3["power_state"], n3["last_error"]), ("on", None))
+
+    async def test_a_batch_keeps_each_nodes_failed_poll_count(self):
+        store = self.make_store(responsive_grace=0.0)
+        await store.nodes.create("n1", "c1", ipmi())
+        await store.nodes.create("n2", "c1", ipmi())
+        for _ in range(3):
+            recorded, _, _ = await store.nodes.record_polls(
+                [("n1", "error", "timeout"), ("n2", "on", None)])
+        self.assertEqual((recorded["n1"]["failed_polls"], recorded["n1"]["responsive"]),
+                         (3, False))
+        self.assertEqual((recorded["n2"]["failed_polls"], recorded["n2"]["responsive"]),
+                         (0, True))
+
     async def test_within_the_grace_failed_polls_never_make_a_node_non_responsive(self):
         await self.store.nodes.create("n1", "c1", ipmi())
         await self.store.nodes.record_power_state("n1", "on")

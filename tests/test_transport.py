@@ -80,13 +80,68 @@ class TlsEndToEndTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                               "--port", str(self.rpc_port)], reactor,
                              Context(reactor, stdout=out, stderr=err, env={}))
         self.assertEqual(code, 0, err.getvalue())
-        listen, dial = [line.split(None, 1)[1] for line in out.getvalue().splitlines()
-                        if line.startswith(("rpc_endpoint ", "regions "))]
+        listen, client_ca, dial = [
+            line.split(None, 1)[1] for line in out.getvalue().splitlines()
+            if line.startswith(("rpc_endpoint ", "rpc_client_ca ", "regions "))]
         self.assertEqual(os.stat(os.path.join(directory, "region.key")).st_mode & 0o777, 0o600)
         self.assertTrue(listen.startswith("ssl:"))
-        await self.start_region(rpc_listen=listen + ":interface=127.0.0.1")
+        self.assertEqual(os.stat(os.path.join(directory, "pserv.key")).st_mode & 0o777, 0o600)
+        await self.start_region(rpc_listen=listen + ":interface=127.0.0.1",
+                                rpc_client_ca=client_ca)
         await self.start_pserv(regions=(dial,))
         await wait_until(self.connected_pservs)
         await self.add_node("node1")
         op = await self.power("node1", "on")
         self.assertEqual((await self.wait_op(op["id"]))["state"], "succeeded")
+
+    async def test_mutual_tls_refuses_a_pserv_without_a_client_certificate(self):
+        """
+        With ``rpc_client_ca`` the region's TLS handshake requires a
+        certificate of that CA: a peer trusting the region but showing none
+        (or one of another CA) never reaches the AMP hand-shake.
+        """
+        from twisted.internet import endpoints
+
+        from powerctl import tlsinit
+
+        base = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, base)
+        paths = tlsinit.init(os.path.join(base, "tls"), ["localhost"])
+        other = tlsinit.init(os.path.join(base, "other"), ["localhost"])
+        listen, dial, client_ca = tlsinit.endpoints(paths, self.rpc_port, "localhost")
+        await self.start_region(rpc_listen=listen + ":interface=127.0.0.1",
+                                rpc_client_ca=client_ca)
+        without = dial.split(":certificate=")[0]
+        _, foreign, _ = tlsinit.endpoints(
+            dict(paths, pserv_cert=other["pserv_cert"], pserv_key=other["pserv_key"]),
+            self.rpc_port, "localhost")
+
+        async def greeting(description):
+            """What the region's AMP says to a Challenge over ``description``."""
+            from twisted.protocols import amp
+
+            from powerctl.rpc import commands
+
+            proto = await endpoints.connectProtocol(
+                endpoints.clientFromString(reactor, description), amp.AMP())
+            try:
+                d = proto.callRemote(commands.Challenge)
+                d.addTimeout(5, reactor)
+                return await d
+            finally:
+                proto.transport.loseConnection()
+
+        self.assertTrue((await greeting(dial))["nonce"])
+        for refused in (without, foreign):
+            with self.assertRaises(Exception):
+                await greeting(refused)
+
+    def test_rpc_client_ca_needs_an_ssl_endpoint(self):
+        from powerctl.config import ConfigError, RegionConfig
+        from powerctl.rpc.transport import check_server
+
+        settings = RegionConfig(rpc_endpoint="tcp:5250:interface=127.0.0.1",
+                                rpc_client_ca="/nonexistent")
+        with self.assertRaises(ConfigError) as e:
+            check_server(settings)
+        self.assertIn("ssl:", str(e.exception))

@@ -123,6 +123,51 @@ class KeyFileTests(unittest.TestCase):
         self.assertEqual(vaults.load_key_file(path).keys, both.keys[:1])
 
 
+class FileVaultTests(unittest.TestCase):
+    """Issue 10: a running region follows its key file (no restart for add/rotate)."""
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, self.directory)
+        self.path = os.path.join(self.directory, "k")
+        self.first = vaults.create_key_file(self.path)
+        self.events = []
+        from twisted.logger import Logger
+
+        self.vault = vaults.FileVault(self.path, log=Logger(observer=self.events.append))
+
+    def test_a_new_first_key_seals_at_once_and_the_old_one_still_opens(self):
+        before = self.vault.seal("pw1")
+        both = vaults.add_key(self.path)
+        after = self.vault.seal("pw2")
+        self.assertEqual(vaults.Vault(both.keys[:1]).open(after), "pw2")
+        self.assertEqual(self.vault.open(before), "pw1")
+        vaults.drop_old_keys(self.path)
+        with self.assertRaises(vaults.VaultError):
+            self.vault.open(before)  # the old key is gone from the file: gone here too
+        self.assertEqual(self.vault.open(after), "pw2")
+
+    def test_an_unknown_key_reads_the_file_again_whatever_its_stat_says(self):
+        info = os.stat(self.path)
+        newer = vaults.Vault.generate()
+        with open(self.path, "r+b") as f:  # same inode, size and mode
+            f.write(newer.keys[0] + b"\n")
+        os.utime(self.path, ns=(info.st_atime_ns, info.st_mtime_ns))
+        self.assertEqual(self.vault.open(newer.seal("pw")), "pw")
+
+    def test_a_file_that_became_unusable_keeps_the_keys_loaded(self):
+        sealed = self.vault.seal("pw")
+        vaults.add_key(self.path)
+        os.chmod(self.path, 0o644)
+        for _ in range(3):
+            self.assertEqual(self.vault.open(sealed), "pw")
+            self.assertEqual(vaults.Vault(self.first.keys).open(self.vault.seal("x")), "x")
+        errors = [formatEvent(e) for e in self.events if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("accessible by other users", errors[0])
+        self.assertNotIn(self.first.keys[0].decode(), "".join(errors))
+
+
 def dump(test):
     """The whole database as ``pg_dump`` writes it."""
     done = subprocess.run([os.path.join(test.pg.bindir, "pg_dump"), "-d", test.dsn],
@@ -256,6 +301,26 @@ class AtRestSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             self.assertEqual(new.open(sealed), "sim-pass")
             with self.assertRaises(vaults.VaultError):
                 old.open(sealed)
+
+    async def test_key_rotation_without_restarting_the_region(self):
+        await self.start_region()
+        await self.start_pserv()
+        await wait_until(self.connected_pservs)
+        await self.add_node(self.nodes[0])
+        old_keys = vaults.load_key_file(self.key_file).keys
+        self.assertEqual(await self.admin("key", "add", self.key_file), 0)
+        await self.add_node(self.nodes[1])  # sealed with the new key at once
+        code = await self.admin("key", "rotate", "--key-file", self.key_file,
+                                "--database", self.dsn)
+        self.assertEqual(code, 0, self.admin_err)
+        new = vaults.load_key_file(self.key_file)
+        self.assertNotIn(new.keys[0], old_keys)
+        ops = [await self.power(n, "on") for n in self.nodes]
+        finals = [await self.wait_op(o["id"], timeout=60) for o in ops]
+        self.assertEqual({f["state"] for f in finals}, {"succeeded"}, finals)
+        code, _ = await self.call("PUT", f"/v1/nodes/{self.nodes[0]}",
+                                  {"power": self.redfish_power(self.nodes[0])})
+        self.assertEqual(code, 200)
 
     async def admin(self, *argv):
         out, err = io.StringIO(), io.StringIO()

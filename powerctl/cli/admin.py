@@ -13,10 +13,10 @@ Security commands (issue 10).
     A new key file for secrets at rest (mode 0600).
 ``powerctl admin key add FILE`` then ``powerctl admin key rotate --key-file FILE ...``
     Rotation without downtime: ``add`` puts a new key first in the file
-    (the old one stays readable); once every region runs with that file
-    (a rolling restart), ``rotate`` re-encrypts every secret under the new
-    key, row by row while requests go on, and drops the old key from the
-    file.
+    (the old one stays readable); a running region reads the changed file
+    at once (no restart); once every region's copy holds it, ``rotate``
+    re-encrypts every secret under the new key, row by row while requests
+    go on, and drops the old key from the file.
 """
 
 import os
@@ -146,8 +146,9 @@ async def admin_key_add(ctx, args):
         keys = vault.add_key(args.file).keys
     except vault.VaultError as e:
         raise CliError(str(e), "config") from None
-    ctx.out(f"{args.file} now holds {len(keys)} keys, the new one first; restart every region "
-            "with it, then run: powerctl admin key rotate --key-file " + args.file)
+    ctx.out(f"{args.file} now holds {len(keys)} keys, the new one first; running regions "
+            "read it at once (copy it to every region's host), then run: powerctl admin key "
+            "rotate --key-file " + args.file)
     return EXIT_OK
 
 
@@ -281,10 +282,12 @@ async def admin_tls_init(ctx, args):
         raise UsageError(f"{args.directory} exists; refusing to overwrite it") from None
     except (OSError, ValueError) as e:
         raise CliError(f"{args.directory}: {e}", "config") from None
-    listen, dial = tlsinit.endpoints(paths, args.port, names[0])
-    ctx.err(f"made a CA ({paths['ca']}, key {paths['ca_key']}: keep it offline) and a "
-            f"certificate for the region's names {', '.join(names)}; use:")
+    listen, dial, client_ca = tlsinit.endpoints(paths, args.port, names[0])
+    ctx.err(f"made a CA ({paths['ca']}, key {paths['ca_key']}: keep it offline), a "
+            f"certificate for the region's names {', '.join(names)} and one for the pservs "
+            "(mutual TLS); use:")
     ctx.out(f"rpc_endpoint {listen}")
+    ctx.out(f"rpc_client_ca {client_ca}")
     ctx.out(f"regions {dial}")
     return EXIT_OK
 
@@ -309,8 +312,8 @@ def _api_commands():
 
     @api_command
     async def token_list(ctx, args, api):
-        doc = await api.call("GET", "/v1/tokens",
-                             query={"revoked": "true" if args.revoked else None})
+        doc, _ = await api.collect("/v1/tokens",
+                                   {"revoked": "true" if args.revoked else None})
         ctx.out(output.to_json(doc) if args.json else output.table(doc, _TOKEN_COLUMNS))
         return EXIT_OK
 
@@ -323,8 +326,10 @@ def _api_commands():
 
     @api_command
     async def audit(ctx, args, api):
-        doc = await api.call("GET", "/v1/audit", query={
-            "limit": args.limit, "before": args.before, "actor": args.actor})
+        if args.limit is not None and args.limit < 1:
+            raise UsageError("--limit: must be at least 1")
+        doc, more = await api.collect("/v1/audit", {"before": args.before, "actor": args.actor},
+                                      most=None if args.all else (args.limit or 100))
         if args.json:
             ctx.out(output.to_json(doc))
             return EXIT_OK
@@ -332,8 +337,9 @@ def _api_commands():
             ("ID", "id"), ("WHEN", lambda a: output.when(a.get("at"))), ("WHO", "actor"),
             ("FROM", "source"), ("METHOD", "method"), ("PATH", "path"),
             ("STATUS", "status"), ("OUTCOME", "outcome")]))
-        if doc:
-            ctx.err(f"older entries: powerctl audit --before {doc[-1]['id']}")
+        if more:
+            ctx.err(f"older entries: powerctl audit --before {doc[-1]['id']} (or --limit N, "
+                    "--all)")
         return EXIT_OK
 
     return token_create, token_list, token_revoke, audit
@@ -382,7 +388,7 @@ def add_commands(subparsers):
     p.set_defaults(func=admin_key_rotate)
 
     tls = group(admin, "tls", "certificates for AMP over TLS between hosts")
-    p = tls.add_parser("init", help="a small CA and a region certificate in DIR")
+    p = tls.add_parser("init", help="a small CA, a region and a pserv certificate in DIR")
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--name", action="append", metavar="NAME",
                    help="a name (or address) pservs dial the region by; repeat "
@@ -424,7 +430,9 @@ def add_commands(subparsers):
     p.set_defaults(func=token_revoke)
 
     p = subparsers.add_parser("audit", parents=[parent], help="the audit trail, newest first")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="at most N entries, following the API's pages (default 100)")
+    p.add_argument("--all", action="store_true", help="the whole trail (every page)")
     p.add_argument("--before", type=int, default=None, metavar="ID")
     p.add_argument("--actor", default=None, metavar="NAME")
     p.set_defaults(func=audit)

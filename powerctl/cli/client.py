@@ -16,6 +16,7 @@ written), 3 for 401/403, 1 for any other HTTP status; without an answer,
 import argparse
 import getpass
 import json
+import re
 import urllib.parse
 
 import treq
@@ -102,6 +103,30 @@ class Api:
 
     async def call(self, method, path, body=None, query=None):
         """The decoded JSON answer (None for an empty one); ApiError if not 2xx."""
+        _, doc = await self._call(method, path, body, query)
+        return doc
+
+    async def collect(self, path, query=None, most=None, keys=()):
+        """
+        The items of a paged list (``GET``), following its ``Link: rel="next"``
+        cursors: every item, or the first ``most``.  ``(items, more)``:
+        ``more`` says whether the list goes on past what was collected.
+        """
+        query = {k: v for k, v in (query or {}).items() if v is not None}
+        found = []
+        while True:
+            size = MAX_PAGE if most is None else max(1, min(MAX_PAGE, most - len(found)))
+            response, doc = await self._call("GET", path, None, dict(query, limit=size))
+            found.extend(items(doc, *keys))
+            cursor = next_cursor(response.headers.getRawHeaders("link") or ())
+            if cursor is None:
+                return found, False
+            if most is not None and len(found) >= most:
+                return found[:most], True
+            query["after"] = cursor
+
+    async def _call(self, method, path, body=None, query=None):
+        """``(response, decoded JSON answer)``; ApiError if not 2xx."""
         url = self.base + path
         kwargs = {"headers": {"Accept": ["application/json"],
                               **credentials.auth_headers(self.ctx.env)}}
@@ -143,7 +168,7 @@ class Api:
         if response.code >= 400:
             code, message = _message_of(doc, response.code)
             raise ApiError(message, code, response.code)
-        return doc
+        return response, doc
 
     async def sleep(self, seconds):
         """Wait ``seconds`` on the command's reactor; Interrupted on Ctrl-C."""
@@ -155,6 +180,22 @@ class Api:
             raise Interrupted() from None
         finally:
             remove()
+
+
+#: Items per page the CLI asks for when it follows cursors (the API's maximum).
+MAX_PAGE = 1000
+_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+
+
+def next_cursor(links):
+    """The ``after`` cursor of a ``Link: <...>; rel="next"`` header, or None."""
+    for value in links:
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        for target in _NEXT.findall(text):
+            after = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("after")
+            if after:
+                return after[0]
+    return None
 
 
 def q(value):

@@ -109,7 +109,7 @@ async def offline_nodes(api, nodes):
     wanted = set(nodes)
     found = {}
     for cluster in offline:
-        members = await api.call("GET", "/v1/nodes", query={"cluster": cluster})
+        members, _ = await api.collect("/v1/nodes", {"cluster": cluster}, keys=("nodes",))
         names = [n.get("name") for n in members if n.get("name") in wanted]
         if names:
             found[cluster] = names

@@ -67,6 +67,18 @@ def main(argv=None):
     return demo.code
 
 
+def private_directory(path):
+    """
+    ``path`` made absolute, created if missing and mode 0700 whatever it was:
+    the demo's state directory holds its RPC secret, encryption key and
+    admin token (issue 10).
+    """
+    path = os.path.abspath(path)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def _private(path, flags):
     """An ``open`` opener creating the file mode 0600 (it holds a secret)."""
     return os.open(path, flags, 0o600)
@@ -174,20 +186,19 @@ class Demo:
         from powerctl.devtools.pgcluster import PostgresCluster, PostgresUnavailable
 
         t0 = time.monotonic()
-        state = os.path.abspath(self.options.state_dir)
-        os.makedirs(state, exist_ok=True)
-        os.chmod(state, 0o755)
+        state = private_directory(self.options.state_dir)
         try:
             pg = PostgresCluster.create(os.path.join(state, "pg"), keep=True)
             self.step(f"PostgreSQL: private cluster in {state}/pg")
         except PostgresUnavailable as e:
             if "cannot reach" not in str(e):
                 raise
-            # As root, postgres runs as the 'postgres' user, who may not be
-            # able to reach a home directory: use a throwaway one instead.
+            # As root, postgres runs as the 'postgres' user, who cannot
+            # enter the state directory (0700: it holds the demo's secrets)
+            # or may not reach a home directory: a throwaway one instead.
             pg = PostgresCluster.create()
-            self.step(f"PostgreSQL: {state} is not reachable by the postgres user; "
-                      f"throwaway cluster in {pg.directory}")
+            self.step(f"PostgreSQL: {state} is not reachable by the postgres user (it is "
+                      f"private, mode 0700); throwaway cluster in {pg.directory}")
         self.cleanups.append(lambda: defer.succeed(pg.stop()))
         dsn = self._fresh_database(pg)
 

@@ -7,9 +7,10 @@ secret agent parameter is printed as ``(set)`` whatever the API sent.
 
 from powerctl.cli import EXIT_OK, UsageError
 from powerctl.cli import cluster as cluster_checks, output
-from powerctl.cli.client import add_command, add_group, api_command, items, q, requester
+from powerctl.cli.client import add_command, add_group, api_command, q, requester
 from powerctl.cli.params import add_power_options, power_from_args, power_summary, schemas
 from powerctl.cli.redaction import redact_node
+from powerctl.power import POWER_STATES
 
 
 def add_commands(subparsers, parent):
@@ -21,8 +22,9 @@ def add_commands(subparsers, parent):
     p.add_argument("--create-cluster", action="store_true",
                    help="create the cluster if it does not exist yet (else: an error)")
     add_power_options(p)
-    add_command(nodes, "list", node_list, "list nodes", parent).add_argument(
-        "--cluster", "-c", help="only this cluster")
+    p = add_command(nodes, "list", node_list, "list nodes (every page)", parent)
+    p.add_argument("--cluster", "-c", help="only this cluster")
+    p.add_argument("--power-state", choices=POWER_STATES, help="only nodes in this state")
     add_command(nodes, "show", node_show, "one node in detail", parent).add_argument("name")
     p = add_command(nodes, "update", node_update,
                     "change a node's cluster or replace its power configuration", parent)
@@ -128,11 +130,13 @@ async def node_update(ctx, args, api):
 @api_command
 async def node_list(ctx, args, api):
     """``powerctl node list``."""
-    doc = await api.call("GET", "/v1/nodes", query={"cluster": args.cluster})
+    found, _ = await api.collect("/v1/nodes", {"cluster": args.cluster,
+                                               "power_state": args.power_state},
+                                 keys=("nodes",))
     known = schemas()
-    nodes = [redact_node(n, known) for n in items(doc, "nodes")]
+    nodes = [redact_node(n, known) for n in found]
     if args.json:
-        ctx.out(output.to_json(nodes if isinstance(doc, list) else dict(doc, nodes=nodes)))
+        ctx.out(output.to_json(nodes))
         return EXIT_OK
     if args.cluster:
         nodes = [n for n in nodes if n.get("cluster") == args.cluster]

@@ -7,13 +7,15 @@ operator carried out a ``manual`` agent's action; ``wait`` follows operations
 on the region's event stream until they end (:mod:`powerctl.cli.events`).
 """
 
-from powerctl.cli import EXIT_OK
+from powerctl.cli import EXIT_OK, UsageError
 from powerctl.cli import events, output
-from powerctl.cli.client import ApiError, add_command, add_group, api_command, items, requester
+from powerctl.cli.client import ApiError, add_command, add_group, api_command, requester
 from powerctl.power import OpState, PowerState
 
 #: The states ``--state`` accepts, in the journal's own order.
 STATES = tuple(s.value for s in OpState)
+#: Operations ``ops list`` shows unless told otherwise (the newest).
+DEFAULT_SHOWN = 100
 #: What an operator may confirm a manual node reached.
 CONFIRMABLE = (PowerState.ON.value, PowerState.OFF.value)
 
@@ -24,8 +26,10 @@ def add_commands(subparsers, parent):
     p = add_command(ops, "list", ops_list, "list operations", parent)
     p.add_argument("--node", "-n")
     p.add_argument("--state", "-s", choices=STATES)
-    p.add_argument("--limit", type=int, metavar="N", help="at most N, newest first "
-                   "(the API's default page otherwise)")
+    p.add_argument("--cluster", "-c", help="only operations of this cluster's nodes")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N, newest first, "
+                   f"following the API's pages (default {DEFAULT_SHOWN})")
+    p.add_argument("--all", action="store_true", help="the whole journal (every page)")
     p.add_argument("--before", type=int, metavar="ID", help="only operations older than ID")
     add_command(ops, "show", ops_show, "one operation", parent).add_argument("id", type=int)
     p = add_command(ops, "cancel", ops_cancel,
@@ -65,12 +69,19 @@ OP_COLUMNS = [
 @api_command
 async def ops_list(ctx, args, api):
     """``powerctl ops list [--node N] [--state S]``."""
-    doc = await api.call("GET", "/v1/power_ops", query={
-        "node": args.node, "state": args.state, "limit": args.limit, "before": args.before})
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit: must be at least 1")
+    ops, more = await api.collect("/v1/power_ops", {
+        "node": args.node, "state": args.state, "cluster": args.cluster,
+        "before": args.before}, most=None if args.all else (args.limit or DEFAULT_SHOWN),
+        keys=("power_ops", "ops"))
     if args.json:
-        ctx.out(output.to_json(doc))
+        ctx.out(output.to_json(ops))
     else:
-        ctx.out(output.table(items(doc, "power_ops", "ops"), OP_COLUMNS))
+        ctx.out(output.table(ops, OP_COLUMNS))
+    if more and not args.json:
+        ctx.err(f"older operations: powerctl ops list --before {ops[-1]['id']} "
+                "(or --limit N, --all)")
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ import uuid as uuidlib
 
 from powerctl.cli import EXIT_OK, UsageError
 from powerctl.cli import output
-from powerctl.cli.client import ApiError, add_command, add_group, api_command, items, q
+from powerctl.cli.client import ApiError, add_command, add_group, api_command, q
 from powerctl.cli.redaction import without_password
 
 PODM_COLUMNS = [
@@ -97,8 +97,8 @@ async def _podm_uuid(api, ident):
         return str(uuidlib.UUID(ident))
     except ValueError:
         pass
-    doc = await api.call("GET", "/v1/pod_managers")
-    matches = [p for p in items(doc, "pod_managers") if p.get("name") == ident]
+    found, _ = await api.collect("/v1/pod_managers", keys=("pod_managers",))
+    matches = [p for p in found if p.get("name") == ident]
     if not matches:
         raise ApiError(f"no pod manager named {ident!r}", "not_found", 404)
     return matches[0]["uuid"]
@@ -124,8 +124,8 @@ async def podm_add(ctx, args, api):
 @api_command
 async def podm_list(ctx, args, api):
     """``powerctl podm list``."""
-    doc = await api.call("GET", "/v1/pod_managers")
-    managers = [without_password(p) for p in items(doc, "pod_managers")]
+    found, _ = await api.collect("/v1/pod_managers", keys=("pod_managers",))
+    managers = [without_password(p) for p in found]
     if args.json:
         ctx.out(output.to_json(managers))
     else:

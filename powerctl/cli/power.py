@@ -19,6 +19,7 @@ import attrs
 from twisted.internet import defer
 
 from powerctl.cli import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, Interrupted, combine
+from powerctl.cli import UsageError, bulk
 from powerctl.cli import cluster as cluster_checks, output
 from powerctl.cli.client import api_command, q, requester
 from powerctl.cli.driver import positive_float
@@ -43,7 +44,8 @@ def add_commands(subparsers, parent):
                               help="request power actions and optionally wait")
     p.add_argument("action", type=_action, metavar="ACTION",
                    help="on, off, soft-off, cycle or query")
-    p.add_argument("nodes", nargs="+", metavar="NODE")
+    p.add_argument("nodes", nargs="*", metavar="NODE",
+                   help="one request per node (or --cluster/--nodes: one bulk request)")
     p.add_argument("--wait", "-w", action="store_true",
                    help="wait until every operation has finished")
     p.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
@@ -51,6 +53,7 @@ def add_commands(subparsers, parent):
     p.add_argument("--poll-interval", type=positive_float, default=1.0, metavar="S",
                    help="with --wait: seconds between polls when the region has no "
                         "event stream (default 1)")
+    bulk.add_options(p)
     p.set_defaults(func=power)
 
 
@@ -139,6 +142,10 @@ async def power(ctx, args, api):
     followed on the event stream until it is terminal; a progress bar on
     a terminal.
     """
+    if bulk.wanted(args):
+        return await bulk.power_bulk(ctx, args, api)
+    if not args.nodes:
+        raise UsageError("give at least one NODE, or --cluster/--nodes for a bulk request")
     nodes = list(dict.fromkeys(args.nodes))  # each node once, in order
     await cluster_checks.warn_without_live_pserv(ctx, api, nodes, args.wait)
     deadline = ctx.reactor.seconds() + args.timeout

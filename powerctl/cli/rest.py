@@ -1,5 +1,6 @@
 """
-The REST commands: ``node``, ``power``, ``ops``, ``podm``, ``cluster``, ``activity``.
+The REST commands: ``node``, ``power``, ``ops``, ``podm``, ``cluster``, ``activity``,
+``lockout``.
 
 They talk to the region's API (``--api URL``, ``$POWERCTL_API``, default
 ``http://127.0.0.1:5240``) with treq, print human tables by default and
@@ -22,16 +23,16 @@ This module only registers them; each group lives in its own module:
 * :mod:`powerctl.cli.redaction` -- what is never printed;
 * :mod:`powerctl.cli.node`, :mod:`~powerctl.cli.power`, :mod:`~powerctl.cli.ops`,
   :mod:`~powerctl.cli.podm`, :mod:`~powerctl.cli.cluster`,
-  :mod:`~powerctl.cli.activity` -- the commands.
+  :mod:`~powerctl.cli.activity`, :mod:`~powerctl.cli.lockout` -- the commands.
 """
 
-from powerctl.cli import activity, cluster, events, node, ops, podm, power
+from powerctl.cli import activity, cluster, events, lockout, node, ops, podm, power
 from powerctl.cli.client import add_global_options, api_options, apply_global_options
 
 __all__ = ["add_commands", "add_global_options", "apply_global_options"]
 
 #: The command modules, in the order ``powerctl --help`` lists them.
-GROUPS = (node, power, ops, podm, cluster, activity, events)
+GROUPS = (node, power, ops, podm, cluster, activity, lockout, events)
 
 
 def add_commands(subparsers):

@@ -113,7 +113,7 @@ class Pserv:
 
         return self.registry.cancel_all(reason).addCallback(forget)
 
-    def dispatch(self, operation_id, node, action, power, epoch=None):
+    def dispatch(self, operation_id, node, action, power, epoch=None, lockouts=None):
         """
         Accept one operation; returns ``(disposition, coalesced_into)`` at
         once.  Raises :class:`InvalidPowerDocument` (nothing started) for a bad
@@ -141,7 +141,7 @@ class Pserv:
             self._finished[operation_id] = report
             self._report(report)
             return "known", 0
-        self.executor.configure(node, power)
+        self._configure(node, power, lockouts)
         request = PowerAction(node=node, action=action, operation_id=str(operation_id))
         self._in_play[operation_id] = request
         self._epochs[operation_id] = epoch
@@ -267,10 +267,22 @@ class Pserv:
             raise NotConfirmable(f"no manual agent of {request.node} waits for a confirmation")
         return confirmed
 
-    def configure(self, node, power):
-        """Learn a node's power configuration (recovery); False if invalid."""
+    def _configure(self, node, power, lockouts=None, since=None):
+        """The executor learns ``node``'s configuration (and its lock-outs, issue 10)."""
+        extra = {}
+        if lockouts is not None:
+            extra["lockouts"] = lockouts
+        if since is not None:
+            extra["since"] = since
+        self.executor.configure(node, power, **extra)
+
+    def configure(self, node, power, lockouts=None, since=None):
+        """
+        Learn a node's power configuration (recovery); False if invalid.
+        ``lockouts``/``since``: see :meth:`DriverExecutor.configure`.
+        """
         try:
-            self.executor.configure(node, power)
+            self._configure(node, power, lockouts, since)
             return True
         except InvalidPowerDocument as e:
             self.log.warn("node {node}: unusable power configuration: {why}", node=node, why=e)

@@ -7,6 +7,7 @@ are validated when they arrive (so a bad one is refused at dispatch, and
 nothing is sent to any device), and rebuilt only when they change.
 """
 
+import hashlib
 import json
 
 import attrs
@@ -17,7 +18,7 @@ from powerctl.drivers.errors import DriverSettingsError
 from powerctl.drivers.multiagent import Agent, Mode, NodePower
 from powerctl.power import Action
 from powerctl.powerdoc import InvalidPowerDocument, PowerDoc
-from powerctl.pserv.lockout import guarded
+from powerctl.pserv.lockout import agent_key, guarded
 from powerctl.pserv.slots import priority_of
 from powerctl.registry import IActionExecutor
 
@@ -94,16 +95,47 @@ class DriverExecutor:
         self._slots = slots
         self._nodes = {}  # node -> KnownNode
 
-    def configure(self, node, power):
-        """Remember ``node``'s power configuration; InvalidPowerDocument if bad."""
+    def configure(self, node, power, lockouts=None, since=None):
+        """
+        Remember ``node``'s power configuration; InvalidPowerDocument if bad.
+        ``lockouts`` (``[{"agent", "id"}]``, sent by the region with the
+        configuration) are the node's agents whose credentials are locked
+        out; with ``since`` (the guard's generation before the region's
+        listing was asked for) the listing is complete, so a lock-out it no
+        longer names was cleared.
+        """
         key = json.dumps(power, sort_keys=True)
         known = self._nodes.get(node)
         if known is None or known.key != key:
             self._nodes[node] = KnownNode(
                 key, build_node_power(self._catalogue, power, self._lockout), power)
+        if self._lockout is None:
+            return
+        for index, agent in enumerate(PowerDoc.parse(power).agents):
+            self._lockout.register(node, index, agent_key(
+                self._catalogue, {"driver": agent.driver, "params": agent.params}))
+        listed = {int(entry["agent"]): int(entry["id"]) for entry in lockouts or ()
+                  if isinstance(entry, dict) and "agent" in entry and "id" in entry}
+        if since is not None:
+            self._lockout.sync(node, listed, since)
+        else:
+            for agent, lockout_id in listed.items():
+                self._lockout.hold(node, agent, lockout_id)
 
     def forget(self, node):
         self._nodes.pop(node, None)
+        if self._lockout is not None:
+            self._lockout.unregister(node)
+
+    @property
+    def lockout(self):
+        """The :class:`~powerctl.pserv.lockout.LockoutGuard`, or None."""
+        return self._lockout
+
+    def digest(self, node):
+        """A digest of ``node``'s configuration as we drive it ('' if unknown)."""
+        known = self._nodes.get(node)
+        return hashlib.sha256(known.key.encode()).hexdigest() if known else ""
 
     def known_nodes(self):
         return sorted(self._nodes)

@@ -48,6 +48,11 @@ class RegionLink:
         self._sequence = itertools.count()
         #: Our lease's epoch as the protocols last learnt it (None: no lease).
         self.epoch = None
+        #: Lock-outs not yet recorded by a region: (node, agent) -> (failures, reason).
+        self._lockouts = {}
+        #: ``digest(node)`` and ``acknowledged(node, agent, id)``: set by the service.
+        self.digest = lambda node: ""
+        self.acknowledged = lambda node, agent, lockout_id: None
 
     def ready(self, protocol):
         self._connected.append(protocol)
@@ -65,7 +70,45 @@ class RegionLink:
         self._outbox.append((next(self._sequence), report))
         self.flush()
 
+    def report_lockout(self, node, agent, failures, reason):
+        """
+        Tell a region that ``node``'s agent ``agent`` is locked out (issue 10);
+        kept until a region answers, so a lock-out found while no region is
+        connected still reaches one.
+        """
+        self._lockouts[(node, agent)] = (failures, reason)
+        self.flush()
+
+    def _send_lockouts(self):
+        if not self._lockouts or not self._connected or self.epoch is None:
+            return
+        protocol = self._connected[0]
+        for (node, agent), (failures, reason) in sorted(self._lockouts.items()):
+            d = protocol.callRemote(commands.ReportLockout, node=node, agent=agent,
+                                    failures=failures, reason=reason[:1000],
+                                    digest=self.digest(node), epoch=self.epoch)
+            d.addCallbacks(self._lockout_recorded, self._lockout_undelivered,
+                           callbackArgs=(node, agent), errbackArgs=(node, agent))
+        self._lockouts.clear()
+
+    def _lockout_recorded(self, answer, node, agent):
+        if answer["recorded"]:
+            self.acknowledged(node, agent, answer["id"])
+        else:
+            self.log.warn("the region did not record the lock-out of node {node} (its "
+                          "configuration changed meanwhile)", node=node)
+
+    def _lockout_undelivered(self, failure, node, agent):
+        if failure.check(*NO_ANSWER):
+            self._lockouts.setdefault((node, agent), (0, "authentication failures"))
+            self.log.warn("lock-out of node {node} not delivered ({why}); keeping it",
+                          node=node, why=failure.getErrorMessage())
+            return
+        self._failed(failure, f"reporting the lock-out of node {node}",
+                     commands.ReportLockout)
+
     def flush(self):
+        self._send_lockouts()
         while self._outbox and self._connected:
             sequence, report = self._outbox.popleft()
             protocol = self._connected[0]
@@ -271,13 +314,19 @@ class PservProtocol(amp.AMP):
     async def _recover_watching(self, forgotten):
         after_op, after_node, started = 0, "", 0
         known_before, listed = set(self.pserv.executor.known_nodes()), set()
+        guard = getattr(self.pserv.executor, "lockout", None)
+        since = guard.generation() if guard is not None else None  # issue 10
         while True:
             page = await self.callRemote(
                 commands.Recover, after_op=after_op, after_node=after_node)
             for node in page["nodes"]:
                 listed.add(node["name"])
                 if node["name"] not in forgotten:  # deleted since this page was read
-                    self.pserv.configure(node["name"], node["power"])
+                    if guard is None:
+                        self.pserv.configure(node["name"], node["power"])
+                    else:
+                        self.pserv.configure(node["name"], node["power"],
+                                             lockouts=node.get("lockouts") or [], since=since)
             for op in page["operations"]:
                 if op["node"] in forgotten:
                     continue
@@ -349,10 +398,13 @@ class PservProtocol(amp.AMP):
 
     # -- region → pserv ------------------------------------------------------
 
-    def _power(self, action, operation_id, node, power, epoch):
+    def _power(self, action, operation_id, node, power, epoch, lockouts=None):
         self.gate.check()
+        if lockouts is not None and not isinstance(lockouts, list):
+            raise commands.BadArguments("lockouts must be a list")
         try:
-            disposition, into = self.pserv.dispatch(operation_id, node, action, power, epoch)
+            disposition, into = self.pserv.dispatch(operation_id, node, action, power, epoch,
+                                                    lockouts=lockouts)
         except InvalidPowerDocument as e:
             raise commands.UnusablePowerConfig(str(e))
         except NotOurs as e:
@@ -360,24 +412,24 @@ class PservProtocol(amp.AMP):
         return {"disposition": disposition, "coalesced_into": into}
 
     @commands.PowerOn.responder
-    def power_on(self, operation_id, node, power, epoch):
-        return self._power(Action.ON.value, operation_id, node, power, epoch)
+    def power_on(self, operation_id, node, power, epoch, lockouts=None):
+        return self._power(Action.ON.value, operation_id, node, power, epoch, lockouts)
 
     @commands.PowerOff.responder
-    def power_off(self, operation_id, node, power, epoch):
-        return self._power(Action.OFF.value, operation_id, node, power, epoch)
+    def power_off(self, operation_id, node, power, epoch, lockouts=None):
+        return self._power(Action.OFF.value, operation_id, node, power, epoch, lockouts)
 
     @commands.PowerSoftOff.responder
-    def power_soft_off(self, operation_id, node, power, epoch):
-        return self._power(Action.SOFT_OFF.value, operation_id, node, power, epoch)
+    def power_soft_off(self, operation_id, node, power, epoch, lockouts=None):
+        return self._power(Action.SOFT_OFF.value, operation_id, node, power, epoch, lockouts)
 
     @commands.PowerCycle.responder
-    def power_cycle(self, operation_id, node, power, epoch):
-        return self._power(Action.CYCLE.value, operation_id, node, power, epoch)
+    def power_cycle(self, operation_id, node, power, epoch, lockouts=None):
+        return self._power(Action.CYCLE.value, operation_id, node, power, epoch, lockouts)
 
     @commands.PowerQuery.responder
-    def power_query(self, operation_id, node, power, epoch):
-        return self._power(Action.QUERY.value, operation_id, node, power, epoch)
+    def power_query(self, operation_id, node, power, epoch, lockouts=None):
+        return self._power(Action.QUERY.value, operation_id, node, power, epoch, lockouts)
 
     @commands.Refresh.responder
     def refresh(self):
@@ -397,6 +449,15 @@ class PservProtocol(amp.AMP):
         self.gate.check()
         d = self.pserv.forget_node(node, reason or "forgotten")
         return d.addCallback(lambda cancelled: {"cancelled": cancelled})
+
+    @commands.ClearLockout.responder
+    def clear_lockout(self, node):
+        self.gate.check()
+        guard = getattr(self.pserv.executor, "lockout", None)
+        if guard is not None:
+            guard.release(node)
+            self.log.info("lock-out of node {node} cleared by the region", node=node)
+        return {}
 
     @commands.CancelOperation.responder
     def cancel_operation(self, operation_id, reason):

@@ -4,8 +4,17 @@ logins (OpenBMC: 5 within 300 s, for 300 s).  Per set of credentials (the
 driver, the device's address, the user and a hash of the secrets), after
 ``limit`` authentication failures within ``window`` seconds the pserv stops
 trying: every operation and poll fails at once with error kind ``auth``
-("credentials rejected") until the credentials change (a new key) or the
-window has passed.
+("credentials rejected").  The account is then *locked out* and stays so
+until its credentials change (a new key) or an operator clears it; the
+window only bounds how far back failures count towards the limit.
+
+A lock-out must outlive this process and a hand-over of the node to
+another pserv, or the next one would try again and could lock the BMC's
+account: the guard tells ``on_lockout(node, agent, failures, reason)``
+about each (node, agent) using the locked credentials, the pserv reports it
+to the region, which keeps it and sends it back with the node's
+configuration to whichever pserv drives the node (:meth:`LockoutGuard.hold`).
+An operator clears it through the region (:meth:`LockoutGuard.release`).
 
 While credentials are unproven (never accepted, or refused since), at most
 ``limit`` minus the failures so far may be in flight at once, so even a
@@ -13,8 +22,9 @@ burst of operations and polls cannot send more than ``limit`` failed logins
 to the device; once one succeeds they are proven and run freely.
 
 :class:`LockoutGuard` is the decision (no I/O, times from a clock);
-:class:`GuardedDriver` puts it around one agent's driver.  A node has one
-owning pserv, so the count lives where every attempt on the node is made.
+:class:`GuardedDriver` puts it around one agent's driver, and
+:meth:`LockoutGuard.attempt` around any other call (the poller's batched
+SNMP reads).
 """
 
 import hashlib
@@ -22,6 +32,7 @@ import json
 
 import attrs
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from powerctl.drivers.errors import AuthenticationError
@@ -39,11 +50,25 @@ def credentials_key(driver_name, params, secrets):
     return json.dumps([driver_name, account, hidden], sort_keys=True, default=str)
 
 
+def agent_key(catalogue, agent):
+    """The :func:`credentials_key` of one agent (``{"driver", "params"}``)."""
+    name = agent["driver"]
+    try:
+        secrets = catalogue.get(name).schema.secrets
+    except Exception:
+        secrets = frozenset()
+    return credentials_key(name, agent.get("params") or {}, secrets)
+
+
 @attrs.define
 class _Account:
     failures: list = attrs.field(factory=list)
     in_flight: int = 0
     proven: bool = False
+    #: (node, agent) -> the region's lock-out id (None until it acknowledged)
+    held: dict = attrs.field(factory=dict)
+    #: (node, agent) -> the guard's generation when the region's id was learnt
+    known_at: dict = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -51,7 +76,13 @@ class LockoutGuard:
     clock: object
     limit: int = 3
     window: float = 300.0
+    #: ``on_lockout(node, agent, failures, reason)``, once per (node, agent)
+    #: using credentials that just got locked out.
+    on_lockout: object = None
+    log: object = attrs.field(factory=Logger, init=False)
     _accounts: dict = attrs.field(factory=dict, init=False)
+    _users: dict = attrs.field(factory=dict, init=False)  # (node, agent) -> key
+    _generation: int = attrs.field(default=0, init=False)
 
     def _account(self, key):
         account = self._accounts.setdefault(key, _Account())
@@ -59,13 +90,109 @@ class LockoutGuard:
         account.failures = [t for t in account.failures if now - t < self.window]
         return account
 
+    # -- who uses which credentials --------------------------------------
+
+    def register(self, node, agent, key):
+        """(``node``, ``agent``) logs in with ``key`` from now on (its configuration)."""
+        old = self._users.get((node, agent))
+        if old is not None and old != key:
+            # New credentials: whatever held the old ones does not apply.
+            self._drop(old, [(node, agent)])
+        self._users[(node, agent)] = key
+
+    def unregister(self, node):
+        """``node`` is not driven here any more (its lock-outs stay with the region)."""
+        for user in [u for u in self._users if u[0] == node]:
+            self._drop(self._users.pop(user), [user], release=False)
+
+    def _users_of(self, key):
+        return sorted(u for u, k in self._users.items() if k == key)
+
+    def _drop(self, key, users, release=True):
+        account = self._accounts.get(key)
+        if account is None:
+            return
+        was_held = bool(account.held)
+        for user in users:
+            account.held.pop(user, None)
+            account.known_at.pop(user, None)
+        if was_held and not account.held and release:
+            # Cleared, or credentials changed: start afresh, unproven.
+            account.failures.clear()
+            account.proven = False
+        if not account.held and not account.in_flight and not self._users_of(key) \
+                and not account.failures:
+            self._accounts.pop(key, None)
+
+    # -- the region's view ------------------------------------------------
+
+    def generation(self):
+        """A counter of what the region told us; see :meth:`sync`."""
+        return self._generation
+
+    def hold(self, node, agent, lockout_id):
+        """The region says (``node``, ``agent``)'s credentials are locked out."""
+        key = self._users.get((node, agent))
+        if key is None:
+            return
+        account = self._account(key)
+        account.held[(node, agent)] = int(lockout_id)
+        account.known_at[(node, agent)] = self._generation
+        account.proven = False
+
+    def acknowledged(self, node, agent, lockout_id):
+        """The region recorded our report under ``lockout_id``."""
+        self._generation += 1
+        key = self._users.get((node, agent))
+        account = self._accounts.get(key) if key is not None else None
+        if account is not None and (node, agent) in account.held:
+            account.held[(node, agent)] = int(lockout_id)
+            account.known_at[(node, agent)] = self._generation
+
+    def release(self, node, agent=None):
+        """An operator cleared ``node``'s lock-out (every agent's, or ``agent``'s)."""
+        for (n, a), key in list(self._users.items()):
+            if n == node and (agent is None or a == agent):
+                # (None, None): locked while no node used the credentials (a
+                # call that ended after its node was forgotten)
+                self._drop(key, [(n, a), (None, None)])
+
+    def sync(self, node, listed, since):
+        """
+        A listing of the region read after :meth:`generation` was ``since``
+        names ``listed`` (agent -> id) for ``node``: a lock-out the region
+        had acknowledged before then and no longer lists was cleared.
+        """
+        for agent, lockout_id in listed.items():
+            self.hold(node, agent, lockout_id)
+        for (n, a), key in list(self._users.items()):
+            if n != node or a in listed:
+                continue
+            account = self._accounts.get(key)
+            if account is None or (n, a) not in account.held:
+                continue
+            if account.held[(n, a)] is not None and account.known_at.get((n, a), since + 1) <= since:
+                self._drop(key, [(n, a)])
+
+    def held(self, node):
+        """Agents of ``node`` held locked out (agent -> region id or None)."""
+        out = {}
+        for (n, a), key in self._users.items():
+            account = self._accounts.get(key)
+            if n == node and account is not None and account.held:
+                out[a] = account.held.get((n, a))
+        return out
+
+    # -- the decision -----------------------------------------------------
+
     def refusal(self, key):
         """Why no attempt may be made now with these credentials, or None."""
         account = self._account(key)
-        if len(account.failures) >= self.limit:
-            return (f"credentials rejected: {len(account.failures)} authentication failures "
-                    f"within {self.window:g} s; not trying again (the device could lock the "
-                    "account) until the credentials change")
+        if account.held or len(account.failures) >= self.limit:
+            return ("credentials rejected: the device refused them too often "
+                    f"({self.limit} times within {self.window:g} s); not trying again (it "
+                    "could lock the account) until the credentials change or an operator "
+                    "clears the lock-out (powerctl lockout clear)")
         if not account.proven and len(account.failures) + account.in_flight >= self.limit:
             return ("credentials not proven yet and as many attempts in flight as the "
                     "device may refuse; not trying more at once")
@@ -84,9 +211,43 @@ class LockoutGuard:
         elif outcome == "auth":
             account.failures.append(self.clock.seconds())
             account.proven = False
+            if len(account.failures) >= self.limit and not account.held:
+                self._lock(key, account)
+
+    def _lock(self, key, account):
+        users = self._users_of(key) or [(None, None)]
+        failures = len(account.failures)
+        reason = f"{failures} authentication failures within {self.window:g} s"
+        for user in users:
+            account.held[user] = None
+        for node, agent in users:
+            if node is None or self.on_lockout is None:
+                continue
+            try:
+                self.on_lockout(node, agent, failures, reason)
+            except Exception:
+                self.log.failure("reporting the lock-out of node {node}", node=node)
 
     def failures(self, key):
         return len(self._account(key).failures)
+
+    def attempt(self, key, call):
+        """``call()`` (a Deferred) if ``key`` may be tried now; counted either way."""
+        refusal = self.refusal(key)
+        if refusal is not None:
+            return defer.fail(AuthenticationError(refusal))
+        self.started(key)
+        d = defer.maybeDeferred(call)
+
+        def ok(result):
+            self.ended(key, "ok")
+            return result
+
+        def failed(failure):
+            self.ended(key, "auth" if failure.check(AuthenticationError) else "other")
+            return failure
+
+        return d.addCallbacks(ok, failed)
 
 
 @implementer(IPowerDriver)
@@ -106,22 +267,7 @@ class GuardedDriver:
         return getattr(self._driver, name)
 
     def _call(self, name):
-        refusal = self._guard.refusal(self._key)
-        if refusal is not None:
-            return defer.fail(AuthenticationError(refusal))
-        self._guard.started(self._key)
-        d = defer.maybeDeferred(getattr(self._driver, name))
-
-        def ok(result):
-            self._guard.ended(self._key, "ok")
-            return result
-
-        def failed(failure):
-            self._guard.ended(self._key,
-                              "auth" if failure.check(AuthenticationError) else "other")
-            return failure
-
-        return d.addCallbacks(ok, failed)
+        return self._guard.attempt(self._key, getattr(self._driver, name))
 
     def on(self):
         return self._call("on")
@@ -144,10 +290,4 @@ class GuardedDriver:
 
 def guarded(driver, guard, catalogue, agent):
     """``driver`` (built for ``agent``) behind ``guard``, keyed by its credentials."""
-    name = agent["driver"]
-    try:
-        secrets = catalogue.get(name).schema.secrets
-    except Exception:
-        secrets = frozenset()
-    return GuardedDriver(driver, guard, credentials_key(name, agent.get("params") or {},
-                                                          secrets))
+    return GuardedDriver(driver, guard, agent_key(catalogue, agent))

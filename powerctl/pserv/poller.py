@@ -5,8 +5,10 @@ Nodes with a change in play or waiting are skipped (the change will report
 its own state).  Polls are ordinary registry queries, so they coalesce with
 any query already running for the node, and at most ``concurrency`` run at
 once.  Nodes powered by a single outlet of an SNMP PDU are batched instead:
-one request per PDU reads every outlet polled on it.  Results go to the
-region in one batch per round.
+one request per PDU reads every outlet polled on it; that request goes
+through the BMC lock-out guard under the PDU's credentials like any
+driver call (issue 10), so a refused community or v3 key is not tried
+round after round.  Results go to the region in one batch per round.
 
 The poller is a ``TimerService``: the pserv's ``MultiService`` starts and
 stops it with everything else, and stopping it waits for the round under
@@ -23,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.power import Action, PowerState
+from powerctl.pserv.lockout import agent_key
 from powerctl.registry import PowerAction
 
 
@@ -81,8 +84,9 @@ class Poller(TimerService):
 
     def _group(self, nodes):
         """
-        ``({pdu key: (driver type, settings, {node: outlet})}, [other nodes])``:
-        single-outlet SNMP nodes grouped by PDU and credentials.
+        ``({pdu key: (driver type, settings, {node: outlet}, guard key)}, [other
+        nodes])``: single-outlet SNMP nodes grouped by PDU and credentials
+        (and by the lock-out guard's key of those credentials).
         """
         pdus, singles = {}, []
         catalogue = self.executor.catalogue
@@ -107,14 +111,20 @@ class Poller(TimerService):
                 self.log.failure("grouping node {node} by PDU", node=node)
                 singles.append(node)
                 continue
-            key = json.dumps({k: v for k, v in settings.items() if k != "outlet"},
-                             sort_keys=True, default=str)
-            entry = pdus.setdefault(key, (driver_type, settings, {}))
+            guard_key = agent_key(catalogue, agents[0])
+            key = json.dumps([{k: v for k, v in settings.items() if k != "outlet"},
+                              guard_key], sort_keys=True, default=str)
+            entry = pdus.setdefault(key, (driver_type, settings, {}, guard_key))
             entry[2][node] = settings["outlet"]
         return pdus, singles
 
-    def _query_pdu(self, driver_type, settings, outlets):
-        d = driver_type.query_outlets(settings, sorted(set(outlets.values())))
+    def _query_pdu(self, driver_type, settings, outlets, guard_key):
+        guard = getattr(self.executor, "lockout", None)
+
+        def read():
+            return driver_type.query_outlets(settings, sorted(set(outlets.values())))
+
+        d = read() if guard is None else guard.attempt(guard_key, read)
         d.addCallback(lambda states: {n: states.get(o) for n, o in outlets.items()})
         d.addErrback(lambda f: dict.fromkeys(outlets, f))
         return d

@@ -46,10 +46,15 @@ class PservService(service.MultiService):
         self.catalogue = catalogue
         self.link = RegionLink()
         stagger = Stagger(reactor, settings.stagger_on) if settings.stagger_on else None
-        lockout = LockoutGuard(reactor, limit=settings.auth_failure_limit,  # issue 10
-                               window=settings.auth_failure_window)
+        # issue 10: lock-outs are reported to the region, which keeps them
+        # for whichever pserv drives the node next.
+        lockout = LockoutGuard(reactor, limit=settings.auth_failure_limit,
+                               window=settings.auth_failure_window,
+                               on_lockout=self.link.report_lockout)
         self.executor = DriverExecutor(catalogue, stagger, PrioritySlots(settings.max_actions),
                                        lockout=lockout)
+        self.link.digest = self.executor.digest
+        self.link.acknowledged = lockout.acknowledged
         self.registry = PowerActionRegistry(self.executor, reactor, cancel_timeout=STOP_TIMEOUT)
         self.pserv = Pserv(self.registry, self.executor, self.link.report)
         self.poller = Poller(self.registry, self.executor, self.link, reactor,

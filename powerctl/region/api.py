@@ -37,9 +37,9 @@ from urllib.parse import unquote
 from twisted.internet import defer
 from twisted.web import resource
 
-from powerctl.power import OP_STATES, TARGET_STATES, Action
+from powerctl.power import OP_STATES, POWER_STATES, TARGET_STATES, Action
 from powerctl.powerdoc import redact
-from powerctl.region import auth, drift, openapi, powerconfig
+from powerctl.region import auth, bulk, drift, openapi, paging, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.resource import AsyncResource, loggable
 
@@ -219,13 +219,65 @@ def _int_arg(args, name):
         raise HttpError(400, "invalid_input", f"{name}: must be an integer") from None
 
 
+def _page_args(args, kind, key_type):
+    """
+    ``(limit, after key or None)`` of a list request (:mod:`powerctl.region.paging`):
+    400 naming ``limit`` or ``after`` when one is not what the list takes.
+    """
+    try:
+        limit = paging.limit_of(args.get("limit"))
+    except ValueError as e:
+        raise HttpError(400, "invalid_input", str(e)) from None
+    if "after" not in args:
+        return limit, None
+    try:
+        return limit, paging.decode(kind, args["after"], key_type)
+    except paging.BadCursor as e:
+        raise HttpError(400, "invalid_cursor", str(e)) from None
+
+
+def paged(request, args, rows, limit, kind, key):
+    """
+    The page of ``rows`` (read with ``limit + 1``) to answer; when another
+    page follows, a ``Link: <...>; rel="next"`` header says where.
+    """
+    page, cursor = paging.split(rows, limit, kind, key)
+    if cursor is not None:
+        request.setHeader("Link", paging.link(request.path.decode("utf-8", "replace"),
+                                              args, cursor))
+    return page
+
+
+def _choice(args, name, allowed):
+    """An optional query parameter that must be one of ``allowed``."""
+    value = args.get(name)
+    if value is not None and value not in allowed:
+        raise HttpError(400, "invalid_input",
+                       f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def scope_of(request):
+    """The clusters the caller's token is confined to (a sorted list), or None: all."""
+    principal = auth.principal_of(request)
+    if principal is None or principal.clusters is None:
+        return None
+    return sorted(principal.clusters)
+
+
+#: A field the body left out (``None`` is an explicit JSON null, refused).
+_ABSENT = object()
+
+
 def _requester(request, given):
     """
     Who asks: the name of the API token the guard admitted (issue 10; a
     ``requester`` the client names is ignored then), else the ``requester``
     the client names, else its address.
     """
-    if given is not None and (not isinstance(given, str) or len(given) > 255):
+    if given is _ABSENT:
+        given = None
+    elif not isinstance(given, str) or len(given) > 255:
         raise HttpError(400, "invalid_input", "requester: must be a string of at most 255 "
                        "characters")
     principal = auth.principal_of(request)
@@ -274,7 +326,8 @@ class Api(AsyncResource):
     kind = "API"
 
     def __init__(self, store, catalogue, activity=None, on_power_request=None, log=None,
-                 region=None, live_activity=None, events=None, *, guard):
+                 region=None, live_activity=None, events=None, *, guard,
+                 bulk_share=bulk.DEFAULT_SHARE):
         super().__init__(log)
         self.guard = guard  # authentication, roles, audit (powerctl.region.guard)
         self.store = store
@@ -283,6 +336,7 @@ class Api(AsyncResource):
         self.activity = activity
         self.live_activity = live_activity  # (node=, cluster=) -> what the pservs run now
         self.on_power_request = on_power_request
+        self.bulk_share = bulk.check_share(bulk_share)  # the blast-radius guard
         self.events = events  # GET /v1/events: a powerctl.region.events.EventStream
         self._routes = self.routes()
 
@@ -293,6 +347,7 @@ class Api(AsyncResource):
             ("nodes/{name}", {"GET": self.get_node, "PUT": self.update_node,
                               "DELETE": self.delete_node}),
             ("nodes/{name}/power", {"POST": self.request_power}),
+            ("power", {"POST": self.bulk_power}),
             ("power_ops", {"GET": self.list_ops}),
             ("power_ops/{op_id}", {"GET": self.get_op}),
             ("power_ops/{op_id}/cancel", {"POST": self.cancel_op}),
@@ -303,6 +358,8 @@ class Api(AsyncResource):
             ("clusters", {"GET": self.list_clusters}),
             ("clusters/{name}", {"PUT": self.update_cluster}),
             ("activity", {"GET": self.get_activity}),
+            ("lockouts", {"GET": self.list_lockouts}),
+            ("lockouts/{name}", {"DELETE": self.clear_lockout}),
             ("openapi.json", {"GET": self.openapi}),
         ) + tuple(self.guard.routes()) + (tuple(self.events.routes()) if self.events else ())
 
@@ -368,8 +425,18 @@ class Api(AsyncResource):
     # -- nodes ----------------------------------------------------------
 
     async def list_nodes(self, request):
-        args = _query(request, ("cluster",))
-        rows = await self.store.nodes.list(cluster=args.get("cluster"))
+        """A page of nodes by name, filtered in SQL (a scoped token's clusters too)."""
+        args = _query(request, ("cluster", "power_state", "desired_state", "responsive",
+                                "limit", "after"))
+        limit, after = _page_args(args, "nodes", str)
+        responsive = _choice(args, "responsive", ("true", "false"))
+        rows = await self.store.nodes.list(
+            cluster=args.get("cluster"), after_name=after or "", limit=limit + 1,
+            clusters=scope_of(request),
+            power_state=_choice(args, "power_state", POWER_STATES),
+            desired_state=_choice(args, "desired_state", TARGET_STATES),
+            responsive=None if responsive is None else responsive == "true")
+        rows = paged(request, args, rows, limit, "nodes", lambda r: r["name"])
         return 200, [self._node(r) for r in rows]
 
     async def create_node(self, request):
@@ -387,7 +454,7 @@ class Api(AsyncResource):
         body = _json_body(request, ("name", "cluster", "power", "requester"))
         if body.pop("name", name) != name:
             raise HttpError(400, "invalid_input", "name: nodes cannot be renamed")
-        by = _requester(request, body.pop("requester", None))
+        by = _requester(request, body.pop("requester", _ABSENT))
         if self.region is None:
             row = await self.store.nodes.update(name, **body)
             row.pop("changed_for_pserv", None)
@@ -397,7 +464,7 @@ class Api(AsyncResource):
 
     async def delete_node(self, request, name):
         args = _query(request, ("requester",))
-        by = _requester(request, args.get("requester"))
+        by = _requester(request, args.get("requester", _ABSENT))
         if self.region is None:
             await self.store.nodes.delete(name, by=by)
         else:
@@ -410,11 +477,54 @@ class Api(AsyncResource):
             action = Action.parse(body["action"])
         except ValueError as e:
             raise HttpError(400, "invalid_action", str(e)) from None
-        requester = _requester(request, body.get("requester"))
+        requester = _requester(request, body.get("requester", _ABSENT))
         op = await self.store.ops.request(name, action.value, requester=requester)
         self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
         return 202, _pick(op, OP_FIELDS)
+
+    async def bulk_power(self, request):
+        """
+        ``{"action", "nodes": [...] | "cluster", "confirm", "dry_run"}``: one
+        operation per node, journalled in one transaction
+        (:mod:`powerctl.region.bulk`); 409 past the blast-radius guard
+        without ``confirm``; ``dry_run`` answers the plan and writes nothing.
+        """
+        body = _json_body(request, ("action", "nodes", "cluster", "confirm", "dry_run",
+                                    "requester"), ("action",))
+        try:
+            action = Action.parse(body["action"])
+        except ValueError as e:
+            raise HttpError(400, "invalid_action", str(e)) from None
+        if ("nodes" in body) == ("cluster" in body):
+            raise HttpError(400, "invalid_input", "nodes, cluster: give exactly one of them "
+                           "(nodes carry no tags to select by)")
+        nodes = body.get("nodes")
+        if nodes is not None:
+            if (not isinstance(nodes, list) or not 1 <= len(nodes) <= bulk.MAX_NODES
+                    or not all(isinstance(n, str) for n in nodes)):
+                raise HttpError(400, "invalid_input", "nodes: must be a list of 1 to "
+                               f"{bulk.MAX_NODES} node names")
+            if len(set(nodes)) != len(nodes):
+                duplicate = next(n for i, n in enumerate(nodes) if n in nodes[:i])
+                raise HttpError(400, "invalid_input", f"nodes: {duplicate!r} is named twice")
+        if "cluster" in body and not isinstance(body["cluster"], str):
+            raise HttpError(400, "invalid_input", "cluster: must be a cluster name")
+        flags = {}
+        for flag in ("confirm", "dry_run"):
+            flags[flag] = body.get(flag, False)
+            if not isinstance(flags[flag], bool):
+                raise HttpError(400, "invalid_input", f"{flag}: must be true or false")
+        plan, ops = await self.store.ops.request_many(
+            action.value, nodes=nodes, cluster=body.get("cluster"),
+            requester=_requester(request, body.get("requester", _ABSENT)),
+            share=self.bulk_share, **flags)
+        if flags["dry_run"]:
+            return 200, dict(plan.as_json(), dry_run=True)
+        for op in ops:
+            self._dispatch(op)
+        return 202, {"action": action.value, "count": len(ops), "ids": [o["id"] for o in ops],
+                     "operations": [_pick(o, ("id", "node", "action", "state")) for o in ops]}
 
     def _dispatch(self, op):
         """Hand a committed operation to the region's hook, without waiting."""
@@ -427,17 +537,24 @@ class Api(AsyncResource):
     # -- the journal ----------------------------------------------------
 
     async def list_ops(self, request):
-        args = _query(request, ("node", "state", "limit", "before"))
-        if "state" in args and args["state"] not in OP_STATES:
-            raise HttpError(400, "invalid_input",
-                           f"state: {args['state']!r} is not one of {', '.join(OP_STATES)}")
+        """
+        A page of the journal, newest first (``after``: the cursor of a
+        ``Link`` header; ``before``: an operation id, as before cursors).
+        """
+        args = _query(request, ("node", "state", "cluster", "limit", "after", "before"))
+        _choice(args, "state", OP_STATES)
+        limit, after = _page_args(args, "power_ops", int)
+        before = _int_arg(args, "before")
+        if after is not None and before is not None:
+            raise HttpError(400, "invalid_input", "before: give either after or before")
         try:
             rows = await self.store.ops.list(
-                node=args.get("node"), state=args.get("state"),
-                limit=_int_arg(args, "limit"),
-                before_id=_int_arg(args, "before"))
+                node=args.get("node"), state=args.get("state"), cluster=args.get("cluster"),
+                clusters=scope_of(request), limit=limit + 1,
+                before_id=after if after is not None else before)
         except NotFound:
             raise HttpError(400, "invalid_input", "before: must be an operation id") from None
+        rows = paged(request, args, rows, limit, "power_ops", lambda r: r["id"])
         return 200, [_pick(r, OP_FIELDS) for r in rows]
 
     async def get_op(self, request, op_id):
@@ -455,7 +572,7 @@ class Api(AsyncResource):
         if not isinstance(force, bool):
             raise HttpError(400, "invalid_input", "force: must be true or false")
         op = await self._operator().cancel_op(
-            op_id, _requester(request, body.get("requester")), force=force)
+            op_id, _requester(request, body.get("requester", _ABSENT)), force=force)
         return 200, _pick(op, OP_FIELDS)
 
     async def confirm_op(self, request, op_id):
@@ -465,14 +582,17 @@ class Api(AsyncResource):
             raise HttpError(400, "invalid_input", f"state: must be on or off, not "
                            f"{body['state']!r}")
         op = await self._operator().confirm_op(
-            op_id, body["state"], _requester(request, body.get("requester")))
+            op_id, body["state"], _requester(request, body.get("requester", _ABSENT)))
         return 202, _pick(op, OP_FIELDS)
 
     # -- pod managers ---------------------------------------------------
 
     async def list_pod_managers(self, request):
-        _query(request, ())
-        return 200, [_pick(r, POD_MANAGER_FIELDS) for r in await self.store.pod_managers.list()]
+        args = _query(request, ("limit", "after"))
+        limit, after = _page_args(args, "pod_managers", str)
+        rows = await self.store.pod_managers.list(after_name=after or "", limit=limit + 1)
+        rows = paged(request, args, rows, limit, "pod_managers", lambda r: r["name"])
+        return 200, [_pick(r, POD_MANAGER_FIELDS) for r in rows]
 
     async def create_pod_manager(self, request):
         body = _json_body(request, ("name", "url", "username", "password", "description",
@@ -493,6 +613,25 @@ class Api(AsyncResource):
     async def delete_pod_manager(self, request, uuid):
         await self.store.pod_managers.delete(uuid)
         return 204, None
+
+    # -- BMC lock-outs (issue 10) ----------------------------------------
+
+    async def list_lockouts(self, request):
+        """Nodes whose BMC credentials are locked out (``?cluster=``)."""
+        args = _query(request, ("cluster",))
+        principal = auth.principal_of(request)
+        return 200, await self.store.lockouts.list(
+            cluster=args.get("cluster"),
+            clusters=principal.clusters if principal is not None else None)
+
+    async def clear_lockout(self, request, name):
+        """An operator clears a node's lock-out: its pserv tries its credentials again."""
+        _query(request, ())
+        if self.region is None:
+            cleared = (await self.store.lockouts.clear(name))["cleared"]
+        else:
+            cleared = await self.region.clear_lockout(name)
+        return 200, {"node": name, "cleared": cleared}
 
     # -- clusters and the document -------------------------------------
 

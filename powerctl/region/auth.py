@@ -51,6 +51,8 @@ class Scope(enum.Enum):
     CLUSTER = "cluster"
     #: A list: a scoped token sees only its clusters' items.
     LIST = "list"
+    #: A bulk request: the cluster it names, or the clusters of the nodes it names.
+    BULK = "bulk"
 
 
 @attrs.frozen
@@ -84,6 +86,7 @@ RULES = {
     "update_node": Rule(_A, Scope.NODE),
     "delete_node": Rule(_A, Scope.NODE),
     "request_power": Rule(_O, Scope.NODE),
+    "bulk_power": Rule(_O, Scope.BULK),
     "list_ops": Rule(_V, Scope.LIST),
     "get_op": Rule(_V, Scope.OPERATION),
     "cancel_op": Rule(_O, Scope.OPERATION),
@@ -102,6 +105,8 @@ RULES = {
     "create_token": Rule(_A, Scope.UNSCOPED),
     "revoke_token": Rule(_A, Scope.UNSCOPED),
     "list_audit": Rule(_A, Scope.UNSCOPED),
+    "list_lockouts": Rule(_V, Scope.LIST),
+    "clear_lockout": Rule(_O, Scope.NODE),
 }
 
 
@@ -168,6 +173,8 @@ def filter_listing(principal, handler_name, body, cluster_of_node=None):
     if principal.clusters is None:
         return body
     if handler_name == "list_nodes":
+        return [n for n in body if principal.covers(n.get("cluster"))]
+    if handler_name == "list_lockouts":
         return [n for n in body if principal.covers(n.get("cluster"))]
     if handler_name == "list_clusters":
         return [c for c in body if principal.covers(c.get("name"))]

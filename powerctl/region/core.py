@@ -119,10 +119,12 @@ class Region:
         if protocol is None:
             return "elsewhere"
         power = await self.store.nodes.power_config(op["node"])
+        lockouts = (await self.store.lockouts.of_nodes([op["node"]])).get(op["node"], [])
         command = commands.POWER_COMMANDS[op["action"]]
         try:
             answer = await protocol.callRemote(
-                command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch)
+                command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch,
+                lockouts=lockouts)
         except commands.UnusablePowerConfig as e:
             await self.store.ops.record_outcome(
                 op["id"], OpState.FAILED.value, error=error_text("config", e),
@@ -191,21 +193,23 @@ class Region:
                 pass  # the node was deleted meanwhile: its journal is all that is left
         return recorded.changed
 
-    async def polled(self, node, state, error=None):
+    async def polled(self, reports):
         """
-        Record a pserv's poll of ``node``.  When the node drifted and its
-        cluster enforces (:mod:`powerctl.region.drift`), the store has
-        journalled a ``reconcile`` operation: it is dispatched like any
-        API request.  Answers the node as recorded.
+        Record one batch of a pserv's polls, ``[(node, state, error)]``, in
+        one transaction.  When a node drifted and its cluster enforces
+        (:mod:`powerctl.region.drift`), the store has journalled a
+        ``reconcile`` operation: it is dispatched like any API request.
+        Answers the store's ``(recorded, missing, refused)``.
         """
-        row = await self.store.nodes.record_power_state(node, state, error=error, poll=True)
-        op = row.pop("reconcile", None)
-        if op is not None:
-            self.log.info("node {n} drifted from {desired} (observed {observed}):"
-                          " reconcile operation {op}", n=node, desired=row["desired_state"],
-                          observed=state, op=op["id"])
-            self.dispatch_later(op)
-        return row
+        recorded, missing, refused = await self.store.nodes.record_polls(reports)
+        for name, row in recorded.items():
+            op = row.pop("reconcile", None)
+            if op is not None:
+                self.log.info("node {n} drifted from {desired} (observed {observed}):"
+                              " reconcile operation {op}", n=name, desired=row["desired_state"],
+                              observed=row["power_state"], op=op["id"])
+                self.dispatch_later(op)
+        return recorded, missing, refused
 
     # -- an operator's hand on one node or operation -------------------------
 
@@ -285,6 +289,25 @@ class Region:
             for op in await self.store.ops.open_of_node(name):
                 self.dispatch_later(op)
         return row
+
+    async def clear_lockout(self, node):
+        """
+        An operator clears ``node``'s BMC lock-out (issue 10): the rows go
+        (with a ``NOTIFY assignments``, so an owner connected only to
+        another region learns it at the Recover that makes it ask for), and
+        the pservs of its cluster connected here are told at once
+        (``ClearLockout``).  Answers the lock-outs cleared.
+        """
+        result = await self.store.lockouts.clear(node)
+        # Sent even when no row was cleared: a lock-out the owner has not
+        # reported yet is cleared too (the operator means it).
+        for pserv, answer in await self._each_pserv(
+                result["cluster"], commands.ClearLockout, node=node):
+            if not isinstance(answer, dict):
+                self.log.warn("pserv {p} did not confirm the clearing of node {n}'s "
+                              "lock-out ({why}); it learns it at its next recovery",
+                              p=pserv, n=node, why=answer.getErrorMessage())
+        return result["cleared"]
 
     async def cancel_op(self, op_id, by, force=False):
         """

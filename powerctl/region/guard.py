@@ -32,18 +32,28 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from powerctl.region import auth
+from powerctl.region import auditing, auth
 from powerctl.region.api import (
     _STATUS,
     MAX_BODY,
     HttpError,
     _int_arg,
     _json_body,
+    _page_args,
     _query,
+    paged,
 )
 from powerctl.region.errors import StoreError
 
 COOKIE = b"powerctl_token"
+
+#: What a change answers when it succeeds, for its audit record (written
+#: before the answer exists, in the change's transaction); 200 if not here.
+SUCCESS_STATUS = {
+    "create_node": 201, "delete_node": 204, "request_power": 202, "confirm_op": 202,
+    "create_pod_manager": 201, "delete_pod_manager": 204, "create_token": 201,
+    "bulk_power": 202,
+}
 
 
 def _address(request):
@@ -137,14 +147,27 @@ class ApiGuard:
         if not auth.is_write(method):
             status, body = await handler(request, **params)
             return status, await self._filtered(principal, name, body)
+        # issue 10: the record commits with the change (powerctl.region.auditing)
+        intent = auditing.Intent(principal.name, _address(request), method,
+                                 request.uri.decode("utf-8", "replace"),
+                                 SUCCESS_STATUS.get(name, 200))
+        token = auditing.pending(intent)
         try:
             status, body = await handler(request, **params)
         except Exception as e:
             status_code, code = _status_of(e)
-            await self._audit(request, principal, status_code, f"refused: {code}"
-                              if status_code < 500 else "failed: internal error")
+            outcome = (f"refused: {code}" if status_code < 500 else "failed: internal error")
+            if intent.written:
+                outcome = f"after the change was committed: {outcome}"
+            await self._audit(request, principal, status_code, outcome)
             raise
-        await self._audit(request, principal, status, "ok")
+        finally:
+            auditing.done(token)
+        if not intent.written:  # nothing was written: recorded on its own
+            await self._audit(request, principal, status, "ok")
+        elif status != intent.status:
+            self.log.error("{name} answered {status}, its audit record says {recorded}",
+                           name=name, status=status, recorded=intent.status)
         return status, body
 
     async def _touched(self, rule, name, request, params):
@@ -161,6 +184,12 @@ class ApiGuard:
             found.append(await self.tokens.cluster_of_op(params["op_id"]))
         elif scope is auth.Scope.CLUSTER:
             found.append(params["name"])
+        elif scope is auth.Scope.BULK:
+            body = _peek_json(request)
+            found.append(body.get("cluster"))
+            nodes = body.get("nodes")
+            if isinstance(nodes, list):
+                found.extend((await self.tokens.clusters_of_nodes(nodes)).values())
         elif scope is auth.Scope.LIST:
             args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}
             if args.get("cluster"):
@@ -199,10 +228,13 @@ class ApiGuard:
         )
 
     async def list_tokens(self, request):
-        args = _query(request, ("revoked",))
+        args = _query(request, ("revoked", "limit", "after"))
         if args.get("revoked", "false") not in ("true", "false"):
             raise HttpError(400, "invalid_input", "revoked: must be true or false")
-        return 200, await self.tokens.list(include_revoked=args.get("revoked") == "true")
+        limit, after = _page_args(args, "tokens", int)
+        rows = await self.tokens.list(include_revoked=args.get("revoked") == "true",
+                                      after_id=after or 0, limit=limit + 1)
+        return 200, paged(request, args, rows, limit, "tokens", lambda r: r["id"])
 
     async def create_token(self, request):
         """The new token is in this answer, and never again."""
@@ -217,10 +249,15 @@ class ApiGuard:
         return 200, await self.tokens.revoke(token_id, auth.principal_of(request).name)
 
     async def list_audit(self, request):
-        args = _query(request, ("before", "limit", "actor"))
-        return 200, await self.tokens.list_audit(before=_int_arg(args, "before"),
-                                                 limit=_int_arg(args, "limit"),
-                                                 actor=args.get("actor"))
+        """The audit trail, newest first; ``after`` (a cursor) or ``before`` (an id) pages."""
+        args = _query(request, ("before", "limit", "actor", "after"))
+        limit, after = _page_args(args, "audit", int)
+        before = _int_arg(args, "before")
+        if after is not None and before is not None:
+            raise HttpError(400, "invalid_input", "before: give either after or before")
+        rows = await self.tokens.list_audit(before=after if after is not None else before,
+                                            limit=limit + 1, actor=args.get("actor"))
+        return 200, paged(request, args, rows, limit, "audit", lambda r: r["id"])
 
 
 # -- the status page and /metrics -----------------------------------------

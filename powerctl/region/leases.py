@@ -166,6 +166,15 @@ class Leases:
             "SELECT epoch, pserv FROM leases WHERE cluster = %s AND NOT released"
             " AND expires_at > now()", (cluster,))
         live = {r["epoch"]: r["pserv"] for r in leases}
+        if not live:
+            # Nobody to assign to: every node is ownerless, and that is all
+            # (one statement, not a locked pass over the cluster's nodes in
+            # Python: with the cluster's pservs down, every power request
+            # still asks for a round).
+            await tx.rows("UPDATE nodes SET owner_epoch = NULL, handoff_epoch = NULL"
+                          " WHERE cluster = %s AND (owner_epoch IS NOT NULL"
+                          " OR handoff_epoch IS NOT NULL)", (cluster,))
+            return {"assigned": {}, "handoffs": {}, "waiting": []}
         nodes = await tx.rows(
             "SELECT name, owner_epoch, handoff_epoch FROM nodes WHERE cluster = %s"
             " ORDER BY name FOR UPDATE", (cluster,))

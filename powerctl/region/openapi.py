@@ -8,6 +8,7 @@ function so each caller gets its own copy to mutate.
 
 from powerctl.power import ACTIONS, OP_STATES, POWER_STATES, TARGET_STATES
 from powerctl.powerdoc import LABEL_PATTERN, MAX_AGENTS, MODES
+from powerctl.region import paging
 
 VERSION = "1.0.0"
 
@@ -45,6 +46,27 @@ def _path_param(name, description, schema=None):
 def _query_param(name, description, schema=None):
     return {"name": name, "in": "query", "required": False, "description": description,
             "schema": schema or {"type": "string"}}
+
+
+def page_params():
+    """``limit`` and ``after``: the keyset paging every list takes (:mod:`powerctl.region.paging`)."""
+    return [
+        _query_param("limit", f"at most this many (1-{paging.MAX_LIMIT}, default "
+                     f"{paging.DEFAULT_LIMIT})",
+                     {"type": "integer", "minimum": 1, "maximum": paging.MAX_LIMIT}),
+        _query_param("after", "the opaque cursor of the page to answer, as the previous "
+                     "page's Link header (rel=\"next\") gave it; 400 if malformed",
+                     {"type": "string", "minLength": 1, "maxLength": paging.MAX_CURSOR})]
+
+
+def paged_json(schema, description):
+    """A 200 of a list: one page, and a ``Link`` header while more pages follow."""
+    answer = _json(schema, description + "; one page (keyset): a Link header "
+                   "<...&after=CURSOR>; rel=\"next\" is present while more follow")
+    answer["headers"] = {"Link": {
+        "description": "the next page, as <url>; rel=\"next\" (absent on the last page)",
+        "schema": {"type": "string"}}}
+    return answer
 
 
 def _ts(description):
@@ -189,7 +211,45 @@ def _schemas():
         "type": "object", "required": ["code", "message"], "properties": {
             "code": {"type": "string"}, "message": {"type": "string"},
             "id": {"type": "string", "description": "error id (500 only), as logged"}}}}}
-    return {"Agent": agent, "Power": power, "Node": node, "NodeCreate": node_create,
+    bulk_request = {"type": "object", "additionalProperties": False, "required": ["action"],
+                    "properties": {
+                        "action": {"type": "string", "enum": list(ACTIONS)},
+                        "nodes": {"type": "array", "minItems": 1, "maxItems": 10000,
+                                  "uniqueItems": True, "items": {"type": "string"},
+                                  "description": "these nodes (not with cluster)"},
+                        "cluster": {"type": "string",
+                                    "description": "every node of this cluster (not with "
+                                    "nodes)"},
+                        "confirm": {"type": "boolean", "default": False,
+                                    "description": "go past the blast-radius guard"},
+                        "dry_run": {"type": "boolean", "default": False,
+                                    "description": "answer the plan, journal nothing"},
+                        "requester": requester}}
+    bulk_item = {"type": "object", "properties": {
+        "node": {"type": "string"}, "cluster": {"type": "string"},
+        "power_state": {"type": "string", "enum": list(POWER_STATES)},
+        "desired_state": {"type": "string", "enum": [*TARGET_STATES, None], "nullable": True},
+        "target": {"type": "string", "enum": [*TARGET_STATES, None], "nullable": True,
+                   "description": "the desired state the action sets (null: query)"},
+        "changes": {"type": "boolean", "description": "whether it would change the node"}}}
+    bulk_plan = {"type": "object", "properties": {
+        "action": {"type": "string", "enum": list(ACTIONS)}, "dry_run": {"type": "boolean"},
+        "nodes": {"type": "array", "items": bulk_item},
+        "count": {"type": "integer"}, "changing": {"type": "integer"},
+        "clusters": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"selected": {"type": "integer"},
+                                             "total": {"type": "integer"}}}},
+        "share": {"type": "number"},
+        "needs_confirm": {"type": "boolean",
+                          "description": "without confirm, the request would be refused"}}}
+    bulk_accepted = {"type": "object", "properties": {
+        "action": {"type": "string", "enum": list(ACTIONS)}, "count": {"type": "integer"},
+        "ids": {"type": "array", "items": {"type": "integer"}},
+        "operations": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "node": {"type": "string"},
+            "action": {"type": "string", "enum": list(ACTIONS)}, "state": op_state}}}}}
+    return {"BulkRequest": bulk_request, "BulkPlan": bulk_plan, "BulkAccepted": bulk_accepted,
+            "Agent": agent, "Power": power, "Node": node, "NodeCreate": node_create,
             "NodeUpdate": node_update, "PowerOp": op, "PowerRequest": power_request,
             "CancelRequest": cancel_request, "ConfirmRequest": confirm_request,
             "PodManager": pod_manager, "PodManagerCreate": pod_manager_create,
@@ -256,8 +316,17 @@ def _paths():
     return {
         "/v1/nodes": {
             "get": {"summary": "List nodes", "operationId": "listNodes",
-                    "parameters": [_query_param("cluster", "only this cluster")],
-                    "responses": {"200": _json(_array("Node"), "nodes by name"),
+                    "parameters": [
+                        _query_param("cluster", "only this cluster"),
+                        _query_param("power_state", "only nodes in this power state",
+                                     {"type": "string", "enum": list(POWER_STATES)}),
+                        _query_param("desired_state", "only nodes with this desired state",
+                                     {"type": "string", "enum": list(TARGET_STATES)}),
+                        _query_param("responsive", "only responsive (true) or "
+                                     "non-responsive (false) nodes",
+                                     {"type": "string", "enum": ["true", "false"]}),
+                        *page_params()],
+                    "responses": {"200": paged_json(_array("Node"), "nodes by name"),
                                   **_errors(400)}},
             "post": {"summary": "Add a node", "operationId": "createNode",
                      "requestBody": _body("NodeCreate", "the node"),
@@ -289,17 +358,30 @@ def _paths():
                      "responses": {"202": _json(_ref("PowerOp"), "journalled, pending"),
                                    **_errors(400, 404, 413, 415)}},
         },
+        "/v1/power": {
+            "post": {"summary": "Request one power action on many nodes: the nodes named, or "
+                     "every node of a cluster (nodes carry no tags), one operation each, "
+                     "journalled in one transaction",
+                     "operationId": "requestBulkPower", "requestBody": _body("BulkRequest", ""),
+                     "description": "An off, soft-off or cycle selecting more than the "
+                     "region's bulk_confirm_share (default 20 %) of a cluster's nodes is "
+                     "refused with 409 unless confirm is true. dry_run answers the plan "
+                     "(200) and journals nothing.",
+                     "responses": {"202": _json(_ref("BulkAccepted"), "journalled, pending"),
+                                   "200": _json(_ref("BulkPlan"), "dry run: the plan"),
+                                   **_errors(400, 404, 409, 413, 415)}},
+        },
         "/v1/power_ops": {
             "get": {"summary": "The journal, newest first", "operationId": "listPowerOps",
                     "parameters": [
                         _query_param("node", "only this node"),
                         _query_param("state", "only this state",
                                      _schemas()["PowerOp"]["properties"]["state"]),
-                        _query_param("limit", "at most this many (1-1000, default 100)",
-                                     {"type": "integer", "minimum": 1, "maximum": 1000}),
-                        _query_param("before", "only ids below this (paging)",
-                                     {"type": "integer"})],
-                    "responses": {"200": _json(_array("PowerOp"), "operations"),
+                        _query_param("cluster", "only operations of this cluster's nodes"),
+                        *page_params(),
+                        _query_param("before", "only ids below this (paging by id; not "
+                                     "with after)", {"type": "integer", "minimum": 1})],
+                    "responses": {"200": paged_json(_array("PowerOp"), "operations"),
                                   **_errors(400)}},
         },
         "/v1/power_ops/{op_id}": {
@@ -326,7 +408,8 @@ def _paths():
         },
         "/v1/pod_managers": {
             "get": {"summary": "List pod managers", "operationId": "listPodManagers",
-                    "responses": {"200": _json(_array("PodManager"), "by name"),
+                    "parameters": page_params(),
+                    "responses": {"200": paged_json(_array("PodManager"), "by name"),
                                   **_errors(400)}},
             "post": {"summary": "Add a pod manager", "operationId": "createPodManager",
                      "requestBody": _body("PodManagerCreate", ""),

@@ -5,6 +5,7 @@ routes.
 """
 
 from powerctl.region import auth
+from powerctl.region.openapi import page_params, paged_json
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -38,8 +39,16 @@ _AUDIT = _obj({
     "status": {"type": "integer"}, "outcome": {"type": "string"}})
 
 
+_LOCKOUT = _obj({
+    "id": {"type": "integer"}, "node": {"type": "string"}, "cluster": {"type": "string"},
+    "agent": {"type": "integer", "description": "the agent's index in the node's power"},
+    "failures": {"type": "integer"}, "reason": {"type": "string"},
+    "pserv": {"type": "string", "description": "the pserv that stopped trying"},
+    "locked_at": {"type": "string", "format": "date-time"}})
+
+
 def _errors(*statuses):
-    text = {400: "invalid input", 404: "no such token", 409: "a live token has that name",
+    text = {400: "invalid input", 404: "no such token (lock-outs: no such node)", 409: "a live token has that name",
             413: "body too large", 415: "body is not JSON", 500: "internal error"}
     return {str(s): _json(_ERROR, text[s]) for s in statuses + (500,)}
 
@@ -50,8 +59,10 @@ def _paths():
             "get": {"summary": "API tokens (never their secret)", "operationId": "listTokens",
                     "parameters": [{"name": "revoked", "in": "query", "required": False,
                                     "schema": {"type": "string", "enum": ["true", "false"]},
-                                    "description": "true: revoked ones too"}],
-                    "responses": {"200": _json({"type": "array", "items": _TOKEN}, "by id"),
+                                    "description": "true: revoked ones too"},
+                                   *page_params()],
+                    "responses": {"200": paged_json({"type": "array", "items": _TOKEN},
+                                                    "by id"),
                                   **_errors(400)}},
             "post": {"summary": "Create a token; the answer's token is shown this once",
                      "operationId": "createToken",
@@ -73,17 +84,39 @@ def _paths():
                        "operationId": "revokeToken",
                        "responses": {"200": _json(_TOKEN, "revoked"), **_errors(404)}},
         },
+        "/v1/lockouts": {
+            "get": {"summary": "BMC credentials locked out: no pserv tries them until they "
+                               "change or an operator clears them",
+                    "operationId": "listLockouts",
+                    "parameters": [{"name": "cluster", "in": "query", "required": False,
+                                    "schema": {"type": "string"},
+                                    "description": "only this cluster's nodes"}],
+                    "responses": {"200": _json({"type": "array", "items": _LOCKOUT},
+                                               "by node and agent"), **_errors(400)}},
+        },
+        "/v1/lockouts/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string"}, "description": "node name"}],
+            "delete": {"summary": "Clear a node's lock-out (operator; audited): its pserv "
+                                  "tries the credentials again at once",
+                       "operationId": "clearLockout",
+                       "responses": {"200": _json(_obj({
+                           "node": {"type": "string"},
+                           "cleared": {"type": "array", "items": _LOCKOUT}}), "cleared"),
+                           **_errors(400, 404)}},
+        },
         "/v1/audit": {
             "get": {"summary": "The audit trail of changes, newest first (read only)",
                     "operationId": "listAudit",
                     "parameters": [
                         {"name": n, "in": "query", "required": False, "description": d,
                          "schema": {"type": t}}
-                        for n, t, d in (("before", "integer", "ids below this one"),
-                                        ("limit", "integer", "at most this many (1000)"),
-                                        ("actor", "string", "only this token name"))],
-                    "responses": {"200": _json({"type": "array", "items": _AUDIT},
-                                               "newest first"), **_errors(400)}},
+                        for n, t, d in (("before", "integer", "ids below this one (not "
+                                         "with after)"),
+                                        ("actor", "string", "only this token name"))]
+                    + page_params(),
+                    "responses": {"200": paged_json({"type": "array", "items": _AUDIT},
+                                                    "newest first"), **_errors(400)}},
         },
     }
 

@@ -3,6 +3,7 @@ The region's side of AMP: authenticating pservs, recovery pages, outcome
 and state reports, and the directory of connected pservs per cluster.
 """
 
+import hashlib
 import json
 
 from twisted.internet import defer
@@ -204,7 +205,9 @@ class RegionProtocol(amp.AMP):
         nodes = await store.nodes.desired_states(self.cluster, after_name=after_node, limit=PAGE,
                                            epoch=self.epoch)
         usable = [n for n in nodes if n["power"] is not None]
-        page = _trim([_node_json(n) for n in usable])
+        # issue 10: each node's lock-outs go with its configuration
+        locked = await store.lockouts.of_nodes([n["node"] for n in usable])
+        page = _trim([_node_json(n, locked.get(n["node"], [])) for n in usable])
         full = len(nodes) == PAGE or len(page) < len(usable)
         last = page[-1]["name"] if page else (nodes[-1]["node"] if nodes else after_node)
         return {"operations": ops_page, "nodes": page, "after_op": after_op,
@@ -241,29 +244,57 @@ class RegionProtocol(amp.AMP):
         # Only the owner's polls count: a former owner's (or a forger's)
         # view of a node is dropped, logged once per node.
         owned = await self.region.leases.owned(epoch, [s["node"] for s in states])
+        reports = []
         for s in states:
             if s["node"] not in owned:
-                if s["node"] not in self._unknown_nodes:
-                    self._unknown_nodes.add(s["node"])
-                    self.log.warn("pserv {p} reported on node {n}, which its epoch {e} does "
-                                  "not own (deleted, or handed over); dropped",
-                                  p=self.pserv, n=s["node"], e=epoch)
+                self._warn_unknown(s["node"], "which its epoch {e} does not own (deleted, or"
+                                   " handed over)", e=epoch)
                 continue
-            # One bad node never costs the rest of the batch its update.
-            try:
-                error = s.get("error") or None
-                if error is not None and isinstance(s.get("error_kind"), str):
-                    error = error_text(s["error_kind"], error)
-                await self.region.polled(s["node"], s["state"], error=error)
-            except NotFound:
-                if s["node"] not in self._unknown_nodes:
-                    self._unknown_nodes.add(s["node"])
-                    self.log.warn("pserv {p} reported on node {n}, which does not exist;"
-                                  " dropped", p=self.pserv, n=s["node"])
-            except InvalidInput as e:
-                self.log.warn("pserv {p}: report for node {n} refused: {why}",
-                              p=self.pserv, n=s["node"], why=e)
+            error = s.get("error") or None
+            if error is not None and isinstance(s.get("error_kind"), str):
+                error = error_text(s["error_kind"], error)
+            reports.append((s["node"], s["state"], error))
+        # One bad node never costs the rest of the batch its update.
+        _, missing, refused = await self.region.polled(reports)
+        for node in missing:
+            self._warn_unknown(node, "which does not exist")
+        for node, why in refused.items():
+            self.log.warn("pserv {p}: report for node {n} refused: {why}",
+                          p=self.pserv, n=node, why=why)
         return {}
+
+    def _warn_unknown(self, node, why, **fields):
+        """Log a dropped report once per node and connection: pservs poll every few seconds."""
+        if node not in self._unknown_nodes:
+            self._unknown_nodes.add(node)
+            self.log.warn("pserv {p} reported on node {n}, " + why + "; dropped",
+                          p=self.pserv, n=node, **fields)
+
+    @commands.ReportLockout.responder
+    async def report_lockout(self, node, agent, failures, reason, digest, epoch):
+        """Issue 10: keep a BMC lock-out for whichever pserv drives the node next."""
+        self._leased(epoch)
+        if agent < 0 or failures < 0:
+            raise commands.BadArguments("agent and failures must not be negative")
+        if node not in await self.region.leases.owned(epoch, [node]):
+            raise commands.StaleEpoch(f"epoch {epoch} does not own node {node!r}")
+        try:
+            power = await self.region.store.nodes.power_config(node)
+        except (NotFound, InvalidInput):
+            power = None
+        if power is None or power_digest(power) != digest:
+            self.log.warn("pserv {p}: lock-out of node {n} concerns a configuration the node "
+                          "no longer has; dropped", p=self.pserv, n=node)
+            return {"recorded": False, "id": 0}
+        try:
+            lockout_id = await self.region.store.lockouts.record(
+                node, agent, failures, reason, self.pserv)
+        except InvalidInput as e:
+            raise commands.BadArguments(str(e)) from None
+        self.log.warn("node {n}: credentials of agent {a} locked out by pserv {p} ({why}); "
+                      "not tried again until they change or an operator clears it",
+                      n=node, a=agent, p=self.pserv, why=reason)
+        return {"recorded": True, "id": lockout_id}
 
     @commands.Heartbeat.responder
     async def heartbeat(self, actions_in_flight):
@@ -321,6 +352,11 @@ def _op_json(op):
     return {"id": op["id"], "node": op["node"], "action": op["action"], "power": op["power"]}
 
 
-def _node_json(node):
+def _node_json(node, lockouts=()):
     return {"name": node["node"], "desired_state": node.get("desired_state"),
-            "power": node["power"]}
+            "power": node["power"], "lockouts": list(lockouts)}
+
+
+def power_digest(power):
+    """What ``ReportLockout``'s ``digest`` is: SHA-256 of the canonical JSON."""
+    return hashlib.sha256(json.dumps(power, sort_keys=True).encode()).hexdigest()

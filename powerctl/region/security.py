@@ -48,6 +48,8 @@ def _open_vault_sync(settings, catalogue):
             notes.append(f"created a new key for secrets at rest in {path} (mode 0600); "
                          "every region of this database needs a copy of it")
         vaults.check_opens(conn, vault)
+        # issue 10: key add/rotate take effect without a restart
+        vault = vaults.FileVault(path, vault)
         sealed = vaults.seal_existing(conn, vault, catalogue)
         if sealed:
             notes.append(f"encrypted the secrets of {sealed} stored row(s) still in plain text")

@@ -17,7 +17,9 @@ from powerctl.region.events import EventHub, EventStream, Pruner
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
+from powerctl.region.pruning import JournalPruner
 from powerctl.region.rpc import RegionProtocol
+from powerctl.rpc import transport
 
 
 def _reconnecting_connection(reactor, cooperator=None):
@@ -164,8 +166,9 @@ class RegionService(service.MultiService):
             self.settings.database, self.reactor, self._notified,
             self.region.assignment_round, interval=max(1.0, self.settings.lease / 3))
         factory = protocol.Factory.forProtocol(lambda: RegionProtocol(self.region))
-        self.rpc_port = await endpoints.serverFromString(
-            self.reactor, self.settings.rpc_endpoint).listen(factory)
+        self.rpc_port = await transport.server_endpoint(  # issue 10: mutual TLS
+            self.reactor, self.settings.rpc_endpoint,
+            self.settings.rpc_client_ca).listen(factory)
         from powerctl.region.activity import LiveActivity
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
@@ -174,6 +177,7 @@ class RegionService(service.MultiService):
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later, region=self.region,
                         live_activity=live, guard=guard,
+                        bulk_share=self.settings.bulk_confirm_share,
                         events=stream)
         web.add_to(root, self.store, activity=self.region.activity, live_activity=live,
                    events=stream)
@@ -186,11 +190,16 @@ class RegionService(service.MultiService):
         self.prober = PodManagerProber(self.store, self.reactor,
                                        interval=self.settings.pod_probe_interval,
                                        leader=lambda: self.coordinator.leader)
+        jobs = [self.region.reaper, self.coordinator, self.prober]
+        if self.settings.journal_keep_days:
+            jobs.append(JournalPruner(self.store.ops, self.reactor,
+                                      self.settings.journal_keep_days,
+                                      leader=lambda: self.coordinator.leader))
         # Children of a running MultiService start as they are added.
         self.pruner = Pruner(self.store, self.reactor, self.settings.event_retention,
                              leader=lambda: self.coordinator.leader)
-        for job in (self.region.reaper, self.coordinator, self.prober, self.events,
-                    self.pruner):
+        jobs += [self.events, self.pruner]  # issue 14: the live event stream
+        for job in jobs:
             job.setServiceParent(self)
         self.log.info("region {name}: API on {api}, pservs on {rpc}", name=self.settings.name,
                       api=self.api_port.getHost(), rpc=self.rpc_port.getHost())

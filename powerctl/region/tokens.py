@@ -17,7 +17,9 @@ import datetime
 import re
 import secrets
 
-from powerctl.region import auth
+from twisted.internet import defer
+
+from powerctl.region import auditing, auth
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -97,6 +99,23 @@ class TokenStore:
     def __init__(self, pool):
         self._pool = pool
 
+    def _write(self, sql, args):
+        """
+        One writing statement in its own transaction, with the API
+        request's audit record (:mod:`powerctl.region.auditing`); its rows.
+        """
+        intent = auditing.current()
+
+        async def body(cursor):
+            await cursor.execute(sql, args)
+            rows = cursor.fetchall()
+            await auditing.write_if_changed(cursor, intent)
+            return rows
+
+        return auditing.settle(
+            self._pool.runInteraction(lambda cursor: defer.ensureDeferred(body(cursor))),
+            intent)
+
     async def authenticate(self, token):
         """The :class:`~powerctl.region.auth.Principal` of a live token, else None."""
         rows = await self._pool.runQuery(
@@ -115,16 +134,18 @@ class TokenStore:
         name, role, clusters = checked(name, role, clusters)
         token = new_token()
         try:
-            rows = await self._pool.runQuery(
+            rows = await self._write(
                 _INSERT, (name, role, clusters, auth.token_hash(token), created_by))
         except psycopg2.errors.UniqueViolation:
             raise Conflict(f"a token named {name!r} exists; revoke it first") from None
         return _token_row(rows[0]), token
 
-    async def list(self, include_revoked=False):
-        where = "" if include_revoked else "WHERE revoked_at IS NULL"
+    async def list(self, include_revoked=False, after_id=0, limit=None):
+        """Tokens by id, pageable (keyset: ``after_id`` is the last id seen)."""
+        where = "" if include_revoked else "AND revoked_at IS NULL"
         rows = await self._pool.runQuery(
-            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens {where} ORDER BY id")
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id > %s {where} ORDER BY id"
+            " LIMIT %s", (after_id or 0, limit))
         return [_token_row(r) for r in rows]
 
     async def revoke(self, token_id, by):
@@ -132,7 +153,7 @@ class TokenStore:
             token_id = int(token_id)
         except ValueError:
             raise NotFound(f"no token {token_id!r}") from None
-        rows = await self._pool.runQuery(
+        rows = await self._write(
             f"UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()), "
             f"revoked_by = coalesce(revoked_by, %s) WHERE id = %s RETURNING {_TOKEN_COLUMNS}",
             (by, token_id))
@@ -143,13 +164,12 @@ class TokenStore:
     # -- the audit trail ------------------------------------------------
 
     async def audit(self, actor, source, method, path, status, outcome):
-        await self._pool.runOperation(
-            "INSERT INTO audit (actor, source, method, path, status, outcome) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            (actor, source, method, path[:2048], status, outcome[:1024]))
+        """A record on its own: a refusal (nothing changed), or what followed a change."""
+        await self._pool.runOperation(auditing.INSERT, (actor, source, method, path[:2048],
+                                                        status, outcome[:1024]))
 
     async def list_audit(self, before=None, limit=100, actor=None):
-        limit = max(1, min(int(limit or 100), MAX_PAGE))
+        limit = max(1, min(int(limit or 100), MAX_PAGE + 1))  # + 1: "is there more?"
         clauses, args = [], []
         if before is not None:
             clauses.append("id < %s")

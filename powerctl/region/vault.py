@@ -140,6 +140,95 @@ class Vault:
         return self.seal_power(self.open_power(power), None, catalogue)
 
 
+class FileVault:
+    """
+    A :class:`Vault` that follows its key file, so ``powerctl admin key add``
+    and ``rotate`` take effect on a running region without a restart.
+
+    Before each use the file's identity (inode, size, modification time: one
+    ``stat``) is compared with the one loaded; when it changed the file is
+    read again -- ``key add`` puts a new first key, which seals from then on,
+    and ``key rotate`` drops the old ones.  A secret that no loaded key opens
+    makes it read the file again too, whatever the ``stat`` says (a change
+    within the file system's time resolution).  A file that cannot be used
+    any more (gone, readable by others, no valid key) is refused with one
+    error logged, and the keys loaded before stay in use.
+    """
+
+    def __init__(self, path, vault=None, log=None):
+        from twisted.logger import Logger
+
+        self.path = path
+        self.log = log or Logger()
+        self._vault = vault if vault is not None else load_key_file(path)
+        self._signature = self._stat()
+        self._refused = None  # the signature of a file refused (logged once)
+
+    def _stat(self):
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_mode)
+
+    def reload(self, force=False):
+        """Read the key file again if it changed (or ``force``); True if keys changed."""
+        signature = self._stat()
+        if not force and signature == self._signature:
+            return False
+        if not force and signature == self._refused:
+            return False
+        try:
+            vault = load_key_file(self.path)
+        except (VaultError, OSError) as e:
+            if signature != self._refused:
+                self._refused = signature
+                self.log.error("the key file changed but cannot be used ({why}); keeping the "
+                               "{n} key(s) loaded before", why=e, n=len(self._vault.keys))
+            return False
+        self._signature, self._refused = signature, None
+        if vault.keys == self._vault.keys:
+            return False
+        self._vault = vault
+        self.log.info("key file {path} read again: {n} key(s), the first one seals",
+                      path=self.path, n=len(vault.keys))
+        return True
+
+    def _current(self):
+        self.reload()
+        return self._vault
+
+    def _retrying(self, name, *args):
+        try:
+            return getattr(self._current(), name)(*args)
+        except VaultError:
+            if not self.reload(force=True):
+                raise
+            return getattr(self._vault, name)(*args)
+
+    @property
+    def keys(self):
+        return self._current().keys
+
+    def seal(self, value):
+        return self._current().seal(value)
+
+    def open(self, value):
+        return self._retrying("open", value)
+
+    def reseal(self, value):
+        return self._retrying("reseal", value)
+
+    def seal_power(self, power, previous, catalogue):
+        return self._retrying("seal_power", power, previous, catalogue)
+
+    def open_power(self, power):
+        return self._retrying("open_power", power)
+
+    def reseal_power(self, power, catalogue):
+        return self._retrying("reseal_power", power, catalogue)
+
+
 # -- key files ---------------------------------------------------------------
 
 def check_private(path, what="key file"):

@@ -65,6 +65,38 @@ def drifted(node):
     return node.get("drift_since") is not None
 
 
+def counts_of(nodes):
+    """
+    Node rows reduced to what :meth:`NodeStore.counts` answers (one row per
+    cluster and power state): the page's pure tests hand rows, the region
+    hands the GROUP BY.
+    """
+    groups = {}
+    for n in nodes:
+        g = groups.setdefault((n["cluster"], n["power_state"]), {
+            "cluster": n["cluster"], "power_state": n["power_state"], "nodes": 0,
+            "mismatched": 0, "nonresponsive": 0, "drifted": 0})
+        g["nodes"] += 1
+        g["mismatched"] += mismatched(n)
+        g["nonresponsive"] += not n["responsive"]
+        g["drifted"] += drifted(n)
+    return [groups[k] for k in sorted(groups)]
+
+
+def page_of(nodes, cluster=None, name="", problems=False, after="", limit=NODES_PER_PAGE):
+    """
+    One page of the node table from node rows, as :meth:`NodeStore.page`
+    answers it in SQL: ``{"nodes", "total", "before", "more"}``.
+    """
+    shown = sorted((n for n in nodes
+                    if (cluster is None or n["cluster"] == cluster) and name in n["name"]
+                    and (not problems or mismatched(n) or drifted(n) or not n["responsive"]
+                         or n["last_error"])), key=lambda n: n["name"])
+    later = [n for n in shown if n["name"] > after]
+    return {"nodes": later[:limit], "more": len(later) > limit, "total": len(shown),
+            "before": len(shown) - len(later)}
+
+
 async def _activity(activity, log):
     """The region's live view of actions in flight per cluster; {} if it cannot say."""
     if activity is None:
@@ -387,35 +419,42 @@ class StatusPage(_AsyncResource):
         seq = await self.store.events.last_seq() if self.live_events else None
         clusters = _clusters_with_activity(
             await self.store.clusters.list(), await _activity(self.activity, self.log))
-        nodes = await self.store.nodes.list()
-        open_ops = []
-        truncated_open = False
-        for state in (OpState.RUNNING.value, OpState.PENDING.value):
-            ops = await self.store.ops.list(state=state, limit=OPEN_OPS_SHOWN)
-            truncated_open |= len(ops) >= OPEN_OPS_SHOWN
-            open_ops.extend(ops)
-        finished = []
-        for state in TERMINAL_STATES:
-            finished.extend(await self.store.ops.list(state=state, limit=RECENT_FINISHED))
+        counts = await self.store.nodes.counts()  # one GROUP BY, not every row
+        cluster, problems, name, after, limit = self._node_filter(args)
+        node_page = await self.store.nodes.page(cluster=cluster, name=name, problems=problems,
+                                                after_name=after, limit=limit)
+        open_ops = await self.store.ops.newest_by_state(
+            (OpState.RUNNING.value, OpState.PENDING.value), OPEN_OPS_SHOWN)
+        truncated_open = any(sum(1 for op in open_ops if op["state"] == state)
+                             >= OPEN_OPS_SHOWN for state in (OpState.RUNNING, OpState.PENDING))
+        finished = await self.store.ops.newest_by_state(TERMINAL_STATES, RECENT_FINISHED)
         finished.sort(key=lambda op: (op.get("finished_at") or "", op["id"]), reverse=True)
         finished = finished[:RECENT_FINISHED]
         live = await self._live()
-        body = self.render_page(args, clusters, nodes, open_ops, truncated_open, finished,
-                                live=live, seq=seq)
+        body = self.render_page(args, clusters, (), open_ops, truncated_open, finished,
+                                live=live, counts=counts, node_page=node_page, seq=seq)
         return b"text/html; charset=utf-8", body.encode("utf-8")
 
     def render_page(self, args, clusters, nodes, open_ops, truncated_open, finished,
-                    live=None, now=None, seq=None):
+                    live=None, now=None, counts=None, node_page=None, seq=None):
         """
         The whole page as text, from what :meth:`produce` read (no I/O
-        here).  With ``seq`` (the event journal's position when the page
-        was read), a small inline script follows ``/events`` from there and
-        updates node and operation rows in place; the page then reloads
-        only every :data:`LIVE_RELOAD_SECONDS` (for the summary and the
-        panels).  Without it, or without JavaScript, it reloads every
+        here): the region passes ``counts`` (:meth:`NodeStore.counts`) and
+        ``node_page`` (:meth:`NodeStore.page`); without them both are
+        worked out from the node rows ``nodes``.  With ``seq`` (the event
+        journal's position when the page was read), a small inline script
+        follows ``/events`` from there and updates node and operation rows
+        in place; the page then reloads only every
+        :data:`LIVE_RELOAD_SECONDS` (for the summary and the panels).
+        Without it, or without JavaScript, it reloads every
         :data:`REFRESH_SECONDS`.
         """
         now = now or datetime.datetime.now(datetime.timezone.utc)
+        if counts is None:
+            counts = counts_of(nodes)
+        if node_page is None:
+            cluster, problems, name, after, limit = self._node_filter(args)
+            node_page = page_of(nodes, cluster, name, problems, after, limit)
         refresh = tags.meta(**{"http-equiv": "refresh", "content": str(REFRESH_SECONDS)})
         page = tags.html(lang="en", **({"data-seq": str(seq)} if seq is not None else {}))(
             tags.head(
@@ -426,24 +465,25 @@ class StatusPage(_AsyncResource):
                 tags.style(_STYLE)),
             tags.body(
                 tags.h1("powerctl region status"),
-                self._summary(clusters, nodes, open_ops, truncated_open, now),
-                self._nodes(args, clusters, nodes, now),
+                self._summary(clusters, counts, open_ops, truncated_open, now),
+                self._nodes(args, clusters, node_page, now),
                 self._open_ops(open_ops, truncated_open, now),
                 self._live_activity(live, now) if live is not None else "",
                 self._finished(finished, now),
-                self._clusters(clusters, nodes, now),
+                self._clusters(clusters, counts, now),
                 tags.script(id="live-rows")(_LIVE_SCRIPT) if seq is not None else ""))
         return "<!DOCTYPE html>\n" + _flat(page) + "\n"
 
-    def _summary(self, clusters, nodes, open_ops, truncated_open, now):
+    def _summary(self, clusters, counts, open_ops, truncated_open, now):
         """
         The strip an operator reads first: one box per count, problems
         highlighted, each with an id a script (or test) can find.
         """
         more = "+" if truncated_open else ""
         by_state = {state: 0 for state in POWER_STATES}
-        for n in nodes:
-            by_state[n["power_state"]] = by_state.get(n["power_state"], 0) + 1
+        for g in counts:
+            by_state[g["power_state"]] = by_state.get(g["power_state"], 0) + g["nodes"]
+        total = sum(g["nodes"] for g in counts)
         running = sum(1 for op in open_ops if op["state"] == "running")
         waiting = sum(1 for op in open_ops if op["state"] == "pending")
         online = sum(1 for c in clusters if c["status"] == "online")
@@ -454,15 +494,15 @@ class StatusPage(_AsyncResource):
                 li(class_=css)
             return li(tags.b(f"{count}{more if key.startswith('ops-') else ''}"), " ", label)
 
-        items = [box("nodes", len(nodes), "node" if len(nodes) == 1 else "nodes")]
+        items = [box("nodes", total, "node" if total == 1 else "nodes")]
         items += [box(f"state-{state}", count, state, "bad" if state == "error" else "")
                   for state, count in by_state.items()]
         items += [
-            box("mismatched", sum(1 for n in nodes if mismatched(n)),
+            box("mismatched", sum(g["mismatched"] for g in counts),
                 "not in their desired state", "warn"),
-            box("nonresponsive", sum(1 for n in nodes if not n["responsive"]),
+            box("nonresponsive", sum(g["nonresponsive"] for g in counts),
                 "non-responsive", "bad"),
-            box("drifted", sum(1 for n in nodes if drifted(n)), "drifted", "warn"),
+            box("drifted", sum(g["drifted"] for g in counts), "drifted", "warn"),
             box("ops-running", running, "operation running" if running == 1
                 else "operations running"),
             box("ops-waiting", waiting, "operation waiting" if waiting == 1
@@ -474,12 +514,12 @@ class StatusPage(_AsyncResource):
             f"as of {now.strftime('%Y-%m-%d %H:%M:%S UTC')}",
             f"refreshes every {REFRESH_SECONDS} s")]
 
-    def _clusters(self, clusters, nodes, now):
+    def _clusters(self, clusters, counts, now):
         per = {}
-        for node in nodes:
-            counts = per.setdefault(node["cluster"], [0, 0])
-            counts[0] += mismatched(node)
-            counts[1] += not node["responsive"]
+        for g in counts:
+            sums = per.setdefault(g["cluster"], [0, 0])
+            sums[0] += g["mismatched"]
+            sums[1] += g["nonresponsive"]
         rows = []
         for c in clusters:
             pservs = []
@@ -643,22 +683,16 @@ class StatusPage(_AsyncResource):
                                                     id="filter-name")),
             hidden, tags.button(type="submit")("filter"))
 
-    def _nodes(self, args, clusters, nodes, now):
-        cluster = args.get("cluster") or None
-        problems = args.get("problems") in ("1", "yes", "true", "on")
-        name = args.get("name", "")
-        after = args.get("after", "")
-        limit = self._limit(args)
-        shown = [n for n in nodes
-                 if (cluster is None or n["cluster"] == cluster)
-                 and name in n["name"]
-                 and (not problems or mismatched(n) or drifted(n) or not n["responsive"]
-                      or n["last_error"])]
-        total = len(shown)
-        before = [n for n in shown if n["name"] <= after]
-        shown = [n for n in shown if n["name"] > after]
-        more = len(shown) > limit
-        shown = shown[:limit]
+    def _node_filter(self, args):
+        """``(cluster, problems, name, after, limit)`` of the node table's parameters."""
+        return (args.get("cluster") or None,
+                args.get("problems") in ("1", "yes", "true", "on"),
+                args.get("name", ""), args.get("after", ""), self._limit(args))
+
+    def _nodes(self, args, clusters, node_page, now):
+        cluster, problems, name, after, _ = self._node_filter(args)
+        shown, more = node_page["nodes"], node_page["more"]
+        total, before = node_page["total"], node_page["before"]
         rows = []
         for n in shown:
             css = " ".join(c for c, on in (("mismatch", mismatched(n)), ("drift", drifted(n)),
@@ -679,7 +713,7 @@ class StatusPage(_AsyncResource):
         if more:
             links.append(tags.a(href="/?" + urlencode({**query, "after": shown[-1]["name"]}),
                                 id="page-next")("next page"))
-        position = (f"{len(before) + 1}\N{EN DASH}{len(before) + len(shown)} of "
+        position = (f"{before + 1}\N{EN DASH}{before + len(shown)} of "
                     if shown and (after or more) else "")
         title = "Nodes" + (f" of cluster {cluster}" if cluster else "") \
             + (" needing attention" if problems else "") \
@@ -741,20 +775,20 @@ class Metrics(_AsyncResource):
     async def produce(self, request):
         clusters = _clusters_with_activity(
             await self.store.clusters.list(), await _activity(self.activity, self.log))
-        nodes = await self.store.nodes.list()
+        groups = await self.store.nodes.counts()  # one GROUP BY, not every row
         counts = await self.store.ops.count_by_state()
 
-        names = sorted({c["name"] for c in clusters} | {n["cluster"] for n in nodes})
+        names = sorted({c["name"] for c in clusters} | {g["cluster"] for g in groups})
         by_state = {(c, s): 0 for c in names for s in POWER_STATES}
         mism = dict.fromkeys(names, 0)
         nonresp = dict.fromkeys(names, 0)
         drift = dict.fromkeys(names, 0)
-        for n in nodes:
-            key = (n["cluster"], n["power_state"])
-            by_state[key] = by_state.get(key, 0) + 1
-            mism[n["cluster"]] += mismatched(n)
-            nonresp[n["cluster"]] += not n["responsive"]
-            drift[n["cluster"]] += drifted(n)
+        for g in groups:
+            key = (g["cluster"], g["power_state"])
+            by_state[key] = by_state.get(key, 0) + g["nodes"]
+            mism[g["cluster"]] += g["mismatched"]
+            nonresp[g["cluster"]] += g["nonresponsive"]
+            drift[g["cluster"]] += g["drifted"]
         info = {c["name"]: c for c in clusters}
 
         out = MetricsText()

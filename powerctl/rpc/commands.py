@@ -22,7 +22,9 @@ Connection life cycle (the pserv dials the region):
    ``CancelOperation``/``ConfirmOperation`` and ``ListActions``/``ListSlots``
    (what runs and waits now); pserv → region ``ReportOutcome`` (one per
    operation id, including coalesced and superseded ones),
-   ``ReportPowerState`` (poll results, batched) and ``Heartbeat``.
+   ``ReportPowerState`` (poll results, batched), ``ReportLockout`` (BMC
+   credentials refused too often) and ``Heartbeat``; region → pserv
+   ``ClearLockout`` (an operator cleared one).
 
 No command waits for a BMC: the slowest answer is a database write.
 
@@ -178,7 +180,10 @@ class Recover(amp.Command):
     and ``after_node=""``, then with the cursors returned, until ``done``.
     ``operations``: ``[{"id", "node", "action", "power"}]`` (pending and
     running operations of the cluster, oldest first); ``nodes``:
-    ``[{"name", "desired_state", "power"}]``.
+    ``[{"name", "desired_state", "power", "lockouts"}]``; ``lockouts``
+    (issue 10) lists the node's agents whose credentials are locked out,
+    ``[{"agent", "id"}]``: a pserv drops a lock-out it holds that the listing
+    no longer names, once the region had acknowledged it.
     """
 
     arguments = [
@@ -263,6 +268,33 @@ class ReleaseNodes(amp.Command):
     errors = dict(_LEASED_ERRORS)
 
 
+class ReportLockout(amp.Command):
+    """
+    Issue 10, no BMC lock-outs: the credentials of ``node``'s agent
+    ``agent`` (its index in the power configuration) were refused
+    ``failures`` times (``reason`` in words) and the pserv stopped trying
+    them.  The region keeps the lock-out and sends it with the node's
+    configuration (``Recover``, power commands) to whichever pserv drives
+    the node, until the credentials change or an operator clears it.
+    ``digest`` is the SHA-256 of the node's power configuration as the pserv
+    drives it (its canonical JSON): a report about credentials the node no
+    longer has is dropped (``recorded`` false).  ``epoch``: the reporting
+    pserv's lease, which must own the node (``STALE_EPOCH`` otherwise).
+    ``id``: the lock-out's id in the region (0 when not recorded).
+    """
+
+    arguments = [
+        (b"node", amp.Unicode()),
+        (b"agent", amp.Integer()),
+        (b"failures", amp.Integer()),
+        (b"reason", amp.Unicode()),
+        (b"digest", amp.Unicode()),
+        (b"epoch", amp.Integer()),
+    ]
+    response = [(b"recorded", amp.Boolean()), (b"id", amp.Integer())]
+    errors = dict(_LEASED_ERRORS)
+
+
 class ReleaseLease(amp.Command):
     """A pserv stopping cleanly, quiet: its lease ends now, its nodes are free at once."""
 
@@ -290,6 +322,8 @@ class _PowerCommand(amp.Command):
         (b"node", amp.Unicode()),
         (b"power", JSON()),
         (b"epoch", amp.Integer()),
+        # issue 10: the node's agents locked out, [{"agent", "id"}] (absent: none)
+        (b"lockouts", JSON(optional=True)),
     ]
     response = [
         (b"disposition", amp.Unicode()),
@@ -338,6 +372,18 @@ class ForgetNode(amp.Command):
 
     arguments = [(b"node", amp.Unicode()), (b"reason", amp.Unicode())]
     response = [(b"cancelled", JSON())]  # ids of the operations that ended cancelled
+    errors = dict(_COMMON_ERRORS)
+
+
+class ClearLockout(amp.Command):
+    """
+    An operator cleared ``node``'s lock-out (issue 10): the pserv may try
+    its credentials again (each agent's failures counted afresh).  Unknown
+    nodes are fine (nothing to do).
+    """
+
+    arguments = [(b"node", amp.Unicode())]
+    response = []
     errors = dict(_COMMON_ERRORS)
 
 

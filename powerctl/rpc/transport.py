@@ -9,6 +9,7 @@ Power commands carry BMC passwords, so plain ``tcp:`` is only for loopback
 """
 
 import ipaddress
+import os
 
 WHY = ("power commands carry BMC passwords in clear text over it; use TLS "
        "(ssl: / tls: endpoints, certificates from 'powerctl admin tls init DIR') or, "
@@ -82,12 +83,69 @@ def check_regions(settings):
             raise ConfigError(problem)
 
 
+def client_ca_problem(description, client_ca):
+    """Why ``rpc_client_ca`` cannot apply to a region listening on ``description``, or None."""
+    if not client_ca:
+        return None
+    if _split(description)[0].lower() != "ssl":
+        return (f"rpc_client_ca {client_ca} asks pservs for certificates, which only TLS "
+                f"carries: rpc_endpoint {description} must be an ssl: endpoint")
+    return None
+
+
 def check_server(settings):
     """ConfigError for a region that would listen in plain text beyond loopback."""
     from powerctl.config import ConfigError
 
+    client_ca = getattr(settings, "rpc_client_ca", "")
+    problem = client_ca_problem(settings.rpc_endpoint, client_ca)
+    if problem:
+        raise ConfigError(problem)
+    if client_ca and not os.path.exists(client_ca):
+        raise ConfigError(f"rpc_client_ca {client_ca}: no such file or directory")
     if getattr(settings, "allow_plaintext_rpc", False):
         return
     problem = server_problem(settings.rpc_endpoint)
     if problem:
         raise ConfigError(problem)
+
+
+def server_endpoint(reactor, description, client_ca=""):
+    """
+    The region's RPC endpoint for ``description``; with ``client_ca`` (a
+    directory of CA certificates, ``*.pem``) the TLS handshake requires a
+    client certificate signed by one of them (mutual TLS), so a host
+    without a pserv certificate cannot even reach the AMP hand-shake.
+    Twisted's ``ssl:`` description has no option for that, so the context
+    of the endpoint it builds is replaced by one that verifies the peer.
+    """
+    from twisted.internet import endpoints, ssl
+    from twisted.python.filepath import FilePath
+
+    endpoint = endpoints.serverFromString(reactor, description)
+    if not client_ca:
+        return endpoint
+    from powerctl.config import ConfigError
+
+    problem = client_ca_problem(description, client_ca)
+    if problem:
+        raise ConfigError(problem)
+    directory = FilePath(client_ca)
+    if directory.isfile():
+        files = [directory]
+    elif directory.isdir():
+        files = [f for f in directory.children() if f.basename().endswith(".pem")]
+    else:
+        raise ConfigError(f"rpc_client_ca {client_ca}: no such file or directory")
+    try:
+        authorities = [ssl.Certificate.loadPEM(f.getContent()).original for f in files]
+    except Exception as e:
+        raise ConfigError(f"rpc_client_ca {client_ca}: not PEM certificates ({e})") from None
+    if not authorities:
+        raise ConfigError(f"rpc_client_ca {client_ca}: no *.pem certificate in it")
+    current = endpoint._sslContextFactory
+    endpoint._sslContextFactory = ssl.CertificateOptions(
+        privateKey=current.privateKey, certificate=current.certificate,
+        extraCertChain=current.extraCertChain, verify=True, requireCertificate=True,
+        caCerts=authorities)
+    return endpoint

@@ -17,7 +17,7 @@ import attrs
 from twisted.internet import defer
 from zope.interface import implementer
 
-from powerctl.drivers.errors import UnreachableError
+from powerctl.drivers.errors import AuthenticationError, UnreachableError
 from powerctl.drivers.interface import Capabilities, IDriverType, IPowerDriver
 from powerctl.drivers.schema import Param, Schema
 from powerctl.power import PowerState
@@ -157,13 +157,15 @@ class FakePduDriverType(FakeDriverType):
     Its devices are keyed ``(host, outlet)``; settings other than
     ``outlet`` (host, port, community) identify the PDU.  Every batched
     read is recorded in :attr:`outlet_queries` as ``(host, community,
-    [outlets])``; a host in :attr:`unreachable` fails its reads.
+    [outlets])``; a host in :attr:`unreachable` fails its reads, one in
+    :attr:`refusing` refuses their credentials (``AuthenticationError``).
     """
 
     def __init__(self, name="snmp", **kwargs):
         super().__init__(name, **kwargs)
         self.outlet_queries = []
         self.unreachable = set()
+        self.refusing = set()
 
     def _params(self):
         return (Param("host", "host", required=True), Param("port", "port", default=161),
@@ -180,4 +182,6 @@ class FakePduDriverType(FakeDriverType):
         self.outlet_queries.append((host, settings["community"], outlets))
         if host in self.unreachable:
             return defer.fail(UnreachableError(f"PDU {host} does not answer"))
+        if host in self.refusing:
+            return defer.fail(AuthenticationError(f"PDU {host} refuses the community"))
         return defer.succeed({o: self.device((host, o)).state for o in outlets})

@@ -17,6 +17,7 @@ goes to the lowest live epoch of its cluster, not rendezvous hashing).
 Tests of those belong with the real store.
 """
 
+import bisect
 import itertools
 import types
 
@@ -35,6 +36,44 @@ class Recorded:
     changed: bool
 
 
+class FakeLockouts:
+    """
+    The region's BMC lock-outs (``store.lockouts``, issue 10) in a dict:
+    ``(node, agent) -> row``.  Enough for code that sends them with a
+    node's configuration and for operator clearing.
+    """
+
+    def __init__(self, cluster_of=lambda node: None):
+        self.rows = {}
+        self._ids = itertools.count(1)
+        self._cluster_of = cluster_of
+
+    async def record(self, node, agent, failures, reason, pserv):
+        row = self.rows.get((node, agent))
+        if row is None:
+            row = self.rows[(node, agent)] = {"id": next(self._ids), "node": node,
+                                              "agent": agent}
+        row.update(failures=failures, reason=reason, pserv=pserv,
+                   cluster=self._cluster_of(node))
+        return row["id"]
+
+    async def of_nodes(self, names):
+        out = {}
+        for (node, agent), row in sorted(self.rows.items()):
+            if node in names:
+                out.setdefault(node, []).append({"agent": agent, "id": row["id"]})
+        return out
+
+    async def list(self, cluster=None, clusters=None):
+        return [dict(r) for _, r in sorted(self.rows.items())
+                if (cluster is None or r["cluster"] == cluster)
+                and (clusters is None or r["cluster"] in clusters)]
+
+    async def clear(self, node):
+        cleared = [self.rows.pop(k) for k in sorted(self.rows) if k[0] == node]
+        return {"cluster": self._cluster_of(node), "cleared": cleared}
+
+
 class FakeRegionStore:
     """
     Nodes, the operation journal and pservs, in dicts.  Add nodes with
@@ -48,12 +87,14 @@ class FakeRegionStore:
         self.op_rows = {}  # id -> row dict
         self.pserv_rows = {}  # name -> row dict
         self.calls = []
+        self._names = None  # node names in order, see _sorted_names
         self._ids = itertools.count(1)
         # The parts of the real Store (powerctl.region.store), by kind; each
         # method may be replaced by a test (``store.nodes.get = broken``).
         self.nodes = types.SimpleNamespace(
             get=self.get_node, list=self.list_nodes, power_config=self.node_power_config,
-            record_power_state=self.record_power_state, desired_states=self.desired_states)
+            record_power_state=self.record_power_state,
+            record_polls=self.record_polls, desired_states=self.desired_states)
         self.ops = types.SimpleNamespace(
             request=self.request_power, get=self.get_op, list=self.list_ops,
             open_of_node=self.node_open_ops, mark_running=self.mark_running,
@@ -62,11 +103,14 @@ class FakeRegionStore:
         self.clusters = types.SimpleNamespace(
             register_pserv=self.register_pserv, heartbeat=self.heartbeat,
             pserv_disconnected=self.pserv_disconnected)
+        self.lockouts = FakeLockouts(
+            lambda node: self.node_rows.get(node, {}).get("cluster"))
 
     # -- set-up helpers (not part of the real store) ------------------------
 
     def add_node(self, name, cluster, power, desired_state=None, owner_epoch=None):
         """A node as if created through the API; ``power`` is used as given."""
+        self._names = None
         self.node_rows[name] = {
             "name": name, "cluster": cluster, "power": power,
             "desired_state": desired_state, "power_state": "unknown", "responsive": True,
@@ -94,9 +138,15 @@ class FakeRegionStore:
     async def get_node(self, name):
         return dict(self._node(name))
 
-    async def list_nodes(self, cluster=None, after_name="", limit=None):
-        return [dict(n) for _, n in sorted(self.node_rows.items())
-                if (cluster is None or n["cluster"] == cluster) and n["name"] > after_name]
+    async def list_nodes(self, cluster=None, after_name="", limit=None, clusters=None,
+                         power_state=None, desired_state=None, responsive=None):
+        rows = [dict(n) for _, n in sorted(self.node_rows.items())
+                if (cluster is None or n["cluster"] == cluster) and n["name"] > after_name
+                and (clusters is None or n["cluster"] in clusters)
+                and (power_state is None or n["power_state"] == power_state)
+                and (desired_state is None or n["desired_state"] == desired_state)
+                and (responsive is None or n["responsive"] == responsive)]
+        return rows if limit is None else rows[:limit]
 
     async def node_power_config(self, name):
         return self._node(name)["power"]
@@ -111,6 +161,19 @@ class FakeRegionStore:
         row = self._node(node)
         row["power_state"], row["last_error"] = power_state, error
         return dict(row, reconcile=None)
+
+    async def record_polls(self, reports):
+        """As the real store: ``(recorded, missing, refused)``; no state checks."""
+        self.calls.append(("record_polls", tuple(reports)))
+        recorded, missing = {}, []
+        for node, power_state, error in reports:
+            row = self.node_rows.get(node)
+            if row is None:
+                missing.append(node)
+                continue
+            row["power_state"], row["last_error"] = power_state, error
+            recorded[node] = dict(row, reconcile=None)
+        return recorded, missing, {}
 
     # -- the journal ------------------------------------------------------------
 
@@ -135,10 +198,16 @@ class FakeRegionStore:
     async def get_op(self, op_id):
         return dict(self._op(op_id))
 
-    async def list_ops(self, node=None, state=None, limit=100, before_id=None):
+    async def list_ops(self, node=None, state=None, limit=100, before_id=None, cluster=None,
+                       clusters=None):
+        def cluster_of(op):
+            return (self.node_rows.get(op["node"]) or {}).get("cluster")
+
         rows = [o for _, o in sorted(self.op_rows.items(), reverse=True)
                 if (node is None or o["node"] == node) and (state is None or o["state"] == state)
-                and (before_id is None or o["id"] < int(before_id))]
+                and (before_id is None or o["id"] < int(before_id))
+                and (cluster is None or cluster_of(o) == cluster)
+                and (clusters is None or cluster_of(o) in clusters)]
         return [dict(o) for o in rows[:limit or 100]]
 
     async def mark_running(self, op_id, pserv, started_at=None, epoch=None):
@@ -188,12 +257,26 @@ class FakeRegionStore:
                 for o in rows[:limit]]
 
     async def desired_states(self, cluster, after_name="", limit=500, epoch=None):
-        rows = [n for name, n in sorted(self.node_rows.items())
-                if n["cluster"] == cluster and name > (after_name or "")
-                and self._owned_by(name, epoch)]
-        return [{"node": n["name"], "desired_state": n["desired_state"],
-                 "power_state": n["power_state"], "power": n["power"], "power_error": None}
-                for n in rows[:limit]]
+        # Pages through the nodes in name order without sorting them every
+        # page (a fleet of 100,000 nodes pages through here: scalemodel).
+        names = self._sorted_names()
+        rows = []
+        for name in names[bisect.bisect_right(names, after_name or ""):]:
+            n = self.node_rows.get(name)
+            if n is None or n["cluster"] != cluster or not self._owned_by(name, epoch):
+                continue
+            rows.append({"node": n["name"], "desired_state": n["desired_state"],
+                         "power_state": n["power_state"], "power": n["power"],
+                         "power_error": None})
+            if len(rows) == limit:
+                break
+        return rows
+
+    def _sorted_names(self):
+        """The node names in order, kept until a node is added (deleted ones are skipped)."""
+        if self._names is None:
+            self._names = sorted(self.node_rows)
+        return self._names
 
     # -- pservs --------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ kind of record, composed by :class:`Store`.
 * ``store.ops`` (:class:`~.operations.OperationStore`): the journal of
   power operations;
 * ``store.clusters`` (:class:`~.clusters.ClusterStore`): clusters and pservs;
-* ``store.pod_managers`` (:class:`~.pod_managers.PodManagerStore`).
+* ``store.pod_managers`` (:class:`~.pod_managers.PodManagerStore`);
+* ``store.lockouts`` (:class:`~.lockouts.LockoutStore`): BMC lock-outs.
 
 Leases and node owners are :class:`powerctl.region.leases.Leases`, on the
 same pool and the same transaction helper (:mod:`.base`).
@@ -23,11 +24,12 @@ kind of ``InvalidInput``).
 
 from powerctl.region.store.clusters import ClusterStore
 from powerctl.region.store.events import EventStore
+from powerctl.region.store.lockouts import LockoutStore
 from powerctl.region.store.nodes import NodeStore
 from powerctl.region.store.operations import OperationStore, Recorded
 from powerctl.region.store.pod_managers import PodManagerStore
 
-__all__ = ["ClusterStore", "NodeStore", "OperationStore", "PodManagerStore", "Recorded",
+__all__ = ["ClusterStore", "LockoutStore", "NodeStore", "OperationStore", "PodManagerStore", "Recorded",
            "Store"]
 
 
@@ -56,4 +58,5 @@ class Store:
         self.ops = OperationStore(pool, catalogue, vault)
         self.clusters = ClusterStore(pool, heartbeat_timeout=heartbeat_timeout)
         self.pod_managers = PodManagerStore(pool, catalogue, vault)
+        self.lockouts = LockoutStore(pool)  # issue 10: BMC lock-outs
         self.events = EventStore(pool)  # the journal of events (issue 14)

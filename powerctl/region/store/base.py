@@ -17,6 +17,7 @@ import uuid as uuidlib
 from twisted.internet import defer
 
 from powerctl.power import OPEN_STATES
+from powerctl.region import auditing
 from powerctl.powerdoc import pod_manager_uuid
 from powerctl.region.errors import InvalidInput, NotFound
 
@@ -76,15 +77,26 @@ def transaction(method):
     """
     Run ``method(self, tx, ...)`` in one transaction on a pooled
     connection: committed if it returns, rolled back if it raises, so a
-    refused input never leaves half a change behind.
+    refused input never leaves half a change behind.  Called while an API
+    write request is handled, the first such transaction that writes
+    anything also writes the request's audit record
+    (:mod:`powerctl.region.auditing`).
     """
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        def interaction(cursor):
-            return defer.ensureDeferred(method(self, Tx(cursor), *args, **kwargs))
+        # issue 10: an API change's audit record commits with the change
+        intent = auditing.current()
 
-        return self._pool.runInteraction(interaction)
+        async def body(cursor):
+            result = await method(self, Tx(cursor), *args, **kwargs)
+            await auditing.write_if_changed(cursor, intent)
+            return result
+
+        def interaction(cursor):
+            return defer.ensureDeferred(body(cursor))
+
+        return auditing.settle(self._pool.runInteraction(interaction), intent)
 
     return run
 

@@ -6,6 +6,7 @@ Node power documents are returned as stored and must be passed through
 :func:`powerctl.powerdoc.redact` before they are shown.
 """
 
+import attrs
 from psycopg2.extras import Json
 
 from powerctl.power import POWER_STATES, Action, PowerState
@@ -15,6 +16,7 @@ from powerctl.region.store.base import (
     MAX_INTERNAL_PAGE, NODE_COLUMNS, OPEN_SQL, KindStore, check_fields, check_name,
     check_text, node_row, page_limit, plain, transaction)
 from powerctl.region.store.clusters import ensure_cluster
+from powerctl.region.store.lockouts import forget_for_node
 from powerctl.region.store.operations import cancel_open, journal, lock_open
 from powerctl.region.store.pod_managers import (
     fetch_for_power, link_to_node, resolve_many, validated_power)
@@ -61,14 +63,68 @@ class NodeStore(KindStore):
         return plain(await node_row(tx, name))
 
     @transaction
-    async def list(self, tx, cluster=None, after_name="", limit=None):
-        """Nodes by name, optionally of one cluster; pageable by name."""
+    async def list(self, tx, cluster=None, after_name="", limit=None, clusters=None,
+                   power_state=None, desired_state=None, responsive=None):
+        """
+        Nodes by name, pageable by name (keyset: ``after_name`` is the last
+        name seen), optionally of one ``cluster``, of the ``clusters`` a
+        scoped token covers, and of a power state, desired state or
+        responsiveness.  Filters apply before ``limit``, in SQL, so a page
+        is full whenever more matching rows follow.
+        """
         rows = await tx.rows(
             f"SELECT {NODE_COLUMNS} FROM nodes WHERE (%(cluster)s::text IS NULL"
-            " OR cluster = %(cluster)s) AND name > %(after)s ORDER BY name"
-            " LIMIT %(limit)s",
-            {"cluster": cluster, "after": after_name or "", "limit": limit})
+            " OR cluster = %(cluster)s) AND name > %(after)s"
+            " AND (%(clusters)s::text[] IS NULL OR cluster = ANY(%(clusters)s::text[]))"
+            " AND (%(power_state)s::text IS NULL OR power_state = %(power_state)s)"
+            " AND (%(desired)s::text IS NULL OR desired_state = %(desired)s)"
+            " AND (%(responsive)s::boolean IS NULL OR responsive = %(responsive)s)"
+            " ORDER BY name LIMIT %(limit)s",
+            {"cluster": cluster, "after": after_name or "", "limit": limit,
+             "clusters": None if clusters is None else sorted(clusters),
+             "power_state": power_state, "desired": desired_state, "responsive": responsive})
         return [plain(r) for r in rows]
+
+    @transaction
+    async def counts(self, tx):
+        """
+        Per cluster and power state: how many nodes, how many not in their
+        desired state, non-responsive and drifted -- one GROUP BY, for the
+        status page and /metrics (which never read every node row).
+        """
+        rows = await tx.rows(
+            "SELECT cluster, power_state, count(*) AS nodes,"
+            " count(*) FILTER (WHERE desired_state IS NOT NULL"
+            "   AND desired_state <> power_state) AS mismatched,"
+            " count(*) FILTER (WHERE NOT responsive) AS nonresponsive,"
+            " count(*) FILTER (WHERE drift_since IS NOT NULL) AS drifted"
+            " FROM nodes GROUP BY cluster, power_state ORDER BY cluster, power_state")
+        return [dict(r) for r in rows]
+
+    @transaction
+    async def page(self, tx, cluster=None, name="", problems=False, after_name="", limit=100):
+        """
+        One page of the status page's node table, filtered in SQL
+        (``name`` contained in the node's name, ``problems``: mismatched,
+        drifted, non-responsive or with an error), with ``total`` (rows
+        matching) and ``before`` (matching rows up to ``after_name``):
+        ``{"nodes", "total", "before", "more"}``.
+        """
+        where = ("(%(cluster)s::text IS NULL OR cluster = %(cluster)s)"
+                 " AND strpos(name, %(name)s) > 0"
+                 " AND (NOT %(problems)s OR (desired_state IS NOT NULL"
+                 "   AND desired_state <> power_state) OR drift_since IS NOT NULL"
+                 "   OR NOT responsive OR last_error IS NOT NULL)")
+        args = {"cluster": cluster, "name": name or "", "problems": bool(problems),
+                "after": after_name or "", "limit": limit + 1}
+        counted = await tx.row(
+            f"SELECT count(*) AS total, count(*) FILTER (WHERE name <= %(after)s) AS before"
+            f" FROM nodes WHERE {where}", args)
+        rows = await tx.rows(
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE {where} AND name > %(after)s"
+            " ORDER BY name LIMIT %(limit)s", args)
+        return {"nodes": [plain(r) for r in rows[:limit]], "more": len(rows) > limit,
+                "total": counted["total"], "before": counted["before"]}
 
     @transaction
     async def update(self, tx, name, quiesce=None, by=None, **fields):
@@ -105,6 +161,8 @@ class NodeStore(KindStore):
             f" WHERE name = %s RETURNING {NODE_COLUMNS}",
             (cluster, Json(power), cluster, cluster, name))
         await link_to_node(tx, name, power)
+        if power != node["power"]:  # issue 10: new credentials are not locked out
+            await forget_for_node(tx, name)
         return dict(plain(row), changed_for_pserv=relevant)
 
     @transaction
@@ -193,39 +251,94 @@ class NodeStore(KindStore):
         lock (so no operator's request can slip in between), and answered
         as ``reconcile`` (None otherwise).
         """
-        if power_state not in POWER_STATES:
-            raise InvalidInput(f"power_state: {power_state!r} is not one of "
-                               + ", ".join(POWER_STATES))
-        if error is not None:
-            check_text("error", error)
-        row = await tx.row(
-            "SELECT power_state, failed_polls, responsive, desired_state, drift_since,"
+        report = _check_report(node, power_state, error, queried)
+        recorded = await self._record(tx, [report], poll)
+        if node not in recorded:
+            raise NotFound(f"node {node!r} does not exist")
+        return recorded[node]
+
+    @transaction
+    async def record_polls(self, tx, reports):
+        """
+        Record one batch of a pserv's polls, ``[(node, state, error)]``, in
+        one transaction with one read and one write for the whole batch
+        (plus the rare drift changes), as :meth:`record_power_state` with
+        ``poll=True`` would node by node.
+
+        A bad report (unknown state, over-long error) or an unknown node is
+        left out and does not cost the others their update.  Answers
+        ``(recorded, missing, refused)``: the nodes as recorded (each with
+        its ``reconcile``), the names that do not exist, and the refused
+        reports by name with the reason.
+        """
+        good, refused = {}, {}
+        for node, state, error in reports:  # the last report of a node counts
+            try:
+                good[node] = _check_report(node, state, error, True)
+                refused.pop(node, None)
+            except InvalidInput as e:
+                refused[node] = str(e)
+                good.pop(node, None)
+        recorded = await self._record(tx, list(good.values()), poll=True)
+        missing = [name for name in good if name not in recorded]
+        return recorded, missing, refused
+
+    async def _record(self, tx, reports, poll):
+        """
+        The nodes of ``reports`` (checked ``_Report``s, one per node) as
+        recorded: {name: row}.  Rows are locked in name order, so two
+        batches that share nodes cannot deadlock.
+        """
+        if not reports:
+            return {}
+        rows = {r["name"]: r for r in await tx.rows(
+            "SELECT name, power_state, failed_polls, responsive, desired_state, drift_since,"
             " drift_observed, drift_polls, now() AS now,"
             " now() - COALESCE(last_good_poll_at, created_at) AS since_good,"
             " (SELECT drift_policy FROM clusters c WHERE c.name = nodes.cluster) AS policy,"
             " EXISTS (SELECT 1 FROM power_ops o WHERE o.node = nodes.name"
             f"   AND o.state IN {OPEN_SQL}) AS open_op"
-            " FROM nodes WHERE name = %s FOR UPDATE", (node,))
-        if row is None:
-            raise NotFound(f"node {node!r} does not exist")
-        failed = error is not None or power_state == PowerState.ERROR.value
-        polls, responsive = self._responsiveness(row, failed, queried)
-        state = row["power_state"] if failed and responsive else power_state
-        last_error = (error or "the query failed") if failed else None
-        updated = await tx.row(
-            "UPDATE nodes SET power_state = %(state)s, failed_polls = %(polls)s,"
-            " responsive = %(responsive)s, last_error = %(error)s,"
-            " last_queried_at = CASE WHEN %(queried)s THEN now() ELSE last_queried_at END,"
-            " last_good_poll_at = CASE WHEN %(good)s THEN now() ELSE last_good_poll_at END,"
-            " last_changed_at = CASE WHEN power_state <> %(state)s THEN now()"
+            " FROM nodes WHERE name = ANY(%s) ORDER BY name FOR UPDATE",
+            ([r.node for r in reports],))}
+        columns = {k: [] for k in ("node", "state", "polls", "responsive", "error", "queried",
+                                   "good")}
+        for report in reports:
+            row = rows.get(report.node)
+            if row is None:
+                continue
+            failed = report.error is not None or report.state == PowerState.ERROR.value
+            polls, responsive = self._responsiveness(row, failed, report.queried)
+            for key, value in (
+                ("node", report.node), ("polls", polls), ("responsive", responsive),
+                ("state", row["power_state"] if failed and responsive else report.state),
+                ("error", (report.error or "the query failed") if failed else None),
+                ("queried", bool(report.queried)), ("good", not failed),
+            ):
+                columns[key].append(value)
+        if not columns["node"]:
+            return {}
+        updated = await tx.rows(
+            "UPDATE nodes SET power_state = u.state, failed_polls = u.polls,"
+            " responsive = u.responsive, last_error = u.error,"
+            " last_queried_at = CASE WHEN u.queried THEN now() ELSE last_queried_at END,"
+            " last_good_poll_at = CASE WHEN u.good THEN now() ELSE last_good_poll_at END,"
+            " last_changed_at = CASE WHEN power_state <> u.state THEN now()"
             "   ELSE last_changed_at END"
-            f" WHERE name = %(node)s RETURNING {NODE_COLUMNS}",
-            {"state": state, "polls": polls, "responsive": responsive, "error": last_error,
-             "queried": bool(queried), "good": not failed, "node": node})
-        reconcile = None
-        if poll:
-            updated, reconcile = await self._drift(tx, row, updated, power_state, failed)
-        return dict(plain(updated), reconcile=reconcile)
+            " FROM unnest(%(node)s::text[], %(state)s::text[], %(polls)s::int[],"
+            "   %(responsive)s::bool[], %(error)s::text[], %(queried)s::bool[],"
+            "   %(good)s::bool[]) AS u(node, state, polls, responsive, error, queried, good)"
+            f" WHERE nodes.name = u.node RETURNING {_qualified(NODE_COLUMNS)}", columns)
+        by_name = {report.node: report for report in reports}
+        recorded = {}
+        for node in sorted(updated, key=lambda n: n["name"]):
+            reconcile = None
+            if poll:
+                report = by_name[node["name"]]
+                failed = report.error is not None or report.state == PowerState.ERROR.value
+                node, reconcile = await self._drift(tx, rows[node["name"]], node, report.state,
+                                                    failed)
+            recorded[node["name"]] = dict(plain(node), reconcile=reconcile)
+        return recorded
 
     async def _drift(self, tx, row, node, observed, failed):
         """
@@ -257,3 +370,27 @@ class NodeStore(KindStore):
                 "UPDATE nodes SET drift_since = %s, drift_observed = %s, drift_polls = %s"
                 f" WHERE name = %s RETURNING {NODE_COLUMNS}", fields + (node["name"],))
         return node, op
+
+
+@attrs.frozen
+class _Report:
+    """One checked report of a node's power state."""
+
+    node: str
+    state: str
+    error: str | None
+    queried: bool
+
+
+def _check_report(node, state, error, queried):
+    """A ``_Report``; InvalidInput naming the field when it is not one."""
+    if state not in POWER_STATES:
+        raise InvalidInput(f"power_state: {state!r} is not one of " + ", ".join(POWER_STATES))
+    if error is not None:
+        check_text("error", error)
+    return _Report(node, state, error, queried)
+
+
+def _qualified(columns):
+    """``NODE_COLUMNS`` as ``nodes.<column>``: an UPDATE ... FROM has two tables."""
+    return ", ".join("nodes." + c.strip() for c in columns.split(","))

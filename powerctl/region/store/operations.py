@@ -10,13 +10,48 @@ PostgreSQL delivers only once the transaction has committed.
 """
 
 import attrs
+from twisted.internet import defer
 
 from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, Action, OpState
+from powerctl.region import auditing, bulk
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, StaleEpoch
 from powerctl.region.store.base import (
-    MAX_BIGINT, MAX_INTERNAL_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text, node_row,
+    MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text,
     op_number, op_row, page_limit, plain, timestamp, transaction)
 from powerctl.region.store.pod_managers import resolve_many
+
+
+_OP_NAMES = [c.strip() for c in OP_COLUMNS.split(",")]
+#: A power request that sets a desired state, in one statement: the UPDATE
+#: locks the node row (any drift is cleared: a new request decides), the
+#: INSERT journals the operation only if the node exists, and the NOTIFY is
+#: delivered once the statement's transaction commits.
+_REQUEST_CHANGE = f"""
+WITH node AS (
+    UPDATE nodes SET desired_state = %(target)s, drift_since = NULL,
+        drift_observed = NULL, drift_polls = 0
+    WHERE name = %(node)s RETURNING name
+), op AS (
+    INSERT INTO power_ops (node, action, requester)
+    SELECT name, %(action)s, %(requester)s FROM node RETURNING {OP_COLUMNS}
+){{audit}}
+SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text) FROM op"""
+#: A query request: the node row locked FOR UPDATE, nothing else changed.
+_REQUEST_QUERY = f"""
+WITH node AS (
+    SELECT name FROM nodes WHERE name = %(node)s FOR UPDATE
+), op AS (
+    INSERT INTO power_ops (node, action, requester)
+    SELECT name, %(action)s, %(requester)s FROM node RETURNING {OP_COLUMNS}
+){{audit}}
+SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text) FROM op"""
+#: The API request's audit record (issue 10), in the same statement: written
+#: only with the operation, and the operation only with it.
+_REQUEST_AUDIT = """, audit AS (
+    INSERT INTO audit (actor, source, method, path, status, outcome)
+    SELECT %(a_actor)s, %(a_source)s, %(a_method)s, %(a_path)s, %(a_status)s, %(a_outcome)s
+    FROM op
+)"""
 
 
 @attrs.frozen
@@ -83,26 +118,102 @@ class OperationStore(KindStore):
             " ORDER BY id", (name,))
         return [plain(r) for r in rows]
 
-    @transaction
-    async def request(self, tx, node, action, requester=""):
+    def request(self, node, action, requester=""):
         """
-        Journal a power request and set the node's desired state, in one
-        transaction under the node's row lock, so concurrent requests
-        serialise and the last to commit wins.  Announced on the
-        ``power_ops`` channel once committed.
+        Journal a power request and set the node's desired state: one SQL
+        statement, so one round trip and one transaction (autocommit).  The
+        statement locks the node row (the UPDATE of the desired state; FOR
+        UPDATE for a query, which sets none), so concurrent requests
+        serialise and the last to commit wins; the operation is announced on
+        the ``power_ops`` channel once committed.  NotFound if there is no
+        such node (nothing written).  A Deferred, as every store method.
+        """
+        return defer.ensureDeferred(self._request(node, action, requester))
+
+    async def _request(self, node, action, requester):
+        try:
+            action = Action.parse(action)
+        except ValueError as e:
+            raise InvalidInput(f"action: {e}") from None
+        check_text("requester", requester, 255)
+        sql = _REQUEST_QUERY if action.target is None else _REQUEST_CHANGE
+        args = {"node": node, "action": action.value, "requester": requester,
+                "target": None if action.target is None else action.target.value}
+        intent = auditing.current()
+        if intent is not None:
+            args.update(zip(("a_actor", "a_source", "a_method", "a_path", "a_status",
+                             "a_outcome"), intent.values()))
+            intent.claimed = True
+        try:
+            rows = await self._pool.runQuery(
+                sql.format(audit=_REQUEST_AUDIT if intent is not None else ""), args)
+        except BaseException:
+            if intent is not None:
+                intent.claimed = False
+            raise
+        if not rows:
+            if intent is not None:
+                intent.claimed = False  # nothing written: the refusal is recorded on its own
+            raise NotFound(f"node {node!r} does not exist")
+        if intent is not None:
+            intent.written = True
+        return plain(dict(zip(_OP_NAMES, rows[0])))
+
+    @transaction
+    async def request_many(self, tx, action, nodes=None, cluster=None, requester="",
+                           share=bulk.DEFAULT_SHARE, confirm=False, dry_run=False):
+        """
+        A bulk power request (:mod:`powerctl.region.bulk`): the ``nodes``
+        named, or every node of ``cluster``, one operation each, journalled
+        in this one transaction with their desired states (rows locked in
+        name order, so two bulk requests cannot deadlock).  A guarded action
+        over more than ``share`` of a cluster raises Conflict unless
+        ``confirm``.  ``dry_run`` writes nothing.  Answers ``(plan, ops)``:
+        the :class:`~powerctl.region.bulk.Plan` and the operations journalled
+        (by id; none for a dry run).
         """
         try:
             action = Action.parse(action)
         except ValueError as e:
             raise InvalidInput(f"action: {e}") from None
         check_text("requester", requester, 255)
-        await node_row(tx, node, lock=True)
+        lock = "" if dry_run else " FOR UPDATE"
+        if nodes is not None:
+            rows = await tx.rows(
+                "SELECT name, cluster, power_state, desired_state FROM nodes"
+                f" WHERE name = ANY(%s::text[]) ORDER BY name{lock}", (list(nodes),))
+            missing = sorted(set(nodes) - {r["name"] for r in rows})
+            if missing:
+                raise NotFound(f"node {missing[0]!r} does not exist"
+                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        else:
+            if await tx.row("SELECT 1 FROM clusters WHERE name = %s", (cluster,)) is None:
+                raise NotFound(f"cluster {cluster!r} does not exist")
+            rows = await tx.rows(
+                "SELECT name, cluster, power_state, desired_state FROM nodes"
+                f" WHERE cluster = %s ORDER BY name{lock}", (cluster,))
+        totals = dict((r["cluster"], r["n"]) for r in await tx.rows(
+            "SELECT cluster, count(*) AS n FROM nodes WHERE cluster = ANY(%s::text[])"
+            " GROUP BY cluster", (sorted({r["cluster"] for r in rows}),)))
+        plan = bulk.plan(action, rows, totals, share)
+        if plan.needs_confirm and not confirm and not dry_run:
+            raise Conflict(plan.refusal())
+        if dry_run or not rows:
+            return plan, []
+        names = [r["name"] for r in rows]
         if action.target is not None:  # a new request: any drift is cleared
             await tx.rows(
                 "UPDATE nodes SET desired_state = %s, drift_since = NULL,"
-                " drift_observed = NULL, drift_polls = 0 WHERE name = %s",
-                (action.target.value, node))
-        return plain(await journal(tx, node, action.value, requester))
+                " drift_observed = NULL, drift_polls = 0 WHERE name = ANY(%s::text[])",
+                (action.target.value, names))
+        ops = await tx.rows(
+            "INSERT INTO power_ops (node, action, requester)"
+            " SELECT t.node, %s, %s FROM unnest(%s::text[]) WITH ORDINALITY AS t(node, i)"
+            f" ORDER BY t.i RETURNING {OP_COLUMNS}", (action.value, requester, names))
+        ops.sort(key=lambda o: o["id"])
+        await tx.rows("SELECT pg_notify('power_ops', id::text) FROM unnest(%s::bigint[]) AS id",
+                      ([o["id"] for o in ops],))
+        return plan, [plain(o) for o in ops]
 
     @transaction
     async def get(self, tx, op_id):
@@ -116,16 +227,48 @@ class OperationStore(KindStore):
         return {r["state"]: r["n"] for r in rows}
 
     @transaction
-    async def list(self, tx, node=None, state=None, limit=100, before_id=None):
-        """The journal, newest first, filtered by node and/or state."""
+    async def list(self, tx, node=None, state=None, limit=100, before_id=None, cluster=None,
+                   clusters=None):
+        """
+        The journal, newest first, filtered by node, state, the node's
+        ``cluster`` and/or the ``clusters`` a scoped token covers (in SQL,
+        before the limit: operations of a deleted node match no cluster).
+        Page on with ``before_id`` = the last id seen.
+        """
         if state is not None and state not in OP_STATES:
             raise InvalidInput(f"state: {state!r} is not one of {', '.join(OP_STATES)}")
         before = MAX_BIGINT if before_id is None else op_number(before_id)
+        scoped = cluster is not None or clusters is not None
         rows = await tx.rows(
-            f"SELECT {OP_COLUMNS} FROM power_ops WHERE (%(node)s::text IS NULL OR node = %(node)s)"
+            f"SELECT {OP_COLUMNS} FROM power_ops o WHERE (%(node)s::text IS NULL OR node = %(node)s)"
             " AND (%(state)s::text IS NULL OR state = %(state)s) AND id < %(before)s"
-            " ORDER BY id DESC LIMIT %(limit)s",
-            {"node": node, "state": state, "before": before, "limit": page_limit(limit, 100)})
+            + (" AND EXISTS (SELECT 1 FROM nodes n WHERE n.name = o.node"
+               "  AND (%(cluster)s::text IS NULL OR n.cluster = %(cluster)s)"
+               "  AND (%(clusters)s::text[] IS NULL OR n.cluster = ANY(%(clusters)s::text[])))"
+               if scoped else "")
+            + " ORDER BY id DESC LIMIT %(limit)s",
+            {"node": node, "state": state, "before": before,
+             "limit": page_limit(limit, 100, MAX_PAGE + 1), "cluster": cluster,
+             "clusters": None if clusters is None else sorted(clusters)})
+        return [plain(r) for r in rows]
+
+    @transaction
+    async def newest_by_state(self, tx, states, limit):
+        """
+        The newest ``limit`` operations of each of ``states``, state by state
+        in the order given, newest first within one: one query (an index
+        range per state), for the status page's panels.
+        """
+        for state in states:
+            if state not in OP_STATES:
+                raise InvalidInput(f"state: {state!r} is not one of {', '.join(OP_STATES)}")
+        columns = ", ".join("o." + c for c in _OP_NAMES)
+        rows = await tx.rows(
+            f"SELECT {columns} FROM unnest(%s::text[]) WITH ORDINALITY AS s(state, i)"
+            f" CROSS JOIN LATERAL (SELECT {OP_COLUMNS} FROM power_ops p"
+            "   WHERE p.state = s.state ORDER BY p.id DESC LIMIT %s) o"
+            " ORDER BY s.i, o.id DESC",
+            (list(states), page_limit(limit, 100, MAX_PAGE)))
         return [plain(r) for r in rows]
 
     # -- for the AMP side -----------------------------------------------
@@ -256,3 +399,24 @@ class OperationStore(KindStore):
             f"UPDATE power_ops SET {field} = %s WHERE id = %s RETURNING {OP_COLUMNS}",
             (by, op["id"]))
         return plain(row)
+
+    @transaction
+    async def prune(self, tx, keep_days, limit=10_000):
+        """
+        Delete up to ``limit`` ended operations that finished more than
+        ``keep_days`` days ago, oldest first; answers how many.  Open
+        operations are never pruned, whatever their age; references to a
+        pruned operation (``coalesced_into``, ``superseded_by``) become
+        null.  Bounded per call so that one round never holds a long
+        transaction over a large journal.
+        """
+        if not (isinstance(keep_days, (int, float)) and keep_days > 0):
+            raise InvalidInput(f"keep_days: must be a positive number, got {keep_days!r}")
+        terminal = ", ".join(f"'{s}'" for s in TERMINAL_STATES)
+        rows = await tx.rows(
+            "DELETE FROM power_ops WHERE id IN (SELECT id FROM power_ops"
+            f" WHERE state IN ({terminal})"
+            "   AND finished_at < now() - %s * interval '1 day' ORDER BY id LIMIT %s)"
+            " RETURNING id", (float(keep_days), int(limit)))
+        return len(rows)
+

@@ -16,6 +16,7 @@ from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.store.base import (
     POD_MANAGER_COLUMNS, KindStore, check_fields, check_text, plain, pod_manager_key,
     transaction)
+from powerctl.region.store.lockouts import forget_for_pod_manager
 
 POD_MANAGER_STATUSES = ("online", "offline")
 
@@ -137,9 +138,10 @@ class PodManagerStore(KindStore):
         return plain(row)
 
     @transaction
-    async def list(self, tx):
-        """Every pod manager by name, without passwords."""
-        rows = await tx.rows(f"SELECT {POD_MANAGER_COLUMNS} FROM pod_managers ORDER BY name")
+    async def list(self, tx, after_name="", limit=None):
+        """Pod managers by name, without passwords; pageable by name (keyset)."""
+        rows = await tx.rows(f"SELECT {POD_MANAGER_COLUMNS} FROM pod_managers WHERE name > %s"
+                             " ORDER BY name LIMIT %s", (after_name or "", limit))
         return [plain(r) for r in rows]
 
     @transaction
@@ -164,6 +166,9 @@ class PodManagerStore(KindStore):
                      password=self._vault.seal(merged["password"])))
         except psycopg2.errors.UniqueViolation:
             raise Conflict(f"a pod manager named {merged['name']!r} already exists") from None
+        if any(merged[k] != current[k] for k in ("url", "username", "password")):
+            # issue 10: the nodes using it have new credentials now
+            await forget_for_pod_manager(tx, current["uuid"])
         return plain(row)
 
     @transaction
