@@ -97,6 +97,10 @@ class RegionConfig:
     responsive_grace: float = attrs.field(default=60.0, validator=_positive)
     pod_probe_interval: float = attrs.field(default=60.0, validator=_positive)
     lease: float = attrs.field(default=30.0, validator=_positive)
+    # A fence within this many seconds of a node's last successful fence, with
+    # nothing switched on since, joins it without a hardware call (0: never).
+    fence_reuse_seconds: float = attrs.field(default=60.0, converter=_zero_as_float,
+                                             validator=_seconds_or_off)
     # Seconds the event journal (GET /v1/events) keeps an event (issue 14).
     event_retention: float = attrs.field(default=86400.0, validator=_positive)
     # /metrics without a token, only when an operator says so.
@@ -131,6 +135,11 @@ class PservConfig:
     stagger_on: float = attrs.field(default=0.0, converter=_zero_as_float,
                                     validator=_seconds_or_off)
     max_actions: int = attrs.field(default=64, validator=_count)
+    # Per BMC or PDU (its address:port), whatever the driver: sessions at
+    # once and seconds between the starts of two calls (powerctl.drivers.bmclimit).
+    bmc_max_sessions: int = attrs.field(default=8, validator=_count)
+    bmc_min_interval: float = attrs.field(default=0.0, converter=_zero_as_float,
+                                          validator=_seconds_or_off)
     manual_timeout: float = attrs.field(default=3600.0, converter=_zero_as_float,
                                         validator=_seconds_or_off)
     lease_margin: float = attrs.field(default=10.0, validator=_positive)

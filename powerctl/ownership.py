@@ -14,6 +14,12 @@ them.  A node moves from one *live* owner to another only by hand-over
 (the old owner cancels, waits for quiet and releases it); from a *dead*
 owner only once its lease has expired.
 
+Circuits: a node on an electrical circuit is placed by the circuit's key
+(:func:`placement_key`) instead of its name, so every node of one circuit
+goes to the same pserv, which alone then starts their power-ons and can
+keep the circuit's budget without asking anyone.  Nodes without a circuit
+are placed by name, as before.
+
 Timing (see :class:`LeaseKeeper`): a pserv renews its lease with every
 heartbeat.  It stops driving everything ``margin`` seconds before its
 lease would run out by its own clock, counted from when it *sent* the
@@ -34,6 +40,14 @@ def weight(pserv, node):
     """The rendezvous weight of ``pserv`` for ``node`` (stable across processes)."""
     digest = hashlib.blake2b(f"{pserv}\0{node}".encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+def placement_key(node, circuit=None):
+    """
+    What a node is hashed by: its circuit when it has one (the separator
+    cannot occur in a name, so no node name collides with a circuit key).
+    """
+    return node if not circuit else f"circuit\x1f{circuit}"
 
 
 def choose(node, pservs):
@@ -60,7 +74,9 @@ class Decision:
 
 def assign(nodes, live):
     """
-    Decisions for ``nodes`` (``[(name, owner_epoch or None)]``) given the
+    Decisions for ``nodes`` (``[(name, owner_epoch or None)]``, or
+    ``(name, owner_epoch, key)`` to place a node by ``key`` -- its
+    :func:`placement_key` -- instead of its name) given the
     ``live`` leases of their cluster (``{epoch: pserv name}``).  A pserv
     with several live epochs (restarted within its old lease) is
     represented by its newest: the old epoch's nodes hand over to it.
@@ -71,8 +87,9 @@ def assign(nodes, live):
             newest[pserv] = epoch
     names = sorted(newest)
     decisions = []
-    for node, owner_epoch in nodes:
-        target = choose(node, names)
+    for entry in nodes:
+        node, owner_epoch = entry[0], entry[1]
+        target = choose(entry[2] if len(entry) > 2 else node, names)
         epoch = newest[target] if target is not None else None
         if epoch is None or owner_epoch == epoch:
             decisions.append(Decision(node, "keep", owner_epoch))

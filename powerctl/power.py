@@ -7,9 +7,10 @@ Glossary of the results of one power operation, in the order they are made
 only that boundary knows):
 
 ``Observed`` (:mod:`powerctl.registry`)
-    What one *execution* saw: the state reached and the agent that acted,
-    from the executor (the drivers) to the registry.  It knows nothing of
-    callers.
+    What one *execution* saw: the state reached and the agent that acted
+    (with a power topology also the acting level, each device's state and a
+    degraded success's warning: its ``detail``), from the executor (the
+    drivers) to the registry.  It knows nothing of callers.
 ``Outcome`` (:mod:`powerctl.registry`)
     What one *caller* gets when it succeeded: its operation id, its action,
     the state and agent of the execution it ran or joined
@@ -45,6 +46,8 @@ class Action(str, enum.Enum):
     SOFT_OFF = "soft-off"
     CYCLE = "cycle"
     QUERY = "query"
+    #: a verified off that outranks everything (see powerctl.drivers.topology)
+    FENCE = "fence"
 
     @property
     def changes_power(self):
@@ -59,6 +62,7 @@ class Action(str, enum.Enum):
             Action.CYCLE: PowerState.ON,
             Action.OFF: PowerState.OFF,
             Action.SOFT_OFF: PowerState.OFF,
+            Action.FENCE: PowerState.OFF,
         }.get(self)
 
     @classmethod

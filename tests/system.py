@@ -111,6 +111,10 @@ class SystemMixin:
         """The headers that make a request the test's admin's."""
         return {b"Authorization": [f"Bearer {self.token}".encode()]}
 
+    def make_catalogue(self):
+        """The drivers of the region and the pservs (a test may add its own)."""
+        return catalogue()
+
     #: Lease settings of the test fleet (short, so take-overs are quick).
     lease = 30.0
     lease_margin = 10.0
@@ -123,7 +127,7 @@ class SystemMixin:
             rpc_endpoint=rpc_listen or self.rpc_listen,
             secret_file=self.secret_file, heartbeat_timeout=10.0, lease=self.lease,
             key_file=self.key_file, **settings)
-        region = RegionService(settings, SECRET, reactor, catalogue())
+        region = RegionService(settings, SECRET, reactor, self.make_catalogue())
         region.startService()
         await region.whenReady()
         region.api = f"http://127.0.0.1:{region.api_port.getHost().port}"
@@ -147,7 +151,7 @@ class SystemMixin:
             regions=regions or (self.rpc_dial,),
             secret_file=self.secret_file, poll_interval=poll_interval,
             heartbeat_interval=min(1.0, self.lease / 6), lease_margin=self.lease_margin)
-        pserv = PservService(settings, secret, reactor, catalogue())
+        pserv = PservService(settings, secret, reactor, self.make_catalogue())
         pserv.startService()
         self.pservs.append(pserv)
         self.addCleanup(lambda: pserv.running and pserv.stopService())

@@ -120,8 +120,9 @@ class NodeApiTests(ApiTestCase):
         self.assertEqual(sorted(node), sorted([
             "name", "cluster", "power", "desired_state", "power_state", "responsive",
             "last_error", "last_queried_at", "last_changed_at", "created_at", "updated_at",
-            "drift"]))
+            "drift", "bounds", "circuit"]))  # bounds: issue 13, the derived timeouts
         self.assertIsNone(node["drift"])
+        self.assertIsNone(node["circuit"])
         self.assertEqual(node["power"]["agents"][0]["params"],
                          {"host": "10.0.0.5", "password": "(set)"})
         self.assertEqual((node["power_state"], node["responsive"]), ("unknown", True))
@@ -205,7 +206,7 @@ class PowerApiTests(ApiTestCase):
         self.assertEqual(sorted(op), sorted([
             "id", "node", "action", "state", "coalesced_into", "superseded_by", "error",
             "requested_at", "started_at", "finished_at", "pserv", "agent", "requester",
-            "observed_state", "cancelled_by", "confirmed_by"]))
+            "observed_state", "cancelled_by", "confirmed_by", "detail"]))  # detail: issue 13
         self.assertEqual((op["node"], op["action"], op["state"]), ("n1", "soft-off", "pending"))
         self.assertEqual(op["requester"], ADMIN)  # the token's name
         self.assertEqual(response.headers.getRawHeaders("location"), [f"/v1/power_ops/{op['id']}"])

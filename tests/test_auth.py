@@ -51,6 +51,9 @@ EXPECTED_ROLE = {
     ("GET", "pod_manager/{uuid}"): "viewer", ("PUT", "pod_manager/{uuid}"): "admin",
     ("DELETE", "pod_manager/{uuid}"): "admin",
     ("GET", "clusters"): "viewer", ("PUT", "clusters/{name}"): "admin",
+    ("GET", "clusters/{name}/circuits"): "viewer",
+    ("PUT", "clusters/{name}/circuits/{circuit}"): "admin",
+    ("DELETE", "clusters/{name}/circuits/{circuit}"): "admin",
     ("GET", "activity"): "viewer", ("GET", "openapi.json"): "viewer",
     ("GET", "events"): "viewer",  # a stream: checked with HEAD below (GET never ends)
     ("GET", "tokens"): "admin", ("POST", "tokens"): "admin",
@@ -65,7 +68,9 @@ SCOPED_OUT = {
     ("GET", "power_ops/{op_id}"), ("POST", "power_ops/{op_id}/cancel"),
     ("POST", "power_ops/{op_id}/confirm"), ("POST", "pod_managers"),
     ("PUT", "pod_manager/{uuid}"), ("DELETE", "pod_manager/{uuid}"),
-    ("PUT", "clusters/{name}"), ("GET", "tokens"), ("POST", "tokens"),
+    ("PUT", "clusters/{name}"), ("GET", "clusters/{name}/circuits"),
+    ("PUT", "clusters/{name}/circuits/{circuit}"),
+    ("DELETE", "clusters/{name}/circuits/{circuit}"), ("GET", "tokens"), ("POST", "tokens"),
     ("DELETE", "tokens/{token_id}"), ("GET", "audit"), ("DELETE", "lockouts/{name}"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
@@ -178,8 +183,8 @@ class RouteTableTests(ApiTestCase):
         path = pattern
         for key, value in self.values.items():
             path = path.replace("{" + key + "}", value)
-        if pattern == "clusters/{name}":
-            path = "clusters/c1"
+        if pattern.startswith("clusters/{name}"):
+            path = pattern.replace("{name}", "c1").replace("{circuit}", "rack1")
         return "/" + path
 
     def body(self, method, pattern):

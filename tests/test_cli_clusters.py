@@ -50,3 +50,39 @@ class ClusterChecksTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         code, out, err = await self.cli("power", "on", "node1", "--wait", "--timeout", "30")
         self.assertEqual(code, 0, out + err)
         self.assertNotIn("warning", err)
+
+    async def test_circuits_and_their_budgets(self):
+        await self.start_region()
+        code, out, err = await self.cli(*self.add_argv("node1", "c1", "--create-cluster",
+                                                       "--circuit", "rack7-A"))
+        self.assertEqual(code, 0, err)
+        self.assertEqual((await self.get("/v1/nodes/node1"))["circuit"], "rack7-A")
+        code, out, err = await self.cli("cluster", "circuit", "set", "c1", "rack7-A",
+                                        "--max-on", "4", "--spacing", "2")
+        self.assertEqual(code, 0, err)
+        self.assertIn("at most 4 power-on(s) at once, 2s apart", out)
+        code, out, err = await self.cli("cluster", "circuit", "list", "c1")
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"rack7-A\s+4\s+2s\s+1")
+        [cluster] = await self.get("/v1/clusters")
+        self.assertEqual(cluster["circuits"],
+                         [{"name": "rack7-A", "max_on": 4, "spacing": 2.0, "nodes": 1}])
+        # Bad input names the field and changes nothing.
+        code, out, err = await self.cli("cluster", "circuit", "set", "c1", "rack7-A",
+                                        "--max-on", "0")
+        self.assertNotEqual(code, 0)
+        self.assertIn("max_on", err)
+        code, out, err = await self.cli("node", "update", "node1", "--circuit", "bad name")
+        self.assertNotEqual(code, 0)
+        self.assertIn("circuit", err)
+        self.assertEqual(await self.get("/v1/clusters/c1/circuits"),
+                         [{"name": "rack7-A", "max_on": 4, "spacing": 2.0, "nodes": 1}])
+        code, out, err = await self.cli("node", "update", "node1", "--circuit", "")
+        self.assertEqual(code, 0, err)
+        self.assertIsNone((await self.get("/v1/nodes/node1"))["circuit"])
+        code, out, err = await self.cli("cluster", "circuit", "delete", "c1", "rack7-A")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(await self.get("/v1/clusters/c1/circuits"), [])
+        code, out, err = await self.cli("cluster", "circuit", "delete", "c1", "rack7-A")
+        self.assertNotEqual(code, 0)
+        self.assertIn("no budget", err)

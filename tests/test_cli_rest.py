@@ -432,6 +432,44 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         self.assertEqual(shown["power"]["agents"][0]["params"]["write_community"], "(set)")
         self.assertNotIn("rw-secret", out + err)
 
+    async def test_node_add_levels(self):
+        status, out, err = await self.cli(
+            "node", "add", "n5", "-c", "c1",
+            "--level", "driver=ipmi,host=10.0.0.5,password=bmc-secret",
+            "--level", "driver=snmp,host=pdu1,family=apc-rpdu,outlet=3;"
+                       "driver=snmp,host=pdu1,family=apc-rpdu,outlet=4",
+            "--trusted-unverified", "2")
+        self.assertEqual(status, 0, err)
+        body = self.sent("POST")[-1][3]
+        levels = body["power"]["levels"]
+        self.assertEqual([[a["driver"] for a in lv["agents"]] for lv in levels],
+                         [["ipmi"], ["snmp", "snmp"]])
+        self.assertEqual([lv.get("trusted_unverified") for lv in levels], [None, True])
+        self.assertEqual(levels[1]["agents"][1]["params"]["outlet"], 4)
+        self.assertIn("level 2", out)
+        self.assertIn("(trusted unverified)", out)
+        self.assertRegex(out, r"timeout fence:\s+[0-9.]+s \(level 1: [0-9.]+s \[0:ipmi [0-9.]+s\]; "
+                              r"level 2: [0-9.]+s \[1:snmp [0-9.]+s, 2:snmp [0-9.]+s\]\)")
+        self.assertNotIn("bmc-secret", out + err)
+        status, out, err = await self.cli("node", "list")
+        self.assertIn("levels: ipmi | snmp+snmp", out)
+        status, out, err = await self.cli("node", "show", "n5", "--json")
+        self.assertEqual(sorted(json.loads(out)["bounds"]), ["cycle", "fence", "off", "on"])
+
+    async def test_bad_levels_are_refused_naming_the_place(self):
+        status, out, err = await self.cli(
+            "node", "add", "n6", "-c", "c1", "--level", "driver=ipmi,host=h,password=p",
+            "--level", "driver=ipmi,password=p")
+        self.assertNotEqual(status, 0)
+        self.assertIn("power.levels[1].agents[0]", err)
+        for extra, words in ((["--trusted-unverified", "3"], "there are 2 level(s)"),
+                             (["--mode", "concurrent"], "--mode does not go with --level")):
+            status, out, err = await self.cli(
+                "node", "add", "n6", "-c", "c1", "--level", "driver=ipmi,host=h,password=p",
+                "--level", "driver=ipmi,host=i,password=p", *extra)
+            self.assertNotEqual(status, 0)
+            self.assertIn(words, err)
+
     async def test_node_add_power_json_from_stdin(self):
         power = {"mode": "sequential", "agents": [
             {"driver": "manual", "params": {"label": "rack1"}},

@@ -338,7 +338,7 @@ class BoundsTests(SystemMixin, DatabaseMixin, unittest.TestCase):
 
 
 class JournalOrderTests(DatabaseMixin, unittest.TestCase):
-    """The journal's numbers follow commit order, not write order (migration 0009)."""
+    """The journal's numbers follow commit order, not write order (migration 0011)."""
 
     def test_a_late_commit_is_numbered_after_an_earlier_one(self):
         conns = [psycopg2.connect(self.dsn) for _ in range(3)]

@@ -194,6 +194,9 @@ class PowerStore:
     async def power_config(self, node):
         return {"mode": "single", "agents": []}
 
+    async def circuit_config(self, node):
+        return None  # on no circuit
+
 
 @attrs.define(eq=False)
 class Pserv:

@@ -33,14 +33,15 @@ class RecordingRegion(amp.AMP):
 
     @commands.ReportOutcome.responder
     def report_outcome(self, operation_id, outcome, observed_state, agent, error,
-                       coalesced_into, superseded_by, epoch, error_kind=None):
+                       coalesced_into, superseded_by, epoch, error_kind=None, detail=None):
         if operation_id in self.refuse:
             raise commands.StaleEpoch(f"epoch {epoch} does not own operation {operation_id}")
         self.received.append(operation_id)
         self.boxes.append({
             "operation_id": operation_id, "outcome": outcome, "observed_state": observed_state,
             "agent": agent, "error": error, "coalesced_into": coalesced_into,
-            "superseded_by": superseded_by, "epoch": epoch, "error_kind": error_kind})
+            "superseded_by": superseded_by, "epoch": epoch, "error_kind": error_kind,
+            "detail": detail})
         if self.hold:
             d = defer.Deferred()
             self.pending.append(d)
@@ -124,10 +125,11 @@ class OutboxTests(unittest.TestCase):
 
     def test_every_field_is_sent_and_a_long_error_cut_to_fit(self):
         pair = self.region()
+        detail = {"failed_levels": [{"level": 1, "reason": "down", "devices": []}]}
         self.link.report(Report(7, "failed", "off", "bmc", "x" * 5000, 4, 6, epoch=2,
-                                error_kind="unreachable"))
+                                error_kind="unreachable", detail=detail))
         pair.flush()
         self.assertEqual(pair.server.boxes, [{
             "operation_id": 7, "outcome": "failed", "observed_state": "off", "agent": "bmc",
             "error": "x" * 4000, "coalesced_into": 4, "superseded_by": 6, "epoch": 2,
-            "error_kind": "unreachable"}])
+            "error_kind": "unreachable", "detail": detail}])

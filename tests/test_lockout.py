@@ -195,13 +195,45 @@ class GuardedDriverTests(unittest.TestCase):
         results = [driver.query() for _ in range(5)]
         self.assertEqual(fake.calls, 3)
         for d in results[3:]:
-            self.failureResultOf(d, AuthenticationError)
-        for d in fake.pending:
+            self.assertNoResult(d)  # waiting for the first three to prove or fail
+        for d in list(fake.pending):
             d.errback(AuthenticationError("no"))
         for d in results[:3]:
             self.failureResultOf(d, AuthenticationError)
+        for d in results[3:]:  # locked: the waiting ones fail without a call
+            self.assertIn("credentials rejected",
+                          self.failureResultOf(d, AuthenticationError).getErrorMessage())
         self.failureResultOf(driver.query(), AuthenticationError)
         self.assertEqual(fake.calls, 3)
+
+    def test_waiting_attempts_run_once_the_credentials_are_proven(self):
+        # One Redfish service (or PDU) serves many nodes with one account:
+        # their first power-ons must not fail for want of proven credentials.
+        guard = LockoutGuard(task.Clock(), limit=3)
+        fake = FakeDriver()
+        driver = GuardedDriver(fake, guard, "k")
+        results = [driver.query() for _ in range(6)]
+        cancelled = results[4]
+        cancelled.cancel()
+        self.failureResultOf(cancelled, defer.CancelledError)
+        self.assertEqual(fake.calls, 3)
+        fake.pending[0].callback("on")  # proven: everything waiting runs
+        self.assertEqual(fake.calls, 5)  # the cancelled one never calls
+        for d in list(fake.pending[1:]):
+            d.callback("on")
+        for d in results[:4] + results[5:]:
+            self.assertEqual(self.successResultOf(d), "on")
+
+    def test_a_non_auth_failure_frees_a_turn_for_a_waiting_attempt(self):
+        guard = LockoutGuard(task.Clock(), limit=2)
+        fake = FakeDriver()
+        driver = GuardedDriver(fake, guard, "k")
+        results = [driver.query() for _ in range(3)]
+        self.assertEqual(fake.calls, 2)
+        fake.pending[0].errback(PowerTimeout("slow"))  # says nothing of credentials
+        self.assertEqual(fake.calls, 3)
+        self.failureResultOf(results[0], PowerTimeout)
+        self.assertNoResult(results[2])
 
 
 class RedfishLockoutTests(SystemMixin, DatabaseMixin, unittest.TestCase):

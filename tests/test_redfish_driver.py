@@ -400,3 +400,89 @@ class SessionTests(RedfishCase):
         yield self.assertFailure(d, defer.CancelledError)
         yield self.type.close()
         self.assertEqual(self.sim.live_sessions, 0)
+
+
+class AnswersOfRealBmcsTests(RedfishCase):
+    """A 202 with a task monitor, and a 409 for "already in that state"."""
+
+    def monitor_gets(self):
+        return [r for r in self.sim.log if r.method == "GET" and "/TaskMonitors/" in r.path]
+
+    async def test_a_202_task_monitor_is_followed_honouring_retry_after(self):
+        self.start(delay=0.3, task_monitor=True, retry_after=1)
+        state = await self.driver().on()
+        self.assertEqual(state, PowerState.ON)
+        self.assertEqual(self.system().resets, ["On"])
+        gets = self.monitor_gets()
+        self.assertEqual(len(gets), 2, [(r.time, r.path) for r in self.sim.log])
+        # The second poll came after the Retry-After of the first answer.
+        self.assertGreaterEqual(gets[1].time - gets[0].time, 1.0)
+
+    async def test_a_task_that_never_ends_is_bounded(self):
+        self.start(delay=30.0, task_monitor=True, retry_after=1)
+        with self.assertRaises(PowerTimeout) as caught:
+            await self.driver().on()
+        self.assertIn("task: still running 2s after the command", str(caught.exception))
+        self.assertLessEqual(len(self.monitor_gets()), 4)
+
+    async def test_a_failed_task_is_a_protocol_error(self):
+        self.start(delay=0.0, task_monitor=True, retry_after=0)
+        self.sim.task_outcome = "Exception"
+        with self.assertRaises(ProtocolError) as caught:
+            await self.driver().on()
+        self.assertIn("the task ended Exception: simulated task failure", str(caught.exception))
+
+    async def test_a_monitor_gone_once_done_is_fine(self):
+        self.start(delay=0.2, task_monitor=True, retry_after=0)
+        self.system().power_state = "On"
+        self.sim.tasks = _Vanishing()  # some BMCs drop a finished task's monitor
+        self.assertEqual(await self.driver().off(), PowerState.OFF)
+        self.assertEqual(len(self.monitor_gets()), 1)
+
+    async def test_409_for_the_state_it_is_in_is_success_after_a_query(self):
+        self.start(delay=0.0, conflict_when_already=True)
+        driver = self.driver()
+        from powerctl.drivers.base import Command
+
+        await driver.send(Command.OFF)  # the system is off: iDRAC answers 409
+        posts = [r for r in self.sim.log if r.method == "POST"]
+        self.assertEqual([r.reset_type for r in posts], ["ForceOff"])
+        self.assertEqual(self.system().resets, [])  # nothing was applied
+        last = self.sim.log[-1]
+        self.assertEqual((last.method, last.path), ("GET", self.system().uri))
+
+    async def test_409_in_another_state_stands(self):
+        self.start(delay=0.0)
+        self.system().power_state = "On"
+        self.sim.fault("conflict", "POST")
+        with self.assertRaises(ProtocolError) as caught:
+            await self.driver().off()
+        self.assertIn("HTTP 409", str(caught.exception))
+        self.assertEqual(self.system().power_state, "On")
+
+    def test_retry_after_parsing(self):
+        from powerctl.drivers.redfish import MAX_RETRY_AFTER, retry_after
+
+        class R:
+            def __init__(self, value):
+                self.value = value
+
+            def header(self, name):
+                return self.value
+
+        self.assertEqual(retry_after(R(b"3"), 0.5), 3.0)
+        self.assertEqual(retry_after(R(None), 0.5), 0.5)
+        self.assertEqual(retry_after(R(b"Wed, 21 Oct 2015 07:28:00 GMT"), 0.5), 0.5)
+        self.assertEqual(retry_after(R(b"-1"), 0.5), 0.5)
+        self.assertEqual(retry_after(R(b"86400"), 0.5), MAX_RETRY_AFTER)
+        self.assertGreater(retry_after(R(b"0"), 0.5), 0)
+
+
+class _Vanishing(dict):
+    """Task monitors that are gone as soon as they are asked for (404)."""
+
+    def get(self, key, default=None):
+        return None
+
+    def __setitem__(self, key, value):
+        pass

@@ -76,6 +76,9 @@ class FakeStore:
     async def power_config(self, node):
         return {"mode": "single", "agents": [{"driver": "manual", "params": {}}]}
 
+    async def circuit_config(self, node):
+        return None  # on no circuit
+
     async def delete(self, name, by="", quiesce=None):
         node = self.node_rows.pop(name)
         cancelled = await quiesce(node)

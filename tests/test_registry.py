@@ -207,7 +207,8 @@ class SupersedeTests(unittest.TestCase):
         self.assertEqual(h.executor.started_ops(), ["op1", "op3"])
 
     def test_custom_policy(self):
-        policy = RankPolicy({Action.ON: 50, Action.OFF: 1, Action.SOFT_OFF: 2, Action.CYCLE: 3})
+        policy = RankPolicy({Action.ON: 50, Action.OFF: 1, Action.SOFT_OFF: 2, Action.CYCLE: 3,
+                             Action.FENCE: 4})
         h = Harness(self, policy=policy)
         h.request("op1", Action.OFF)
         h.request("op2", Action.ON)

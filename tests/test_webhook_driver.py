@@ -160,3 +160,44 @@ class WebhookTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_send_unsupported_command(self):
         yield self.assertFailure(self.driver().send(Command.SOFT_OFF), UnsupportedError)
+
+
+class WebhookLimitTests(unittest.TestCase):
+    """Per-BMC slots and circuit budgets on a webhook agent (pacing on a Clock)."""
+
+    driver = WebhookTests.driver
+
+    def setUp(self):
+        WebhookTests.setUp(self)
+        from twisted.internet import task
+
+        from powerctl.drivers.bmclimit import BmcLimiter, BmcLimits
+        from powerctl.pserv.circuits import Circuit, CircuitBudgets
+
+        self.clock = task.Clock()
+        self.limiter = BmcLimiter(self.clock, BmcLimits(max_sessions=1, min_interval=5.0))
+        self.type = WebhookDriverType(reactor, timing=FAST, limiter=self.limiter)
+        self.addCleanup(self.type.close)
+        self.budgets = CircuitBudgets(self.clock)
+        self.budgets.learn(Circuit("A", 1, 3.0))
+
+    async def test_calls_to_one_device_are_spaced(self):
+        a, b = self.driver(query=False), self.driver(query=False)
+        self.assertEqual(a.bmc.address, f"127.0.0.1:{self.port.getHost().port}")
+        self.assertEqual(await a.on(), PowerState.ON)
+        d = b.off()
+        self.assertEqual(len(self.hook.calls), 1)  # the 5 s interval holds b back
+        self.clock.advance(5.0)
+        self.assertEqual(await d, PowerState.OFF)
+        self.assertEqual([c[1] for c in self.hook.calls], ["/on", "/off"])
+
+    async def test_an_unverified_power_on_takes_the_circuit_budget(self):
+        self.type.limiter = None
+        a, b = self.driver(query=False), self.driver(query=False)
+        a.circuit = b.circuit = self.budgets.gate("A")
+        self.assertEqual(await a.on(), PowerState.ON)
+        d = b.on()
+        self.assertEqual(len(self.hook.calls), 1)  # 3 s between starts on circuit A
+        self.clock.advance(3.0)
+        self.assertEqual(await d, PowerState.ON)
+        self.assertEqual(self.budgets.pacer("A").in_use, 0)

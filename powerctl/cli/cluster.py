@@ -1,5 +1,7 @@
 """
-``powerctl cluster list|set``: clusters, their pservs and their drift policy.
+``powerctl cluster list|set``: clusters, their pservs and their drift policy;
+``powerctl cluster circuit list|set|delete``: the budgets of power-ons per
+electrical circuit.
 
 Also what the other commands check about clusters before they write, so
 that a typo or a fleet with nobody to drive it is said plainly instead of
@@ -35,6 +37,20 @@ def add_commands(subparsers, parent):
                    help="what a node polled in another state than desired gets: report "
                         "(shown only) or enforce (a 'reconcile' operation to its desired "
                         "state after two consecutive polls)")
+    sub = add_group(clusters, "circuit", "budgets of power-ons per electrical circuit")
+    p = add_command(sub, "list", circuit_list, "a cluster's circuits and budgets", parent)
+    p.add_argument("cluster")
+    p = add_command(sub, "set", circuit_set,
+                    "set a circuit's budget (power-ons at once, spacing)", parent)
+    p.add_argument("cluster")
+    p.add_argument("circuit")
+    p.add_argument("--max-on", type=int, required=True,
+                   help="at most this many power-ons in flight at once on the circuit")
+    p.add_argument("--spacing", type=float, default=0.0,
+                   help="seconds between the starts of two power-ons (default 0)")
+    p = add_command(sub, "delete", circuit_delete, "remove a circuit's budget", parent)
+    p.add_argument("cluster")
+    p.add_argument("circuit")
 
 
 def _pservs(cluster):
@@ -90,6 +106,50 @@ async def cluster_set(ctx, args, api):
         ctx.out(output.to_json(doc))
     else:
         ctx.out(f"cluster {args.name}: drift policy {(doc or {}).get('drift_policy')}")
+    return EXIT_OK
+
+
+CIRCUIT_COLUMNS = [
+    ("CIRCUIT", "name"),
+    ("MAX ON", lambda c: c.get("max_on") if c.get("max_on") is not None else "(no budget)"),
+    ("SPACING", lambda c: f"{c['spacing']:g}s" if c.get("spacing") is not None else None),
+    ("NODES", "nodes"),
+]
+
+
+@api_command
+async def circuit_list(ctx, args, api):
+    """``powerctl cluster circuit list CLUSTER``."""
+    doc = await api.call("GET", f"/v1/clusters/{q(args.cluster)}/circuits")
+    if args.json:
+        ctx.out(output.to_json(doc))
+    else:
+        ctx.out(output.table(doc or [], CIRCUIT_COLUMNS))
+    return EXIT_OK
+
+
+@api_command
+async def circuit_set(ctx, args, api):
+    """``powerctl cluster circuit set CLUSTER CIRCUIT --max-on N [--spacing S]``."""
+    doc = await api.call("PUT", f"/v1/clusters/{q(args.cluster)}/circuits/{q(args.circuit)}",
+                         {"max_on": args.max_on, "spacing": args.spacing})
+    if args.json:
+        ctx.out(output.to_json(doc))
+    else:
+        ctx.out(f"cluster {args.cluster} circuit {args.circuit}: at most "
+                f"{doc.get('max_on')} power-on(s) at once, {doc.get('spacing'):g}s apart")
+    return EXIT_OK
+
+
+@api_command
+async def circuit_delete(ctx, args, api):
+    """``powerctl cluster circuit delete CLUSTER CIRCUIT``."""
+    await api.call("DELETE", f"/v1/clusters/{q(args.cluster)}/circuits/{q(args.circuit)}")
+    if args.json:
+        ctx.out(output.to_json({"cluster": args.cluster, "circuit": args.circuit,
+                                "deleted": True}))
+    else:
+        ctx.out(f"cluster {args.cluster} circuit {args.circuit}: budget removed")
     return EXIT_OK
 
 

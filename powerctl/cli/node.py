@@ -21,6 +21,8 @@ def add_commands(subparsers, parent):
     p.add_argument("--cluster", "-c", required=True)
     p.add_argument("--create-cluster", action="store_true",
                    help="create the cluster if it does not exist yet (else: an error)")
+    p.add_argument("--circuit", help="the electrical circuit it is on (power-ons share "
+                   "the circuit's budget: powerctl cluster circuit set)")
     add_power_options(p)
     p = add_command(nodes, "list", node_list, "list nodes (every page)", parent)
     p.add_argument("--cluster", "-c", help="only this cluster")
@@ -30,6 +32,7 @@ def add_commands(subparsers, parent):
                     "change a node's cluster or replace its power configuration", parent)
     p.add_argument("name")
     p.add_argument("--cluster", "-c")
+    p.add_argument("--circuit", help="the electrical circuit it is on; \"\" for none")
     add_power_options(p)
     add_command(nodes, "delete", node_delete, "forget a node", parent).add_argument("name")
 
@@ -71,18 +74,60 @@ def show_node(ctx, node):
     pairs = [(k, _responsive(node.get(k)) if k == "responsive" else _drift(node.get(k))
               if k == "drift" else output.shown(k, node.get(k)))
              for k in first if k in node]
-    pairs += [(k, output.shown(k, v)) for k, v in node.items() if k not in first and k != "power"]
+    pairs += [(k, output.shown(k, v)) for k, v in node.items()
+              if k not in first and k not in ("power", "bounds")]
     power = node.get("power")
-    if isinstance(power, dict):
+    if isinstance(power, dict) and "levels" in power:
+        index = 0
+        for number, level in enumerate(power.get("levels") or (), 1):
+            if not isinstance(level, dict):
+                continue
+            trusted = " (trusted unverified)" if level.get("trusted_unverified") else ""
+            pairs.append((f"level {number}", f"{len(level.get('agents') or ())} agent(s), "
+                          f"all must act{trusted}"))
+            for agent in level.get("agents") or ():
+                pairs.append((f"agent {index}", _agent_text(agent)))
+                index += 1
+    elif isinstance(power, dict):
         pairs.append(("mode", power.get("mode") or "single"))
         for i, agent in enumerate(power.get("agents") or ()):
-            if not isinstance(agent, dict):
-                continue
-            params = " ".join(f"{k}={output.cell(v)}"
-                              for k, v in (agent.get("params") or {}).items())
-            extra = f" pod_manager={agent['pod_manager']}" if agent.get("pod_manager") else ""
-            pairs.append((f"agent {i}", f"{agent.get('driver')}{extra} {params}".strip()))
-    ctx.out(output.key_values(pairs))
+            pairs.append((f"agent {i}", _agent_text(agent)))
+    pairs += bounds_pairs(node.get("bounds"))
+    ctx.out(output.key_values([p for p in pairs if p[1] is not None]))
+
+
+def _agent_text(agent):
+    """One agent on one line (params already redacted)."""
+    if not isinstance(agent, dict):
+        return None
+    params = " ".join(f"{k}={output.cell(v)}" for k, v in (agent.get("params") or {}).items())
+    extra = f" pod_manager={agent['pod_manager']}" if agent.get("pod_manager") else ""
+    label = f" label={agent['label']}" if agent.get("label") else ""
+    return f"{agent.get('driver')}{extra}{label} {params}".strip()
+
+
+def _seconds(value):
+    return "unbounded" if value is None else f"{value:g}s"
+
+
+def bounds_pairs(bounds):
+    """
+    The derived time bounds of each action: the total, then per level and
+    per device (``timeout off: 254s (level 1: 127s [bmc 127s]; ...)``).
+    """
+    if not isinstance(bounds, dict):
+        return []
+    pairs = []
+    for action, b in bounds.items():
+        if not isinstance(b, dict):
+            continue
+        levels = "; ".join(
+            f"level {lv.get('level')}: {_seconds(lv.get('bound'))} ["
+            + ", ".join(f"{d.get('agent')} {_seconds(d.get('bound'))}"
+                        for d in lv.get("devices") or ()) + "]"
+            for lv in b.get("levels") or ())
+        pairs.append((f"timeout {action}", f"{_seconds(b.get('total'))} ({levels})"))
+    return pairs
 
 
 async def _node_written(ctx, args, node, verb):
@@ -102,6 +147,8 @@ async def node_add(ctx, args, api):
     """``powerctl node add NAME --cluster C ...``."""
     body = {"name": args.name, "cluster": args.cluster,
             "power": power_from_args(ctx, args, required=True)}
+    if args.circuit:
+        body["circuit"] = args.circuit
     if not args.create_cluster:
         await cluster_checks.require_known_cluster(api, args.cluster)
     node = await api.call("POST", "/v1/nodes", body)
@@ -118,11 +165,14 @@ async def node_update(ctx, args, api):
     body = {}
     if args.cluster:
         body["cluster"] = args.cluster
+    if args.circuit is not None:
+        body["circuit"] = args.circuit or None
     power = power_from_args(ctx, args, required=False)
     if power is not None:
         body["power"] = power
     if not body:
-        raise UsageError("nothing to update: give --cluster and/or a power configuration")
+        raise UsageError("nothing to update: give --cluster, --circuit and/or a power "
+                         "configuration")
     node = await api.call("PUT", f"/v1/nodes/{q(args.name)}", body)
     return await _node_written(ctx, args, node, "updated")
 

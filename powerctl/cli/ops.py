@@ -92,8 +92,39 @@ async def ops_show(ctx, args, api):
     if args.json:
         ctx.out(output.to_json(op))
     else:
-        ctx.out(output.key_values((k, output.shown(k, v)) for k, v in (op or {}).items()))
+        op = op or {}
+        pairs = [(k, output.shown(k, v)) for k, v in op.items() if k != "detail"]
+        ctx.out(output.key_values(pairs + detail_pairs(op.get("detail"))))
     return EXIT_OK
+
+
+def detail_pairs(detail):
+    """
+    What the power topology said of an operation, as ``key: value`` lines:
+    the acting level and each device's state, a degraded success's
+    warning, the levels that failed before, the fence it joined.
+    """
+    if not isinstance(detail, dict):
+        return []
+    pairs = []
+
+    def devices(level):
+        return " ".join(f"{d.get('agent')}={d.get('state')}"
+                        + (f" ({d['error']})" if d.get("error") else "")
+                        for d in level.get("devices") or () if isinstance(d, dict))
+
+    if detail.get("level") is not None:
+        verified = "" if detail.get("verified", True) else " (not verified by a query)"
+        pairs.append(("level", f"{detail['level']}: {devices(detail)}{verified}"))
+    if detail.get("warning"):
+        pairs.append(("warning", detail["warning"]))
+    for failed in detail.get("failed_levels") or ():
+        if isinstance(failed, dict):
+            pairs.append((f"failed level {failed.get('level')}", failed.get("reason")))
+    if detail.get("coalesced_fence") is not None:
+        pairs.append(("coalesced fence", f"joined fence {detail['coalesced_fence']} "
+                      "(no hardware call)"))
+    return pairs
 
 
 @api_command

@@ -38,6 +38,13 @@ def add_power_options(parser):
                         help="the whole power configuration as JSON ('-' reads stdin)")
     parser.add_argument("--mode", choices=MODES,
                         help="how several agents are driven (default single)")
+    parser.add_argument("--level", action="append", default=[], metavar="SPECS",
+                        help="a power level: agents as for --agent, separated by ';' "
+                             "(every one must act); repeat for level 2, 3...  "
+                             "(tried in order until one succeeds)")
+    parser.add_argument("--trusted-unverified", action="append", type=int, default=[],
+                        metavar="N", help="with --level: level N (from 1) may fence "
+                                          "without a verifying query")
 
 
 def split_top_level(text, sep=","):
@@ -108,10 +115,14 @@ def _from_json(ctx, args):
     doc = read_json_source(ctx, args.power_json, "--power-json")
     if isinstance(doc, list):
         doc = {"agents": doc}
+    if isinstance(doc, dict) and "levels" in doc:
+        if args.mode:
+            raise UsageError("--mode does not go with levels: each level lists its agents")
+        return doc  # a topology: the region checks it and names the level/agent at fault
     if not isinstance(doc, dict) or not isinstance(doc.get("agents"), list) \
             or not doc["agents"]:
-        raise UsageError("--power-json needs {\"mode\": ..., \"agents\": [...]} "
-                         "or a list of agents")
+        raise UsageError("--power-json needs {\"levels\": [{\"agents\": [...]}, ...]}, "
+                         "{\"mode\": ..., \"agents\": [...]} or a list of agents")
     if args.mode:
         doc["mode"] = args.mode
     doc.setdefault("mode", "single" if len(doc["agents"]) == 1 else None)
@@ -126,9 +137,31 @@ def power_from_args(ctx, args, required):
     ``--power-json``; None when none is given and ``required`` is false.
     """
     known = schemas()
-    sources = sum(bool(x) for x in (args.driver, args.agent, args.power_json))
+    levels = getattr(args, "level", None) or []
+    trusted = getattr(args, "trusted_unverified", None) or []
+    sources = sum(bool(x) for x in (args.driver, args.agent, args.power_json, levels))
     if sources > 1:
-        raise UsageError("give one of --driver/-p, --agent or --power-json")
+        raise UsageError("give one of --driver/-p, --agent, --level or --power-json")
+    if trusted and not levels:
+        raise UsageError("--trusted-unverified goes with --level")
+    if levels:
+        if args.mode:
+            raise UsageError("--mode does not go with --level: each level lists its agents")
+        if args.params or args.params_json:
+            raise UsageError("-p/--params-json go with --driver, not --level")
+        bad = [n for n in trusted if not 1 <= n <= len(levels)]
+        if bad:
+            raise UsageError(f"--trusted-unverified {bad[0]}: there are {len(levels)} level(s)")
+        out = []
+        for number, text in enumerate(levels, 1):
+            specs = [t for t in split_top_level(text, ";") if t.strip()]
+            if not specs:
+                raise UsageError(f"--level {number}: no agent")
+            level = {"agents": [parse_agent(spec.strip(), known) for spec in specs]}
+            if number in trusted:
+                level["trusted_unverified"] = True
+            out.append(level)
+        return {"levels": out}
     if not sources:
         if args.params or args.params_json:
             raise UsageError("-p/--params-json need --driver")
@@ -157,9 +190,15 @@ def power_from_args(ctx, args, required):
 
 
 def power_summary(power):
-    """``ipmi`` or ``concurrent: ipmi+snmp`` for a table cell."""
+    """``ipmi``, ``concurrent: ipmi+snmp`` or ``levels: ipmi | snmp+snmp`` for a table cell."""
     if not isinstance(power, dict):
         return None
+    if "levels" in power:
+        levels = power["levels"] if isinstance(power["levels"], list) else []
+        return "levels: " + " | ".join(
+            "+".join(str(a.get("driver", "?")) for a in (lv.get("agents") or ())
+                     if isinstance(a, dict))
+            for lv in levels if isinstance(lv, dict))
     drivers = "+".join(
         str(a.get("driver", "?")) for a in power.get("agents") or () if isinstance(a, dict))
     mode = power.get("mode") or "single"

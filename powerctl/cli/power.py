@@ -43,7 +43,8 @@ def add_commands(subparsers, parent):
     p = subparsers.add_parser("power", parents=[parent],
                               help="request power actions and optionally wait")
     p.add_argument("action", type=_action, metavar="ACTION",
-                   help="on, off, soft-off, cycle or query")
+                   help="on, off, soft-off, cycle, query or fence (a verified off that "
+                        "outranks every other action)")
     p.add_argument("nodes", nargs="*", metavar="NODE",
                    help="one request per node (or --cluster/--nodes: one bulk request)")
     p.add_argument("--wait", "-w", action="store_true",
@@ -72,6 +73,15 @@ class Outcome:
     def as_json(self):
         return {"node": self.node, "requested": self.requested, "op": self.op,
                 "power_state": self.power_state, "error": self.error}
+
+
+def _level_cell(detail):
+    """``2: psu-a=off psu-b=off``: the acting level and its devices' states."""
+    if not isinstance(detail, dict) or detail.get("level") is None:
+        return None
+    devices = " ".join(f"{d.get('agent')}={d.get('state')}"
+                       for d in detail.get("devices") or () if isinstance(d, dict))
+    return f"{detail['level']}: {devices}"
 
 
 def _op_error(op):
@@ -189,6 +199,7 @@ async def power(ctx, args, api):
             ("OP", _op_cell),
             ("STATE", lambda r: (r["op"] or {}).get("state")),
             ("POWER", "power_state"),
+            ("LEVEL", lambda r: _level_cell((r["op"] or {}).get("detail"))),
             ("ERROR", "error"),
         ]))
     else:
@@ -201,6 +212,10 @@ async def power(ctx, args, api):
             ("ERROR", "error"),
         ]))
     for r in results:
+        warning = ((r.op or {}).get("detail") or {}).get("warning") \
+            if isinstance((r.op or {}).get("detail"), dict) else None
+        if warning and not args.json:
+            ctx.err(f"warning: {r.node}: {warning}")
         if r.error and not args.json:
             ctx.err(f"error ({'timeout' if r.status == EXIT_TIMEOUT else 'failed'}): "
                     f"{r.node}: {r.error}")

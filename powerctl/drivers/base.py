@@ -79,18 +79,27 @@ def bounded(d, seconds, clock, what):
     return outer
 
 
-async def with_retries(clock, timing, call, what):
+async def with_retries(clock, timing, call, what, gate=None):
     """
     Run ``call()`` (returning a Deferred) bounded by ``timing.timeout``,
     retrying transient failures ``timing.retries`` times with exponential
     backoff.  Permanent failures (authentication, protocol) are raised at
-    once.
+    once.  With ``gate`` (a per-BMC handle of
+    :class:`~powerctl.drivers.bmclimit.BmcLimiter`) each attempt first takes
+    a slot of the device, held for that attempt only; waiting for the slot
+    is not counted against the timeout (a busy BMC is not a dead one).
     """
     delay = timing.backoff
     attempt = 0
     while True:
         try:
-            return await bounded(call(), timing.timeout, clock, what)
+            if gate is None:
+                return await bounded(call(), timing.timeout, clock, what)
+            release = await gate.acquire()
+            try:
+                return await bounded(call(), timing.timeout, clock, what)
+            finally:
+                release()
         except Exception as e:
             if not getattr(e, "transient", False) or attempt >= timing.retries:
                 raise
@@ -107,6 +116,14 @@ class VerifyingDriver:
     """
 
     capabilities = Capabilities()
+
+    #: The device's per-BMC slot (``acquire()`` -> release), or None: set by
+    #: the driver type from its :class:`~powerctl.drivers.bmclimit.BmcLimiter`.
+    bmc = None
+    #: The node's circuit budget (``acquire()`` -> release), or None: set by
+    #: the pserv's executor.  Taken only when an ``on`` is really sent (a
+    #: host found on already spends nothing) and held until it is verified.
+    circuit = None
 
     def __init__(self, clock, timing=Timing()):
         self.clock = clock
@@ -150,13 +167,14 @@ class VerifyingDriver:
 
     async def _query(self):
         return await with_retries(
-            self.clock, self.timing, self.read_state, f"{self.describe()} query"
+            self.clock, self.timing, self.read_state, f"{self.describe()} query",
+            gate=self.bmc,
         )
 
     async def _send(self, command):
         await with_retries(
             self.clock, self.timing, lambda: self.send(command),
-            f"{self.describe()} {command.value}",
+            f"{self.describe()} {command.value}", gate=self.bmc,
         )
 
     async def _wait_for(self, want, limit):
@@ -175,8 +193,15 @@ class VerifyingDriver:
     async def _change(self, command, want):
         if await self._query() == want:
             return want
-        await self._send(command)
-        return await self._wait_for(want, self.timing.verify_timeout)
+        if command is not Command.ON or self.circuit is None:
+            await self._send(command)
+            return await self._wait_for(want, self.timing.verify_timeout)
+        release = await self.circuit.acquire()
+        try:
+            await self._send(command)
+            return await self._wait_for(want, self.timing.verify_timeout)
+        finally:
+            release()
 
     async def _soft_off(self):
         if not self.capabilities.soft_off:

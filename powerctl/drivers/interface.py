@@ -102,6 +102,7 @@ _METHODS = {
     Action.SOFT_OFF: "soft_off",
     Action.CYCLE: "cycle",
     Action.QUERY: "query",
+    Action.FENCE: "off",  # a fence is a verified off (the topology decides which levels)
 }
 
 

@@ -39,6 +39,7 @@ from zope.interface import implementer
 from powerctl.drivers import _pyghmi_compat as pyghmi_compat
 from powerctl.drivers._pyghmi_compat import ABORTED, abort_session
 from powerctl.drivers.base import Command, VerifyingDriver, sleep
+from powerctl.drivers.bmclimit import address_of
 from powerctl.drivers.errors import (
     AuthenticationError,
     PowerError,
@@ -322,13 +323,17 @@ class IpmiDriverType:
     capabilities = Capabilities(queryable=True, soft_off=True, native_cycle=True)
 
     def __init__(self, reactor=None, clock=None, timing=Timing(), max_threads=32,
-                 max_logins=16, max_idle=20.0, close_timeout=5.0):
+                 max_logins=16, max_idle=20.0, close_timeout=5.0, limiter=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.clock = clock or reactor
         self.timing = timing
         self.max_idle = max_idle
+        # The process's per-BMC limits (powerctl.drivers.bmclimit), or None.
+        # Calls to one BMC are serialised here anyway; the limiter adds the
+        # pserv's minimum interval between starts, shared with other drivers.
+        self.limiter = limiter
         self.close_timeout = close_timeout
         self.pool = _DaemonThreadPool(0, max_threads, name="powerctl-ipmi")
         self.logins = defer.DeferredSemaphore(max_logins)
@@ -350,7 +355,10 @@ class IpmiDriverType:
         min_interval = settings.get("min_interval")
         if min_interval is None:
             min_interval = DEFAULT_MIN_INTERVAL
-        return IpmiDriver(self, self._slot(key), credentials, min_interval, timing)
+        driver = IpmiDriver(self, self._slot(key), credentials, min_interval, timing)
+        if self.limiter is not None:
+            driver.bmc = self.limiter.handle(address_of(settings["host"], settings["port"]))
+        return driver
 
     def _slot(self, key):
         slot = self._bmcs.get(key)

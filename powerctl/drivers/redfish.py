@@ -21,6 +21,19 @@ system seen ``PoweringOn`` moments ago (or ``GracefulShutdown`` to one seen
 ``PoweringOff``) is skipped: it is already doing it, and some services
 refuse the duplicate.  A hard off is always sent.
 
+Answers some BMCs give to a reset:
+
+* ``202 Accepted`` with a task monitor in ``Location``: the monitor is
+  polled (each GET bounded by the call timeout, waiting ``Retry-After``
+  seconds between polls when the service says so, else ``poll_interval``)
+  until it stops answering 202, within ``verify_timeout`` in all; a task
+  that ends ``Exception``/``Killed``/``Cancelled`` is a protocol error, a
+  monitor that is gone (404) once done is fine.  The state is verified by
+  queries afterwards as always.
+* ``409 Conflict`` (iDRAC's answer to ``ForceOff`` of an off system, or
+  ``On`` of an on one): the system is queried once; if it is in the state
+  the command leads to, the command counts as done, else the 409 stands.
+
 Authentication: HTTP basic by default.  A driver type built with
 ``use_sessions=True`` logs in through the SessionService instead, shares one
 session per service and user between agents, re-logs in once on a 401, and
@@ -37,9 +50,11 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from powerctl.drivers.base import Command, VerifyingDriver, bounded
+from powerctl.drivers.base import Command, VerifyingDriver, bounded, sleep, with_retries
+from powerctl.drivers.bmclimit import address_of_url
 from powerctl.drivers.errors import (
     InvalidParameters,
+    PowerTimeout,
     ProtocolError,
     UnsupportedError,
 )
@@ -82,6 +97,15 @@ POWER_STATES = {
 
 #: A transitional state that already heads where a command would go.
 _ALREADY_HEADING = {Command.ON: "PoweringOn", Command.SOFT_OFF: "PoweringOff"}
+#: The state a command leads to, for telling "already there" from a real 409.
+_LEADS_TO = {Command.ON: PowerState.ON, Command.OFF: PowerState.OFF,
+             Command.SOFT_OFF: PowerState.OFF}
+#: How a finished Redfish Task says it failed.
+_TASK_FAILED = ("Exception", "Killed", "Cancelled", "Interrupted")
+#: The longest Retry-After honoured between two polls of a task monitor, and
+#: the shortest wait (a "0" must not make a busy loop against the BMC).
+MAX_RETRY_AFTER = 60.0
+MIN_TASK_POLL = 0.05
 
 
 @attrs.frozen
@@ -115,6 +139,21 @@ class Session:
 
 class _NotFound(ProtocolError):
     """A cached URI answered 404: the service changed, rediscover."""
+
+
+def retry_after(response, default):
+    """
+    Seconds a ``Retry-After`` header asks to wait (delta-seconds only; an
+    HTTP date or nonsense gives ``default``), at most :data:`MAX_RETRY_AFTER`.
+    """
+    raw = response.header(b"retry-after")
+    try:
+        seconds = float(raw.decode("latin-1").strip()) if raw else None
+    except (UnicodeDecodeError, ValueError):
+        seconds = None
+    if seconds is None or seconds != seconds or seconds < 0:
+        return default
+    return max(MIN_TASK_POLL, min(seconds, MAX_RETRY_AFTER))
 
 
 def redfish_error_message(response):
@@ -294,8 +333,60 @@ class RedfishDriver(VerifyingDriver):
         fresh = self.clock.seconds() - seen <= self.timing.timeout
         if fresh and raw is not None and _ALREADY_HEADING.get(command) == raw:
             return None
-        await self._call("POST", info.reset_target, {"ResetType": reset_type})
+        response = await self._call("POST", info.reset_target, {"ResetType": reset_type},
+                                    check=False)
+        if response.code == 409 and command in _LEADS_TO:
+            # Some BMCs refuse a reset to the state the system is in: look.
+            if await self._read_state(info) == _LEADS_TO[command]:
+                return None
+        check_status(response, redfish_error_message)
+        location = response.header(b"location") if response.code == 202 else None
+        if location:
+            return urljoin(self.root, location.decode("latin-1"))
         return None
+
+    async def _send(self, command):
+        """Send (with retries), then follow the task monitor of a 202, if any."""
+        monitor = await with_retries(
+            self.clock, self.timing, lambda: self.send(command),
+            f"{self.describe()} {command.value}", gate=self.bmc)
+        if monitor is not None:
+            await self._follow_task(monitor, command)
+
+    async def _follow_task(self, monitor, command):
+        what = f"{self.describe()} {command.value} task"
+        deadline = self.clock.seconds() + self.timing.verify_timeout
+        while True:
+            response = await with_retries(
+                self.clock, self.timing,
+                lambda: defer.ensureDeferred(self._poll_task(monitor)), what, gate=self.bmc)
+            if response is None or response.code != 202:
+                break
+            left = deadline - self.clock.seconds()
+            if left <= 0:
+                raise PowerTimeout(f"{what}: still running {self.timing.verify_timeout:g}s "
+                                   "after the command")
+            await sleep(self.clock, min(left, retry_after(response, self.timing.poll_interval)))
+        if response is None:
+            return  # the monitor is gone once the task is over
+        check_status(response, redfish_error_message)
+        try:
+            doc = response.json() if response.body else {}
+        except ProtocolError:
+            return  # the operation's own (non-JSON) answer: done
+        state = doc.get("TaskState") if isinstance(doc, dict) else None
+        if state in _TASK_FAILED:
+            messages = "; ".join(str(m.get("Message")) for m in doc.get("Messages") or ()
+                                 if isinstance(m, dict) and m.get("Message"))
+            raise ProtocolError(f"{what}: the task ended {state}"
+                                + (f": {messages}" if messages else ""))
+
+    async def _poll_task(self, monitor):
+        """One GET of the task monitor; None once it is gone (404)."""
+        try:
+            return await self._call("GET", monitor, check=False)
+        except _NotFound:
+            return None
 
     async def _with_system(self, call):
         """Run ``call(info)``; on a 404 rediscover once (ids may change)."""
@@ -307,8 +398,11 @@ class RedfishDriver(VerifyingDriver):
 
     # -- HTTP -------------------------------------------------------------
 
-    async def _call(self, method, url, body=None):
-        """One authenticated request; the PowerError of a non-2xx answer."""
+    async def _call(self, method, url, body=None, check=True):
+        """
+        One authenticated request; the PowerError of a non-2xx answer
+        (with ``check=False`` the answer itself, except 404).
+        """
         url = urljoin(self.root, url)
         if self._type.use_sessions and self.username is not None:
             response = await self._with_session(method, url, body)
@@ -317,7 +411,7 @@ class RedfishDriver(VerifyingDriver):
             response = await self._http.request(method, url, json_body=body, auth=auth)
         if response.code == 404:
             raise _NotFound(f"{url}: not found: {redfish_error_message(response)}")
-        return check_status(response, redfish_error_message)
+        return check_status(response, redfish_error_message) if check else response
 
     async def _with_session(self, method, url, body):
         sessions, key = self._type.sessions, self._session_key
@@ -448,8 +542,9 @@ class RedfishDriverType:
     capabilities = RedfishDriver.capabilities
 
     def __init__(self, reactor, clock=None, timing=Timing(), use_sessions=False,
-                 redirect_limit=5, user_agent=None):
+                 redirect_limit=5, user_agent=None, limiter=None):
         self.reactor = reactor
+        self.limiter = limiter  # per-BMC limits (powerctl.drivers.bmclimit), or None
         self.clock = clock or reactor
         self.timing = timing
         self.use_sessions = use_sessions
@@ -466,7 +561,10 @@ class RedfishDriverType:
         timing = self.timing
         if settings.get("timeout"):
             timing = attrs.evolve(timing, timeout=settings["timeout"])
-        return RedfishDriver(self, settings, self.clock, timing)
+        driver = RedfishDriver(self, settings, self.clock, timing)
+        if self.limiter is not None:
+            driver.bmc = self.limiter.handle(address_of_url(settings["url"]))
+        return driver
 
     def discovered(self, root, system):
         return self._discovered.get((root, system))

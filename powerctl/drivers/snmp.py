@@ -51,6 +51,7 @@ from zope.interface import implementer
 
 from powerctl.drivers import snmp_families
 from powerctl.drivers.base import Command, VerifyingDriver
+from powerctl.drivers.bmclimit import address_of
 from powerctl.drivers.errors import (
     AuthenticationError,
     InvalidParameters,
@@ -265,11 +266,12 @@ class SnmpDriverType:
     schema = SCHEMA
     capabilities = Capabilities(queryable=True, soft_off=False, native_cycle=True)
 
-    def __init__(self, clock=None, timing=Timing()):
+    def __init__(self, clock=None, timing=Timing(), limiter=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
         self.timing = timing
+        self.limiter = limiter  # per-PDU limits (powerctl.drivers.bmclimit), or None
         self._engine = None
 
     # -- the shared engine ---------------------------------------------
@@ -290,7 +292,10 @@ class SnmpDriverType:
     # -- IDriverType ----------------------------------------------------
 
     def bind(self, settings):
-        return SnmpOutletDriver(self, settings, self.clock, self.timing)
+        driver = SnmpOutletDriver(self, settings, self.clock, self.timing)
+        if self.limiter is not None:
+            driver.bmc = self.limiter.handle(address_of(settings["host"], settings["port"]))
+        return driver
 
     def capabilities_for(self, settings):
         """Capabilities of one agent: native cycle only if the family reboots."""
@@ -371,9 +376,24 @@ class SnmpDriverType:
 
         target = Target.from_settings(settings)
         family = snmp_families.get(settings["family"])
-        coro = self._query_outlets(target, family, settings["unit"], outlets)
-        return bounded(_bridge(coro), self.timing.timeout, self.clock,
-                       f"{target.describe()} query outlets")
+        what = f"{target.describe()} query outlets"
+        if self.limiter is None:
+            coro = self._query_outlets(target, family, settings["unit"], outlets)
+            return bounded(_bridge(coro), self.timing.timeout, self.clock, what)
+        return defer.ensureDeferred(self._limited_query(
+            address_of(settings["host"], settings["port"]), target, family,
+            settings["unit"], outlets, what))
+
+    async def _limited_query(self, address, target, family, unit, outlets, what):
+        """The batched query under the PDU's per-device limit (one slot for the batch)."""
+        from powerctl.drivers.base import bounded
+
+        release = await self.limiter.acquire(address)
+        try:
+            coro = self._query_outlets(target, family, unit, outlets)
+            return await bounded(_bridge(coro), self.timing.timeout, self.clock, what)
+        finally:
+            release()
 
     async def _query_outlets(self, target, family, unit, outlets):
         if outlets is None:

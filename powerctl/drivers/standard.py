@@ -37,7 +37,7 @@ def standard_schemas():
 
 
 def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None,
-                       user_agent=None):
+                       user_agent=None, bmc_limits=None):
     """
     A :class:`DriverCatalogue` of ``ipmi``, ``snmp``, ``redfish``,
     ``webhook`` and ``manual``, all sharing ``timing`` (a
@@ -49,6 +49,10 @@ def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None,
     its own waits for an operator's confirmation (None: forever).
     ``user_agent``: the ``User-Agent`` the HTTP drivers (redfish, webhook)
     send (None: treq's default); a pserv names itself there.
+    ``bmc_limits``: a :class:`~powerctl.drivers.bmclimit.BmcLimits`; every
+    driver then takes a slot of its device (``host:port``) for each call,
+    from one :class:`~powerctl.drivers.bmclimit.BmcLimiter` shared by all
+    driver types (None: no limits beyond each driver's own).
     The driver modules are imported here, not at module level, so that
     importing this module does not pull in pyghmi and pysnmp before an
     entry point has installed the asyncio reactor.
@@ -56,10 +60,15 @@ def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None,
     ipmi, snmp, redfish, webhook, manual = driver_type_classes()
     timing = Timing() if timing is None else timing
     clock = reactor if clock is None else clock
+    limiter = None
+    if bmc_limits is not None:
+        from powerctl.drivers.bmclimit import BmcLimiter
+
+        limiter = BmcLimiter(clock, bmc_limits)
     return DriverCatalogue([
-        ipmi(reactor, clock=clock, timing=timing),
-        snmp(clock=clock, timing=timing),
-        redfish(reactor, clock=clock, timing=timing, user_agent=user_agent),
-        webhook(reactor, clock=clock, timing=timing, user_agent=user_agent),
+        ipmi(reactor, clock=clock, timing=timing, limiter=limiter),
+        snmp(clock=clock, timing=timing, limiter=limiter),
+        redfish(reactor, clock=clock, timing=timing, user_agent=user_agent, limiter=limiter),
+        webhook(reactor, clock=clock, timing=timing, user_agent=user_agent, limiter=limiter),
         manual(clock, default_timeout=manual_timeout),
     ])

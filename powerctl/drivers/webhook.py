@@ -28,6 +28,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from powerctl.drivers.base import Command, VerifyingDriver, with_retries
+from powerctl.drivers.bmclimit import address_of_url
 from powerctl.drivers.errors import ProtocolError, UnsupportedError
 from powerctl.drivers.http import HttpClients, check_status, redact_url
 from powerctl.drivers.interface import Capabilities, IDriverType, Timing
@@ -145,8 +146,15 @@ class WebhookDriver(VerifyingDriver):
 
     async def _unverified(self, command, state):
         """Send and report the state asked for: nothing was verified."""
-        await with_retries(self.clock, self.timing, lambda: self.send(command),
-                           f"{self.describe()} {command.value}")
+        release = None
+        if command is Command.ON and self.circuit is not None:
+            release = await self.circuit.acquire()  # held for the call only
+        try:
+            await with_retries(self.clock, self.timing, lambda: self.send(command),
+                               f"{self.describe()} {command.value}", gate=self.bmc)
+        finally:
+            if release is not None:
+                release()
         return state
 
     async def _unverified_cycle(self):
@@ -162,8 +170,10 @@ class WebhookDriverType:
     schema = SCHEMA
     capabilities = Capabilities(queryable=True, soft_off=False, native_cycle=False)
 
-    def __init__(self, reactor, clock=None, timing=Timing(), user_agent=None):
+    def __init__(self, reactor, clock=None, timing=Timing(), user_agent=None, limiter=None):
         self.reactor = reactor
+        # Per-BMC limits (powerctl.drivers.bmclimit), keyed by on_url's host:port.
+        self.limiter = limiter
         self.clock = clock or reactor
         self.timing = timing
         # user_agent: the User-Agent of every request (None: treq's default).
@@ -173,7 +183,14 @@ class WebhookDriverType:
         timing = self.timing
         if settings.get("timeout"):
             timing = attrs.evolve(timing, timeout=settings["timeout"])
-        return WebhookDriver(self, settings, self.clock, timing)
+        driver = WebhookDriver(self, settings, self.clock, timing)
+        if self.limiter is not None:
+            driver.bmc = self.limiter.handle(address_of_url(settings["on_url"]))
+        return driver
+
+    def capabilities_for(self, params):
+        """An agent's capabilities: queryable only with a ``query_url``."""
+        return attrs.evolve(self.capabilities, queryable=bool(params.get("query_url")))
 
     def close(self):
         return self.http.close()

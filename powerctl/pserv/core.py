@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.drivers.errors import PowerError
-from powerctl.power import OpState
+from powerctl.power import Action, OpState
 from powerctl.powerdoc import InvalidPowerDocument
 from powerctl.registry import Cancelled, Outcome, PowerAction, Superseded
 
@@ -49,6 +49,8 @@ class Report:
     #: what kind of failure ``error`` is (a driver error's ``kind``, or
     #: ``internal``), sent in a field of its own; empty unless failed
     error_kind: str = ""
+    #: what the topology said beside the state (level, devices, warning), or None
+    detail: dict | None = attrs.field(default=None, hash=False)
 
 
 def report_for(action, result):
@@ -56,15 +58,21 @@ def report_for(action, result):
     op = int(action.operation_id)
     if isinstance(result, Outcome):
         return Report(op, OpState.SUCCEEDED.value, result.state.value, result.agent or "",
-                      coalesced_into=int(result.coalesced_into or 0))
+                      coalesced_into=int(result.coalesced_into or 0), detail=result.detail)
     error = result.value if isinstance(result, Failure) else result
     if isinstance(error, Superseded):
         return Report(op, OpState.SUPERSEDED.value, superseded_by=int(error.by))
     if isinstance(error, Cancelled):
         return Report(op, OpState.CANCELLED.value, error=error.reason)
     kind = getattr(error, "kind", None) if isinstance(error, PowerError) else "internal"
+    detail = error.detail() if callable(getattr(error, "detail", None)) else None
     return Report(op, OpState.FAILED.value, error=str(error), error_kind=kind or "",
-                  coalesced_into=int(action.coalesced_into or 0))
+                  coalesced_into=int(action.coalesced_into or 0), detail=detail)
+
+
+def _circuit_kw(circuit):
+    """``circuit=`` for the executor only when there is one (executors without circuits)."""
+    return {"circuit": circuit} if circuit else {}
 
 
 class Pserv:
@@ -113,10 +121,12 @@ class Pserv:
 
         return self.registry.cancel_all(reason).addCallback(forget)
 
-    def dispatch(self, operation_id, node, action, power, epoch=None, lockouts=None):
+    def dispatch(self, operation_id, node, action, power, epoch=None, lockouts=None,
+                 circuit=None):
         """
         Accept one operation; returns ``(disposition, coalesced_into)`` at
-        once.  Raises :class:`InvalidPowerDocument` (nothing started) for a bad
+        once.  ``circuit``: the node's circuit and budget, as the region
+        sends it (None: none).  Raises :class:`InvalidPowerDocument` (nothing started) for a bad
         power configuration, :class:`NotOurs` when ``epoch`` (default: ours)
         is not the epoch of the lease we hold.
         """
@@ -141,7 +151,11 @@ class Pserv:
             self._finished[operation_id] = report
             self._report(report)
             return "known", 0
-        self._configure(node, power, lockouts)
+        self._configure(node, power, lockouts, circuit=circuit)
+        if Action.parse(action) is Action.FENCE:
+            refusal = self.executor.fence_refusal(node)
+            if refusal is not None:  # nothing is sent to any device
+                raise InvalidPowerDocument(str(refusal))
         request = PowerAction(node=node, action=action, operation_id=str(operation_id))
         self._in_play[operation_id] = request
         self._epochs[operation_id] = epoch
@@ -267,22 +281,26 @@ class Pserv:
             raise NotConfirmable(f"no manual agent of {request.node} waits for a confirmation")
         return confirmed
 
-    def _configure(self, node, power, lockouts=None, since=None):
-        """The executor learns ``node``'s configuration (and its lock-outs, issue 10)."""
-        extra = {}
+    def _configure(self, node, power, lockouts=None, since=None, circuit=None):
+        """
+        The executor learns ``node``'s configuration, its lock-outs (issue
+        10) and its circuit (issue 13); executors without lock-outs or
+        circuits are not handed those arguments.
+        """
+        extra = _circuit_kw(circuit)
         if lockouts is not None:
             extra["lockouts"] = lockouts
         if since is not None:
             extra["since"] = since
         self.executor.configure(node, power, **extra)
 
-    def configure(self, node, power, lockouts=None, since=None):
+    def configure(self, node, power, lockouts=None, since=None, circuit=None):
         """
         Learn a node's power configuration (recovery); False if invalid.
-        ``lockouts``/``since``: see :meth:`DriverExecutor.configure`.
+        ``lockouts``/``since``/``circuit``: see :meth:`DriverExecutor.configure`.
         """
         try:
-            self._configure(node, power, lockouts, since)
+            self._configure(node, power, lockouts, since, circuit)
             return True
         except InvalidPowerDocument as e:
             self.log.warn("node {node}: unusable power configuration: {why}", node=node, why=e)

@@ -1,10 +1,11 @@
 """
 The pserv's executor: turns a registry action into driver calls.
 
-It keeps, per node, the :class:`~powerctl.drivers.multiagent.NodePower`
-built from the power configuration the region sent last.  Configurations
-are validated when they arrive (so a bad one is refused at dispatch, and
-nothing is sent to any device), and rebuilt only when they change.
+It keeps, per node, the :class:`~powerctl.drivers.topology.NodeTopology`
+(levels of agents) built from the power configuration the region sent
+last.  Configurations are validated when they arrive (so a bad one is
+refused at dispatch, and nothing is sent to any device), and rebuilt only
+when they change.
 """
 
 import hashlib
@@ -15,35 +16,45 @@ from twisted.internet import defer, task
 from zope.interface import implementer
 
 from powerctl.drivers.errors import DriverSettingsError
-from powerctl.drivers.multiagent import Agent, Mode, NodePower
+from powerctl.drivers.topology import Agent, Level, NodeTopology
 from powerctl.power import Action
 from powerctl.powerdoc import InvalidPowerDocument, PowerDoc
+from powerctl.pserv.circuits import Circuit
 from powerctl.pserv.lockout import agent_key, guarded
 from powerctl.pserv.slots import priority_of
 from powerctl.registry import IActionExecutor
 
 
-def build_node_power(catalogue, power, lockout=None):
+def build_node_power(catalogue, power, lockout=None, circuit=None):
     """
-    A :class:`NodePower` from a (resolved) power document, under the same
+    A :class:`NodeTopology` from a (resolved) power document, under the same
     rules as the region's (:class:`~powerctl.powerdoc.PowerDoc`), each
     agent's parameters checked by its driver's schema;
     :class:`InvalidPowerDocument` if unusable.  With ``lockout`` (a
     :class:`powerctl.pserv.lockout.LockoutGuard`) every agent's driver stops
-    trying credentials its device keeps refusing.
+    trying credentials its device keeps refusing.  With ``circuit`` (a
+    gate of :class:`powerctl.pserv.circuits.CircuitBudgets`) every agent's
+    power-on takes the node's circuit budget.
     """
     doc = PowerDoc.parse(power)
-    agents = []
-    for index, agent in enumerate(doc.agents):
-        try:
-            driver = catalogue.build(agent.driver, agent.params)
-        except DriverSettingsError as e:
-            raise InvalidPowerDocument(str(e), index, getattr(e, "parameter", None)) from None
-        if lockout is not None:  # no BMC lock-outs
-            driver = guarded(driver, lockout, catalogue,
-                             {"driver": agent.driver, "params": agent.params})
-        agents.append(Agent(agent.name(index), driver))
-    return NodePower(Mode(doc.mode), agents)
+    levels, index = [], 0
+    for level in doc.levels:
+        agents = []
+        for agent in level.agents:
+            try:
+                driver = catalogue.build(agent.driver, agent.params)
+            except DriverSettingsError as e:
+                raise InvalidPowerDocument(str(e), index, getattr(e, "parameter", None),
+                                           doc.where(index)) from None
+            if circuit is not None and hasattr(driver, "circuit"):  # before any wrapper
+                driver.circuit = circuit
+            if lockout is not None:  # no BMC lock-outs
+                driver = guarded(driver, lockout, catalogue,
+                                 {"driver": agent.driver, "params": agent.params})
+            agents.append(Agent(agent.name(index), driver))
+            index += 1
+        levels.append(Level(agents, level.trusted_unverified))
+    return NodeTopology(levels)
 
 
 @attrs.frozen
@@ -52,10 +63,12 @@ class KnownNode:
 
     #: the document as canonical JSON: an unchanged document keeps the drivers
     key: str
-    #: the :class:`NodePower` driving it
-    power: NodePower
+    #: the :class:`NodeTopology` driving it
+    power: NodeTopology
     #: the document as received
     document: dict
+    #: the :class:`~powerctl.pserv.circuits.Circuit` it is on, or None
+    circuit: object = None
 
 
 class Stagger:
@@ -88,27 +101,41 @@ class DriverExecutor:
     run at once, the most urgent first.
     """
 
-    def __init__(self, catalogue, stagger=None, slots=None, lockout=None):
+    def __init__(self, catalogue, stagger=None, slots=None, lockout=None, circuits=None):
         self._catalogue = catalogue
         self._lockout = lockout  # issue 10: a LockoutGuard, or None
         self._stagger = stagger
         self._slots = slots
+        self._circuits = circuits  # a CircuitBudgets, or None (circuits ignored)
         self._nodes = {}  # node -> KnownNode
 
-    def configure(self, node, power, lockouts=None, since=None):
+    def configure(self, node, power, lockouts=None, since=None, circuit=None):
         """
         Remember ``node``'s power configuration; InvalidPowerDocument if bad.
         ``lockouts`` (``[{"agent", "id"}]``, sent by the region with the
         configuration) are the node's agents whose credentials are locked
         out; with ``since`` (the guard's generation before the region's
         listing was asked for) the listing is complete, so a lock-out it no
-        longer names was cleared.
+        longer names was cleared.  ``circuit``: the circuit the node is on
+        (the region's ``{"name", "max_on", "spacing"}``, or None); a new
+        budget of the circuit applies at once, a new circuit rebuilds the
+        drivers.
         """
-        key = json.dumps(power, sort_keys=True)
+        try:
+            circuit = Circuit.parse(circuit) if self._circuits is not None else None
+        except ValueError as e:
+            raise InvalidPowerDocument(str(e)) from None
+        if circuit is not None:
+            self._circuits.learn(circuit)
+        key = json.dumps([power, circuit.name if circuit else None], sort_keys=True)
         known = self._nodes.get(node)
         if known is None or known.key != key:
+            gate = self._circuits.gate(circuit.name) if circuit is not None else None
             self._nodes[node] = KnownNode(
-                key, build_node_power(self._catalogue, power, self._lockout), power)
+                key, build_node_power(self._catalogue, power, self._lockout, gate), power,
+                circuit)
+        elif known.circuit != circuit:
+            self._nodes[node] = attrs.evolve(known, circuit=circuit)
         if self._lockout is None:
             return
         for index, agent in enumerate(PowerDoc.parse(power).agents):
@@ -122,10 +149,18 @@ class DriverExecutor:
             for agent, lockout_id in listed.items():
                 self._lockout.hold(node, agent, lockout_id)
 
+    def circuit(self, node):
+        """The :class:`~powerctl.pserv.circuits.Circuit` ``node`` is on, or None."""
+        known = self._nodes.get(node)
+        return known.circuit if known is not None else None
+
     def forget(self, node):
-        self._nodes.pop(node, None)
+        known = self._nodes.pop(node, None)
         if self._lockout is not None:
             self._lockout.unregister(node)
+        if known is not None and known.circuit is not None:
+            self._circuits.forget_unused(
+                {k.circuit.name for k in self._nodes.values() if k.circuit is not None})
 
     @property
     def lockout(self):
@@ -133,9 +168,15 @@ class DriverExecutor:
         return self._lockout
 
     def digest(self, node):
-        """A digest of ``node``'s configuration as we drive it ('' if unknown)."""
+        """
+        A digest of ``node``'s power configuration as we drive it ('' if
+        unknown): the region's ``power_digest`` of the same document (the
+        circuit is not part of it: a lock-out is about credentials).
+        """
         known = self._nodes.get(node)
-        return hashlib.sha256(known.key.encode()).hexdigest() if known else ""
+        if known is None:
+            return ""
+        return hashlib.sha256(json.dumps(known.document, sort_keys=True).encode()).hexdigest()
 
     def known_nodes(self):
         return sorted(self._nodes)
@@ -146,9 +187,20 @@ class DriverExecutor:
         return [agent.driver for agent in known.power.agents] if known else []
 
     def queryable(self, node):
-        """Whether every agent of ``node`` can be queried (manual ones cannot)."""
-        return all(getattr(d, "capabilities", None) is None or d.capabilities.queryable
-                   for d in self.drivers(node))
+        """
+        Whether ``node`` can be queried: some level has every agent
+        queryable (a query tries the levels in order; manual agents cannot).
+        """
+        known = self._nodes.get(node)
+        return bool(known) and any(level.verifiable for level in known.power.levels)
+
+    def fence_refusal(self, node):
+        """
+        A :class:`~powerctl.drivers.topology.FenceRefused` when no level of
+        ``node`` can prove a fence (its agents cannot query, none trusted),
+        else None.
+        """
+        return self._nodes[node].power.fence_refusal()
 
     def config(self, node):
         """The power configuration last learnt for ``node`` (a dict)."""

@@ -117,6 +117,7 @@ class RegionLink:
                 operation_id=report.operation_id, outcome=report.outcome,
                 observed_state=report.observed_state, agent=report.agent,
                 error=report.error[:4000], error_kind=report.error_kind or None,
+                detail=report.detail,
                 coalesced_into=report.coalesced_into,
                 superseded_by=report.superseded_by, epoch=report.epoch,
             )
@@ -322,17 +323,16 @@ class PservProtocol(amp.AMP):
             for node in page["nodes"]:
                 listed.add(node["name"])
                 if node["name"] not in forgotten:  # deleted since this page was read
-                    if guard is None:
-                        self.pserv.configure(node["name"], node["power"])
-                    else:
-                        self.pserv.configure(node["name"], node["power"],
-                                             lockouts=node.get("lockouts") or [], since=since)
+                    extra = _circuit_kw(node.get("circuit"))
+                    if guard is not None:
+                        extra.update(lockouts=node.get("lockouts") or [], since=since)
+                    self.pserv.configure(node["name"], node["power"], **extra)
             for op in page["operations"]:
                 if op["node"] in forgotten:
                     continue
                 try:
-                    if self.pserv.dispatch(op["id"], op["node"], op["action"],
-                                           op["power"])[0] != "known":
+                    if self.pserv.dispatch(op["id"], op["node"], op["action"], op["power"],
+                                           **_circuit_kw(op.get("circuit")))[0] != "known":
                         started += 1
                 except (InvalidPowerDocument, NotOurs) as e:
                     self.log.warn("recovered operation {op} unusable: {why}", op=op["id"], why=e)
@@ -398,13 +398,14 @@ class PservProtocol(amp.AMP):
 
     # -- region → pserv ------------------------------------------------------
 
-    def _power(self, action, operation_id, node, power, epoch, lockouts=None):
+    def _power(self, action, operation_id, node, power, epoch, lockouts=None, circuit=None):
         self.gate.check()
         if lockouts is not None and not isinstance(lockouts, list):
             raise commands.BadArguments("lockouts must be a list")
         try:
             disposition, into = self.pserv.dispatch(operation_id, node, action, power, epoch,
-                                                    lockouts=lockouts)
+                                                    lockouts=lockouts,
+                                                    **_circuit_kw(circuit))
         except InvalidPowerDocument as e:
             raise commands.UnusablePowerConfig(str(e))
         except NotOurs as e:
@@ -412,24 +413,32 @@ class PservProtocol(amp.AMP):
         return {"disposition": disposition, "coalesced_into": into}
 
     @commands.PowerOn.responder
-    def power_on(self, operation_id, node, power, epoch, lockouts=None):
-        return self._power(Action.ON.value, operation_id, node, power, epoch, lockouts)
+    def power_on(self, operation_id, node, power, epoch, lockouts=None, circuit=None):
+        return self._power(Action.ON.value, operation_id, node, power, epoch, lockouts, circuit)
 
     @commands.PowerOff.responder
-    def power_off(self, operation_id, node, power, epoch, lockouts=None):
-        return self._power(Action.OFF.value, operation_id, node, power, epoch, lockouts)
+    def power_off(self, operation_id, node, power, epoch, lockouts=None, circuit=None):
+        return self._power(Action.OFF.value, operation_id, node, power, epoch, lockouts, circuit)
 
     @commands.PowerSoftOff.responder
-    def power_soft_off(self, operation_id, node, power, epoch, lockouts=None):
-        return self._power(Action.SOFT_OFF.value, operation_id, node, power, epoch, lockouts)
+    def power_soft_off(self, operation_id, node, power, epoch, lockouts=None, circuit=None):
+        return self._power(Action.SOFT_OFF.value, operation_id, node, power, epoch, lockouts,
+                           circuit)
 
     @commands.PowerCycle.responder
-    def power_cycle(self, operation_id, node, power, epoch, lockouts=None):
-        return self._power(Action.CYCLE.value, operation_id, node, power, epoch, lockouts)
+    def power_cycle(self, operation_id, node, power, epoch, lockouts=None, circuit=None):
+        return self._power(Action.CYCLE.value, operation_id, node, power, epoch, lockouts,
+                           circuit)
 
     @commands.PowerQuery.responder
-    def power_query(self, operation_id, node, power, epoch, lockouts=None):
-        return self._power(Action.QUERY.value, operation_id, node, power, epoch, lockouts)
+    def power_query(self, operation_id, node, power, epoch, lockouts=None, circuit=None):
+        return self._power(Action.QUERY.value, operation_id, node, power, epoch, lockouts,
+                           circuit)
+
+    @commands.PowerFence.responder
+    def power_fence(self, operation_id, node, power, epoch, lockouts=None, circuit=None):
+        return self._power(Action.FENCE.value, operation_id, node, power, epoch, lockouts,
+                           circuit)
 
     @commands.Refresh.responder
     def refresh(self):
@@ -586,3 +595,8 @@ def activity_json(activity):
 
     return {"node": activity.node, "running": info(activity.running),
             "waiting": info(activity.waiting), "query": info(activity.query)}
+
+
+def _circuit_kw(circuit):
+    """``circuit=`` only when the region sent one (pservs' cores without circuits)."""
+    return {"circuit": circuit} if circuit else {}

@@ -19,7 +19,11 @@ An operator clears it through the region (:meth:`LockoutGuard.release`).
 While credentials are unproven (never accepted, or refused since), at most
 ``limit`` minus the failures so far may be in flight at once, so even a
 burst of operations and polls cannot send more than ``limit`` failed logins
-to the device; once one succeeds they are proven and run freely.
+to the device; the others *wait* for those attempts to end (one Redfish
+service or PDU serves many nodes with one account: their first power-on
+must not fail because the credentials are not proven yet).  Once one
+succeeds the credentials are proven and everything waiting runs; once the
+account locks, everything waiting fails with the lock-out.
 
 :class:`LockoutGuard` is the decision (no I/O, times from a clock);
 :class:`GuardedDriver` puts it around one agent's driver, and
@@ -69,6 +73,8 @@ class _Account:
     held: dict = attrs.field(factory=dict)
     #: (node, agent) -> the guard's generation when the region's id was learnt
     known_at: dict = attrs.field(factory=dict)
+    #: Deferreds of attempts waiting for unproven credentials to be tried
+    waiting: list = attrs.field(factory=list)
 
 
 @attrs.define
@@ -120,8 +126,9 @@ class LockoutGuard:
             # Cleared, or credentials changed: start afresh, unproven.
             account.failures.clear()
             account.proven = False
+        self._wake(key)
         if not account.held and not account.in_flight and not self._users_of(key) \
-                and not account.failures:
+                and not account.failures and not account.waiting:
             self._accounts.pop(key, None)
 
     # -- the region's view ------------------------------------------------
@@ -193,10 +200,13 @@ class LockoutGuard:
                     f"({self.limit} times within {self.window:g} s); not trying again (it "
                     "could lock the account) until the credentials change or an operator "
                     "clears the lock-out (powerctl lockout clear)")
-        if not account.proven and len(account.failures) + account.in_flight >= self.limit:
+        if self._must_wait(account):
             return ("credentials not proven yet and as many attempts in flight as the "
                     "device may refuse; not trying more at once")
         return None
+
+    def _must_wait(self, account):
+        return not account.proven and len(account.failures) + account.in_flight >= self.limit
 
     def started(self, key):
         self._account(key).in_flight += 1
@@ -213,6 +223,20 @@ class LockoutGuard:
             account.proven = False
             if len(account.failures) >= self.limit and not account.held:
                 self._lock(key, account)
+        self._wake(key)
+
+    def _wake(self, key):
+        """
+        Let waiting attempts go as far as the account now allows: all of
+        them once proven (or locked: they then fail with the lock-out), as
+        many as there are free attempts while unproven.
+        """
+        account = self._accounts.get(key)
+        while account is not None and account.waiting and (
+                account.held or len(account.failures) >= self.limit
+                or not self._must_wait(account)):
+            # Firing one starts its attempt at once (in_flight goes up).
+            account.waiting.pop(0).callback(None)
 
     def _lock(self, key, account):
         users = self._users_of(key) or [(None, None)]
@@ -232,7 +256,22 @@ class LockoutGuard:
         return len(self._account(key).failures)
 
     def attempt(self, key, call):
-        """``call()`` (a Deferred) if ``key`` may be tried now; counted either way."""
+        """
+        ``call()`` (a Deferred) if ``key`` may be tried now, counted; failed
+        with the lock-out if the account is locked; otherwise (unproven
+        credentials, as many attempts in flight as may fail) it waits its
+        turn.  Cancelling a waiting attempt takes it out of the queue.
+        """
+        account = self._account(key)
+        if not (account.held or len(account.failures) >= self.limit) \
+                and self._must_wait(account):
+            def withdraw(d):
+                if d in account.waiting:
+                    account.waiting.remove(d)
+
+            turn = defer.Deferred(withdraw)
+            account.waiting.append(turn)
+            return turn.addCallback(lambda _: self.attempt(key, call))
         refusal = self.refusal(key)
         if refusal is not None:
             return defer.fail(AuthenticationError(refusal))

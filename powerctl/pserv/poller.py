@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.power import Action, PowerState
+from powerctl.powerdoc import agent_list
 from powerctl.pserv.lockout import agent_key
 from powerctl.registry import PowerAction
 
@@ -95,7 +96,7 @@ class Poller(TimerService):
                 power = self.executor.config(node)
             except KeyError:
                 continue  # forgotten since the round began
-            agents = power.get("agents", [])
+            agents = agent_list(power)
             if len(agents) != 1 or agents[0].get("driver") != "snmp":
                 singles.append(node)
                 continue

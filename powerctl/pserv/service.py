@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from powerctl import config
 from powerctl.ownership import LeaseKeeper
 from powerctl.pserv.core import Pserv
+from powerctl.pserv.circuits import CircuitBudgets
 from powerctl.pserv.executor import DriverExecutor, Stagger
 from powerctl.pserv.link import PservProtocol, RegionLink
 from powerctl.pserv.lockout import LockoutGuard
@@ -52,7 +53,7 @@ class PservService(service.MultiService):
                                window=settings.auth_failure_window,
                                on_lockout=self.link.report_lockout)
         self.executor = DriverExecutor(catalogue, stagger, PrioritySlots(settings.max_actions),
-                                       lockout=lockout)
+                                       lockout=lockout, circuits=CircuitBudgets(reactor))
         self.link.digest = self.executor.digest
         self.link.acknowledged = lockout.acknowledged
         self.registry = PowerActionRegistry(self.executor, reactor, cancel_timeout=STOP_TIMEOUT)
@@ -114,9 +115,13 @@ class PservService(service.MultiService):
         if catalogue is None:
             from powerctl.drivers.standard import standard_catalogue
 
+            from powerctl.drivers.bmclimit import BmcLimits
+
             catalogue = standard_catalogue(reactor,
                                            manual_timeout=settings.manual_timeout or None,
-                                           user_agent=f"powerctl-pserv/{settings.name}")
+                                           user_agent=f"powerctl-pserv/{settings.name}",
+                                           bmc_limits=BmcLimits(settings.bmc_max_sessions,
+                                                                settings.bmc_min_interval))
         if settings.credential_file:  # issue 10: admitted to its own cluster only
             from powerctl.rpc.credentials import CredentialError, read_credential_file
 

@@ -37,9 +37,9 @@ from urllib.parse import unquote
 from twisted.internet import defer
 from twisted.web import resource
 
-from powerctl.power import OP_STATES, POWER_STATES, TARGET_STATES, Action
+from powerctl.power import OP_STATES, POWER_STATES, TARGET_STATES, TERMINAL_STATES, Action
 from powerctl.powerdoc import redact
-from powerctl.region import auth, bulk, drift, openapi, paging, powerconfig
+from powerctl.region import auth, bulk, drift, fencing, openapi, paging, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
 from powerctl.region.resource import AsyncResource, loggable
 
@@ -51,10 +51,10 @@ MAX_DEPTH = 64
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 NODE_FIELDS = ("name", "cluster", "power", "desired_state", "power_state", "responsive",
                "last_error", "last_queried_at", "last_changed_at", "created_at", "updated_at",
-               "drift")
+               "drift", "circuit")
 OP_FIELDS = ("id", "node", "action", "state", "coalesced_into", "superseded_by", "error",
              "requested_at", "started_at", "finished_at", "pserv", "agent", "requester",
-             "observed_state", "cancelled_by", "confirmed_by")
+             "observed_state", "cancelled_by", "confirmed_by", "detail")
 POD_MANAGER_FIELDS = ("uuid", "name", "driver", "username", "password_set", "url", "status",
                       "description", "created_at", "updated_at")
 _STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, Unavailable: 503}
@@ -357,6 +357,9 @@ class Api(AsyncResource):
                                     "DELETE": self.delete_pod_manager}),
             ("clusters", {"GET": self.list_clusters}),
             ("clusters/{name}", {"PUT": self.update_cluster}),
+            ("clusters/{name}/circuits", {"GET": self.list_circuits}),
+            ("clusters/{name}/circuits/{circuit}", {"PUT": self.set_circuit,
+                                                    "DELETE": self.delete_circuit}),
             ("activity", {"GET": self.get_activity}),
             ("lockouts", {"GET": self.list_lockouts}),
             ("lockouts/{name}", {"DELETE": self.clear_lockout}),
@@ -414,12 +417,18 @@ class Api(AsyncResource):
 
     # -- views ----------------------------------------------------------
 
-    def _node(self, row):
-        """A node as the API shows it: power redacted."""
+    def _node(self, row, bounds=True):
+        """
+        A node as the API shows it: power redacted; with ``bounds``, the
+        derived time bounds of its actions (left out of lists: they cost
+        about 40 us a node, and a list is for the fleet, not one node).
+        """
         shown = _pick(row, NODE_FIELDS)
         shown["power"] = redact(row["power"], powerconfig.secret_names(self.catalogue))
         shown["drift"] = drift.as_json(row.get("drift_since"), row.get("drift_observed"),
                                        row.get("desired_state"), row.get("drift_polls"))
+        if bounds:
+            shown["bounds"] = fencing.node_bounds(row["power"], self.catalogue)
         return shown
 
     # -- nodes ----------------------------------------------------------
@@ -437,11 +446,13 @@ class Api(AsyncResource):
             desired_state=_choice(args, "desired_state", TARGET_STATES),
             responsive=None if responsive is None else responsive == "true")
         rows = paged(request, args, rows, limit, "nodes", lambda r: r["name"])
-        return 200, [self._node(r) for r in rows]
+        return 200, [self._node(r, bounds=False) for r in rows]
 
     async def create_node(self, request):
-        body = _json_body(request, ("name", "cluster", "power"), ("name", "cluster", "power"))
-        row = await self.store.nodes.create(body["name"], body["cluster"], body["power"])
+        body = _json_body(request, ("name", "cluster", "power", "circuit"),
+                          ("name", "cluster", "power"))
+        row = await self.store.nodes.create(body["name"], body["cluster"], body["power"],
+                                            circuit=body.get("circuit"))
         if self.region is not None:  # a pserv of its cluster owns it from now on
             await self.region.assign(row["cluster"])
         request.setHeader("Location", f"/v1/nodes/{row['name']}")
@@ -451,7 +462,7 @@ class Api(AsyncResource):
         return 200, self._node(await self.store.nodes.get(name))
 
     async def update_node(self, request, name):
-        body = _json_body(request, ("name", "cluster", "power", "requester"))
+        body = _json_body(request, ("name", "cluster", "power", "circuit", "requester"))
         if body.pop("name", name) != name:
             raise HttpError(400, "invalid_input", "name: nodes cannot be renamed")
         by = _requester(request, body.pop("requester", _ABSENT))
@@ -479,7 +490,8 @@ class Api(AsyncResource):
             raise HttpError(400, "invalid_action", str(e)) from None
         requester = _requester(request, body.get("requester", _ABSENT))
         op = await self.store.ops.request(name, action.value, requester=requester)
-        self._dispatch(op)
+        if op["state"] not in TERMINAL_STATES:  # a fence that joined a recent one has ended
+            self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
         return 202, _pick(op, OP_FIELDS)
 
@@ -656,6 +668,29 @@ class Api(AsyncResource):
         if name in live:
             cluster["actions_in_flight"] = live[name]
         return 200, cluster
+
+    async def list_circuits(self, request, name):
+        """The cluster's circuits: budgets set and circuits its nodes name."""
+        _query(request, ())
+        if not any(c["name"] == name for c in await self.store.clusters.list()):
+            raise HttpError(404, "not_found", f"cluster {name!r} does not exist")
+        return 200, await self.store.clusters.circuits(name)
+
+    async def set_circuit(self, request, name, circuit):
+        """
+        ``{"max_on": N, "spacing": S}``: at most N power-ons at once on the
+        circuit, starts S seconds apart (default 0).  The pserv owning the
+        circuit's nodes takes it with the next power command or ``Recover``.
+        """
+        body = _json_body(request, ("max_on", "spacing"), ("max_on",))
+        row = await self.store.clusters.set_circuit(name, circuit, body["max_on"],
+                                                    body.get("spacing", 0.0))
+        return 200, row
+
+    async def delete_circuit(self, request, name, circuit):
+        """Remove a circuit's budget (its nodes keep naming it; no budget then)."""
+        await self.store.clusters.delete_circuit(name, circuit)
+        return 204, None
 
     async def _activity(self):
         """This region's view of actions in flight; {} if it cannot say."""

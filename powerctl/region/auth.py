@@ -98,6 +98,9 @@ RULES = {
     "delete_pod_manager": Rule(_A, Scope.UNSCOPED),
     "list_clusters": Rule(_V, Scope.LIST),
     "update_cluster": Rule(_A, Scope.CLUSTER),
+    "list_circuits": Rule(_V, Scope.CLUSTER),
+    "set_circuit": Rule(_A, Scope.CLUSTER),
+    "delete_circuit": Rule(_A, Scope.CLUSTER),
     "get_activity": Rule(_V, Scope.LIST),
     "openapi": Rule(_V, Scope.ANY),
     "stream_events": Rule(_V, Scope.LIST),  # powerctl.region.events: filtered per token

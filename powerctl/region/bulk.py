@@ -26,7 +26,7 @@ DEFAULT_SHARE = 0.2
 #: Most nodes one bulk request may name (the cluster selector has no cap).
 MAX_NODES = 10_000
 #: Actions the guard applies to: they take power away from running hosts.
-GUARDED = frozenset({Action.OFF, Action.SOFT_OFF, Action.CYCLE})
+GUARDED = frozenset({Action.OFF, Action.SOFT_OFF, Action.CYCLE, Action.FENCE})
 
 
 @attrs.frozen

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from powerctl.deferreds import when_fired
 from powerctl.power import TARGET_STATES, TERMINAL_STATES, OpState
+from powerctl.powerdoc import agent_list
 from powerctl.rpc import commands
 from powerctl.rpc.failures import expected
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -120,11 +121,13 @@ class Region:
             return "elsewhere"
         power = await self.store.nodes.power_config(op["node"])
         lockouts = (await self.store.lockouts.of_nodes([op["node"]])).get(op["node"], [])
+        circuit = await self.store.nodes.circuit_config(op["node"])
         command = commands.POWER_COMMANDS[op["action"]]
+        extra = {"circuit": circuit} if circuit else {}
         try:
             answer = await protocol.callRemote(
                 command, operation_id=op["id"], node=op["node"], power=power, epoch=epoch,
-                lockouts=lockouts)
+                lockouts=lockouts, **extra)
         except commands.UnusablePowerConfig as e:
             await self.store.ops.record_outcome(
                 op["id"], OpState.FAILED.value, error=error_text("config", e),
@@ -161,7 +164,7 @@ class Region:
     # -- reports --------------------------------------------------------------
 
     async def outcome(self, op_id, outcome, observed_state, agent, error,
-                      coalesced_into, superseded_by, pserv, epoch=None):
+                      coalesced_into, superseded_by, pserv, epoch=None, detail=None):
         """
         Record a pserv's report of how an operation ended.  False when it
         changed nothing: already terminal, or the operation is unknown (a
@@ -172,7 +175,7 @@ class Region:
             recorded = await self.store.ops.record_outcome(
                 op_id, outcome, observed_state=observed_state, agent=agent, error=error,
                 coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv,
-                epoch=epoch)
+                epoch=epoch, detail=detail)
         except NotFound:
             self.log.warn("pserv {p} reported on operation {op}, which does not exist; dropped",
                           p=pserv, op=op_id)
@@ -361,7 +364,7 @@ class Region:
         if op["state"] in TERMINAL_STATES:
             raise Conflict(f"power operation {op['id']} already ended {op['state']}")
         node = await self.store.nodes.get(op["node"])
-        drivers = {a.get("driver") for a in node["power"].get("agents", [])}
+        drivers = {a.get("driver") for a in agent_list(node["power"]) if isinstance(a, dict)}
         if "manual" not in drivers:
             raise InvalidInput(f"node {node['name']} has no manual agent: nothing to confirm")
         answers = await self._each_pserv(node["cluster"], commands.ConfirmOperation,

@@ -34,6 +34,15 @@ class Conflict(StoreError):
     code = "conflict"
 
 
+class FenceRefused(Conflict):
+    """
+    A fence asked of a node none of whose power levels can prove it off (its
+    agents cannot query, no level is trusted unverified); nothing journalled.
+    """
+
+    code = "fence_refused"
+
+
 class InvalidInput(StoreError, ValueError):
     """The input is malformed; nothing was written."""
 
@@ -49,14 +58,14 @@ class PowerDocumentRefused(InvalidInput, InvalidPowerDocument):
 
     code = "invalid_power"
 
-    def __init__(self, message, agent=None, parameter=None):
-        InvalidPowerDocument.__init__(self, message, agent, parameter)
+    def __init__(self, message, agent=None, parameter=None, where=None):
+        InvalidPowerDocument.__init__(self, message, agent, parameter, where)
         self.message = str(self.args[0])
 
     @classmethod
     def of(cls, error):
         """The region's refusal carrying what the model's ``error`` says."""
-        return cls(error.reason, error.agent, error.parameter)
+        return cls(error.reason, error.agent, error.parameter, error.where)
 
 
 class Unavailable(StoreError):

@@ -106,13 +106,26 @@ class Leases:
         """
         The owner of ``epoch`` has stopped driving ``nodes`` (it was asked
         to hand them over): they go to the epoch waiting for them.  Nodes it
-        does not own, or that nobody waits for, are left alone.  Answers the
-        names handed over.
+        does not own, or that nobody waits for, are left alone.  A node of a
+        circuit goes only with the last of that circuit's nodes ``epoch``
+        holds (until then it waits, driven by nobody), so the circuit's
+        budget is never kept by two pservs at once.  Answers the names
+        handed over.
         """
+        await tx.rows(
+            "UPDATE nodes SET handoff_released = true"
+            " WHERE name = ANY(%s) AND owner_epoch = %s AND handoff_epoch IS NOT NULL",
+            (list(nodes), int(epoch)))
         rows = await tx.rows(
-            "UPDATE nodes SET owner_epoch = handoff_epoch, handoff_epoch = NULL"
-            " WHERE name = ANY(%s) AND owner_epoch = %s AND handoff_epoch IS NOT NULL"
-            " RETURNING name, cluster", (list(nodes), int(epoch)))
+            "UPDATE nodes n SET owner_epoch = handoff_epoch, handoff_epoch = NULL,"
+            " handoff_released = false"
+            " WHERE n.owner_epoch = %(epoch)s AND n.handoff_epoch IS NOT NULL"
+            " AND n.handoff_released AND (n.circuit IS NULL AND n.name = ANY(%(names)s)"
+            "  OR n.circuit IS NOT NULL AND NOT EXISTS (SELECT 1 FROM nodes s"
+            "   WHERE s.cluster = n.cluster AND s.circuit = n.circuit"
+            "   AND s.owner_epoch = %(epoch)s AND s.handoff_epoch IS NOT NULL"
+            "   AND NOT s.handoff_released))"
+            " RETURNING name, cluster", {"names": list(nodes), "epoch": int(epoch)})
         for cluster in sorted({r["cluster"] for r in rows}):
             await tx.rows("SELECT pg_notify('assignments', %s)", (cluster,))
         return sorted(r["name"] for r in rows)
@@ -176,15 +189,17 @@ class Leases:
                           " OR handoff_epoch IS NOT NULL)", (cluster,))
             return {"assigned": {}, "handoffs": {}, "waiting": []}
         nodes = await tx.rows(
-            "SELECT name, owner_epoch, handoff_epoch FROM nodes WHERE cluster = %s"
+            "SELECT name, owner_epoch, handoff_epoch, circuit FROM nodes WHERE cluster = %s"
             " ORDER BY name FOR UPDATE", (cluster,))
         # A node whose owner's lease is over has no owner: its lease's end
         # was the moment the old owner went quiet.
         pairs = [(n["name"], n["owner_epoch"] if n["owner_epoch"] in live else None)
                  for n in nodes]
         handoff_now = {n["name"]: n["handoff_epoch"] for n in nodes}
+        keys = [ownership.placement_key(n["name"], n["circuit"]) for n in nodes]
         assigned, handoffs, clear, waiting = {}, {}, [], []
-        for decision in ownership.assign(pairs, live):
+        placed = [pair + (key,) for pair, key in zip(pairs, keys)]
+        for decision in ownership.assign(placed, live):
             if decision.kind == "assign":
                 assigned.setdefault(decision.epoch, []).append(decision.node)
             elif decision.kind == "handoff":
@@ -201,20 +216,27 @@ class Leases:
                    and owners[n["name"]] is None
                    and not any(n["name"] in v for v in assigned.values())]
         for epoch, names in assigned.items():
-            await tx.rows("UPDATE nodes SET owner_epoch = %s, handoff_epoch = NULL"
+            await tx.rows("UPDATE nodes SET owner_epoch = %s, handoff_epoch = NULL,"
+                          " handoff_released = false"
                           " WHERE name = ANY(%s)", (epoch, names))
         for _, pairs_ in handoffs.items():
             await tx.rows(
-                "UPDATE nodes SET handoff_epoch = h.epoch FROM unnest(%s::text[], %s::bigint[])"
+                # handoff_released stays: a node its owner released already
+                # is not driven by it whichever pserv it waits for.
+                "UPDATE nodes SET handoff_epoch = h.epoch"
+                " FROM unnest(%s::text[], %s::bigint[])"
                 " AS h(name, epoch) WHERE nodes.name = h.name",
                 ([p[0] for p in pairs_], [p[1] for p in pairs_]))
         if clear or orphans:
-            await tx.rows("UPDATE nodes SET handoff_epoch = NULL WHERE name = ANY(%s)",
+            await tx.rows("UPDATE nodes SET handoff_epoch = NULL, handoff_released = false"
+                          " WHERE name = ANY(%s)",
                           (clear + orphans,))
         if orphans:
             await tx.rows("UPDATE nodes SET owner_epoch = NULL WHERE name = ANY(%s)",
                           (orphans,))
-        if assigned or handoffs:
+        if assigned or handoffs or clear:
+            # (clear: an owner may have forgotten a circuit's node it had
+            # released already; its next Recover must learn it again.)
             await tx.rows("SELECT pg_notify('assignments', %s)", (cluster,))
         return {"assigned": assigned,
                 "handoffs": {e: [p[0] for p in v] for e, v in handoffs.items()},

@@ -7,7 +7,7 @@ function so each caller gets its own copy to mutate.
 """
 
 from powerctl.power import ACTIONS, OP_STATES, POWER_STATES, TARGET_STATES
-from powerctl.powerdoc import LABEL_PATTERN, MAX_AGENTS, MODES
+from powerctl.powerdoc import LABEL_PATTERN, MAX_AGENTS, MAX_LEVELS, MODES
 from powerctl.region import paging
 
 VERSION = "1.0.0"
@@ -92,8 +92,10 @@ def _schemas():
                        "sending \"(set)\" keeps the stored value"},
         },
     }
-    power = {
+    flat_power = {
         "type": "object", "additionalProperties": False, "required": ["agents"],
+        "description": "the flat form, converted on read: single = one level of one agent, "
+                       "concurrent = one level of all agents, sequential = one level per agent",
         "properties": {
             "mode": {"type": "string", "enum": list(MODES),
                      "default": "single",
@@ -103,6 +105,35 @@ def _schemas():
                        "items": _ref("Agent")},
         },
     }
+    level = {
+        "type": "object", "additionalProperties": False, "required": ["agents"],
+        "properties": {
+            "agents": {"type": "array", "minItems": 1, "maxItems": MAX_AGENTS,
+                       "items": _ref("Agent"),
+                       "description": "every agent (device) of the level must act"},
+            "trusted_unverified": {"type": "boolean", "default": False,
+                                   "description": "a fence may use this level although its "
+                                   "off cannot be verified by a query"},
+        },
+    }
+    levels_power = {
+        "type": "object", "additionalProperties": False, "required": ["levels"],
+        "description": "a fencing topology: levels tried in order (level 1 first) until one "
+                       f"succeeds; at most {MAX_AGENTS} agents in all",
+        "properties": {"levels": {"type": "array", "minItems": 1, "maxItems": MAX_LEVELS,
+                                  "items": level}},
+    }
+    power = {"oneOf": [levels_power, flat_power]}
+    bound = {"type": "number", "nullable": True, "description": "seconds; null: unbounded"}
+    bounds = {"type": "object", "nullable": True,
+              "description": "derived time bounds per action (off, on, cycle, fence), from "
+                             "the drivers' settings: per device, per level and in total",
+              "additionalProperties": {"type": "object", "properties": {
+                  "action": {"type": "string"}, "total": bound,
+                  "levels": {"type": "array", "items": {"type": "object", "properties": {
+                      "level": {"type": "integer"}, "bound": bound,
+                      "devices": {"type": "array", "items": {"type": "object", "properties": {
+                          "agent": {"type": "string"}, "bound": bound}}}}}}}}}
     node = {"type": "object", "properties": {
         "name": {"type": "string"}, "cluster": {"type": "string"}, "power": _ref("Power"),
         "desired_state": {"type": "string", "enum": list(TARGET_STATES), "nullable": True},
@@ -112,6 +143,7 @@ def _schemas():
         "last_queried_at": _ts("last poll or query"),
         "last_changed_at": _ts("last change of power_state"),
         "created_at": _ts("creation"), "updated_at": _ts("last configuration change"),
+        "bounds": bounds,
         "drift": {"type": "object", "nullable": True,
                   "description": "null, or the node was polled in another state than its "
                   "desired one with no operation open (cleared by a poll seeing the desired "
@@ -122,14 +154,34 @@ def _schemas():
                       "desired": {"type": "string", "enum": list(TARGET_STATES)},
                       "polls": {"type": "integer",
                                 "description": "consecutive polls that saw it"}}},
+        "circuit": {"type": "string", "nullable": True,
+                    "description": "the electrical circuit it is on (null: none); all "
+                    "nodes of a circuit share one owning pserv, which keeps the circuit's "
+                    "budget of power-ons"},
     }}
+    circuit_name = {"type": "string", "nullable": True,
+                    "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]*$",
+                    "description": "the electrical circuit it is on; null or \"\" for none"}
+    circuit = {"type": "object", "properties": {
+        "name": {"type": "string"},
+        "max_on": {"type": "integer", "nullable": True,
+                   "description": "power-ons at once (null: no budget set)"},
+        "spacing": {"type": "number", "nullable": True,
+                    "description": "seconds between the starts of two power-ons"},
+        "nodes": {"type": "integer", "description": "nodes naming it"}}}
+    circuit_update = {"type": "object", "additionalProperties": False,
+                      "required": ["max_on"], "properties": {
+                          "max_on": {"type": "integer", "minimum": 1, "maximum": 100000},
+                          "spacing": {"type": "number", "minimum": 0, "maximum": 3600,
+                                      "default": 0}}}
     node_create = {"type": "object", "additionalProperties": False,
                    "required": ["name", "cluster", "power"], "properties": {
                        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]*$"},
-                       "cluster": {"type": "string"}, "power": _ref("Power")}}
+                       "cluster": {"type": "string"}, "power": _ref("Power"),
+                       "circuit": circuit_name}}
     node_update = {"type": "object", "additionalProperties": False, "properties": {
         "name": {"type": "string", "description": "must equal the node's name if given"},
-        "cluster": {"type": "string"}, "power": _ref("Power"),
+        "cluster": {"type": "string"}, "power": _ref("Power"), "circuit": circuit_name,
         "requester": {"type": "string", "description": "who changes it"}}}
     op_state = {"type": "string", "enum": list(OP_STATES)}
     op = {"type": "object", "properties": {
@@ -150,6 +202,11 @@ def _schemas():
                          "description": "who cancelled it (operator, or a node's deletion)"},
         "confirmed_by": {"type": "string", "nullable": True,
                          "description": "who confirmed a manual operation"},
+        "detail": {"type": "object", "nullable": True,
+                   "description": "what the power topology reported: the acting level, its "
+                   "devices with the state each reported (or its error), a warning for a "
+                   "degraded success, the levels that failed before (failed_levels), or the "
+                   "fence a coalesced fence joined (coalesced_fence)"},
     }}
     requester = {"type": "string", "description": "who asks (default: api:<client address>)"}
     cancel_request = {"type": "object", "additionalProperties": False, "properties": {
@@ -203,7 +260,8 @@ def _schemas():
                          "description": "what a drifted node gets: only reported, or a "
                          "'reconcile' operation to its desired state after two consecutive "
                          "polls saw the drift"},
-        "drifted_nodes": {"type": "integer"}}}
+        "drifted_nodes": {"type": "integer"},
+        "circuits": {"type": "array", "items": _ref("Circuit")}}}
     cluster_update = {"type": "object", "additionalProperties": False,
                       "required": ["drift_policy"], "properties": {
                           "drift_policy": {"type": "string", "enum": ["report", "enforce"]}}}
@@ -254,7 +312,8 @@ def _schemas():
             "CancelRequest": cancel_request, "ConfirmRequest": confirm_request,
             "PodManager": pod_manager, "PodManagerCreate": pod_manager_create,
             "PodManagerUpdate": pod_manager_update, "Pserv": pserv, "Cluster": cluster,
-            "ClusterUpdate": cluster_update, "Error": error}
+            "ClusterUpdate": cluster_update, "Circuit": circuit,
+            "CircuitUpdate": circuit_update, "Error": error}
 
 
 def _array(name):
@@ -353,10 +412,14 @@ def _paths():
         "/v1/nodes/{name}/power": {
             "parameters": [node_name],
             "post": {"summary": "Request a power action (sets the desired state for "
-                     "on/off/soft-off/cycle; last request wins)",
+                     "on/off/soft-off/cycle/fence; last request wins).  A fence is refused "
+                     "(409 fence_refused) when no power level of the node can verify it off; "
+                     "a fence within fence_reuse_seconds of the node's last successful one, "
+                     "nothing switched on since, answers that fence's result at once "
+                     "(succeeded, coalesced_into)",
                      "operationId": "requestPower", "requestBody": _body("PowerRequest", ""),
                      "responses": {"202": _json(_ref("PowerOp"), "journalled, pending"),
-                                   **_errors(400, 404, 413, 415)}},
+                                   **_errors(400, 404, 409, 413, 415)}},
         },
         "/v1/power": {
             "post": {"summary": "Request one power action on many nodes: the nodes named, or "
@@ -440,6 +503,25 @@ def _paths():
                     "requestBody": _body("ClusterUpdate", ""),
                     "responses": {"200": _json(_ref("Cluster"), "updated"),
                                   **_errors(400, 404, 413, 415)}},
+        },
+        "/v1/clusters/{name}/circuits": {
+            "parameters": [_path_param("name", "cluster name")],
+            "get": {"summary": "The cluster's circuits: budgets and the nodes naming them",
+                    "operationId": "listCircuits",
+                    "responses": {"200": _json(_array("Circuit"), "by name"),
+                                  **_errors(400, 404)}},
+        },
+        "/v1/clusters/{name}/circuits/{circuit}": {
+            "parameters": [_path_param("name", "cluster name"),
+                           _path_param("circuit", "circuit name")],
+            "put": {"summary": "Set a circuit's budget: at most max_on power-ons at once, "
+                    "starts spacing seconds apart", "operationId": "setCircuit",
+                    "requestBody": _body("CircuitUpdate", ""),
+                    "responses": {"200": _json(_ref("Circuit"), "set"),
+                                  **_errors(400, 404, 413, 415)}},
+            "delete": {"summary": "Remove a circuit's budget", "operationId": "deleteCircuit",
+                       "responses": {"204": {"description": "removed"},
+                                     **_errors(400, 404)}},
         },
         "/v1/activity": {
             "get": {"summary": "What the connected pservs run now, what waits, who joined, "

@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 
 from powerctl.drivers.errors import DriverSettingsError
 from powerctl.powerdoc import (
-    SECRET_MARK, InvalidPowerDocument, PowerDoc, looks_secret, pod_manager_uuid)
+    SECRET_MARK, InvalidPowerDocument, PowerDoc, agent_list, looks_secret, pod_manager_uuid,
+    with_agents)
 from powerctl.region.errors import InvalidInput, PowerDocumentRefused
 
 __all__ = ["check_pod_manager", "pod_manager_params", "pod_manager_uuid",
@@ -92,42 +93,43 @@ def check_pod_manager(catalogue, driver, url, username="", password=""):
             raise InvalidInput(f"{field}: {e}") from None
 
 
-def _pod_manager_of(agent, index, pod_managers):
+def _pod_manager_of(agent, index, pod_managers, where=None):
     """The pod manager record an agent names, or None."""
     if agent.pod_manager is None:
         return None
     record = pod_managers.get(agent.pod_manager)
     if record is None:
         raise PowerDocumentRefused(
-            f"pod manager {agent.pod_manager} does not exist", index, "pod_manager")
+            f"pod manager {agent.pod_manager} does not exist", index, "pod_manager", where)
     if record.get("driver", agent.driver) != agent.driver:
         raise PowerDocumentRefused(
             f"pod manager {record.get('name', agent.pod_manager)!r} is a {record['driver']} "
-            f"pod manager; the agent's driver is {agent.driver}", index, "driver")
+            f"pod manager; the agent's driver is {agent.driver}", index, "driver", where)
     return record
 
 
-def _check_agent(agent, index, catalogue, pod_managers):
+def _check_agent(agent, index, catalogue, pod_managers, where=None):
     """
     Validate one :class:`~powerctl.powerdoc.AgentDoc`'s parameters.  Returns
     ``(stored, resolved)`` parameters: the normalised ones to store and the
-    full ones a pserv acts on.
+    full ones a pserv acts on.  ``where`` names the agent's place in messages.
     """
     try:
         schema = catalogue.get(agent.driver).schema
     except DriverSettingsError as e:
-        raise PowerDocumentRefused(str(e), index, "driver") from None
-    pm = _pod_manager_of(agent, index, pod_managers)
+        raise PowerDocumentRefused(str(e), index, "driver", where) from None
+    pm = _pod_manager_of(agent, index, pod_managers, where)
     supplied = pod_manager_params(schema, pm) if pm else {}
     for name in agent.params:
         if name in supplied:
             raise PowerDocumentRefused(
                 f"parameter {name!r} is supplied by pod manager "
-                f"{pm.get('name', agent.pod_manager)!r}; remove it", index, name)
+                f"{pm.get('name', agent.pod_manager)!r}; remove it", index, name, where)
     try:
         full = schema.validate({**agent.params, **supplied})
     except DriverSettingsError as e:
-        raise PowerDocumentRefused(str(e), index, getattr(e, "parameter", None)) from None
+        raise PowerDocumentRefused(
+            str(e), index, getattr(e, "parameter", None), where) from None
     own = {k: full[k] for k in agent.params if full.get(k) is not None}
     return own, full
 
@@ -138,7 +140,7 @@ def _check(power, catalogue, pod_managers):
         doc = PowerDoc.parse(power)
     except InvalidPowerDocument as e:
         raise PowerDocumentRefused.of(e) from None
-    checked = [_check_agent(a, i, catalogue, pod_managers or {})
+    checked = [_check_agent(a, i, catalogue, pod_managers or {}, doc.where(i))
                for i, a in enumerate(doc.agents)]
     return (doc.to_json([own for own, _ in checked]),
             doc.to_json([full for _, full in checked]))
@@ -151,8 +153,7 @@ def referenced_pod_managers(power):
     are skipped here; validation reports them.
     """
     found = set()
-    agents = power.get("agents") if isinstance(power, dict) else None
-    for agent in agents if isinstance(agents, list) else ():
+    for agent in agent_list(power):
         if isinstance(agent, dict) and "pod_manager" in agent:
             try:
                 found.add(pod_manager_uuid(agent["pod_manager"]))
@@ -196,16 +197,16 @@ def restore_secrets(power, previous, catalogue):
     GET a node, change it and PUT it back without knowing its passwords.
     ``previous`` None (a new node): ``"(set)"`` is refused, not stored.
     """
-    if not isinstance(power, dict) or not isinstance(power.get("agents"), list):
+    if not isinstance(power, dict):
         return power
-    old_agents = (previous or {}).get("agents") or []
-    result = dict(power, agents=[])
-    for index, agent in enumerate(power["agents"]):
+    old_agents = agent_list(previous)
+    agents = []
+    for index, agent in enumerate(agent_list(power)):
         if isinstance(agent, dict) and isinstance(agent.get("params"), dict):
             old = old_agents[index] if index < len(old_agents) else None
             agent = dict(agent, params=_restore_agent(agent, old, index, catalogue))
-        result["agents"].append(agent)
-    return result
+        agents.append(agent)
+    return with_agents(power, agents)
 
 
 def _restore_agent(agent, old, index, catalogue):

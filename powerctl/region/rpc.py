@@ -215,8 +215,11 @@ class RegionProtocol(amp.AMP):
 
     @commands.ReportOutcome.responder
     async def report_outcome(self, operation_id, outcome, observed_state, agent, error,
-                             coalesced_into, superseded_by, epoch, error_kind=None):
+                             coalesced_into, superseded_by, epoch, error_kind=None,
+                             detail=None):
         self._leased(epoch)
+        if detail is not None and not isinstance(detail, dict):
+            raise commands.BadArguments("detail must be a JSON object")
         if outcome not in TERMINAL_STATES:
             raise commands.BadArguments(f"unknown outcome {outcome!r}")
         if observed_state not in ("", PowerState.ON, PowerState.OFF):
@@ -225,7 +228,8 @@ class RegionProtocol(amp.AMP):
             recorded = await self.region.outcome(
                 operation_id, outcome, observed_state or None, agent or None,
                 error_text(error_kind, error) if error or error_kind else None,
-                coalesced_into or None, superseded_by or None, self.pserv, epoch=epoch)
+                coalesced_into or None, superseded_by or None, self.pserv, epoch=epoch,
+                detail=detail)
         except StaleEpoch as e:
             self.log.warn("pserv {p}: {why}", p=self.pserv, why=e)
             raise commands.StaleEpoch(str(e)) from None
@@ -349,12 +353,20 @@ class RegionProtocol(amp.AMP):
 
 
 def _op_json(op):
-    return {"id": op["id"], "node": op["node"], "action": op["action"], "power": op["power"]}
+    return _with_circuit({"id": op["id"], "node": op["node"], "action": op["action"],
+                          "power": op["power"]}, op)
 
 
 def _node_json(node, lockouts=()):
-    return {"name": node["node"], "desired_state": node.get("desired_state"),
-            "power": node["power"], "lockouts": list(lockouts)}
+    return _with_circuit({"name": node["node"], "desired_state": node.get("desired_state"),
+                          "power": node["power"], "lockouts": list(lockouts)}, node)
+
+
+def _with_circuit(item, row):
+    """``item`` with the node's ``circuit`` when it has one (absent otherwise)."""
+    if row.get("circuit"):
+        item["circuit"] = row["circuit"]
+    return item
 
 
 def power_digest(power):

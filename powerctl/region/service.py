@@ -155,7 +155,8 @@ class RegionService(service.MultiService):
         await self._pool.start()
         self.store = Store(self._pool, self.catalogue,
                            responsive_grace=self.settings.responsive_grace,
-                           heartbeat_timeout=self.settings.heartbeat_timeout * 3, vault=vault)
+                           heartbeat_timeout=self.settings.heartbeat_timeout * 3, vault=vault,
+                           fence_reuse_seconds=self.settings.fence_reuse_seconds)
         leases = Leases(self._pool, lease=self.settings.lease)
         self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
                              heartbeat_timeout=self.settings.heartbeat_timeout, leases=leases)

@@ -30,6 +30,8 @@ import stat
 import attrs
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from powerctl.powerdoc import agent_list
+
 PREFIX = "enc:v1:"
 #: Parameters sealed whatever their driver's schema says (they carry credentials).
 ALWAYS_SECRET = frozenset({"headers"})
@@ -104,11 +106,11 @@ class Vault:
         secret whose plain value equals the one sealed in ``previous`` (same
         agent index and driver) keeps that ciphertext.
         """
-        if not isinstance(power, dict) or not isinstance(power.get("agents"), list):
+        if not isinstance(power, dict):
             return power
         sealed = copy.deepcopy(power)
-        old_agents = (previous or {}).get("agents") or [] if isinstance(previous, dict) else []
-        for index, agent in enumerate(sealed["agents"]):
+        old_agents = agent_list(previous)
+        for index, agent in enumerate(agent_list(sealed)):
             if not isinstance(agent, dict) or not isinstance(agent.get("params"), dict):
                 continue
             old = old_agents[index] if index < len(old_agents) else None
@@ -127,10 +129,10 @@ class Vault:
 
     def open_power(self, power):
         """``power`` with every sealed parameter opened (for validation or a pserv)."""
-        if not isinstance(power, dict) or not isinstance(power.get("agents"), list):
+        if not isinstance(power, dict):
             return power
         opened = copy.deepcopy(power)
-        for agent in opened["agents"]:
+        for agent in agent_list(opened):
             if isinstance(agent, dict) and isinstance(agent.get("params"), dict):
                 agent["params"] = {k: self.open(v) for k, v in agent["params"].items()}
         return opened

@@ -35,10 +35,34 @@ class Cancelled(Exception):
 
 @attrs.frozen
 class Observed:
-    """What an executor reports: the state seen and the agent that acted."""
+    """
+    What an executor reports: the state seen and the agent(s) that acted;
+    with a power topology (:mod:`powerctl.drivers.topology`) also the
+    acting ``level`` (1 first), its ``devices`` (``DeviceResult``: the state
+    or error of each), a ``warning`` when the success is degraded (on through
+    some devices only), whether a query ``verified`` the state, and the
+    levels that failed before (``failed_levels``, as JSON).
+    """
 
     state: PowerState
     agent: str | None = None
+    level: int | None = None
+    devices: tuple = ()
+    warning: str | None = None
+    verified: bool = True
+    failed_levels: tuple = ()
+
+    def detail(self):
+        """What the journal keeps beside the state (a JSON object), or None."""
+        if self.level is None:
+            return None
+        out = {"level": self.level, "devices": [d.as_json() for d in self.devices],
+               "verified": self.verified}
+        if self.warning:
+            out["warning"] = self.warning
+        if self.failed_levels:
+            out["failed_levels"] = list(self.failed_levels)
+        return out
 
 
 @attrs.frozen
@@ -53,6 +77,8 @@ class Outcome:
     state: PowerState
     agent: str | None = None
     coalesced_into: str | None = None
+    #: :meth:`Observed.detail` of the execution (level, devices, warning)
+    detail: dict | None = attrs.field(default=None, hash=False)
 
 
 class IPowerAction(Interface):

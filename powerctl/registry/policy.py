@@ -20,6 +20,7 @@ class IRankPolicy(Interface):
 
 
 DEFAULT_RANKS = types.MappingProxyType({
+    Action.FENCE: 50,
     Action.OFF: 40,
     Action.SOFT_OFF: 30,
     Action.CYCLE: 20,
@@ -39,7 +40,7 @@ class RankPolicy:
     """
     Strict ranking by number: a new action supersedes the one in play only
     when its rank is *higher*; equal ranks wait.  Default:
-    ``off`` > ``soft-off`` > ``cycle`` > ``on``.
+    ``fence`` > ``off`` > ``soft-off`` > ``cycle`` > ``on``.
     """
 
     ranks: types.MappingProxyType = attrs.field(

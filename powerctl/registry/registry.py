@@ -269,6 +269,7 @@ class PowerActionRegistry:
                     state=observed.state,
                     agent=observed.agent,
                     coalesced_into=member.coalesced_into,
+                    detail=observed.detail(),
                 ))
         self._release(node_name, node, job)
         return None

@@ -183,7 +183,8 @@ class Recover(amp.Command):
     ``[{"name", "desired_state", "power", "lockouts"}]``; ``lockouts``
     (issue 10) lists the node's agents whose credentials are locked out,
     ``[{"agent", "id"}]``: a pserv drops a lock-out it holds that the listing
-    no longer names, once the region had acknowledged it.
+    no longer names, once the region had acknowledged it.  Both lists carry
+    ``"circuit"`` (as in the power commands) for a node on a circuit.
     """
 
     arguments = [
@@ -212,6 +213,9 @@ class ReportOutcome(amp.Command):
     ``epoch``: the lease the operation ran under; only the node's current
     owner may end an operation (``STALE_EPOCH`` otherwise, nothing
     written).  Idempotent: repeating a report changes nothing.
+    ``detail`` (optional JSON object): what the power topology said beside
+    the state -- the acting level, each device with the state it reported,
+    a warning for a degraded success, the levels that failed before.
     """
 
     arguments = [
@@ -224,6 +228,7 @@ class ReportOutcome(amp.Command):
         (b"superseded_by", amp.Integer()),
         (b"epoch", amp.Integer()),
         (b"error_kind", amp.Unicode(optional=True)),
+        (b"detail", JSON(optional=True)),
     ]
     response = [(b"recorded", amp.Boolean())]
     errors = dict(_LEASED_ERRORS)
@@ -308,12 +313,16 @@ class ReleaseLease(amp.Command):
 class _PowerCommand(amp.Command):
     """
     Start a power operation.  ``power`` is the node's resolved power
-    configuration (``{"mode", "agents": [{"driver", "params"}]}``).  The
+    configuration (``{"levels": [{"agents": [{"driver", "params"}]}]}``, or the
+    flat ``{"mode", "agents"}``).  The
     answer comes at once: ``disposition`` is ``started``, ``waiting``,
     ``coalesced`` (then ``coalesced_into`` names the operation joined) or
     ``known`` (this operation id is already in play here).  ``epoch`` is
     the node's owner's lease: a pserv whose lease it is not refuses with
-    ``STALE_EPOCH`` and does nothing.
+    ``STALE_EPOCH`` and does nothing.  ``circuit`` (optional): the
+    electrical circuit the node is on and its budget, ``{"name", "max_on",
+    "spacing"}`` (``max_on`` null: no budget); the pserv keeps one budget
+    per circuit for the power-ons it sends.
     """
 
     action = None
@@ -324,6 +333,7 @@ class _PowerCommand(amp.Command):
         (b"epoch", amp.Integer()),
         # issue 10: the node's agents locked out, [{"agent", "id"}] (absent: none)
         (b"lockouts", JSON(optional=True)),
+        (b"circuit", JSON(optional=True)),
     ]
     response = [
         (b"disposition", amp.Unicode()),
@@ -353,7 +363,18 @@ class PowerQuery(_PowerCommand):
     action = Action.QUERY.value
 
 
-POWER_COMMANDS = {c.action: c for c in (PowerOn, PowerOff, PowerSoftOff, PowerCycle, PowerQuery)}
+class PowerFence(_PowerCommand):
+    """
+    A fence: succeeds only once a query proved the node off on every device
+    of the acting level.  A node none of whose levels can prove it is
+    refused (``INVALID_POWER_CONFIG``).
+    """
+
+    action = Action.FENCE.value
+
+
+POWER_COMMANDS = {c.action: c for c in (
+    PowerOn, PowerOff, PowerSoftOff, PowerCycle, PowerQuery, PowerFence)}
 
 
 class NotConfirmable(Exception):

@@ -16,7 +16,15 @@ from real services because clients get them wrong:
   reset target under the name, so that the POST itself is redirected;
 * wrong credentials answer 401 with a Redfish error body;
 * faults for tests and demos: ``hang`` (never answer), ``error`` (500 with
-  a Redfish error), ``drop`` (close the connection), plus fixed latency.
+  a Redfish error), ``drop`` (close the connection), ``conflict`` (409 with
+  a Redfish error), plus fixed latency;
+* as some BMCs do (options): ``task_monitor=True`` answers a reset
+  ``202 Accepted`` with a task monitor in ``Location`` and ``Retry-After:
+  retry_after``; the monitor answers 202 while the transition lasts, then
+  200 with the Task (``TaskState`` = ``task_outcome``, "Completed" unless a
+  test says otherwise).  ``conflict_when_already=True`` answers 409 to a
+  reset asking for the state the system is in already (iDRAC's answer to
+  ``ForceOff`` of an off system), applying nothing.
 
 The simulator counts requests, live sessions and open connections so that
 tests can assert that nothing was sent, no session leaked and no socket was
@@ -44,7 +52,7 @@ from zope.interface import implementer
 ROOT = "/redfish/v1"
 ALL_RESET_TYPES = ("On", "ForceOn", "ForceOff", "GracefulShutdown",
                    "ForceRestart", "PowerCycle")
-FAULTS = ("hang", "error", "drop")
+FAULTS = ("hang", "error", "drop", "conflict")
 
 
 @attrs.define
@@ -172,7 +180,8 @@ class RedfishSimulator:
 
     def __init__(self, reactor, systems, username=None, password=None, delay=0.0,
                  latency=0.0, tls=False, host="127.0.0.1", port=0,
-                 name_targets=False, redirect_names=True):
+                 name_targets=False, redirect_names=True, task_monitor=False,
+                 retry_after=1, conflict_when_already=False):
         self.reactor = reactor
         self.systems = {s.id: s for s in systems}
         self.username, self._password = username, password
@@ -180,6 +189,10 @@ class RedfishSimulator:
         self.tls, self.host, self.requested_port = tls, host, port
         self.name_targets = name_targets
         self.redirect_names = redirect_names
+        self.task_monitor, self.retry_after = task_monitor, retry_after
+        self.task_outcome = "Completed"
+        self.conflict_when_already = conflict_when_already
+        self.tasks = {}  # task id -> the system whose transition it follows
         self.faults = []
         self.requests = []
         self.log = []
@@ -295,6 +308,9 @@ class RedfishSimulator:
         if fault == "error":
             return self._json(request, 500, redfish_error("simulated internal error",
                                                           "Base.1.0.InternalError"))
+        if fault == "conflict":
+            return self._json(request, 409, redfish_error("simulated conflict",
+                                                          "Base.1.0.ResourceInUse"))
         try:
             status, body, headers = self._route(request, method, path)
         except _Reply as reply:
@@ -325,6 +341,8 @@ class RedfishSimulator:
             return self._collection(method)
         if path.startswith(f"{ROOT}/Systems/"):
             return self._system_path(request, method, path[len(ROOT) + 9:])
+        if path.startswith(f"{ROOT}/TaskService/TaskMonitors/"):
+            return self._task_monitor(method, path.rsplit("/", 1)[-1])
         raise _Reply.error(404, f"no resource {path}", "Base.1.0.ResourceMissingAtURI")
 
     # -- resources --------------------------------------------------------------
@@ -387,12 +405,34 @@ class RedfishSimulator:
         if reset_type not in system.reset_types:
             raise _Reply.error(400, f"ResetType {reset_type!r} is not allowed",
                                "Base.1.0.ActionParameterValueNotInList")
-        system.resets.append(reset_type)
         record = getattr(request, "sim_record", None)
         if record is not None:
             record.reset_type = reset_type
+        if self.conflict_when_already and _already(system.power_state, reset_type):
+            raise _Reply.error(409, f"the system is already {system.power_state}",
+                               "Base.1.0.ActionNotSupported")
+        system.resets.append(reset_type)
         self._apply(system, reset_type)
-        return 204, None, {}
+        if not self.task_monitor:
+            return 204, None, {}
+        ident = uuid.uuid4().hex
+        self.tasks[ident] = system
+        monitor = f"{ROOT}/TaskService/TaskMonitors/{ident}"
+        return 202, {"@odata.id": monitor, "TaskState": "Running"}, {
+            "Location": monitor, "Retry-After": str(self.retry_after)}
+
+    def _task_monitor(self, method, ident):
+        """202 while the reset's transition lasts, then 200 with the finished Task."""
+        _only(method, "GET")
+        system = self.tasks.get(ident)
+        if system is None:
+            raise _Reply.error(404, f"no task {ident}", "Base.1.0.ResourceMissingAtURI")
+        if system._pending is not None and system._pending.active():
+            return 202, {"TaskState": "Running"}, {"Retry-After": str(self.retry_after)}
+        return 200, {"Id": ident, "TaskState": self.task_outcome,
+                     "TaskStatus": "OK" if self.task_outcome == "Completed" else "Critical",
+                     "Messages": [] if self.task_outcome == "Completed" else
+                     [{"Message": "simulated task failure"}]}, {}
 
     # -- power model --------------------------------------------------------------
 
@@ -501,6 +541,15 @@ class _Reply(Exception):
         return cls(status, redfish_error(message, code), headers)
 
 
+def _already(power_state, reset_type):
+    """Whether ``reset_type`` asks for the state the system is in already."""
+    if reset_type in ("ForceOff", "GracefulShutdown"):
+        return power_state == "Off"
+    if reset_type in ("On", "ForceOn"):
+        return power_state == "On"
+    return False
+
+
 def _only(method, allowed):
     if method != allowed:
         raise _Reply.error(405, f"method {method} not allowed", "Base.1.0.OperationNotAllowed",
@@ -527,6 +576,13 @@ def add_arguments(parser):
     parser.add_argument("--delay", type=float, default=1.0, help="switching time, seconds")
     parser.add_argument("--latency", type=float, default=0.0, help="answer delay, seconds")
     parser.add_argument("--fault", choices=FAULTS, help="apply a fault to every request")
+    parser.add_argument("--task-monitor", action="store_true",
+                        help="answer resets 202 Accepted with a task monitor to follow")
+    parser.add_argument("--retry-after", type=int, default=1,
+                        help="Retry-After (seconds) of the task monitor's answers")
+    parser.add_argument("--conflict-when-already", action="store_true",
+                        help="answer 409 to a reset asking for the state a system is in "
+                             "(as iDRAC does to ForceOff of an off system)")
     return parser
 
 
@@ -538,6 +594,9 @@ def start(reactor, options):
         password=None if options.no_auth else options.password,
         delay=options.delay, latency=options.latency, tls=options.https,
         host=options.host, port=options.port,
+        task_monitor=getattr(options, "task_monitor", False),
+        retry_after=getattr(options, "retry_after", 1),
+        conflict_when_already=getattr(options, "conflict_when_already", False),
     )
     if options.fault:
         sim.fault(options.fault)

@@ -88,11 +88,13 @@ class FakeRegionStore:
         self.pserv_rows = {}  # name -> row dict
         self.calls = []
         self._names = None  # node names in order, see _sorted_names
+        self.circuit_budgets = {}  # (cluster, circuit) -> (max_on, spacing)
         self._ids = itertools.count(1)
         # The parts of the real Store (powerctl.region.store), by kind; each
         # method may be replaced by a test (``store.nodes.get = broken``).
         self.nodes = types.SimpleNamespace(
             get=self.get_node, list=self.list_nodes, power_config=self.node_power_config,
+            circuit_config=self.node_circuit_config,
             record_power_state=self.record_power_state,
             record_polls=self.record_polls, desired_states=self.desired_states)
         self.ops = types.SimpleNamespace(
@@ -108,13 +110,15 @@ class FakeRegionStore:
 
     # -- set-up helpers (not part of the real store) ------------------------
 
-    def add_node(self, name, cluster, power, desired_state=None, owner_epoch=None):
+    def add_node(self, name, cluster, power, desired_state=None, owner_epoch=None,
+                 circuit=None):
         """A node as if created through the API; ``power`` is used as given."""
         self._names = None
         self.node_rows[name] = {
             "name": name, "cluster": cluster, "power": power,
             "desired_state": desired_state, "power_state": "unknown", "responsive": True,
-            "last_error": None, "owner_epoch": owner_epoch, "handoff_epoch": None}
+            "last_error": None, "owner_epoch": owner_epoch, "handoff_epoch": None,
+            "circuit": circuit}
         return self.node_rows[name]
 
     def add_op(self, node, action, state="pending", pserv=None):
@@ -150,6 +154,14 @@ class FakeRegionStore:
 
     async def node_power_config(self, name):
         return self._node(name)["power"]
+
+    async def node_circuit_config(self, name):
+        node = self._node(name)
+        if not node.get("circuit"):
+            return None
+        max_on, spacing = self.circuit_budgets.get((node["cluster"], node["circuit"]),
+                                                   (None, 0.0))
+        return {"name": node["circuit"], "max_on": max_on, "spacing": spacing}
 
     async def node_open_ops(self, name):
         return [dict(o) for _, o in sorted(self.op_rows.items())
@@ -227,7 +239,7 @@ class FakeRegionStore:
 
     async def record_outcome(self, op_id, state, observed_state=None, agent=None, error=None,
                              coalesced_into=None, superseded_by=None, pserv=None,
-                             cancelled_by=None, epoch=None):
+                             cancelled_by=None, epoch=None, detail=None):
         self.calls.append(("record_outcome", int(op_id), state, epoch))
         if state not in TERMINAL_STATES:
             raise InvalidInput(f"state: {state!r} is not terminal")
@@ -239,7 +251,8 @@ class FakeRegionStore:
             raise StaleEpoch(f"epoch {epoch} does not own node {op['node']}")
         op.update(state=state, observed_state=observed_state, agent=agent, error=error,
                   coalesced_into=coalesced_into, superseded_by=superseded_by,
-                  pserv=pserv or op["pserv"], cancelled_by=cancelled_by or op["cancelled_by"])
+                  pserv=pserv or op["pserv"], cancelled_by=cancelled_by or op["cancelled_by"],
+                  detail=detail)
         return Recorded(dict(op), True)
 
     # -- what a recovering pserv is handed ---------------------------------------

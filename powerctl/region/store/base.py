@@ -32,10 +32,10 @@ OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")"
 NODE_COLUMNS = """name, cluster, power, desired_state, power_state, responsive,
     failed_polls, last_error, last_queried_at, last_changed_at,
     last_good_poll_at, created_at, updated_at, drift_since, drift_observed,
-    drift_polls"""
+    drift_polls, circuit"""
 OP_COLUMNS = """id, node, action, state, coalesced_into, superseded_by, requester,
     requested_at, started_at, finished_at, pserv, agent, observed_state, error,
-    cancelled_by, confirmed_by, epoch"""
+    cancelled_by, confirmed_by, epoch, detail"""
 POD_MANAGER_COLUMNS = """uuid::text AS uuid, name, driver, username,
     password <> '' AS password_set, url, status, description, created_at,
     updated_at"""

@@ -10,6 +10,41 @@ from powerctl.region.store.base import (
     PSERV_COLUMNS, KindStore, check_name, check_text, plain, transaction)
 
 
+#: The columns (and join) that give a node's circuit with its budget; read
+#: back with :func:`circuit_of`.  The node's table is ``n``.
+CIRCUIT_SQL = ("n.circuit AS circuit_name, ci.max_on AS circuit_max_on,"
+               " ci.spacing AS circuit_spacing")
+CIRCUIT_JOIN = "LEFT JOIN circuits ci ON ci.cluster = n.cluster AND ci.name = n.circuit"
+
+
+def circuit_of(row):
+    """``row`` with the :data:`CIRCUIT_SQL` columns folded into ``circuit`` (or None)."""
+    row = dict(row)
+    name = row.pop("circuit_name", None)
+    max_on, spacing = row.pop("circuit_max_on", None), row.pop("circuit_spacing", None)
+    row["circuit"] = None if name is None else {
+        "name": name, "max_on": max_on, "spacing": float(spacing or 0.0)}
+    return row
+
+
+def check_circuit(value):
+    """A node's circuit: a name, or None ("" clears it)."""
+    if value is None or value == "":
+        return None
+    return check_name("circuit", value)
+
+
+def check_budget(max_on, spacing):
+    """A circuit's budget: ``max_on`` an integer >= 1, ``spacing`` seconds >= 0 (<= 3600)."""
+    if isinstance(max_on, bool) or not isinstance(max_on, int) or not 1 <= max_on <= 100_000:
+        raise InvalidInput(f"max_on: must be an integer from 1 to 100000, not {max_on!r}")
+    if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) \
+            or not 0 <= spacing <= 3600:
+        raise InvalidInput(f"spacing: must be a number of seconds from 0 to 3600, "
+                           f"not {spacing!r}")
+    return max_on, float(spacing)
+
+
 async def ensure_cluster(tx, cluster):
     """Create ``cluster`` if it is new (nodes and pservs name their cluster)."""
     await tx.rows(
@@ -110,10 +145,59 @@ class ClusterStore(KindStore):
         for cluster in clusters:
             mine = [plain(p) for p in pservs if p["cluster"] == cluster["name"]]
             result.append(plain(dict(
-                cluster, pservs=mine,
+                cluster, pservs=mine, circuits=await self._circuits(tx, cluster["name"]),
                 actions_in_flight=sum(p["actions_in_flight"] for p in mine if p["connected"]),
                 status="online" if any(p["live"] for p in mine) else "offline")))
         return result
+
+    @transaction
+    async def set_circuit(self, tx, cluster, circuit, max_on, spacing=0.0):
+        """
+        Set the budget of ``circuit`` in ``cluster``: at most ``max_on``
+        power-ons at once, starts ``spacing`` seconds apart.  NotFound if no
+        such cluster.  Answers the circuit as :meth:`circuits` shows it.
+        The owning pserv learns it with the next dispatch or ``Recover``.
+        """
+        check_name("circuit", circuit)
+        max_on, spacing = check_budget(max_on, spacing)
+        if await tx.row("SELECT 1 FROM clusters WHERE name = %s", (cluster,)) is None:
+            raise NotFound(f"cluster {cluster!r} does not exist")
+        await tx.rows(
+            "INSERT INTO circuits (cluster, name, max_on, spacing) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (cluster, name) DO UPDATE SET max_on = EXCLUDED.max_on,"
+            " spacing = EXCLUDED.spacing, updated_at = now()",
+            (cluster, circuit, max_on, spacing))
+        [row] = [c for c in await self._circuits(tx, cluster) if c["name"] == circuit]
+        return row
+
+    @transaction
+    async def delete_circuit(self, tx, cluster, circuit):
+        """Remove a circuit's budget (its nodes keep naming it); NotFound if none."""
+        row = await tx.row("DELETE FROM circuits WHERE cluster = %s AND name = %s"
+                           " RETURNING name", (cluster, circuit))
+        if row is None:
+            raise NotFound(f"circuit {circuit!r} of cluster {cluster!r} has no budget")
+
+    @transaction
+    async def circuits(self, tx, cluster):
+        """
+        The circuits of ``cluster``: those with a budget and those its nodes
+        name, ``[{"name", "max_on", "spacing", "nodes"}]`` by name
+        (``max_on`` None: no budget).
+        """
+        return await self._circuits(tx, cluster)
+
+    async def _circuits(self, tx, cluster):
+        rows = await tx.rows(
+            "SELECT name, max(max_on) AS max_on, max(spacing) AS spacing,"
+            " sum(nodes)::integer AS nodes FROM ("
+            "  SELECT name, max_on, spacing, 0 AS nodes FROM circuits WHERE cluster = %(c)s"
+            "  UNION ALL SELECT circuit, NULL, NULL, 1 FROM nodes"
+            "  WHERE cluster = %(c)s AND circuit IS NOT NULL) AS u"
+            " GROUP BY name ORDER BY name", {"c": cluster})
+        return [{"name": r["name"], "max_on": r["max_on"],
+                 "spacing": float(r["spacing"]) if r["spacing"] is not None else None,
+                 "nodes": r["nodes"]} for r in rows]
 
     @transaction
     async def set_policy(self, tx, name, drift_policy):

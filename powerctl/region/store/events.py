@@ -1,5 +1,5 @@
 """
-The event journal (``events``, migration 0009): what the live stream
+The event journal (``events``, migration 0011): what the live stream
 (:mod:`powerctl.region.events`) replays and tails.
 
 Rows are written by triggers in the transaction of each change and

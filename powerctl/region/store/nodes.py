@@ -15,7 +15,8 @@ from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.store.base import (
     MAX_INTERNAL_PAGE, NODE_COLUMNS, OPEN_SQL, KindStore, check_fields, check_name,
     check_text, node_row, page_limit, plain, transaction)
-from powerctl.region.store.clusters import ensure_cluster
+from powerctl.region.store.clusters import (
+    CIRCUIT_JOIN, CIRCUIT_SQL, check_circuit, circuit_of, ensure_cluster)
 from powerctl.region.store.lockouts import forget_for_node
 from powerctl.region.store.operations import cancel_open, journal, lock_open
 from powerctl.region.store.pod_managers import (
@@ -42,16 +43,21 @@ class NodeStore(KindStore):
         self.failed_polls_limit = int(failed_polls_limit)
 
     @transaction
-    async def create(self, tx, name, cluster, power):
-        """Add a node (and its cluster, if new). Conflict if the name is taken."""
+    async def create(self, tx, name, cluster, power, circuit=None):
+        """
+        Add a node (and its cluster, if new). Conflict if the name is taken.
+        ``circuit``: the electrical circuit it is on (None: none), whose
+        budget of power-ons its cluster may set (:meth:`ClusterStore.set_circuit`).
+        """
         check_name("name", name)
         check_name("cluster", cluster)
+        circuit = check_circuit(circuit)
         power = await validated_power(tx, self._catalogue, self._vault, power, None)
         await ensure_cluster(tx, cluster)
         row = await tx.row(
-            f"INSERT INTO nodes (name, cluster, power) VALUES (%s, %s, %s)"
+            f"INSERT INTO nodes (name, cluster, power, circuit) VALUES (%s, %s, %s, %s)"
             f" ON CONFLICT (name) DO NOTHING RETURNING {NODE_COLUMNS}",
-            (name, cluster, Json(power)))
+            (name, cluster, Json(power), circuit))
         if row is None:
             raise Conflict(f"node {name!r} already exists")
         await link_to_node(tx, name, power)
@@ -129,8 +135,10 @@ class NodeStore(KindStore):
     @transaction
     async def update(self, tx, name, quiesce=None, by=None, **fields):
         """
-        Change a node's ``cluster`` and/or ``power``.  Secrets given as
-        ``"(set)"`` keep their stored value.
+        Change a node's ``cluster``, ``power`` and/or ``circuit`` (None or
+        "" for none).  Secrets given as ``"(set)"`` keep their stored value.
+        A new circuit is a change the pserv must know about: the node may
+        move to the owner of that circuit's nodes.
 
         When the change is one a pserv must know about (another cluster, a
         different power configuration), ``quiesce(node)`` is awaited first
@@ -142,24 +150,26 @@ class NodeStore(KindStore):
         (the pservs' own reports, held by the row locks, then change
         nothing).  The answer is the node with ``changed_for_pserv``.
         """
-        check_fields(fields, ("cluster", "power"), "node")
+        check_fields(fields, ("cluster", "power", "circuit"), "node")
         node = await node_row(tx, name, lock=True)
         cluster = check_name("cluster", fields.get("cluster", node["cluster"]))
+        circuit = check_circuit(fields.get("circuit", node["circuit"]))
         power = node["power"]
         if "power" in fields:
             power = await validated_power(tx, self._catalogue, self._vault, fields["power"],
                                           node["power"])
-        relevant = cluster != node["cluster"] or power != node["power"]
+        relevant = (cluster != node["cluster"] or power != node["power"]
+                    or circuit != node["circuit"])
         if relevant and quiesce is not None:
             await self._quiesce(tx, node, quiesce, f"node {name} reconfigured", by)
         await ensure_cluster(tx, cluster)
         # Another cluster: its pservs, not the old owner, will drive it.
         row = await tx.row(
-            f"UPDATE nodes SET cluster = %s, power = %s, updated_at = now(),"
+            f"UPDATE nodes SET cluster = %s, power = %s, circuit = %s, updated_at = now(),"
             f" owner_epoch = CASE WHEN cluster = %s THEN owner_epoch END,"
             f" handoff_epoch = CASE WHEN cluster = %s THEN handoff_epoch END"
             f" WHERE name = %s RETURNING {NODE_COLUMNS}",
-            (cluster, Json(power), cluster, cluster, name))
+            (cluster, Json(power), circuit, cluster, cluster, name))
         await link_to_node(tx, name, power)
         if power != node["power"]:  # issue 10: new credentials are not locked out
             await forget_for_node(tx, name)
@@ -200,14 +210,26 @@ class NodeStore(KindStore):
         ``power_state`` and the resolved ``power`` (as in OperationStore.outstanding).
         """
         rows = await tx.rows(
-            "SELECT name AS node, desired_state, power_state, power FROM nodes"
-            " WHERE cluster = %s AND name > %s"
-            " AND (%s::bigint IS NULL OR (owner_epoch = %s AND handoff_epoch IS NULL))"
-            " ORDER BY name LIMIT %s",
+            "SELECT n.name AS node, n.desired_state, n.power_state, n.power,"
+            f" {CIRCUIT_SQL} FROM nodes n {CIRCUIT_JOIN}"
+            " WHERE n.cluster = %s AND n.name > %s"
+            " AND (%s::bigint IS NULL OR (n.owner_epoch = %s AND n.handoff_epoch IS NULL))"
+            " ORDER BY n.name LIMIT %s",
             (cluster, after_name or "", epoch, epoch, page_limit(limit, 500, MAX_INTERNAL_PAGE)))
         resolved = await resolve_many(tx, self._catalogue, self._vault,
                                       [r.pop("power") for r in rows])
-        return [dict(r, power=p, power_error=e) for r, (p, e) in zip(rows, resolved)]
+        return [dict(circuit_of(r), power=p, power_error=e) for r, (p, e) in zip(rows, resolved)]
+
+    @transaction
+    async def circuit_config(self, tx, name):
+        """
+        What a pserv needs of a node's circuit: ``{"name", "max_on",
+        "spacing"}`` (``max_on`` None: no budget set), or None when the node
+        names no circuit (or does not exist).
+        """
+        row = await tx.row(f"SELECT {CIRCUIT_SQL} FROM nodes n {CIRCUIT_JOIN}"
+                           " WHERE n.name = %s", (name,))
+        return circuit_of(row)["circuit"] if row is not None else None
 
     @transaction
     async def power_config(self, tx, name):

@@ -9,16 +9,19 @@ writer wins), and announces itself with ``NOTIFY power_ops, '<id>'``, which
 PostgreSQL delivers only once the transaction has committed.
 """
 
+import json
+
 import attrs
 from twisted.internet import defer
 
 from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, Action, OpState
-from powerctl.region import auditing, bulk
-from powerctl.region.errors import Conflict, InvalidInput, NotFound, StaleEpoch
+from powerctl.region import auditing, bulk, fencing
+from powerctl.region.errors import Conflict, FenceRefused, InvalidInput, NotFound, StaleEpoch
 from powerctl.region.store.base import (
     MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text,
-    op_number, op_row, page_limit, plain, timestamp, transaction)
+    node_row, op_number, op_row, page_limit, plain, timestamp, transaction)
 from powerctl.region.store.pod_managers import resolve_many
+from powerctl.region.store.clusters import CIRCUIT_JOIN, CIRCUIT_SQL, circuit_of
 
 
 _OP_NAMES = [c.strip() for c in OP_COLUMNS.split(",")]
@@ -105,10 +108,15 @@ class OperationStore(KindStore):
         resolved with for the pservs.
     """
 
-    def __init__(self, pool, catalogue, vault):
+    def __init__(self, pool, catalogue, vault, fence_reuse_seconds=fencing.DEFAULT_FENCE_REUSE,
+                 clock=None):
         super().__init__(pool)
         self._catalogue = catalogue
         self._vault = vault  # opens the secret parameters handed to pservs
+        #: a fence within this many seconds of the last one that succeeded
+        #: (nothing switched on since) joins it (0: never)
+        self.fence_reuse_seconds = fence_reuse_seconds
+        self._clock = clock  # seconds() for fence reuse; None: the database's clock
 
     @transaction
     async def open_of_node(self, tx, name):
@@ -136,6 +144,8 @@ class OperationStore(KindStore):
         except ValueError as e:
             raise InvalidInput(f"action: {e}") from None
         check_text("requester", requester, 255)
+        if action is Action.FENCE:
+            return await self._request_fence(node, requester)
         sql = _REQUEST_QUERY if action.target is None else _REQUEST_CHANGE
         args = {"node": node, "action": action.value, "requester": requester,
                 "target": None if action.target is None else action.target.value}
@@ -177,6 +187,10 @@ class OperationStore(KindStore):
         except ValueError as e:
             raise InvalidInput(f"action: {e}") from None
         check_text("requester", requester, 255)
+        if action is Action.FENCE:
+            # A fence is checked (can a level verify it?) and may join the
+            # node's last one: node by node, POST /v1/nodes/<n>/power.
+            raise InvalidInput("action: fence is requested node by node, not in bulk")
         lock = "" if dry_run else " FOR UPDATE"
         if nodes is not None:
             rows = await tx.rows(
@@ -214,6 +228,63 @@ class OperationStore(KindStore):
         await tx.rows("SELECT pg_notify('power_ops', id::text) FROM unnest(%s::bigint[]) AS id",
                       ([o["id"] for o in ops],))
         return plan, [plain(o) for o in ops]
+
+    @transaction
+    async def _request_fence(self, tx, node, requester):
+        """
+        A fence request: refused when no level of the node can verify it
+        (:class:`FenceRefused`, nothing written), joined to the node's last
+        fence when that one can be reused, journalled otherwise -- under
+        the node's row lock, in one transaction (several statements: fences
+        are rare, and their checks read the node's power document).
+        """
+        row = await node_row(tx, node, lock=True)
+        reason = fencing.fence_refusal(row["power"], self._catalogue)
+        if reason is not None:
+            raise FenceRefused(f"fence of {node} refused: {reason}")
+        await tx.rows(
+            "UPDATE nodes SET desired_state = %s, drift_since = NULL,"
+            " drift_observed = NULL, drift_polls = 0 WHERE name = %s",
+            (Action.FENCE.target.value, node))
+        joined = await self._reusable_fence(tx, row, requester)
+        if joined is not None:
+            return plain(joined)
+        return plain(await journal(tx, node, Action.FENCE.value, requester))
+
+    async def _reusable_fence(self, tx, node, requester):
+        """
+        Journal a fence coalesced into the node's last one, if that one can
+        be reused (:func:`powerctl.region.fencing.reusable_fence`); the new
+        operation is already succeeded and names the one it joined; it is
+        not announced (there is nothing to dispatch).
+        """
+        if not self.fence_reuse_seconds:
+            return None
+        last = await tx.row(
+            "SELECT id, observed_state, agent, detail, extract(epoch FROM finished_at) AS at,"
+            " EXISTS (SELECT 1 FROM power_ops s WHERE s.node = f.node AND s.id > f.id"
+            "   AND s.action IN %s) AS switched_on,"
+            " extract(epoch FROM now()) AS now"
+            " FROM power_ops f WHERE f.node = %s AND f.action = 'fence'"
+            " AND f.state = 'succeeded' AND f.coalesced_into IS NULL ORDER BY f.id DESC LIMIT 1",
+            (fencing.SWITCHING_ON, node["name"]))
+        if last is None:
+            return None
+        record = fencing.FenceRecord(
+            last["id"], float(last["at"]) if last["at"] is not None else None,
+            bool(last["switched_on"]) or node.get("power_state") == "on")
+        now = self._clock.seconds() if self._clock is not None else float(last["now"])
+        into = fencing.reusable_fence(record, now, self.fence_reuse_seconds)
+        if into is None:
+            return None
+        detail = dict(last["detail"] or {}, coalesced_fence=into)
+        return await tx.row(
+            "INSERT INTO power_ops (node, action, requester, state, coalesced_into,"
+            " observed_state, agent, detail, started_at, finished_at)"
+            " VALUES (%s, 'fence', %s, 'succeeded', %s, %s, %s, %s::jsonb, now(), now())"
+            f" RETURNING {OP_COLUMNS}",
+            (node["name"], requester, into, last["observed_state"], last["agent"],
+             json.dumps(detail)))
 
     @transaction
     async def get(self, tx, op_id):
@@ -284,7 +355,8 @@ class OperationStore(KindStore):
         """
         rows = await tx.rows(
             f"SELECT {', '.join('o.' + c.strip() for c in OP_COLUMNS.split(','))},"
-            " n.power AS node_power FROM power_ops o JOIN nodes n ON n.name = o.node"
+            f" n.power AS node_power, {CIRCUIT_SQL}"
+            f" FROM power_ops o JOIN nodes n ON n.name = o.node {CIRCUIT_JOIN}"
             f" WHERE n.cluster = %s AND o.state IN {OPEN_SQL} AND o.id > %s"
             " AND (%s::bigint IS NULL OR (n.owner_epoch = %s AND n.handoff_epoch IS NULL))"
             " ORDER BY o.id LIMIT %s",
@@ -292,7 +364,8 @@ class OperationStore(KindStore):
              page_limit(limit, 500, MAX_INTERNAL_PAGE)))
         resolved = await resolve_many(tx, self._catalogue, self._vault,
                                       [r.pop("node_power") for r in rows])
-        return [plain(dict(r, power=p, power_error=e)) for r, (p, e) in zip(rows, resolved)]
+        return [plain(dict(circuit_of(r), power=p, power_error=e))
+                for r, (p, e) in zip(rows, resolved)]
 
     @transaction
     async def mark_running(self, tx, op_id, pserv, started_at=None, epoch=None):
@@ -341,14 +414,18 @@ class OperationStore(KindStore):
     @transaction
     async def record_outcome(self, tx, op_id, state, observed_state=None, agent=None,
                              error=None, coalesced_into=None, superseded_by=None,
-                             pserv=None, cancelled_by=None, epoch=None):
+                             pserv=None, cancelled_by=None, epoch=None, detail=None):
         """
         Record how an operation ended (terminal states only).  Idempotent:
         a report for an operation already terminal changes nothing and
         answers ``Recorded(op, changed=False)``.  With ``epoch`` (a pserv's
         report), only the current owner of the node may end it:
-        :class:`StaleEpoch` otherwise, and nothing is written.
+        :class:`StaleEpoch` otherwise, and nothing is written.  ``detail``
+        (a JSON object or None): what the topology said beside the state
+        (acting level, devices and their states, a warning).
         """
+        if detail is not None and not isinstance(detail, dict):
+            raise InvalidInput("detail: must be an object")
         if state not in TERMINAL_STATES:
             raise InvalidInput(f"state: {state!r} is not one of {', '.join(TERMINAL_STATES)}")
         if observed_state is not None and observed_state not in POWER_STATES:
@@ -373,10 +450,10 @@ class OperationStore(KindStore):
         op = await tx.row(
             f"UPDATE power_ops SET state = %s, observed_state = %s, agent = %s, error = %s,"
             f" coalesced_into = %s, superseded_by = %s, pserv = COALESCE(%s, pserv),"
-            f" cancelled_by = COALESCE(%s, cancelled_by), finished_at = now()"
-            f" WHERE id = %s RETURNING {OP_COLUMNS}",
+            f" cancelled_by = COALESCE(%s, cancelled_by), finished_at = now(),"
+            f" detail = %s::jsonb WHERE id = %s RETURNING {OP_COLUMNS}",
             (state, observed_state, agent, error, coalesced_into, superseded_by, pserv,
-             cancelled_by, op["id"]))
+             cancelled_by, json.dumps(detail) if detail is not None else None, op["id"]))
         return Recorded(plain(op), True)
 
     @transaction
