@@ -57,43 +57,30 @@ def run(testcase, coro):
 
 
 class OutcomeTests(unittest.TestCase):
-    def test_an_observed_state_is_recorded_on_the_node(self):
+    """
+    Region.outcome hands the report to the store, which writes it with the
+    node state it implies in one transaction (which state: test_store.py
+    OutcomeStateTests); the region answers whether it changed anything.
+    """
+
+    def test_the_report_goes_to_the_store_whole(self):
         store = FakeStore()
         self.assertTrue(run(self, region(store).outcome(
-            1, "succeeded", "off", "bmc", None, None, None, "p1")))
-        self.assertEqual(store.states, [("n1", "off", {})])
+            1, "succeeded", "off", "bmc", None, None, None, "p1", epoch=3, detail={"level": 1})))
+        self.assertEqual(store.outcomes, [(1, "succeeded", {
+            "observed_state": "off", "agent": "bmc", "error": None, "coalesced_into": None,
+            "superseded_by": None, "pserv": "p1", "epoch": 3, "detail": {"level": 1}})])
 
-    def test_a_failed_change_leaves_its_error_but_is_not_a_failed_poll(self):
-        store = FakeStore()
-        run(self, region(store).outcome(1, "failed", None, None, "unreachable: x",
-                                        None, None, "p1"))
-        self.assertEqual(store.states,
-                         [("n1", "error", {"error": "unreachable: x", "queried": False})])
-
-    def test_a_failed_query_is_a_failed_poll(self):
-        store = FakeStore(op={"id": 1, "node": "n1", "action": "query"})
-        run(self, region(store).outcome(1, "failed", None, None, None, None, None, "p1"))
-        self.assertEqual(store.states, [("n1", "error", {"error": "failed", "queried": True})])
-
-    def test_other_outcomes_without_a_state_leave_the_node_alone(self):
-        store = FakeStore()
-        run(self, region(store).outcome(1, "superseded", None, None, None, None, 2, "p1"))
-        run(self, region(store).outcome(1, "cancelled", None, None, "bye", None, None, "p1"))
-        self.assertEqual(store.states, [])
-
-    def test_a_report_that_changes_nothing_touches_nothing(self):
+    def test_a_report_that_changes_nothing_answers_false(self):
         store = FakeStore(changed=False)
         self.assertFalse(run(self, region(store).outcome(
             1, "succeeded", "on", None, None, None, None, "p1")))
-        self.assertEqual(store.states, [])
 
-    def test_an_unknown_operation_or_a_deleted_node_is_not_an_error(self):
+    def test_an_unknown_operation_is_not_an_error(self):
         store = FakeStore()
         self.assertFalse(run(self, region(store).outcome(
             99, "succeeded", "on", None, None, None, None, "p1")))
-        store = FakeStore(node_exists=False)
-        self.assertTrue(run(self, region(store).outcome(
-            1, "succeeded", "on", None, None, None, None, "p1")))
+        self.assertEqual(store.outcomes, [])
 
 
 class FakeTransport:

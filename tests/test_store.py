@@ -327,6 +327,56 @@ class AmpSideTests(StoreTestCase):
             await self.store.ops.mark_running(999, "p1")
 
 
+class OutcomeStateTests(StoreTestCase):
+    """An outcome and the node state it implies, written in one transaction (issue 14)."""
+
+    async def op(self, action="off"):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        return await self.store.ops.request("n1", action)
+
+    async def test_an_observed_state_is_recorded_on_the_node(self):
+        op = await self.op()
+        done = await self.store.nodes.record_outcome(op["id"], "succeeded", observed_state="off",
+                                                     agent="0:ipmi")
+        self.assertTrue(done.changed)
+        node = await self.store.nodes.get("n1")
+        self.assertEqual((node["power_state"], node["last_error"]), ("off", None))
+        self.assertIsNotNone(node["last_queried_at"])
+
+    async def test_a_failed_change_leaves_its_error_but_is_not_a_failed_poll(self):
+        op = await self.op()
+        await self.store.nodes.record_outcome(op["id"], "failed", error="unreachable: x")
+        node = await self.store.nodes.get("n1")
+        self.assertEqual((node["last_error"], node["failed_polls"], node["power_state"]),
+                         ("unreachable: x", 0, "unknown"))
+        self.assertIsNone(node["last_queried_at"])
+
+    async def test_a_failed_query_is_a_failed_poll(self):
+        op = await self.op("query")
+        await self.store.nodes.record_outcome(op["id"], "failed")
+        node = await self.store.nodes.get("n1")
+        self.assertEqual((node["last_error"], node["failed_polls"]), ("failed", 1))
+
+    async def test_other_outcomes_and_repeats_leave_the_node_alone(self):
+        op = await self.op()
+        before = await self.store.nodes.get("n1")
+        await self.store.nodes.record_outcome(op["id"], "cancelled", error="bye")
+        again = await self.store.nodes.record_outcome(op["id"], "succeeded",
+                                                      observed_state="on")
+        self.assertFalse(again.changed)
+        self.assertEqual(await self.store.nodes.get("n1"), before)
+
+    async def test_a_refused_outcome_writes_neither(self):
+        op = await self.op()
+        with self.assertRaises(InvalidInput):
+            await self.store.nodes.record_outcome(op["id"], "succeeded",
+                                                  observed_state="sideways")
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "pending")
+        self.assertEqual((await self.store.nodes.get("n1"))["power_state"], "unknown")
+        with self.assertRaises(NotFound):
+            await self.store.nodes.record_outcome(999, "failed")
+
+
 class PowerStateTests(StoreTestCase):
     async def test_changes_move_last_changed_at_only_when_the_state_changes(self):
         await self.store.nodes.create("n1", "c1", ipmi())

@@ -172,7 +172,7 @@ class Region:
         so one stale report cannot cost a pserv its connection.
         """
         try:
-            recorded = await self.store.ops.record_outcome(
+            recorded = await self.store.nodes.record_outcome(
                 op_id, outcome, observed_state=observed_state, agent=agent, error=error,
                 coalesced_into=coalesced_into, superseded_by=superseded_by, pserv=pserv,
                 epoch=epoch, detail=detail)
@@ -180,20 +180,6 @@ class Region:
             self.log.warn("pserv {p} reported on operation {op}, which does not exist; dropped",
                           p=pserv, op=op_id)
             return False
-        if recorded.changed:
-            op = recorded.op
-            try:
-                if observed_state is not None:
-                    await self.store.nodes.record_power_state(op["node"], observed_state)
-                elif outcome == OpState.FAILED:
-                    # The node's last error says why; a failed change is not
-                    # a failed poll, so it does not count against
-                    # responsiveness.
-                    await self.store.nodes.record_power_state(
-                        op["node"], "error", error=error or "failed",
-                        queried=op["action"] == "query")
-            except NotFound:
-                pass  # the node was deleted meanwhile: its journal is all that is left
         return recorded.changed
 
     async def polled(self, reports):

@@ -95,7 +95,7 @@ class FakeRegionStore:
         self.nodes = types.SimpleNamespace(
             get=self.get_node, list=self.list_nodes, power_config=self.node_power_config,
             circuit_config=self.node_circuit_config,
-            record_power_state=self.record_power_state,
+            record_power_state=self.record_power_state, record_outcome=self.record_end,
             record_polls=self.record_polls, desired_states=self.desired_states)
         self.ops = types.SimpleNamespace(
             request=self.request_power, get=self.get_op, list=self.list_ops,
@@ -254,6 +254,18 @@ class FakeRegionStore:
                   pserv=pserv or op["pserv"], cancelled_by=cancelled_by or op["cancelled_by"],
                   detail=detail)
         return Recorded(dict(op), True)
+
+    async def record_end(self, op_id, state, observed_state=None, error=None, **kwargs):
+        """As the real ``nodes.record_outcome``: the outcome and the node state it implies."""
+        recorded = await self.record_outcome(op_id, state, observed_state=observed_state,
+                                             error=error, **kwargs)
+        node = self.node_rows.get(recorded.op["node"])
+        if recorded.changed and node is not None:
+            if observed_state is not None:
+                node["power_state"], node["last_error"] = observed_state, None
+            elif state == "failed":
+                node["last_error"] = error or "failed"
+        return recorded
 
     # -- what a recovering pserv is handed ---------------------------------------
 

@@ -54,10 +54,10 @@ class Store:
     def __init__(self, pool, catalogue, *, responsive_grace=60.0,
                  failed_polls_limit=2, heartbeat_timeout=90.0, vault,
                  fence_reuse_seconds=60.0):
-        self.nodes = NodeStore(pool, catalogue, vault, responsive_grace=responsive_grace,
-                               failed_polls_limit=failed_polls_limit)
         self.ops = OperationStore(pool, catalogue, vault,
                                   fence_reuse_seconds=fence_reuse_seconds)
+        self.nodes = NodeStore(pool, catalogue, vault, responsive_grace=responsive_grace,
+                               failed_polls_limit=failed_polls_limit, ops=self.ops)
         self.clusters = ClusterStore(pool, heartbeat_timeout=heartbeat_timeout)
         self.pod_managers = PodManagerStore(pool, catalogue, vault)
         self.lockouts = LockoutStore(pool)  # issue 10: BMC lock-outs

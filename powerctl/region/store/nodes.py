@@ -9,12 +9,12 @@ Node power documents are returned as stored and must be passed through
 import attrs
 from psycopg2.extras import Json
 
-from powerctl.power import POWER_STATES, Action, PowerState
+from powerctl.power import POWER_STATES, Action, OpState, PowerState
 from powerctl.region import drift, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.store.base import (
     MAX_INTERNAL_PAGE, NODE_COLUMNS, OPEN_SQL, KindStore, check_fields, check_name,
-    check_text, node_row, page_limit, plain, transaction)
+    check_text, node_row, op_number, page_limit, plain, transaction)
 from powerctl.region.store.clusters import (
     CIRCUIT_JOIN, CIRCUIT_SQL, check_circuit, circuit_of, ensure_cluster)
 from powerctl.region.store.lockouts import forget_for_node
@@ -35,8 +35,12 @@ class NodeStore(KindStore):
         *more than* this many consecutive failed polls.
     """
 
-    def __init__(self, pool, catalogue, vault, responsive_grace=60.0, failed_polls_limit=2):
+    def __init__(self, pool, catalogue, vault, responsive_grace=60.0, failed_polls_limit=2,
+                 ops=None):
         super().__init__(pool)
+        #: the journal (an OperationStore), for outcomes written with the
+        #: node state they imply (:meth:`record_outcome`)
+        self._ops = ops
         self._catalogue = catalogue
         self._vault = vault  # seals secret parameters at rest
         self.responsive_grace = float(responsive_grace)
@@ -278,6 +282,38 @@ class NodeStore(KindStore):
         if node not in recorded:
             raise NotFound(f"node {node!r} does not exist")
         return recorded[node]
+
+    @transaction
+    async def record_outcome(self, tx, op_id, state, observed_state=None, error=None,
+                             **kwargs):
+        """
+        A pserv's report of how an operation ended and the node state it
+        implies, in one transaction, so nobody reads one without the other
+        (issue 14).  The node's row is locked before the operation's, the
+        order every other writer of both takes.  An observed state is
+        recorded as the node's; a failure without one sets the node's last
+        error (a failed change is not a failed poll: it does not count
+        against responsiveness, unless it was a query).  Answers the
+        operation's :class:`~.operations.Recorded`; arguments as
+        :meth:`OperationStore.end <.operations.OperationStore.end>`.
+        """
+        await tx.rows("SELECT 1 FROM nodes WHERE name = (SELECT node FROM power_ops"
+                      " WHERE id = %s) FOR UPDATE", (op_number(op_id),))
+        recorded = await self._ops.end(tx, op_id, state, observed_state=observed_state,
+                                       error=error, **kwargs)
+        if recorded.changed:
+            op = recorded.op
+            if observed_state is not None:
+                report = _check_report(op["node"], observed_state, None, True)
+            elif state == OpState.FAILED.value:
+                report = _check_report(op["node"], PowerState.ERROR.value, error or "failed",
+                                       op["action"] == Action.QUERY.value)
+            else:
+                report = None
+            if report is not None:
+                # a deleted node leaves only its journal: nothing to record
+                await self._record(tx, [report], poll=False)
+        return recorded
 
     @transaction
     async def record_polls(self, tx, reports):

@@ -412,11 +412,15 @@ class OperationStore(KindStore):
         return other
 
     @transaction
-    async def record_outcome(self, tx, op_id, state, observed_state=None, agent=None,
-                             error=None, coalesced_into=None, superseded_by=None,
-                             pserv=None, cancelled_by=None, epoch=None, detail=None):
+    async def record_outcome(self, tx, op_id, state, **kwargs):
+        """How an operation ended, in its own transaction: see :meth:`end`."""
+        return await self.end(tx, op_id, state, **kwargs)
+
+    async def end(self, tx, op_id, state, observed_state=None, agent=None,
+                  error=None, coalesced_into=None, superseded_by=None,
+                  pserv=None, cancelled_by=None, epoch=None, detail=None):
         """
-        Record how an operation ended (terminal states only).  Idempotent:
+        Inside ``tx``: record how an operation ended (terminal states only).  Idempotent:
         a report for an operation already terminal changes nothing and
         answers ``Recorded(op, changed=False)``.  With ``epoch`` (a pserv's
         report), only the current owner of the node may end it:
