@@ -465,7 +465,8 @@ class StatusPage(_AsyncResource):
                 tags.style(_STYLE)),
             tags.body(
                 tags.h1("powerctl region status"),
-                self._summary(clusters, counts, open_ops, truncated_open, now),
+                self._summary(clusters, counts, open_ops, truncated_open, now,
+                              live_rows=seq is not None),
                 self._nodes(args, clusters, node_page, now),
                 self._open_ops(open_ops, truncated_open, now),
                 self._live_activity(live, now) if live is not None else "",
@@ -474,7 +475,7 @@ class StatusPage(_AsyncResource):
                 tags.script(id="live-rows")(_LIVE_SCRIPT) if seq is not None else ""))
         return "<!DOCTYPE html>\n" + _flat(page) + "\n"
 
-    def _summary(self, clusters, counts, open_ops, truncated_open, now):
+    def _summary(self, clusters, counts, open_ops, truncated_open, now, live_rows=False):
         """
         The strip an operator reads first: one box per count, problems
         highlighted, each with an id a script (or test) can find.
@@ -512,7 +513,8 @@ class StatusPage(_AsyncResource):
         ]
         return [tags.ul(class_="summary")(items), _note(
             f"as of {now.strftime('%Y-%m-%d %H:%M:%S UTC')}",
-            f"refreshes every {REFRESH_SECONDS} s")]
+            f"rows follow the event stream; the page reloads every {LIVE_RELOAD_SECONDS} s"
+            if live_rows else f"refreshes every {REFRESH_SECONDS} s")]
 
     def _clusters(self, clusters, counts, now):
         per = {}
