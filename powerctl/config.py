@@ -101,6 +101,8 @@ class RegionConfig:
     # nothing switched on since, joins it without a hardware call (0: never).
     fence_reuse_seconds: float = attrs.field(default=60.0, converter=_zero_as_float,
                                              validator=_seconds_or_off)
+    # Seconds the event journal (GET /v1/events) keeps an event (issue 14).
+    event_retention: float = attrs.field(default=86400.0, validator=_positive)
     # /metrics without a token, only when an operator says so.
     metrics_public: bool = attrs.field(default=False, validator=_boolean)
     # The key that seals secrets at rest ("": powerctl.region.vault.DEFAULT_KEY_FILE,

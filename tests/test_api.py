@@ -14,6 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from powerctl.region.api import Api, api_root
+from powerctl.region.events import EventHub, EventStream
 from powerctl.region.guard import ApiGuard
 from powerctl.region.tokens import TokenStore
 from powerctl.region.store import NodeStore, PodManagerStore, Store
@@ -51,7 +52,8 @@ class ApiTestCase(StoreTestCase):
         self.tokens = TokenStore(self.pool)
         self.guard = ApiGuard(self.tokens, reactor, log=self.log)
         self.api = Api(self.store, fake_catalogue(), activity=lambda: self.activity,
-                       on_power_request=self.hook, log=self.log, guard=self.guard)
+                       on_power_request=self.hook, log=self.log, guard=self.guard,
+                       events=EventStream(EventHub(self.store, reactor), self.store, reactor))
         self.base = self.serve(self.api)
         d = defer.ensureDeferred(self.tokens.create(ADMIN, "admin", created_by="test"))
         d.addCallback(lambda made: setattr(self, "token", made[1]))

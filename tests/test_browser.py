@@ -99,7 +99,8 @@ class Browser:
                 nodes: rows('table.nodes'),
                 open_ops: rows('table.ops-open'),
                 finished: rows('table.ops-finished'),
-                injected: document.querySelectorAll('img, script, iframe').length,
+                injected: document.querySelectorAll('img, script:not(#live-rows), iframe')
+                    .length,
                 scroll_width: document.documentElement.scrollWidth,
                 view_width: window.innerWidth,
                 view_height: window.innerHeight,
@@ -254,14 +255,28 @@ class StatusPageInBrowserTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             self.api, ""))
         self.assertEqual([row[0] for row in seen["nodes"]], ["node2", "node3"])
 
-        # a power request shows up without the operator reloading the page
+        # a power request shows up without the page reloading: the rows
+        # follow the event stream (a reload would drop the marker)
         await threads.deferToThread(self.load, browser, "/")
+
+        def mark():
+            WebDriverWait(browser.driver, 10, poll_frequency=0.1).until(
+                lambda d: d.execute_script(
+                    "return document.documentElement.getAttribute('data-live')") == "on")
+            browser.driver.execute_script("window.powerctlMarker = 42;")
+
+        await threads.deferToThread(mark)
         op = await self.power("node1", "off")
         await self.wait_op(op["id"])
 
         def node1_shown_off():
-            WebDriverWait(browser.driver, 30, poll_frequency=0.5).until(
+            WebDriverWait(browser.driver, 30, poll_frequency=0.2).until(
                 lambda d: [["off", "off"]] == [
                     row[2:4] for row in browser.snapshot()["nodes"] if row[0] == "node1"])
+            return browser.driver.execute_script(
+                "return [window.powerctlMarker, document.querySelector("
+                "'tr[data-node=\"node1\"]').getAttribute('data-seq')];")
 
-        await threads.deferToThread(node1_shown_off)
+        marker, seq = await threads.deferToThread(node1_shown_off)
+        self.assertEqual(marker, 42)  # updated in place, not reloaded
+        self.assertTrue(seq)  # by an event

@@ -566,6 +566,9 @@ class RestCommandTests(RegionApiMixin, StoreTestCase):
         self.assertEqual(rows["bad1"][3], "failed")
         self.assertIn(f"error (failed): bad1: {BMC_REFUSED}", err)
         self.assertNotIn("\r", err)  # stderr is no terminal: no progress bar
+        # this API has no event stream: the CLI polls, and says so
+        self.assertIn("the event stream is unavailable", err)
+        self.assertIn("polling instead, 16 operations at a time", err)
 
     async def test_power_bulk_dry_run_guard_confirm_and_wait(self):
         for name in ("n1", "n2", "n3"):

@@ -160,7 +160,7 @@ class StatusPageTests(WebTestCase):
         self.assertNotIn("10.0.0.5", page)  # power params are not shown at all
 
         rows = {m[1]: m[0] for m in re.findall(
-            r'<tr( class="[^"]*")?><td>(n\d)</td>', page)}
+            r'<tr( class="[^"]*")?(?: data-node="[^"]*")?><td>(n\d)</td>', page)}
         self.assertEqual(set(rows), {"n1", "n2", "n3"})
         self.assertIn("mismatch", rows["n1"])  # desired on, unknown
         self.assertEqual(rows["n2"], "")  # desired off, off

@@ -5,14 +5,13 @@ one bulk request (``POST /v1/power``) instead of one request per node.
 The region journals one operation per node in one transaction.  An off,
 soft-off or cycle over more than the region's share of a cluster (20 % by
 default) is refused unless ``--confirm``; ``--dry-run`` prints what would
-happen and changes nothing.  ``--wait`` then follows each operation as
-``powerctl power NODE... --wait`` does.
+happen and changes nothing.  ``--wait`` then follows every operation on
+the event stream, as ``powerctl power NODE... --wait`` does.
 """
 
 import attrs
-from twisted.internet import defer
 
-from powerctl.cli import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, Interrupted, combine
+from powerctl.cli import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, combine
 from powerctl.cli import UsageError, output
 from powerctl.cli.client import ApiError, requester
 
@@ -57,30 +56,36 @@ def _body(args):
     return body
 
 
-async def _follow(api, args, op, deadline):
-    """One operation of the request, waited for; a :class:`powerctl.cli.power.Outcome`."""
-    from powerctl.cli.power import Outcome, _op_error, _wait
+async def _follow_all(ctx, api, args, ops, deadline):
+    """
+    Every operation of the request, followed on the region's event stream
+    (:func:`powerctl.cli.events.wait_ops`: no cap on how many); one
+    :class:`powerctl.cli.power.Outcome` each, in the request's order.
+    """
+    from powerctl.cli.events import wait_ops
+    from powerctl.cli.power import Outcome, _op_error
 
-    outcome = Outcome(op["node"], requested=op["id"], op=op)
-    try:
-        outcome.op = op = await _wait(api, op, deadline, args.poll_interval)
-        outcome.error = _op_error(op)
-        if outcome.error:
-            outcome.status = EXIT_FAILURE
-        outcome.power_state = op.get("observed_state")
-    except Interrupted:
-        raise
-    except CliError as e:
-        outcome.error, outcome.status = str(e), e.status
-        if e.kind == "timeout":
+    decided = await wait_ops(ctx, api, ops, deadline, poll_interval=args.poll_interval)
+    results = []
+    for op in ops:
+        outcome = Outcome(op["node"], requested=op["id"], op=op)
+        done = decided.get(op["id"])
+        if done is None:
+            outcome.error = (f"operation {op['id']} still {op.get('state')} when the wait "
+                             "timed out")
             outcome.status = EXIT_TIMEOUT
-    return outcome
+        else:
+            outcome.op = done
+            outcome.error = _op_error(done)
+            if outcome.error:
+                outcome.status = EXIT_FAILURE
+            outcome.power_state = done.get("observed_state")
+        results.append(outcome)
+    return results
 
 
 async def power_bulk(ctx, args, api):
     """The bulk form of ``powerctl power``."""
-    from powerctl.cli.power import CONCURRENCY
-
     body = _body(args)
     try:
         doc = await api.call("POST", "/v1/power", body)
@@ -112,10 +117,7 @@ async def power_bulk(ctx, args, api):
                                        ("STATE", "state")]))
         return EXIT_OK
     deadline = ctx.reactor.seconds() + args.timeout
-    limit = defer.DeferredSemaphore(CONCURRENCY)
-    results = await defer.gatherResults(
-        [limit.run(lambda o=o: defer.ensureDeferred(_follow(api, args, o, deadline)))
-         for o in ops], consumeErrors=True)
+    results = await _follow_all(ctx, api, args, ops, deadline)
     if args.json:
         ctx.out(output.to_json([r.as_json() for r in results]))
     else:

@@ -1,13 +1,14 @@
 """
-``powerctl ops list|show|cancel|confirm``: the journal of power operations.
+``powerctl ops list|show|cancel|confirm|wait``: the journal of power operations.
 
 ``cancel`` is answered once the operation's device is quiet (the region
 cancels through the pserv's registry); ``confirm`` tells the region that an
-operator carried out a ``manual`` agent's action.
+operator carried out a ``manual`` agent's action; ``wait`` follows operations
+on the region's event stream until they end (:mod:`powerctl.cli.events`).
 """
 
 from powerctl.cli import EXIT_OK, UsageError
-from powerctl.cli import output
+from powerctl.cli import events, output
 from powerctl.cli.client import ApiError, add_command, add_group, api_command, requester
 from powerctl.power import OpState, PowerState
 
@@ -40,6 +41,7 @@ def add_commands(subparsers, parent):
                     "confirm a manual operation: you saw the node reach STATE", parent)
     p.add_argument("id", type=int)
     p.add_argument("--state", required=True, choices=CONFIRMABLE)
+    events.add_ops_wait(ops, parent)  # ops wait ID...: the live event stream
 
 
 def _link(op):

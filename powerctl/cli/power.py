@@ -1,10 +1,12 @@
 """
 ``powerctl power ACTION NODE... [--wait]``: power requests, in bulk.
 
-One request per node, several in flight at once; with ``--wait`` each
-operation is polled until it is terminal (``powerctl.power.TERMINAL_STATES``)
--- following the operation it coalesced into, whose outcome is its own --
-with a progress bar on a terminal.  One node's failure never stops the
+One request per node, several in flight at once; with ``--wait`` every
+operation is followed through the region's event stream until it is
+terminal (``powerctl.power.TERMINAL_STATES``) -- following the operation it
+coalesced into, whose outcome is its own -- however many there are, with a
+progress bar on a terminal (:func:`powerctl.cli.events.wait_ops`; polling
+only where the stream is unavailable).  One node's failure never stops the
 others; the exit status combines them (:func:`powerctl.cli.combine`).
 
 (Named after the command, like the other command modules; the power
@@ -19,11 +21,13 @@ from twisted.internet import defer
 from powerctl.cli import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, Interrupted, combine
 from powerctl.cli import UsageError, bulk
 from powerctl.cli import cluster as cluster_checks, output
-from powerctl.cli.client import ApiError, api_command, q, requester
+from powerctl.cli.client import api_command, q, requester
 from powerctl.cli.driver import positive_float
-from powerctl.power import TERMINAL_STATES, Action, OpState
+from powerctl.cli.events import wait_ops
+from powerctl.power import Action, OpState
 
-#: Power requests in flight at once for a bulk ``power`` command.
+#: Power requests in flight at once for a bulk ``power`` command (the
+#: waiting that follows is not capped: one event stream follows them all).
 CONCURRENCY = 16
 
 
@@ -48,7 +52,8 @@ def add_commands(subparsers, parent):
     p.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
                    help="with --wait: give up waiting after S seconds (default 600)")
     p.add_argument("--poll-interval", type=positive_float, default=1.0, metavar="S",
-                   help="with --wait: seconds between polls (default 1)")
+                   help="with --wait: seconds between polls when the region has no "
+                        "event stream (default 1)")
     bulk.add_options(p)
     p.set_defaults(func=power)
 
@@ -91,52 +96,44 @@ def _op_error(op):
     return None
 
 
-async def _wait(api, op, deadline, interval):
-    """
-    Poll until the operation (or the one it coalesced into, whose outcome
-    is ours) is terminal; the final document of the operation that
-    decided.  ApiError(kind timeout) once ``deadline`` has passed.
-    """
-    reactor = api.ctx.reactor
-    while True:
-        target = op.get("coalesced_into") or op.get("id")
-        if op.get("state") in TERMINAL_STATES and (
-                not op.get("coalesced_into") or target == op.get("id")):
-            return op
-        if reactor.seconds() >= deadline:
-            raise ApiError(f"operation {target} still {op.get('state')} when "
-                           "the wait timed out", "timeout")
-        await api.sleep(min(interval, max(0.0, deadline - reactor.seconds())))
-        op = await api.call("GET", f"/v1/power_ops/{q(target)}")
-
-
-async def _one_power(api, args, node, deadline):
+async def _request(api, args, node):
+    """One node's request: its Outcome (with the error if it was refused)."""
     outcome = Outcome(node)
     try:
         op = await api.call("POST", f"/v1/nodes/{q(node)}/power",
                             {"action": args.action.value, "requester": requester()})
         outcome.op = op
         outcome.requested = op.get("id")
-        if not args.wait:
-            return outcome
-        op = await _wait(api, op, deadline, args.poll_interval)
-        outcome.op = op
-        outcome.error = _op_error(op)
-        if outcome.error:
-            outcome.status = EXIT_FAILURE
-        observed = op.get("observed_state")
-        if observed is None:
-            doc = await api.call("GET", f"/v1/nodes/{q(node)}")
-            observed = doc.get("power_state") if isinstance(doc, dict) else None
-        outcome.power_state = observed
     except Interrupted:
         raise
     except CliError as e:
         outcome.error = str(e)
         outcome.status = e.status
-        if e.kind == "timeout":
-            outcome.status = EXIT_TIMEOUT
     return outcome
+
+
+async def _settle(api, outcome, decided):
+    """Fill in how a waited-for operation ended (and the node's power state)."""
+    op = decided.get(outcome.requested)
+    if op is None:
+        outcome.error = (f"operation {outcome.requested} still "
+                         f"{(outcome.op or {}).get('state')} when the wait timed out")
+        outcome.status = EXIT_TIMEOUT
+        return
+    outcome.op = op
+    outcome.error = _op_error(op)
+    if outcome.error:
+        outcome.status = EXIT_FAILURE
+    observed = op.get("observed_state")
+    if observed is None:
+        try:
+            doc = await api.call("GET", f"/v1/nodes/{q(outcome.node)}")
+            observed = doc.get("power_state") if isinstance(doc, dict) else None
+        except Interrupted:
+            raise
+        except CliError:
+            observed = None  # deleted meanwhile: the operation's outcome stands
+    outcome.power_state = observed
 
 
 def _op_cell(row):
@@ -151,8 +148,9 @@ def _op_cell(row):
 async def power(ctx, args, api):
     """
     ``powerctl power ACTION NODE... [--wait]``: one request per node
-    (several in flight at once), then with ``--wait`` a poll of each
-    operation until it is terminal; a progress bar on a terminal.
+    (several in flight at once), then with ``--wait`` every operation
+    followed on the event stream until it is terminal; a progress bar on
+    a terminal.
     """
     if bulk.wanted(args):
         return await bulk.power_bulk(ctx, args, api)
@@ -168,15 +166,26 @@ async def power(ctx, args, api):
     progress.draw()
     limit = defer.DeferredSemaphore(CONCURRENCY)
 
-    async def one(node):
-        outcome = await _one_power(api, args, node, deadline)
-        progress.advance(ok=outcome.status == EXIT_OK)
-        return outcome
+    def run_all(fn, items):
+        return defer.gatherResults(
+            [limit.run(lambda i=i: defer.ensureDeferred(fn(i))) for i in items],
+            consumeErrors=True)
 
     try:
-        results = await defer.gatherResults(
-            [limit.run(lambda n=n: defer.ensureDeferred(one(n))) for n in nodes],
-            consumeErrors=True)
+        results = await run_all(lambda node: _request(api, args, node), nodes)
+        if args.wait:
+            for r in results:
+                if r.op is None:
+                    progress.advance(ok=False)
+            by_id = {r.requested: r for r in results if r.op is not None}
+
+            def done(op_id, op):
+                progress.advance(ok=_op_error(op) is None)
+
+            # One event stream for every operation, however many.
+            decided = await wait_ops(ctx, api, [r.op for r in by_id.values()], deadline,
+                                     on_done=done, poll_interval=args.poll_interval)
+            await run_all(lambda r: _settle(api, r, decided), list(by_id.values()))
     except defer.FirstError as e:
         raise e.subFailure.value from None
     finally:

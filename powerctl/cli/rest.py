@@ -26,13 +26,13 @@ This module only registers them; each group lives in its own module:
   :mod:`~powerctl.cli.activity`, :mod:`~powerctl.cli.lockout` -- the commands.
 """
 
-from powerctl.cli import activity, cluster, lockout, node, ops, podm, power
+from powerctl.cli import activity, cluster, events, lockout, node, ops, podm, power
 from powerctl.cli.client import add_global_options, api_options, apply_global_options
 
 __all__ = ["add_commands", "add_global_options", "apply_global_options"]
 
 #: The command modules, in the order ``powerctl --help`` lists them.
-GROUPS = (node, power, ops, podm, cluster, activity, lockout)
+GROUPS = (node, power, ops, podm, cluster, activity, lockout, events)
 
 
 def add_commands(subparsers):

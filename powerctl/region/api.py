@@ -327,7 +327,8 @@ class Api(AsyncResource):
     kind = "API"
 
     def __init__(self, store, catalogue, activity=None, on_power_request=None, log=None,
-                 region=None, live_activity=None, *, guard, bulk_share=bulk.DEFAULT_SHARE):
+                 region=None, live_activity=None, events=None, *, guard,
+                 bulk_share=bulk.DEFAULT_SHARE):
         super().__init__(log)
         self.guard = guard  # authentication, roles, audit (powerctl.region.guard)
         self.store = store
@@ -337,6 +338,7 @@ class Api(AsyncResource):
         self.live_activity = live_activity  # (node=, cluster=) -> what the pservs run now
         self.on_power_request = on_power_request
         self.bulk_share = bulk.check_share(bulk_share)  # the blast-radius guard
+        self.events = events  # GET /v1/events: a powerctl.region.events.EventStream
         self._routes = self.routes()
 
     def routes(self):
@@ -366,7 +368,7 @@ class Api(AsyncResource):
             ("lockouts", {"GET": self.list_lockouts}),
             ("lockouts/{name}", {"DELETE": self.clear_lockout}),
             ("openapi.json", {"GET": self.openapi}),
-        ) + tuple(self.guard.routes())
+        ) + tuple(self.guard.routes()) + (tuple(self.events.routes()) if self.events else ())
 
     # -- plumbing -------------------------------------------------------
 
@@ -406,6 +408,9 @@ class Api(AsyncResource):
 
     def write(self, request, answer):
         status, body, headers = answer
+        if hasattr(body, "start"):  # a stream (powerctl.region.events.Streaming)
+            body.start()
+            return
         request.setResponseCode(status)
         for name, value in headers:
             request.setHeader(name, value)

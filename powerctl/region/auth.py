@@ -106,6 +106,7 @@ RULES = {
     "delete_auto_fence": Rule(_A, Scope.CLUSTER),
     "get_activity": Rule(_V, Scope.LIST),
     "openapi": Rule(_V, Scope.ANY),
+    "stream_events": Rule(_V, Scope.LIST),  # powerctl.region.events: filtered per token
     "list_tokens": Rule(_A, Scope.UNSCOPED),
     "create_token": Rule(_A, Scope.UNSCOPED),
     "revoke_token": Rule(_A, Scope.UNSCOPED),

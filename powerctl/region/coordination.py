@@ -28,7 +28,7 @@ from txpostgres import reconnection, txpostgres
 #: The advisory lock whose holder runs the periodic jobs.
 LEADER_LOCK = 0x6C656164  # "lead"
 
-CHANNELS = ("power_ops", "assignments")
+CHANNELS = ("power_ops", "assignments", "events")  # events: powerctl.region.events
 
 #: How a connection to PostgreSQL fails when the server is down, restarting
 #: or unreachable (psycopg2 errors; txpostgres's own for a connection it

@@ -377,5 +377,8 @@ def protect_web(root, guard, metrics_public=False):
     metrics = root.children.get(b"metrics")
     if metrics is not None and not metrics_public:
         root.putChild(b"metrics", _Guarded(metrics, guard, page=False))
+    stream = root.children.get(b"events")  # the page's live stream, same door
+    if stream is not None:
+        root.putChild(b"events", _Guarded(stream, guard, page=False))
     root.putChild(b"login", _Login(guard))
     return root

@@ -570,12 +570,52 @@ def _paths():
                                   "503": _json(_ref("Error"), "the region cannot ask "
                                                "its pservs")}},
         },
+        "/v1/events": {
+            "get": {"summary": "The live event stream (Server-Sent Events): every operation "
+                    "state change and every node power, responsiveness or desired-state "
+                    "change, from every region, in the order they committed",
+                    "description": _EVENTS_DESCRIPTION,
+                    "operationId": "streamEvents",
+                    "parameters": [
+                        _query_param("after", "replay every event numbered above this "
+                                     "first (the Last-Event-ID header wins when both "
+                                     "are given); without either, from now",
+                                     {"type": "integer", "minimum": 0}),
+                        _query_param("cluster", "only this cluster's events (a token "
+                                     "scoped to clusters only ever gets its own)"),
+                        {"name": "Last-Event-ID", "in": "header", "required": False,
+                         "description": "resume after this event number (what "
+                         "EventSource sends when it reconnects)",
+                         "schema": {"type": "integer", "minimum": 0}}],
+                    "responses": {"200": {
+                        "description": "an endless text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                        **_errors(400)}},
+        },
         "/v1/openapi.json": {
             "get": {"summary": "This document", "operationId": "getOpenApi",
                     "responses": {"200": {"description": "OpenAPI 3 document",
                                           "content": {"application/json": {}}}}},
         },
     }
+
+
+_EVENTS_DESCRIPTION = """\
+Each event is `id: <seq>`, `event: op|node`, `data: <JSON>`; `seq` only
+grows, and a client that resumes after the last `id` it saw (header
+`Last-Event-ID` or `?after=`) gets exactly what it missed, replayed from
+the journal, then the live events, with no gap and nothing twice.
+`op` data: `{seq, type, at, cluster, op: {id, node, action, state,
+requester, error, pserv, agent, observed_state, coalesced_into,
+superseded_by, cancelled_by, requested_at, started_at, finished_at}}`;
+`node` data: `{seq, type, at, cluster, change: created|updated|deleted,
+node: {name, cluster, power_state, responsive, desired_state, last_error,
+last_changed_at}}`.  An `event: lost` says the resume point is older than
+the journal keeps (`event_retention`).  Comment lines (`: keep-alive`,
+every 15 s when idle; `: live after N` once the replay is over) carry no
+event.  A client that does not read is disconnected once 10,000 events
+wait for it; it resumes from its `Last-Event-ID`.
+"""
 
 
 def document():

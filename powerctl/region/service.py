@@ -14,6 +14,7 @@ from powerctl import config
 from powerctl.region import http, schema, security, web
 from powerctl.region.autofencer import AutoFencer
 from powerctl.region.coordination import Coordinator
+from powerctl.region.events import EventHub, EventStream, Pruner
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
@@ -100,6 +101,9 @@ class RegionService(service.MultiService):
         self.coordinator = None
         self.prober = None
         self.auto_fencer = None
+        self.events = None
+        self.stream = None
+        self.pruner = None
         self.store = None
         self.api_port = None
         self.rpc_port = None
@@ -159,8 +163,10 @@ class RegionService(service.MultiService):
         self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
                              heartbeat_timeout=self.settings.heartbeat_timeout, leases=leases)
         security.pserv_credentials(self.region, self._pool, vault, self.log)  # issue 10
+        self.events = EventHub(self.store, self.reactor)  # issue 14: GET /v1/events
+        await self.events.start()
         self.coordinator = Coordinator(
-            self.settings.database, self.reactor, self.region.notified,
+            self.settings.database, self.reactor, self._notified,
             self.region.assignment_round, interval=max(1.0, self.settings.lease / 3))
         factory = protocol.Factory.forProtocol(lambda: RegionProtocol(self.region))
         self.rpc_port = await transport.server_endpoint(  # issue 10: mutual TLS
@@ -170,11 +176,14 @@ class RegionService(service.MultiService):
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
         guard = security.api_guard(self._pool, self.reactor)  # issue 10
+        stream = self.stream = EventStream(self.events, self.store, self.reactor)
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later, region=self.region,
                         live_activity=live, guard=guard,
-                        bulk_share=self.settings.bulk_confirm_share)
+                        bulk_share=self.settings.bulk_confirm_share,
+                        events=stream)
         web.add_to(root, self.store, activity=self.region.activity, live_activity=live,
+                   events=stream,
                    auto_fence=lambda: self.auto_fencer.stats() if self.auto_fencer else {})
         security.protect_web(root, guard, self.settings)  # tokens for the page and /metrics
         # limits on request size and on slow clients: powerctl.region.http
@@ -195,11 +204,20 @@ class RegionService(service.MultiService):
                                       self.settings.journal_keep_days,
                                       leader=lambda: self.coordinator.leader))
         # Children of a running MultiService start as they are added.
+        self.pruner = Pruner(self.store, self.reactor, self.settings.event_retention,
+                             leader=lambda: self.coordinator.leader)
+        jobs += [self.events, self.pruner]  # issue 14: the live event stream
         for job in jobs:
             job.setServiceParent(self)
         self.log.info("region {name}: API on {api}, pservs on {rpc}", name=self.settings.name,
                       api=self.api_port.getHost(), rpc=self.rpc_port.getHost())
         return self
+
+    def _notified(self, channel, payload):
+        """A NOTIFY: events feed the stream, anything else is the region's."""
+        if channel == "events":
+            return self.events.notified(payload)
+        return self.region.notified(channel, payload)
 
     async def _stop(self):
         if self._ready is not None and not self._ready.called:

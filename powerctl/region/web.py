@@ -7,8 +7,11 @@ Mount both on the root that :func:`powerctl.region.api.api_root` returns::
     root = api_root(store, catalogue, activity=region.activity, ...)
     web.add_to(root, store, activity=region.activity, live_activity=live)
 
-The page is one self-contained HTML document (inline CSS, no script, no
-external asset) that refreshes itself every few seconds: a summary strip
+The page is one self-contained HTML document (inline CSS, no external
+asset) that refreshes itself every few seconds -- or, served with the event
+stream (``add_to(..., events=...)``), keeps its node and operation rows
+current in place through a small inline script following ``/events``
+(EventSource) and reloads only every minute: a summary strip
 (nodes by power state, problems, operations running and waiting), the
 nodes (desired vs current, mismatches highlighted, filtered and paged by
 plain GET parameters, times shown as ages), the operations in flight, what
@@ -246,8 +249,9 @@ def _table(headers, rows, empty="none", css=None):
     if not rows:
         return tags.p(class_="empty")(empty)
     body = []
-    for row_css, cells in rows:
-        tr = tags.tr(class_=row_css) if row_css else tags.tr()
+    for row_css, cells, *attributes in rows:
+        attributes = attributes[0] if attributes else {}
+        tr = tags.tr(class_=row_css, **attributes) if row_css else tags.tr(**attributes)
         body.append(tr([tags.td(cell) for cell in cells]))
     table = tags.table(class_=css) if css else tags.table()
     return table(tags.thead(tags.tr([tags.th(h) for h in headers])), tags.tbody(body))
@@ -298,6 +302,62 @@ ul.summary b{font-size:1.15em}
 form.filter{margin:.3em 0}form.filter label{margin-right:1em}
 """
 
+#: Seconds between reloads of a page whose rows follow the event stream.
+LIVE_RELOAD_SECONDS = 60
+
+# The page's live rows (issue 14): follow /events from the position the
+# page was read at (html data-seq) and rewrite the node and operation rows
+# in place.  Like the style, written without "<", ">" or "&" so that the
+# flattener leaves it as it is; values go in as text, never as markup.
+_LIVE_SCRIPT = """
+(function () {
+  var root = document.documentElement;
+  if (!window.EventSource) { return; }
+  var source = new EventSource("/events?after=" + root.getAttribute("data-seq"));
+  root.setAttribute("data-live", "connecting");
+  source.addEventListener("open", function () { root.setAttribute("data-live", "on"); });
+  source.addEventListener("error", function () { root.setAttribute("data-live", "off"); });
+  function state(value) {
+    var span = document.createElement("span");
+    if (value) { span.className = "state-" + value; span.textContent = value; }
+    return span;
+  }
+  function put(cell, child) { cell.textContent = ""; cell.appendChild(child); }
+  function rows(attribute, value) {
+    var found = [], all = document.querySelectorAll("tr[" + attribute + "]");
+    for (var i = 0; i !== all.length; i++) {
+      if (all[i].getAttribute(attribute) === String(value)) { found.push(all[i]); }
+    }
+    return found;
+  }
+  source.addEventListener("node", function (e) {
+    var doc = JSON.parse(e.data), n = doc.node;
+    rows("data-node", n.name).forEach(function (row) {
+      var cells = row.cells;
+      row.setAttribute("data-seq", e.lastEventId);
+      if (doc.change === "deleted") { row.classList.add("gone"); return; }
+      put(cells[2], state(n.desired_state));
+      put(cells[3], state(n.power_state));
+      if (n.responsive) { cells[4].textContent = "yes"; }
+      else { var no = document.createElement("strong"); no.textContent = "no"; put(cells[4], no); }
+      cells[5].textContent = n.last_error || "";
+      row.classList.toggle("mismatch", n.desired_state ? n.desired_state !== n.power_state : false);
+      row.classList.toggle("nonresponsive", !n.responsive);
+    });
+  });
+  source.addEventListener("op", function (e) {
+    var op = JSON.parse(e.data).op;
+    rows("data-op", op.id).forEach(function (row) {
+      row.setAttribute("data-seq", e.lastEventId);
+      row.cells[3].textContent = op.state;
+      row.cells[4].textContent = op.pserv || "";
+      row.classList.toggle("failed", op.state === "failed");
+    });
+  });
+  setTimeout(function () { location.reload(); }, %d000);
+})();
+""" % LIVE_RELOAD_SECONDS
+
 #: Query parameters of the page, all optional.
 PAGE_ARGS = ("cluster", "problems", "name", "after", "limit")
 
@@ -327,9 +387,10 @@ class StatusPage(_AsyncResource):
 
     error_content_type = b"text/html; charset=utf-8"
 
-    def __init__(self, store, activity=None, log=None, live_activity=None):
+    def __init__(self, store, activity=None, log=None, live_activity=None, live_events=False):
         super().__init__(store, activity=activity, log=log)
         self.live_activity = live_activity
+        self.live_events = live_events  # /events is served next to the page
 
     async def _live(self):
         """The live view, or None when there is none (a failure is logged and noted)."""
@@ -353,6 +414,9 @@ class StatusPage(_AsyncResource):
     async def produce(self, request):
         args = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
                 for k, v in request.args.items() if v}
+        # Read first: the page's live stream resumes after it, so no change
+        # made while the page is built is missed (issue 14).
+        seq = await self.store.events.last_seq() if self.live_events else None
         clusters = _clusters_with_activity(
             await self.store.clusters.list(), await _activity(self.activity, self.log))
         counts = await self.store.nodes.counts()  # one GROUP BY, not every row
@@ -368,16 +432,22 @@ class StatusPage(_AsyncResource):
         finished = finished[:RECENT_FINISHED]
         live = await self._live()
         body = self.render_page(args, clusters, (), open_ops, truncated_open, finished,
-                                live=live, counts=counts, node_page=node_page)
+                                live=live, counts=counts, node_page=node_page, seq=seq)
         return b"text/html; charset=utf-8", body.encode("utf-8")
 
     def render_page(self, args, clusters, nodes, open_ops, truncated_open, finished,
-                    live=None, now=None, counts=None, node_page=None):
+                    live=None, now=None, counts=None, node_page=None, seq=None):
         """
         The whole page as text, from what :meth:`produce` read (no I/O
         here): the region passes ``counts`` (:meth:`NodeStore.counts`) and
         ``node_page`` (:meth:`NodeStore.page`); without them both are
-        worked out from the node rows ``nodes``.
+        worked out from the node rows ``nodes``.  With ``seq`` (the event
+        journal's position when the page was read), a small inline script
+        follows ``/events`` from there and updates node and operation rows
+        in place; the page then reloads only every
+        :data:`LIVE_RELOAD_SECONDS` (for the summary and the panels).
+        Without it, or without JavaScript, it reloads every
+        :data:`REFRESH_SECONDS`.
         """
         now = now or datetime.datetime.now(datetime.timezone.utc)
         if counts is None:
@@ -385,24 +455,27 @@ class StatusPage(_AsyncResource):
         if node_page is None:
             cluster, problems, name, after, limit = self._node_filter(args)
             node_page = page_of(nodes, cluster, name, problems, after, limit)
-        page = tags.html(lang="en")(
+        refresh = tags.meta(**{"http-equiv": "refresh", "content": str(REFRESH_SECONDS)})
+        page = tags.html(lang="en", **({"data-seq": str(seq)} if seq is not None else {}))(
             tags.head(
                 tags.meta(charset="utf-8"),
-                tags.meta(**{"http-equiv": "refresh", "content": str(REFRESH_SECONDS)}),
+                tags.noscript(refresh) if seq is not None else refresh,
                 tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
                 tags.title("powerctl region status"),
                 tags.style(_STYLE)),
             tags.body(
                 tags.h1("powerctl region status"),
-                self._summary(clusters, counts, open_ops, truncated_open, now),
+                self._summary(clusters, counts, open_ops, truncated_open, now,
+                              live_rows=seq is not None),
                 self._nodes(args, clusters, node_page, now),
                 self._open_ops(open_ops, truncated_open, now),
                 self._live_activity(live, now) if live is not None else "",
                 self._finished(finished, now),
-                self._clusters(clusters, counts, now)))
+                self._clusters(clusters, counts, now),
+                tags.script(id="live-rows")(_LIVE_SCRIPT) if seq is not None else ""))
         return "<!DOCTYPE html>\n" + _flat(page) + "\n"
 
-    def _summary(self, clusters, counts, open_ops, truncated_open, now):
+    def _summary(self, clusters, counts, open_ops, truncated_open, now, live_rows=False):
         """
         The strip an operator reads first: one box per count, problems
         highlighted, each with an id a script (or test) can find.
@@ -440,7 +513,8 @@ class StatusPage(_AsyncResource):
         ]
         return [tags.ul(class_="summary")(items), _note(
             f"as of {now.strftime('%Y-%m-%d %H:%M:%S UTC')}",
-            f"refreshes every {REFRESH_SECONDS} s")]
+            f"rows follow the event stream; the page reloads every {LIVE_RELOAD_SECONDS} s"
+            if live_rows else f"refreshes every {REFRESH_SECONDS} s")]
 
     def _clusters(self, clusters, counts, now):
         per = {}
@@ -563,7 +637,8 @@ class StatusPage(_AsyncResource):
             cells += [_when(op.get("finished_at"), now), _state(op.get("observed_state")),
                       _text(op.get("coalesced_into") or op.get("superseded_by")),
                       _text(op.get("error"))]
-        return ("failed" if op["state"] == OpState.FAILED else "", cells)
+        return ("failed" if op["state"] == OpState.FAILED else "", cells,
+                {"data-op": str(op["id"])})
 
     def _open_ops(self, ops, truncated, now):
         note = (tags.p(class_="note")(f"showing the newest {OPEN_OPS_SHOWN} of each state; "
@@ -632,7 +707,7 @@ class StatusPage(_AsyncResource):
                 _when(n.get("last_queried_at"), now),
                 [tags.strong("drifted"), ": ", _state(n.get("drift_observed")), " since ",
                  _when(n["drift_since"], now), f" ({_text(n.get('drift_polls'))} polls)"]
-                if drifted(n) else ""]))
+                if drifted(n) else ""], {"data-node": n["name"]}))
         query = {k: v for k, v in args.items() if k in PAGE_ARGS and k != "after"}
         links = []
         if after:
@@ -782,10 +857,18 @@ class Metrics(_AsyncResource):
                        [({"cluster": c}, int(getattr(st, field))) for c, st in fencing])
 
 
-def add_to(root, store, activity=None, log=None, live_activity=None, auto_fence=None):
-    """Put the status page at ``/`` and the metrics at ``/metrics`` on ``root``."""
+def add_to(root, store, activity=None, log=None, live_activity=None, events=None,
+           auto_fence=None):
+    """
+    Put the status page at ``/`` and the metrics at ``/metrics`` on ``root``;
+    with ``events`` (a :class:`powerctl.region.events.EventStream`), the
+    page's live stream at ``/events``; ``auto_fence``: see :class:`Metrics`.
+    """
+    if events is not None:
+        root.putChild(b"events", events.resource())
     root.putChild(b"", StatusPage(store, activity=activity, log=log,
-                                  live_activity=live_activity))
+                                  live_activity=live_activity, live_events=events is not None))
     root.putChild(b"metrics", Metrics(store, activity=activity, log=log,
                                       auto_fence=auto_fence))
     return root
+

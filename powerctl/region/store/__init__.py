@@ -24,6 +24,7 @@ kind of ``InvalidInput``).
 
 from powerctl.region.store.autofence import AutoFenceStore
 from powerctl.region.store.clusters import ClusterStore
+from powerctl.region.store.events import EventStore
 from powerctl.region.store.lockouts import LockoutStore
 from powerctl.region.store.nodes import NodeStore
 from powerctl.region.store.operations import OperationStore, Recorded
@@ -62,3 +63,4 @@ class Store:
         self.pod_managers = PodManagerStore(pool, catalogue, vault)
         self.lockouts = LockoutStore(pool)  # issue 10: BMC lock-outs
         self.auto_fence = AutoFenceStore(pool)  # issue 13: automatic fencing
+        self.events = EventStore(pool)  # the journal of events (issue 14)
