@@ -321,7 +321,7 @@ class BoundsTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         await self.add_node("node2")
         last = self.sql("SELECT max(seq) FROM events")[0][0]
         self.sql("UPDATE events SET at = at - interval '2 days'")
-        await region.pruner.prune()
+        await region.pruner.prune_once()
         pruned = self.sql("SELECT upto FROM events_pruned")[0][0]
         self.assertEqual(pruned, last)
         await self.add_node("node3")

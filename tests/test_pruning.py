@@ -4,7 +4,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from powerctl.region.errors import InvalidInput
-from powerctl.region.pruning import JournalPruner
+from powerctl.region.pruning import journal_pruner
 from tests.test_store import StoreTestCase, ipmi
 
 
@@ -55,7 +55,7 @@ class PruneTests(StoreTestCase):
         for _ in range(5):
             await self.ended("n1", "on", 100)
         leader = [False]
-        pruner = JournalPruner(self.store.ops, task.Clock(), 30, batch=2, rounds=2,
+        pruner = journal_pruner(self.store.ops, task.Clock(), 30, batch=2, rounds=2,
                                leader=lambda: leader[0])
         self.assertEqual(await pruner.prune_once(), 0)
         leader[0] = True
@@ -71,7 +71,7 @@ class PrunerFailureTests(unittest.TestCase):
                 raise RuntimeError("boom")
 
         clock = task.Clock()
-        pruner = JournalPruner(Broken(), clock, 30, interval=10)
+        pruner = journal_pruner(Broken(), clock, 30, interval=10)
         pruner.startService()
         self.addCleanup(pruner.stopService)
         clock.advance(10)

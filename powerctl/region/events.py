@@ -390,44 +390,6 @@ class EventHub(TimerService):
                 return
 
 
-class Pruner(TimerService):
-    """Deletes events older than ``retention`` seconds, every ``interval``, while leading."""
-
-    log = Logger()
-
-    def __init__(self, store, clock, retention, interval=60.0, leader=lambda: True):
-        super().__init__(interval, self.tick)
-        self.clock = clock
-        self.store = store
-        self.retention = retention
-        self.leader = leader
-
-    def tick(self):
-        if not self.leader():
-            return None
-        d = defer.ensureDeferred(self.prune())
-        d.addErrback(self._failed)
-        return d
-
-    def _failed(self, failure):
-        if failure.check(*DATABASE_GONE):
-            self.log.warn("cannot prune the event journal now ({why}); next round in "
-                          "{s:g} s", why=failure.getErrorMessage(), s=self.step)
-        else:
-            self.log.failure("pruning the event journal", failure)
-
-    async def prune(self):
-        total = 0
-        while True:
-            n = await self.store.events.prune(self.retention)
-            total += n
-            if n < 10_000:
-                break
-        if total:
-            self.log.info("pruned {n} events older than {s:g} s", n=total, s=self.retention)
-        return total
-
-
 @attrs.frozen
 class Streaming:
     """An API answer that is a stream: ``start()`` takes the request over."""

@@ -1,14 +1,19 @@
 """
-Keeps the operation journal bounded: the leader region deletes ended
-operations older than ``journal_keep_days`` (region configuration; 0 keeps
-them for ever).
+Keeps the region's append-only tables bounded: the leader region deletes
+old rows in bounded batches, every ``interval`` seconds.
 
-The journal is the record of who powered what and how it ended, so the
-default keeps three months; the audit log (who changed what through the
-API) is not pruned here: its retention is the site's policy.  One round
-deletes at most ``batch`` rows per transaction and repeats until nothing
-is left to delete or ``rounds`` is spent, so a large backlog is worked off
-over several rounds without one long transaction.
+* the operation journal: ended operations older than ``journal_keep_days``
+  (region configuration; 0 keeps them for ever).  It is the record of who
+  powered what and how it ended, so the default keeps three months;
+* the event journal behind ``GET /v1/events``: events older than
+  ``event_retention`` seconds (a client resuming from before that is told
+  ``event: lost``).
+
+The audit log (who changed what through the API) is not pruned here: its
+retention is the site's policy.  One round deletes at most ``batch`` rows
+per transaction and repeats until nothing is left to delete or ``rounds``
+is spent, so a large backlog is worked off over several rounds without one
+long transaction.
 
 A ``TimerService``: the region's ``MultiService`` starts and stops it, and
 stopping waits for the round under way.
@@ -21,34 +26,37 @@ from twisted.logger import Logger
 from powerctl.region.coordination import DATABASE_GONE
 
 
-class JournalPruner(TimerService):
-    """Every ``interval`` seconds of ``clock``, while ``leader()`` is true."""
+class RetentionPruner(TimerService):
+    """
+    Every ``interval`` seconds of ``clock``, while ``leader()`` is true,
+    calls ``prune(limit)`` (a Deferred of how many rows went) until a batch
+    comes back short.  ``what`` names the rows in the log.
+    """
 
     log = Logger()
 
-    def __init__(self, ops, clock, keep_days, interval=3600.0, batch=10_000, rounds=10,
+    def __init__(self, prune, clock, what, interval=3600.0, batch=10_000, rounds=10,
                  leader=None):
         super().__init__(interval, self._round)
         self.clock = clock  # TimerService's time source
-        self.ops = ops
-        self.keep_days = keep_days
+        self.prune = prune
+        self.what = what
         self.batch = batch
         self.rounds = rounds
         self.leader = leader
 
     async def prune_once(self):
-        """One round: answers how many operations left the journal."""
+        """One round: answers how many rows were deleted."""
         if self.leader is not None and not self.leader():
             return 0
         total = 0
         for _ in range(self.rounds):
-            deleted = await self.ops.prune(self.keep_days, limit=self.batch)
+            deleted = await self.prune(self.batch)
             total += deleted
             if deleted < self.batch:
                 break
         if total:
-            self.log.info("journal: pruned {n} operations ended more than {days:g} days ago",
-                          n=total, days=self.keep_days)
+            self.log.info("pruned {n} {what}", n=total, what=self.what)
         return total
 
     def _round(self):
@@ -59,7 +67,20 @@ class JournalPruner(TimerService):
     def _failed(self, failure):
         # The next round retries; a database that is away is logged as such.
         if failure.check(*DATABASE_GONE):
-            self.log.warn("journal pruning skipped: the database is unreachable ({why})",
-                          why=failure.getErrorMessage())
+            self.log.warn("pruning {what} skipped: the database is unreachable ({why})",
+                          what=self.what, why=failure.getErrorMessage())
         else:
-            self.log.failure("journal pruning failed", failure)
+            self.log.failure("pruning {what} failed", failure, what=self.what)
+
+
+def journal_pruner(ops, clock, keep_days, **kwargs):
+    """Ended operations older than ``keep_days`` days leave the journal."""
+    return RetentionPruner(lambda limit: ops.prune(keep_days, limit=limit), clock,
+                           f"operations ended more than {keep_days:g} days ago", **kwargs)
+
+
+def event_pruner(events, clock, retention, **kwargs):
+    """Events older than ``retention`` seconds leave the event journal."""
+    kwargs.setdefault("interval", 60.0)
+    return RetentionPruner(lambda limit: events.prune(retention, limit=limit), clock,
+                           f"events older than {retention:g} s", **kwargs)

@@ -14,11 +14,11 @@ from powerctl import config
 from powerctl.region import http, schema, security, web
 from powerctl.region.autofencer import AutoFencer
 from powerctl.region.coordination import Coordinator
-from powerctl.region.events import EventHub, EventStream, Pruner
+from powerctl.region.events import EventHub, EventStream
 from powerctl.region.core import Region
 from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
-from powerctl.region.pruning import JournalPruner
+from powerctl.region.pruning import event_pruner, journal_pruner
 from powerctl.region.rpc import RegionProtocol
 from powerctl.rpc import transport
 
@@ -200,12 +200,13 @@ class RegionService(service.MultiService):
                                       leader=lambda: self.coordinator.leader)
         jobs.append(self.auto_fencer)
         if self.settings.journal_keep_days:
-            jobs.append(JournalPruner(self.store.ops, self.reactor,
-                                      self.settings.journal_keep_days,
-                                      leader=lambda: self.coordinator.leader))
+            jobs.append(journal_pruner(self.store.ops, self.reactor,
+                                       self.settings.journal_keep_days,
+                                       leader=lambda: self.coordinator.leader))
         # Children of a running MultiService start as they are added.
-        self.pruner = Pruner(self.store, self.reactor, self.settings.event_retention,
-                             leader=lambda: self.coordinator.leader)
+        self.pruner = event_pruner(self.store.events, self.reactor,
+                                   self.settings.event_retention,
+                                   leader=lambda: self.coordinator.leader)
         jobs += [self.events, self.pruner]  # issue 14: the live event stream
         for job in jobs:
             job.setServiceParent(self)
