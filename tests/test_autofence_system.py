@@ -19,6 +19,7 @@ from twisted.internet import reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from powerctl.drivers.interface import Timing
 from powerctl.power import PowerState
 from powerctl.sim.ipmi import Faults
 from tests.pg import DatabaseMixin
@@ -28,6 +29,8 @@ from tests.test_fence_system import FenceRig
 NODES = ("n1", "n2", "n3", "n4")
 REGION = {"responsive_grace": 0.5, "auto_fence_interval": 0.2}
 PSERV = {"poll_interval": 0.3}
+#: A silent BMC costs a poll 0.3 s (one try: UDP on loopback is not lost).
+TIMING = Timing(timeout=0.3, retries=0, backoff=0.1, verify_timeout=5.0, poll_interval=0.05)
 POLICY = {"enabled": True, "grace": 1, "window": 600, "storm_share": 0.5,
           "max_per_window": 5}
 
@@ -36,6 +39,7 @@ class AutoFenceSystemTests(FenceRig, SystemMixin, DatabaseMixin, unittest.TestCa
     timeout = 60
     nodes = ()
     bmcs = len(NODES)
+    timing = TIMING
     outlets_initial = "on"
 
     async def setup_cluster(self):

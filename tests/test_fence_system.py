@@ -36,17 +36,18 @@ class FenceRig:
     The simulators and agents of the fencing system tests (a mixin for a
     ``SystemMixin`` test case; tests/test_autofence_system.py uses it too):
     ``bmcs`` IPMI BMCs, powered on, and one SNMP PDU whose outlets start as
-    ``outlets_initial``.
+    ``outlets_initial``; the drivers run under ``timing``.
     """
 
     bmcs = 2
     outlets_initial = "on,on,on,off,on,off,off,off"
+    timing = FAST
 
     def make_catalogue(self):
         base = catalogue()
         return DriverCatalogue([base.get(name) for name in base.names] + [
-            SnmpDriverType(clock=reactor, timing=FAST),
-            IpmiDriverType(reactor, timing=FAST)])
+            SnmpDriverType(clock=reactor, timing=self.timing),
+            IpmiDriverType(reactor, timing=self.timing)])
 
     async def start(self, region=None, pserv=None):
         """The simulators, then a region and a pserv (their settings, if given)."""
