@@ -29,6 +29,11 @@ class DecideTests(unittest.TestCase):
         nodes = [NodeHealth("a", nonresponsive_since=0.0, fence_open=True)] + healthy(9)
         self.assertEqual(decide(ON, 1000.0, nodes, []).fence, ())
 
+    def test_a_node_fenced_already_is_not_fenced_again(self):
+        # fenced through its PDU, its BMC went dark with it: still down
+        nodes = [NodeHealth("a", nonresponsive_since=0.0, fenced=True)] + healthy(9)
+        self.assertEqual(decide(ON, 1000.0, nodes, []).fence, ())
+
     def test_half_the_cluster_down_at_once_is_a_storm(self):
         nodes = [NodeHealth(f"d{i}", nonresponsive_since=100.0) for i in range(6)] + healthy(4)
         decision = decide(ON, 200.0, nodes, [])
@@ -79,7 +84,7 @@ class PolicyTests(unittest.TestCase):
 _node = st.builds(
     NodeHealth, name=st.text("abcdef", min_size=1, max_size=4),
     nonresponsive_since=st.one_of(st.none(), st.floats(0, 1000)),
-    fence_open=st.booleans())
+    fence_open=st.booleans(), fenced=st.booleans())
 
 
 class DecideProperties(unittest.TestCase):
@@ -95,8 +100,9 @@ class DecideProperties(unittest.TestCase):
         for n in nodes:
             by_name.setdefault(n.name, []).append(n)
         for name in decision.fence:
-            # only nodes down past their grace and without an open fence
-            self.assertTrue(any(n.nonresponsive_since is not None and not n.fence_open
+            # only nodes down past their grace, without an open fence, not fenced
+            self.assertTrue(any(n.nonresponsive_since is not None
+                                and not (n.fence_open or n.fenced)
                                 and now - n.nonresponsive_since >= 60 for n in by_name[name]))
         spent = sum(1 for t in started if now - t < 300)
         self.assertLessEqual(len(decision.fence) + spent, max(limit, spent))

@@ -82,6 +82,39 @@ class AutoFenceTests(StoreTestCase):
         self.assertEqual(await fencer.fence_once(), [])  # its fence is open
         self.assertEqual(fencer.stats()["c1"].fences, 1)
 
+    async def test_a_node_fenced_already_is_not_fenced_again_until_switched_on(self):
+        # Fenced through its PDU, its BMC is dark: it stays non-responsive.
+        await self.nodes(4)
+        await self.store.auto_fence.set_policy("c1", dict(ON, max_per_window=5))
+        await self.down("n1", 100)
+        fencer = self.fencer()
+        self.assertEqual(await fencer.fence_once(), ["n1"])
+        await self.pool.runOperation("UPDATE power_ops SET state = 'succeeded'")
+        await self.pool.runOperation("UPDATE nodes SET power_state = 'off'")
+        await self.down("n1", 100)  # down again, a new outage past its grace
+        self.assertEqual(await fencer.fence_once(), [])
+        self.assertEqual(await self.fences(), [("n1", "auto-fence", "succeeded")])
+        # a failed fence does not count: n2's is tried again
+        await self.down("n2", 100)
+        self.assertEqual(await fencer.fence_once(), ["n2"])
+        await self.pool.runOperation("UPDATE power_ops SET state = 'failed' WHERE node = 'n2'")
+        self.assertEqual(await fencer.fence_once(), ["n2"])
+        await self.pool.runOperation("UPDATE power_ops SET state = 'failed' WHERE node = 'n2'")
+        # switched on since (requested, whatever became of it): fenced again
+        await self.store.ops.request("n1", "on", "alice")
+        await self.pool.runOperation("UPDATE power_ops SET state = 'failed' WHERE action = 'on'")
+        self.assertEqual(sorted(await fencer.fence_once()), ["n1", "n2"])
+
+    async def test_a_node_seen_on_after_its_fence_is_fenced_again(self):
+        await self.nodes(4)
+        await self.store.auto_fence.set_policy("c1", ON)
+        await self.down("n1", 100)
+        fencer = self.fencer()
+        self.assertEqual(await fencer.fence_once(), ["n1"])
+        await self.pool.runOperation("UPDATE power_ops SET state = 'succeeded'")
+        # power_state is still "on" (what nodes() recorded): not proven off
+        self.assertEqual(await fencer.fence_once(), ["n1"])
+
     async def test_nothing_is_fenced_in_a_storm(self):
         await self.nodes(4)
         await self.store.auto_fence.set_policy("c1", ON)

@@ -31,26 +31,35 @@ from tests.system import SystemMixin, catalogue, free_port, wait_until
 FAST = Timing(timeout=0.5, retries=1, backoff=0.1, verify_timeout=5.0, poll_interval=0.05)
 
 
-class FenceSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
-    timeout = 90
-    nodes = ()
+class FenceRig:
+    """
+    The simulators and agents of the fencing system tests (a mixin for a
+    ``SystemMixin`` test case; tests/test_autofence_system.py uses it too):
+    ``bmcs`` IPMI BMCs, powered on, and one SNMP PDU whose outlets start as
+    ``outlets_initial``; the drivers run under ``timing``.
+    """
+
+    bmcs = 2
+    outlets_initial = "on,on,on,off,on,off,off,off"
+    timing = FAST
 
     def make_catalogue(self):
         base = catalogue()
         return DriverCatalogue([base.get(name) for name in base.names] + [
-            SnmpDriverType(clock=reactor, timing=FAST),
-            IpmiDriverType(reactor, timing=FAST)])
+            SnmpDriverType(clock=reactor, timing=self.timing),
+            IpmiDriverType(reactor, timing=self.timing)])
 
-    async def start(self):
-        self.bmc = ipmi_sim.start(reactor, {"count": 2, "latency": 0.002, "power": "on",
-                                            "username": "admin", "password": "pw"})
+    async def start(self, region=None, pserv=None):
+        """The simulators, then a region and a pserv (their settings, if given)."""
+        self.bmc = ipmi_sim.start(reactor, {"count": self.bmcs, "latency": 0.002,
+                                            "power": "on", "username": "admin",
+                                            "password": "pw"})
         self.addCleanup(self.bmc.stop)
         self.pdu = await snmp_sim.start(reactor, snmp_sim.SimOptions(
-            family="apc-rpdu", outlets=8, initial="on,on,on,off,on,off,off,off",
-            switch_delay=0.05))
+            family="apc-rpdu", outlets=8, initial=self.outlets_initial, switch_delay=0.05))
         self.addCleanup(self.pdu.stop)
-        await self.start_region()
-        await self.start_pserv()
+        await self.start_region(**(region or {}))
+        await self.start_pserv(**(pserv or {}))
         await wait_until(self.connected_pservs)
 
     def ipmi(self, port, label=None):
@@ -68,12 +77,17 @@ class FenceSystemTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             agent["label"] = label
         return agent
 
+    def outlet_sets(self, *outlets):
+        return [s for s in self.pdu.sets if s[0] in outlets]
+
+
+class FenceSystemTests(FenceRig, SystemMixin, DatabaseMixin, unittest.TestCase):
+    timeout = 90
+    nodes = ()
+
     async def fence(self, node):
         op = await self.power(node, "fence")
         return await self.wait_op(op["id"], timeout=30)
-
-    def outlet_sets(self, *outlets):
-        return [s for s in self.pdu.sets if s[0] in outlets]
 
     async def test_single_device_then_coalesced(self):
         await self.start()

@@ -177,6 +177,38 @@ class FailureTests(PollerSetup, unittest.TestCase):
             self.assertEqual((states[node]["error"], states[node]["error_kind"]),
                              ("PDU 10.0.0.9 does not answer", "unreachable"))
 
+    def test_a_state_only_a_later_level_gave_is_a_failed_poll(self):
+        # issue 13: level 1 (the BMC) dead, level 2 (the outlet) on: the
+        # region must count a failed poll, or the node never turns
+        # non-responsive and is never fenced automatically
+        from powerctl.drivers.errors import UnreachableError
+
+        self.executor.configure("n1", {"levels": [
+            {"agents": [{"driver": "fake", "label": "bmc", "params": {"device": "bmc1"}}]},
+            {"agents": [{"driver": "snmp", "label": "pdu",
+                         "params": {"host": "10.0.0.1", "outlet": 1}}]}]})
+        self.executor.configure("n2", {"levels": [
+            {"agents": [{"driver": "fake", "params": {"device": "bmc2"}}]},
+            {"agents": [{"driver": "snmp", "params": {"host": "10.0.0.1", "outlet": 2}}]}]})
+        self.bmcs.device("bmc1").failure = UnreachableError("BMC bmc1 does not answer")
+        self.pdus.device(("10.0.0.1", 1)).state = PowerState.ON
+        self.bmcs.device("bmc2").state = PowerState.ON
+        states = self.poll()
+        self.assertEqual((states["n1"]["state"], states["n1"]["error_kind"]), ("on", "unreachable"))
+        self.assertRegex(states["n1"]["error"],
+                         r"^level 1 did not answer \(the state is level 2's\): .*bmc1 does not")
+        self.assertEqual(states["n2"], {"node": "n2", "state": "on", "error": ""})
+
+    def test_a_level_that_cannot_query_by_design_is_no_failed_poll(self):
+        from powerctl.drivers.errors import UnsupportedError
+
+        self.executor.configure("n1", {"levels": [
+            {"agents": [{"driver": "fake", "params": {"device": "hook"}}]},
+            {"agents": [{"driver": "snmp", "params": {"host": "10.0.0.1", "outlet": 1}}]}]})
+        self.bmcs.device("hook").failure = UnsupportedError("no query_url, cannot query")
+        self.pdus.device(("10.0.0.1", 1)).state = PowerState.ON
+        self.assertEqual(self.poll()["n1"], {"node": "n1", "state": "on", "error": ""})
+
     def test_an_outlet_the_pdu_does_not_report_reads_unknown(self):
         self.executor.configure("n1", outlet("10.0.0.1", 1))
         self.pdus.query_outlets = lambda settings, outlets: defer.succeed({})

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from powerctl.power import Action, PowerState
 from powerctl.powerdoc import agent_list
 from powerctl.pserv.lockout import agent_key
-from powerctl.registry import PowerAction
+from powerctl.registry import Outcome, PowerAction
 
 
 class Poller(TimerService):
@@ -74,7 +74,7 @@ class Poller(TimerService):
                  if not self.registry.busy(n) and self.executor.queryable(n)]
         pdus, singles = self._group(nodes)
         work = [self._slots.run(self._query, n)
-                .addCallbacks(lambda o, n=n: {n: o.state}, lambda f, n=n: {n: f})
+                .addCallbacks(lambda o, n=n: {n: o}, lambda f, n=n: {n: f})
                 for n in singles]
         work += [self._slots.run(self._query_pdu, *pdu) for pdu in pdus.values()]
         return defer.gatherResults(work).addCallback(self._report, epoch)
@@ -139,8 +139,39 @@ class Poller(TimerService):
                                    "error": value.getErrorMessage()[:2000],
                                    "error_kind": getattr(value.value, "kind", "error")})
                 else:
-                    state = value.value if value is not None else PowerState.UNKNOWN.value
-                    states.append({"node": node, "state": state, "error": ""})
+                    states.append(_answered(node, value))
         # Keep each AMP value well under 64 KiB.
         batches = [states[i:i + 200] for i in range(0, len(states), 200)]
         return defer.DeferredList([self.link.send_states(b, epoch) for b in batches])
+
+
+def _answered(node, value):
+    """
+    The report of a node whose query answered: ``value`` is an
+    :class:`~powerctl.registry.Outcome` (queried through the registry) or
+    a ``PowerState`` (an outlet read in a PDU batch; None if not reported).
+
+    When only a later level answered because an earlier one did not (level
+    1, the BMC, is dead; level 2, the PDU outlet, says on), the state is
+    reported *with an error*: the region counts it as a failed poll, so a
+    node whose BMC stops answering still turns non-responsive (and may be
+    fenced automatically, issue 13), while the state the outlet gave is
+    kept once it has.
+    """
+    detail = {}
+    if isinstance(value, Outcome):
+        value, detail = value.state, value.detail or {}
+    # A level that cannot query by design (a manual agent, a webhook without
+    # query_url) fails as "unsupported" every time: not a device gone quiet.
+    failed = [f for f in detail.get("failed_levels", ())
+              if any(d.get("error_kind") not in (None, "unsupported")
+                     for d in f.get("devices", ()))]
+    row = {"node": node, "state": value.value if value is not None else PowerState.UNKNOWN.value,
+           "error": ""}
+    if failed:
+        first, level = failed[0], detail.get("level")
+        kinds = {d.get("error_kind") for d in first.get("devices", ()) if d.get("error_kind")}
+        row["error"] = (f"level {first['level']} did not answer (the state is level"
+                        f" {level}'s): {first.get('reason', '')}")[:2000]
+        row["error_kind"] = kinds.pop() if len(kinds) == 1 else "error"
+    return row

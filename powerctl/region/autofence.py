@@ -17,7 +17,9 @@ the hosts:
 
 A node with an open fence (automatic or manual) is never fenced again: the
 region journals at most one fence per node at a time, and a manual request
-supersedes an automatic one as any newer request does.
+supersedes an automatic one as any newer request does.  Nor is a node
+already fenced (its last fence succeeded, nothing switched it on since),
+though it may stay non-responsive: its BMC may have gone dark with it.
 
 The module is pure: :func:`decide` takes what the region read from the
 journal and the clock's time, and returns a :class:`Decision`.
@@ -124,11 +126,18 @@ class NodeHealth:
     :param nonresponsive_since: when it became non-responsive (clock
         seconds), or None while it is responsive.
     :param fence_open: whether a fence of it is pending or running.
+    :param fenced: whether it is fenced already: its last fence succeeded
+        and nothing switched it on since (no ``on``/``cycle`` requested, not
+        seen on).  Fenced through its PDU, a node's BMC loses power too and
+        the node stays non-responsive; fencing it again every ``grace``
+        would only fill the journal and spend the rate limit that other
+        nodes may need.
     """
 
     name: str
     nonresponsive_since: float | None = None
     fence_open: bool = False
+    fenced: bool = False
 
 
 @attrs.frozen
@@ -166,7 +175,8 @@ def decide(policy, now, nodes, started):
     if recent > policy.storm_share * len(nodes):
         return Decision(storm=True, recent=recent, total=len(nodes))
     due = sorted((n for n in down
-                  if not n.fence_open and now - n.nonresponsive_since >= policy.grace),
+                  if not (n.fence_open or n.fenced)
+                  and now - n.nonresponsive_since >= policy.grace),
                  key=lambda n: (n.nonresponsive_since, n.name))
     spent = sum(1 for t in started if now - t < policy.window)
     room = max(0, policy.max_per_window - spent)

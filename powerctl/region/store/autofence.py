@@ -7,6 +7,7 @@ import json
 
 from powerctl.region.autofence import AutoFencePolicy, NodeHealth
 from powerctl.region.errors import InvalidInput, NotFound
+from powerctl.region.fencing import SWITCHING_ON
 from powerctl.region.store.base import OPEN_SQL, KindStore, transaction
 
 #: The requester of the fences automatic fencing journals.
@@ -55,15 +56,21 @@ class AutoFenceStore(KindStore):
         """
         ``(now, [NodeHealth], started)`` of ``cluster``, in the database's
         seconds: its nodes (when each turned non-responsive, whether a fence
-        of it is open) and when the automatic fences of the last ``window``
+        of it is open, whether it is fenced already) and when the automatic fences of the last ``window``
         seconds were requested.
         """
         now = (await tx.row("SELECT extract(epoch FROM now()) AS now"))["now"]
         rows = await tx.rows(
             "SELECT name, extract(epoch FROM nonresponsive_since) AS since,"
             " EXISTS (SELECT 1 FROM power_ops o WHERE o.node = nodes.name"
-            f"   AND o.action = 'fence' AND o.state IN {OPEN_SQL}) AS fence_open"
-            " FROM nodes WHERE cluster = %s ORDER BY name", (cluster,))
+            f"   AND o.action = 'fence' AND o.state IN {OPEN_SQL}) AS fence_open,"
+            # fenced: of its succeeded fences and on/cycle requests, the last
+            # is a fence, and it was not seen on since
+            " power_state IS DISTINCT FROM 'on' AND COALESCE((SELECT l.action = 'fence'"
+            "   FROM power_ops l WHERE l.node = nodes.name AND (l.action IN %s"
+            "   OR (l.action = 'fence' AND l.state = 'succeeded'))"
+            "   ORDER BY l.id DESC LIMIT 1), false) AS fenced"
+            " FROM nodes WHERE cluster = %s ORDER BY name", (SWITCHING_ON, cluster))
         started = await tx.rows(
             "SELECT extract(epoch FROM o.requested_at) AS at FROM power_ops o"
             " JOIN nodes n ON n.name = o.node WHERE n.cluster = %s AND o.requester = %s"
@@ -71,5 +78,5 @@ class AutoFenceStore(KindStore):
             (cluster, REQUESTER, float(window)))
         return (float(now),
                 [NodeHealth(r["name"], float(r["since"]) if r["since"] is not None else None,
-                            r["fence_open"]) for r in rows],
+                            r["fence_open"], r["fenced"]) for r in rows],
                 [float(r["at"]) for r in started])
