@@ -105,6 +105,14 @@ class Region:
         if owner is None:
             return "gone"
         if owner["owner_epoch"] is None and owner["handoff_epoch"] is None:
+            if not self.directory.for_cluster(owner["cluster"]):
+                # No pserv of the cluster is connected here, so this region
+                # could not send it anyway: the region one is connected to
+                # assigns and dispatches on the NOTIFY of the request (and
+                # the leader's round assigns in any case).  Not assigning
+                # here spares every request a locked round over the cluster
+                # while its pservs are away (or all on other regions).
+                return "pending"
             # A new node (or one whose owner died): assign its cluster now
             # rather than at the leader's next round.
             await self.assign(owner["cluster"])
