@@ -437,6 +437,8 @@ class Region:
         if channel == "assignments":
             self.refresh_cluster(payload)
         elif channel == "power_ops":
+            if not self.directory.all():
+                return  # no pserv here to send it to: another region's
             try:
                 if int(payload) in self._dispatched:
                     return  # ours: already on its way
