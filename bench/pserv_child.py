@@ -119,7 +119,8 @@ async def run_pserv(reactor, args):
             prof.enable()
             await service.poller.poll_once()
             prof.disable()
-            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(12)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
         if not args.sweeps:
             await until_eof(reactor)
         say("end")

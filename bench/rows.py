@@ -259,17 +259,17 @@ async def sweep_rows(reactor, args, kind):
     if kind == "snmp":
         name = f"SNMP sweep s, {args.pdus} PDUs x {args.outlets} ({count})"
         v, b = sweeps[1]["s"], base[1]["s"]
-        out.append(row(name, b, v, v / b, "<= 3 s", v <= 3.0, note + states(sweeps[1])))
+        out.append(row(name, b, v, b / v, "<= 3 s", v <= 3.0, note + states(sweeps[1])))
     else:
         name = f"Redfish sweep s, first, {count} systems"
         v, b = sweeps[0]["s"], base[0]["s"]
-        out.append(row(name, b, v, v / b, "<= 15 s", v <= 15.0, note + states(sweeps[0])))
+        out.append(row(name, b, v, b / v, "<= 15 s", v <= 15.0, note + states(sweeps[0])))
         name = f"Redfish sweep s, next, {count} systems"
         v, b = sweeps[1]["s"], base[1]["s"]
-        out.append(row(name, b, v, v / b, "<= 8 s", v <= 8.0, states(sweeps[1])[2:]))
+        out.append(row(name, b, v, b / v, "<= 8 s", v <= 8.0, states(sweeps[1])[2:]))
     peak = end["peak_mb"]
     out.append(row(f"pserv RSS MB, {count} {kind} nodes (peak)", base[1]["peak_mb"], peak,
-                   peak / base[1]["peak_mb"], "<= 100 MB", peak <= 100.0,
+                   base[1]["peak_mb"] / peak, "<= 100 MB", peak <= 100.0,
                    f"after 2 sweeps; now {end['rss_mb']:.0f} MB; baseline: bare drivers"))
     return out
 
@@ -390,12 +390,18 @@ async def ipmi_row(reactor, args):
                 rss <= 100.0, "no baseline")]
 
 
+#: printed under every table: what the ratio column means
+RATIO = ("ratio: powerctl as a share of the baseline, >= 1 is as good: baseline/powerctl for"
+         " times and memory, powerctl/baseline for rates")
+
+
 def print_table(rows, out=sys.stdout):
     print(f"{'figure':62} {'baseline':>9} {'powerctl':>9} {'ratio':>6}  {'target':10} ok",
           file=out)
     for r in rows:
         print(f"{r['figure'][:62]:62} {r['baseline']:9.2f} {r['value']:9.2f} "
               f"{r['ratio']:6.2f}  {r['target']:10} {'yes' if r['ok'] else 'NO'}", file=out)
+    print(RATIO, file=out)
     for r in rows:
         if r.get("note"):
             print(f"  {r['figure']}: {r['note']}", file=out)
