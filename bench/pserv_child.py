@@ -122,7 +122,20 @@ async def run_pserv(reactor, args):
             pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
             pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
         if not args.sweeps:
+            prof = None
+            if args.profile_sweep:  # serving: profile until the parent is done
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
             await until_eof(reactor)
+            if prof is not None:
+                import pstats
+
+                prof.disable()
+                stats = pstats.Stats(prof, stream=sys.stderr)
+                stats.sort_stats("tottime").print_stats(15)
+                stats.sort_stats("cumulative").print_stats(30)
         say("end")
     finally:
         await service.stopService()
@@ -175,7 +188,8 @@ def main():
     p.add_argument("--expect", type=int, default=0, help="nodes to learn before sweeping")
     p.add_argument("--sweeps", type=int, default=0)
     p.add_argument("--profile-sweep", action="store_true",
-                   help="one more sweep under cProfile, top functions to stderr")
+                   help="one more sweep (or, serving, everything until stdin closes) under "
+                   "cProfile, top functions to stderr")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--agents", help="bare: JSON list of agents")
     p.add_argument("--action", default="query")

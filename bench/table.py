@@ -74,7 +74,7 @@ def run_part(name, argv, timeout):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--api-args", default="", help="extra arguments of bench/api.py")
-    p.add_argument("--part-timeout", type=float, default=420)
+    p.add_argument("--part-timeout", type=float, default=560)
     p.add_argument("rows_args", nargs=argparse.REMAINDER,
                    help="after --: arguments of bench/rows.py")
     args = p.parse_args()
