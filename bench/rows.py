@@ -165,7 +165,11 @@ def write_agents(agents):
 
 
 async def open_ops(harness, ids):
-    """(operations still open, succeeded, seconds since epoch of the last finish)."""
+    """
+    (operations still open, succeeded, seconds since the epoch of the last
+    finish, and of the last start: how long the region took to hand out
+    the last operation).
+    """
     import psycopg2
     from twisted.internet import threads
 
@@ -175,7 +179,8 @@ async def open_ops(harness, ids):
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FILTER (WHERE state IN ('pending', 'running')),"
                             " count(*) FILTER (WHERE state = 'succeeded'),"
-                            " extract(epoch FROM max(finished_at))"
+                            " extract(epoch FROM max(finished_at)),"
+                            " extract(epoch FROM max(started_at))"
                             " FROM power_ops WHERE id = ANY(%s)", (list(ids),))
                 return cur.fetchone()
         finally:
@@ -189,9 +194,9 @@ async def wait_ops(harness, ids, timeout):
 
     deadline = time.monotonic() + timeout
     while True:
-        pending, ok, last = await open_ops(harness, ids)
+        pending, ok, last, last_start = await open_ops(harness, ids)
         if not pending or time.monotonic() > deadline:
-            return pending, ok, float(last or 0)
+            return pending, ok, float(last or 0), float(last_start or 0)
         await task.deferLater(reactor, 0.2, lambda: None)
 
 
@@ -315,7 +320,7 @@ async def replay_row(reactor, args):
                                  *(("--profile-sweep",) if args.profile else ())))
         try:
             started = (await pserv.until("started", 60), time.time())[1]
-            pending, ok, last = await wait_ops(harness, ids, args.timeout)
+            pending, ok, last, last_start = await wait_ops(harness, ids, args.timeout)
             rss = pserv.rss_mb()
         finally:
             pserv.close()
@@ -329,7 +334,8 @@ async def replay_row(reactor, args):
     ratio = base["s"] / took if took > 0 else 0.0
     return [row(f"replay of {n} open ops after restart s (Redfish, {args.switch_delay:g} s"
                 " switch)", base["s"], took, ratio, ">= 0.8 x", ratio >= 0.8 and not pending,
-                f"{ok} succeeded, {pending} still open; pserv RSS {rss:.0f} MB; "
+                f"{ok} succeeded, {pending} still open; last one started after "
+                f"{last_start - started:.1f} s; pserv RSS {rss:.0f} MB; "
                 f"bare failures {base['failed']}")]
 
 
@@ -376,7 +382,7 @@ async def ipmi_row(reactor, args):
             answered = time.time() - started
             ids = [op["id"] for op in body["operations"]] if "operations" in body \
                 else body["ids"]
-            pending, ok, last = await wait_ops(harness, ids, args.timeout)
+            pending, ok, last, last_start = await wait_ops(harness, ids, args.timeout)
             rss = pserv.rss_mb()
         finally:
             pserv.close()
@@ -393,6 +399,7 @@ async def ipmi_row(reactor, args):
                 base["s"], took, ratio,
                 ">= 0.9 x", ratio >= 0.9 and not pending,
                 f"{ok} succeeded, {pending} open; request answered in {answered:.2f} s; "
+                f"last one started after {last_start - started:.1f} s; "
                 f"bare failures {base['failed']}"),
             row(f"pserv RSS MB, {n} ipmi nodes after power-on", 0.0, rss, 0.0, "<= 100 MB",
                 rss <= 100.0, "no baseline")]
