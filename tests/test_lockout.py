@@ -137,6 +137,23 @@ class RegionHeldLockoutTests(unittest.TestCase):
         self.guard.release("n1")
         self.assertIsNone(self.guard.refusal("k"))
 
+    def test_a_node_s_listing_and_forgetting_touch_that_node_only(self):
+        # The guard finds a node's agents through a per-node index (a
+        # recovery syncs every node); the other node's hold must stay.
+        self.lock()
+        self.guard.acknowledged("n1", 0, 1)
+        self.guard.acknowledged("n2", 0, 2)
+        self.guard.register("n1", 1, "k")  # a second agent of n1, same account
+        self.assertEqual(self.guard.held("n2"), {0: 2})
+        self.guard.sync("n1", {}, self.guard.generation())  # n1 cleared by the region
+        self.assertEqual(self.guard.held("n2"), {0: 2})
+        self.assertIsNotNone(self.guard.refusal("k"))
+        self.guard.unregister("n1")
+        self.assertEqual(self.guard.held("n1"), {})
+        self.assertEqual(self.guard.held("n2"), {0: 2})
+        self.guard.sync("n2", {}, self.guard.generation())
+        self.assertIsNone(self.guard.refusal("k"))
+
     def test_a_listing_clears_only_what_the_region_had_acknowledged_before_it(self):
         self.guard.register("n2", 0, "other")
         self.lock()

@@ -88,6 +88,9 @@ class LockoutGuard:
     log: object = attrs.field(factory=Logger, init=False)
     _accounts: dict = attrs.field(factory=dict, init=False)
     _users: dict = attrs.field(factory=dict, init=False)  # (node, agent) -> key
+    #: node -> its agents in ``_users``: a recovery syncs every node, and a
+    #: walk over all users for each made learning 10,000 nodes quadratic
+    _agents: dict = attrs.field(factory=dict, init=False)
     _generation: int = attrs.field(default=0, init=False)
 
     def _account(self, key):
@@ -105,11 +108,17 @@ class LockoutGuard:
             # New credentials: whatever held the old ones does not apply.
             self._drop(old, [(node, agent)])
         self._users[(node, agent)] = key
+        self._agents.setdefault(node, set()).add(agent)
 
     def unregister(self, node):
         """``node`` is not driven here any more (its lock-outs stay with the region)."""
-        for user in [u for u in self._users if u[0] == node]:
+        for agent in sorted(self._agents.pop(node, ())):
+            user = (node, agent)
             self._drop(self._users.pop(user), [user], release=False)
+
+    def _users_of_node(self, node):
+        """``[((node, agent), key)]`` for ``node``'s agents: no walk over every node."""
+        return [((node, a), self._users[(node, a)]) for a in sorted(self._agents.get(node, ()))]
 
     def _users_of(self, key):
         return sorted(u for u, k in self._users.items() if k == key)
@@ -158,8 +167,8 @@ class LockoutGuard:
 
     def release(self, node, agent=None):
         """An operator cleared ``node``'s lock-out (every agent's, or ``agent``'s)."""
-        for (n, a), key in list(self._users.items()):
-            if n == node and (agent is None or a == agent):
+        for (n, a), key in self._users_of_node(node):
+            if agent is None or a == agent:
                 # (None, None): locked while no node used the credentials (a
                 # call that ended after its node was forgotten)
                 self._drop(key, [(n, a), (None, None)])
@@ -172,8 +181,8 @@ class LockoutGuard:
         """
         for agent, lockout_id in listed.items():
             self.hold(node, agent, lockout_id)
-        for (n, a), key in list(self._users.items()):
-            if n != node or a in listed:
+        for (n, a), key in self._users_of_node(node):
+            if a in listed:
                 continue
             account = self._accounts.get(key)
             if account is None or (n, a) not in account.held:
@@ -184,9 +193,9 @@ class LockoutGuard:
     def held(self, node):
         """Agents of ``node`` held locked out (agent -> region id or None)."""
         out = {}
-        for (n, a), key in self._users.items():
+        for (n, a), key in self._users_of_node(node):
             account = self._accounts.get(key)
-            if n == node and account is not None and account.held:
+            if account is not None and account.held:
                 out[a] = account.held.get((n, a))
         return out
 

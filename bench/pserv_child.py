@@ -1,0 +1,213 @@
+"""
+The measured process of bench/rows.py, in a child of its own: either a
+real pserv (``pserv``: :class:`PservService` built as ``twistd pserv``
+builds it, connected to the bench's region) or the bare drivers
+(``bare``: the same standard catalogue, each agent's driver called
+directly with the same concurrency, no registry, region or database).
+
+Reports JSON lines on stdout (``{"event": ..., "s": seconds, "rss_mb":
+...}``) and, once its work is done, stops; a ``pserv`` without
+``--sweeps`` serves until its stdin closes.
+
+    python bench/pserv_child.py pserv --rpc tcp:host=127.0.0.1:port=N \\
+        --secret-file F --cluster c [--expect 10000 --sweeps 2]
+    python bench/pserv_child.py bare --agents agents.json --action query \\
+        [--pdu] [--concurrency 32] [--rounds 2]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from powerctl import reactor as reactor_choice  # noqa: E402
+
+
+def rss_mb():
+    """(resident MB now, peak resident MB) of this process, from /proc."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, kb = line.split()[:2]
+                values[key] = int(kb) / 1024
+    return values.get("VmRSS:", 0.0), values.get("VmHWM:", 0.0)
+
+
+def say(event, **fields):
+    rss, peak = rss_mb()
+    print(json.dumps(dict(event=event, rss_mb=round(rss, 1), peak_mb=round(peak, 1),
+                          **fields)), flush=True)
+
+
+def settings_from(args):
+    from powerctl.config import PservConfig
+
+    return PservConfig(name="bench-pserv", cluster=args.cluster, secret_file=args.secret_file,
+                       poll_interval=3600, poll_concurrency=args.concurrency,
+                       max_actions=args.max_actions, regions=(args.rpc,))
+
+
+def catalogue_for(reactor, settings):
+    """The catalogue ``PservService.from_config`` builds, for the bare drivers too."""
+    from powerctl.drivers.bmclimit import BmcLimits
+    from powerctl.drivers.standard import standard_catalogue
+
+    return standard_catalogue(reactor, manual_timeout=settings.manual_timeout or None,
+                              user_agent=f"powerctl-pserv/{settings.name}",
+                              bmc_limits=BmcLimits(settings.bmc_max_sessions,
+                                                   settings.bmc_min_interval))
+
+
+async def until_eof(reactor):
+    from twisted.internet import defer, stdio
+    from twisted.internet.protocol import Protocol
+
+    done = defer.Deferred()
+
+    class Eof(Protocol):
+        def connectionLost(self, reason):
+            done.called or done.callback(None)
+
+    stdio.StandardIO(Eof(), reactor=reactor)
+    await done
+
+
+async def run_pserv(reactor, args):
+    from twisted.internet import task
+
+    from powerctl.pserv.service import PservService
+
+    settings = settings_from(args)
+    service = PservService.from_config(settings, reactor)
+    started = time.perf_counter()
+    service.startService()
+    say("started")
+    try:
+        if args.expect:
+            # connected: recovery done (nodes are learnt during it, before)
+            while (len(service.executor.known_nodes()) < args.expect
+                   or not service.link.connected):
+                if time.perf_counter() - started > args.timeout:
+                    say("timeout", known=len(service.executor.known_nodes()))
+                    return
+                await task.deferLater(reactor, 0.05, lambda: None)
+            say("known", s=time.perf_counter() - started)
+        sent = {}
+        send_states = service.link.send_states
+
+        def counting(states, epoch):
+            for s in states:
+                sent[s["state"]] = sent.get(s["state"], 0) + 1
+            return send_states(states, epoch)
+
+        service.link.send_states = counting  # counts what each sweep reports
+        for n in range(args.sweeps):
+            sent.clear()
+            t = time.perf_counter()
+            await service.poller.poll_once()
+            say("sweep", s=time.perf_counter() - t, n=n, states=dict(sent),
+                epoch=service.link.epoch, connected=service.link.connected)
+        if args.profile_sweep:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.enable()
+            await service.poller.poll_once()
+            prof.disable()
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
+        if not args.sweeps:
+            prof = None
+            if args.profile_sweep:  # serving: profile until the parent is done
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
+            await until_eof(reactor)
+            if prof is not None:
+                import pstats
+
+                prof.disable()
+                stats = pstats.Stats(prof, stream=sys.stderr)
+                stats.sort_stats("tottime").print_stats(15)
+                stats.sort_stats("cumulative").print_stats(30)
+        say("end")
+    finally:
+        await service.stopService()
+
+
+async def run_bare(reactor, args):
+    from twisted.internet import defer
+
+    from powerctl.drivers.interface import perform
+
+    settings = settings_from(args)
+    catalogue = catalogue_for(reactor, settings)
+    with open(args.agents) as f:
+        agents = json.load(f)
+    gate = defer.DeferredSemaphore(args.concurrency)
+    if args.pdu:
+        # what the poller does for single-outlet SNMP nodes: one read per PDU
+        driver_type = catalogue.get("snmp")
+        pdus = {}
+        for agent in agents:
+            s = catalogue.validate("snmp", agent["params"])
+            key = json.dumps({k: v for k, v in s.items() if k != "outlet"}, sort_keys=True)
+            pdus.setdefault(key, (s, []))[1].append(s["outlet"])
+        jobs = [lambda s=s, o=o: driver_type.query_outlets(s, sorted(o))
+                for s, o in pdus.values()]
+    else:
+        drivers = [catalogue.build(a["driver"], a["params"]) for a in agents]
+        jobs = [lambda d=d: perform(d, args.action) for d in drivers]
+    say("started")
+    try:
+        for n in range(args.rounds):
+            t = time.perf_counter()
+            results = await defer.DeferredList([gate.run(job) for job in jobs],
+                                               consumeErrors=True)
+            failed = [r for ok, r in results if not ok]
+            say("round", s=time.perf_counter() - t, n=n, failed=len(failed),
+                first_error=failed[0].getErrorMessage()[:200] if failed else "")
+    finally:
+        await catalogue.close()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=("pserv", "bare"))
+    p.add_argument("--rpc", default="tcp:host=127.0.0.1:port=5250")
+    p.add_argument("--secret-file", default="/dev/null")
+    p.add_argument("--cluster", default="c")
+    p.add_argument("--concurrency", type=int, default=32, help="poll concurrency")
+    p.add_argument("--max-actions", type=int, default=64)
+    p.add_argument("--expect", type=int, default=0, help="nodes to learn before sweeping")
+    p.add_argument("--sweeps", type=int, default=0)
+    p.add_argument("--profile-sweep", action="store_true",
+                   help="one more sweep (or, serving, everything until stdin closes) under "
+                   "cProfile, top functions to stderr")
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--agents", help="bare: JSON list of agents")
+    p.add_argument("--action", default="query")
+    p.add_argument("--pdu", action="store_true", help="bare: one read per PDU")
+    p.add_argument("--rounds", type=int, default=1)
+    args = p.parse_args()
+    reactor = reactor_choice.install()
+    from twisted.internet import defer
+
+    def go():
+        run = run_pserv if args.what == "pserv" else run_bare
+        d = defer.ensureDeferred(run(reactor, args))
+        d.addErrback(lambda f: print(f.getTraceback(), file=sys.stderr))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
