@@ -89,6 +89,21 @@ class ClusterStore(KindStore):
         return [plain(r) for r in rows]
 
     @transaction
+    async def serving(self, tx, node):
+        """
+        ``(cluster, [live pserv name, ...])`` for ``node``'s cluster, or
+        None when there is no such node (deleted meanwhile): what a power
+        request's answer says about who will run it.
+        """
+        row = await tx.row("SELECT cluster FROM nodes WHERE name = %s", (node,))
+        if row is None:
+            return None
+        rows = await tx.rows(
+            f"SELECT name FROM pservs WHERE cluster = %s AND {self._live()} ORDER BY name",
+            (row["cluster"], self.heartbeat_timeout))
+        return row["cluster"], [r["name"] for r in rows]
+
+    @transaction
     async def list(self, tx):
         """
         Every cluster with its node count, running operations and pservs
