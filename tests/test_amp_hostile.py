@@ -10,7 +10,7 @@ Clock: the authentication timeout is advanced to the tick, not waited for.
 """
 
 import psycopg2
-from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import address, defer, endpoints, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial import unittest
@@ -18,6 +18,7 @@ from twisted.trial import unittest
 from powerctl.pserv.core import Pserv
 from powerctl.pserv.executor import DriverExecutor
 from powerctl.pserv.link import PservProtocol, RegionLink
+from powerctl.region import peers
 from powerctl.region.core import Region
 from powerctl.region.rpc import RegionProtocol
 from powerctl.registry import PowerActionRegistry
@@ -152,8 +153,9 @@ class AuthTimeoutTests(unittest.TestCase):
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
-    def client(self):
-        pair = connect(RegionProtocol(self.region), Client(), self.clock)
+    def client(self, host="10.0.0.7"):
+        pair = connect(RegionProtocol(self.region), Client(), self.clock,
+                       peer=address.IPv4Address("TCP", host, 40000))
         self.addCleanup(lambda: pair.disconnect() if pair.connected else None)
         return pair
 
@@ -184,6 +186,71 @@ class AuthTimeoutTests(unittest.TestCase):
         self.assertFalse(talker.client.lost.called)
         self.assertEqual(self.answer(talker, talker.client.callRemote(
             commands.Register, cluster="c1", name="x", version="t", instance="i"))["epoch"], 1)
+
+
+    def test_unauthenticated_connections_are_limited_per_address(self):
+        limit = peers.MAX_PER_ADDRESS
+        silent = [self.client() for _ in range(limit)]
+        pending = self.region.pending_peers
+        host = "10.0.0.7"
+        self.assertEqual(pending.pending(host), limit)
+        # the next ones from that address are closed at once, logged once
+        over = [self.client() for _ in range(3)]
+        for pair in over:
+            pair.flush()
+            self.assertTrue(pair.client.lost.called)
+        lines = [formatEvent(e) for e in self.events
+                 if "connections that have not authenticated" in formatEvent(e)]
+        self.assertEqual(len(lines), 1)
+        self.assertIn(f"holds {limit} connections", lines[0])
+        self.assertEqual(pending.pending(host), limit)  # the refused ones never counted
+        self.assertFalse(silent[0].client.lost.called)
+        other = self.client("10.0.0.8")  # another address is not held up
+        other.flush()
+        self.assertFalse(other.client.lost.called)
+        self.assertEqual(pending.pending("10.0.0.8"), 1)
+        # one that authenticates frees its place at once (and is served)
+        pair = silent[0]
+        challenge = self.answer(pair, pair.client.callRemote(commands.Challenge))
+        self.answer(pair, pair.client.callRemote(
+            commands.Authenticate, proof=auth.proof(SECRET, challenge["nonce"]),
+            nonce=auth.new_nonce()))
+        self.assertEqual(pending.pending(host), limit - 1)
+        admitted = self.client()
+        admitted.flush()
+        self.assertFalse(admitted.client.lost.called)
+        # the timeout closes the silent ones, and nothing stays counted
+        self.clock.advance(RegionProtocol.auth_timeout)
+        for p in silent[1:] + [admitted]:
+            p.flush()
+            self.assertTrue(p.client.lost.called)
+        self.assertEqual(pending.pending(host), 0)
+        self.assertFalse(pair.client.lost.called)
+        # under the limit again: a later flood is logged again
+        for _ in range(limit + 1):
+            self.client()
+        lines = [formatEvent(e) for e in self.events
+                 if "connections that have not authenticated" in formatEvent(e)]
+        self.assertEqual(len(lines), 2)
+
+    def test_the_limit_is_per_address(self):
+        pending = peers.PendingPeers(limit=2)
+        self.assertTrue(pending.admit("10.0.0.1"))
+        self.assertTrue(pending.admit("10.0.0.1"))
+        self.assertFalse(pending.admit("10.0.0.1"))
+        self.assertTrue(pending.first_refusal("10.0.0.1"))
+        self.assertFalse(pending.first_refusal("10.0.0.1"))
+        self.assertTrue(pending.admit("10.0.0.2"))  # another address is not held up
+        pending.leave("10.0.0.1")
+        self.assertEqual(pending.pending("10.0.0.1"), 1)
+        self.assertTrue(pending.admit("10.0.0.1"))
+        self.assertFalse(pending.admit("10.0.0.1"))
+        self.assertTrue(pending.first_refusal("10.0.0.1"))  # it went under the limit since
+        for _ in range(2):
+            pending.leave("10.0.0.1")
+        pending.leave("10.0.0.2")
+        self.assertEqual((pending.pending("10.0.0.1"), pending.pending("10.0.0.2")), (0, 0))
+        self.assertEqual(pending._count, {})
 
 
 class PservSideTests(unittest.TestCase):

@@ -67,7 +67,9 @@ class PservDirectory:
 class RegionProtocol(amp.AMP):
     """
     One pserv's connection to this region.  A peer that has not
-    authenticated within :attr:`auth_timeout` seconds is disconnected.
+    authenticated within :attr:`auth_timeout` seconds is disconnected, and
+    an address holding :data:`powerctl.region.peers.MAX_PER_ADDRESS`
+    unauthenticated connections has the next ones closed at once.
     """
 
     log = Logger()
@@ -87,10 +89,28 @@ class RegionProtocol(amp.AMP):
         self.last_heard = region.clock.seconds()
         self._unknown_nodes = set()  # logged once each
         self._auth_timer = None
+        self._pending_as = None  # the address this connection is counted under, until it authenticates
 
     def connectionMade(self):
         super().connectionMade()
+        peer = self.transport.getPeer()
+        address = getattr(peer, "host", None) or str(peer)
+        pending = self.region.pending_peers
+        if not pending.admit(address):
+            if pending.first_refusal(address):
+                self.log.warn("peer {address} holds {n} connections that have not "
+                              "authenticated: closing its new ones until fewer are pending",
+                              address=address, n=pending.pending(address))
+            self.transport.abortConnection()
+            return
+        self._pending_as = address
         self._auth_timer = self.region.clock.callLater(self.auth_timeout, self._auth_expired)
+
+    def _authenticated_or_gone(self):
+        """This connection no longer counts against its address's pending ones."""
+        if self._pending_as is not None:
+            self.region.pending_peers.leave(self._pending_as)
+            self._pending_as = None
 
     def _auth_expired(self):
         self._auth_timer = None
@@ -150,6 +170,7 @@ class RegionProtocol(amp.AMP):
         self.admission = admission
         self.gate.open = True
         self._stop_auth_timer()
+        self._authenticated_or_gone()
         return {"proof": auth.proof(admission.key, nonce)}
 
     @commands.Register.responder
@@ -308,6 +329,7 @@ class RegionProtocol(amp.AMP):
 
     def connectionLost(self, reason):
         self._stop_auth_timer()
+        self._authenticated_or_gone()
         if self.pserv is not None:  # first: nothing may use a closed connection
             self.region.directory.remove(self)
         super().connectionLost(reason)
