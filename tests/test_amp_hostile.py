@@ -142,6 +142,137 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual(await self.connected_pservs(), [])
 
 
+#: The commands a pserv sends the region, each with hostile but well-formed
+#: arguments: unknown names, stale or absurd ids, values at AMP's size limit.
+BIG = "x" * 60_000
+HOSTILE_CALLS = [
+    (commands.Register, dict(cluster="c9", name="pserv-z", version=BIG, instance="i")),
+    (commands.Register, dict(cluster="", name="", version="", instance="")),
+    (commands.Recover, dict(after_op=-5, after_node=BIG)),
+    (commands.Recover, dict(after_op=2**63, after_node="\u0000")),
+    (commands.ReportOutcome, dict(operation_id=999_999, outcome="succeeded",
+                                  observed_state="on", agent="", error="", coalesced_into=0,
+                                  superseded_by=0, epoch=1)),
+    (commands.ReportOutcome, dict(operation_id=2**63, outcome="bogus", observed_state=BIG,
+                                  agent=BIG[:30000], error="", coalesced_into=-1,
+                                  superseded_by=2**70, epoch=-1)),
+    (commands.ReportPowerState, dict(states=[{"node": "ghost", "state": "on"}], epoch=1)),
+    (commands.ReportPowerState, dict(states={"node": "n1"}, epoch=2**63)),
+    (commands.ReportPowerState, dict(states=["n1", 7, None, {"node": 5, "state": []}],
+                                     epoch=1)),
+    (commands.ReportPowerState, dict(states=[{"node": "y" * 20, "state": "on"}] * 1200,
+                                     epoch=1)),
+    (commands.Heartbeat, dict(actions_in_flight=-1)),
+    (commands.Heartbeat, dict(actions_in_flight=2**63)),
+    (commands.ReleaseNodes, dict(nodes=["ghost", "n1", BIG[:50000]])),
+    (commands.ReleaseNodes, dict(nodes={"n1": True})),
+    (commands.ReleaseLease, dict()),
+]
+
+
+class EveryCommandTests(SystemMixin, DatabaseMixin, unittest.TestCase):
+    """
+    Every command a pserv may send, with unknown names, stale ids, missing
+    and oversized arguments, before and after authentication: each gets
+    one of its declared answers, the connection survives (or is closed on
+    purpose before authentication), no traceback is logged, and the nodes
+    and the journal are untouched.
+    """
+
+    timeout = 120
+
+    def setUp(self):
+        super().setUp()
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    client = RegionSideTests.client
+    authenticate = RegionSideTests.authenticate
+
+    def snapshot(self):
+        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT (SELECT json_agg(n ORDER BY name) FROM nodes n)::text,"
+                           " (SELECT json_agg(o ORDER BY id) FROM power_ops o)::text,"
+                           " (SELECT count(*) FROM pservs), (SELECT count(*) FROM leases)")
+            row = cursor.fetchone()
+        conn.close()
+        return row
+
+    async def outcome(self, p, command, kwargs):
+        """'ok', or the declared error code the region answered."""
+        try:
+            await p.callRemote(command, **kwargs)
+            return "ok"
+        except amp.RemoteAmpError as e:
+            self.fail(f"{command.__name__}: undeclared error {e.errorCode!r}: {e}")
+        except Exception as e:
+            shown = {k: (v if len(repr(v)) < 80 else f"<{len(repr(v))} chars>")
+                     for k, v in kwargs.items()}
+            self.assertIn(type(e), command.allErrors,
+                          f"{command.__name__}({shown}): {str(e)[:300]!r}")
+            return command.allErrors[type(e)].decode()
+
+    async def test_every_command_hostile_before_and_after_authentication(self):
+        await self.start_region()
+        await self.add_node("n1")
+        await self.power("n1", "on")  # an operation stays pending: no pserv runs it
+        before = self.snapshot()
+
+        # Before authentication: every command is refused, the connection stays.
+        p = await self.client()
+        for command, kwargs in HOSTILE_CALLS:
+            self.assertEqual(await self.outcome(p, command, kwargs), "NOT_AUTHENTICATED",
+                             command.__name__)
+        with self.assertRaises(amp.UnhandledCommand):
+            await p.callRemoteString(b"DropTables", table=b"nodes")
+        self.assertFalse(p.lost.called)
+        self.assertEqual(self.snapshot(), before)
+
+        # Authenticated but not registered: the leased commands say so.
+        await self.authenticate(p)
+        for command, kwargs in HOSTILE_CALLS:
+            if command is not commands.Register:
+                self.assertIn(await self.outcome(p, command, kwargs),
+                              ("UNKNOWN_PSERV", "BAD_ARGUMENTS"), command.__name__)
+        self.assertFalse(p.lost.called)
+        self.assertEqual(self.snapshot(), before)
+
+        # Registered (in a cluster of its own, so it owns nothing of c1):
+        # stale ids, unknown nodes, absurd values, missing arguments.
+        await p.callRemote(commands.Register, cluster="c9", name="pserv-z", version="t",
+                           instance="i-1")
+        registered = self.snapshot()
+        self.assertEqual(registered[:2], before[:2])
+        answers = {}
+        for command, kwargs in HOSTILE_CALLS:
+            answers.setdefault(command.__name__, []).append(
+                await self.outcome(p, command, kwargs))
+            self.assertFalse(p.lost.called, command.__name__)
+            if command is commands.ReleaseLease:  # it gave its lease up: take a new one
+                p = await self.client()
+                await self.authenticate(p)
+                await p.callRemote(commands.Register, cluster="c9", name="pserv-z",
+                                   version="t", instance="i-1")
+        for command in {c for c, _ in HOSTILE_CALLS if c.arguments}:
+            with self.assertRaises(amp.RemoteAmpError, msg=command.__name__) as raised:
+                await p.callRemoteString(command.commandName)  # every argument missing
+            self.assertEqual(raised.exception.errorCode, b"BAD_ARGUMENTS", command.__name__)
+        with self.assertRaises(amp.UnhandledCommand):
+            await p.callRemoteString(b"DropTables", table=b"nodes")
+        self.assertFalse(p.lost.called)
+        after = self.snapshot()
+        self.assertEqual(after[:2], before[:2], answers)  # nodes and journal untouched
+        # the same pserv; one lease more: the one taken again after ReleaseLease
+        self.assertEqual((after[2], after[3]), (registered[2], registered[3] + 1))
+        self.assertEqual([formatEvent(e) for e in self.events if "log_failure" in e], [],
+                         answers)
+        # absurd cursors and counts are the peer's error, not a database one
+        self.assertEqual(answers["Recover"], ["BAD_ARGUMENTS"] * 2)
+        self.assertEqual(answers["Heartbeat"], ["BAD_ARGUMENTS"] * 2)
+        self.assertEqual(answers["ReportOutcome"][1], "STALE_EPOCH")
+
+
 class AuthTimeoutTests(unittest.TestCase):
     """The region's authentication deadline, in memory on a Clock (no database needed)."""
 

@@ -398,6 +398,11 @@ class PservTests(StoreTestCase):
             await self.store.clusters.heartbeat("ghost", 0)
         with self.assertRaises(InvalidInput):
             await self.store.clusters.heartbeat("p1", -1)
+        with self.assertRaises(InvalidInput):  # beyond the column's integer
+            await self.store.clusters.heartbeat("p1", 2**31)
+        self.assertEqual((await self.store.clusters.heartbeat("p1", 2**31 - 1))[
+            "actions_in_flight"], 2**31 - 1)
+        await self.store.clusters.heartbeat("p1", 3)
 
         clusters = {c["name"]: c for c in await self.store.clusters.list()}
         self.assertEqual(set(clusters), {"c1", "c2"})

@@ -12,6 +12,7 @@ from twisted.protocols import amp
 from powerctl.power import POWER_STATES, TERMINAL_STATES, OpState, PowerState
 from powerctl.region import pservcreds
 from powerctl.region.errors import InvalidInput, NotFound, StaleEpoch
+from powerctl.region.store.base import MAX_BIGINT
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands, responders
 
@@ -201,6 +202,14 @@ class RegionProtocol(amp.AMP):
     @commands.Recover.responder
     async def recover(self, after_op, after_node):
         self._leased()
+        # The cursors come back as the region handed them out: an operation
+        # id (or -1) and a node name.  Anything else is a broken peer, not a
+        # database error.
+        if after_op > MAX_BIGINT:
+            raise commands.BadArguments(f"after_op: must be at most {MAX_BIGINT}")
+        if len(after_node) > 255 or "\x00" in after_node:
+            raise commands.BadArguments("after_node: must be a node name (at most 255 "
+                                        "characters, no NUL)")
         store = self.region.store
         ops_page = []
         if after_op >= 0:
@@ -292,7 +301,6 @@ class RegionProtocol(amp.AMP):
         if not await pservcreds.still_admitted(self.region, self.admission):  # issue 10
             self.log.warn("pserv {p}: its credential was revoked; disconnecting", p=self.pserv)
             raise commands.AuthenticationFailed("this pserv's credential was revoked")
-        self.in_flight = actions_in_flight
         try:
             remaining = await self.region.leases.renew(self.epoch)
         except LeaseExpired as e:
@@ -302,6 +310,7 @@ class RegionProtocol(amp.AMP):
             await self.region.store.clusters.heartbeat(self.pserv, actions_in_flight)
         except (InvalidInput, NotFound) as e:
             raise commands.BadArguments(str(e)) from None
+        self.in_flight = actions_in_flight  # once the store took it as a count
         return {"lease": remaining}
 
     @commands.ReleaseNodes.responder

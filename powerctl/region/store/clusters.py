@@ -10,6 +10,10 @@ from powerctl.region.store.base import (
     PSERV_COLUMNS, KindStore, check_name, check_text, plain, transaction)
 
 
+#: The largest count the pservs table holds (a PostgreSQL integer).
+MAX_INT = 2**31 - 1
+
+
 async def ensure_cluster(tx, cluster):
     """Create ``cluster`` if it is new (nodes and pservs name their cluster)."""
     await tx.rows(
@@ -51,8 +55,8 @@ class ClusterStore(KindStore):
     async def heartbeat(self, tx, name, actions_in_flight):
         """A pserv is alive, with this many actions under way."""
         if isinstance(actions_in_flight, bool) or not isinstance(actions_in_flight, int) \
-                or actions_in_flight < 0:
-            raise InvalidInput("actions_in_flight: must be a non-negative integer")
+                or not 0 <= actions_in_flight <= MAX_INT:
+            raise InvalidInput(f"actions_in_flight: must be an integer from 0 to {MAX_INT}")
         row = await tx.row(
             "UPDATE pservs SET last_heartbeat = now(), actions_in_flight = %s,"
             f" connected = true WHERE name = %s RETURNING {PSERV_COLUMNS}",
