@@ -422,3 +422,102 @@ class PservSideTests(unittest.TestCase):
         self.assertTrue(failure.check(amp.RemoteAmpError), failure)
         self.assertEqual(failure.value.errorCode, b"BAD_ARGUMENTS")
         self.assertFalse(client.lost.called)
+
+
+#: The commands a region sends a pserv, each with hostile but well-formed arguments.
+PSERV_HOSTILE_CALLS = [
+    (commands.PowerOn, dict(operation_id=2**63, node="\x00", epoch=-1,
+                            power={"mode": "single", "agents": []})),
+    (commands.PowerCycle, dict(operation_id=1, node="x" * 50_000, power=[], epoch=1)),
+    (commands.PowerQuery, dict(operation_id=-5, node="ghost", epoch=2**70,
+                               power={"agents": [{"driver": "nope"}]})),
+    (commands.PowerOff, dict(operation_id=7, node="n1", epoch=1, power="off")),
+    (commands.PowerSoftOff, dict(operation_id=8, node="", epoch=0, power=None)),
+    (commands.ForgetNode, dict(node="ghost", reason=BIG)),
+    (commands.ForgetNode, dict(node="\x00", reason="")),
+    (commands.Refresh, dict()),
+    (commands.CancelOperation, dict(operation_id=999_999, reason="r")),
+    (commands.CancelOperation, dict(operation_id=-1, reason=BIG)),
+    (commands.ConfirmOperation, dict(operation_id=999_999, state="on")),
+    (commands.ConfirmOperation, dict(operation_id=1, state="sideways")),
+    (commands.ListActions, dict(after_node="\x00", limit=-1)),
+    (commands.ListActions, dict(after_node=BIG, limit=2**70, node="ghost")),
+    (commands.ListSlots, dict(after_priority=-(2**70), after_seq=-1, limit=0)),
+    (commands.ListSlots, dict(after_priority=2**63, after_seq=2**63, limit=2**63,
+                              node=BIG)),
+]
+
+
+class RegionPeer(Client):
+    """The region as far as a refresh needs it: nothing to recover."""
+
+    @commands.Recover.responder
+    def recover(self, after_op, after_node):
+        return {"operations": [], "nodes": [], "after_op": -1, "after_node": "", "done": True}
+
+
+class EveryPservCommandTests(unittest.TestCase):
+    """
+    The pserv side of the same sweep, in memory: every command a region
+    sends, hostile, to a pserv whose region authenticated and to one whose
+    region did not.  Declared answers only, no traceback, the connection
+    kept (or closed on purpose before authentication), and no power action
+    started.
+    """
+
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def serve(self, authenticated):
+        clock = task.Clock()
+        executor = DriverExecutor(catalogue())
+        self.registry = PowerActionRegistry(executor, clock)
+        link = RegionLink()
+        self.pserv = Pserv(self.registry, executor, link.report)
+
+        class Peer(PservProtocol):
+            def connectionMade(self):
+                amp.AMP.connectionMade(self)  # no hand-shake: we play the region
+                self.gate.open = authenticated
+
+        self.pair = connect(Peer(self.pserv, link, None, SECRET, clock), RegionPeer(), clock)
+        return self.pair.client
+
+    def outcome(self, client, command, kwargs):
+        result = self.pair.answer(client.callRemote(command, **kwargs))
+        if isinstance(result, dict):
+            return "ok"
+        self.assertIn(result.type, command.allErrors,
+                      f"{command.__name__}: {str(result.value)[:300]!r}")
+        return command.allErrors[result.type].decode()
+
+    def sweep(self, authenticated):
+        client = self.serve(authenticated)
+        answers = {}
+        for command, kwargs in PSERV_HOSTILE_CALLS:
+            if client.lost.called:
+                break
+            answers.setdefault(command.__name__, []).append(
+                self.outcome(client, command, kwargs))
+        self.assertEqual([formatEvent(e) for e in self.events if "log_failure" in e], [],
+                         answers)
+        self.assertEqual(self.registry.activity(), [])  # nothing runs, nothing waits
+        return client, answers
+
+    def test_authenticated_region_hostile_commands(self):
+        client, answers = self.sweep(authenticated=True)
+        self.assertFalse(client.lost.called, answers)
+        self.assertEqual(len(sum(answers.values(), [])), len(PSERV_HOSTILE_CALLS))
+        for command in {c for c, _ in PSERV_HOSTILE_CALLS if c.arguments}:
+            failure = self.pair.answer(client.callRemoteString(command.commandName))
+            self.assertEqual(failure.value.errorCode, b"BAD_ARGUMENTS", command.__name__)
+        self.assertFalse(client.lost.called)
+
+    def test_unauthenticated_region_is_refused_every_command(self):
+        client, answers = self.sweep(authenticated=False)
+        self.assertEqual(len(sum(answers.values(), [])), len(PSERV_HOSTILE_CALLS))
+        self.assertFalse(client.lost.called)
+        for name, got in answers.items():
+            self.assertEqual(set(got), {"NOT_AUTHENTICATED"}, name)
