@@ -498,3 +498,58 @@ class PodManagerTests(StoreTestCase):
                 "n1", "c1", pod_agent("7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10"))
         self.assertIn("does not exist", str(e.exception))
         self.assertEqual(await self.sql("SELECT count(*) FROM nodes"), [(0,)])
+
+
+class TextLimitTests(StoreTestCase):
+    """
+    Each text the store bounds takes exactly its limit and refuses one
+    character more, writing nothing (found by mutation testing: a limit off
+    by one survived every other test).
+    """
+
+    async def test_who_and_what_fields_hold_255_characters(self):
+        ok, over = "a" * 255, "a" * 256
+        await self.store.nodes.create("n1", "c1", ipmi())
+        # requester of a power request
+        with self.assertRaises(InvalidInput):
+            await self.store.ops.request("n1", "on", requester=over)
+        op = await self.store.ops.request("n1", "on", requester=ok)
+        self.assertEqual(op["requester"], ok)
+        # the pserv running it, one at a time and a page at a time
+        with self.assertRaises(InvalidInput):
+            await self.store.ops.mark_running(op["id"], over)
+        with self.assertRaises(InvalidInput):
+            await self.store.ops.mark_running_many([op["id"]], over, 1)
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "pending")
+        await self.store.ops.mark_running_many([op["id"]], ok, 1)
+        self.assertEqual((await self.store.ops.get(op["id"]))["pserv"], ok)
+        self.assertTrue((await self.store.ops.mark_running(op["id"], ok[:-1] + "b")).changed)
+        # who cancels or confirms it
+        with self.assertRaises(InvalidInput):
+            await self.store.ops.mark_operator(op["id"], "cancelled_by", over)
+        marked = await self.store.ops.mark_operator(op["id"], "cancelled_by", ok)
+        self.assertEqual(marked["cancelled_by"], ok)
+        # a pserv's version and region
+        with self.assertRaises(InvalidInput):
+            await self.store.clusters.register_pserv("p1", "c1", over, "r")
+        with self.assertRaises(InvalidInput):
+            await self.store.clusters.register_pserv("p1", "c1", "v", over)
+        self.assertEqual(await self.store.clusters.live_pservs("c1"), [])
+        pserv = await self.store.clusters.register_pserv("p1", "c1", ok, ok)
+        self.assertEqual((pserv["version"], pserv["region"]), (ok, ok))
+        # who deletes a node
+        with self.assertRaises(InvalidInput):
+            await self.store.nodes.delete("n1", by=over)
+        await self.store.nodes.get("n1")  # still there
+        deleted = await self.store.nodes.delete("n1", by=ok)
+        self.assertEqual(deleted["node"], "n1")
+
+    async def test_a_pod_manager_name_is_1_to_255_characters(self):
+        for bad in ("", "p" * 256):
+            with self.assertRaises(InvalidInput):
+                await self.store.pod_managers.create(bad, "https://10.1.0.1", "admin", "pw")
+        self.assertEqual(await self.store.pod_managers.list(), [])
+        pm = await self.store.pod_managers.create("p" * 255, "https://10.1.0.1", "admin", "pw")
+        self.assertEqual(pm["name"], "p" * 255)
+        one = await self.store.pod_managers.create("q", "https://10.1.0.2", "admin", "pw")
+        self.assertEqual(one["name"], "q")
