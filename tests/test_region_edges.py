@@ -62,3 +62,49 @@ class PageTrimTests(unittest.TestCase):
 
     def test_a_single_item_too_big_for_any_page_is_dropped(self):
         self.assertEqual(rpc._trim(["x" * commands.MAX_VALUE]), [])
+
+
+class StoreHelperTests(unittest.TestCase):
+    """The store's pure helpers (store/base.py), each at its edges, without a database."""
+
+    def test_timestamps_from_what_a_pserv_may_send(self):
+        import datetime
+
+        utc = datetime.timezone.utc
+        when = datetime.datetime(2026, 12, 4, 18, 0, tzinfo=utc)
+        self.assertIsNone(base.timestamp(None))  # None: the database's now()
+        self.assertIs(base.timestamp(when), when)
+        self.assertEqual(base.timestamp(when.timestamp()), when)
+        self.assertEqual(base.timestamp(int(when.timestamp())), when)
+        self.assertEqual(base.timestamp("2026-12-04T18:00:00+00:00"), when)
+        for bad in ("soon", True, [], {}):
+            with self.assertRaises(InvalidInput) as caught:
+                base.timestamp(bad)
+            self.assertIn("started_at", str(caught.exception))
+
+    def test_rows_become_plain_json_ready_values(self):
+        import datetime
+        import uuid
+
+        when = datetime.datetime(2026, 12, 4, 18, 0, tzinfo=datetime.timezone.utc)
+        key = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        self.assertEqual(base.plain({"at": when, "uuid": key, "n": 3, "s": "x", "none": None}),
+                         {"at": "2026-12-04T18:00:00+00:00",
+                          "uuid": "12345678-1234-5678-1234-567812345678",
+                          "n": 3, "s": "x", "none": None})
+
+    def test_an_update_naming_a_field_it_cannot_change_is_refused(self):
+        base.check_fields({"cluster": "c1"}, ("cluster", "power"), "node")  # fine
+        base.check_fields({}, ("cluster",), "node")
+        with self.assertRaises(InvalidInput) as caught:
+            base.check_fields({"zeta": 1, "alpha": 2, "power": {}}, ("cluster", "power"),
+                              "node")
+        message = str(caught.exception)
+        self.assertIn("node: unknown or read-only field 'alpha'", message)  # the first, sorted
+        self.assertIn("can change cluster, power", message)
+
+    def test_pod_manager_keys_are_canonical_uuids_or_nothing(self):
+        key = "12345678-1234-5678-1234-567812345678"
+        self.assertEqual(base.pod_manager_key(key.upper()), key)
+        for bad in ("rack-1", "", "1234"):
+            self.assertRaises(NotFound, base.pod_manager_key, bad)
