@@ -466,6 +466,9 @@ class PodManagerTests(StoreTestCase):
             await self.store.pod_managers.create("r3", "https://x", "u", "p", "", driver="ilo")
         with self.assertRaises(InvalidInput):
             await self.store.pod_managers.set_status(pm["uuid"], "broken")
+        with self.assertRaises(NotFound):  # a uuid, but of none
+            await self.store.pod_managers.set_status("7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10",
+                                                     "online")
         for call in (self.store.pod_managers.get, self.store.pod_managers.delete):
             for bad in ("not-a-uuid", "7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10"):
                 with self.assertRaises(NotFound):
@@ -484,6 +487,20 @@ class PodManagerTests(StoreTestCase):
         await self.store.nodes.delete("n2")
         self.assertEqual(await self.sql("SELECT count(*) FROM node_pod_managers"), [(0,)])
         await self.store.pod_managers.delete(pm["uuid"])
+
+    async def test_the_refusal_names_five_users_then_says_others(self):
+        pm = await self.store.pod_managers.create("rack-1", "https://10.1.0.1", "u", "p", "")
+        for i in range(1, 6):
+            await self.store.nodes.create(f"n{i}", "c1", pod_agent(pm["uuid"]))
+        with self.assertRaises(Conflict) as e:
+            await self.store.pod_managers.delete(pm["uuid"])
+        self.assertIn("used by 'n1', 'n2', 'n3', 'n4', 'n5'; change", str(e.exception))
+        await self.store.nodes.create("n6", "c1", pod_agent(pm["uuid"]))
+        with self.assertRaises(Conflict) as e:
+            await self.store.pod_managers.delete(pm["uuid"])
+        self.assertIn("used by 'n1', 'n2', 'n3', 'n4', 'n5' and others; change",
+                      str(e.exception))
+        self.assertEqual(await self.sql("SELECT count(*) FROM pod_managers"), [(1,)])
 
     async def test_the_database_itself_refuses_deleting_a_used_pod_manager(self):
         pm = await self.store.pod_managers.create("rack-1", "https://10.1.0.1", "u", "p", "")
