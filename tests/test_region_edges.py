@@ -108,3 +108,38 @@ class StoreHelperTests(unittest.TestCase):
         self.assertEqual(base.pod_manager_key(key.upper()), key)
         for bad in ("rack-1", "", "1234"):
             self.assertRaises(NotFound, base.pod_manager_key, bad)
+
+
+class ResponsivenessTests(unittest.TestCase):
+    """
+    NodeStore._responsiveness, the rule a node turns non-responsive by:
+    more than ``failed_polls_limit`` failed polls in a row *and* at least
+    ``responsive_grace`` seconds since its last good poll.  Pure, so tested
+    at each boundary without a database.
+    """
+
+    def rule(self, failed_polls, seconds, responsive=True, failed=True, queried=True):
+        import datetime
+
+        from powerctl.region.store.nodes import NodeStore
+
+        store = NodeStore(None, None, None, responsive_grace=60, failed_polls_limit=2)
+        node = {"failed_polls": failed_polls, "responsive": responsive,
+                "since_good": datetime.timedelta(seconds=seconds)}
+        return store._responsiveness(node, failed, queried)
+
+    def test_a_good_report_always_restores(self):
+        self.assertEqual(self.rule(9, 999, responsive=False, failed=False), (0, True))
+
+    def test_more_than_the_limit_and_the_grace_both_needed(self):
+        self.assertEqual(self.rule(2, 60), (3, False))   # third failed poll, grace over
+        self.assertEqual(self.rule(1, 600), (2, True))   # two are not more than two
+        self.assertEqual(self.rule(2, 59.5), (3, True))  # within the grace
+        self.assertEqual(self.rule(5, 61), (6, False))
+
+    def test_an_action_outcome_does_not_count_as_a_poll(self):
+        self.assertEqual(self.rule(2, 600, queried=False), (2, True))
+        self.assertEqual(self.rule(3, 600, queried=False), (3, False))
+
+    def test_a_non_responsive_node_stays_so_until_a_good_report(self):
+        self.assertEqual(self.rule(0, 0, responsive=False), (1, False))
