@@ -570,3 +570,26 @@ class TextLimitTests(StoreTestCase):
         self.assertEqual(pm["name"], "p" * 255)
         one = await self.store.pod_managers.create("q", "https://10.1.0.2", "admin", "pw")
         self.assertEqual(one["name"], "q")
+
+
+class DeleteTests(StoreTestCase):
+    async def test_open_operations_end_cancelled_saying_by_whom_if_known(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        first = await self.store.ops.request("n1", "on")
+        second = await self.store.ops.request("n1", "query")
+        done = await self.store.ops.request("n1", "off")
+        await self.store.ops.record_outcome(done["id"], "succeeded")
+        answer = await self.store.nodes.delete("n1")  # nobody named
+        self.assertEqual(answer, {"node": "n1", "cancelled": [first["id"], second["id"]]})
+        for op_id in (first["id"], second["id"]):
+            op = await self.store.ops.get(op_id)
+            self.assertEqual((op["state"], op["error"], op["cancelled_by"]),
+                             ("cancelled", "node n1 deleted", None))
+        self.assertEqual((await self.store.ops.get(done["id"]))["state"], "succeeded")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        again = await self.store.ops.request("n1", "on")
+        await self.store.nodes.delete("n1", by="alice")
+        op = await self.store.ops.get(again["id"])
+        self.assertEqual((op["error"], op["cancelled_by"]), ("node n1 deleted by alice", "alice"))
+        with self.assertRaises(NotFound):
+            await self.store.nodes.delete("n1")
