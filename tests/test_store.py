@@ -593,3 +593,30 @@ class DeleteTests(StoreTestCase):
         self.assertEqual((op["error"], op["cancelled_by"]), ("node n1 deleted by alice", "alice"))
         with self.assertRaises(NotFound):
             await self.store.nodes.delete("n1")
+
+
+class OutcomeEpochTests(StoreTestCase):
+    async def test_only_the_owner_s_epoch_may_end_an_operation(self):
+        from powerctl.region.errors import StaleEpoch
+
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "on")
+        await self.pool.runOperation("UPDATE nodes SET owner_epoch = 7 WHERE name = 'n1'")
+        for stale in (6, 8):
+            with self.assertRaises(StaleEpoch) as caught:
+                await self.store.ops.record_outcome(op["id"], "succeeded", epoch=stale)
+            self.assertIn(f"epoch {stale} does not own node n1", str(caught.exception))
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "pending")
+        # texts past 4096 characters are refused before anything is read
+        for field in ("agent", "error", "pserv", "cancelled_by"):
+            with self.assertRaises(InvalidInput):
+                await self.store.ops.record_outcome(op["id"], "failed", epoch=7,
+                                                    **{field: "x" * 4097})
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "pending")
+        recorded = await self.store.ops.record_outcome(op["id"], "failed", epoch=7,
+                                                       error="x" * 4096)
+        self.assertEqual((recorded.changed, recorded.op["state"]), (True, "failed"))
+        # without an epoch (the region's own verdicts) the owner is not asked
+        other = await self.store.ops.request("n1", "off")
+        recorded = await self.store.ops.record_outcome(other["id"], "cancelled")
+        self.assertTrue(recorded.changed)
