@@ -620,3 +620,25 @@ class OutcomeEpochTests(StoreTestCase):
         other = await self.store.ops.request("n1", "off")
         recorded = await self.store.ops.record_outcome(other["id"], "cancelled")
         self.assertTrue(recorded.changed)
+
+
+class OperatorMarkTests(StoreTestCase):
+    async def test_attribution_of_an_operator_cancel_or_confirmation(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "on")
+        with self.assertRaises(InvalidInput):  # only these two fields
+            await self.store.ops.mark_operator(op["id"], "requester", "mallory")
+        marked = await self.store.ops.mark_operator(op["id"], "confirmed_by", "bob")
+        self.assertEqual((marked["confirmed_by"], marked["state"]), ("bob", "pending"))
+        taken_back = await self.store.ops.mark_operator(op["id"], "confirmed_by", None)
+        self.assertIsNone(taken_back["confirmed_by"])
+        await self.store.ops.record_outcome(op["id"], "succeeded")
+        with self.assertRaises(Conflict) as caught:  # it ended: too late to attribute
+            await self.store.ops.mark_operator(op["id"], "cancelled_by", "bob")
+        self.assertIn("already ended succeeded", str(caught.exception))
+        self.assertIsNone((await self.store.ops.get(op["id"]))["cancelled_by"])
+        late = await self.store.ops.mark_operator(op["id"], "cancelled_by", "bob",
+                                                  ended_ok=True)
+        self.assertEqual(late["cancelled_by"], "bob")
+        with self.assertRaises(NotFound):
+            await self.store.ops.mark_operator(999_999, "cancelled_by", "bob")
