@@ -642,3 +642,18 @@ class OperatorMarkTests(StoreTestCase):
         self.assertEqual(late["cancelled_by"], "bob")
         with self.assertRaises(NotFound):
             await self.store.ops.mark_operator(999_999, "cancelled_by", "bob")
+
+
+class DefaultPageTests(StoreTestCase):
+    async def test_the_journal_pages_100_by_default(self):
+        """The documented default of GET /v1/power_ops, with or without limit=None."""
+        await self.store.nodes.create("n1", "c1", ipmi())
+        await self.pool.runOperation(
+            "INSERT INTO power_ops (node, action, requester)"
+            " SELECT 'n1', 'query', 't' FROM generate_series(1, 101)")
+        for kwargs in ({}, {"limit": None}):
+            page = await self.store.ops.list(**kwargs)
+            self.assertEqual(len(page), 100, kwargs)
+        self.assertEqual(len(await self.store.ops.list(limit=101)), 101)
+        self.assertEqual(len(await self.store.ops.list(node="n1", state="pending",
+                                                       before_id=page[-1]["id"])), 1)
