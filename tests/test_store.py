@@ -657,3 +657,36 @@ class DefaultPageTests(StoreTestCase):
         self.assertEqual(len(await self.store.ops.list(limit=101)), 101)
         self.assertEqual(len(await self.store.ops.list(node="n1", state="pending",
                                                        before_id=page[-1]["id"])), 1)
+
+
+class ClusterTests(StoreTestCase):
+    async def test_a_pserv_names_itself_and_its_cluster_like_a_node(self):
+        for name, cluster in (("", "c1"), ("p 1", "c1"), ("p1", ""), ("p1", "c/1")):
+            with self.assertRaises(InvalidInput):
+                await self.store.clusters.register_pserv(name, cluster, "v", "r")
+        self.assertEqual(await self.store.clusters.list(), [])  # no cluster made either
+        pserv = await self.store.clusters.register_pserv("p1", "c1", "v", None)
+        self.assertEqual((pserv["region"], pserv["cluster"]), (None, "c1"))
+        self.assertEqual([c["name"] for c in await self.store.clusters.list()], ["c1"])
+
+    async def test_drift_policy_of_a_known_cluster_only(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        self.assertEqual((await self.store.clusters.list())[0]["drift_policy"], "report")
+        with self.assertRaises(InvalidInput):
+            await self.store.clusters.set_policy("c1", "ignore")
+        with self.assertRaises(NotFound):
+            await self.store.clusters.set_policy("c2", "enforce")
+        self.assertEqual(await self.store.clusters.set_policy("c1", "enforce"),
+                         {"name": "c1", "drift_policy": "enforce"})
+        self.assertEqual([c["name"] for c in await self.store.clusters.list()], ["c1"])
+
+    async def test_serving_names_the_node_s_cluster_and_its_live_pservs(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        self.assertEqual(await self.store.clusters.serving("n1"), ("c1", []))
+        await self.store.clusters.register_pserv("p2", "c1", "v", "r")
+        await self.store.clusters.register_pserv("p1", "c1", "v", "r")
+        await self.store.clusters.register_pserv("p3", "c2", "v", "r")
+        self.assertEqual(await self.store.clusters.serving("n1"), ("c1", ["p1", "p2"]))
+        await self.store.clusters.pserv_disconnected("p1")
+        self.assertEqual(await self.store.clusters.serving("n1"), ("c1", ["p2"]))
+        self.assertIsNone(await self.store.clusters.serving("n2"))
