@@ -342,8 +342,17 @@ class PowerStateTests(StoreTestCase):
         self.assertGreater(off["last_changed_at"], first["last_changed_at"])
         with self.assertRaises(InvalidInput):
             await self.store.nodes.record_power_state("n1", "maybe")
+        with self.assertRaises(InvalidInput):
+            await self.store.nodes.record_power_state("n1", "on", error="x" * 4097)
         with self.assertRaises(NotFound):
             await self.store.nodes.record_power_state("ghost", "on")
+        # "error" without words is still a failure, with a last_error that says so;
+        # an error with a state keeps the state while responsive
+        failed = await self.store.nodes.record_power_state("n1", "error")
+        self.assertEqual((failed["power_state"], failed["last_error"], failed["failed_polls"]),
+                         ("off", "the query failed", 1))
+        failed = await self.store.nodes.record_power_state("n1", "on", error="x" * 4096)
+        self.assertEqual((failed["power_state"], failed["failed_polls"]), ("off", 2))
 
     async def test_within_the_grace_failed_polls_never_make_a_node_non_responsive(self):
         await self.store.nodes.create("n1", "c1", ipmi())
