@@ -188,6 +188,18 @@ EQUIVALENT = [
     ("powerctl/region/rpc.py", "NumberReplacer", "PAGE = 100", "",
      "any page size pages correctly: the same constant is the limit and the "
      "full-page test, and _trim bounds a page by size"),
+    # The split store: defaults no caller uses (Store always passes the
+    # grace from the settings; the AMP responder always passes its PAGE).
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "responsive_grace=60.0", "",
+     "Store always passes responsive_grace to NodeStore: this default is never used"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "limit=500", "",
+     "desired_states' only caller (rpc.recover) passes limit=PAGE"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(limit, 500", "",
+     "desired_states' only caller passes a limit, so page_limit's default is unused"),
+    ("powerctl/region/store/operations.py", "NumberReplacer", "limit=500", "",
+     "outstanding's only caller (rpc.recover) passes limit=PAGE"),
+    ("powerctl/region/store/operations.py", "NumberReplacer", "page_limit(limit, 500", "",
+     "outstanding's only caller passes a limit, so page_limit's default is unused"),
 ]
 
 
