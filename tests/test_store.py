@@ -699,3 +699,39 @@ class ClusterTests(StoreTestCase):
         await self.store.clusters.pserv_disconnected("p1")
         self.assertEqual(await self.store.clusters.serving("n1"), ("c1", ["p2"]))
         self.assertIsNone(await self.store.clusters.serving("n2"))
+
+
+class ConcurrentOutcomeTests(StoreTestCase):
+    """Two reports about one operation at once: the row lock makes the second see the first."""
+
+    async def test_an_outcome_waits_for_one_being_written_and_then_changes_nothing(self):
+        import psycopg2
+
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "on")
+        other = psycopg2.connect(self.dsn)  # another region, ending the same operation
+        watcher = psycopg2.connect(self.dsn)
+        watcher.autocommit = True
+        self.addCleanup(other.close)
+        self.addCleanup(watcher.close)
+        with other.cursor() as cur:
+            cur.execute("UPDATE power_ops SET state = 'failed', finished_at = now()"
+                        " WHERE id = %s", (op["id"],))
+        late = self.store.ops.record_outcome(op["id"], "succeeded")
+
+        def blocked():
+            with watcher.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type"
+                            " = 'Lock' AND datname = current_database()")
+                return cur.fetchone()[0] > 0
+
+        for _ in range(200):  # until our report waits on the other's row lock
+            if blocked():
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        else:
+            self.fail("the second report never waited for the first")
+        other.commit()
+        recorded = await late
+        self.assertEqual((recorded.changed, recorded.op["state"]), (False, "failed"))
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "failed")
