@@ -200,6 +200,8 @@ EQUIVALENT = [
      "outstanding's only caller (rpc.recover) passes limit=PAGE"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "page_limit(limit, 500", "",
      "outstanding's only caller passes a limit, so page_limit's default is unused"),
+    ("powerctl/region/store/base.py", "NumberReplacer", "return rows[0] if rows", "rows[ -1]",
+     "Tx.row only runs queries on a key (one row at most): first and last are the same"),
 ]
 
 
