@@ -101,12 +101,29 @@ def _fail(daemon, reason):
     raise SystemExit(f"{daemon}: cannot start: {reason}")
 
 
+def check_endpoints(settings):
+    """ConfigError unless the region's endpoints parse (they are only listened on later)."""
+    from twisted.internet import endpoints, reactor
+
+    for key in ("api_endpoint", "rpc_endpoint"):
+        description = getattr(settings, key)
+        try:
+            endpoints.serverFromString(reactor, description)
+        except ValueError as e:
+            raise config.ConfigError(f"{key} {description!r} is not an endpoint "
+                                     f"(e.g. tcp:5240:interface=127.0.0.1): {e}") from None
+
+
 def make_region_service(options):
     from powerctl.region.service import DatabaseUnreachable, RegionService, check_database
+
+    from powerctl.region import security
 
     settings = options["settings"]
     try:
         region = RegionService.from_config(settings)
+        check_endpoints(settings)  # settings first, before the database
+        security.check_rpc_endpoint(settings)
         check_database(settings.database)
     except (config.ConfigError, DatabaseUnreachable) as e:
         _fail("powerctl-region", e)

@@ -206,7 +206,8 @@ class PowerApiTests(ApiTestCase):
         self.assertEqual(sorted(op), sorted([
             "id", "node", "action", "state", "coalesced_into", "superseded_by", "error",
             "requested_at", "started_at", "finished_at", "pserv", "agent", "requester",
-            "observed_state", "cancelled_by", "confirmed_by", "detail"]))  # detail: issue 13
+            "observed_state", "cancelled_by", "confirmed_by", "detail",  # detail: issue 13
+            "live_pserv", "warning"]))
         self.assertEqual((op["node"], op["action"], op["state"]), ("n1", "soft-off", "pending"))
         self.assertEqual(op["requester"], ADMIN)  # the token's name
         self.assertEqual(response.headers.getRawHeaders("location"), [f"/v1/power_ops/{op['id']}"])
@@ -219,6 +220,27 @@ class PowerApiTests(ApiTestCase):
                                       {"action": "cycle", "requester": "alice"})
         self.assertEqual(cycle["requester"], ADMIN)  # not what the client says
         self.assertEqual((await self.store.nodes.get("n1"))["desired_state"], "on")
+
+    async def test_the_answer_says_when_no_live_pserv_serves_the_cluster(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        await self.store.nodes.create("n2", "c2", ipmi())
+        status, op, _ = await self.call("POST", "/nodes/n1/power", {"action": "on"})
+        self.assertEqual((status, op["state"], op["live_pserv"]), (202, "pending", False))
+        self.assertIn("no live pserv serves cluster c1", op["warning"])
+        # a live pserv of another cluster does not count; one of c1 does
+        await self.store.clusters.register_pserv("p2", "c2", "0.1", "r")
+        _, op, _ = await self.call("POST", "/nodes/n1/power", {"action": "off"})
+        self.assertFalse(op["live_pserv"])
+        await self.store.clusters.register_pserv("p1", "c1", "0.1", "r")
+        _, op, _ = await self.call("POST", "/nodes/n1/power", {"action": "off"})
+        self.assertEqual(op["live_pserv"], True)
+        self.assertNotIn("warning", op)
+        # a pserv that disconnected (or stopped heartbeating) is not live
+        await self.store.clusters.pserv_disconnected("p1")
+        _, op, _ = await self.call("POST", "/nodes/n1/power", {"action": "on"})
+        self.assertEqual((op["live_pserv"], op["state"]), (False, "pending"))
+        self.assertEqual(len(self.dispatched), 4)  # journalled and dispatched all the same
+        self.assertEqual(await self.store.clusters.serving("ghost"), None)
 
     async def test_a_failing_dispatch_hook_does_not_fail_the_request(self):
         await self.store.nodes.create("n1", "c1", ipmi())
@@ -368,6 +390,19 @@ class ClusterAndDocumentTests(ApiTestCase):
                      for path, item in doc["paths"].items()}
         routed = {"/v1/" + pattern: set(methods) for pattern, methods in self.api.routes()}
         self.assertEqual(described, routed)
+        # what the HTTP server itself answers (powerctl.region.http), on every operation
+        for path, item in doc["paths"].items():
+            for method, operation in item.items():
+                if method == "parameters":
+                    continue
+                for status in ("408", "413", "414", "431"):
+                    schema = operation["responses"][status]["content"]["application/json"]
+                    self.assertEqual(schema["schema"], {"$ref": "#/components/schemas/Error"},
+                                     (path, method, status))
+        requested = doc["components"]["schemas"]["PowerRequested"]["properties"]
+        self.assertEqual(requested["live_pserv"]["type"], "boolean")
+        self.assertLessEqual(set(doc["components"]["schemas"]["PowerOp"]["properties"]),
+                             set(requested))
         text = json.dumps(doc)
         for ref in set(part.split('"')[0] for part in text.split("#/components/schemas/")[1:]):
             self.assertIn(ref, doc["components"]["schemas"])

@@ -5,6 +5,7 @@ in memory as in :mod:`tests.test_cli_rest`.
 """
 
 import json
+import os
 
 from twisted.trial import unittest
 
@@ -54,6 +55,36 @@ class GlobalOptionTests(RegionApiMixin, StoreTestCase):
         status, out, err = await self.cli("--api", URL, "node", "list", api=False,
                                           env={"POWERCTL_API": "ftp://x"})
         self.assertEqual(status, 0, err)
+
+    def token_file(self, token, mode=0o600):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(token + "\n")
+        os.chmod(path, mode)
+        return path
+
+    async def test_token_file_before_or_after_the_command_beats_the_environment(self):
+        good = self.token_file(self.api_token)
+        wrong = {"POWERCTL_TOKEN": "not-a-token"}
+        status, _, err = await self.cli("node", "list", env=wrong)
+        self.assertEqual(status, 3, err)  # the environment's token alone is refused
+        status, out, err = await self.cli("--token-file", good, "node", "list", env=wrong)
+        self.assertEqual(status, 0, err)
+        self.assertIn("n1", out)
+        status, out, err = await self.cli("node", "list", "--token-file", good, env=wrong)
+        self.assertEqual(status, 0, err)
+        # after the command wins over before it
+        bad = self.token_file("not-a-token-either")
+        status, _, err = await self.cli("--token-file", bad, "node", "list",
+                                        "--token-file", good)
+        self.assertEqual(status, 0, err)
+        # a token file others may read is refused, naming it (exit 2, nothing sent)
+        sent = len(self.sent())
+        status, _, err = await self.cli("--token-file", self.token_file(self.api_token, 0o644),
+                                        "node", "list")
+        self.assertEqual(status, 2, err)
+        self.assertIn("accessible by other users", err)
+        self.assertEqual(len(self.sent()), sent)
 
 
 class MisplacedGlobalOptionTests(CliMixin, unittest.TestCase):

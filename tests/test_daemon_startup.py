@@ -13,14 +13,15 @@ import sys
 from twisted.internet import reactor, utils
 from twisted.trial import unittest
 
-from tests.system import free_port
+from tests.pg import DatabaseMixin
+from tests.system import free_port, key_file
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class StartupFailureTests(unittest.TestCase):
-    timeout = 120
+class TwistdMixin:
+    """Run the daemons under twistd, in the foreground, as an operator would."""
 
     def write(self, text):
         path = os.path.abspath(self.mktemp())
@@ -49,6 +50,11 @@ class StartupFailureTests(unittest.TestCase):
         self.assertEqual(len(lines), 1, output)
         for text in expected:
             self.assertIn(text, lines[0])
+
+
+class StartupFailureTests(TwistdMixin, unittest.TestCase):
+    timeout = 120
+
     async def test_region_exits_when_the_database_is_unreachable(self):
         port = free_port()  # nothing listens there
         secret = self.write("a-secret-long-enough-for-the-region")
@@ -66,6 +72,26 @@ class StartupFailureTests(unittest.TestCase):
         code, output = await self.twistd("powerctl-pserv", "--secret-file", short)
         self.assertOneLineFailure(code, output, "powerctl-pserv: cannot start: ",
                                   "at least 16 bytes")
+    async def test_plain_amp_beyond_loopback_is_refused_before_the_database(self):
+        secret = self.write("a-secret-long-enough-for-the-region")
+        argv = self.region_argv("host=127.0.0.1 port=1 dbname=x", secret)
+        code, output = await self.twistd(*argv, "--rpc-endpoint", "tcp:0:interface=0.0.0.0")
+        self.assertOneLineFailure(code, output, "powerctl-region: cannot start: ",
+                                  "tcp:0:interface=0.0.0.0")
+        self.assertNotIn("database", output)
+
+    async def test_an_endpoint_that_does_not_parse_is_a_message(self):
+        secret = self.write("a-secret-long-enough-for-the-region")
+        for option in ("--api-endpoint", "--rpc-endpoint"):
+            argv = self.region_argv("host=127.0.0.1 port=1 dbname=x", secret)
+            code, output = await self.twistd(*argv, option, "foo:1")
+            self.assertOneLineFailure(code, output, "powerctl-region: cannot start: ",
+                                      "'foo:1' is not an endpoint")
+        code, output = await self.twistd("powerctl-pserv", "--secret-file", secret,
+                                         "--region", "foo:bar")
+        self.assertOneLineFailure(code, output, "powerctl-pserv: cannot start: ",
+                                  "region 'foo:bar' is not an endpoint")
+
     async def test_a_bad_setting_names_the_file_the_key_and_what_is_allowed(self):
         path = self.write('[region]\nlease = "soon"\n')
         code, output = await self.twistd("powerctl-region", "--config", path)
@@ -76,3 +102,46 @@ class StartupFailureTests(unittest.TestCase):
         code, output = await self.twistd("powerctl-region", "--config", path)
         self.assertNotEqual(code, 0, output)
         self.assertIn(f"{path}: unknown setting(s) leese; known: name, database", output)
+
+
+class FailureAfterTheDatabaseCheckTests(TwistdMixin, DatabaseMixin, unittest.TestCase):
+    """
+    What fails once the database answered -- a port taken, the key file --
+    happens with the reactor running: the region must still exit non-zero
+    with one line naming it (it used to log a traceback and exit 0).
+    """
+
+    timeout = 120
+
+    def assertFailedOnce(self, code, output, *expected):
+        self.assertEqual(code, 1, output)
+        self.assertNotIn("Traceback", output)
+        lines = [line for line in output.splitlines() if "cannot start" in line]
+        self.assertEqual(len(lines), 1, output)
+        self.assertIn("powerctl-region: cannot start: ", lines[0])
+        for text in expected:
+            self.assertIn(text, lines[0])
+
+    async def test_a_port_in_use_is_one_line_and_exit_status_1(self):
+        import socket
+
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        taken = f"tcp:{port}:interface=127.0.0.1"
+        secret = self.write("a-secret-long-enough-for-the-region")
+        argv = self.region_argv(self.dsn, secret) + ["--key-file", key_file(self)]
+        for option, what in (("--api-endpoint", "the REST API"),
+                             ("--rpc-endpoint", "pservs (AMP)")):
+            code, output = await self.twistd(*argv, option, taken)
+            self.assertFailedOnce(code, output, f"cannot listen for {what} on {taken}",
+                                  "Address already in use")
+
+    async def test_a_missing_key_file_is_one_line_and_exit_status_1(self):
+        secret = self.write("a-secret-long-enough-for-the-region")
+        missing = os.path.abspath(self.mktemp())
+        code, output = await self.twistd(*self.region_argv(self.dsn, secret),
+                                         "--key-file", missing)
+        self.assertFailedOnce(code, output, f"key file {missing} does not exist")

@@ -25,7 +25,7 @@ from twisted.internet import defer, protocol, reactor, task, utils
 from twisted.trial import unittest
 
 from powerctl.region import api as api_module
-from powerctl.region import http
+from powerctl.region import http, openapi
 from tests.pg import DatabaseMixin
 from tests.system import SystemMixin
 
@@ -120,6 +120,21 @@ def _status(raw):
     return int(head.split(b" ")[1]), json.loads(body) if body.strip() else None
 
 
+def _documented(test, path, method, status, body):
+    """
+    The region's OpenAPI document describes ``status`` for that operation,
+    and ``body`` fits the schema it gives (what schemathesis checks for the
+    answers it can provoke, for the ones only raw bytes provoke).
+    """
+    import jsonschema_rs  # schemathesis's own validator
+
+    doc = openapi.document()
+    answer = doc["paths"][path][method]["responses"].get(str(status))
+    test.assertIsNotNone(answer, f"{method} {path} {status} is not in the document")
+    schema = answer["content"]["application/json"]["schema"]
+    jsonschema_rs.validate(dict(schema, components=doc["components"]), body)
+
+
 class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
     """What a generator does not send, against a running region's HTTP server."""
 
@@ -148,6 +163,14 @@ class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             b"Content-Length: %d\r\n\r\n" % (api_module.MAX_BODY + 1))
         status, body = _status(await proto.closed)
         self.assertEqual((status, body["error"]["code"]), (413, "too_large"))
+        _documented(self, "/v1/nodes", "post", status, body)
+        # any method: the server refuses by Content-Length before routing
+        proto = await self.connect(
+            b"GET /v1/clusters HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (api_module.MAX_BODY + 1))
+        status, body = _status(await proto.closed)
+        self.assertEqual(status, 413)
+        _documented(self, "/v1/clusters", "get", status, body)
         # A chunked body that grows past the limit is cut off the same way.
         chunk = b"x" * 65536
         proto = await self.connect(
@@ -176,6 +199,7 @@ class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
             code, body = await self.raw_post(node, ctype)
             self.assertEqual((code, (body or {}).get("error", {}).get("code")),
                              (415, "unsupported_media_type"), (ctype, body))
+            _documented(self, "/v1/nodes", "post", code, body)
         self.assertEqual(await self.get("/v1/nodes"), [])
         code, body = await self.raw_post(node, b"application/json; charset=utf-8")
         self.assertEqual(code, 201, body)  # the same body, declared right, is taken
@@ -185,10 +209,12 @@ class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
                                    b"Host: x\r\n\r\n")
         status, body = _status(await proto.closed)
         self.assertEqual((status, body["error"]["code"]), (414, "uri_too_long"))
+        _documented(self, "/v1/nodes/{name}", "get", status, body)
         proto = await self.connect(b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nX-Big: "
                                    + b"b" * 20000 + b"\r\n\r\n")
         status, body = _status(await proto.closed)
         self.assertEqual(status, 431)
+        _documented(self, "/v1/nodes", "get", status, body)
         # a long URL under the limit is an ordinary request (here: no such node)
         code, body = await self.call("GET", "/v1/nodes/" + "a" * 8000)
         self.assertEqual(code, 404)
@@ -213,5 +239,6 @@ class HandMadeHostileTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         for proto in (stalled, trickling):
             status, body = _status(await proto.closed)
             self.assertEqual((status, body["error"]["code"]), (408, "request_timeout"))
+            _documented(self, "/v1/nodes", "get", status, body)
         self.assertEqual(await silent.closed, b"")  # idle: closed without a word
         self.assertEqual(await self.get("/v1/nodes"), [])

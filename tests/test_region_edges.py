@@ -62,3 +62,84 @@ class PageTrimTests(unittest.TestCase):
 
     def test_a_single_item_too_big_for_any_page_is_dropped(self):
         self.assertEqual(rpc._trim(["x" * commands.MAX_VALUE]), [])
+
+
+class StoreHelperTests(unittest.TestCase):
+    """The store's pure helpers (store/base.py), each at its edges, without a database."""
+
+    def test_timestamps_from_what_a_pserv_may_send(self):
+        import datetime
+
+        utc = datetime.timezone.utc
+        when = datetime.datetime(2026, 12, 4, 18, 0, tzinfo=utc)
+        self.assertIsNone(base.timestamp(None))  # None: the database's now()
+        self.assertIs(base.timestamp(when), when)
+        self.assertEqual(base.timestamp(when.timestamp()), when)
+        self.assertEqual(base.timestamp(int(when.timestamp())), when)
+        self.assertEqual(base.timestamp("2026-12-04T18:00:00+00:00"), when)
+        for bad in ("soon", True, [], {}):
+            with self.assertRaises(InvalidInput) as caught:
+                base.timestamp(bad)
+            self.assertIn("started_at", str(caught.exception))
+
+    def test_rows_become_plain_json_ready_values(self):
+        import datetime
+        import uuid
+
+        when = datetime.datetime(2026, 12, 4, 18, 0, tzinfo=datetime.timezone.utc)
+        key = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        self.assertEqual(base.plain({"at": when, "uuid": key, "n": 3, "s": "x", "none": None}),
+                         {"at": "2026-12-04T18:00:00+00:00",
+                          "uuid": "12345678-1234-5678-1234-567812345678",
+                          "n": 3, "s": "x", "none": None})
+
+    def test_an_update_naming_a_field_it_cannot_change_is_refused(self):
+        base.check_fields({"cluster": "c1"}, ("cluster", "power"), "node")  # fine
+        base.check_fields({}, ("cluster",), "node")
+        with self.assertRaises(InvalidInput) as caught:
+            base.check_fields({"zeta": 1, "alpha": 2, "power": {}}, ("cluster", "power"),
+                              "node")
+        message = str(caught.exception)
+        self.assertIn("node: unknown or read-only field 'alpha'", message)  # the first, sorted
+        self.assertIn("can change cluster, power", message)
+
+    def test_pod_manager_keys_are_canonical_uuids_or_nothing(self):
+        key = "12345678-1234-5678-1234-567812345678"
+        self.assertEqual(base.pod_manager_key(key.upper()), key)
+        for bad in ("rack-1", "", "1234"):
+            self.assertRaises(NotFound, base.pod_manager_key, bad)
+
+
+class ResponsivenessTests(unittest.TestCase):
+    """
+    NodeStore._responsiveness, the rule a node turns non-responsive by:
+    more than ``failed_polls_limit`` failed polls in a row *and* at least
+    ``responsive_grace`` seconds since its last good poll.  Pure, so tested
+    at each boundary without a database.
+    """
+
+    def rule(self, failed_polls, seconds, responsive=True, failed=True, queried=True):
+        import datetime
+
+        from powerctl.region.store.nodes import NodeStore
+
+        store = NodeStore(None, None, None, responsive_grace=60, failed_polls_limit=2)
+        node = {"failed_polls": failed_polls, "responsive": responsive,
+                "since_good": datetime.timedelta(seconds=seconds)}
+        return store._responsiveness(node, failed, queried)
+
+    def test_a_good_report_always_restores(self):
+        self.assertEqual(self.rule(9, 999, responsive=False, failed=False), (0, True))
+
+    def test_more_than_the_limit_and_the_grace_both_needed(self):
+        self.assertEqual(self.rule(2, 60), (3, False))   # third failed poll, grace over
+        self.assertEqual(self.rule(1, 600), (2, True))   # two are not more than two
+        self.assertEqual(self.rule(2, 59.5), (3, True))  # within the grace
+        self.assertEqual(self.rule(5, 61), (6, False))
+
+    def test_an_action_outcome_does_not_count_as_a_poll(self):
+        self.assertEqual(self.rule(2, 600, queried=False), (2, True))
+        self.assertEqual(self.rule(3, 600, queried=False), (3, False))
+
+    def test_a_non_responsive_node_stays_so_until_a_good_report(self):
+        self.assertEqual(self.rule(0, 0, responsive=False), (1, False))

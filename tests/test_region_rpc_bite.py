@@ -202,6 +202,20 @@ class RecoverTests(unittest.TestCase):
         self.assertEqual([n["name"] for n in page["nodes"]], ["b"])
         self.assertEqual((page["after_op"], page["after_node"], page["done"]), (-1, "b", True))
 
+    async def test_cursors_a_region_never_hands_out_are_bad_arguments(self):
+        """Checked before any query: PostgreSQL would refuse them as a bug (500-like)."""
+        from powerctl.region.store.base import MAX_BIGINT
+
+        store = FakeStore(ops=[op(1)], nodes=[node("a")])
+        protocol = leased(region_for(store))
+        for after_op, after_node in ((MAX_BIGINT + 1, ""), (0, "a\x00b"), (0, "n" * 256)):
+            with self.assertRaises(commands.BadArguments):
+                await protocol.recover(after_op=after_op, after_node=after_node)
+        self.assertEqual(store.outstanding_calls, [])
+        # the largest of each is still a cursor
+        page = await protocol.recover(after_op=MAX_BIGINT, after_node="n" * 255)
+        self.assertEqual(page["operations"], [])
+
     async def test_a_page_of_only_unresolvable_operations_moves_the_cursor_past_it(self):
         """
         Each such operation is failed (its configuration no longer

@@ -392,8 +392,17 @@ class PowerStateTests(StoreTestCase):
         self.assertGreater(off["last_changed_at"], first["last_changed_at"])
         with self.assertRaises(InvalidInput):
             await self.store.nodes.record_power_state("n1", "maybe")
+        with self.assertRaises(InvalidInput):
+            await self.store.nodes.record_power_state("n1", "on", error="x" * 4097)
         with self.assertRaises(NotFound):
             await self.store.nodes.record_power_state("ghost", "on")
+        # "error" without words is still a failure, with a last_error that says so;
+        # an error with a state keeps the state while responsive
+        failed = await self.store.nodes.record_power_state("n1", "error")
+        self.assertEqual((failed["power_state"], failed["last_error"], failed["failed_polls"]),
+                         ("off", "the query failed", 1))
+        failed = await self.store.nodes.record_power_state("n1", "on", error="x" * 4096)
+        self.assertEqual((failed["power_state"], failed["failed_polls"]), ("off", 2))
 
     async def test_a_batch_of_polls_records_every_good_report_and_names_the_rest(self):
         for name in ("n1", "n2", "n3"):
@@ -478,6 +487,11 @@ class PservTests(StoreTestCase):
             await self.store.clusters.heartbeat("ghost", 0)
         with self.assertRaises(InvalidInput):
             await self.store.clusters.heartbeat("p1", -1)
+        with self.assertRaises(InvalidInput):  # beyond the column's integer
+            await self.store.clusters.heartbeat("p1", 2**31)
+        self.assertEqual((await self.store.clusters.heartbeat("p1", 2**31 - 1))[
+            "actions_in_flight"], 2**31 - 1)
+        await self.store.clusters.heartbeat("p1", 3)
 
         clusters = {c["name"]: c for c in await self.store.clusters.list()}
         self.assertEqual(set(clusters), {"c1", "c2"})
@@ -541,6 +555,9 @@ class PodManagerTests(StoreTestCase):
             await self.store.pod_managers.create("r3", "https://x", "u", "p", "", driver="ilo")
         with self.assertRaises(InvalidInput):
             await self.store.pod_managers.set_status(pm["uuid"], "broken")
+        with self.assertRaises(NotFound):  # a uuid, but of none
+            await self.store.pod_managers.set_status("7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10",
+                                                     "online")
         for call in (self.store.pod_managers.get, self.store.pod_managers.delete):
             for bad in ("not-a-uuid", "7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10"):
                 with self.assertRaises(NotFound):
@@ -560,6 +577,20 @@ class PodManagerTests(StoreTestCase):
         self.assertEqual(await self.sql("SELECT count(*) FROM node_pod_managers"), [(0,)])
         await self.store.pod_managers.delete(pm["uuid"])
 
+    async def test_the_refusal_names_five_users_then_says_others(self):
+        pm = await self.store.pod_managers.create("rack-1", "https://10.1.0.1", "u", "p", "")
+        for i in range(1, 6):
+            await self.store.nodes.create(f"n{i}", "c1", pod_agent(pm["uuid"]))
+        with self.assertRaises(Conflict) as e:
+            await self.store.pod_managers.delete(pm["uuid"])
+        self.assertIn("used by 'n1', 'n2', 'n3', 'n4', 'n5'; change", str(e.exception))
+        await self.store.nodes.create("n6", "c1", pod_agent(pm["uuid"]))
+        with self.assertRaises(Conflict) as e:
+            await self.store.pod_managers.delete(pm["uuid"])
+        self.assertIn("used by 'n1', 'n2', 'n3', 'n4', 'n5' and others; change",
+                      str(e.exception))
+        self.assertEqual(await self.sql("SELECT count(*) FROM pod_managers"), [(1,)])
+
     async def test_the_database_itself_refuses_deleting_a_used_pod_manager(self):
         pm = await self.store.pod_managers.create("rack-1", "https://10.1.0.1", "u", "p", "")
         await self.store.nodes.create("n1", "c1", pod_agent(pm["uuid"]))
@@ -573,3 +604,214 @@ class PodManagerTests(StoreTestCase):
                 "n1", "c1", pod_agent("7b0c53c6-3bd1-4c57-9c4a-0d7e3c2f3a10"))
         self.assertIn("does not exist", str(e.exception))
         self.assertEqual(await self.sql("SELECT count(*) FROM nodes"), [(0,)])
+
+
+class TextLimitTests(StoreTestCase):
+    """
+    Each text the store bounds takes exactly its limit and refuses one
+    character more, writing nothing (found by mutation testing: a limit off
+    by one survived every other test).
+    """
+
+    async def test_who_and_what_fields_hold_255_characters(self):
+        ok, over = "a" * 255, "a" * 256
+        await self.store.nodes.create("n1", "c1", ipmi())
+        # requester of a power request
+        with self.assertRaises(InvalidInput):
+            await self.store.ops.request("n1", "on", requester=over)
+        op = await self.store.ops.request("n1", "on", requester=ok)
+        self.assertEqual(op["requester"], ok)
+        # the pserv running it, one at a time and a page at a time
+        with self.assertRaises(InvalidInput):
+            await self.store.ops.mark_running(op["id"], over)
+        with self.assertRaises(InvalidInput):
+            await self.store.ops.mark_running_many([op["id"]], over, 1)
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "pending")
+        await self.store.ops.mark_running_many([op["id"]], ok, 1)
+        self.assertEqual((await self.store.ops.get(op["id"]))["pserv"], ok)
+        self.assertTrue((await self.store.ops.mark_running(op["id"], ok[:-1] + "b")).changed)
+        # who cancels or confirms it
+        with self.assertRaises(InvalidInput):
+            await self.store.ops.mark_operator(op["id"], "cancelled_by", over)
+        marked = await self.store.ops.mark_operator(op["id"], "cancelled_by", ok)
+        self.assertEqual(marked["cancelled_by"], ok)
+        # a pserv's version and region
+        with self.assertRaises(InvalidInput):
+            await self.store.clusters.register_pserv("p1", "c1", over, "r")
+        with self.assertRaises(InvalidInput):
+            await self.store.clusters.register_pserv("p1", "c1", "v", over)
+        self.assertEqual(await self.store.clusters.live_pservs("c1"), [])
+        pserv = await self.store.clusters.register_pserv("p1", "c1", ok, ok)
+        self.assertEqual((pserv["version"], pserv["region"]), (ok, ok))
+        # who deletes a node
+        with self.assertRaises(InvalidInput):
+            await self.store.nodes.delete("n1", by=over)
+        await self.store.nodes.get("n1")  # still there
+        deleted = await self.store.nodes.delete("n1", by=ok)
+        self.assertEqual(deleted["node"], "n1")
+
+    async def test_a_pod_manager_name_is_1_to_255_characters(self):
+        for bad in ("", "p" * 256):
+            with self.assertRaises(InvalidInput):
+                await self.store.pod_managers.create(bad, "https://10.1.0.1", "admin", "pw")
+        self.assertEqual(await self.store.pod_managers.list(), [])
+        pm = await self.store.pod_managers.create("p" * 255, "https://10.1.0.1", "admin", "pw")
+        self.assertEqual(pm["name"], "p" * 255)
+        one = await self.store.pod_managers.create("q", "https://10.1.0.2", "admin", "pw")
+        self.assertEqual(one["name"], "q")
+
+
+class DeleteTests(StoreTestCase):
+    async def test_open_operations_end_cancelled_saying_by_whom_if_known(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        first = await self.store.ops.request("n1", "on")
+        second = await self.store.ops.request("n1", "query")
+        done = await self.store.ops.request("n1", "off")
+        await self.store.ops.record_outcome(done["id"], "succeeded")
+        answer = await self.store.nodes.delete("n1")  # nobody named
+        self.assertEqual(answer, {"node": "n1", "cancelled": [first["id"], second["id"]]})
+        for op_id in (first["id"], second["id"]):
+            op = await self.store.ops.get(op_id)
+            self.assertEqual((op["state"], op["error"], op["cancelled_by"]),
+                             ("cancelled", "node n1 deleted", None))
+        self.assertEqual((await self.store.ops.get(done["id"]))["state"], "succeeded")
+        await self.store.nodes.create("n1", "c1", ipmi())
+        again = await self.store.ops.request("n1", "on")
+        await self.store.nodes.delete("n1", by="alice")
+        op = await self.store.ops.get(again["id"])
+        self.assertEqual((op["error"], op["cancelled_by"]), ("node n1 deleted by alice", "alice"))
+        with self.assertRaises(NotFound):
+            await self.store.nodes.delete("n1")
+
+
+class OutcomeEpochTests(StoreTestCase):
+    async def test_only_the_owner_s_epoch_may_end_an_operation(self):
+        from powerctl.region.errors import StaleEpoch
+
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "on")
+        await self.pool.runOperation("UPDATE nodes SET owner_epoch = 7 WHERE name = 'n1'")
+        for stale in (6, 8):
+            with self.assertRaises(StaleEpoch) as caught:
+                await self.store.ops.record_outcome(op["id"], "succeeded", epoch=stale)
+            self.assertIn(f"epoch {stale} does not own node n1", str(caught.exception))
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "pending")
+        # texts past 4096 characters are refused before anything is read
+        for field in ("agent", "error", "pserv", "cancelled_by"):
+            with self.assertRaises(InvalidInput):
+                await self.store.ops.record_outcome(op["id"], "failed", epoch=7,
+                                                    **{field: "x" * 4097})
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "pending")
+        recorded = await self.store.ops.record_outcome(op["id"], "failed", epoch=7,
+                                                       error="x" * 4096)
+        self.assertEqual((recorded.changed, recorded.op["state"]), (True, "failed"))
+        # without an epoch (the region's own verdicts) the owner is not asked
+        other = await self.store.ops.request("n1", "off")
+        recorded = await self.store.ops.record_outcome(other["id"], "cancelled")
+        self.assertTrue(recorded.changed)
+
+
+class OperatorMarkTests(StoreTestCase):
+    async def test_attribution_of_an_operator_cancel_or_confirmation(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "on")
+        with self.assertRaises(InvalidInput):  # only these two fields
+            await self.store.ops.mark_operator(op["id"], "requester", "mallory")
+        marked = await self.store.ops.mark_operator(op["id"], "confirmed_by", "bob")
+        self.assertEqual((marked["confirmed_by"], marked["state"]), ("bob", "pending"))
+        taken_back = await self.store.ops.mark_operator(op["id"], "confirmed_by", None)
+        self.assertIsNone(taken_back["confirmed_by"])
+        await self.store.ops.record_outcome(op["id"], "succeeded")
+        with self.assertRaises(Conflict) as caught:  # it ended: too late to attribute
+            await self.store.ops.mark_operator(op["id"], "cancelled_by", "bob")
+        self.assertIn("already ended succeeded", str(caught.exception))
+        self.assertIsNone((await self.store.ops.get(op["id"]))["cancelled_by"])
+        late = await self.store.ops.mark_operator(op["id"], "cancelled_by", "bob",
+                                                  ended_ok=True)
+        self.assertEqual(late["cancelled_by"], "bob")
+        with self.assertRaises(NotFound):
+            await self.store.ops.mark_operator(999_999, "cancelled_by", "bob")
+
+
+class DefaultPageTests(StoreTestCase):
+    async def test_the_journal_pages_100_by_default(self):
+        """The documented default of GET /v1/power_ops, with or without limit=None."""
+        await self.store.nodes.create("n1", "c1", ipmi())
+        await self.pool.runOperation(
+            "INSERT INTO power_ops (node, action, requester)"
+            " SELECT 'n1', 'query', 't' FROM generate_series(1, 101)")
+        for kwargs in ({}, {"limit": None}):
+            page = await self.store.ops.list(**kwargs)
+            self.assertEqual(len(page), 100, kwargs)
+        self.assertEqual(len(await self.store.ops.list(limit=101)), 101)
+        self.assertEqual(len(await self.store.ops.list(node="n1", state="pending",
+                                                       before_id=page[-1]["id"])), 1)
+
+
+class ClusterTests(StoreTestCase):
+    async def test_a_pserv_names_itself_and_its_cluster_like_a_node(self):
+        for name, cluster in (("", "c1"), ("p 1", "c1"), ("p1", ""), ("p1", "c/1")):
+            with self.assertRaises(InvalidInput):
+                await self.store.clusters.register_pserv(name, cluster, "v", "r")
+        self.assertEqual(await self.store.clusters.list(), [])  # no cluster made either
+        pserv = await self.store.clusters.register_pserv("p1", "c1", "v", None)
+        self.assertEqual((pserv["region"], pserv["cluster"]), (None, "c1"))
+        self.assertEqual([c["name"] for c in await self.store.clusters.list()], ["c1"])
+
+    async def test_drift_policy_of_a_known_cluster_only(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        self.assertEqual((await self.store.clusters.list())[0]["drift_policy"], "report")
+        with self.assertRaises(InvalidInput):
+            await self.store.clusters.set_policy("c1", "ignore")
+        with self.assertRaises(NotFound):
+            await self.store.clusters.set_policy("c2", "enforce")
+        self.assertEqual(await self.store.clusters.set_policy("c1", "enforce"),
+                         {"name": "c1", "drift_policy": "enforce"})
+        self.assertEqual([c["name"] for c in await self.store.clusters.list()], ["c1"])
+
+    async def test_serving_names_the_node_s_cluster_and_its_live_pservs(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        self.assertEqual(await self.store.clusters.serving("n1"), ("c1", []))
+        await self.store.clusters.register_pserv("p2", "c1", "v", "r")
+        await self.store.clusters.register_pserv("p1", "c1", "v", "r")
+        await self.store.clusters.register_pserv("p3", "c2", "v", "r")
+        self.assertEqual(await self.store.clusters.serving("n1"), ("c1", ["p1", "p2"]))
+        await self.store.clusters.pserv_disconnected("p1")
+        self.assertEqual(await self.store.clusters.serving("n1"), ("c1", ["p2"]))
+        self.assertIsNone(await self.store.clusters.serving("n2"))
+
+
+class ConcurrentOutcomeTests(StoreTestCase):
+    """Two reports about one operation at once: the row lock makes the second see the first."""
+
+    async def test_an_outcome_waits_for_one_being_written_and_then_changes_nothing(self):
+        import psycopg2
+
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "on")
+        other = psycopg2.connect(self.dsn)  # another region, ending the same operation
+        watcher = psycopg2.connect(self.dsn)
+        watcher.autocommit = True
+        self.addCleanup(other.close)
+        self.addCleanup(watcher.close)
+        with other.cursor() as cur:
+            cur.execute("UPDATE power_ops SET state = 'failed', finished_at = now()"
+                        " WHERE id = %s", (op["id"],))
+        late = self.store.ops.record_outcome(op["id"], "succeeded")
+
+        def blocked():
+            with watcher.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type"
+                            " = 'Lock' AND datname = current_database()")
+                return cur.fetchone()[0] > 0
+
+        for _ in range(200):  # until our report waits on the other's row lock
+            if blocked():
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        else:
+            self.fail("the second report never waited for the first")
+        other.commit()
+        recorded = await late
+        self.assertEqual((recorded.changed, recorded.op["state"]), (False, "failed"))
+        self.assertEqual((await self.store.ops.get(op["id"]))["state"], "failed")

@@ -84,10 +84,11 @@ class Api:
     nothing outlives the command.
     """
 
-    def __init__(self, ctx, base, timeout):
+    def __init__(self, ctx, base, timeout, token_file=None):
         self.ctx = ctx
         self.base = base.rstrip("/")
         self.timeout = timeout
+        self.token_file = token_file  # --token-file: beats $POWERCTL_TOKEN and its file
         self.pool = None
         agent = getattr(ctx, "agent", None)
         if agent is None:
@@ -129,7 +130,8 @@ class Api:
         """``(response, decoded JSON answer)``; ApiError if not 2xx."""
         url = self.base + path
         kwargs = {"headers": {"Accept": ["application/json"],
-                              **credentials.auth_headers(self.ctx.env)}}
+                              **credentials.auth_headers(self.ctx.env,
+                                                         token_file=self.token_file)}}
         if body is not None:
             kwargs["json"] = body
         if query:
@@ -234,7 +236,7 @@ def api_command(fn):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--api {base!r} is not an http(s) URL")
         timeout = DEFAULT_API_TIMEOUT if args.api_timeout is None else args.api_timeout
-        api = Api(ctx, base, timeout)
+        api = Api(ctx, base, timeout, token_file=getattr(args, "token_file", None))
         try:
             return await fn(ctx, args, api)
         finally:
@@ -264,12 +266,16 @@ def api_options(parent=None, prefix=""):
                             f"{DEFAULT_API_TIMEOUT:g})")
     group.add_argument("--json", dest=prefix + "json", action="store_true",
                        help="print the API's JSON instead of a table")
+    group.add_argument("--token-file", dest=prefix + "token_file", metavar="FILE",
+                       default=None,
+                       help="read the API token from FILE (mode 0600; beats "
+                            "$POWERCTL_TOKEN and $POWERCTL_TOKEN_FILE)")
     return parent
 
 
 def add_global_options(parser):
-    """``--api``, ``--api-timeout``, ``--json`` before the command too (``powerctl --api URL
-    node list``)."""
+    """``--api``, ``--api-timeout``, ``--json``, ``--token-file`` before the command too
+    (``powerctl --api URL node list``)."""
     api_options(parser, _GLOBAL)
 
 
@@ -280,7 +286,7 @@ def apply_global_options(args):
     fills in a missing ``--api``).  An error message when the command does
     not take one of them, else None.
     """
-    for name in ("api", "api_timeout", "json"):
+    for name in ("api", "api_timeout", "json", "token_file"):
         value = vars(args).pop(_GLOBAL + name, None)
         if value is None or value is False:
             continue

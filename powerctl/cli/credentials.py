@@ -1,5 +1,6 @@
 """
-The API token the CLI sends (issue 10): ``$POWERCTL_TOKEN``, else the file
+The API token the CLI sends (issue 10): the file of ``--token-file``, else
+``$POWERCTL_TOKEN``, else the file
 ``$POWERCTL_TOKEN_FILE``, else ``$XDG_CONFIG_HOME/powerctl/token`` (by
 default ``~/.config/powerctl/token``) when it exists.  A token file that
 other users could read is refused, as ssh refuses such a key: the token is
@@ -50,7 +51,12 @@ def token(env):
     return read_private(path) or None
 
 
-def auth_headers(env):
-    """``{"Authorization": ["Bearer ..."]}``, or {} without a token."""
-    value = token(env)
+def auth_headers(env, token_file=None):
+    """
+    ``{"Authorization": ["Bearer ..."]}``, or {} without a token; the file
+    named by ``--token-file`` (``token_file``), when given, beats the
+    environment (a token is not taken on the command line itself: others
+    could read it in the process list).
+    """
+    value = read_private(token_file) if token_file else token(env)
     return {"Authorization": [f"Bearer {value}"]} if value else {}

@@ -70,7 +70,11 @@ class PservService(service.MultiService):
         transport.check_regions(settings)  # issue 10: TLS between hosts
         self.protocols = []
         for description in settings.regions:
-            endpoint = endpoints.clientFromString(reactor, description)
+            try:
+                endpoint = endpoints.clientFromString(reactor, description)
+            except ValueError as e:  # not an endpoint description: say which, no traceback
+                raise config.ConfigError(f"region {description!r} is not an endpoint "
+                                         f"(e.g. tls:host=region:port=5250): {e}") from None
             client = internet.ClientService(
                 endpoint, _Factory(lambda: self._protocol(secret)),
                 retryPolicy=internet.backoffPolicy(initialDelay=0.5, maxDelay=10.0),

@@ -497,7 +497,26 @@ class Api(AsyncResource):
         if op["state"] not in TERMINAL_STATES:  # a fence that joined a recent one has ended
             self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
-        return 202, _pick(op, OP_FIELDS)
+        return 202, dict(_pick(op, OP_FIELDS), **await self._who_runs(name))
+
+    async def _who_runs(self, name):
+        """
+        ``live_pserv`` (and, when false, a ``warning``) for a power request's
+        answer: without a live pserv in the node's cluster the request is
+        journalled but nothing runs it, and a client waiting for it should
+        be told rather than left to time out.  Read after the request
+        committed, from the pservs' heartbeats (every region's, not only
+        this one's connections).
+        """
+        serving = await self.store.clusters.serving(name)
+        if serving is None:  # deleted since: its operation ends cancelled anyway
+            return {}
+        cluster, live = serving
+        if live:
+            return {"live_pserv": True}
+        return {"live_pserv": False,
+                "warning": f"no live pserv serves cluster {cluster}: the request is "
+                           "recorded but nothing runs it until one connects"}
 
     async def bulk_power(self, request):
         """

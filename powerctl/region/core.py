@@ -22,6 +22,7 @@ from powerctl.powerdoc import agent_list
 from powerctl.rpc import commands
 from powerctl.rpc.failures import expected
 from powerctl.region.errors import Conflict, InvalidInput, NotFound, Unavailable
+from powerctl.region.peers import PendingPeers
 from powerctl.region.rpc import PservDirectory, error_text
 
 #: Seconds the region waits for pservs to make a node's device quiet
@@ -42,6 +43,8 @@ class Region:
         self.clock = clock
         self.heartbeat_timeout = heartbeat_timeout
         self.directory = PservDirectory()
+        #: AMP connections not yet authenticated, per address (bounded).
+        self.pending_peers = PendingPeers()
         self._busy = set()  # Deferreds of work still using the database
         # Operations this region dispatched itself: the NOTIFY each request
         # sends comes back to us too and must not dispatch them again.

@@ -34,6 +34,32 @@ def _errors(*statuses):
     return {str(s): _json(_ref("Error"), text[s]) for s in statuses + (500,)}
 
 
+#: What the HTTP server itself answers, before any route is looked at
+#: (:mod:`powerctl.region.http`), so on every operation; each closes the
+#: connection after the answer.
+_SERVER_LIMITS = {
+    408: "the request (line, headers and body) was not complete within the request "
+         "timeout (30 s by default) of its first byte; the connection is closed",
+    413: "body too large: over 1 MiB, by its Content-Length or as a chunked body grows "
+         "(any method); the connection is closed",
+    414: "request line (method, URL, version) longer than 16384 bytes; the connection "
+         "is closed",
+    431: "a header line longer than 16384 bytes; the connection is closed",
+}
+
+
+def with_server_limits(paths):
+    """Add the HTTP server's own answers (:data:`_SERVER_LIMITS`) to every operation."""
+    for item in paths.values():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            responses = operation["responses"]
+            for status, text in _SERVER_LIMITS.items():
+                responses[str(status)] = _json(_ref("Error"), text)
+    return paths
+
+
 def _body(name, description):
     return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
 
@@ -208,6 +234,15 @@ def _schemas():
                    "degraded success, the levels that failed before (failed_levels), or the "
                    "fence a coalesced fence joined (coalesced_fence)"},
     }}
+    requested = {"type": "object", "properties": dict(op["properties"], **{
+        "live_pserv": {"type": "boolean",
+                       "description": "whether a pserv of the node's cluster was live "
+                       "(connected, heartbeating) when the request was journalled; "
+                       "absent only if the node was deleted meanwhile"},
+        "warning": {"type": "string",
+                    "description": "present when live_pserv is false: no live pserv "
+                    "serves the node's cluster, so the operation stays pending until one "
+                    "connects (it is not refused)"}})}
     requester = {"type": "string", "description": "who asks (default: api:<client address>)"}
     cancel_request = {"type": "object", "additionalProperties": False, "properties": {
         "requester": requester,
@@ -328,6 +363,7 @@ def _schemas():
     return {"BulkRequest": bulk_request, "BulkPlan": bulk_plan, "BulkAccepted": bulk_accepted,
             "Agent": agent, "Power": power, "Node": node, "NodeCreate": node_create,
             "NodeUpdate": node_update, "PowerOp": op, "PowerRequest": power_request,
+            "PowerRequested": requested,
             "CancelRequest": cancel_request, "ConfirmRequest": confirm_request,
             "PodManager": pod_manager, "PodManagerCreate": pod_manager_create,
             "PodManagerUpdate": pod_manager_update, "Pserv": pserv, "Cluster": cluster,
@@ -438,7 +474,9 @@ def _paths():
                      "nothing switched on since, answers that fence's result at once "
                      "(succeeded, coalesced_into)",
                      "operationId": "requestPower", "requestBody": _body("PowerRequest", ""),
-                     "responses": {"202": _json(_ref("PowerOp"), "journalled, pending"),
+                     "responses": {"202": _json(_ref("PowerRequested"),
+                                                 "journalled, pending; says whether a live "
+                                                 "pserv can run it"),
                                    **_errors(400, 404, 409, 413, 415)}},
         },
         "/v1/power": {
@@ -622,12 +660,18 @@ def document():
     """A fresh copy of the OpenAPI document."""
     from powerctl.region.openapi_auth import secured  # issue 10
 
-    return secured({
+    doc = secured({
         "openapi": "3.0.3",
         "info": {"title": "powerctl region API", "version": VERSION,
                  "description": "Nodes, power requests, the power-operation journal, "
                  "pod managers and clusters. Errors are {\"error\": {\"code\", "
-                 "\"message\"}}. Passwords are write-only."},
+                 "\"message\"}}. Passwords are write-only. Any request may also be "
+                 "answered 408 (not complete within 30 s of its first byte), 413 (body "
+                 "over 1 MiB), 414 (request line over 16384 bytes) or 431 (a header line "
+                 "that long) by the HTTP server, which then closes the connection; a "
+                 "connection idle for 60 s between requests is closed without an answer."},
         "paths": _paths(),
         "components": {"schemas": {**_schemas(), **_activity_schemas()}},
     })
+    with_server_limits(doc["paths"])
+    return doc

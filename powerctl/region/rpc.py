@@ -13,6 +13,7 @@ from twisted.protocols import amp
 from powerctl.power import POWER_STATES, TERMINAL_STATES, OpState, PowerState
 from powerctl.region import pservcreds
 from powerctl.region.errors import InvalidInput, NotFound, StaleEpoch
+from powerctl.region.store.base import MAX_BIGINT
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands, responders
 
@@ -68,7 +69,9 @@ class PservDirectory:
 class RegionProtocol(amp.AMP):
     """
     One pserv's connection to this region.  A peer that has not
-    authenticated within :attr:`auth_timeout` seconds is disconnected.
+    authenticated within :attr:`auth_timeout` seconds is disconnected, and
+    an address holding :data:`powerctl.region.peers.MAX_PER_ADDRESS`
+    unauthenticated connections has the next ones closed at once.
     """
 
     log = Logger()
@@ -88,10 +91,28 @@ class RegionProtocol(amp.AMP):
         self.last_heard = region.clock.seconds()
         self._unknown_nodes = set()  # logged once each
         self._auth_timer = None
+        self._pending_as = None  # the address this connection is counted under, until it authenticates
 
     def connectionMade(self):
         super().connectionMade()
+        peer = self.transport.getPeer()
+        address = getattr(peer, "host", None) or str(peer)
+        pending = self.region.pending_peers
+        if not pending.admit(address):
+            if pending.first_refusal(address):
+                self.log.warn("peer {address} holds {n} connections that have not "
+                              "authenticated: closing its new ones until fewer are pending",
+                              address=address, n=pending.pending(address))
+            self.transport.abortConnection()
+            return
+        self._pending_as = address
         self._auth_timer = self.region.clock.callLater(self.auth_timeout, self._auth_expired)
+
+    def _authenticated_or_gone(self):
+        """This connection no longer counts against its address's pending ones."""
+        if self._pending_as is not None:
+            self.region.pending_peers.leave(self._pending_as)
+            self._pending_as = None
 
     def _auth_expired(self):
         self._auth_timer = None
@@ -151,6 +172,7 @@ class RegionProtocol(amp.AMP):
         self.admission = admission
         self.gate.open = True
         self._stop_auth_timer()
+        self._authenticated_or_gone()
         return {"proof": auth.proof(admission.key, nonce)}
 
     @commands.Register.responder
@@ -181,6 +203,14 @@ class RegionProtocol(amp.AMP):
     @commands.Recover.responder
     async def recover(self, after_op, after_node):
         self._leased()
+        # The cursors come back as the region handed them out: an operation
+        # id (or -1) and a node name.  Anything else is a broken peer, not a
+        # database error.
+        if after_op > MAX_BIGINT:
+            raise commands.BadArguments(f"after_op: must be at most {MAX_BIGINT}")
+        if len(after_node) > 255 or "\x00" in after_node:
+            raise commands.BadArguments("after_node: must be a node name (at most 255 "
+                                        "characters, no NUL)")
         store = self.region.store
         ops_page = []
         if after_op >= 0:
@@ -306,7 +336,6 @@ class RegionProtocol(amp.AMP):
         if not await pservcreds.still_admitted(self.region, self.admission):  # issue 10
             self.log.warn("pserv {p}: its credential was revoked; disconnecting", p=self.pserv)
             raise commands.AuthenticationFailed("this pserv's credential was revoked")
-        self.in_flight = actions_in_flight
         try:
             remaining = await self.region.leases.renew(self.epoch)
         except LeaseExpired as e:
@@ -316,6 +345,7 @@ class RegionProtocol(amp.AMP):
             await self.region.store.clusters.heartbeat(self.pserv, actions_in_flight)
         except (InvalidInput, NotFound) as e:
             raise commands.BadArguments(str(e)) from None
+        self.in_flight = actions_in_flight  # once the store took it as a count
         return {"lease": remaining}
 
     @commands.ReleaseNodes.responder
@@ -343,6 +373,7 @@ class RegionProtocol(amp.AMP):
 
     def connectionLost(self, reason):
         self._stop_auth_timer()
+        self._authenticated_or_gone()
         if self.pserv is not None:  # first: nothing may use a closed connection
             self.region.directory.remove(self)
         super().connectionLost(reason)

@@ -3,10 +3,13 @@ The region as a twistd service: PostgreSQL (migrated at start-up), the
 REST API, and the AMP endpoint pservs connect to.
 """
 
+import os
+import sys
+
 import psycopg2
 import psycopg2.extensions
 from twisted.application import service
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, endpoints, error, protocol
 from twisted.logger import Logger
 from txpostgres import reconnection, retrying, txpostgres
 
@@ -44,6 +47,37 @@ def _reconnecting_connection(reactor, cooperator=None):
 
 class DatabaseUnreachable(Exception):
     """The region's database cannot be reached at start-up (the message says why)."""
+
+
+class StartupFailed(Exception):
+    """Something the region needs to serve is not there; the message (one line) says what."""
+
+
+def startup_reason(failure):
+    """
+    One line saying why the region could not start, for the failures an
+    operator causes (a port taken, a key file, a setting, the database gone
+    since the check); None for anything else, which is a bug and gets its
+    traceback.
+    """
+    from powerctl.region.vault import VaultError
+
+    value = failure.value
+    if isinstance(value, (StartupFailed, config.ConfigError, VaultError)):
+        return str(value)
+    if isinstance(value, psycopg2.Error):
+        return "the database: " + ((str(value).strip().splitlines() or [type(value).__name__])[0])
+    return None
+
+
+def _exit_now(status):
+    """Leave the process with ``status``, its output flushed (see RegionService._failed)."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:  # a closed or replaced stream has nothing left to lose
+            pass
+    os._exit(status)
 
 
 def describe_dsn(dsn):
@@ -110,6 +144,7 @@ class RegionService(service.MultiService):
         self._pool = None
         self._ready = None
         self.stop_reactor_on_failure = False
+        self.exit = _exit_now  # how a daemon that failed to start leaves (tests replace it)
 
     @classmethod
     def from_config(cls, settings, reactor=None, catalogue=None):
@@ -134,10 +169,32 @@ class RegionService(service.MultiService):
         return self._ready
 
     def _failed(self, failure):
-        self.log.failure("region failed to start", failure)
-        if self.stop_reactor_on_failure and self.reactor.running:
-            self.reactor.stop()  # a daemon that cannot serve must not linger
-        return failure
+        """
+        A region started by twistd that cannot serve must not linger, nor
+        look like it stopped on purpose: one line says what failed (with
+        the traceback only for a bug), the reactor stops -- so the services
+        started so far stop cleanly -- and the process then exits with
+        status 1.  twistd itself has no way to end with a failing status
+        once its reactor ran (it returns normally and exits 0), hence the
+        exit from an "after shutdown" trigger, with the output flushed.  A
+        pid file, if twistd wrote one, is left behind; twistd removes a
+        stale one at the next start.
+        """
+        if not self.stop_reactor_on_failure:  # embedded (tests): the caller decides
+            self.log.failure("region failed to start", failure)
+            return failure
+        reason = startup_reason(failure)
+        if reason is None:
+            self.log.failure("powerctl-region: cannot start: {reason}", failure,
+                             reason=f"{type(failure.value).__name__}: {failure.value}")
+        else:
+            self.log.critical("powerctl-region: cannot start: {reason}", reason=reason)
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.exit, 1)
+        if self.reactor.running:
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
+        return None  # logged once, here
 
     async def _start(self):
         from powerctl.region.api import api_root
@@ -169,9 +226,10 @@ class RegionService(service.MultiService):
             self.settings.database, self.reactor, self._notified,
             self.region.assignment_round, interval=max(1.0, self.settings.lease / 3))
         factory = protocol.Factory.forProtocol(lambda: RegionProtocol(self.region))
-        self.rpc_port = await transport.server_endpoint(  # issue 10: mutual TLS
-            self.reactor, self.settings.rpc_endpoint,
-            self.settings.rpc_client_ca).listen(factory)
+        self.rpc_port = await self._listen(  # issue 10: mutual TLS
+            "pservs (AMP)", self.settings.rpc_endpoint, factory,
+            make=lambda: transport.server_endpoint(self.reactor, self.settings.rpc_endpoint,
+                                                   self.settings.rpc_client_ca))
         from powerctl.region.activity import LiveActivity
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
@@ -189,8 +247,7 @@ class RegionService(service.MultiService):
         # limits on request size and on slow clients: powerctl.region.http
         site = http.Site(root, reactor=self.reactor)
         site.noisy = False
-        self.api_port = await endpoints.serverFromString(
-            self.reactor, self.settings.api_endpoint).listen(site)
+        self.api_port = await self._listen("the REST API", self.settings.api_endpoint, site)
         self.prober = PodManagerProber(self.store, self.reactor,
                                        interval=self.settings.pod_probe_interval,
                                        leader=lambda: self.coordinator.leader)
@@ -219,6 +276,21 @@ class RegionService(service.MultiService):
         if channel == "events":
             return self.events.notified(payload)
         return self.region.notified(channel, payload)
+
+    async def _listen(self, what, description, factory, make=None):
+        """
+        The listening port for ``description`` (its endpoint made by
+        ``make()`` when given); StartupFailed naming it if it cannot be had.
+        """
+        try:
+            endpoint = (make() if make is not None
+                        else endpoints.serverFromString(self.reactor, description))
+            return await endpoint.listen(factory)
+        except error.CannotListenError as e:
+            why = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise StartupFailed(f"cannot listen for {what} on {description}: {why}") from None
+        except ValueError as e:  # serverFromString: not an endpoint description
+            raise StartupFailed(f"cannot listen for {what}: {description!r}: {e}") from None
 
     async def _stop(self):
         if self._ready is not None and not self._ready.called:

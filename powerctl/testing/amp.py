@@ -69,15 +69,20 @@ class AmpPair:
         return not (self.pump.clientIO.disconnecting or self.pump.serverIO.disconnecting)
 
 
-def connect(server, client, clock=None, greet=True):
+def connect(server, client, clock=None, greet=True, peer=None):
     """
     Join ``server`` and ``client`` (protocol instances, typically
     ``amp.AMP`` subclasses) in memory.  ``connectionMade`` runs on both,
     server first; with ``greet`` (the default) whatever that starts -- a
     hand-shake, say -- is pumped to completion before this returns.
+    ``peer`` is the address the server sees the client at (an
+    ``IPv4Address``; by default one of iosim's, different each time).
     """
     clock = clock if clock is not None else task.Clock()
-    pump = iosim.connect(server, iosim.makeFakeServer(server),
+    server_transport = iosim.makeFakeServer(server)
+    if peer is not None:
+        server_transport.peerAddress = peer
+    pump = iosim.connect(server, server_transport,
                          client, iosim.makeFakeClient(client),
                          greet=greet, clock=clock)
     return AmpPair(server=server, client=client, pump=pump, clock=clock)

@@ -45,6 +45,10 @@ def check_budget(max_on, spacing):
     return max_on, float(spacing)
 
 
+#: The largest count the pservs table holds (a PostgreSQL integer).
+MAX_INT = 2**31 - 1
+
+
 async def ensure_cluster(tx, cluster):
     """Create ``cluster`` if it is new (nodes and pservs name their cluster)."""
     await tx.rows(
@@ -86,8 +90,8 @@ class ClusterStore(KindStore):
     async def heartbeat(self, tx, name, actions_in_flight):
         """A pserv is alive, with this many actions under way."""
         if isinstance(actions_in_flight, bool) or not isinstance(actions_in_flight, int) \
-                or actions_in_flight < 0:
-            raise InvalidInput("actions_in_flight: must be a non-negative integer")
+                or not 0 <= actions_in_flight <= MAX_INT:
+            raise InvalidInput(f"actions_in_flight: must be an integer from 0 to {MAX_INT}")
         row = await tx.row(
             "UPDATE pservs SET last_heartbeat = now(), actions_in_flight = %s,"
             f" connected = true WHERE name = %s RETURNING {PSERV_COLUMNS}",
@@ -122,6 +126,21 @@ class ClusterStore(KindStore):
             f"SELECT {PSERV_COLUMNS} FROM pservs WHERE cluster = %s AND {self._live()} ORDER BY name",
             (cluster, self.heartbeat_timeout))
         return [plain(r) for r in rows]
+
+    @transaction
+    async def serving(self, tx, node):
+        """
+        ``(cluster, [live pserv name, ...])`` for ``node``'s cluster, or
+        None when there is no such node (deleted meanwhile): what a power
+        request's answer says about who will run it.
+        """
+        row = await tx.row("SELECT cluster FROM nodes WHERE name = %s", (node,))
+        if row is None:
+            return None
+        rows = await tx.rows(
+            f"SELECT name FROM pservs WHERE cluster = %s AND {self._live()} ORDER BY name",
+            (row["cluster"], self.heartbeat_timeout))
+        return row["cluster"], [r["name"] for r in rows]
 
     @transaction
     async def list(self, tx):
