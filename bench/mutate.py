@@ -124,6 +124,9 @@ MODULES = [
      4, 60),
     ("base", "powerctl/drivers/base.py",
      ["tests/test_base_driver.py", "tests/test_base_driver_edges.py"], 1.5, 30),
+    # issue 13: automatic fencing's decision (pure) and the lock-out guard
+    ("autofence", "powerctl/region/autofence.py", ["tests/test_autofence.py"], 2, 30),
+    ("lockout", "powerctl/pserv/lockout.py", ["tests/test_lockout.py"], 2, 60),
     ("policy", "powerctl/registry/policy.py", REGISTRY_TESTS, 2, 60),
     ("actions", "powerctl/registry/actions.py", REGISTRY_TESTS, 2, 60),
 ]

@@ -104,7 +104,7 @@ class FakeRegionStore:
             outstanding=self.outstanding_ops)
         self.clusters = types.SimpleNamespace(
             register_pserv=self.register_pserv, heartbeat=self.heartbeat,
-            pserv_disconnected=self.pserv_disconnected)
+            pserv_disconnected=self.pserv_disconnected, serving=self.serving)
         self.lockouts = FakeLockouts(
             lambda node: self.node_rows.get(node, {}).get("cluster"))
 
@@ -316,6 +316,14 @@ class FakeRegionStore:
         except KeyError:
             raise NotFound(f"pserv {name!r} is not registered") from None
         return dict(self.pserv_rows[name])
+
+    async def serving(self, node):
+        """As the real store: ``(cluster, [connected pserv names])``, None if no such node."""
+        row = self.node_rows.get(node)
+        if row is None:
+            return None
+        return row["cluster"], sorted(p["name"] for p in self.pserv_rows.values()
+                                      if p["cluster"] == row["cluster"] and p["connected"])
 
     async def pserv_disconnected(self, name, region=None):
         row = self.pserv_rows.get(name)
