@@ -162,6 +162,27 @@ class PservTests(PservSetup, unittest.TestCase):
         self.executor.finish("8", PowerState.ON)
         self.assertEqual(self.successResultOf(self.pserv.cancel(8, "x")).outcome, "succeeded")
 
+    def test_an_older_request_arriving_after_a_newer_one_never_runs(self):
+        """
+        A Recover listing can race the NOTIFY of a newer request: the journal's
+        order decides, so the last request wins (seen in CI: an older pending
+        'off' superseded a newer 'on').
+        """
+        self.assertEqual(self.pserv.dispatch(3, "n1", "on", POWER), ("started", 0))
+        self.assertEqual(self.pserv.dispatch(2, "n1", "off", POWER), ("known", 0))
+        self.assertEqual(self.executor.started_ops(), ["3"])
+        [report] = self.reports
+        self.assertEqual((report.operation_id, report.outcome, report.superseded_by,
+                          report.epoch), (2, "superseded", 3, self.epoch))
+        # sent again, it is answered from memory; other nodes and queries are free
+        self.assertEqual(self.pserv.dispatch(2, "n1", "off", POWER), ("known", 0))
+        self.assertEqual(len(self.reports), 2)
+        self.pserv.dispatch(1, "n2", "off", POWER)
+        self.pserv.dispatch(0, "n1", "query", POWER)
+        self.assertEqual(self.executor.started_ops(), ["3", "1", "0"])
+        self.executor.finish("3", PowerState.ON)
+        self.assertEqual(self.reports[-1].outcome, "succeeded")
+
     def test_a_finished_operation_sent_again_is_reported_not_run(self):
         """A region that lost the outcome re-sends it: a cycle must not reboot twice."""
         self.pserv.dispatch(5, "n1", "cycle", POWER)

@@ -86,7 +86,8 @@ class Pserv:
         self._report = report
         self._in_play = {}  # op id -> PowerAction
         self._finished = collections.OrderedDict()  # op id -> Report
-        self._remember = remember
+        self._keep = remember
+        self._newest = {}  # node -> the newest changing operation accepted for it
         self._stopping = False
         self._settled = {}  # op id -> [Deferred] waiting for its report (cancel)
         self._unreported = set()  # op ids whose cancellation is not theirs to report
@@ -151,6 +152,17 @@ class Pserv:
             self._finished[operation_id] = report
             self._report(report)
             return "known", 0
+        if Action.parse(action).changes_power:
+            newest = self._newest.get(node, 0)
+            if operation_id < newest:
+                # An older request reached us after a newer one for the node
+                # (a Recover listing racing the NOTIFY of a new request).  In
+                # journal order the newer one replaces it, and the last
+                # request must win: it is superseded without running.
+                self._remember(Report(operation_id, OpState.SUPERSEDED.value,
+                                      superseded_by=newest, epoch=int(epoch)))
+                return "known", 0
+            self._newest[node] = operation_id
         self._configure(node, power, lockouts, circuit=circuit)
         if Action.parse(action) is Action.FENCE:
             refusal = self.executor.fence_refusal(node)
@@ -179,8 +191,14 @@ class Pserv:
             for waiter in self._settled.pop(op, []):
                 waiter.callback(report)
             return None
+        self._remember(report)
+        return None
+
+    def _remember(self, report):
+        """Keep ``report`` (for a re-dispatch), settle its waiters, send it."""
+        op = report.operation_id
         self._finished[op] = report
-        while len(self._finished) > self._remember:
+        while len(self._finished) > self._keep:
             self._finished.popitem(last=False)
         for waiter in self._settled.pop(op, []):
             waiter.callback(report)
@@ -188,7 +206,6 @@ class Pserv:
             self._report(report)
         except Exception:
             self.log.failure("reporting outcome of operation {op}", op=op)
-        return None
 
     def in_flight(self):
         return len(self._in_play)
