@@ -109,3 +109,64 @@ class DecideProperties(unittest.TestCase):
         if decision.storm:
             self.assertEqual(decision.fence, ())
             self.assertGreater(decision.recent, share * len(nodes))
+
+
+class PolicyBoundsTests(unittest.TestCase):
+    """Each setting at its documented bounds (the API's schema says the same)."""
+
+    def test_the_defaults(self):
+        self.assertEqual(AutoFencePolicy().to_dict(), {
+            "enabled": False, "grace": 300.0, "window": 600.0, "storm_share": 0.5,
+            "max_per_window": 5, "soft_url": None, "soft_timeout": 30.0})
+        self.assertEqual(Decision(), Decision(fence=(), storm=False, throttled=(), recent=0,
+                                              total=0))
+
+    def test_seconds_are_positive_and_at_most_1e9(self):
+        for key in ("grace", "window", "soft_timeout"):
+            self.assertEqual(getattr(AutoFencePolicy.from_dict({key: 1e9}), key), 1e9)
+            self.assertEqual(getattr(AutoFencePolicy.from_dict({key: 1}), key), 1.0)
+            for bad in (0, -1, 1e9 + 1, float("nan"), True, "5", None):
+                with self.assertRaisesRegex(ValueError, key + "|number"):
+                    AutoFencePolicy.from_dict({key: bad})
+
+    def test_the_share_is_at_most_one(self):
+        self.assertEqual(AutoFencePolicy.from_dict({"storm_share": 1}).storm_share, 1.0)
+        for bad in (0, 1.01, False):
+            with self.assertRaises(ValueError):
+                AutoFencePolicy.from_dict({"storm_share": bad})
+
+    def test_the_limit_is_a_whole_number_up_to_a_million(self):
+        self.assertEqual(AutoFencePolicy.from_dict({"max_per_window": 1}).max_per_window, 1)
+        self.assertEqual(
+            AutoFencePolicy.from_dict({"max_per_window": 1_000_000}).max_per_window, 1_000_000)
+        for bad in (0, 1_000_001, 2.0, True, "3"):
+            with self.assertRaises(ValueError):
+                AutoFencePolicy.from_dict({"max_per_window": bad})
+
+    def test_enabled_is_a_boolean(self):
+        for bad in (1, "true", None):
+            with self.assertRaisesRegex(ValueError, "enabled"):
+                AutoFencePolicy.from_dict({"enabled": bad})
+
+    def test_the_soft_url_is_http_and_bounded(self):
+        for good in (None, "http://h/x", "https://h/x", "http://" + "a" * 2041):
+            self.assertEqual(AutoFencePolicy.from_dict({"soft_url": good}).soft_url, good)
+        for bad in ("ftp://h", "http://" + "a" * 2042, 5, "h/http://"):
+            with self.assertRaisesRegex(ValueError, "soft_url"):
+                AutoFencePolicy.from_dict({"soft_url": bad})
+
+
+class DecideEdgeTests(unittest.TestCase):
+    def test_a_node_down_exactly_one_window_ago_still_counts_towards_a_storm(self):
+        nodes = [NodeHealth(f"d{i}", nonresponsive_since=100.0) for i in range(6)] + healthy(4)
+        self.assertTrue(decide(ON, 400.0, nodes, []).storm)  # window 300: 400 - 100
+        self.assertFalse(decide(ON, 400.1, nodes, []).storm)
+
+    def test_more_fences_started_than_the_limit_fences_none(self):
+        nodes = [NodeHealth(f"d{i}", nonresponsive_since=float(i)) for i in range(3)] + healthy(7)
+        decision = decide(ON, 400.0, nodes, [350.0, 360.0, 370.0])
+        self.assertEqual((decision.fence, decision.throttled), ((), ("d0", "d1", "d2")))
+
+    def test_a_fenced_node_is_not_fenced_again(self):
+        nodes = [NodeHealth("a", nonresponsive_since=0.0, fenced=True)] + healthy(9)
+        self.assertEqual(decide(ON, 1000.0, nodes, []).fence, ())

@@ -41,10 +41,9 @@ def _number(value):
     return float(value)
 
 
-def _within(high, low_inclusive=False):
+def _within(high):
     def check(instance, attribute, value):
-        low_ok = value >= 0 if low_inclusive else value > 0
-        if not (low_ok and value <= high):  # NaN fails both
+        if not 0 < value <= high:  # NaN fails too
             raise ValueError(f"{attribute.name} must be in (0, {high:g}], got {value!r}")
     return check
 
