@@ -17,7 +17,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from powerctl import reactor as reactor_choice  # noqa: E402
 
 
 def parse():
@@ -109,17 +108,9 @@ async def bench(reactor, args):
 
 
 def main():
-    args = parse()
-    reactor = reactor_choice.install()
-    from twisted.internet import defer
+    from harness import run
 
-    def go():
-        d = defer.ensureDeferred(bench(reactor, args))
-        d.addErrback(lambda f: f.printTraceback())
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(go)
-    reactor.run()
+    run(bench, parse())
 
 
 if __name__ == "__main__":

@@ -95,3 +95,25 @@ class RegionHarness:
             result = self._undo.pop()()
             if hasattr(result, "addCallback"):
                 await result
+
+
+def run(bench, args):
+    """
+    Install the product's reactor, run ``bench(reactor, args)`` (a
+    coroutine function) in it, print its traceback if it fails, and stop.
+    """
+    import sys
+
+    from twisted.internet import defer
+
+    from powerctl import reactor as reactor_choice
+
+    reactor = reactor_choice.install()
+
+    def go():
+        d = defer.ensureDeferred(bench(reactor, args))
+        d.addErrback(lambda f: print(f.getTraceback(), file=sys.stderr))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run()

@@ -22,8 +22,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # harness
 
-from powerctl import reactor as reactor_choice  # noqa: E402
 
 
 def rss_mb():
@@ -196,17 +196,9 @@ def main():
     p.add_argument("--pdu", action="store_true", help="bare: one read per PDU")
     p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args()
-    reactor = reactor_choice.install()
-    from twisted.internet import defer
+    from harness import run
 
-    def go():
-        run = run_pserv if args.what == "pserv" else run_bare
-        d = defer.ensureDeferred(run(reactor, args))
-        d.addErrback(lambda f: print(f.getTraceback(), file=sys.stderr))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(go)
-    reactor.run()
+    run(run_pserv if args.what == "pserv" else run_bare, args)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from powerctl import reactor as reactor_choice  # noqa: E402
 
 ROWS = ("snmp", "redfish", "replay", "ipmi")
 
@@ -452,17 +451,9 @@ async def bench(reactor, args):
 
 
 def main(argv=None):
-    args = parse(argv)
-    reactor = reactor_choice.install()
-    from twisted.internet import defer
+    from harness import run
 
-    def go():
-        d = defer.ensureDeferred(bench(reactor, args))
-        d.addErrback(lambda f: print(f.getTraceback(), file=sys.stderr))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(go)
-    reactor.run()
+    run(bench, parse(argv))
 
 
 if __name__ == "__main__":
