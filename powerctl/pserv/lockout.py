@@ -204,7 +204,7 @@ class LockoutGuard:
     def refusal(self, key):
         """Why no attempt may be made now with these credentials, or None."""
         account = self._account(key)
-        if account.held or len(account.failures) >= self.limit:
+        if self._locked(account):
             return ("credentials rejected: the device refused them too often "
                     f"({self.limit} times within {self.window:g} s); not trying again (it "
                     "could lock the account) until the credentials change or an operator "
@@ -213,6 +213,9 @@ class LockoutGuard:
             return ("credentials not proven yet and as many attempts in flight as the "
                     "device may refuse; not trying more at once")
         return None
+
+    def _locked(self, account):
+        return bool(account.held) or len(account.failures) >= self.limit
 
     def _must_wait(self, account):
         return not account.proven and len(account.failures) + account.in_flight >= self.limit
@@ -242,8 +245,7 @@ class LockoutGuard:
         """
         account = self._accounts.get(key)
         while account is not None and account.waiting and (
-                account.held or len(account.failures) >= self.limit
-                or not self._must_wait(account)):
+                self._locked(account) or not self._must_wait(account)):
             # Firing one starts its attempt at once (in_flight goes up).
             account.waiting.pop(0).callback(None)
 
@@ -272,8 +274,7 @@ class LockoutGuard:
         turn.  Cancelling a waiting attempt takes it out of the queue.
         """
         account = self._account(key)
-        if not (account.held or len(account.failures) >= self.limit) \
-                and self._must_wait(account):
+        if not self._locked(account) and self._must_wait(account):
             def withdraw(d):
                 if d in account.waiting:
                     account.waiting.remove(d)
