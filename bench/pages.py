@@ -12,6 +12,8 @@ nothing; bounded by the counts given (well under a minute by default).
 """
 
 import argparse
+import cProfile
+import pstats
 import sys
 import time
 
@@ -22,6 +24,10 @@ def parse():
     p = argparse.ArgumentParser()
     p.add_argument("--nodes", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=50)
+    p.add_argument("--only", default="",
+                   help="time only the figures whose label contains this text")
+    p.add_argument("--profile", action="store_true",
+                   help="print the 25 costliest functions (cumulative) of the timed requests")
     return p.parse_args()
 
 
@@ -80,6 +86,7 @@ async def bench(reactor, args):
         http = HTTPConnectionPool(reactor, persistent=True)
         client = treq.client.HTTPClient(Agent(reactor, pool=http))
         headers = {"Authorization": [f"Bearer {token}"]}
+        profiler = cProfile.Profile() if args.profile else None
 
         async def get(path):
             start = time.perf_counter()
@@ -94,22 +101,32 @@ async def bench(reactor, args):
                             ("GET /v1/nodes?power_state=on&cluster=rack03",
                              "/v1/nodes?power_state=on&cluster=rack03"),
                             ("GET / (status page)", "/"), ("GET /metrics", "/metrics")):
+            if args.only not in label:
+                continue
             times, size = [], 0
+            if profiler is not None:
+                profiler.enable()
             for _ in range(args.requests):
                 elapsed, size, _ = await get(path)
                 times.append(elapsed)
+            if profiler is not None:
+                profiler.disable()
             times.sort()
             print(f"{label}: p50 {times[len(times) // 2] * 1e3:.1f} ms, "
                   f"p95 {times[int(len(times) * 0.95)] * 1e3:.1f} ms, {size / 1024:.0f} KiB")
-        start, pages, cursor = time.perf_counter(), 0, None
-        while True:
-            _, _, response = await get("/v1/nodes?limit=1000"
-                                       + (f"&after={cursor}" if cursor else ""))
-            pages += 1
-            cursor = next_cursor(response.headers.getRawHeaders("link") or ())
-            if cursor is None:
-                break
-        print(f"every node, {pages} pages of 1000: {(time.perf_counter() - start) * 1e3:.0f} ms")
+        if profiler is not None:
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        if not args.only:
+            start, pages, cursor = time.perf_counter(), 0, None
+            while True:
+                _, _, response = await get("/v1/nodes?limit=1000"
+                                           + (f"&after={cursor}" if cursor else ""))
+                pages += 1
+                cursor = next_cursor(response.headers.getRawHeaders("link") or ())
+                if cursor is None:
+                    break
+            print(f"every node, {pages} pages of 1000: "
+                  f"{(time.perf_counter() - start) * 1e3:.0f} ms")
         await http.closeCachedConnections()
         await port.stopListening()
         pool.close()

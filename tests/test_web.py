@@ -235,6 +235,40 @@ class StatusPageTests(WebTestCase):
         _, page = await self.get(base, "/?limit=not-a-number")
         self.assertEqual(len(node_rows(page)), 6)  # a bad limit is ignored, not a 500
 
+    def test_the_page_flattens_exactly_as_twisted_web_would(self):
+        """
+        The page's own flattener (one recursive pass, for speed) writes
+        byte for byte what twisted.web's flattener writes for the same tree
+        -- hostile values in cells and attributes, void tags, the live
+        script, every panel -- and refuses what the page never builds.
+        """
+        node = {"name": HOSTILE, "cluster": 'c"><b>&x', "desired_state": "on",
+                "power_state": "off", "responsive": False, "last_error": "&amp; <i>'\"",
+                "last_changed_at": "2026-01-02T03:04:05+00:00", "last_queried_at": "no",
+                "drift_since": "2026-01-02T03:00:00+00:00", "drift_observed": "on",
+                "drift_polls": 3}
+        cluster = {"name": 'c"><b>&x', "status": "offline", "nodes": 1, "actions_in_flight": 0,
+                   "pservs": [{"name": "<p>", "connected": True, "live": False,
+                               "actions_in_flight": 0, "last_heartbeat": None,
+                               "version": "<v>"}]}
+        op = {"id": 7, "node": HOSTILE, "action": "on", "state": "failed", "pserv": "<p>",
+              "requester": "a&b", "requested_at": "2026-01-02T03:04:05+00:00",
+              "started_at": None, "finished_at": "2026-01-02T03:04:06+00:00",
+              "observed_state": "off", "error": '"><script>'}
+        live = {"totals": {"pservs": 1}, "pservs": [{
+            "pserv": "<p>", "cluster": "c", "error": "<x>", "slots": {
+                "size": 1, "busy": 1, "waiting": 1, "queue": [{"position": 1, "node": HOSTILE}]},
+            "nodes": [{"node": HOSTILE, "running": {"operation_id": 1, "action": "on",
+                                                    "stopping": True, "joined": ["<j>"]}}]}]}
+        page = web.StatusPage(None)
+        for seq, args in ((None, {}), (12, {"name": "<", "cluster": 'c"><b>&x', "limit": "1",
+                                            "problems": "1", "after": "&"})):
+            tree = page.page_tree(args, [cluster], [node], [op], True, [op], live=live, seq=seq)
+            self.assertEqual(web._flat(tree), web._flat_twisted(tree))
+        for refused in (web.tags.td(1), web.tags.td(defer.succeed("x")),
+                        web.tags.td(id=web.tags.b("x")), web.tags.td(render="x")):
+            self.assertRaises(TypeError, web._flat, refused)
+
     def test_values_that_look_like_markup_stay_text(self):
         """
         Whatever a row holds (even a name the API would refuse, e.g. from an
