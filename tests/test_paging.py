@@ -8,6 +8,7 @@ a seeded randomized walk that inserts and deletes rows between pages and
 checks that no row existing throughout is skipped or repeated.
 """
 
+import datetime
 import json
 import random
 import re
@@ -273,3 +274,87 @@ class AggregateTests(ApiTestCase):
         for state in states:
             expected += await self.store.ops.list(state=state, limit=4)
         self.assertEqual(await self.store.ops.newest_by_state(states, 4), expected)
+
+    async def test_the_status_pages_one_statement_answers_what_the_methods_do(self):
+        """
+        :meth:`NodeStore.overview` (one statement) against the separate
+        methods the status page used to call: counts, a page of nodes,
+        clusters with their pservs, the open and the last finished
+        operations, the event journal's position.
+        """
+        seed = 11
+        print(f"overview seed {seed}")
+        rng = random.Random(seed)
+        for cluster in ("c1", "c2", "c3"):
+            await self.run_sql("INSERT INTO clusters (name) VALUES (%s)", cluster)
+        for i in range(60):
+            await self.run_sql(
+                "INSERT INTO nodes (name, cluster, power, power_state, desired_state,"
+                " responsive, last_error, drift_since) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                " CASE WHEN %s THEN now() END)",
+                f"n{i:02d}", rng.choice(["c1", "c2"]), Json(POWER),
+                rng.choice(["on", "off", "unknown", "error"]), rng.choice(["on", "off", None]),
+                rng.random() > 0.2, rng.choice([None, None, "boom <x>"]), rng.random() > 0.8)
+        await self.store.clusters.register_pserv("p1", "c1", "1.0", "r1")
+        await self.store.clusters.heartbeat("p1", 3)
+        await self.store.clusters.register_pserv("p0", "c1", "1.0", "r1")
+        await self.store.clusters.pserv_disconnected("p0")
+        await self.store.clusters.register_pserv("p2", "c2", "1.0", "r1")
+        await self.run_sql("UPDATE pservs SET last_heartbeat = now() - interval '1 hour'"
+                           " WHERE name = 'p2'")
+        for _ in range(50):
+            op = await self.store.ops.request(f"n{rng.randrange(60):02d}", "on", requester="t")
+            state = rng.choice(["pending", "running", "succeeded", "failed", "cancelled"])
+            await self.run_sql(
+                "UPDATE power_ops SET state = %s, finished_at = CASE WHEN %s THEN"
+                " now() - make_interval(secs => %s) END WHERE id = %s",
+                state, state not in ("pending", "running"), rng.random() * 100, op["id"])
+        timeout = self.store.clusters.heartbeat_timeout
+        opened, finished = ("running", "pending"), ("succeeded", "failed", "cancelled")
+        clusters = [{k: v for k, v in c.items() if k != "circuits"}
+                    for c in await self.store.clusters.list()]
+        counts = await self.store.nodes.counts()
+        expected_open = await self.store.ops.newest_by_state(opened, 7)
+        expected_finished = await self.store.ops.newest_by_state(finished, 5)
+        expected_finished.sort(key=lambda op: (op["finished_at"], op["id"]), reverse=True)
+        seq = await self.store.events.last_seq()
+        self.assertGreater(seq, 0)
+        for cluster, name, problems, after, limit in (
+                (None, "", False, "", 10), ("c2", "", False, "", 5), (None, "1", False, "", 3),
+                (None, "", True, "n20", 7), ("c1", "n", True, "n30", 100),
+                (None, "zz", False, "", 10), ("c3", "", False, "n10", 4)):
+            doc = await self.store.nodes.overview(
+                timeout, cluster=cluster, name=name, problems=problems, after_name=after,
+                limit=limit, open_states=opened, open_limit=7, finished_states=finished,
+                finished_limit=5, seq=after == "")
+            page = await self.store.nodes.page(cluster=cluster, name=name, problems=problems,
+                                               after_name=after, limit=limit)
+            for node in page["nodes"]:
+                del node["power"]
+            case = (cluster, name, problems, after, limit)
+            self.assertEqual(_moments(doc["page"]), _moments(page), case)
+            self.assertEqual(doc["counts"], counts)
+            self.assertEqual(_moments(doc["clusters"]), _moments(clusters))
+            self.assertEqual(_moments(doc["open"]), _moments(expected_open))
+            self.assertEqual(_moments(doc["finished"]), _moments(expected_finished[:5]))
+            self.assertEqual(doc["seq"], seq if after == "" else None)
+        self.assertEqual([(c["name"], c["status"], c["actions_in_flight"]) for c in clusters],
+                         [("c1", "online", 3), ("c2", "offline", 0), ("c3", "offline", 0)])
+        fleet = await self.store.nodes.fleet(timeout)
+        self.assertEqual(fleet["counts"], counts)
+        self.assertEqual(_moments(fleet["clusters"]), _moments(clusters))
+        self.assertEqual(fleet["ops"], await self.store.ops.count_by_state())
+
+
+def _moments(value):
+    """``value`` with ISO timestamps as datetimes: PostgreSQL's JSON writes them shorter."""
+    if isinstance(value, dict):
+        return {k: _moments(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moments(v) for v in value]
+    if isinstance(value, str) and len(value) >= 19 and value[10:11] == "T":
+        try:
+            return datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value

@@ -479,25 +479,29 @@ class StatusPage(_AsyncResource):
     async def produce(self, request):
         args = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
                 for k, v in request.args.items() if v}
-        # Read first: the page's live stream resumes after it, so no change
-        # made while the page is built is missed (issue 14).
-        seq = await self.store.events.last_seq() if self.live_events else None
-        clusters = _clusters_with_activity(
-            await self.store.clusters.list(), await _activity(self.activity, self.log))
-        counts = await self.store.nodes.counts()  # one GROUP BY, not every row
         cluster, problems, name, after, limit = self._node_filter(args)
-        node_page = await self.store.nodes.page(cluster=cluster, name=name, problems=problems,
-                                                after_name=after, limit=limit)
-        open_ops = await self.store.ops.newest_by_state(
-            (OpState.RUNNING.value, OpState.PENDING.value), OPEN_OPS_SHOWN)
+        # One statement, one snapshot (issue 14): the journal's position
+        # (the page's live stream resumes after it), the counts, the
+        # clusters, the node page and the operations panels.  The pservs
+        # are asked what they run meanwhile.
+        reading = self.store.nodes.overview(
+            self.store.clusters.heartbeat_timeout, cluster=cluster, name=name,
+            problems=problems, after_name=after, limit=limit,
+            open_states=(OpState.RUNNING.value, OpState.PENDING.value),
+            open_limit=OPEN_OPS_SHOWN, finished_states=TERMINAL_STATES,
+            finished_limit=RECENT_FINISHED, seq=self.live_events)
+        try:
+            live = await self._live()
+            activity = await _activity(self.activity, self.log)
+        finally:
+            doc = await reading  # its failure, if any, is not left unhandled
+        clusters = _clusters_with_activity(doc["clusters"], activity)
+        open_ops = doc["open"]
         truncated_open = any(sum(1 for op in open_ops if op["state"] == state)
                              >= OPEN_OPS_SHOWN for state in (OpState.RUNNING, OpState.PENDING))
-        finished = await self.store.ops.newest_by_state(TERMINAL_STATES, RECENT_FINISHED)
-        finished.sort(key=lambda op: (op.get("finished_at") or "", op["id"]), reverse=True)
-        finished = finished[:RECENT_FINISHED]
-        live = await self._live()
-        body = self.render_page(args, clusters, (), open_ops, truncated_open, finished,
-                                live=live, counts=counts, node_page=node_page, seq=seq)
+        body = self.render_page(args, clusters, (), open_ops, truncated_open, doc["finished"],
+                                live=live, counts=doc["counts"], node_page=doc["page"],
+                                seq=doc["seq"])
         return b"text/html; charset=utf-8", body.encode("utf-8")
 
     def render_page(self, args, clusters, nodes, open_ops, truncated_open, finished,
@@ -856,10 +860,11 @@ class Metrics(_AsyncResource):
         self.auto_fence = auto_fence
 
     async def produce(self, request):
+        # one statement: a GROUP BY of the nodes, never every row (issue 14)
+        fleet = await self.store.nodes.fleet(self.store.clusters.heartbeat_timeout)
         clusters = _clusters_with_activity(
-            await self.store.clusters.list(), await _activity(self.activity, self.log))
-        groups = await self.store.nodes.counts()  # one GROUP BY, not every row
-        counts = await self.store.ops.count_by_state()
+            fleet["clusters"], await _activity(self.activity, self.log))
+        groups, counts = fleet["counts"], fleet["ops"]
 
         names = sorted({c["name"] for c in clusters} | {g["cluster"] for g in groups})
         by_state = {(c, s): 0 for c in names for s in POWER_STATES}

@@ -8,13 +8,14 @@ Node power documents are returned as stored and must be passed through
 
 import attrs
 from psycopg2.extras import Json
+from twisted.internet import defer
 
-from powerctl.power import POWER_STATES, Action, OpState, PowerState
+from powerctl.power import OP_STATES, POWER_STATES, Action, OpState, PowerState
 from powerctl.region import drift, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.store.base import (
-    MAX_INTERNAL_PAGE, NODE_COLUMNS, OPEN_SQL, KindStore, check_fields, check_name,
-    check_text, node_row, op_number, page_limit, plain, transaction)
+    MAX_INTERNAL_PAGE, NODE_COLUMNS, OP_COLUMNS, OPEN_SQL, PSERV_COLUMNS, KindStore,
+    check_fields, check_name, check_text, node_row, op_number, page_limit, plain, transaction)
 from powerctl.region.store.clusters import (
     CIRCUIT_JOIN, CIRCUIT_SQL, check_circuit, circuit_of, ensure_cluster)
 from powerctl.region.store.lockouts import forget_for_node
@@ -120,11 +121,7 @@ class NodeStore(KindStore):
         matching) and ``before`` (matching rows up to ``after_name``):
         ``{"nodes", "total", "before", "more"}``.
         """
-        where = ("(%(cluster)s::text IS NULL OR cluster = %(cluster)s)"
-                 " AND strpos(name, %(name)s) > 0"
-                 " AND (NOT %(problems)s OR (desired_state IS NOT NULL"
-                 "   AND desired_state <> power_state) OR drift_since IS NOT NULL"
-                 "   OR NOT responsive OR last_error IS NOT NULL)")
+        where = _PAGE_WHERE
         args = {"cluster": cluster, "name": name or "", "problems": bool(problems),
                 "after": after_name or "", "limit": limit + 1}
         counted = await tx.row(
@@ -135,6 +132,60 @@ class NodeStore(KindStore):
             " ORDER BY name LIMIT %(limit)s", args)
         return {"nodes": [plain(r) for r in rows[:limit]], "more": len(rows) > limit,
                 "total": counted["total"], "before": counted["before"]}
+
+    def overview(self, heartbeat_timeout, cluster=None, name="", problems=False,
+                 after_name="", limit=100, open_states=(), open_limit=200,
+                 finished_states=(), finished_limit=20, seq=False):
+        """
+        Everything the status page reads, in one statement (one round trip,
+        one snapshot, autocommit) instead of a dozen queries in six
+        transactions: ``{"seq", "counts", "clusters", "page", "open",
+        "finished"}``, each as the separate methods answer it --
+        ``seq``: :meth:`EventStore.last_seq <.events.EventStore.last_seq>`
+        (None unless asked); ``counts``: :meth:`counts`; ``clusters``:
+        :meth:`ClusterStore.list <.clusters.ClusterStore.list>` without
+        ``circuits``, pservs live by ``heartbeat_timeout``; ``page``:
+        :meth:`page` without the nodes' power documents (the page never
+        shows them); ``open``: the newest ``open_limit`` operations of each
+        of ``open_states``; ``finished``: the ``finished_limit`` last
+        finished of ``finished_states`` (by ``finished_at``).  Timestamps
+        are ISO 8601 text as PostgreSQL writes them in JSON.  A Deferred.
+        """
+        return defer.ensureDeferred(self._overview(
+            heartbeat_timeout, cluster, name, problems, after_name, limit, open_states,
+            open_limit, finished_states, finished_limit, seq))
+
+    async def _overview(self, heartbeat_timeout, cluster, name, problems, after_name, limit,
+                        open_states, open_limit, finished_states, finished_limit, seq):
+        for state in (*open_states, *finished_states):
+            if state not in OP_STATES:
+                raise InvalidInput(f"state: {state!r} is not one of {', '.join(OP_STATES)}")
+        args = {"cluster": cluster, "name": name or "", "problems": bool(problems),
+                "after": after_name or "", "limit": page_limit(limit, 100) + 1,
+                "hb": float(heartbeat_timeout), "seq": bool(seq),
+                "open": list(open_states), "open_limit": page_limit(open_limit, 200),
+                "finished": list(finished_states),
+                "finished_limit": page_limit(finished_limit, 20)}
+        [(doc,)] = await self._pool.runQuery(_OVERVIEW, args)
+        _cluster_status(doc["clusters"])
+        rows = doc["page"]["nodes"]
+        doc["page"]["nodes"] = rows[:limit]
+        doc["page"]["more"] = len(rows) > limit
+        return doc
+
+    def fleet(self, heartbeat_timeout):
+        """
+        What /metrics reads, in one statement: ``{"counts", "clusters",
+        "ops"}`` -- ``counts`` and ``clusters`` as :meth:`overview` answers
+        them, ``ops`` as :meth:`OperationStore.count_by_state
+        <.operations.OperationStore.count_by_state>`.  A Deferred.
+        """
+        return defer.ensureDeferred(self._fleet(heartbeat_timeout))
+
+    async def _fleet(self, heartbeat_timeout):
+        [(doc,)] = await self._pool.runQuery(_FLEET, {"hb": float(heartbeat_timeout)})
+        _cluster_status(doc["clusters"])
+        return doc
 
     @transaction
     async def update(self, tx, name, quiesce=None, by=None, **fields):
@@ -431,6 +482,83 @@ class NodeStore(KindStore):
                 "UPDATE nodes SET drift_since = %s, drift_observed = %s, drift_polls = %s"
                 f" WHERE name = %s RETURNING {NODE_COLUMNS}", fields + (node["name"],))
         return node, op
+
+
+#: The node columns the status page shows (no power document).
+_PAGE_COLUMNS = ", ".join(c.strip() for c in NODE_COLUMNS.split(",") if c.strip() != "power")
+#: The status page's node filter (:meth:`NodeStore.page`, :meth:`NodeStore.overview`).
+_PAGE_WHERE = ("(%(cluster)s::text IS NULL OR cluster = %(cluster)s)"
+               " AND strpos(name, %(name)s) > 0"
+               " AND (NOT %(problems)s OR (desired_state IS NOT NULL"
+               "   AND desired_state <> power_state) OR drift_since IS NOT NULL"
+               "   OR NOT responsive OR last_error IS NOT NULL)")
+#: The newest ``%(<key>_limit)s`` operations of each state of ``%(<key>)s``.
+_NEWEST = ("SELECT s.i, o.id, o.finished_at, to_json(o) AS op FROM unnest(%({key})s::text[]) WITH ORDINALITY AS s(state, i)"
+           " CROSS JOIN LATERAL (SELECT " + OP_COLUMNS + " FROM power_ops p"
+           "   WHERE p.state = s.state ORDER BY p.id DESC LIMIT %({key}_limit)s) o")
+#: What the status page reads, as one JSON document (:meth:`NodeStore.overview`).
+#: Parameters are interpolated by the client, so the planner sees them as
+#: constants and drops what a CASE does not need: the counted total comes
+#: from the GROUP BY unless a name or problems filter applies, and the
+#: rows before ``after`` are counted only when paging.
+_FLEET_WITH = (
+    "WITH counts AS ("
+    " SELECT cluster, power_state, count(*) AS nodes,"
+    " count(*) FILTER (WHERE desired_state IS NOT NULL"
+    "   AND desired_state <> power_state) AS mismatched,"
+    " count(*) FILTER (WHERE NOT responsive) AS nonresponsive,"
+    " count(*) FILTER (WHERE drift_since IS NOT NULL) AS drifted"
+    " FROM nodes GROUP BY cluster, power_state),"
+    " running AS (SELECT n.cluster, count(*) AS n FROM power_ops o"
+    f"  JOIN nodes n ON n.name = o.node WHERE o.state = '{OpState.RUNNING.value}'"
+    "  GROUP BY n.cluster),"
+    " pserv AS (SELECT " + PSERV_COLUMNS + ","
+    "  (connected AND last_heartbeat > now() - make_interval(secs => %(hb)s)) AS live"
+    "  FROM pservs)")
+#: The fleet's counts and clusters, as fields of a json_build_object.
+_FLEET_FIELDS = (
+    " 'counts', (SELECT COALESCE(json_agg(g ORDER BY g.cluster, g.power_state), '[]')"
+    "   FROM counts g),"
+    " 'clusters', (SELECT COALESCE(json_agg(json_build_object("
+    "   'name', c.name, 'created_at', c.created_at, 'drift_policy', c.drift_policy,"
+    "   'nodes', (SELECT COALESCE(sum(g.nodes), 0)::bigint FROM counts g"
+    "     WHERE g.cluster = c.name),"
+    "   'drifted_nodes', (SELECT COALESCE(sum(g.drifted), 0)::bigint FROM counts g"
+    "     WHERE g.cluster = c.name),"
+    "   'running_ops', COALESCE((SELECT r.n FROM running r WHERE r.cluster = c.name), 0),"
+    "   'pservs', (SELECT COALESCE(json_agg(p ORDER BY p.name), '[]') FROM pserv p"
+    "     WHERE p.cluster = c.name)) ORDER BY c.name), '[]') FROM clusters c)")
+_OVERVIEW = (
+    _FLEET_WITH + " SELECT json_build_object(" + _FLEET_FIELDS + ","
+    " 'seq', CASE WHEN %(seq)s THEN (SELECT COALESCE(max(seq), 0) FROM events) END,"
+    " 'page', json_build_object("
+    "   'total', CASE WHEN %(name)s = '' AND NOT %(problems)s"
+    "     THEN (SELECT COALESCE(sum(g.nodes), 0)::bigint FROM counts g"
+    "       WHERE %(cluster)s::text IS NULL OR g.cluster = %(cluster)s)"
+    f"     ELSE (SELECT count(*) FROM nodes WHERE {_PAGE_WHERE}) END,"
+    "   'before', CASE WHEN %(after)s = '' THEN 0"
+    f"     ELSE (SELECT count(*) FROM nodes WHERE {_PAGE_WHERE} AND name <= %(after)s) END,"
+    "   'nodes', (SELECT COALESCE(json_agg(r ORDER BY r.name), '[]') FROM ("
+    f"     SELECT {_PAGE_COLUMNS} FROM nodes WHERE {_PAGE_WHERE} AND name > %(after)s"
+    "     ORDER BY name LIMIT %(limit)s) r)),"
+    " 'open', (SELECT COALESCE(json_agg(x.op ORDER BY x.i, x.id DESC), '[]') FROM ("
+    + _NEWEST.format(key="open") + ") x),"
+    " 'finished', (SELECT COALESCE(json_agg(x.op ORDER BY x.finished_at DESC NULLS LAST,"
+    "   x.id DESC), '[]') FROM (" + _NEWEST.format(key="finished")
+    + " ORDER BY o.finished_at DESC NULLS LAST, o.id DESC LIMIT %(finished_limit)s) x))")
+#: What /metrics reads, as one JSON document (:meth:`NodeStore.fleet`).
+_FLEET = (
+    _FLEET_WITH + " SELECT json_build_object(" + _FLEET_FIELDS + ","
+    " 'ops', (SELECT COALESCE(json_object_agg(state, n), '{}') FROM ("
+    "   SELECT state, count(*) AS n FROM power_ops GROUP BY state) o))")
+
+
+def _cluster_status(clusters):
+    """Each cluster's ``actions_in_flight`` and ``status``, from its pservs (as ``list``)."""
+    for c in clusters:
+        mine = c["pservs"]
+        c["actions_in_flight"] = sum(p["actions_in_flight"] for p in mine if p["connected"])
+        c["status"] = "online" if any(p["live"] for p in mine) else "offline"
 
 
 @attrs.frozen
