@@ -40,6 +40,8 @@ from urllib.parse import urlencode
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web import template
+from twisted.web.iweb import IRenderable
+from zope.interface import implementer
 from twisted.web.template import Tag, tags
 
 from powerctl.region.resource import AsyncResource
@@ -209,9 +211,37 @@ def _escape_attribute(text):
     return _escape(text).replace('"', "&quot;")
 
 
+@implementer(IRenderable)
+class _Rendered:
+    """
+    A piece of the page already written as text by a fast path (a table
+    row, a time, a state), with the template tree it stands for.
+
+    :func:`_flat` takes ``text`` as it is; twisted.web's flattener sees an
+    ``IRenderable`` and flattens the tree that ``render`` builds -- so the
+    tests can hold every fast path to what the template would have
+    written.  Only this module makes them, always escaping every value
+    with :func:`_escape` or :func:`_escape_attribute`.
+    """
+
+    __slots__ = ("text", "_tree")
+
+    def __init__(self, text, tree):
+        self.text = text
+        self._tree = tree  # a callable building the equivalent tree
+
+    def render(self, request):
+        return self._tree()
+
+    def lookupRenderMethod(self, name):
+        raise ValueError(f"no render method {name!r}")
+
+
 def _flatten_into(element, out):
     """Append the text of ``element`` to ``out`` (see :func:`_flat`)."""
-    if isinstance(element, str):
+    if type(element) is _Rendered:
+        out.append(element.text)
+    elif isinstance(element, str):
         out.append(_escape(element))
     elif isinstance(element, Tag):
         if element.render is not None or element.slotData:
@@ -306,18 +336,40 @@ def _when(value, now=None):
     now = now or datetime.datetime.now(datetime.timezone.utc)
     delta = (now - moment).total_seconds()
     shown = f"{relative(delta)} ago" if delta >= 0 else f"in {relative(delta)}"
-    return tags.time(datetime=value, title=moment.strftime("%Y-%m-%d %H:%M:%S UTC"))(shown)
+    title = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return _Rendered(
+        f'<time datetime="{_escape_attribute(value)}" title="{title}">{_escape(shown)}</time>',
+        lambda: tags.time(datetime=value, title=title)(shown))
+
+
+def _cell(cell):
+    """A cell's content as page text: text escaped, anything else flattened."""
+    return _escape(cell) if type(cell) is str else _flat(cell)
+
+
+def _row(css, cells, attributes):
+    """
+    One table row, written directly (rows are most of the page): ``css``
+    the class ("" for none), ``attributes`` more of them (``data-*``).
+    """
+    head = f' class="{_escape_attribute(css)}"' if css else ""
+    for key, value in attributes.items():
+        head += f' {key}="{_escape_attribute(value)}"'
+    text = f"<tr{head}>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>"
+
+    def tree():
+        tr = tags.tr(class_=css, **attributes) if css else tags.tr(**attributes)
+        return tr([tags.td(cell) for cell in cells])
+
+    return _Rendered(text, tree)
 
 
 def _table(headers, rows, empty="none", css=None):
     """A table; ``rows`` are (css class or "", [cell, ...]) with text or tags as cells."""
     if not rows:
         return tags.p(class_="empty")(empty)
-    body = []
-    for row_css, cells, *attributes in rows:
-        attributes = attributes[0] if attributes else {}
-        tr = tags.tr(class_=row_css, **attributes) if row_css else tags.tr(**attributes)
-        body.append(tr([tags.td(cell) for cell in cells]))
+    body = [_row(row_css, cells, attributes[0] if attributes else {})
+            for row_css, cells, *attributes in rows]
     table = tags.table(class_=css) if css else tags.table()
     return table(tags.thead(tags.tr([tags.th(h) for h in headers])), tags.tbody(body))
 
@@ -326,7 +378,10 @@ def _state(value):
     """A power state, coloured by its class."""
     if value is None:
         return ""
-    return tags.span(class_=f"state-{value}")(value)
+    value = _text(value)
+    return _Rendered(
+        f'<span class="state-{_escape_attribute(value)}">{_escape(value)}</span>',
+        lambda: tags.span(class_=f"state-{value}")(value))
 
 
 def _note(*parts):
