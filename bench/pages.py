@@ -26,6 +26,7 @@ def parse():
     p.add_argument("--requests", type=int, default=50)
     p.add_argument("--only", default="",
                    help="time only the figures whose label contains this text")
+    p.add_argument("--sort", default="cumulative", help="the profile's order (cProfile sort key)")
     p.add_argument("--profile", action="store_true",
                    help="print the 25 costliest functions (cumulative) of the timed requests")
     return p.parse_args()
@@ -115,7 +116,7 @@ async def bench(reactor, args):
             print(f"{label}: p50 {times[len(times) // 2] * 1e3:.1f} ms, "
                   f"p95 {times[int(len(times) * 0.95)] * 1e3:.1f} ms, {size / 1024:.0f} KiB")
         if profiler is not None:
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+            pstats.Stats(profiler).sort_stats(args.sort).print_stats(30)
         if not args.only:
             start, pages, cursor = time.perf_counter(), 0, None
             while True:
