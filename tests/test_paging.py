@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from psycopg2.extras import Json
 from twisted.trial import unittest
 
-from powerctl.region import paging
+from powerctl.region import paging, web
 from tests.test_api import ApiTestCase
 
 SEEDS = (1, 7, 20261204)
@@ -230,7 +230,7 @@ class ApiPagingTests(ApiTestCase):
 
 
 class AggregateTests(ApiTestCase):
-    """The status page's and /metrics' SQL (GROUP BY, one page) agrees with the rows."""
+    """The status page's and /metrics' SQL agrees with web's pure reference on the rows."""
 
     run_sql = ApiPagingTests.run_sql
 
@@ -248,17 +248,20 @@ class AggregateTests(ApiTestCase):
                 rng.choice(["on", "off", "unknown", "error"]), rng.choice(["on", "off", None]),
                 rng.random() > 0.2, rng.choice([None, None, "boom"]), rng.random() > 0.8)
         rows = await self.store.nodes.list()
-        from powerctl.region import web
-        self.assertEqual(await self.store.nodes.counts(), web.counts_of(rows))
+        timeout = self.store.clusters.heartbeat_timeout
+        self.assertEqual((await self.store.nodes.fleet(timeout))["counts"], web.counts_of(rows))
         for cluster, name, problems, after, limit in (
                 (None, "", False, "", 10), ("c2", "", False, "", 5), (None, "1", False, "", 3),
                 (None, "", True, "n20", 7), ("c3", "n", True, "n50", 100),
                 (None, "zz", False, "", 10)):
-            self.assertEqual(
-                await self.store.nodes.page(cluster=cluster, name=name, problems=problems,
-                                            after_name=after, limit=limit),
-                web.page_of(rows, cluster, name, problems, after, limit),
-                (cluster, name, problems, after, limit))
+            doc = await self.store.nodes.overview(
+                timeout, cluster=cluster, name=name, problems=problems, after_name=after,
+                limit=limit)
+            self.assertEqual(doc["counts"], web.counts_of(rows))
+            self.assertEqual(_moments(doc["page"]),
+                             _moments(_without_power(
+                                 web.page_of(rows, cluster, name, problems, after, limit))),
+                             (cluster, name, problems, after, limit))
 
     async def test_newest_by_state_is_the_per_state_lists_in_one_query(self):
         await self.run_sql("INSERT INTO clusters (name) VALUES ('c1')")
@@ -313,7 +316,8 @@ class AggregateTests(ApiTestCase):
         opened, finished = ("running", "pending"), ("succeeded", "failed", "cancelled")
         clusters = [{k: v for k, v in c.items() if k != "circuits"}
                     for c in await self.store.clusters.list()]
-        counts = await self.store.nodes.counts()
+        rows = await self.store.nodes.list()
+        counts = web.counts_of(rows)
         expected_open = await self.store.ops.newest_by_state(opened, 7)
         expected_finished = await self.store.ops.newest_by_state(finished, 5)
         expected_finished.sort(key=lambda op: (op["finished_at"], op["id"]), reverse=True)
@@ -327,10 +331,7 @@ class AggregateTests(ApiTestCase):
                 timeout, cluster=cluster, name=name, problems=problems, after_name=after,
                 limit=limit, open_states=opened, open_limit=7, finished_states=finished,
                 finished_limit=5, seq=after == "")
-            page = await self.store.nodes.page(cluster=cluster, name=name, problems=problems,
-                                               after_name=after, limit=limit)
-            for node in page["nodes"]:
-                del node["power"]
+            page = _without_power(web.page_of(rows, cluster, name, problems, after, limit))
             case = (cluster, name, problems, after, limit)
             self.assertEqual(_moments(doc["page"]), _moments(page), case)
             self.assertEqual(doc["counts"], counts)
@@ -344,6 +345,12 @@ class AggregateTests(ApiTestCase):
         self.assertEqual(fleet["counts"], counts)
         self.assertEqual(_moments(fleet["clusters"]), _moments(clusters))
         self.assertEqual(fleet["ops"], await self.store.ops.count_by_state())
+
+
+def _without_power(page):
+    """A page of node rows as the status page reads it: no power documents."""
+    return dict(page, nodes=[{k: v for k, v in n.items() if k != "power"}
+                             for n in page["nodes"]])
 
 
 def _moments(value):

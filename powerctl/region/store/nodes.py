@@ -103,43 +103,6 @@ class NodeStore(KindStore):
              "power_state": power_state, "desired": desired_state, "responsive": responsive})
         return [plain(dict(zip(_NODE_NAMES, r))) for r in rows]
 
-    @transaction
-    async def counts(self, tx):
-        """
-        Per cluster and power state: how many nodes, how many not in their
-        desired state, non-responsive and drifted -- one GROUP BY, for the
-        status page and /metrics (which never read every node row).
-        """
-        rows = await tx.rows(
-            "SELECT cluster, power_state, count(*) AS nodes,"
-            " count(*) FILTER (WHERE desired_state IS NOT NULL"
-            "   AND desired_state <> power_state) AS mismatched,"
-            " count(*) FILTER (WHERE NOT responsive) AS nonresponsive,"
-            " count(*) FILTER (WHERE drift_since IS NOT NULL) AS drifted"
-            " FROM nodes GROUP BY cluster, power_state ORDER BY cluster, power_state")
-        return [dict(r) for r in rows]
-
-    @transaction
-    async def page(self, tx, cluster=None, name="", problems=False, after_name="", limit=100):
-        """
-        One page of the status page's node table, filtered in SQL
-        (``name`` contained in the node's name, ``problems``: mismatched,
-        drifted, non-responsive or with an error), with ``total`` (rows
-        matching) and ``before`` (matching rows up to ``after_name``):
-        ``{"nodes", "total", "before", "more"}``.
-        """
-        where = _PAGE_WHERE
-        args = {"cluster": cluster, "name": name or "", "problems": bool(problems),
-                "after": after_name or "", "limit": limit + 1}
-        counted = await tx.row(
-            f"SELECT count(*) AS total, count(*) FILTER (WHERE name <= %(after)s) AS before"
-            f" FROM nodes WHERE {where}", args)
-        rows = await tx.rows(
-            f"SELECT {NODE_COLUMNS} FROM nodes WHERE {where} AND name > %(after)s"
-            " ORDER BY name LIMIT %(limit)s", args)
-        return {"nodes": [plain(r) for r in rows[:limit]], "more": len(rows) > limit,
-                "total": counted["total"], "before": counted["before"]}
-
     def overview(self, heartbeat_timeout, cluster=None, name="", problems=False,
                  after_name="", limit=100, open_states=(), open_limit=200,
                  finished_states=(), finished_limit=20, seq=False):
