@@ -320,7 +320,8 @@ class AggregateTests(ApiTestCase):
         counts = web.counts_of(rows)
         expected_open = await self.store.ops.newest_by_state(opened, 7)
         expected_finished = await self.store.ops.newest_by_state(finished, 5)
-        expected_finished.sort(key=lambda op: (op["finished_at"], op["id"]), reverse=True)
+        expected_finished.sort(key=lambda op: (_moments(op["finished_at"]), op["id"]),
+                               reverse=True)
         seq = await self.store.events.last_seq()
         self.assertGreater(seq, 0)
         for cluster, name, problems, after, limit in (

@@ -465,7 +465,8 @@ _PAGE_WHERE = ("(%(cluster)s::text IS NULL OR cluster = %(cluster)s)"
                "   AND desired_state <> power_state) OR drift_since IS NOT NULL"
                "   OR NOT responsive OR last_error IS NOT NULL)")
 #: The newest ``%(<key>_limit)s`` operations of each state of ``%(<key>)s``.
-_NEWEST = ("SELECT s.i, o.id, o.finished_at, to_json(o) AS op FROM unnest(%({key})s::text[]) WITH ORDINALITY AS s(state, i)"
+_NEWEST = ("SELECT s.i, o.id, o.finished_at, to_json(o) AS op"
+           " FROM unnest(%({key})s::text[]) WITH ORDINALITY AS s(state, i)"
            " CROSS JOIN LATERAL (SELECT " + OP_COLUMNS + " FROM power_ops p"
            "   WHERE p.state = s.state ORDER BY p.id DESC LIMIT %({key}_limit)s) o")
 #: What the status page reads, as one JSON document (:meth:`NodeStore.overview`).
