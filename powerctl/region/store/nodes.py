@@ -133,10 +133,13 @@ class NodeStore(KindStore):
         args = {"cluster": cluster, "name": name or "", "problems": bool(problems),
                 "after": after_name or "", "limit": page_limit(limit, 100) + 1,
                 "hb": float(heartbeat_timeout), "seq": bool(seq),
-                "open": list(open_states), "open_limit": page_limit(open_limit, 200),
-                "finished": list(finished_states),
+                "open_limit": page_limit(open_limit, 200),
                 "finished_limit": page_limit(finished_limit, 20)}
-        [(doc,)] = await self._pool.runQuery(_OVERVIEW, args)
+        for key, states in (("open", open_states), ("finished", finished_states)):
+            args.update((f"{key}_{i}", state) for i, state in enumerate(states))
+        sql = _OVERVIEW.replace("@OPEN@", _newest("open", len(open_states))).replace(
+            "@FINISHED@", _newest("finished", len(finished_states)))
+        [(doc,)] = await self._pool.runQuery(sql, args)
         _cluster_status(doc["clusters"])
         rows = doc["page"]["nodes"]
         doc["page"]["nodes"] = rows[:limit]
@@ -464,12 +467,26 @@ _PAGE_WHERE = ("(%(cluster)s::text IS NULL OR cluster = %(cluster)s)"
                " AND (NOT %(problems)s OR (desired_state IS NOT NULL"
                "   AND desired_state <> power_state) OR drift_since IS NOT NULL"
                "   OR NOT responsive OR last_error IS NOT NULL)")
-#: The newest ``%(<key>_limit)s`` operations of each state of ``%(<key>)s``.
-_NEWEST = ("SELECT s.i, o.id, o.finished_at, to_json(o) AS op"
-           " FROM unnest(%({key})s::text[]) WITH ORDINALITY AS s(state, i)"
-           " CROSS JOIN LATERAL (SELECT " + OP_COLUMNS + " FROM power_ops p"
-           "   WHERE p.state = s.state ORDER BY p.id DESC LIMIT %({key}_limit)s) o")
-#: What the status page reads, as one JSON document (:meth:`NodeStore.overview`).
+def _newest(key, count):
+    """
+    SQL for the newest ``%(<key>_limit)s`` operations of each of ``count``
+    states ``%(<key>_0)s``, ``%(<key>_1)s``... (their order as ``i``): one
+    ``UNION ALL`` branch per state, so that each state reaches the planner
+    as a constant and is read from the (state, id) index -- a lateral join
+    over an array of states was planned as one backward walk of the whole
+    journal, 18 ms for no open operation among 100,000 finished ones.
+    """
+    branches = [
+        f"(SELECT {i} AS i, o.id, o.finished_at, to_json(o) AS op FROM ("
+        f"SELECT {OP_COLUMNS} FROM power_ops WHERE state = %({key}_{i})s"
+        f" ORDER BY id DESC LIMIT %({key}_limit)s) o)" for i in range(count)]
+    return " UNION ALL ".join(branches) or (
+        "SELECT NULL::int AS i, NULL::bigint AS id, NULL::timestamptz AS finished_at,"
+        " NULL::json AS op WHERE false")
+
+
+#: What the status page reads, as one JSON document (:meth:`NodeStore.overview`;
+#: @OPEN@ and @FINISHED@ stand for :func:`_newest` of each list of states).
 #: Parameters are interpolated by the client, so the planner sees them as
 #: constants and drops what a CASE does not need: the counted total comes
 #: from the GROUP BY unless a name or problems filter applies, and the
@@ -520,10 +537,10 @@ _OVERVIEW = (
     f"     SELECT {_PAGE_COLUMNS} FROM nodes WHERE {_PAGE_WHERE} AND name > %(after)s"
     "     ORDER BY name LIMIT %(limit)s) r)),"
     " 'open', (SELECT COALESCE(json_agg(x.op ORDER BY x.i, x.id DESC), '[]') FROM ("
-    + _NEWEST.format(key="open") + ") x),"
+    " @OPEN@) x),"
     " 'finished', (SELECT COALESCE(json_agg(x.op ORDER BY x.finished_at DESC NULLS LAST,"
-    "   x.id DESC), '[]') FROM (" + _NEWEST.format(key="finished")
-    + " ORDER BY o.finished_at DESC NULLS LAST, o.id DESC LIMIT %(finished_limit)s) x))")
+    "   x.id DESC), '[]') FROM (SELECT * FROM (@FINISHED@) u"
+    "   ORDER BY u.finished_at DESC NULLS LAST, u.id DESC LIMIT %(finished_limit)s) x))")
 #: What /metrics reads, as one JSON document (:meth:`NodeStore.fleet`).
 _FLEET = (
     _FLEET_WITH + " SELECT json_build_object(" + _FLEET_FIELDS + ","
