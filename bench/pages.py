@@ -3,7 +3,7 @@ Lists, the status page and /metrics over HTTP with many nodes: a private
 PostgreSQL with N nodes (in clusters of 500), the region's API and web
 root on loopback in this process, treq as the client.
 
-    .venv/bin/python bench/pages.py [--nodes 10000] [--requests 50]
+    .venv/bin/python bench/pages.py [--nodes 10000] [--requests 50] [--open-ops 0]
 
 Prints p50/p95 latency, answer size and CPU time per request of this
 process (the region and the client; PostgreSQL's excluded: steadier than
@@ -28,6 +28,8 @@ def parse():
     p = argparse.ArgumentParser()
     p.add_argument("--nodes", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=50)
+    p.add_argument("--open-ops", type=int, default=0,
+                   help="pending operations journalled first (the page shows up to 200)")
     p.add_argument("--only", default="",
                    help="time only the figures whose label contains this text")
     p.add_argument("--sort", default="cumulative", help="the profile's order (cProfile sort key)")
@@ -73,6 +75,9 @@ async def bench(reactor, args):
                 "INSERT INTO nodes (name, cluster, power, power_state) VALUES (%s, %s, %s, %s)",
                 [(f"n{i:06d}", f"rack{i // 500:02d}", Json(power), ("on", "off")[i % 2])
                  for i in range(args.nodes)])
+            cur.executemany(
+                "INSERT INTO power_ops (node, action, requester) VALUES (%s, 'on', 'bench')",
+                [(f"n{i % args.nodes:06d}",) for i in range(args.open_ops)])
             cur.execute("ANALYZE")
         conn.commit()
         _, token = create_token_sync(conn, "bench", "admin")
