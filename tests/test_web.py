@@ -386,3 +386,53 @@ class MetricsFormatTests(unittest.TestCase):
         samples, _ = parse_metrics(text)
         self.assertEqual(series(samples, "m", l='a"b\\c\nd'), 1)
         self.assertEqual(series(samples, "m", l="plain"), 2.5)
+
+
+class GuardedPageTests(unittest.TestCase):
+    def test_a_client_gone_during_the_token_check_gets_nothing_rendered(self):
+        """
+        A page that reloads drops its /events stream while the stream's
+        token is being checked; the guard then renders nothing (the stream
+        found no connection to register with, and the failure was logged).
+        """
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        from twisted.web import resource
+        from twisted.web.test.requesthelper import DummyRequest
+
+        checking = defer.Deferred()
+        logged = []
+
+        class SlowGuard:
+            log = Logger(observer=logged.append)
+
+            def identify(self, request, token):
+                return checking
+
+        rendered = []
+
+        class Inner(resource.Resource):
+            isLeaf = True
+
+            def render(self, request):
+                rendered.append(request)
+                return b"x"
+
+        def bearer():
+            request = DummyRequest([b""])
+            request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer pc_test"])
+            return request
+
+        page = guard_module._Guarded(Inner(), SlowGuard(), page=False)
+        request = bearer()
+        page.render(request)
+        request.processingFailed(Failure(ConnectionDone()))
+        checking.callback(type("Principal", (), {"clusters": None})())
+        self.assertEqual((rendered, request.written), ([], []))
+        self.assertEqual([e for e in logged if "log_failure" in e], [])
+        # and a client that stays is answered
+        checking = defer.Deferred()
+        request = bearer()
+        page.render(request)
+        checking.callback(type("Principal", (), {"clusters": None})())
+        self.assertEqual((len(rendered), request.written), (1, [b"x"]))

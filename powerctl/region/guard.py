@@ -295,6 +295,11 @@ class _Guarded(resource.Resource):
         return server.NOT_DONE_YET
 
     async def _render(self, request):
+        # The client may leave while its token is checked (a page that
+        # reloads drops its /events stream): then there is nobody to render
+        # for, and a stream would find no connection to register with.
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
         token = (auth.bearer(request.getHeader("authorization"))
                  or (request.getCookie(COOKIE) or b"").decode("ascii", "replace") or None)
         try:
@@ -314,6 +319,8 @@ class _Guarded(resource.Resource):
                 request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
                 request.write(e.message.encode("utf-8") + b"\n")
             request.finish()
+            return
+        if gone:
             return
         result = self.inner.render(request)
         if result is not server.NOT_DONE_YET:

@@ -18,10 +18,16 @@ plain GET parameters, times shown as ages), the operations in flight, what
 each connected pserv runs right now (with ``live_activity``, a
 :class:`powerctl.region.activity.LiveActivity`), the last finished
 operations and the clusters with their pservs.  It is built with
-``twisted.web.template``, so every value is escaped by construction; power
+``twisted.web.template`` trees, so every value is escaped by construction;
+the parts there are many of (table rows, times, states) are written
+straight as escaped text for speed, each keeping the tree it stands for,
+and the tests hold that text to what twisted.web writes for the tree.
+Everything it shows is read in one SQL statement
+(:meth:`~powerctl.region.store.nodes.NodeStore.overview`); power
 configurations are never read, so no secret can show.
 
-``/metrics`` speaks the Prometheus text exposition format 0.0.4.
+``/metrics`` speaks the Prometheus text exposition format 0.0.4, from one
+statement too (:meth:`~powerctl.region.store.nodes.NodeStore.fleet`).
 
 Both read the store only through its public methods.  A failure answers
 500 with an error id; the id and the (sanitised) traceback go to the log
