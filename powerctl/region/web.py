@@ -76,7 +76,7 @@ def drifted(node):
 
 def counts_of(nodes):
     """
-    Node rows reduced to what :meth:`NodeStore.counts` answers (one row per
+    Node rows reduced to what :meth:`NodeStore.overview`'s ``counts`` are (one row per
     cluster and power state): the page's pure tests hand rows, the region
     hands the GROUP BY.
     """
@@ -94,7 +94,7 @@ def counts_of(nodes):
 
 def page_of(nodes, cluster=None, name="", problems=False, after="", limit=NODES_PER_PAGE):
     """
-    One page of the node table from node rows, as :meth:`NodeStore.page`
+    One page of the node table from node rows, as :meth:`NodeStore.overview`'s ``page``
     answers it in SQL: ``{"nodes", "total", "before", "more"}``.
     """
     shown = sorted((n for n in nodes
@@ -569,8 +569,8 @@ class StatusPage(_AsyncResource):
                     live=None, now=None, counts=None, node_page=None, seq=None):
         """
         The whole page as text, from what :meth:`produce` read (no I/O
-        here): the region passes ``counts`` (:meth:`NodeStore.counts`) and
-        ``node_page`` (:meth:`NodeStore.page`); without them both are
+        here): the region passes ``counts`` and ``node_page`` (both of
+        :meth:`NodeStore.overview`); without them both are
         worked out from the node rows ``nodes``.  With ``seq`` (the event
         journal's position when the page was read), a small inline script
         follows ``/events`` from there and updates node and operation rows

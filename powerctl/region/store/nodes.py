@@ -110,16 +110,24 @@ class NodeStore(KindStore):
         Everything the status page reads, in one statement (one round trip,
         one snapshot, autocommit) instead of a dozen queries in six
         transactions: ``{"seq", "counts", "clusters", "page", "open",
-        "finished"}``, each as the separate methods answer it --
+        "finished"}`` --
         ``seq``: :meth:`EventStore.last_seq <.events.EventStore.last_seq>`
-        (None unless asked); ``counts``: :meth:`counts`; ``clusters``:
-        :meth:`ClusterStore.list <.clusters.ClusterStore.list>` without
-        ``circuits``, pservs live by ``heartbeat_timeout``; ``page``:
-        :meth:`page` without the nodes' power documents (the page never
-        shows them); ``open``: the newest ``open_limit`` operations of each
-        of ``open_states``; ``finished``: the ``finished_limit`` last
-        finished of ``finished_states`` (by ``finished_at``).  Timestamps
-        are ISO 8601 text as PostgreSQL writes them in JSON.  A Deferred.
+        (None unless asked); ``counts``: per cluster and power state, how
+        many nodes, how many not in their desired state, non-responsive and
+        drifted (one GROUP BY; :func:`powerctl.region.web.counts_of` is its
+        pure reference); ``clusters``: :meth:`ClusterStore.list
+        <.clusters.ClusterStore.list>` without ``circuits``, pservs live by
+        ``heartbeat_timeout``; ``page``: ``{"nodes", "total", "before",
+        "more"}``, one page of the node table filtered as the page's
+        parameters say (``name`` contained in the name, ``problems``:
+        mismatched, drifted, non-responsive or with an error; ``total``
+        rows match, ``before`` of them up to ``after_name``), node rows
+        without their power documents (the page never shows them;
+        :func:`powerctl.region.web.page_of` is the reference); ``open``: the
+        newest ``open_limit`` operations of each of ``open_states``;
+        ``finished``: the ``finished_limit`` last finished of
+        ``finished_states`` (by ``finished_at``).  Timestamps are ISO 8601
+        text as PostgreSQL writes them in JSON.  A Deferred.
         """
         return defer.ensureDeferred(self._overview(
             heartbeat_timeout, cluster, name, problems, after_name, limit, open_states,
@@ -130,8 +138,9 @@ class NodeStore(KindStore):
         for state in (*open_states, *finished_states):
             if state not in OP_STATES:
                 raise InvalidInput(f"state: {state!r} is not one of {', '.join(OP_STATES)}")
+        limit = page_limit(limit, 100)
         args = {"cluster": cluster, "name": name or "", "problems": bool(problems),
-                "after": after_name or "", "limit": page_limit(limit, 100) + 1,
+                "after": after_name or "", "limit": limit + 1,
                 "hb": float(heartbeat_timeout), "seq": bool(seq),
                 "open_limit": page_limit(open_limit, 200),
                 "finished_limit": page_limit(finished_limit, 20)}
@@ -461,7 +470,7 @@ class NodeStore(KindStore):
 _NODE_NAMES = [c.strip() for c in NODE_COLUMNS.split(",")]
 #: The node columns the status page shows (no power document).
 _PAGE_COLUMNS = ", ".join(c.strip() for c in NODE_COLUMNS.split(",") if c.strip() != "power")
-#: The status page's node filter (:meth:`NodeStore.page`, :meth:`NodeStore.overview`).
+#: The status page's node filter (:meth:`NodeStore.overview`).
 _PAGE_WHERE = ("(%(cluster)s::text IS NULL OR cluster = %(cluster)s)"
                " AND strpos(name, %(name)s) > 0"
                " AND (NOT %(problems)s OR (desired_state IS NOT NULL"
