@@ -139,6 +139,7 @@ class RegionService(service.MultiService):
         self.stream = None
         self.pruner = None
         self.store = None
+        self.guard = None
         self.api_port = None
         self.rpc_port = None
         self._pool = None
@@ -233,7 +234,7 @@ class RegionService(service.MultiService):
         from powerctl.region.activity import LiveActivity
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
-        guard = security.api_guard(self._pool, self.reactor)  # issue 10
+        guard = self.guard = security.api_guard(self._pool, self.reactor)  # issue 10
         stream = self.stream = EventStream(self.events, self.store, self.reactor)
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later, region=self.region,
@@ -275,6 +276,8 @@ class RegionService(service.MultiService):
         """A NOTIFY: events feed the stream, anything else is the region's."""
         if channel == "events":
             return self.events.notified(payload)
+        if channel == "tokens":  # issue 14: a revocation empties the token caches
+            return security.notified(self.guard, payload)
         return self.region.notified(channel, payload)
 
     async def _listen(self, what, description, factory, make=None):
