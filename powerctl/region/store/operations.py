@@ -18,8 +18,9 @@ from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, Action, OpS
 from powerctl.region import auditing, bulk, fencing
 from powerctl.region.errors import Conflict, FenceRefused, InvalidInput, NotFound, StaleEpoch
 from powerctl.region.store.base import (
-    MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text,
-    node_row, op_number, op_row, page_limit, plain, timestamp, transaction)
+    MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, Prepared,
+    check_text, node_row, op_number, op_row, page_limit, plain, run_prepared, timestamp,
+    transaction)
 from powerctl.region.store.pod_managers import resolve_many
 from powerctl.region.store.clusters import CIRCUIT_JOIN, CIRCUIT_SQL, circuit_of
 
@@ -63,6 +64,22 @@ _REQUEST_SERVING = (
     " AND p.connected AND p.last_heartbeat > now() - make_interval(secs => %(live_within)s)"
     " ORDER BY p.name)")
 _REQUEST_SERVING_FROM = " CROSS JOIN node AS target"
+
+
+def _request_statement(change, audit, serving):
+    """One of the request statement's eight forms, prepared per connection (issue 14)."""
+    sql = (_REQUEST_CHANGE if change else _REQUEST_QUERY).format(
+        audit=_REQUEST_AUDIT if audit else "",
+        serving=_REQUEST_SERVING if serving else "",
+        serving_from=_REQUEST_SERVING_FROM if serving else "")
+    name = "powerctl_request_" + "".join(
+        flag if on else "x" for flag, on in (("c", change), ("a", audit), ("s", serving)))
+    return Prepared(name, sql)
+
+
+_REQUEST_STATEMENTS = {(change, audit, serving): _request_statement(change, audit, serving)
+                       for change in (False, True) for audit in (False, True)
+                       for serving in (False, True)}
 
 
 @attrs.frozen
@@ -166,7 +183,6 @@ class OperationStore(KindStore):
         if action is Action.FENCE:
             op = await self._request_fence(node, requester)
             return op if live_within is None else (op, None)
-        sql = _REQUEST_QUERY if action.target is None else _REQUEST_CHANGE
         args = {"node": node, "action": action.value, "requester": requester,
                 "target": None if action.target is None else action.target.value,
                 "live_within": live_within}
@@ -175,12 +191,10 @@ class OperationStore(KindStore):
             args.update(zip(("a_actor", "a_source", "a_method", "a_path", "a_status",
                              "a_outcome"), intent.values()))
             intent.claimed = True
+        statement = _REQUEST_STATEMENTS[
+            action.target is not None, intent is not None, live_within is not None]
         try:
-            rows = await self._pool.runQuery(
-                sql.format(audit=_REQUEST_AUDIT if intent is not None else "",
-                           serving=_REQUEST_SERVING if live_within is not None else "",
-                           serving_from=_REQUEST_SERVING_FROM if live_within is not None
-                           else ""), args)
+            rows = await run_prepared(self._pool, statement, args)
         except BaseException:
             if intent is not None:
                 intent.claimed = False
