@@ -133,3 +133,55 @@ class RevocationNotifyTests(StoreTestCase):
         heard.addTimeout(30, reactor)  # a bound, not a measurement
         self.assertEqual(await heard, str(row["id"]))
         self.assertIsNone(await b.authenticate(token))
+
+
+class _HeldPool:
+    """A pool whose reads wait until the test answers them."""
+
+    def __init__(self):
+        self.reads = []
+
+    def runQuery(self, sql, args):
+        self.reads.append(defer.Deferred())
+        return self.reads[-1]
+
+
+class SharedLookupTests(unittest.TestCase):
+    ROW = [(1, "alice", "operator", None)]
+
+    def test_requests_arriving_together_share_one_read(self):
+        pool = _HeldPool()
+        store = TokenStore(pool, clock=task.Clock())
+        answers = [defer.ensureDeferred(store.authenticate("pct_x")) for _ in range(3)]
+        self.assertEqual(len(pool.reads), 1)
+        pool.reads[0].callback(self.ROW)
+        names = [self.successResultOf(a).name for a in answers]
+        self.assertEqual(names, ["alice"] * 3)
+        self.successResultOf(defer.ensureDeferred(store.authenticate("pct_x")))  # kept
+        self.assertEqual(len(pool.reads), 1)
+
+    def test_a_request_after_a_revocation_does_not_join_an_older_read(self):
+        pool = _HeldPool()
+        store = TokenStore(pool, clock=task.Clock())
+        before = defer.ensureDeferred(store.authenticate("pct_x"))
+        store.notified("1")  # the revocation is heard while that read is under way
+        after = defer.ensureDeferred(store.authenticate("pct_x"))
+        self.assertEqual(len(pool.reads), 2)
+        pool.reads[0].callback(self.ROW)  # read before the revocation committed
+        pool.reads[1].callback([])  # read after it
+        self.assertEqual(self.successResultOf(before).name, "alice")
+        self.assertIsNone(self.successResultOf(after))
+        third = defer.ensureDeferred(store.authenticate("pct_x"))  # nothing was kept
+        self.assertEqual(len(pool.reads), 3)
+        pool.reads[2].callback([])
+        self.assertIsNone(self.successResultOf(third))
+
+    def test_a_failed_read_fails_every_waiter_and_keeps_nothing(self):
+        pool = _HeldPool()
+        store = TokenStore(pool, clock=task.Clock())
+        answers = [defer.ensureDeferred(store.authenticate("pct_x")) for _ in range(2)]
+        pool.reads[0].errback(RuntimeError("database gone"))
+        for answer in answers:
+            self.failureResultOf(answer, RuntimeError)
+        defer.ensureDeferred(store.authenticate("pct_x"))
+        self.assertEqual(len(pool.reads), 2)

@@ -23,6 +23,7 @@ from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
 from powerctl.region.pruning import event_pruner, journal_pruner
 from powerctl.region.rpc import RegionProtocol
+from powerctl.region.store.connection import KeptReadableConnection
 from powerctl.rpc import transport
 
 
@@ -42,7 +43,8 @@ def _reconnecting_connection(reactor, cooperator=None):
         reconnectionIterator=lambda: retrying.simpleBackoffIterator(
             initialDelay=0.2, maxDelay=2.0, factor=2.0, maxRetries=0, now=True),
         reactor=reactor)
-    return txpostgres.Connection(reactor, cooperator, detector=detector)
+    # issue 14: registered as a reader once, not twice per query
+    return KeptReadableConnection(reactor, cooperator, detector=detector)
 
 
 class DatabaseUnreachable(Exception):

@@ -24,6 +24,7 @@ import re
 import secrets
 
 from twisted.internet import defer
+from twisted.python import failure
 
 from powerctl.region import auditing, auth
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
@@ -111,6 +112,8 @@ class TokenStore:
         self._pool = pool
         self._clock = clock
         self.recent = auth.RecentTokens(ttl=ttl) if clock is not None else None
+        #: look-ups under way: (token hash, generation) -> waiting Deferreds
+        self._looking = {}
 
     def notified(self, payload):
         """A ``tokens`` notification (a token id revoked anywhere): forget that token."""
@@ -142,22 +145,49 @@ class TokenStore:
         """The :class:`~powerctl.region.auth.Principal` of a live token, else None."""
         key = auth.token_hash(token)
         recent = self.recent
-        if recent is not None:
-            started, generation = self._clock.seconds(), recent.generation
-            principal = recent.get(key, started)
-            if principal is not None:
-                return principal
+        if recent is None:
+            return await self._read(key)
+        started, generation = self._clock.seconds(), recent.generation
+        principal = recent.get(key, started)
+        if principal is not None:
+            return principal
+        # The requests of a token that arrive together (its entry just
+        # expired) share one read.  A look-up begun before a revocation was
+        # heard is never joined (the generation changed): a request after
+        # it reads afresh.
+        answer = defer.Deferred()
+        waiters = self._looking.get((key, generation))
+        if waiters is not None:
+            waiters.append(answer)
+        else:
+            self._looking[key, generation] = [answer]
+            defer.ensureDeferred(self._lookup(key, generation, started))
+        return await answer
+
+    async def _lookup(self, key, generation, started):
+        """Read a token once for everybody waiting on ``(key, generation)``; keep it if live."""
+        try:
+            result = await self._read(key)
+        except Exception:
+            result = failure.Failure()
+        waiters = self._looking.pop((key, generation), [])
+        if isinstance(result, auth.Principal):
+            self.recent.put(key, result, started, generation)
+        for waiter in waiters:
+            if isinstance(result, failure.Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _read(self, key):
         rows = await self._pool.runQuery(
             "SELECT id, name, role, clusters FROM api_tokens "
             "WHERE hash = %s AND revoked_at IS NULL", (key,))
         if not rows:
             return None
         token_id, name, role, clusters = rows[0]
-        principal = auth.Principal(name=name, role=role, token_id=token_id,
-                                   clusters=None if clusters is None else frozenset(clusters))
-        if recent is not None:
-            recent.put(key, principal, started, generation)
-        return principal
+        return auth.Principal(name=name, role=role, token_id=token_id,
+                              clusters=None if clusters is None else frozenset(clusters))
 
     async def create(self, name, role, clusters=None, created_by=""):
         """``(row, token)``; Conflict if a live token has that name."""
