@@ -55,6 +55,10 @@ class ApiTestCase(StoreTestCase):
                        on_power_request=self.hook, log=self.log, guard=self.guard,
                        events=EventStream(EventHub(self.store, reactor), self.store, reactor))
         self.base = self.serve(self.api)
+        # The hook's reads (one per dispatched operation) end before the
+        # pool closes: a test may end as soon as the 202 is in.
+        self.addCleanup(lambda: defer.DeferredList([d for _, d in self.dispatched],
+                                                   consumeErrors=True))
         d = defer.ensureDeferred(self.tokens.create(ADMIN, "admin", created_by="test"))
         d.addCallback(lambda made: setattr(self, "token", made[1]))
         return d

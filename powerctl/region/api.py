@@ -495,22 +495,27 @@ class Api(AsyncResource):
         except ValueError as e:
             raise HttpError(400, "invalid_action", str(e)) from None
         requester = _requester(request, body.get("requester", _ABSENT))
-        op = await self.store.ops.request(name, action.value, requester=requester)
+        # issue 14: one statement journals it and says who runs it
+        op, serving = await self.store.ops.request_serving(
+            name, action.value, requester=requester,
+            live_within=self.store.clusters.heartbeat_timeout)
         if op["state"] not in TERMINAL_STATES:  # a fence that joined a recent one has ended
             self._dispatch(op)
         request.setHeader("Location", f"/v1/power_ops/{op['id']}")
-        return 202, dict(_pick(op, OP_FIELDS), **await self._who_runs(name))
+        if serving is None:  # a fence: its own transaction, so read after it
+            serving = await self.store.clusters.serving(name)
+        return 202, dict(_pick(op, OP_FIELDS), **self._who_runs(serving))
 
-    async def _who_runs(self, name):
+    @staticmethod
+    def _who_runs(serving):
         """
         ``live_pserv`` (and, when false, a ``warning``) for a power request's
         answer: without a live pserv in the node's cluster the request is
         journalled but nothing runs it, and a client waiting for it should
-        be told rather than left to time out.  Read after the request
-        committed, from the pservs' heartbeats (every region's, not only
-        this one's connections).
+        be told rather than left to time out.  ``serving`` is the node's
+        ``(cluster, live pservs)``, from the pservs' heartbeats (every
+        region's, not only this one's connections), read with the request.
         """
-        serving = await self.store.clusters.serving(name)
         if serving is None:  # deleted since: its operation ends cancelled anyway
             return {}
         cluster, live = serving

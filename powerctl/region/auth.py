@@ -235,6 +235,67 @@ class FailureLimiter:
             del self._failures[stalest]
 
 
+#: How long a region trusts a token it found live without asking the
+#: database again, in seconds.  A revocation reaches every region at once
+#: through ``NOTIFY tokens``; this bounds how long a token stays usable on a
+#: region that missed that notification (its listening connection down).
+TOKEN_TTL = 1.0
+
+
+@attrs.define
+class RecentTokens:
+    """
+    The principals of tokens recently found live, by token hash, each kept
+    ``ttl`` seconds from the look-up that found it (issue 14: one database
+    read per request was a fifth of a power request's cost).  Times are
+    passed in (no clock of its own); at most ``size`` tokens, the oldest
+    forgotten first.  Only live tokens are kept: an unknown or revoked one is
+    looked up every time (and counted by the :class:`FailureLimiter`).
+
+    A look-up that started before a revocation was heard must not put back
+    what the revocation removed: :meth:`put` takes the :attr:`generation`
+    read when the look-up started and keeps nothing if a :meth:`forget`
+    came in between.
+    """
+
+    ttl: float = TOKEN_TTL
+    size: int = 1024
+    #: bumped by every forget: a look-up older than it is not kept
+    generation: int = attrs.field(default=0, init=False)
+    _entries: dict = attrs.field(factory=dict, init=False)  # hash -> (expires, principal)
+
+    def get(self, key, now):
+        """The principal of token hash ``key`` if found live less than ``ttl`` ago, else None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now >= entry[0]:
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key, principal, started, generation):
+        """
+        Keep what a look-up begun at time ``started`` found (when
+        ``generation`` is still :attr:`generation`), until ``started + ttl``.
+        """
+        if generation != self.generation or self.ttl <= 0:
+            return
+        self._entries.pop(key, None)
+        self._entries[key] = (started + self.ttl, principal)
+        while len(self._entries) > self.size:
+            del self._entries[next(iter(self._entries))]  # the oldest put
+
+    def forget(self, token_id=None):
+        """Forget the token ``token_id`` (every token: None); look-ups under way are not kept."""
+        self.generation += 1
+        if token_id is None:
+            self._entries.clear()
+            return
+        for key in [k for k, (_, p) in self._entries.items() if p.token_id == token_id]:
+            del self._entries[key]
+
+
 _PRINCIPAL = "_powerctl_principal"
 
 

@@ -4,6 +4,8 @@ What several regions on one database agree on, through PostgreSQL alone:
 * ``LISTEN power_ops`` / ``LISTEN assignments``: a request committed by any
   region reaches the region the node's owner is connected to at once, and
   an assignment change reaches every region whose pservs it concerns;
+  ``LISTEN tokens``: a token revoked through any region is forgotten by
+  every region's token cache (:mod:`powerctl.region.tokens`);
 * leadership for periodic jobs: the region holding a session-level
   advisory lock on its listening connection runs the assignment rounds
   (and the pod manager probes); if it dies, its session ends, the lock is
@@ -28,7 +30,8 @@ from txpostgres import reconnection, txpostgres
 #: The advisory lock whose holder runs the periodic jobs.
 LEADER_LOCK = 0x6C656164  # "lead"
 
-CHANNELS = ("power_ops", "assignments", "events")  # events: powerctl.region.events
+# events: powerctl.region.events; tokens: revocations (powerctl.region.tokens)
+CHANNELS = ("power_ops", "assignments", "events", "tokens")
 
 #: How a connection to PostgreSQL fails when the server is down, restarting
 #: or unreachable (psycopg2 errors; txpostgres's own for a connection it

@@ -104,6 +104,11 @@ class Region:
         every request sends, and an owner takes its open operations in every
         ``Recover``.  Answers the disposition (or ``pending``/``elsewhere``).
         """
+        if not self.directory.all():
+            # issue 14: no pserv at all is connected here, so nothing this
+            # region could send it to (the owner's region dispatches it on
+            # the request's NOTIFY): spare the request the owner's read.
+            return "pending"
         owner = await self.leases.owner(op["node"])
         if owner is None:
             return "gone"

@@ -11,7 +11,13 @@ from powerctl.region.tokens import TokenStore
 
 def api_guard(pool, reactor, log=None):
     """The :class:`~powerctl.region.guard.ApiGuard` of a region."""
-    return _guard.ApiGuard(TokenStore(pool), reactor, log=log)
+    return _guard.ApiGuard(TokenStore(pool, clock=reactor), reactor, log=log)
+
+
+def notified(guard, payload):
+    """A ``tokens`` notification: a token was revoked (by any region)."""
+    if guard is not None:  # None: the API is not up yet, so nothing is cached
+        guard.tokens.notified(payload)
 
 
 def protect_web(root, guard, settings):

@@ -23,6 +23,7 @@ from powerctl.region.leases import Leases
 from powerctl.region.podprobe import PodManagerProber
 from powerctl.region.pruning import event_pruner, journal_pruner
 from powerctl.region.rpc import RegionProtocol
+from powerctl.region.store.connection import KeptReadableConnection
 from powerctl.rpc import transport
 
 
@@ -42,7 +43,8 @@ def _reconnecting_connection(reactor, cooperator=None):
         reconnectionIterator=lambda: retrying.simpleBackoffIterator(
             initialDelay=0.2, maxDelay=2.0, factor=2.0, maxRetries=0, now=True),
         reactor=reactor)
-    return txpostgres.Connection(reactor, cooperator, detector=detector)
+    # issue 14: registered as a reader once, not twice per query
+    return KeptReadableConnection(reactor, cooperator, detector=detector)
 
 
 class DatabaseUnreachable(Exception):
@@ -139,6 +141,7 @@ class RegionService(service.MultiService):
         self.stream = None
         self.pruner = None
         self.store = None
+        self.guard = None
         self.api_port = None
         self.rpc_port = None
         self._pool = None
@@ -233,7 +236,7 @@ class RegionService(service.MultiService):
         from powerctl.region.activity import LiveActivity
 
         live = LiveActivity(lambda: self.region.directory.all(), self.reactor)
-        guard = security.api_guard(self._pool, self.reactor)  # issue 10
+        guard = self.guard = security.api_guard(self._pool, self.reactor)  # issue 10
         stream = self.stream = EventStream(self.events, self.store, self.reactor)
         root = api_root(self.store, self.catalogue, activity=self.region.activity,
                         on_power_request=self.region.dispatch_later, region=self.region,
@@ -275,6 +278,8 @@ class RegionService(service.MultiService):
         """A NOTIFY: events feed the stream, anything else is the region's."""
         if channel == "events":
             return self.events.notified(payload)
+        if channel == "tokens":  # issue 14: a revocation empties the token caches
+            return security.notified(self.guard, payload)
         return self.region.notified(channel, payload)
 
     async def _listen(self, what, description, factory, make=None):

@@ -3,10 +3,16 @@ API tokens and the audit trail in PostgreSQL (the I/O half of
 :mod:`powerctl.region.auth`).
 
 A token is ``pct_`` plus 32 random bytes (256 bits) in url-safe base64.  It
-is shown once, when created; the database keeps only its SHA-256.  Every
-request looks its token up again, so a revocation committed through any
-region takes effect at once on every region (there is no cache to
-invalidate).
+is shown once, when created; the database keeps only its SHA-256.
+
+A region trusts a token it found live for :data:`~powerctl.region.auth.TOKEN_TTL`
+seconds (1 s) without reading it again (:class:`~powerctl.region.auth.RecentTokens`;
+issue 14: that read was a fifth of a power request's cost).  A revocation
+is announced with ``NOTIFY tokens, '<id>'`` in its own statement: the region
+that revoked forgets the token before it answers, every other region as
+soon as the notification reaches it (:mod:`powerctl.region.coordination`
+listens), and a region that missed it (its listening connection down)
+within the TTL at the latest.
 
 :func:`create_token_sync` is the same creation over a plain psycopg2
 connection, for ``powerctl admin token create`` (bootstrap without a
@@ -18,6 +24,7 @@ import re
 import secrets
 
 from twisted.internet import defer
+from twisted.python import failure
 
 from powerctl.region import auditing, auth
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
@@ -96,8 +103,26 @@ def create_token_sync(conn, name, role, clusters=None, created_by="admin-cli"):
 class TokenStore:
     """Tokens, the audit trail and the scope look-ups of the guard, over a txpostgres pool."""
 
-    def __init__(self, pool):
+    def __init__(self, pool, clock=None, ttl=auth.TOKEN_TTL):
+        """
+        :param clock: gives ``seconds()`` (the reactor); None keeps no
+            token between requests (every request reads its token).
+        :param ttl: seconds a live token is trusted without a read.
+        """
         self._pool = pool
+        self._clock = clock
+        self.recent = auth.RecentTokens(ttl=ttl) if clock is not None else None
+        #: look-ups under way: (token hash, generation) -> waiting Deferreds
+        self._looking = {}
+
+    def notified(self, payload):
+        """A ``tokens`` notification (a token id revoked anywhere): forget that token."""
+        if self.recent is None:
+            return
+        try:
+            self.recent.forget(int(payload))
+        except (TypeError, ValueError):
+            self.recent.forget()  # not ours to parse: forget them all
 
     def _write(self, sql, args):
         """
@@ -118,9 +143,46 @@ class TokenStore:
 
     async def authenticate(self, token):
         """The :class:`~powerctl.region.auth.Principal` of a live token, else None."""
+        key = auth.token_hash(token)
+        recent = self.recent
+        if recent is None:
+            return await self._read(key)
+        started, generation = self._clock.seconds(), recent.generation
+        principal = recent.get(key, started)
+        if principal is not None:
+            return principal
+        # The requests of a token that arrive together (its entry just
+        # expired) share one read.  A look-up begun before a revocation was
+        # heard is never joined (the generation changed): a request after
+        # it reads afresh.
+        answer = defer.Deferred()
+        waiters = self._looking.get((key, generation))
+        if waiters is not None:
+            waiters.append(answer)
+        else:
+            self._looking[key, generation] = [answer]
+            defer.ensureDeferred(self._lookup(key, generation, started))
+        return await answer
+
+    async def _lookup(self, key, generation, started):
+        """Read a token once for everybody waiting on ``(key, generation)``; keep it if live."""
+        try:
+            result = await self._read(key)
+        except Exception:
+            result = failure.Failure()
+        waiters = self._looking.pop((key, generation), [])
+        if isinstance(result, auth.Principal):
+            self.recent.put(key, result, started, generation)
+        for waiter in waiters:
+            if isinstance(result, failure.Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _read(self, key):
         rows = await self._pool.runQuery(
             "SELECT id, name, role, clusters FROM api_tokens "
-            "WHERE hash = %s AND revoked_at IS NULL", (auth.token_hash(token),))
+            "WHERE hash = %s AND revoked_at IS NULL", (key,))
         if not rows:
             return None
         token_id, name, role, clusters = rows[0]
@@ -153,12 +215,16 @@ class TokenStore:
             token_id = int(token_id)
         except ValueError:
             raise NotFound(f"no token {token_id!r}") from None
+        # every region forgets it on this NOTIFY (delivered once committed)
         rows = await self._write(
-            f"UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()), "
-            f"revoked_by = coalesce(revoked_by, %s) WHERE id = %s RETURNING {_TOKEN_COLUMNS}",
+            f"WITH t AS (UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()), "
+            f"revoked_by = coalesce(revoked_by, %s) WHERE id = %s RETURNING {_TOKEN_COLUMNS})"
+            f" SELECT {_TOKEN_COLUMNS}, pg_notify('tokens', id::text) FROM t",
             (by, token_id))
         if not rows:
             raise NotFound(f"no token {token_id}")
+        if self.recent is not None:
+            self.recent.forget(token_id)  # here: before the answer says it is revoked
         return _token_row(rows[0])
 
     # -- the audit trail ------------------------------------------------

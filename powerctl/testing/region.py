@@ -98,13 +98,15 @@ class FakeRegionStore:
             record_power_state=self.record_power_state, record_outcome=self.record_end,
             record_polls=self.record_polls, desired_states=self.desired_states)
         self.ops = types.SimpleNamespace(
-            request=self.request_power, get=self.get_op, list=self.list_ops,
+            request=self.request_power, request_serving=self.request_serving,
+            get=self.get_op, list=self.list_ops,
             open_of_node=self.node_open_ops, mark_running=self.mark_running,
             mark_running_many=self.mark_running_many, record_outcome=self.record_outcome,
             outstanding=self.outstanding_ops)
         self.clusters = types.SimpleNamespace(
             register_pserv=self.register_pserv, heartbeat=self.heartbeat,
-            pserv_disconnected=self.pserv_disconnected, serving=self.serving)
+            pserv_disconnected=self.pserv_disconnected, serving=self.serving,
+            heartbeat_timeout=90.0)
         self.lockouts = FakeLockouts(
             lambda node: self.node_rows.get(node, {}).get("cluster"))
 
@@ -206,6 +208,11 @@ class FakeRegionStore:
         op = self.add_op(node, action)
         self.op_rows[op["id"]]["requester"] = requester
         return dict(self.op_rows[op["id"]])
+
+    async def request_serving(self, node, action, requester="", live_within=90.0):
+        """As the real store: ``(op, serving)``, ``serving`` as :meth:`serving`."""
+        op = await self.request_power(node, action, requester)
+        return op, await self.serving(node)
 
     async def get_op(self, op_id):
         return dict(self._op(op_id))

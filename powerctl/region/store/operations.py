@@ -18,8 +18,9 @@ from powerctl.power import OP_STATES, POWER_STATES, TERMINAL_STATES, Action, OpS
 from powerctl.region import auditing, bulk, fencing
 from powerctl.region.errors import Conflict, FenceRefused, InvalidInput, NotFound, StaleEpoch
 from powerctl.region.store.base import (
-    MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, check_text,
-    node_row, op_number, op_row, page_limit, plain, timestamp, transaction)
+    MAX_BIGINT, MAX_INTERNAL_PAGE, MAX_PAGE, OP_COLUMNS, OPEN_SQL, KindStore, Prepared,
+    check_text, node_row, op_number, op_row, page_limit, plain, run_prepared, timestamp,
+    transaction)
 from powerctl.region.store.pod_managers import resolve_many
 from powerctl.region.store.clusters import CIRCUIT_JOIN, CIRCUIT_SQL, circuit_of
 
@@ -33,21 +34,21 @@ _REQUEST_CHANGE = f"""
 WITH node AS (
     UPDATE nodes SET desired_state = %(target)s, drift_since = NULL,
         drift_observed = NULL, drift_polls = 0
-    WHERE name = %(node)s RETURNING name
+    WHERE name = %(node)s RETURNING name, cluster
 ), op AS (
     INSERT INTO power_ops (node, action, requester)
     SELECT name, %(action)s, %(requester)s FROM node RETURNING {OP_COLUMNS}
 ){{audit}}
-SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text) FROM op"""
+SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text){{serving}} FROM op{{serving_from}}"""
 #: A query request: the node row locked FOR UPDATE, nothing else changed.
 _REQUEST_QUERY = f"""
 WITH node AS (
-    SELECT name FROM nodes WHERE name = %(node)s FOR UPDATE
+    SELECT name, cluster FROM nodes WHERE name = %(node)s FOR UPDATE
 ), op AS (
     INSERT INTO power_ops (node, action, requester)
     SELECT name, %(action)s, %(requester)s FROM node RETURNING {OP_COLUMNS}
 ){{audit}}
-SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text) FROM op"""
+SELECT {OP_COLUMNS}, pg_notify('power_ops', id::text){{serving}} FROM op{{serving_from}}"""
 #: The API request's audit record (issue 10), in the same statement: written
 #: only with the operation, and the operation only with it.
 _REQUEST_AUDIT = """, audit AS (
@@ -55,6 +56,30 @@ _REQUEST_AUDIT = """, audit AS (
     SELECT %(a_actor)s, %(a_source)s, %(a_method)s, %(a_path)s, %(a_status)s, %(a_outcome)s
     FROM op
 )"""
+#: Who will run it (issue 14: the API's answer says so), read by the same
+#: statement rather than by a transaction of its own after it: the node's
+#: cluster and its live pservs' names.
+_REQUEST_SERVING = (
+    ", target.cluster, ARRAY(SELECT p.name FROM pservs p WHERE p.cluster = target.cluster"
+    " AND p.connected AND p.last_heartbeat > now() - make_interval(secs => %(live_within)s)"
+    " ORDER BY p.name)")
+_REQUEST_SERVING_FROM = " CROSS JOIN node AS target"
+
+
+def _request_statement(change, audit, serving):
+    """One of the request statement's eight forms, prepared per connection (issue 14)."""
+    sql = (_REQUEST_CHANGE if change else _REQUEST_QUERY).format(
+        audit=_REQUEST_AUDIT if audit else "",
+        serving=_REQUEST_SERVING if serving else "",
+        serving_from=_REQUEST_SERVING_FROM if serving else "")
+    name = "powerctl_request_" + "".join(
+        flag if on else "x" for flag, on in (("c", change), ("a", audit), ("s", serving)))
+    return Prepared(name, sql)
+
+
+_REQUEST_STATEMENTS = {(change, audit, serving): _request_statement(change, audit, serving)
+                       for change in (False, True) for audit in (False, True)
+                       for serving in (False, True)}
 
 
 @attrs.frozen
@@ -138,25 +163,38 @@ class OperationStore(KindStore):
         """
         return defer.ensureDeferred(self._request(node, action, requester))
 
-    async def _request(self, node, action, requester):
+    def request_serving(self, node, action, requester="", live_within=90.0):
+        """
+        :meth:`request`, answering ``(op, serving)``: ``serving`` is
+        ``(cluster, [live pserv name, ...])`` as
+        :meth:`~powerctl.region.store.clusters.ClusterStore.serving` would
+        answer it (a pserv is live when connected and heard within
+        ``live_within`` seconds), read by the request's own statement; None
+        for a fence (a transaction of its own: ask ``serving`` after it).
+        """
+        return defer.ensureDeferred(self._request(node, action, requester, live_within))
+
+    async def _request(self, node, action, requester, live_within=None):
         try:
             action = Action.parse(action)
         except ValueError as e:
             raise InvalidInput(f"action: {e}") from None
         check_text("requester", requester, 255)
         if action is Action.FENCE:
-            return await self._request_fence(node, requester)
-        sql = _REQUEST_QUERY if action.target is None else _REQUEST_CHANGE
+            op = await self._request_fence(node, requester)
+            return op if live_within is None else (op, None)
         args = {"node": node, "action": action.value, "requester": requester,
-                "target": None if action.target is None else action.target.value}
+                "target": None if action.target is None else action.target.value,
+                "live_within": live_within}
         intent = auditing.current()
         if intent is not None:
             args.update(zip(("a_actor", "a_source", "a_method", "a_path", "a_status",
                              "a_outcome"), intent.values()))
             intent.claimed = True
+        statement = _REQUEST_STATEMENTS[
+            action.target is not None, intent is not None, live_within is not None]
         try:
-            rows = await self._pool.runQuery(
-                sql.format(audit=_REQUEST_AUDIT if intent is not None else ""), args)
+            rows = await run_prepared(self._pool, statement, args)
         except BaseException:
             if intent is not None:
                 intent.claimed = False
@@ -167,7 +205,11 @@ class OperationStore(KindStore):
             raise NotFound(f"node {node!r} does not exist")
         if intent is not None:
             intent.written = True
-        return plain(dict(zip(_OP_NAMES, rows[0])))
+        op = plain(dict(zip(_OP_NAMES, rows[0])))
+        if live_within is None:
+            return op
+        cluster, live = rows[0][len(_OP_NAMES) + 1:]  # after pg_notify's column
+        return op, (cluster, list(live))
 
     @transaction
     async def request_many(self, tx, action, nodes=None, cluster=None, requester="",
