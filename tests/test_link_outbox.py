@@ -18,35 +18,39 @@ from powerctl.testing.amp import connect
 
 class RecordingRegion(amp.AMP):
     """
-    The region's end of ``ReportOutcome`` only: records the operation ids
-    it is given (and each box in ``boxes``); ``refuse`` holds ids it answers ``STALE_EPOCH``; with
-    ``hold``, answers wait in ``pending`` (the reports are in flight).
+    The region's end of ``ReportOutcomes`` only: records the operation ids
+    it is given (and each report in ``boxes``, each call's ids in
+    ``calls``); ``refuse`` holds ids it refuses (``STALE_EPOCH`` in
+    ``refused``); with ``hold``, answers wait in ``pending`` (the reports
+    are in flight).
     """
 
     def __init__(self, refuse=(), hold=False):
         super().__init__()
         self.received = []
         self.boxes = []
+        self.calls = []
         self.refuse = set(refuse)
         self.hold = hold
         self.pending = []
 
-    @commands.ReportOutcome.responder
-    def report_outcome(self, operation_id, outcome, observed_state, agent, error,
-                       coalesced_into, superseded_by, epoch, error_kind=None, detail=None):
-        if operation_id in self.refuse:
-            raise commands.StaleEpoch(f"epoch {epoch} does not own operation {operation_id}")
-        self.received.append(operation_id)
-        self.boxes.append({
-            "operation_id": operation_id, "outcome": outcome, "observed_state": observed_state,
-            "agent": agent, "error": error, "coalesced_into": coalesced_into,
-            "superseded_by": superseded_by, "epoch": epoch, "error_kind": error_kind,
-            "detail": detail})
+    @commands.ReportOutcomes.responder
+    def report_outcomes(self, reports, epoch):
+        refused = []
+        self.calls.append([r["operation_id"] for r in reports])
+        for r in reports:
+            if r["operation_id"] in self.refuse:
+                refused.append({"operation_id": r["operation_id"], "code": "STALE_EPOCH",
+                                "why": f"epoch {epoch} does not own it"})
+                continue
+            self.received.append(r["operation_id"])
+            self.boxes.append(dict(r, epoch=epoch))
+        answer = {"recorded": len(reports) - len(refused), "refused": refused}
         if self.hold:
             d = defer.Deferred()
-            self.pending.append(d)
+            self.pending.append((d, answer))
             return d
-        return {"recorded": True}
+        return answer
 
 
 def report(op):

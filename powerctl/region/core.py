@@ -10,6 +10,7 @@ is repaired by the next (re)connection.
 """
 
 import collections
+import json
 
 from twisted.application.internet import TimerService
 from twisted.internet import defer
@@ -17,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.deferreds import when_fired
-from powerctl.power import TARGET_STATES, TERMINAL_STATES, OpState
+from powerctl.power import TARGET_STATES, TERMINAL_STATES, Action, OpState
 from powerctl.powerdoc import agent_list
 from powerctl.rpc import commands
 from powerctl.rpc.failures import expected
@@ -29,6 +30,27 @@ from powerctl.region.rpc import PservDirectory, error_text
 #: (delete, move, new configuration, operator cancel).  The pserv bounds its
 #: own wait by its cancel timeout (5 s), so this is only a safety net.
 QUIET_TIMEOUT = 10.0
+#: Operations per ``PowerMany`` call at most (each page is also cut to fit
+#: one AMP value, and its answer must fit one too).
+BATCH = 100
+
+
+def pages(items, limit=BATCH, size=commands.MAX_VALUE):
+    """
+    ``items`` (JSON-able) cut into pages of at most ``limit`` items whose
+    JSON list fits ``size`` bytes; an item too large on its own goes alone
+    (its call fails as its single command would).
+    """
+    page, used = [], 2
+    for item in items:
+        length = len(json.dumps(item, separators=(",", ":"))) + 1
+        if page and (len(page) >= limit or used + length > size):
+            yield page
+            page, used = [], 2
+        page.append(item)
+        used += length
+    if page:
+        yield page
 
 
 class Region:
@@ -165,12 +187,131 @@ class Region:
 
     def dispatch_later(self, op):
         """Fire-and-forget dispatch for the API (which has answered 202)."""
-        self._dispatched[op["id"]] = None
-        while len(self._dispatched) > 10_000:
-            self._dispatched.popitem(last=False)
+        self._remember_dispatched([op["id"]])
         d = self.track(defer.ensureDeferred(self.dispatch(op)))
         d.addErrback(lambda f: self.log.failure("dispatch of {op}", f, op=op["id"]))
         return d
+
+    def dispatch_many_later(self, ops):
+        """Fire-and-forget :meth:`dispatch_many` for the API's bulk requests."""
+        self._remember_dispatched([op["id"] for op in ops])
+        d = self.track(defer.ensureDeferred(self.dispatch_many(ops)))
+        d.addErrback(lambda f: self.log.failure("dispatch of {n} operation(s) from {first}",
+                                                f, n=len(ops), first=ops[0]["id"] if ops else None))
+        return d
+
+    def _remember_dispatched(self, ids):
+        for op_id in ids:
+            self._dispatched[op_id] = None
+        while len(self._dispatched) > 10_000:
+            self._dispatched.popitem(last=False)
+
+    async def dispatch_many(self, ops):
+        """
+        Send several journalled operations (a bulk request's) to their
+        nodes' owners as :meth:`dispatch` sends one, but as one batch
+        (issue 14): one read of every node's owner, configuration,
+        lock-outs and circuit; per owner, one ``PowerMany`` call per page
+        (:func:`pages`: at most :data:`BATCH` operations, within one AMP
+        value); one ``mark_running_many`` per page.  Each operation ends
+        as :meth:`dispatch` would leave it; a node whose configuration no
+        longer resolves has its operation failed, as ``Recover`` does.
+        Fences go one by one through :meth:`dispatch` (their checks are the
+        node's own).  Answers ``{operation id: disposition}``.
+        """
+        results = {}
+        for op in ops:
+            if op["action"] == Action.FENCE.value:
+                results[op["id"]] = await self.dispatch(op)
+        ops = sorted((op for op in ops if op["action"] != Action.FENCE.value),
+                     key=lambda op: op["id"])
+        if not ops:
+            return results
+        names = sorted({op["node"] for op in ops})
+        view = await self.store.ops.dispatch_view(names)
+        unowned = sorted({v["cluster"] for v in view.values()
+                          if v["owner_epoch"] is None and v["handoff_epoch"] is None
+                          and self.directory.for_cluster(v["cluster"])})
+        if unowned:
+            # New nodes (or their owner died): assign their clusters now, as
+            # dispatch does for one, then read again.
+            for cluster in unowned:
+                await self.assign(cluster)
+            view = await self.store.ops.dispatch_view(names)
+        per_owner = {}
+        for op in ops:
+            node = view.get(op["node"])
+            if node is None:
+                results[op["id"]] = "gone"
+                continue
+            epoch = node["owner_epoch"]
+            if epoch is None or node["handoff_epoch"] is not None:
+                results[op["id"]] = "pending"  # the next owner takes it at its Recover
+                continue
+            protocol = self.directory.by_epoch(epoch)
+            if protocol is None:
+                results[op["id"]] = "elsewhere"
+                continue
+            if node["power"] is None:
+                self.log.warn("operation {op}: node {n}'s power configuration no longer "
+                              "resolves: {why}", op=op["id"], n=op["node"],
+                              why=node["power_error"])
+                await self.store.ops.record_outcome(
+                    op["id"], OpState.FAILED.value,
+                    error=error_text("config", node["power_error"]), pserv=protocol.pserv)
+                results[op["id"]] = "failed"
+                continue
+            item = {"id": op["id"], "node": op["node"], "action": op["action"],
+                    "power": node["power"], "lockouts": node["lockouts"]}
+            if node["circuit"]:
+                item["circuit"] = node["circuit"]
+            per_owner.setdefault(epoch, (protocol, []))[1].append(item)
+        calls = [defer.ensureDeferred(self._dispatch_page(protocol, epoch, page))
+                 for epoch, (protocol, items) in sorted(per_owner.items())
+                 for page in pages(items)]
+        # AMP keeps a connection's boxes in order, so a node's operations
+        # reach its pserv oldest first even with every page in flight.
+        for answered in await defer.gatherResults(calls, consumeErrors=True):
+            results.update(answered)
+        return results
+
+    async def _dispatch_page(self, protocol, epoch, page):
+        """One ``PowerMany`` call and its ``mark_running_many``: ``{id: disposition}``."""
+        pending = {item["id"]: "pending" for item in page}
+        try:
+            answer = await protocol.callRemote(commands.PowerMany, operations=page,
+                                               epoch=epoch)
+        except commands.StaleEpoch as e:
+            self.log.info("{n} operation(s) from {op}: {why}; the next owner takes them",
+                          n=len(page), op=page[0]["id"], why=e)
+            return pending
+        except Exception as e:
+            if not expected(Failure(), commands.PowerMany):
+                self.log.failure("dispatch of {n} operation(s) from {op} to {p} failed "
+                                 "unexpectedly", n=len(page), op=page[0]["id"],
+                                 p=protocol.pserv)
+            else:  # gone mid-call, or refused: the pserv's next Recover takes them
+                self.log.warn("dispatch of {n} operation(s) from {op} to {p} failed: {why}",
+                              n=len(page), op=page[0]["id"], p=protocol.pserv, why=e)
+            return pending
+        results, started = dict(pending), []
+        answers = answer["results"] if isinstance(answer["results"], list) else []
+        for result in answers:
+            if not isinstance(result, dict) or result.get("id") not in pending:
+                continue
+            refused = result.get("refused")
+            if refused == "INVALID_POWER_CONFIG":
+                await self.store.ops.record_outcome(
+                    result["id"], OpState.FAILED.value,
+                    error=error_text("config", str(result.get("error"))[:1000]),
+                    pserv=protocol.pserv)
+                results[result["id"]] = "failed"
+            elif not refused and isinstance(result.get("disposition"), str):
+                started.append(result["id"])
+                results[result["id"]] = result["disposition"]
+        if started:
+            await self.store.ops.mark_running_many(started, protocol.pserv, epoch)
+        return results
 
     # -- reports --------------------------------------------------------------
 
@@ -192,6 +333,29 @@ class Region:
                           p=pserv, op=op_id)
             return False
         return recorded.changed
+
+    async def outcomes(self, reports, pserv, epoch):
+        """
+        Record a batch of a pserv's reports in one transaction (issue 14):
+        ``reports`` are dicts of :meth:`outcome`'s arguments (``op_id``,
+        ``state``, ...), all run under ``epoch``.  Answers one result per
+        report, in order: whether it changed the journal, or the refusal
+        (:class:`StaleEpoch`, :class:`InvalidInput`) :meth:`outcome` would
+        have raised.  A report on an unknown operation is logged and
+        answered False, as :meth:`outcome` does.
+        """
+        batch = [dict(r, pserv=pserv, epoch=epoch) for r in reports]
+        answers = []
+        for report, result in zip(batch, await self.store.nodes.record_outcomes(batch)):
+            if isinstance(result, NotFound):
+                self.log.warn("pserv {p} reported on operation {op}, which does not exist; "
+                              "dropped", p=pserv, op=report["op_id"])
+                answers.append(False)
+            elif isinstance(result, Exception):
+                answers.append(result)
+            else:
+                answers.append(result.changed)
+        return answers
 
     async def polled(self, reports):
         """
