@@ -56,6 +56,17 @@ def pages(items, limit=BATCH, size=commands.MAX_VALUE):
 class Region:
     log = Logger()
 
+    #: Operations per ``PowerMany`` call at most (see :func:`pages`).
+    batch = BATCH
+    #: Dispatches (or pages of a batch) using the database at once.  The
+    #: API hands them out without waiting, and they share the database
+    #: pool with the pservs' heartbeats: 4,000 dispatches at once queued
+    #: some 16,000 reads ahead of a heartbeat's lease renewal, the pserv's
+    #: lease ran out, it went quiet and dropped everything it was running,
+    #: again at every reconnection (issue 14: 5,000 IPMI power-ons never
+    #: finished).  Bounded, a heartbeat waits behind a few reads at most.
+    dispatch_concurrency = 4
+
     def __init__(self, name, store, secret, clock, heartbeat_timeout=30.0, leases=None):
         self.name = name
         self.store = store
@@ -71,6 +82,7 @@ class Region:
         # Operations this region dispatched itself: the NOTIFY each request
         # sends comes back to us too and must not dispatch them again.
         self._dispatched = collections.OrderedDict()
+        self._dispatching = defer.DeferredSemaphore(self.dispatch_concurrency)
         self.stopping = False
         #: Drops pservs gone silent, every third of the heartbeat timeout (at
         #: most once a second): a service for the region's MultiService.
@@ -188,7 +200,7 @@ class Region:
     def dispatch_later(self, op):
         """Fire-and-forget dispatch for the API (which has answered 202)."""
         self._remember_dispatched([op["id"]])
-        d = self.track(defer.ensureDeferred(self.dispatch(op)))
+        d = self.track(self._dispatching.run(lambda: defer.ensureDeferred(self.dispatch(op))))
         d.addErrback(lambda f: self.log.failure("dispatch of {op}", f, op=op["id"]))
         return d
 
@@ -222,22 +234,14 @@ class Region:
         results = {}
         for op in ops:
             if op["action"] == Action.FENCE.value:
-                results[op["id"]] = await self.dispatch(op)
+                results[op["id"]] = await self._dispatching.run(
+                    lambda op=op: defer.ensureDeferred(self.dispatch(op)))
         ops = sorted((op for op in ops if op["action"] != Action.FENCE.value),
                      key=lambda op: op["id"])
         if not ops:
             return results
-        names = sorted({op["node"] for op in ops})
-        view = await self.store.ops.dispatch_view(names)
-        unowned = sorted({v["cluster"] for v in view.values()
-                          if v["owner_epoch"] is None and v["handoff_epoch"] is None
-                          and self.directory.for_cluster(v["cluster"])})
-        if unowned:
-            # New nodes (or their owner died): assign their clusters now, as
-            # dispatch does for one, then read again.
-            for cluster in unowned:
-                await self.assign(cluster)
-            view = await self.store.ops.dispatch_view(names)
+        view = await self._dispatching.run(lambda: defer.ensureDeferred(
+            self._dispatch_view(sorted({op["node"] for op in ops}))))
         per_owner = {}
         for op in ops:
             node = view.get(op["node"])
@@ -266,14 +270,32 @@ class Region:
             if node["circuit"]:
                 item["circuit"] = node["circuit"]
             per_owner.setdefault(epoch, (protocol, []))[1].append(item)
-        calls = [defer.ensureDeferred(self._dispatch_page(protocol, epoch, page))
+        # The pages take their turns with every other dispatch (the first
+        # start at once: the reads above held no turn), in order: AMP keeps
+        # a connection's boxes in order, so a node's operations reach its
+        # pserv oldest first.
+        calls = [self._dispatching.run(
+                     lambda protocol=protocol, epoch=epoch, page=page: defer.ensureDeferred(
+                         self._dispatch_page(protocol, epoch, page)))
                  for epoch, (protocol, items) in sorted(per_owner.items())
-                 for page in pages(items)]
-        # AMP keeps a connection's boxes in order, so a node's operations
-        # reach its pserv oldest first even with every page in flight.
+                 for page in pages(items, self.batch)]
         for answered in await defer.gatherResults(calls, consumeErrors=True):
             results.update(answered)
         return results
+
+    async def _dispatch_view(self, names):
+        """The nodes' owners and configurations, their clusters assigned first where needed."""
+        view = await self.store.ops.dispatch_view(names)
+        unowned = sorted({v["cluster"] for v in view.values()
+                          if v["owner_epoch"] is None and v["handoff_epoch"] is None
+                          and self.directory.for_cluster(v["cluster"])})
+        if unowned:
+            # New nodes (or their owner died): assign their clusters now, as
+            # dispatch does for one, then read again.
+            for cluster in unowned:
+                await self.assign(cluster)
+            view = await self.store.ops.dispatch_view(names)
+        return view
 
     async def _dispatch_page(self, protocol, epoch, page):
         """One ``PowerMany`` call and its ``mark_running_many``: ``{id: disposition}``."""
@@ -609,11 +631,20 @@ class Region:
             try:
                 if int(payload) in self._dispatched:
                     return  # ours: already on its way
-                op = await self.store.ops.get(int(payload))
-            except (NotFound, ValueError):
+            except ValueError:
                 return
-            if op["state"] == OpState.PENDING:
-                await self.dispatch(op)
+            # Another region's bulk request is a NOTIFY per operation: they
+            # take their turns, as this region's own dispatches do.
+            await self._dispatching.run(lambda: defer.ensureDeferred(
+                self._dispatch_notified(int(payload))))
+
+    async def _dispatch_notified(self, op_id):
+        try:
+            op = await self.store.ops.get(op_id)
+        except NotFound:
+            return
+        if op["state"] == OpState.PENDING:
+            await self.dispatch(op)
 
     def drop_silent_pservs(self):
         """Drop connections whose pserv stopped heart-beating (half-open TCP)."""
