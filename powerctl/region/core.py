@@ -639,6 +639,10 @@ class Region:
                 self._dispatch_notified(int(payload))))
 
     async def _dispatch_notified(self, op_id):
+        if op_id in self._dispatched:
+            # Ours after all: the NOTIFY of a request can be read before the
+            # API, resuming after the commit, hands its operations out.
+            return
         try:
             op = await self.store.ops.get(op_id)
         except NotFound:
