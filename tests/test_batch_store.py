@@ -130,3 +130,15 @@ class DispatchViewTests(BatchStoreTestCase):
         self.assertEqual(view["b"]["circuit"], await self.store.nodes.circuit_config("b"))
         self.assertEqual(view["b"]["circuit"]["name"], "r1")
         self.assertEqual(await self.store.ops.dispatch_view([]), {})
+
+
+class PendingTests(BatchStoreTestCase):
+    async def test_the_pending_ones_of_the_ids_oldest_first(self):
+        await self.store.nodes.create("a", "c1", ipmi())
+        ops = [await self.store.ops.request("a", "on") for _ in range(3)]
+        await self.store.ops.mark_running(ops[1]["id"], "p1")
+        got = await self.store.ops.pending([ops[2]["id"], ops[1]["id"], ops[0]["id"],
+                                            999_999, "x", -1])
+        self.assertEqual([o["id"] for o in got], [ops[0]["id"], ops[2]["id"]])
+        self.assertEqual(got[0]["node"], "a")
+        self.assertEqual(await self.store.ops.pending(["x"]), [])

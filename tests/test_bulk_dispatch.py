@@ -187,6 +187,30 @@ class BatchDispatchTests(InMemoryFleet, unittest.TestCase):
         self.assertEqual(self.drivers.device("bmc1").calls, ["on"])
 
 
+    def test_notifies_that_pile_up_are_dispatched_as_one_batch(self):
+        """Another region's bulk request: a NOTIFY per operation, read and sent together."""
+        names = ["n1", "n2"] + self.add_nodes(8)
+        ops = [self.store.add_op(n, "on") for n in names]
+        seen = self.spy_power_many()
+        heard = [defer.ensureDeferred(self.region.notified("power_ops", str(op["id"])))
+                 for op in ops]
+        self.pair.flush()
+        for d in heard:
+            self.successResultOf(d)
+        ids = [op["id"] for op in ops]
+        turns = self.region.dispatch_concurrency
+        # the first ones had a turn at once, each alone; the rest waited together
+        self.assertEqual(seen, [ids[turns:]])
+        self.assertEqual(self.calls("pending"), [("pending", ids[turns:])])
+        self.assertEqual({self.state(op) for op in ops}, {"running"})
+        self.assertEqual([self.drivers.device(f"bmc{i}").calls for i in range(1, 11)],
+                         [["on"]] * 10)
+        # a NOTIFY heard again later reads nothing more
+        self.successResultOf(defer.ensureDeferred(
+            self.region.notified("power_ops", str(ids[-1]))))
+        self.assertEqual(len(self.calls("pending")), 1)
+
+
 class BatchReportTests(InMemoryFleet, unittest.TestCase):
     def start(self, names):
         ops = [self.store.add_op(n, "on") for n in names]

@@ -83,6 +83,7 @@ class Region:
         # sends comes back to us too and must not dispatch them again.
         self._dispatched = collections.OrderedDict()
         self._dispatching = defer.DeferredSemaphore(self.dispatch_concurrency)
+        self._notified = {}  # operation ids NOTIFYed, waiting for a turn (in order)
         self.stopping = False
         #: Drops pservs gone silent, every third of the heartbeat timeout (at
         #: most once a second): a service for the region's MultiService.
@@ -634,21 +635,32 @@ class Region:
             except ValueError:
                 return
             # Another region's bulk request is a NOTIFY per operation: they
-            # take their turns, as this region's own dispatches do.
-            await self._dispatching.run(lambda: defer.ensureDeferred(
-                self._dispatch_notified(int(payload))))
+            # wait for a turn together, and whoever gets the turn takes every
+            # one waiting -- one read and one batch for what piled up.
+            self._notified[int(payload)] = None
+            ops = await self._dispatching.run(lambda: defer.ensureDeferred(
+                self._read_notified()))
+            if len(ops) == 1:
+                await self._dispatching.run(lambda: defer.ensureDeferred(
+                    self.dispatch(ops[0])))
+            elif ops:
+                await self.dispatch_many(ops)
 
-    async def _dispatch_notified(self, op_id):
-        if op_id in self._dispatched:
-            # Ours after all: the NOTIFY of a request can be read before the
-            # API, resuming after the commit, hands its operations out.
-            return
+    async def _read_notified(self):
+        """The pending operations among those NOTIFYed and not taken yet (oldest first)."""
+        # Ours after all, some of them: the NOTIFY of a request can be read
+        # before the API, resuming after the commit, hands its operations out.
+        ids = [i for i in self._notified if i not in self._dispatched]
+        self._notified.clear()
+        if len(ids) > 1:
+            ops = await self.store.ops.pending(ids)
+            self._remember_dispatched([op["id"] for op in ops])
+            return ops
         try:
-            op = await self.store.ops.get(op_id)
+            op = await self.store.ops.get(ids[0]) if ids else None
         except NotFound:
-            return
-        if op["state"] == OpState.PENDING:
-            await self.dispatch(op)
+            return []
+        return [op] if op is not None and op["state"] == OpState.PENDING else []
 
     def drop_silent_pservs(self):
         """Drop connections whose pserv stopped heart-beating (half-open TCP)."""

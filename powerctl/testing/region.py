@@ -102,7 +102,8 @@ class FakeRegionStore:
             request=self.request_power, get=self.get_op, list=self.list_ops,
             open_of_node=self.node_open_ops, mark_running=self.mark_running,
             mark_running_many=self.mark_running_many, record_outcome=self.record_outcome,
-            outstanding=self.outstanding_ops, dispatch_view=self.dispatch_view)
+            outstanding=self.outstanding_ops, dispatch_view=self.dispatch_view,
+            pending=self.pending_ops)
         self.clusters = types.SimpleNamespace(
             register_pserv=self.register_pserv, heartbeat=self.heartbeat,
             pserv_disconnected=self.pserv_disconnected, serving=self.serving)
@@ -280,6 +281,12 @@ class FakeRegionStore:
             except (InvalidInput, NotFound, StaleEpoch) as e:
                 results.append(e)
         return results
+
+    async def pending_ops(self, ids):
+        """As the real ``ops.pending``: those of ``ids`` still pending, oldest first."""
+        self.calls.append(("pending", list(ids)))
+        return [dict(self.op_rows[i]) for i in sorted(set(ids))
+                if i in self.op_rows and self.op_rows[i]["state"] == "pending"]
 
     async def dispatch_view(self, names):
         """As the real ``ops.dispatch_view``: what dispatching to ``names`` needs."""

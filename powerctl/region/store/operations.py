@@ -369,6 +369,22 @@ class OperationStore(KindStore):
                 for r, (p, e) in zip(rows, resolved)]
 
     @transaction
+    async def pending(self, tx, ids):
+        """The operations of ``ids`` still pending, oldest first (what a batch of NOTIFYs names)."""
+        numbers = []
+        for value in ids:
+            try:
+                numbers.append(op_number(value))
+            except NotFound:
+                pass
+        if not numbers:
+            return []
+        rows = await tx.rows(
+            f"SELECT {OP_COLUMNS} FROM power_ops WHERE id = ANY(%s::bigint[])"
+            f" AND state = '{OpState.PENDING.value}' ORDER BY id", (numbers,))
+        return [plain(r) for r in rows]
+
+    @transaction
     async def dispatch_view(self, tx, names):
         """
         What dispatching operations of ``names`` needs, for every node at
