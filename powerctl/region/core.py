@@ -83,7 +83,8 @@ class Region:
         # sends comes back to us too and must not dispatch them again.
         self._dispatched = collections.OrderedDict()
         self._dispatching = defer.DeferredSemaphore(self.dispatch_concurrency)
-        self._notified = {}  # operation ids NOTIFYed, waiting for a turn (in order)
+        self._notified = {}  # operation ids NOTIFYed, waiting for the drain (in order)
+        self._notify_drain = None  # the drain dispatching them, while one runs
         self.stopping = False
         #: Drops pservs gone silent, every third of the heartbeat timeout (at
         #: most once a second): a service for the region's MultiService.
@@ -634,17 +635,33 @@ class Region:
                     return  # ours: already on its way
             except ValueError:
                 return
-            # Another region's bulk request is a NOTIFY per operation: they
-            # wait for a turn together, and whoever gets the turn takes every
-            # one waiting -- one read and one batch for what piled up.
+            # Another region's bulk request is a NOTIFY per operation: one
+            # drain at a time takes every one waiting -- one read and one
+            # batch for what piled up meanwhile.  (Not a turn per NOTIFY:
+            # thousands of waiters finishing at once, with nothing left to
+            # read, would recurse through the semaphore.)
             self._notified[int(payload)] = None
-            ops = await self._dispatching.run(lambda: defer.ensureDeferred(
-                self._read_notified()))
-            if len(ops) == 1:
-                await self._dispatching.run(lambda: defer.ensureDeferred(
-                    self.dispatch(ops[0])))
-            elif ops:
-                await self.dispatch_many(ops)
+            drain = self._notify_drain
+            if drain is None:
+                drain = self._notify_drain = defer.Deferred()
+                d = self.track(defer.ensureDeferred(self._drain_notified(drain)))
+                d.addErrback(lambda f: self.log.failure("dispatch of NOTIFYed operations", f))
+            await when_fired(drain)
+
+    async def _drain_notified(self, done):
+        """Dispatch what was NOTIFYed until nothing waits; fires ``done`` then."""
+        try:
+            while self._notified:
+                ops = await self._dispatching.run(lambda: defer.ensureDeferred(
+                    self._read_notified()))
+                if len(ops) == 1:
+                    await self._dispatching.run(lambda: defer.ensureDeferred(
+                        self.dispatch(ops[0])))
+                elif ops:
+                    await self.dispatch_many(ops)
+        finally:
+            self._notify_drain = None
+            done.callback(None)
 
     async def _read_notified(self):
         """The pending operations among those NOTIFYed and not taken yet (oldest first)."""
