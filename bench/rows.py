@@ -22,10 +22,13 @@ same simulators, same concurrency); the simulators run in a third process
   default, not the issue's 5,000: that size alone outlasts make bench's
   10 minutes on a 2-core machine (the figure's name says so).
 
-    .venv/bin/python bench/rows.py [--only snmp,redfish,replay,ipmi] [--json]
+    .venv/bin/python bench/rows.py [--only snmp,redfish,replay,ipmi] [--json] [--logs DIR]
 
 Prints the table (or, with ``--json``, one JSON row per line for
 bench/table.py); asserts nothing.  Every wait is bounded by ``--timeout``.
+``--logs DIR`` keeps the region's and the pserv's logs (``region.log``,
+``pserv.log``); the IPMI row also lists the errors of the operations that
+did not succeed.
 """
 
 import argparse
