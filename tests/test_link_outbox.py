@@ -53,6 +53,20 @@ class RecordingRegion(amp.AMP):
         return answer
 
 
+class OldRegion(amp.AMP):
+    """A region from before ``ReportOutcomes``: ``ReportOutcome`` only."""
+
+    def __init__(self):
+        super().__init__()
+        self.received = []
+
+    @commands.ReportOutcome.responder
+    def report_outcome(self, operation_id, outcome, observed_state, agent, error,
+                       coalesced_into, superseded_by, epoch, error_kind=None, detail=None):
+        self.received.append((operation_id, error_kind, detail))
+        return {"recorded": True}
+
+
 def report(op):
     return Report(op, "succeeded", "on", epoch=3)
 
@@ -137,3 +151,22 @@ class OutboxTests(unittest.TestCase):
             "operation_id": 7, "outcome": "failed", "observed_state": "off", "agent": "bmc",
             "error": "x" * 4000, "coalesced_into": 4, "superseded_by": 6, "epoch": 2,
             "error_kind": "unreachable", "detail": detail}])
+
+    def test_a_region_without_batches_gets_the_reports_one_by_one(self):
+        pair = connect(OldRegion(), amp.AMP())
+        self.link.report(report(1))
+        self.link.report(Report(2, "failed", "", "", "down", epoch=3, error_kind="timeout",
+                                detail={"level": 0}))
+        self.link.ready(pair.client)
+        pair.flush()
+        self.link.report(report(3))
+        pair.flush()
+        self.assertEqual(pair.server.received,
+                         [(1, None, None), (2, "timeout", {"level": 0}), (3, None, None)])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        # a new connection (an upgraded region, maybe) is tried with batches again
+        self.link.lost(pair.client)
+        fresh = self.region()
+        self.link.report(report(4))
+        fresh.flush()
+        self.assertEqual(fresh.server.calls, [[4]])

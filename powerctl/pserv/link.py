@@ -10,6 +10,7 @@ import gc
 import itertools
 import json
 import uuid
+import weakref
 
 from twisted.internet import defer, error, task
 from twisted.logger import Logger
@@ -51,6 +52,8 @@ class RegionLink:
         self._outbox = collections.deque(maxlen=outbox_size)
         self._sequence = itertools.count()
         self._in_flight = 0  # ReportOutcomes calls not answered yet
+        #: Connections to regions that do not know ReportOutcomes (older).
+        self._unbatched = weakref.WeakSet()
         #: Our lease's epoch as the protocols last learnt it (None: no lease).
         self.epoch = None
         #: Lock-outs not yet recorded by a region: (node, agent) -> (failures, reason).
@@ -66,6 +69,7 @@ class RegionLink:
     def lost(self, protocol):
         if protocol in self._connected:
             self._connected.remove(protocol)
+        self._unbatched.discard(protocol)
 
     @property
     def connected(self):
@@ -122,13 +126,20 @@ class RegionLink:
         """
         self._send_lockouts()
         while self._outbox and self._connected and self._in_flight < self.max_in_flight:
-            batch = self._take_batch()
             protocol = self._connected[0]
+            if protocol in self._unbatched:  # a region from before ReportOutcomes
+                batch = [self._outbox.popleft()]
+                report = batch[0][1]
+                call = (commands.ReportOutcome, dict(
+                    _report_json(report), epoch=report.epoch, detail=report.detail,
+                    error_kind=report.error_kind or None))
+            else:
+                batch = self._take_batch()
+                call = (commands.ReportOutcomes, dict(
+                    reports=[_report_json(r) for _, r in batch], epoch=batch[0][1].epoch))
             self._in_flight += 1
             # maybeDeferred: a box that cannot be encoded fails here, at once
-            d = defer.maybeDeferred(protocol.callRemote, commands.ReportOutcomes,
-                                    reports=[_report_json(r) for _, r in batch],
-                                    epoch=batch[0][1].epoch)
+            d = defer.maybeDeferred(protocol.callRemote, call[0], **call[1])
             d.addCallbacks(self._delivered, self._undelivered,
                            callbackArgs=(batch,), errbackArgs=(batch, protocol))
             d.addBoth(self._settled)
@@ -157,15 +168,26 @@ class RegionLink:
         return result
 
     def _delivered(self, answer, batch):
-        for refusal in answer["refused"] or ():
+        refused = answer.get("refused")
+        for refusal in refused if isinstance(refused, list) else ():
             # The region refused that one (a stale epoch, bad arguments):
             # sending it again would be refused again.  Logged once,
             # dropped; the journal keeps the operation open for its owner.
+            refusal = refusal if isinstance(refusal, dict) else {}
             self.log.error("the region refused the outcome of operation {op}: {why}",
                            op=refusal.get("operation_id"), why=refusal.get("why"))
 
     def _undelivered(self, failure, batch, protocol):
         ops = [r.operation_id for _, r in batch]
+        if failure.check(amp.UnhandledCommand) and protocol not in self._unbatched:
+            # A region from before ReportOutcomes: this connection gets one
+            # ReportOutcome per report from now on; nothing is lost.
+            self.log.info("the region does not take outcomes in batches: sending them "
+                          "one by one")
+            self._unbatched.add(protocol)
+            for sequence, report in reversed(batch):
+                self._put_back(sequence, report)
+            return
         if failure.check(*commands.ReportOutcomes.errors, *UNDECLARED_ANSWER):
             # The region answered, and refused the whole call (a stale
             # epoch, bad arguments): sending it again would be refused
