@@ -195,7 +195,13 @@ def main():
     p.add_argument("--action", default="query")
     p.add_argument("--pdu", action="store_true", help="bare: one read per PDU")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--log", help="append the process's log (twisted.logger) to this file")
     args = p.parse_args()
+    if args.log:
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(open(args.log, "a"))],
+                                         redirectStandardIO=False)
     from harness import run
 
     run(run_pserv if args.what == "pserv" else run_bare, args)

@@ -22,10 +22,13 @@ same simulators, same concurrency); the simulators run in a third process
   default, not the issue's 5,000: that size alone outlasts make bench's
   10 minutes on a 2-core machine (the figure's name says so).
 
-    .venv/bin/python bench/rows.py [--only snmp,redfish,replay,ipmi] [--json]
+    .venv/bin/python bench/rows.py [--only snmp,redfish,replay,ipmi] [--json] [--logs DIR]
 
 Prints the table (or, with ``--json``, one JSON row per line for
 bench/table.py); asserts nothing.  Every wait is bounded by ``--timeout``.
+``--logs DIR`` keeps the region's and the pserv's logs (``region.log``,
+``pserv.log``); the IPMI row also lists the errors of the operations that
+did not succeed.
 """
 
 import argparse
@@ -64,6 +67,8 @@ def parse(argv=None):
                    help="a further sweep under cProfile (top functions on stderr)")
     p.add_argument("--timeout", type=float, default=240)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--logs", help="a directory: the region's and the pserv's logs go there"
+                   " (region.log, pserv.log), for looking into a row")
     return p.parse_args(argv)
 
 
@@ -115,7 +120,8 @@ def pserv_argv(harness, args, *extra):
     return [os.path.join(HERE, "pserv_child.py"), "pserv", "--rpc", harness.rpc,
             "--secret-file", harness.secret_file, "--cluster", "c",
             "--concurrency", str(args.concurrency), "--max-actions", str(args.max_actions),
-            "--timeout", str(args.timeout), *extra]
+            "--timeout", str(args.timeout),
+            *(("--log", os.path.join(args.logs, "pserv.log")) if args.logs else ()), *extra]
 
 
 def bare_argv(agents_file, args, *extra):
@@ -182,6 +188,25 @@ async def open_ops(harness, ids):
                             " extract(epoch FROM max(started_at))"
                             " FROM power_ops WHERE id = ANY(%s)", (list(ids),))
                 return cur.fetchone()
+        finally:
+            conn.close()
+
+    return await threads.deferToThread(read)
+
+
+async def ended_otherwise(harness, ids):
+    """``{(state, error's first 80 characters): count}`` of the operations that did not succeed."""
+    import psycopg2
+    from twisted.internet import threads
+
+    def read():
+        conn = psycopg2.connect(harness.dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT state, left(coalesce(error, ''), 80), count(*)"
+                            " FROM power_ops WHERE id = ANY(%s) AND state <> 'succeeded'"
+                            " GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 8", (list(ids),))
+                return {f"{s}: {e}": n for s, e, n in cur.fetchall()}
         finally:
             conn.close()
 
@@ -383,6 +408,7 @@ async def ipmi_row(reactor, args):
                 else body["ids"]
             pending, ok, last, last_start = await wait_ops(harness, ids, args.timeout)
             rss = pserv.rss_mb()
+            others = await ended_otherwise(harness, ids)
         finally:
             pserv.close()
     finally:
@@ -399,7 +425,8 @@ async def ipmi_row(reactor, args):
                 ">= 0.9 x", ratio >= 0.9 and not pending,
                 f"{ok} succeeded, {pending} open; request answered in {answered:.2f} s; "
                 f"last one started after {last_start - started:.1f} s; "
-                f"bare failures {base['failed']}"),
+                f"bare failures {base['failed']}"
+                + (f"; not succeeded: {others}" if others else "")),
             row(f"pserv RSS MB, {n} ipmi nodes after power-on", 0.0, rss, 0.0, "<= 100 MB",
                 rss <= 100.0, "no baseline")]
 
@@ -424,6 +451,13 @@ def print_table(rows, out=sys.stdout):
 async def bench(reactor, args):
     wanted = [w for w in args.only.split(",") if w]
     rows = []
+    if args.logs:
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        os.makedirs(args.logs, exist_ok=True)
+        globalLogBeginner.beginLoggingTo(
+            [textFileLogObserver(open(os.path.join(args.logs, "region.log"), "a"))],
+            redirectStandardIO=False)
     for what in wanted:
         t = time.monotonic()
         try:

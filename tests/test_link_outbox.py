@@ -18,34 +18,52 @@ from powerctl.testing.amp import connect
 
 class RecordingRegion(amp.AMP):
     """
-    The region's end of ``ReportOutcome`` only: records the operation ids
-    it is given (and each box in ``boxes``); ``refuse`` holds ids it answers ``STALE_EPOCH``; with
-    ``hold``, answers wait in ``pending`` (the reports are in flight).
+    The region's end of ``ReportOutcomes`` only: records the operation ids
+    it is given (and each report in ``boxes``, each call's ids in
+    ``calls``); ``refuse`` holds ids it refuses (``STALE_EPOCH`` in
+    ``refused``); with ``hold``, answers wait in ``pending`` (the reports
+    are in flight).
     """
 
     def __init__(self, refuse=(), hold=False):
         super().__init__()
         self.received = []
         self.boxes = []
+        self.calls = []
         self.refuse = set(refuse)
         self.hold = hold
         self.pending = []
 
+    @commands.ReportOutcomes.responder
+    def report_outcomes(self, reports, epoch):
+        refused = []
+        self.calls.append([r["operation_id"] for r in reports])
+        for r in reports:
+            if r["operation_id"] in self.refuse:
+                refused.append({"operation_id": r["operation_id"], "code": "STALE_EPOCH",
+                                "why": f"epoch {epoch} does not own it"})
+                continue
+            self.received.append(r["operation_id"])
+            self.boxes.append(dict(r, epoch=epoch))
+        answer = {"recorded": len(reports) - len(refused), "refused": refused}
+        if self.hold:
+            d = defer.Deferred()
+            self.pending.append((d, answer))
+            return d
+        return answer
+
+
+class OldRegion(amp.AMP):
+    """A region from before ``ReportOutcomes``: ``ReportOutcome`` only."""
+
+    def __init__(self):
+        super().__init__()
+        self.received = []
+
     @commands.ReportOutcome.responder
     def report_outcome(self, operation_id, outcome, observed_state, agent, error,
                        coalesced_into, superseded_by, epoch, error_kind=None, detail=None):
-        if operation_id in self.refuse:
-            raise commands.StaleEpoch(f"epoch {epoch} does not own operation {operation_id}")
-        self.received.append(operation_id)
-        self.boxes.append({
-            "operation_id": operation_id, "outcome": outcome, "observed_state": observed_state,
-            "agent": agent, "error": error, "coalesced_into": coalesced_into,
-            "superseded_by": superseded_by, "epoch": epoch, "error_kind": error_kind,
-            "detail": detail})
-        if self.hold:
-            d = defer.Deferred()
-            self.pending.append(d)
-            return d
+        self.received.append((operation_id, error_kind, detail))
         return {"recorded": True}
 
 
@@ -133,3 +151,22 @@ class OutboxTests(unittest.TestCase):
             "operation_id": 7, "outcome": "failed", "observed_state": "off", "agent": "bmc",
             "error": "x" * 4000, "coalesced_into": 4, "superseded_by": 6, "epoch": 2,
             "error_kind": "unreachable", "detail": detail}])
+
+    def test_a_region_without_batches_gets_the_reports_one_by_one(self):
+        pair = connect(OldRegion(), amp.AMP())
+        self.link.report(report(1))
+        self.link.report(Report(2, "failed", "", "", "down", epoch=3, error_kind="timeout",
+                                detail={"level": 0}))
+        self.link.ready(pair.client)
+        pair.flush()
+        self.link.report(report(3))
+        pair.flush()
+        self.assertEqual(pair.server.received,
+                         [(1, None, None), (2, "timeout", {"level": 0}), (3, None, None)])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        # a new connection (an upgraded region, maybe) is tried with batches again
+        self.link.lost(pair.client)
+        fresh = self.region()
+        self.link.report(report(4))
+        fresh.flush()
+        self.assertEqual(fresh.server.calls, [[4]])

@@ -31,13 +31,19 @@ class ScaleModelTests(unittest.TestCase):
         fleet = Fleet(pservs=2, nodes_per_pserv=300)
         writes = fleet.storm("on")
         self.assertEqual(fleet.states(), {"succeeded": 600})
-        # requested, started, ended with the node state the outcome implies
-        self.assertEqual(writes, {"ops.request": 600, "ops.mark_running": 600,
-                                  "nodes.record_outcome": 600})
+        # requested, started, ended with the node state the outcome implies:
+        # the outcomes in batches (ReportOutcomes), what piles up while two
+        # calls are in flight going in the next
+        batches = writes.pop("nodes.record_outcomes")
+        self.assertLessEqual(batches, 600 // 50)
+        self.assertEqual(writes, {"ops.request": 600, "ops.mark_running": 600})
 
     def test_writes_grow_linearly_with_the_fleet(self):
         small, large = Fleet(2, 200), Fleet(2, 400)
         self.assertEqual(2 * sum(small.poll_round().values()),
                          sum(large.poll_round().values()))
-        self.assertEqual(2 * sum(small.storm("off").values()),
-                         sum(large.storm("off").values()))
+        storms = [fleet.storm("off") for fleet in (small, large)]
+        # the outcomes' batches grow with the load, not with each node
+        for storm, nodes in zip(storms, (400, 800)):
+            self.assertLessEqual(storm.pop("nodes.record_outcomes"), nodes // 50)
+        self.assertEqual(2 * sum(storms[0].values()), sum(storms[1].values()))

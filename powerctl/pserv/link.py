@@ -10,8 +10,9 @@ import gc
 import itertools
 import json
 import uuid
+import weakref
 
-from twisted.internet import defer, task
+from twisted.internet import defer, error, task
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -39,6 +40,10 @@ class RegionLink:
 
     log = Logger()
 
+    #: ``ReportOutcomes`` calls in flight at once, and reports per call at most.
+    max_in_flight = 2
+    batch_size = 500
+
     def __init__(self, outbox_size=10_000):
         self._connected = []
         #: ``(sequence, report)``, oldest first.  The sequence puts a report
@@ -46,6 +51,9 @@ class RegionLink:
         #: failures arrive one by one) keep their order.
         self._outbox = collections.deque(maxlen=outbox_size)
         self._sequence = itertools.count()
+        self._in_flight = 0  # ReportOutcomes calls not answered yet
+        #: Connections to regions that do not know ReportOutcomes (older).
+        self._unbatched = weakref.WeakSet()
         #: Our lease's epoch as the protocols last learnt it (None: no lease).
         self.epoch = None
         #: Lock-outs not yet recorded by a region: (node, agent) -> (failures, reason).
@@ -61,6 +69,7 @@ class RegionLink:
     def lost(self, protocol):
         if protocol in self._connected:
             self._connected.remove(protocol)
+        self._unbatched.discard(protocol)
 
     @property
     def connected(self):
@@ -108,39 +117,99 @@ class RegionLink:
                      commands.ReportLockout)
 
     def flush(self):
+        """
+        Send what waits, a batch per ``ReportOutcomes`` call (issue 14: one
+        call and one transaction for many outcomes rather than one each),
+        at most :attr:`max_in_flight` calls at once: what comes in while
+        they are in flight waits and goes in the next batch, so batches
+        grow with the load and a lone report still goes at once.
+        """
         self._send_lockouts()
-        while self._outbox and self._connected:
-            sequence, report = self._outbox.popleft()
+        while self._outbox and self._connected and self._in_flight < self.max_in_flight:
             protocol = self._connected[0]
-            d = protocol.callRemote(
-                commands.ReportOutcome,
-                operation_id=report.operation_id, outcome=report.outcome,
-                observed_state=report.observed_state, agent=report.agent,
-                error=report.error[:4000], error_kind=report.error_kind or None,
-                detail=report.detail,
-                coalesced_into=report.coalesced_into,
-                superseded_by=report.superseded_by, epoch=report.epoch,
-            )
-            d.addErrback(self._undelivered, sequence, report)
+            if protocol in self._unbatched:  # a region from before ReportOutcomes
+                batch = [self._outbox.popleft()]
+                report = batch[0][1]
+                call = (commands.ReportOutcome, dict(
+                    _report_json(report), epoch=report.epoch, detail=report.detail,
+                    error_kind=report.error_kind or None))
+            else:
+                batch = self._take_batch()
+                call = (commands.ReportOutcomes, dict(
+                    reports=[_report_json(r) for _, r in batch], epoch=batch[0][1].epoch))
+            self._in_flight += 1
+            # maybeDeferred: a box that cannot be encoded fails here, at once
+            d = defer.maybeDeferred(protocol.callRemote, call[0], **call[1])
+            d.addCallbacks(self._delivered, self._undelivered,
+                           callbackArgs=(batch,), errbackArgs=(batch, protocol))
+            d.addBoth(self._settled)
 
-    def _undelivered(self, failure, sequence, report):
-        if failure.check(*commands.ReportOutcome.errors, *UNDECLARED_ANSWER):
-            # The region answered, and refused (a stale epoch, bad
-            # arguments): sending it again would be refused again.  Logged
-            # once, dropped; the journal keeps the operation open for its
-            # current owner.
+    def _take_batch(self):
+        """
+        The oldest reports that share the first one's epoch (one call
+        speaks for one lease), as many as fit one AMP value and
+        :attr:`batch_size`.
+        """
+        batch, size = [], 2
+        while self._outbox and len(batch) < self.batch_size:
+            sequence, report = self._outbox[0]
+            if batch and report.epoch != batch[0][1].epoch:
+                break
+            length = len(json.dumps(_report_json(report), separators=(",", ":"))) + 1
+            if batch and size + length > commands.MAX_VALUE:
+                break
+            size += length
+            batch.append(self._outbox.popleft())
+        return batch
+
+    def _settled(self, result):
+        self._in_flight -= 1
+        self.flush()
+        return result
+
+    def _delivered(self, answer, batch):
+        refused = answer.get("refused")
+        for refusal in refused if isinstance(refused, list) else ():
+            # The region refused that one (a stale epoch, bad arguments):
+            # sending it again would be refused again.  Logged once,
+            # dropped; the journal keeps the operation open for its owner.
+            refusal = refusal if isinstance(refusal, dict) else {}
             self.log.error("the region refused the outcome of operation {op}: {why}",
-                           op=report.operation_id, why=failure.getErrorMessage())
+                           op=refusal.get("operation_id"), why=refusal.get("why"))
+
+    def _undelivered(self, failure, batch, protocol):
+        ops = [r.operation_id for _, r in batch]
+        if failure.check(amp.UnhandledCommand) and protocol not in self._unbatched:
+            # A region from before ReportOutcomes: this connection gets one
+            # ReportOutcome per report from now on; nothing is lost.
+            self.log.info("the region does not take outcomes in batches: sending them "
+                          "one by one")
+            self._unbatched.add(protocol)
+            for sequence, report in reversed(batch):
+                self._put_back(sequence, report)
+            return
+        if failure.check(*commands.ReportOutcomes.errors, *UNDECLARED_ANSWER):
+            # The region answered, and refused the whole call (a stale
+            # epoch, bad arguments): sending it again would be refused
+            # again.  Logged once, dropped; the journal keeps the
+            # operations open for their current owner.
+            self.log.error("the region refused the outcomes of operations {ops}: {why}",
+                           ops=ops, why=failure.getErrorMessage())
             return
         if not failure.check(*NO_ANSWER):
             # A bug: logged with its cause, dropped like a refusal (sending
             # it again would most likely fail again).
-            self.log.failure("the outcome of operation {op} could not be sent", failure,
-                             op=report.operation_id)
+            self.log.failure("the outcomes of operations {ops} could not be sent", failure,
+                             ops=ops)
             return
-        self.log.warn("outcome of {op} not delivered ({why}); keeping it",
-                      op=report.operation_id, why=failure.getErrorMessage())
-        self._put_back(sequence, report)
+        self.log.warn("outcomes of {ops} not delivered ({why}); keeping them",
+                      ops=ops, why=failure.getErrorMessage())
+        if failure.check(error.ConnectionClosed, amp.ProtocolSwitched):
+            # That connection will not answer again: nothing more goes to
+            # it (its protocol says so too once it notices, see lost()).
+            self.lost(protocol)
+        for sequence, report in reversed(batch):
+            self._put_back(sequence, report)
 
     def _put_back(self, sequence, report):
         """Return a report to the outbox in its place; a full outbox drops its oldest."""
@@ -440,6 +509,33 @@ class PservProtocol(amp.AMP):
         return self._power(Action.FENCE.value, operation_id, node, power, epoch, lockouts,
                            circuit)
 
+    @commands.PowerMany.responder
+    def power_many(self, operations, epoch):
+        """
+        A page of a bulk request's operations (issue 14), each dispatched
+        as the single power commands would; every one is checked before any
+        starts, so a malformed box starts nothing.
+        """
+        self.gate.check()
+        checked = _checked_batch(operations)
+        if self.pserv.epoch is None or epoch != self.pserv.epoch:
+            raise commands.StaleEpoch(f"{len(checked)} operation(s) under epoch {epoch}: "
+                                      f"our lease is {self.pserv.epoch}")
+        results = []
+        for op in checked:
+            result = {"id": op["id"], "disposition": "", "coalesced_into": 0, "refused": "",
+                      "error": ""}
+            try:
+                result["disposition"], result["coalesced_into"] = self.pserv.dispatch(
+                    op["id"], op["node"], op["action"], op["power"], epoch,
+                    lockouts=op.get("lockouts"), **_circuit_kw(op.get("circuit")))
+            except InvalidPowerDocument as e:
+                result.update(refused="INVALID_POWER_CONFIG", error=str(e)[:300])
+            except NotOurs as e:  # our lease changed meanwhile (checked above)
+                result.update(refused="STALE_EPOCH", error=str(e)[:300])
+            results.append(result)
+        return {"results": results}
+
     @commands.Refresh.responder
     def refresh(self):
         self.gate.check()
@@ -595,6 +691,43 @@ def activity_json(activity):
 
     return {"node": activity.node, "running": info(activity.running),
             "waiting": info(activity.waiting), "query": info(activity.query)}
+
+
+#: What ``PowerMany`` may carry: every power action but a fence (node by node).
+_BATCH_ACTIONS = frozenset(a.value for a in Action if a is not Action.FENCE)
+
+
+def _checked_batch(operations):
+    """``PowerMany``'s operations, each well-formed, or BadArguments naming the first that is not."""
+    if not isinstance(operations, list):
+        raise commands.BadArguments("operations must be a list")
+    for index, op in enumerate(operations):
+        where = f"operations[{index}]"
+        if not isinstance(op, dict):
+            raise commands.BadArguments(f"{where} must be an object")
+        if type(op.get("id")) is not int or op["id"] <= 0:
+            raise commands.BadArguments(f"{where}.id must be a positive integer")
+        if not isinstance(op.get("node"), str) or not op["node"] or "\x00" in op["node"]:
+            raise commands.BadArguments(f"{where}.node must be a node name")
+        if op.get("action") not in _BATCH_ACTIONS:
+            raise commands.BadArguments(f"{where}.action must be one of "
+                                        f"{', '.join(sorted(_BATCH_ACTIONS))}")
+        if "power" not in op:
+            raise commands.BadArguments(f"{where}.power is missing")
+        if op.get("lockouts") is not None and not isinstance(op["lockouts"], list):
+            raise commands.BadArguments(f"{where}.lockouts must be a list")
+        if op.get("circuit") is not None and not isinstance(op["circuit"], dict):
+            raise commands.BadArguments(f"{where}.circuit must be an object")
+    return operations
+
+
+def _report_json(report):
+    """One report as ``ReportOutcomes`` carries it (a long error cut to fit)."""
+    return {"operation_id": report.operation_id, "outcome": report.outcome,
+            "observed_state": report.observed_state, "agent": report.agent,
+            "error": report.error[:4000], "error_kind": report.error_kind or None,
+            "detail": report.detail, "coalesced_into": report.coalesced_into,
+            "superseded_by": report.superseded_by}
 
 
 def _circuit_kw(circuit):

@@ -563,8 +563,12 @@ class Api(AsyncResource):
             share=self.bulk_share, **flags)
         if flags["dry_run"]:
             return 200, dict(plan.as_json(), dry_run=True)
-        for op in ops:
-            self._dispatch(op)
+        many = getattr(self.region, "dispatch_many_later", None)
+        if many is not None and self.on_power_request == self.region.dispatch_later:
+            many(ops)  # issue 14: one batch (reads, a call per page, a write per page)
+        else:
+            for op in ops:
+                self._dispatch(op)
         return 202, {"action": action.value, "count": len(ops), "ids": [o["id"] for o in ops],
                      "operations": [_pick(o, ("id", "node", "action", "state")) for o in ops]}
 

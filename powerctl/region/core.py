@@ -10,6 +10,7 @@ is repaired by the next (re)connection.
 """
 
 import collections
+import json
 
 from twisted.application.internet import TimerService
 from twisted.internet import defer
@@ -17,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from powerctl.deferreds import when_fired
-from powerctl.power import TARGET_STATES, TERMINAL_STATES, OpState
+from powerctl.power import TARGET_STATES, TERMINAL_STATES, Action, OpState
 from powerctl.powerdoc import agent_list
 from powerctl.rpc import commands
 from powerctl.rpc.failures import expected
@@ -29,10 +30,42 @@ from powerctl.region.rpc import PservDirectory, error_text
 #: (delete, move, new configuration, operator cancel).  The pserv bounds its
 #: own wait by its cancel timeout (5 s), so this is only a safety net.
 QUIET_TIMEOUT = 10.0
+#: Operations per ``PowerMany`` call at most (each page is also cut to fit
+#: one AMP value, and its answer must fit one too).
+BATCH = 100
+
+
+def pages(items, limit=BATCH, size=commands.MAX_VALUE):
+    """
+    ``items`` (JSON-able) cut into pages of at most ``limit`` items whose
+    JSON list fits ``size`` bytes; an item too large on its own goes alone
+    (its call fails as its single command would).
+    """
+    page, used = [], 2
+    for item in items:
+        length = len(json.dumps(item, separators=(",", ":"))) + 1
+        if page and (len(page) >= limit or used + length > size):
+            yield page
+            page, used = [], 2
+        page.append(item)
+        used += length
+    if page:
+        yield page
 
 
 class Region:
     log = Logger()
+
+    #: Operations per ``PowerMany`` call at most (see :func:`pages`).
+    batch = BATCH
+    #: Dispatches (or pages of a batch) using the database at once.  The
+    #: API hands them out without waiting, and they share the database
+    #: pool with the pservs' heartbeats: 4,000 dispatches at once queued
+    #: some 16,000 reads ahead of a heartbeat's lease renewal, the pserv's
+    #: lease ran out, it went quiet and dropped everything it was running,
+    #: again at every reconnection (issue 14: 5,000 IPMI power-ons never
+    #: finished).  Bounded, a heartbeat waits behind a few reads at most.
+    dispatch_concurrency = 4
 
     def __init__(self, name, store, secret, clock, heartbeat_timeout=30.0, leases=None):
         self.name = name
@@ -49,6 +82,9 @@ class Region:
         # Operations this region dispatched itself: the NOTIFY each request
         # sends comes back to us too and must not dispatch them again.
         self._dispatched = collections.OrderedDict()
+        self._dispatching = defer.DeferredSemaphore(self.dispatch_concurrency)
+        self._notified = {}  # operation ids NOTIFYed, waiting for the drain (in order)
+        self._notify_drain = None  # the drain dispatching them, while one runs
         self.stopping = False
         #: Drops pservs gone silent, every third of the heartbeat timeout (at
         #: most once a second): a service for the region's MultiService.
@@ -170,12 +206,141 @@ class Region:
 
     def dispatch_later(self, op):
         """Fire-and-forget dispatch for the API (which has answered 202)."""
-        self._dispatched[op["id"]] = None
-        while len(self._dispatched) > 10_000:
-            self._dispatched.popitem(last=False)
-        d = self.track(defer.ensureDeferred(self.dispatch(op)))
+        self._remember_dispatched([op["id"]])
+        d = self.track(self._dispatching.run(lambda: defer.ensureDeferred(self.dispatch(op))))
         d.addErrback(lambda f: self.log.failure("dispatch of {op}", f, op=op["id"]))
         return d
+
+    def dispatch_many_later(self, ops):
+        """Fire-and-forget :meth:`dispatch_many` for the API's bulk requests."""
+        self._remember_dispatched([op["id"] for op in ops])
+        d = self.track(defer.ensureDeferred(self.dispatch_many(ops)))
+        d.addErrback(lambda f: self.log.failure("dispatch of {n} operation(s) from {first}",
+                                                f, n=len(ops), first=ops[0]["id"] if ops else None))
+        return d
+
+    def _remember_dispatched(self, ids):
+        for op_id in ids:
+            self._dispatched[op_id] = None
+        while len(self._dispatched) > 10_000:
+            self._dispatched.popitem(last=False)
+
+    async def dispatch_many(self, ops):
+        """
+        Send several journalled operations (a bulk request's) to their
+        nodes' owners as :meth:`dispatch` sends one, but as one batch
+        (issue 14): one read of every node's owner, configuration,
+        lock-outs and circuit; per owner, one ``PowerMany`` call per page
+        (:func:`pages`: at most :data:`BATCH` operations, within one AMP
+        value); one ``mark_running_many`` per page.  Each operation ends
+        as :meth:`dispatch` would leave it; a node whose configuration no
+        longer resolves has its operation failed, as ``Recover`` does.
+        Fences go one by one through :meth:`dispatch` (their checks are the
+        node's own).  Answers ``{operation id: disposition}``.
+        """
+        results = {}
+        for op in ops:
+            if op["action"] == Action.FENCE.value:
+                results[op["id"]] = await self._dispatching.run(
+                    lambda op=op: defer.ensureDeferred(self.dispatch(op)))
+        ops = sorted((op for op in ops if op["action"] != Action.FENCE.value),
+                     key=lambda op: op["id"])
+        if not ops:
+            return results
+        view = await self._dispatching.run(lambda: defer.ensureDeferred(
+            self._dispatch_view(sorted({op["node"] for op in ops}))))
+        per_owner = {}
+        for op in ops:
+            node = view.get(op["node"])
+            if node is None:
+                results[op["id"]] = "gone"
+                continue
+            epoch = node["owner_epoch"]
+            if epoch is None or node["handoff_epoch"] is not None:
+                results[op["id"]] = "pending"  # the next owner takes it at its Recover
+                continue
+            protocol = self.directory.by_epoch(epoch)
+            if protocol is None:
+                results[op["id"]] = "elsewhere"
+                continue
+            if node["power"] is None:
+                self.log.warn("operation {op}: node {n}'s power configuration no longer "
+                              "resolves: {why}", op=op["id"], n=op["node"],
+                              why=node["power_error"])
+                await self.store.ops.record_outcome(
+                    op["id"], OpState.FAILED.value,
+                    error=error_text("config", node["power_error"]), pserv=protocol.pserv)
+                results[op["id"]] = "failed"
+                continue
+            item = {"id": op["id"], "node": op["node"], "action": op["action"],
+                    "power": node["power"], "lockouts": node["lockouts"]}
+            if node["circuit"]:
+                item["circuit"] = node["circuit"]
+            per_owner.setdefault(epoch, (protocol, []))[1].append(item)
+        # The pages take their turns with every other dispatch (the first
+        # start at once: the reads above held no turn), in order: AMP keeps
+        # a connection's boxes in order, so a node's operations reach its
+        # pserv oldest first.
+        calls = [self._dispatching.run(
+                     lambda protocol=protocol, epoch=epoch, page=page: defer.ensureDeferred(
+                         self._dispatch_page(protocol, epoch, page)))
+                 for epoch, (protocol, items) in sorted(per_owner.items())
+                 for page in pages(items, self.batch)]
+        for answered in await defer.gatherResults(calls, consumeErrors=True):
+            results.update(answered)
+        return results
+
+    async def _dispatch_view(self, names):
+        """The nodes' owners and configurations, their clusters assigned first where needed."""
+        view = await self.store.ops.dispatch_view(names)
+        unowned = sorted({v["cluster"] for v in view.values()
+                          if v["owner_epoch"] is None and v["handoff_epoch"] is None
+                          and self.directory.for_cluster(v["cluster"])})
+        if unowned:
+            # New nodes (or their owner died): assign their clusters now, as
+            # dispatch does for one, then read again.
+            for cluster in unowned:
+                await self.assign(cluster)
+            view = await self.store.ops.dispatch_view(names)
+        return view
+
+    async def _dispatch_page(self, protocol, epoch, page):
+        """One ``PowerMany`` call and its ``mark_running_many``: ``{id: disposition}``."""
+        pending = {item["id"]: "pending" for item in page}
+        try:
+            answer = await protocol.callRemote(commands.PowerMany, operations=page,
+                                               epoch=epoch)
+        except commands.StaleEpoch as e:
+            self.log.info("{n} operation(s) from {op}: {why}; the next owner takes them",
+                          n=len(page), op=page[0]["id"], why=e)
+            return pending
+        except Exception as e:
+            if not expected(Failure(), commands.PowerMany):
+                self.log.failure("dispatch of {n} operation(s) from {op} to {p} failed "
+                                 "unexpectedly", n=len(page), op=page[0]["id"],
+                                 p=protocol.pserv)
+            else:  # gone mid-call, or refused: the pserv's next Recover takes them
+                self.log.warn("dispatch of {n} operation(s) from {op} to {p} failed: {why}",
+                              n=len(page), op=page[0]["id"], p=protocol.pserv, why=e)
+            return pending
+        results, started = dict(pending), []
+        answers = answer["results"] if isinstance(answer["results"], list) else []
+        for result in answers:
+            if not isinstance(result, dict) or result.get("id") not in pending:
+                continue
+            refused = result.get("refused")
+            if refused == "INVALID_POWER_CONFIG":
+                await self.store.ops.record_outcome(
+                    result["id"], OpState.FAILED.value,
+                    error=error_text("config", str(result.get("error"))[:1000]),
+                    pserv=protocol.pserv)
+                results[result["id"]] = "failed"
+            elif not refused and isinstance(result.get("disposition"), str):
+                started.append(result["id"])
+                results[result["id"]] = result["disposition"]
+        if started:
+            await self.store.ops.mark_running_many(started, protocol.pserv, epoch)
+        return results
 
     # -- reports --------------------------------------------------------------
 
@@ -197,6 +362,29 @@ class Region:
                           p=pserv, op=op_id)
             return False
         return recorded.changed
+
+    async def outcomes(self, reports, pserv, epoch):
+        """
+        Record a batch of a pserv's reports in one transaction (issue 14):
+        ``reports`` are dicts of :meth:`outcome`'s arguments (``op_id``,
+        ``state``, ...), all run under ``epoch``.  Answers one result per
+        report, in order: whether it changed the journal, or the refusal
+        (:class:`StaleEpoch`, :class:`InvalidInput`) :meth:`outcome` would
+        have raised.  A report on an unknown operation is logged and
+        answered False, as :meth:`outcome` does.
+        """
+        batch = [dict(r, pserv=pserv, epoch=epoch) for r in reports]
+        answers = []
+        for report, result in zip(batch, await self.store.nodes.record_outcomes(batch)):
+            if isinstance(result, NotFound):
+                self.log.warn("pserv {p} reported on operation {op}, which does not exist; "
+                              "dropped", p=pserv, op=report["op_id"])
+                answers.append(False)
+            elif isinstance(result, Exception):
+                answers.append(result)
+            else:
+                answers.append(result.changed)
+        return answers
 
     async def polled(self, reports):
         """
@@ -450,11 +638,51 @@ class Region:
             try:
                 if int(payload) in self._dispatched:
                     return  # ours: already on its way
-                op = await self.store.ops.get(int(payload))
-            except (NotFound, ValueError):
+            except ValueError:
                 return
-            if op["state"] == OpState.PENDING:
-                await self.dispatch(op)
+            # Another region's bulk request is a NOTIFY per operation: one
+            # drain at a time takes every one waiting -- one read and one
+            # batch for what piled up meanwhile.  (Not a turn per NOTIFY:
+            # thousands of waiters finishing at once, with nothing left to
+            # read, would recurse through the semaphore.)
+            self._notified[int(payload)] = None
+            drain = self._notify_drain
+            if drain is None:
+                drain = self._notify_drain = defer.Deferred()
+                d = self.track(defer.ensureDeferred(self._drain_notified(drain)))
+                d.addErrback(lambda f: self.log.failure("dispatch of NOTIFYed operations", f))
+            await when_fired(drain)
+
+    async def _drain_notified(self, done):
+        """Dispatch what was NOTIFYed until nothing waits; fires ``done`` then."""
+        try:
+            while self._notified:
+                ops = await self._dispatching.run(lambda: defer.ensureDeferred(
+                    self._read_notified()))
+                if len(ops) == 1:
+                    await self._dispatching.run(lambda: defer.ensureDeferred(
+                        self.dispatch(ops[0])))
+                elif ops:
+                    await self.dispatch_many(ops)
+        finally:
+            self._notify_drain = None
+            done.callback(None)
+
+    async def _read_notified(self):
+        """The pending operations among those NOTIFYed and not taken yet (oldest first)."""
+        # Ours after all, some of them: the NOTIFY of a request can be read
+        # before the API, resuming after the commit, hands its operations out.
+        ids = [i for i in self._notified if i not in self._dispatched]
+        self._notified.clear()
+        if len(ids) > 1:
+            ops = await self.store.ops.pending(ids)
+            self._remember_dispatched([op["id"] for op in ops])
+            return ops
+        try:
+            op = await self.store.ops.get(ids[0]) if ids else None
+        except NotFound:
+            return []
+        return [op] if op is not None and op["state"] == OpState.PENDING else []
 
     def drop_silent_pservs(self):
         """Drop connections whose pserv stopped heart-beating (half-open TCP)."""

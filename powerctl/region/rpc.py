@@ -267,6 +267,37 @@ class RegionProtocol(amp.AMP):
             raise commands.BadArguments(str(e)) from None
         return {"recorded": bool(recorded)}
 
+    @commands.ReportOutcomes.responder
+    async def report_outcomes(self, reports, epoch):
+        """
+        A batch of outcomes, recorded in one transaction (issue 14); a
+        report that cannot be taken is named in ``refused`` and costs the
+        others nothing.
+        """
+        self._leased(epoch)
+        if not isinstance(reports, list):
+            raise commands.BadArguments("reports must be a list")
+        good, refused = [], []
+        for index, report in enumerate(reports):
+            try:
+                good.append(_outcome_report(report))
+            except commands.BadArguments as e:
+                refused.append({"operation_id": _op_id_of(report), "code": "BAD_ARGUMENTS",
+                                "why": f"reports[{index}]: {e}"[:500]})
+        answers = await self.region.outcomes(good, self.pserv, epoch) if good else []
+        recorded = 0
+        for report, answer in zip(good, answers):
+            if isinstance(answer, StaleEpoch):
+                self.log.warn("pserv {p}: {why}", p=self.pserv, why=answer)
+                refused.append({"operation_id": report["op_id"], "code": "STALE_EPOCH",
+                                "why": str(answer)[:500]})
+            elif isinstance(answer, Exception):
+                refused.append({"operation_id": report["op_id"], "code": "BAD_ARGUMENTS",
+                                "why": str(answer)[:500]})
+            elif answer:
+                recorded += 1
+        return {"recorded": recorded, "refused": refused}
+
     @commands.ReportPowerState.responder
     async def report_power_state(self, states, epoch):
         self._leased(epoch)
@@ -381,6 +412,51 @@ class RegionProtocol(amp.AMP):
             self.log.info("pserv {name} disconnected", name=self.pserv)
             d = self.region.track(defer.ensureDeferred(self.region.pserv_lost(self)))
             d.addErrback(lambda f: self.log.failure("after losing {p}", f, p=self.pserv))
+
+
+def _op_id_of(report):
+    """A report's operation id for a refusal (0 when it has none that is one)."""
+    value = report.get("operation_id") if isinstance(report, dict) else None
+    return value if type(value) is int else 0
+
+
+def _outcome_report(report):
+    """
+    One report of ``ReportOutcomes`` checked as ``ReportOutcome``'s
+    arguments are, as :meth:`Region.outcomes <powerctl.region.core.Region.outcomes>`
+    takes it; BadArguments saying what is wrong.
+    """
+    if not isinstance(report, dict):
+        raise commands.BadArguments("must be an object")
+    op_id = report.get("operation_id")
+    if type(op_id) is not int:
+        raise commands.BadArguments("operation_id must be an integer")
+    outcome = report.get("outcome")
+    if outcome not in TERMINAL_STATES:
+        raise commands.BadArguments(f"unknown outcome {outcome!r}")
+    observed = report.get("observed_state") or ""
+    if observed not in ("", PowerState.ON, PowerState.OFF):
+        raise commands.BadArguments(f"unknown observed state {observed!r}")
+    texts = {}
+    for field in ("agent", "error", "error_kind"):
+        value = report.get(field) or ""
+        if not isinstance(value, str):
+            raise commands.BadArguments(f"{field} must be a string")
+        texts[field] = value
+    numbers = {}
+    for field in ("coalesced_into", "superseded_by"):
+        value = report.get(field) or 0
+        if type(value) is not int:
+            raise commands.BadArguments(f"{field} must be an integer")
+        numbers[field] = value or None
+    detail = report.get("detail")
+    if detail is not None and not isinstance(detail, dict):
+        raise commands.BadArguments("detail must be a JSON object")
+    error, kind = texts["error"], texts["error_kind"]
+    return {"op_id": op_id, "state": outcome, "observed_state": observed or None,
+            "agent": texts["agent"] or None,
+            "error": error_text(kind, error) if error or kind else None,
+            "detail": detail, **numbers}
 
 
 def _op_json(op):

@@ -18,10 +18,12 @@ Connection life cycle (the pserv dials the region):
    AMP's 64 KiB per value.
 5. From then on: region → pserv ``PowerOn``/``PowerOff``/``PowerSoftOff``/
    ``PowerCycle``/``PowerQuery`` (acknowledged at once; the work happens
-   later), ``ForgetNode`` (deleted, moved or reconfigured), operator
+   later) and ``PowerMany`` (a page of a bulk request's operations at
+   once), ``ForgetNode`` (deleted, moved or reconfigured), operator
    ``CancelOperation``/``ConfirmOperation`` and ``ListActions``/``ListSlots``
-   (what runs and waits now); pserv → region ``ReportOutcome`` (one per
-   operation id, including coalesced and superseded ones),
+   (what runs and waits now); pserv → region ``ReportOutcomes`` (the
+   outcomes of a batch of operations, including coalesced and superseded
+   ones; ``ReportOutcome`` says one),
    ``ReportPowerState`` (poll results, batched), ``ReportLockout`` (BMC
    credentials refused too often) and ``Heartbeat``; region → pserv
    ``ClearLockout`` (an operator cleared one).
@@ -234,6 +236,27 @@ class ReportOutcome(amp.Command):
     errors = dict(_LEASED_ERRORS)
 
 
+class ReportOutcomes(amp.Command):
+    """
+    The ends of several operations at once (issue 14: one call and one
+    transaction for a batch): ``reports`` = ``[{"operation_id", "outcome",
+    "observed_state", "agent", "error", "error_kind", "detail",
+    "coalesced_into", "superseded_by"}]`` (each field as in
+    ``ReportOutcome``; all but ``operation_id`` and ``outcome`` may be
+    left out), every one run under the lease ``epoch``.  The batch is
+    recorded in one transaction; one report the region cannot take
+    (malformed, not its owner's, about an unknown operation) is left out
+    and named in ``refused`` (``[{"operation_id", "code", "why"}]``,
+    ``code`` ``BAD_ARGUMENTS``, ``STALE_EPOCH`` or ``UNKNOWN``) without
+    costing the others.  ``recorded``: how many reports changed the
+    journal.  A sender keeps each call within one AMP value (pages).
+    """
+
+    arguments = [(b"reports", JSON()), (b"epoch", amp.Integer())]
+    response = [(b"recorded", amp.Integer()), (b"refused", JSON())]
+    errors = dict(_LEASED_ERRORS)
+
+
 class ReportPowerState(amp.Command):
     """
     Poll results: ``states`` = ``[{"node", "state", "error", "error_kind"}]``
@@ -371,6 +394,26 @@ class PowerFence(_PowerCommand):
     """
 
     action = Action.FENCE.value
+
+
+class PowerMany(amp.Command):
+    """
+    Start several power operations at once (a bulk request, issue 14):
+    ``operations`` = ``[{"id", "node", "action", "power", "lockouts",
+    "circuit"}]`` (each as the arguments of the single power commands;
+    ``lockouts`` and ``circuit`` optional), all under the owner's lease
+    ``epoch`` (``STALE_EPOCH`` for the whole call when it is not the
+    pserv's: nothing started).  ``fence`` is never sent this way (a fence
+    is requested and dispatched node by node).  ``results`` answers each
+    operation in order: ``{"id", "disposition", "coalesced_into",
+    "refused", "error"}``; ``refused`` is ``INVALID_POWER_CONFIG`` (nothing
+    sent to the device, ``error`` says why) or empty.  A sender pages the
+    operations so each call fits one AMP value.
+    """
+
+    arguments = [(b"operations", JSON()), (b"epoch", amp.Integer())]
+    response = [(b"results", JSON())]
+    errors = {**_COMMON_ERRORS, StaleEpoch: b"STALE_EPOCH"}
 
 
 POWER_COMMANDS = {c.action: c for c in (

@@ -96,13 +96,15 @@ class FakeRegionStore:
             get=self.get_node, list=self.list_nodes, power_config=self.node_power_config,
             circuit_config=self.node_circuit_config,
             record_power_state=self.record_power_state, record_outcome=self.record_end,
+            record_outcomes=self.record_ends,
             record_polls=self.record_polls, desired_states=self.desired_states)
         self.ops = types.SimpleNamespace(
             request=self.request_power, request_serving=self.request_serving,
             get=self.get_op, list=self.list_ops,
             open_of_node=self.node_open_ops, mark_running=self.mark_running,
             mark_running_many=self.mark_running_many, record_outcome=self.record_outcome,
-            outstanding=self.outstanding_ops)
+            outstanding=self.outstanding_ops, dispatch_view=self.dispatch_view,
+            pending=self.pending_ops)
         self.clusters = types.SimpleNamespace(
             register_pserv=self.register_pserv, heartbeat=self.heartbeat,
             pserv_disconnected=self.pserv_disconnected, serving=self.serving,
@@ -273,6 +275,40 @@ class FakeRegionStore:
             elif state == "failed":
                 node["last_error"] = error or "failed"
         return recorded
+
+    async def record_ends(self, reports):
+        """As the real ``nodes.record_outcomes``: one result (or refusal) per report."""
+        self.calls.append(("record_outcomes", [r.get("op_id") for r in reports]))
+        results = []
+        for report in reports:
+            kwargs = {k: v for k, v in report.items() if k not in ("op_id", "state")}
+            try:
+                results.append(await self.record_end(report["op_id"], report["state"],
+                                                     **kwargs))
+            except (InvalidInput, NotFound, StaleEpoch) as e:
+                results.append(e)
+        return results
+
+    async def pending_ops(self, ids):
+        """As the real ``ops.pending``: those of ``ids`` still pending, oldest first."""
+        self.calls.append(("pending", list(ids)))
+        return [dict(self.op_rows[i]) for i in sorted(set(ids))
+                if i in self.op_rows and self.op_rows[i]["state"] == "pending"]
+
+    async def dispatch_view(self, names):
+        """As the real ``ops.dispatch_view``: what dispatching to ``names`` needs."""
+        self.calls.append(("dispatch_view", sorted(set(names))))
+        locked = await self.lockouts.of_nodes(names)
+        view = {}
+        for name in names:
+            row = self.node_rows.get(name)
+            if row is not None:
+                view[name] = {"cluster": row["cluster"], "owner_epoch": row["owner_epoch"],
+                              "handoff_epoch": row["handoff_epoch"], "power": row["power"],
+                              "power_error": None,
+                              "circuit": await self.node_circuit_config(name),
+                              "lockouts": locked.get(name, [])}
+        return view
 
     # -- what a recovering pserv is handed ---------------------------------------
 

@@ -34,7 +34,8 @@ SECRET = b"scale model"
 
 #: The store methods that are write transactions on the real store.
 WRITES = frozenset({
-    "nodes.record_power_state", "nodes.record_polls", "nodes.record_outcome", "ops.request", "ops.mark_running",
+    "nodes.record_power_state", "nodes.record_polls", "nodes.record_outcome",
+    "nodes.record_outcomes", "ops.request", "ops.mark_running",
     "ops.mark_running_many", "ops.record_outcome", "clusters.register_pserv",
     "clusters.heartbeat", "clusters.pserv_disconnected"})
 

@@ -335,18 +335,44 @@ class NodeStore(KindStore):
         recorded = await self._ops.end(tx, op_id, state, observed_state=observed_state,
                                        error=error, **kwargs)
         if recorded.changed:
-            op = recorded.op
-            if observed_state is not None:
-                report = _check_report(op["node"], observed_state, None, True)
-            elif state == OpState.FAILED.value:
-                report = _check_report(op["node"], PowerState.ERROR.value, error or "failed",
-                                       op["action"] == Action.QUERY.value)
-            else:
-                report = None
+            report = _implied(recorded.op, state, observed_state, error)
             if report is not None:
                 # a deleted node leaves only its journal: nothing to record
                 await self._record(tx, [report], poll=False)
         return recorded
+
+    @transaction
+    async def record_outcomes(self, tx, reports):
+        """
+        A batch of a pserv's outcome reports in one transaction (issue 14),
+        each a dict of :meth:`record_outcome`'s arguments with ``op_id`` and
+        ``state``: the nodes locked once (name order, before the
+        operations, as every writer of both), the operations ended by
+        :meth:`OperationStore.end_many <.operations.OperationStore.end_many>`
+        and the node states they imply written in one batch (of several
+        reports of one node, the last that implies a state counts).
+        Answers one ``Recorded`` or refusal (the exception
+        :meth:`record_outcome` would raise) per report, in order.
+        """
+        ids = []
+        for report in reports:
+            try:
+                ids.append(op_number(report.get("op_id")))
+            except NotFound:
+                pass
+        if ids:
+            await tx.rows("SELECT 1 FROM nodes WHERE name IN (SELECT node FROM power_ops"
+                          " WHERE id = ANY(%s::bigint[])) ORDER BY name FOR UPDATE", (ids,))
+        results = await self._ops.end_many(tx, reports)
+        implied = {}
+        for report, result in zip(reports, results):
+            if not isinstance(result, Exception) and result.changed:
+                node = _implied(result.op, report["state"], report.get("observed_state"),
+                                report.get("error"))
+                if node is not None:
+                    implied[node.node] = node
+        await self._record(tx, list(implied.values()), poll=False)
+        return results
 
     @transaction
     async def record_polls(self, tx, reports):
@@ -573,6 +599,20 @@ class _Report:
     state: str
     error: str | None
     queried: bool
+
+
+def _implied(op, state, observed_state, error):
+    """
+    The node state an operation's outcome implies (a ``_Report``), or
+    None: an observed state is the node's; a failure without one is the
+    node's last error (counted against responsiveness only for a query).
+    """
+    if observed_state is not None:
+        return _check_report(op["node"], observed_state, None, True)
+    if state == OpState.FAILED.value:
+        return _check_report(op["node"], PowerState.ERROR.value, error or "failed",
+                             op["action"] == Action.QUERY.value)
+    return None
 
 
 def _check_report(node, state, error, queried):

@@ -23,6 +23,7 @@ from powerctl.region.store.base import (
     transaction)
 from powerctl.region.store.pod_managers import resolve_many
 from powerctl.region.store.clusters import CIRCUIT_JOIN, CIRCUIT_SQL, circuit_of
+from powerctl.region.store.lockouts import for_nodes as lockouts_for_nodes
 
 
 _OP_NAMES = [c.strip() for c in OP_COLUMNS.split(",")]
@@ -410,6 +411,46 @@ class OperationStore(KindStore):
                 for r, (p, e) in zip(rows, resolved)]
 
     @transaction
+    async def pending(self, tx, ids):
+        """The operations of ``ids`` still pending, oldest first (what a batch of NOTIFYs names)."""
+        numbers = []
+        for value in ids:
+            try:
+                numbers.append(op_number(value))
+            except NotFound:
+                pass
+        if not numbers:
+            return []
+        rows = await tx.rows(
+            f"SELECT {OP_COLUMNS} FROM power_ops WHERE id = ANY(%s::bigint[])"
+            f" AND state = '{OpState.PENDING.value}' ORDER BY id", (numbers,))
+        return [plain(r) for r in rows]
+
+    @transaction
+    async def dispatch_view(self, tx, names):
+        """
+        What dispatching operations of ``names`` needs, for every node at
+        once (issue 14: one transaction for a bulk request, not four reads
+        per operation): ``{name: {"cluster", "owner_epoch",
+        "handoff_epoch", "power", "power_error", "circuit", "lockouts"}}``
+        -- ``power`` resolved as :meth:`outstanding` resolves it (None plus
+        ``power_error`` when it no longer does), ``lockouts`` as
+        ``Recover`` lists them.  Nodes that do not exist are absent.
+        """
+        if not names:
+            return {}
+        rows = await tx.rows(
+            "SELECT n.name, n.cluster, n.owner_epoch, n.handoff_epoch, n.power,"
+            f" {CIRCUIT_SQL} FROM nodes n {CIRCUIT_JOIN} WHERE n.name = ANY(%s::text[])",
+            (sorted(set(names)),))
+        resolved = await resolve_many(tx, self._catalogue, self._vault,
+                                      [r.pop("power") for r in rows])
+        locked = await lockouts_for_nodes(tx, [r["name"] for r in rows])
+        return {r["name"]: dict(circuit_of(r), power=p, power_error=e,
+                                lockouts=locked.get(r["name"], []))
+                for r, (p, e) in zip(rows, resolved)}
+
+    @transaction
     async def mark_running(self, tx, op_id, pserv, started_at=None, epoch=None):
         """
         Record that ``pserv`` started an operation.  A terminal operation is
@@ -501,6 +542,128 @@ class OperationStore(KindStore):
             (state, observed_state, agent, error, coalesced_into, superseded_by, pserv,
              cancelled_by, json.dumps(detail) if detail is not None else None, op["id"]))
         return Recorded(plain(op), True)
+
+    async def end_many(self, tx, reports):
+        """
+        Inside ``tx``: :meth:`end` for a batch of a pserv's reports (each a
+        dict of :meth:`end`'s arguments, ``op_id`` and ``state`` included),
+        with one read of the operations and their nodes' owners, one of
+        the operations they point at and one write for the whole batch
+        (issue 14).  Each report is judged as :meth:`end` judges it, in
+        order (a second report of one operation finds it terminal); a
+        report it refuses is answered with the exception :meth:`end` would
+        raise, and costs the others nothing.  Answers one
+        :class:`Recorded` or exception per report, in order.  The caller
+        locks the nodes first (the order every writer of both takes).
+        """
+        results = [None] * len(reports)
+        ids = {}
+        for index, report in enumerate(reports):
+            try:
+                ids[index] = self._check_end(report)
+            except (InvalidInput, NotFound) as e:
+                results[index] = e
+        rows = {r["id"]: r for r in await tx.rows(
+            f"SELECT {', '.join('o.' + c for c in _OP_NAMES)}, n.owner_epoch AS node_owner,"
+            " n.name IS NOT NULL AS node_exists"
+            " FROM power_ops o LEFT JOIN nodes n ON n.name = o.node"
+            " WHERE o.id = ANY(%s::bigint[]) ORDER BY o.id FOR UPDATE OF o",
+            (sorted(set(ids.values())),))} if ids else {}
+        references = set()
+        for index, op_id in ids.items():
+            for field in ("coalesced_into", "superseded_by"):
+                value = reports[index].get(field)
+                if value is not None:
+                    try:
+                        references.add(op_number(value))
+                    except NotFound:
+                        pass
+        existing = {r["id"] for r in await tx.rows(
+            "SELECT id FROM power_ops WHERE id = ANY(%s::bigint[])",
+            (sorted(references),))} if references else set()
+        updates = {}  # op id -> (index, the columns it ends with)
+        for index, op_id in ids.items():
+            report = reports[index]
+            row = rows.get(op_id)
+            if row is None:
+                results[index] = NotFound(f"power operation {report['op_id']!r} does not exist")
+                continue
+            if row["state"] in TERMINAL_STATES or op_id in updates:
+                results[index] = ("unchanged", op_id)
+                continue
+            epoch = report.get("epoch")
+            if epoch is not None and row["node_exists"] and row["node_owner"] != epoch:
+                results[index] = StaleEpoch(
+                    f"epoch {epoch} does not own node {row['node']} (its owner's epoch is "
+                    f"{row['node_owner']}): the outcome of operation {op_id} is refused")
+                continue
+            try:
+                pointed = {f: self._reference(f, report.get(f), op_id, existing)
+                           for f in ("coalesced_into", "superseded_by")}
+            except InvalidInput as e:
+                results[index] = e
+                continue
+            updates[op_id] = (index, dict(report, **pointed))
+        written = {}
+        if updates:
+            columns = list(zip(*[
+                (op_id, u["state"], u.get("observed_state"), u.get("agent"), u.get("error"),
+                 u["coalesced_into"], u["superseded_by"], u.get("pserv"),
+                 json.dumps(u["detail"]) if u.get("detail") is not None else None)
+                for op_id, (_, u) in sorted(updates.items())]))
+            returned = ", ".join("o." + c for c in _OP_NAMES)
+            written = {r["id"]: r for r in await tx.rows(
+                "UPDATE power_ops o SET state = u.state, observed_state = u.observed,"
+                " agent = u.agent, error = u.error, coalesced_into = u.coalesced,"
+                " superseded_by = u.superseded, pserv = COALESCE(u.pserv, o.pserv),"
+                " finished_at = now(), detail = u.detail::jsonb"
+                " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
+                "  %s::bigint[], %s::bigint[], %s::text[], %s::text[])"
+                "  AS u(id, state, observed, agent, error, coalesced, superseded, pserv, detail)"
+                f" WHERE o.id = u.id RETURNING {returned}", tuple(list(c) for c in columns))}
+        for index, result in enumerate(results):
+            if isinstance(result, tuple):  # already terminal: the row as it stands
+                row = written.get(result[1]) or {
+                    k: v for k, v in rows[result[1]].items() if k in _OP_NAMES}
+                results[index] = Recorded(plain(row), False)
+        for op_id, (index, _) in updates.items():
+            results[index] = Recorded(plain(written[op_id]), True)
+        return results
+
+    @staticmethod
+    def _check_end(report):
+        """What :meth:`end` checks before it reads anything; the operation's id."""
+        detail = report.get("detail")
+        if detail is not None and not isinstance(detail, dict):
+            raise InvalidInput("detail: must be an object")
+        state = report.get("state")
+        if state not in TERMINAL_STATES:
+            raise InvalidInput(f"state: {state!r} is not one of {', '.join(TERMINAL_STATES)}")
+        observed = report.get("observed_state")
+        if observed is not None and observed not in POWER_STATES:
+            raise InvalidInput(f"observed_state: {observed!r} is not one of "
+                               + ", ".join(POWER_STATES))
+        for field in ("agent", "error", "pserv"):
+            if report.get(field) is not None:
+                check_text(field, report[field])
+        if report.get("cancelled_by") is not None:
+            raise InvalidInput("cancelled_by: an operator's, never in a pserv's report")
+        return op_number(report.get("op_id"))
+
+    @staticmethod
+    def _reference(field, value, op_id, existing):
+        """As :meth:`_check_reference`, against the ids ``existing`` read for the batch."""
+        if value is None:
+            return None
+        try:
+            other = op_number(value)
+        except NotFound:
+            other = None
+        if other is None or other not in existing:
+            raise InvalidInput(f"{field}: power operation {value!r} does not exist")
+        if other == op_id:
+            raise InvalidInput(f"{field}: an operation cannot point at itself")
+        return other
 
     @transaction
     async def mark_operator(self, tx, op_id, field, by, ended_ok=False):
