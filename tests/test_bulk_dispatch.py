@@ -13,6 +13,7 @@ nothing.
 """
 
 import json
+import types
 
 from twisted.internet import defer, task
 from twisted.trial import unittest
@@ -363,6 +364,11 @@ class DispatchTurnTests(unittest.TestCase):
         self.region = Region("r1", self.store, SECRET, self.clock, leases=self.leases)
         self.epoch = self.successResultOf(defer.ensureDeferred(
             FakeLeases.grant(self.leases, "p1", "c1", "i")))["epoch"]
+        # A pserv of c1 is connected here: with none at all, a dispatch
+        # answers "pending" without reading anything (the POST path's
+        # short-circuit) and these tests would see no reads to bound.
+        self.region.directory.add(types.SimpleNamespace(
+            pserv="p1", cluster="c1", epoch=self.epoch, in_flight=0))
 
     def test_a_heartbeat_is_not_queued_behind_a_storm_of_dispatches(self):
         for i in range(400):
