@@ -105,6 +105,7 @@ POWER_STATES = {
 
 #: A transitional state that already heads where a command would go.
 _ALREADY_HEADING = {Command.ON: "PoweringOn", Command.SOFT_OFF: "PoweringOff"}
+_TRANSITIONS = frozenset(_ALREADY_HEADING.values())
 #: The state a command leads to, for telling "already there" from a real 409.
 _LEADS_TO = {Command.ON: PowerState.ON, Command.OFF: PowerState.OFF,
              Command.SOFT_OFF: PowerState.OFF}
@@ -116,14 +117,28 @@ MAX_RETRY_AFTER = 60.0
 MIN_TASK_POLL = 0.05
 
 
+#: Where a system's reset action usually is, below the system's URI.
+_STANDARD_RESET = "/Actions/ComputerSystem.Reset"
+
+
 @attrs.frozen
 class SystemInfo:
-    """What discovery learnt about one system."""
+    """
+    What discovery learnt about one system.  Kept per system for as long
+    as the driver type runs, so it is kept small: ``uri`` as the service
+    gave it (a path from the root, the listing's own string when it is
+    one of its members), ``reset_target`` None when it is the usual
+    ``<uri>/Actions/ComputerSystem.Reset`` (see :meth:`reset_uri`).
+    """
 
     uri: str
-    reset_target: str
+    reset_target: str | None
     reset_types: tuple
     advertised: bool
+
+    def reset_uri(self):
+        """Where to POST ``ComputerSystem.Reset``."""
+        return self.reset_target or self.uri + _STANDARD_RESET
 
     def reset_type_for(self, command, describe):
         """The advertised reset type for ``command``, or UnsupportedError."""
@@ -194,6 +209,18 @@ def _odata_id(doc, *path):
     for key in path:
         doc = doc.get(key) if isinstance(doc, dict) else None
     return doc.get("@odata.id") if isinstance(doc, dict) else None
+
+
+def _compact(ref, root):
+    """
+    A resource reference as kept: a path from the service's root as it is
+    (interned, so a system's URI is the listing's own string), anything
+    else made absolute.
+    """
+    ref = ref if isinstance(ref, str) else ""
+    if ref.startswith("/") and not ref.startswith("//"):
+        return sys.intern(ref)
+    return urljoin(root, ref)
 
 
 def _tail(uri):
@@ -324,6 +351,7 @@ class _Service:
     def __init__(self, http, root, username, password, verify_tls):
         self.http = http
         self.root = root
+        self.origin = root[:-len("/redfish/v1/")]  # scheme://host:port
         self.username = username
         self._password = password
         self.verify_tls = verify_tls
@@ -392,7 +420,10 @@ class RedfishDriver(VerifyingDriver):
         if doc is None or "PowerState" not in doc:
             doc = (await self._call("GET", info.uri)).json()
         raw = doc.get("PowerState")
-        self._last_raw = (raw, self.clock.seconds())
+        # Only a transition is worth remembering (see _send_reset); one
+        # tuple per agent for "Off" would cost memory on every node.
+        self._last_raw = ((raw, self.clock.seconds()) if raw in _TRANSITIONS
+                          else _NOTHING_SEEN)
         try:
             return POWER_STATES[raw]
         except (KeyError, TypeError):
@@ -404,7 +435,7 @@ class RedfishDriver(VerifyingDriver):
         fresh = self.clock.seconds() - seen <= self.timing.timeout
         if fresh and raw is not None and _ALREADY_HEADING.get(command) == raw:
             return None
-        response = await self._call("POST", info.reset_target, {"ResetType": reset_type},
+        response = await self._call("POST", info.reset_uri(), {"ResetType": reset_type},
                                     check=False)
         if response.code == 409 and command in _LEADS_TO:
             # Some BMCs refuse a reset to the state the system is in: look.
@@ -478,9 +509,11 @@ class RedfishDriver(VerifyingDriver):
         One authenticated request; the PowerError of a non-2xx answer
         (with ``check=False`` the answer itself, except 404).
         """
-        if not url.startswith(("http://", "https://")):
-            url = urljoin(self.root, url)
         service = self._service
+        if url.startswith("/") and not url.startswith("//"):
+            url = service.origin + url  # what urljoin gives, without its cost
+        elif not url.startswith(("http://", "https://")):
+            url = urljoin(service.root, url)
         if self._type.use_sessions and service.username is not None:
             response = await self._with_session(method, url, body)
         else:
@@ -606,17 +639,19 @@ class RedfishDriver(VerifyingDriver):
         raise self._no_such_system(members, f"no system {self.system!r}")
 
     async def _reset_info(self, doc):
-        uri = urljoin(self.root, doc.get("@odata.id") or "")
+        uri = _compact(doc.get("@odata.id"), self.root)
         action = (doc.get("Actions") or {}).get("#ComputerSystem.Reset")
         if not isinstance(action, dict) or not action.get("target"):
-            raise UnsupportedError(f"{uri}: the system offers no ComputerSystem.Reset")
+            raise UnsupportedError(f"{urljoin(self.root, uri)}: the system offers no "
+                                   "ComputerSystem.Reset")
         allowed = action.get("ResetType@Redfish.AllowableValues")
         if allowed is None and action.get("@Redfish.ActionInfo"):
             allowed = await self._action_info(action["@Redfish.ActionInfo"])
         advertised = isinstance(allowed, list)
+        target = _compact(action["target"], self.root)
         return SystemInfo(
             uri=uri,
-            reset_target=urljoin(self.root, action["target"]),
+            reset_target=None if target == uri + _STANDARD_RESET else target,
             reset_types=self._type.reset_types(allowed) if advertised else ASSUMED_RESET_TYPES,
             advertised=advertised,
         )
@@ -656,6 +691,7 @@ class RedfishDriverType:
         # (verify_tls, root, username, password) -> _Service, while an agent holds it
         self._services = weakref.WeakValueDictionary()
         self._reset_types = {}  # one tuple per distinct advertised list
+        self._handles = weakref.WeakValueDictionary()  # BMC address -> limiter handle
 
     def bind(self, settings):
         if urlsplit(settings["url"]).username is not None:
@@ -667,7 +703,11 @@ class RedfishDriverType:
             timing = attrs.evolve(timing, timeout=settings["timeout"])
         driver = RedfishDriver(self, settings, self.clock, timing)
         if self.limiter is not None:
-            driver.bmc = self.limiter.handle(address_of_url(settings["url"]))
+            address = address_of_url(settings["url"])
+            handle = self._handles.get(address)
+            if handle is None:  # one per BMC, not one per agent
+                handle = self._handles[address] = self.limiter.handle(address)
+            driver.bmc = handle
         return driver
 
     def service(self, root, username, password, verify_tls):
