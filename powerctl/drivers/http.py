@@ -54,6 +54,7 @@ from twisted.internet import defer, error as neterror, ssl
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.web import client
+from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
@@ -152,7 +153,9 @@ class _BodyReader(Protocol):
     def connectionLost(self, reason):
         if self.finished.called:
             return
-        if reason.check(client.ResponseDone, client.PotentialDataLoss):
+        # names imported once: twisted.web.client is a deprecation proxy
+        # whose every attribute look-up costs a Python call
+        if reason.check(ResponseDone, PotentialDataLoss):
             self.finished.callback(b"".join(self.parts))
         else:
             self.finished.errback(reason)
@@ -360,9 +363,15 @@ class HttpClient:
         password)`` pair for basic authentication, or the ``Authorization``
         value already built (bytes, see :func:`basic_auth`).
         """
-        return defer.ensureDeferred(
-            self._request(method, url, dict(headers or {}), json_body, auth)
-        )
+        return defer.ensureDeferred(self.fetch(method, url, headers, json_body, auth))
+
+    def fetch(self, method, url, headers=None, json_body=None, auth=None):
+        """
+        :meth:`request` as a coroutine, for callers that are coroutines
+        themselves: awaited directly it saves a Deferred per request, and
+        cancelling the caller still cancels the request under way.
+        """
+        return self._request(method, url, dict(headers) if headers else {}, json_body, auth)
 
     async def _request(self, method, url, headers, json_body, auth):
         hops = 0

@@ -517,8 +517,8 @@ class RedfishDriver(VerifyingDriver):
         if self._type.use_sessions and service.username is not None:
             response = await self._with_session(method, url, body)
         else:
-            response = await service.http.request(method, url, json_body=body,
-                                                  auth=service.authorization)
+            response = await service.http.fetch(method, url, json_body=body,
+                                                auth=service.authorization)
         if response.code == 404:
             raise _NotFound(f"{url}: not found: {redfish_error_message(response)}")
         return check_status(response, redfish_error_message) if check else response
