@@ -639,6 +639,28 @@ class HttpPlumbingTests(RedfishCase):
         self.assertEqual(self.type.http.per_host, 8)
 
     @defer.inlineCallbacks
+    def test_idle_connections_are_bounded_across_hosts(self):
+        from powerctl.drivers.http import IDLE_TIMEOUT
+
+        self.start(make_systems(8))
+        other = RedfishSimulator(reactor, make_systems(8), username="admin",
+                                 password="secret").start()
+        self.addCleanup(other.stop)
+        self.type.http.max_idle = 3
+        drivers = [self.driver(system=f"node-id-{n}") for n in range(1, 9)]
+        drivers += [self.driver(url=other.url, system=f"node-id-{n}") for n in range(1, 9)]
+        for _ in range(2):
+            yield defer.gatherResults([d.query() for d in drivers])
+        yield sleep(0.05)  # the closed ones are seen closed by the simulators
+        self.assertLessEqual(self.sim.open_connections + other.open_connections, 3)
+        pool = self.type.http._pools[0]
+        self.assertEqual(len(pool._timeouts), 3)
+        self.assertGreater(pool.cachedConnectionTimeout, 60)  # outlives a poll interval
+        self.assertEqual(pool.cachedConnectionTimeout, IDLE_TIMEOUT)
+        self.assertEqual((yield defer.gatherResults([d.query() for d in drivers])),
+                         [PowerState.OFF] * 16)
+
+    @defer.inlineCallbacks
     def test_json_body_headers_and_user_agent(self):
         self.start()
         client = self.type.http.get(True)

@@ -24,7 +24,14 @@ Why this exists rather than plain ``treq.get``:
   persistent pool per policy and closes them all in :meth:`close`.  It
   keeps as many idle connections per host as calls may run at once
   against one BMC (the per-BMC session limit), so that a sweep reuses its
-  connections rather than opening a new one for every other request.
+  connections rather than opening a new one for every other request, and
+  keeps them :data:`IDLE_TIMEOUT` seconds, longer than the pserv's default
+  poll interval (60 s), so that the next round finds them open (Twisted's
+  default, 30 s here before, closed them all between two rounds: a TCP,
+  and for HTTPS a TLS, handshake per BMC and round).  At most
+  :data:`MAX_IDLE` idle connections per pool, the oldest closed first: a
+  pserv of 10,000 single-system BMCs must not hold 10,000 sockets (the
+  usual limit of open files is 1,024); those BMCs reconnect each round.
 * **Redirects for every method.**  Twisted's ``RedirectAgent`` (what treq
   uses) refuses to follow 307/308 for anything but GET/HEAD, and re-sends
   without the body.  Redfish services (sushy-tools) answer 307 for a
@@ -85,6 +92,10 @@ _URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 MAX_PERSISTENT_PER_HOST = 32
 #: Endpoints kept per TLS policy (least recently used dropped first).
 ENDPOINT_CACHE = 1024
+#: Seconds an idle connection is kept: longer than a default poll interval.
+IDLE_TIMEOUT = 120
+#: Idle connections kept per pool at most (the oldest closed first).
+MAX_IDLE = 256
 
 _JSON = b"application/json; charset=UTF-8"
 
@@ -427,6 +438,48 @@ class HttpClient:
         return HttpResponse(raw.code, raw.headers, body, url)
 
 
+class _KeptPool(client.HTTPConnectionPool):
+    """
+    Twisted's persistent pool with a bound on the idle connections of all
+    hosts together (Twisted bounds them per host only): past ``max_idle``
+    the connection idle the longest is closed.  It uses the pool's
+    ``_connections`` and ``_timeouts`` (what is idle, and its timer) as
+    ``_putConnection`` itself does.
+    """
+
+    def __init__(self, reactor, max_idle=MAX_IDLE):
+        super().__init__(reactor, persistent=True)
+        self.max_idle = max_idle
+        self._order = collections.deque()  # (stamp, key, connection), oldest first
+        self._stamps = {}  # idle connection -> the stamp of its last return
+        self._next = 0
+
+    def _putConnection(self, key, connection):
+        super()._putConnection(key, connection)
+        if connection not in self._timeouts:
+            return  # refused (not quiescent)
+        self._next += 1
+        self._stamps[connection] = self._next
+        self._order.append((self._next, key, connection))
+        while len(self._timeouts) > self.max_idle and self._order:
+            stamp, old_key, old = self._order.popleft()
+            if self._stamps.get(old) != stamp or old not in self._timeouts:
+                continue  # taken since, returned again later, or timed out
+            del self._stamps[old]
+            self._timeouts.pop(old).cancel()
+            self._connections[old_key].remove(old)
+            old.transport.loseConnection()
+        if len(self._order) > 4 * self.max_idle + 64:  # drop stale entries
+            self._stamps = {c: n for c, n in self._stamps.items() if c in self._timeouts}
+            self._order = collections.deque(
+                e for e in self._order if self._stamps.get(e[2]) == e[0])
+
+    def closeCachedConnections(self):
+        self._order.clear()
+        self._stamps.clear()
+        return super().closeCachedConnections()
+
+
 class HttpClients:
     """
     The HTTP resources of one driver type: a persistent pool and an agent
@@ -434,13 +487,15 @@ class HttpClients:
     """
 
     def __init__(self, reactor, connect_timeout=10.0, redirect_limit=5, user_agent=None,
-                 per_host=8):
+                 per_host=8, idle_timeout=IDLE_TIMEOUT, max_idle=MAX_IDLE):
         self.reactor = reactor
         self.connect_timeout = connect_timeout
         self.redirect_limit = redirect_limit
         self.user_agent = user_agent
         #: Idle connections kept per host: as many as may run at once.
         self.per_host = max(1, min(int(per_host), MAX_PERSISTENT_PER_HOST))
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
         self._clients = {}
         self._pools = []
 
@@ -448,9 +503,9 @@ class HttpClients:
         """The :class:`HttpClient` for a TLS policy (verify or not)."""
         verify_tls = bool(verify_tls)
         if verify_tls not in self._clients:
-            pool = client.HTTPConnectionPool(self.reactor, persistent=True)
+            pool = _KeptPool(self.reactor, self.max_idle)
             pool.maxPersistentPerHost = self.per_host
-            pool.cachedConnectionTimeout = 30
+            pool.cachedConnectionTimeout = self.idle_timeout
             policy = client.BrowserLikePolicyForHTTPS() if verify_tls else NoVerifyPolicy()
             agent = client.Agent.usingEndpointFactory(
                 self.reactor, _Endpoints(self.reactor, policy, self.connect_timeout), pool)
