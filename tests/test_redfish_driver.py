@@ -660,6 +660,17 @@ class HttpPlumbingTests(RedfishCase):
         self.assertEqual((yield defer.gatherResults([d.query() for d in drivers])),
                          [PowerState.OFF] * 16)
 
+    def test_idle_bound_follows_the_open_file_limit(self):
+        import resource
+        from unittest import mock
+
+        from powerctl.drivers import http
+
+        for soft, expected in ((1024, 256), (20000, 5000), (100, http.MIN_IDLE),
+                               (10 ** 7, http.MAX_IDLE), (resource.RLIM_INFINITY, http.MAX_IDLE)):
+            with mock.patch.object(resource, "getrlimit", return_value=(soft, soft)):
+                self.assertEqual(http.max_idle(), expected, soft)
+
     @defer.inlineCallbacks
     def test_json_body_headers_and_user_agent(self):
         self.start()

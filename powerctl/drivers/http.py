@@ -29,9 +29,11 @@ Why this exists rather than plain ``treq.get``:
   poll interval (60 s), so that the next round finds them open (Twisted's
   default, 30 s here before, closed them all between two rounds: a TCP,
   and for HTTPS a TLS, handshake per BMC and round).  At most
-  :data:`MAX_IDLE` idle connections per pool, the oldest closed first: a
-  pserv of 10,000 single-system BMCs must not hold 10,000 sockets (the
-  usual limit of open files is 1,024); those BMCs reconnect each round.
+  :func:`max_idle` idle connections per pool (a quarter of the process's
+  limit of open files), the oldest closed first: a pserv of 10,000
+  single-system BMCs must not run out of file descriptors (the usual soft
+  limit is 1,024: then 256 are kept and the other BMCs reconnect each
+  round; raise ``LimitNOFILE`` to keep them all).
 * **Redirects for every method.**  Twisted's ``RedirectAgent`` (what treq
   uses) refuses to follow 307/308 for anything but GET/HEAD, and re-sends
   without the body.  Redfish services (sushy-tools) answer 307 for a
@@ -94,8 +96,22 @@ MAX_PERSISTENT_PER_HOST = 32
 ENDPOINT_CACHE = 1024
 #: Seconds an idle connection is kept: longer than a default poll interval.
 IDLE_TIMEOUT = 120
-#: Idle connections kept per pool at most (the oldest closed first).
-MAX_IDLE = 256
+#: Bounds of the idle connections kept per pool (see :func:`max_idle`).
+MIN_IDLE, MAX_IDLE = 64, 16384
+
+
+def max_idle():
+    """
+    Idle connections a pool keeps at most: a quarter of the soft limit of
+    open files (the two HTTP driver types, each with a pool per TLS policy,
+    plus everything else the process opens), within MIN_IDLE..MAX_IDLE.
+    """
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return MAX_IDLE
+    return max(MIN_IDLE, min(MAX_IDLE, soft // 4))
 
 _JSON = b"application/json; charset=UTF-8"
 
@@ -447,7 +463,7 @@ class _KeptPool(client.HTTPConnectionPool):
     ``_putConnection`` itself does.
     """
 
-    def __init__(self, reactor, max_idle=MAX_IDLE):
+    def __init__(self, reactor, max_idle):
         super().__init__(reactor, persistent=True)
         self.max_idle = max_idle
         self._order = collections.deque()  # (stamp, key, connection), oldest first
@@ -487,7 +503,7 @@ class HttpClients:
     """
 
     def __init__(self, reactor, connect_timeout=10.0, redirect_limit=5, user_agent=None,
-                 per_host=8, idle_timeout=IDLE_TIMEOUT, max_idle=MAX_IDLE):
+                 per_host=8, idle_timeout=IDLE_TIMEOUT, max_idle=None):
         self.reactor = reactor
         self.connect_timeout = connect_timeout
         self.redirect_limit = redirect_limit
@@ -495,7 +511,7 @@ class HttpClients:
         #: Idle connections kept per host: as many as may run at once.
         self.per_host = max(1, min(int(per_host), MAX_PERSISTENT_PER_HOST))
         self.idle_timeout = idle_timeout
-        self.max_idle = max_idle
+        self.max_idle = max_idle  # None: max_idle() when a pool is made
         self._clients = {}
         self._pools = []
 
@@ -503,7 +519,7 @@ class HttpClients:
         """The :class:`HttpClient` for a TLS policy (verify or not)."""
         verify_tls = bool(verify_tls)
         if verify_tls not in self._clients:
-            pool = _KeptPool(self.reactor, self.max_idle)
+            pool = _KeptPool(self.reactor, self.max_idle or max_idle())
             pool.maxPersistentPerHost = self.per_host
             pool.cachedConnectionTimeout = self.idle_timeout
             policy = client.BrowserLikePolicyForHTTPS() if verify_tls else NoVerifyPolicy()
