@@ -675,7 +675,7 @@ class HttpPlumbingTests(RedfishCase):
     def test_json_body_headers_and_user_agent(self):
         self.start()
         client = self.type.http.get(True)
-        client.user_agent, client._user_agent = "pserv-x", b"pserv-x"
+        client.user_agent = "pserv-x"
         target = self.sim.url + "/redfish/v1/Systems/node-id-1/Actions/ComputerSystem.Reset"
         response = yield client.request("POST", target, json_body={"ResetType": "On"},
                                         auth=("admin", "secret"))

@@ -377,10 +377,19 @@ class HttpClient:
     def __init__(self, agent, redirect_limit=5, user_agent=None):
         self._agent = agent
         self.redirect_limit = redirect_limit
-        #: Sent as ``User-Agent`` unless the caller's headers name one (a
-        #: pserv names itself, so a BMC's log says which pserv sent what).
         self.user_agent = user_agent
-        self._user_agent = user_agent.encode("utf-8") if user_agent else None
+
+    @property
+    def user_agent(self):
+        """
+        Sent as ``User-Agent`` unless the caller's headers name one (a pserv
+        names itself, so a BMC's log says which pserv sent what).
+        """
+        return self._user_agent.decode("utf-8") if self._user_agent else None
+
+    @user_agent.setter
+    def user_agent(self, value):
+        self._user_agent = value.encode("utf-8") if value else None  # encoded once
 
     def request(self, method, url, headers=None, json_body=None, auth=None):
         """
