@@ -99,17 +99,18 @@ class Child:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    async def events(self, event, count, timeout):
+    async def events(self, event, count, timeout, peer=None):
         """
         The next ``count`` ``event`` lines, each with the CPU seconds the
-        child used since the previous one (``cpu``): on a shared machine
-        wall-clock seconds swing with the load, CPU seconds much less.
+        child used since the previous one (``cpu``), and ``peer``'s (another
+        Child, the simulators: ``peer_cpu``): on a shared machine wall-clock
+        seconds swing with the load, CPU seconds much less.
         """
-        got, before = [], self.cpu_s()
+        got, before = [], (self.cpu_s(), peer.cpu_s() if peer else 0.0)
         for _ in range(count):
             line = await self.until(event, timeout)
-            now = self.cpu_s()
-            got.append(dict(line, cpu=now - before))
+            now = (self.cpu_s(), peer.cpu_s() if peer else 0.0)
+            got.append(dict(line, cpu=now[0] - before[0], peer_cpu=now[1] - before[1]))
             before = now
         return got
 
@@ -261,7 +262,7 @@ async def sweep_rows(reactor, args, kind):
                                *(("--pdu",) if kind == "snmp" else ())))
         try:
             await bare.until("started", 60)
-            base = await bare.events("round", 2, args.timeout)
+            base = await bare.events("round", 2, args.timeout, peer=sim)
         finally:
             bare.close()
         harness = await RegionHarness.start(reactor)
@@ -271,7 +272,7 @@ async def sweep_rows(reactor, args, kind):
         try:
             await pserv.until("started", 60)
             known = await pserv.until("known", args.timeout)
-            sweeps = await pserv.events("sweep", 2, args.timeout)
+            sweeps = await pserv.events("sweep", 2, args.timeout, peer=sim)
             end = await pserv.until("end", args.timeout)
         finally:
             pserv.close()
@@ -290,7 +291,8 @@ async def sweep_rows(reactor, args, kind):
         v, b = sweeps[1]["s"], base[1]["s"]
         out.append(row(name, b, v, b / v, "<= 3 s", v <= 3.0, note + states(sweeps[1])))
     else:
-        cpu = [f"; CPU s bare {b['cpu']:.2f}, pserv {p['cpu']:.2f}" for b, p in zip(base, sweeps)]
+        cpu = [f"; CPU s bare {b['cpu']:.2f} (simulators {b['peer_cpu']:.2f}), pserv "
+               f"{p['cpu']:.2f} (simulators {p['peer_cpu']:.2f})" for b, p in zip(base, sweeps)]
         name = f"Redfish sweep s, first, {count} systems"
         v, b = sweeps[0]["s"], base[0]["s"]
         out.append(row(name, b, v, b / v, "<= 15 s", v <= 15.0,
