@@ -486,3 +486,210 @@ class _Vanishing(dict):
 
     def __setitem__(self, key, value):
         pass
+
+
+class SharedDiscoveryTests(RedfishCase):
+    """
+    A service is listed once per account and shared by its agents; the
+    system resource discovery fetched answers the query that needed it.
+    """
+
+    def count(self, line):
+        return self.sim.requests.count(line)
+
+    @defer.inlineCallbacks
+    def test_agents_of_one_service_list_it_once(self):
+        self.start(make_systems(20))
+        drivers = [self.driver(system=f"node-id-{n}") for n in range(1, 21)]
+        states = yield defer.gatherResults([d.query() for d in drivers])
+        self.assertEqual(states, [PowerState.OFF] * 20)
+        self.assertEqual((self.count("GET /redfish/v1"), self.count("GET /redfish/v1/Systems")),
+                         (1, 1))
+        for n in range(1, 21):  # one GET each: discovery's answers the query
+            self.assertEqual(self.count(f"GET /redfish/v1/Systems/node-id-{n}"), 1)
+        yield defer.gatherResults([d.query() for d in drivers])
+        self.assertEqual(len(self.sim.requests), 2 + 20 + 20)
+
+    @defer.inlineCallbacks
+    def test_what_agents_keep_is_shared(self):
+        self.start(make_systems(3))
+        a, b = self.driver(system="node-id-1"), self.driver(system="node-id-2")
+        yield defer.gatherResults([a.query(), b.query()])
+        self.assertIs(a._service, b._service)
+        info_a = self.type.discovered(a.root, "node-id-1")
+        info_b = self.type.discovered(b.root, "node-id-2")
+        self.assertIs(info_a.reset_types, info_b.reset_types)
+        self.assertIn(info_a.uri, a._service.listing.members)
+        self.assertIs(info_a.uri, a._service.listing.members[0])  # the same string
+        self.assertEqual(info_a.reset_uri(),
+                         "/redfish/v1/Systems/node-id-1/Actions/ComputerSystem.Reset")
+        self.assertIs(a.bmc, b.bmc)  # no limiter here: both None
+
+    @defer.inlineCallbacks
+    def test_the_service_is_dropped_with_its_last_agent(self):
+        import gc
+
+        self.start()
+        driver = self.driver()
+        yield driver.query()
+        self.assertEqual(len(self.type._services), 1)
+        del driver
+        gc.collect()
+        self.assertEqual(len(self.type._services), 0)
+
+    @defer.inlineCallbacks
+    def test_each_account_lists_for_itself(self):
+        self.start(make_systems(2))
+        wrong = self.driver(system="node-id-1", password="nope")
+        right = self.driver(system="node-id-2")
+        results = yield defer.DeferredList([wrong.query(), right.query()],
+                                           consumeErrors=True)
+        self.assertFalse(results[0][0])
+        self.assertTrue(results[0][1].check(AuthenticationError))
+        self.assertEqual(results[1], (True, PowerState.OFF))
+        self.assertIsNot(wrong._service, right._service)
+
+    @defer.inlineCallbacks
+    def test_a_failed_listing_is_not_kept(self):
+        self.start(make_systems(2))
+        self.sim.fault("error", match="GET /redfish/v1/Systems", times=1)
+        yield self.assertFailure(self.driver(system="node-id-1").query(), ProtocolError)
+        self.assertEqual((yield self.driver(system="node-id-1").query()), PowerState.OFF)
+        self.assertEqual(self.count("GET /redfish/v1/Systems"), 2)
+
+    @defer.inlineCallbacks
+    def test_cancelling_one_waiter_leaves_the_others_their_listing(self):
+        self.start(make_systems(2), latency=0.1)
+        first = self.driver(system="node-id-1").query()
+        second = self.driver(system="node-id-2").query()
+        yield sleep(0.05)  # both wait for the one root GET
+        first.cancel()
+        yield self.assertFailure(first, defer.CancelledError)
+        self.assertEqual((yield second), PowerState.OFF)
+        self.assertEqual(self.count("GET /redfish/v1"), 1)
+
+    @defer.inlineCallbacks
+    def test_a_listing_nobody_waits_for_is_cancelled(self):
+        self.start()
+        self.sim.fault("hang", match="GET /redfish/v1", times=1)
+        driver = self.driver()
+        d = driver.query()
+        yield sleep(0.05)
+        self.assertEqual(self.sim.open_connections, 1)
+        self.assertIsNotNone(driver._service.listing_in_flight)
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        yield sleep(0.01)
+        self.assertEqual(self.sim.open_connections, 0)
+        self.assertIsNone(driver._service.listing_in_flight)
+        self.assertEqual((yield driver.query()), PowerState.OFF)  # listed afresh
+
+    @defer.inlineCallbacks
+    def test_a_404_lists_the_service_again(self):
+        self.start(make_systems(2))
+        driver = self.driver(system="node-id-2")
+        yield driver.query()
+        moved = self.sim.systems.pop("node-id-2")
+        moved.id = "renumbered"
+        self.sim.systems["renumbered"] = moved
+        self.assertEqual((yield self.driver(system="renumbered").query()), PowerState.OFF)
+        self.assertEqual(self.count("GET /redfish/v1/Systems"), 2)
+        self.assertEqual(self.type.discovered(driver.root, "renumbered").uri,
+                         "/redfish/v1/Systems/renumbered")
+
+
+class HttpPlumbingTests(RedfishCase):
+    """What the HTTP layer does instead of treq (powerctl.drivers.http)."""
+
+    def test_plain_urls_go_as_they_are_others_are_encoded(self):
+        from powerctl.drivers.http import wire_url
+
+        plain = "http://10.0.0.5:8000/redfish/v1/Systems/a-1?x=1&y=%20#f"
+        self.assertEqual(wire_url(plain), plain.encode("ascii"))
+        self.assertEqual(wire_url("http://h/a b"), b"http://h/a%20b")
+        self.assertEqual(wire_url("http://bücher.example/x"),
+                         b"http://xn--bcher-kva.example/x")
+
+    def test_basic_auth_value(self):
+        from powerctl.drivers.http import basic_auth
+
+        self.assertEqual(basic_auth("admin", "sécret"), b"Basic YWRtaW46c8OpY3JldA==")
+
+    def test_endpoints_are_kept_per_host_and_bounded(self):
+        from twisted.web.client import URI
+
+        from powerctl.drivers.http import NoVerifyPolicy, _Endpoints
+
+        endpoints = _Endpoints(reactor, NoVerifyPolicy(), 1.0, size=2)
+        a = endpoints.endpointForURI(URI.fromBytes(b"http://10.0.0.1/x"))
+        self.assertIs(endpoints.endpointForURI(URI.fromBytes(b"http://10.0.0.1/y")), a)
+        endpoints.endpointForURI(URI.fromBytes(b"https://10.0.0.2/"))
+        endpoints.endpointForURI(URI.fromBytes(b"http://10.0.0.3/"))
+        self.assertEqual(len(endpoints._cache), 2)
+        self.assertIsNot(endpoints.endpointForURI(URI.fromBytes(b"http://10.0.0.1/")), a)
+
+    @defer.inlineCallbacks
+    def test_connections_are_reused(self):
+        self.start(make_systems(8))
+        drivers = [self.driver(system=f"node-id-{n}") for n in range(1, 9)]
+        for _ in range(3):
+            yield defer.gatherResults([d.query() for d in drivers])
+        # the pool keeps 8 per host: no more connections than queries at once
+        self.assertLessEqual(self.sim.open_connections, 8)
+        self.assertEqual(self.type.http.per_host, 8)
+
+    @defer.inlineCallbacks
+    def test_idle_connections_are_bounded_across_hosts(self):
+        from powerctl.drivers.http import IDLE_TIMEOUT
+
+        self.start(make_systems(8))
+        other = RedfishSimulator(reactor, make_systems(8), username="admin",
+                                 password="secret").start()
+        self.addCleanup(other.stop)
+        self.type.http.max_idle = 3
+        drivers = [self.driver(system=f"node-id-{n}") for n in range(1, 9)]
+        drivers += [self.driver(url=other.url, system=f"node-id-{n}") for n in range(1, 9)]
+        for _ in range(2):
+            yield defer.gatherResults([d.query() for d in drivers])
+        yield sleep(0.05)  # the closed ones are seen closed by the simulators
+        self.assertLessEqual(self.sim.open_connections + other.open_connections, 3)
+        pool = self.type.http._pools[0]
+        self.assertEqual(len(pool._timeouts), 3)
+        self.assertGreater(pool.cachedConnectionTimeout, 60)  # outlives a poll interval
+        self.assertEqual(pool.cachedConnectionTimeout, IDLE_TIMEOUT)
+        self.assertEqual((yield defer.gatherResults([d.query() for d in drivers])),
+                         [PowerState.OFF] * 16)
+
+    def test_idle_bound_follows_the_open_file_limit(self):
+        import resource
+        from unittest import mock
+
+        from powerctl.drivers import http
+
+        for soft, expected in ((1024, 256), (20000, 5000), (100, http.MIN_IDLE),
+                               (10 ** 7, http.MAX_IDLE), (resource.RLIM_INFINITY, http.MAX_IDLE)):
+            with mock.patch.object(resource, "getrlimit", return_value=(soft, soft)):
+                self.assertEqual(http.max_idle(), expected, soft)
+
+    @defer.inlineCallbacks
+    def test_json_body_headers_and_user_agent(self):
+        self.start()
+        client = self.type.http.get(True)
+        client.user_agent = "pserv-x"
+        target = self.sim.url + "/redfish/v1/Systems/node-id-1/Actions/ComputerSystem.Reset"
+        response = yield client.request("POST", target, json_body={"ResetType": "On"},
+                                        auth=("admin", "secret"))
+        self.assertEqual(response.code, 204)
+        self.assertEqual(self.sim.log[-1].reset_type, "On")
+        self.assertEqual(self.sim.log[-1].user_agent, "pserv-x")
+        response = yield client.request("GET", self.sim.url + "/redfish/v1/Systems",
+                                        headers={"User-Agent": "mine"},
+                                        auth=basic_header("admin", "secret"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.sim.log[-1].user_agent, "mine")
+
+
+def basic_header(user, password):
+    from powerctl.drivers.http import basic_auth
+
+    return basic_auth(user, password)

@@ -6,6 +6,12 @@ Discovery (once per service and system, cached in the driver type):
 the last segment of its URI, by following ``Systems/<system>`` (sushy-tools
 answers 307 from a system's name to its id), or by its ``Id`` or ``Name``.
 Without a ``system`` parameter the service must have exactly one system.
+The service root and the ``Systems`` listing are fetched once per service
+and account and shared by all its agents (a chassis manager with 100
+systems is listed once, not 100 times; agents discovering at the same time
+wait for the same listing), and the system resource fetched by discovery
+answers the query that needed it, so a first sweep costs one request per
+system and two per service beyond the next sweeps.
 The reset target and the reset types come from the system resource
 (``ResetType@Redfish.AllowableValues``) or its ``@Redfish.ActionInfo``.
 A service that advertises nothing is assumed to take the four common values
@@ -43,6 +49,8 @@ on the BMC without our knowing its token); it is bounded by the timeout and
 :meth:`RedfishDriver.quiesced` waits for it.
 """
 
+import sys
+import weakref
 from urllib.parse import quote, urljoin, urlsplit
 
 import attrs
@@ -58,7 +66,7 @@ from powerctl.drivers.errors import (
     ProtocolError,
     UnsupportedError,
 )
-from powerctl.drivers.http import HttpClients, check_status
+from powerctl.drivers.http import HttpClients, basic_auth, check_status
 from powerctl.drivers.interface import Capabilities, IDriverType, Timing
 from powerctl.drivers.schema import Param, Schema
 from powerctl.power import PowerState
@@ -97,6 +105,7 @@ POWER_STATES = {
 
 #: A transitional state that already heads where a command would go.
 _ALREADY_HEADING = {Command.ON: "PoweringOn", Command.SOFT_OFF: "PoweringOff"}
+_TRANSITIONS = frozenset(_ALREADY_HEADING.values())
 #: The state a command leads to, for telling "already there" from a real 409.
 _LEADS_TO = {Command.ON: PowerState.ON, Command.OFF: PowerState.OFF,
              Command.SOFT_OFF: PowerState.OFF}
@@ -108,14 +117,28 @@ MAX_RETRY_AFTER = 60.0
 MIN_TASK_POLL = 0.05
 
 
+#: Where a system's reset action usually is, below the system's URI.
+_STANDARD_RESET = "/Actions/ComputerSystem.Reset"
+
+
 @attrs.frozen
 class SystemInfo:
-    """What discovery learnt about one system."""
+    """
+    What discovery learnt about one system.  Kept per system for as long
+    as the driver type runs, so it is kept small: ``uri`` as the service
+    gave it (a path from the root, the listing's own string when it is
+    one of its members), ``reset_target`` None when it is the usual
+    ``<uri>/Actions/ComputerSystem.Reset`` (see :meth:`reset_uri`).
+    """
 
     uri: str
-    reset_target: str
+    reset_target: str | None
     reset_types: tuple
     advertised: bool
+
+    def reset_uri(self):
+        """Where to POST ``ComputerSystem.Reset``."""
+        return self.reset_target or self.uri + _STANDARD_RESET
 
     def reset_type_for(self, command, describe):
         """The advertised reset type for ``command``, or UnsupportedError."""
@@ -135,6 +158,10 @@ class Session:
 
     token: str = attrs.field(repr=False)
     uri: str
+
+
+#: No PowerState seen yet (what ``_last_raw`` starts as).
+_NOTHING_SEEN = (None, 0.0)
 
 
 class _NotFound(ProtocolError):
@@ -184,20 +211,38 @@ def _odata_id(doc, *path):
     return doc.get("@odata.id") if isinstance(doc, dict) else None
 
 
+def _compact(ref, root):
+    """
+    A resource reference as kept: a path from the service's root as it is
+    (interned, so a system's URI is the listing's own string), anything
+    else made absolute.
+    """
+    ref = ref if isinstance(ref, str) else ""
+    if ref.startswith("/") and not ref.startswith("//"):
+        return sys.intern(ref)
+    return urljoin(root, ref)
+
+
 def _tail(uri):
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 class _Shared:
     """
-    One Deferred awaited by many; cancelling a waiter leaves the source
-    running (used so that cancelling an operation never aborts a login).
+    One Deferred awaited by many.  Cancelling a waiter leaves the source
+    running (so that cancelling an operation never aborts a login), unless
+    ``cancel_unwanted``: then the source is cancelled once its last waiter
+    is (a shared listing nobody waits for any more is not worth its
+    connection, and one agent alone keeps the old rule: cancelling its
+    query aborts the request).
     """
 
-    def __init__(self, source):
+    def __init__(self, source, cancel_unwanted=False):
         self._waiters = []
         self._result = None
         self.done = False
+        self._source = source
+        self._cancel_unwanted = cancel_unwanted
         source.addBoth(self._fire)
 
     def _fire(self, result):
@@ -215,8 +260,14 @@ class _Shared:
         else:
             waiter.callback(self._result)
 
+    def _unwanted(self, waiter):
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        if self._cancel_unwanted and not self._waiters and not self.done:
+            self._source.cancel()
+
     def wait(self):
-        waiter = defer.Deferred()
+        waiter = defer.Deferred(self._unwanted)
         if self.done:
             self._deliver(waiter)
         else:
@@ -280,6 +331,45 @@ class SessionPool:
                 pass  # best effort: the service expires it anyway
 
 
+@attrs.frozen
+class Listing:
+    """A service's ``Systems`` collection: its URI and its members' URIs."""
+
+    systems: str
+    members: tuple
+
+
+class _Service:
+    """
+    One Redfish service as one account sees it, shared by every agent of
+    it (the driver type keeps it while an agent does): the HTTP client,
+    the ``Authorization`` value (built once), the ``Systems`` listing and
+    what discovery learnt of each system.  At 10,000 agents on 100
+    services this is 100 objects, not 10,000 copies of the same strings.
+    """
+
+    def __init__(self, http, root, username, password, verify_tls):
+        self.http = http
+        self.root = root
+        self.origin = root[:-len("/redfish/v1/")]  # scheme://host:port
+        self.username = username
+        self._password = password
+        self.verify_tls = verify_tls
+        self.authorization = basic_auth(username, password) if username is not None else None
+        self.listing = None  # a Listing once known
+        self.listing_in_flight = None  # a _Shared while being fetched
+        self.systems = {}  # system parameter -> SystemInfo
+
+    @property
+    def session_key(self):
+        return (self.verify_tls, self.root, self.username, self._password)
+
+    def forget(self, system):
+        """A cached URI answered 404: list the service again, rediscover."""
+        self.systems.pop(system, None)
+        self.listing = None
+
+
 class RedfishDriver(VerifyingDriver):
     """One Redfish ComputerSystem, verified by polling its PowerState."""
 
@@ -288,20 +378,24 @@ class RedfishDriver(VerifyingDriver):
     def __init__(self, driver_type, settings, clock, timing):
         super().__init__(clock, timing)
         self._type = driver_type
-        self.root = service_root(settings["url"])
+        self._service = driver_type.service(
+            service_root(settings["url"]), settings["username"],
+            settings["password"] or "", bool(settings["verify_tls"]))
         self.system = settings["system"]
-        self.username = settings["username"]
-        self._password = settings["password"] or ""
-        self.verify_tls = settings["verify_tls"]
-        self._http = driver_type.http.get(self.verify_tls)
-        self._last_raw = (None, 0.0)
+        self._last_raw = _NOTHING_SEEN
+
+    # What the service object holds, under the names they always had.
+    root = property(lambda self: self._service.root)
+    username = property(lambda self: self._service.username)
+    verify_tls = property(lambda self: self._service.verify_tls)
+    _http = property(lambda self: self._service.http)
 
     def describe(self):
         return f"redfish {self.root} system {self.system or '(the only one)'}"
 
     @property
     def _session_key(self):
-        return (self.verify_tls, self.root, self.username, self._password)
+        return self._service.session_key
 
     # -- primitives -----------------------------------------------------
 
@@ -310,7 +404,7 @@ class RedfishDriver(VerifyingDriver):
 
     def send(self, command):
         return defer.ensureDeferred(
-            self._with_system(lambda info: self._send_reset(info, command))
+            self._with_system(lambda info, doc: self._send_reset(info, command))
         )
 
     def quiesced(self):
@@ -318,10 +412,18 @@ class RedfishDriver(VerifyingDriver):
             return defer.succeed(None)
         return self._type.sessions.quiet(self._session_key)
 
-    async def _read_state(self, info):
-        doc = (await self._call("GET", info.uri)).json()
+    async def _read_state(self, info, doc=None):
+        """
+        The system's state; ``doc`` is the system resource when discovery
+        fetched it just now (the query it served then costs no request).
+        """
+        if doc is None or "PowerState" not in doc:
+            doc = (await self._call("GET", info.uri)).json()
         raw = doc.get("PowerState")
-        self._last_raw = (raw, self.clock.seconds())
+        # Only a transition is worth remembering (see _send_reset); one
+        # tuple per agent for "Off" would cost memory on every node.
+        self._last_raw = ((raw, self.clock.seconds()) if raw in _TRANSITIONS
+                          else _NOTHING_SEEN)
         try:
             return POWER_STATES[raw]
         except (KeyError, TypeError):
@@ -333,7 +435,7 @@ class RedfishDriver(VerifyingDriver):
         fresh = self.clock.seconds() - seen <= self.timing.timeout
         if fresh and raw is not None and _ALREADY_HEADING.get(command) == raw:
             return None
-        response = await self._call("POST", info.reset_target, {"ResetType": reset_type},
+        response = await self._call("POST", info.reset_uri(), {"ResetType": reset_type},
                                     check=False)
         if response.code == 409 and command in _LEADS_TO:
             # Some BMCs refuse a reset to the state the system is in: look.
@@ -389,12 +491,16 @@ class RedfishDriver(VerifyingDriver):
             return None
 
     async def _with_system(self, call):
-        """Run ``call(info)``; on a 404 rediscover once (ids may change)."""
+        """
+        Run ``call(info, doc)`` (``doc``: the system resource if discovery
+        fetched it for this call, else None); on a 404 rediscover once (ids
+        may change).
+        """
         try:
-            return await call(await self._system())
+            return await call(*await self._system())
         except _NotFound:
-            self._type.forget(self.root, self.system)
-            return await call(await self._system())
+            self._service.forget(self.system)
+            return await call(*await self._system())
 
     # -- HTTP -------------------------------------------------------------
 
@@ -403,12 +509,16 @@ class RedfishDriver(VerifyingDriver):
         One authenticated request; the PowerError of a non-2xx answer
         (with ``check=False`` the answer itself, except 404).
         """
-        url = urljoin(self.root, url)
-        if self._type.use_sessions and self.username is not None:
+        service = self._service
+        if url.startswith("/") and not url.startswith("//"):
+            url = service.origin + url  # what urljoin gives, without its cost
+        elif not url.startswith(("http://", "https://")):
+            url = urljoin(service.root, url)
+        if self._type.use_sessions and service.username is not None:
             response = await self._with_session(method, url, body)
         else:
-            auth = (self.username, self._password) if self.username is not None else None
-            response = await self._http.request(method, url, json_body=body, auth=auth)
+            response = await service.http.fetch(method, url, json_body=body,
+                                                auth=service.authorization)
         if response.code == 404:
             raise _NotFound(f"{url}: not found: {redfish_error_message(response)}")
         return check_status(response, redfish_error_message) if check else response
@@ -437,7 +547,7 @@ class RedfishDriver(VerifyingDriver):
         collection = urljoin(self.root, collection or "SessionService/Sessions")
         response = await self._http.request(
             "POST", collection,
-            json_body={"UserName": self.username, "Password": self._password},
+            json_body={"UserName": self.username, "Password": self._service._password},
         )
         check_status(response, redfish_error_message)
         token = response.header(b"x-auth-token")
@@ -450,25 +560,47 @@ class RedfishDriver(VerifyingDriver):
     # -- discovery --------------------------------------------------------
 
     async def _system(self):
-        cached = self._type.discovered(self.root, self.system)
+        """``(SystemInfo, the system resource or None when cached)``."""
+        service = self._service
+        cached = service.systems.get(self.system)
         if cached is not None:
-            return cached
-        info = await self._discover()
-        self._type.remember(self.root, self.system, info)
-        return info
+            return cached, None
+        listing = await self._listing()
+        doc = await self._find_system(listing.systems, listing.members)
+        info = await self._reset_info(doc)
+        service.systems[self.system] = info
+        return info, doc
 
-    async def _discover(self):
+    def _listing(self):
+        """The service's Listing: cached, being fetched (waited for) or fetched now."""
+        service = self._service
+        if service.listing is not None:
+            return defer.succeed(service.listing)
+        if service.listing_in_flight is None:
+            source = bounded(defer.ensureDeferred(self._list()), self.timing.timeout,
+                             self.clock, f"{self.describe()} listing")
+
+            def done(result):
+                service.listing_in_flight = None
+                if isinstance(result, Listing):
+                    service.listing = result
+                return result
+
+            service.listing_in_flight = _Shared(source.addBoth(done), cancel_unwanted=True)
+        return service.listing_in_flight.wait()
+
+    async def _list(self):
         root = (await self._call("GET", self.root)).json()
         systems = _odata_id(root, "Systems")
         if not systems:
             raise ProtocolError(f"{self.root}: the service root has no Systems")
         collection = (await self._call("GET", systems)).json()
-        members = [m.get("@odata.id") for m in collection.get("Members") or ()
-                   if isinstance(m, dict) and m.get("@odata.id")]
+        members = tuple(sys.intern(m["@odata.id"]) for m in collection.get("Members") or ()
+                        if isinstance(m, dict) and isinstance(m.get("@odata.id"), str)
+                        and m["@odata.id"])
         if not members:
             raise ProtocolError(f"{self.root}: the Systems collection is empty")
-        doc = await self._find_system(systems, members)
-        return await self._reset_info(doc)
+        return Listing(systems, members)
 
     def _no_such_system(self, members, reason):
         listing = ", ".join(_tail(m) for m in members)
@@ -507,18 +639,20 @@ class RedfishDriver(VerifyingDriver):
         raise self._no_such_system(members, f"no system {self.system!r}")
 
     async def _reset_info(self, doc):
-        uri = urljoin(self.root, doc.get("@odata.id") or "")
+        uri = _compact(doc.get("@odata.id"), self.root)
         action = (doc.get("Actions") or {}).get("#ComputerSystem.Reset")
         if not isinstance(action, dict) or not action.get("target"):
-            raise UnsupportedError(f"{uri}: the system offers no ComputerSystem.Reset")
+            raise UnsupportedError(f"{urljoin(self.root, uri)}: the system offers no "
+                                   "ComputerSystem.Reset")
         allowed = action.get("ResetType@Redfish.AllowableValues")
         if allowed is None and action.get("@Redfish.ActionInfo"):
             allowed = await self._action_info(action["@Redfish.ActionInfo"])
         advertised = isinstance(allowed, list)
+        target = _compact(action["target"], self.root)
         return SystemInfo(
             uri=uri,
-            reset_target=urljoin(self.root, action["target"]),
-            reset_types=tuple(allowed) if advertised else ASSUMED_RESET_TYPES,
+            reset_target=None if target == uri + _STANDARD_RESET else target,
+            reset_types=self._type.reset_types(allowed) if advertised else ASSUMED_RESET_TYPES,
             advertised=advertised,
         )
 
@@ -549,9 +683,15 @@ class RedfishDriverType:
         self.timing = timing
         self.use_sessions = use_sessions
         # user_agent: the User-Agent of every request (None: treq's default).
-        self.http = HttpClients(reactor, timing.timeout, redirect_limit, user_agent)
+        # Keep as many idle connections per BMC as calls may run at once.
+        per_host = limiter.limits.max_sessions if limiter is not None else 8
+        self.http = HttpClients(reactor, timing.timeout, redirect_limit, user_agent,
+                                per_host=per_host)
         self.sessions = SessionPool()
-        self._discovered = {}
+        # (verify_tls, root, username, password) -> _Service, while an agent holds it
+        self._services = weakref.WeakValueDictionary()
+        self._reset_types = {}  # one tuple per distinct advertised list
+        self._handles = weakref.WeakValueDictionary()  # BMC address -> limiter handle
 
     def bind(self, settings):
         if urlsplit(settings["url"]).username is not None:
@@ -563,17 +703,33 @@ class RedfishDriverType:
             timing = attrs.evolve(timing, timeout=settings["timeout"])
         driver = RedfishDriver(self, settings, self.clock, timing)
         if self.limiter is not None:
-            driver.bmc = self.limiter.handle(address_of_url(settings["url"]))
+            address = address_of_url(settings["url"])
+            handle = self._handles.get(address)
+            if handle is None:  # one per BMC, not one per agent
+                handle = self._handles[address] = self.limiter.handle(address)
+            driver.bmc = handle
         return driver
 
+    def service(self, root, username, password, verify_tls):
+        """The :class:`_Service` of this service and account, shared."""
+        key = (verify_tls, root, username, password)
+        found = self._services.get(key)
+        if found is None:
+            found = _Service(self.http.get(verify_tls), root, username, password, verify_tls)
+            self._services[key] = found
+        return found
+
+    def reset_types(self, allowed):
+        """``allowed`` as a tuple shared by every system advertising the same."""
+        key = tuple(str(t) for t in allowed)
+        return self._reset_types.setdefault(key, key)
+
     def discovered(self, root, system):
-        return self._discovered.get((root, system))
-
-    def remember(self, root, system, info):
-        self._discovered[(root, system)] = info
-
-    def forget(self, root, system):
-        self._discovered.pop((root, system), None)
+        """What discovery learnt of ``system`` of the service at ``root``, or None."""
+        for service in list(self._services.values()):
+            if service.root == root and system in service.systems:
+                return service.systems[system]
+        return None
 
     def close(self):
         """Delete every session, then close the connection pools."""
