@@ -346,6 +346,37 @@ class QueryOutletsTests(SimMixin, unittest.TestCase):
         self.assertEqual(states, dict(sim.outlets))
 
     @inline
+    async def test_more_than_48_outlets_in_one_request(self):
+        sim = await self.sim(outlets=60, initial=",".join(
+            "on" if n % 2 else "off" for n in range(1, 61)))
+        settings = self.settings(sim)
+        await self.driver_type.query_outlets(settings, [1])  # warm up
+        before = sim.datagrams
+        states = await self.driver_type.query_outlets(settings, range(1, 61))
+        self.assertEqual(sim.datagrams - before, 1)
+        self.assertEqual(states, dict(sim.outlets))
+
+    @inline
+    async def test_too_big_splits_and_remembers_what_fits(self):
+        # an agent with a small buffer: 20 outlets fit in GETs of 5 at most
+        sim = await self.sim(outlets=20, initial=",".join(
+            "on" if n % 3 else "off" for n in range(1, 21)), max_varbinds=5)
+        settings = self.settings(sim)
+        states = await self.driver_type.query_outlets(settings, range(1, 21))
+        self.assertEqual(states, dict(sim.outlets))
+        before = sim.datagrams  # the next sweep goes straight to GETs of 5
+        states = await self.driver_type.query_outlets(settings, range(1, 21))
+        self.assertEqual(states, dict(sim.outlets))
+        self.assertEqual(sim.datagrams - before, 4)
+
+    @inline
+    async def test_too_big_for_one_outlet_is_protocol_error(self):
+        sim = await self.sim(outlets=4, max_varbinds=0)
+        with self.assertRaises(ProtocolError) as caught:
+            await self.driver_type.query_outlets(self.settings(sim), [1, 2, 3])
+        self.assertIn("tooBig", str(caught.exception))
+
+    @inline
     async def test_walk_without_outlet_list(self):
         sim = await self.sim(family="eaton-epdu", outlets=24, initial="on")
         states = await self.driver_type.query_outlets(self.settings(sim))

@@ -14,6 +14,20 @@ first use (the loop must be running then), holds one UDP socket shared by
 every call to every PDU; :meth:`SnmpDriverType.close` closes its dispatcher
 and socket.
 
+GETs and SETs go through pysnmp's RFC 3413 command generators with
+numeric OIDs, not through ``get_cmd``/``set_cmd``: those resolve every OID
+through a MIB view on every call (``lookupMib=False`` only skips the
+resolution of the *response*), which was most of the driver's CPU in a
+poll sweep (bench/RESULTS.md).  The families' OIDs are numeric already, so
+nothing is lost.  The pysnmp credentials and transport of a PDU whose host
+is an IP address are built once and kept; a host name is resolved on every
+call, so a DNS change is seen at once.
+
+A batched query asks for every requested outlet of a PDU in one GET (up to
+:data:`MAX_VARBINDS`).  An agent whose buffer cannot hold the answer says
+``tooBig``: the request is then split in halves until it fits, and the size
+that fitted is remembered for that PDU, so later sweeps go straight to it.
+
 Parameters (see :data:`SCHEMA`)
 -------------------------------
 ``community`` is used for reads; ``write_community`` for SETs and defaults
@@ -43,8 +57,11 @@ import ipaddress
 import attrs
 from pysnmp.entity import config as snmp_config
 from pysnmp.error import PySnmpError
+from pysnmp.entity.rfc3413 import cmdgen
 from pysnmp.hlapi.v3arch import asyncio as hlapi
-from pysnmp.proto import errind
+from pysnmp.hlapi.v3arch.asyncio.lcd import CommandGeneratorLcdConfigurator
+from pysnmp.proto import errind, rfc1902
+from pysnmp.proto.api import v2c
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 from twisted.internet import defer
 from zope.interface import implementer
@@ -85,8 +102,16 @@ PRIV_PROTOCOLS = {
 
 #: USM requires pass phrases of at least 8 characters (RFC 3414 2.6).
 MIN_KEY_LENGTH = 8
-#: Varbinds per GET when querying many outlets (keeps a PDU well under 1472 bytes).
-MAX_VARBINDS = 48
+#: Varbinds per GET when querying many outlets: every outlet of any usual
+#: PDU in one request.  An agent that cannot answer that many says tooBig
+#: and the driver splits the request (see the module doc).
+MAX_VARBINDS = 128
+#: Varbinds asked for per GETBULK of a walk (the answer stays under 1472 bytes).
+BULK_REPETITIONS = 48
+#: PDUs whose pysnmp credentials and transport are kept (IP hosts only);
+#: past this the cache starts again, so settings changed by operators
+#: cannot make it grow without bound.
+MAX_ENDPOINTS = 20_000
 
 _WRITE_REFUSED = {"noAccess", "authorizationError", "notWritable", "readOnly"}
 _AUTH_INDICATIONS = (
@@ -197,6 +222,14 @@ class Target:
     def describe(self):
         return f"snmp {self.host}:{self.port} (v{self.version})"
 
+    def is_literal(self):
+        """True if ``host`` is an IP address (nothing to resolve, so a transport can be kept)."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
     def auth_data(self, write):
         """pysnmp credentials for a read or a write."""
         if self.version == "3":
@@ -226,6 +259,10 @@ class Target:
             raise UnreachableError(f"{self.describe()}: cannot resolve host: {e}") from None
 
 
+class TooBig(ProtocolError):
+    """The agent could not fit the answer in one message (error status tooBig)."""
+
+
 def _failure(target, what, indication, status, index, var_binds, write):
     """Translate a pysnmp answer into the error taxonomy (or None if fine)."""
     where = f"{target.describe()} {what}"
@@ -247,6 +284,9 @@ def _failure(target, what, indication, status, index, var_binds, write):
                 f"{where}: the PDU refused access to {oid} ({name}); "
                 f"does the {who} have {'write' if write else 'read'} access?"
             )
+        if name == "tooBig":
+            return TooBig(f"{where}: error status tooBig (the answer does not fit the agent's"
+                          " message size)")
         return ProtocolError(f"{where}: error status {name} at {oid}")
     return None
 
@@ -273,6 +313,10 @@ class SnmpDriverType:
         self.timing = timing
         self.limiter = limiter  # per-PDU limits (powerctl.drivers.bmclimit), or None
         self._engine = None
+        self._lcd = CommandGeneratorLcdConfigurator()
+        self._endpoints = {}  # (Target, write) -> (pysnmp auth data, transport target)
+        self._fits = {}  # (host, port) -> varbinds per GET that fitted after a tooBig
+        self._names = {}  # OID tuple -> ObjectName, built once
 
     # -- the shared engine ---------------------------------------------
 
@@ -285,6 +329,7 @@ class SnmpDriverType:
     def close(self):
         """Close the engine's dispatcher and socket; a Deferred."""
         engine, self._engine = self._engine, None
+        self._endpoints.clear()
         if engine is not None:
             engine.close_dispatcher()
         return _bridge(_settle())
@@ -304,14 +349,44 @@ class SnmpDriverType:
 
     # -- protocol primitives (coroutines) -------------------------------
 
+    async def _endpoint(self, target, write):
+        """pysnmp credentials and transport target of ``target`` (kept for IP hosts)."""
+        key = (target, write)
+        found = self._endpoints.get(key)
+        if found is not None:
+            return found
+        found = (target.auth_data(write), await target.transport())
+        if target.is_literal():
+            if len(self._endpoints) >= MAX_ENDPOINTS:
+                self._endpoints.clear()
+            self._endpoints[key] = found
+        return found
+
+    def _name(self, oid):
+        """The ObjectName of ``oid`` (a tuple), built once per OID."""
+        name = self._names.get(oid)
+        if name is None:
+            name = self._names[oid] = rfc1902.ObjectName(oid)
+        return name
+
+    async def _request(self, generator, target, var_binds, write):
+        """
+        One request of ``generator`` (an RFC 3413 command generator) with
+        ready-made ``(ObjectName, value)`` pairs: ``(error indication,
+        error status, error index, [(name, value), ...])``.
+        """
+        engine = self._snmp_engine()
+        auth, transport = await self._endpoint(target, write)
+        addr_name, _ = self._lcd.configure(engine, auth, transport, b"")
+        future = asyncio.get_running_loop().create_future()
+        generator.send_varbinds(engine, addr_name, None, b"", var_binds, _settle_future, future)
+        return await future
+
     async def get(self, target, oids, what="get"):
         """GET ``oids`` in one request: ``[(oid tuple, value), ...]``."""
-        transport = await target.transport()
-        result = await hlapi.get_cmd(
-            self._snmp_engine(), target.auth_data(write=False), transport, hlapi.ContextData(),
-            *[hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in oids],
-            lookupMib=False,
-        )
+        result = await self._request(
+            cmdgen.GetCommandGenerator(), target,
+            [(self._name(oid), v2c.null) for oid in oids], write=False)
         failure = _failure(target, what, *result, write=False)
         if failure:
             raise failure
@@ -319,12 +394,9 @@ class SnmpDriverType:
 
     async def set(self, target, oid, value, what="set"):
         """SET one Integer32 with the write credentials."""
-        transport = await target.transport()
-        result = await hlapi.set_cmd(
-            self._snmp_engine(), target.auth_data(write=True), transport, hlapi.ContextData(),
-            hlapi.ObjectType(hlapi.ObjectIdentity(oid), hlapi.Integer32(value)),
-            lookupMib=False,
-        )
+        result = await self._request(
+            cmdgen.SetCommandGenerator(), target,
+            [(self._name(oid), rfc1902.Integer32(value))], write=True)
         failure = _failure(target, what, *result, write=True)
         if failure:
             raise failure
@@ -343,7 +415,7 @@ class SnmpDriverType:
             else:
                 result = await hlapi.bulk_cmd(
                     self._snmp_engine(), target.auth_data(write=False), transport,
-                    hlapi.ContextData(), 0, MAX_VARBINDS,
+                    hlapi.ContextData(), 0, BULK_REPETITIONS,
                     hlapi.ObjectType(hlapi.ObjectIdentity(start)), lookupMib=False,
                 )
             indication, status, index, var_binds = result
@@ -406,13 +478,41 @@ class SnmpDriverType:
         wanted = sorted(set(outlets))
         states = {}
         for start in range(0, len(wanted), MAX_VARBINDS):
-            chunk = wanted[start : start + MAX_VARBINDS]
-            rows = await self.get(
-                target, [family.status_instance(unit, n) for n in chunk], "query outlets"
-            )
-            for n, (_, value) in zip(chunk, rows):
-                states[n] = PowerState.UNKNOWN if _is_missing(value) else family.state_of(value)
+            await self._get_states(target, family, unit, wanted[start:start + MAX_VARBINDS],
+                                   states)
         return states
+
+    async def _get_states(self, target, family, unit, chunk, states):
+        """
+        Read ``chunk`` (outlet numbers) into ``states``: one GET, or as many
+        as the PDU's tooBig answers ask for (see the module doc).
+        """
+        where = (target.host, target.port)
+        size = self._fits.get(where, len(chunk))
+        if size < len(chunk):  # this PDU answered tooBig to more before
+            for start in range(0, len(chunk), size):
+                await self._get_states(target, family, unit, chunk[start:start + size], states)
+            return
+        oids = [family.status_instance(unit, n) for n in chunk]
+        try:
+            rows = await self.get(target, oids, "query outlets")
+        except TooBig:
+            if len(chunk) == 1:
+                raise ProtocolError(f"{target.describe()} query outlets: tooBig for one "
+                                    "outlet") from None
+            half = (len(chunk) + 1) // 2
+            self._fits[where] = min(half, self._fits.get(where, half))
+            await self._get_states(target, family, unit, chunk[:half], states)
+            await self._get_states(target, family, unit, chunk[half:], states)
+            return
+        for n, (_, value) in zip(chunk, rows):
+            states[n] = PowerState.UNKNOWN if _is_missing(value) else family.state_of(value)
+
+
+def _settle_future(engine, handle, indication, status, index, var_binds, future):
+    """A command generator's callback: hand the answer to the awaiting coroutine."""
+    if not future.done():  # cancelled meanwhile: the answer is dropped
+        future.set_result((indication, status, index, var_binds))
 
 
 async def _settle():
