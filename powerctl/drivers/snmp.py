@@ -14,14 +14,21 @@ first use (the loop must be running then), holds one UDP socket shared by
 every call to every PDU; :meth:`SnmpDriverType.close` closes its dispatcher
 and socket.
 
-GETs and SETs go through pysnmp's RFC 3413 command generators with
-numeric OIDs, not through ``get_cmd``/``set_cmd``: those resolve every OID
-through a MIB view on every call (``lookupMib=False`` only skips the
-resolution of the *response*), which was most of the driver's CPU in a
-poll sweep (bench/RESULTS.md).  The families' OIDs are numeric already, so
-nothing is lost.  The pysnmp credentials and transport of a PDU whose host
-is an IP address are built once and kept; a host name is resolved on every
-call, so a DNS change is seen at once.
+Reads with a community (v1, v2c) -- every poll -- do not go through
+pysnmp: :mod:`powerctl.drivers.snmp_ber` encodes the GET and decodes the
+answer, on one UDP socket per address family of the driver type, answers
+matched by request-id and source address, retransmitted ``retries`` times
+every ``timeout`` seconds.  In a sweep of 10,000 outlets pysnmp's generic
+machinery was most of the pserv's CPU (bench/RESULTS.md).  Each status
+OID is encoded once and kept.
+
+SETs, walks and every SNMPv3 request go through pysnmp.  GETs and SETs use
+its RFC 3413 command generators with numeric OIDs rather than
+``get_cmd``/``set_cmd``: those resolve every OID through a MIB view on
+every call (``lookupMib=False`` only skips resolving the *response*).  The
+pysnmp credentials and transport of a PDU whose host is an IP address are
+built once and kept; a host name is resolved on every call, so a DNS
+change is seen at once (on both paths).
 
 A batched query asks for every requested outlet of a PDU in one GET (up to
 :data:`MAX_VARBINDS`).  An agent whose buffer cannot hold the answer says
@@ -53,6 +60,8 @@ Secrets never appear in messages or logs.
 
 import asyncio
 import ipaddress
+import random
+import socket
 
 import attrs
 from pysnmp.entity import config as snmp_config
@@ -66,7 +75,7 @@ from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 from twisted.internet import defer
 from zope.interface import implementer
 
-from powerctl.drivers import snmp_families
+from powerctl.drivers import snmp_ber, snmp_families
 from powerctl.drivers.base import Command, VerifyingDriver
 from powerctl.drivers.bmclimit import address_of
 from powerctl.drivers.errors import (
@@ -263,8 +272,12 @@ class TooBig(ProtocolError):
     """The agent could not fit the answer in one message (error status tooBig)."""
 
 
-def _failure(target, what, indication, status, index, var_binds, write):
-    """Translate a pysnmp answer into the error taxonomy (or None if fine)."""
+def _failure(target, what, indication, status, oid, write):
+    """
+    Translate an answer into the error taxonomy: ``indication`` (pysnmp's
+    error indication) or ``status`` (the error-status name) at ``oid``
+    (dotted text); None if neither.
+    """
     where = f"{target.describe()} {what}"
     if indication:
         if isinstance(indication, errind.RequestTimedOut):
@@ -275,9 +288,8 @@ def _failure(target, what, indication, status, index, var_binds, write):
         if isinstance(indication, _AUTH_INDICATIONS):
             return AuthenticationError(f"{where}: credentials refused ({type(indication).__name__})")
         return ProtocolError(f"{where}: {indication}")
-    if status:
-        name = status.prettyPrint()
-        oid = var_binds[int(index) - 1][0].prettyPrint() if index and var_binds else "?"
+    if status and status != "noError":
+        name = status
         if name in _WRITE_REFUSED or (write and name == "noSuchName" and target.version == "1"):
             who = "user" if target.version == "3" else ("write community" if write else "community")
             return AuthenticationError(
@@ -291,8 +303,86 @@ def _failure(target, what, indication, status, index, var_binds, write):
     return None
 
 
+def _pysnmp_failure(target, what, indication, status, index, var_binds, write):
+    """:func:`_failure` of a pysnmp answer ``(indication, status, index, var binds)``."""
+    name = status.prettyPrint() if status else None
+    oid = var_binds[int(index) - 1][0].prettyPrint() if index and var_binds else "?"
+    return _failure(target, what, indication, name, oid, write)
+
+
 def _is_missing(value):
-    return isinstance(value, (NoSuchObject, NoSuchInstance, EndOfMibView))
+    return value in snmp_ber.MISSING if isinstance(value, snmp_ber.MISSING_TYPE) \
+        else isinstance(value, (NoSuchObject, NoSuchInstance, EndOfMibView))
+
+
+def _community_bytes(community):
+    """A community as pysnmp sends it (Latin-1), or UTF-8 if it is not Latin-1."""
+    try:
+        return community.encode("latin-1")
+    except UnicodeEncodeError:
+        return community.encode("utf-8")
+
+
+async def _address(target):
+    """``(socket address, address family)`` of ``target``; UnreachableError if unresolvable."""
+    try:
+        ip = ipaddress.ip_address(target.host)
+    except ValueError:
+        pass
+    else:
+        if ip.version == 6:
+            return (str(ip), target.port), socket.AF_INET6
+        return (str(ip), target.port), socket.AF_INET
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            target.host, target.port, type=socket.SOCK_DGRAM)
+    except OSError as e:
+        raise UnreachableError(f"{target.describe()}: cannot resolve host: {e}") from None
+    family, _, _, _, address = infos[0]
+    return address[:2], family
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """
+    One UDP socket for every community GET of a driver type.  An answer is
+    matched to its request by request-id and source address; anything else
+    (a late answer to a request given up, a stray or damaged datagram) is
+    dropped, as a retransmission may still complete the request.
+    """
+
+    def __init__(self):
+        self.transport = None
+        self._pending = {}  # request-id -> (Future, address)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, address):
+        try:
+            response = snmp_ber.decode_response(data)
+        except snmp_ber.BerError:
+            return
+        waiting = self._pending.get(response.request_id)
+        if waiting is not None and tuple(address[:2]) == waiting[1] and not waiting[0].done():
+            waiting[0].set_result(response)
+
+    def error_received(self, exc):
+        pass  # an unconnected socket cannot tell which request it was: the timeout will
+
+    async def exchange(self, message, request_id, address, timeout, retries):
+        """Send ``message``, resend on silence; the :class:`Response`, or None if none came."""
+        loop = asyncio.get_running_loop()
+        for _ in range(retries + 1):
+            answer = loop.create_future()
+            self._pending[request_id] = (answer, address)
+            try:
+                self.transport.sendto(message, address)
+                return await asyncio.wait_for(answer, timeout)
+            except asyncio.TimeoutError:
+                continue
+            finally:
+                self._pending.pop(request_id, None)
+        return None
 
 
 @implementer(IDriverType)
@@ -316,7 +406,9 @@ class SnmpDriverType:
         self._lcd = CommandGeneratorLcdConfigurator()
         self._endpoints = {}  # (Target, write) -> (pysnmp auth data, transport target)
         self._fits = {}  # (host, port) -> varbinds per GET that fitted after a tooBig
-        self._names = {}  # OID tuple -> ObjectName, built once
+        self._encoded = {}  # OID tuple -> its BER encoding, built once
+        self._sockets = {}  # address family -> Future of a _Datagrams (community GETs)
+        self._request_ids = random.SystemRandom().randrange(1, 2**30)
 
     # -- the shared engine ---------------------------------------------
 
@@ -332,6 +424,10 @@ class SnmpDriverType:
         self._endpoints.clear()
         if engine is not None:
             engine.close_dispatcher()
+        sockets, self._sockets = self._sockets, {}
+        for opened in sockets.values():
+            if opened.done() and not opened.exception():
+                opened.result().transport.close()
         return _bridge(_settle())
 
     # -- IDriverType ----------------------------------------------------
@@ -362,13 +458,6 @@ class SnmpDriverType:
             self._endpoints[key] = found
         return found
 
-    def _name(self, oid):
-        """The ObjectName of ``oid`` (a tuple), built once per OID."""
-        name = self._names.get(oid)
-        if name is None:
-            name = self._names[oid] = rfc1902.ObjectName(oid)
-        return name
-
     async def _request(self, generator, target, var_binds, write):
         """
         One request of ``generator`` (an RFC 3413 command generator) with
@@ -384,20 +473,65 @@ class SnmpDriverType:
 
     async def get(self, target, oids, what="get"):
         """GET ``oids`` in one request: ``[(oid tuple, value), ...]``."""
+        if target.version != "3":
+            return await self._community_get(target, oids, what)
         result = await self._request(
             cmdgen.GetCommandGenerator(), target,
-            [(self._name(oid), v2c.null) for oid in oids], write=False)
-        failure = _failure(target, what, *result, write=False)
+            [(rfc1902.ObjectName(oid), v2c.null) for oid in oids], write=False)
+        failure = _pysnmp_failure(target, what, *result, write=False)
         if failure:
             raise failure
         return [(tuple(name), value) for name, value in result[3]]
+
+    # -- community GETs without pysnmp (see the module doc) ---------------
+
+    async def _community_get(self, target, oids, what):
+        address, family = await _address(target)
+        datagrams = await self._socket(family)
+        self._request_ids = request_id = self._request_ids % 0x7FFFFFFF + 1
+        encoded = []
+        for oid in oids:
+            code = self._encoded.get(oid)
+            if code is None:
+                code = self._encoded[oid] = snmp_ber.encode_oid(oid)
+            encoded.append(code)
+        message = snmp_ber.encode_get(0 if target.version == "1" else 1,
+                                      _community_bytes(target.community), request_id, encoded)
+        response = await datagrams.exchange(message, request_id, address, target.timeout,
+                                            target.retries)
+        if response is None:
+            raise _failure(target, what, errind.requestTimedOut, None, "?", write=False)
+        if response.error_status:
+            index = response.error_index
+            oid = ".".join(map(str, oids[index - 1])) if 0 < index <= len(oids) else "?"
+            raise _failure(target, what, None, response.status_name, oid, write=False)
+        if [name for name, _ in response.var_binds] != list(oids):
+            raise ProtocolError(f"{target.describe()} {what}: the answer names other "
+                                "variables than the request")
+        return list(response.var_binds)
+
+    async def _socket(self, family):
+        """The :class:`_Datagrams` of ``family``, opened on first use."""
+        opened = self._sockets.get(family)
+        if opened is None:
+            loop = asyncio.get_running_loop()
+            opened = self._sockets[family] = loop.create_future()
+            try:
+                _, protocol = await loop.create_datagram_endpoint(_Datagrams, family=family)
+            except Exception as e:
+                self._sockets.pop(family, None)
+                opened.set_exception(e)
+                opened.exception()  # retrieved: waiters see it through await
+                raise
+            opened.set_result(protocol)
+        return await asyncio.shield(opened)
 
     async def set(self, target, oid, value, what="set"):
         """SET one Integer32 with the write credentials."""
         result = await self._request(
             cmdgen.SetCommandGenerator(), target,
-            [(self._name(oid), rfc1902.Integer32(value))], write=True)
-        failure = _failure(target, what, *result, write=True)
+            [(rfc1902.ObjectName(oid), rfc1902.Integer32(value))], write=True)
+        failure = _pysnmp_failure(target, what, *result, write=True)
         if failure:
             raise failure
 
@@ -421,7 +555,8 @@ class SnmpDriverType:
             indication, status, index, var_binds = result
             if status and status.prettyPrint() == "noSuchName":
                 return out  # v1 end of MIB
-            failure = _failure(target, what, indication, status, index, var_binds, write=False)
+            failure = _pysnmp_failure(target, what, indication, status, index, var_binds,
+                                      write=False)
             if failure:
                 raise failure
             for name, value in var_binds:
