@@ -134,6 +134,24 @@ class SchemaTests(unittest.TestCase):
         self.assertNotIn("wr1te", repr(shown))
 
 
+class SharingTests(unittest.TestCase):
+    """A pserv binds one driver per outlet: what is per PDU is kept once."""
+
+    def test_outlets_of_one_pdu_share_target_capabilities_and_limiter_handle(self):
+        from powerctl.drivers.bmclimit import BmcLimiter, BmcLimits
+
+        dt = SnmpDriverType(reactor, FAST, limiter=BmcLimiter(reactor, BmcLimits(1, 0.0)))
+        good = {"host": "127.0.0.1", "family": "apc-rpdu"}
+        a, b = (dt.bind(SCHEMA.validate({**good, "outlet": n})) for n in (1, 2))
+        other = dt.bind(SCHEMA.validate({**good, "outlet": 3, "community": "other"}))
+        self.assertIs(a.target, b.target)
+        self.assertIs(a.capabilities, b.capabilities)
+        self.assertIs(a.bmc, b.bmc)
+        self.assertEqual((a.outlet, b.outlet), (1, 2))
+        self.assertIsNot(other.target, a.target)  # other credentials: another target
+        self.assertIs(other.bmc, a.bmc)  # the same device all the same
+
+
 class FamilyTests(SimMixin, unittest.TestCase):
     """on / off / query / cycle for every family, over UDP."""
 

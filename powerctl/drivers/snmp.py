@@ -122,6 +122,12 @@ BULK_REPETITIONS = 48
 #: cannot make it grow without bound.
 MAX_ENDPOINTS = 20_000
 
+#: an agent's capabilities, by whether its family reboots natively (shared objects)
+_CAPABILITIES = {
+    reboots: Capabilities(queryable=True, soft_off=False, native_cycle=reboots)
+    for reboots in (False, True)
+}
+
 _WRITE_REFUSED = {"noAccess", "authorizationError", "notWritable", "readOnly"}
 _AUTH_INDICATIONS = (
     errind.UnknownUserName,
@@ -407,6 +413,8 @@ class SnmpDriverType:
         self._endpoints = {}  # (Target, write) -> (pysnmp auth data, transport target)
         self._fits = {}  # (host, port) -> varbinds per GET that fitted after a tooBig
         self._encoded = {}  # OID tuple -> its BER encoding, built once
+        self._targets = {}  # Target -> the one equal Target every outlet driver shares
+        self._handles = {}  # PDU address -> its limiter handle, shared likewise
         self._sockets = {}  # address family -> Future of a _Datagrams (community GETs)
         self._request_ids = random.SystemRandom().randrange(1, 2**30)
 
@@ -435,13 +443,37 @@ class SnmpDriverType:
     def bind(self, settings):
         driver = SnmpOutletDriver(self, settings, self.clock, self.timing)
         if self.limiter is not None:
-            driver.bmc = self.limiter.handle(address_of(settings["host"], settings["port"]))
+            driver.bmc = self._shared_handle(driver.target)
         return driver
 
+    def shared_target(self, settings):
+        """
+        The :class:`Target` of ``settings``, one object for every outlet of a
+        PDU (with the same credentials): a pserv binds a driver per outlet,
+        50 per PDU, and would otherwise keep 50 equal targets.
+        """
+        target = Target.from_settings(settings)
+        shared = self._targets.get(target)
+        if shared is None:
+            if len(self._targets) >= MAX_ENDPOINTS:
+                self._targets.clear()  # settings changed by operators cannot grow it forever
+            shared = self._targets[target] = target
+        return shared
+
+    def _shared_handle(self, target):
+        """The per-PDU limiter handle, one per PDU address (as the target, shared)."""
+        address = address_of(target.host, target.port)
+        handle = self._handles.get(address)
+        if handle is None:
+            if len(self._handles) >= MAX_ENDPOINTS:
+                self._handles.clear()
+            handle = self._handles[address] = self.limiter.handle(address)
+        return handle
+
     def capabilities_for(self, settings):
-        """Capabilities of one agent: native cycle only if the family reboots."""
+        """Capabilities of one agent: native cycle only if the family reboots (shared)."""
         family = snmp_families.get(settings["family"])
-        return Capabilities(queryable=True, soft_off=False, native_cycle=family.reboot is not None)
+        return _CAPABILITIES[family.reboot is not None]
 
     # -- protocol primitives (coroutines) -------------------------------
 
@@ -678,7 +710,7 @@ class SnmpOutletDriver(VerifyingDriver):
         self.family = snmp_families.get(settings["family"])
         self.unit = settings["unit"]
         self.outlet = settings["outlet"]
-        self.target = Target.from_settings(settings)
+        self.target = driver_type.shared_target(settings)
         self.capabilities = driver_type.capabilities_for(settings)
 
     def describe(self):
