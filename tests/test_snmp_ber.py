@@ -116,3 +116,34 @@ class DecodeTests(unittest.TestCase):
                 pass
             except Exception as e:  # pragma: no cover - the failure report
                 self.fail(f"seed {seed}: {type(e).__name__} {e} on {bytes(data).hex()}")
+
+
+class AgentSideTests(unittest.TestCase):
+    """The light simulators' half (bench/simhost.py), against pysnmp likewise."""
+
+    def test_a_pysnmp_get_decodes(self):
+        pdu = v2c.GetRequestPDU()
+        v2c.apiPDU.set_defaults(pdu)
+        v2c.apiPDU.set_request_id(pdu, 4242)
+        v2c.apiPDU.set_varbinds(pdu, [(APC + (n,), v2c.null) for n in range(1, 51)])
+        msg = v2c.Message()
+        v2c.apiMessage.set_defaults(msg)
+        v2c.apiMessage.set_community(msg, "public")
+        v2c.apiMessage.set_pdu(msg, pdu)
+        self.assertEqual(snmp_ber.decode_get(encoder.encode(msg)),
+                         (1, b"public", 4242, [APC + (n,) for n in range(1, 51)]))
+
+    def test_a_response_reads_back_in_pysnmp_and_here(self):
+        var_binds = [(snmp_ber.encode_oid(APC + (1,)), 1), (snmp_ber.encode_oid(APC + (2,)), -5),
+                     (snmp_ber.encode_oid(APC + (3,)), snmp_ber.NO_SUCH_INSTANCE)]
+        data = snmp_ber.encode_response(1, b"public", 99, var_binds)
+        msg, _ = decoder.decode(data, asn1Spec=v2c.Message())
+        pdu = v2c.apiMessage.get_pdu(msg)
+        self.assertEqual(int(v2c.apiPDU.get_request_id(pdu)), 99)
+        values = [value for _, value in v2c.apiPDU.get_varbinds(pdu)]
+        self.assertEqual([int(v) for v in values[:2]], [1, -5])
+        self.assertTrue(values[2].isSameTypeWith(v2c.NoSuchInstance()))
+        got = snmp_ber.decode_response(data)
+        self.assertEqual([v for _, v in got.var_binds], [1, -5, snmp_ber.NO_SUCH_INSTANCE])
+        too_big = snmp_ber.decode_response(snmp_ber.encode_response(0, b"c", 1, [], 1, 0))
+        self.assertEqual((too_big.version, too_big.status_name), (0, "tooBig"))

@@ -216,3 +216,47 @@ def decode_response(data):
                           _value(data, tag, value_start, value_end)))
     return Response(version, community, fields[0], fields[1], fields[2], tuple(var_binds))
 
+
+
+# -- the agent's side (light simulators, tests) ---------------------------
+
+
+def decode_get(data):
+    """
+    ``(version, community, request_id, [oid, ...])`` of a GetRequest;
+    :class:`BerError` if ``data`` is not one.  For light simulators (the
+    bench's PDUs) and tests; the driver never needs it.
+    """
+    end = len(data)
+    start, stop = _expect(data, 0, end, _SEQUENCE)
+    at, version_end = _expect(data, start, stop, _INTEGER)
+    version = _int(data, at, version_end)
+    at, community_end = _expect(data, version_end, stop, _OCTETS)
+    community = bytes(data[at:community_end])
+    at, pdu_end = _expect(data, community_end, stop, _GET)
+    start, at = _expect(data, at, pdu_end, _INTEGER)
+    request_id = _int(data, start, at)
+    for _ in range(2):
+        _, at = _expect(data, at, pdu_end, _INTEGER)
+    at, list_end = _expect(data, at, pdu_end, _SEQUENCE)
+    oids = []
+    while at < list_end:
+        start, at = _expect(data, at, list_end, _SEQUENCE)
+        name_start, name_end = _expect(data, start, at, _OID)
+        oids.append(_oid(data, name_start, name_end))
+    return version, community, request_id, oids
+
+
+def encode_response(version, community, request_id, var_binds, error_status=0, error_index=0):
+    """
+    A Response message; ``var_binds``: ``[(encoded OID, value)]`` with
+    ``value`` an int (INTEGER) or one of the exception markers.
+    """
+    codes = {marker: tag for tag, marker in _EXCEPTIONS.items()}
+    body = bytearray()
+    for oid, value in var_binds:
+        encoded = _tlv(codes[value], b"") if isinstance(value, _Exception) else _integer(value)
+        body += _tlv(_SEQUENCE, oid + encoded)
+    pdu = _tlv(_RESPONSE, _integer(request_id) + _integer(error_status) + _integer(error_index)
+               + _tlv(_SEQUENCE, bytes(body)))
+    return _tlv(_SEQUENCE, _integer(version) + _tlv(_OCTETS, community) + pdu)
