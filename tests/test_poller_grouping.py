@@ -176,6 +176,27 @@ class SkipTests(PollerSetup, unittest.TestCase):
         paging.callback(None)
         self.successResultOf(round_)
 
+    def test_refreshes_take_at_most_a_tenth_of_the_time(self):
+        paging = [defer.Deferred()]
+        calls = []
+
+        def refresh():
+            calls.append(self.clock.seconds())
+            return paging[-1]
+
+        self.link.refresh = refresh
+        first = self.poller.poll_once()
+        self.clock.advance(7)  # a refresh of 10,000 nodes: 7 s
+        paging[-1].callback(None)
+        self.successResultOf(first)
+        for _ in range(7):  # rounds every 10 s: none refreshes before 70 s
+            paging.append(defer.succeed(None))
+            self.clock.advance(10)
+            self.successResultOf(self.poller.poll_once())
+        self.assertEqual(calls, [0, 77])  # the one that refreshed took no time (Clock) ...
+        self.successResultOf(self.poller.poll_once())
+        self.assertEqual(calls, [0, 77, 77])  # ... so the next round refreshes again
+
     def test_a_node_forgotten_while_it_was_read_is_not_reported(self):
         self.executor.configure("n1", outlet("10.0.0.1", 1))
         self.executor.configure("n2", outlet("10.0.0.1", 2))

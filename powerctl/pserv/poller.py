@@ -10,12 +10,17 @@ through the BMC lock-out guard under the PDU's credentials like any
 driver call (issue 10), so a refused community or v3 key is not tried
 round after round.  Results go to the region in one batch per round.
 
-Each round also refreshes from the region (a full ``Recover`` paging: nodes
-added or changed, dispatches lost).  The refresh runs *beside* the queries,
-not before them: at 10,000 nodes it took as long as the queries themselves
-(bench/RESULTS.md), and nothing a query reads depends on it -- a node the
-refresh learns is polled from the next round on, one forgotten meanwhile
-is dropped from the report.  The round ends when both have.
+Rounds also refresh from the region (a full ``Recover`` paging: nodes added
+or changed, dispatches lost), the safety net under the region's pushes.
+The refresh runs *beside* the queries, not before them: nothing a query
+reads depends on it -- a node the refresh learns is polled from the next
+round on, one forgotten meanwhile is dropped from the report -- and the
+round ends when both have.  A refresh is costly at scale (at 10,000 nodes
+about 7 s, mostly waiting for the region's pages: bench/RESULTS.md), so a
+round starts one only if the last one started at least
+``took / REFRESH_SHARE`` seconds ago: refreshing takes at most that share
+of the time.  A small fleet (a refresh of milliseconds) still refreshes
+every round; 10,000 nodes polled every 60 s refresh every other round.
 
 Grouping nodes by PDU validates each node's SNMP parameters; that is done
 once per node configuration (the executor keeps the same document object
@@ -41,6 +46,10 @@ from powerctl.pserv.lockout import agent_key
 from powerctl.registry import Outcome, PowerAction
 
 
+#: the largest share of the time full refreshes may take (see the module doc)
+REFRESH_SHARE = 0.1
+
+
 class Poller(TimerService):
     """
     Polls every ``interval`` seconds of ``clock`` (a reactor, or a
@@ -62,6 +71,8 @@ class Poller(TimerService):
         self._grouped = {}
         #: PDU key -> (driver type, settings of one of its outlets, guard key)
         self._pdus = {}
+        self._refreshed_at = None  # when the last refresh started (clock seconds)
+        self._refresh_took = 0.0  # and how long it took
 
     def _round(self):
         """
@@ -77,10 +88,24 @@ class Poller(TimerService):
         """One round: refresh what we know beside querying every idle node and reporting."""
         if not self.link.connected:
             return defer.succeed(None)
-        refresh = self.link.refresh()
+        refresh = self._refresh() if self._refresh_due() else defer.succeed(None)
         poll = defer.maybeDeferred(self._poll)
         return defer.gatherResults([refresh, poll], consumeErrors=True).addErrback(
             lambda f: f.value.subFailure)  # the first failure as it was raised
+
+    def _refresh_due(self):
+        if self._refreshed_at is None:
+            return True
+        return self.clock.seconds() - self._refreshed_at >= self._refresh_took / REFRESH_SHARE
+
+    def _refresh(self):
+        started = self._refreshed_at = self.clock.seconds()
+
+        def done(result):
+            self._refresh_took = self.clock.seconds() - started
+            return result
+
+        return self.link.refresh().addBoth(done)
 
     def _poll(self):
         epoch = self.link.epoch  # results go out under the lease they were polled under
