@@ -61,8 +61,8 @@ def build_node_power(catalogue, power, lockout=None, circuit=None):
 class KnownNode:
     """What the executor keeps for one node, built from its power document."""
 
-    #: the document as canonical JSON: an unchanged document keeps the drivers
-    key: str
+    #: a digest of the document as canonical JSON: an unchanged document keeps the drivers
+    key: bytes
     #: the :class:`NodeTopology` driving it
     power: NodeTopology
     #: the document as received
@@ -127,7 +127,9 @@ class DriverExecutor:
             raise InvalidPowerDocument(str(e)) from None
         if circuit is not None:
             self._circuits.learn(circuit)
-        key = json.dumps([power, circuit.name if circuit else None], sort_keys=True)
+        # a digest, not the canonical JSON itself: kept for every node
+        key = hashlib.blake2b(json.dumps([power, circuit.name if circuit else None],
+                                         sort_keys=True).encode(), digest_size=16).digest()
         known = self._nodes.get(node)
         if known is None or known.key != key:
             gate = self._circuits.gate(circuit.name) if circuit is not None else None
