@@ -270,7 +270,8 @@ async def sweep_rows(reactor, args, kind):
         + (f" ({base[0]['first_error']})" if base[0]["failed"] else "")
     note = f"pserv learnt {count} nodes in {known['s']:.1f} s{failed}"
     if kind == "snmp":
-        note += f"; {info.get('sim', 'pysnmp')} PDU agents"
+        note += (f"; {info.get('sim', 'pysnmp')} PDU agents; first sweep {sweeps[0]['s']:.2f} s"
+                 " (with the round's full refresh; the next one is not due then)")
     out = []
     if kind == "snmp":
         name = f"SNMP sweep s, {args.pdus} PDUs x {args.outlets} ({count})"
