@@ -134,6 +134,48 @@ class SchemaTests(unittest.TestCase):
         self.assertNotIn("wr1te", repr(shown))
 
 
+class _Ipv6Pdu:
+    """A minimal agent on ::1 for the community GET path (the simulator is IPv4 only)."""
+
+    def __init__(self):
+        import asyncio
+
+        from powerctl.drivers import snmp_ber
+
+        self.asyncio, self.ber = asyncio, snmp_ber
+        self.transport = None
+
+    async def start(self):
+        loop = self.asyncio.get_running_loop()
+        ber = self.ber
+        owner = self
+
+        class Protocol(self.asyncio.DatagramProtocol):
+            def datagram_received(self, data, address):
+                version, community, request_id, oids = ber.decode_get(data)
+                owner.transport.sendto(ber.encode_response(
+                    version, community, request_id,
+                    [(ber.encode_oid(oid), 1) for oid in oids]), address)
+
+        self.transport, _ = await loop.create_datagram_endpoint(
+            Protocol, local_addr=("::1", 0))
+        return self.transport.get_extra_info("sockname")[1]
+
+
+class Ipv6Tests(unittest.TestCase):
+    @inline
+    async def test_community_get_over_ipv6(self):
+        pdu = _Ipv6Pdu()
+        port = await defer.Deferred.fromFuture(pdu.asyncio.ensure_future(pdu.start()))
+        self.addCleanup(pdu.transport.close)
+        dt = SnmpDriverType(reactor, FAST)
+        self.addCleanup(dt.close)
+        settings = SCHEMA.validate({"host": "::1", "port": port, "family": "apc-rpdu",
+                                    "outlet": 1, "timeout": 0.5, "retries": 0})
+        self.assertEqual(await dt.query_outlets(settings, [1, 2, 3]),
+                         dict.fromkeys((1, 2, 3), PowerState.ON))
+
+
 class SharingTests(unittest.TestCase):
     """A pserv binds one driver per outlet: what is per PDU is kept once."""
 
