@@ -430,6 +430,25 @@ class QueryOutletsTests(SimMixin, unittest.TestCase):
         self.assertEqual(sim.datagrams - before, 4)
 
     @inline
+    async def test_silence_to_a_big_get_falls_back_to_48_at_a_time(self):
+        # an agent that drops what it cannot hold: a GET of 60 APC outlets is
+        # about 1.4 KB, one of 48 about 1.1 KB
+        sim = await self.sim(outlets=60, initial="on", max_datagram=1200)
+        settings = self.settings(sim)
+        states = await self.driver_type.query_outlets(settings, range(1, 61))
+        self.assertEqual(states, dict(sim.outlets))
+        before = sim.datagrams  # remembered: the next sweep asks for 48, then 12
+        self.assertEqual(await self.driver_type.query_outlets(settings, range(1, 61)),
+                         dict(sim.outlets))
+        self.assertEqual(sim.datagrams - before, 2)
+
+    @inline
+    async def test_a_silent_pdu_still_times_out(self):
+        sim = await self.sim(outlets=60, fault="hang")
+        with self.assertRaises(PowerTimeout):
+            await self.driver_type.query_outlets(self.settings(sim), range(1, 61))
+
+    @inline
     async def test_too_big_for_one_outlet_is_protocol_error(self):
         sim = await self.sim(outlets=4, max_varbinds=0)
         with self.assertRaises(ProtocolError) as caught:

@@ -34,6 +34,9 @@ A batched query asks for every requested outlet of a PDU in one GET (up to
 :data:`MAX_VARBINDS`).  An agent whose buffer cannot hold the answer says
 ``tooBig``: the request is then split in halves until it fits, and the size
 that fitted is remembered for that PDU, so later sweeps go straight to it.
+An agent that stays silent to a GET of more than :data:`SAFE_VARBINDS`
+(some drop what they cannot hold) is asked again in GETs of that size, and
+that too is remembered.
 
 Parameters (see :data:`SCHEMA`)
 -------------------------------
@@ -73,6 +76,7 @@ from pysnmp.proto import errind, rfc1902
 from pysnmp.proto.api import v2c
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from powerctl.drivers import snmp_ber, snmp_families
@@ -117,6 +121,9 @@ MIN_KEY_LENGTH = 8
 MAX_VARBINDS = 128
 #: Varbinds asked for per GETBULK of a walk (the answer stays under 1472 bytes).
 BULK_REPETITIONS = 48
+#: Varbinds per GET after a bigger one went unanswered (the answer stays
+#: under 1472 bytes: what the driver always asked for before, see the module doc).
+SAFE_VARBINDS = 48
 #: PDUs whose pysnmp credentials and transport are kept (IP hosts only);
 #: past this the cache starts again, so settings changed by operators
 #: cannot make it grow without bound.
@@ -400,6 +407,7 @@ class SnmpDriverType:
 
     name = "snmp"
     schema = SCHEMA
+    log = Logger()
     capabilities = Capabilities(queryable=True, soft_off=False, native_cycle=True)
 
     def __init__(self, clock=None, timing=Timing(), limiter=None):
@@ -663,6 +671,18 @@ class SnmpDriverType:
         oids = [family.status_instance(unit, n) for n in chunk]
         try:
             rows = await self.get(target, oids, "query outlets")
+        except PowerTimeout:
+            if len(chunk) <= SAFE_VARBINDS or where in self._fits:
+                raise
+            # Silence to a big GET: an agent may drop a request it cannot
+            # hold instead of answering tooBig.  Retried (once, remembered)
+            # at the size every PDU takes; a dead PDU times out again.
+            self.log.warn("{what}: no answer to a GET of {n} outlets; asking for "
+                          "{safe} at a time from now on", what=target.describe(),
+                          n=len(chunk), safe=SAFE_VARBINDS)
+            self._fits[where] = SAFE_VARBINDS
+            await self._get_states(target, family, unit, chunk, states)
+            return
         except TooBig:
             if len(chunk) == 1:
                 raise ProtocolError(f"{target.describe()} query outlets: tooBig for one "

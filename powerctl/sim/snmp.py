@@ -14,7 +14,9 @@ faults:
 ``drop``  silently drop a fraction (``drop_rate``) of the datagrams.
 
 ``max_varbinds`` plays an agent with a small message buffer: a GET of more
-variables than that is answered ``tooBig`` (RFC 3416 4.2.1).
+variables than that is answered ``tooBig`` (RFC 3416 4.2.1);
+``max_datagram`` one that silently drops a datagram longer than that many
+bytes instead.
 
 Access control is enforced here, not left to pysnmp: with a custom MIB
 controller pysnmp 7 does not check VACM unless asked, and lets a user with
@@ -73,6 +75,8 @@ class SimOptions:
     seed: int | None = None
     #: answer tooBig to a GET of more variables (None: no limit)
     max_varbinds: int | None = None
+    #: drop, unanswered, a datagram longer than this (None: no limit)
+    max_datagram: int | None = None
 
     def initial_states(self):
         """``{outlet: PowerState}`` from :attr:`initial`."""
@@ -110,6 +114,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-varbinds", type=int, default=None,
                         help="answer tooBig to a GET of more variables than this")
+    parser.add_argument("--max-datagram", type=int, default=None,
+                        help="drop, unanswered, datagrams longer than this many bytes")
     return parser
 
 
@@ -127,6 +133,10 @@ class _FaultyUdp(udp.UdpAsyncioTransport):
         self._sim = sim
 
     def datagram_received(self, datagram, transportAddress):
+        limit = self._sim.options.max_datagram
+        if limit is not None and len(datagram) > limit:
+            self._sim.datagrams += 1
+            return
         deliver = lambda: udp.UdpAsyncioTransport.datagram_received(  # noqa: E731
             self, datagram, transportAddress
         )
