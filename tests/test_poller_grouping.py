@@ -197,6 +197,21 @@ class SkipTests(PollerSetup, unittest.TestCase):
         self.successResultOf(self.poller.poll_once())
         self.assertEqual(calls, [0, 77, 77])  # ... so the next round refreshes again
 
+    def test_a_refresh_is_due_every_five_minutes_however_slow_the_last(self):
+        paging = defer.Deferred()
+        calls = []
+        self.link.refresh = lambda: (calls.append(self.clock.seconds()), paging)[1]
+        first = self.poller.poll_once()
+        self.clock.advance(120)  # a region stuck for two minutes
+        paging.callback(None)
+        self.successResultOf(first)
+        paging = defer.succeed(None)
+        for _ in range(5):  # rounds at 180 .. 420
+            self.clock.advance(60)
+            self.successResultOf(self.poller.poll_once())
+        # not before 300 s (not 1,200), then every round again (a quick one)
+        self.assertEqual(calls, [0, 300, 360, 420])
+
     def test_a_node_forgotten_while_it_was_read_is_not_reported(self):
         self.executor.configure("n1", outlet("10.0.0.1", 1))
         self.executor.configure("n2", outlet("10.0.0.1", 2))

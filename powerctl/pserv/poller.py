@@ -18,8 +18,9 @@ round on, one forgotten meanwhile is dropped from the report -- and the
 round ends when both have.  A refresh is costly at scale (at 10,000 nodes
 about 7 s, mostly waiting for the region's pages: bench/RESULTS.md), so a
 round starts one only if the last one started at least
-``took / REFRESH_SHARE`` seconds ago: refreshing takes at most that share
-of the time.  A small fleet (a refresh of milliseconds) still refreshes
+``took / REFRESH_SHARE`` seconds ago (capped at ``REFRESH_AT_LEAST``, so a
+region that was slow once does not delay the next one for long):
+refreshing takes at most that share of the time.  A small fleet (a refresh of milliseconds) still refreshes
 every round; 10,000 nodes polled every 60 s refresh every other round.
 
 Grouping nodes by PDU validates each node's SNMP parameters; that is done
@@ -48,6 +49,8 @@ from powerctl.registry import Outcome, PowerAction
 
 #: the largest share of the time full refreshes may take (see the module doc)
 REFRESH_SHARE = 0.1
+#: ... but one is due at least this often (s), however long the last one took
+REFRESH_AT_LEAST = 300.0
 
 
 class Poller(TimerService):
@@ -96,7 +99,8 @@ class Poller(TimerService):
     def _refresh_due(self):
         if self._refreshed_at is None:
             return True
-        return self.clock.seconds() - self._refreshed_at >= self._refresh_took / REFRESH_SHARE
+        wait = min(self._refresh_took / REFRESH_SHARE, REFRESH_AT_LEAST)
+        return self.clock.seconds() - self._refreshed_at >= wait
 
     def _refresh(self):
         started = self._refreshed_at = self.clock.seconds()
