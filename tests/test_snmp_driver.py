@@ -383,6 +383,22 @@ class CancellationTests(SimMixin, unittest.TestCase):
         self.assertEqual(open_fds(), fds)
 
     @inline
+    async def test_a_call_cancelled_while_the_socket_opens_leaves_it_usable(self):
+        import asyncio
+        import socket
+
+        async def cancel_then_use():
+            first = asyncio.ensure_future(self.driver_type._socket(socket.AF_INET))
+            await asyncio.sleep(0)  # it started opening the socket, and waits
+            first.cancel()
+            return await asyncio.wait_for(self.driver_type._socket(socket.AF_INET), 2.0)
+
+        protocol = await defer.Deferred.fromFuture(asyncio.ensure_future(cancel_then_use()))
+        self.assertIsNotNone(protocol.transport)
+        sim = await self.sim()
+        self.assertEqual(await self.driver(sim).query(), PowerState.OFF)
+
+    @inline
     async def test_close_releases_the_socket(self):
         sim = await self.sim()
         baseline = open_fds()

@@ -441,9 +441,9 @@ class SnmpDriverType:
         if engine is not None:
             engine.close_dispatcher()
         sockets, self._sockets = self._sockets, {}
-        for opened in sockets.values():
-            if opened.done() and not opened.exception():
-                opened.result().transport.close()
+        for opening in sockets.values():  # one still opening closes when it is open
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                opening.result()[0].close()
         return _bridge(_settle())
 
     # -- IDriverType ----------------------------------------------------
@@ -551,20 +551,27 @@ class SnmpDriverType:
         return list(response.var_binds)
 
     async def _socket(self, family):
-        """The :class:`_Datagrams` of ``family``, opened on first use."""
-        opened = self._sockets.get(family)
-        if opened is None:
+        """
+        The :class:`_Datagrams` of ``family``, opened on first use.  Opening
+        is a task of its own: a caller cancelled meanwhile leaves it to the
+        others (and to the next caller).
+        """
+        opening = self._sockets.get(family)
+        if opening is None:
             loop = asyncio.get_running_loop()
-            opened = self._sockets[family] = loop.create_future()
-            try:
-                _, protocol = await loop.create_datagram_endpoint(_Datagrams, family=family)
-            except Exception as e:
-                self._sockets.pop(family, None)
-                opened.set_exception(e)
-                opened.exception()  # retrieved: waiters see it through await
-                raise
-            opened.set_result(protocol)
-        return await asyncio.shield(opened)
+            opening = self._sockets[family] = asyncio.ensure_future(
+                loop.create_datagram_endpoint(_Datagrams, family=family))
+            opening.add_done_callback(lambda done: self._opened(family, done))
+        _, protocol = await asyncio.shield(opening)
+        return protocol
+
+    def _opened(self, family, opening):
+        """A socket opened, or failed to: forget a failure; close one :meth:`close` dropped."""
+        if opening.cancelled() or opening.exception() is not None:
+            if self._sockets.get(family) is opening:
+                del self._sockets[family]  # the next call tries again
+        elif self._sockets.get(family) is not opening:
+            opening.result()[0].close()
 
     async def set(self, target, oid, value, what="set"):
         """SET one Integer32 with the write credentials."""
