@@ -9,6 +9,7 @@ same simulators, same concurrency); the simulators run in a third process
 
 * ``snmp``: one poll sweep of ``--pdus`` x ``--outlets`` SNMP outlets
   (target <= 3 s); baseline: one read per PDU with the same concurrency;
+  the PDUs are bench/simhost.py's light agents unless ``--snmp-sim pysnmp``;
 * ``redfish``: one poll sweep of ``--redfish`` Redfish systems
   (``--services`` simulated services), the first (with the drivers'
   discovery and logins) and the next (targets <= 15 s, <= 8 s);
@@ -61,6 +62,9 @@ def parse(argv=None):
     # not fit make bench's 10 minutes on this 2-core machine
     p.add_argument("--ipmi", type=int, default=1000)
     p.add_argument("--ipmi-latency", type=float, default=0.002)
+    p.add_argument("--snmp-sim", choices=("light", "pysnmp"), default="light",
+                   help="snmp row: the PDUs' agent (bench/simhost.py: pysnmp's agent became"
+                   " the bottleneck once the driver stopped using pysnmp for polls)")
     p.add_argument("--concurrency", type=int, default=32, help="poll concurrency")
     p.add_argument("--max-actions", type=int, default=64)
     p.add_argument("--profile", action="store_true",
@@ -261,7 +265,8 @@ async def sweep_rows(reactor, args, kind):
     profile = ("--profile-sweep",) if args.profile else ()
     if kind == "snmp":
         sim = Child([os.path.join(HERE, "simhost.py"), "snmp", "--pdus", str(args.pdus),
-                     "--outlets", str(args.outlets)])
+                     "--outlets", str(args.outlets),
+                     *(("--light",) if args.snmp_sim == "light" else ())])
         count = args.pdus * args.outlets
     else:
         per = max(1, args.redfish // args.services)
@@ -310,6 +315,9 @@ async def sweep_rows(reactor, args, kind):
     failed = f"; bare failures {base[0]['failed']}/{base[1]['failed']}" \
         + (f" ({base[0]['first_error']})" if base[0]["failed"] else "")
     note = f"pserv learnt {count} nodes in {known['s']:.1f} s{failed}"
+    if kind == "snmp":
+        note += (f"; {info.get('sim', 'pysnmp')} PDU agents; first sweep {sweeps[0]['s']:.2f} s"
+                 " (with the round's full refresh; the next one is not due then)")
     out = []
     if kind == "snmp":
         name = f"SNMP sweep s, {args.pdus} PDUs x {args.outlets} ({count})"

@@ -159,9 +159,114 @@ class SkipTests(PollerSetup, unittest.TestCase):
         self.assertEqual((self.link.refreshed, self.link.batches), (0, []))
         self.assertEqual(self.bmcs.device("bmc1").calls, [])
 
-    def test_each_round_refreshes_first(self):
+    def test_each_round_refreshes(self):
         self.successResultOf(self.poller.poll_once())
         self.assertEqual(self.link.refreshed, 1)
+
+    def test_the_refresh_runs_beside_the_queries_and_the_round_waits_for_it(self):
+        self.executor.configure("n1", outlet("10.0.0.1", 1))
+        paging = defer.Deferred()
+        self.link.refresh = lambda: paging  # the region is still paging
+        round_ = self.poller.poll_once()
+        # queried and reported without waiting for the refresh ...
+        self.assertEqual(self.pdus.outlet_queries, [("10.0.0.1", "public", [1])])
+        self.assertEqual([sorted(s["node"] for s in b) for _, b in self.link.batches], [["n1"]])
+        # ... and the round is over once the refresh is too
+        self.assertNoResult(round_)
+        paging.callback(None)
+        self.successResultOf(round_)
+
+    def test_refreshes_take_at_most_a_tenth_of_the_time(self):
+        paging = [defer.Deferred()]
+        calls = []
+
+        def refresh():
+            calls.append(self.clock.seconds())
+            return paging[-1]
+
+        self.link.refresh = refresh
+        first = self.poller.poll_once()
+        self.clock.advance(7)  # a refresh of 10,000 nodes: 7 s
+        paging[-1].callback(None)
+        self.successResultOf(first)
+        for _ in range(7):  # rounds every 10 s: none refreshes before 70 s
+            paging.append(defer.succeed(None))
+            self.clock.advance(10)
+            self.successResultOf(self.poller.poll_once())
+        self.assertEqual(calls, [0, 77])  # the one that refreshed took no time (Clock) ...
+        self.successResultOf(self.poller.poll_once())
+        self.assertEqual(calls, [0, 77, 77])  # ... so the next round refreshes again
+
+    def test_a_refresh_is_due_every_five_minutes_however_slow_the_last(self):
+        paging = defer.Deferred()
+        calls = []
+        self.link.refresh = lambda: (calls.append(self.clock.seconds()), paging)[1]
+        first = self.poller.poll_once()
+        self.clock.advance(120)  # a region stuck for two minutes
+        paging.callback(None)
+        self.successResultOf(first)
+        paging = defer.succeed(None)
+        for _ in range(5):  # rounds at 180 .. 420
+            self.clock.advance(60)
+            self.successResultOf(self.poller.poll_once())
+        # not before 300 s (not 1,200), then every round again (a quick one)
+        self.assertEqual(calls, [0, 300, 360, 420])
+
+    def test_a_node_forgotten_while_it_was_read_is_not_reported(self):
+        self.executor.configure("n1", outlet("10.0.0.1", 1))
+        self.executor.configure("n2", outlet("10.0.0.1", 2))
+        reading = defer.Deferred()
+        self.pdus.query_outlets = lambda settings, outlets: reading
+        round_ = self.poller.poll_once()
+        self.executor.forget("n2")  # e.g. the refresh handed it over
+        reading.callback({1: PowerState.ON, 2: PowerState.OFF})
+        self.successResultOf(round_)
+        [(_, states)] = self.link.batches
+        self.assertEqual([s["node"] for s in states], ["n1"])
+
+
+class GroupingCacheTests(PollerSetup, unittest.TestCase):
+    """Each node's SNMP settings are validated once per configuration, not each round."""
+
+    def setUp(self):
+        super().setUp()
+        self.validated = []
+        catalogue = self.executor.catalogue
+        validate = catalogue.validate
+
+        def counting(name, params):
+            self.validated.append(params.get("outlet"))
+            return validate(name, params)
+
+        catalogue.validate = counting
+
+    def round(self):
+        self.link.batches.clear()
+        return self.poll()
+
+    def test_settings_are_validated_once_per_configuration(self):
+        for n in (1, 2, 3):
+            self.executor.configure(f"n{n}", outlet("10.0.0.1", n))
+        self.round()
+        self.assertEqual(sorted(self.validated), [1, 2, 3])
+        self.validated.clear()
+        self.assertEqual(sorted(self.round()), ["n1", "n2", "n3"])
+        self.assertEqual(self.validated, [])  # nothing changed: nothing validated
+        # a changed configuration is grouped afresh, under its new PDU
+        self.executor.configure("n2", outlet("10.0.0.2", 7))
+        self.assertEqual(sorted(self.round()), ["n1", "n2", "n3"])
+        self.assertEqual(self.validated, [7])
+        self.assertEqual(sorted(self.pdus.outlet_queries[-2:]), [
+            ("10.0.0.1", "public", [1, 3]), ("10.0.0.2", "public", [7])])
+
+    def test_forgotten_nodes_and_pdus_are_not_kept(self):
+        self.executor.configure("n1", outlet("10.0.0.1", 1))
+        self.executor.configure("n2", outlet("10.0.0.2", 1))
+        self.round()
+        self.executor.forget("n2")
+        self.round()
+        self.assertEqual(sorted(self.poller._grouped), ["n1"])
+        self.assertEqual(len(self.poller._pdus), 1)
 
 
 class FailureTests(PollerSetup, unittest.TestCase):

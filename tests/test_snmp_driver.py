@@ -134,6 +134,66 @@ class SchemaTests(unittest.TestCase):
         self.assertNotIn("wr1te", repr(shown))
 
 
+class _Ipv6Pdu:
+    """A minimal agent on ::1 for the community GET path (the simulator is IPv4 only)."""
+
+    def __init__(self):
+        import asyncio
+
+        from powerctl.drivers import snmp_ber
+
+        self.asyncio, self.ber = asyncio, snmp_ber
+        self.transport = None
+
+    async def start(self):
+        loop = self.asyncio.get_running_loop()
+        ber = self.ber
+        owner = self
+
+        class Protocol(self.asyncio.DatagramProtocol):
+            def datagram_received(self, data, address):
+                version, community, request_id, oids = ber.decode_get(data)
+                owner.transport.sendto(ber.encode_response(
+                    version, community, request_id,
+                    [(ber.encode_oid(oid), 1) for oid in oids]), address)
+
+        self.transport, _ = await loop.create_datagram_endpoint(
+            Protocol, local_addr=("::1", 0))
+        return self.transport.get_extra_info("sockname")[1]
+
+
+class Ipv6Tests(unittest.TestCase):
+    @inline
+    async def test_community_get_over_ipv6(self):
+        pdu = _Ipv6Pdu()
+        port = await defer.Deferred.fromFuture(pdu.asyncio.ensure_future(pdu.start()))
+        self.addCleanup(pdu.transport.close)
+        dt = SnmpDriverType(reactor, FAST)
+        self.addCleanup(dt.close)
+        settings = SCHEMA.validate({"host": "::1", "port": port, "family": "apc-rpdu",
+                                    "outlet": 1, "timeout": 0.5, "retries": 0})
+        self.assertEqual(await dt.query_outlets(settings, [1, 2, 3]),
+                         dict.fromkeys((1, 2, 3), PowerState.ON))
+
+
+class SharingTests(unittest.TestCase):
+    """A pserv binds one driver per outlet: what is per PDU is kept once."""
+
+    def test_outlets_of_one_pdu_share_target_capabilities_and_limiter_handle(self):
+        from powerctl.drivers.bmclimit import BmcLimiter, BmcLimits
+
+        dt = SnmpDriverType(reactor, FAST, limiter=BmcLimiter(reactor, BmcLimits(1, 0.0)))
+        good = {"host": "127.0.0.1", "family": "apc-rpdu"}
+        a, b = (dt.bind(SCHEMA.validate({**good, "outlet": n})) for n in (1, 2))
+        other = dt.bind(SCHEMA.validate({**good, "outlet": 3, "community": "other"}))
+        self.assertIs(a.target, b.target)
+        self.assertIs(a.capabilities, b.capabilities)
+        self.assertIs(a.bmc, b.bmc)
+        self.assertEqual((a.outlet, b.outlet), (1, 2))
+        self.assertIsNot(other.target, a.target)  # other credentials: another target
+        self.assertIs(other.bmc, a.bmc)  # the same device all the same
+
+
 class FamilyTests(SimMixin, unittest.TestCase):
     """on / off / query / cycle for every family, over UDP."""
 
@@ -323,6 +383,22 @@ class CancellationTests(SimMixin, unittest.TestCase):
         self.assertEqual(open_fds(), fds)
 
     @inline
+    async def test_a_call_cancelled_while_the_socket_opens_leaves_it_usable(self):
+        import asyncio
+        import socket
+
+        async def cancel_then_use():
+            first = asyncio.ensure_future(self.driver_type._socket(socket.AF_INET))
+            await asyncio.sleep(0)  # it started opening the socket, and waits
+            first.cancel()
+            return await asyncio.wait_for(self.driver_type._socket(socket.AF_INET), 2.0)
+
+        protocol = await defer.Deferred.fromFuture(asyncio.ensure_future(cancel_then_use()))
+        self.assertIsNotNone(protocol.transport)
+        sim = await self.sim()
+        self.assertEqual(await self.driver(sim).query(), PowerState.OFF)
+
+    @inline
     async def test_close_releases_the_socket(self):
         sim = await self.sim()
         baseline = open_fds()
@@ -344,6 +420,56 @@ class QueryOutletsTests(SimMixin, unittest.TestCase):
         states = await self.driver_type.query_outlets(settings, range(1, 49))
         self.assertEqual(sim.datagrams - before, 1)
         self.assertEqual(states, dict(sim.outlets))
+
+    @inline
+    async def test_more_than_48_outlets_in_one_request(self):
+        sim = await self.sim(outlets=60, initial=",".join(
+            "on" if n % 2 else "off" for n in range(1, 61)))
+        settings = self.settings(sim)
+        await self.driver_type.query_outlets(settings, [1])  # warm up
+        before = sim.datagrams
+        states = await self.driver_type.query_outlets(settings, range(1, 61))
+        self.assertEqual(sim.datagrams - before, 1)
+        self.assertEqual(states, dict(sim.outlets))
+
+    @inline
+    async def test_too_big_splits_and_remembers_what_fits(self):
+        # an agent with a small buffer: 20 outlets fit in GETs of 5 at most
+        sim = await self.sim(outlets=20, initial=",".join(
+            "on" if n % 3 else "off" for n in range(1, 21)), max_varbinds=5)
+        settings = self.settings(sim)
+        states = await self.driver_type.query_outlets(settings, range(1, 21))
+        self.assertEqual(states, dict(sim.outlets))
+        before = sim.datagrams  # the next sweep goes straight to GETs of 5
+        states = await self.driver_type.query_outlets(settings, range(1, 21))
+        self.assertEqual(states, dict(sim.outlets))
+        self.assertEqual(sim.datagrams - before, 4)
+
+    @inline
+    async def test_silence_to_a_big_get_falls_back_to_48_at_a_time(self):
+        # an agent that drops what it cannot hold: a GET of 60 APC outlets is
+        # about 1.4 KB, one of 48 about 1.1 KB
+        sim = await self.sim(outlets=60, initial="on", max_datagram=1200)
+        settings = self.settings(sim)
+        states = await self.driver_type.query_outlets(settings, range(1, 61))
+        self.assertEqual(states, dict(sim.outlets))
+        before = sim.datagrams  # remembered: the next sweep asks for 48, then 12
+        self.assertEqual(await self.driver_type.query_outlets(settings, range(1, 61)),
+                         dict(sim.outlets))
+        self.assertEqual(sim.datagrams - before, 2)
+
+    @inline
+    async def test_a_silent_pdu_still_times_out(self):
+        sim = await self.sim(outlets=60, fault="hang")
+        with self.assertRaises(PowerTimeout):
+            await self.driver_type.query_outlets(self.settings(sim), range(1, 61))
+
+    @inline
+    async def test_too_big_for_one_outlet_is_protocol_error(self):
+        sim = await self.sim(outlets=4, max_varbinds=0)
+        with self.assertRaises(ProtocolError) as caught:
+            await self.driver_type.query_outlets(self.settings(sim), [1, 2, 3])
+        self.assertIn("tooBig", str(caught.exception))
 
     @inline
     async def test_walk_without_outlet_list(self):

@@ -45,9 +45,9 @@ class SimTests(SimMixin, unittest.TestCase):
     @inline
     async def test_stop_closes_socket_and_timers(self):
         sim = await self.sim(switch_delay=5.0, latency=0.0)
-        await self.driver(sim).query()  # the driver's engine socket is open now
+        await self.driver(sim).query()
+        await self.driver(sim).send(Command.ON)  # the driver's sockets are open now
         fds = open_fds()
-        await self.driver(sim).send(Command.ON)
         self.assertEqual(len(sim._timers), 1)
         await sim.stop()
         self.assertEqual(open_fds(), fds - 1)

@@ -14,6 +14,30 @@ first use (the loop must be running then), holds one UDP socket shared by
 every call to every PDU; :meth:`SnmpDriverType.close` closes its dispatcher
 and socket.
 
+Reads with a community (v1, v2c) -- every poll -- do not go through
+pysnmp: :mod:`powerctl.drivers.snmp_ber` encodes the GET and decodes the
+answer, on one UDP socket per address family of the driver type, answers
+matched by request-id and source address, retransmitted ``retries`` times
+every ``timeout`` seconds.  In a sweep of 10,000 outlets pysnmp's generic
+machinery was most of the pserv's CPU (bench/RESULTS.md).  Each status
+OID is encoded once and kept.
+
+SETs, walks and every SNMPv3 request go through pysnmp.  GETs and SETs use
+its RFC 3413 command generators with numeric OIDs rather than
+``get_cmd``/``set_cmd``: those resolve every OID through a MIB view on
+every call (``lookupMib=False`` only skips resolving the *response*).  The
+pysnmp credentials and transport of a PDU whose host is an IP address are
+built once and kept; a host name is resolved on every call, so a DNS
+change is seen at once (on both paths).
+
+A batched query asks for every requested outlet of a PDU in one GET (up to
+:data:`MAX_VARBINDS`).  An agent whose buffer cannot hold the answer says
+``tooBig``: the request is then split in halves until it fits, and the size
+that fitted is remembered for that PDU, so later sweeps go straight to it.
+An agent that stays silent to a GET of more than :data:`SAFE_VARBINDS`
+(some drop what they cannot hold) is asked again in GETs of that size, and
+that too is remembered.
+
 Parameters (see :data:`SCHEMA`)
 -------------------------------
 ``community`` is used for reads; ``write_community`` for SETs and defaults
@@ -39,17 +63,23 @@ Secrets never appear in messages or logs.
 
 import asyncio
 import ipaddress
+import random
+import socket
 
 import attrs
 from pysnmp.entity import config as snmp_config
 from pysnmp.error import PySnmpError
+from pysnmp.entity.rfc3413 import cmdgen
 from pysnmp.hlapi.v3arch import asyncio as hlapi
-from pysnmp.proto import errind
+from pysnmp.hlapi.v3arch.asyncio.lcd import CommandGeneratorLcdConfigurator
+from pysnmp.proto import errind, rfc1902
+from pysnmp.proto.api import v2c
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from powerctl.drivers import snmp_families
+from powerctl.drivers import snmp_ber, snmp_families
 from powerctl.drivers.base import Command, VerifyingDriver
 from powerctl.drivers.bmclimit import address_of
 from powerctl.drivers.errors import (
@@ -85,8 +115,25 @@ PRIV_PROTOCOLS = {
 
 #: USM requires pass phrases of at least 8 characters (RFC 3414 2.6).
 MIN_KEY_LENGTH = 8
-#: Varbinds per GET when querying many outlets (keeps a PDU well under 1472 bytes).
-MAX_VARBINDS = 48
+#: Varbinds per GET when querying many outlets: every outlet of any usual
+#: PDU in one request.  An agent that cannot answer that many says tooBig
+#: and the driver splits the request (see the module doc).
+MAX_VARBINDS = 128
+#: Varbinds asked for per GETBULK of a walk (the answer stays under 1472 bytes).
+BULK_REPETITIONS = 48
+#: Varbinds per GET after a bigger one went unanswered (the answer stays
+#: under 1472 bytes: what the driver always asked for before, see the module doc).
+SAFE_VARBINDS = 48
+#: PDUs whose pysnmp credentials and transport are kept (IP hosts only);
+#: past this the cache starts again, so settings changed by operators
+#: cannot make it grow without bound.
+MAX_ENDPOINTS = 20_000
+
+#: an agent's capabilities, by whether its family reboots natively (shared objects)
+_CAPABILITIES = {
+    reboots: Capabilities(queryable=True, soft_off=False, native_cycle=reboots)
+    for reboots in (False, True)
+}
 
 _WRITE_REFUSED = {"noAccess", "authorizationError", "notWritable", "readOnly"}
 _AUTH_INDICATIONS = (
@@ -197,6 +244,14 @@ class Target:
     def describe(self):
         return f"snmp {self.host}:{self.port} (v{self.version})"
 
+    def is_literal(self):
+        """True if ``host`` is an IP address (nothing to resolve, so a transport can be kept)."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
     def auth_data(self, write):
         """pysnmp credentials for a read or a write."""
         if self.version == "3":
@@ -226,8 +281,16 @@ class Target:
             raise UnreachableError(f"{self.describe()}: cannot resolve host: {e}") from None
 
 
-def _failure(target, what, indication, status, index, var_binds, write):
-    """Translate a pysnmp answer into the error taxonomy (or None if fine)."""
+class TooBig(ProtocolError):
+    """The agent could not fit the answer in one message (error status tooBig)."""
+
+
+def _failure(target, what, indication, status, oid, write):
+    """
+    Translate an answer into the error taxonomy: ``indication`` (pysnmp's
+    error indication) or ``status`` (the error-status name) at ``oid``
+    (dotted text); None if neither.
+    """
     where = f"{target.describe()} {what}"
     if indication:
         if isinstance(indication, errind.RequestTimedOut):
@@ -238,21 +301,101 @@ def _failure(target, what, indication, status, index, var_binds, write):
         if isinstance(indication, _AUTH_INDICATIONS):
             return AuthenticationError(f"{where}: credentials refused ({type(indication).__name__})")
         return ProtocolError(f"{where}: {indication}")
-    if status:
-        name = status.prettyPrint()
-        oid = var_binds[int(index) - 1][0].prettyPrint() if index and var_binds else "?"
+    if status and status != "noError":
+        name = status
         if name in _WRITE_REFUSED or (write and name == "noSuchName" and target.version == "1"):
             who = "user" if target.version == "3" else ("write community" if write else "community")
             return AuthenticationError(
                 f"{where}: the PDU refused access to {oid} ({name}); "
                 f"does the {who} have {'write' if write else 'read'} access?"
             )
+        if name == "tooBig":
+            return TooBig(f"{where}: error status tooBig (the answer does not fit the agent's"
+                          " message size)")
         return ProtocolError(f"{where}: error status {name} at {oid}")
     return None
 
 
+def _pysnmp_failure(target, what, indication, status, index, var_binds, write):
+    """:func:`_failure` of a pysnmp answer ``(indication, status, index, var binds)``."""
+    name = status.prettyPrint() if status else None
+    oid = var_binds[int(index) - 1][0].prettyPrint() if index and var_binds else "?"
+    return _failure(target, what, indication, name, oid, write)
+
+
 def _is_missing(value):
-    return isinstance(value, (NoSuchObject, NoSuchInstance, EndOfMibView))
+    return value in snmp_ber.MISSING if isinstance(value, snmp_ber.MISSING_TYPE) \
+        else isinstance(value, (NoSuchObject, NoSuchInstance, EndOfMibView))
+
+
+def _community_bytes(community):
+    """A community as pysnmp sends it (Latin-1), or UTF-8 if it is not Latin-1."""
+    try:
+        return community.encode("latin-1")
+    except UnicodeEncodeError:
+        return community.encode("utf-8")
+
+
+async def _address(target):
+    """``(socket address, address family)`` of ``target``; UnreachableError if unresolvable."""
+    try:
+        ip = ipaddress.ip_address(target.host)
+    except ValueError:
+        pass
+    else:
+        if ip.version == 6:
+            return (str(ip), target.port), socket.AF_INET6
+        return (str(ip), target.port), socket.AF_INET
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            target.host, target.port, type=socket.SOCK_DGRAM)
+    except OSError as e:
+        raise UnreachableError(f"{target.describe()}: cannot resolve host: {e}") from None
+    family, _, _, _, address = infos[0]
+    return address[:2], family
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """
+    One UDP socket for every community GET of a driver type.  An answer is
+    matched to its request by request-id and source address; anything else
+    (a late answer to a request given up, a stray or damaged datagram) is
+    dropped, as a retransmission may still complete the request.
+    """
+
+    def __init__(self):
+        self.transport = None
+        self._pending = {}  # request-id -> (Future, address)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, address):
+        try:
+            response = snmp_ber.decode_response(data)
+        except snmp_ber.BerError:
+            return
+        waiting = self._pending.get(response.request_id)
+        if waiting is not None and tuple(address[:2]) == waiting[1] and not waiting[0].done():
+            waiting[0].set_result(response)
+
+    def error_received(self, exc):
+        pass  # an unconnected socket cannot tell which request it was: the timeout will
+
+    async def exchange(self, message, request_id, address, timeout, retries):
+        """Send ``message``, resend on silence; the :class:`Response`, or None if none came."""
+        loop = asyncio.get_running_loop()
+        for _ in range(retries + 1):
+            answer = loop.create_future()
+            self._pending[request_id] = (answer, address)
+            try:
+                self.transport.sendto(message, address)
+                return await asyncio.wait_for(answer, timeout)
+            except asyncio.TimeoutError:
+                continue
+            finally:
+                self._pending.pop(request_id, None)
+        return None
 
 
 @implementer(IDriverType)
@@ -264,6 +407,7 @@ class SnmpDriverType:
 
     name = "snmp"
     schema = SCHEMA
+    log = Logger()
     capabilities = Capabilities(queryable=True, soft_off=False, native_cycle=True)
 
     def __init__(self, clock=None, timing=Timing(), limiter=None):
@@ -273,6 +417,14 @@ class SnmpDriverType:
         self.timing = timing
         self.limiter = limiter  # per-PDU limits (powerctl.drivers.bmclimit), or None
         self._engine = None
+        self._lcd = CommandGeneratorLcdConfigurator()
+        self._endpoints = {}  # (Target, write) -> (pysnmp auth data, transport target)
+        self._fits = {}  # (host, port) -> varbinds per GET that fitted after a tooBig
+        self._encoded = {}  # OID tuple -> its BER encoding, built once
+        self._targets = {}  # Target -> the one equal Target every outlet driver shares
+        self._handles = {}  # PDU address -> its limiter handle, shared likewise
+        self._sockets = {}  # address family -> Future of a _Datagrams (community GETs)
+        self._request_ids = random.SystemRandom().randrange(1, 2**30)
 
     # -- the shared engine ---------------------------------------------
 
@@ -285,8 +437,13 @@ class SnmpDriverType:
     def close(self):
         """Close the engine's dispatcher and socket; a Deferred."""
         engine, self._engine = self._engine, None
+        self._endpoints.clear()
         if engine is not None:
             engine.close_dispatcher()
+        sockets, self._sockets = self._sockets, {}
+        for opening in sockets.values():  # one still opening closes when it is open
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                opening.result()[0].close()
         return _bridge(_settle())
 
     # -- IDriverType ----------------------------------------------------
@@ -294,38 +451,134 @@ class SnmpDriverType:
     def bind(self, settings):
         driver = SnmpOutletDriver(self, settings, self.clock, self.timing)
         if self.limiter is not None:
-            driver.bmc = self.limiter.handle(address_of(settings["host"], settings["port"]))
+            driver.bmc = self._shared_handle(driver.target)
         return driver
 
+    def shared_target(self, settings):
+        """
+        The :class:`Target` of ``settings``, one object for every outlet of a
+        PDU (with the same credentials): a pserv binds a driver per outlet,
+        50 per PDU, and would otherwise keep 50 equal targets.
+        """
+        target = Target.from_settings(settings)
+        shared = self._targets.get(target)
+        if shared is None:
+            if len(self._targets) >= MAX_ENDPOINTS:
+                self._targets.clear()  # settings changed by operators cannot grow it forever
+            shared = self._targets[target] = target
+        return shared
+
+    def _shared_handle(self, target):
+        """The per-PDU limiter handle, one per PDU address (as the target, shared)."""
+        address = address_of(target.host, target.port)
+        handle = self._handles.get(address)
+        if handle is None:
+            if len(self._handles) >= MAX_ENDPOINTS:
+                self._handles.clear()
+            handle = self._handles[address] = self.limiter.handle(address)
+        return handle
+
     def capabilities_for(self, settings):
-        """Capabilities of one agent: native cycle only if the family reboots."""
+        """Capabilities of one agent: native cycle only if the family reboots (shared)."""
         family = snmp_families.get(settings["family"])
-        return Capabilities(queryable=True, soft_off=False, native_cycle=family.reboot is not None)
+        return _CAPABILITIES[family.reboot is not None]
 
     # -- protocol primitives (coroutines) -------------------------------
 
+    async def _endpoint(self, target, write):
+        """pysnmp credentials and transport target of ``target`` (kept for IP hosts)."""
+        key = (target, write)
+        found = self._endpoints.get(key)
+        if found is not None:
+            return found
+        found = (target.auth_data(write), await target.transport())
+        if target.is_literal():
+            if len(self._endpoints) >= MAX_ENDPOINTS:
+                self._endpoints.clear()
+            self._endpoints[key] = found
+        return found
+
+    async def _request(self, generator, target, var_binds, write):
+        """
+        One request of ``generator`` (an RFC 3413 command generator) with
+        ready-made ``(ObjectName, value)`` pairs: ``(error indication,
+        error status, error index, [(name, value), ...])``.
+        """
+        engine = self._snmp_engine()
+        auth, transport = await self._endpoint(target, write)
+        addr_name, _ = self._lcd.configure(engine, auth, transport, b"")
+        future = asyncio.get_running_loop().create_future()
+        generator.send_varbinds(engine, addr_name, None, b"", var_binds, _settle_future, future)
+        return await future
+
     async def get(self, target, oids, what="get"):
         """GET ``oids`` in one request: ``[(oid tuple, value), ...]``."""
-        transport = await target.transport()
-        result = await hlapi.get_cmd(
-            self._snmp_engine(), target.auth_data(write=False), transport, hlapi.ContextData(),
-            *[hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in oids],
-            lookupMib=False,
-        )
-        failure = _failure(target, what, *result, write=False)
+        if target.version != "3":
+            return await self._community_get(target, oids, what)
+        result = await self._request(
+            cmdgen.GetCommandGenerator(), target,
+            [(rfc1902.ObjectName(oid), v2c.null) for oid in oids], write=False)
+        failure = _pysnmp_failure(target, what, *result, write=False)
         if failure:
             raise failure
         return [(tuple(name), value) for name, value in result[3]]
 
+    # -- community GETs without pysnmp (see the module doc) ---------------
+
+    async def _community_get(self, target, oids, what):
+        address, family = await _address(target)
+        datagrams = await self._socket(family)
+        self._request_ids = request_id = self._request_ids % 0x7FFFFFFF + 1
+        encoded = []
+        for oid in oids:
+            code = self._encoded.get(oid)
+            if code is None:
+                code = self._encoded[oid] = snmp_ber.encode_oid(oid)
+            encoded.append(code)
+        message = snmp_ber.encode_get(0 if target.version == "1" else 1,
+                                      _community_bytes(target.community), request_id, encoded)
+        response = await datagrams.exchange(message, request_id, address, target.timeout,
+                                            target.retries)
+        if response is None:
+            raise _failure(target, what, errind.requestTimedOut, None, "?", write=False)
+        if response.error_status:
+            index = response.error_index
+            oid = ".".join(map(str, oids[index - 1])) if 0 < index <= len(oids) else "?"
+            raise _failure(target, what, None, response.status_name, oid, write=False)
+        if [name for name, _ in response.var_binds] != list(oids):
+            raise ProtocolError(f"{target.describe()} {what}: the answer names other "
+                                "variables than the request")
+        return list(response.var_binds)
+
+    async def _socket(self, family):
+        """
+        The :class:`_Datagrams` of ``family``, opened on first use.  Opening
+        is a task of its own: a caller cancelled meanwhile leaves it to the
+        others (and to the next caller).
+        """
+        opening = self._sockets.get(family)
+        if opening is None:
+            loop = asyncio.get_running_loop()
+            opening = self._sockets[family] = asyncio.ensure_future(
+                loop.create_datagram_endpoint(_Datagrams, family=family))
+            opening.add_done_callback(lambda done: self._opened(family, done))
+        _, protocol = await asyncio.shield(opening)
+        return protocol
+
+    def _opened(self, family, opening):
+        """A socket opened, or failed to: forget a failure; close one :meth:`close` dropped."""
+        if opening.cancelled() or opening.exception() is not None:
+            if self._sockets.get(family) is opening:
+                del self._sockets[family]  # the next call tries again
+        elif self._sockets.get(family) is not opening:
+            opening.result()[0].close()
+
     async def set(self, target, oid, value, what="set"):
         """SET one Integer32 with the write credentials."""
-        transport = await target.transport()
-        result = await hlapi.set_cmd(
-            self._snmp_engine(), target.auth_data(write=True), transport, hlapi.ContextData(),
-            hlapi.ObjectType(hlapi.ObjectIdentity(oid), hlapi.Integer32(value)),
-            lookupMib=False,
-        )
-        failure = _failure(target, what, *result, write=True)
+        result = await self._request(
+            cmdgen.SetCommandGenerator(), target,
+            [(rfc1902.ObjectName(oid), rfc1902.Integer32(value))], write=True)
+        failure = _pysnmp_failure(target, what, *result, write=True)
         if failure:
             raise failure
 
@@ -343,13 +596,14 @@ class SnmpDriverType:
             else:
                 result = await hlapi.bulk_cmd(
                     self._snmp_engine(), target.auth_data(write=False), transport,
-                    hlapi.ContextData(), 0, MAX_VARBINDS,
+                    hlapi.ContextData(), 0, BULK_REPETITIONS,
                     hlapi.ObjectType(hlapi.ObjectIdentity(start)), lookupMib=False,
                 )
             indication, status, index, var_binds = result
             if status and status.prettyPrint() == "noSuchName":
                 return out  # v1 end of MIB
-            failure = _failure(target, what, indication, status, index, var_binds, write=False)
+            failure = _pysnmp_failure(target, what, indication, status, index, var_binds,
+                                      write=False)
             if failure:
                 raise failure
             for name, value in var_binds:
@@ -406,13 +660,53 @@ class SnmpDriverType:
         wanted = sorted(set(outlets))
         states = {}
         for start in range(0, len(wanted), MAX_VARBINDS):
-            chunk = wanted[start : start + MAX_VARBINDS]
-            rows = await self.get(
-                target, [family.status_instance(unit, n) for n in chunk], "query outlets"
-            )
-            for n, (_, value) in zip(chunk, rows):
-                states[n] = PowerState.UNKNOWN if _is_missing(value) else family.state_of(value)
+            await self._get_states(target, family, unit, wanted[start:start + MAX_VARBINDS],
+                                   states)
         return states
+
+    async def _get_states(self, target, family, unit, chunk, states):
+        """
+        Read ``chunk`` (outlet numbers) into ``states``: one GET, or as many
+        as the PDU's tooBig answers ask for (see the module doc).
+        """
+        where = (target.host, target.port)
+        size = self._fits.get(where, len(chunk))
+        if size < len(chunk):  # this PDU answered tooBig to more before
+            for start in range(0, len(chunk), size):
+                await self._get_states(target, family, unit, chunk[start:start + size], states)
+            return
+        oids = [family.status_instance(unit, n) for n in chunk]
+        try:
+            rows = await self.get(target, oids, "query outlets")
+        except PowerTimeout:
+            if len(chunk) <= SAFE_VARBINDS or where in self._fits:
+                raise
+            # Silence to a big GET: an agent may drop a request it cannot
+            # hold instead of answering tooBig.  Retried (once, remembered)
+            # at the size every PDU takes; a dead PDU times out again.
+            self.log.warn("{what}: no answer to a GET of {n} outlets; asking for "
+                          "{safe} at a time from now on", what=target.describe(),
+                          n=len(chunk), safe=SAFE_VARBINDS)
+            self._fits[where] = SAFE_VARBINDS
+            await self._get_states(target, family, unit, chunk, states)
+            return
+        except TooBig:
+            if len(chunk) == 1:
+                raise ProtocolError(f"{target.describe()} query outlets: tooBig for one "
+                                    "outlet") from None
+            half = (len(chunk) + 1) // 2
+            self._fits[where] = min(half, self._fits.get(where, half))
+            await self._get_states(target, family, unit, chunk[:half], states)
+            await self._get_states(target, family, unit, chunk[half:], states)
+            return
+        for n, (_, value) in zip(chunk, rows):
+            states[n] = PowerState.UNKNOWN if _is_missing(value) else family.state_of(value)
+
+
+def _settle_future(engine, handle, indication, status, index, var_binds, future):
+    """A command generator's callback: hand the answer to the awaiting coroutine."""
+    if not future.done():  # cancelled meanwhile: the answer is dropped
+        future.set_result((indication, status, index, var_binds))
 
 
 async def _settle():
@@ -443,7 +737,7 @@ class SnmpOutletDriver(VerifyingDriver):
         self.family = snmp_families.get(settings["family"])
         self.unit = settings["unit"]
         self.outlet = settings["outlet"]
-        self.target = Target.from_settings(settings)
+        self.target = driver_type.shared_target(settings)
         self.capabilities = driver_type.capabilities_for(settings)
 
     def describe(self):

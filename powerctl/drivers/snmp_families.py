@@ -115,8 +115,18 @@ class Family:
     index: IndexScheme = IndexScheme()
 
     def state_of(self, raw):
-        """The :class:`PowerState` a raw status integer stands for."""
-        return dict(self.status_values).get(int(raw), PowerState.UNKNOWN)
+        """
+        The :class:`PowerState` a raw status integer stands for (UNKNOWN for
+        anything else, a value of another type included).
+        """
+        try:
+            raw = int(raw)
+        except (TypeError, ValueError):
+            return PowerState.UNKNOWN
+        for known, state in self.status_values:
+            if known == raw:
+                return state
+        return PowerState.UNKNOWN
 
     def raw_of(self, state):
         """The raw status integer for ON or OFF (used by simulators)."""

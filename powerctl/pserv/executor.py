@@ -61,8 +61,8 @@ def build_node_power(catalogue, power, lockout=None, circuit=None):
 class KnownNode:
     """What the executor keeps for one node, built from its power document."""
 
-    #: the document as canonical JSON: an unchanged document keeps the drivers
-    key: str
+    #: a digest of the document as canonical JSON: an unchanged document keeps the drivers
+    key: bytes
     #: the :class:`NodeTopology` driving it
     power: NodeTopology
     #: the document as received
@@ -127,9 +127,12 @@ class DriverExecutor:
             raise InvalidPowerDocument(str(e)) from None
         if circuit is not None:
             self._circuits.learn(circuit)
-        key = json.dumps([power, circuit.name if circuit else None], sort_keys=True)
+        # a digest, not the canonical JSON itself: kept for every node
+        key = hashlib.blake2b(json.dumps([power, circuit.name if circuit else None],
+                                         sort_keys=True).encode(), digest_size=16).digest()
         known = self._nodes.get(node)
-        if known is None or known.key != key:
+        unchanged = known is not None and known.key == key
+        if not unchanged:
             gate = self._circuits.gate(circuit.name) if circuit is not None else None
             self._nodes[node] = KnownNode(
                 key, build_node_power(self._catalogue, power, self._lockout, gate), power,
@@ -138,7 +141,9 @@ class DriverExecutor:
             self._nodes[node] = attrs.evolve(known, circuit=circuit)
         if self._lockout is None:
             return
-        for index, agent in enumerate(PowerDoc.parse(power).agents):
+        # An unchanged document has its agents registered already (a refresh
+        # passes every node again: 10,000 parses and keys for nothing).
+        for index, agent in () if unchanged else enumerate(PowerDoc.parse(power).agents):
             self._lockout.register(node, index, agent_key(
                 self._catalogue, {"driver": agent.driver, "params": agent.params}))
         listed = {int(entry["agent"]): int(entry["id"]) for entry in lockouts or ()

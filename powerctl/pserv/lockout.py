@@ -33,6 +33,7 @@ SNMP reads).
 
 import hashlib
 import json
+import sys
 
 import attrs
 from twisted.internet import defer
@@ -47,11 +48,15 @@ _ACCOUNT = ("host", "url", "port", "username", "user", "unit")
 
 
 def credentials_key(driver_name, params, secrets):
-    """A key for one account on one device; the secrets only hashed."""
+    """
+    A key for one account on one device; the secrets only hashed.  Interned:
+    the outlets of a PDU (50 nodes) share one account, and every node keeps
+    its key twice (its guarded driver, the guard's registration).
+    """
     account = {k: params.get(k) for k in _ACCOUNT if params.get(k) is not None}
     hidden = {k: hashlib.sha256(json.dumps(params.get(k), sort_keys=True).encode())
               .hexdigest() for k in sorted(secrets) if params.get(k) is not None}
-    return json.dumps([driver_name, account, hidden], sort_keys=True, default=str)
+    return sys.intern(json.dumps([driver_name, account, hidden], sort_keys=True, default=str))
 
 
 def agent_key(catalogue, agent):

@@ -10,6 +10,23 @@ through the BMC lock-out guard under the PDU's credentials like any
 driver call (issue 10), so a refused community or v3 key is not tried
 round after round.  Results go to the region in one batch per round.
 
+Rounds also refresh from the region (a full ``Recover`` paging: nodes added
+or changed, dispatches lost), the safety net under the region's pushes.
+The refresh runs *beside* the queries, not before them: nothing a query
+reads depends on it -- a node the refresh learns is polled from the next
+round on, one forgotten meanwhile is dropped from the report -- and the
+round ends when both have.  A refresh is costly at scale (at 10,000 nodes
+about 7 s, mostly waiting for the region's pages: bench/RESULTS.md), so a
+round starts one only if the last one started at least
+``took / REFRESH_SHARE`` seconds ago (capped at ``REFRESH_AT_LEAST``, so a
+region that was slow once does not delay the next one for long):
+refreshing takes at most that share of the time.  A small fleet (a refresh of milliseconds) still refreshes
+every round; 10,000 nodes polled every 60 s refresh every other round.
+
+Grouping nodes by PDU validates each node's SNMP parameters; that is done
+once per node configuration (the executor keeps the same document object
+while a node's configuration is unchanged) and kept, not redone each round.
+
 The poller is a ``TimerService``: the pserv's ``MultiService`` starts and
 stops it with everything else, and stopping it waits for the round under
 way.  A round starts when the service starts too, a no-op then (no region
@@ -30,6 +47,12 @@ from powerctl.pserv.lockout import agent_key
 from powerctl.registry import Outcome, PowerAction
 
 
+#: the largest share of the time full refreshes may take (see the module doc)
+REFRESH_SHARE = 0.1
+#: ... but one is due at least this often (s), however long the last one took
+REFRESH_AT_LEAST = 300.0
+
+
 class Poller(TimerService):
     """
     Polls every ``interval`` seconds of ``clock`` (a reactor, or a
@@ -47,6 +70,12 @@ class Poller(TimerService):
         self.interval = interval
         self._slots = defer.DeferredSemaphore(concurrency)
         self._ids = itertools.count(1)
+        #: node -> (power document it was grouped from, PDU key or None, outlet)
+        self._grouped = {}
+        #: PDU key -> (driver type, settings of one of its outlets, guard key)
+        self._pdus = {}
+        self._refreshed_at = None  # when the last refresh started (clock seconds)
+        self._refresh_took = 0.0  # and how long it took
 
     def _round(self):
         """
@@ -59,10 +88,28 @@ class Poller(TimerService):
         return d
 
     def poll_once(self):
-        """One round: refresh what we know, query every idle node, report."""
+        """One round: refresh what we know beside querying every idle node and reporting."""
         if not self.link.connected:
             return defer.succeed(None)
-        return self.link.refresh().addCallback(lambda _: self._poll())
+        refresh = self._refresh() if self._refresh_due() else defer.succeed(None)
+        poll = defer.maybeDeferred(self._poll)
+        return defer.gatherResults([refresh, poll], consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure)  # the first failure as it was raised
+
+    def _refresh_due(self):
+        if self._refreshed_at is None:
+            return True
+        wait = min(self._refresh_took / REFRESH_SHARE, REFRESH_AT_LEAST)
+        return self.clock.seconds() - self._refreshed_at >= wait
+
+    def _refresh(self):
+        started = self._refreshed_at = self.clock.seconds()
+
+        def done(result):
+            self._refresh_took = self.clock.seconds() - started
+            return result
+
+        return self.link.refresh().addBoth(done)
 
     def _poll(self):
         epoch = self.link.epoch  # results go out under the lease they were polled under
@@ -90,34 +137,55 @@ class Poller(TimerService):
         (and by the lock-out guard's key of those credentials).
         """
         pdus, singles = {}, []
-        catalogue = self.executor.catalogue
+        grouped, known_pdus = {}, {}
         for node in nodes:
             try:
                 power = self.executor.config(node)
             except KeyError:
                 continue  # forgotten since the round began
-            agents = agent_list(power)
-            if len(agents) != 1 or agents[0].get("driver") != "snmp":
+            entry = self._grouped.get(node)
+            if entry is None or entry[0] is not power:
+                entry = self._group_one(node, power)
+            grouped[node] = entry
+            key = entry[1]
+            if key is None:
                 singles.append(node)
                 continue
-            driver_type = catalogue.get("snmp")
-            if not hasattr(driver_type, "query_outlets"):
-                singles.append(node)
-                continue
-            try:
-                settings = catalogue.validate("snmp", agents[0].get("params", {}))
-            except Exception:
-                # Accepted when configured, so this is a bug; it must not
-                # cost the other nodes their poll: this one is queried alone.
-                self.log.failure("grouping node {node} by PDU", node=node)
-                singles.append(node)
-                continue
-            guard_key = agent_key(catalogue, agents[0])
-            key = json.dumps([{k: v for k, v in settings.items() if k != "outlet"},
-                              guard_key], sort_keys=True, default=str)
-            entry = pdus.setdefault(key, (driver_type, settings, {}, guard_key))
-            entry[2][node] = settings["outlet"]
+            pdu = known_pdus[key] = self._pdus[key]
+            pdus.setdefault(key, (pdu[0], pdu[1], {}, pdu[2]))[2][node] = entry[2]
+        # only what this round used is kept: forgotten nodes and PDUs go
+        self._grouped, self._pdus = grouped, known_pdus
         return pdus, singles
+
+    def _group_one(self, node, power):
+        """``(power, PDU key, outlet)`` of one node; the PDU key is None if queried alone."""
+        catalogue = self.executor.catalogue
+        agents = agent_list(power)
+        if len(agents) != 1 or agents[0].get("driver") != "snmp":
+            return (power, None, None)
+        driver_type = catalogue.get("snmp")
+        if not hasattr(driver_type, "query_outlets"):
+            return (power, None, None)
+        try:
+            settings = catalogue.validate("snmp", agents[0].get("params", {}))
+        except Exception:
+            # Accepted when configured, so this is a bug; it must not
+            # cost the other nodes their poll: this one is queried alone.
+            self.log.failure("grouping node {node} by PDU", node=node)
+            return (power, None, None)
+        guard_key = agent_key(catalogue, agents[0])
+        key = json.dumps([{k: v for k, v in settings.items() if k != "outlet"},
+                          guard_key], sort_keys=True, default=str)
+        if key not in self._pdus:
+            self._pdus[key] = (driver_type, settings, guard_key)
+        return (power, key, settings["outlet"])
+
+    def _still_known(self, node):
+        try:
+            self.executor.config(node)
+        except KeyError:
+            return False
+        return True
 
     def _query_pdu(self, driver_type, settings, outlets, guard_key):
         guard = getattr(self.executor, "lockout", None)
@@ -134,6 +202,8 @@ class Poller(TimerService):
         states = []
         for result in results:
             for node, value in result.items():
+                if not self._still_known(node):
+                    continue  # forgotten while it was read (handed over, deleted)
                 if isinstance(value, Failure):
                     states.append({"node": node, "state": PowerState.ERROR.value,
                                    "error": value.getErrorMessage()[:2000],

@@ -13,6 +13,11 @@ faults:
 ``error`` answer every request with ``genErr``;
 ``drop``  silently drop a fraction (``drop_rate``) of the datagrams.
 
+``max_varbinds`` plays an agent with a small message buffer: a GET of more
+variables than that is answered ``tooBig`` (RFC 3416 4.2.1);
+``max_datagram`` one that silently drops a datagram longer than that many
+bytes instead.
+
 Access control is enforced here, not left to pysnmp: with a custom MIB
 controller pysnmp 7 does not check VACM unless asked, and lets a user with
 an empty write view write.  Every SET is checked against the set of
@@ -68,6 +73,10 @@ class SimOptions:
     fault: str = attrs.field(default="none", validator=attrs.validators.in_(FAULTS))
     drop_rate: float = 0.5
     seed: int | None = None
+    #: answer tooBig to a GET of more variables (None: no limit)
+    max_varbinds: int | None = None
+    #: drop, unanswered, a datagram longer than this (None: no limit)
+    max_datagram: int | None = None
 
     def initial_states(self):
         """``{outlet: PowerState}`` from :attr:`initial`."""
@@ -103,6 +112,10 @@ def add_arguments(parser):
     parser.add_argument("--fault", choices=FAULTS, default=d.fault)
     parser.add_argument("--drop-rate", type=float, default=d.drop_rate)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-varbinds", type=int, default=None,
+                        help="answer tooBig to a GET of more variables than this")
+    parser.add_argument("--max-datagram", type=int, default=None,
+                        help="drop, unanswered, datagrams longer than this many bytes")
     return parser
 
 
@@ -120,6 +133,10 @@ class _FaultyUdp(udp.UdpAsyncioTransport):
         self._sim = sim
 
     def datagram_received(self, datagram, transportAddress):
+        limit = self._sim.options.max_datagram
+        if limit is not None and len(datagram) > limit:
+            self._sim.datagrams += 1
+            return
         deliver = lambda: udp.UdpAsyncioTransport.datagram_received(  # noqa: E731
             self, datagram, transportAddress
         )
@@ -154,6 +171,9 @@ class _OutletMib:
     # -- the three operations the command responders call ---------------
 
     def read_variables(self, *varBinds, **ctx):
+        limit = self._sim.options.max_varbinds
+        if limit is not None and len(varBinds) > limit:
+            raise smi_error.TooBigError(name=varBinds[0][0], idx=0)
         out = []
         for idx, (name, _) in enumerate(varBinds):
             self._check_fault(name, idx)
