@@ -66,6 +66,9 @@ def parse(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="a further sweep under cProfile (top functions on stderr)")
     p.add_argument("--timeout", type=float, default=240)
+    p.add_argument("--trace", action="store_true",
+                   help="replay: the drivers' HTTP requests and verified changes (durations,"
+                   " how many at once) in the bare driver and the pserv, in the row's note")
     p.add_argument("--json", action="store_true")
     p.add_argument("--logs", help="a directory: the region's and the pserv's logs go there"
                    " (region.log, pserv.log), for looking into a row")
@@ -351,7 +354,8 @@ async def replay_row(reactor, args):
         mine, theirs = agents[0::2][:n], agents[1::2][:n]
         files.append(write_agents(theirs))
         bare = Child(bare_argv(files[0], args, "--action", "on",
-                               "--concurrency", str(args.max_actions)))
+                               "--concurrency", str(args.max_actions),
+                               *(("--trace",) if args.trace else ())))
         try:
             await bare.until("started", 60)
             base = await bare.until("round", args.timeout)
@@ -365,11 +369,15 @@ async def replay_row(reactor, args):
             raise RuntimeError(f"POST /v1/power: {code} {body}")
         ids = [op["id"] for op in body["operations"]] if "operations" in body else body["ids"]
         pserv = Child(pserv_argv(harness, args,
-                                 *(("--profile-sweep",) if args.profile else ())))
+                                 *(("--profile-sweep",) if args.profile else ()),
+                                 *(("--trace",) if args.trace else ())))
         try:
             started = (await pserv.until("started", 60), time.time())[1]
             pending, ok, last, last_start = await wait_ops(harness, ids, args.timeout)
             rss = pserv.rss_mb()
+            if args.trace:
+                pserv.proc.stdin.close()
+                traced = (await pserv.until("end", 60)).get("trace")
         finally:
             pserv.close()
     finally:
@@ -384,7 +392,8 @@ async def replay_row(reactor, args):
                 " switch)", base["s"], took, ratio, ">= 0.8 x", ratio >= 0.8 and not pending,
                 f"{ok} succeeded, {pending} still open; last one started after "
                 f"{last_start - started:.1f} s; pserv RSS {rss:.0f} MB; "
-                f"bare failures {base['failed']}")]
+                f"bare failures {base['failed']}"
+                + (f"; trace: bare {base.get('trace')}, pserv {traced}" if args.trace else ""))]
 
 
 async def ipmi_row(reactor, args):
