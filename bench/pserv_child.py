@@ -66,6 +66,8 @@ class Trace:
             self.area += self.in_flight * (now - self.last)
         if self.first is None:
             self.first = now
+            self.cpu_first = time.process_time()
+        self.cpu_last = time.process_time()
         self.last = now
         self.in_flight += delta
         self.peak = max(self.peak, self.in_flight)
@@ -103,7 +105,9 @@ class Trace:
         span = (self.last - self.first) if self.first is not None else 0.0
         return {"requests": self.requests, "changes": len(d), "p50": q(0.5), "p90": q(0.9),
                 "max": q(1.0), "mean_in_flight": round(self.area / span, 1) if span else 0.0,
-                "peak_in_flight": self.peak, "span": round(span, 2)}
+                "peak_in_flight": self.peak, "span": round(span, 2),
+                "first_at": self.first, "last_at": self.last,
+                "cpu": round(self.cpu_last - self.cpu_first, 2) if d else 0.0}
 
 
 def settings_from(args):

@@ -67,7 +67,7 @@ def parse(argv=None):
                    help="a further sweep under cProfile (top functions on stderr)")
     p.add_argument("--timeout", type=float, default=240)
     p.add_argument("--trace", action="store_true",
-                   help="replay: the drivers' HTTP requests and verified changes (durations,"
+                   help="replay, ipmi: the drivers' HTTP requests and verified changes (durations,"
                    " how many at once) in the bare driver and the pserv, in the row's note")
     p.add_argument("--json", action="store_true")
     p.add_argument("--logs", help="a directory: the region's and the pserv's logs go there"
@@ -193,27 +193,24 @@ def write_agents(agents):
     return path
 
 
-async def open_ops(harness, ids):
+async def open_ops(conn, ids):
     """
     (operations still open, succeeded, seconds since the epoch of the last
     finish, and of the last start: how long the region took to hand out
-    the last operation).
+    the last operation), read on ``conn`` (one psycopg2 connection kept for
+    the whole wait: a connection per look, five a second, cost PostgreSQL a
+    backend each while the pserv ran and the bare driver did not).
     """
-    import psycopg2
     from twisted.internet import threads
 
     def read():
-        conn = psycopg2.connect(harness.dsn)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FILTER (WHERE state IN ('pending', 'running')),"
-                            " count(*) FILTER (WHERE state = 'succeeded'),"
-                            " extract(epoch FROM max(finished_at)),"
-                            " extract(epoch FROM max(started_at))"
-                            " FROM power_ops WHERE id = ANY(%s)", (list(ids),))
-                return cur.fetchone()
-        finally:
-            conn.close()
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FILTER (WHERE state IN ('pending', 'running')),"
+                        " count(*) FILTER (WHERE state = 'succeeded'),"
+                        " extract(epoch FROM max(finished_at)),"
+                        " extract(epoch FROM max(started_at))"
+                        " FROM power_ops WHERE id = ANY(%s)", (list(ids),))
+            return cur.fetchone()
 
     return await threads.deferToThread(read)
 
@@ -238,14 +235,32 @@ async def ended_otherwise(harness, ids):
 
 
 async def wait_ops(harness, ids, timeout):
+    import psycopg2
     from twisted.internet import reactor, task
 
-    deadline = time.monotonic() + timeout
-    while True:
-        pending, ok, last, last_start = await open_ops(harness, ids)
-        if not pending or time.monotonic() > deadline:
-            return pending, ok, float(last or 0), float(last_start or 0)
-        await task.deferLater(reactor, 0.2, lambda: None)
+    conn = psycopg2.connect(harness.dsn)
+    conn.autocommit = True  # every look sees the latest commits
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            pending, ok, last, last_start = await open_ops(conn, ids)
+            if not pending or time.monotonic() > deadline:
+                return pending, ok, float(last or 0), float(last_start or 0)
+            await task.deferLater(reactor, 0.2, lambda: None)
+    finally:
+        conn.close()
+
+
+def lag(started, traced, last):
+    """
+    Where a row's time went besides the drivers' work (``--trace``): from
+    the start (request, or the pserv's start) to the pserv's first verified
+    change, and from its last change's end to the last ``finished_at``.
+    """
+    if not traced or traced.get("first_at") is None:
+        return "no change traced"
+    return (f"first change {traced['first_at'] - started:.2f} s after the start, last outcome "
+            f"recorded {last - traced['last_at']:.2f} s after the last change ended")
 
 
 def states(sweep):
@@ -393,7 +408,8 @@ async def replay_row(reactor, args):
                 f"{ok} succeeded, {pending} still open; last one started after "
                 f"{last_start - started:.1f} s; pserv RSS {rss:.0f} MB; "
                 f"bare failures {base['failed']}"
-                + (f"; trace: bare {base.get('trace')}, pserv {traced}" if args.trace else ""))]
+                + (f"; trace: bare {base.get('trace')}, pserv {traced}; "
+                   + lag(started, traced, last) if args.trace else ""))]
 
 
 async def ipmi_row(reactor, args):
@@ -412,7 +428,8 @@ async def ipmi_row(reactor, args):
                   for port in info["ports"]]
         files.append(write_agents(agents))
         bare = Child(bare_argv(files[0], args, "--action", "on",
-                               "--concurrency", str(args.max_actions)))
+                               "--concurrency", str(args.max_actions),
+                               *(("--trace",) if args.trace else ())))
         try:
             await bare.until("started", 60)
             base = await bare.until("round", args.timeout)
@@ -429,7 +446,8 @@ async def ipmi_row(reactor, args):
         names = insert_nodes(harness, agents)
         call = harness.client()
         pserv = Child(pserv_argv(harness, args, "--expect", str(n),
-                                 *(("--profile-sweep",) if args.profile else ())))
+                                 *(("--profile-sweep",) if args.profile else ()),
+                                 *(("--trace",) if args.trace else ())))
         try:
             await pserv.until("known", args.timeout)
             started = time.time()
@@ -442,6 +460,9 @@ async def ipmi_row(reactor, args):
             pending, ok, last, last_start = await wait_ops(harness, ids, args.timeout)
             rss = pserv.rss_mb()
             others = await ended_otherwise(harness, ids)
+            if args.trace:
+                pserv.proc.stdin.close()
+                traced = (await pserv.until("end", 60)).get("trace")
         finally:
             pserv.close()
     finally:
@@ -459,7 +480,9 @@ async def ipmi_row(reactor, args):
                 f"{ok} succeeded, {pending} open; request answered in {answered:.2f} s; "
                 f"last one started after {last_start - started:.1f} s; "
                 f"bare failures {base['failed']}"
-                + (f"; not succeeded: {others}" if others else "")),
+                + (f"; not succeeded: {others}" if others else "")
+                + (f"; trace: bare {base.get('trace')}, pserv {traced}; "
+                   + lag(started, traced, last) if args.trace else "")),
             row(f"pserv RSS MB, {n} ipmi nodes after power-on", 0.0, rss, 0.0, "<= 100 MB",
                 rss <= 100.0, "no baseline")]
 
