@@ -373,7 +373,9 @@ async def replay_row(reactor, args):
                                *(("--trace",) if args.trace else ())))
         try:
             await bare.until("started", 60)
+            cpu = (sim.cpu_s(), time.process_time())
             base = await bare.until("round", args.timeout)
+            cpu_bare = (sim.cpu_s() - cpu[0], time.process_time() - cpu[1])
         finally:
             bare.close()
         harness = await RegionHarness.start(reactor)
@@ -388,7 +390,9 @@ async def replay_row(reactor, args):
                                  *(("--trace",) if args.trace else ())))
         try:
             started = (await pserv.until("started", 60), time.time())[1]
+            cpu = (sim.cpu_s(), time.process_time())
             pending, ok, last, last_start = await wait_ops(harness, ids, args.timeout)
+            cpu_pserv = (sim.cpu_s() - cpu[0], time.process_time() - cpu[1])
             rss = pserv.rss_mb()
             if args.trace:
                 pserv.proc.stdin.close()
@@ -407,7 +411,9 @@ async def replay_row(reactor, args):
                 " switch)", base["s"], took, ratio, ">= 0.8 x", ratio >= 0.8 and not pending,
                 f"{ok} succeeded, {pending} still open; last one started after "
                 f"{last_start - started:.1f} s; pserv RSS {rss:.0f} MB; "
-                f"bare failures {base['failed']}"
+                f"bare failures {base['failed']}; CPU s of the simulators {cpu_bare[0]:.1f} "
+                f"(bare) / {cpu_pserv[0]:.1f} (pserv), of this process (region, PostgreSQL "
+                f"client) {cpu_bare[1]:.1f} / {cpu_pserv[1]:.1f}"
                 + (f"; trace: bare {base.get('trace')}, pserv {traced}; "
                    + lag(started, traced, last) if args.trace else ""))]
 
