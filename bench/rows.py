@@ -23,12 +23,17 @@ same simulators, same concurrency); the simulators run in a third process
   10 minutes on a 2-core machine (the figure's name says so).
 
     .venv/bin/python bench/rows.py [--only snmp,redfish,replay,ipmi] [--json] [--logs DIR]
+        [--trace]
 
 Prints the table (or, with ``--json``, one JSON row per line for
 bench/table.py); asserts nothing.  Every wait is bounded by ``--timeout``.
 ``--logs DIR`` keeps the region's and the pserv's logs (``region.log``,
 ``pserv.log``); the IPMI row also lists the errors of the operations that
-did not succeed.
+did not succeed.  ``--trace`` (replay, ipmi) adds, for the bare driver and
+the pserv alike, the drivers' HTTP requests by method, the verified
+changes' durations and how many ran at once, and when the pserv's first
+change started and its last outcome was recorded: fewer actions at once,
+slower actions, late dispatch or late reports tell apart.
 """
 
 import argparse
