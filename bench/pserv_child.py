@@ -43,6 +43,73 @@ def say(event, **fields):
                           **fields)), flush=True)
 
 
+class Trace:
+    """
+    ``--trace``: what the drivers did in this process, the same way for the
+    pserv and the bare drivers -- HTTP requests by method, verified changes
+    (``on``/``off``) by duration, and how many were in flight on average
+    (time-weighted) and at most -- so a row can tell fewer actions at once
+    from slower actions.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.requests = {}
+        self.durations = []
+        self.in_flight = self.peak = 0
+        self.area = 0.0
+        self.first = self.last = None
+
+    def _tick(self, delta):
+        now = self.clock.seconds()
+        if self.last is not None:
+            self.area += self.in_flight * (now - self.last)
+        if self.first is None:
+            self.first = now
+            self.cpu_first = time.process_time()
+        self.cpu_last = time.process_time()
+        self.last = now
+        self.in_flight += delta
+        self.peak = max(self.peak, self.in_flight)
+
+    def install(self):
+        from powerctl.drivers import base, redfish
+
+        trace = self
+        call = redfish.RedfishDriver._call
+
+        async def counted(driver, method, *a, **kw):
+            trace.requests[method] = trace.requests.get(method, 0) + 1
+            return await call(driver, method, *a, **kw)
+
+        redfish.RedfishDriver._call = counted
+        change = base.VerifyingDriver._change
+
+        async def timed(driver, command, want):
+            start = trace.clock.seconds()
+            trace._tick(1)
+            try:
+                return await change(driver, command, want)
+            finally:
+                trace._tick(-1)
+                trace.durations.append(trace.clock.seconds() - start)
+
+        base.VerifyingDriver._change = timed
+
+    def summary(self):
+        d = sorted(self.durations)
+
+        def q(f):
+            return round(d[min(len(d) - 1, int(f * len(d)))], 3) if d else 0.0
+
+        span = (self.last - self.first) if self.first is not None else 0.0
+        return {"requests": self.requests, "changes": len(d), "p50": q(0.5), "p90": q(0.9),
+                "max": q(1.0), "mean_in_flight": round(self.area / span, 1) if span else 0.0,
+                "peak_in_flight": self.peak, "span": round(span, 2),
+                "first_at": self.first, "last_at": self.last,
+                "cpu": round(self.cpu_last - self.cpu_first, 2) if d else 0.0}
+
+
 def settings_from(args):
     from powerctl.config import PservConfig
 
@@ -82,6 +149,9 @@ async def run_pserv(reactor, args):
     from powerctl.pserv.service import PservService
 
     settings = settings_from(args)
+    trace = Trace(reactor) if args.trace else None
+    if trace is not None:
+        trace.install()
     service = PservService.from_config(settings, reactor)
     started = time.perf_counter()
     service.startService()
@@ -136,7 +206,7 @@ async def run_pserv(reactor, args):
                 stats = pstats.Stats(prof, stream=sys.stderr)
                 stats.sort_stats("tottime").print_stats(15)
                 stats.sort_stats("cumulative").print_stats(30)
-        say("end")
+        say("end", **({"trace": trace.summary()} if trace is not None else {}))
     finally:
         await service.stopService()
 
@@ -147,6 +217,9 @@ async def run_bare(reactor, args):
     from powerctl.drivers.interface import perform
 
     settings = settings_from(args)
+    trace = Trace(reactor) if args.trace else None
+    if trace is not None:
+        trace.install()
     catalogue = catalogue_for(reactor, settings)
     with open(args.agents) as f:
         agents = json.load(f)
@@ -172,7 +245,8 @@ async def run_bare(reactor, args):
                                                consumeErrors=True)
             failed = [r for ok, r in results if not ok]
             say("round", s=time.perf_counter() - t, n=n, failed=len(failed),
-                first_error=failed[0].getErrorMessage()[:200] if failed else "")
+                first_error=failed[0].getErrorMessage()[:200] if failed else "",
+                **({"trace": trace.summary()} if trace is not None else {}))
     finally:
         await catalogue.close()
 
@@ -195,6 +269,9 @@ def main():
     p.add_argument("--action", default="query")
     p.add_argument("--pdu", action="store_true", help="bare: one read per PDU")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--trace", action="store_true",
+                   help="count the drivers' HTTP requests and time their verified changes "
+                   "(reported with the round, or the pserv's end)")
     p.add_argument("--log", help="append the process's log (twisted.logger) to this file")
     args = p.parse_args()
     if args.log:

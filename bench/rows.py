@@ -24,12 +24,17 @@ same simulators, same concurrency); the simulators run in a third process
   10 minutes on a 2-core machine (the figure's name says so).
 
     .venv/bin/python bench/rows.py [--only snmp,redfish,replay,ipmi] [--json] [--logs DIR]
+        [--trace]
 
 Prints the table (or, with ``--json``, one JSON row per line for
 bench/table.py); asserts nothing.  Every wait is bounded by ``--timeout``.
 ``--logs DIR`` keeps the region's and the pserv's logs (``region.log``,
 ``pserv.log``); the IPMI row also lists the errors of the operations that
-did not succeed.
+did not succeed.  ``--trace`` (replay, ipmi) adds, for the bare driver and
+the pserv alike, the drivers' HTTP requests by method, the verified
+changes' durations and how many ran at once, and when the pserv's first
+change started and its last outcome was recorded: fewer actions at once,
+slower actions, late dispatch or late reports tell apart.
 """
 
 import argparse
@@ -70,6 +75,9 @@ def parse(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="a further sweep under cProfile (top functions on stderr)")
     p.add_argument("--timeout", type=float, default=240)
+    p.add_argument("--trace", action="store_true",
+                   help="replay, ipmi: the drivers' HTTP requests and verified changes (durations,"
+                   " how many at once) in the bare driver and the pserv, in the row's note")
     p.add_argument("--json", action="store_true")
     p.add_argument("--logs", help="a directory: the region's and the pserv's logs go there"
                    " (region.log, pserv.log), for looking into a row")
@@ -194,27 +202,24 @@ def write_agents(agents):
     return path
 
 
-async def open_ops(harness, ids):
+async def open_ops(conn, ids):
     """
     (operations still open, succeeded, seconds since the epoch of the last
     finish, and of the last start: how long the region took to hand out
-    the last operation).
+    the last operation), read on ``conn`` (one psycopg2 connection kept for
+    the whole wait: a connection per look, five a second, cost PostgreSQL a
+    backend each while the pserv ran and the bare driver did not).
     """
-    import psycopg2
     from twisted.internet import threads
 
     def read():
-        conn = psycopg2.connect(harness.dsn)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FILTER (WHERE state IN ('pending', 'running')),"
-                            " count(*) FILTER (WHERE state = 'succeeded'),"
-                            " extract(epoch FROM max(finished_at)),"
-                            " extract(epoch FROM max(started_at))"
-                            " FROM power_ops WHERE id = ANY(%s)", (list(ids),))
-                return cur.fetchone()
-        finally:
-            conn.close()
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FILTER (WHERE state IN ('pending', 'running')),"
+                        " count(*) FILTER (WHERE state = 'succeeded'),"
+                        " extract(epoch FROM max(finished_at)),"
+                        " extract(epoch FROM max(started_at))"
+                        " FROM power_ops WHERE id = ANY(%s)", (list(ids),))
+            return cur.fetchone()
 
     return await threads.deferToThread(read)
 
@@ -239,14 +244,32 @@ async def ended_otherwise(harness, ids):
 
 
 async def wait_ops(harness, ids, timeout):
+    import psycopg2
     from twisted.internet import reactor, task
 
-    deadline = time.monotonic() + timeout
-    while True:
-        pending, ok, last, last_start = await open_ops(harness, ids)
-        if not pending or time.monotonic() > deadline:
-            return pending, ok, float(last or 0), float(last_start or 0)
-        await task.deferLater(reactor, 0.2, lambda: None)
+    conn = psycopg2.connect(harness.dsn)
+    conn.autocommit = True  # every look sees the latest commits
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            pending, ok, last, last_start = await open_ops(conn, ids)
+            if not pending or time.monotonic() > deadline:
+                return pending, ok, float(last or 0), float(last_start or 0)
+            await task.deferLater(reactor, 0.2, lambda: None)
+    finally:
+        conn.close()
+
+
+def lag(started, traced, last):
+    """
+    Where a row's time went besides the drivers' work (``--trace``): from
+    the start (request, or the pserv's start) to the pserv's first verified
+    change, and from its last change's end to the last ``finished_at``.
+    """
+    if not traced or traced.get("first_at") is None:
+        return "no change traced"
+    return (f"first change {traced['first_at'] - started:.2f} s after the start, last outcome "
+            f"recorded {last - traced['last_at']:.2f} s after the last change ended")
 
 
 def states(sweep):
@@ -359,10 +382,13 @@ async def replay_row(reactor, args):
         mine, theirs = agents[0::2][:n], agents[1::2][:n]
         files.append(write_agents(theirs))
         bare = Child(bare_argv(files[0], args, "--action", "on",
-                               "--concurrency", str(args.max_actions)))
+                               "--concurrency", str(args.max_actions),
+                               *(("--trace",) if args.trace else ())))
         try:
             await bare.until("started", 60)
+            cpu = (sim.cpu_s(), time.process_time())
             base = await bare.until("round", args.timeout)
+            cpu_bare = (sim.cpu_s() - cpu[0], time.process_time() - cpu[1])
         finally:
             bare.close()
         harness = await RegionHarness.start(reactor)
@@ -373,11 +399,17 @@ async def replay_row(reactor, args):
             raise RuntimeError(f"POST /v1/power: {code} {body}")
         ids = [op["id"] for op in body["operations"]] if "operations" in body else body["ids"]
         pserv = Child(pserv_argv(harness, args,
-                                 *(("--profile-sweep",) if args.profile else ())))
+                                 *(("--profile-sweep",) if args.profile else ()),
+                                 *(("--trace",) if args.trace else ())))
         try:
             started = (await pserv.until("started", 60), time.time())[1]
+            cpu = (sim.cpu_s(), time.process_time())
             pending, ok, last, last_start = await wait_ops(harness, ids, args.timeout)
+            cpu_pserv = (sim.cpu_s() - cpu[0], time.process_time() - cpu[1])
             rss = pserv.rss_mb()
+            if args.trace:
+                pserv.proc.stdin.close()
+                traced = (await pserv.until("end", 60)).get("trace")
         finally:
             pserv.close()
     finally:
@@ -392,7 +424,11 @@ async def replay_row(reactor, args):
                 " switch)", base["s"], took, ratio, ">= 0.8 x", ratio >= 0.8 and not pending,
                 f"{ok} succeeded, {pending} still open; last one started after "
                 f"{last_start - started:.1f} s; pserv RSS {rss:.0f} MB; "
-                f"bare failures {base['failed']}")]
+                f"bare failures {base['failed']}; CPU s of the simulators {cpu_bare[0]:.1f} "
+                f"(bare) / {cpu_pserv[0]:.1f} (pserv), of this process (region, PostgreSQL "
+                f"client) {cpu_bare[1]:.1f} / {cpu_pserv[1]:.1f}"
+                + (f"; trace: bare {base.get('trace')}, pserv {traced}; "
+                   + lag(started, traced, last) if args.trace else ""))]
 
 
 async def ipmi_row(reactor, args):
@@ -411,7 +447,8 @@ async def ipmi_row(reactor, args):
                   for port in info["ports"]]
         files.append(write_agents(agents))
         bare = Child(bare_argv(files[0], args, "--action", "on",
-                               "--concurrency", str(args.max_actions)))
+                               "--concurrency", str(args.max_actions),
+                               *(("--trace",) if args.trace else ())))
         try:
             await bare.until("started", 60)
             base = await bare.until("round", args.timeout)
@@ -428,7 +465,8 @@ async def ipmi_row(reactor, args):
         names = insert_nodes(harness, agents)
         call = harness.client()
         pserv = Child(pserv_argv(harness, args, "--expect", str(n),
-                                 *(("--profile-sweep",) if args.profile else ())))
+                                 *(("--profile-sweep",) if args.profile else ()),
+                                 *(("--trace",) if args.trace else ())))
         try:
             await pserv.until("known", args.timeout)
             started = time.time()
@@ -441,6 +479,9 @@ async def ipmi_row(reactor, args):
             pending, ok, last, last_start = await wait_ops(harness, ids, args.timeout)
             rss = pserv.rss_mb()
             others = await ended_otherwise(harness, ids)
+            if args.trace:
+                pserv.proc.stdin.close()
+                traced = (await pserv.until("end", 60)).get("trace")
         finally:
             pserv.close()
     finally:
@@ -458,7 +499,9 @@ async def ipmi_row(reactor, args):
                 f"{ok} succeeded, {pending} open; request answered in {answered:.2f} s; "
                 f"last one started after {last_start - started:.1f} s; "
                 f"bare failures {base['failed']}"
-                + (f"; not succeeded: {others}" if others else "")),
+                + (f"; not succeeded: {others}" if others else "")
+                + (f"; trace: bare {base.get('trace')}, pserv {traced}; "
+                   + lag(started, traced, last) if args.trace else "")),
             row(f"pserv RSS MB, {n} ipmi nodes after power-on", 0.0, rss, 0.0, "<= 100 MB",
                 rss <= 100.0, "no baseline")]
 

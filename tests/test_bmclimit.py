@@ -155,6 +155,31 @@ class LimiterTests(unittest.TestCase):
         limiter.acquire("last:1")
         self.assertLess(len(limiter._pacers), 64)
 
+    def test_sweeping_costs_little_per_call_with_many_devices_busy(self):
+        """
+        64 actions in flight hold 64 devices: every further call used to walk
+        every pacer (a sweep per call past 64); now a walk only once the table
+        doubled, and the table stays within twice the devices in use.
+        """
+        checks = []
+
+        class Counted(Pacer):
+            def idle(self):
+                checks.append(1)
+                return super().idle()
+
+        limiter = BmcLimiter(self.clock, BmcLimits(max_sessions=8))
+        import powerctl.drivers.bmclimit as bmclimit
+        self.patch(bmclimit, "Pacer", Counted)
+        held = [self.successResultOf(limiter.acquire(f"busy{i}:623")) for i in range(64)]
+        calls = 2000
+        for i in range(calls):
+            self.successResultOf(limiter.acquire(f"h{i % 500}:623"))()
+            self.assertLessEqual(len(limiter._pacers), 2 * (64 + 1) + 2)
+        self.assertLess(len(checks), 4 * calls)  # was 64 or more per call
+        for release in held:
+            release()
+
 
 class DriverUnderLimitTests(unittest.TestCase):
     """The verifying base takes a slot of its device for every call."""

@@ -124,6 +124,12 @@ class VerifyingDriver:
     #: the pserv's executor.  Taken only when an ``on`` is really sent (a
     #: host found on already spends nothing) and held until it is verified.
     circuit = None
+    #: Called (no argument) each time the device answered a query -- its
+    #: credentials work -- or None.  The pserv's lock-out guard sets it while
+    #: an attempt runs with credentials not proven yet, so the attempts
+    #: waiting for that proof start after the first answer, not after the
+    #: whole verified action (a second or more of polling).
+    accepted = None
 
     def __init__(self, clock, timing=Timing()):
         self.clock = clock
@@ -166,10 +172,13 @@ class VerifyingDriver:
     # -- the verified operations ---------------------------------------
 
     async def _query(self):
-        return await with_retries(
+        state = await with_retries(
             self.clock, self.timing, self.read_state, f"{self.describe()} query",
             gate=self.bmc,
         )
+        if self.accepted is not None:
+            self.accepted()
+        return state
 
     async def _send(self, command):
         await with_retries(
