@@ -58,6 +58,8 @@ OP_FIELDS = ("id", "node", "action", "state", "coalesced_into", "superseded_by",
              "observed_state", "cancelled_by", "confirmed_by", "detail")
 POD_MANAGER_FIELDS = ("uuid", "name", "driver", "username", "password_set", "url", "status",
                       "description", "created_at", "updated_at")
+#: The Content-Type of every JSON answer, as twisted.web stores a header's values.
+_JSON_TYPE = (b"application/json",)
 _STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, Unavailable: 503}
 
 
@@ -415,8 +417,13 @@ class Api(AsyncResource):
         for name, value in headers:
             request.setHeader(name, value)
         if body is not None:
-            request.setHeader("Content-Type", "application/json")
-            request.write(json.dumps(body).encode("utf-8") + b"\n")
+            data = json.dumps(body).encode("utf-8") + b"\n"
+            # With its length known, the answer goes out in one piece
+            # rather than chunked (fewer writes for the region and less
+            # parsing for the client).
+            request.responseHeaders.setRawHeaders(b"content-type", _JSON_TYPE)
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(data)])
+            request.write(data)
         request.finish()
 
     # -- views ----------------------------------------------------------

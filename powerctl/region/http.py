@@ -46,30 +46,17 @@ def _error_response(status, code, message):
 
 
 class LimitedRequest(server.Request):
-    """A request that stops taking a chunked body once it is over the site's limit."""
+    """
+    A request that stops taking a chunked body once it is over the site's
+    limit.  Its site never parses form bodies (``parsePOSTFormSubmission``
+    off, see :class:`Site`): nothing here takes a form but the login, which
+    reads its own, and twisted.web's multipart parser answers a malformed
+    one with a bare 400 and a dropped connection -- the resource answers 415
+    as for any other body that is not JSON.  (It also spares every POST a
+    parse of its Content-Type through the ``email`` package.)
+    """
 
     _body_bytes = 0
-    _form_type = None
-
-    def requestReceived(self, command, path, version):
-        """
-        Keep twisted.web from parsing form bodies: nothing here takes a form,
-        and its multipart parser answers a malformed one with a bare 400 and
-        a dropped connection.  The Content-Type is hidden while the request
-        line is parsed and put back before the resource sees the request,
-        which then answers 415 like for any other body that is not JSON.
-        """
-        ctype = self.requestHeaders.getRawHeaders(b"content-type") or [b""]
-        if ctype[0].split(b";")[0].strip().lower() in (
-                b"multipart/form-data", b"application/x-www-form-urlencoded"):
-            self._form_type = ctype
-            self.requestHeaders.setRawHeaders(b"content-type", [b"application/octet-stream"])
-        super().requestReceived(command, path, version)
-
-    def process(self):
-        if self._form_type is not None:
-            self.requestHeaders.setRawHeaders(b"content-type", self._form_type)
-        super().process()
 
     def handleContentChunk(self, data):
         self._body_bytes += len(data)
@@ -163,6 +150,7 @@ class Site(server.Site):
 
     def __init__(self, resource, max_body=MAX_BODY, request_timeout=REQUEST_TIMEOUT,
                  idle_timeout=IDLE_TIMEOUT, **kwargs):
+        kwargs.setdefault("parsePOSTFormSubmission", False)  # see LimitedRequest
         super().__init__(resource, requestFactory=LimitedRequest, timeout=idle_timeout,
                          **kwargs)
         self.max_body = max_body
