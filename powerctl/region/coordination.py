@@ -21,6 +21,8 @@ and stops it; stopping waits for the tick under way, then closes the
 listening connection (which gives up the leadership).
 """
 
+import inspect
+
 import psycopg2
 from twisted.application.internet import TimerService
 from twisted.internet import defer, error
@@ -51,7 +53,8 @@ class PromptConnection(txpostgres.Connection):
     about a tenth of the region's CPU for a POST.  A batch larger than
     :attr:`INLINE` (a bulk commit, thousands of events) still goes through
     the Cooperator, which spreads it over reactor turns.  An observer's
-    failure is logged, as txpostgres does, and the others still run.
+    failure (raised, or a failing Deferred or coroutine) is logged, as
+    txpostgres does, and the others still run.
     """
 
     INLINE = 64
@@ -68,8 +71,22 @@ class PromptConnection(txpostgres.Connection):
         del notifies[:]
         for notify in batch:
             for observer in self.getNotifyObservers():
-                defer.maybeDeferred(observer, notify).addErrback(
-                    lambda f: self.log.failure("a NOTIFY observer failed", f))
+                _call_logged(self.log, "a NOTIFY observer failed", observer, notify)
+
+
+def _call_logged(log, what, f, *args):
+    """
+    ``f(*args)``, its failure logged as ``what`` whether it raises or
+    returns a failing Deferred or coroutine; no Deferred is made for a
+    plain result (the common case, a notification this region ignores).
+    """
+    try:
+        result = f(*args)
+    except Exception:
+        log.failure(what)
+        return
+    if isinstance(result, defer.Deferred) or inspect.iscoroutine(result):
+        defer.ensureDeferred(result).addErrback(lambda failure: log.failure(what, failure))
 
 
 class Coordinator(TimerService):
@@ -167,7 +184,6 @@ class Coordinator(TimerService):
             pass  # already broken: closing is best effort
 
     def _notified(self, notify):
-        d = defer.maybeDeferred(self.on_notify, notify.channel, notify.payload)
-        d.addErrback(lambda f: self.log.failure(
-            "handling a {channel} notification", f, channel=notify.channel))
+        _call_logged(self.log, f"handling a {notify.channel} notification", self.on_notify,
+                     notify.channel, notify.payload)
 

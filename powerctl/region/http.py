@@ -72,15 +72,24 @@ class LimitedChannel(http.HTTPChannel):
 
     MAX_LENGTH = MAX_LINE
     log = Logger()
+    #: The timer of the request deadline.  It is kept (disarmed) once a
+    #: request is in, and moved for the next request of the connection:
+    #: one timer per connection, not one created and cancelled per request.
     _deadline = None
+    _armed = False
     _refused = False
 
     def dataReceived(self, data):
         if self._refused:
             return
-        if data and self._deadline is None and not self._handlingRequest:
+        if data and not self._armed and not self._handlingRequest:
             # the first byte of a request starts its clock
-            self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
+            self._armed = True
+            timeout = self.site.request_timeout
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.reset(timeout)
+            else:
+                self._deadline = self.callLater(timeout, self._too_slow)
         super().dataReceived(data)
 
     def lineReceived(self, line):
@@ -114,14 +123,23 @@ class LimitedChannel(http.HTTPChannel):
 
     def _too_slow(self):
         self._deadline = None
+        if not self._armed:
+            return  # no request under way: the idle timeout is twisted.web's
+        self._armed = False
         self.refuse(408, "request_timeout", "the request was not complete within "
                     f"{self.site.request_timeout:g} s")
 
     def _stop_clock(self):
+        """Disarm the request deadline (its timer is kept for the next request)."""
+        self._armed = False
+
+    def connectionLost(self, reason):
         if self._deadline is not None:
             if self._deadline.active():
                 self._deadline.cancel()
             self._deadline = None
+        self._armed = False
+        super().connectionLost(reason)
 
     def refuse(self, status, code, message):
         """Answer ``status`` in the API's error shape, once, and close the connection."""
@@ -133,10 +151,6 @@ class LimitedChannel(http.HTTPChannel):
                       status=status, peer=str(self.transport.getPeer()), message=message)
         self.transport.write(_error_response(status, code, message))
         self.loseConnection()
-
-    def connectionLost(self, reason):
-        self._stop_clock()
-        super().connectionLost(reason)
 
 
 class Site(server.Site):
