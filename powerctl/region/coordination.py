@@ -27,6 +27,7 @@ import psycopg2
 from twisted.application.internet import TimerService
 from twisted.internet import defer, error
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txpostgres import reconnection, txpostgres
 
 #: The advisory lock whose holder runs the periodic jobs.
@@ -86,7 +87,9 @@ def _call_logged(log, what, f, *args):
         log.failure(what)
         return
     if isinstance(result, defer.Deferred) or inspect.iscoroutine(result):
-        defer.ensureDeferred(result).addErrback(lambda failure: log.failure(what, failure))
+        d = defer.ensureDeferred(result)
+        if not d.called or d.paused or isinstance(d.result, Failure):  # else: done, well
+            d.addErrback(lambda failure: log.failure(what, failure))
 
 
 class Coordinator(TimerService):
