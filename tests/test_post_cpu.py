@@ -170,3 +170,40 @@ class DeadlineTests(unittest.TestCase):
         clock.advance(2)
         self.assertIn(b"408 Request Timeout", transport.value())
         self.assertTrue(transport.disconnecting)
+
+
+class _Logged:
+    """What an access log line reads from a request."""
+
+    def __init__(self, peer, uri=b"/v1/nodes/n1/power", agent=None, referrer=None,
+                 method=b"POST", code=202, sent=120):
+        self.peer, self.uri, self.method, self.code = peer, uri, method, code
+        self.clientproto, self.sentLength = b"HTTP/1.1", sent
+        self.headers = {b"user-agent": agent, b"referer": referrer}
+
+    def getClientAddress(self):
+        return self.peer
+
+    def getHeader(self, name):
+        return self.headers.get(name)
+
+
+class AccessLogTests(unittest.TestCase):
+    def test_the_same_line_as_twisted_webs_combined_log(self):
+        from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+        from twisted.web import http as web_http
+
+        v4 = IPv4Address("TCP", "127.0.0.1", 5000)
+        cases = [
+            _Logged(v4),
+            _Logged(v4, agent=b"treq/22 (x; y)", referrer=b"http://a/b?c=d&e"),
+            _Logged(IPv6Address("TCP", "::1", 5000), sent=0, code=500),
+            _Logged(v4, agent=b'say "hi"'), _Logged(v4, agent=b"it's"),
+            _Logged(v4, agent=b"back\\slash"), _Logged(v4, uri=b"/v1/nodes/\xc3\xa9"),
+            _Logged(v4, uri=b"/\x00\x7f\n"), _Logged(UNIXAddress(b"/tmp/s")),
+            _Logged(v4, method=b"G'ET"),
+        ]
+        for request in cases:
+            self.assertEqual(http.access_line("[04/Dec/2026:22:00:00 +0000]", request),
+                             web_http.combinedLogFormatter("[04/Dec/2026:22:00:00 +0000]",
+                                                           request))

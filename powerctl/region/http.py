@@ -21,7 +21,9 @@ up other clients: the event loop never waits on a socket.
 """
 
 import json
+import re
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.web import http, server
 
@@ -36,6 +38,33 @@ IDLE_TIMEOUT = 60.0
 
 _REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
             431: b"Request Header Fields Too Large"}
+
+
+#: Bytes twisted.web's access log writes as they are: printable ASCII but
+#: the quotes and the backslash, which it escapes.
+_PLAIN = re.compile(rb"[ !#-&(-\[\]-~]*")
+
+
+def access_line(timestamp, request):
+    """
+    twisted.web's combined access log line (``combinedLogFormatter``), the
+    same text, made without its per-field ``repr`` escaping when there is
+    nothing to escape (every ordinary request); anything else is left to
+    twisted.web's own formatter.
+    """
+    peer = request.getClientAddress()
+    referrer = request.getHeader(b"referer") or b"-"
+    agent = request.getHeader(b"user-agent") or b"-"
+    plain = _PLAIN.fullmatch
+    if not (isinstance(peer, (IPv4Address, IPv6Address))
+            and plain(peer.host.encode("ascii", "replace")) and plain(referrer)
+            and plain(agent) and plain(request.method) and plain(request.uri)
+            and plain(request.clientproto)):
+        return http.combinedLogFormatter(timestamp, request)
+    return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
+        peer.host, timestamp, request.method.decode("ascii"), request.uri.decode("ascii"),
+        request.clientproto.decode("ascii"), request.code, request.sentLength or "-",
+        referrer.decode("ascii"), agent.decode("ascii"))
 
 
 def _error_response(status, code, message):
@@ -165,6 +194,7 @@ class Site(server.Site):
     def __init__(self, resource, max_body=MAX_BODY, request_timeout=REQUEST_TIMEOUT,
                  idle_timeout=IDLE_TIMEOUT, **kwargs):
         kwargs.setdefault("parsePOSTFormSubmission", False)  # see LimitedRequest
+        kwargs.setdefault("logFormatter", access_line)
         super().__init__(resource, requestFactory=LimitedRequest, timeout=idle_timeout,
                          **kwargs)
         self.max_body = max_body
