@@ -7,6 +7,8 @@ observer's failure and still runs the others; the request deadline, with
 one timer per connection, still applies to a connection's later requests.
 """
 
+import json
+
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
@@ -207,3 +209,23 @@ class AccessLogTests(unittest.TestCase):
             self.assertEqual(http.access_line("[04/Dec/2026:22:00:00 +0000]", request),
                              web_http.combinedLogFormatter("[04/Dec/2026:22:00:00 +0000]",
                                                            request))
+
+
+class AnswerTests(unittest.TestCase):
+    def test_a_json_answer_says_its_length(self):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from powerctl.region.api import Api
+
+        request = DummyRequest([b"v1"])
+        Api.write(None, request, (202, {"id": 1, "live_pserv": False, "warning": "é"},
+                                  [("Location", "/v1/power_ops/1")]))
+        body = b"".join(request.written)
+        self.assertEqual(json.loads(body), {"id": 1, "live_pserv": False, "warning": "é"})
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"content-length"),
+                         [str(len(body)).encode()])
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"),
+                         [b"application/json"])
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"location"),
+                         [b"/v1/power_ops/1"])
+        self.assertEqual((request.responseCode, request.finished), (202, 1))
