@@ -27,6 +27,7 @@ import attrs
 from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
@@ -267,6 +268,14 @@ class EventHub(TimerService):
     after the last it saw, in order, and gives each to every subscriber.
     One read at a time; a notification during a read makes another.
     Also sends keep-alive comments to idle subscribers.
+
+    With nobody subscribed it reads nothing (a busy region would otherwise
+    read and encode every event of every request for no one) and forgets
+    its position (``last`` None).  The next subscriber has it read the
+    newest number afresh (:meth:`start`) *before* its replay reads the
+    journal, so whatever the replay does not see is above that number and
+    comes live: nothing is missed.  ``last`` only ever jumps forward in
+    :meth:`start`, and only from None.
     """
 
     log = Logger()
@@ -279,6 +288,8 @@ class EventHub(TimerService):
         self.last = None
         self.subscribers = set()
         self._reading = None
+        self._starting = None
+        self._start_waiters = []
         self._again = False
         self._down = False
         self._stopping = False
@@ -299,7 +310,7 @@ class EventHub(TimerService):
             subscriber.close()
         self.subscribers.clear()
         stopped = super().stopService() if self.running else defer.succeed(None)
-        busy = [d for d in [self._reading, *self._replays] if d is not None]
+        busy = [d for d in [self._reading, self._starting, *self._replays] if d is not None]
         if busy:
             stopped.addCallback(lambda _: defer.DeferredList(
                 [when_fired(d) for d in busy], consumeErrors=True))
@@ -339,6 +350,12 @@ class EventHub(TimerService):
         if self._reading is not None:
             self._again = True
             return defer.succeed(None)
+        if not self.subscribers:
+            # Nobody to hand events to: nothing to read.  The position is
+            # forgotten (unless a start is under way, which sets it anew).
+            if self._starting is None:
+                self.last = None
+            return defer.succeed(None)
         d = self._reading = defer.ensureDeferred(self._read())
         d.addCallbacks(self._read_ok, self._read_failed)
         d.addBoth(self._read_done)
@@ -366,10 +383,33 @@ class EventHub(TimerService):
             self.read()
         return result
 
-    async def start(self):
-        """Start from the newest event (a region streams what happens from now)."""
-        if self.last is None:
-            self.last = await self.store.events.last_seq()
+    def start(self):
+        """
+        Start from the newest event (a region streams what happens from
+        now) unless the hub has a position; concurrent callers share one
+        read, so they all see one position.
+        """
+        if self.last is not None:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        self._start_waiters.append(waiter)
+        if self._starting is None:
+            self._starting = defer.ensureDeferred(self.store.events.last_seq())
+            self._starting.addBoth(self._started)
+        return waiter
+
+    def _started(self, result):
+        """The newest number (or why it could not be read), to every caller of start."""
+        self._starting = None
+        waiters, self._start_waiters = self._start_waiters, []
+        failed = isinstance(result, Failure)
+        if not failed and self.last is None:
+            self.last = result
+        for waiter in waiters:
+            if failed:
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
 
     async def _read(self):
         if self.last is None:
@@ -489,10 +529,14 @@ class EventStream:
         return self.hub.track(d)
 
     async def _start(self, subscriber, after):
+        if self.hub.last is None:
+            # An idle hub has no position: it is read now, after the
+            # subscriber was registered and before the replay reads, so
+            # what the replay does not see comes live (EventHub).
+            await self.hub.start()
+            if after is None:
+                subscriber.merge.last = max(subscriber.merge.last, self.hub.last or 0)
         if after is None:
-            if self.hub.last is None:
-                await self.hub.start()
-                subscriber.merge.last = max(subscriber.merge.last, self.hub.last)
             subscriber.send(subscriber.merge.caught_up())
         else:
             pruned = await self.store.events.pruned_upto()

@@ -21,7 +21,9 @@ up other clients: the event loop never waits on a socket.
 """
 
 import json
+import re
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.web import http, server
 
@@ -38,6 +40,33 @@ _REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too L
             431: b"Request Header Fields Too Large"}
 
 
+#: Bytes twisted.web's access log writes as they are: printable ASCII but
+#: the quotes and the backslash, which it escapes.
+_PLAIN = re.compile(rb"[ !#-&(-\[\]-~]*")
+
+
+def access_line(timestamp, request):
+    """
+    twisted.web's combined access log line (``combinedLogFormatter``), the
+    same text, made without its per-field ``repr`` escaping when there is
+    nothing to escape (every ordinary request); anything else is left to
+    twisted.web's own formatter.
+    """
+    peer = request.getClientAddress()
+    referrer = request.getHeader(b"referer") or b"-"
+    agent = request.getHeader(b"user-agent") or b"-"
+    plain = _PLAIN.fullmatch
+    if not (isinstance(peer, (IPv4Address, IPv6Address))
+            and plain(peer.host.encode("ascii", "replace")) and plain(referrer)
+            and plain(agent) and plain(request.method) and plain(request.uri)
+            and plain(request.clientproto)):
+        return http.combinedLogFormatter(timestamp, request)
+    return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
+        peer.host, timestamp, request.method.decode("ascii"), request.uri.decode("ascii"),
+        request.clientproto.decode("ascii"), request.code, request.sentLength or "-",
+        referrer.decode("ascii"), agent.decode("ascii"))
+
+
 def _error_response(status, code, message):
     """A complete HTTP/1.1 error response that closes the connection, as bytes."""
     body = json.dumps(error_body(code, message)).encode("utf-8") + b"\n"
@@ -46,30 +75,17 @@ def _error_response(status, code, message):
 
 
 class LimitedRequest(server.Request):
-    """A request that stops taking a chunked body once it is over the site's limit."""
+    """
+    A request that stops taking a chunked body once it is over the site's
+    limit.  Its site never parses form bodies (``parsePOSTFormSubmission``
+    off, see :class:`Site`): nothing here takes a form but the login, which
+    reads its own, and twisted.web's multipart parser answers a malformed
+    one with a bare 400 and a dropped connection -- the resource answers 415
+    as for any other body that is not JSON.  (It also spares every POST a
+    parse of its Content-Type through the ``email`` package.)
+    """
 
     _body_bytes = 0
-    _form_type = None
-
-    def requestReceived(self, command, path, version):
-        """
-        Keep twisted.web from parsing form bodies: nothing here takes a form,
-        and its multipart parser answers a malformed one with a bare 400 and
-        a dropped connection.  The Content-Type is hidden while the request
-        line is parsed and put back before the resource sees the request,
-        which then answers 415 like for any other body that is not JSON.
-        """
-        ctype = self.requestHeaders.getRawHeaders(b"content-type") or [b""]
-        if ctype[0].split(b";")[0].strip().lower() in (
-                b"multipart/form-data", b"application/x-www-form-urlencoded"):
-            self._form_type = ctype
-            self.requestHeaders.setRawHeaders(b"content-type", [b"application/octet-stream"])
-        super().requestReceived(command, path, version)
-
-    def process(self):
-        if self._form_type is not None:
-            self.requestHeaders.setRawHeaders(b"content-type", self._form_type)
-        super().process()
 
     def handleContentChunk(self, data):
         self._body_bytes += len(data)
@@ -85,15 +101,24 @@ class LimitedChannel(http.HTTPChannel):
 
     MAX_LENGTH = MAX_LINE
     log = Logger()
+    #: The timer of the request deadline.  It is kept (disarmed) once a
+    #: request is in, and moved for the next request of the connection:
+    #: one timer per connection, not one created and cancelled per request.
     _deadline = None
+    _armed = False
     _refused = False
 
     def dataReceived(self, data):
         if self._refused:
             return
-        if data and self._deadline is None and not self._handlingRequest:
+        if data and not self._armed and not self._handlingRequest:
             # the first byte of a request starts its clock
-            self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
+            self._armed = True
+            timeout = self.site.request_timeout
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.reset(timeout)
+            else:
+                self._deadline = self.callLater(timeout, self._too_slow)
         super().dataReceived(data)
 
     def lineReceived(self, line):
@@ -127,14 +152,23 @@ class LimitedChannel(http.HTTPChannel):
 
     def _too_slow(self):
         self._deadline = None
+        if not self._armed:
+            return  # no request under way: the idle timeout is twisted.web's
+        self._armed = False
         self.refuse(408, "request_timeout", "the request was not complete within "
                     f"{self.site.request_timeout:g} s")
 
     def _stop_clock(self):
+        """Disarm the request deadline (its timer is kept for the next request)."""
+        self._armed = False
+
+    def connectionLost(self, reason):
         if self._deadline is not None:
             if self._deadline.active():
                 self._deadline.cancel()
             self._deadline = None
+        self._armed = False
+        super().connectionLost(reason)
 
     def refuse(self, status, code, message):
         """Answer ``status`` in the API's error shape, once, and close the connection."""
@@ -146,10 +180,6 @@ class LimitedChannel(http.HTTPChannel):
                       status=status, peer=str(self.transport.getPeer()), message=message)
         self.transport.write(_error_response(status, code, message))
         self.loseConnection()
-
-    def connectionLost(self, reason):
-        self._stop_clock()
-        super().connectionLost(reason)
 
 
 class Site(server.Site):
@@ -163,6 +193,8 @@ class Site(server.Site):
 
     def __init__(self, resource, max_body=MAX_BODY, request_timeout=REQUEST_TIMEOUT,
                  idle_timeout=IDLE_TIMEOUT, **kwargs):
+        kwargs.setdefault("parsePOSTFormSubmission", False)  # see LimitedRequest
+        kwargs.setdefault("logFormatter", access_line)
         super().__init__(resource, requestFactory=LimitedRequest, timeout=idle_timeout,
                          **kwargs)
         self.max_body = max_body
