@@ -67,3 +67,11 @@ class DispatchWithoutPservsTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(defer.ensureDeferred(region.dispatch(op))),
                          "pending")
         self.assertEqual(leases.reads, 0)
+
+    def test_dispatch_later_takes_no_turn_when_no_pserv_is_connected(self):
+        store = FakeRegionStore()
+        region = Region("r1", store, b"secret", task.Clock(), leases=_CountingLeases(store))
+        region._dispatching.run = lambda *a, **kw: self.fail("took a dispatch turn")
+        d = region.dispatch_later({"id": 7, "node": "n1", "action": "on"})
+        self.assertEqual(self.successResultOf(d), "pending")
+        self.assertIn(7, region._dispatched)  # its own NOTIFY is still recognised

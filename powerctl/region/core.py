@@ -207,6 +207,11 @@ class Region:
     def dispatch_later(self, op):
         """Fire-and-forget dispatch for the API (which has answered 202)."""
         self._remember_dispatched([op["id"]])
+        if not self.directory.all():
+            # As in dispatch(): no pserv here to send it to.  Answered before
+            # taking a dispatch turn, which cost the POST path a semaphore and
+            # a tracked Deferred per request for nothing (about 4 % of its CPU).
+            return defer.succeed("pending")
         d = self.track(self._dispatching.run(lambda: defer.ensureDeferred(self.dispatch(op))))
         d.addErrback(lambda f: self.log.failure("dispatch of {op}", f, op=op["id"]))
         return d
