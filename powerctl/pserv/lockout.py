@@ -49,14 +49,18 @@ _ACCOUNT = ("host", "url", "port", "username", "user", "unit")
 
 def credentials_key(driver_name, params, secrets):
     """
-    A key for one account on one device; the secrets only hashed.  Interned:
-    the nodes behind one PDU or Redfish service, and each node's guarded
-    driver and registration, then share one string (issue 14: memory).
+    A key for one account on one device; the secrets only hashed.  The key
+    is a 128-bit digest of the driver, the account and the secrets' hashes
+    (32 hex digits, not the ~200-character JSON: every IPMI node has an
+    account of its own), interned: the nodes behind one PDU or Redfish
+    service, and each node's guarded driver and registration, share one
+    string (issue 14: memory).
     """
     account = {k: params.get(k) for k in _ACCOUNT if params.get(k) is not None}
     hidden = {k: hashlib.sha256(json.dumps(params.get(k), sort_keys=True).encode())
               .hexdigest() for k in sorted(secrets) if params.get(k) is not None}
-    return sys.intern(json.dumps([driver_name, account, hidden], sort_keys=True, default=str))
+    text = json.dumps([driver_name, account, hidden], sort_keys=True, default=str)
+    return sys.intern(hashlib.blake2b(text.encode(), digest_size=16).hexdigest())
 
 
 def agent_key(catalogue, agent):
