@@ -37,10 +37,58 @@ def rss_mb():
     return values.get("VmRSS:", 0.0), values.get("VmHWM:", 0.0)
 
 
+#: Memory reporting (issue 14), by environment so bench/rows.py passes it on
+#: untouched: every event line is also appended to this file, with the
+#: process's role; with POWERCTL_BENCH_TRACEMALLOC=N (frames) each line also
+#: carries the 12 files holding the most traced memory (tracemalloc's own
+#: bookkeeping then inflates the RSS figures: use it to see where, not how much).
+MEMLOG = os.environ.get("POWERCTL_BENCH_MEMLOG")
+TRACE_FRAMES = int(os.environ.get("POWERCTL_BENCH_TRACEMALLOC") or 0)
+ROLE = sys.argv[1] if len(sys.argv) > 1 else "?"
+
+
+_last_snapshot = []  # the previous line's snapshot, for the growth since
+
+
+def traced_top(limit=12):
+    """
+    ``([[file, KiB], ...], [[file:line, KiB grown], ...])``: where traced
+    memory lies now, by file, and where it grew since the previous line.
+    """
+    import tracemalloc
+
+    def short(name):
+        return name.rsplit("/site-packages/", 1)[-1].rsplit("/work/", 1)[-1]
+
+    snapshot = tracemalloc.take_snapshot()
+    stats = snapshot.statistics("filename")
+    top = [[short(s.traceback[0].filename), round(s.size / 1024)] for s in stats[:limit]]
+    grown = []
+    if _last_snapshot:
+        grown = [[f"{short(s.traceback[0].filename)}:{s.traceback[0].lineno}",
+                  round(s.size_diff / 1024)]
+                 for s in snapshot.compare_to(_last_snapshot[0], "lineno")[:limit]]
+    _last_snapshot[:] = [snapshot]
+    return top, grown
+
+
 def say(event, **fields):
     rss, peak = rss_mb()
-    print(json.dumps(dict(event=event, rss_mb=round(rss, 1), peak_mb=round(peak, 1),
-                          **fields)), flush=True)
+    line = json.dumps(dict(event=event, rss_mb=round(rss, 1), peak_mb=round(peak, 1),
+                           **fields))
+    print(line, flush=True)
+    if MEMLOG:
+        extra = {"role": ROLE, "pid": os.getpid()}
+        if TRACE_FRAMES:
+            import tracemalloc
+
+            now, peak = tracemalloc.get_traced_memory()
+            extra["traced_mb"] = round(now / 2**20, 1)
+            extra["traced_peak_mb"] = round(peak / 2**20, 1)  # since the previous line
+            tracemalloc.reset_peak()
+            extra["top"], extra["grown"] = traced_top()
+        with open(MEMLOG, "a") as f:
+            f.write(json.dumps(dict(json.loads(line), **extra)) + "\n")
 
 
 class Trace:
@@ -274,11 +322,18 @@ def main():
                    "(reported with the round, or the pserv's end)")
     p.add_argument("--log", help="append the process's log (twisted.logger) to this file")
     args = p.parse_args()
-    if args.log:
-        from twisted.logger import globalLogBeginner, textFileLogObserver
+    if TRACE_FRAMES:
+        import tracemalloc
 
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(open(args.log, "a"))],
-                                         redirectStandardIO=False)
+        tracemalloc.start(TRACE_FRAMES)
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    # Logging begins as twistd begins it: without, Twisted buffers every
+    # event (up to 65,536) for an observer that never comes, and a sweep's
+    # connection messages then count as the process's memory (issue 14).
+    globalLogBeginner.beginLoggingTo(
+        [textFileLogObserver(open(args.log, "a")) if args.log else (lambda event: None)],
+        redirectStandardIO=False)
     from harness import run
 
     run(run_pserv if args.what == "pserv" else run_bare, args)

@@ -158,6 +158,10 @@ class _Bmc:
     ``command``, which only the (serialised) worker thread replaces.
     """
 
+    # one per BMC, so one per node of an IPMI pserv: no instance dict (issue 14)
+    __slots__ = ("owner", "key", "lock", "command", "credentials", "last_done", "last_used",
+                 "running", "_gate", "abandoned", "_quiesce_waiters")
+
     def __init__(self, owner, key):
         self.owner = owner
         self.key = key

@@ -9,22 +9,37 @@ each type creates its sessions, engine or pools on first use, and
 :meth:`~powerctl.drivers.catalogue.DriverCatalogue.close` releases them.
 """
 
-from powerctl.drivers.catalogue import DriverCatalogue
+from powerctl.drivers.catalogue import DriverCatalogue, LazyType
 from powerctl.drivers.interface import Timing
 
 #: The names :func:`standard_catalogue` provides, for documentation and tests.
 STANDARD_DRIVERS = ("ipmi", "manual", "redfish", "snmp", "webhook")
 
 
+def driver_type_class(name):
+    """
+    The standard driver type class called ``name``, its module imported
+    now (imported late: see :func:`standard_catalogue`).
+    """
+    if name == "ipmi":
+        from powerctl.drivers.ipmi import IpmiDriverType as cls
+    elif name == "snmp":
+        from powerctl.drivers.snmp import SnmpDriverType as cls
+    elif name == "redfish":
+        from powerctl.drivers.redfish import RedfishDriverType as cls
+    elif name == "webhook":
+        from powerctl.drivers.webhook import WebhookDriverType as cls
+    elif name == "manual":
+        from powerctl.drivers.manual import ManualDriverType as cls
+    else:
+        raise KeyError(name)
+    return cls
+
+
 def driver_type_classes():
     """The standard driver type classes, unbuilt (imported late: see :func:`standard_catalogue`)."""
-    from powerctl.drivers.ipmi import IpmiDriverType
-    from powerctl.drivers.manual import ManualDriverType
-    from powerctl.drivers.redfish import RedfishDriverType
-    from powerctl.drivers.snmp import SnmpDriverType
-    from powerctl.drivers.webhook import WebhookDriverType
-
-    return IpmiDriverType, SnmpDriverType, RedfishDriverType, WebhookDriverType, ManualDriverType
+    return tuple(driver_type_class(name) for name in ("ipmi", "snmp", "redfish", "webhook",
+                                                        "manual"))
 
 
 def standard_schemas():
@@ -53,11 +68,12 @@ def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None,
     driver then takes a slot of its device (``host:port``) for each call,
     from one :class:`~powerctl.drivers.bmclimit.BmcLimiter` shared by all
     driver types (None: no limits beyond each driver's own).
-    The driver modules are imported here, not at module level, so that
-    importing this module does not pull in pyghmi and pysnmp before an
-    entry point has installed the asyncio reactor.
+    The driver modules are imported when a type is first asked for
+    (:class:`~powerctl.drivers.catalogue.LazyType`), not at module level,
+    so that importing this module does not pull in pyghmi and pysnmp before
+    an entry point has installed the asyncio reactor, and a pserv without
+    SNMP or IPMI nodes never imports pysnmp or pyghmi (issue 14: memory).
     """
-    ipmi, snmp, redfish, webhook, manual = driver_type_classes()
     timing = Timing() if timing is None else timing
     clock = reactor if clock is None else clock
     limiter = None
@@ -65,10 +81,15 @@ def standard_catalogue(reactor, timing=None, clock=None, manual_timeout=None,
         from powerctl.drivers.bmclimit import BmcLimiter
 
         limiter = BmcLimiter(clock, bmc_limits)
+    makers = {
+        "ipmi": lambda cls: cls(reactor, clock=clock, timing=timing, limiter=limiter),
+        "snmp": lambda cls: cls(clock=clock, timing=timing, limiter=limiter),
+        "redfish": lambda cls: cls(reactor, clock=clock, timing=timing, user_agent=user_agent,
+                                   limiter=limiter),
+        "webhook": lambda cls: cls(reactor, clock=clock, timing=timing, user_agent=user_agent,
+                                   limiter=limiter),
+        "manual": lambda cls: cls(clock, default_timeout=manual_timeout),
+    }
     return DriverCatalogue([
-        ipmi(reactor, clock=clock, timing=timing, limiter=limiter),
-        snmp(clock=clock, timing=timing, limiter=limiter),
-        redfish(reactor, clock=clock, timing=timing, user_agent=user_agent, limiter=limiter),
-        webhook(reactor, clock=clock, timing=timing, user_agent=user_agent, limiter=limiter),
-        manual(clock, default_timeout=manual_timeout),
-    ])
+        LazyType(name, lambda name=name, make=make: make(driver_type_class(name)))
+        for name, make in makers.items()])

@@ -10,6 +10,7 @@ when they change.
 
 import hashlib
 import json
+import sys
 
 import attrs
 from twisted.internet import defer, task
@@ -51,7 +52,8 @@ def build_node_power(catalogue, power, lockout=None, circuit=None):
             if lockout is not None:  # no BMC lock-outs
                 driver = guarded(driver, lockout, catalogue,
                                  {"driver": agent.driver, "params": agent.params})
-            agents.append(Agent(agent.name(index), driver))
+            # one label string for every node's "0:ipmi" (issue 14: memory)
+            agents.append(Agent(sys.intern(agent.name(index)), driver))
             index += 1
         levels.append(Level(agents, level.trusted_unverified))
     return NodeTopology(levels)
@@ -59,16 +61,26 @@ def build_node_power(catalogue, power, lockout=None, circuit=None):
 
 @attrs.frozen
 class KnownNode:
-    """What the executor keeps for one node, built from its power document."""
+    """
+    What the executor keeps for one node, built from its power document.
 
-    #: a digest of the document as canonical JSON: an unchanged document keeps the drivers
-    key: bytes
+    The document is kept as its canonical JSON text only, not as the
+    decoded dict: at 10,000 nodes the dicts alone were about 10 MB of a
+    pserv's resident memory (issue 14), and the text is what an unchanged
+    document is recognised by and what its digest is taken of anyway.
+    """
+
+    #: the document as canonical JSON (sorted keys): an unchanged document
+    #: keeps the drivers; decoded again by :meth:`DriverExecutor.config`
+    key: str
     #: the :class:`NodeTopology` driving it
     power: NodeTopology
-    #: the document as received
-    document: dict
     #: the :class:`~powerctl.pserv.circuits.Circuit` it is on, or None
     circuit: object = None
+
+    @property
+    def circuit_name(self):
+        return self.circuit.name if self.circuit is not None else None
 
 
 class Stagger:
@@ -127,16 +139,14 @@ class DriverExecutor:
             raise InvalidPowerDocument(str(e)) from None
         if circuit is not None:
             self._circuits.learn(circuit)
-        # a digest, not the canonical JSON itself: kept for every node
-        key = hashlib.blake2b(json.dumps([power, circuit.name if circuit else None],
-                                         sort_keys=True).encode(), digest_size=16).digest()
+        key = json.dumps(power, sort_keys=True)
+        name = circuit.name if circuit is not None else None
         known = self._nodes.get(node)
         unchanged = known is not None and known.key == key
-        if not unchanged:
-            gate = self._circuits.gate(circuit.name) if circuit is not None else None
+        if not unchanged or known.circuit_name != name:
+            gate = self._circuits.gate(name) if circuit is not None else None
             self._nodes[node] = KnownNode(
-                key, build_node_power(self._catalogue, power, self._lockout, gate), power,
-                circuit)
+                key, build_node_power(self._catalogue, power, self._lockout, gate), circuit)
         elif known.circuit != circuit:
             self._nodes[node] = attrs.evolve(known, circuit=circuit)
         if self._lockout is None:
@@ -181,7 +191,7 @@ class DriverExecutor:
         known = self._nodes.get(node)
         if known is None:
             return ""
-        return hashlib.sha256(json.dumps(known.document, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(known.key.encode()).hexdigest()
 
     def known_nodes(self):
         return sorted(self._nodes)
@@ -208,8 +218,23 @@ class DriverExecutor:
         return self._nodes[node].power.fence_refusal()
 
     def config(self, node):
-        """The power configuration last learnt for ``node`` (a dict)."""
-        return self._nodes[node].document
+        """
+        The power configuration last learnt for ``node`` (a dict of its
+        own, decoded from the kept text: the caller may keep or change it).
+        """
+        return json.loads(self._nodes[node].key)
+
+    def config_text(self, node):
+        """
+        ``node``'s power configuration as the kept canonical JSON text
+        (KeyError if unknown): the same object while the configuration is
+        unchanged, so a caller caching what it derived from it (the
+        poller's PDU grouping) recognises it by identity, without decoding.
+        """
+        return self._nodes[node].key
+
+    def knows(self, node):
+        return node in self._nodes
 
     @property
     def slots(self):

@@ -50,14 +50,18 @@ _ACCOUNT = ("host", "url", "port", "username", "user", "unit")
 
 def credentials_key(driver_name, params, secrets):
     """
-    A key for one account on one device; the secrets only hashed.  Interned:
-    the outlets of a PDU (50 nodes) share one account, and every node keeps
-    its key twice (its guarded driver, the guard's registration).
+    A key for one account on one device; the secrets only hashed.  The key
+    is a 128-bit digest of the driver, the account and the secrets' hashes
+    (32 hex digits, not the ~200-character JSON: every IPMI node has an
+    account of its own), interned: the nodes behind one PDU or Redfish
+    service, and each node's guarded driver and registration, share one
+    string (issue 14: memory).
     """
     account = {k: params.get(k) for k in _ACCOUNT if params.get(k) is not None}
     hidden = {k: hashlib.sha256(json.dumps(params.get(k), sort_keys=True).encode())
               .hexdigest() for k in sorted(secrets) if params.get(k) is not None}
-    return sys.intern(json.dumps([driver_name, account, hidden], sort_keys=True, default=str))
+    text = json.dumps([driver_name, account, hidden], sort_keys=True, default=str)
+    return sys.intern(hashlib.blake2b(text.encode(), digest_size=16).hexdigest())
 
 
 def agent_key(catalogue, agent):
@@ -93,10 +97,11 @@ class LockoutGuard:
     on_lockout: object = None
     log: object = attrs.field(factory=Logger, init=False)
     _accounts: dict = attrs.field(factory=dict, init=False)
-    _users: dict = attrs.field(factory=dict, init=False)  # (node, agent) -> key
-    #: node -> its agents in ``_users``: a recovery syncs every node, and a
-    #: walk over all users for each made learning 10,000 nodes quadratic
-    _agents: dict = attrs.field(factory=dict, init=False)
+    #: node -> a tuple of its agents' keys, by agent index (None where no
+    #: agent registered): one tuple per node rather than a (node, agent)
+    #: pair and a set of agents per node (issue 14: about 300 B a node);
+    #: by node, so a recovery syncing every node walks no other node's
+    _nodes: dict = attrs.field(factory=dict, init=False)
     _generation: int = attrs.field(default=0, init=False)
 
     def _account(self, key):
@@ -107,27 +112,52 @@ class LockoutGuard:
 
     # -- who uses which credentials --------------------------------------
 
+    def _key_of(self, node, agent):
+        """The key (``node``, ``agent``) registered with, or None."""
+        keys = self._nodes.get(node)
+        if keys is None or not isinstance(agent, int) or not 0 <= agent < len(keys):
+            return None
+        return keys[agent]
+
     def register(self, node, agent, key):
         """(``node``, ``agent``) logs in with ``key`` from now on (its configuration)."""
-        old = self._users.get((node, agent))
+        agent = int(agent)
+        if agent < 0:
+            raise ValueError(f"agent index {agent} is negative")
+        old = self._key_of(node, agent)
         if old is not None and old != key:
             # New credentials: whatever held the old ones does not apply.
             self._drop(old, [(node, agent)])
-        self._users[(node, agent)] = key
-        self._agents.setdefault(node, set()).add(agent)
+        keys = self._nodes.get(node, ())
+        if agent >= len(keys):
+            keys += (None,) * (agent + 1 - len(keys))
+        self._nodes[node] = keys[:agent] + (key,) + keys[agent + 1:]
 
     def unregister(self, node):
         """``node`` is not driven here any more (its lock-outs stay with the region)."""
-        for agent in sorted(self._agents.pop(node, ())):
-            user = (node, agent)
-            self._drop(self._users.pop(user), [user], release=False)
+        keys = self._nodes.get(node, ())
+        for agent, key in enumerate(keys):
+            # one agent after the other, as if each were unregistered alone
+            rest = keys[agent + 1:]
+            if any(k is not None for k in rest):
+                self._nodes[node] = (None,) * (agent + 1) + rest
+            else:
+                self._nodes.pop(node, None)
+            if key is not None:
+                self._drop(key, [(node, agent)], release=False)
 
     def _users_of_node(self, node):
         """``[((node, agent), key)]`` for ``node``'s agents: no walk over every node."""
-        return [((node, a), self._users[(node, a)]) for a in sorted(self._agents.get(node, ()))]
+        return [((node, a), key) for a, key in enumerate(self._nodes.get(node, ()))
+                if key is not None]
 
     def _users_of(self, key):
-        return sorted(u for u, k in self._users.items() if k == key)
+        return sorted((n, a) for n, keys in self._nodes.items()
+                      for a, k in enumerate(keys) if k == key)
+
+    def _used(self, key):
+        """Whether any (node, agent) logs in with ``key`` (stops at the first)."""
+        return any(k == key for keys in self._nodes.values() for k in keys)
 
     def _drop(self, key, users, release=True):
         account = self._accounts.get(key)
@@ -142,7 +172,7 @@ class LockoutGuard:
             account.failures.clear()
             account.proven = False
         self._wake(key)
-        if not account.held and not account.in_flight and not self._users_of(key) \
+        if not account.held and not account.in_flight and not self._used(key) \
                 and not account.failures and not account.waiting:
             self._accounts.pop(key, None)
 
@@ -154,7 +184,7 @@ class LockoutGuard:
 
     def hold(self, node, agent, lockout_id):
         """The region says (``node``, ``agent``)'s credentials are locked out."""
-        key = self._users.get((node, agent))
+        key = self._key_of(node, agent)
         if key is None:
             return
         account = self._account(key)
@@ -165,7 +195,7 @@ class LockoutGuard:
     def acknowledged(self, node, agent, lockout_id):
         """The region recorded our report under ``lockout_id``."""
         self._generation += 1
-        key = self._users.get((node, agent))
+        key = self._key_of(node, agent)
         account = self._accounts.get(key) if key is not None else None
         if account is not None and (node, agent) in account.held:
             account.held[(node, agent)] = int(lockout_id)
@@ -331,6 +361,8 @@ class LockoutGuard:
 @implementer(IPowerDriver)
 class GuardedDriver:
     """A driver whose calls go through a :class:`LockoutGuard` under ``key``."""
+
+    __slots__ = ("_driver", "_guard", "_key")  # one per agent (issue 14: memory)
 
     def __init__(self, driver, guard, key):
         self._driver = driver

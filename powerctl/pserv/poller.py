@@ -140,12 +140,12 @@ class Poller(TimerService):
         grouped, known_pdus = {}, {}
         for node in nodes:
             try:
-                power = self.executor.config(node)
+                text = self.executor.config_text(node)
             except KeyError:
                 continue  # forgotten since the round began
             entry = self._grouped.get(node)
-            if entry is None or entry[0] is not power:
-                entry = self._group_one(node, power)
+            if entry is None or entry[0] is not text:
+                entry = self._group_one(node, text)
             grouped[node] = entry
             key = entry[1]
             if key is None:
@@ -157,35 +157,34 @@ class Poller(TimerService):
         self._grouped, self._pdus = grouped, known_pdus
         return pdus, singles
 
-    def _group_one(self, node, power):
-        """``(power, PDU key, outlet)`` of one node; the PDU key is None if queried alone."""
+    def _group_one(self, node, text):
+        """
+        ``(text, PDU key, outlet)`` of one node, from its configuration's
+        kept text; the PDU key is None if it is queried alone.
+        """
         catalogue = self.executor.catalogue
-        agents = agent_list(power)
+        agents = agent_list(json.loads(text))
         if len(agents) != 1 or agents[0].get("driver") != "snmp":
-            return (power, None, None)
+            return (text, None, None)
         driver_type = catalogue.get("snmp")
         if not hasattr(driver_type, "query_outlets"):
-            return (power, None, None)
+            return (text, None, None)
         try:
             settings = catalogue.validate("snmp", agents[0].get("params", {}))
         except Exception:
             # Accepted when configured, so this is a bug; it must not
             # cost the other nodes their poll: this one is queried alone.
             self.log.failure("grouping node {node} by PDU", node=node)
-            return (power, None, None)
+            return (text, None, None)
         guard_key = agent_key(catalogue, agents[0])
         key = json.dumps([{k: v for k, v in settings.items() if k != "outlet"},
                           guard_key], sort_keys=True, default=str)
         if key not in self._pdus:
             self._pdus[key] = (driver_type, settings, guard_key)
-        return (power, key, settings["outlet"])
+        return (text, key, settings["outlet"])
 
     def _still_known(self, node):
-        try:
-            self.executor.config(node)
-        except KeyError:
-            return False
-        return True
+        return self.executor.knows(node)
 
     def _query_pdu(self, driver_type, settings, outlets, guard_key):
         guard = getattr(self.executor, "lockout", None)
