@@ -192,6 +192,9 @@ EQUIVALENT = [
     ("powerctl/region/rpc.py", "NumberReplacer", "PAGE = 100", "",
      "any page size pages correctly: the same constant is the limit and the "
      "full-page test, and _trim bounds a page by size"),
+    ("powerctl/region/rpc.py", "NumberReplacer", "max(1, len(items) // 2)", "max(0",
+     "_trim halves only lists of two items or more, where len // 2 >= 1: the max() "
+     "never picks its first argument"),
     # The split store: defaults no caller uses (Store always passes the
     # grace from the settings; the AMP responder always passes its PAGE).
     ("powerctl/region/store/nodes.py", "NumberReplacer", "responsive_grace=60.0", "",
