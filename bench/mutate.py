@@ -126,7 +126,8 @@ MODULES = [
      ["tests/test_base_driver.py", "tests/test_base_driver_edges.py"], 1.5, 30),
     # issue 13: automatic fencing's decision (pure) and the lock-out guard
     ("autofence", "powerctl/region/autofence.py", ["tests/test_autofence.py"], 2, 30),
-    ("lockout", "powerctl/pserv/lockout.py", ["tests/test_lockout.py"], 2, 60),
+    ("lockout", "powerctl/pserv/lockout.py",
+     ["tests/test_lockout_edges.py", "tests/test_lockout.py"], 2, 60),
     ("policy", "powerctl/registry/policy.py", REGISTRY_TESTS, 2, 60),
     ("actions", "powerctl/registry/actions.py", REGISTRY_TESTS, 2, 60),
 ]
@@ -195,6 +196,20 @@ EQUIVALENT = [
     ("powerctl/region/rpc.py", "NumberReplacer", "max(1, len(items) // 2)", "max(0",
      "_trim halves only lists of two items or more, where len // 2 >= 1: the max() "
      "never picks its first argument"),
+    # issue 13: the lock-out guard
+    ("powerctl/pserv/lockout.py", "ReplaceTrueWithFalse", "sort_keys=True, default=str", "",
+     "credentials_key builds both dicts in a fixed order (_ACCOUNT, sorted secrets): "
+     "the same input gives the same key with or without sort_keys"),
+    ("powerctl/pserv/lockout.py", "NumberReplacer", "_generation: int = attrs.field(default=0",
+     "", "the generation is only compared with earlier values of itself: its start "
+     "value does not matter"),
+    ("powerctl/pserv/lockout.py", "ReplaceFalseWithTrue", "init=False", "init=True",
+     "a private field the constructor would accept as one more optional argument"),
+    ("powerctl/pserv/lockout.py", "NumberReplacer", "known_at.get((n, a), since + 1)", "",
+     "hold() and acknowledged(), the only writers of a non-None id, set known_at too: "
+     "the default is never used"),
+    ("powerctl/pserv/lockout.py", "ReplaceBinaryOperator_Add_Sub",
+     "known_at.get((n, a), since + 1)", "", "the default is never used (as above)"),
     # The split store: defaults no caller uses (Store always passes the
     # grace from the settings; the AMP responder always passes its PAGE).
     ("powerctl/region/store/nodes.py", "NumberReplacer", "responsive_grace=60.0", "",

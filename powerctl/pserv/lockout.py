@@ -51,6 +51,8 @@ def credentials_key(driver_name, params, secrets):
     account = {k: params.get(k) for k in _ACCOUNT if params.get(k) is not None}
     hidden = {k: hashlib.sha256(json.dumps(params.get(k), sort_keys=True).encode())
               .hexdigest() for k in sorted(secrets) if params.get(k) is not None}
+    # (Both dicts are built in a fixed order, so sort_keys only makes that
+    # explicit: make mutate's sort_keys=False is an equivalent mutant.)
     return json.dumps([driver_name, account, hidden], sort_keys=True, default=str)
 
 
@@ -91,6 +93,9 @@ class LockoutGuard:
     #: node -> its agents in ``_users``: a recovery syncs every node, and a
     #: walk over all users for each made learning 10,000 nodes quadratic
     _agents: dict = attrs.field(factory=dict, init=False)
+    #: Only ever compared with itself, so any start value would do (make
+    #: mutate's default=+-1 is equivalent, as is init=True on these private
+    #: fields: the constructor would only take one more optional argument).
     _generation: int = attrs.field(default=0, init=False)
 
     def _account(self, key):
@@ -187,6 +192,8 @@ class LockoutGuard:
             account = self._accounts.get(key)
             if account is None or (n, a) not in account.held:
                 continue
+            # (hold() and acknowledged(), the only writers of a non-None
+            # id, also set known_at: the ``since + 1`` default is never used.)
             if account.held[(n, a)] is not None and account.known_at.get((n, a), since + 1) <= since:
                 self._drop(key, [(n, a)])
 
