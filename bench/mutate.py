@@ -95,8 +95,8 @@ STORE_OPS_TESTS = ["tests/test_region_edges.py", "tests/test_store.py", "tests/t
                    "tests/test_rpc.py", "tests/test_web.py", "tests/test_lifecycle.py"]
 STORE_CLUSTERS_TESTS = ["tests/test_store.py", "tests/test_drift.py", "tests/test_rpc.py",
                         "tests/test_api.py", "tests/test_lifecycle.py"]
-STORE_PODS_TESTS = ["tests/test_store_locks.py", "tests/test_store.py", "tests/test_api.py", "tests/test_podprobe.py",
-                    "tests/test_vault.py"]
+STORE_PODS_TESTS = ["tests/test_store_locks.py", "tests/test_store.py", "tests/test_api.py",
+                    "tests/test_podprobe.py", "tests/test_vault.py"]
 MODULES = [
     ("pserv_core", "powerctl/pserv/core.py", PSERV_TESTS, 7, 60),
     ("store_nodes", "powerctl/region/store/nodes.py", STORE_NODES_TESTS, 3, 150),

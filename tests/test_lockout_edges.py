@@ -253,14 +253,19 @@ class CredentialsChangeTests(unittest.TestCase):
         self.assertIn(REJECTED, self.guard.refusal("k0"))
 
     def test_a_listing_that_names_an_agent_keeps_it_and_one_that_does_not_clears_it(self):
-        self.guard.register("n1", 0, "k0")
-        self.guard.register("n1", 1, "k1")
-        self.guard.sync("n1", {0: 4, 1: 5}, self.guard.generation())
-        self.assertEqual(self.guard.held("n1"), {0: 4, 1: 5})
-        self.guard.sync("n1", {1: 5}, self.guard.generation())
-        self.assertEqual(self.guard.held("n1"), {1: 5})
-        self.assertIsNone(self.guard.refusal("k0"))
-        self.assertIn(REJECTED, self.guard.refusal("k1"))
+        for agent in (0, 1, 2):
+            self.guard.register("n1", agent, f"k{agent}")
+        self.guard.sync("n1", {0: 4, 1: 5, 2: 6}, self.guard.generation())
+        self.assertEqual(self.guard.held("n1"), {0: 4, 1: 5, 2: 6})
+        # each agent on its own: one kept does not stop the next being cleared
+        self.guard.sync("n1", {0: 4, 2: 6}, self.guard.generation())
+        self.assertEqual(self.guard.held("n1"), {0: 4, 2: 6})
+        self.assertIsNone(self.guard.refusal("k1"))
+        self.assertIn(REJECTED, self.guard.refusal("k2"))
+        # nor does one that was not held
+        self.guard.sync("n1", {}, self.guard.generation())
+        self.assertEqual(self.guard.held("n1"), {})
+        self.assertIsNone(self.guard.refusal("k2"))
 
     def test_a_listing_read_before_the_region_acknowledged_clears_nothing(self):
         self.guard.register("n1", 0, "k")
