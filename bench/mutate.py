@@ -109,7 +109,8 @@ MODULES = [
     # The lease, NOTIFY and drift paths of the region are tested by the
     # ownership and drift tests; the REST-facing ones by test_api.py.
     ("region_core", "powerctl/region/core.py",
-     ["tests/test_region_core_bite.py", "tests/test_region_core_edges.py",
+     ["tests/test_region_core_bite.py", "tests/test_region_core_more.py",
+      "tests/test_region_core_edges.py",
       "tests/test_ownership.py", "tests/test_lifecycle.py",
       "tests/test_rpc.py", "tests/test_drift.py", "tests/test_store.py"], 3, 180),
     ("region_rpc", "powerctl/region/rpc.py",
