@@ -212,6 +212,10 @@ EQUIVALENT = [
      "the default is never used"),
     ("powerctl/pserv/lockout.py", "ReplaceBinaryOperator_Add_Sub",
      "known_at.get((n, a), since + 1)", "", "the default is never used (as above)"),
+    ("powerctl/pserv/lockout.py", "ReplaceContinueWithBreak",
+     ("if node is None or self.on_lockout is None", "continue"), "break",
+     "_lock's loop skips every user or none: (None, None) only ever comes alone, and "
+     "on_lockout is the same for all"),
     # The split store: defaults no caller uses (Store always passes the
     # grace from the settings; the AMP responder always passes its PAGE).
     ("powerctl/region/store/nodes.py", "NumberReplacer", "responsive_grace=60.0", "",
@@ -235,9 +239,16 @@ EQUIVALENT = [
 
 
 def equivalent(module, survivor):
+    diff = survivor["diff"]
     for path, operator, original, mutated, why in EQUIVALENT:
+        if isinstance(original, tuple):
+            # (a piece of the diff's context, a piece of the changed line):
+            # for a line such as a bare ``continue`` that says nothing alone
+            around, original = original
+            if around not in diff.get("context", ""):
+                continue
         if (path == module and survivor["operator"] == operator
-                and original in survivor["diff"]["from"] and mutated in survivor["diff"]["to"]):
+                and original in diff["from"] and mutated in diff["to"]):
             return why
     return None
 
@@ -492,7 +503,8 @@ def changed_lines(diff):
              if l.startswith("-") and not l.startswith("---")]
     plus = [l[1:].strip() for l in diff.splitlines()
             if l.startswith("+") and not l.startswith("+++")]
-    return {"from": " / ".join(minus), "to": " / ".join(plus)}
+    context = [l[1:].strip() for l in diff.splitlines() if l.startswith(" ")]
+    return {"from": " / ".join(minus), "to": " / ".join(plus), "context": " / ".join(context)}
 
 
 def report(results, elapsed):

@@ -63,6 +63,16 @@ class KeyTests(unittest.TestCase):
         # other parameters (timeouts, outlets) say nothing about the account
         self.assertEqual(self.key(timeout=5, outlet=3), self.key())
 
+    def test_a_mapping_secret_is_the_same_whatever_the_order_of_its_keys(self):
+        """A webhook's secret headers, say: the same headers are the same account."""
+        one = {"url": "https://hook", "headers": {"X-Token": "t", "X-User": "u"}}
+        other = {"url": "https://hook", "headers": {"X-User": "u", "X-Token": "t"}}
+        self.assertEqual(credentials_key("webhook", one, {"headers"}),
+                         credentials_key("webhook", other, {"headers"}))
+        self.assertNotEqual(credentials_key("webhook", one, {"headers"}), credentials_key(
+            "webhook", {"url": "https://hook", "headers": {"X-Token": "t2", "X-User": "u"}},
+            {"headers"}))
+
     def test_an_agent_s_key_hides_what_its_driver_declares_secret(self):
         class Schema:
             secrets = frozenset({"password"})

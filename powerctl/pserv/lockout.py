@@ -263,6 +263,8 @@ class LockoutGuard:
         for user in users:
             account.held[user] = None
         for node, agent in users:
+            # (All are skipped or none: (None, None) only ever comes alone.
+            # make mutate's ``break`` here is an equivalent mutant.)
             if node is None or self.on_lockout is None:
                 continue
             try:
