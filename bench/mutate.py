@@ -212,6 +212,9 @@ EQUIVALENT = [
      "the default is never used"),
     ("powerctl/pserv/lockout.py", "ReplaceBinaryOperator_Add_Sub",
      "known_at.get((n, a), since + 1)", "", "the default is never used (as above)"),
+    ("powerctl/pserv/lockout.py", "NumberReplacer", "max(0, account.in_flight - 1)", "max( -1",
+     "attempt() pairs started/ended and _drop keeps an account with attempts in flight: "
+     "in_flight is at least 1 when it is decremented"),
     ("powerctl/pserv/lockout.py", "ReplaceContinueWithBreak",
      ("if node is None or self.on_lockout is None", "continue"), "break",
      "_lock's loop skips every user or none: (None, None) only ever comes alone, and "

@@ -233,6 +233,9 @@ class LockoutGuard:
     def ended(self, key, outcome):
         """``outcome``: "ok", "auth" (refused credentials) or anything else."""
         account = self._account(key)
+        # (A guard: attempt() pairs started/ended and _drop keeps an account
+        # with attempts in flight, so in_flight is at least 1 here; make
+        # mutate's max(-1, ...) is an equivalent mutant.)
         account.in_flight = max(0, account.in_flight - 1)
         if outcome == "ok":
             account.failures.clear()
