@@ -252,6 +252,30 @@ class CredentialsChangeTests(unittest.TestCase):
             self.guard.started("k")
         self.assertIn("in flight", self.guard.refusal("k"))
 
+    def test_a_cleared_lock_out_starts_afresh_unproven(self):
+        """
+        Even when an attempt in flight at the lock-out succeeded meanwhile
+        (proving nothing for sure: the device may have been changed), the
+        operator's clearing starts the credentials unproven.
+        """
+        self.guard.register("n1", 0, "k")
+        self.guard.started("k")
+        self.guard.ended("k", "ok")  # proven: five at once
+        for _ in range(5):
+            self.guard.started("k")
+        for _ in range(3):
+            self.guard.ended("k", "auth")
+        self.assertEqual(self.guard.held("n1"), {0: None})
+        self.guard.ended("k", "ok")  # the fourth, sent before the lock-out
+        self.assertIn(REJECTED, self.guard.refusal("k"))
+        self.guard.ended("k", "other")
+        self.guard.acknowledged("n1", 0, 1)
+        self.guard.release("n1")
+        for _ in range(3):
+            self.assertIsNone(self.guard.refusal("k"))
+            self.guard.started("k")
+        self.assertIn("in flight", self.guard.refusal("k"))
+
     def test_releasing_one_agent_leaves_the_node_s_other_agents_held(self):
         self.guard.register("n1", 0, "k0")
         self.guard.register("n1", 1, "k1")
