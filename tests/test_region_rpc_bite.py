@@ -450,6 +450,29 @@ class OverAmpTests(unittest.TestCase):
         self.assertFalse(self.leases.leases[epoch]["live"])
         self.assertTrue(pair.connected)
 
+    def test_a_lockout_the_store_refuses_is_bad_arguments_and_an_unresolvable_one_dropped(self):
+        pair = self.pair()
+        epoch = self.register(pair)["epoch"]
+        report = dict(node="n1", agent=0, failures=3, reason="3 refused",
+                      digest=rpc.power_digest(POWER), epoch=epoch)
+
+        async def refuse(*args):
+            raise InvalidInput("reason: longer than 1024 characters")
+
+        self.store.lockouts.record = refuse
+        with self.assertRaises(commands.BadArguments) as caught:
+            self.call(pair, commands.ReportLockout, **report)
+        self.assertIn("1024", str(caught.exception))
+
+        async def unresolvable(node):
+            raise InvalidInput("no driver 'removed'")
+
+        self.store.nodes.power_config = unresolvable
+        self.assertEqual(self.call(pair, commands.ReportLockout, **report),
+                         {"recorded": False, "id": 0})
+        self.assertEqual(self.store.lockouts.rows, {})
+        self.assertTrue(pair.connected)
+
     def test_a_box_missing_an_argument_closes_an_unauthenticated_connection_only(self):
         stranger = self.pair()
         d = stranger.client.callRemoteString(b"Register", cluster=b"c1")
