@@ -15,7 +15,7 @@ and time is a :class:`twisted.internet.task.Clock`.
 import json
 
 import attrs
-from twisted.internet import defer, task
+from twisted.internet import address, defer, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import amp
@@ -459,6 +459,11 @@ class OverAmpTests(unittest.TestCase):
         async def refuse(*args):
             raise InvalidInput("reason: longer than 1024 characters")
 
+        wrong = dict(report, digest=rpc.power_digest({"mode": "single", "agents": []}))
+        self.assertEqual(self.call(pair, commands.ReportLockout, **wrong),
+                         {"recorded": False, "id": 0})  # about a configuration n1 no longer has
+        self.assertEqual(self.store.lockouts.rows, {})
+
         self.store.lockouts.record = refuse
         with self.assertRaises(commands.BadArguments) as caught:
             self.call(pair, commands.ReportLockout, **report)
@@ -488,6 +493,25 @@ class OverAmpTests(unittest.TestCase):
         self.assertEqual(failure.value.errorCode, b"BAD_ARGUMENTS")
         self.assertFalse(peer.client.lost.called)
         self.assertEqual(self.register(peer)["epoch"], 1)  # and it goes on
+
+    def test_a_connection_counts_as_pending_until_it_authenticates_or_goes(self):
+        host = "10.0.0.9"
+
+        def pair():
+            p = amppair.connect(rpc.RegionProtocol(self.region), Peer(), self.clock,
+                                peer=address.IPv4Address("TCP", host, 40000))
+            self.addCleanup(lambda: p.disconnect() if p.connected else None)
+            return p
+
+        pending = self.region.pending_peers
+        first, second = pair(), pair()
+        self.assertEqual(pending.pending(host), 2)
+        self.authenticate(first)
+        self.assertEqual(pending.pending(host), 1)
+        first.disconnect()  # gone after authenticating: counted once only
+        self.assertEqual(pending.pending(host), 1)
+        second.disconnect()
+        self.assertEqual(pending.pending(host), 0)
 
     def test_registering_refuses_each_empty_name_on_its_own(self):
         pair = self.pair()
