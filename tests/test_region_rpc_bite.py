@@ -558,6 +558,22 @@ class OverAmpTests(unittest.TestCase):
         self.assertEqual((self.store.node_rows["n1"]["power_state"],
                           self.store.node_rows["n3"]["power_state"]), ("on", "unknown"))
 
+    def test_a_node_deleted_after_the_ownership_check_is_warned_of_once(self):
+        pair = self.pair()
+        epoch = self.register(pair)["epoch"]
+
+        async def owned(epoch, nodes):  # read before the node's deletion committed
+            return set(nodes)
+
+        self.leases.owned = owned
+        for _ in range(2):
+            self.call(pair, commands.ReportPowerState, epoch=epoch,
+                      states=[{"node": "gone", "state": "on"}, {"node": "n1", "state": "on"}])
+        warned = self.logged("; dropped")
+        self.assertEqual(len(warned), 1, warned)
+        self.assertIn("node gone, which does not exist", warned[0])
+        self.assertEqual(self.store.node_rows["n1"]["power_state"], "on")
+
     def test_a_lost_connection_leaves_the_directory_and_the_pserv_is_disconnected(self):
         pair, stranger = self.pair(), self.pair()
         self.register(pair)
