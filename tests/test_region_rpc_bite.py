@@ -459,10 +459,18 @@ class OverAmpTests(unittest.TestCase):
         async def refuse(*args):
             raise InvalidInput("reason: longer than 1024 characters")
 
+        for bad in (dict(agent=-1), dict(failures=-1)):
+            with self.assertRaises(commands.BadArguments):
+                self.call(pair, commands.ReportLockout, **dict(report, **bad))
+        self.assertEqual(self.store.lockouts.rows, {})
         wrong = dict(report, digest=rpc.power_digest({"mode": "single", "agents": []}))
         self.assertEqual(self.call(pair, commands.ReportLockout, **wrong),
                          {"recorded": False, "id": 0})  # about a configuration n1 no longer has
         self.assertEqual(self.store.lockouts.rows, {})
+
+        # the least of each is a lock-out (the pserv's count is its own business)
+        self.assertEqual(self.call(pair, commands.ReportLockout, **dict(report, failures=0)),
+                         {"recorded": True, "id": 1})
 
         self.store.lockouts.record = refuse
         with self.assertRaises(commands.BadArguments) as caught:
@@ -475,7 +483,7 @@ class OverAmpTests(unittest.TestCase):
         self.store.nodes.power_config = unresolvable
         self.assertEqual(self.call(pair, commands.ReportLockout, **report),
                          {"recorded": False, "id": 0})
-        self.assertEqual(self.store.lockouts.rows, {})
+        self.assertEqual(list(self.store.lockouts.rows), [("n1", 0)])  # the one above only
         self.assertTrue(pair.connected)
 
     def test_a_box_missing_an_argument_closes_an_unauthenticated_connection_only(self):
