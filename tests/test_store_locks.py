@@ -6,7 +6,8 @@ A node's reconfiguration is held open half-way -- its ``quiesce`` callback,
 awaited with the node's row locked and the new power document validated,
 is a Deferred the test fires -- while a second transaction runs on another
 pooled connection.  A third connection watches ``pg_stat_activity`` to
-tell a transaction waiting on a lock from one that went ahead.
+tell a transaction waiting on a lock from one that went ahead.  (Also
+here: a pod manager's new credentials clearing its nodes' lock-outs.)
 """
 
 import psycopg2
@@ -14,6 +15,8 @@ from twisted.internet import defer, reactor, task
 
 from powerctl.region.errors import Conflict
 from tests.test_store import StoreTestCase, ipmi, pod_agent
+
+PM = ("rack-1", "https://10.1.0.1", "u", "p", "")
 
 
 class HeldReconfiguration:
@@ -112,3 +115,34 @@ class LockTests(StoreTestCase):
         await held.finish()
         self.assertEqual((await self.store.nodes.get("n1"))["power"]["agents"][0]["params"]
                          ["host"], "10.0.0.6")
+
+    async def test_reading_a_node_s_configuration_does_not_wait_for_its_pod_manager(self):
+        """
+        Plain reads of pod managers (a node's configuration for a pserv, a
+        recovery page) take no lock: an edit of the pod manager in progress
+        (its row FOR UPDATE) does not hold them up.
+        """
+        pm = await self.store.pod_managers.create(*PM)
+        await self.store.nodes.create("n1", "c1", pod_agent(pm["uuid"]))
+        editor = psycopg2.connect(self.dsn)
+        self.addCleanup(editor.close)
+        with editor.cursor() as cur:
+            cur.execute("SELECT 1 FROM pod_managers WHERE uuid = %s FOR UPDATE", (pm["uuid"],))
+        reading = defer.ensureDeferred(self.store.nodes.power_config("n1"))
+        self.assertEqual(await self.outcome(self.watcher(), reading), "went ahead")
+        self.assertEqual((await reading)["agents"][0]["params"]["username"], "u")
+        editor.rollback()
+
+
+class PodManagerCredentialsTests(StoreTestCase):
+    async def test_new_credentials_of_a_pod_manager_clear_its_nodes_lockouts_only(self):
+        """Issue 10: the nodes using it have new credentials; an edit of the description does not."""
+        pm = await self.store.pod_managers.create(*PM)
+        await self.store.nodes.create("n1", "c1", pod_agent(pm["uuid"]))
+        await self.store.nodes.create("n2", "c1", ipmi())
+        for node in ("n1", "n2"):
+            await self.store.lockouts.record(node, 0, 3, "3 refused", "p1")
+        await self.store.pod_managers.update(pm["uuid"], description="row 2")
+        self.assertEqual(sorted(await self.store.lockouts.of_nodes(["n1", "n2"])), ["n1", "n2"])
+        await self.store.pod_managers.update(pm["uuid"], password="new")
+        self.assertEqual(sorted(await self.store.lockouts.of_nodes(["n1", "n2"])), ["n2"])
