@@ -146,3 +146,11 @@ class PodManagerCredentialsTests(StoreTestCase):
         self.assertEqual(sorted(await self.store.lockouts.of_nodes(["n1", "n2"])), ["n1", "n2"])
         await self.store.pod_managers.update(pm["uuid"], password="new")
         self.assertEqual(sorted(await self.store.lockouts.of_nodes(["n1", "n2"])), ["n2"])
+
+    async def test_pod_managers_page_by_name(self):
+        for name in ("rack-1", "rack-2", "rack-3"):
+            await self.store.pod_managers.create(name, "https://10.1.0.1", "u", "p", "")
+        page = await self.store.pod_managers.list(after_name="rack-1", limit=1)
+        self.assertEqual([p["name"] for p in page], ["rack-2"])
+        self.assertEqual([p["name"] for p in await self.store.pod_managers.list()],
+                         ["rack-1", "rack-2", "rack-3"])
