@@ -15,8 +15,11 @@ and time is a :class:`twisted.internet.task.Clock`.
 import json
 
 import attrs
-from twisted.internet import defer, task
+from twisted.internet import address, defer, task
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols import amp
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from powerctl.region import rpc
@@ -24,6 +27,8 @@ from powerctl.region.core import Region
 from powerctl.region.errors import InvalidInput, NotFound
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands
+from powerctl.testing import amp as amppair
+from powerctl.testing import region as fakes
 from powerctl.testing.region import FakeLockouts
 
 SECRET = b"bite-secret"
@@ -339,3 +344,253 @@ class ReleaseTests(unittest.TestCase):
         protocol = leased(region_for(leases=leases))
         await protocol.release_lease()
         self.assertEqual(leases.assigned, ["c1"])
+
+
+class RecoverNodePageTests(unittest.TestCase):
+    async def test_a_full_page_of_only_unusable_nodes_moves_the_node_cursor_past_it(self):
+        """
+        No node of the page is sent (none has a usable configuration), yet
+        the cursor must be the page's last node: an earlier one would send
+        the next page over nodes already skipped, a later one skip nodes.
+        """
+        store = FakeStore(nodes=[node("a", None), node("b", None), node("c", None),
+                                 node("d")])
+        self.patch(rpc, "PAGE", 3)
+        protocol = leased(region_for(store))
+        page = await protocol.recover(after_op=-1, after_node="")
+        self.assertEqual((page["nodes"], page["after_node"], page["done"]), ([], "c", False))
+        page = await protocol.recover(after_op=-1, after_node=page["after_node"])
+        self.assertEqual([n["name"] for n in page["nodes"]], ["d"])
+        self.assertEqual((page["after_node"], page["done"]), ("d", True))
+
+
+class Peer(amp.AMP):
+    """A hand-driven pserv end of the connection that notes when it is lost."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = defer.Deferred()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.lost.callback(None)
+
+
+class OverAmpTests(unittest.TestCase):
+    """
+    The responders reached the way a pserv reaches them, through AMP boxes
+    (in memory, :mod:`powerctl.testing.amp`), against the region's
+    in-memory store and leases: the command table, the authentication
+    gate, registration, the activity count, poll reports and a lost
+    connection.
+    """
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = fakes.FakeRegionStore()
+        for name in ("n1", "n2", "n3"):
+            self.store.add_node(name, "c1", POWER)
+        self.leases = fakes.FakeLeases(self.store)
+        self.region = Region("r1", self.store, SECRET, self.clock, leases=self.leases)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def pair(self):
+        pair = amppair.connect(rpc.RegionProtocol(self.region), Peer(), self.clock)
+        self.addCleanup(lambda: pair.disconnect() if pair.connected else None)
+        return pair
+
+    def call(self, pair, command, **kwargs):
+        """The answer to ``command``; its error raised, as ``callRemote``'s caller sees it."""
+        result = pair.answer(pair.client.callRemote(command, **kwargs))
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
+
+    def authenticate(self, pair):
+        nonce = self.call(pair, commands.Challenge)["nonce"]
+        self.call(pair, commands.Authenticate, proof=auth.proof(SECRET, nonce),
+                  nonce=auth.new_nonce())
+
+    def register(self, pair, name="p1", cluster="c1", instance="i-1"):
+        self.authenticate(pair)
+        return self.call(pair, commands.Register, cluster=cluster, name=name, version="t",
+                         instance=instance)
+
+    def logged(self, fragment):
+        return [formatEvent(e) for e in self.events if fragment in formatEvent(e)]
+
+    def test_every_command_a_pserv_sends_is_answered(self):
+        """Each responder is registered under its command (a lost decorator is a dead command)."""
+        pair = self.pair()
+        epoch = self.register(pair)["epoch"]
+        self.assertEqual(self.store.node_rows["n1"]["owner_epoch"], epoch)
+        op = self.store.add_op("n1", "on")
+        page = self.call(pair, commands.Recover, after_op=0, after_node="")
+        self.assertEqual([o["id"] for o in page["operations"]], [op["id"]])
+        self.assertEqual(self.call(pair, commands.ReportOutcome, operation_id=op["id"],
+                                   outcome="succeeded", observed_state="on", agent="",
+                                   error="", coalesced_into=0, superseded_by=0, epoch=epoch),
+                         {"recorded": True})
+        self.assertEqual(self.store.op_rows[op["id"]]["state"], "succeeded")
+        self.assertEqual(self.call(pair, commands.ReportPowerState,
+                                   states=[{"node": "n2", "state": "off"}], epoch=epoch), {})
+        self.assertEqual(self.store.node_rows["n2"]["power_state"], "off")
+        self.assertEqual(self.call(pair, commands.ReportLockout, node="n3", agent=0, failures=3,
+                                   reason="3 refused", digest=rpc.power_digest(POWER),
+                                   epoch=epoch), {"recorded": True, "id": 1})
+        self.assertEqual(self.call(pair, commands.Heartbeat, actions_in_flight=2),
+                         {"lease": 30.0})
+        self.store.node_rows["n3"]["handoff_epoch"] = epoch
+        self.assertEqual(self.call(pair, commands.ReleaseNodes, nodes=["n3"]),
+                         {"released": ["n3"]})
+        self.assertIsNone(self.store.node_rows["n3"]["handoff_epoch"])
+        self.assertEqual(self.call(pair, commands.ReleaseLease), {})
+        self.assertFalse(self.leases.leases[epoch]["live"])
+        self.assertTrue(pair.connected)
+
+    def test_a_lockout_the_store_refuses_is_bad_arguments_and_an_unresolvable_one_dropped(self):
+        pair = self.pair()
+        epoch = self.register(pair)["epoch"]
+        report = dict(node="n1", agent=0, failures=3, reason="3 refused",
+                      digest=rpc.power_digest(POWER), epoch=epoch)
+
+        async def refuse(*args):
+            raise InvalidInput("reason: longer than 1024 characters")
+
+        for bad in (dict(agent=-1), dict(failures=-1)):
+            with self.assertRaises(commands.BadArguments):
+                self.call(pair, commands.ReportLockout, **dict(report, **bad))
+        self.assertEqual(self.store.lockouts.rows, {})
+        wrong = dict(report, digest=rpc.power_digest({"mode": "single", "agents": []}))
+        self.assertEqual(self.call(pair, commands.ReportLockout, **wrong),
+                         {"recorded": False, "id": 0})  # about a configuration n1 no longer has
+        self.assertEqual(self.store.lockouts.rows, {})
+
+        # the least of each is a lock-out (the pserv's count is its own business)
+        self.assertEqual(self.call(pair, commands.ReportLockout, **dict(report, failures=0)),
+                         {"recorded": True, "id": 1})
+
+        self.store.lockouts.record = refuse
+        with self.assertRaises(commands.BadArguments) as caught:
+            self.call(pair, commands.ReportLockout, **report)
+        self.assertIn("1024", str(caught.exception))
+
+        async def unresolvable(node):
+            raise InvalidInput("no driver 'removed'")
+
+        self.store.nodes.power_config = unresolvable
+        self.assertEqual(self.call(pair, commands.ReportLockout, **report),
+                         {"recorded": False, "id": 0})
+        self.assertEqual(list(self.store.lockouts.rows), [("n1", 0)])  # the one above only
+        self.assertTrue(pair.connected)
+
+    def test_a_box_missing_an_argument_closes_an_unauthenticated_connection_only(self):
+        stranger = self.pair()
+        d = stranger.client.callRemoteString(b"Register", cluster=b"c1")
+        d.addErrback(lambda f: None)  # the connection goes: the answer never comes
+        stranger.flush()
+        self.assertTrue(stranger.client.lost.called)
+        self.assertEqual(len(self.logged("before authenticating")), 1)
+
+        peer = self.pair()
+        self.authenticate(peer)
+        failure = peer.answer(peer.client.callRemoteString(b"Register", cluster=b"c1"))
+        self.assertIsInstance(failure, Failure)
+        self.assertEqual(failure.value.errorCode, b"BAD_ARGUMENTS")
+        self.assertFalse(peer.client.lost.called)
+        self.assertEqual(self.register(peer)["epoch"], 1)  # and it goes on
+
+    def test_a_connection_counts_as_pending_until_it_authenticates_or_goes(self):
+        host = "10.0.0.9"
+
+        def pair():
+            p = amppair.connect(rpc.RegionProtocol(self.region), Peer(), self.clock,
+                                peer=address.IPv4Address("TCP", host, 40000))
+            self.addCleanup(lambda: p.disconnect() if p.connected else None)
+            return p
+
+        pending = self.region.pending_peers
+        first, second = pair(), pair()
+        self.assertEqual(pending.pending(host), 2)
+        self.authenticate(first)
+        self.assertEqual(pending.pending(host), 1)
+        first.disconnect()  # gone after authenticating: counted once only
+        self.assertEqual(pending.pending(host), 1)
+        second.disconnect()
+        self.assertEqual(pending.pending(host), 0)
+
+    def test_registering_refuses_each_empty_name_on_its_own(self):
+        pair = self.pair()
+        self.authenticate(pair)
+        whole = dict(cluster="c1", name="p1", version="t", instance="i-1")
+        for empty in ("cluster", "name", "instance"):
+            with self.assertRaises(commands.BadArguments) as caught:
+                self.call(pair, commands.Register, **dict(whole, **{empty: ""}))
+            self.assertIn("must not be empty", str(caught.exception))
+        self.assertEqual((self.store.pserv_rows, self.leases.leases), ({}, {}))
+        self.assertEqual(self.call(pair, commands.Register, **dict(whole, version=""))["epoch"],
+                         1)  # the version may be empty
+
+    def test_a_new_pserv_counts_no_action_in_flight_until_its_heartbeat(self):
+        pair = self.pair()
+        self.register(pair)
+        self.assertEqual(self.region.activity(), {"c1": 0})
+        self.call(pair, commands.Heartbeat, actions_in_flight=4)
+        self.assertEqual(self.region.activity(), {"c1": 4})
+
+    def test_a_poll_error_carries_its_kind_and_a_kind_alone_is_no_error(self):
+        pair = self.pair()
+        epoch = self.register(pair)["epoch"]
+        states = [{"node": "n1", "state": "unknown", "error": "no route", "error_kind":
+                   "unreachable"},
+                  {"node": "n2", "state": "on", "error": None, "error_kind": "auth"},
+                  {"node": "n3", "state": "unknown", "error": "odd"}]
+        self.call(pair, commands.ReportPowerState, states=states, epoch=epoch)
+        self.assertEqual({n: self.store.node_rows[n]["last_error"] for n in ("n1", "n2", "n3")},
+                         {"n1": "unreachable: no route", "n2": None, "n3": "odd"})
+
+    def test_reports_on_nodes_the_epoch_does_not_own_are_warned_of_once_per_node(self):
+        pair = self.pair()
+        epoch = self.register(pair)["epoch"]
+        self.store.node_rows["n3"]["owner_epoch"] = None  # handed elsewhere
+        for _ in range(3):
+            self.call(pair, commands.ReportPowerState, epoch=epoch,
+                      states=[{"node": "ghost", "state": "on"}, {"node": "n1", "state": "on"},
+                              {"node": "n3", "state": "off"}])
+        warned = self.logged("; dropped")
+        self.assertEqual(len(warned), 2, warned)
+        self.assertIn("node ghost", warned[0])
+        self.assertIn("node n3", warned[1])
+        self.assertEqual((self.store.node_rows["n1"]["power_state"],
+                          self.store.node_rows["n3"]["power_state"]), ("on", "unknown"))
+
+    def test_a_node_deleted_after_the_ownership_check_is_warned_of_once(self):
+        pair = self.pair()
+        epoch = self.register(pair)["epoch"]
+
+        async def owned(epoch, nodes):  # read before the node's deletion committed
+            return set(nodes)
+
+        self.leases.owned = owned
+        for _ in range(2):
+            self.call(pair, commands.ReportPowerState, epoch=epoch,
+                      states=[{"node": "gone", "state": "on"}, {"node": "n1", "state": "on"}])
+        warned = self.logged("; dropped")
+        self.assertEqual(len(warned), 1, warned)
+        self.assertIn("node gone, which does not exist", warned[0])
+        self.assertEqual(self.store.node_rows["n1"]["power_state"], "on")
+
+    def test_a_lost_connection_leaves_the_directory_and_the_pserv_is_disconnected(self):
+        pair, stranger = self.pair(), self.pair()
+        self.register(pair)
+        self.assertEqual(len(self.region.directory.for_cluster("c1")), 1)
+        stranger.disconnect()  # never registered: nothing to forget
+        self.assertEqual(len(self.region.directory.for_cluster("c1")), 1)
+        self.assertTrue(self.store.pserv_rows["p1"]["connected"])
+        pair.disconnect()
+        self.assertEqual(self.region.directory.for_cluster("c1"), [])
+        self.assertEqual(self.region.activity(), {})
+        self.assertFalse(self.store.pserv_rows["p1"]["connected"])
+        self.assertEqual(self.logged("after losing"), [])

@@ -60,6 +60,8 @@ def credentials_key(driver_name, params, secrets):
     account = {k: params.get(k) for k in _ACCOUNT if params.get(k) is not None}
     hidden = {k: hashlib.sha256(json.dumps(params.get(k), sort_keys=True).encode())
               .hexdigest() for k in sorted(secrets) if params.get(k) is not None}
+    # (Both dicts are built in a fixed order, so sort_keys only makes that
+    # explicit: make mutate's sort_keys=False is an equivalent mutant.)
     text = json.dumps([driver_name, account, hidden], sort_keys=True, default=str)
     return sys.intern(hashlib.blake2b(text.encode(), digest_size=16).hexdigest())
 
@@ -102,6 +104,9 @@ class LockoutGuard:
     #: pair and a set of agents per node (issue 14: about 300 B a node);
     #: by node, so a recovery syncing every node walks no other node's
     _nodes: dict = attrs.field(factory=dict, init=False)
+    #: Only ever compared with itself, so any start value would do (make
+    #: mutate's default=+-1 is equivalent, as is init=True on these private
+    #: fields: the constructor would only take one more optional argument).
     _generation: int = attrs.field(default=0, init=False)
 
     def _account(self, key):
@@ -223,6 +228,8 @@ class LockoutGuard:
             account = self._accounts.get(key)
             if account is None or (n, a) not in account.held:
                 continue
+            # (hold() and acknowledged(), the only writers of a non-None
+            # id, also set known_at: the ``since + 1`` default is never used.)
             if account.held[(n, a)] is not None and account.known_at.get((n, a), since + 1) <= since:
                 self._drop(key, [(n, a)])
 
@@ -285,6 +292,9 @@ class LockoutGuard:
     def ended(self, key, outcome):
         """``outcome``: "ok", "auth" (refused credentials) or anything else."""
         account = self._account(key)
+        # (A guard: attempt() pairs started/ended and _drop keeps an account
+        # with attempts in flight, so in_flight is at least 1 here; make
+        # mutate's max(-1, ...) is an equivalent mutant.)
         account.in_flight = max(0, account.in_flight - 1)
         if outcome == "ok":
             account.failures.clear()
@@ -315,6 +325,8 @@ class LockoutGuard:
         for user in users:
             account.held[user] = None
         for node, agent in users:
+            # (All are skipped or none: (None, None) only ever comes alone.
+            # make mutate's ``break`` here is an equivalent mutant.)
             if node is None or self.on_lockout is None:
                 continue
             try:

@@ -36,6 +36,8 @@ def _fits(items):
 def _trim(items):
     """Drop items from the end until the page fits one AMP value."""
     while items and not _fits(items):
+        # (max(1, ...) is a guard only: with two items or more, len // 2 is
+        # at least 1, so make mutate's max(0, ...) is an equivalent mutant.)
         items = items[: max(1, len(items) // 2)] if len(items) > 1 else []
     return items
 

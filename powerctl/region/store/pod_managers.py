@@ -183,6 +183,12 @@ class PodManagerStore(KindStore):
                 await tx.rows("DELETE FROM pod_managers WHERE uuid = %s", (current["uuid"],))
                 return
         except psycopg2.errors.ForeignKeyViolation:
+            # A second line of defence, never reached while the row is held
+            # FOR UPDATE above: a node's link takes KEY SHARE on it, so it
+            # either committed before the users query (which sees it) or
+            # waits for this DELETE and fails on the node's side.  (make
+            # mutate: catching another exception here is an equivalent mutant;
+            # tests/test_store_locks.py pins the lock itself.)
             pass  # a node started using it meanwhile: the database said no
         names = ", ".join(repr(u["node"]) for u in users[:5]) or "a node"
         more = " and others" if len(users) > 5 else ""
