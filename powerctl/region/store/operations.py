@@ -472,14 +472,23 @@ class OperationStore(KindStore):
         """
         ``pserv`` took these operations in a ``Recover`` page under ``epoch``:
         the journal says they run there (terminal ones are left alone).
+
+        The rows are locked in id order first, the order :meth:`end_many`
+        (a batch of the same pserv's outcomes, maybe about these very
+        operations) takes: a bare ``UPDATE ... WHERE id = ANY`` locks them
+        in the order its plan visits them (heap order for a bitmap scan),
+        which could deadlock with it.
         """
         check_text("pserv", pserv, 255)
         await tx.rows(
-            f"UPDATE power_ops SET state = '{OpState.RUNNING.value}', pserv = %s, epoch = %s,"
-            " started_at = COALESCE(started_at, now())"
-            f" WHERE id = ANY(%s) AND state IN {OPEN_SQL}"
-            " AND (pserv IS DISTINCT FROM %s OR epoch IS DISTINCT FROM %s)",
-            (pserv, epoch, list(op_ids), pserv, epoch))
+            "WITH locked AS MATERIALIZED (SELECT id FROM power_ops"
+            f" WHERE id = ANY(%(ids)s::bigint[]) AND state IN {OPEN_SQL}"
+            " AND (pserv IS DISTINCT FROM %(pserv)s OR epoch IS DISTINCT FROM %(epoch)s)"
+            " ORDER BY id FOR UPDATE)"
+            f" UPDATE power_ops o SET state = '{OpState.RUNNING.value}', pserv = %(pserv)s,"
+            " epoch = %(epoch)s, started_at = COALESCE(o.started_at, now())"
+            f" FROM locked WHERE o.id = locked.id AND o.state IN {OPEN_SQL}",
+            {"ids": sorted(int(i) for i in op_ids), "pserv": pserv, "epoch": epoch})
 
     async def _check_reference(self, tx, field, value, op_id):
         """An op id that ``coalesced_into``/``superseded_by`` may point at."""
