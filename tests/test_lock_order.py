@@ -68,6 +68,23 @@ class LockOrderTestCase(DatabaseMixin, unittest.TestCase):
             await task.deferLater(reactor, 0.025, lambda: None)
         self.fail(f"{what} never waited for a row lock")
 
+    async def table_scans(self):
+        """
+        A Store and Leases whose sessions read tables by scanning them, the
+        plan PostgreSQL picks when a statement touches most of a big table
+        (a whole 10,000-node cluster): rows come in table order, not in
+        an index's.  Answers ``(pool, store, leases)``.
+        """
+        name = psycopg2.extensions.parse_dsn(self.dsn)["dbname"]
+        admin(f"ALTER DATABASE {name} SET enable_indexscan = off")
+        admin(f"ALTER DATABASE {name} SET enable_bitmapscan = off")
+        pool = txpostgres.ConnectionPool(None, self.dsn, min=3)
+        self.addCleanup(pool.close)
+        await pool.start()
+        leases = Leases(pool, lease=30.0)
+        leases.log = self.leases.log
+        return pool, Store(pool, fake_catalogue(), vault=tokens.vault()), leases
+
     def deadlocks_logged(self):
         return [e for e in self.logged if "deadlock" in e.get("log_format", "")]
 
@@ -131,6 +148,67 @@ class ReleaseAgainstAssignTests(LockOrderTestCase):
         await round_
         await released
         self.assertEqual(self.deadlocks_logged(), [])
+
+
+class BatchWritersAgainstRoundsTests(LockOrderTestCase):
+    async def test_a_round_with_no_live_lease_and_a_poll_batch_do_not_deadlock(self):
+        """
+        The cluster's lease is over (a pserv late renewing under load) while
+        its poll batch is written: the round frees every node it finds
+        owned.  It used to do so with one bare UPDATE (table order: n-c,
+        then n-a) against the batch's name order -- the benchmark's
+        ``DeadlockDetected`` in ``leases.assign``.
+        """
+        epoch = await self.nodes_owned_in_physical_order(["n-c", "n-a", "n-b"])
+        await self.pool.runOperation("UPDATE leases SET released = true WHERE epoch = %s",
+                                     (epoch,))
+        _, store, leases = await self.table_scans()
+        blocker = await self.connect()
+        await blocker.runOperation("BEGIN")
+        await blocker.runQuery("SELECT 1 FROM nodes WHERE name = 'n-b' FOR UPDATE")
+        polls = store.nodes.record_polls(
+            [("n-c", "on", None), ("n-a", "on", None), ("n-b", "on", None)])
+        await self.until_waiting(1, "the poll batch")  # holds n-a
+        round_ = leases.assign("c1")
+        await self.until_waiting(2, "the assignment round")
+        await blocker.runOperation("COMMIT")
+        recorded, missing, refused = await polls
+        self.assertEqual((sorted(recorded), missing, refused), (["n-a", "n-b", "n-c"], [], {}))
+        self.assertEqual(await round_, {"assigned": {}, "handoffs": {}, "waiting": []})
+        self.assertEqual(self.deadlocks_logged(), [])
+        self.assertEqual(await self.sql("SELECT DISTINCT owner_epoch FROM nodes"), [(None,)])
+
+    async def test_marking_operations_running_and_their_outcomes_do_not_deadlock(self):
+        """
+        The region marks a page running while the pserv's outcomes of the
+        same operations arrive (fast BMCs).  The outcomes lock operations in
+        id order; the marking locked them in the order its plan read the
+        table (forced to a table scan here, rows laid out 3, 1, 2).
+        """
+        pool, store, _ = await self.table_scans()
+        for node in ("n1", "n2", "n3"):
+            await store.nodes.create(node, "c1", ipmi())
+        ids = [(await store.ops.request(node, "on"))["id"] for node in ("n1", "n2", "n3")]
+        for op_id in (ids[2], ids[0], ids[1]):  # a new row version each, in this order
+            await pool.runOperation("UPDATE power_ops SET requester = 'x' WHERE id = %s",
+                                    (op_id,))
+        laid_out = [r[0] for r in await pool.runQuery("SELECT id FROM power_ops ORDER BY ctid")]
+        self.assertEqual(laid_out, [ids[2], ids[0], ids[1]])
+        blocker = await self.connect()
+        await blocker.runOperation("BEGIN")
+        await blocker.runQuery("SELECT 1 FROM power_ops WHERE id = %s FOR UPDATE", (ids[0],))
+        outcomes = store.nodes.record_outcomes(
+            [{"op_id": i, "state": "succeeded", "observed_state": "on", "pserv": "p1"}
+             for i in ids])
+        await self.until_waiting(1, "the outcomes")  # nodes locked, waits for op 1
+        marking = store.ops.mark_running_many(ids, "p1", None)
+        await self.until_waiting(2, "the marking")
+        await blocker.runOperation("COMMIT")
+        results = await outcomes
+        await marking
+        self.assertEqual([r.changed for r in results], [True, True, True])
+        states = await pool.runQuery("SELECT DISTINCT state FROM power_ops")
+        self.assertEqual(states, [("succeeded",)])
 
 
 class DeadlockVictimTests(LockOrderTestCase):
