@@ -109,18 +109,25 @@ async def journal(tx, node, action, requester):
 
 
 async def lock_open(tx, node):
-    """Lock the node's open operations until the transaction ends."""
+    """Lock the node's open operations until the transaction ends (in id order, as all do)."""
     await tx.rows(f"SELECT id FROM power_ops WHERE node = %s"
-                  f" AND state IN {OPEN_SQL} FOR UPDATE", (node,))
+                  f" AND state IN {OPEN_SQL} ORDER BY id FOR UPDATE", (node,))
 
 
 async def cancel_open(tx, node, reason, by, only=None):
-    """Journal the node's open operations (or those of ``only``) cancelled."""
+    """
+    Journal the node's open operations (or those of ``only``) cancelled,
+    their rows locked in id order first (the order of every multi-row
+    writer of the journal).
+    """
     rows = await tx.rows(
-        f"UPDATE power_ops SET state = '{OpState.CANCELLED.value}', finished_at = now(),"
-        " error = %(reason)s, cancelled_by = %(by)s"
+        "WITH locked AS MATERIALIZED (SELECT id FROM power_ops"
         f" WHERE node = %(node)s AND state IN {OPEN_SQL}"
-        " AND (%(only)s::bigint[] IS NULL OR id = ANY(%(only)s::bigint[])) RETURNING id",
+        " AND (%(only)s::bigint[] IS NULL OR id = ANY(%(only)s::bigint[]))"
+        " ORDER BY id FOR UPDATE)"
+        f" UPDATE power_ops o SET state = '{OpState.CANCELLED.value}', finished_at = now(),"
+        " error = %(reason)s, cancelled_by = %(by)s"
+        f" FROM locked WHERE o.id = locked.id AND o.state IN {OPEN_SQL} RETURNING o.id",
         {"reason": f"{reason} by {by}" if by else reason, "by": by or None,
          "node": node, "only": only})
     return [r["id"] for r in rows]
