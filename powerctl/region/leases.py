@@ -130,18 +130,17 @@ class Leases:
         """
         A pserv stops cleanly and is quiet: its lease ends now and its nodes
         are free at once (no waiting for expiry).  Its nodes are locked in
-        name order first (see the module's docstring): a bare ``UPDATE ...
-        WHERE owner_epoch`` locked them in the index's order, which
-        deadlocked with an assignment round of the cluster.
+        name order before any is changed, in the same statement (see the
+        module's docstring): a bare ``UPDATE ... WHERE owner_epoch`` locked
+        them in the index's order, which deadlocked with an assignment
+        round of the cluster.
         """
         await tx.rows("UPDATE leases SET released = true WHERE epoch = %s", (int(epoch),))
-        locked = await tx.rows("SELECT name FROM nodes WHERE owner_epoch = %s"
-                               " ORDER BY name FOR UPDATE", (int(epoch),))
-        if not locked:
-            return []
         rows = await tx.rows(
-            "UPDATE nodes SET owner_epoch = NULL WHERE name = ANY(%s) AND owner_epoch = %s"
-            " RETURNING cluster", ([r["name"] for r in locked], int(epoch)))
+            "WITH locked AS MATERIALIZED (SELECT name FROM nodes WHERE owner_epoch = %s"
+            " ORDER BY name FOR UPDATE)"
+            " UPDATE nodes SET owner_epoch = NULL FROM locked WHERE nodes.name = locked.name"
+            " RETURNING nodes.cluster", (int(epoch),))
         return sorted({r["cluster"] for r in rows})
 
     @_transaction
