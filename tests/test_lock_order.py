@@ -232,7 +232,7 @@ class DeadlockVictimTests(LockOrderTestCase):
         answer = await round_
         self.assertEqual(answer["waiting"], [])
         [event] = self.deadlocks_logged()
-        self.assertEqual(event["what"], "assign")
+        self.assertEqual(event["what"], "Leases.assign")
         self.assertIn("deadlock detected", event["why"])
 
     async def test_a_second_deadlock_is_not_swallowed(self):
@@ -250,3 +250,27 @@ class DeadlockVictimTests(LockOrderTestCase):
         with self.assertRaises(psycopg2.errors.DeadlockDetected):
             await leases.assign("c1")
         self.assertEqual((Pool.calls, len(self.deadlocks_logged())), (2, 1))
+
+    async def test_the_batch_writers_retry_a_deadlock_victim_once(self):
+        """Poll and outcome batches and mark_running_many: one retry, then the caller's."""
+
+        class Pool:
+            def __init__(self, failures):
+                self.failures, self.calls = failures, 0
+
+            def runInteraction(self, interaction):
+                self.calls += 1
+                if self.calls <= self.failures:
+                    return defer.fail(psycopg2.errors.DeadlockDetected("deadlock detected"))
+                return defer.succeed("done")
+
+        for name, call in (
+                ("record_polls", lambda store: store.nodes.record_polls([])),
+                ("record_outcomes", lambda store: store.nodes.record_outcomes([])),
+                ("mark_running_many", lambda store: store.ops.mark_running_many([1], "p", 1))):
+            once, twice = Pool(1), Pool(2)
+            self.assertEqual(
+                await call(Store(once, fake_catalogue(), vault=tokens.vault())), "done", name)
+            with self.assertRaises(psycopg2.errors.DeadlockDetected, msg=name):
+                await call(Store(twice, fake_catalogue(), vault=tokens.vault()))
+            self.assertEqual((once.calls, twice.calls), (2, 2), name)

@@ -18,46 +18,20 @@ transaction here still be chosen as a deadlock victim, it is retried once
 with PostgreSQL's own account of the cycle.
 """
 
-import functools
 import zlib
 
-import psycopg2.errors
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from powerctl import ownership
 from powerctl.region.errors import Conflict, InvalidInput
 from powerctl.region.store.base import (
     check_name as _name, check_text as _text, plain as _plain, transaction as _transaction)
+from powerctl.region.store.deadlocks import retried_once as _retried_once
 
 #: Advisory lock namespace for assignment rounds (one lock per cluster).
 ASSIGN_LOCK = 0x6F776E  # "own"
 #: Advisory lock namespace for lease grants (one lock per pserv name).
 GRANT_LOCK = 0x6C6561  # "lea"
-
-
-def _retried_once(method):
-    """
-    Run ``method`` (a :func:`~powerctl.region.store.base.transaction`) again,
-    once, when PostgreSQL chose its transaction as a deadlock victim: the
-    whole transaction was rolled back, and the method decides afresh from
-    what it reads.  The deadlock is logged (with the cycle PostgreSQL
-    describes); a second failure is the caller's, as any other error.
-    """
-
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        async def attempt():
-            try:
-                return await method(self, *args, **kwargs)
-            except psycopg2.errors.DeadlockDetected as e:
-                self.log.warn("leases.{what}: chosen as a deadlock victim, retried once: {why}",
-                              what=method.__name__, why=str(e).strip())
-            return await method(self, *args, **kwargs)
-
-        return defer.ensureDeferred(attempt())
-
-    return run
 
 
 class LeaseExpired(Conflict):

@@ -23,6 +23,7 @@ from powerctl.region.store.base import (
     transaction)
 from powerctl.region.store.pod_managers import resolve_many
 from powerctl.region.store.clusters import CIRCUIT_JOIN, CIRCUIT_SQL, circuit_of
+from powerctl.region.store.deadlocks import retried_once
 from powerctl.region.store.lockouts import for_nodes as lockouts_for_nodes
 
 
@@ -474,6 +475,7 @@ class OperationStore(KindStore):
             (pserv, epoch, timestamp(started_at), op["id"]))
         return Recorded(plain(op), True)
 
+    @retried_once
     @transaction
     async def mark_running_many(self, tx, op_ids, pserv, epoch):
         """
