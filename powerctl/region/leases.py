@@ -6,14 +6,27 @@ Several regions share one database, so everything that decides is one
 transaction: a lease is granted or renewed by one statement, and an
 assignment round for a cluster runs under a transaction-scoped advisory
 lock on that cluster, so two regions never assign the same cluster at once.
+
+Lock order: every transaction here that locks several ``nodes`` rows locks
+them in name order (``ORDER BY name FOR UPDATE``) before it changes any, the
+order the node stores' batch writers take too.  A bare multi-row ``UPDATE
+nodes`` locks rows in whatever order its plan visits them (table or index
+order), and against an assignment round's name order that is a deadlock
+(seen in a 10,000-node benchmark; tests/test_lock_order.py).  Should a
+transaction here still be chosen as a deadlock victim, it is retried once
+(its transaction rolled back whole, so the retry starts afresh) and logged
+with PostgreSQL's own account of the cycle.
 """
 
 import zlib
+
+from twisted.logger import Logger
 
 from powerctl import ownership
 from powerctl.region.errors import Conflict, InvalidInput
 from powerctl.region.store.base import (
     check_name as _name, check_text as _text, plain as _plain, transaction as _transaction)
+from powerctl.region.store.deadlocks import retried_once as _retried_once
 
 #: Advisory lock namespace for assignment rounds (one lock per cluster).
 ASSIGN_LOCK = 0x6F776E  # "own"
@@ -32,6 +45,8 @@ class Leases:
     :param pool: the region's txpostgres pool (shared with the Store).
     :param lease: seconds a lease lasts after each grant or renewal.
     """
+
+    log = Logger()
 
     def __init__(self, pool, lease=30.0):
         self._pool = pool
@@ -83,16 +98,23 @@ class Leases:
             raise LeaseExpired(f"the lease of epoch {epoch} is over; register again")
         return row["remaining"]
 
+    @_retried_once
     @_transaction
     async def release(self, tx, epoch):
         """
         A pserv stops cleanly and is quiet: its lease ends now and its nodes
-        are free at once (no waiting for expiry).
+        are free at once (no waiting for expiry).  Its nodes are locked in
+        name order before any is changed, in the same statement (see the
+        module's docstring): a bare ``UPDATE ... WHERE owner_epoch`` locked
+        them in the index's order, which deadlocked with an assignment
+        round of the cluster.
         """
         await tx.rows("UPDATE leases SET released = true WHERE epoch = %s", (int(epoch),))
         rows = await tx.rows(
-            "UPDATE nodes SET owner_epoch = NULL WHERE owner_epoch = %s RETURNING cluster",
-            (int(epoch),))
+            "WITH locked AS MATERIALIZED (SELECT name FROM nodes WHERE owner_epoch = %s"
+            " ORDER BY name FOR UPDATE)"
+            " UPDATE nodes SET owner_epoch = NULL FROM locked WHERE nodes.name = locked.name"
+            " RETURNING nodes.cluster", (int(epoch),))
         return sorted({r["cluster"] for r in rows})
 
     @_transaction
@@ -101,6 +123,7 @@ class Leases:
         return await tx.row(
             "SELECT owner_epoch, handoff_epoch, cluster FROM nodes WHERE name = %s", (node,))
 
+    @_retried_once
     @_transaction
     async def release_nodes(self, tx, epoch, nodes):
         """
@@ -110,8 +133,11 @@ class Leases:
         circuit goes only with the last of that circuit's nodes ``epoch``
         holds (until then it waits, driven by nobody), so the circuit's
         budget is never kept by two pservs at once.  Answers the names
-        handed over.
+        handed over.  Every row the two updates may change (nodes of
+        ``epoch`` being handed over) is locked first, in name order.
         """
+        await tx.rows("SELECT 1 FROM nodes WHERE owner_epoch = %s AND handoff_epoch IS NOT NULL"
+                      " ORDER BY name FOR UPDATE", (int(epoch),))
         await tx.rows(
             "UPDATE nodes SET handoff_released = true"
             " WHERE name = ANY(%s) AND owner_epoch = %s AND handoff_epoch IS NOT NULL",
@@ -160,6 +186,7 @@ class Leases:
         rows = await tx.rows("SELECT name FROM clusters ORDER BY name")
         return [r["name"] for r in rows]
 
+    @_retried_once
     @_transaction
     async def assign(self, tx, cluster):
         """
@@ -183,10 +210,14 @@ class Leases:
             # Nobody to assign to: every node is ownerless, and that is all
             # (one statement, not a locked pass over the cluster's nodes in
             # Python: with the cluster's pservs down, every power request
-            # still asks for a round).
-            await tx.rows("UPDATE nodes SET owner_epoch = NULL, handoff_epoch = NULL"
+            # still asks for a round).  The rows it changes are locked in
+            # name order first, as everywhere (a bare UPDATE locks in scan
+            # order and deadlocked with the batch writers' name order).
+            await tx.rows("WITH locked AS MATERIALIZED (SELECT name FROM nodes"
                           " WHERE cluster = %s AND (owner_epoch IS NOT NULL"
-                          " OR handoff_epoch IS NOT NULL)", (cluster,))
+                          " OR handoff_epoch IS NOT NULL) ORDER BY name FOR UPDATE)"
+                          " UPDATE nodes SET owner_epoch = NULL, handoff_epoch = NULL"
+                          " FROM locked WHERE nodes.name = locked.name", (cluster,))
             return {"assigned": {}, "handoffs": {}, "waiting": []}
         nodes = await tx.rows(
             "SELECT name, owner_epoch, handoff_epoch, circuit FROM nodes WHERE cluster = %s"

@@ -16,6 +16,7 @@ from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.store.base import (
     MAX_INTERNAL_PAGE, NODE_COLUMNS, OP_COLUMNS, OPEN_SQL, PSERV_COLUMNS, KindStore,
     check_fields, check_name, check_text, node_row, op_number, page_limit, plain, transaction)
+from powerctl.region.store.deadlocks import retried_once
 from powerctl.region.store.clusters import (
     CIRCUIT_JOIN, CIRCUIT_SQL, check_circuit, circuit_of, ensure_cluster)
 from powerctl.region.store.lockouts import forget_for_node
@@ -341,6 +342,7 @@ class NodeStore(KindStore):
                 await self._record(tx, [report], poll=False)
         return recorded
 
+    @retried_once
     @transaction
     async def record_outcomes(self, tx, reports):
         """
@@ -374,6 +376,7 @@ class NodeStore(KindStore):
         await self._record(tx, list(implied.values()), poll=False)
         return results
 
+    @retried_once
     @transaction
     async def record_polls(self, tx, reports):
         """

@@ -23,6 +23,7 @@ from powerctl.region.store.base import (
     transaction)
 from powerctl.region.store.pod_managers import resolve_many
 from powerctl.region.store.clusters import CIRCUIT_JOIN, CIRCUIT_SQL, circuit_of
+from powerctl.region.store.deadlocks import retried_once
 from powerctl.region.store.lockouts import for_nodes as lockouts_for_nodes
 
 
@@ -109,18 +110,25 @@ async def journal(tx, node, action, requester):
 
 
 async def lock_open(tx, node):
-    """Lock the node's open operations until the transaction ends."""
+    """Lock the node's open operations until the transaction ends (in id order, as all do)."""
     await tx.rows(f"SELECT id FROM power_ops WHERE node = %s"
-                  f" AND state IN {OPEN_SQL} FOR UPDATE", (node,))
+                  f" AND state IN {OPEN_SQL} ORDER BY id FOR UPDATE", (node,))
 
 
 async def cancel_open(tx, node, reason, by, only=None):
-    """Journal the node's open operations (or those of ``only``) cancelled."""
+    """
+    Journal the node's open operations (or those of ``only``) cancelled,
+    their rows locked in id order first (the order of every multi-row
+    writer of the journal).
+    """
     rows = await tx.rows(
-        f"UPDATE power_ops SET state = '{OpState.CANCELLED.value}', finished_at = now(),"
-        " error = %(reason)s, cancelled_by = %(by)s"
+        "WITH locked AS MATERIALIZED (SELECT id FROM power_ops"
         f" WHERE node = %(node)s AND state IN {OPEN_SQL}"
-        " AND (%(only)s::bigint[] IS NULL OR id = ANY(%(only)s::bigint[])) RETURNING id",
+        " AND (%(only)s::bigint[] IS NULL OR id = ANY(%(only)s::bigint[]))"
+        " ORDER BY id FOR UPDATE)"
+        f" UPDATE power_ops o SET state = '{OpState.CANCELLED.value}', finished_at = now(),"
+        " error = %(reason)s, cancelled_by = %(by)s"
+        f" FROM locked WHERE o.id = locked.id AND o.state IN {OPEN_SQL} RETURNING o.id",
         {"reason": f"{reason} by {by}" if by else reason, "by": by or None,
          "node": node, "only": only})
     return [r["id"] for r in rows]
@@ -467,19 +475,29 @@ class OperationStore(KindStore):
             (pserv, epoch, timestamp(started_at), op["id"]))
         return Recorded(plain(op), True)
 
+    @retried_once
     @transaction
     async def mark_running_many(self, tx, op_ids, pserv, epoch):
         """
         ``pserv`` took these operations in a ``Recover`` page under ``epoch``:
         the journal says they run there (terminal ones are left alone).
+
+        The rows are locked in id order first, the order :meth:`end_many`
+        (a batch of the same pserv's outcomes, maybe about these very
+        operations) takes: a bare ``UPDATE ... WHERE id = ANY`` locks them
+        in the order its plan visits them (heap order for a bitmap scan),
+        which could deadlock with it.
         """
         check_text("pserv", pserv, 255)
         await tx.rows(
-            f"UPDATE power_ops SET state = '{OpState.RUNNING.value}', pserv = %s, epoch = %s,"
-            " started_at = COALESCE(started_at, now())"
-            f" WHERE id = ANY(%s) AND state IN {OPEN_SQL}"
-            " AND (pserv IS DISTINCT FROM %s OR epoch IS DISTINCT FROM %s)",
-            (pserv, epoch, list(op_ids), pserv, epoch))
+            "WITH locked AS MATERIALIZED (SELECT id FROM power_ops"
+            f" WHERE id = ANY(%(ids)s::bigint[]) AND state IN {OPEN_SQL}"
+            " AND (pserv IS DISTINCT FROM %(pserv)s OR epoch IS DISTINCT FROM %(epoch)s)"
+            " ORDER BY id FOR UPDATE)"
+            f" UPDATE power_ops o SET state = '{OpState.RUNNING.value}', pserv = %(pserv)s,"
+            " epoch = %(epoch)s, started_at = COALESCE(o.started_at, now())"
+            f" FROM locked WHERE o.id = locked.id AND o.state IN {OPEN_SQL}",
+            {"ids": sorted(int(i) for i in op_ids), "pserv": pserv, "epoch": epoch})
 
     async def _check_reference(self, tx, field, value, op_id):
         """An op id that ``coalesced_into``/``superseded_by`` may point at."""
