@@ -193,15 +193,23 @@ def _value(data, tag, start, stop):
     raise BerError(f"unknown value tag {tag:#x}")
 
 
-def decode_response(data):
-    """A :class:`Response` from one datagram; :class:`BerError` if it is none."""
-    end = len(data)
-    start, stop = _expect(data, 0, end, _SEQUENCE)
+def _message(data, pdu_tag):
+    """
+    ``(version, community, start, end)`` of a message whose PDU has
+    ``pdu_tag``: the PDU's contents lie in ``data[start:end]``.
+    """
+    start, stop = _expect(data, 0, len(data), _SEQUENCE)
     at, version_end = _expect(data, start, stop, _INTEGER)
     version = _int(data, at, version_end)
     at, community_end = _expect(data, version_end, stop, _OCTETS)
     community = bytes(data[at:community_end])
-    at, pdu_end = _expect(data, community_end, stop, _RESPONSE)
+    at, pdu_end = _expect(data, community_end, stop, pdu_tag)
+    return version, community, at, pdu_end
+
+
+def decode_response(data):
+    """A :class:`Response` from one datagram; :class:`BerError` if it is none."""
+    version, community, at, pdu_end = _message(data, _RESPONSE)
     fields = []
     for _ in range(3):
         start, at = _expect(data, at, pdu_end, _INTEGER)
@@ -227,13 +235,7 @@ def decode_get(data):
     :class:`BerError` if ``data`` is not one.  For light simulators (the
     bench's PDUs) and tests; the driver never needs it.
     """
-    end = len(data)
-    start, stop = _expect(data, 0, end, _SEQUENCE)
-    at, version_end = _expect(data, start, stop, _INTEGER)
-    version = _int(data, at, version_end)
-    at, community_end = _expect(data, version_end, stop, _OCTETS)
-    community = bytes(data[at:community_end])
-    at, pdu_end = _expect(data, community_end, stop, _GET)
+    version, community, at, pdu_end = _message(data, _GET)
     start, at = _expect(data, at, pdu_end, _INTEGER)
     request_id = _int(data, start, at)
     for _ in range(2):
