@@ -70,3 +70,30 @@ class DatabaseMixin:
         self.addCleanup(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         self.dsn = cluster().dsn(name)
         self.pg = cluster()
+
+
+async def end_sessions_then_answer(killer, call, answers=6, attempts=200):
+    """
+    End every other session of the test database through ``killer`` (a
+    connection), then ``call()`` until it has answered ``answers`` times,
+    waiting 0.05 s after each refusal of a connection still re-opening
+    (each takes 0.2-2 s), at most ``attempts`` times: the answers.
+    """
+    from twisted.internet import reactor, task
+    from txpostgres import reconnection
+
+    await killer.runQuery(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    got = []
+    for _ in range(attempts):
+        try:
+            got.append(await call())
+        except (reconnection.ConnectionDead, psycopg2.OperationalError,
+                psycopg2.InterfaceError):
+            await task.deferLater(reactor, 0.05, lambda: None)
+            continue
+        if len(got) == answers:
+            break
+    return got
+

@@ -14,7 +14,7 @@ from txpostgres import reconnection
 
 from powerctl.region.service import _ReconnectingPool, _reconnecting_connection
 from powerctl.region.store.connection import KeptReadableConnection, ReadableCursor
-from tests.pg import DatabaseMixin
+from tests.pg import DatabaseMixin, end_sessions_then_answer
 
 
 class KeptReadableTests(DatabaseMixin, unittest.TestCase):
@@ -79,20 +79,7 @@ class KeptReadableTests(DatabaseMixin, unittest.TestCase):
         pool = _ReconnectingPool(None, self.dsn, min=3)
         await pool.start()
         self.addCleanup(pool.close)
-        killer = await self.connection()
-        await killer.runQuery(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        answers = []
-        for _ in range(200):  # each connection re-opens within 0.2-2 s
-            try:
-                answers.append(await pool.runQuery("SELECT 7"))
-            except (reconnection.ConnectionDead, psycopg2.OperationalError,
-                    psycopg2.InterfaceError):
-                await task.deferLater(reactor, 0.05, lambda: None)
-                continue
-            if len(answers) == 6:
-                break
+        answers = await end_sessions_then_answer(await self.connection(), lambda: pool.runQuery("SELECT 7"))
         self.assertEqual(answers, [[(7,)]] * 6)
         self.assertFalse([r for r in self.readers() if isinstance(r, ReadableCursor)])
         self.flushLoggedErrors(psycopg2.OperationalError)

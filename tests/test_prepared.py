@@ -8,13 +8,13 @@ re-connecting pool, its sessions ended under it as by a database restart).
 """
 
 import psycopg2
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
-from txpostgres import reconnection, txpostgres
+from txpostgres import txpostgres
 
 from powerctl.region.service import _ReconnectingPool
 from powerctl.region.store.base import Prepared, run_prepared
-from tests.pg import DatabaseMixin
+from tests.pg import DatabaseMixin, end_sessions_then_answer
 
 HALF = Prepared("t_half", "SELECT %(x)s::int / %(y)s::int, %(x)s::int, '100%%'")
 
@@ -68,20 +68,7 @@ class RunPreparedTests(DatabaseMixin, unittest.TestCase):
         self.addCleanup(pool.close)
         for i in range(1, 7):  # enough calls to reach every connection
             self.assertEqual(await run_prepared(pool, HALF, {"x": i, "y": 1}), [(i, i, "100%")])
-        killer = await self.connection()
-        await killer.runQuery(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        answers = []
-        for attempt in range(200):  # each connection re-opens within 0.2-2 s
-            try:
-                answers.append(await run_prepared(pool, HALF, {"x": 5, "y": 1}))
-            except (reconnection.ConnectionDead, psycopg2.OperationalError,
-                    psycopg2.InterfaceError):
-                await task.deferLater(reactor, 0.05, lambda: None)
-                continue
-            if len(answers) == 6:
-                break
+        answers = await end_sessions_then_answer(await self.connection(), lambda: run_prepared(pool, HALF, {"x": 5, "y": 1}))
         self.assertEqual(answers, [[(5, 5, "100%")]] * 6)
         # txpostgres logs each idle connection's end as it reads it (not ours)
         self.flushLoggedErrors(psycopg2.OperationalError)
