@@ -17,8 +17,10 @@ polled under.
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
+from powerctl.drivers.bmclimit import BmcLimiter, BmcLimits, address_of
 from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.drivers.interface import Capabilities
+from powerctl.drivers.schema import Param
 from powerctl.power import PowerState
 from powerctl.pserv.executor import DriverExecutor
 from powerctl.pserv.lockout import LockoutGuard
@@ -394,3 +396,75 @@ class BatchLockoutTests(PollerSetup, unittest.TestCase):
         self.link.batches.clear()
         self.poll()
         self.assertEqual(len([q for q in self.pdus.outlet_queries if q[0] == "10.0.0.9"]), 4)
+
+
+class LimitedDriverType(FakeDriverType):
+    """
+    Systems behind services that admit ``max_sessions`` calls at once: each
+    call takes its service's slot of a real
+    :class:`~powerctl.drivers.bmclimit.BmcLimiter` (keyed by ``host``, as
+    the Redfish driver keys it by its URL's ``host:port``) before its
+    device (which holds every call) sees it.
+    """
+
+    def __init__(self, clock, max_sessions):
+        super().__init__("limited", hold=True)
+        self.limiter = BmcLimiter(clock, BmcLimits(max_sessions=max_sessions))
+
+    def _params(self):
+        return (Param("host", "host", required=True), Param("system", required=True))
+
+    def _key(self, settings):
+        return (settings["host"], settings["system"])
+
+    def bind(self, settings):
+        return _Limited(self.device(self._key(settings)),
+                        self.limiter.handle(address_of(settings["host"], 0)))
+
+
+class _Limited:
+    def __init__(self, device, bmc):
+        self.device, self.bmc, self.capabilities = device, bmc, device.capabilities
+
+    def query(self):
+        def call(release):
+            return self.device.query().addBoth(lambda r: (release(), r)[1])
+        return self.bmc.acquire().addCallback(call)
+
+    def quiesced(self):
+        return defer.succeed(None)
+
+
+class SpreadTests(unittest.TestCase):
+    """
+    Issue 14 item 4: a round's queries spread over services, so that no
+    poll slot waits on one service's per-BMC limit while another service
+    could take the call.
+    """
+
+    def test_poll_slots_are_spread_over_services_with_per_bmc_limits(self):
+        clock = task.Clock()
+        limited = LimitedDriverType(clock, max_sessions=2)
+        executor = DriverExecutor(DriverCatalogue([limited]))
+        registry = PowerActionRegistry(executor, clock, cancel_timeout=5)
+        link = RecordingLink()
+        poller = Poller(registry, executor, link, clock, interval=60, concurrency=6)
+        # learnt service by service, as a recovery lists them (by name)
+        for s in range(3):
+            for n in range(4):
+                executor.configure(f"svc{s}-n{n}", {"mode": "single", "agents": [
+                    {"driver": "limited", "params": {"host": f"10.0.0.{s}", "system": str(n)}}]})
+        d = poller.poll_once()
+        running = [key for key, device in limited.devices.items() if device.held]
+        # 6 slots, 3 services of 2 sessions each: every slot runs a call
+        # (listed service by service, svc0's 4 systems took 4 slots and 2
+        # of them waited on its limit: 4 running)
+        self.assertEqual(len(running), 6, running)
+        self.assertEqual(sorted({host for host, _ in running}),
+                         ["10.0.0.0", "10.0.0.1", "10.0.0.2"])
+        while any(device.held for device in limited.devices.values()):
+            for device in limited.devices.values():
+                if device.held:
+                    device.release()
+        self.successResultOf(d)
+        self.assertEqual(len(link.batches[0][1]), 12)

@@ -8,7 +8,10 @@ once.  Nodes powered by a single outlet of an SNMP PDU are batched instead:
 one request per PDU reads every outlet polled on it; that request goes
 through the BMC lock-out guard under the PDU's credentials like any
 driver call (issue 10), so a refused community or v3 key is not tried
-round after round.  Results go to the region in one batch per round.
+round after round.  The other nodes take the slots one device in turn
+(:func:`_round_robin`), not device by device, so slots do not queue on one
+BMC's few sessions while other BMCs idle.  Results go to the region in
+batches of 200.
 
 Rounds also refresh from the region (a full ``Recover`` paging: nodes added
 or changed, dispatches lost), the safety net under the region's pushes.
@@ -41,6 +44,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from powerctl.drivers.bmclimit import address_of, address_of_url
 from powerctl.power import Action, PowerState
 from powerctl.powerdoc import agent_list
 from powerctl.pserv.lockout import agent_key
@@ -120,6 +124,7 @@ class Poller(TimerService):
         nodes = [n for n in self.executor.known_nodes()
                  if not self.registry.busy(n) and self.executor.queryable(n)]
         pdus, singles = self._group(nodes)
+        singles = _round_robin(singles, lambda n: self._grouped[n][2])
         work = [self._slots.run(self._query, n)
                 .addCallbacks(lambda o, n=n: {n: o}, lambda f, n=n: {n: f})
                 for n in singles]
@@ -158,21 +163,25 @@ class Poller(TimerService):
         return pdus, singles
 
     def _group_one(self, node, power):
-        """``(power, PDU key, outlet)`` of one node; the PDU key is None if queried alone."""
+        """
+        ``(power, PDU key, outlet)`` of one node; the PDU key is None if
+        queried alone, and the outlet is then its device's key instead
+        (:func:`device_key`), to spread a round's queries over devices.
+        """
         catalogue = self.executor.catalogue
         agents = agent_list(power)
         if len(agents) != 1 or agents[0].get("driver") != "snmp":
-            return (power, None, None)
+            return (power, None, device_key(catalogue, agents))
         driver_type = catalogue.get("snmp")
         if not hasattr(driver_type, "query_outlets"):
-            return (power, None, None)
+            return (power, None, device_key(catalogue, agents))
         try:
             settings = catalogue.validate("snmp", agents[0].get("params", {}))
         except Exception:
             # Accepted when configured, so this is a bug; it must not
             # cost the other nodes their poll: this one is queried alone.
             self.log.failure("grouping node {node} by PDU", node=node)
-            return (power, None, None)
+            return (power, None, device_key(catalogue, agents))
         guard_key = agent_key(catalogue, agents[0])
         key = json.dumps([{k: v for k, v in settings.items() if k != "outlet"},
                           guard_key], sort_keys=True, default=str)
@@ -213,6 +222,47 @@ class Poller(TimerService):
         # Keep each AMP value well under 64 KiB.
         batches = [states[i:i + 200] for i in range(0, len(states), 200)]
         return defer.DeferredList([self.link.send_states(b, epoch) for b in batches])
+
+
+def device_key(catalogue, agents):
+    """
+    Which device a node's first agent talks to, as the per-BMC limiter
+    (:mod:`powerctl.drivers.bmclimit`) keys it: the ``host:port`` of its
+    ``url`` or of its ``host`` (and ``port``); for a driver with neither,
+    its account on the device (:func:`~powerctl.pserv.lockout.agent_key`).
+    Only an ordering hint: a wrong key costs speed, never correctness.
+    """
+    if not agents or not isinstance(agents[0], dict):
+        return None
+    params = agents[0].get("params") or {}
+    try:
+        if isinstance(params.get("url"), str):
+            return address_of_url(params["url"])
+        if params.get("host") is not None:
+            return address_of(params["host"], params.get("port") or 0)
+        return agent_key(catalogue, agents[0])
+    except Exception:  # malformed: the node is queried (and fails) anyway
+        return None
+
+
+def _round_robin(nodes, key):
+    """
+    ``nodes`` reordered so that consecutive ones go to different devices
+    (one of each device in turn, devices in order of first appearance).
+
+    Why: a round's queries take the poll slots in this order, and each
+    device admits only a few calls at once (iDRAC: 8).  Listed device by
+    device (as a pserv learns them), 32 slots would all queue on one
+    service's 8 sessions while the other services idle; in turn, every
+    slot holds a call that can run.
+    """
+    by_device = {}
+    for node in nodes:
+        by_device.setdefault(key(node), []).append(node)
+    if len(by_device) <= 1:
+        return list(nodes)
+    return [n for turn in itertools.zip_longest(*by_device.values()) for n in turn
+            if n is not None]
 
 
 def _answered(node, value):
