@@ -214,6 +214,25 @@ class SkipTests(PollerSetup, unittest.TestCase):
         # not before 300 s (not 1,200), then every round again (a quick one)
         self.assertEqual(calls, [0, 300, 360, 420])
 
+    def test_with_a_cursor_rounds_refresh_incrementally_and_fully_every_ten_minutes(self):
+        """Issue 14: a full paging is the rare safety net once the region gives cursors."""
+        calls = []
+
+        def refresh(incremental=False):
+            calls.append((self.clock.seconds(), "incremental" if incremental else "full"))
+            if not incremental:
+                self.clock.advance(7)  # a full refresh of 10,000 nodes: 7 s
+            return defer.succeed(None)
+
+        self.link.refresh = refresh
+        self.successResultOf(self.poller.poll_once())  # no cursor yet: full
+        self.link.incremental = True  # the hand-shake's recovery gave one
+        for _ in range(10):  # rounds every 60 s from 67 s to 607 s
+            self.clock.advance(60)
+            self.successResultOf(self.poller.poll_once())
+        self.assertEqual(calls, [(0, "full")] + [(67 + 60 * i, "incremental") for i in range(9)]
+                         + [(607, "full")])
+
     def test_a_node_forgotten_while_it_was_read_is_not_reported(self):
         self.executor.configure("n1", outlet("10.0.0.1", 1))
         self.executor.configure("n2", outlet("10.0.0.1", 2))

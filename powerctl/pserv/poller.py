@@ -13,14 +13,20 @@ round after round.  The other nodes take the slots one device in turn
 BMC's few sessions while other BMCs idle.  Results go to the region in
 batches of 200.
 
-Rounds also refresh from the region (a full ``Recover`` paging: nodes added
-or changed, dispatches lost), the safety net under the region's pushes.
+Rounds also refresh from the region (nodes added or changed, dispatches
+lost), the safety net under the region's pushes.  When the region gives
+a cursor (issue 14), every round's refresh is *incremental*: the open
+operations and the nodes changed since the last refresh, a page or two.
+A full ``Recover`` paging, which alone sees deleted nodes and nodes moved
+to another cluster, then runs every ``FULL_EVERY`` seconds (or less
+often, if it takes more than ``REFRESH_SHARE`` of the time).  Without a
+cursor (an older region) every refresh is full and spaced out as below.
 The refresh runs *beside* the queries, not before them: nothing a query
 reads depends on it -- a node the refresh learns is polled from the next
 round on, one forgotten meanwhile is dropped from the report -- and the
 round ends when both have.  A refresh is costly at scale (at 10,000 nodes
 about 7 s, mostly waiting for the region's pages: bench/RESULTS.md), so a
-round starts one only if the last one started at least
+round starts a full one only if the last one started at least
 ``took / REFRESH_SHARE`` seconds ago (capped at ``REFRESH_AT_LEAST``, so a
 region that was slow once does not delay the next one for long):
 refreshing takes at most that share of the time.  A small fleet (a refresh of milliseconds) still refreshes
@@ -55,6 +61,10 @@ from powerctl.registry import Outcome, PowerAction
 REFRESH_SHARE = 0.1
 #: ... but one is due at least this often (s), however long the last one took
 REFRESH_AT_LEAST = 300.0
+#: when the region answers incremental refreshes, a full one is due this often (s)
+FULL_EVERY = 600.0
+
+FULL, INCREMENTAL = "full", "incremental"
 
 
 class Poller(TimerService):
@@ -95,18 +105,28 @@ class Poller(TimerService):
         """One round: refresh what we know beside querying every idle node and reporting."""
         if not self.link.connected:
             return defer.succeed(None)
-        refresh = self._refresh() if self._refresh_due() else defer.succeed(None)
+        kind = self._refresh_due()
+        refresh = self._refresh(kind) if kind else defer.succeed(None)
         poll = defer.maybeDeferred(self._poll)
         return defer.gatherResults([refresh, poll], consumeErrors=True).addErrback(
             lambda f: f.value.subFailure)  # the first failure as it was raised
 
     def _refresh_due(self):
+        """``FULL``, ``INCREMENTAL`` or None: which refresh this round starts."""
+        incremental = getattr(self.link, "incremental", False)
         if self._refreshed_at is None:
-            return True
-        wait = min(self._refresh_took / REFRESH_SHARE, REFRESH_AT_LEAST)
-        return self.clock.seconds() - self._refreshed_at >= wait
+            return FULL
+        if incremental:
+            wait = max(self._refresh_took / REFRESH_SHARE, FULL_EVERY)
+        else:
+            wait = min(self._refresh_took / REFRESH_SHARE, REFRESH_AT_LEAST)
+        if self.clock.seconds() - self._refreshed_at >= wait:
+            return FULL
+        return INCREMENTAL if incremental else None
 
-    def _refresh(self):
+    def _refresh(self, kind):
+        if kind == INCREMENTAL:
+            return self.link.refresh(incremental=True)
         started = self._refreshed_at = self.clock.seconds()
 
         def done(result):
