@@ -194,3 +194,24 @@ class IncrementalRecoveryTests(unittest.TestCase):
         region.answer(1, ["n1"], cursor=70)
         for d in queued:
             self.assertEqual(self.successResultOf(d), "full")
+
+    def test_every_page_of_an_incremental_recovery_asks_for_changes_only(self):
+        """Two pages, each node configured with its circuit: the second asks the same."""
+        pserv = Pserv({"n1"})
+        configured = []
+        pserv.configure = lambda node, power, **kw: configured.append((node, kw))
+        region = Region(pserv)
+        region.cursor = 50
+        d = region.recover(incremental=True)
+        region.calls[0][2].callback({
+            "nodes": [{"name": "n1", "power": {}, "circuit": {"name": "c", "max_on": 1,
+                                                               "spacing": 0.0}}],
+            "operations": [], "after_op": -1, "after_node": "n1", "done": False,
+            "cursor": 60})
+        self.assertEqual([kw for _, kw, _ in region.calls],
+                         [{"after_op": 0, "after_node": "", "changed_since": 50},
+                          {"after_op": -1, "after_node": "n1", "changed_since": 50}])
+        region.answer(1, [])
+        self.successResultOf(d)
+        self.assertEqual(region.cursor, 60)
+        self.assertEqual([n for n, _ in configured], ["n1"])

@@ -416,11 +416,11 @@ class PservProtocol(amp.AMP):
         known_before, listed, not_ours = set(self.pserv.executor.known_nodes()), set(), set()
         guard = getattr(self.pserv.executor, "lockout", None)
         since = guard.generation() if guard is not None else None  # issue 10
-        extra = {} if changed_since is None else {"changed_since": changed_since}
+        asked = {} if changed_since is None else {"changed_since": changed_since}
         cursor = False  # not read yet
         while True:
             page = await self.callRemote(
-                commands.Recover, after_op=after_op, after_node=after_node, **extra)
+                commands.Recover, after_op=after_op, after_node=after_node, **asked)
             if cursor is False:
                 cursor = page.get("cursor")
             not_ours.update(page.get("not_ours") or ())
