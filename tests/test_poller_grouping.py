@@ -233,6 +233,17 @@ class SkipTests(PollerSetup, unittest.TestCase):
         self.assertEqual(calls, [(0, "full")] + [(67 + 60 * i, "incremental") for i in range(9)]
                          + [(607, "full")])
 
+    def test_the_first_round_after_a_hand_shake_is_incremental(self):
+        """The hand-shake recovered in full just before: no second full paging at once."""
+        calls = []
+        self.link.refresh = lambda incremental=False: (
+            calls.append((self.clock.seconds(), incremental)), defer.succeed(None))[1]
+        self.link.incremental = True
+        for _ in range(11):  # rounds every 60 s from 0 to 600 s
+            self.successResultOf(self.poller.poll_once())
+            self.clock.advance(60)
+        self.assertEqual(calls, [(60 * i, True) for i in range(10)] + [(600, False)])
+
     def test_a_node_forgotten_while_it_was_read_is_not_reported(self):
         self.executor.configure("n1", outlet("10.0.0.1", 1))
         self.executor.configure("n2", outlet("10.0.0.1", 2))

@@ -115,6 +115,11 @@ class Poller(TimerService):
         """``FULL``, ``INCREMENTAL`` or None: which refresh this round starts."""
         incremental = getattr(self.link, "incremental", False)
         if self._refreshed_at is None:
+            if incremental:
+                # The connection's hand-shake has just recovered in full:
+                # count it as this poller's first full refresh.
+                self._refreshed_at, self._refresh_took = self.clock.seconds(), 0.0
+                return INCREMENTAL
             return FULL
         if incremental:
             wait = max(self._refresh_took / REFRESH_SHARE, FULL_EVERY)
