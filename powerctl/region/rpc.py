@@ -17,10 +17,12 @@ from powerctl.region.store.base import MAX_BIGINT
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands, responders
 
-#: Items per recovery page, also trimmed by size (:func:`_trim`).  About
-#: 250 nodes fit one 64 KiB value (a Redfish or SNMP node is ~250 bytes):
-#: 40 pages at 10,000 nodes, not 100, each a few round trips to the database.
-PAGE = 250
+#: Items per recovery page, also trimmed by size (:func:`_trim`).  Not
+#: more: a resolved SNMP or Redfish node is 300-400 bytes, so a page of 250
+#: was trimmed every time (rows read and resolved for nothing, and more
+#: CPU per full recovery at 10,000 nodes, no faster: bench/RESULTS.md).
+#: Full recoveries are rare now that refreshes are incremental.
+PAGE = 100
 
 
 def error_text(kind, message):
@@ -38,6 +40,8 @@ def _trim(items):
     encoded once.  (Halving a page that did not fit threw away up to half
     of what the region had read and resolved for it.)
     """
+    if len(json.dumps(items, separators=(",", ":"))) <= commands.MAX_VALUE:
+        return items  # the usual case: one encoding of the whole page
     total = 2  # the brackets
     for index, item in enumerate(items):
         total += len(json.dumps(item, separators=(",", ":"))) + (1 if index else 0)
