@@ -233,7 +233,9 @@ class RegionLink:
         """
         if not self._connected:
             return defer.succeed(None)
-        d = defer.ensureDeferred(self._connected[0].recover(incremental=incremental))
+        connection = self._connected[0]
+        d = defer.ensureDeferred(
+            connection.recover(incremental=True) if incremental else connection.recover())
         d.addErrback(self._failed, "refresh from the region", commands.Recover,
                      commands.ReleaseNodes)
         return d

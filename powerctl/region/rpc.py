@@ -234,7 +234,9 @@ class RegionProtocol(amp.AMP):
         store = self.region.store
         extra = {}
         if after_op == 0 and after_node == "":  # a recovery starts
-            extra["cursor"] = await store.nodes.changes_cursor()
+            cursor = await store.nodes.changes_cursor()
+            if cursor is not None:  # None: a store that keeps no cursor (tests)
+                extra["cursor"] = cursor
         ops_page = []
         if after_op >= 0:
             ops = await store.ops.outstanding(self.cluster, after_id=after_op, limit=PAGE,
