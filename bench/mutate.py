@@ -174,7 +174,8 @@ EQUIVALENT = [
      "the registry, the only constructor of ActionInfo, always passes stopping"),
     ("powerctl/registry/registry.py", "ReplaceFalseWithTrue", "@attrs.define(eq=False)", "",
      "jobs and nodes are only ever compared by identity"),
-    ("powerctl/registry/registry.py", "RemoveDecorator", "@attrs.define(eq=False)", "",
+    ("powerctl/registry/registry.py", "RemoveDecorator",
+     ("class _Node", "@attrs.define(eq=False)"), "",
      "_Node: a plain class with class-level None defaults behaves the same"),
     ("powerctl/registry/registry.py", "NumberReplacer", "cancel_timeout=30.0", "",
      "the pserv always passes its own STOP_TIMEOUT; the default is not relied on"),
@@ -195,9 +196,6 @@ EQUIVALENT = [
     ("powerctl/region/rpc.py", "NumberReplacer", "PAGE = 100", "",
      "any page size pages correctly: the same constant is the limit and the "
      "full-page test, and _trim bounds a page by size"),
-    ("powerctl/region/rpc.py", "NumberReplacer", "max(1, len(items) // 2)", "max(0",
-     "_trim halves only lists of two items or more, where len // 2 >= 1: the max() "
-     "never picks its first argument"),
     # issue 13: the lock-out guard
     ("powerctl/pserv/lockout.py", "ReplaceTrueWithFalse", "sort_keys=True, default=str", "",
      "credentials_key builds both dicts in a fixed order (_ACCOUNT, sorted secrets): "
@@ -224,9 +222,10 @@ EQUIVALENT = [
     ("powerctl/region/store/nodes.py", "NumberReplacer", "responsive_grace=60.0", "",
      "Store always passes responsive_grace to NodeStore: this default is never used"),
     ("powerctl/region/store/nodes.py", "NumberReplacer", "limit=500", "",
-     "desired_states' only caller (rpc.recover) passes limit=PAGE"),
+     "desired_states' and changed_since's only caller (rpc.recover) passes limit=PAGE"),
     ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(limit, 500", "",
-     "desired_states' only caller passes a limit, so page_limit's default is unused"),
+     "desired_states' and changed_since's only caller passes a limit, so "
+     "page_limit's default is unused"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "limit=500", "",
      "outstanding's only caller (rpc.recover) passes limit=PAGE"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "page_limit(limit, 500", "",

@@ -21,7 +21,9 @@ from powerctl.rpc import auth, commands, responders
 #: more: a resolved SNMP or Redfish node is 300-400 bytes, so a page of 250
 #: was trimmed every time (rows read and resolved for nothing, and more
 #: CPU per full recovery at 10,000 nodes, no faster: bench/RESULTS.md).
-#: Full recoveries are rare now that refreshes are incremental.
+#: Full recoveries are rare now that refreshes are incremental.  (Any size
+#: pages correctly, the same constant being the limit and the full-page
+#: test: make mutate's +-1 here is equivalent.)
 PAGE = 100
 
 
@@ -256,6 +258,8 @@ class RegionProtocol(amp.AMP):
                 last = ops_page[-1]["id"] if ops_page else ops[-1]["id"]
                 return {"operations": ops_page, "nodes": [], "after_op": last,
                         "after_node": "", "done": False, **extra}
+            # (Only after_op >= 0 is tested and the pserv echoes it back: make
+            # mutate's -2 is equivalent.)
             after_op = -1  # operations exhausted: nodes from now on
         if changed_since is None:
             nodes = await store.nodes.desired_states(self.cluster, after_name=after_node,
