@@ -217,6 +217,12 @@ EQUIVALENT = [
      ("if node is None or self.on_lockout is None", "continue"), "break",
      "_lock's loop skips every user or none: (None, None) only ever comes alone, and "
      "on_lockout is the same for all"),
+    ("powerctl/pserv/lockout.py", "ReplaceComparisonOperator_GtE_Gt", "if agent >= len(keys)",
+     "", "register pads to agent + 1 entries or (at agent == len) not at all: the slice "
+     "then appends the key, the same tuple"),
+    ("powerctl/pserv/lockout.py", "NumberReplacer", "(agent + 1 - len(keys))", "agent + 0",
+     "padding to agent entries, the slice appends the key: the same tuple as padding "
+     "to agent + 1 and replacing the last None"),
     # The split store: defaults no caller uses (Store always passes the
     # grace from the settings; the AMP responder always passes its PAGE).
     ("powerctl/region/store/nodes.py", "NumberReplacer", "responsive_grace=60.0", "",
