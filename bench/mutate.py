@@ -129,7 +129,8 @@ MODULES = [
     # issue 13: automatic fencing's decision (pure) and the lock-out guard
     ("autofence", "powerctl/region/autofence.py", ["tests/test_autofence.py"], 2, 30),
     ("lockout", "powerctl/pserv/lockout.py",
-     ["tests/test_lockout_edges.py", "tests/test_lockout.py", "tests/test_lockout_proof.py"], 2, 60),
+     ["tests/test_lockout_edges.py", "tests/test_lockout.py", "tests/test_lockout_proof.py"],
+     2, 60),
     ("policy", "powerctl/registry/policy.py", REGISTRY_TESTS, 2, 60),
     ("actions", "powerctl/registry/actions.py", REGISTRY_TESTS, 2, 60),
 ]
