@@ -187,21 +187,11 @@ class Recover(amp.Command):
     ``[{"agent", "id"}]``: a pserv drops a lock-out it holds that the listing
     no longer names, once the region had acknowledged it.  Both lists carry
     ``"circuit"`` (as in the power commands) for a node on a circuit.
-
-    Incremental recoveries (issue 14): the first page of every recovery
-    carries ``cursor``; a later recovery called with ``changed_since`` set
-    to it lists, of the nodes, only those whose configuration changed since
-    (and every open operation, as always), and names in ``not_ours`` the
-    changed nodes of the cluster this lease no longer drives (handed over).
-    It says nothing of deleted nodes or nodes moved to another cluster: a
-    full recovery (without ``changed_since``) stays the safety net.  A
-    region without this ignores ``changed_since`` and sends no ``cursor``.
     """
 
     arguments = [
         (b"after_op", amp.Integer()),
         (b"after_node", amp.Unicode()),
-        (b"changed_since", amp.Integer(optional=True)),
     ]
     response = [
         (b"operations", JSON()),
@@ -209,8 +199,6 @@ class Recover(amp.Command):
         (b"after_op", amp.Integer()),
         (b"after_node", amp.Unicode()),
         (b"done", amp.Boolean()),
-        (b"cursor", amp.Integer(optional=True)),
-        (b"not_ours", JSON(optional=True)),
     ]
     errors = dict(_LEASED_ERRORS)
 
