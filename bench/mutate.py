@@ -129,7 +129,8 @@ MODULES = [
     # issue 13: automatic fencing's decision (pure) and the lock-out guard
     ("autofence", "powerctl/region/autofence.py", ["tests/test_autofence.py"], 2, 30),
     ("lockout", "powerctl/pserv/lockout.py",
-     ["tests/test_lockout_edges.py", "tests/test_lockout.py"], 2, 60),
+     ["tests/test_lockout_edges.py", "tests/test_lockout.py", "tests/test_lockout_proof.py"],
+     2, 60),
     ("policy", "powerctl/registry/policy.py", REGISTRY_TESTS, 2, 60),
     ("actions", "powerctl/registry/actions.py", REGISTRY_TESTS, 2, 60),
 ]
@@ -174,7 +175,8 @@ EQUIVALENT = [
      "the registry, the only constructor of ActionInfo, always passes stopping"),
     ("powerctl/registry/registry.py", "ReplaceFalseWithTrue", "@attrs.define(eq=False)", "",
      "jobs and nodes are only ever compared by identity"),
-    ("powerctl/registry/registry.py", "RemoveDecorator", "@attrs.define(eq=False)", "",
+    ("powerctl/registry/registry.py", "RemoveDecorator",
+     ("class _Node", "@attrs.define(eq=False)"), "",
      "_Node: a plain class with class-level None defaults behaves the same"),
     ("powerctl/registry/registry.py", "NumberReplacer", "cancel_timeout=30.0", "",
      "the pserv always passes its own STOP_TIMEOUT; the default is not relied on"),
@@ -195,9 +197,6 @@ EQUIVALENT = [
     ("powerctl/region/rpc.py", "NumberReplacer", "PAGE = 100", "",
      "any page size pages correctly: the same constant is the limit and the "
      "full-page test, and _trim bounds a page by size"),
-    ("powerctl/region/rpc.py", "NumberReplacer", "max(1, len(items) // 2)", "max(0",
-     "_trim halves only lists of two items or more, where len // 2 >= 1: the max() "
-     "never picks its first argument"),
     # issue 13: the lock-out guard
     ("powerctl/pserv/lockout.py", "ReplaceTrueWithFalse", "sort_keys=True, default=str", "",
      "credentials_key builds both dicts in a fixed order (_ACCOUNT, sorted secrets): "
@@ -219,14 +218,21 @@ EQUIVALENT = [
      ("if node is None or self.on_lockout is None", "continue"), "break",
      "_lock's loop skips every user or none: (None, None) only ever comes alone, and "
      "on_lockout is the same for all"),
+    ("powerctl/pserv/lockout.py", "ReplaceComparisonOperator_GtE_Gt", "if agent >= len(keys)",
+     "", "register pads to agent + 1 entries or (at agent == len) not at all: the slice "
+     "then appends the key, the same tuple"),
+    ("powerctl/pserv/lockout.py", "NumberReplacer", "(agent + 1 - len(keys))", "agent + 0",
+     "padding to agent entries, the slice appends the key: the same tuple as padding "
+     "to agent + 1 and replacing the last None"),
     # The split store: defaults no caller uses (Store always passes the
     # grace from the settings; the AMP responder always passes its PAGE).
     ("powerctl/region/store/nodes.py", "NumberReplacer", "responsive_grace=60.0", "",
      "Store always passes responsive_grace to NodeStore: this default is never used"),
     ("powerctl/region/store/nodes.py", "NumberReplacer", "limit=500", "",
-     "desired_states' only caller (rpc.recover) passes limit=PAGE"),
+     "desired_states' and changed_since's only caller (rpc.recover) passes limit=PAGE"),
     ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(limit, 500", "",
-     "desired_states' only caller passes a limit, so page_limit's default is unused"),
+     "desired_states' and changed_since's only caller passes a limit, so "
+     "page_limit's default is unused"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "limit=500", "",
      "outstanding's only caller (rpc.recover) passes limit=PAGE"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "page_limit(limit, 500", "",

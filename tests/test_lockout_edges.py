@@ -456,3 +456,218 @@ class GuardedDriverEdgeTests(unittest.TestCase):
         lock(guard, agent_key(Catalogue(), agent))
         self.failureResultOf(driver.on(), AuthenticationError)
         self.assertEqual(device.calls, [])
+
+
+class AgentIndexTests(unittest.TestCase):
+    """One tuple of keys per node, by agent index: out-of-range indexes and padding."""
+
+    def setUp(self):
+        self.guard = LockoutGuard(task.Clock())
+
+    def test_a_negative_agent_index_is_refused_and_changes_nothing(self):
+        self.guard.register("n1", 0, "A")
+        with self.assertRaises(ValueError):
+            self.guard.register("n1", -1, "B")
+        self.assertEqual(self.guard._nodes["n1"], ("A",))
+
+    def test_a_negative_or_too_large_index_names_no_key(self):
+        self.guard.register("n1", 0, "A")
+        self.guard.register("n1", 1, "B")
+        self.assertIsNone(self.guard._key_of("n1", -1))
+        self.assertIsNone(self.guard._key_of("n1", 2))
+        self.assertIsNone(self.guard._key_of("n1", "0"))
+        self.assertIsNone(self.guard._key_of("n2", 0))
+        # nor does the region's hold of such an agent reach an account
+        self.guard.hold("n1", -1, 7)
+        self.assertEqual(self.guard.held("n1"), {})
+        self.assertFalse(self.guard._accounts)
+
+    def test_an_agent_beyond_the_tuple_pads_it_with_none_exactly(self):
+        self.guard.register("n1", 1, "B")
+        self.assertEqual(self.guard._nodes["n1"], (None, "B"))
+        self.assertEqual(self.guard._key_of("n1", 1), "B")
+        self.assertIsNone(self.guard._key_of("n1", 0))
+        self.guard.register("n2", 0, "A")
+        self.guard.register("n2", 2, "C")
+        self.assertEqual(self.guard._nodes["n2"], ("A", None, "C"))
+        self.guard.register("n2", 3, "D")
+        self.assertEqual(self.guard._nodes["n2"], ("A", None, "C", "D"))
+
+    def test_re_registering_one_agent_keeps_the_agents_after_it(self):
+        self.guard.register("n1", 0, "A")
+        self.guard.register("n1", 1, "B")
+        self.guard.register("n1", 2, "C")
+        self.guard.register("n1", 0, "A2")
+        self.assertEqual(self.guard._nodes["n1"], ("A2", "B", "C"))
+        self.guard.register("n1", 1, "B2")
+        self.assertEqual(self.guard._nodes["n1"], ("A2", "B2", "C"))
+
+
+class UnregisterTests(unittest.TestCase):
+    """Forgetting a node: each of its keys once, with all of its agents using it."""
+
+    def setUp(self):
+        self.guard = LockoutGuard(task.Clock())
+
+    def test_dual_outlets_on_one_key_forgotten_while_another_node_shares_it(self):
+        g = self.guard
+        g.register("n1", 0, "K")
+        g.register("n1", 1, "K")
+        g.register("n2", 0, "K")
+        for node, agent in (("n1", 0), ("n1", 1), ("n2", 0)):
+            g.hold(node, agent, 5)
+        g.unregister("n1")
+        self.assertNotIn("n1", g._nodes)
+        self.assertEqual(g.held("n1"), {})
+        self.assertEqual(g.held("n2"), {0: 5})
+        self.assertEqual(set(g._accounts["K"].held), {("n2", 0)})
+        self.assertIsNotNone(g.refusal("K"))
+        # registered again, the agent has no lock-out id of its own any more
+        # (the region sends it back with the configuration: hold())
+        g.register("n1", 0, "K")
+        self.assertNotIn(("n1", 0), g._accounts["K"].held)
+
+    def test_dual_outlets_on_one_key_forgotten_while_no_other_node_uses_it(self):
+        g = self.guard
+        g.register("n1", 0, "K")
+        g.register("n1", 1, "K")
+        g.hold("n1", 0, 5)
+        g.hold("n1", 1, 6)
+        g.unregister("n1")
+        self.assertNotIn("n1", g._nodes)
+        self.assertNotIn("K", g._accounts)
+        self.assertFalse(g.proven("K"))
+
+    def test_a_proven_account_only_this_node_used_goes_with_it(self):
+        g = self.guard
+        g.register("n1", 0, "K")
+        g.register("n1", 1, "K")
+        g.register("n2", 0, "K")
+        g.started("K")
+        g.ended("K", "ok")
+        g.unregister("n1")
+        self.assertTrue(g.proven("K"))
+        g.unregister("n2")
+        self.assertNotIn("K", g._accounts)
+        self.assertFalse(g._nodes)
+
+    def test_a_node_with_agents_on_two_keys(self):
+        g = self.guard
+        g.register("n1", 0, "A")
+        g.register("n1", 2, "B")
+        g.register("n2", 0, "B")
+        g.hold("n1", 0, 1)
+        g.hold("n1", 2, 2)
+        g.hold("n2", 0, 3)
+        g.unregister("n1")
+        self.assertNotIn("n1", g._nodes)
+        self.assertNotIn("A", g._accounts)
+        self.assertEqual(set(g._accounts["B"].held), {("n2", 0)})
+        self.assertEqual(g.held("n2"), {0: 3})
+        g.unregister("n2")
+        self.assertFalse(g._accounts)
+
+    def test_forgetting_an_unknown_node_changes_nothing(self):
+        g = self.guard
+        g.register("n1", 0, "A")
+        g.unregister("n9")
+        self.assertEqual(g._nodes, {"n1": ("A",)})
+
+
+class AcceptedTests(unittest.TestCase):
+    """The driver's first answer while an attempt is under way proves the key."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.guard = LockoutGuard(self.clock, limit=3)
+
+    def test_an_unknown_key_is_a_no_op(self):
+        self.guard.accepted("nobody")
+        self.assertNotIn("nobody", self.guard._accounts)
+        self.assertFalse(self.guard.proven("nobody"))
+
+    def test_the_first_acceptance_proves_the_key_and_lets_the_waiting_go(self):
+        g, calls = self.guard, []
+        pending = [defer.Deferred() for _ in range(4)]
+        for d in pending:
+            g.attempt("K", lambda d=d: calls.append(d) or d)
+        self.assertEqual(len(calls), 3)  # the fourth waits for a proof
+        g.started("K")
+        g.ended("K", "auth")  # one failure so far: cleared by the proof
+        self.assertEqual(g.failures("K"), 1)
+        g.accepted("K")
+        self.assertTrue(g.proven("K"))
+        self.assertEqual(g.failures("K"), 0)
+        self.assertEqual(len(calls), 4)
+        for d in pending:
+            d.callback(None)
+
+    def test_an_already_proven_key_is_left_alone(self):
+        g = self.guard
+        g.started("K")
+        g.ended("K", "ok")
+        account = g._accounts["K"]
+        # a state no caller makes, to see that nothing is touched
+        account.failures.append(self.clock.seconds())
+        waiter = defer.Deferred()
+        account.waiting.append(waiter)
+        g.accepted("K")
+        self.assertTrue(g.proven("K"))
+        self.assertEqual(len(account.failures), 1)
+        self.assertEqual(account.waiting, [waiter])
+
+
+class Answering(Device):
+    """An inner driver of a verifying kind (it declares ``accepted``)."""
+
+    accepted = None
+
+    def _call(self, name):
+        self.calls.append((name, "accepted" in self.__dict__))
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+class Plain(Device):
+    """An inner driver with no ``accepted`` (a PDU's outlet, say)."""
+
+    def _call(self, name):
+        self.calls.append((name, hasattr(self, "accepted")))
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+class ProofHookTests(unittest.TestCase):
+    """GuardedDriver gives the driver the ``accepted`` hook only when it can help."""
+
+    def setUp(self):
+        self.guard = LockoutGuard(task.Clock())
+
+    def test_a_proven_key_never_gets_the_hook(self):
+        self.guard.started("K")
+        self.guard.ended("K", "ok")
+        inner = Answering()
+        GuardedDriver(inner, self.guard, "K").on()
+        self.assertEqual(inner.calls, [("on", False)])
+        inner.pending[0].callback(None)
+
+    def test_a_driver_without_accepted_never_gets_one(self):
+        inner = Plain()
+        GuardedDriver(inner, self.guard, "K").on()
+        self.assertEqual(inner.calls, [("on", False)])
+        inner.pending[0].callback(None)
+        self.assertFalse(hasattr(inner, "accepted"))
+
+    def test_an_unproven_key_gives_the_hook_for_the_attempt_only(self):
+        inner = Answering()
+        done = GuardedDriver(inner, self.guard, "K").query()
+        self.assertEqual(inner.calls, [("query", True)])
+        self.assertFalse(self.guard.proven("K"))
+        inner.accepted()  # the device's first answer
+        self.assertTrue(self.guard.proven("K"))
+        inner.pending[0].callback("on")
+        self.assertEqual(self.successResultOf(done), "on")
+        self.assertNotIn("accepted", inner.__dict__)
+        self.assertIsNone(inner.accepted)

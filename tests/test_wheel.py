@@ -23,6 +23,7 @@ the whole module ~25 s.
 """
 
 import atexit
+import importlib.util
 import json
 import os
 import shutil
@@ -165,13 +166,11 @@ class Installed:
             shutil.copy2(ROOT / name, target)
 
     def _build(self):
-        try:
-            import build  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("build") is None:
             raise PackagingFailure(
                 "the `build` package is missing from this virtualenv: it is in the "
                 "test extras, install them with `make setup` (pip install -e '.[test]')"
-            ) from None
+            )
         done = _run([sys.executable, "-m", "build", "--no-isolation", "--outdir",
                      self.dist, self.source], self.source, BUILD_TIMEOUT,
                     "python -m build")

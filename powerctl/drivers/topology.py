@@ -63,6 +63,8 @@ class AgentsFailed(PowerError):
         self.levels = list(levels)
         kinds = {getattr(e, "kind", "error") for e in self.failures.values()}
         self.kind = kinds.pop() if len(kinds) == 1 else "multiple"
+        # (Every failure here is a PowerError, which defines transient: make
+        # mutate's getattr fallback True is equivalent; so in LevelFailed.)
         self.transient = bool(self.failures) and all(
             getattr(e, "transient", False) for e in self.failures.values())
         if self.levels and len(self.levels) > 1:
@@ -131,6 +133,8 @@ class LevelFailed(PowerError):
         errors = [r.error for r in self.results if r.error is not None]
         kinds = {getattr(e, "kind", "error") for e in errors}
         self.kind = kinds.pop() if len(kinds) == 1 else ("multiple" if kinds else "protocol")
+        # (errors are PowerErrors (_act re-raises others): the fallback
+        # False -> True of make mutate is equivalent.)
         self.transient = bool(errors) and all(getattr(e, "transient", False) for e in errors)
         super().__init__(f"level {number}: {reason}")
 

@@ -176,6 +176,7 @@ class Pserv:
         if request.coalesced_into is not None:
             return "coalesced", int(request.coalesced_into)
         activity = self.registry.activity(node)
+        # (activity(node) lists one node at most: make mutate's [-1] is equivalent.)
         if activity and activity[0].waiting and activity[0].waiting.operation_id == str(operation_id):
             return "waiting", 0
         return "started", 0
@@ -183,6 +184,8 @@ class Pserv:
     def _done(self, result, request):
         report = report_for(request, result)
         op = report.operation_id
+        # (dispatch records every operation's epoch, and epochs start at 1:
+        # the fallback is never used, so make mutate's 0 -> +-1 is equivalent.)
         report = attrs.evolve(report, epoch=int(self._epochs.pop(op, None) or 0))
         self._in_play.pop(op, None)
         unreported = op in self._unreported

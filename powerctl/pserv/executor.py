@@ -93,6 +93,8 @@ class Stagger:
     def __init__(self, clock, delay):
         self.clock = clock
         self.delay = delay
+        # (max(now, -1.0) is now on any clock at or after its epoch: make
+        # mutate's -1.0 here is equivalent.)
         self._next = 0.0
 
     def slot(self):

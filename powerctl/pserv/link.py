@@ -58,6 +58,12 @@ class RegionLink:
         self.epoch = None
         #: Lock-outs not yet recorded by a region: (node, agent) -> (failures, reason).
         self._lockouts = {}
+        #: Nodes handed over (no longer driven here) whose ``ReleaseNodes``
+        #: no region has answered yet.  Once forgotten, a node is in no
+        #: later recovery's "known before" set, so without this a release
+        #: lost with its connection (or refused) left the next owner
+        #: waiting for it for good; every recovery sends these again.
+        self.unreleased = set()
         #: ``digest(node)`` and ``acknowledged(node, agent, id)``: set by the service.
         self.digest = lambda node: ""
         self.acknowledged = lambda node, agent, lockout_id: None
@@ -415,14 +421,19 @@ class PservProtocol(amp.AMP):
         # Stop driving them (unreported: their operations go on with the
         # next owner), then say so, so the next owner may start.
         gone = sorted(known_before - listed)
-        if not gone:
-            return
-        self.log.info("{n} node(s) no longer ours: handing them over", n=len(gone))
-        await defer.DeferredList([
-            self.pserv.forget_node(node, "handed over to another pserv", report=False)
-            for node in gone])
-        for start in range(0, len(gone), 200):
-            await self.callRemote(commands.ReleaseNodes, nodes=gone[start:start + 200])
+        unreleased = self.link.unreleased
+        unreleased.difference_update(listed)  # ours again: nothing to release
+        if gone:
+            self.log.info("{n} node(s) no longer ours: handing them over", n=len(gone))
+            await defer.DeferredList([
+                self.pserv.forget_node(node, "handed over to another pserv", report=False)
+                for node in gone])
+            unreleased.update(gone)
+        release = sorted(unreleased)
+        for start in range(0, len(release), 200):
+            chunk = release[start:start + 200]
+            await self.callRemote(commands.ReleaseNodes, nodes=chunk)
+            unreleased.difference_update(chunk)
 
     def _hello_failed(self, failure):
         if expected(failure, *_HELLO):

@@ -134,22 +134,25 @@ class LockoutGuard:
             # New credentials: whatever held the old ones does not apply.
             self._drop(old, [(node, agent)])
         keys = self._nodes.get(node, ())
+        # (Padding to ``agent`` or to ``agent + 1`` entries gives the same
+        # tuple: the slice below replaces that last None or appends the key.
+        # make mutate's ``>`` here and ``agent + 0`` are equivalent mutants.)
         if agent >= len(keys):
             keys += (None,) * (agent + 1 - len(keys))
         self._nodes[node] = keys[:agent] + (key,) + keys[agent + 1:]
 
     def unregister(self, node):
         """``node`` is not driven here any more (its lock-outs stay with the region)."""
-        keys = self._nodes.get(node, ())
-        for agent, key in enumerate(keys):
-            # one agent after the other, as if each were unregistered alone
-            rest = keys[agent + 1:]
-            if any(k is not None for k in rest):
-                self._nodes[node] = (None,) * (agent + 1) + rest
-            else:
-                self._nodes.pop(node, None)
+        # The node goes first, so _drop's "still used?" sees only the other
+        # nodes; then each of its keys once with all its agents using it (the
+        # two outlets of one PDU): held lock-outs of these agents forgotten,
+        # an account another node still uses kept, one nobody uses dropped.
+        users = {}
+        for agent, key in enumerate(self._nodes.pop(node, ())):
             if key is not None:
-                self._drop(key, [(node, agent)], release=False)
+                users.setdefault(key, []).append((node, agent))
+        for key, agents in users.items():
+            self._drop(key, agents, release=False)
 
     def _users_of_node(self, node):
         """``[((node, agent), key)]`` for ``node``'s agents: no walk over every node."""

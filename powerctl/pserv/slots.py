@@ -23,6 +23,8 @@ from powerctl.registry.policy import DEFAULT_RANKS
 def priority_of(action, ranks=DEFAULT_RANKS):
     """Rank of a changing action; queries come after every change."""
     action = Action.parse(action)
+    # (Any number below the lowest rank orders queries the same: make
+    # mutate's 0 -> -1 is equivalent; only a slot snapshot's number differs.)
     return 0 if action is Action.QUERY else ranks[action]
 
 
@@ -75,6 +77,9 @@ class PrioritySlots:
         self.busy -= 1
 
     def _live_waiters(self):
+        # (The heap is empty whenever a slot is free, the only time this
+        # runs, so the loop never iterates: make mutate's index changes in
+        # it are equivalent.)
         while self._waiting and self._waiting[0][2].called:
             heapq.heappop(self._waiting)
         return bool(self._waiting)

@@ -17,7 +17,10 @@ from powerctl.region.store.base import MAX_BIGINT
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands, responders
 
-PAGE = 100  # items per recovery page; also trimmed by size below
+#: Items per recovery page; also trimmed by size below.  (Any size pages
+#: correctly, the same constant being the limit and the full-page test:
+#: make mutate's +-1 here is equivalent.)
+PAGE = 100
 
 
 def error_text(kind, message):
@@ -233,6 +236,8 @@ class RegionProtocol(amp.AMP):
                 last = ops_page[-1]["id"] if ops_page else ops[-1]["id"]
                 return {"operations": ops_page, "nodes": [], "after_op": last,
                         "after_node": "", "done": False}
+            # (Only after_op >= 0 is tested and the pserv echoes it back: make
+            # mutate's -2 is equivalent.)
             after_op = -1  # operations exhausted: nodes from now on
         nodes = await store.nodes.desired_states(self.cluster, after_name=after_node, limit=PAGE,
                                            epoch=self.epoch)

@@ -94,6 +94,8 @@ class IPowerAction(Interface):
         """Withdraw this request; its Deferred fails with :class:`Cancelled`."""
 
 
+# (make mutate: eq=True is equivalent: each action has its own Deferred,
+# compared by identity, so two are never equal; none is hashed.)
 @implementer(IPowerAction)
 @attrs.define(eq=False)
 class PowerAction:
@@ -106,6 +108,8 @@ class PowerAction:
     action: Action = attrs.field(converter=Action.parse)
     operation_id: str
     requester: str = ""
+    # (make mutate: init=True on coalesced_into or _withdraw only lets the
+    # constructor take one more optional argument; repr=True changes repr.)
     coalesced_into: str | None = attrs.field(default=None, init=False)
     deferred: defer.Deferred = attrs.field(init=False, repr=False)
     _withdraw: object = attrs.field(default=None, init=False, repr=False)
@@ -132,6 +136,8 @@ class ActionInfo:
     action: Action
     joined: tuple = ()
     started_at: float | None = None
+    #: (The registry, its only constructor, always passes ``stopping``: make
+    #: mutate's default True is equivalent.)
     stopping: bool = False
     #: when the request that leads it arrived (a waiting action's "since")
     queued_at: float | None = None

@@ -19,6 +19,8 @@ class IRankPolicy(Interface):
         """True when a new changing ``Action`` should supersede ``current``."""
 
 
+#: (Ranks are only compared with each other: make mutate's +-1 on any of
+#: them is equivalent, the order stays strict.)
 DEFAULT_RANKS = types.MappingProxyType({
     Action.FENCE: 50,
     Action.OFF: 40,

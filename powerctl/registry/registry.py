@@ -48,6 +48,8 @@ class IActionExecutor(Interface):
         """
 
 
+# (_Job and _Node are only compared by identity: make mutate's eq=True on
+# either is equivalent.)
 @attrs.define(eq=False)
 class _Job:
     """One execution and the requests sharing it; ``leader`` started it."""
@@ -76,6 +78,8 @@ class _Job:
         )
 
 
+# (make mutate: without the decorator, the class-level None defaults
+# behave the same; an equivalent mutant.)
 @attrs.define(eq=False)
 class _Node:
     current: _Job | None = None
@@ -94,6 +98,8 @@ class PowerActionRegistry:
 
     log = Logger()
 
+    # (The pserv always passes its STOP_TIMEOUT: make mutate's +-1 on the
+    # cancel_timeout default is equivalent.)
     def __init__(self, executor, clock, policy=None, cancel_timeout=30.0):
         self._executor = executor
         self._clock = clock
@@ -223,6 +229,8 @@ class PowerActionRegistry:
         result = []
         for name in names:
             node = self._nodes.get(name)
+            # (A node in the table is never idle, _release removes those, and
+            # a missing one comes alone: make mutate's break is equivalent.)
             if node is None or node.idle():
                 continue
             result.append(NodeActivity(

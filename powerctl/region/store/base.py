@@ -71,6 +71,8 @@ class Tx:
 
     async def row(self, sql, args=None):
         rows = await self.rows(sql, args)
+        # (Every row() query gives one row at most (a key, an aggregate):
+        # make mutate's rows[-1] is equivalent.)
         return rows[0] if rows else None
 
 

@@ -37,6 +37,8 @@ class NodeStore(KindStore):
         *more than* this many consecutive failed polls.
     """
 
+    # (Store always passes responsive_grace: make mutate's +-1 on this
+    # default is equivalent.)
     def __init__(self, pool, catalogue, vault, responsive_grace=60.0, failed_polls_limit=2,
                  ops=None):
         super().__init__(pool)
@@ -241,6 +243,8 @@ class NodeStore(KindStore):
         if cancelled:
             await cancel_open(tx, node["name"], reason, by, only=sorted(cancelled))
 
+    # (Its only caller, rpc.recover, passes limit=PAGE: make mutate's +-1 on
+    # either 500 here is equivalent; so in changed_since.)
     @transaction
     async def desired_states(self, tx, cluster, after_name="", limit=500, epoch=None):
         """

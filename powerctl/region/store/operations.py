@@ -395,6 +395,8 @@ class OperationStore(KindStore):
 
     # -- for the AMP side -----------------------------------------------
 
+    # (Its only caller, rpc.recover, passes limit=PAGE: make mutate's +-1 on
+    # either 500 here is equivalent.)
     @transaction
     async def outstanding(self, tx, cluster, after_id=0, limit=500, epoch=None):
         """
