@@ -91,6 +91,29 @@ class DispatchTests(InMemoryFleet, unittest.TestCase):
         self.assertNotIn("mark_running", [c[0] for c in self.store.calls])
         self.assertEqual(self.drivers.device("bmc1").calls, [])
 
+    def test_an_operation_deleted_while_the_pserv_takes_it_is_gone(self):
+        # Deleted (with its node) by another region between the call and its
+        # answer: nothing to record, and no failure logged -- raised on, it
+        # was a logged failure of the NOTIFY drain that ran it.
+        op = self.store.add_op("n1", "on")
+        d = self.dispatch_without_answer(op)
+        del self.store.op_rows[op["id"]]
+        self.pair.flush()
+        self.assertEqual(self.successResultOf(d), "gone")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_node_deleted_after_its_owner_was_read_is_gone(self):
+        op = self.store.add_op("n1", "on")
+        read = self.store.nodes.power_config
+
+        async def deleted(name):
+            del self.store.node_rows[name]
+            return await read(name)
+
+        self.store.nodes.power_config = deleted
+        self.assertEqual(self.dispatch(op), "gone")
+        self.assertEqual(self.drivers.device("bmc1").calls, [])
+
     def test_a_bug_on_the_pserv_leaves_the_operation_pending(self):
         # INTERNAL_ERROR: logged with its traceback on the pserv; the region
         # leaves the operation for the next Recover.

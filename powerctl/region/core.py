@@ -171,7 +171,10 @@ class Region:
         protocol = self.directory.by_epoch(epoch)
         if protocol is None:
             return "elsewhere"
-        power = await self.store.nodes.power_config(op["node"])
+        try:
+            power = await self.store.nodes.power_config(op["node"])
+        except NotFound:
+            return "gone"  # deleted since the owner was read
         lockouts = (await self.store.lockouts.of_nodes([op["node"]])).get(op["node"], [])
         circuit = await self.store.nodes.circuit_config(op["node"])
         command = commands.POWER_COMMANDS[op["action"]]
@@ -201,7 +204,16 @@ class Region:
             self.log.warn("dispatch of {op} to {p} failed: {why}",
                           op=op["id"], p=protocol.pserv, why=e)
             return "pending"
-        await self.store.ops.mark_running(op["id"], protocol.pserv, epoch=epoch)
+        try:
+            await self.store.ops.mark_running(op["id"], protocol.pserv, epoch=epoch)
+        except NotFound:
+            # Deleted while the pserv took it (with its node, by another
+            # region or an operator): nothing to record.  The pserv's
+            # outcome for it is refused once and dropped (ReportOutcome).
+            # Raised on, it was a logged failure of the NOTIFY drain.
+            self.log.info("operation {op} was deleted while {p} took it",
+                          op=op["id"], p=protocol.pserv)
+            return "gone"
         return answer["disposition"]
 
     def dispatch_later(self, op):
