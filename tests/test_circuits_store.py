@@ -113,6 +113,36 @@ class CircuitOwnershipTests(StoreTestCase):
         self.assertEqual({owners[n] for n in names}, {(second, None)})
         self.assertEqual(await self.leases.owned(second, names), set(names))
 
+    async def test_recover_names_the_nodes_a_lease_is_to_let_go_of(self):
+        """
+        ``nodes.releasing``: what Recover's last page asks the old owner to
+        release -- marked, not released yet, of this lease and cluster only,
+        in name order, at most ``limit``.
+        """
+        names = [f"n{i:02d}" for i in range(12)]
+        for name in names:
+            await self.store.nodes.create(name, "c1", ipmi(), circuit="A")
+        await self.store.nodes.create("other", "c2", ipmi())
+        first = await self.lease("pserv-a")
+        await self.leases.assign("c1")
+        self.assertEqual(await self.store.nodes.releasing("c1", first, 100), [])
+        for candidate in ("pserv-b", "pserv-c", "pserv-d", "pserv-e", "pserv-f"):
+            second = await self.lease(candidate)
+            result = await self.leases.assign("c1")
+            if any(n in result["handoffs"].get(first, []) for n in names):
+                break
+        else:
+            self.fail("the circuit never chose another pserv")
+        self.assertEqual(await self.store.nodes.releasing("c1", first, 100), names)
+        self.assertEqual(await self.store.nodes.releasing("c1", first, 3), names[:3])
+        self.assertEqual(await self.store.nodes.releasing("c1", second, 100), [])
+        self.assertEqual(await self.store.nodes.releasing("c2", first, 100), [])
+        # Released but still waiting for the rest of its circuit: not asked again.
+        await self.leases.release_nodes(first, names[:6])
+        self.assertEqual(await self.store.nodes.releasing("c1", first, 100), names[6:])
+        await self.leases.release_nodes(first, names[6:])
+        self.assertEqual(await self.store.nodes.releasing("c1", first, 100), [])
+
     async def test_a_circuit_retargeted_mid_hand_over_still_moves_whole(self):
         names = [f"n{i:02d}" for i in range(12)]
         for name in names:

@@ -84,6 +84,13 @@ class FakeStore:
     async def desired_states(self, cluster, after_name="", limit=500, epoch=None):
         return [dict(n) for n in self.node_rows if n["node"] > after_name][:limit]
 
+    releasing_rows = ()
+    releasing_calls = ()
+
+    async def releasing(self, cluster, epoch, limit):
+        self.releasing_calls = self.releasing_calls + ((cluster, epoch, limit),)
+        return list(self.releasing_rows)[:limit]
+
     async def heartbeat(self, pserv, actions_in_flight):
         if self.heartbeat_error is not None:
             raise self.heartbeat_error
@@ -362,6 +369,19 @@ class RecoverNodePageTests(unittest.TestCase):
         page = await protocol.recover(after_op=-1, after_node=page["after_node"])
         self.assertEqual([n["name"] for n in page["nodes"]], ["d"])
         self.assertEqual((page["after_node"], page["done"]), ("d", True))
+
+    async def test_only_the_last_page_names_the_nodes_awaiting_release(self):
+        store = FakeStore(nodes=[node("a"), node("b"), node("c"), node("d")])
+        store.releasing_rows = ["x1", "x2"]
+        self.patch(rpc, "PAGE", 3)
+        protocol = leased(region_for(store))
+        page = await protocol.recover(after_op=-1, after_node="")
+        self.assertNotIn("releasing", page)
+        self.assertEqual(store.releasing_calls, ())  # not read for a middle page
+        page = await protocol.recover(after_op=-1, after_node=page["after_node"])
+        self.assertEqual((page["done"], page["releasing"]), (True, ["x1", "x2"]))
+        [(cluster, epoch, limit)] = store.releasing_calls
+        self.assertEqual((epoch, limit), (protocol.epoch, rpc.RELEASING_PAGE))
 
 
 class Peer(amp.AMP):

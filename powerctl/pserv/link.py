@@ -390,6 +390,7 @@ class PservProtocol(amp.AMP):
     async def _recover_watching(self, forgotten):
         after_op, after_node, started = 0, "", 0
         known_before, listed = set(self.pserv.executor.known_nodes()), set()
+        releasing = set()
         guard = getattr(self.pserv.executor, "lockout", None)
         since = guard.generation() if guard is not None else None  # issue 10
         while True:
@@ -413,6 +414,7 @@ class PservProtocol(amp.AMP):
                     self.log.warn("recovered operation {op} unusable: {why}", op=op["id"], why=e)
             after_op, after_node = page["after_op"], page["after_node"]
             if page["done"]:
+                releasing.update(page.get("releasing") or ())
                 break
         if started:
             self.log.info("took {n} operation(s) from the region's journal", n=started)
@@ -420,7 +422,10 @@ class PservProtocol(amp.AMP):
         # another pserv, deleted or moved while no ForgetNode reached us.
         # Stop driving them (unreported: their operations go on with the
         # next owner), then say so, so the next owner may start.
-        gone = sorted(known_before - listed)
+        # And the nodes the region says we are to let go of, known before
+        # or not: one learnt only after it was marked (a late listing, a
+        # power command meanwhile) is in no such difference.
+        gone = sorted((known_before | releasing) - listed)
         unreleased = self.link.unreleased
         unreleased.difference_update(listed)  # ours again: nothing to release
         if gone:

@@ -21,6 +21,10 @@ from powerctl.rpc import auth, commands, responders
 #: correctly, the same constant being the limit and the full-page test:
 #: make mutate's +-1 here is equivalent.)
 PAGE = 100
+#: Names of nodes awaiting release in a Recover's last page: 100 names of
+#: at most 255 characters fit one AMP value beside the page; more wait for
+#: the next recovery (every assignment round asks for one while any waits).
+RELEASING_PAGE = 100
 
 
 def error_text(kind, message):
@@ -247,8 +251,12 @@ class RegionProtocol(amp.AMP):
         page = _trim([_node_json(n, locked.get(n["node"], [])) for n in usable])
         full = len(nodes) == PAGE or len(page) < len(usable)
         last = page[-1]["name"] if page else (nodes[-1]["node"] if nodes else after_node)
-        return {"operations": ops_page, "nodes": page, "after_op": after_op,
-                "after_node": last, "done": not full}
+        answer = {"operations": ops_page, "nodes": page, "after_op": after_op,
+                  "after_node": last, "done": not full}
+        if not full:  # the last page: what we wait for this pserv to let go of
+            answer["releasing"] = await store.nodes.releasing(
+                self.cluster, self.epoch, RELEASING_PAGE)
+        return answer
 
     @commands.ReportOutcome.responder
     async def report_outcome(self, operation_id, outcome, observed_state, agent, error,

@@ -187,6 +187,13 @@ class Recover(amp.Command):
     ``[{"agent", "id"}]``: a pserv drops a lock-out it holds that the listing
     no longer names, once the region had acknowledged it.  Both lists carry
     ``"circuit"`` (as in the power commands) for a node on a circuit.
+    ``releasing`` (last page only; absent from an older region): up to
+    ``RELEASING_PAGE`` names of nodes the lease owns that are marked for
+    hand-over and not released yet.  A pserv releases them whether or not
+    it knows them: one that learnt of a node only after it was marked (its
+    refresh read the listing late) is not driving it, finds it in no
+    "known before, not listed now" difference, and without this list never
+    released it -- the next owner waited for good.
     """
 
     arguments = [
@@ -199,6 +206,7 @@ class Recover(amp.Command):
         (b"after_op", amp.Integer()),
         (b"after_node", amp.Unicode()),
         (b"done", amp.Boolean()),
+        (b"releasing", JSON(optional=True)),
     ]
     errors = dict(_LEASED_ERRORS)
 

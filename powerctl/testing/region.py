@@ -97,7 +97,8 @@ class FakeRegionStore:
             circuit_config=self.node_circuit_config,
             record_power_state=self.record_power_state, record_outcome=self.record_end,
             record_outcomes=self.record_ends,
-            record_polls=self.record_polls, desired_states=self.desired_states)
+            record_polls=self.record_polls, desired_states=self.desired_states,
+            releasing=self.releasing)
         self.ops = types.SimpleNamespace(
             request=self.request_power, request_serving=self.request_serving,
             get=self.get_op, list=self.list_ops,
@@ -323,6 +324,12 @@ class FakeRegionStore:
                 and self._owned_by(o["node"], epoch)]
         return [dict(o, power=self.node_rows[o["node"]]["power"], power_error=None)
                 for o in rows[:limit]]
+
+    async def releasing(self, cluster, epoch, limit):
+        return sorted(n for n, row in self.node_rows.items()
+                      if row["cluster"] == cluster and row["owner_epoch"] == epoch
+                      and row["handoff_epoch"] is not None
+                      and not row.get("handoff_released"))[:limit]
 
     async def desired_states(self, cluster, after_name="", limit=500, epoch=None):
         # Pages through the nodes in name order without sorting them every

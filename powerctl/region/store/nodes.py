@@ -274,6 +274,18 @@ class NodeStore(KindStore):
         return circuit_of(row)["circuit"] if row is not None else None
 
     @transaction
+    async def releasing(self, tx, cluster, epoch, limit):
+        """
+        Up to ``limit`` names (in name order) of the nodes of ``cluster``
+        that ``epoch`` owns and is asked to hand over, not released yet.
+        """
+        rows = await tx.rows(
+            "SELECT name FROM nodes WHERE cluster = %s AND owner_epoch = %s"
+            " AND handoff_epoch IS NOT NULL AND NOT handoff_released"
+            " ORDER BY name LIMIT %s", (cluster, int(epoch), int(limit)))
+        return [r["name"] for r in rows]
+
+    @transaction
     async def power_config(self, tx, name):
         """A node's resolved power configuration; PowerDocumentRefused if it no longer resolves."""
         node = await node_row(tx, name)
