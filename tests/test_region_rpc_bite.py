@@ -383,6 +383,24 @@ class RecoverNodePageTests(unittest.TestCase):
         [(cluster, epoch, limit)] = store.releasing_calls
         self.assertEqual((epoch, limit), (protocol.epoch, rpc.RELEASING_PAGE))
 
+    async def test_a_lease_released_mid_recovery_is_asked_to_release_nothing(self):
+        # Released on a clean stop while the page was read: it owns no node
+        # now, and the store's query needs an epoch (a TypeError here failed
+        # the Recover; seen in a loop of test_ownership_system).
+        store = FakeStore(nodes=[node("a")])
+        store.releasing_rows = ["x1"]
+        protocol = leased(region_for(store))
+        listing = store.desired_states
+
+        async def released_meanwhile(*args, **kwargs):
+            protocol.epoch = None  # the lease is released while the page is read
+            return await listing(*args, **kwargs)
+
+        store.desired_states = released_meanwhile
+        page = await protocol.recover(after_op=-1, after_node="")
+        self.assertNotIn("releasing", page)
+        self.assertEqual(store.releasing_calls, ())
+
 
 class Peer(amp.AMP):
     """A hand-driven pserv end of the connection that notes when it is lost."""

@@ -253,7 +253,10 @@ class RegionProtocol(amp.AMP):
         last = page[-1]["name"] if page else (nodes[-1]["node"] if nodes else after_node)
         answer = {"operations": ops_page, "nodes": page, "after_op": after_op,
                   "after_node": last, "done": not full}
-        if not full:  # the last page: what we wait for this pserv to let go of
+        if not full and self.epoch is not None:
+            # the last page: what we wait for this pserv to let go of (a
+            # connection without a lease -- its lease released on a clean
+            # stop -- lists the cluster's nodes and owns none)
             answer["releasing"] = await store.nodes.releasing(
                 self.cluster, self.epoch, RELEASING_PAGE)
         return answer
