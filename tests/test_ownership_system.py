@@ -35,6 +35,10 @@ class OwnershipMixin(SystemMixin):
         finally:
             conn.close()
 
+    def _known(self):
+        """What each pserv drives: a node stuck in hand-over says who never learnt it."""
+        return {p.settings.name: p.executor.known_nodes() for p in self.pservs}
+
     def _handoffs(self):
         conn = psycopg2.connect(self.dsn)
         try:
@@ -114,8 +118,7 @@ class OneOwnerTests(OwnershipMixin, DatabaseMixin, unittest.TestCase):
             # machine then explains itself.
             raise AssertionError(
                 f"not settled: before={before} now={self.owners()}"
-                f" pserv-c knows {late.executor.known_nodes()}"
-                f" handoffs={self._handoffs()}") from None
+                f" knows {self._known()} handoffs={self._handoffs()}") from None
         after = self.owners()
         for name, (pserv, _) in after.items():
             self.assertIn(pserv, (before[name][0], "pserv-c"))
