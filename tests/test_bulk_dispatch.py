@@ -78,6 +78,31 @@ class BatchDispatchTests(InMemoryFleet, unittest.TestCase):
             self.assertEqual(self.drivers.device(f"bmc{i + 1}").calls, ["on"], name)
             self.assertEqual(self.state(ops[i]), "running")
 
+    def test_a_pserv_without_power_many_gets_one_command_per_operation(self):
+        """A pserv older than PowerMany (a rolling upgrade) still runs a bulk request at once."""
+        protocol = self.pair.client
+        locate, asked = protocol.locateResponder, []
+
+        def older(name):
+            if name == commands.PowerMany.commandName:
+                asked.append(name)
+                return None  # AMP answers UNHANDLED
+            return locate(name)
+
+        protocol.locateResponder = older
+        names = ["n1", "n2"] + self.add_nodes(3)
+        ops = [self.store.add_op(n, "on") for n in names]
+        self.assertEqual(self.dispatch_many(ops), {op["id"]: "started" for op in ops})
+        for i, name in enumerate(names):
+            self.assertEqual(self.drivers.device(f"bmc{i + 1}").calls, ["on"], name)
+            self.assertEqual(self.state(ops[i]), "running")
+        self.assertEqual(self.calls("mark_running_many"),
+                         [("mark_running_many", [op["id"] for op in ops], "p1", 1)])
+        again = [self.store.add_op(n, "off") for n in names[:2]]
+        self.assertEqual(self.dispatch_many(again), {op["id"]: "started" for op in again})
+        self.assertEqual(len(asked), 1)  # not asked again on this connection
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_pages_of_at_most_batch_operations_oldest_first(self):
         self.region.batch = 3
         names = self.add_nodes(7)

@@ -14,6 +14,7 @@ import json
 
 from twisted.application.internet import TimerService
 from twisted.internet import defer
+from twisted.protocols import amp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -321,12 +322,53 @@ class Region:
             view = await self.store.ops.dispatch_view(names)
         return view
 
+    async def _dispatch_one_by_one(self, protocol, epoch, page):
+        """A page of :meth:`dispatch_many` as single power commands: ``{id: disposition}``."""
+        results, started = {}, []
+        for item in page:
+            command = commands.POWER_COMMANDS[item["action"]]
+            extra = {"circuit": item["circuit"]} if item.get("circuit") else {}
+            try:
+                answer = await protocol.callRemote(
+                    command, operation_id=item["id"], node=item["node"], power=item["power"],
+                    epoch=epoch, lockouts=item["lockouts"], **extra)
+            except commands.UnusablePowerConfig as e:
+                await self.store.ops.record_outcome(
+                    item["id"], OpState.FAILED.value, error=error_text("config", e),
+                    pserv=protocol.pserv)
+                results[item["id"]] = "failed"
+                continue
+            except Exception as e:
+                if not expected(Failure(), command):
+                    self.log.failure("dispatch of {op} to {p} failed unexpectedly",
+                                     op=item["id"], p=protocol.pserv)
+                else:  # stale epoch, gone mid-call, refused: the next Recover takes it
+                    self.log.warn("dispatch of {op} to {p} failed: {why}",
+                                  op=item["id"], p=protocol.pserv, why=e)
+                results[item["id"]] = "pending"
+                continue
+            started.append(item["id"])
+            results[item["id"]] = answer["disposition"]
+        if started:
+            await self.store.ops.mark_running_many(started, protocol.pserv, epoch)
+        return results
+
     async def _dispatch_page(self, protocol, epoch, page):
         """One ``PowerMany`` call and its ``mark_running_many``: ``{id: disposition}``."""
         pending = {item["id"]: "pending" for item in page}
+        if getattr(protocol, "without_power_many", False):
+            return await self._dispatch_one_by_one(protocol, epoch, page)
         try:
             answer = await protocol.callRemote(commands.PowerMany, operations=page,
                                                epoch=epoch)
+        except amp.UnhandledCommand:
+            # A pserv older than PowerMany (a rolling upgrade): one power
+            # command per operation, as before it, on this connection from
+            # now on -- not every operation left for its next Recover.
+            self.log.info("pserv {p} does not know PowerMany: dispatching one by one",
+                          p=protocol.pserv)
+            protocol.without_power_many = True
+            return await self._dispatch_one_by_one(protocol, epoch, page)
         except commands.StaleEpoch as e:
             self.log.info("{n} operation(s) from {op}: {why}; the next owner takes them",
                           n=len(page), op=page[0]["id"], why=e)
