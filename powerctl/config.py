@@ -119,6 +119,10 @@ class RegionConfig:
     # A bulk off/soft-off/cycle selecting more than this share of a cluster's
     # nodes needs "confirm": true (powerctl.region.bulk).
     bulk_confirm_share: float = attrs.field(default=0.2, validator=_share)
+    # Dispatches using the database at once (powerctl.region.core.Region):
+    # more lets a storm of requests reach the pservs sooner, at the cost of
+    # how long a pserv's heartbeat may wait behind them for its lease.
+    dispatch_concurrency: int = attrs.field(default=4, validator=_count)
     # Mutual TLS: a directory of CA certificates (*.pem); pservs must show a
     # certificate one of them signed ("": none asked for).  Needs an ssl:
     # rpc_endpoint.

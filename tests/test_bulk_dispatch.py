@@ -415,6 +415,12 @@ class DispatchTurnTests(unittest.TestCase):
             self.clock.advance(1)
         self.assertEqual({o["state"] for o in self.store.op_rows.values()}, {"pending"})
 
+    def test_the_region_setting_sets_how_many_dispatches_read_at_once(self):
+        region = Region("r2", self.store, SECRET, self.clock, leases=self.leases,
+                        dispatch_concurrency=2)
+        self.assertEqual((region.dispatch_concurrency, region._dispatching.limit), (2, 2))
+        self.assertEqual(self.region._dispatching.limit, 4)  # the default
+
     def test_at_most_dispatch_concurrency_dispatches_read_at_once(self):
         reading = []
         held = []

@@ -25,6 +25,8 @@ class FieldTests(unittest.TestCase):
             (P, "regions", [], "f.toml: regions must be a non-empty list"),
             (P, "regions", ["tcp:h", "5250"], "f.toml: regions must be a Twisted endpoint"),
             (P, "max_actions", 1.5, "f.toml: max_actions must be a positive integer"),
+            (R, "dispatch_concurrency", 0,
+             "f.toml: dispatch_concurrency must be a positive integer"),
             (P, "stagger_on", -1, "f.toml: stagger_on must be a positive number, or 0 for off"),
         ]
         for cls, key, value, message in cases:

@@ -66,9 +66,13 @@ class Region:
     #: lease ran out, it went quiet and dropped everything it was running,
     #: again at every reconnection (issue 14: 5,000 IPMI power-ons never
     #: finished).  Bounded, a heartbeat waits behind a few reads at most.
+    #: (The region setting ``dispatch_concurrency``; this is its default.)
     dispatch_concurrency = 4
 
-    def __init__(self, name, store, secret, clock, heartbeat_timeout=30.0, leases=None):
+    def __init__(self, name, store, secret, clock, heartbeat_timeout=30.0, leases=None,
+                 dispatch_concurrency=None):
+        if dispatch_concurrency is not None:
+            self.dispatch_concurrency = dispatch_concurrency
         self.name = name
         self.store = store
         self.leases = leases

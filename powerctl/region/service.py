@@ -221,7 +221,8 @@ class RegionService(service.MultiService):
                            fence_reuse_seconds=self.settings.fence_reuse_seconds)
         leases = Leases(self._pool, lease=self.settings.lease)
         self.region = Region(self.settings.name, self.store, self.secret, self.reactor,
-                             heartbeat_timeout=self.settings.heartbeat_timeout, leases=leases)
+                             heartbeat_timeout=self.settings.heartbeat_timeout, leases=leases,
+                             dispatch_concurrency=self.settings.dispatch_concurrency)
         security.pserv_credentials(self.region, self._pool, vault, self.log)  # issue 10
         self.events = EventHub(self.store, self.reactor)  # issue 14: GET /v1/events
         await self.events.start()
