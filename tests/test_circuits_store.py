@@ -75,6 +75,15 @@ class CircuitOwnershipTests(StoreTestCase):
         self.leases = Leases(self.pool, lease=30.0)
         return d
 
+    async def newcomer_taking(self, names, first):
+        """Lease pservs until one is chosen for the circuit ``names``: its epoch (all marked)."""
+        for candidate in ("pserv-b", "pserv-c", "pserv-d", "pserv-e", "pserv-f"):
+            second = await self.lease(candidate)
+            result = await self.leases.assign("c1")
+            if any(n in result["handoffs"].get(first, []) for n in names):
+                return second
+        self.fail("the circuit never chose another pserv")
+
     async def owners(self):
         rows = await self.sql("SELECT name, owner_epoch, handoff_epoch FROM nodes ORDER BY name")
         return {r[0]: (r[1], r[2]) for r in rows}
@@ -91,13 +100,7 @@ class CircuitOwnershipTests(StoreTestCase):
         await self.leases.assign("c1")
         owners = await self.owners()
         self.assertEqual({owners[n][0] for n in names}, {first})
-        for candidate in ("pserv-b", "pserv-c", "pserv-d", "pserv-e", "pserv-f"):
-            second = await self.lease(candidate)
-            result = await self.leases.assign("c1")
-            if any(n in result["handoffs"].get(first, []) for n in names):
-                break
-        else:
-            self.fail("the circuit never chose another pserv")
+        second = await self.newcomer_taking(names, first)
         owners = await self.owners()
         self.assertEqual({owners[n] for n in names}, {(first, second)})  # all marked
         # The old owner releases half of them: none moves yet...
@@ -126,13 +129,7 @@ class CircuitOwnershipTests(StoreTestCase):
         first = await self.lease("pserv-a")
         await self.leases.assign("c1")
         self.assertEqual(await self.store.nodes.releasing("c1", first, 100), [])
-        for candidate in ("pserv-b", "pserv-c", "pserv-d", "pserv-e", "pserv-f"):
-            second = await self.lease(candidate)
-            result = await self.leases.assign("c1")
-            if any(n in result["handoffs"].get(first, []) for n in names):
-                break
-        else:
-            self.fail("the circuit never chose another pserv")
+        second = await self.newcomer_taking(names, first)
         self.assertEqual(await self.store.nodes.releasing("c1", first, 100), names)
         self.assertEqual(await self.store.nodes.releasing("c1", first, 3), names[:3])
         self.assertEqual(await self.store.nodes.releasing("c1", second, 100), [])
