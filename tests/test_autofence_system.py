@@ -3,7 +3,9 @@ Automatic fencing end to end (issue 13): a real PostgreSQL, a region and a
 pserv over AMP on loopback, IPMI BMC simulators and an SNMP PDU simulator.
 Each node has level 1 = its BMC and level 2 = an outlet of the PDU; the
 cluster's policy is on, and every interval is short (polls 0.3 s, the
-region's ``responsive_grace`` 0.5 s, auto-fence rounds 0.2 s, grace 1 s).
+region's ``responsive_grace`` 2 s, auto-fence rounds 0.2 s, grace 1 s).
+A BMC query times out in 1 s: shorter bounds (0.3 s, a grace of 0.5 s)
+made a healthy node non-responsive, and auto-fenced, at a load of 10.
 
 * One node's BMC stops answering: it turns non-responsive and, past its
   grace, is fenced with requester ``auto-fence`` through level 2 (the PDU
@@ -27,10 +29,10 @@ from tests.system import SystemMixin, wait_until
 from tests.test_fence_system import FenceRig
 
 NODES = ("n1", "n2", "n3", "n4")
-REGION = {"responsive_grace": 0.5, "auto_fence_interval": 0.2}
+REGION = {"responsive_grace": 2.0, "auto_fence_interval": 0.2}
 PSERV = {"poll_interval": 0.3}
-#: A silent BMC costs a poll 0.3 s (one try: UDP on loopback is not lost).
-TIMING = Timing(timeout=0.3, retries=0, backoff=0.1, verify_timeout=5.0, poll_interval=0.05)
+#: A silent BMC costs a poll 1 s (one try: UDP on loopback is not lost).
+TIMING = Timing(timeout=1.0, retries=0, backoff=0.1, verify_timeout=5.0, poll_interval=0.05)
 POLICY = {"enabled": True, "grace": 1, "window": 600, "storm_share": 0.5,
           "max_per_window": 5}
 
@@ -110,7 +112,9 @@ class AutoFenceSystemTests(FenceRig, SystemMixin, DatabaseMixin, unittest.TestCa
         await wait_until(non_responsive, timeout=15)
         await task.deferLater(reactor, 2 * POLICY["grace"] + 5 * REGION["auto_fence_interval"],
                               lambda: None)
-        self.assertEqual([o["id"] for o in await self.fences()], [op["id"]])
+        fences = await self.fences()
+        self.assertEqual([o["id"] for o in fences], [op["id"]],
+                         [(o["id"], o["node"], o["requester"], o["state"]) for o in fences])
         self.assertEqual(self.region.auto_fencer.stats()["c1"].fences, 1)
         self.assertEqual([s[0] for s in self.pdu.sets], [2])
         node = await self.get("/v1/nodes/n2")
