@@ -150,6 +150,8 @@ HOSTILE_CALLS = [
     (commands.Register, dict(cluster="", name="", version="", instance="")),
     (commands.Recover, dict(after_op=-5, after_node=BIG)),
     (commands.Recover, dict(after_op=2**63, after_node="\u0000")),
+    (commands.Recover, dict(after_op=0, after_node="", changed_since=-1)),
+    (commands.Recover, dict(after_op=0, after_node="", changed_since=2**70)),
     (commands.ReportOutcome, dict(operation_id=999_999, outcome="succeeded",
                                   observed_state="on", agent="", error="", coalesced_into=0,
                                   superseded_by=0, epoch=1)),
@@ -276,7 +278,7 @@ class EveryCommandTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertEqual([formatEvent(e) for e in self.events if "log_failure" in e], [],
                          answers)
         # absurd cursors and counts are the peer's error, not a database one
-        self.assertEqual(answers["Recover"], ["BAD_ARGUMENTS"] * 2)
+        self.assertEqual(answers["Recover"], ["BAD_ARGUMENTS"] * 4)
         self.assertEqual(answers["Heartbeat"], ["BAD_ARGUMENTS"] * 2)
         self.assertEqual(answers["ReportOutcome"][1], "STALE_EPOCH")
 
@@ -473,7 +475,7 @@ class RegionPeer(Client):
     """The region as far as a refresh needs it: nothing to recover."""
 
     @commands.Recover.responder
-    def recover(self, after_op, after_node):
+    def recover(self, after_op, after_node, changed_since=None):
         return {"operations": [], "nodes": [], "after_op": -1, "after_node": "", "done": True}
 
 

@@ -7,6 +7,7 @@ and that the pserv's later poll rounds stay clean (no error logged, the
 other nodes still polled, the connection kept).
 """
 
+import psycopg2
 from twisted.internet import defer, reactor, task
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
@@ -348,3 +349,54 @@ class ManualTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
 
     async def _state(self, op_id, state):
         return (await self.op(op_id))["state"] == state
+
+
+class RefreshTests(LifecycleMixin, DatabaseMixin, unittest.TestCase):
+    """
+    Issue 14: the poller's refresh is incremental (only the nodes changed
+    since a cursor); correctness must not hang on it.
+    """
+
+    def changed_system(self, node, system):
+        """Point ``node`` at another system behind the region's back (no push)."""
+        conn = psycopg2.connect(self.dsn)
+        with conn, conn.cursor() as cur:
+            cur.execute("UPDATE nodes SET power = jsonb_set(power, '{agents,0,params,system}',"
+                        " to_jsonb(%s::text)) WHERE name = %s", (system, node))
+        conn.close()
+
+    def system_of(self, pserv, node):
+        try:
+            return pserv.executor.config(node)["agents"][0]["params"]["system"]
+        except KeyError:
+            return None
+
+    async def test_a_node_changed_while_the_pserv_was_away_is_learnt_on_reconnection(self):
+        await self.start()
+        await wait_until(lambda: defer.succeed(self.system_of(self.pserv, "node2") == "node2"))
+        await self.pserv.link.refresh()
+        self.assertTrue(self.pserv.link.incremental)  # it has a cursor
+        await self.stop_region()
+        await wait_until(lambda: defer.succeed(not self.pserv.link.connected))
+        self.changed_system("node1", "node2")
+        await self.start_region()
+        await wait_until(self.connected_pservs, timeout=40)
+        await wait_until(lambda: defer.succeed(self.system_of(self.pserv, "node1") == "node2"))
+
+    async def test_an_incremental_refresh_learns_a_change_and_a_lost_dispatch(self):
+        await self.start()
+        await wait_until(lambda: defer.succeed(self.system_of(self.pserv, "node2") == "node2"))
+        await self.pserv.link.refresh()
+        self.assertTrue(self.pserv.link.incremental)
+        self.changed_system("node2", "node1")
+        conn = psycopg2.connect(self.dsn)
+        with conn, conn.cursor() as cur:  # journalled, never dispatched: a lost dispatch
+            cur.execute("INSERT INTO power_ops (node, action) VALUES ('node1', 'on')"
+                        " RETURNING id")
+            [op_id] = cur.fetchone()
+        conn.close()
+        self.assertEqual(await self.pserv.link.refresh(incremental=True), "incremental")
+        self.assertEqual(self.system_of(self.pserv, "node2"), "node1")
+        done = await self.wait_op(op_id)
+        self.assertEqual(done["state"], "succeeded", done)
+        self.assertEqual(self.sim.systems["node1"].power_state, "On")

@@ -69,14 +69,12 @@ class Region(PservProtocol):
         self.calls.append((command, kwargs, d))
         return d
 
-    def answer(self, index, nodes, releasing=None):
+    def answer(self, index, nodes, **extra):
         command, _, d = self.calls[index]
         if command is commands.Recover:
-            page = {"nodes": [{"name": n, "power": {}} for n in nodes],
-                    "operations": [], "after_op": -1, "after_node": "", "done": True}
-            if releasing is not None:
-                page["releasing"] = releasing
-            d.callback(page)
+            d.callback({"nodes": [{"name": n, "power": {}} for n in nodes],
+                        "operations": [], "after_op": -1, "after_node": "", "done": True,
+                        **extra})
         else:
             d.callback({"released": []})
 
@@ -218,3 +216,87 @@ class DeletedMeanwhileTests(unittest.TestCase):
         self.successResultOf(recovery)
         self.assertEqual(pserv.executor.known_nodes(), ["n2"])
         self.assertEqual(pserv.watchers, [])  # the recovery stopped watching
+
+
+class IncrementalRecoveryTests(unittest.TestCase):
+    """
+    Issue 14: a poller's refresh lists only what changed since the cursor
+    of the last recovery; everything else stays a full recovery.
+    """
+
+    def test_an_incremental_recovery_resumes_from_the_last_cursor(self):
+        pserv = Pserv({"n1", "n2", "n3"})
+        region = Region(pserv)
+        first = region.recover()  # the hand-shake's: full
+        region.answer(0, ["n1", "n2", "n3"], cursor=50)
+        self.successResultOf(first)
+        self.assertNotIn("changed_since", region.sent(commands.Recover)[0])
+        self.assertEqual(region.cursor, 50)
+        second = region.recover(incremental=True)
+        self.assertEqual(region.sent(commands.Recover)[1]["changed_since"], 50)
+        # n2 changed, n3 was handed over; n1 (not listed: unchanged) stays
+        region.answer(1, ["n2"], cursor=60, not_ours=["n3", "elsewhere"])
+        [released] = region.sent(commands.ReleaseNodes)
+        self.assertEqual(released["nodes"], ["n3"])
+        region.answer(2, [])
+        self.assertEqual(self.successResultOf(second), "incremental")
+        self.assertEqual(pserv.executor.known_nodes(), ["n1", "n2"])
+        self.assertEqual(region.cursor, 60)
+
+    def test_without_a_cursor_an_incremental_recovery_is_a_full_one(self):
+        """A region that does not know ``changed_since``, or a first recovery."""
+        pserv = Pserv({"n1", "n2"})
+        region = Region(pserv)
+        d = region.recover(incremental=True)
+        self.assertNotIn("changed_since", region.sent(commands.Recover)[0])
+        region.answer(0, ["n1"])  # no cursor in the answer
+        [released] = region.sent(commands.ReleaseNodes)
+        self.assertEqual(released["nodes"], ["n2"])
+        region.answer(1, [])
+        self.assertEqual(self.successResultOf(d), "full")
+        self.assertIsNone(region.cursor)
+
+    def test_a_failed_incremental_recovery_keeps_the_old_cursor(self):
+        region = Region(Pserv({"n1"}))
+        region.cursor = 50
+        d = region.recover(incremental=True)
+        region.calls[0][2].errback(commands.LeaseExpired("over"))
+        self.failureResultOf(d, commands.LeaseExpired)
+        self.assertEqual(region.cursor, 50)
+        region.recover(incremental=True)
+        self.assertEqual(region.sent(commands.Recover)[1]["changed_since"], 50)
+
+    def test_a_full_recovery_asked_for_while_one_runs_makes_the_queued_one_full(self):
+        region = Region(Pserv({"n1"}))
+        region.cursor = 50
+        running = region.recover(incremental=True)
+        queued = [region.recover(incremental=True), region.recover(),
+                  region.recover(incremental=True)]
+        region.answer(0, [], cursor=60)
+        self.successResultOf(running)
+        self.assertEqual(len(region.sent(commands.Recover)), 2)
+        self.assertNotIn("changed_since", region.sent(commands.Recover)[1])  # full
+        region.answer(1, ["n1"], cursor=70)
+        for d in queued:
+            self.assertEqual(self.successResultOf(d), "full")
+
+    def test_every_page_of_an_incremental_recovery_asks_for_changes_only(self):
+        """Two pages, each node configured with its circuit: the second asks the same."""
+        pserv = Pserv({"n1"})
+        configured = []
+        pserv.configure = lambda node, power, **kw: configured.append((node, kw))
+        region = Region(pserv)
+        region.cursor = 50
+        d = region.recover(incremental=True)
+        region.calls[0][2].callback({
+            "nodes": [{"name": "n1", "power": {}, "circuit": {"name": "c", "max_on": 1,
+                                                               "spacing": 0.0}}],
+            "operations": [], "after_op": -1, "after_node": "n1", "done": False,
+            "cursor": 60})
+        self.assertEqual([kw for _, kw, _ in region.calls],
+                         [{"after_op": 0, "after_node": "", "changed_since": 50},
+                          {"after_op": -1, "after_node": "n1", "changed_since": 50}])
+        region.answer(1, [])
+        self.successResultOf(d)
+        self.assertEqual(region.cursor, 60)
+        self.assertEqual([n for n, _ in configured], ["n1"])

@@ -17,8 +17,10 @@ polled under.
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
+from powerctl.drivers.bmclimit import BmcLimiter, BmcLimits, address_of
 from powerctl.drivers.catalogue import DriverCatalogue
 from powerctl.drivers.interface import Capabilities
+from powerctl.drivers.schema import Param
 from powerctl.power import PowerState
 from powerctl.pserv.executor import DriverExecutor
 from powerctl.pserv.lockout import LockoutGuard
@@ -212,6 +214,36 @@ class SkipTests(PollerSetup, unittest.TestCase):
         # not before 300 s (not 1,200), then every round again (a quick one)
         self.assertEqual(calls, [0, 300, 360, 420])
 
+    def test_with_a_cursor_rounds_refresh_incrementally_and_fully_every_ten_minutes(self):
+        """Issue 14: a full paging is the rare safety net once the region gives cursors."""
+        calls = []
+
+        def refresh(incremental=False):
+            calls.append((self.clock.seconds(), "incremental" if incremental else "full"))
+            if not incremental:
+                self.clock.advance(7)  # a full refresh of 10,000 nodes: 7 s
+            return defer.succeed(None)
+
+        self.link.refresh = refresh
+        self.successResultOf(self.poller.poll_once())  # no cursor yet: full
+        self.link.incremental = True  # the hand-shake's recovery gave one
+        for _ in range(10):  # rounds every 60 s from 67 s to 607 s
+            self.clock.advance(60)
+            self.successResultOf(self.poller.poll_once())
+        self.assertEqual(calls, [(0, "full")] + [(67 + 60 * i, "incremental") for i in range(9)]
+                         + [(607, "full")])
+
+    def test_the_first_round_after_a_hand_shake_is_incremental(self):
+        """The hand-shake recovered in full just before: no second full paging at once."""
+        calls = []
+        self.link.refresh = lambda incremental=False: (
+            calls.append((self.clock.seconds(), incremental)), defer.succeed(None))[1]
+        self.link.incremental = True
+        for _ in range(11):  # rounds every 60 s from 0 to 600 s
+            self.successResultOf(self.poller.poll_once())
+            self.clock.advance(60)
+        self.assertEqual(calls, [(60 * i, True) for i in range(10)] + [(600, False)])
+
     def test_a_node_forgotten_while_it_was_read_is_not_reported(self):
         self.executor.configure("n1", outlet("10.0.0.1", 1))
         self.executor.configure("n2", outlet("10.0.0.1", 2))
@@ -394,3 +426,75 @@ class BatchLockoutTests(PollerSetup, unittest.TestCase):
         self.link.batches.clear()
         self.poll()
         self.assertEqual(len([q for q in self.pdus.outlet_queries if q[0] == "10.0.0.9"]), 4)
+
+
+class LimitedDriverType(FakeDriverType):
+    """
+    Systems behind services that admit ``max_sessions`` calls at once: each
+    call takes its service's slot of a real
+    :class:`~powerctl.drivers.bmclimit.BmcLimiter` (keyed by ``host``, as
+    the Redfish driver keys it by its URL's ``host:port``) before its
+    device (which holds every call) sees it.
+    """
+
+    def __init__(self, clock, max_sessions):
+        super().__init__("limited", hold=True)
+        self.limiter = BmcLimiter(clock, BmcLimits(max_sessions=max_sessions))
+
+    def _params(self):
+        return (Param("host", "host", required=True), Param("system", required=True))
+
+    def _key(self, settings):
+        return (settings["host"], settings["system"])
+
+    def bind(self, settings):
+        return _Limited(self.device(self._key(settings)),
+                        self.limiter.handle(address_of(settings["host"], 0)))
+
+
+class _Limited:
+    def __init__(self, device, bmc):
+        self.device, self.bmc, self.capabilities = device, bmc, device.capabilities
+
+    def query(self):
+        def call(release):
+            return self.device.query().addBoth(lambda r: (release(), r)[1])
+        return self.bmc.acquire().addCallback(call)
+
+    def quiesced(self):
+        return defer.succeed(None)
+
+
+class SpreadTests(unittest.TestCase):
+    """
+    Issue 14 item 4: a round's queries spread over services, so that no
+    poll slot waits on one service's per-BMC limit while another service
+    could take the call.
+    """
+
+    def test_poll_slots_are_spread_over_services_with_per_bmc_limits(self):
+        clock = task.Clock()
+        limited = LimitedDriverType(clock, max_sessions=2)
+        executor = DriverExecutor(DriverCatalogue([limited]))
+        registry = PowerActionRegistry(executor, clock, cancel_timeout=5)
+        link = RecordingLink()
+        poller = Poller(registry, executor, link, clock, interval=60, concurrency=6)
+        # learnt service by service, as a recovery lists them (by name)
+        for s in range(3):
+            for n in range(4):
+                executor.configure(f"svc{s}-n{n}", {"mode": "single", "agents": [
+                    {"driver": "limited", "params": {"host": f"10.0.0.{s}", "system": str(n)}}]})
+        d = poller.poll_once()
+        running = [key for key, device in limited.devices.items() if device.held]
+        # 6 slots, 3 services of 2 sessions each: every slot runs a call
+        # (listed service by service, svc0's 4 systems took 4 slots and 2
+        # of them waited on its limit: 4 running)
+        self.assertEqual(len(running), 6, running)
+        self.assertEqual(sorted({host for host, _ in running}),
+                         ["10.0.0.0", "10.0.0.1", "10.0.0.2"])
+        while any(device.held for device in limited.devices.values()):
+            for device in limited.devices.values():
+                if device.held:
+                    device.release()
+        self.successResultOf(d)
+        self.assertEqual(len(link.batches[0][1]), 12)

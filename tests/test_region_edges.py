@@ -54,11 +54,12 @@ class PageTrimTests(unittest.TestCase):
         self.assertEqual(size(items), commands.MAX_VALUE)
         self.assertEqual(rpc._trim(items), items)
 
-    def test_a_page_too_big_is_halved_until_it_fits(self):
+    def test_a_page_too_big_keeps_the_longest_prefix_that_fits(self):
         items = ["x" * 1000 for _ in range(100)]  # about 100 kB
         trimmed = rpc._trim(items)
-        self.assertEqual(trimmed, items[:50])
+        self.assertEqual(trimmed, items[:len(trimmed)])
         self.assertLessEqual(size(trimmed), commands.MAX_VALUE)
+        self.assertGreater(size(items[:len(trimmed) + 1]), commands.MAX_VALUE)
 
     def test_a_single_item_too_big_for_any_page_is_dropped(self):
         self.assertEqual(rpc._trim(["x" * commands.MAX_VALUE]), [])

@@ -91,6 +91,18 @@ class FakeStore:
         self.releasing_calls = self.releasing_calls + ((cluster, epoch, limit),)
         return list(self.releasing_rows)[:limit]
 
+    #: the cursor the next recovery gets (a node row's "changed" is its xid)
+    cursor = 100
+
+    async def changes_cursor(self):
+        return self.cursor
+
+    async def changed_since(self, cluster, since, after_name="", limit=500, epoch=None):
+        return [dict(n, ours=n.get("ours", True),
+                     power=n["power"] if n.get("ours", True) else None)
+                for n in self.node_rows
+                if n["node"] > after_name and n.get("changed", 0) >= since][:limit]
+
     async def heartbeat(self, pserv, actions_in_flight):
         if self.heartbeat_error is not None:
             raise self.heartbeat_error
@@ -270,6 +282,57 @@ class RecoverTests(unittest.TestCase):
         self.assertEqual(ops, [1, 2])
         self.assertEqual(nodes, [f"n{i:03}" for i in range(250)])
         self.assertEqual(store.marked, [([1, 2], "p1", 7)])
+
+
+class IncrementalRecoverTests(unittest.TestCase):
+    """Issue 14: ``changed_since`` lists the changed nodes only, the open operations always."""
+
+    async def test_the_first_page_of_a_recovery_carries_the_cursor(self):
+        store = FakeStore(ops=[op(1)], nodes=[node("a")])
+        protocol = leased(region_for(store))
+        page = await protocol.recover(after_op=0, after_node="")
+        self.assertEqual(page["cursor"], 100)
+        page = await protocol.recover(after_op=page["after_op"], after_node="")
+        self.assertNotIn("cursor", page)  # later pages: the recovery has its cursor
+
+    async def test_only_changed_nodes_and_every_open_operation_are_listed(self):
+        store = FakeStore(ops=[op(1)], nodes=[
+            node("a"), dict(node("b"), changed=120), dict(node("c"), changed=130, ours=False),
+            dict(node("d"), changed=99)])
+        protocol = leased(region_for(store))
+        after_op, after_node, ops, nodes, not_ours = 0, "", [], [], []
+        for _ in range(5):
+            page = await protocol.recover(after_op=after_op, after_node=after_node,
+                                          changed_since=100)
+            ops += [o["id"] for o in page["operations"]]
+            nodes += [n["name"] for n in page["nodes"]]
+            not_ours += page.get("not_ours", [])
+            after_op, after_node = page["after_op"], page["after_node"]
+            if page["done"]:
+                break
+        self.assertEqual(ops, [1])  # a lost dispatch is sent again
+        self.assertEqual(nodes, ["b"])
+        self.assertEqual(not_ours, ["c"])
+
+    async def test_a_page_trimmed_by_size_names_only_the_handed_over_nodes_before_its_end(self):
+        big = {"mode": "single", "agents": [{"driver": "fake", "params": {
+            "device": "x" * 40_000}}]}
+        store = FakeStore(nodes=[dict(node("a", big), changed=100),
+                                 dict(node("b", big), changed=100),
+                                 dict(node("c"), changed=100, ours=False)])
+        protocol = leased(region_for(store))
+        page = await protocol.recover(after_op=-1, after_node="", changed_since=100)
+        self.assertEqual(([n["name"] for n in page["nodes"]], page["not_ours"], page["done"]),
+                         (["a"], [], False))
+        page = await protocol.recover(after_op=-1, after_node="a", changed_since=100)
+        self.assertEqual(([n["name"] for n in page["nodes"]], page["not_ours"], page["done"]),
+                         (["b"], ["c"], True))
+
+    async def test_a_cursor_out_of_range_is_bad_arguments(self):
+        protocol = leased(region_for(FakeStore()))
+        for since in (-1, 2**63):
+            with self.assertRaises(commands.BadArguments):
+                await protocol.recover(after_op=0, after_node="", changed_since=since)
 
 
 class ReportOutcomeTests(unittest.TestCase):

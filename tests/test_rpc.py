@@ -187,6 +187,53 @@ class RegionSideTests(SystemMixin, DatabaseMixin, unittest.TestCase):
         self.assertGreater(pages, 10)
         self.assertEqual(ops[0]["power"]["agents"][0]["params"]["password"], "sim-pass")
 
+    async def recovery(self, p, **kwargs):
+        """One whole recovery: (cursor, operation ids, node names, not_ours)."""
+        after_op, after_node, ops, nodes, not_ours, cursor = 0, "", [], [], [], None
+        while True:
+            page = await p.callRemote(commands.Recover, after_op=after_op,
+                                      after_node=after_node, **kwargs)
+            cursor = page.get("cursor", cursor)
+            ops += [o["id"] for o in page["operations"]]
+            nodes += [n["name"] for n in page["nodes"]]
+            not_ours += page.get("not_ours") or []
+            after_op, after_node = page["after_op"], page["after_node"]
+            if page["done"]:
+                return cursor, ops, sorted(nodes), sorted(not_ours)
+
+    async def test_an_incremental_recovery_lists_what_changed_since_its_cursor(self):
+        """Issue 14: changed configurations, lock-outs and owners; every open operation."""
+        await self.start_region()
+        for name in ("node1", "node2", "node3", "node4"):
+            await self.add_node(name)
+        p = await self.authenticated()
+        cursor, ops, nodes, _ = await self.recovery(p)
+        self.assertEqual(nodes, ["node1", "node2", "node3", "node4"])
+        # nothing changed: no node (polls change no configuration)
+        await p.callRemote(commands.ReportPowerState, epoch=p.epoch, states=[
+            {"node": "node1", "state": "on", "error": ""}])
+        later, ops, nodes, not_ours = await self.recovery(p, changed_since=cursor)
+        self.assertEqual((ops, nodes, not_ours), ([], [], []))
+        self.assertGreaterEqual(later, cursor)
+        conn = psycopg2.connect(self.dsn)
+        with conn, conn.cursor() as cur:
+            cur.execute("UPDATE nodes SET desired_state = 'on' WHERE name = 'node1'")
+            cur.execute("INSERT INTO lockouts (node, agent, failures, reason, pserv)"
+                        " VALUES ('node2', 0, 3, 'refused', 'pserv-x')")
+            cur.execute("UPDATE nodes SET handoff_epoch = 999 WHERE name = 'node3'")
+            cur.execute("INSERT INTO power_ops (node, action) VALUES ('node4', 'off')"
+                        " RETURNING id")  # journalled, never dispatched
+            [op_id] = cur.fetchone()
+        conn.close()
+        _, ops, nodes, not_ours = await self.recovery(p, changed_since=cursor)
+        self.assertEqual((ops, nodes, not_ours), ([op_id], ["node1", "node2"], ["node3"]))
+        # a full recovery still lists every node ours
+        _, _, nodes, _ = await self.recovery(p)
+        self.assertEqual(nodes, ["node1", "node2", "node4"])
+        # the lock-out trigger does not stand in the way of deleting its node
+        code, _ = await self.call("DELETE", "/v1/nodes/node2")
+        self.assertEqual(code, 204)
+
 
 @defer.inlineCallbacks
 def _serve_pserv(testcase):

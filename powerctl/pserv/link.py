@@ -228,18 +228,28 @@ class RegionLink:
             place -= 1
         self._outbox.insert(place, (sequence, report))
 
-    def refresh(self):
+    def refresh(self, incremental=False):
         """
         Page through recovery again on one connection: learns nodes added or
         changed since, and re-dispatches any operation whose dispatch was
         lost (operations already here are recognised by id and skipped).
+        ``incremental``: only the nodes changed since the connection's last
+        recovery, when the region gave a cursor (:attr:`incremental`);
+        a full one otherwise.
         """
         if not self._connected:
             return defer.succeed(None)
-        d = defer.ensureDeferred(self._connected[0].recover())
+        connection = self._connected[0]
+        d = defer.ensureDeferred(
+            connection.recover(incremental=True) if incremental else connection.recover())
         d.addErrback(self._failed, "refresh from the region", commands.Recover,
                      commands.ReleaseNodes)
         return d
+
+    @property
+    def incremental(self):
+        """Whether :meth:`refresh` can be incremental now (the region gave a cursor)."""
+        return bool(self._connected) and self._connected[0].cursor is not None
 
     def _failed(self, failure, what, *called):
         """
@@ -349,7 +359,13 @@ class PservProtocol(amp.AMP):
             self.keeper.granted(epoch, sent_at, remaining)
         self.pserv.epoch = self.link.epoch = epoch
 
-    def recover(self):
+    #: Where an incremental recovery resumes: the region's cursor from the
+    #: first page of the last recovery that completed (None: the region
+    #: gave none, or none completed on this connection yet).
+    cursor = None
+    _next_full = True  # whether the queued recovery must be a full one
+
+    def recover(self, incremental=False):
         """
         Page through the region's ``Recover`` (the nodes and operations our
         lease owns) and converge on it; hand over the nodes it no longer
@@ -357,18 +373,29 @@ class PservProtocol(amp.AMP):
         region, a hand-shake) run after it, one at a time: two at once could
         each miss a node the other was just learning, and a node marked for
         hand-over would never be released.  All the requests made while one
-        runs share the next run, which reads everything afresh anyway.
+        runs share the next run, which reads everything afresh anyway (and
+        is a full one if any of them asked for a full one).
+
+        ``incremental`` (issue 14): only the nodes changed since
+        :attr:`cursor` and every open operation -- one or two pages instead
+        of one per hundred nodes.  It cannot tell a deleted node or one
+        moved to another cluster, so full recoveries remain: at every
+        hand-shake, every push from the region, and now and then from the
+        poller.
         """
         if self._next_recovery is not None:  # one is queued already: it will do
+            self._next_full = self._next_full or not incremental
             waiter = defer.Deferred()
             self._next_recovery.append(waiter)
             return waiter
         waiter = defer.Deferred()
         waiters = self._next_recovery = [waiter]
+        self._next_full = not incremental
 
         def start():
             self._next_recovery = None  # asked for from now on: the next run
-            return defer.ensureDeferred(self._recover())
+            since = None if self._next_full else self.cursor
+            return defer.ensureDeferred(self._recover(since))
 
         def settle(result):
             for each in waiters:
@@ -380,22 +407,32 @@ class PservProtocol(amp.AMP):
         self._recovering.run(start).addBoth(settle)
         return waiter
 
-    async def _recover(self):
+    async def _recover(self, changed_since=None):
         forgotten = self.pserv.watch_forgets()
         try:
-            await self._recover_watching(forgotten)
+            cursor = await self._recover_watching(forgotten, changed_since)
         finally:
             self.pserv.unwatch_forgets(forgotten)
+        # Only a recovery that completed moves the cursor: one that failed
+        # half-way is read again from the old cursor.
+        self.cursor = cursor
+        return "full" if changed_since is None else "incremental"
 
-    async def _recover_watching(self, forgotten):
+    async def _recover_watching(self, forgotten, changed_since=None):
+        """Converge on one recovery; the cursor its first page gave (None if none)."""
         after_op, after_node, started = 0, "", 0
-        known_before, listed = set(self.pserv.executor.known_nodes()), set()
+        known_before, listed, not_ours = set(self.pserv.executor.known_nodes()), set(), set()
         releasing = set()
         guard = getattr(self.pserv.executor, "lockout", None)
         since = guard.generation() if guard is not None else None  # issue 10
+        asked = {} if changed_since is None else {"changed_since": changed_since}
+        cursor = False  # not read yet
         while True:
             page = await self.callRemote(
-                commands.Recover, after_op=after_op, after_node=after_node)
+                commands.Recover, after_op=after_op, after_node=after_node, **asked)
+            if cursor is False:
+                cursor = page.get("cursor")
+            not_ours.update(page.get("not_ours") or ())
             for node in page["nodes"]:
                 listed.add(node["name"])
                 if node["name"] not in forgotten:  # deleted since this page was read
@@ -420,12 +457,17 @@ class PservProtocol(amp.AMP):
             self.log.info("took {n} operation(s) from the region's journal", n=started)
         # Nodes the region no longer lists are not ours any more: handed to
         # another pserv, deleted or moved while no ForgetNode reached us.
+        # (An incremental recovery lists only changed nodes: those it names
+        # as no longer ours.)  And the nodes the region says we are to let
+        # go of, known before or not: one learnt only after it was marked (a
+        # late listing, a power command meanwhile) is in no such difference.
         # Stop driving them (unreported: their operations go on with the
         # next owner), then say so, so the next owner may start.
-        # And the nodes the region says we are to let go of, known before
-        # or not: one learnt only after it was marked (a late listing, a
-        # power command meanwhile) is in no such difference.
-        gone = sorted((known_before | releasing) - listed)
+        if changed_since is None:
+            gone = sorted((known_before | releasing) - listed)
+        else:
+            gone = sorted(((known_before & not_ours) | releasing) - listed)
+        cursor = None if cursor is False else cursor
         unreleased = self.link.unreleased
         unreleased.difference_update(listed)  # ours again: nothing to release
         if gone:
@@ -439,6 +481,7 @@ class PservProtocol(amp.AMP):
             chunk = release[start:start + 200]
             await self.callRemote(commands.ReleaseNodes, nodes=chunk)
             unreleased.difference_update(chunk)
+        return cursor
 
     def _hello_failed(self, failure):
         if expected(failure, *_HELLO):

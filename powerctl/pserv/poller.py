@@ -8,16 +8,25 @@ once.  Nodes powered by a single outlet of an SNMP PDU are batched instead:
 one request per PDU reads every outlet polled on it; that request goes
 through the BMC lock-out guard under the PDU's credentials like any
 driver call (issue 10), so a refused community or v3 key is not tried
-round after round.  Results go to the region in one batch per round.
+round after round.  The other nodes take the slots one device in turn
+(:func:`_round_robin`), not device by device, so slots do not queue on one
+BMC's few sessions while other BMCs idle.  Results go to the region in
+batches of 200.
 
-Rounds also refresh from the region (a full ``Recover`` paging: nodes added
-or changed, dispatches lost), the safety net under the region's pushes.
+Rounds also refresh from the region (nodes added or changed, dispatches
+lost), the safety net under the region's pushes.  When the region gives
+a cursor (issue 14), every round's refresh is *incremental*: the open
+operations and the nodes changed since the last refresh, a page or two.
+A full ``Recover`` paging, which alone sees deleted nodes and nodes moved
+to another cluster, then runs every ``FULL_EVERY`` seconds (or less
+often, if it takes more than ``REFRESH_SHARE`` of the time).  Without a
+cursor (an older region) every refresh is full and spaced out as below.
 The refresh runs *beside* the queries, not before them: nothing a query
 reads depends on it -- a node the refresh learns is polled from the next
 round on, one forgotten meanwhile is dropped from the report -- and the
 round ends when both have.  A refresh is costly at scale (at 10,000 nodes
 about 7 s, mostly waiting for the region's pages: bench/RESULTS.md), so a
-round starts one only if the last one started at least
+round starts a full one only if the last one started at least
 ``took / REFRESH_SHARE`` seconds ago (capped at ``REFRESH_AT_LEAST``, so a
 region that was slow once does not delay the next one for long):
 refreshing takes at most that share of the time.  A small fleet (a refresh of milliseconds) still refreshes
@@ -41,6 +50,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from powerctl.drivers.bmclimit import address_of, address_of_url
 from powerctl.power import Action, PowerState
 from powerctl.powerdoc import agent_list
 from powerctl.pserv.lockout import agent_key
@@ -51,6 +61,10 @@ from powerctl.registry import Outcome, PowerAction
 REFRESH_SHARE = 0.1
 #: ... but one is due at least this often (s), however long the last one took
 REFRESH_AT_LEAST = 300.0
+#: when the region answers incremental refreshes, a full one is due this often (s)
+FULL_EVERY = 600.0
+
+FULL, INCREMENTAL = "full", "incremental"
 
 
 class Poller(TimerService):
@@ -70,7 +84,8 @@ class Poller(TimerService):
         self.interval = interval
         self._slots = defer.DeferredSemaphore(concurrency)
         self._ids = itertools.count(1)
-        #: node -> (power document it was grouped from, PDU key or None, outlet)
+        #: node -> (kept configuration text it was grouped from, PDU key or None,
+        #: outlet -- or the device key of a node queried alone)
         self._grouped = {}
         #: PDU key -> (driver type, settings of one of its outlets, guard key)
         self._pdus = {}
@@ -91,18 +106,33 @@ class Poller(TimerService):
         """One round: refresh what we know beside querying every idle node and reporting."""
         if not self.link.connected:
             return defer.succeed(None)
-        refresh = self._refresh() if self._refresh_due() else defer.succeed(None)
+        kind = self._refresh_due()
+        refresh = self._refresh(kind) if kind else defer.succeed(None)
         poll = defer.maybeDeferred(self._poll)
         return defer.gatherResults([refresh, poll], consumeErrors=True).addErrback(
             lambda f: f.value.subFailure)  # the first failure as it was raised
 
     def _refresh_due(self):
+        """``FULL``, ``INCREMENTAL`` or None: which refresh this round starts."""
+        incremental = getattr(self.link, "incremental", False)
         if self._refreshed_at is None:
-            return True
-        wait = min(self._refresh_took / REFRESH_SHARE, REFRESH_AT_LEAST)
-        return self.clock.seconds() - self._refreshed_at >= wait
+            if incremental:
+                # The connection's hand-shake has just recovered in full:
+                # count it as this poller's first full refresh.
+                self._refreshed_at, self._refresh_took = self.clock.seconds(), 0.0
+                return INCREMENTAL
+            return FULL
+        if incremental:
+            wait = max(self._refresh_took / REFRESH_SHARE, FULL_EVERY)
+        else:
+            wait = min(self._refresh_took / REFRESH_SHARE, REFRESH_AT_LEAST)
+        if self.clock.seconds() - self._refreshed_at >= wait:
+            return FULL
+        return INCREMENTAL if incremental else None
 
-    def _refresh(self):
+    def _refresh(self, kind):
+        if kind == INCREMENTAL:
+            return self.link.refresh(incremental=True)
         started = self._refreshed_at = self.clock.seconds()
 
         def done(result):
@@ -120,6 +150,7 @@ class Poller(TimerService):
         nodes = [n for n in self.executor.known_nodes()
                  if not self.registry.busy(n) and self.executor.queryable(n)]
         pdus, singles = self._group(nodes)
+        singles = _round_robin(singles, lambda n: self._grouped[n][2])
         work = [self._slots.run(self._query, n)
                 .addCallbacks(lambda o, n=n: {n: o}, lambda f, n=n: {n: f})
                 for n in singles]
@@ -160,22 +191,24 @@ class Poller(TimerService):
     def _group_one(self, node, text):
         """
         ``(text, PDU key, outlet)`` of one node, from its configuration's
-        kept text; the PDU key is None if it is queried alone.
+        kept text; the PDU key is None if it is queried alone, and the
+        outlet is then its device's key instead (:func:`device_key`), to
+        spread a round's queries over devices.
         """
         catalogue = self.executor.catalogue
         agents = agent_list(json.loads(text))
         if len(agents) != 1 or agents[0].get("driver") != "snmp":
-            return (text, None, None)
+            return (text, None, device_key(catalogue, agents))
         driver_type = catalogue.get("snmp")
         if not hasattr(driver_type, "query_outlets"):
-            return (text, None, None)
+            return (text, None, device_key(catalogue, agents))
         try:
             settings = catalogue.validate("snmp", agents[0].get("params", {}))
         except Exception:
             # Accepted when configured, so this is a bug; it must not
             # cost the other nodes their poll: this one is queried alone.
             self.log.failure("grouping node {node} by PDU", node=node)
-            return (text, None, None)
+            return (text, None, device_key(catalogue, agents))
         guard_key = agent_key(catalogue, agents[0])
         key = json.dumps([{k: v for k, v in settings.items() if k != "outlet"},
                           guard_key], sort_keys=True, default=str)
@@ -212,6 +245,47 @@ class Poller(TimerService):
         # Keep each AMP value well under 64 KiB.
         batches = [states[i:i + 200] for i in range(0, len(states), 200)]
         return defer.DeferredList([self.link.send_states(b, epoch) for b in batches])
+
+
+def device_key(catalogue, agents):
+    """
+    Which device a node's first agent talks to, as the per-BMC limiter
+    (:mod:`powerctl.drivers.bmclimit`) keys it: the ``host:port`` of its
+    ``url`` or of its ``host`` (and ``port``); for a driver with neither,
+    its account on the device (:func:`~powerctl.pserv.lockout.agent_key`).
+    Only an ordering hint: a wrong key costs speed, never correctness.
+    """
+    if not agents or not isinstance(agents[0], dict):
+        return None
+    params = agents[0].get("params") or {}
+    try:
+        if isinstance(params.get("url"), str):
+            return address_of_url(params["url"])
+        if params.get("host") is not None:
+            return address_of(params["host"], params.get("port") or 0)
+        return agent_key(catalogue, agents[0])
+    except Exception:  # malformed: the node is queried (and fails) anyway
+        return None
+
+
+def _round_robin(nodes, key):
+    """
+    ``nodes`` reordered so that consecutive ones go to different devices
+    (one of each device in turn, devices in order of first appearance).
+
+    Why: a round's queries take the poll slots in this order, and each
+    device admits only a few calls at once (iDRAC: 8).  Listed device by
+    device (as a pserv learns them), 32 slots would all queue on one
+    service's 8 sessions while the other services idle; in turn, every
+    slot holds a call that can run.
+    """
+    by_device = {}
+    for node in nodes:
+        by_device.setdefault(key(node), []).append(node)
+    if len(by_device) <= 1:
+        return list(nodes)
+    return [n for turn in itertools.zip_longest(*by_device.values()) for n in turn
+            if n is not None]
 
 
 def _answered(node, value):

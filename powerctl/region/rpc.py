@@ -17,9 +17,13 @@ from powerctl.region.store.base import MAX_BIGINT
 from powerctl.region.leases import LeaseExpired
 from powerctl.rpc import auth, commands, responders
 
-#: Items per recovery page; also trimmed by size below.  (Any size pages
-#: correctly, the same constant being the limit and the full-page test:
-#: make mutate's +-1 here is equivalent.)
+#: Items per recovery page, also trimmed by size (:func:`_trim`).  Not
+#: more: a resolved SNMP or Redfish node is 300-400 bytes, so a page of 250
+#: was trimmed every time (rows read and resolved for nothing, and more
+#: CPU per full recovery at 10,000 nodes, no faster: bench/RESULTS.md).
+#: Full recoveries are rare now that refreshes are incremental.  (Any size
+#: pages correctly, the same constant being the limit and the full-page
+#: test: make mutate's +-1 here is equivalent.)
 PAGE = 100
 #: Names of nodes awaiting release in a Recover's last page: 100 names of
 #: at most 255 characters fit one AMP value beside the page; more wait for
@@ -36,16 +40,19 @@ def error_text(kind, message):
     return f"{kind}: {message}" if kind else message
 
 
-def _fits(items):
-    return len(json.dumps(items, separators=(",", ":"))) <= commands.MAX_VALUE
-
-
 def _trim(items):
-    """Drop items from the end until the page fits one AMP value."""
-    while items and not _fits(items):
-        # (max(1, ...) is a guard only: with two items or more, len // 2 is
-        # at least 1, so make mutate's max(0, ...) is an equivalent mutant.)
-        items = items[: max(1, len(items) // 2)] if len(items) > 1 else []
+    """
+    The longest prefix of ``items`` that fits one AMP value, each item
+    encoded once.  (Halving a page that did not fit threw away up to half
+    of what the region had read and resolved for it.)
+    """
+    if len(json.dumps(items, separators=(",", ":"))) <= commands.MAX_VALUE:
+        return items  # the usual case: one encoding of the whole page
+    total = 2  # the brackets
+    for index, item in enumerate(items):
+        total += len(json.dumps(item, separators=(",", ":"))) + (1 if index else 0)
+        if total > commands.MAX_VALUE:
+            return items[:index]
     return items
 
 
@@ -210,8 +217,18 @@ class RegionProtocol(amp.AMP):
         return {"region": self.region.name, "epoch": self.epoch, "lease": lease["remaining"]}
 
     @commands.Recover.responder
-    async def recover(self, after_op, after_node):
+    async def recover(self, after_op, after_node, changed_since=None):
+        """
+        One page of a recovery: open operations first, then nodes -- every
+        node of the lease, or (``changed_since``, issue 14) only those
+        changed since that cursor plus the names of changed nodes it no
+        longer drives.  A recovery's first page carries the cursor to
+        resume from (taken before anything is read: see
+        :meth:`~powerctl.region.store.nodes.NodeStore.changes_cursor`).
+        """
         self._leased()
+        if changed_since is not None and not 0 <= changed_since <= MAX_BIGINT:
+            raise commands.BadArguments("changed_since: must be a cursor a recovery handed out")
         # The cursors come back as the region handed them out: an operation
         # id (or -1) and a node name.  Anything else is a broken peer, not a
         # database error.
@@ -221,6 +238,11 @@ class RegionProtocol(amp.AMP):
             raise commands.BadArguments("after_node: must be a node name (at most 255 "
                                         "characters, no NUL)")
         store = self.region.store
+        extra = {}
+        if after_op == 0 and after_node == "":  # a recovery starts
+            cursor = await store.nodes.changes_cursor()
+            if cursor is not None:  # None: a store that keeps no cursor (tests)
+                extra["cursor"] = cursor
         ops_page = []
         if after_op >= 0:
             ops = await store.ops.outstanding(self.cluster, after_id=after_op, limit=PAGE,
@@ -239,27 +261,36 @@ class RegionProtocol(amp.AMP):
                 # the cursor then moves past the whole page.
                 last = ops_page[-1]["id"] if ops_page else ops[-1]["id"]
                 return {"operations": ops_page, "nodes": [], "after_op": last,
-                        "after_node": "", "done": False}
+                        "after_node": "", "done": False, **extra}
             # (Only after_op >= 0 is tested and the pserv echoes it back: make
             # mutate's -2 is equivalent.)
             after_op = -1  # operations exhausted: nodes from now on
-        nodes = await store.nodes.desired_states(self.cluster, after_name=after_node, limit=PAGE,
-                                           epoch=self.epoch)
-        usable = [n for n in nodes if n["power"] is not None]
+        if changed_since is None:
+            nodes = await store.nodes.desired_states(self.cluster, after_name=after_node,
+                                                     limit=PAGE, epoch=self.epoch)
+        else:
+            nodes = await store.nodes.changed_since(self.cluster, changed_since,
+                                                    after_name=after_node, limit=PAGE,
+                                                    epoch=self.epoch)
+        usable = [n for n in nodes if n["power"] is not None and n.get("ours", True)]
         # issue 10: each node's lock-outs go with its configuration
         locked = await store.lockouts.of_nodes([n["node"] for n in usable])
         page = _trim([_node_json(n, locked.get(n["node"], [])) for n in usable])
         full = len(nodes) == PAGE or len(page) < len(usable)
         last = page[-1]["name"] if page else (nodes[-1]["node"] if nodes else after_node)
-        answer = {"operations": ops_page, "nodes": page, "after_op": after_op,
-                  "after_node": last, "done": not full}
+        if changed_since is not None:
+            # the rows up to the page's last (in the database's order)
+            upto = len(nodes) if len(page) == len(usable) else (
+                next(i for i, n in enumerate(nodes) if n["node"] == last) + 1)
+            extra["not_ours"] = [n["node"] for n in nodes[:upto] if not n["ours"]]
         if not full and self.epoch is not None:
             # the last page: what we wait for this pserv to let go of (a
             # connection without a lease -- its lease released on a clean
             # stop -- lists the cluster's nodes and owns none)
-            answer["releasing"] = await store.nodes.releasing(
+            extra["releasing"] = await store.nodes.releasing(
                 self.cluster, self.epoch, RELEASING_PAGE)
-        return answer
+        return {"operations": ops_page, "nodes": page, "after_op": after_op,
+                "after_node": last, "done": not full, **extra}
 
     @commands.ReportOutcome.responder
     async def report_outcome(self, operation_id, outcome, observed_state, agent, error,

@@ -194,11 +194,21 @@ class Recover(amp.Command):
     refresh read the listing late) is not driving it, finds it in no
     "known before, not listed now" difference, and without this list never
     released it -- the next owner waited for good.
+
+    Incremental recoveries (issue 14): the first page of every recovery
+    carries ``cursor``; a later recovery called with ``changed_since`` set
+    to it lists, of the nodes, only those whose configuration changed since
+    (and every open operation, as always), and names in ``not_ours`` the
+    changed nodes of the cluster this lease no longer drives (handed over).
+    It says nothing of deleted nodes or nodes moved to another cluster: a
+    full recovery (without ``changed_since``) stays the safety net.  A
+    region without this ignores ``changed_since`` and sends no ``cursor``.
     """
 
     arguments = [
         (b"after_op", amp.Integer()),
         (b"after_node", amp.Unicode()),
+        (b"changed_since", amp.Integer(optional=True)),
     ]
     response = [
         (b"operations", JSON()),
@@ -207,6 +217,8 @@ class Recover(amp.Command):
         (b"after_node", amp.Unicode()),
         (b"done", amp.Boolean()),
         (b"releasing", JSON(optional=True)),
+        (b"cursor", amp.Integer(optional=True)),
+        (b"not_ours", JSON(optional=True)),
     ]
     errors = dict(_LEASED_ERRORS)
 

@@ -98,7 +98,8 @@ class FakeRegionStore:
             record_power_state=self.record_power_state, record_outcome=self.record_end,
             record_outcomes=self.record_ends,
             record_polls=self.record_polls, desired_states=self.desired_states,
-            releasing=self.releasing)
+            releasing=self.releasing,
+            changes_cursor=self.changes_cursor, changed_since=self.changed_since)
         self.ops = types.SimpleNamespace(
             request=self.request_power, request_serving=self.request_serving,
             get=self.get_op, list=self.list_ops,
@@ -343,6 +344,30 @@ class FakeRegionStore:
             rows.append({"node": n["name"], "desired_state": n["desired_state"],
                          "power_state": n["power_state"], "power": n["power"],
                          "power_error": None})
+            if len(rows) == limit:
+                break
+        return rows
+
+    async def changes_cursor(self):
+        """
+        None: this store keeps no change cursor, so the region hands out
+        none and pservs refresh in full (as with a region predating
+        incremental refreshes).
+        """
+        return None
+
+    async def changed_since(self, cluster, since, after_name="", limit=500, epoch=None):
+        """Every node of the cluster, as changed (a superset is correct), with ``ours``."""
+        names = self._sorted_names()
+        rows = []
+        for name in names[bisect.bisect_right(names, after_name or ""):]:
+            n = self.node_rows.get(name)
+            if n is None or n["cluster"] != cluster:
+                continue
+            ours = self._owned_by(name, epoch)
+            rows.append({"node": n["name"], "desired_state": n["desired_state"],
+                         "power_state": n["power_state"], "power": n["power"] if ours else None,
+                         "power_error": None, "ours": ours})
             if len(rows) == limit:
                 break
         return rows

@@ -263,6 +263,48 @@ class NodeStore(KindStore):
         return [dict(circuit_of(r), power=p, power_error=e) for r, (p, e) in zip(rows, resolved)]
 
     @transaction
+    async def changes_cursor(self, tx):
+        """
+        Where an incremental recovery starting now may resume later: the
+        xmin of this transaction's snapshot.  Every change this snapshot
+        does not see -- in progress, or not begun -- belongs to a
+        transaction whose id is at least that (migration 0014), so
+        ``changed_since(cursor)`` misses none; some it saw may come again.
+        """
+        row = await tx.row("SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin")
+        return int(row["xmin"])
+
+    # (Only rpc.recover calls it, with limit=PAGE: make mutate's +-1 on
+    # either 500 here is equivalent.)
+    @transaction
+    async def changed_since(self, tx, cluster, since, after_name="", limit=500, epoch=None):
+        """
+        A page, by name, of the cluster's nodes whose configuration changed
+        in a transaction at or after ``since`` (:meth:`changes_cursor`), as
+        :meth:`desired_states` gives them plus ``ours``: whether the lease
+        ``epoch`` still drives the node (False: handed over or being handed
+        over).  ``power`` is resolved only for nodes that are ours.
+        """
+        rows = await tx.rows(
+            "SELECT n.name AS node, n.desired_state, n.power_state, n.power,"
+            " (n.owner_epoch IS NOT DISTINCT FROM %s::bigint AND n.handoff_epoch IS NULL)"
+            f" AS ours, {CIRCUIT_SQL} FROM nodes n {CIRCUIT_JOIN}"
+            " WHERE n.cluster = %s AND n.name > %s AND n.config_xid >= %s::text::xid8"
+            " ORDER BY n.name LIMIT %s",
+            (epoch, cluster, after_name or "", str(since),
+             page_limit(limit, 500, MAX_INTERNAL_PAGE)))
+        ours = [r for r in rows if r["ours"]]
+        resolved = await resolve_many(tx, self._catalogue, self._vault,
+                                      [r["power"] for r in ours])
+        powers = {r["node"]: pe for r, pe in zip(ours, resolved)}
+        out = []
+        for r in rows:
+            power, error = powers.get(r["node"], (None, None))
+            r.pop("power")
+            out.append(dict(circuit_of(r), power=power, power_error=error))
+        return out
+
+    @transaction
     async def circuit_config(self, tx, name):
         """
         What a pserv needs of a node's circuit: ``{"name", "max_on",
