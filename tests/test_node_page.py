@@ -1,0 +1,178 @@
+"""
+The node list as PostgreSQL writes it (:mod:`powerctl.region.store.node_page`)
+against the Python it replaced: the same nodes, the same fields, the same
+timestamps as text, and the same redaction (``powerctl.powerdoc.redact``)
+on power documents of every shape -- the model's, hostile ones stored
+before an upgrade or typed by hand, unknown drivers, names that only
+Python's case-insensitive search calls secret.  Then the filters and the
+page boundary against :meth:`NodeStore.list`, and a scoped token's page
+that somehow held another cluster's node refused rather than sent.
+"""
+
+import json
+import random
+import re
+
+from psycopg2.extras import Json
+from twisted.trial import unittest
+
+from powerctl import powerdoc
+from powerctl.region import auth, drift, paging, powerconfig
+from powerctl.region.api import NODE_FIELDS, _pick
+from powerctl.region.store import node_page
+from tests.test_powerconfig import fake_catalogue
+from tests.test_store import StoreTestCase
+
+SEED = 20261205
+
+#: Power documents of every shape redact() tolerates.
+DOCUMENTS = [
+    {"mode": "single", "agents": [{"driver": "ipmi", "params": {
+        "host": "10.0.0.1", "port": 623, "password": "pw-1", "username": "root"}}]},
+    {"mode": "concurrent", "agents": [
+        {"driver": "ipmi", "params": {"host": "h", "password": ""}},
+        {"driver": "snmp", "params": {"host": "p", "outlet": 3, "community": None}},
+        {"driver": "redfish", "params": {"url": "https://x", "password": "s3cret",
+                                         "token": "not-secret-for-redfish"}}]},
+    {"levels": [{"agents": [{"driver": "snmp", "params": {"community": "c0mm",
+                                                          "outlet": 1}}]},
+                {"agents": [{"driver": "ghost", "params": {
+                    "api_KEY": "k1", "Password": "p1", "paſsword": "p2", "\u212aey": "p3",
+                    "communİty": "p4", "tok": "visible", "secretive": {"nested": [1, 2]},
+                    "keyless": 0, "blank": "", "none": None, "x": 1.5}}]},
+                "not a level", {"agents": "not a list"}, {"no": "agents"},
+                {"agents": [7, {"driver": 5, "params": {"token": "t"}},
+                            {"driver": "ipmi", "params": ["a", "list"]},
+                            {"driver": "ipmi"}]}]},
+    {"levels": "not a list", "agents": [{"driver": "ipmi", "params": {"password": "p"}}]},
+    {"agents": {"driver": "ipmi"}},
+    {"agents": []},
+    {"levels": []},
+    {"mode": "single"},
+    {"agents": [{"driver": "manual", "params": {"label": "x", "key": "k"}},
+                {"driver": "webhook", "params": {"url": "https://h", "secret": "s",
+                                                 "headers": {"authorization": "kept"}}},
+                {"driver": "ipmi", "params": {}}]},
+    ["a", "list"],
+    "text",
+    42,
+    None,
+    {"agents": [{"driver": "ipmi", "params": {"password": "é\u2028\"quoted\"\\",
+                                               "host": "ünïcode"}}]},
+]
+
+
+class FoldTests(unittest.TestCase):
+    def test_the_fold_is_exactly_pythons_ignorecase(self):
+        """
+        Every character that Python's case-insensitive search matches to a
+        letter of the pattern is folded onto it in SQL, and no other.
+        """
+        letters = sorted(set(node_page._secretish_sql().replace("|", "")))
+        any_letter = re.compile("[" + "".join(letters) + "]", re.IGNORECASE)
+        folded = {}
+        for point in range(0x110000):
+            if 0xD800 <= point <= 0xDFFF:
+                continue
+            char = chr(point)
+            if char not in letters and any_letter.fullmatch(char):
+                [letter] = [x for x in letters if re.fullmatch(x, char, re.IGNORECASE)]
+                folded[char] = letter
+        table = dict(zip(*node_page._FOLD_ASCII))
+        table.update(node_page._FOLD_OTHER)
+        self.assertEqual(table, folded)
+
+    def test_one_statement_per_filter_combination(self):
+        names = {s.name for s in node_page.STATEMENTS.values()}
+        self.assertEqual(len(names), 2 ** len(node_page.FILTERS))
+        plain = node_page.statement_for({"cluster": None})
+        self.assertEqual(set(plain.params), {"after", "limit", "secrets"})
+        both = node_page.statement_for({"cluster": "c", "responsive": False})
+        self.assertEqual(set(both.params), {"after", "limit", "secrets", "cluster", "responsive"})
+
+
+def python_node(row, secrets):
+    """A node as the API listed it before the SQL did (``Api._node`` without bounds)."""
+    shown = _pick(row, NODE_FIELDS)
+    shown["power"] = powerdoc.redact(row["power"], secrets)
+    shown["drift"] = drift.as_json(row.get("drift_since"), row.get("drift_observed"),
+                                   row.get("desired_state"), row.get("drift_polls"))
+    return shown
+
+
+class NodePageTests(StoreTestCase):
+    async def insert(self, rows):
+        for name, cluster, power in rows:
+            await self.pool.runOperation(
+                "INSERT INTO clusters (name) VALUES (%s) ON CONFLICT DO NOTHING", (cluster,))
+            await self.pool.runOperation(
+                "INSERT INTO nodes (name, cluster, power) VALUES (%s, %s, %s)",
+                (name, cluster, Json(power)))
+
+    async def both(self, secrets, limit=1000, **filters):
+        """(the SQL page parsed, more, last; the Python page of the same nodes)."""
+        text, more, last, clusters = await self.store.nodes.page(secrets, limit=limit,
+                                                                 **filters)
+        got = json.loads(text)
+        self.assertEqual(sorted(clusters), sorted({n["cluster"] for n in got}))
+        list_filters = dict(filters)
+        rows = await self.store.nodes.list(limit=limit + 1, **list_filters)
+        return got, more, last, [python_node(r, secrets) for r in rows[:limit]], len(rows)
+
+    async def test_every_document_shape_redacts_as_python_does(self):
+        await self.insert([(f"n{i:02d}", "c1", doc) for i, doc in enumerate(DOCUMENTS)])
+        # timestamps with and without microseconds, drift, errors, circuits
+        await self.pool.runOperation(
+            "UPDATE nodes SET last_queried_at = '2026-12-05 01:02:03+00',"
+            " last_changed_at = '2026-12-05 01:02:03.000450+00', last_error = 'bad \"x\" é',"
+            " drift_since = now(), drift_observed = 'off', drift_polls = 3,"
+            " desired_state = 'on', circuit = 'a' WHERE name = 'n01'")
+        for secrets in (powerconfig.secret_names(fake_catalogue()), {}):
+            got, more, last, expected, _ = await self.both(secrets)
+            self.assertEqual((got, more), (expected, False))
+            text = json.dumps(got)
+            for secret in ("pw-1", "s3cret", "c0mm", '"k1"', '"p1"', '"p2"', '"p3"', '"p4"'):
+                self.assertNotIn(secret, text)
+        got, _, _, _, _ = await self.both({})
+        # an unknown driver: only the names that look secret
+        self.assertEqual(got[1]["power"]["agents"][2]["params"]["token"], "(set)")
+        self.assertEqual(got[2]["power"]["levels"][1]["agents"][0]["params"]["tok"], "visible")
+
+    async def test_filters_and_page_boundaries_match_the_list(self):
+        rng = random.Random(SEED)
+        print(f"node page seed {SEED}")
+        power = {"mode": "single", "agents": [{"driver": "ipmi", "params": {
+            "host": "10.0.0.1", "password": "pw"}}]}
+        await self.insert([(f"n{i:03d}", rng.choice(["c1", "c2", "c3"]), power)
+                           for i in range(60)])
+        await self.pool.runOperation("UPDATE nodes SET power_state = 'on', desired_state = 'on'"
+                                     " WHERE name < 'n020'")
+        await self.pool.runOperation("UPDATE nodes SET responsive = false WHERE name > 'n050'")
+        secrets = powerconfig.secret_names(fake_catalogue())
+        for _ in range(40):
+            filters = {k: v for k, v in (
+                ("cluster", rng.choice([None, "c1", "c2", "nope"])),
+                ("clusters", rng.choice([None, ["c1", "c3"], []])),
+                ("power_state", rng.choice([None, "on", "unknown"])),
+                ("desired_state", rng.choice([None, "on", "off"])),
+                ("responsive", rng.choice([None, True, False])),
+                ("after_name", rng.choice([None, "n010", "n0555", "n999"])),
+            ) if v is not None}
+            limit = rng.choice([1, 2, 5, 100])
+            got, more, last, expected, found = await self.both(secrets, limit, **filters)
+            where = f"{filters} limit {limit}"
+            self.assertEqual(got, expected, where)
+            self.assertEqual(more, found > limit, where)
+            if more:
+                self.assertEqual(last, got[-1]["name"], where)
+
+    async def test_a_scoped_page_holding_another_cluster_is_refused(self):
+        scoped = auth.Principal("t", "viewer", frozenset({"mine"}))
+        fine = paging.EncodedPage("[]", ["mine"])
+        self.assertIs(auth.filter_listing(scoped, "list_nodes", fine), fine)
+        with self.assertRaises(RuntimeError):
+            auth.filter_listing(scoped, "list_nodes", paging.EncodedPage("[]", ["other"]))
+        unscoped = auth.Principal("t", "viewer", None)
+        page = paging.EncodedPage("[]", ["other"])
+        self.assertIs(auth.filter_listing(unscoped, "list_nodes", page), page)
+        self.assertEqual(page.encoded(), b"[]\n")
