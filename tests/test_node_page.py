@@ -16,9 +16,7 @@ import re
 from psycopg2.extras import Json
 from twisted.trial import unittest
 
-from powerctl import powerdoc
-from powerctl.region import auth, drift, paging, powerconfig
-from powerctl.region.api import NODE_FIELDS, _pick
+from powerctl.region import api, auth, paging, powerconfig
 from powerctl.region.store import node_page
 from tests.test_powerconfig import fake_catalogue
 from tests.test_store import StoreTestCase
@@ -82,6 +80,9 @@ class FoldTests(unittest.TestCase):
         table.update(node_page._FOLD_OTHER)
         self.assertEqual(table, folded)
 
+    def test_the_fields_are_the_apis(self):
+        self.assertEqual(node_page.FIELDS, api.NODE_FIELDS)
+
     def test_one_statement_per_filter_combination(self):
         names = {s.name for s in node_page.STATEMENTS.values()}
         self.assertEqual(len(names), 2 ** len(node_page.FILTERS))
@@ -89,15 +90,6 @@ class FoldTests(unittest.TestCase):
         self.assertEqual(set(plain.params), {"after", "limit", "secrets"})
         both = node_page.statement_for({"cluster": "c", "responsive": False})
         self.assertEqual(set(both.params), {"after", "limit", "secrets", "cluster", "responsive"})
-
-
-def python_node(row, secrets):
-    """A node as the API listed it before the SQL did (``Api._node`` without bounds)."""
-    shown = _pick(row, NODE_FIELDS)
-    shown["power"] = powerdoc.redact(row["power"], secrets)
-    shown["drift"] = drift.as_json(row.get("drift_since"), row.get("drift_observed"),
-                                   row.get("desired_state"), row.get("drift_polls"))
-    return shown
 
 
 class NodePageTests(StoreTestCase):
@@ -117,7 +109,7 @@ class NodePageTests(StoreTestCase):
         self.assertEqual(sorted(clusters), sorted({n["cluster"] for n in got}))
         list_filters = dict(filters)
         rows = await self.store.nodes.list(limit=limit + 1, **list_filters)
-        return got, more, last, [python_node(r, secrets) for r in rows[:limit]], len(rows)
+        return got, more, last, [node_page.reference_node(r, secrets) for r in rows[:limit]], len(rows)
 
     async def test_every_document_shape_redacts_as_python_does(self):
         await self.insert([(f"n{i:02d}", "c1", doc) for i, doc in enumerate(DOCUMENTS)])

@@ -31,8 +31,17 @@ The fields and their order are :data:`powerctl.region.api.NODE_FIELDS`'s
 jsonb's, as the Python path returned it.
 """
 
-from powerctl.powerdoc import SECRET_MARK, _SECRETISH
+import json
+
+from powerctl.powerdoc import SECRET_MARK, _SECRETISH, redact
+from powerctl.region import drift
 from powerctl.region.store.base import Prepared
+
+#: The fields of a listed node, in order: ``powerctl.region.api.NODE_FIELDS``
+#: (tests/test_node_page.py holds them equal; api imports no store module).
+FIELDS = ("name", "cluster", "power", "desired_state", "power_state", "responsive",
+          "last_error", "last_queried_at", "last_changed_at", "created_at", "updated_at",
+          "drift", "circuit")
 
 #: Every character Python's ``re.IGNORECASE`` matches to a lower-case
 #: letter of :data:`powerctl.powerdoc._SECRETISH`'s pattern, with that
@@ -106,21 +115,41 @@ def iso(ts):
 
 
 def node_json(n):
-    """SQL: the node row ``n`` as the API lists it (``NODE_FIELDS``, no bounds)."""
-    fields = (
-        ("name", f"{n}.name"), ("cluster", f"{n}.cluster"),
-        ("power", redacted(f"{n}.power")),
-        ("desired_state", f"{n}.desired_state"), ("power_state", f"{n}.power_state"),
-        ("responsive", f"{n}.responsive"), ("last_error", f"{n}.last_error"),
-        ("last_queried_at", iso(f"{n}.last_queried_at")),
-        ("last_changed_at", iso(f"{n}.last_changed_at")),
-        ("created_at", iso(f"{n}.created_at")), ("updated_at", iso(f"{n}.updated_at")),
-        ("drift", f"CASE WHEN {n}.drift_since IS NULL THEN NULL ELSE json_build_object("
+    """SQL: the node row ``n`` as the API lists it (:data:`FIELDS`, no bounds)."""
+    columns = {
+        "power": redacted(f"{n}.power"),
+        "drift": (f"CASE WHEN {n}.drift_since IS NULL THEN NULL ELSE json_build_object("
                   f"'since', {iso(f'{n}.drift_since')}, 'observed', {n}.drift_observed,"
                   f" 'desired', {n}.desired_state, 'polls', {n}.drift_polls) END"),
-        ("circuit", f"{n}.circuit"),
-    )
-    return "json_build_object(" + ", ".join(f"'{k}', {v}" for k, v in fields) + ")"
+    }
+    for field in ("last_queried_at", "last_changed_at", "created_at", "updated_at"):
+        columns[field] = iso(f"{n}.{field}")
+    return "json_build_object(" + ", ".join(
+        f"'{field}', {columns.get(field, f'{n}.{field}')}" for field in FIELDS) + ")"
+
+
+def reference_node(row, secrets):
+    """
+    A node row (as ``NodeStore.list`` answers it) as :func:`node_json`
+    shows it, in Python: the Python path this module replaced, kept as
+    the reference the SQL is tested against and for in-memory stores.
+    """
+    shown = {field: row.get(field) for field in FIELDS}
+    shown["power"] = redact(row["power"], secrets)
+    shown["drift"] = drift.as_json(row.get("drift_since"), row.get("drift_observed"),
+                                   row.get("desired_state"), row.get("drift_polls"))
+    return shown
+
+
+def reference(rows, secrets, limit):
+    """
+    What :meth:`NodeStore.page <powerctl.region.store.NodeStore.page>`
+    answers, from the ``rows`` of the page read with ``limit + 1``:
+    ``(json text, more, last name, clusters)``.
+    """
+    shown = [reference_node(r, secrets) for r in rows[:limit]]
+    return (json.dumps(shown), len(rows) > limit, shown[-1]["name"] if shown else None,
+            sorted({n["cluster"] for n in shown}))
 
 
 #: The filters a page may have: (parameter, SQL condition).  Each
