@@ -18,6 +18,7 @@ from twisted.trial import unittest
 
 from powerctl.region import api, auth, paging, powerconfig
 from powerctl.region.store import node_page
+from powerctl.region.store.base import Prepared, run_prepared
 from tests.test_powerconfig import fake_catalogue
 from tests.test_store import StoreTestCase
 
@@ -157,6 +158,24 @@ class NodePageTests(StoreTestCase):
             self.assertEqual(more, found > limit, where)
             if more:
                 self.assertEqual(last, got[-1]["name"], where)
+
+    async def test_local_settings_hold_for_the_statement_only(self):
+        """
+        Prepared.local (the page's ``SET LOCAL jit = off``...) applies to the
+        statement on its first run (PREPARE; SET; EXECUTE) and later ones,
+        and ends with it: the pool's session keeps its own setting.
+        """
+        statement = Prepared("local_setting_probe", "SELECT current_setting('jit'),"
+                             " current_setting('plan_cache_mode'), %(x)s::int",
+                             local="SET LOCAL jit = off; SET LOCAL plan_cache_mode ="
+                                   " force_generic_plan")
+        conn = next(iter(self.pool.connections))
+        await conn.runOperation("SET jit = on")
+        for x in (1, 2):
+            self.assertEqual(await run_prepared(conn, statement, {"x": x}),
+                             [("off", "force_generic_plan", x)])
+        self.assertEqual(await conn.runQuery("SELECT current_setting('jit')"), [("on",)])
+        self.assertIn("SET LOCAL jit = off", node_page.statement_for({}).execute)
 
     async def test_a_scoped_page_holding_another_cluster_is_refused(self):
         scoped = auth.Principal("t", "viewer", frozenset({"mine"}))
