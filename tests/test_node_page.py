@@ -52,6 +52,9 @@ DOCUMENTS = [
                 {"driver": "webhook", "params": {"url": "https://h", "secret": "s",
                                                  "headers": {"authorization": "kept"}}},
                 {"driver": "ipmi", "params": {}}]},
+    {"agents": [{"driver": "ipmi", "params": {"password": 0, "host": "h"}},
+                {"driver": "snmp", "params": {"community": False}},
+                {"driver": "redfish", "params": {"password": {"sealed": "x"}, "url": "u"}}]},
     ["a", "list"],
     "text",
     42,
@@ -84,13 +87,19 @@ class FoldTests(unittest.TestCase):
     def test_the_fields_are_the_apis(self):
         self.assertEqual(node_page.FIELDS, api.NODE_FIELDS)
 
-    def test_one_statement_per_filter_combination(self):
-        names = {s.name for s in node_page.STATEMENTS.values()}
-        self.assertEqual(len(names), 2 ** len(node_page.FILTERS))
-        plain = node_page.statement_for({"cluster": None})
-        self.assertEqual(set(plain.params), {"after", "limit", "secrets"})
-        both = node_page.statement_for({"cluster": "c", "responsive": False})
-        self.assertEqual(set(both.params), {"after", "limit", "secrets", "cluster", "responsive"})
+    def test_one_statement_per_filter_combination_and_catalogue(self):
+        statements = node_page.Statements()
+        secrets = {"ipmi": frozenset({"password"})}
+        made = {statements.get(dict.fromkeys(names, "x"), secrets).name
+                for names in (set(), {"cluster"}, {"cluster", "responsive"}, {"clusters"})}
+        self.assertEqual(len(made), 4)
+        plain = statements.get({"cluster": None}, secrets)
+        self.assertIs(statements.get({}, {"ipmi": {"password"}}), plain)
+        self.assertEqual(set(plain.params), {"after", "limit"})
+        self.assertNotEqual(statements.get({}, {}).name, plain.name)
+        both = statements.get({"cluster": "c", "responsive": False}, secrets)
+        self.assertEqual(set(both.params), {"after", "limit", "cluster", "responsive"})
+        self.assertIn("SET LOCAL jit = off", both.execute)
 
 
 class NodePageTests(StoreTestCase):
@@ -175,7 +184,6 @@ class NodePageTests(StoreTestCase):
             self.assertEqual(await run_prepared(conn, statement, {"x": x}),
                              [("off", "force_generic_plan", x)])
         self.assertEqual(await conn.runQuery("SELECT current_setting('jit')"), [("on",)])
-        self.assertIn("SET LOCAL jit = off", node_page.statement_for({}).execute)
 
     async def test_a_scoped_page_holding_another_cluster_is_refused(self):
         scoped = auth.Principal("t", "viewer", frozenset({"mine"}))

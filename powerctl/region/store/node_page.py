@@ -31,6 +31,7 @@ The fields and their order are :data:`powerctl.region.api.NODE_FIELDS`'s
 jsonb's, as the Python path returned it.
 """
 
+import hashlib
 import json
 
 from powerctl.powerdoc import SECRET_MARK, _SECRETISH, redact
@@ -67,44 +68,74 @@ def _secretish_sql():
     return pattern
 
 
-def _agent(agent):
-    """SQL: the agent ``agent`` (jsonb) with its secret parameters hidden."""
-    driver = f"({agent}->>'driver')"
-    secret = (f"CASE WHEN jsonb_typeof({agent}->'driver') = 'string'"
-              f" AND %(secrets)s::jsonb ? {driver}"
-              f" THEN (%(secrets)s::jsonb -> {driver}) ? e.k"
-              f" ELSE {_folded('e.k')} ~ '{_secretish_sql()}' END")
-    params = (f"COALESCE((SELECT jsonb_object_agg(e.k, CASE WHEN e.v <> 'null'::jsonb"
-              f" AND e.v <> '\"\"'::jsonb AND {secret} THEN to_jsonb('{SECRET_MARK}'::text)"
-              f" ELSE e.v END) FROM jsonb_each({agent}->'params') AS e(k, v)), '{{}}')")
+def _literal(text):
+    """A SQL string literal (names come from driver schemas; quoted all the same)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _params_known(params, names):
+    """
+    SQL: ``params`` (a jsonb object) of a driver whose secret parameters
+    are ``names``, each set one shown as ``"(set)"``: no subquery, one
+    merge per name (a driver has one or two).
+    """
+    out = params
+    for name in sorted(names):
+        value = f"{params}->{_literal(name)}"
+        out += (f" || CASE WHEN {value} IS NULL OR {value} IN ('null'::jsonb, '\"\"'::jsonb)"
+                f" THEN '{{}}'::jsonb ELSE jsonb_build_object({_literal(name)},"
+                f" {_literal(SECRET_MARK)}::text) END")
+    return out
+
+
+def _params_unknown(params):
+    """SQL: ``params`` of a driver the catalogue does not know: names that look secret hidden."""
+    return (f"COALESCE((SELECT jsonb_object_agg(e.k, CASE WHEN e.v <> 'null'::jsonb"
+            f" AND e.v <> '\"\"'::jsonb AND {_folded('e.k')} ~ '{_secretish_sql()}'"
+            f" THEN to_jsonb({_literal(SECRET_MARK)}::text) ELSE e.v END)"
+            f" FROM jsonb_each({params}) AS e(k, v)), '{{}}')")
+
+
+def _agent(agent, secrets):
+    """
+    SQL: the agent ``agent`` (jsonb) with its secret parameters hidden;
+    ``secrets``: the catalogue's ``{driver: secret names}``, written into
+    the statement (one branch per driver).
+    """
+    params = f"({agent}->'params')"
+    branches = " ".join(f"WHEN {_literal(driver)} THEN {_params_known(params, secrets[driver])}"
+                        for driver in sorted(secrets))
+    driver = f"CASE WHEN jsonb_typeof({agent}->'driver') = 'string' THEN {agent}->>'driver' END"
+    shown = (f"CASE {driver} {branches} ELSE {_params_unknown(params)} END" if branches
+             else _params_unknown(params))
     return (f"CASE WHEN jsonb_typeof({agent}) = 'object'"
             f" AND jsonb_typeof({agent}->'params') = 'object'"
-            f" THEN {agent} || jsonb_build_object('params', {params}) ELSE {agent} END")
+            f" THEN {agent} || jsonb_build_object('params', {shown}) ELSE {agent} END")
 
 
-def _agents(holder, alias):
+def _agents(holder, alias, secrets):
     """SQL: ``holder`` (jsonb, its ``agents`` an array) with each agent redacted."""
     return (f"{holder} || jsonb_build_object('agents', COALESCE((SELECT jsonb_agg("
-            f"{_agent(alias + '.a')} ORDER BY {alias}.i) FROM jsonb_array_elements("
+            f"{_agent(alias + '.a', secrets)} ORDER BY {alias}.i) FROM jsonb_array_elements("
             f"{holder}->'agents') WITH ORDINALITY AS {alias}(a, i)), '[]'))")
 
 
-def redacted(power):
+def redacted(power, secrets):
     """
     SQL: the power document ``power`` (a jsonb expression) as
-    :func:`powerctl.powerdoc.redact` shows it; ``%(secrets)s`` is the
-    catalogue's ``{driver: [secret names]}`` as jsonb.
+    :func:`powerctl.powerdoc.redact` shows it with ``secrets`` (the
+    catalogue's ``{driver: secret names}``).
     """
     level = (f"CASE WHEN jsonb_typeof(l.l) = 'object' AND jsonb_typeof(l.l->'agents') = 'array'"
-             f" THEN {_agents('l.l', 'la')} ELSE l.l END")
+             f" THEN {_agents('l.l', 'la', secrets)} ELSE l.l END")
     levels = (f"{power} || jsonb_build_object('levels', COALESCE((SELECT jsonb_agg({level}"
               f" ORDER BY l.i) FROM jsonb_array_elements({power}->'levels')"
               f" WITH ORDINALITY AS l(l, i)), '[]'))")
     return (f"CASE WHEN jsonb_typeof({power}) <> 'object' THEN {power}"
             f" WHEN {power} ? 'levels' THEN CASE WHEN jsonb_typeof({power}->'levels') = 'array'"
             f" THEN {levels} ELSE {power} END"
-            f" WHEN jsonb_typeof({power}->'agents') = 'array' THEN {_agents(power, 'pa')}"
-            f" ELSE {power} END")
+            f" WHEN jsonb_typeof({power}->'agents') = 'array'"
+            f" THEN {_agents(power, 'pa', secrets)} ELSE {power} END")
 
 
 def iso(ts):
@@ -114,10 +145,10 @@ def iso(ts):
             f" || to_char({ts}, 'TZH:TZM')")
 
 
-def node_json(n):
+def node_json(n, secrets):
     """SQL: the node row ``n`` as the API lists it (:data:`FIELDS`, no bounds)."""
     columns = {
-        "power": redacted(f"{n}.power"),
+        "power": redacted(f"{n}.power", secrets),
         "drift": (f"CASE WHEN {n}.drift_since IS NULL THEN NULL ELSE json_build_object("
                   f"'since', {iso(f'{n}.drift_since')}, 'observed', {n}.drift_observed,"
                   f" 'desired', {n}.desired_state, 'polls', {n}.drift_polls) END"),
@@ -165,24 +196,26 @@ FILTERS = (
 )
 
 
-def statement(present):
+def statement(present, secrets):
     """
     The :class:`Prepared` statement of a page with the filters named in
-    ``present``.  It answers one row: the page as JSON text, whether
-    another page follows, the page's last name, and its clusters.
+    ``present``, redacting by ``secrets`` (``{driver: secret names}``).
+    It answers one row: the page as JSON text, whether another page
+    follows, the page's last name, and its clusters.  Its name tells the
+    filters and the secrets apart (a session may serve two catalogues).
     """
-    names = [name for name, _ in FILTERS if name in present]
     where = " AND ".join(["name > %(after)s::text"]
                          + [sql for name, sql in FILTERS if name in present])
     sql = (
         f"WITH page AS (SELECT * FROM nodes WHERE {where}"
         " ORDER BY name LIMIT %(limit)s::int + 1),"
         " shown AS (SELECT * FROM page ORDER BY name LIMIT %(limit)s::int)"
-        f" SELECT COALESCE(json_agg({node_json('s')} ORDER BY s.name), '[]')::text,"
+        f" SELECT COALESCE(json_agg({node_json('s', secrets)} ORDER BY s.name), '[]')::text,"
         " (SELECT count(*) FROM page) > %(limit)s::int, max(s.name),"
         " COALESCE(array_agg(DISTINCT s.cluster), '{}')"
         " FROM shown s")
-    tag = "".join("1" if name in names else "0" for name, _ in FILTERS)
+    tag = "".join("1" if name in present else "0" for name, _ in FILTERS)
+    digest = hashlib.sha1(repr(_secrets_key(secrets)).encode()).hexdigest()[:12]
     # JIT off: the planner costs each nested jsonb_array_elements/jsonb_each
     # at 100 rows, so the page looks like 1.8 million cost units and
     # PostgreSQL spent 60-70 ms compiling a query that runs in 1-3 ms.
@@ -191,18 +224,31 @@ def statement(present):
     # (0.4 ms a call) because the generic plan's estimate (LIMIT unknown)
     # looked dearer.  SET LOCAL holds for the planning too (plans are made
     # at EXECUTE) and ends with the statement's implicit transaction.
-    return Prepared(f"node_page_{tag}", sql, local=(
+    return Prepared(f"node_page_{tag}_{digest}", sql, local=(
         "SET LOCAL jit = off; SET LOCAL plan_cache_mode = force_generic_plan"))
 
 
-#: Every combination's statement, made once (32 small objects).
-STATEMENTS = {
-    tag: statement({name for i, (name, _) in enumerate(FILTERS) if tag >> i & 1})
-    for tag in range(2 ** len(FILTERS))
-}
+def _secrets_key(secrets):
+    return tuple(sorted((driver, tuple(sorted(names))) for driver, names in secrets.items()))
 
 
-def statement_for(filters):
-    """The statement of the filters given (a dict; None values are absent)."""
-    tag = sum(1 << i for i, (name, _) in enumerate(FILTERS) if filters.get(name) is not None)
-    return STATEMENTS[tag]
+def present_filters(filters):
+    """The names of the filters given (a dict; None values are absent), as a frozenset."""
+    return frozenset(name for name, _ in FILTERS if filters.get(name) is not None)
+
+
+class Statements:
+    """
+    The page statements of one store, made on first use: one per filter
+    combination and catalogue (at most 32 per catalogue; a region has one).
+    """
+
+    def __init__(self):
+        self._made = {}
+
+    def get(self, filters, secrets):
+        key = (present_filters(filters), _secrets_key(secrets))
+        found = self._made.get(key)
+        if found is None:
+            found = self._made[key] = statement(key[0], secrets)
+        return found

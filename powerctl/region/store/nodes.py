@@ -51,6 +51,7 @@ class NodeStore(KindStore):
         self._vault = vault  # seals secret parameters at rest
         self.responsive_grace = float(responsive_grace)
         self.failed_polls_limit = int(failed_polls_limit)
+        self._pages = node_page.Statements()  # the node list's, by filters and secrets
 
     @transaction
     async def create(self, tx, name, cluster, power, circuit=None):
@@ -127,9 +128,8 @@ class NodeStore(KindStore):
         args = {name: value for name, value in filters.items() if value is not None}
         if "clusters" in args:
             args["clusters"] = sorted(args["clusters"])
-        args.update(after=after_name or "", limit=page_limit(limit, 100),
-                    secrets=Json({k: sorted(v) for k, v in secrets.items()}))
-        d = run_prepared(self._pool, node_page.statement_for(args), args)
+        args.update(after=after_name or "", limit=page_limit(limit, 100))
+        d = run_prepared(self._pool, self._pages.get(args, secrets), args)
         return d.addCallback(lambda rows: tuple(rows[0]))
 
     def overview(self, heartbeat_timeout, cluster=None, name="", problems=False,
