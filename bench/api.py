@@ -146,6 +146,41 @@ async def paired_latency(harness, call, baseline_api, api, path, samples):
     return cut(times[baseline_api]), cut(times[api]) + (size,)
 
 
+def postgres_cpu(datadir):
+    """
+    CPU seconds used so far by the PostgreSQL server of ``datadir``: its
+    postmaster's children (backends and workers) from /proc, 0.0 where
+    that cannot be read.  A load-independent figure beside the latencies.
+    """
+    try:
+        with open(os.path.join(datadir, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+    except (OSError, ValueError):
+        return 0.0
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster or int(entry) == postmaster:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+async def cpu_per_get(harness, call, api, path, samples):
+    """(ms CPU of this process, ms CPU of PostgreSQL) a GET of ``path`` costs, on average."""
+    harness.api = api
+    cpu, pg = time.process_time(), postgres_cpu(harness.pg.datadir)
+    for _ in range(samples):
+        await call("GET", path, raw=True)
+    return ((time.process_time() - cpu) * 1000 / samples,
+            (postgres_cpu(harness.pg.datadir) - pg) * 1000 / samples)
+
+
 async def profile(post, paths, top, out=None):
     """
     cProfile of POSTs to ``paths`` (``post(paths)``): where the region (and
@@ -354,6 +389,11 @@ async def bench(reactor, args):
                                                           path, args.samples)
             rows.append((f"GET {path} p95 ms ({size / 1024:.0f} KiB, p50 {p50:.1f})",
                          base[1], p95, base[1] / p95, f"< {target:g} ms", p95 < target))
+            base_cpu, _ = await cpu_per_get(harness, call, trivial_api, "/x", args.samples)
+            get_cpu, pg_cpu = await cpu_per_get(harness, call, real_api, path, args.samples)
+            rows.append((f"GET {path}: ms CPU of server + client"
+                         f" process (PostgreSQL: {pg_cpu:.2f})", base_cpu, get_cpu,
+                         base_cpu / get_cpu, "-", True))
         if args.profile:
             await profile(lambda paths: posts(real_api, paths),
                           [f"/v1/nodes/{n}/power" for n in names], args.profile,
