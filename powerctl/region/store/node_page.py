@@ -6,8 +6,10 @@ prepared statement, so that the region only passes the text on.
 Why: at 10,000 nodes the list's p95 was 17-35 ms on a loaded machine,
 and most of a request's CPU went to Python turning 101 rows into dicts
 (timestamps to text), deep-copying and redacting each power document and
-encoding the result again as JSON (issue 14).  PostgreSQL does the same
-work in well under a millisecond, next to the rows.
+encoding the result again as JSON (issue 14): 3.5-4.4 ms of the
+region's one thread a page.  PostgreSQL now does that work next to the
+rows (1.5-2.7 ms of a backend at load 5-10, most of it the redaction),
+and the region spends 1.2-2.0 ms (bench/RESULTS.md).
 
 What the SQL must do exactly as the Python does (tests/test_node_page.py
 compares the two on hostile documents):
@@ -20,15 +22,17 @@ compares the two on hostile documents):
   are wherever Python's ``redact`` copies them.  The case-insensitive
   search is done on the name with every character Python's
   ``re.IGNORECASE`` folds onto one of the pattern's letters mapped to it
-  (:data:`_FOLD`), then a case-sensitive search: no dependence on the
-  database's locale or encoding.
+  (:data:`_FOLD_ASCII`, :data:`_FOLD_OTHER`), then a case-sensitive
+  search: no dependence on the database's locale or encoding.
 * :func:`powerctl.region.store.base.plain`: timestamps as Python's
   ``isoformat`` writes them (microseconds only when not zero, ``+HH:MM``).
 * ``drift``: :func:`powerctl.region.drift.as_json`.
 
 The fields and their order are :data:`powerctl.region.api.NODE_FIELDS`'s
 (bounds are not part of a list).  Key order inside a power document is
-jsonb's, as the Python path returned it.
+jsonb's, as the Python path returned it.  The text is the same JSON
+value, not the same bytes: PostgreSQL spaces it differently and writes
+non-ASCII characters as they are where ``json.dumps`` escaped them.
 """
 
 import hashlib
