@@ -8,7 +8,10 @@ the same process and reactor, answering 202 with a small JSON body.
   the trivial resource's rate);
 * ``GET /v1/nodes``, ``GET /`` and ``GET /metrics`` with ``--nodes`` nodes
   (10,000 by default): p50/p95 latency and size (targets: p95 < 20 ms for
-  the node list, < 50 ms for the page and the metrics).
+  the node list, < 50 ms for the page and the metrics), each GET
+  alternating with one of the trivial resource (the row's baseline), after
+  ten unmeasured ones (each pool connection prepares its statements once).
+  ``--secrets`` gives every node two agents with passwords to redact.
 
 A private PostgreSQL, the region and the client share this machine, so the
 ratios say more than the absolute figures.  The client shares the region's
@@ -19,7 +22,7 @@ server process's CPU per POST (region, or trivial resource).  The nodes are writ
 (manual-driver nodes: no pserv needed, operations stay pending).
 
     .venv/bin/python bench/api.py [--nodes 10000] [--requests 2000]
-        [--concurrency 16] [--samples 40]
+        [--concurrency 16] [--samples 40] [--gets-only] [--secrets]
 
 Prints one table; asserts nothing.
 """
@@ -52,6 +55,12 @@ def parse():
                    help="run the load generator (the same client) in a child process")
     p.add_argument("--child", nargs=2, metavar=("TOKEN", "CONCURRENCY"),
                    help=argparse.SUPPRESS)  # the child's side of --client-process
+    p.add_argument("--gets-only", action="store_true",
+                   help="only the GET rows (no POSTs): quicker, for the list and the pages")
+    p.add_argument("--secrets", action="store_true",
+                   help="nodes with two agents (IPMI and Redfish) whose passwords the lists"
+                        " redact, instead of one manual agent (the POSTs then stay pending"
+                        " just the same: no pserv)")
     p.add_argument("--json", action="store_true",
                    help="one JSON row per line (for bench/table.py) instead of the table")
     return p.parse_args()
@@ -106,6 +115,70 @@ async def latency(call, path, samples):
         size = len(body)
     times.sort()
     return statistics.median(times), times[max(0, int(len(times) * 0.95) - 1)], size
+
+
+async def paired_latency(harness, call, baseline_api, api, path, samples):
+    """
+    ``((p50, p95) of the baseline, (p50, p95, bytes) of ``path``)``: the
+    trivial resource and ``path`` asked in turn, one request at a time, so
+    that a burst of other work on a shared machine weighs on both alike
+    (one baseline measured before every row let the load of one moment
+    decide a row's ratio).
+    """
+    times = {baseline_api: [], api: []}
+    size = 0
+    for _ in range(samples):
+        for where, asked in ((baseline_api, "/x"), (api, path)):
+            harness.api = where
+            started = time.perf_counter()
+            code, body = await call("GET", asked, raw=True)
+            times[where].append((time.perf_counter() - started) * 1000)
+            if not 200 <= code < 300:
+                raise RuntimeError(f"GET {asked}: {code} {body[:200]!r}")
+            if where == api:
+                size = len(body)
+    harness.api = api
+
+    def cut(found):
+        found.sort()
+        return statistics.median(found), found[max(0, int(len(found) * 0.95) - 1)]
+
+    return cut(times[baseline_api]), cut(times[api]) + (size,)
+
+
+def postgres_cpu(datadir):
+    """
+    CPU seconds used so far by the PostgreSQL server of ``datadir``: its
+    postmaster's children (backends and workers) from /proc, 0.0 where
+    that cannot be read.  A load-independent figure beside the latencies.
+    """
+    try:
+        with open(os.path.join(datadir, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+    except (OSError, ValueError):
+        return 0.0
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster or int(entry) == postmaster:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+async def cpu_per_get(harness, call, api, path, samples):
+    """(ms CPU of this process, ms CPU of PostgreSQL) a GET of ``path`` costs, on average."""
+    harness.api = api
+    cpu, pg = time.process_time(), postgres_cpu(harness.pg.datadir)
+    for _ in range(samples):
+        await call("GET", path, raw=True)
+    return ((time.process_time() - cpu) * 1000 / samples,
+            (postgres_cpu(harness.pg.datadir) - pg) * 1000 / samples)
 
 
 async def profile(post, paths, top, out=None):
@@ -232,13 +305,46 @@ async def child(reactor, args):
         await client.close()
 
 
-def insert_nodes(dsn, count):
+#: --secrets: a node's power document with a secret per agent (as stored
+#: without the vault: the lists redact it all the same).
+SECRET_POWER = {"mode": "concurrent", "agents": [
+    {"driver": "ipmi", "params": {"host": "10.0.0.1", "username": "root",
+                                  "password": "bench-pw-1"}},
+    {"driver": "redfish", "params": {"url": "https://10.0.0.2", "username": "admin",
+                                     "password": "bench-pw-2"}}]}
+
+
+async def post_rows(posts, names, args, trivial_api, real_api, codes, loader):
+    """The POST rows: powerctl's rate beside the trivial resource's, in alternating rounds."""
+    # warm both up (connections, caches), then measure side by side
+    await posts(real_api, [f"/v1/nodes/{n}/power" for n in names[:100]])
+    await posts(trivial_api, ["/power"] * 100)
+    # In alternating rounds, so that a burst of other work on a shared
+    # machine weighs on both figures alike rather than on one of them.
+    base_time, api_time, base_cpu, api_cpu = 0.0, 0.0, 0.0, 0.0
+    step = -(-args.requests // args.rounds)
+    for start in range(0, args.requests, step):
+        chunk = names[start:start + step]
+        found, cpu = await posts(trivial_api, ["/power"] * len(chunk))
+        base_time, base_cpu = base_time + len(chunk) / found, base_cpu + cpu
+        found, cpu = await posts(real_api, [f"/v1/nodes/{n}/power" for n in chunk], codes)
+        api_time, api_cpu = api_time + len(chunk) / found, api_cpu + cpu
+    base_rate, api_rate = args.requests / base_time, args.requests / api_time
+    return [("POST power accepted/s", base_rate, api_rate, api_rate / base_rate,
+             ">= 0.5 x", api_rate / base_rate >= 0.5),
+            (f"POST: ms CPU of {'the server' if loader else 'server + client'}"
+             " process a request", base_cpu * 1000 / args.requests,
+             api_cpu * 1000 / args.requests, base_cpu / api_cpu, "-", True)]
+
+
+def insert_nodes(dsn, count, power=None):
     import psycopg2
 
     conn = psycopg2.connect(dsn)
     with conn, conn.cursor() as cur:
         cur.execute("INSERT INTO clusters (name) VALUES ('rack1') ON CONFLICT DO NOTHING")
-        power = {"mode": "single", "agents": [{"driver": "manual", "params": {"label": "x"}}]}
+        power = power or {"mode": "single",
+                          "agents": [{"driver": "manual", "params": {"label": "x"}}]}
         cur.execute("INSERT INTO nodes (name, cluster, power) SELECT"
                     " 'n' || lpad(g::text, 6, '0'), 'rack1', %s::jsonb"
                     " FROM generate_series(1, %s) g", (json.dumps(power), count))
@@ -252,7 +358,7 @@ async def bench(reactor, args):
 
     harness = await RegionHarness.start(reactor)
     try:
-        insert_nodes(harness.dsn, args.nodes)
+        insert_nodes(harness.dsn, args.nodes, SECRET_POWER if args.secrets else None)
         port = await endpoints.serverFromString(
             reactor, "tcp:0:interface=127.0.0.1").listen(trivial_site())
         call = harness.client(persistent=args.concurrency)
@@ -273,33 +379,21 @@ async def bench(reactor, args):
                 found = (await rate(call, paths, args.concurrency, body, codes))[0]
             return found, time.process_time() - cpu
 
-        # warm both up (connections, caches), then measure side by side
-        await posts(real_api, [f"/v1/nodes/{n}/power" for n in names[:100]])
-        await posts(trivial_api, ["/power"] * 100)
-        # In alternating rounds, so that a burst of other work on a shared
-        # machine weighs on both figures alike rather than on one of them.
-        codes, base_time, api_time, base_cpu, api_cpu = {}, 0.0, 0.0, 0.0, 0.0
-        step = -(-args.requests // args.rounds)
-        for start in range(0, args.requests, step):
-            chunk = names[start:start + step]
-            found, cpu = await posts(trivial_api, ["/power"] * len(chunk))
-            base_time, base_cpu = base_time + len(chunk) / found, base_cpu + cpu
-            found, cpu = await posts(real_api, [f"/v1/nodes/{n}/power" for n in chunk], codes)
-            api_time, api_cpu = api_time + len(chunk) / found, api_cpu + cpu
-        base_rate, api_rate = args.requests / base_time, args.requests / api_time
-        harness.api = trivial_api
-        base_get = await latency(call, "/x", args.samples)
-        harness.api = real_api
-        rows = [("POST power accepted/s", base_rate, api_rate, api_rate / base_rate,
-                 ">= 0.5 x", api_rate / base_rate >= 0.5),
-                (f"POST: ms CPU of {'the server' if loader else 'server + client'}"
-                 " process a request", base_cpu * 1000 / args.requests,
-                 api_cpu * 1000 / args.requests, base_cpu / api_cpu, "-", True)]
+        rows, codes = [], {}
+        if not args.gets_only:
+            rows += await post_rows(posts, names, args, trivial_api, real_api, codes, loader)
         for path, target in (("/v1/nodes", 20.0), ("/", 50.0), ("/metrics", 50.0)):
-            p50, p95, size = await latency(call, path, args.samples)
+            harness.api = real_api
+            await latency(call, path, 10)  # warm up: each pool connection prepares once
+            base, (p50, p95, size) = await paired_latency(harness, call, trivial_api, real_api,
+                                                          path, args.samples)
             rows.append((f"GET {path} p95 ms ({size / 1024:.0f} KiB, p50 {p50:.1f})",
-                         base_get[1], p95, base_get[1] / p95, f"< {target:g} ms",
-                         p95 < target))
+                         base[1], p95, base[1] / p95, f"< {target:g} ms", p95 < target))
+            base_cpu, _ = await cpu_per_get(harness, call, trivial_api, "/x", args.samples)
+            get_cpu, pg_cpu = await cpu_per_get(harness, call, real_api, path, args.samples)
+            rows.append((f"GET {path}: ms CPU of server + client"
+                         f" process (PostgreSQL: {pg_cpu:.2f})", base_cpu, get_cpu,
+                         base_cpu / get_cpu, "-", True))
         if args.profile:
             await profile(lambda paths: posts(real_api, paths),
                           [f"/v1/nodes/{n}/power" for n in names], args.profile,
@@ -309,9 +403,11 @@ async def bench(reactor, args):
         await port.stopListening()
     finally:
         await harness.close()
-    note = (f"{args.nodes} nodes; {args.requests} POSTs, {args.concurrency} in flight;"
+    note = (f"{args.nodes} nodes{' with secrets' if args.secrets else ''};"
+            f" {0 if args.gets_only else args.requests} POSTs, {args.concurrency} in flight;"
             f" client {'in a child process' if args.client_process else 'in the region process'};"
-            f" in {args.rounds} alternating rounds; {args.samples} GETs each;"
+            f" in {args.rounds} alternating rounds; {args.samples} GETs each,"
+            " alternating with the baseline's;"
             f" answers to the POSTs: {codes}")
     if args.json:  # issue 14's rows only (the CPU figure has no target)
         for i, (name, base, value, ratio, target, ok) in enumerate(

@@ -418,6 +418,9 @@ class BrokenNodes(NodeStore):
     def list(self, **kwargs):
         return defer.fail(RuntimeError("boom"))
 
+    def page(self, secrets, **kwargs):
+        return defer.fail(RuntimeError("boom"))
+
 
 class BrokenPodManagers(PodManagerStore):
     """Pod managers whose reads fail in SQL."""

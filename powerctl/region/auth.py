@@ -179,6 +179,14 @@ def filter_listing(principal, handler_name, body, cluster_of_node=None):
     if principal.clusters is None:
         return body
     if handler_name == "list_nodes":
+        if not isinstance(body, list):
+            # encoded by PostgreSQL with the token's scope in its WHERE
+            # (powerctl.region.paging.EncodedPage): checked, not filtered
+            outside = sorted(c for c in body.clusters if not principal.covers(c))
+            if outside:
+                raise RuntimeError(f"a node list for a token scoped to "
+                                   f"{sorted(principal.clusters)} holds nodes of {outside}")
+            return body
         return [n for n in body if principal.covers(n.get("cluster"))]
     if handler_name == "list_lockouts":
         return [n for n in body if principal.covers(n.get("cluster"))]

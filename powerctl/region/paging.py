@@ -23,6 +23,8 @@ import binascii
 import json
 from urllib.parse import urlencode
 
+import attrs
+
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 #: Longest cursor accepted (a node name is at most 253 characters).
@@ -88,3 +90,23 @@ def link(path, args, cursor):
     query = {k: v for k, v in args.items() if k not in ("after", "before")}
     query["after"] = cursor
     return f'<{path}?{urlencode(sorted(query.items()))}>; rel="next"'
+
+
+@attrs.frozen
+class EncodedPage:
+    """
+    A page already encoded as a JSON array (by PostgreSQL: the node list,
+    :meth:`powerctl.region.store.NodeStore.page`), answered as it is.
+
+    It cannot be filtered after the fact, so it states the ``clusters`` of
+    its rows: the filter of a scoped token's listing
+    (:func:`powerctl.region.auth.filter_listing`) checks that the query's
+    own scope held, and refuses the answer otherwise.
+    """
+
+    text: str
+    clusters: tuple = attrs.field(converter=tuple)
+
+    def encoded(self):
+        """The bytes to send: the text and a newline, as the API ends every JSON answer."""
+        return self.text.encode("utf-8") + b"\n"

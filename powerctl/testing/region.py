@@ -93,7 +93,7 @@ class FakeRegionStore:
         # The parts of the real Store (powerctl.region.store), by kind; each
         # method may be replaced by a test (``store.nodes.get = broken``).
         self.nodes = types.SimpleNamespace(
-            get=self.get_node, list=self.list_nodes, power_config=self.node_power_config,
+            get=self.get_node, list=self.list_nodes, page=self.page_nodes, power_config=self.node_power_config,
             circuit_config=self.node_circuit_config,
             record_power_state=self.record_power_state, record_outcome=self.record_end,
             record_outcomes=self.record_ends,
@@ -157,6 +157,13 @@ class FakeRegionStore:
                 and (desired_state is None or n["desired_state"] == desired_state)
                 and (responsive is None or n["responsive"] == responsive)]
         return rows if limit is None else rows[:limit]
+
+    async def page_nodes(self, secrets, after_name="", limit=100, **filters):
+        """As the real store's ``page``, by its Python reference."""
+        from powerctl.region.store import node_page
+
+        rows = await self.list_nodes(after_name=after_name, limit=limit + 1, **filters)
+        return node_page.reference(rows, secrets, limit)
 
     async def node_power_config(self, name):
         return self._node(name)["power"]

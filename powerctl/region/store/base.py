@@ -119,6 +119,10 @@ class Prepared:
 
     name: str
     sql: str
+    #: SQL run just before each EXECUTE, in the same implicit transaction
+    #: (``SET LOCAL ...``: a setting for this statement's planning and
+    #: execution only; the node page keeps JIT off with it)
+    local: str = ""
     #: the parameter names in ``$n`` order
     params: tuple = attrs.field(init=False)
     prepare: str = attrs.field(init=False)
@@ -137,8 +141,9 @@ class Prepared:
         text = _NAMED.sub(number, self.sql).replace("%%", "%")
         object.__setattr__(self, "params", tuple(names))
         object.__setattr__(self, "prepare", f"PREPARE {self.name} AS {text}".replace("%", "%%"))
-        object.__setattr__(self, "execute", f"EXECUTE {self.name}("
-                           + ", ".join(f"%({n})s" for n in names) + ")")
+        object.__setattr__(self, "execute", (f"{self.local}; " if self.local else "")
+                           + f"EXECUTE {self.name}(" + ", ".join(f"%({n})s" for n in names)
+                           + ")")
 
 
 _NAMED = re.compile(r"%\((\w+)\)s")

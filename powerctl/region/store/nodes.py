@@ -15,7 +15,9 @@ from powerctl.region import drift, powerconfig
 from powerctl.region.errors import Conflict, InvalidInput, NotFound
 from powerctl.region.store.base import (
     MAX_INTERNAL_PAGE, NODE_COLUMNS, OP_COLUMNS, OPEN_SQL, PSERV_COLUMNS, KindStore,
-    check_fields, check_name, check_text, node_row, op_number, page_limit, plain, transaction)
+    check_fields, check_name, check_text, node_row, op_number, page_limit, plain, run_prepared,
+    transaction)
+from powerctl.region.store import node_page
 from powerctl.region.store.deadlocks import retried_once
 from powerctl.region.store.clusters import (
     CIRCUIT_JOIN, CIRCUIT_SQL, check_circuit, circuit_of, ensure_cluster)
@@ -49,6 +51,7 @@ class NodeStore(KindStore):
         self._vault = vault  # seals secret parameters at rest
         self.responsive_grace = float(responsive_grace)
         self.failed_polls_limit = int(failed_polls_limit)
+        self._pages = node_page.Statements()  # the node list's, by filters and secrets
 
     @transaction
     async def create(self, tx, name, cluster, power, circuit=None):
@@ -105,6 +108,29 @@ class NodeStore(KindStore):
              "clusters": None if clusters is None else sorted(clusters),
              "power_state": power_state, "desired": desired_state, "responsive": responsive})
         return [plain(dict(zip(_NODE_NAMES, r))) for r in rows]
+
+    def page(self, secrets, after_name="", limit=100, **filters):
+        """
+        One page of the API's node list as PostgreSQL writes it
+        (:mod:`powerctl.region.store.node_page`): ``(json text, more,
+        last name, clusters)`` -- the nodes after ``after_name`` by name,
+        at most ``limit``, power documents redacted by ``secrets`` (the
+        catalogue's ``{driver: secret names}``); ``more``: whether another
+        page follows (then ``last name`` is its cursor's key); ``clusters``:
+        those of the page's nodes.  ``filters``: ``cluster``, ``clusters``
+        (a scoped token's), ``power_state``, ``desired_state``,
+        ``responsive``, as :meth:`list` takes them (None: no filter).
+        One prepared statement, one round trip, autocommit.  A Deferred.
+        """
+        unknown = set(filters) - {name for name, _ in node_page.FILTERS}
+        if unknown:
+            raise TypeError(f"unknown filters: {sorted(unknown)}")
+        args = {name: value for name, value in filters.items() if value is not None}
+        if "clusters" in args:
+            args["clusters"] = sorted(args["clusters"])
+        args.update(after=after_name or "", limit=page_limit(limit, 100))
+        d = run_prepared(self._pool, self._pages.get(args, secrets), args)
+        return d.addCallback(lambda rows: tuple(rows[0]))
 
     def overview(self, heartbeat_timeout, cluster=None, name="", problems=False,
                  after_name="", limit=100, open_states=(), open_limit=200,
