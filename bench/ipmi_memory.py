@@ -102,6 +102,18 @@ def child(args):
             top()
         say(event="bound", bmcs=len(drivers), file=ipmi.__file__)
         gate = defer.DeferredSemaphore(args.concurrency)
+        if args.sample:
+            def sample():
+                from pyghmi.ipmi.private import session
+
+                print(json.dumps({"rss": rss()[0], "sessions": driver_type.sessions,
+                                  "idle": len(driver_type.idle),
+                                  "queued": driver_type.pool.q.qsize(),
+                                  "pyghmi_handlers": len(session.Session.bmc_handlers),
+                                  "keepalive": len(session.Session.keepalive_sessions)}),
+                      file=sys.stderr, flush=True)
+
+            task.LoopingCall(sample).start(args.sample, now=False)
         for n in range(args.sweeps):
             if n and args.gap:
                 await task.deferLater(reactor, args.gap, lambda: None)
@@ -114,6 +126,14 @@ def child(args):
                 sim_cpu=round(cpu_of(args.sim_pid) - s, 2), failed=len(failed),
                 first_error=failed[0] if failed else "", sessions=driver_type.sessions,
                 **({"top": top()} if args.tracemalloc else {}))
+        if args.trim:
+            import ctypes
+            import gc
+
+            gc.collect()
+            say(event="collected")
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            say(event="trimmed")
         await driver_type.close()
 
     task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
@@ -133,7 +153,7 @@ def run_variant(name, tree, options, ports, sim, args):
             "--options", json.dumps(options), "--ports", json.dumps(ports),
             "--sim-pid", str(sim.pid), "--sweeps", str(args.sweeps),
             "--concurrency", str(args.concurrency), "--gap", str(args.gap),
-            "--tracemalloc", str(args.tracemalloc)]
+            "--tracemalloc", str(args.tracemalloc), "--sample", str(args.sample), *(("--trim",) if args.trim else ())]
     env = dict(os.environ, PYTHONPATH=tree)
     done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, env=env,
                           timeout=args.timeout)
@@ -156,6 +176,10 @@ def main(argv=None):
     p.add_argument("--variant", action="append", default=[],
                    help="name=JSON options of IpmiDriverType (this tree)")
     p.add_argument("--tracemalloc", type=int, default=0)
+    p.add_argument("--trim", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sample", type=float, default=0,
+                   help="every so many seconds, the sessions kept, work queued and RSS"
+                   " (on stderr)")
     p.add_argument("--timeout", type=float, default=170)
     p.add_argument("--json", action="store_true", help="one JSON line per sweep")
     # child side
@@ -197,8 +221,11 @@ def main(argv=None):
     print(f"{'variant':10} {'bound MB':>8} {'sweep':>5} {'wall s':>7} {'CPU s':>6} "
           f"{'sim CPU':>7} {'RSS MB':>7} {'peak MB':>7} {'sessions':>8} failed")
     for name, lines in results.items():
+        for x in lines:
+            if x["event"] in ("collected", "trimmed"):
+                print(f"{name}: {x['event']}: RSS {x['rss']} MB")
         bound = lines[0]
-        for s in lines[1:]:
+        for s in [x for x in lines[1:] if x["event"] == "sweep"]:
             if args.json:
                 print(json.dumps(dict(s, variant=name, bound=bound["rss"])))
                 continue

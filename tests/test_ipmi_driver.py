@@ -554,3 +554,18 @@ class KeepingTests(IpmiDriverTestCase):
                     if len(reachable) < 500:
                         todo.extend(gc.get_referents(o))
         self.assertNotIn(id(session), reachable)
+
+    def test_equal_credentials_shared(self):
+        """Drivers logging in alike share one Credentials (memory, issue 14); not others."""
+        import gc
+
+        a = self.driver(port=1001)
+        b = self.driver(port=1002)
+        c = self.driver(port=1003, password="other")
+        self.assertIs(a.credentials, b.credentials)
+        self.assertIsNot(a.credentials, c.credentials)
+        self.assertEqual(c.credentials.password, b"other")
+        self.assertEqual(len(self.driver_type._logins), 2)
+        del a, b, c
+        gc.collect()
+        self.assertEqual(len(self.driver_type._logins), 0)  # kept only while used

@@ -32,6 +32,8 @@ cipher suite 3, ...) needs its private internals: those uses are all in
 they were checked against.
 """
 
+import weakref
+
 import attrs
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -353,7 +355,13 @@ class IpmiDriverType:
     Idle sessions are kept for reuse, at most ``max_sessions`` of them
     (least recently used logged out first) and each for at most
     ``max_idle`` seconds (``None``: no bound on their number); see
-    :mod:`powerctl.drivers.ipmi_sessions`.  1,024 sessions are about 10 MB.
+    :mod:`powerctl.drivers.ipmi_sessions`.  256 sessions are about 2.5 MB;
+    pyghmi's wait loop walks every kept session at every turn, so keeping
+    more also costs every call CPU (``bench/ipmi_memory.py``: a login sweep
+    of 3,000 BMCs took 6.1 s CPU keeping none, 7.3 s keeping 256, 9.7 s
+    keeping 1,024).  256 leaves a session reused a second later (a power
+    change being verified) in place while a login-bound poll sweep retires
+    about 150-300 others a second on this machine.
     """
 
     name = "ipmi"
@@ -362,7 +370,7 @@ class IpmiDriverType:
 
     def __init__(self, reactor=None, clock=None, timing=Timing(), max_threads=32,
                  max_logins=16, max_idle=20.0, close_timeout=5.0, limiter=None,
-                 max_sessions=1024):
+                 max_sessions=256):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -380,16 +388,20 @@ class IpmiDriverType:
         self._bmcs = {}
         self._suite3 = None
         self.idle = IdleSessions(max_sessions, max_idle)
+        # one Credentials object per distinct login, shared by the drivers
+        # using it (fleets often share one BMC account; issue 14: memory)
+        self._logins = weakref.WeakValueDictionary()
         self._reaper = None  # the clock's call that logs out sessions idle too long
 
     def bind(self, settings):
         key = BmcKey(settings["host"], settings["port"], settings["username"] or "")
-        credentials = Credentials(
-            username=(settings["username"] or "").encode("utf-8"),
-            password=settings["password"].encode("utf-8"),
-            privilege=PRIVILEGES[settings["privilege"] or "administrator"],
-            cipher_suite=settings["cipher_suite"],
-        )
+        login = ((settings["username"] or "").encode("utf-8"),
+                 settings["password"].encode("utf-8"),
+                 PRIVILEGES[settings["privilege"] or "administrator"],
+                 settings["cipher_suite"])
+        credentials = self._logins.get(login)
+        if credentials is None:
+            credentials = self._logins[login] = Credentials(*login)
         timing = self.timing
         if settings.get("timeout") is not None:
             timing = attrs.evolve(timing, timeout=settings["timeout"])
