@@ -565,9 +565,16 @@ async def ipmi_memory_row(reactor, args):
                 known = await pserv.until("known", args.timeout)
                 sweep = (await pserv.events("sweep", 1, args.timeout, peer=sim))[0]
                 end = await pserv.until("end", args.timeout)
+                pservs[name] = (known, sweep, end)
+            except Exception as e:
+                if name == "pserv":
+                    raise
+                # a comparison failing (the pserv keeping every session can
+                # outlast --timeout) must not hide the row
+                pservs[name] = (None, None, f"{type(e).__name__}: {str(e)[:60]}, RSS then "
+                                            f"{pserv.rss_mb():.1f} MB")
             finally:
                 pserv.close()
-            pservs[name] = (known, sweep, end)
     finally:
         sim.proc.terminate()
         sim.proc.wait(10)
@@ -589,6 +596,9 @@ async def ipmi_memory_row(reactor, args):
         if name == "pserv":
             continue
         label = "keeping every session" if name == "keep-all" else name
+        if other is None:
+            note += f"; pserv {label}: failed ({other_end})"
+            continue
         note += (f"; pserv {label}: peak {other_end['peak_mb']:.1f} MB, " + told("its", other)
                  + f" (CPU ratio pserv / it {sweep['cpu'] / other['cpu']:.2f})")
     return [row(f"pserv RSS MB, {n} ipmi nodes (peak)", base["peak_mb"], peak,
