@@ -45,6 +45,21 @@ def rss_mb():
 MEMLOG = os.environ.get("POWERCTL_BENCH_MEMLOG")
 TRACE_FRAMES = int(os.environ.get("POWERCTL_BENCH_TRACEMALLOC") or 0)
 ROLE = sys.argv[1] if len(sys.argv) > 1 else "?"
+#: Options of the ``ipmi`` driver type (JSON), for bench/rows.py's ipmimem
+#: row to run a pserv keeping every session beside one with the defaults.
+IPMI_OPTIONS = os.environ.get("POWERCTL_BENCH_IPMI_OPTIONS")
+
+
+def ipmi_options(options):
+    """Every ``IpmiDriverType`` built in this process gets ``options``."""
+    from powerctl.drivers import ipmi
+
+    init = ipmi.IpmiDriverType.__init__
+
+    def with_options(self, *args, **kwargs):
+        init(self, *args, **dict(kwargs, **options))
+
+    ipmi.IpmiDriverType.__init__ = with_options
 
 
 _last_snapshot = []  # the previous line's snapshot, for the growth since
@@ -334,6 +349,8 @@ def main():
     globalLogBeginner.beginLoggingTo(
         [textFileLogObserver(open(args.log, "a")) if args.log else (lambda event: None)],
         redirectStandardIO=False)
+    if IPMI_OPTIONS:
+        ipmi_options(json.loads(IPMI_OPTIONS))
     from harness import run
 
     run(run_pserv if args.what == "pserv" else run_bare, args)

@@ -21,7 +21,14 @@ same simulators, same concurrency); the simulators run in a third process
 * ``ipmi``: ``POST /v1/power`` of ``--ipmi`` simulated IPMI nodes, request
   to last outcome, against the bare driver (target >= 0.9).  1,000 by
   default, not the issue's 5,000: that size alone outlasts make bench's
-  10 minutes on a 2-core machine (the figure's name says so).
+  10 minutes on a 2-core machine (the figure's name says so);
+* ``ipmimem``: pserv resident memory (peak) after one poll sweep of
+  ``--ipmi-sweep`` (10,000) simulated IPMI BMCs, one node each (target
+  <= 100 MB), beside the bare drivers' peak after the same sweep; the
+  note gives both sweeps' wall and CPU seconds.  ``--ipmi-keep-all`` adds
+  a pserv whose driver keeps every session (``max_sessions`` None, no idle
+  bound: what the driver did before it bounded them), for a before/after
+  in one run (not in make bench: one more sweep of 10,000).
 
     .venv/bin/python bench/rows.py [--only snmp,redfish,replay,ipmi] [--json] [--logs DIR]
         [--trace]
@@ -49,7 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 
-ROWS = ("snmp", "redfish", "replay", "ipmi")
+ROWS = ("snmp", "redfish", "replay", "ipmi", "ipmimem")
 
 
 def parse(argv=None):
@@ -67,6 +74,13 @@ def parse(argv=None):
     # not fit make bench's 10 minutes on this 2-core machine
     p.add_argument("--ipmi", type=int, default=1000)
     p.add_argument("--ipmi-latency", type=float, default=0.002)
+    p.add_argument("--ipmi-sweep", type=int, default=10_000,
+                   help="ipmimem row: simulated BMCs swept once")
+    p.add_argument("--ipmi-keep-all", action="store_true",
+                   help="ipmimem row: also a pserv whose driver keeps every session")
+    p.add_argument("--ipmi-pserv", action="append", default=[], metavar="NAME=JSON",
+                   help="ipmimem row: also a pserv whose ipmi driver type has these options,"
+                   " e.g. k0='{\"max_sessions\": 0}' (repeatable)")
     p.add_argument("--snmp-sim", choices=("light", "pysnmp"), default="light",
                    help="snmp row: the PDUs' agent (bench/simhost.py: pysnmp's agent became"
                    " the bottleneck once the driver stopped using pysnmp for polls)")
@@ -87,10 +101,10 @@ def parse(argv=None):
 class Child:
     """A child process announcing itself in JSON lines; read without blocking the reactor."""
 
-    def __init__(self, argv, stdin=True):
+    def __init__(self, argv, stdin=True, env=None):
         self.proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE,
                                      stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                     text=True)
+                                     text=True, env=dict(os.environ, **env) if env else None)
 
     async def line(self, timeout):
         from twisted.internet import reactor, threads
@@ -506,6 +520,91 @@ async def ipmi_row(reactor, args):
                 rss <= 100.0, "no baseline")]
 
 
+async def ipmi_memory_row(reactor, args):
+    """
+    The pserv's peak RSS after one sweep of ``--ipmi-sweep`` IPMI nodes
+    (logins included: the first sweep after a start, and every sweep at the
+    default 60 s poll interval, which exceeds the driver's ``max_idle``).
+    """
+    from harness import RegionHarness
+
+    n = args.ipmi_sweep
+    sim = Child(["-m", "powerctl.cli.main", "sim", "ipmi", "--json", "--count", str(n),
+                 "--latency", str(args.ipmi_latency), "--username", "admin",
+                 "--password", "password"], stdin=False)
+    harness = None
+    files = []
+    pservs = {}
+    try:
+        info = await sim.line(120)
+        agents = [{"driver": "ipmi", "params": {"host": "127.0.0.1", "port": port,
+                                                 "username": "admin", "password": "password"}}
+                  for port in info["ports"]]
+        files.append(write_agents(agents))
+        bare = Child(bare_argv(files[0], args, "--action", "query", "--rounds", "1",
+                               "--concurrency", str(args.concurrency)))
+        try:
+            await bare.until("started", 60)
+            base = (await bare.events("round", 1, args.timeout, peer=sim))[0]
+        finally:
+            bare.close()
+        harness = await RegionHarness.start(reactor)
+        insert_nodes(harness, agents)
+        variants = {"pserv": None}
+        if args.ipmi_keep_all:
+            variants["keep-all"] = '{"max_sessions": null, "max_idle": 1e9}'
+        for variant in args.ipmi_pserv:
+            name, _, options = variant.partition("=")
+            variants[name] = options
+        for name, options in variants.items():
+            env = {"POWERCTL_BENCH_IPMI_OPTIONS": options} if options else {}
+            pserv = Child(pserv_argv(harness, args, "--expect", str(n), "--sweeps", "1"),
+                          env=env)
+            try:
+                await pserv.until("started", 60)
+                known = await pserv.until("known", args.timeout)
+                sweep = (await pserv.events("sweep", 1, args.timeout, peer=sim))[0]
+                end = await pserv.until("end", args.timeout)
+                pservs[name] = (known, sweep, end)
+            except Exception as e:
+                if name == "pserv":
+                    raise
+                # a comparison failing (the pserv keeping every session can
+                # outlast --timeout) must not hide the row
+                pservs[name] = (None, None, f"{type(e).__name__}: {str(e)[:60]}, RSS then "
+                                            f"{pserv.rss_mb():.1f} MB")
+            finally:
+                pserv.close()
+    finally:
+        sim.proc.terminate()
+        sim.proc.wait(10)
+        if harness is not None:
+            await harness.close()
+        for f in files:
+            os.unlink(f)
+    known, sweep, end = pservs["pserv"]
+    peak = end["peak_mb"]
+
+    def told(label, s):
+        return (f"{label} sweep {s['s']:.1f} s, CPU {s['cpu']:.1f} s (simulators "
+                f"{s['peer_cpu']:.1f})")
+
+    note = (f"after 1 sweep; now {end['rss_mb']:.0f} MB; baseline: bare drivers; pserv learnt"
+            f" {n} nodes in {known['s']:.1f} s; {told('bare', base)}, failed {base['failed']};"
+            f" {told('pserv', sweep)}{states(sweep)}")
+    for name, (_, other, other_end) in pservs.items():
+        if name == "pserv":
+            continue
+        label = "keeping every session" if name == "keep-all" else name
+        if other is None:
+            note += f"; pserv {label}: failed ({other_end})"
+            continue
+        note += (f"; pserv {label}: peak {other_end['peak_mb']:.1f} MB, " + told("its", other)
+                 + f" (CPU ratio pserv / it {sweep['cpu'] / other['cpu']:.2f})")
+    return [row(f"pserv RSS MB, {n} ipmi nodes (peak)", base["peak_mb"], peak,
+                base["peak_mb"] / peak, "<= 100 MB", peak <= 100.0, note)]
+
+
 #: printed under every table: what the ratio column means
 RATIO = ("ratio: powerctl as a share of the baseline, >= 1 is as good: baseline/powerctl for"
          " times and memory, powerctl/baseline for rates")
@@ -542,6 +641,8 @@ async def bench(reactor, args):
                 got = await replay_row(reactor, args)
             elif what == "ipmi":
                 got = await ipmi_row(reactor, args)
+            elif what == "ipmimem":
+                got = await ipmi_memory_row(reactor, args)
             else:
                 raise SystemExit(f"unknown row {what!r}; rows: {', '.join(ROWS)}")
         except Exception as e:  # one row failing must not hide the others

@@ -424,3 +424,148 @@ class CancellationTests(IpmiDriverTestCase):
         await self.assertFailure(pending, defer.CancelledError, PowerTimeout,
                                  UnreachableError)
         await driver.quiesced()
+
+
+
+class KeepingTests(IpmiDriverTestCase):
+    """
+    Idle sessions are kept at most ``max_idle`` seconds (on the driver's
+    clock) and at most ``max_sessions`` of them, then logged out (issue 14).
+    Times are binary fractions so that the clock's sums are exact.
+    """
+
+    def logouts(self, bmc=None):
+        return len((bmc or self.bmc).commands(netfn=6, command=0x3C))
+
+    async def test_logged_out_once_idle_max_idle(self):
+        clock, driver_type = self.clocked(max_idle=5)
+        driver = self.driver(driver_type)
+        await driver.query()
+        self.assertEqual(driver_type.sessions, 1)
+        clock.advance(4.75)
+        self.assertFalse(driver.slot.running)
+        self.assertEqual(driver_type.sessions, 1)
+        clock.advance(0.25)  # idle max_idle, to the tick: the logout starts
+        self.assertTrue(driver.slot.running)
+        self.assertEqual(driver_type.sessions, 0)
+        await driver.quiesced()
+        self.assertEqual(self.logouts(), 1)
+        self.assertEqual(await driver.query(), PowerState.OFF)
+        self.assertEqual(self.bmc.logins, 2)  # logged in anew
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [10])
+
+    async def test_reused_while_younger_than_max_idle(self):
+        clock, driver_type = self.clocked(max_idle=4)
+        driver = self.driver(driver_type)
+        await driver.query()
+        clock.advance(3.5)
+        await driver.query()  # reused: its idle time starts again at 3.5
+        clock.advance(3.5)
+        self.assertEqual(driver_type.sessions, 1)
+        self.assertEqual((self.bmc.logins, self.logouts()), (1, 0))
+        clock.advance(0.5)
+        await driver.quiesced()
+        self.assertEqual((self.bmc.logins, self.logouts()), (1, 1))
+        self.assertEqual(driver_type.sessions, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])  # nothing idle: no timer
+
+    async def test_least_recently_used_logged_out_over_max_sessions(self):
+        others = [sim.start(reactor, {"password": PASSWORD, "latency": 0.002})
+                  for _ in range(2)]
+        for other in others:
+            self.addCleanup(other.stop)
+        bmcs = [self.bmc] + [o.bmc() for o in others]
+        clock, driver_type = self.clocked(max_sessions=2)
+        a, b, c = (self.driver(driver_type, port=bmc.port) for bmc in bmcs)
+        await a.query()
+        await b.query()
+        await a.query()  # b is now the least recently used
+        await c.query()  # one idle session too many
+        await b.quiesced()
+        self.assertEqual([self.logouts(bmc) for bmc in bmcs], [0, 1, 0])
+        self.assertEqual(driver_type.sessions, 2)
+        await a.query()
+        await c.query()
+        self.assertEqual([bmc.logins for bmc in bmcs], [1, 1, 1])  # a and c reused
+
+    async def test_no_bound_on_number(self):
+        other = sim.start(reactor, {"password": PASSWORD, "latency": 0.002})
+        self.addCleanup(other.stop)
+        clock, driver_type = self.clocked(max_sessions=None)
+        await self.driver(driver_type).query()
+        await self.driver(driver_type, port=other.port).query()
+        self.assertEqual(driver_type.sessions, 2)
+
+    async def test_bound_zero_logs_out_after_every_call(self):
+        clock, driver_type = self.clocked(max_sessions=0)
+        driver = self.driver(driver_type)
+        for n in range(1, 3):
+            self.assertEqual(await driver.query(), PowerState.OFF)
+            await driver.quiesced()
+            self.assertEqual((self.bmc.logins, self.logouts()), (n, n))
+        self.assertEqual(driver_type.sessions, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    async def test_a_call_waiting_for_the_bmc_keeps_its_session(self):
+        """A call holds the BMC (waiting out ``min_interval``): no logout under it."""
+        clock, driver_type = self.clocked(max_idle=5)
+        driver = self.driver(driver_type)
+        await driver.query()
+        clock.advance(4)
+        await driver.query()  # idle from 4: due at 9
+        clock.advance(4)
+        pending = self.driver(driver_type, min_interval=6, timeout=30).query()  # waits until 10
+        clock.advance(1)  # 9: the timer fires while the call holds the BMC
+        self.assertFalse(driver.slot.running)
+        self.assertEqual(self.logouts(), 0)
+        self.assertIsNotNone(driver.slot.command)
+        clock.advance(1)
+        self.assertEqual(await pending, PowerState.OFF)
+        await driver.quiesced()
+        # idle 6 s by then, too long to reuse: the call itself logged out and in
+        self.assertEqual((self.bmc.logins, self.logouts()), (2, 1))
+        self.assertEqual(driver_type.sessions, 1)
+
+    async def test_close_cancels_the_timer(self):
+        clock, driver_type = self.clocked(max_idle=5)
+        await self.driver(driver_type).query()
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        await driver_type.close()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(self.logouts(), 1)  # close logs out what was kept
+
+    async def test_retired_session_refers_not_to_itself(self):
+        """Logged out, a session is no cycle: it is freed when dropped, not by the GC."""
+        import gc
+
+        clock, driver_type = self.clocked(max_idle=5)
+        driver = self.driver(driver_type)
+        await driver.query()
+        session = driver.slot.command.ipmi_session
+        clock.advance(5)
+        await driver.quiesced()
+        self.assertEqual(self.logouts(), 1)
+        reachable = set()
+        todo = [session.__dict__]
+        while todo:  # everything the session's attributes lead to, two levels down
+            for o in gc.get_referents(todo.pop()):
+                if id(o) not in reachable and not isinstance(o, type):
+                    reachable.add(id(o))
+                    if len(reachable) < 500:
+                        todo.extend(gc.get_referents(o))
+        self.assertNotIn(id(session), reachable)
+
+    def test_equal_credentials_shared(self):
+        """Drivers logging in alike share one Credentials (memory, issue 14); not others."""
+        import gc
+
+        a = self.driver(port=1001)
+        b = self.driver(port=1002)
+        c = self.driver(port=1003, password="other")
+        self.assertIs(a.credentials, b.credentials)
+        self.assertIsNot(a.credentials, c.credentials)
+        self.assertEqual(c.credentials.password, b"other")
+        self.assertEqual(len(self.driver_type._logins), 2)
+        del a, b, c
+        gc.collect()
+        self.assertEqual(len(self.driver_type._logins), 0)  # kept only while used

@@ -45,6 +45,12 @@ What is used, and why:
 ``Command._oemknown``
     pyghmi re-identifies a BMC of no known OEM (an extra Get Device ID round
     trip) before *every* call unless this is set (:func:`identify_once`).
+``Session.ipmicallback``
+    After a logout it still holds a bound method of the session: a reference
+    cycle, so a retired session (about 10 KB) lived on until the cyclic
+    garbage collector ran, and a driver logging out idle sessions grew
+    instead of shrinking (issue 14).  :func:`retire` replaces it with a plain
+    function, so the session is freed as soon as it is dropped.
 
 Everything is imported on first use, so importing this module does not
 import pyghmi (entry points install the asyncio reactor first).
@@ -87,7 +93,11 @@ def abort_session(session):
 
 
 def retire(command):
-    """Close the session of ``command``, which we no longer trust (quick: no retries)."""
+    """
+    Close the session of ``command``, which we no longer trust or need
+    (quick: no retries).  Call it only where no other thread uses the
+    session (a call in a thread of its own holding the BMC's lock).
+    """
     session = session_of(command)
     if session is None:
         return
@@ -97,6 +107,12 @@ def retire(command):
     except Exception:
         pass
     abort_session(session)
+    # the session's last bound method: a cycle that kept it for the GC
+    session.ipmicallback = _ignore_answer
+
+
+def _ignore_answer(response):
+    """What a retired session does with a late answer: nothing."""
 
 
 def pending_sessions(host, port, userid):

@@ -9,10 +9,14 @@ driver type owns:
   daemon threads (a thread stuck on a dead BMC must never keep the process
   alive or hold up the reactor's own pool);
 * one :class:`_Bmc` slot per (host, port, username): the pyghmi ``Command``
-  (session) reused across calls, a ``DeferredLock`` that serialises calls to
-  that BMC (pyghmi degrades badly with concurrent calls on one session), the
-  minimum interval between commands, and the bookkeeping ``quiesced()``
-  needs;
+  (session) reused across calls while it is kept, a ``DeferredLock`` that
+  serialises calls to that BMC (pyghmi degrades badly with concurrent calls
+  on one session), the minimum interval between commands, and the
+  bookkeeping ``quiesced()`` needs;
+* which idle sessions are kept (:mod:`powerctl.drivers.ipmi_sessions`: at
+  most ``max_sessions``, each at most ``max_idle`` seconds; the others are
+  logged out, so memory does not grow with the number of BMCs -- a session
+  is about 10 KB, issue 14);
 * a semaphore capping concurrent logins (logins are the expensive and
   fragile part of IPMI; see ``bench/ipmi_many_bmcs.py``).
 
@@ -27,6 +31,8 @@ cipher suite 3, ...) needs its private internals: those uses are all in
 :mod:`powerctl.drivers._pyghmi_compat`, which says which pyghmi versions
 they were checked against.
 """
+
+import weakref
 
 import attrs
 from twisted.internet import defer
@@ -49,6 +55,7 @@ from powerctl.drivers.errors import (
     UnsupportedError,
 )
 from powerctl.drivers.interface import Capabilities, IDriverType, Timing
+from powerctl.drivers.ipmi_sessions import IdleSessions
 from powerctl.drivers.schema import Param, Schema
 from powerctl.power import PowerState
 
@@ -173,7 +180,7 @@ class _Bmc:
         self.running = False
         self._gate = None
         self.abandoned = False
-        self._quiesce_waiters = []
+        self._quiesce_waiters = None  # a list while someone waits (one per BMC: issue 14)
 
     def describe(self):
         return f"ipmi {self.key.username or '(anonymous)'}@{self.key.host}:{self.key.port}"
@@ -213,6 +220,7 @@ class _Bmc:
         the lock and by :meth:`quiesced`).
         """
         needs_login = not self._reusable(credentials)
+        self.owner.idle.busy(self.key)
         self.running = True
         self.abandoned = False
         holds_login = []
@@ -256,9 +264,30 @@ class _Bmc:
         self.running = False
         self.last_done = self.last_used = self.owner.clock.seconds()
         self.lock.release()
-        waiters, self._quiesce_waiters = self._quiesce_waiters, []
-        for d in waiters:
+        self.owner.session_idle(self)
+        waiters, self._quiesce_waiters = self._quiesce_waiters, None
+        for d in waiters or ():
             d.callback(None)
+
+    def log_out_idle(self):
+        """
+        Log out the kept session now (the keeping policy chose it): in a
+        worker thread, holding this BMC's lock, so that no call logs in to
+        the BMC meanwhile (pyghmi would hand it this very session, found
+        still logged in in its table, and the logout would break that call).
+        Nothing to do if a call holds or awaits the BMC: it uses the session.
+        """
+        if self.running or self.lock.locked or self.command is None:
+            return
+        command, self.command = self.command, None
+        self.lock.acquire()  # free, so taken at once
+        self.running = True
+        self.abandoned = False
+        done = deferToThreadPool(self.owner.reactor, self.owner.pool,
+                                 pyghmi_compat.retire, command)
+        done.addErrback(lambda f: log.failure("{bmc}: logging out an idle session",
+                                              f, bmc=self.describe()))
+        done.addBoth(lambda _: self._finished())
 
     def _reusable(self, credentials):
         command = self.command
@@ -274,6 +303,8 @@ class _Bmc:
         if not self.running:
             return defer.succeed(None)
         d = defer.Deferred()
+        if self._quiesce_waiters is None:
+            self._quiesce_waiters = []
         self._quiesce_waiters.append(d)
         return d
 
@@ -320,6 +351,17 @@ class IpmiDriverType:
     nothing (5 threads: same wall time, 5x the latency).  Hence 32 threads,
     one call at a time per BMC, and logins capped at half the threads so a
     login storm after a restart leaves room for queries on live sessions.
+
+    Idle sessions are kept for reuse, at most ``max_sessions`` of them
+    (least recently used logged out first) and each for at most
+    ``max_idle`` seconds (``None``: no bound on their number); see
+    :mod:`powerctl.drivers.ipmi_sessions`.  256 sessions are about 2.5 MB;
+    pyghmi's wait loop walks every kept session at every turn, so keeping
+    more also costs every call CPU (``bench/ipmi_memory.py``: a login sweep
+    of 3,000 BMCs took 6.1 s CPU keeping none, 7.3 s keeping 256, 9.7 s
+    keeping 1,024).  256 leaves a session reused a second later (a power
+    change being verified) in place while a login-bound poll sweep retires
+    about 150-300 others a second on this machine.
     """
 
     name = "ipmi"
@@ -327,7 +369,8 @@ class IpmiDriverType:
     capabilities = Capabilities(queryable=True, soft_off=True, native_cycle=True)
 
     def __init__(self, reactor=None, clock=None, timing=Timing(), max_threads=32,
-                 max_logins=16, max_idle=20.0, close_timeout=5.0, limiter=None):
+                 max_logins=16, max_idle=20.0, close_timeout=5.0, limiter=None,
+                 max_sessions=256):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -344,15 +387,21 @@ class IpmiDriverType:
         self.closed = False
         self._bmcs = {}
         self._suite3 = None
+        self.idle = IdleSessions(max_sessions, max_idle)
+        # one Credentials object per distinct login, shared by the drivers
+        # using it (fleets often share one BMC account; issue 14: memory)
+        self._logins = weakref.WeakValueDictionary()
+        self._reaper = None  # the clock's call that logs out sessions idle too long
 
     def bind(self, settings):
         key = BmcKey(settings["host"], settings["port"], settings["username"] or "")
-        credentials = Credentials(
-            username=(settings["username"] or "").encode("utf-8"),
-            password=settings["password"].encode("utf-8"),
-            privilege=PRIVILEGES[settings["privilege"] or "administrator"],
-            cipher_suite=settings["cipher_suite"],
-        )
+        login = ((settings["username"] or "").encode("utf-8"),
+                 settings["password"].encode("utf-8"),
+                 PRIVILEGES[settings["privilege"] or "administrator"],
+                 settings["cipher_suite"])
+        credentials = self._logins.get(login)
+        if credentials is None:
+            credentials = self._logins[login] = Credentials(*login)
         timing = self.timing
         if settings.get("timeout") is not None:
             timing = attrs.evolve(timing, timeout=settings["timeout"])
@@ -369,6 +418,37 @@ class IpmiDriverType:
         if slot is None:
             slot = self._bmcs[key] = _Bmc(self, key)
         return slot
+
+    def session_idle(self, slot):
+        """
+        ``slot``'s call ended (reactor thread): keep its session as idle,
+        unless it has none or the BMC is already taken again; log out
+        whatever the keeping policy then drops.
+        """
+        if slot.command is None or slot.running or slot.lock.locked or self.closed:
+            self.idle.busy(slot.key)
+            return
+        for key in self.idle.idle(slot.key, self.clock.seconds()):
+            self._bmcs[key].log_out_idle()
+        self._schedule_reaper()
+
+    def _schedule_reaper(self):
+        """One timer, due when the oldest idle session reaches ``max_idle``."""
+        due = self.idle.next_expiry()
+        if due is None or self.closed:
+            return
+        reaper = self._reaper
+        if reaper is not None and reaper.active():
+            if reaper.getTime() <= due:
+                return  # early at worst: it looks again and re-arms
+            reaper.cancel()
+        self._reaper = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._reap)
+
+    def _reap(self):
+        self._reaper = None
+        for key in self.idle.expired(self.clock.seconds()):
+            self._bmcs[key].log_out_idle()
+        self._schedule_reaper()
 
     def _ensure_pool(self):
         if not self.pool.started and not self.closed:
@@ -416,6 +496,9 @@ class IpmiDriverType:
         in pyghmi (the threads are daemons and cannot hold up exit).
         """
         self.closed = True
+        if self._reaper is not None and self._reaper.active():
+            self._reaper.cancel()
+        self._reaper = None
         for slot in self._bmcs.values():
             if slot.running:
                 slot._abort(slot.credentials)
