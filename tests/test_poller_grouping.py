@@ -369,6 +369,32 @@ class PacingTests(PollerSetup, unittest.TestCase):
         self.successResultOf(d)
         self.assertEqual(len(self.link.batches[0][1]), 6)
 
+    def test_full_batches_go_out_while_the_round_still_reads(self):
+        """
+        Rows are sent 200 at a time as reads end, not held until the last
+        read: a round of 10,000 nodes kept a Deferred, a result and a row
+        per node until then (about 38 MB at 10,000 IPMI nodes).
+        """
+        self.bmcs.hold = True
+        for n in range(205):
+            self.executor.configure(f"n{n:03}", bmc(f"bmc{n:03}"))
+        d = self.poller.poll_once()
+        released = 0
+        while released < 204:
+            held = [n for n in range(205) if self.bmcs.device(f"bmc{n:03}").held]
+            self.assertLessEqual(len(held), 4)  # never more reads than slots
+            for n in held[: 204 - released]:
+                self.bmcs.device(f"bmc{n:03}").release()
+                released += 1
+        self.assertNoResult(d)  # one read still held...
+        self.assertEqual([len(states) for _, states in self.link.batches], [200])  # ...sent
+        [last] = [n for n in range(205) if self.bmcs.device(f"bmc{n:03}").held]
+        self.bmcs.device(f"bmc{last:03}").release()
+        self.successResultOf(d)
+        self.assertEqual([len(states) for _, states in self.link.batches], [200, 5])
+        sent = [s["node"] for _, states in self.link.batches for s in states]
+        self.assertEqual(sorted(sent), [f"n{n:03}" for n in range(205)])
+
     def test_a_round_runs_every_interval_once_started(self):
         self.executor.configure("n1", bmc("bmc1"))
         self.poller.startService()  # the first round at once, then every interval

@@ -11,7 +11,11 @@ driver call (issue 10), so a refused community or v3 key is not tried
 round after round.  The other nodes take the slots one device in turn
 (:func:`_round_robin`), not device by device, so slots do not queue on one
 BMC's few sessions while other BMCs idle.  Results go to the region in
-batches of 200.
+batches of 200 as they come in, not all at the end of the round: ``concurrency``
+workers take the round's reads one after the other, so a round of 10,000
+nodes holds a few dozen reads and at most one unsent batch, not a Deferred,
+a result and a report row per node until its last read (about 38 MB at
+10,000 IPMI nodes, bench/RESULTS.md).
 
 Rounds also refresh from the region (nodes added or changed, dispatches
 lost), the safety net under the region's pushes.  When the region gives
@@ -83,6 +87,7 @@ class Poller(TimerService):
         self.link = link
         self.interval = interval
         self._slots = defer.DeferredSemaphore(concurrency)
+        self._concurrency = concurrency
         self._ids = itertools.count(1)
         #: node -> (kept configuration text it was grouped from, PDU key or None,
         #: outlet -- or the device key of a node queried alone)
@@ -151,15 +156,29 @@ class Poller(TimerService):
                  if not self.registry.busy(n) and self.executor.queryable(n)]
         pdus, singles = self._group(nodes)
         singles = _round_robin(singles, lambda n: self._grouped[n][2])
-        work = [self._slots.run(self._query, n)
-                .addCallbacks(lambda o, n=n: {n: o}, lambda f, n=n: {n: f})
-                for n in singles]
-        work += [self._slots.run(self._query_pdu, *pdu) for pdu in pdus.values()]
-        return defer.gatherResults(work).addCallback(self._report, epoch)
+        # One iterator, taken from by every worker: each read is made once,
+        # in this order, at most ``concurrency`` at a time (the slots bound
+        # the reads of overlapping rounds together).
+        reads = itertools.chain(((self._query_one, (n,)) for n in singles),
+                                ((self._query_pdu, pdu) for pdu in pdus.values()))
+        reports = _Reports(self, epoch)
+        workers = [defer.ensureDeferred(self._work(reads, reports))
+                   for _ in range(min(self._concurrency, len(singles) + len(pdus)))]
+        d = defer.gatherResults(workers, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure)  # a bug: the first one as raised
+        return d.addCallback(lambda _: reports.close())
+
+    async def _work(self, reads, reports):
+        for read, args in reads:
+            reports.add(await self._slots.run(read, *args))
 
     def _query(self, node):
         action = PowerAction(node=node, action=Action.QUERY, operation_id=f"poll-{next(self._ids)}")
         return self.registry.submit(action)
+
+    def _query_one(self, node):
+        """``{node: outcome}``, or ``{node: failure}``: never fails."""
+        return self._query(node).addCallbacks(lambda o: {node: o}, lambda f: {node: f})
 
     def _group(self, nodes):
         """
@@ -230,21 +249,48 @@ class Poller(TimerService):
         d.addErrback(lambda f: dict.fromkeys(outlets, f))
         return d
 
-    def _report(self, results, epoch):
-        states = []
-        for result in results:
-            for node, value in result.items():
-                if not self._still_known(node):
-                    continue  # forgotten while it was read (handed over, deleted)
-                if isinstance(value, Failure):
-                    states.append({"node": node, "state": PowerState.ERROR.value,
-                                   "error": value.getErrorMessage()[:2000],
-                                   "error_kind": getattr(value.value, "kind", "error")})
-                else:
-                    states.append(_answered(node, value))
-        # Keep each AMP value well under 64 KiB.
-        batches = [states[i:i + 200] for i in range(0, len(states), 200)]
-        return defer.DeferredList([self.link.send_states(b, epoch) for b in batches])
+    def _state(self, node, value):
+        """The report row of one read, or None for a node forgotten while it was read."""
+        if not self._still_known(node):
+            return None  # handed over or deleted meanwhile
+        if isinstance(value, Failure):
+            return {"node": node, "state": PowerState.ERROR.value,
+                    "error": value.getErrorMessage()[:2000],
+                    "error_kind": getattr(value.value, "kind", "error")}
+        return _answered(node, value)
+
+
+#: Report rows per ``ReportPowerState``: each AMP value well under 64 KiB.
+REPORT_BATCH = 200
+
+
+class _Reports:
+    """One round's report rows, sent in batches of :data:`REPORT_BATCH` as they fill."""
+
+    def __init__(self, poller, epoch):
+        self._poller = poller
+        self._epoch = epoch
+        self._rows = []
+        self._sent = []
+
+    def add(self, results):
+        for node, value in results.items():
+            row = self._poller._state(node, value)
+            if row is not None:
+                self._rows.append(row)
+        while len(self._rows) >= REPORT_BATCH:
+            self._send(self._rows[:REPORT_BATCH])
+            del self._rows[:REPORT_BATCH]
+
+    def _send(self, rows):
+        self._sent.append(self._poller.link.send_states(rows, self._epoch))
+
+    def close(self):
+        """Send what is left; fires once every batch of the round is answered."""
+        if self._rows:
+            self._send(self._rows)
+            self._rows = []
+        return defer.DeferredList(self._sent)
 
 
 def device_key(catalogue, agents):
