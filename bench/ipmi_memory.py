@@ -38,6 +38,9 @@ USER, PASSWORD = "admin", "password"
 
 
 def rss():
+    # (As bench/pserv_child.py's rss_mb, not imported from it: that module
+    # puts this checkout first on sys.path, and this script's children run
+    # the tree they are given -- the base one too.)
     values = {}
     with open("/proc/self/status") as f:
         for line in f:

@@ -499,12 +499,7 @@ async def ipmi_row(reactor, args):
         finally:
             pserv.close()
     finally:
-        sim.proc.terminate()
-        sim.proc.wait(10)
-        if harness is not None:
-            await harness.close()
-        for f in files:
-            os.unlink(f)
+        await _tear_down(sim, harness, files)
     took = last - started
     ratio = base["s"] / took if took > 0 else 0.0
     return [row(f"power on {n} IPMI nodes (issue: 5000), one POST /v1/power s",
@@ -576,12 +571,7 @@ async def ipmi_memory_row(reactor, args):
             finally:
                 pserv.close()
     finally:
-        sim.proc.terminate()
-        sim.proc.wait(10)
-        if harness is not None:
-            await harness.close()
-        for f in files:
-            os.unlink(f)
+        await _tear_down(sim, harness, files)
     known, sweep, end = pservs["pserv"]
     peak = end["peak_mb"]
 
@@ -664,6 +654,16 @@ def main(argv=None):
     from harness import run
 
     run(bench, parse(argv))
+
+
+async def _tear_down(sim, harness, files):
+    """After an IPMI row: the simulator process, the harness, the row's files."""
+    sim.proc.terminate()
+    sim.proc.wait(10)
+    if harness is not None:
+        await harness.close()
+    for f in files:
+        os.unlink(f)
 
 
 if __name__ == "__main__":
