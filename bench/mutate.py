@@ -88,12 +88,16 @@ PSERV_TESTS = ["tests/test_pserv_core.py", "tests/test_pserv_edges.py",
 # (bench/RESULTS.md, "Survivors left").  test_store_locks.py runs two
 # transactions at once: the row locks no one-transaction test can see.
 STORE_BASE_TESTS = ["tests/test_region_edges.py", "tests/test_store_locks.py",
+                    "tests/test_prepared.py", "tests/test_lock_order.py",
                     "tests/test_store.py", "tests/test_rpc.py", "tests/test_lifecycle.py"]
-STORE_NODES_TESTS = ["tests/test_region_edges.py", "tests/test_store.py", "tests/test_api.py",
+STORE_NODES_TESTS = ["tests/test_region_edges.py", "tests/test_batch_store.py",
+                     "tests/test_lock_order.py", "tests/test_store.py", "tests/test_api.py",
                      "tests/test_rpc.py", "tests/test_drift.py", "tests/test_lifecycle.py"]
-STORE_OPS_TESTS = ["tests/test_region_edges.py", "tests/test_store.py", "tests/test_api.py",
+STORE_OPS_TESTS = ["tests/test_region_edges.py", "tests/test_batch_store.py",
+                   "tests/test_lock_order.py", "tests/test_store.py", "tests/test_api.py",
                    "tests/test_rpc.py", "tests/test_web.py", "tests/test_lifecycle.py"]
-STORE_CLUSTERS_TESTS = ["tests/test_store.py", "tests/test_drift.py", "tests/test_rpc.py",
+STORE_CLUSTERS_TESTS = ["tests/test_store.py", "tests/test_lock_order.py",
+                        "tests/test_drift.py", "tests/test_rpc.py",
                         "tests/test_api.py", "tests/test_lifecycle.py"]
 STORE_PODS_TESTS = ["tests/test_store_locks.py", "tests/test_store.py", "tests/test_api.py",
                     "tests/test_podprobe.py", "tests/test_vault.py"]
@@ -110,11 +114,13 @@ MODULES = [
     # ownership and drift tests; the REST-facing ones by test_api.py.
     ("region_core", "powerctl/region/core.py",
      ["tests/test_region_core_bite.py", "tests/test_region_core_more.py",
-      "tests/test_region_core_edges.py",
+      "tests/test_region_core_edges.py", "tests/test_region_dispatch.py",
+      "tests/test_bulk_dispatch.py",
       "tests/test_ownership.py", "tests/test_lifecycle.py",
       "tests/test_rpc.py", "tests/test_drift.py", "tests/test_store.py"], 3, 180),
     ("region_rpc", "powerctl/region/rpc.py",
-     ["tests/test_region_rpc_bite.py", "tests/test_region_edges.py", "tests/test_rpc.py",
+     ["tests/test_region_rpc_bite.py", "tests/test_region_edges.py",
+      "tests/test_bulk_dispatch.py", "tests/test_region_dispatch.py", "tests/test_rpc.py",
       "tests/test_ownership.py",
       "tests/test_lifecycle.py", "tests/test_drift.py", "tests/test_store.py"], 3, 180),
     ("slots", "powerctl/pserv/slots.py",
