@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from powerctl.region import core, rpc
 from powerctl.region.core import Region
+from powerctl.region.errors import InvalidInput, StaleEpoch
 from powerctl.rpc import commands
 from powerctl.testing.region import FakeLeases, FakeRegionStore
 
@@ -86,3 +87,136 @@ class ReportOutcomeDetailTests(unittest.TestCase):
             with self.assertRaises(commands.BadArguments):
                 await self.report(detail)
         self.assertEqual(self.store.op_rows[self.op["id"]]["state"], "running")
+
+
+def good_report(**changes):
+    report = {"operation_id": 5, "outcome": "failed", "observed_state": "off",
+              "agent": "ipmi", "error": "timed out", "error_kind": "transport",
+              "coalesced_into": 3, "superseded_by": 4, "detail": {"a": 1}}
+    report.update(changes)
+    return report
+
+
+class OutcomeReportTests(unittest.TestCase):
+    """One report of a ``ReportOutcomes`` batch, checked as ``ReportOutcome``'s arguments."""
+
+    def test_a_full_report_becomes_outcome_s_arguments(self):
+        self.assertEqual(rpc._outcome_report(good_report()), {
+            "op_id": 5, "state": "failed", "observed_state": "off", "agent": "ipmi",
+            "error": "transport: timed out", "detail": {"a": 1},
+            "coalesced_into": 3, "superseded_by": 4})
+
+    def test_absent_and_empty_fields_are_none(self):
+        self.assertEqual(rpc._outcome_report({"operation_id": 5, "outcome": "succeeded"}), {
+            "op_id": 5, "state": "succeeded", "observed_state": None, "agent": None,
+            "error": None, "detail": None, "coalesced_into": None, "superseded_by": None})
+        self.assertEqual(rpc._outcome_report(good_report(
+            observed_state="", agent="", error="", error_kind="", coalesced_into=0,
+            superseded_by=0, detail=None)), {
+            "op_id": 5, "state": "failed", "observed_state": None, "agent": None,
+            "error": None, "detail": None, "coalesced_into": None, "superseded_by": None})
+
+    def test_an_error_or_a_kind_alone_is_an_error(self):
+        self.assertEqual(rpc._outcome_report(good_report(error_kind=""))["error"], "timed out")
+        self.assertEqual(rpc._outcome_report(good_report(error=""))["error"], "transport: ")
+
+    def test_each_observed_state_a_pserv_may_report(self):
+        for observed in ("on", "off"):
+            self.assertEqual(
+                rpc._outcome_report(good_report(observed_state=observed))["observed_state"],
+                observed)
+
+    def test_each_wrong_field_is_refused_naming_it(self):
+        for change, word in (
+            ({"operation_id": True}, "operation_id"), ({"operation_id": 5.0}, "operation_id"),
+            ({"outcome": "running"}, "outcome"), ({"observed_state": "error"}, "observed"),
+            ({"agent": 3}, "agent"), ({"error": ["x"]}, "error"),
+            ({"error_kind": {"k": 1}}, "error_kind"), ({"coalesced_into": "3"}, "coalesced_into"),
+            ({"superseded_by": 4.0}, "superseded_by"), ({"superseded_by": True}, "superseded_by"),
+            ({"detail": [1]}, "detail"),
+        ):
+            with self.assertRaises(commands.BadArguments, msg=str(change)) as caught:
+                rpc._outcome_report(good_report(**change))
+            self.assertIn(word, str(caught.exception), change)
+
+    def test_the_operation_id_of_a_refusal_is_zero_unless_it_is_an_integer(self):
+        self.assertEqual(rpc._op_id_of({"operation_id": 12}), 12)
+        for report in ({"operation_id": "12"}, {"operation_id": True}, {}, ["operation_id"]):
+            self.assertEqual(rpc._op_id_of(report), 0, report)
+
+
+class ReportOutcomesTests(unittest.TestCase):
+    """What a ``ReportOutcomes`` batch answers: how many changed the journal, and each refusal."""
+
+    def setUp(self):
+        self.store = FakeRegionStore()
+        self.store.add_node("n1", "c1", POWER, owner_epoch=7)
+        self.store.add_node("n2", "c1", POWER, owner_epoch=9)  # handed over meanwhile
+        self.ops = [self.store.add_op(n, "on", state="running", pserv="p1")
+                    for n in ("n1", "n1", "n2")]
+        self.protocol = leased(region_for(self.store))
+
+    async def test_recorded_counts_only_reports_that_changed_the_journal(self):
+        first, second, _ = (op["id"] for op in self.ops)
+        answer = await self.protocol.report_outcomes(epoch=7, reports=[
+            {"operation_id": first, "outcome": "succeeded"},
+            {"operation_id": first, "outcome": "failed"},  # already ended: no change
+            {"operation_id": second, "outcome": "succeeded"}])
+        self.assertEqual(answer, {"recorded": 2, "refused": []})
+
+    async def test_a_report_on_a_node_the_epoch_lost_is_refused_alone(self):
+        first, _, moved = (op["id"] for op in self.ops)
+        answer = await self.protocol.report_outcomes(epoch=7, reports=[
+            {"operation_id": moved, "outcome": "succeeded"},
+            {"operation_id": first, "outcome": "succeeded"}])
+        self.assertEqual(answer["recorded"], 1)
+        [refusal] = answer["refused"]
+        self.assertEqual((refusal["operation_id"], refusal["code"]), (moved, "STALE_EPOCH"))
+        self.assertEqual(self.store.op_rows[moved]["state"], "running")
+
+    async def test_a_report_the_store_refuses_is_bad_arguments_alone(self):
+        first, second, _ = (op["id"] for op in self.ops)
+        record = self.store.nodes.record_outcomes
+
+        async def refusing_the_first(reports):
+            results = await record(reports[1:])
+            return [InvalidInput("coalesced_into: power operation 99 does not exist")] + results
+
+        self.store.nodes.record_outcomes = refusing_the_first
+        answer = await self.protocol.report_outcomes(epoch=7, reports=[
+            {"operation_id": first, "outcome": "succeeded", "coalesced_into": 99},
+            {"operation_id": second, "outcome": "succeeded"}])
+        self.assertEqual(answer, {"recorded": 1, "refused": [{
+            "operation_id": first, "code": "BAD_ARGUMENTS",
+            "why": "coalesced_into: power operation 99 does not exist"}]})
+
+    async def test_nothing_acceptable_records_nothing_and_asks_the_store_nothing(self):
+        answer = await self.protocol.report_outcomes(epoch=7, reports=[{"outcome": "x"}])
+        self.assertEqual(answer["recorded"], 0)
+        self.assertEqual([c for c in self.store.calls if c[0] == "record_outcomes"], [])
+
+    async def test_reports_must_be_a_list(self):
+        with self.assertRaises(commands.BadArguments):
+            await self.protocol.report_outcomes(epoch=7, reports={"operation_id": 1})
+
+    async def test_a_refusal_s_reason_is_cut_to_500_characters(self):
+        long_name = "x" * 600
+        answer = await self.protocol.report_outcomes(epoch=7, reports=[
+            {"operation_id": 1, "outcome": long_name}])
+        [refusal] = answer["refused"]
+        self.assertEqual(len(refusal["why"]), 500)
+        self.assertTrue(refusal["why"].startswith("reports[0]: unknown outcome"))
+
+    async def test_every_kind_of_refusal_s_reason_is_cut_to_500_characters(self):
+        first, second, _ = (op["id"] for op in self.ops)
+
+        async def refusing(reports):
+            return [StaleEpoch("s" * 600), InvalidInput("i" * 600)]
+
+        self.store.nodes.record_outcomes = refusing
+        answer = await self.protocol.report_outcomes(epoch=7, reports=[
+            {"operation_id": first, "outcome": "succeeded"},
+            {"operation_id": second, "outcome": "succeeded"}])
+        self.assertEqual(answer, {"recorded": 0, "refused": [
+            {"operation_id": first, "code": "STALE_EPOCH", "why": "s" * 500},
+            {"operation_id": second, "code": "BAD_ARGUMENTS", "why": "i" * 500}]})
