@@ -10,8 +10,9 @@ time is a :class:`twisted.internet.task.Clock`.
 
 import json
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from powerctl.region import core, rpc
@@ -220,3 +221,130 @@ class ReportOutcomesTests(unittest.TestCase):
         self.assertEqual(answer, {"recorded": 0, "refused": [
             {"operation_id": first, "code": "STALE_EPOCH", "why": "s" * 500},
             {"operation_id": second, "code": "BAD_ARGUMENTS", "why": "i" * 500}]})
+
+
+class Pserv:
+    """A registered pserv's connection answering every ``PowerMany`` with ``answer(page)``."""
+
+    def __init__(self, answer, epoch=7, cluster="c1"):
+        self.pserv, self.cluster, self.epoch, self.in_flight = "p1", cluster, epoch, 0
+        self.answer = answer
+        self.pages = []
+
+    def callRemote(self, command, **kwargs):
+        assert command is commands.PowerMany, command
+        self.pages.append([item["id"] for item in kwargs["operations"]])
+        return defer.maybeDeferred(self.answer, kwargs["operations"])
+
+
+class DispatchPageTests(unittest.TestCase):
+    """How ``Region.dispatch_many`` reads a pserv's ``PowerMany`` answer, item by item."""
+
+    def setUp(self):
+        self.store = FakeRegionStore()
+        for name in ("n1", "n2", "n3"):
+            self.store.add_node(name, "c1", POWER, owner_epoch=7)
+        self.ops = [self.store.add_op(name, "on") for name in ("n1", "n2", "n3")]
+        self.ids = [op["id"] for op in self.ops]
+        self.region = region_for(self.store)
+
+    def dispatch(self, answer):
+        pserv = Pserv(answer)
+        self.region.directory.add(pserv)
+        results = self.successResultOf(defer.ensureDeferred(self.region.dispatch_many(self.ops)))
+        return pserv, results
+
+    def marked(self):
+        return [c[1] for c in self.store.calls if c[0] == "mark_running_many"]
+
+    def test_a_config_the_pserv_refuses_fails_that_operation_alone(self):
+        first, second, third = self.ids
+
+        def answer(page):
+            return {"results": [
+                {"id": first, "refused": "INVALID_POWER_CONFIG", "error": "e" * 1500},
+                {"id": second, "disposition": "started"},
+                {"id": third, "refused": "BUSY"}]}
+
+        _, results = self.dispatch(answer)
+        self.assertEqual(results, {first: "failed", second: "started", third: "pending"})
+        failed = self.store.op_rows[first]
+        self.assertEqual((failed["state"], failed["pserv"]), ("failed", "p1"))
+        self.assertEqual(failed["error"], "config: " + "e" * 1000)
+        self.assertEqual(self.marked(), [[second]])
+        self.assertEqual(self.store.op_rows[third]["state"], "pending")
+
+    def test_answers_that_name_no_operation_of_the_page_are_ignored(self):
+        first, second, third = self.ids
+
+        def answer(page):
+            return {"results": [
+                "started", None, {"id": 999, "disposition": "started"},
+                {"disposition": "started"}, {"id": first, "disposition": 3},
+                {"id": second, "disposition": "known"}]}
+
+        _, results = self.dispatch(answer)
+        self.assertEqual(results, {first: "pending", second: "known", third: "pending"})
+        self.assertEqual(self.marked(), [[second]])
+
+    def test_results_that_are_no_list_leave_the_page_pending(self):
+        _, results = self.dispatch(lambda page: {"results": {"id": self.ids[0]}})
+        self.assertEqual(results, dict.fromkeys(self.ids, "pending"))
+        self.assertEqual(self.marked(), [])
+
+    def test_a_page_nothing_of_which_started_writes_nothing(self):
+        _, results = self.dispatch(lambda page: {"results": [
+            {"id": i, "refused": "BUSY"} for i in self.ids]})
+        self.assertEqual(set(results.values()), {"pending"})
+        self.assertEqual(self.marked(), [])
+
+    def test_a_pserv_s_bug_is_logged_with_its_cause_and_the_page_stays_pending(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def answer(page):
+            raise ZeroDivisionError("a bug")
+
+        _, results = self.dispatch(answer)
+        self.assertEqual(results, dict.fromkeys(self.ids, "pending"))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        [event] = [e for e in events if "log_failure" in e]
+        self.assertIn(f"3 operation(s) from {self.ids[0]} to p1 failed unexpectedly",
+                      formatEvent(event))
+
+    def test_an_expected_failure_is_a_warning_and_the_page_stays_pending(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def answer(page):
+            raise commands.BadArguments("no")
+
+        _, results = self.dispatch(answer)
+        self.assertEqual(results, dict.fromkeys(self.ids, "pending"))
+        self.assertEqual([e for e in events if "log_failure" in e], [])
+        self.assertTrue(any(f"3 operation(s) from {self.ids[0]} to p1 failed: "
+                            in formatEvent(e) for e in events))
+
+    def test_only_fences_need_no_batch_read(self):
+        fence = self.store.add_op("n1", "fence")
+        results = self.successResultOf(defer.ensureDeferred(self.region.dispatch_many([fence])))
+        self.assertEqual(results, {fence["id"]: "pending"})  # no pserv connected here
+        self.assertEqual([c for c in self.store.calls if c[0] == "dispatch_view"], [])
+
+
+class OutcomesTests(unittest.TestCase):
+    async def test_a_report_on_an_unknown_operation_is_false_and_warned_of(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = FakeRegionStore()
+        store.add_node("n1", "c1", POWER, owner_epoch=7)
+        op = store.add_op("n1", "on", state="running", pserv="p1")
+        answers = await region_for(store).outcomes(
+            [{"op_id": 4242, "state": "succeeded"}, {"op_id": op["id"], "state": "succeeded"}],
+            "p1", 7)
+        self.assertEqual(answers, [False, True])
+        self.assertTrue(any("reported on operation 4242, which does not exist"
+                            in formatEvent(e) for e in events))
