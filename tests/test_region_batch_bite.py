@@ -348,3 +348,27 @@ class OutcomesTests(unittest.TestCase):
         self.assertEqual(answers, [False, True])
         self.assertTrue(any("reported on operation 4242, which does not exist"
                             in formatEvent(e) for e in events))
+
+
+class PolledTests(unittest.TestCase):
+    """A poll batch whose drift the store answered with ``reconcile`` operations."""
+
+    async def test_each_reconcile_operation_is_dispatched_and_the_others_are_not(self):
+        store = FakeRegionStore()
+        fix = store.add_op("n1", "on")
+
+        async def record_polls(reports):
+            return ({"n1": {"name": "n1", "desired_state": "on", "power_state": "off",
+                            "reconcile": fix},
+                     "n2": {"name": "n2", "desired_state": None, "power_state": "on",
+                            "reconcile": None}}, ["gone"], {"bad": "why"})
+
+        store.nodes.record_polls = record_polls
+        region = region_for(store)
+        recorded, missing, refused = await region.polled([("n1", "off", None)])
+        self.assertEqual(list(region._dispatched), [fix["id"]])
+        self.assertEqual(recorded, {"n1": {"name": "n1", "desired_state": "on",
+                                           "power_state": "off"},
+                                    "n2": {"name": "n2", "desired_state": None,
+                                           "power_state": "on"}})
+        self.assertEqual((missing, refused), (["gone"], {"bad": "why"}))
