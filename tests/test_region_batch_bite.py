@@ -10,7 +10,7 @@ time is a :class:`twisted.internet.task.Clock`.
 
 import json
 
-from twisted.internet import defer, task
+from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
@@ -372,3 +372,153 @@ class PolledTests(unittest.TestCase):
                                     "n2": {"name": "n2", "desired_state": None,
                                            "power_state": "on"}})
         self.assertEqual((missing, refused), (["gone"], {"bad": "why"}))
+
+
+# -- core paths no socketless test ran (found with a line trace) ---------------
+
+from powerctl.region.errors import Conflict, Unavailable  # noqa: E402
+from tests.test_region_core_bite import (  # noqa: E402
+    PENDING, FakeProtocol, FakeStore, make_region, owner)
+from tests.test_region_core_bite import FakeLeases as OwnerLeases  # noqa: E402
+
+MANUAL = {"mode": "single", "agents": [{"driver": "manual", "params": {}}]}
+
+
+def logged(test):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    test.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+class ConfirmOpTests(unittest.TestCase):
+    def region(self, state="running", power=MANUAL, answers=None):
+        store = FakeStore(ops=[dict(PENDING, state=state, pserv="p1")],
+                          nodes=[{"name": "n1", "cluster": "c1", "power": power}])
+        region = make_region(store)
+        if answers is not None:
+            region.directory.add(FakeProtocol("p1", answers=answers))
+        return region, store
+
+    async def test_a_confirmation_a_pserv_took_is_attributed(self):
+        region, store = self.region(answers={commands.ConfirmOperation: {}})
+        await region.confirm_op(1, "off", by="alice")
+        self.assertEqual(store.operator, [(1, "confirmed_by", "alice", True)])
+
+    async def test_no_pserv_that_could_confirm_is_unavailable(self):
+        region, store = self.region(answers={commands.ConfirmOperation: error.ConnectionDone()})
+        with self.assertRaises(Unavailable):
+            await region.confirm_op(1, "on", by="alice")
+        region, store = self.region()
+        with self.assertRaises(Unavailable):
+            await region.confirm_op(1, "on", by="alice")
+        self.assertEqual(store.operator, [])
+
+    async def test_what_cannot_be_confirmed_asks_no_pserv(self):
+        for state, power, target, refusal in (
+                ("running", MANUAL, "cycle", InvalidInput),
+                ("succeeded", MANUAL, "on", Conflict),
+                ("failed", MANUAL, "on", Conflict),
+                ("running", POWER | {"agents": [{"driver": "ipmi", "params": {}}]}, "on",
+                 InvalidInput)):
+            protocol = FakeProtocol("p1", answers={commands.ConfirmOperation: {}})
+            region, store = self.region(state=state, power=power)
+            region.directory.add(protocol)
+            with self.assertRaises(refusal, msg=(state, target)):
+                await region.confirm_op(1, target, by="alice")
+            self.assertEqual((protocol.calls, store.operator), ([], []), (state, target))
+
+
+class ClearLockoutTests(unittest.TestCase):
+    async def test_every_pserv_of_the_cluster_is_told_and_a_silent_one_warned_of(self):
+        events = logged(self)
+        store = FakeStore()
+        store.lockouts = type(store.lockouts)(lambda node: "c1")
+        await store.lockouts.record("n1", 0, 5, "refused", "p1")
+        region = make_region(store)
+        told = FakeProtocol("p1", answers={commands.ClearLockout: {}})
+        silent = FakeProtocol("p2", answers={commands.ClearLockout: error.ConnectionDone()})
+        other = FakeProtocol("p3", cluster="c2", answers={commands.ClearLockout: {}})
+        for protocol in (told, silent, other):
+            region.directory.add(protocol)
+        cleared = await region.clear_lockout("n1")
+        self.assertEqual([(r["node"], r["agent"]) for r in cleared], [("n1", 0)])
+        self.assertEqual([told.sent(commands.ClearLockout), silent.sent(commands.ClearLockout),
+                          other.calls], [[{"node": "n1"}], [{"node": "n1"}], []])
+        warned = [formatEvent(e) for e in events if "did not confirm the clearing" in
+                  e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("pserv p2", warned[0])
+
+
+class SingleDispatchFailureTests(unittest.TestCase):
+    def region(self, error):
+        region = make_region(FakeStore(ops=[PENDING]), OwnerLeases({"n1": owner(7)}))
+        region.directory.add(FakeProtocol("p1", epoch=7, answers={commands.PowerOn: error}))
+        return region
+
+    async def test_a_bug_behind_a_dispatch_is_logged_with_its_cause(self):
+        events = logged(self)
+        region = self.region(ZeroDivisionError("bug"))
+        self.assertEqual(await region.dispatch(dict(PENDING)), "pending")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual([e for e in events if "log_failure" not in e
+                          and "failed:" in e.get("log_format", "")], [])
+
+    async def test_an_expected_failure_is_a_warning(self):
+        events = logged(self)
+        region = self.region(commands.BadArguments("no"))
+        self.assertEqual(await region.dispatch(dict(PENDING)), "pending")
+        self.assertEqual([e for e in events if "log_failure" in e], [])
+        self.assertTrue(any("dispatch of 1 to p1 failed: " in formatEvent(e) for e in events))
+
+
+class DispatchManyUnresolvableTests(unittest.TestCase):
+    async def test_a_node_whose_configuration_no_longer_resolves_fails_alone(self):
+        events = logged(self)
+        store = FakeRegionStore()
+        for name in ("n1", "n2"):
+            store.add_node(name, "c1", POWER, owner_epoch=7)
+        ops = [store.add_op(name, "on") for name in ("n1", "n2")]
+        view = store.ops.dispatch_view
+
+        async def unresolvable_n1(names):
+            answer = await view(names)
+            answer["n1"].update(power=None, power_error="pod manager 'pm' is gone")
+            return answer
+
+        store.ops.dispatch_view = unresolvable_n1
+        region = region_for(store)
+        pserv = Pserv(lambda page: {"results": [{"id": i, "disposition": "started"}
+                                                for i in (item["id"] for item in page)]})
+        region.directory.add(pserv)
+        results = await region.dispatch_many(ops)
+        self.assertEqual(results, {ops[0]["id"]: "failed", ops[1]["id"]: "started"})
+        self.assertEqual(pserv.pages, [[ops[1]["id"]]])
+        failed = store.op_rows[ops[0]["id"]]
+        self.assertEqual((failed["state"], failed["pserv"], failed["error"]),
+                         ("failed", "p1", "config: pod manager 'pm' is gone"))
+        self.assertTrue(any("no longer resolves" in e.get("log_format", "") for e in events))
+
+
+class NotifyWithoutPservsTests(unittest.TestCase):
+    async def test_a_region_with_no_pserv_reads_nothing_for_a_notify(self):
+        store = FakeStore(ops=[PENDING])
+        region = make_region(store)
+        await region.notified("power_ops", "1")
+        self.assertEqual(store.fetched, [])
+        self.assertEqual(region._notified, {})
+
+
+class RefreshFailureTests(unittest.TestCase):
+    def test_a_refresh_failing_with_a_bug_is_logged_as_one(self):
+        events = logged(self)
+        region = make_region()
+        region.directory.add(FakeProtocol("p1", answers={commands.Refresh: ZeroDivisionError()}))
+        region.directory.add(FakeProtocol("p2", answers={commands.Refresh: error.ConnectionDone()}))
+        region.refresh_cluster("c1")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        warned = [formatEvent(e) for e in events if "did not take a refresh" in
+                  e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("p2", warned[0])
