@@ -10,7 +10,7 @@ time is a :class:`twisted.internet.task.Clock`.
 
 import json
 
-from twisted.internet import defer, error, task
+from twisted.internet import address, defer, error, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
@@ -81,7 +81,17 @@ class ReportOutcomeDetailTests(unittest.TestCase):
         detail = {"acting": "pdu", "devices": {"pdu1": "on"}}
         self.assertEqual(await self.report(detail), {"recorded": True})
         row = self.store.op_rows[self.op["id"]]
-        self.assertEqual((row["state"], row["detail"]), ("succeeded", detail))
+        self.assertEqual((row["state"], row["observed_state"], row["detail"]),
+                         ("succeeded", "on", detail))
+
+    async def test_empty_texts_reach_the_journal_as_none(self):
+        self.assertEqual(await self.protocol.report_outcome(
+            operation_id=self.op["id"], outcome="failed", observed_state="", agent="",
+            error="", coalesced_into=0, superseded_by=0, epoch=7), {"recorded": True})
+        row = self.store.op_rows[self.op["id"]]
+        self.assertEqual((row["state"], row["observed_state"], row["agent"], row["error"],
+                          row["coalesced_into"], row["superseded_by"]),
+                         ("failed", None, None, None, None, None))
 
     async def test_anything_but_an_object_is_bad_arguments_and_changes_nothing(self):
         for detail in ([1, 2], "text", 3):
@@ -522,3 +532,90 @@ class RefreshFailureTests(unittest.TestCase):
                   e.get("log_format", "")]
         self.assertEqual(len(warned), 1)
         self.assertIn("p2", warned[0])
+
+
+# -- rpc paths no socketless test ran (found with a line trace) ----------------
+
+
+class RecoverItemTests(unittest.TestCase):
+    def test_an_item_carries_its_node_s_circuit_only_when_it_has_one(self):
+        circuit = {"name": "rack1", "max_on": 4, "spacing": 0.5}
+        self.assertEqual(rpc._op_json({"id": 1, "node": "n1", "action": "on", "power": POWER,
+                                       "circuit": circuit}),
+                         {"id": 1, "node": "n1", "action": "on", "power": POWER,
+                          "circuit": circuit})
+        self.assertEqual(rpc._node_json({"node": "n1", "desired_state": None, "power": POWER,
+                                         "circuit": None}, [{"agent": 0, "id": 3}]),
+                         {"name": "n1", "desired_state": None, "power": POWER,
+                          "lockouts": [{"agent": 0, "id": 3}]})
+
+
+class RegisterRefusedTests(unittest.TestCase):
+    async def test_a_registration_the_store_refuses_is_bad_arguments(self):
+        store = FakeRegionStore()
+
+        async def refusing(name, cluster, version, region):
+            raise InvalidInput("version: longer than 255 characters")
+
+        store.clusters.register_pserv = refusing
+        region = region_for(store)
+        protocol = rpc.RegionProtocol(region)
+        protocol.makeConnection(StringTransport())
+        protocol.gate.open = True
+        with self.assertRaises(commands.BadArguments) as caught:
+            await protocol.register(cluster="c1", name="p1", version="v" * 256, instance="i")
+        self.assertIn("version", str(caught.exception))
+        self.assertEqual((protocol.pserv, region.directory.all()), (None, []))
+
+
+class SingleReportStaleTests(unittest.TestCase):
+    async def test_an_outcome_on_a_node_the_epoch_lost_is_stale_epoch(self):
+        events = logged(self)
+        store = FakeRegionStore()
+        store.add_node("n1", "c1", POWER, owner_epoch=9)  # handed over meanwhile
+        op = store.add_op("n1", "on", state="running", pserv="p1")
+        protocol = leased(region_for(store))
+        with self.assertRaises(commands.StaleEpoch):
+            await protocol.report_outcome(
+                operation_id=op["id"], outcome="succeeded", observed_state="on", agent="",
+                error="", coalesced_into=0, superseded_by=0, epoch=7)
+        self.assertEqual(store.op_rows[op["id"]]["state"], "running")
+        self.assertTrue(any("pserv p1: epoch 7 does not own node n1" in formatEvent(e)
+                            for e in events))
+
+
+class RefusedPollTests(unittest.TestCase):
+    async def test_each_poll_report_the_store_refused_is_warned_of(self):
+        events = logged(self)
+        store = FakeRegionStore()
+        for name in ("n1", "n2"):
+            store.add_node(name, "c1", POWER, owner_epoch=7)
+
+        async def record_polls(reports):
+            return {}, [], {"n1": "error: longer than 4096 characters", "n2": "why not"}
+
+        store.nodes.record_polls = record_polls
+        protocol = leased(region_for(store))
+        await protocol.report_power_state(
+            states=[{"node": "n1", "state": "on"}, {"node": "n2", "state": "off"}], epoch=7)
+        warned = sorted(formatEvent(e) for e in events
+                        if "refused: {why}" in e.get("log_format", ""))
+        self.assertEqual(warned, [
+            "pserv p1: report for node n1 refused: error: longer than 4096 characters",
+            "pserv p1: report for node n2 refused: why not"])
+
+
+class PendingFloodTests(unittest.TestCase):
+    def test_an_address_over_its_limit_is_closed_and_logged_once(self):
+        events = logged(self)
+        region = region_for()
+        region.pending_peers.limit = 1
+        transports = []
+        for _ in range(4):
+            transport = StringTransport(peerAddress=address.IPv4Address("TCP", "10.1.1.1", 4))
+            rpc.RegionProtocol(region).makeConnection(transport)
+            transports.append(transport)
+        self.assertEqual([t.disconnecting for t in transports], [False, True, True, True])
+        self.assertEqual(region.pending_peers.pending("10.1.1.1"), 1)
+        flood = [e for e in events if "have not authenticated" in e.get("log_format", "")]
+        self.assertEqual(len(flood), 1)
