@@ -619,3 +619,30 @@ class PendingFloodTests(unittest.TestCase):
         self.assertEqual(region.pending_peers.pending("10.1.1.1"), 1)
         flood = [e for e in events if "have not authenticated" in e.get("log_format", "")]
         self.assertEqual(len(flood), 1)
+
+
+class RecoverFullOperationPageTests(unittest.TestCase):
+    async def test_a_full_page_of_usable_operations_ends_at_its_last_one(self):
+        from tests import test_region_rpc_bite as bite
+
+        store = bite.FakeStore(ops=[bite.op(i) for i in (1, 2, 3, 4)])
+        self.patch(rpc, "PAGE", 3)
+        protocol = bite.leased(bite.region_for(store))
+        page = await protocol.recover(after_op=0, after_node="")
+        self.assertEqual(([o["id"] for o in page["operations"]], page["after_op"],
+                          page["done"]), ([1, 2, 3], 3, False))
+        page = await protocol.recover(after_op=page["after_op"], after_node="")
+        self.assertEqual([o["id"] for o in page["operations"]], [4])
+
+
+class PollShapeTests(unittest.TestCase):
+    async def test_a_list_with_one_malformed_state_is_refused_whole(self):
+        store = FakeRegionStore()
+        store.add_node("n1", "c1", POWER, owner_epoch=7)
+        protocol = leased(region_for(store))
+        for states in ([{"node": "n1", "state": "on"}, {"node": "n1", "state": "bogus"}],
+                       [{"node": "n1", "state": "on"}, "n1"],
+                       [{"node": 1, "state": "on"}]):
+            with self.assertRaises(commands.BadArguments, msg=states):
+                await protocol.report_power_state(states=states, epoch=7)
+        self.assertEqual([c for c in store.calls if c[0] == "record_polls"], [])
