@@ -79,17 +79,23 @@ class RecordOutcomesTests(BatchStoreTestCase):
         self.assertEqual((await self.store.nodes.get("n1"))["power_state"], "unknown")
         self.assertEqual((await self.store.nodes.get("n0"))["power_state"], "on")
 
-    async def test_a_reference_that_names_no_operation_is_refused_alone(self):
-        """``coalesced_into``/``superseded_by`` that is no id at all: that report only."""
+    async def test_what_no_pserv_may_report_is_refused_alone(self):
+        """
+        A reference that is no id at all, a detail that is no object, an
+        operator's ``cancelled_by``: that report only.
+        """
         ops = await self.fleet(2)
         results = await self.store.nodes.record_outcomes([
             {"op_id": ops[0]["id"], "state": "superseded", "superseded_by": "x", "epoch": 5},
             {"op_id": ops[0]["id"], "state": "succeeded", "coalesced_into": -3, "epoch": 5},
+            {"op_id": ops[0]["id"], "state": "succeeded", "detail": ["on"], "epoch": 5},
+            {"op_id": ops[0]["id"], "state": "cancelled", "cancelled_by": "alice", "epoch": 5},
             {"op_id": ops[1]["id"], "state": "succeeded", "observed_state": "on", "epoch": 5}])
         self.assertEqual([type(r).__name__ for r in results],
-                         ["InvalidInput", "InvalidInput", "Recorded"])
-        self.assertIn("superseded_by", str(results[0]))
-        self.assertIn("coalesced_into", str(results[1]))
+                         ["InvalidInput"] * 4 + ["Recorded"])
+        for result, field in zip(results, ("superseded_by", "coalesced_into", "detail",
+                                           "cancelled_by")):
+            self.assertIn(field, str(result))
         self.assertEqual((await self.store.ops.get(ops[0]["id"]))["state"], "pending")
         self.assertEqual((await self.store.ops.get(ops[1]["id"]))["state"], "succeeded")
 
