@@ -236,9 +236,9 @@ EQUIVALENT = [
     ("powerctl/region/store/nodes.py", "NumberReplacer", "responsive_grace=60.0", "",
      "Store always passes responsive_grace to NodeStore: this default is never used"),
     ("powerctl/region/store/nodes.py", "NumberReplacer", "limit=500", "",
-     "desired_states' and changed_since's only caller (rpc.recover) passes limit=PAGE"),
+     "desired_states' only caller (rpc.recover) passes limit=PAGE"),
     ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(limit, 500", "",
-     "desired_states' and changed_since's only caller passes a limit, so "
+     "desired_states' only caller passes a limit, so "
      "page_limit's default is unused"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "limit=500", "",
      "outstanding's only caller (rpc.recover) passes limit=PAGE"),

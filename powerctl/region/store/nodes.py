@@ -244,7 +244,7 @@ class NodeStore(KindStore):
             await cancel_open(tx, node["name"], reason, by, only=sorted(cancelled))
 
     # (Its only caller, rpc.recover, passes limit=PAGE: make mutate's +-1 on
-    # either 500 here is equivalent; so in changed_since.)
+    # either 500 here is equivalent.)
     @transaction
     async def desired_states(self, tx, cluster, after_name="", limit=500, epoch=None):
         """
