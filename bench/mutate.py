@@ -91,7 +91,8 @@ STORE_BASE_TESTS = ["tests/test_region_edges.py", "tests/test_store_locks.py",
                     "tests/test_prepared.py", "tests/test_lock_order.py",
                     "tests/test_store.py", "tests/test_rpc.py", "tests/test_lifecycle.py"]
 STORE_NODES_TESTS = ["tests/test_region_edges.py", "tests/test_batch_store.py",
-                     "tests/test_lock_order.py", "tests/test_store.py", "tests/test_api.py",
+                     "tests/test_lock_order.py", "tests/test_store_locks.py",
+                     "tests/test_store.py", "tests/test_paging.py", "tests/test_api.py",
                      "tests/test_rpc.py", "tests/test_drift.py", "tests/test_lifecycle.py"]
 STORE_OPS_TESTS = ["tests/test_region_edges.py", "tests/test_batch_store.py",
                    "tests/test_lock_order.py", "tests/test_store.py", "tests/test_api.py",
@@ -240,6 +241,18 @@ EQUIVALENT = [
     ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(limit, 500", "",
      "desired_states' only caller passes a limit, so "
      "page_limit's default is unused"),
+    # The status page's one statement: its only caller passes every limit.
+    ("powerctl/region/store/nodes.py", "NumberReplacer",
+     'after_name="", limit=100, open_states=(), open_limit=200', "",
+     "overview's only caller (the status page) passes limit and open_limit"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "finished_limit=20, seq=False", "",
+     "overview's only caller (the status page) passes finished_limit"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(finished_limit, 20)", "",
+     "overview's only caller passes finished_limit: page_limit's default is unused"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(open_limit, 200)", "",
+     "overview's only caller passes open_limit: page_limit's default is unused"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "limit = page_limit(limit, 100)", "",
+     "overview's only caller passes limit: page_limit's default is unused"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "limit=500", "",
      "outstanding's only caller (rpc.recover) passes limit=PAGE"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "page_limit(limit, 500", "",

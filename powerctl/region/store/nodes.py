@@ -106,6 +106,9 @@ class NodeStore(KindStore):
              "power_state": power_state, "desired": desired_state, "responsive": responsive})
         return [plain(dict(zip(_NODE_NAMES, r))) for r in rows]
 
+    # (Its only caller, the status page, passes limit, open_limit and
+    # finished_limit: make mutate's +-1 on their defaults here and in
+    # _overview's page_limit calls is equivalent.)
     def overview(self, heartbeat_timeout, cluster=None, name="", problems=False,
                  after_name="", limit=100, open_states=(), open_limit=200,
                  finished_states=(), finished_limit=20, seq=False):
