@@ -87,6 +87,11 @@ PSERV_TESTS = ["tests/test_pserv_core.py", "tests/test_pserv_edges.py",
 # enforcement, cluster policies) killed survivors the first three missed
 # (bench/RESULTS.md, "Survivors left").  test_store_locks.py runs two
 # transactions at once: the row locks no one-transaction test can see.
+# Since 2026-12-05 also: test_batch_store.py and test_lock_order.py (issue
+# 14's batches, row-lock order, deadlock retries), test_prepared.py (base's
+# prepared statements), test_paging.py (the status page's one statement, in
+# nodes.py), test_bulk.py and test_pruning.py (bulk requests and pruning, in
+# operations.py): each killed mutants no other mapped test did.
 STORE_BASE_TESTS = ["tests/test_region_edges.py", "tests/test_store_locks.py",
                     "tests/test_prepared.py", "tests/test_lock_order.py",
                     "tests/test_store.py", "tests/test_rpc.py", "tests/test_lifecycle.py"]
@@ -95,7 +100,8 @@ STORE_NODES_TESTS = ["tests/test_region_edges.py", "tests/test_batch_store.py",
                      "tests/test_store.py", "tests/test_paging.py", "tests/test_api.py",
                      "tests/test_rpc.py", "tests/test_drift.py", "tests/test_lifecycle.py"]
 STORE_OPS_TESTS = ["tests/test_region_edges.py", "tests/test_batch_store.py",
-                   "tests/test_lock_order.py", "tests/test_store.py", "tests/test_api.py",
+                   "tests/test_lock_order.py", "tests/test_pruning.py", "tests/test_store.py",
+                   "tests/test_bulk.py", "tests/test_api.py",
                    "tests/test_rpc.py", "tests/test_web.py", "tests/test_lifecycle.py"]
 STORE_CLUSTERS_TESTS = ["tests/test_store.py", "tests/test_lock_order.py",
                         "tests/test_drift.py", "tests/test_rpc.py",
@@ -253,6 +259,10 @@ EQUIVALENT = [
      "overview's only caller passes open_limit: page_limit's default is unused"),
     ("powerctl/region/store/nodes.py", "NumberReplacer", "limit = page_limit(limit, 100)", "",
      "overview's only caller passes limit: page_limit's default is unused"),
+    ("powerctl/region/store/operations.py", "NumberReplacer", "zip(_OP_NAMES, rows[0])",
+     "rows[ -1]", "the request statement journals one operation of one node: one row"),
+    ("powerctl/region/store/operations.py", "NumberReplacer", "cluster, live = rows[0]",
+     "rows[ -1]", "the request statement journals one operation of one node: one row"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "limit=500", "",
      "outstanding's only caller (rpc.recover) passes limit=PAGE"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "page_limit(limit, 500", "",

@@ -815,3 +815,19 @@ class ConcurrentOutcomeTests(StoreTestCase):
         recorded = await late
         self.assertEqual((recorded.changed, recorded.op["state"]), (False, "failed"))
         self.assertEqual((await self.store.ops.get(op["id"]))["state"], "failed")
+
+
+class FenceReuseStoreTests(StoreTestCase):
+    """
+    A fence requested soon after the node's last one succeeded (nothing
+    switched on since) joins it, judged on the database's clock: the
+    store is built without one of its own, as the region builds it.
+    """
+
+    async def test_a_second_fence_within_the_window_joins_the_first(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        first = await self.store.ops.request("n1", "fence")
+        await self.store.ops.record_outcome(first["id"], "succeeded", observed_state="off")
+        again = await self.store.ops.request("n1", "fence")
+        self.assertEqual((again["state"], again["coalesced_into"]), ("succeeded", first["id"]))
+        self.assertEqual(again["detail"]["coalesced_fence"], first["id"])
