@@ -104,11 +104,11 @@ class RecordOutcomesTests(BatchStoreTestCase):
         ops = await self.fleet(4)
         reports = [
             {"op_id": ops[0]["id"], "state": "succeeded", "observed_state": "on",
-             "agent": "0:ipmi", "pserv": "p1", "epoch": 5},
+             "agent": "0:ipmi", "pserv": "p1", "epoch": 5, "detail": {"level": 0}},
             {"op_id": ops[1]["id"], "state": "failed", "error": "auth: refused",
              "pserv": "p1", "epoch": 5},
             {"op_id": ops[2]["id"], "state": "succeeded", "coalesced_into": ops[0]["id"],
-             "observed_state": "on", "pserv": "p1", "epoch": 5},
+             "observed_state": "on", "pserv": "p1", "epoch": 5, "detail": {"level": 1}},
             {"op_id": ops[3]["id"], "state": "cancelled", "error": "gone", "pserv": "p1",
              "epoch": 5}]
         columns = ("state, observed_state, agent, error, coalesced_into, superseded_by,"
@@ -130,6 +130,7 @@ class RecordOutcomesTests(BatchStoreTestCase):
         await self.store.nodes.record_outcomes(reports[:2])
         self.assertEqual(await self.sql(f"SELECT {columns} FROM power_ops WHERE id = ANY(%s)"
                                         " ORDER BY id", [o["id"] for o in ops]), single)
+        self.assertEqual([row[-1] for row in single], [{"level": 0}, None, {"level": 1}, None])
 
 
 class DispatchViewTests(BatchStoreTestCase):

@@ -817,7 +817,7 @@ class ConcurrentOutcomeTests(StoreTestCase):
         self.assertEqual((await self.store.ops.get(op["id"]))["state"], "failed")
 
 
-class FenceReuseStoreTests(StoreTestCase):
+class FenceStoreTests(StoreTestCase):
     """
     A fence requested soon after the node's last one succeeded (nothing
     switched on since) joins it, judged on the database's clock: the
@@ -831,3 +831,10 @@ class FenceReuseStoreTests(StoreTestCase):
         again = await self.store.ops.request("n1", "fence")
         self.assertEqual((again["state"], again["coalesced_into"]), ("succeeded", first["id"]))
         self.assertEqual(again["detail"]["coalesced_fence"], first["id"])
+
+    async def test_a_fence_requested_with_its_serving_pservs_answers_none_for_them(self):
+        """A fence is journalled in a transaction of its own: who serves it is read after."""
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op, serving = await self.store.ops.request_serving("n1", "fence", requester="ops")
+        self.assertEqual((op["action"], op["state"], op["requester"], serving),
+                         ("fence", "pending", "ops", None))
