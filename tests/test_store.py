@@ -838,3 +838,26 @@ class FenceStoreTests(StoreTestCase):
         op, serving = await self.store.ops.request_serving("n1", "fence", requester="ops")
         self.assertEqual((op["action"], op["state"], op["requester"], serving),
                          ("fence", "pending", "ops", None))
+
+
+class OverviewStoreTests(StoreTestCase):
+    async def test_an_operation_state_the_journal_does_not_know_is_refused(self):
+        """Checked before the statement runs, naming the state (open or finished list)."""
+        for states in ({"open_states": ("running", "bogus")},
+                       {"finished_states": ("succeeded", "done")}):
+            with self.assertRaises(InvalidInput) as caught:
+                await self.store.nodes.overview(90.0, **states)
+            self.assertIn("state: ", str(caught.exception))
+        doc = await self.store.nodes.overview(90.0, open_states=("running",),
+                                              finished_states=("succeeded",))
+        self.assertEqual(doc["page"]["nodes"], [])
+
+
+class BulkRequestStoreTests(StoreTestCase):
+    async def test_an_unknown_action_is_invalid_input_and_journals_nothing(self):
+        """(The API checks it first; the store refuses it on its own too.)"""
+        await self.store.nodes.create("n1", "c1", ipmi())
+        with self.assertRaises(InvalidInput) as caught:
+            await self.store.ops.request_many("bogus", nodes=["n1"])
+        self.assertIn("action: ", str(caught.exception))
+        self.assertEqual(await self.store.ops.list(), [])
