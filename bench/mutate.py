@@ -103,7 +103,8 @@ STORE_OPS_TESTS = ["tests/test_region_edges.py", "tests/test_batch_store.py",
                    "tests/test_lock_order.py", "tests/test_pruning.py", "tests/test_store.py",
                    "tests/test_bulk.py", "tests/test_api.py",
                    "tests/test_rpc.py", "tests/test_web.py", "tests/test_lifecycle.py"]
-STORE_CLUSTERS_TESTS = ["tests/test_store.py", "tests/test_lock_order.py",
+STORE_CLUSTERS_TESTS = ["tests/test_region_edges.py", "tests/test_circuits_store.py",
+                        "tests/test_store.py", "tests/test_lock_order.py",
                         "tests/test_drift.py", "tests/test_rpc.py",
                         "tests/test_api.py", "tests/test_lifecycle.py"]
 STORE_PODS_TESTS = ["tests/test_store_locks.py", "tests/test_store.py", "tests/test_api.py",
@@ -259,6 +260,8 @@ EQUIVALENT = [
      "overview's only caller passes open_limit: page_limit's default is unused"),
     ("powerctl/region/store/nodes.py", "NumberReplacer", "limit = page_limit(limit, 100)", "",
      "overview's only caller passes limit: page_limit's default is unused"),
+    ("powerctl/region/store/clusters.py", "NumberReplacer", "heartbeat_timeout=90.0", "",
+     "Store always passes heartbeat_timeout to ClusterStore: this default is never used"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "zip(_OP_NAMES, rows[0])",
      "rows[ -1]", "the request statement journals one operation of one node: one row"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "cluster, live = rows[0]",
