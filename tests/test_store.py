@@ -861,3 +861,13 @@ class BulkRequestStoreTests(StoreTestCase):
             await self.store.ops.request_many("bogus", nodes=["n1"])
         self.assertIn("action: ", str(caught.exception))
         self.assertEqual(await self.store.ops.list(), [])
+
+
+class HeartbeatCountStoreTests(StoreTestCase):
+    async def test_actions_in_flight_must_be_a_plain_integer(self):
+        await self.store.clusters.register_pserv("p1", "c1", "v", "r1")
+        for bad in (True, "3", 2.5, -1, 2**31):
+            with self.assertRaises(InvalidInput, msg=repr(bad)):
+                await self.store.clusters.heartbeat("p1", bad)
+        row = await self.store.clusters.heartbeat("p1", 3)
+        self.assertEqual(row["actions_in_flight"], 3)
