@@ -87,13 +87,25 @@ PSERV_TESTS = ["tests/test_pserv_core.py", "tests/test_pserv_edges.py",
 # enforcement, cluster policies) killed survivors the first three missed
 # (bench/RESULTS.md, "Survivors left").  test_store_locks.py runs two
 # transactions at once: the row locks no one-transaction test can see.
+# Since 2026-12-05 also: test_batch_store.py and test_lock_order.py (issue
+# 14's batches, row-lock order, deadlock retries), test_prepared.py (base's
+# prepared statements), test_paging.py (the status page's one statement, in
+# nodes.py), test_bulk.py and test_pruning.py (bulk requests and pruning, in
+# operations.py): each killed mutants no other mapped test did.
 STORE_BASE_TESTS = ["tests/test_region_edges.py", "tests/test_store_locks.py",
+                    "tests/test_prepared.py", "tests/test_lock_order.py",
                     "tests/test_store.py", "tests/test_rpc.py", "tests/test_lifecycle.py"]
-STORE_NODES_TESTS = ["tests/test_region_edges.py", "tests/test_store.py", "tests/test_api.py",
+STORE_NODES_TESTS = ["tests/test_region_edges.py", "tests/test_batch_store.py",
+                     "tests/test_lock_order.py", "tests/test_store_locks.py",
+                     "tests/test_store.py", "tests/test_paging.py", "tests/test_api.py",
                      "tests/test_rpc.py", "tests/test_drift.py", "tests/test_lifecycle.py"]
-STORE_OPS_TESTS = ["tests/test_region_edges.py", "tests/test_store.py", "tests/test_api.py",
+STORE_OPS_TESTS = ["tests/test_region_edges.py", "tests/test_batch_store.py",
+                   "tests/test_lock_order.py", "tests/test_pruning.py", "tests/test_store.py",
+                   "tests/test_bulk.py", "tests/test_api.py",
                    "tests/test_rpc.py", "tests/test_web.py", "tests/test_lifecycle.py"]
-STORE_CLUSTERS_TESTS = ["tests/test_store.py", "tests/test_drift.py", "tests/test_rpc.py",
+STORE_CLUSTERS_TESTS = ["tests/test_region_edges.py", "tests/test_circuits_store.py",
+                        "tests/test_store.py", "tests/test_lock_order.py",
+                        "tests/test_drift.py", "tests/test_rpc.py",
                         "tests/test_api.py", "tests/test_lifecycle.py"]
 STORE_PODS_TESTS = ["tests/test_store_locks.py", "tests/test_store.py", "tests/test_api.py",
                     "tests/test_podprobe.py", "tests/test_vault.py"]
@@ -109,13 +121,16 @@ MODULES = [
     # The lease, NOTIFY and drift paths of the region are tested by the
     # ownership and drift tests; the REST-facing ones by test_api.py.
     ("region_core", "powerctl/region/core.py",
-     ["tests/test_region_core_bite.py", "tests/test_region_core_more.py",
-      "tests/test_region_core_edges.py",
+     ["tests/test_region_batch_bite.py", "tests/test_region_core_bite.py",
+      "tests/test_region_core_more.py",
+      "tests/test_region_core_edges.py", "tests/test_region_dispatch.py",
+      "tests/test_bulk_dispatch.py",
       "tests/test_ownership.py", "tests/test_lifecycle.py",
       "tests/test_rpc.py", "tests/test_drift.py", "tests/test_store.py"], 3, 180),
     ("region_rpc", "powerctl/region/rpc.py",
-     ["tests/test_region_rpc_bite.py", "tests/test_region_edges.py", "tests/test_rpc.py",
-      "tests/test_ownership.py",
+     ["tests/test_region_batch_bite.py", "tests/test_region_rpc_bite.py",
+      "tests/test_region_edges.py", "tests/test_bulk_dispatch.py",
+      "tests/test_region_dispatch.py", "tests/test_rpc.py", "tests/test_ownership.py",
       "tests/test_lifecycle.py", "tests/test_drift.py", "tests/test_store.py"], 3, 180),
     ("slots", "powerctl/pserv/slots.py",
      ["tests/test_slots.py", "tests/test_slots_edges.py"], 2, 30),
@@ -233,6 +248,24 @@ EQUIVALENT = [
     ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(limit, 500", "",
      "desired_states' and changed_since's only caller passes a limit, so "
      "page_limit's default is unused"),
+    # The status page's one statement: its only caller passes every limit.
+    ("powerctl/region/store/nodes.py", "NumberReplacer",
+     'after_name="", limit=100, open_states=(), open_limit=200', "",
+     "overview's only caller (the status page) passes limit and open_limit"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "finished_limit=20, seq=False", "",
+     "overview's only caller (the status page) passes finished_limit"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(finished_limit, 20)", "",
+     "overview's only caller passes finished_limit: page_limit's default is unused"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "page_limit(open_limit, 200)", "",
+     "overview's only caller passes open_limit: page_limit's default is unused"),
+    ("powerctl/region/store/nodes.py", "NumberReplacer", "limit = page_limit(limit, 100)", "",
+     "overview's only caller passes limit: page_limit's default is unused"),
+    ("powerctl/region/store/clusters.py", "NumberReplacer", "heartbeat_timeout=90.0", "",
+     "Store always passes heartbeat_timeout to ClusterStore: this default is never used"),
+    ("powerctl/region/store/operations.py", "NumberReplacer", "zip(_OP_NAMES, rows[0])",
+     "rows[ -1]", "the request statement journals one operation of one node: one row"),
+    ("powerctl/region/store/operations.py", "NumberReplacer", "cluster, live = rows[0]",
+     "rows[ -1]", "the request statement journals one operation of one node: one row"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "limit=500", "",
      "outstanding's only caller (rpc.recover) passes limit=PAGE"),
     ("powerctl/region/store/operations.py", "NumberReplacer", "page_limit(limit, 500", "",

@@ -79,16 +79,36 @@ class RecordOutcomesTests(BatchStoreTestCase):
         self.assertEqual((await self.store.nodes.get("n1"))["power_state"], "unknown")
         self.assertEqual((await self.store.nodes.get("n0"))["power_state"], "on")
 
+    async def test_what_no_pserv_may_report_is_refused_alone(self):
+        """
+        A reference that is no id at all, a detail that is no object, an
+        operator's ``cancelled_by``: that report only.
+        """
+        ops = await self.fleet(2)
+        results = await self.store.nodes.record_outcomes([
+            {"op_id": ops[0]["id"], "state": "superseded", "superseded_by": "x", "epoch": 5},
+            {"op_id": ops[0]["id"], "state": "succeeded", "coalesced_into": -3, "epoch": 5},
+            {"op_id": ops[0]["id"], "state": "succeeded", "detail": ["on"], "epoch": 5},
+            {"op_id": ops[0]["id"], "state": "cancelled", "cancelled_by": "alice", "epoch": 5},
+            {"op_id": ops[1]["id"], "state": "succeeded", "observed_state": "on", "epoch": 5}])
+        self.assertEqual([type(r).__name__ for r in results],
+                         ["InvalidInput"] * 4 + ["Recorded"])
+        for result, field in zip(results, ("superseded_by", "coalesced_into", "detail",
+                                           "cancelled_by")):
+            self.assertIn(field, str(result))
+        self.assertEqual((await self.store.ops.get(ops[0]["id"]))["state"], "pending")
+        self.assertEqual((await self.store.ops.get(ops[1]["id"]))["state"], "succeeded")
+
     async def test_one_by_one_and_in_a_batch_write_the_same(self):
         """The same reports, through record_outcome and record_outcomes: the same rows."""
         ops = await self.fleet(4)
         reports = [
             {"op_id": ops[0]["id"], "state": "succeeded", "observed_state": "on",
-             "agent": "0:ipmi", "pserv": "p1", "epoch": 5},
+             "agent": "0:ipmi", "pserv": "p1", "epoch": 5, "detail": {"level": 0}},
             {"op_id": ops[1]["id"], "state": "failed", "error": "auth: refused",
              "pserv": "p1", "epoch": 5},
             {"op_id": ops[2]["id"], "state": "succeeded", "coalesced_into": ops[0]["id"],
-             "observed_state": "on", "pserv": "p1", "epoch": 5},
+             "observed_state": "on", "pserv": "p1", "epoch": 5, "detail": {"level": 1}},
             {"op_id": ops[3]["id"], "state": "cancelled", "error": "gone", "pserv": "p1",
              "epoch": 5}]
         columns = ("state, observed_state, agent, error, coalesced_into, superseded_by,"
@@ -110,6 +130,7 @@ class RecordOutcomesTests(BatchStoreTestCase):
         await self.store.nodes.record_outcomes(reports[:2])
         self.assertEqual(await self.sql(f"SELECT {columns} FROM power_ops WHERE id = ANY(%s)"
                                         " ORDER BY id", [o["id"] for o in ops]), single)
+        self.assertEqual([row[-1] for row in single], [{"level": 0}, None, {"level": 1}, None])
 
 
 class DispatchViewTests(BatchStoreTestCase):

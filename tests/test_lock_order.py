@@ -211,6 +211,39 @@ class BatchWritersAgainstRoundsTests(LockOrderTestCase):
         self.assertEqual(states, [("succeeded",)])
 
 
+class NodesBeforeOperationsTests(LockOrderTestCase):
+    """
+    A batch of outcomes takes its nodes' rows before their operations',
+    as ``record_outcome`` does one at a time: while it waits for a node,
+    it holds none of the operations (which a single report, node first,
+    would then wait for in the wrong order).
+    """
+
+    async def test_a_batch_waiting_for_a_node_holds_no_operation_yet(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op = await self.store.ops.request("n1", "on")
+        blocker = await self.connect()
+        await blocker.runOperation("BEGIN")
+        await blocker.runQuery("SELECT 1 FROM nodes WHERE name = 'n1' FOR UPDATE")
+        outcomes = self.store.nodes.record_outcomes(
+            [{"op_id": op["id"], "state": "succeeded", "observed_state": "on"}])
+        await self.until_waiting(1, "the outcomes")
+        probe = await self.connect()
+        await probe.runOperation("BEGIN")
+        held = None
+        try:
+            # NOWAIT: fails at once (LockNotAvailable) if the batch holds it
+            await probe.runQuery("SELECT 1 FROM power_ops WHERE id = %s FOR UPDATE NOWAIT",
+                                 (op["id"],))
+        except psycopg2.errors.LockNotAvailable as e:
+            held = e
+        await probe.runOperation("ROLLBACK")
+        await blocker.runOperation("COMMIT")
+        [result] = await outcomes
+        self.assertIsNone(held, "the batch locked the operation before its node")
+        self.assertTrue(result.changed)
+
+
 class DeadlockVictimTests(LockOrderTestCase):
     async def test_a_round_chosen_as_a_deadlock_victim_is_retried_once_and_logged(self):
         """

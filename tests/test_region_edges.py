@@ -144,3 +144,19 @@ class ResponsivenessTests(unittest.TestCase):
 
     def test_a_non_responsive_node_stays_so_until_a_good_report(self):
         self.assertEqual(self.rule(0, 0, responsive=False), (1, False))
+
+
+class CircuitBudgetTests(unittest.TestCase):
+    """A circuit's budget (``store.clusters.check_budget``) at each end of its bounds."""
+
+    def test_max_on_runs_from_1_to_100000_and_spacing_from_0_to_3600(self):
+        from powerctl.region.store.clusters import check_budget
+
+        self.assertEqual(check_budget(1, 0), (1, 0.0))
+        self.assertEqual(check_budget(100_000, 3600), (100_000, 3600.0))
+        for max_on, spacing, field in ((0, 0, "max_on"), (100_001, 0, "max_on"),
+                                       (1, -0.5, "spacing"), (1, 3600.5, "spacing"),
+                                       (1.0, 0, "max_on"), (1, "1", "spacing")):
+            with self.assertRaises(InvalidInput, msg=(max_on, spacing)) as caught:
+                check_budget(max_on, spacing)
+            self.assertIn(field, str(caught.exception))

@@ -815,3 +815,59 @@ class ConcurrentOutcomeTests(StoreTestCase):
         recorded = await late
         self.assertEqual((recorded.changed, recorded.op["state"]), (False, "failed"))
         self.assertEqual((await self.store.ops.get(op["id"]))["state"], "failed")
+
+
+class FenceStoreTests(StoreTestCase):
+    """
+    A fence requested soon after the node's last one succeeded (nothing
+    switched on since) joins it, judged on the database's clock: the
+    store is built without one of its own, as the region builds it.
+    """
+
+    async def test_a_second_fence_within_the_window_joins_the_first(self):
+        await self.store.nodes.create("n1", "c1", ipmi())
+        first = await self.store.ops.request("n1", "fence")
+        await self.store.ops.record_outcome(first["id"], "succeeded", observed_state="off")
+        again = await self.store.ops.request("n1", "fence")
+        self.assertEqual((again["state"], again["coalesced_into"]), ("succeeded", first["id"]))
+        self.assertEqual(again["detail"]["coalesced_fence"], first["id"])
+
+    async def test_a_fence_requested_with_its_serving_pservs_answers_none_for_them(self):
+        """A fence is journalled in a transaction of its own: who serves it is read after."""
+        await self.store.nodes.create("n1", "c1", ipmi())
+        op, serving = await self.store.ops.request_serving("n1", "fence", requester="ops")
+        self.assertEqual((op["action"], op["state"], op["requester"], serving),
+                         ("fence", "pending", "ops", None))
+
+
+class OverviewStoreTests(StoreTestCase):
+    async def test_an_operation_state_the_journal_does_not_know_is_refused(self):
+        """Checked before the statement runs, naming the state (open or finished list)."""
+        for states in ({"open_states": ("running", "bogus")},
+                       {"finished_states": ("succeeded", "done")}):
+            with self.assertRaises(InvalidInput) as caught:
+                await self.store.nodes.overview(90.0, **states)
+            self.assertIn("state: ", str(caught.exception))
+        doc = await self.store.nodes.overview(90.0, open_states=("running",),
+                                              finished_states=("succeeded",))
+        self.assertEqual(doc["page"]["nodes"], [])
+
+
+class BulkRequestStoreTests(StoreTestCase):
+    async def test_an_unknown_action_is_invalid_input_and_journals_nothing(self):
+        """(The API checks it first; the store refuses it on its own too.)"""
+        await self.store.nodes.create("n1", "c1", ipmi())
+        with self.assertRaises(InvalidInput) as caught:
+            await self.store.ops.request_many("bogus", nodes=["n1"])
+        self.assertIn("action: ", str(caught.exception))
+        self.assertEqual(await self.store.ops.list(), [])
+
+
+class HeartbeatCountStoreTests(StoreTestCase):
+    async def test_actions_in_flight_must_be_a_plain_integer(self):
+        await self.store.clusters.register_pserv("p1", "c1", "v", "r1")
+        for bad in (True, "3", 2.5, -1, 2**31):
+            with self.assertRaises(InvalidInput, msg=repr(bad)):
+                await self.store.clusters.heartbeat("p1", bad)
+        row = await self.store.clusters.heartbeat("p1", 3)
+        self.assertEqual(row["actions_in_flight"], 3)

@@ -154,3 +154,25 @@ class PodManagerCredentialsTests(StoreTestCase):
         self.assertEqual([p["name"] for p in page], ["rack-2"])
         self.assertEqual([p["name"] for p in await self.store.pod_managers.list()],
                          ["rack-1", "rack-2", "rack-3"])
+
+
+class QuiesceTests(StoreTestCase):
+    async def test_the_operations_the_pservs_cancelled_are_journalled_cancelled_alone(self):
+        """
+        A reconfiguration's ``quiesce`` answers what the pservs cancelled:
+        those end ``cancelled`` by whoever changed the node; another open
+        operation of the node stays open (it runs with the new settings).
+        """
+        await self.store.nodes.create("n1", "c1", ipmi("10.0.0.1"))
+        stopped = await self.store.ops.request("n1", "off")
+        waiting = await self.store.ops.request("n1", "on")
+
+        async def quiesce(node):
+            return {stopped["id"]}
+
+        await self.store.nodes.update("n1", power=ipmi("10.0.0.2"), quiesce=quiesce,
+                                      by="alice")
+        ended = await self.store.ops.get(stopped["id"])
+        self.assertEqual((ended["state"], ended["cancelled_by"], ended["error"]),
+                         ("cancelled", "alice", "node n1 reconfigured by alice"))
+        self.assertEqual((await self.store.ops.get(waiting["id"]))["state"], "pending")

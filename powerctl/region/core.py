@@ -42,12 +42,15 @@ def pages(items, limit=BATCH, size=commands.MAX_VALUE):
     JSON list fits ``size`` bytes; an item too large on its own goes alone
     (its call fails as its single command would).
     """
-    page, used = [], 2
+    # ``used`` is the page's JSON length exactly: "[" and, per item, its
+    # text and the "," or "]" after it.  (It started at 2 once, one byte
+    # short of a page that fits exactly: make mutate found it.)
+    page, used = [], 1
     for item in items:
         length = len(json.dumps(item, separators=(",", ":"))) + 1
         if page and (len(page) >= limit or used + length > size):
             yield page
-            page, used = [], 2
+            page, used = [], 1
         page.append(item)
         used += length
     if page:

@@ -64,6 +64,8 @@ class ClusterStore(KindStore):
         older than this many seconds is not live.
     """
 
+    # (Store always passes the setting's heartbeat_timeout: make mutate's
+    # +-1 on this default is equivalent.)
     def __init__(self, pool, heartbeat_timeout=90.0):
         super().__init__(pool)
         self.heartbeat_timeout = float(heartbeat_timeout)

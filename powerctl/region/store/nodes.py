@@ -132,6 +132,10 @@ class NodeStore(KindStore):
         d = run_prepared(self._pool, self._pages.get(args, secrets), args)
         return d.addCallback(lambda rows: tuple(rows[0]))
 
+
+    # (Its only caller, the status page, passes limit, open_limit and
+    # finished_limit: make mutate's +-1 on their defaults here and in
+    # _overview's page_limit calls is equivalent.)
     def overview(self, heartbeat_timeout, cluster=None, name="", problems=False,
                  after_name="", limit=100, open_states=(), open_limit=200,
                  finished_states=(), finished_limit=20, seq=False):
@@ -270,7 +274,7 @@ class NodeStore(KindStore):
             await cancel_open(tx, node["name"], reason, by, only=sorted(cancelled))
 
     # (Its only caller, rpc.recover, passes limit=PAGE: make mutate's +-1 on
-    # either 500 here is equivalent; so in changed_since.)
+    # either 500 here is equivalent.)
     @transaction
     async def desired_states(self, tx, cluster, after_name="", limit=500, epoch=None):
         """

@@ -214,6 +214,8 @@ class OperationStore(KindStore):
             raise NotFound(f"node {node!r} does not exist")
         if intent is not None:
             intent.written = True
+        # (The statement journals one operation of one node: one row, so
+        # make mutate's rows[-1] here and below is equivalent.)
         op = plain(dict(zip(_OP_NAMES, rows[0])))
         if live_within is None:
             return op
