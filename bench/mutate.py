@@ -77,9 +77,13 @@ REPO = Path(__file__).resolve().parent.parent
 # together.
 REGISTRY_TESTS = ["tests/test_registry.py", "tests/test_registry_edges.py",
                   "tests/test_registry_properties.py", "tests/test_pserv_core.py"]
-PSERV_TESTS = ["tests/test_pserv_core.py", "tests/test_pserv_edges.py",
+PSERV_TESTS = ["tests/test_pserv_core_bite.py", "tests/test_pserv_core.py", "tests/test_pserv_edges.py",
                "tests/test_pserv_lease_edges.py",
-               "tests/test_executor.py", "tests/test_executor_edges.py", "tests/test_rpc.py"]
+               "tests/test_executor.py", "tests/test_executor_edges.py",
+               # the pserv whole, in memory: re-sent operations, fences,
+               # PowerMany batches and ReportOutcomes (no database)
+               "tests/test_pserv_duplicates.py", "tests/test_fencing.py",
+               "tests/test_bulk_dispatch.py", "tests/test_rpc.py"]
 # The region's own edge tests need no database and go first.  The store is
 # one module per kind (powerctl/region/store/); each gets the tests that
 # reach it.  test_api.py (the REST paths, pod managers), test_web.py
@@ -187,6 +191,9 @@ EQUIVALENT = [
     ("powerctl/pserv/core.py", "NumberReplacer", "self._epochs.pop(op, None) or 0", "",
      "every dispatched operation has its epoch recorded, and epochs (a sequence) "
      "start at 1: the fallback 0 is never used"),
+    ("powerctl/pserv/core.py", "NumberReplacer", "self._newest.get(node, 0)", "",
+     "operation ids come from the journal's bigserial (1 and up): a default of "
+     "-1, 0 or 1 lets no id be below it"),
     ("powerctl/pserv/executor.py", "NumberReplacer", "self._next = 0.0", "",
      "max(now, -1.0) is now for any clock at or after its epoch"),
     ("powerctl/drivers/topology.py", "ReplaceFalseWithTrue", 'getattr(e, "transient", False)',
