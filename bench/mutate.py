@@ -84,6 +84,13 @@ PSERV_TESTS = ["tests/test_pserv_core_bite.py", "tests/test_pserv_core.py", "tes
                # PowerMany batches and ReportOutcomes (no database)
                "tests/test_pserv_duplicates.py", "tests/test_fencing.py",
                "tests/test_bulk_dispatch.py", "tests/test_rpc.py"]
+# The executor's own first, then the circuits (budgets handed to drivers)
+# and the poller's PDU grouping (config_text, the lock-out guard), then the
+# pserv's (which reach the executor through dispatch).
+EXECUTOR_TESTS = ["tests/test_executor_bite.py", "tests/test_executor.py",
+                  "tests/test_executor_edges.py", "tests/test_circuits.py",
+                  "tests/test_poller_grouping.py",
+                  *[t for t in PSERV_TESTS if "executor" not in t]]
 # The region's own edge tests need no database and go first.  The store is
 # one module per kind (powerctl/region/store/); each gets the tests that
 # reach it.  test_api.py (the REST paths, pod managers), test_web.py
@@ -109,7 +116,7 @@ MODULES = [
     ("store_clusters", "powerctl/region/store/clusters.py", STORE_CLUSTERS_TESTS, 1, 150),
     ("store_pods", "powerctl/region/store/pod_managers.py", STORE_PODS_TESTS, 1.5, 120),
     ("registry", "powerctl/registry/registry.py", REGISTRY_TESTS, 6, 60),
-    ("executor", "powerctl/pserv/executor.py", PSERV_TESTS, 4, 60),
+    ("executor", "powerctl/pserv/executor.py", EXECUTOR_TESTS, 4, 60),
     # The lease, NOTIFY and drift paths of the region are tested by the
     # ownership and drift tests; the REST-facing ones by test_api.py.
     ("region_core", "powerctl/region/core.py",
