@@ -136,7 +136,8 @@ MODULES = [
      ["tests/test_topology.py", "tests/test_multiagent.py", "tests/test_multiagent_edges.py"],
      4, 60),
     ("base", "powerctl/drivers/base.py",
-     ["tests/test_base_driver.py", "tests/test_base_driver_edges.py"], 1.5, 30),
+     ["tests/test_base_driver_bite.py", "tests/test_base_driver.py",
+      "tests/test_base_driver_edges.py", "tests/test_circuits.py"], 1.5, 30),
     # issue 13: automatic fencing's decision (pure) and the lock-out guard
     ("autofence", "powerctl/region/autofence.py", ["tests/test_autofence.py"], 2, 30),
     ("lockout", "powerctl/pserv/lockout.py",
