@@ -75,9 +75,11 @@ REPO = Path(__file__).resolve().parent.parent
 # and get a deterministic sample of what their share allows.  Modules are
 # started in this order, the costliest first, so that the two jobs end
 # together.
-REGISTRY_TESTS = ["tests/test_registry_bite.py", "tests/test_registry.py", "tests/test_registry_edges.py",
-                  "tests/test_registry_properties.py", "tests/test_pserv_core.py"]
-PSERV_TESTS = ["tests/test_pserv_core_bite.py", "tests/test_pserv_core.py", "tests/test_pserv_edges.py",
+REGISTRY_TESTS = ["tests/test_registry_bite.py", "tests/test_registry.py",
+                  "tests/test_registry_edges.py", "tests/test_registry_properties.py",
+                  "tests/test_pserv_core.py"]
+PSERV_TESTS = ["tests/test_pserv_core_bite.py", "tests/test_pserv_core.py",
+               "tests/test_pserv_edges.py",
                "tests/test_pserv_lease_edges.py",
                "tests/test_executor.py", "tests/test_executor_edges.py",
                # the pserv whole, in memory: re-sent operations, fences,

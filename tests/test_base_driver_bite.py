@@ -64,7 +64,8 @@ class GateTests(unittest.TestCase):
     def test_a_permanent_failure_gives_the_gate_back(self):
         gate = Gate()
         d = defer.ensureDeferred(with_retries(
-            self.clock, Timing(timeout=1.0, retries=2), lambda: defer.fail(AuthenticationError("no")),
+            self.clock, Timing(timeout=1.0, retries=2),
+            lambda: defer.fail(AuthenticationError("no")),
             "probe", gate=gate))
         self.failureResultOf(d, AuthenticationError)
         self.assertEqual(gate.log, ["take", "give"])
