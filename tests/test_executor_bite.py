@@ -74,6 +74,19 @@ class CircuitHandOutTests(unittest.TestCase):
         executor.forget("n2")
         self.assertIsNotNone(budgets.pacer("A"))
 
+    def test_a_budget_stays_while_another_node_is_on_its_circuit(self):
+        budgets = CircuitBudgets(task.Clock())
+        executor = DriverExecutor(DriverCatalogue([FakeType()]), circuits=budgets)
+        executor.configure("n1", single(1), circuit={"name": "A", "max_on": 2})
+        executor.configure("n2", single(2), circuit={"name": "A", "max_on": 2})
+        executor.configure("n3", single(3), circuit={"name": "B", "max_on": 1})
+        executor.configure("n4", single(4))  # on no circuit
+        executor.forget("n1")
+        self.assertIsNotNone(budgets.pacer("A"))
+        executor.forget("n3")
+        self.assertIsNone(budgets.pacer("B"))
+        self.assertIsNotNone(budgets.pacer("A"))
+
 
 class GuardSetup:
     def setUp(self):
