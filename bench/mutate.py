@@ -75,11 +75,24 @@ REPO = Path(__file__).resolve().parent.parent
 # and get a deterministic sample of what their share allows.  Modules are
 # started in this order, the costliest first, so that the two jobs end
 # together.
-REGISTRY_TESTS = ["tests/test_registry.py", "tests/test_registry_edges.py",
-                  "tests/test_registry_properties.py", "tests/test_pserv_core.py"]
-PSERV_TESTS = ["tests/test_pserv_core.py", "tests/test_pserv_edges.py",
+REGISTRY_TESTS = ["tests/test_registry_bite.py", "tests/test_registry.py",
+                  "tests/test_registry_edges.py", "tests/test_registry_properties.py",
+                  "tests/test_pserv_core.py"]
+PSERV_TESTS = ["tests/test_pserv_core_bite.py", "tests/test_pserv_core.py",
+               "tests/test_pserv_edges.py",
                "tests/test_pserv_lease_edges.py",
-               "tests/test_executor.py", "tests/test_executor_edges.py", "tests/test_rpc.py"]
+               "tests/test_executor.py", "tests/test_executor_edges.py",
+               # the pserv whole, in memory: re-sent operations, fences,
+               # PowerMany batches and ReportOutcomes (no database)
+               "tests/test_pserv_duplicates.py", "tests/test_fencing.py",
+               "tests/test_bulk_dispatch.py", "tests/test_rpc.py"]
+# The executor's own first, then the circuits (budgets handed to drivers)
+# and the poller's PDU grouping (config_text, the lock-out guard), then the
+# pserv's (which reach the executor through dispatch).
+EXECUTOR_TESTS = ["tests/test_executor_bite.py", "tests/test_executor.py",
+                  "tests/test_executor_edges.py", "tests/test_circuits.py",
+                  "tests/test_poller_grouping.py",
+                  *[t for t in PSERV_TESTS if "executor" not in t]]
 # The region's own edge tests need no database and go first.  The store is
 # one module per kind (powerctl/region/store/); each gets the tests that
 # reach it.  test_api.py (the REST paths, pod managers), test_web.py
@@ -117,7 +130,7 @@ MODULES = [
     ("store_clusters", "powerctl/region/store/clusters.py", STORE_CLUSTERS_TESTS, 1, 150),
     ("store_pods", "powerctl/region/store/pod_managers.py", STORE_PODS_TESTS, 1.5, 120),
     ("registry", "powerctl/registry/registry.py", REGISTRY_TESTS, 6, 60),
-    ("executor", "powerctl/pserv/executor.py", PSERV_TESTS, 4, 60),
+    ("executor", "powerctl/pserv/executor.py", EXECUTOR_TESTS, 4, 60),
     # The lease, NOTIFY and drift paths of the region are tested by the
     # ownership and drift tests; the REST-facing ones by test_api.py.
     ("region_core", "powerctl/region/core.py",
@@ -140,7 +153,8 @@ MODULES = [
      ["tests/test_topology.py", "tests/test_multiagent.py", "tests/test_multiagent_edges.py"],
      4, 60),
     ("base", "powerctl/drivers/base.py",
-     ["tests/test_base_driver.py", "tests/test_base_driver_edges.py"], 1.5, 30),
+     ["tests/test_base_driver_bite.py", "tests/test_base_driver.py",
+      "tests/test_base_driver_edges.py", "tests/test_circuits.py"], 1.5, 30),
     # issue 13: automatic fencing's decision (pure) and the lock-out guard
     ("autofence", "powerctl/region/autofence.py", ["tests/test_autofence.py"], 2, 30),
     ("lockout", "powerctl/pserv/lockout.py",
@@ -202,6 +216,9 @@ EQUIVALENT = [
     ("powerctl/pserv/core.py", "NumberReplacer", "self._epochs.pop(op, None) or 0", "",
      "every dispatched operation has its epoch recorded, and epochs (a sequence) "
      "start at 1: the fallback 0 is never used"),
+    ("powerctl/pserv/core.py", "NumberReplacer", "self._newest.get(node, 0)", "",
+     "operation ids come from the journal's bigserial (1 and up): a default of "
+     "-1, 0 or 1 lets no id be below it"),
     ("powerctl/pserv/executor.py", "NumberReplacer", "self._next = 0.0", "",
      "max(now, -1.0) is now for any clock at or after its epoch"),
     ("powerctl/drivers/topology.py", "ReplaceFalseWithTrue", 'getattr(e, "transient", False)',

@@ -153,6 +153,9 @@ class Pserv:
             self._report(report)
             return "known", 0
         if Action.parse(action).changes_power:
+            # (Operation ids come from the journal's bigserial, 1 and up: any
+            # default below 2 supersedes nothing, so make mutate's 0 -> +-1
+            # is equivalent.)
             newest = self._newest.get(node, 0)
             if operation_id < newest:
                 # An older request reached us after a newer one for the node
