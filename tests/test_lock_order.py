@@ -284,6 +284,36 @@ class DeadlockVictimTests(LockOrderTestCase):
             await leases.assign("c1")
         self.assertEqual((Pool.calls, len(self.deadlocks_logged())), (2, 1))
 
+    def test_the_retry_waits_for_the_survivor_first(self):
+        """
+        Retried at once, the victim can take its first row back before the
+        survivor (woken by the rollback) does: the same cycle again (seen
+        under load in CI).  The retry waits RETRY_PAUSE on the store's clock.
+        """
+        from twisted.internet import task
+
+        from powerctl.region.store import deadlocks
+
+        class Pool:
+            calls = 0
+
+            def runInteraction(self, interaction):
+                Pool.calls += 1
+                if Pool.calls == 1:
+                    return defer.fail(psycopg2.errors.DeadlockDetected("deadlock detected"))
+                return defer.succeed({"assigned": {}, "handoffs": {}, "waiting": []})
+
+        leases = Leases(Pool())
+        leases.log = Logger(observer=self.logged.append)
+        leases.clock = task.Clock()
+        d = leases.assign("c1")
+        self.assertEqual(Pool.calls, 1)
+        leases.clock.advance(deadlocks.RETRY_PAUSE - 0.01)
+        self.assertEqual(Pool.calls, 1)  # not yet
+        leases.clock.advance(0.01)
+        self.assertEqual(Pool.calls, 2)
+        self.successResultOf(d)
+
     async def test_the_batch_writers_retry_a_deadlock_victim_once(self):
         """Poll and outcome batches and mark_running_many: one retry, then the caller's."""
 
