@@ -185,6 +185,12 @@ KEEP_OPERATORS = re.compile(
 # bench/RESULTS.md, "Mutation testing".
 _LIVE = "while self._waiting and self._waiting"
 EQUIVALENT = [
+    ("powerctl/region/rpc.py", "ReplaceComparisonOperator_LtE_Lt",
+     "<= commands.MAX_VALUE:", "< commands.MAX_VALUE:",
+     "a page of exactly MAX_VALUE bytes falls through to the prefix loop, whose "
+     "total is then exactly MAX_VALUE: the whole page is kept either way"),
+    ("powerctl/region/core.py", "NumberReplacer", "self.dispatch(ops[0])", "ops[ -1]",
+     "this branch runs only when len(ops) == 1: ops[0] is ops[-1]"),
     ("powerctl/pserv/slots.py", "NumberReplacer", _LIVE, "",
      "the heap holds entries only while every slot is busy, and _live_waiters "
      "runs only when one is free: this loop never iterates"),

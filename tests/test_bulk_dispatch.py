@@ -91,8 +91,31 @@ class BatchDispatchTests(InMemoryFleet, unittest.TestCase):
 
         protocol.locateResponder = older
         names = ["n1", "n2"] + self.add_nodes(3)
-        ops = [self.store.add_op(n, "on") for n in names]
-        self.assertEqual(self.dispatch_many(ops), {op["id"]: "started" for op in ops})
+        # One refused configuration and one bug on the pserv mid-page cost
+        # only their own operations: the ones after them still go.
+        self.store.add_node("bad", "c1", {"mode": "single", "agents": [{"driver": "nope"}]})
+        self.store.node_rows["bad"]["owner_epoch"] = 1
+        self.store.add_node("buggy", "c1", power("bmc99"))
+        self.store.node_rows["buggy"]["owner_epoch"] = 1
+        dispatch = self.pserv.dispatch
+
+        def broken_for_buggy(operation_id, node, *args, **kwargs):
+            if node == "buggy":
+                raise ZeroDivisionError("bug")
+            return dispatch(operation_id, node, *args, **kwargs)
+
+        self.pserv.dispatch = broken_for_buggy
+        # (Their ids come first: a page goes oldest first.)
+        bad, buggy = self.store.add_op("bad", "on"), self.store.add_op("buggy", "on")
+        ops = [bad, buggy] + [self.store.add_op(n, "on") for n in names]
+        results = self.dispatch_many(ops)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)  # the pserv's log
+        self.assertEqual(results.pop(bad["id"]), "failed")
+        self.assertEqual(results.pop(buggy["id"]), "pending")
+        self.assertEqual(self.state(bad), "failed")
+        self.assertEqual(self.state(buggy), "pending")
+        ops = [op for op in ops if op not in (bad, buggy)]
+        self.assertEqual(results, {op["id"]: "started" for op in ops})
         for i, name in enumerate(names):
             self.assertEqual(self.drivers.device(f"bmc{i + 1}").calls, ["on"], name)
             self.assertEqual(self.state(ops[i]), "running")

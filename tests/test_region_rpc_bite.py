@@ -212,6 +212,32 @@ class TrimTests(unittest.TestCase):
         self.assertEqual(rpc._trim([item, item + "y"]), [item])
 
 
+    def test_a_page_of_exactly_one_value_is_kept_whole(self):
+        page = ["x" * (commands.MAX_VALUE - 4)]
+        self.assertEqual(size(page), commands.MAX_VALUE)
+        self.assertEqual(rpc._trim(page), page)
+
+    def test_a_first_item_that_fits_exactly_is_kept(self):
+        first = "x" * (commands.MAX_VALUE - 4)  # [first] is exactly one value
+        self.assertEqual(rpc._trim([first, "y"]), [first])
+
+    def test_a_prefix_one_byte_too_long_is_cut(self):
+        # [a, b] is one byte over the limit (brackets, quotes and the comma
+        # counted): only [a] goes, and so is the whole page of three cut.
+        a = "x" * 100
+        b = "y" * (commands.MAX_VALUE - 100 - 7 + 1)
+        self.assertEqual(size([a, b]), commands.MAX_VALUE + 1)
+        self.assertEqual(rpc._trim([a, b, "z"]), [a])
+
+
+class DigestTests(unittest.TestCase):
+    def test_the_digest_does_not_depend_on_key_order(self):
+        # ReportLockout's digest is compared with the region's own: the
+        # pserv's JSON may list the keys in any order.
+        self.assertEqual(rpc.power_digest({"b": 1, "a": {"d": 2, "c": 3}}),
+                         rpc.power_digest({"a": {"c": 3, "d": 2}, "b": 1}))
+
+
 class RecoverTests(unittest.TestCase):
     async def test_after_the_operations_only_nodes_are_read(self):
         """

@@ -725,7 +725,7 @@ class Region:
             while self._notified:
                 ops = await self._dispatching.run(lambda: defer.ensureDeferred(
                     self._read_notified()))
-                if len(ops) == 1:
+                if len(ops) == 1:  # (so ops[0] is ops[-1]: an equivalent mutant)
                     await self._dispatching.run(lambda: defer.ensureDeferred(
                         self.dispatch(ops[0])))
                 elif ops:

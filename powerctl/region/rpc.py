@@ -46,6 +46,8 @@ def _trim(items):
     encoded once.  (Halving a page that did not fit threw away up to half
     of what the region had read and resolved for it.)
     """
+    # (A page of exactly MAX_VALUE bytes kept here or by the loop below, whose
+    # total is then MAX_VALUE too: make mutate's ``<`` is equivalent.)
     if len(json.dumps(items, separators=(",", ":"))) <= commands.MAX_VALUE:
         return items  # the usual case: one encoding of the whole page
     total = 2  # the brackets
