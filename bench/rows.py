@@ -449,9 +449,7 @@ async def ipmi_row(reactor, args):
     from harness import RegionHarness
 
     n = args.ipmi
-    sim = Child(["-m", "powerctl.cli.main", "sim", "ipmi", "--json", "--count", str(n),
-                 "--latency", str(args.ipmi_latency), "--username", "admin",
-                 "--password", "password"], stdin=False)
+    sim = _ipmi_sims(n, args)
     harness = None
     files = []
     try:
@@ -524,9 +522,7 @@ async def ipmi_memory_row(reactor, args):
     from harness import RegionHarness
 
     n = args.ipmi_sweep
-    sim = Child(["-m", "powerctl.cli.main", "sim", "ipmi", "--json", "--count", str(n),
-                 "--latency", str(args.ipmi_latency), "--username", "admin",
-                 "--password", "password"], stdin=False)
+    sim = _ipmi_sims(n, args)
     harness = None
     files = []
     pservs = {}
@@ -654,6 +650,13 @@ def main(argv=None):
     from harness import run
 
     run(bench, parse(argv))
+
+
+def _ipmi_sims(n, args):
+    """``n`` simulated BMCs (``powerctl sim ipmi``) in a process of their own."""
+    return Child(["-m", "powerctl.cli.main", "sim", "ipmi", "--json", "--count", str(n),
+                  "--latency", str(args.ipmi_latency), "--username", "admin",
+                  "--password", "password"], stdin=False)
 
 
 async def _tear_down(sim, harness, files):
