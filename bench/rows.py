@@ -454,9 +454,7 @@ async def ipmi_row(reactor, args):
     files = []
     try:
         info = await sim.line(120)
-        agents = [{"driver": "ipmi", "params": {"host": "127.0.0.1", "port": port,
-                                                 "username": "admin", "password": "password"}}
-                  for port in info["ports"]]
+        agents = _ipmi_agents(info["ports"])
         files.append(write_agents(agents))
         bare = Child(bare_argv(files[0], args, "--action", "on",
                                "--concurrency", str(args.max_actions),
@@ -528,9 +526,7 @@ async def ipmi_memory_row(reactor, args):
     pservs = {}
     try:
         info = await sim.line(120)
-        agents = [{"driver": "ipmi", "params": {"host": "127.0.0.1", "port": port,
-                                                 "username": "admin", "password": "password"}}
-                  for port in info["ports"]]
+        agents = _ipmi_agents(info["ports"])
         files.append(write_agents(agents))
         bare = Child(bare_argv(files[0], args, "--action", "query", "--rounds", "1",
                                "--concurrency", str(args.concurrency)))
@@ -657,6 +653,13 @@ def _ipmi_sims(n, args):
     return Child(["-m", "powerctl.cli.main", "sim", "ipmi", "--json", "--count", str(n),
                   "--latency", str(args.ipmi_latency), "--username", "admin",
                   "--password", "password"], stdin=False)
+
+
+def _ipmi_agents(ports):
+    """One ``ipmi`` agent per simulated BMC port, with the simulators' login."""
+    return [{"driver": "ipmi", "params": {"host": "127.0.0.1", "port": port,
+                                          "username": "admin", "password": "password"}}
+            for port in ports]
 
 
 async def _tear_down(sim, harness, files):

@@ -12,7 +12,6 @@ Pure: a Clock, no sockets, no database (well under a second).
 
 import attrs
 from twisted.internet import defer, task
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -21,6 +20,7 @@ from powerctl.drivers.errors import AuthenticationError, PowerTimeout, UnknownDr
 from powerctl.drivers.interface import IPowerDriver
 from powerctl.pserv.lockout import (GuardedDriver, LockoutGuard, agent_key, credentials_key,
                                     guarded)
+from tests.test_region_core_more import Logged
 
 REJECTED = "credentials rejected"
 
@@ -315,14 +315,7 @@ class CredentialsChangeTests(unittest.TestCase):
         self.assertIsNone(self.guard.refusal("k"))
 
 
-class ReporterTests(unittest.TestCase):
-    def setUp(self):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def logged(self, fragment):
-        return [formatEvent(e) for e in self.events if fragment in formatEvent(e)]
+class ReporterTests(Logged):
 
     def test_a_guard_without_a_reporter_locks_quietly(self):
         guard = LockoutGuard(task.Clock(), limit=3)

@@ -18,7 +18,6 @@ import attrs
 from twisted.internet import address, defer, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -30,6 +29,7 @@ from powerctl.rpc import auth, commands
 from powerctl.testing import amp as amppair
 from powerctl.testing import region as fakes
 from powerctl.testing.region import FakeLockouts
+from tests.test_amp_hostile import Client
 
 SECRET = b"bite-secret"
 POWER = {"mode": "single", "agents": [{"driver": "manual", "params": {}}]}
@@ -491,16 +491,8 @@ class RecoverNodePageTests(unittest.TestCase):
         self.assertEqual(store.releasing_calls, ())
 
 
-class Peer(amp.AMP):
-    """A hand-driven pserv end of the connection that notes when it is lost."""
-
-    def __init__(self):
-        super().__init__()
-        self.lost = defer.Deferred()
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self.lost.callback(None)
+#: A hand-driven pserv end of the connection that notes when it is lost.
+Peer = Client
 
 
 class OverAmpTests(unittest.TestCase):
