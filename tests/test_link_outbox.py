@@ -170,3 +170,77 @@ class OutboxTests(unittest.TestCase):
         self.link.report(report(4))
         fresh.flush()
         self.assertEqual(fresh.server.calls, [[4]])
+
+
+class PacedOutboxTests(unittest.TestCase):
+    """
+    With a clock, ``ReportOutcomes`` calls start at most one per
+    ``pace`` while reports keep coming, so a busy pserv's outcomes go
+    several to a call (issue 14); a lone report and a full batch go at once.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.link = RegionLink(clock=self.clock)
+        self.pair = connect(RecordingRegion(), amp.AMP())
+        self.link.ready(self.pair.client)
+
+    def send(self, *ops):
+        for op in ops:
+            self.link.report(report(op))
+        self.pair.flush()
+
+    def test_reports_coming_quickly_wait_for_the_pace_and_go_together(self):
+        self.send(1)
+        self.clock.advance(0.01)
+        self.send(2)
+        self.clock.advance(0.01)
+        self.send(3, 4)
+        self.assertEqual(self.pair.server.calls, [[1]])
+        self.clock.advance(self.link.pace - 0.02 - 0.001)
+        self.pair.flush()
+        self.assertEqual(self.pair.server.calls, [[1]])  # not before the pace
+        self.clock.advance(0.001)
+        self.pair.flush()
+        self.assertEqual(self.pair.server.calls, [[1], [2, 3, 4]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_report_after_a_quiet_pace_goes_at_once(self):
+        self.send(1)
+        self.clock.advance(self.link.pace)
+        self.send(2)
+        self.assertEqual(self.pair.server.calls, [[1], [2]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_full_batch_does_not_wait(self):
+        self.link.batch_size = 3
+        self.send(1)
+        self.send(2, 3)
+        self.assertEqual(self.pair.server.calls, [[1]])
+        self.send(4)  # three wait: a full batch
+        self.assertEqual(self.pair.server.calls, [[1], [2, 3, 4]])
+
+    def test_send_now_skips_the_pace_and_close_cancels_the_wait(self):
+        self.send(1)
+        self.send(2, 3)
+        self.assertEqual(self.pair.server.calls, [[1]])
+        self.link.send_now()
+        self.pair.flush()
+        self.assertEqual(self.pair.server.calls, [[1], [2, 3]])
+        self.send(4)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.link.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_an_older_region_gets_its_reports_unpaced(self):
+        old = connect(OldRegion(), amp.AMP())
+        self.link.lost(self.pair.client)
+        self.link.ready(old.client)
+        self.link.report(report(1))
+        old.flush()  # refused as unknown: this connection goes one by one
+        self.link.report(report(2))
+        self.link.report(report(3))
+        old.flush()
+        self.assertEqual([r[0] for r in old.server.received], [1, 2, 3])

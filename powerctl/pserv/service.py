@@ -45,7 +45,7 @@ class PservService(service.MultiService):
         self.settings = settings
         self.reactor = reactor
         self.catalogue = catalogue
-        self.link = RegionLink()
+        self.link = RegionLink(clock=reactor)
         stagger = Stagger(reactor, settings.stagger_on) if settings.stagger_on else None
         # issue 10: lock-outs are reported to the region, which keeps them
         # for whichever pserv drives the node next.
@@ -168,6 +168,8 @@ class PservService(service.MultiService):
         quiet = self.pserv.go_quiet("pserv shutting down")
         self.pserv.shutdown()
         await quiet
+        self.link.send_now()  # outcomes held back by the pace go before the lease
+        self.link.close()
         live = [p for p in self._live_protocols() if p.epoch is not None]
         releases = []
         for p in live:
