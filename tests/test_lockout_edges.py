@@ -11,6 +11,7 @@ Pure: a Clock, no sockets, no database (well under a second).
 
 
 import attrs
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
@@ -664,3 +665,26 @@ class ProofHookTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(done), "on")
         self.assertNotIn("accepted", inner.__dict__)
         self.assertIsNone(inner.accepted)
+
+
+class UseCountTests(unittest.TestCase):
+    """
+    The guard counts the (node, agent) pairs using each key, so "is this
+    account still used?" costs no walk over every node (a pserv forgetting
+    10,000 nodes at its stop was quadratic).  The count must agree with the
+    nodes' keys after any sequence of registrations and forgettings.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 2),
+                              st.sampled_from(["k1", "k2", "k3", None])), max_size=40))
+    def test_used_agrees_with_the_registered_keys(self, steps):
+        guard = LockoutGuard(task.Clock(), limit=3)
+        for node, agent, key in steps:
+            if key is None:
+                guard.unregister(node)
+            else:
+                guard.register(node, agent, key)
+            for k in ("k1", "k2", "k3"):
+                walked = any(k == used for keys in guard._nodes.values() for used in keys)
+                self.assertEqual(guard._used(k), walked, (steps, k))
