@@ -151,3 +151,57 @@ class ClusterLifecycleTests(unittest.TestCase):
         c = PostgresCluster.create(directory, keep=True)
         self.addCleanup(c.stop)
         psycopg2.connect(c.dsn("kept")).close()
+
+
+class EventNotifyTests(DatabaseMixin, unittest.TestCase):
+    """
+    The event journal's NOTIFY: one per committing transaction however many
+    events it wrote (a bulk request writes thousands), each event still
+    numbered in commit order; nothing for a transaction rolled back.
+    """
+
+    async def connect(self):
+        conn = txpostgres.Connection(reactor=reactor)
+        await conn.connect(self.dsn)
+        self.addCleanup(conn.close)
+        return conn
+
+    async def test_a_transaction_of_many_events_notifies_once(self):
+        listener = await self.connect()
+        talker = await self.connect()
+        heard = []
+        listener.addNotifyObserver(lambda n: heard.append((n.channel, n.payload)))
+        await listener.runOperation("LISTEN events")
+        await talker.runOperation("INSERT INTO clusters (name) VALUES ('c')")
+        heard_first = await self._settle(listener, heard)
+        self.assertEqual(heard_first, [])  # a cluster is not an event
+
+        def nodes(cur, names):
+            return cur.execute("INSERT INTO nodes (name, cluster, power) SELECT unnest(%s::text[]), 'c', '{}'",
+                               (names,))
+
+        await talker.runInteraction(nodes, [f"n{i}" for i in range(20)])
+        self.assertEqual(await self._settle(listener, heard), [("events", "")])
+        heard.clear()
+
+        def fails(cur):
+            d = nodes(cur, ["x1", "x2"])
+            d.addCallback(lambda _: 1 / 0)
+            return d
+
+        await self.assertFailure(talker.runInteraction(fails), ZeroDivisionError)
+        await talker.runInteraction(nodes, ["m1"])
+        await talker.runInteraction(nodes, ["m2", "m3"])
+        self.assertEqual(await self._settle(listener, heard), [("events", "")] * 2)
+        rows = await talker.runQuery("SELECT seq, data->'node'->>'name' FROM events ORDER BY seq")
+        self.assertEqual([name for _, name in rows],
+                         [f"n{i}" for i in range(20)] + ["m1", "m2", "m3"])
+        self.assertEqual([seq for seq, _ in rows], list(range(1, 24)))
+
+    async def _settle(self, listener, heard):
+        """What was heard once a round trip on the listener has passed (notifications come first)."""
+        await listener.runQuery("SELECT 1")
+        from twisted.internet import task
+        await task.deferLater(reactor, 0.2, lambda: None)
+        await listener.runQuery("SELECT 1")
+        return list(heard)
