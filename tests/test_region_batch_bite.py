@@ -284,6 +284,15 @@ class DispatchPageTests(unittest.TestCase):
         self.assertEqual(self.marked(), [[second]])
         self.assertEqual(self.store.op_rows[third]["state"], "pending")
 
+    def test_an_operation_deleted_meanwhile_is_skipped_when_marked_running(self):
+        # as the real store: its UPDATE finds no row for it
+        first, second, third = self.ids
+        del self.store.op_rows[second]
+        self.successResultOf(defer.ensureDeferred(
+            self.store.mark_running_many([first, second, third], "p1", 7)))
+        self.assertEqual([self.store.op_rows[i]["state"] for i in (first, third)],
+                         ["running", "running"])
+
     def test_answers_that_name_no_operation_of_the_page_are_ignored(self):
         first, second, third = self.ids
 

@@ -627,7 +627,7 @@ class TextLimitTests(StoreTestCase):
         with self.assertRaises(InvalidInput):
             await self.store.ops.mark_running_many([op["id"]], over, 1)
         self.assertEqual((await self.store.ops.get(op["id"]))["state"], "pending")
-        await self.store.ops.mark_running_many([op["id"]], ok, 1)
+        await self.store.ops.mark_running_many([op["id"], op["id"] + 1000], ok, 1)  # one gone
         self.assertEqual((await self.store.ops.get(op["id"]))["pserv"], ok)
         self.assertTrue((await self.store.ops.mark_running(op["id"], ok[:-1] + "b")).changed)
         # who cancels or confirms it

@@ -251,8 +251,8 @@ class FakeRegionStore:
     async def mark_running_many(self, op_ids, pserv, epoch):
         self.calls.append(("mark_running_many", list(op_ids), pserv, epoch))
         for op_id in op_ids:
-            op = self._op(op_id)
-            if op["state"] in OPEN_STATES:
+            op = self.op_rows.get(int(op_id))  # a deleted one is skipped, as the real one does
+            if op is not None and op["state"] in OPEN_STATES:
                 op.update(state="running", pserv=pserv, epoch=epoch)
 
     async def record_outcome(self, op_id, state, observed_state=None, agent=None, error=None,
