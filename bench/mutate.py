@@ -160,6 +160,11 @@ MODULES = [
     ("lockout", "powerctl/pserv/lockout.py",
      ["tests/test_lockout_edges.py", "tests/test_lockout.py", "tests/test_lockout_proof.py"],
      2, 60),
+    # the pserv's link to the regions: outbox, pacing, hand-shake, recovery
+    ("link", "powerctl/pserv/link.py",
+     ["tests/test_link_outbox.py", "tests/test_link_recover.py",
+      "tests/test_pserv_duplicates.py", "tests/test_amp_hostile.py",
+      "tests/test_failures_logged.py", "tests/test_rpc.py"], 3, 60),
     ("policy", "powerctl/registry/policy.py", REGISTRY_TESTS, 2, 60),
     ("actions", "powerctl/registry/actions.py", REGISTRY_TESTS, 2, 60),
 ]
