@@ -190,9 +190,7 @@ class RegionLink:
         Send what waits without waiting for the pace (a pserv stopping
         hands over its last outcomes before it gives its lease back).
         """
-        if self._paced is not None and self._paced.active():
-            self._paced.cancel()
-        self._paced = None
+        self.close()
         self._last_call = None
         self.flush()
 
