@@ -135,6 +135,17 @@ class OutboxTests(unittest.TestCase):
         self.assertEqual(self.region().server.received, [])
         self.assertEqual(len(self.flushLoggedErrors()), 0)  # logged as a refusal, not a bug
 
+    def test_at_most_two_calls_are_in_flight_and_the_rest_wait_for_an_answer(self):
+        pair = self.region(hold=True)
+        for op in (1, 2, 3, 4):
+            self.link.report(report(op))
+            pair.flush()
+        self.assertEqual(pair.server.calls, [[1], [2]])  # 3 and 4 wait
+        d, answer = pair.server.pending.pop(0)
+        d.callback(answer)
+        pair.flush()
+        self.assertEqual(pair.server.calls, [[1], [2], [3, 4]])
+
     def test_a_full_outbox_drops_the_oldest_reports(self):
         self.link = RegionLink(outbox_size=3)
         for op in range(1, 6):
