@@ -148,15 +148,15 @@ class RegionLink:
         self._send_lockouts()
         while self._outbox and self._connected and self._in_flight < self.max_in_flight:
             protocol = self._connected[0]
-            if protocol not in self._unbatched and self._held_back():
-                return  # paced (one report a call, to an older region, is not)
-            if protocol in self._unbatched:  # a region from before ReportOutcomes
+            if protocol in self._unbatched:  # a region from before ReportOutcomes: unpaced
                 batch = [self._outbox.popleft()]
                 report = batch[0][1]
                 call = (commands.ReportOutcome, dict(
                     _report_json(report), epoch=report.epoch, detail=report.detail,
                     error_kind=report.error_kind or None))
             else:
+                if self._held_back():
+                    return
                 batch = self._take_batch()
                 call = (commands.ReportOutcomes, dict(
                     reports=[_report_json(r) for _, r in batch], epoch=batch[0][1].epoch))
@@ -178,11 +178,11 @@ class RegionLink:
         if self.clock is None or self._last_call is None or \
                 len(self._outbox) >= self.batch_size:
             return False
-        due = self._last_call + self.pace
-        if self.clock.seconds() >= due:
+        wait = self._last_call + self.pace - self.clock.seconds()
+        if wait <= 0:
             return False
         if self._paced is None or not self._paced.active():
-            self._paced = self.clock.callLater(due - self.clock.seconds(), self.flush)
+            self._paced = self.clock.callLater(wait, self.flush)
         return True
 
     def send_now(self):
